@@ -1,0 +1,100 @@
+/**
+ * IoEngine on node:fs (the libuv threadpool): the portable fallback when io_uring is not
+ * available. Every call costs a cross-thread hand-off; the io_uring engine avoids it.
+ */
+import * as fs from 'node:fs';
+import { VhostError } from '../native/errors';
+import type { IoEngine } from './io-engine';
+
+function ioError(err: unknown, what: string): VhostError {
+  const e = err as NodeJS.ErrnoException;
+  return new VhostError(`${what}: ${e.message}`, e.code ?? 'EIO');
+}
+
+/** Advances a scatter list by `done` bytes, returning the remaining views. */
+export function advanceIov(bufs: readonly Uint8Array[], done: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = done;
+  for (const b of bufs) {
+    if (skip >= b.byteLength) {
+      skip -= b.byteLength;
+      continue;
+    }
+    out.push(skip === 0 ? b : b.subarray(skip));
+    skip = 0;
+  }
+  return out;
+}
+
+export function iovLength(bufs: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.byteLength;
+  return n;
+}
+
+function readvAsync(fd: number, bufs: Uint8Array[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.readv(fd, bufs, pos, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
+function writevAsync(fd: number, bufs: Uint8Array[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.writev(fd, bufs, pos, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
+export class FsEngine implements IoEngine {
+  readonly kind = 'threadpool' as const;
+
+  async readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    let rest = advanceIov(bufs, 0);
+    let pos = offset;
+    while (rest.length > 0) {
+      let n: number;
+      try {
+        n = await readvAsync(fd, rest, pos);
+      } catch (err) {
+        throw ioError(err, 'readv');
+      }
+      if (n === 0) {
+        for (const b of rest) b.fill(0);
+        return;
+      }
+      pos += n;
+      rest = advanceIov(rest, n);
+    }
+  }
+
+  async writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    let rest = advanceIov(bufs, 0);
+    let pos = offset;
+    while (rest.length > 0) {
+      let n: number;
+      try {
+        n = await writevAsync(fd, rest, pos);
+      } catch (err) {
+        throw ioError(err, 'writev');
+      }
+      if (n === 0) throw new VhostError('writev: no progress', 'EIO');
+      pos += n;
+      rest = advanceIov(rest, n);
+    }
+  }
+
+  fdatasync(fd: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      fs.fdatasync(fd, (err) => (err ? reject(ioError(err, 'fdatasync')) : resolve()));
+    });
+  }
+
+  fallocate(_fd: number, _mode: number, _offset: number, _length: number): Promise<void> {
+    return Promise.reject(new VhostError('fallocate needs the native addon', 'EOPNOTSUPP'));
+  }
+
+  blockRange(_fd: number, op: 'discard' | 'zeroout', _offset: number, _length: number): Promise<void> {
+    return Promise.reject(new VhostError(`${op} needs the native addon`, 'EOPNOTSUPP'));
+  }
+
+  close(): void {}
+}
