@@ -5,10 +5,16 @@
 
 namespace vbc {
 Napi::Object InitErrors(Napi::Env env, Napi::Object exports);
+Napi::Object InitVhostDevice(Napi::Env env, Napi::Object exports);
+Napi::Object InitIoRing(Napi::Env env, Napi::Object exports);
+Napi::Object InitFrontend(Napi::Env env, Napi::Object exports);
 }  // namespace vbc
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vbc::InitErrors(env, exports);
+  vbc::InitVhostDevice(env, exports);
+  vbc::InitIoRing(env, exports);
+  vbc::InitFrontend(env, exports);
   return exports;
 }
 

@@ -3,6 +3,7 @@
  * available. Every call costs a cross-thread hand-off; the io_uring engine avoids it.
  */
 import * as fs from 'node:fs';
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { IoEngine } from './io-engine';
 
@@ -88,12 +89,13 @@ export class FsEngine implements IoEngine {
     });
   }
 
-  fallocate(_fd: number, _mode: number, _offset: number, _length: number): Promise<void> {
-    return Promise.reject(new VhostError('fallocate needs the native addon', 'EOPNOTSUPP'));
+  /** node:fs has no fallocate: the addon runs it on the same threadpool. */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+    return native.fallocate(fd, mode, offset, length);
   }
 
-  blockRange(_fd: number, op: 'discard' | 'zeroout', _offset: number, _length: number): Promise<void> {
-    return Promise.reject(new VhostError(`${op} needs the native addon`, 'EOPNOTSUPP'));
+  blockRange(fd: number, op: 'discard' | 'zeroout', offset: number, length: number): Promise<void> {
+    return native.blockRange(fd, op, offset, length);
   }
 
   close(): void {}

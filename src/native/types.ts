@@ -103,7 +103,180 @@ export interface NativeVhostDevice {
   close(): void;
 }
 
+/**
+ * Front end (driver side) primitives, used by src/frontend to drive a vhost-user back end
+ * without a VM (tests and benchmarks). See native/frontend/*.cc.
+ */
+
+/**
+ * `new GuestRam(size, populate?)`: a memfd of `size` bytes (positive multiple of the page size)
+ * mapped MAP_SHARED; `populate` pre-faults it. `buffer` is an external ArrayBuffer over the
+ * mapping (same object on every read). close() closes the fd; the mapping is unmapped only once
+ * JS holds neither this object nor any view of `buffer`.
+ */
+export interface NativeGuestRam {
+  /** The memfd (-1 after close()). */
+  readonly fd: number;
+  readonly size: number;
+  readonly buffer: ArrayBuffer;
+  close(): void;
+}
+
+/**
+ * `new EventFd()`: an eventfd (non-blocking, close-on-exec) for a vring kick or call.
+ * watch(cb) polls it on the Node loop: each wake-up drains the counter, then calls cb(count).
+ * While watched the object stays alive and keeps the loop alive; unwatch()/close() stop that
+ * (safe from inside the callback).
+ */
+export interface NativeEventFd {
+  /** -1 after close(). */
+  readonly fd: number;
+  /** Adds 1 to the counter. Throws EBADF once closed. */
+  signal(): void;
+  /** Reads and resets the counter; 0 if it was zero. */
+  drain(): number;
+  /** Throws EBUSY if already watched. */
+  watch(callback: (count: number) => void): void;
+  unwatch(): void;
+  close(): void;
+}
+
+export interface FrontendChannelOptions {
+  /** Exactly one of path (connect to a listening unix socket) and fd (a connected socket, owned). */
+  path?: string;
+  fd?: number;
+  /**
+   * One complete vhost-user message (12-byte header + payload, a copy). `fds` arrived with its
+   * bytes and belong to the callee (close them).
+   */
+  onMessage: (message: Buffer, fds: number[]) => void;
+  /**
+   * Runs once when the connection ends: null for a clean end between messages, else a
+   * VhostError (errno name, or EPROTO for a payload over 64 KiB or an end inside a message).
+   * Not called after close().
+   */
+  onClose: (err: Error | null) => void;
+}
+
+/**
+ * `new FrontendChannel(options)`: the front end's end of a vhost-user connection. Connect
+ * failures throw (ENOENT, ECONNREFUSED, ...). While open it keeps itself and the loop alive.
+ */
+export interface NativeFrontendChannel {
+  /** -1 once closed. */
+  readonly fd: number;
+  readonly connected: boolean;
+  /**
+   * Sends `data` (any bytes: no framing is checked) with up to 8 fds (SCM_RIGHTS, duplicated
+   * first, so the caller keeps its own). Written at once when the socket allows, else queued in
+   * order. Throws EPIPE once closed, or the sendmsg errno.
+   */
+  send(data: Uint8Array, fds?: number[]): void;
+  /** Closes the socket; no callback runs afterwards. Idempotent. */
+  close(): void;
+}
+
+/**
+ * Layout of IoRing.completions (an Int32Array owned by native, reused for every reap): pair i
+ * occupies [i * CQE_STRIDE, (i + 1) * CQE_STRIDE):
+ *   +0 tag     the tag given to prep*()
+ *   +1 result  the CQE result: bytes transferred (READV/WRITEV), 0 (FSYNC/FALLOCATE), or
+ *              -errno on failure
+ * It holds cqEntries pairs. Pairs are valid until the next call into the ring (submit() or
+ * the next onComplete): handle them first.
+ */
+export const CQE_TAG = 0;
+export const CQE_RESULT = 1;
+export const CQE_STRIDE = 2;
+
+export interface IoRingOptions {
+  /** Submission queue entries (1..4096, rounded up to a power of two; default 256). The
+   * completion queue gets twice as many. */
+  entries?: number;
+  /**
+   * Completions that arrived asynchronously (eventfd wake-up on the Node loop): `count` pairs
+   * are in `completions`. Called inside a callback scope (microtasks run after it). A
+   * submit() made while it runs (directly or from its microtasks) queues and submits but
+   * reaps nothing; those completions come with the next onComplete call of the same wake-up.
+   */
+  onComplete: (count: number) => void;
+}
+
+/**
+ * `new IoRing(options)`: an io_uring (raw syscalls, SQ/CQ rings mmapped) driven from the main
+ * thread. Construction throws VhostError(errno name) where io_uring is unavailable (see
+ * IoRing.probe()).
+ *
+ * prep*() queue one SQE each; nothing reaches the kernel before submit(), except when the SQ
+ * is full (prep hands the queued SQEs to the kernel first). Tags are integers in [0, 2^31),
+ * chosen by the caller (distinct among ops in flight). The views passed to prepReadv/
+ * prepWritev must stay referenced by the caller until their tag completes. prep*() throw
+ * EINVAL for bad arguments, ESHUTDOWN once the ring is torn down.
+ *
+ * While anything is in flight the ring keeps itself and the loop alive. close() refuses no
+ * completion: queued SQEs are submitted, every op still completes through onComplete/submit,
+ * and the ring is torn down (nothing the kernel may still write is freed before) once none is
+ * left. Further prep*() calls are accepted until then (e.g. to continue a short read).
+ */
+export interface NativeIoRing {
+  /** See CQE_* for the layout. */
+  readonly completions: Int32Array;
+  readonly sqEntries: number;
+  readonly cqEntries: number;
+  /** Ops queued or submitted whose completion has not been delivered yet. */
+  readonly inflight: number;
+  /** true once close() was called. */
+  readonly closed: boolean;
+  /** IORING_OP_READV of `bufs` (at most 1024 views) from fd at offset. */
+  prepReadv(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number): void;
+  /** IORING_OP_WRITEV of `bufs` (at most 1024 views) to fd at offset. */
+  prepWritev(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number): void;
+  /** IORING_OP_FSYNC with IORING_FSYNC_DATASYNC. */
+  prepFdatasync(fd: number, tag: number): void;
+  /** IORING_OP_FALLOCATE: fallocate(fd, mode, offset, length). */
+  prepFallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
+  /**
+   * One io_uring_enter for every queued SQE (none when nothing is queued), then reaps every
+   * completion already posted (inline completions, e.g. page-cache hits) into `completions`
+   * and returns how many pairs it wrote (0 inside onComplete, see IoRingOptions). Throws the
+   * errno of io_uring_enter when the ring itself fails.
+   */
+  submit(): number;
+  close(): void;
+}
+
+export interface IoUringProbe {
+  /** true when IoRing can be constructed here with READV, WRITEV, FSYNC, FALLOCATE. */
+  supported: boolean;
+  /** When not supported: errno name (EPERM when the kernel forbids io_uring, ENOSYS ...). */
+  code?: string;
+  reason?: string;
+}
+
+export interface NativeIoRingClass {
+  new (options: IoRingOptions): NativeIoRing;
+  /** Sets up and tears down a small ring; never throws. */
+  probe(): IoUringProbe;
+}
+
 export interface NativeAddon {
+  IoRing: NativeIoRingClass;
+  /** BLKGETSIZE64: size in bytes of the block device open as fd. Throws ENOTTY for a file. */
+  blockDeviceSize(fd: number): number;
+  /** BLKSSZGET: logical block size of the block device open as fd. */
+  logicalBlockSize(fd: number): number;
+  /** BLKDISCARD / BLKZEROOUT of [offset, offset + length) on a libuv worker thread. */
+  blockRange(fd: number, op: 'discard' | 'zeroout', offset: number, length: number): Promise<void>;
+  /** fallocate(2) on a libuv worker thread (the threadpool engine's fallocate). */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** A zeroed view of `size` bytes at a memory address that is a multiple of `align` (power of
+   * two <= 65536), e.g. an O_DIRECT bounce buffer. */
+  alignedBuffer(size: number, align: number): Uint8Array;
+  /** true when every view's address and length are multiples of `align` (O_DIRECT iovecs). */
+  isDirectIoAligned(bufs: readonly Uint8Array[], align: number): boolean;
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   VhostDevice: new (options: VhostDeviceOptions) => NativeVhostDevice;
+  GuestRam: new (size: number, populate?: boolean) => NativeGuestRam;
+  EventFd: new () => NativeEventFd;
+  FrontendChannel: new (options: FrontendChannelOptions) => NativeFrontendChannel;
 }

@@ -1,0 +1,315 @@
+#include "js/vhost_device.h"
+
+#include <uv.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "js/errors.h"
+
+namespace vbc {
+
+namespace {
+// REQ_* layout of src/native/types.ts.
+constexpr size_t kReqSlot = 0;
+constexpr size_t kReqType = 1;
+constexpr size_t kReqSector = 2;
+constexpr size_t kReqDataLen = 3;
+constexpr size_t kReqFirstSeg = 4;
+constexpr size_t kReqSegCount = 5;
+constexpr size_t kReqStride = 6;
+constexpr double kMaxSafeSector = 9007199254740992.0;  // 2^53
+
+const char* LevelName(vhost::LogLevel l) {
+  switch (l) {
+    case vhost::LogLevel::kTrace: return "trace";
+    case vhost::LogLevel::kDebug: return "debug";
+    case vhost::LogLevel::kInfo: return "info";
+    case vhost::LogLevel::kWarn: return "warn";
+    case vhost::LogLevel::kError: return "error";
+  }
+  return "info";
+}
+
+uint32_t IntOption(Napi::Env env, Napi::Object o, const char* key, uint32_t min, uint32_t max,
+                   bool required, uint32_t dflt) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() && !required) return dflt;
+  if (!v.IsNumber()) ThrowError(env, "EINVAL", std::string("option ") + key + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= min && d <= max) || std::floor(d) != d) {
+    ThrowError(env, "EINVAL", std::string("option ") + key + " out of range [" +
+                                  std::to_string(min) + ", " + std::to_string(max) + "]");
+  }
+  return static_cast<uint32_t>(d);
+}
+
+std::vector<uint8_t> ConfigImage(Napi::Env env, Napi::Value v) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    ThrowError(env, "EINVAL", "config must be a Uint8Array");
+  }
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  if (a.ElementLength() > vhost::kMaxConfigSize) {
+    ThrowError(env, "EINVAL", "config image larger than 256 bytes");
+  }
+  return std::vector<uint8_t>(a.Data(), a.Data() + a.ElementLength());
+}
+}  // namespace
+
+Napi::Object VhostDevice::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function cls = DefineClass(
+      env, "VhostDevice",
+      {
+          InstanceAccessor<&VhostDevice::JS_getRequests>("requests"),
+          InstanceAccessor<&VhostDevice::JS_getConnected>("connected"),
+          InstanceMethod<&VhostDevice::JS_complete>("complete"),
+          InstanceMethod<&VhostDevice::JS_setConfig>("setConfig"),
+          InstanceMethod<&VhostDevice::JS_inflight>("inflight"),
+          InstanceMethod<&VhostDevice::JS_close>("close"),
+      });
+  exports.Set("VhostDevice", cls);
+  return exports;
+}
+
+VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VhostDevice>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) {
+    ThrowError(env, "EINVAL", "VhostDevice(options) expects an options object");
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  const bool has_path = !o.Get("socketPath").IsUndefined();
+  const bool has_fd = !o.Get("fd").IsUndefined();
+  if (has_path == has_fd) ThrowError(env, "EINVAL", "exactly one of socketPath and fd is required");
+  if (has_path && !o.Get("socketPath").IsString()) {
+    ThrowError(env, "EINVAL", "socketPath must be a string");
+  }
+  vhost::BackendOptions opts;
+  opts.max_queues = IntOption(env, o, "maxQueues", 1, 64, true, 1);
+  opts.max_queue_size = IntOption(env, o, "maxQueueSize", 1, 32768, true, 256);
+  if ((opts.max_queue_size & (opts.max_queue_size - 1)) != 0) {
+    ThrowError(env, "EINVAL", "maxQueueSize must be a power of two");
+  }
+  const uint32_t mode = IntOption(env, o, "socketMode", 0, 0777, false, 0600);
+  Napi::Value feats = o.Get("deviceFeatures");
+  if (!feats.IsBigInt()) ThrowError(env, "EINVAL", "deviceFeatures must be a bigint");
+  bool lossless = false;
+  opts.device_features = feats.As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) ThrowError(env, "EINVAL", "deviceFeatures must fit 64 bits");
+  opts.config = ConfigImage(env, o.Get("config"));
+  Napi::Value on_requests = o.Get("onRequests");
+  Napi::Value on_event = o.Get("onEvent");
+  if (!on_requests.IsFunction() || !on_event.IsFunction()) {
+    ThrowError(env, "EINVAL", "onRequests and onEvent must be functions");
+  }
+  on_requests_ = Napi::Persistent(on_requests.As<Napi::Function>());
+  on_event_ = Napi::Persistent(on_event.As<Napi::Function>());
+  requests_ = Napi::Persistent(
+      Napi::Float64Array::New(env, static_cast<size_t>(opts.max_queue_size) * kReqStride));
+  async_ = std::make_unique<Napi::AsyncContext>(env, "VhostDevice");
+
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    ThrowError(env, "EIO", "no event loop");
+  }
+  backend_ = std::make_unique<vhost::Backend>(loop, this, std::move(opts));
+  vhost::SetupError err;
+  bool ok;
+  if (has_path) {
+    ok = backend_->Listen(o.Get("socketPath").As<Napi::String>().Utf8Value(), mode, &err);
+  } else {
+    ok = backend_->Adopt(static_cast<int>(IntOption(env, o, "fd", 0, INT32_MAX, true, 0)), &err);
+  }
+  if (!ok) {
+    if (backend_->has_handles()) {
+      // Handles were initialized on the loop: the backend may never be freed under them.
+      backend_->Close();
+      backend_.release();
+    }
+    ThrowError(env, err.code, err.message);
+  }
+  Ref();
+  referenced_ = true;
+}
+
+VhostDevice::~VhostDevice() = default;
+
+Napi::Value VhostDevice::JS_getRequests(const Napi::CallbackInfo&) { return requests_.Value(); }
+
+Napi::Value VhostDevice::JS_getConnected(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), backend_ && backend_->connected());
+}
+
+Napi::Value VhostDevice::JS_complete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    ThrowError(env, "EINVAL", "complete(queue, count, completions: Uint32Array)");
+  }
+  const double queue = info[0].As<Napi::Number>().DoubleValue();
+  const double count = info[1].As<Napi::Number>().DoubleValue();
+  Napi::Uint32Array pairs = info[2].As<Napi::Uint32Array>();
+  if (!(queue >= 0 && queue < 64) || std::floor(queue) != queue) {
+    ThrowError(env, "EINVAL", "complete: bad queue");
+  }
+  if (!(count >= 0) || std::floor(count) != count || count * 2 > pairs.ElementLength()) {
+    ThrowError(env, "EINVAL", "complete: count exceeds the completions array");
+  }
+  std::string err;
+  if (!backend_->Complete(static_cast<uint32_t>(queue), pairs.Data(), static_cast<size_t>(count),
+                          &err)) {
+    ThrowError(env, "EINVAL", "complete: " + err);
+  }
+  return env.Undefined();
+}
+
+Napi::Value VhostDevice::JS_setConfig(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1) ThrowError(env, "EINVAL", "setConfig(config: Uint8Array)");
+  backend_->SetConfig(ConfigImage(env, info[0]));
+  return env.Undefined();
+}
+
+Napi::Value VhostDevice::JS_inflight(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::vector<uint32_t> v = backend_->Inflight();
+  Napi::Array out = Napi::Array::New(env, v.size());
+  for (size_t i = 0; i < v.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, v[i]));
+  return out;
+}
+
+Napi::Value VhostDevice::JS_close(const Napi::CallbackInfo& info) {
+  backend_->Close();
+  return info.Env().Undefined();
+}
+
+void VhostDevice::AllHandlesClosed() {
+  buffers_.clear();
+  if (referenced_) {
+    referenced_ = false;
+    Unref();
+  }
+}
+
+void VhostDevice::MemoryTableChanged() {
+  for (auto it = buffers_.begin(); it != buffers_.end();) {
+    if (backend_ && backend_->memory().Contains(it->first)) {
+      ++it;
+    } else {
+      it = buffers_.erase(it);
+    }
+  }
+}
+
+Napi::ArrayBuffer VhostDevice::BufferFor(vhost::Mapping* mapping) {
+  auto it = buffers_.find(mapping);
+  if (it != buffers_.end()) return it->second.Value();
+  auto* hint = new std::shared_ptr<vhost::Mapping>(mapping->shared_from_this());
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+      Env(), mapping->base(), mapping->length(),
+      [](Napi::Env, void*, std::shared_ptr<vhost::Mapping>* h) { delete h; }, hint);
+  buffers_.emplace(mapping, Napi::Persistent(ab));
+  return ab;
+}
+
+void VhostDevice::CallJs(Napi::FunctionReference& fn, const std::initializer_list<napi_value>& args) {
+  try {
+    fn.MakeCallback(Value(), args, *async_);
+  } catch (const Napi::Error& e) {
+    // Like any exception thrown by an asynchronous callback: process 'uncaughtException'.
+    napi_fatal_exception(Env(), e.Value());
+  }
+}
+
+void VhostDevice::DeliverRequests(int queue, const std::vector<vhost::PendingRequest>& reqs,
+                                  const std::vector<vhost::HostIov>& segs) {
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  Napi::Float64Array arr = requests_.Value();
+  double* d = arr.Data();
+  const size_t n = reqs.size();
+  for (size_t i = 0; i < n; i++) {
+    const vhost::PendingRequest& r = reqs[i];
+    double* e = d + i * kReqStride;
+    e[kReqSlot] = r.slot;
+    e[kReqType] = r.type;
+    const double sector = static_cast<double>(r.sector);
+    e[kReqSector] = sector >= kMaxSafeSector ? kMaxSafeSector : sector;
+    e[kReqDataLen] = static_cast<double>(r.data_len);
+    e[kReqFirstSeg] = r.first_seg;
+    e[kReqSegCount] = r.seg_count;
+  }
+  Napi::Array views = Napi::Array::New(env, segs.size());
+  for (size_t j = 0; j < segs.size(); j++) {
+    const vhost::HostIov& s = segs[j];
+    Napi::ArrayBuffer ab = BufferFor(s.mapping);
+    views.Set(static_cast<uint32_t>(j),
+              Napi::Uint8Array::New(env, s.len, ab, static_cast<size_t>(s.ptr - s.mapping->base())));
+  }
+  CallJs(on_requests_, {Napi::Number::New(env, queue), Napi::Number::New(env, static_cast<double>(n)),
+                        views});
+}
+
+void VhostDevice::EmitEvent(const vhost::DeviceEvent& ev) {
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  Napi::Object o = Napi::Object::New(env);
+  using K = vhost::DeviceEvent;
+  switch (ev.kind) {
+    case K::kListening:
+      o.Set("type", "listening");
+      o.Set("path", ev.text.empty() ? env.Null() : Napi::String::New(env, ev.text));
+      break;
+    case K::kConnected:
+      o.Set("type", "connected");
+      break;
+    case K::kDisconnected:
+      o.Set("type", "disconnected");
+      o.Set("reason", ev.text);
+      break;
+    case K::kBroken:
+      o.Set("type", "broken");
+      o.Set("reason", ev.text);
+      break;
+    case K::kQueueStarted:
+      o.Set("type", "queue-started");
+      o.Set("queue", ev.queue);
+      o.Set("size", ev.size);
+      break;
+    case K::kQueueStopped:
+      o.Set("type", "queue-stopped");
+      o.Set("queue", ev.queue);
+      break;
+    case K::kConfigWrite: {
+      o.Set("type", "config-write");
+      o.Set("offset", ev.offset);
+      Napi::Uint8Array data = Napi::Uint8Array::New(env, ev.data.size());
+      if (!ev.data.empty()) std::memcpy(data.Data(), ev.data.data(), ev.data.size());
+      o.Set("data", data);
+      break;
+    }
+    case K::kLog: {
+      o.Set("type", "log");
+      o.Set("level", LevelName(ev.level));
+      o.Set("msg", ev.text);
+      if (!ev.fields.empty()) {
+        Napi::Object f = Napi::Object::New(env);
+        for (const vhost::LogField& lf : ev.fields) {
+          if (lf.is_string) {
+            f.Set(lf.key, lf.str);
+          } else {
+            f.Set(lf.key, lf.num);
+          }
+        }
+        o.Set("fields", f);
+      }
+      break;
+    }
+  }
+  CallJs(on_event_, {o});
+}
+
+Napi::Object InitVhostDevice(Napi::Env env, Napi::Object exports) {
+  return VhostDevice::Init(env, exports);
+}
+
+}  // namespace vbc

@@ -1,0 +1,244 @@
+// The vhost-user-blk back end: socket, connection state machine, rings, in-flight requests.
+// Everything runs on the Node main thread, driven by uv_poll_t handles on the Node loop; JS is
+// reached only through BackendHost.
+//
+// Connection states: listening (listen fd watched) -> connected (connection fd watched, listen
+// fd NOT watched: further front ends wait in the backlog) -> back to listening when the front
+// end closes, on an I/O error, or on Panic(). An inherited connected fd has no listen socket:
+// after it ends the device stays idle until close().
+//
+// Ring states (vhost-user.rst "Ring states"): a queue is started once it has a size, addresses
+// and a kick fd; enabled by SET_VRING_ENABLE (initially enabled only when
+// VHOST_USER_F_PROTOCOL_FEATURES was not negotiated). It is processed (kick fd watched) only
+// while started and enabled. GET_VRING_BASE stops it; if requests of that queue are still in
+// JS, the reply waits until they complete (no further messages are read meanwhile).
+//
+// Requests: each popped chain that carves into a virtio-blk request gets a slot (see
+// SlotId) and goes to JS; complete() writes the status byte and the used element, and the
+// call eventfd is written at most once per loop turn per queue (uv_check, plus a uv_idle so
+// the loop does not block in poll meanwhile).
+//
+// Panic(reason): the one error path for anything a front end did wrong. It reports 'broken',
+// then drops the connection exactly like a disconnect: closes the socket and every kick/call
+// fd, forgets rings, in-flight slots and the memory table (mappings stay while JS views
+// refer to them) and listens again.
+#pragma once
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blk/blk_request.h"
+#include "vhost/guest_memory.h"
+#include "vhost/protocol.h"
+#include "vhost/split_vring.h"
+
+namespace vbc {
+namespace vhost {
+
+enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError };
+
+struct LogField {
+  std::string key;
+  bool is_string;
+  double num;
+  std::string str;
+};
+
+struct DeviceEvent {
+  enum Kind { kListening, kConnected, kDisconnected, kBroken, kQueueStarted, kQueueStopped,
+              kConfigWrite, kLog };
+  Kind kind;
+  std::string text;  // listening: path ("" = none); disconnected/broken: reason; log: msg
+  int queue = 0;
+  uint32_t size = 0;    // queue-started: ring size
+  uint32_t offset = 0;  // config-write
+  std::vector<uint8_t> data;  // config-write
+  LogLevel level = LogLevel::kInfo;
+  std::vector<LogField> fields;
+};
+
+// One request handed to JS.
+struct PendingRequest {
+  uint32_t slot;
+  uint32_t type;
+  uint64_t sector;
+  uint64_t data_len;
+  uint32_t first_seg;
+  uint32_t seg_count;
+};
+
+class BackendHost {
+ public:
+  virtual ~BackendHost() = default;
+  // Calls onRequests(queue, reqs.size(), views of segs) once.
+  virtual void DeliverRequests(int queue, const std::vector<PendingRequest>& reqs,
+                               const std::vector<HostIov>& segs) = 0;
+  virtual void EmitEvent(const DeviceEvent& ev) = 0;
+  // The memory table changed (or was cleared): drop JS caches of mappings no longer in it.
+  virtual void MemoryTableChanged() = 0;
+  // close() finished: every uv handle is closed; the host may let go of the backend.
+  virtual void AllHandlesClosed() = 0;
+};
+
+struct BackendOptions {
+  uint32_t max_queues = 1;
+  uint32_t max_queue_size = 256;
+  uint64_t device_features = 0;
+  std::vector<uint8_t> config;
+};
+
+// Errors of Listen/Adopt: an errno-style code and a message.
+struct SetupError {
+  std::string code;
+  std::string message;
+};
+
+class Backend {
+ public:
+  Backend(uv_loop_t* loop, BackendHost* host, BackendOptions options);
+  ~Backend();
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  // Creates the unix socket at path with mode (see vhost_device.cc for the EADDRINUSE rules).
+  bool Listen(const std::string& path, uint32_t mode, SetupError* err);
+  // Takes an inherited socket fd (listening or connected).
+  bool Adopt(int fd, SetupError* err);
+
+  // JS entry points.
+  // Completes `count` [slot, status] pairs of queue; returns false with *err for bad arguments.
+  bool Complete(uint32_t queue, const uint32_t* pairs, size_t count, std::string* err);
+  void SetConfig(std::vector<uint8_t> config) { options_.config = std::move(config); }
+  std::vector<uint32_t> Inflight() const;
+  bool connected() const { return conn_fd_ >= 0; }
+  void Close();
+  bool closed() const { return closed_; }
+  // True once Listen/Adopt created uv handles: the backend must then be closed (and its
+  // handles' close callbacks run) before it may be destroyed.
+  bool has_handles() const { return open_handles_ > 0; }
+
+  const GuestMemory& memory() const { return mem_; }
+  const std::string& socket_path() const { return created_path_; }
+  uint32_t max_queue_size() const { return options_.max_queue_size; }
+
+  // Slot ids: (generation & 0x7ff) << 21 | queue << 15 | head. Fits a uint32 and a double.
+  static uint32_t SlotId(uint32_t gen, uint32_t queue, uint32_t head) {
+    return ((gen & 0x7ff) << 21) | (queue << 15) | head;
+  }
+
+ private:
+  struct Watch;
+  struct Slot {
+    bool active = false;
+    uint32_t type = 0;
+    uint64_t data_len = 0;
+    uint8_t* status = nullptr;
+    std::shared_ptr<Mapping> status_mapping;
+  };
+  struct Queue {
+    SplitVring ring;
+    bool num_set = false;
+    int kick_fd = -1;
+    int call_fd = -1;
+    int enable = -1;  // -1: not set by SET_VRING_ENABLE
+    bool running = false;
+    bool notify_pending = false;
+    bool process_pending = false;  // drain once in the next check callback (ring just started)
+    bool stop_pending = false;  // GET_VRING_BASE reply waits for in-flight requests
+    uint32_t gen = 0;
+    uint32_t inflight = 0;
+    Watch* kick_watch = nullptr;
+    std::vector<Slot> slots;  // indexed by head while running
+  };
+  enum class Result { kOk, kFail, kDropped, kDeferred };
+
+  // uv plumbing
+  void InitHandles();
+  Watch* StartWatch(int fd, int kind, int queue, int events);
+  void StopWatch(Watch** w);
+  static void OnPoll(uv_poll_t* h, int status, int events);
+  static void OnWatchClosed(uv_handle_t* h);
+  static void OnCheck(uv_check_t* h);
+  static void OnIdle(uv_idle_t* h);
+  static void OnHandleClosed(uv_handle_t* h);
+  void HandleClosed();
+  void ScheduleCheck();
+  void RunCheck();
+
+  // events
+  void Emit(DeviceEvent ev);
+  void Log(LogLevel level, std::string msg, std::vector<LogField> fields = {});
+  void FlushEvents();
+
+  // connection
+  void OnListenReadable();
+  void StartConnection(int fd);
+  void OnConnReadable();
+  void Disconnect(const std::string& reason);
+  void Panic(const std::string& reason);
+  bool ReadMessages();
+  bool SendReply(uint32_t request, const void* payload, uint32_t size);
+  bool SendU64Reply(uint32_t request, uint64_t value);
+  void Dispatch();
+  Result Handle(const MsgHeader& h, const uint8_t* p, std::vector<int>& fds);
+  Result Refuse(const MsgHeader& h, const std::string& reason);
+  Result Unsupported(const MsgHeader& h);
+  bool FinishGetVringBase(uint32_t index);
+
+  // rings
+  Queue* QueueFor(uint32_t index, const char* what);
+  bool QueueEnabled(const Queue& q) const;
+  void UpdateRunning(uint32_t index);
+  void StopQueue(uint32_t index, bool clear_config);
+  void StopAllQueues();
+  void ClearSlots(Queue& q);
+  void OnKick(uint32_t index);
+  void ProcessQueue(uint32_t index);
+  bool ReResolveRings();
+  void ApplyFeatures();
+
+  uv_loop_t* loop_;
+  BackendHost* host_;
+  BackendOptions options_;
+  bool closed_ = false;
+
+  int listen_fd_ = -1;
+  Watch* listen_watch_ = nullptr;
+  std::string created_path_;  // unlinked by Close() if still our socket
+  uint64_t created_dev_ = 0, created_ino_ = 0;
+
+  int conn_fd_ = -1;
+  uint64_t conn_serial_ = 0;  // bumped when a connection starts or ends
+  Watch* conn_watch_ = nullptr;
+  bool reading_paused_ = false;
+  // Message being received.
+  MsgHeader hdr_{};
+  size_t hdr_got_ = 0;
+  std::vector<uint8_t> payload_;
+  size_t payload_got_ = 0;
+  std::vector<int> fds_;
+
+  // Negotiated state of the connection.
+  uint64_t features_ = 0;
+  uint64_t protocol_features_ = 0;
+  bool features_set_ = false;
+  GuestMemory mem_;
+  std::vector<Queue> queues_;
+  uint32_t gen_counter_ = 0;
+  int deferred_queue_ = -1;  // queue whose GET_VRING_BASE reply is deferred
+
+  uv_check_t* check_ = nullptr;
+  uv_idle_t* idle_ = nullptr;
+  bool check_active_ = false;
+  int open_handles_ = 0;
+  int depth_ = 0;  // nesting of uv callbacks
+  std::deque<DeviceEvent> events_;
+  bool flushing_ = false;
+};
+
+}  // namespace vhost
+}  // namespace vbc

@@ -1,0 +1,215 @@
+#include "vhost/guest_memory.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace vbc {
+namespace vhost {
+
+namespace {
+constexpr long kHugetlbfsMagic = 0x958458f6;
+
+// r contains [addr, addr + len) entirely; len > 0 and no wrap assumed checked by caller.
+bool Inside(uint64_t base, uint64_t size, uint64_t addr, uint64_t len) {
+  return addr >= base && addr - base < size && len <= size - (addr - base);
+}
+}  // namespace
+
+std::shared_ptr<Mapping> Mapping::Create(int fd, uint64_t offset, uint64_t size,
+                                         std::string* err) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    *err = std::string("fstat of memory fd failed: ") + strerror(errno);
+    return nullptr;
+  }
+  // Only regular files (memfd, tmpfs, hugetlbfs, plain files): a mapping past the end of the
+  // file would raise SIGBUS on access, so the size is checked against the file.
+  if (!S_ISREG(st.st_mode)) {
+    *err = "memory fd is not a regular file / memfd";
+    return nullptr;
+  }
+  if (size == 0 || offset > UINT64_MAX - size || offset + size > static_cast<uint64_t>(st.st_size)) {
+    *err = "memory region [mmap_offset, mmap_offset + size) is outside the file";
+    return nullptr;
+  }
+  uint64_t align = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  struct statfs sfs;
+  if (fstatfs(fd, &sfs) == 0 && static_cast<long>(sfs.f_type) == kHugetlbfsMagic &&
+      sfs.f_bsize > 0 && (static_cast<uint64_t>(sfs.f_bsize) & (sfs.f_bsize - 1)) == 0) {
+    align = static_cast<uint64_t>(sfs.f_bsize);
+  }
+  const uint64_t start = offset & ~(align - 1);
+  uint64_t length = size + (offset - start);
+  if (length > UINT64_MAX - align) {
+    *err = "memory region too large";
+    return nullptr;
+  }
+  length = (length + align - 1) & ~(align - 1);
+  if (length > SIZE_MAX) {
+    *err = "memory region too large";
+    return nullptr;
+  }
+  void* p = mmap(nullptr, static_cast<size_t>(length), PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_NORESERVE, fd, static_cast<off_t>(start));
+  if (p == MAP_FAILED) {
+    *err = std::string("mmap of memory region failed: ") + strerror(errno);
+    return nullptr;
+  }
+  uint8_t* base = static_cast<uint8_t*>(p);
+  return std::shared_ptr<Mapping>(
+      new Mapping(base, static_cast<size_t>(length), base + (offset - start)));
+}
+
+Mapping::~Mapping() { munmap(base_, length_); }
+
+bool GuestMemory::Validate(const MemRegionDesc& d, std::string* err) {
+  if (d.memory_size == 0) {
+    *err = "memory region of size 0";
+    return false;
+  }
+  if (d.guest_phys_addr > UINT64_MAX - (d.memory_size - 1) ||
+      d.userspace_addr > UINT64_MAX - (d.memory_size - 1)) {
+    *err = "memory region wraps the address space";
+    return false;
+  }
+  return true;
+}
+
+bool GuestMemory::Overlaps(const Region& a, const MemRegionDesc& b) {
+  // Compare with inclusive ends: both ranges are validated not to wrap.
+  const uint64_t a_g_end = a.guest_phys_addr + (a.size - 1);
+  const uint64_t b_g_end = b.guest_phys_addr + (b.memory_size - 1);
+  const uint64_t a_u_end = a.user_addr + (a.size - 1);
+  const uint64_t b_u_end = b.userspace_addr + (b.memory_size - 1);
+  const bool g = a.guest_phys_addr <= b_g_end && b.guest_phys_addr <= a_g_end;
+  const bool u = a.user_addr <= b_u_end && b.userspace_addr <= a_u_end;
+  return g || u;
+}
+
+bool GuestMemory::MapOne(const MemRegionDesc& d, int fd, Region* out, std::string* err) {
+  if (!Validate(d, err)) return false;
+  if (fd < 0) {
+    *err = "memory region without fd";
+    return false;
+  }
+  std::shared_ptr<Mapping> m = Mapping::Create(fd, d.mmap_offset, d.memory_size, err);
+  if (!m) return false;
+  out->guest_phys_addr = d.guest_phys_addr;
+  out->size = d.memory_size;
+  out->user_addr = d.userspace_addr;
+  out->mmap_offset = d.mmap_offset;
+  out->mapping = m;
+  out->host = m->data();
+  return true;
+}
+
+bool GuestMemory::SetTable(const MemRegionDesc* descs, uint32_t n, const int* fds,
+                           std::string* err) {
+  std::vector<Region> next;
+  next.reserve(n);
+  for (uint32_t i = 0; i < n; i++) {
+    if (!Validate(descs[i], err)) return false;
+    for (const Region& r : next) {
+      if (Overlaps(r, descs[i])) {
+        *err = "memory regions overlap";
+        return false;
+      }
+    }
+    Region r;
+    if (!MapOne(descs[i], fds[i], &r, err)) return false;
+    next.push_back(std::move(r));
+  }
+  regions_ = std::move(next);
+  return true;
+}
+
+bool GuestMemory::AddRegion(const MemRegionDesc& desc, int fd, std::string* err) {
+  if (regions_.size() >= kMaxMemSlots) {
+    *err = "all memory slots are in use";
+    return false;
+  }
+  if (!Validate(desc, err)) return false;
+  for (const Region& r : regions_) {
+    if (Overlaps(r, desc)) {
+      *err = "memory region overlaps an existing one";
+      return false;
+    }
+  }
+  Region r;
+  if (!MapOne(desc, fd, &r, err)) return false;
+  regions_.push_back(std::move(r));
+  return true;
+}
+
+bool GuestMemory::RemoveRegion(const MemRegionDesc& desc, std::string* err) {
+  for (auto it = regions_.begin(); it != regions_.end(); ++it) {
+    if (it->guest_phys_addr == desc.guest_phys_addr && it->user_addr == desc.userspace_addr &&
+        it->size == desc.memory_size) {
+      regions_.erase(it);
+      return true;
+    }
+  }
+  *err = "no such memory region";
+  return false;
+}
+
+bool GuestMemory::Contains(const Mapping* m) const {
+  for (const Region& r : regions_) {
+    if (r.mapping.get() == m) return true;
+  }
+  return false;
+}
+
+bool GuestMemory::TranslateGpa(uint64_t gpa, uint64_t len, bool writable,
+                               std::vector<HostIov>* out) const {
+  if (len == 0) return true;
+  if (gpa > UINT64_MAX - (len - 1)) return false;
+  while (len > 0) {
+    const Region* hit = nullptr;
+    for (const Region& r : regions_) {
+      if (gpa >= r.guest_phys_addr && gpa - r.guest_phys_addr < r.size) {
+        hit = &r;
+        break;
+      }
+    }
+    if (hit == nullptr) return false;
+    const uint64_t off = gpa - hit->guest_phys_addr;
+    uint64_t n = hit->size - off;
+    if (n > len) n = len;
+    // HostIov lengths are 32-bit; descriptor lengths are too, so n fits.
+    out->push_back(HostIov{hit->host + off, static_cast<uint32_t>(n), writable, hit->mapping.get()});
+    len -= n;
+    gpa += n;
+  }
+  return true;
+}
+
+uint8_t* GuestMemory::GpaContig(uint64_t gpa, uint64_t len, Mapping** mapping) const {
+  if (len == 0) return nullptr;
+  for (const Region& r : regions_) {
+    if (Inside(r.guest_phys_addr, r.size, gpa, len)) {
+      if (mapping != nullptr) *mapping = r.mapping.get();
+      return r.host + (gpa - r.guest_phys_addr);
+    }
+  }
+  return nullptr;
+}
+
+uint8_t* GuestMemory::UserAddrContig(uint64_t uaddr, uint64_t len, Mapping** mapping) const {
+  if (len == 0) return nullptr;
+  for (const Region& r : regions_) {
+    if (Inside(r.user_addr, r.size, uaddr, len)) {
+      if (mapping != nullptr) *mapping = r.mapping.get();
+      return r.host + (uaddr - r.user_addr);
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace vhost
+}  // namespace vbc

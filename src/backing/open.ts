@@ -1,0 +1,28 @@
+/**
+ * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://)
+ * or a path to a raw image file or block device.
+ */
+import type { VolumeConfig } from '../config/config';
+import type { IoEngine } from '../io/io-engine';
+import type { Logger } from '../util/logger';
+import type { BackingStore } from './backing-store';
+import { FileStore } from './file-store';
+
+export interface OpenContext {
+  engine: IoEngine;
+  backingTimeoutMs: number;
+  logger: Logger;
+}
+
+export function isNbdUri(backing: string): boolean {
+  return /^nbd(\+unix|\+tcp)?:\/\//.test(backing);
+}
+
+export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {
+  return FileStore.open(cfg.backing, {
+    readOnly: cfg.readOnly,
+    direct: cfg.direct,
+    ...(cfg.size !== undefined ? { createSize: cfg.size } : {}),
+    engine: ctx.engine,
+  });
+}

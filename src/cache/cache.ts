@@ -1,0 +1,381 @@
+/**
+ * The shared cache: one cache device (file or block device) holding the log, the cache map
+ * (BDA + address map + CLOCK), the volume table, statistics and warm-restart metadata.
+ * Volumes reach it through CachedStore (cached-store.ts), which owns the consistency rules;
+ * this class offers block-granular primitives: readBlocks, insert, invalidate.
+ *
+ * Open sequence: open (or create and size) the device; read the superblock (device offset 0),
+ * rewrite it with a fresh uuid if it is missing or of another geometry; load the metadata if
+ * it matches the geometry, the uuid and the map size; REMOVE the metadata file (fsync of the
+ * directory) before returning, so from now on a crash leaves no metadata: the next open is
+ * cold and correct. close() drains insertions, writes buffered segments, fdatasyncs the
+ * device and saves the metadata. abort() stops without saving (what a crash leaves).
+ *
+ * Superblock (4 KiB, little endian): u32 magic 0x44434256 ('VBCD'), u32 version 1,
+ * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, 8 bytes zero, 16 bytes uuid,
+ * 12 bytes zero, u32 CRC-32 of the 4 KiB with this field zero (offset 60), zeros.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { crc32 } from 'node:zlib';
+import type { IoEngine } from '../io/io-engine';
+import { VhostError } from '../native/errors';
+import { type Logger, silentLogger } from '../util/logger';
+import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
+import { MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
+import { CacheMap } from './cache-map';
+import { Log } from './log';
+import { discardMetadata, loadMetadata, saveMetadata, type VolumeRecord } from './metadata';
+import { computeGeometry, type Geometry, SUPERBLOCK_SIZE } from './segment';
+import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
+
+export const SUPERBLOCK_MAGIC = 0x44434256;
+
+export interface CacheOptions {
+  /** Cache device: a block device or a file (created when `size` is given). */
+  path: string;
+  /** Bytes; creates or resizes a regular file. Required when the file does not exist. */
+  size?: number;
+  /** Cache block size, power of two in 4-64 KiB (default 4096). */
+  blockSize?: number;
+  /** Segment data size, multiple of blockSize (default 512 KiB). */
+  segmentSize?: number;
+  engine: IoEngine;
+  logger?: Logger;
+  /** Warm-restart metadata file (default `${path}.meta`). */
+  metadataPath?: string;
+  /** RAM segment buffers (default 8). */
+  buffers?: number;
+  /** Address map load factor (default 0.7). */
+  loadFactor?: number;
+  /** Insertion backlog limit in blocks (default 16 segments' worth). */
+  maxQueuedBlocks?: number;
+}
+
+export interface VolumeOptions {
+  /** Cap on this volume's share of the cache, in bytes (hard cap; 0/undefined = none). */
+  maxBytes?: number;
+}
+
+function deviceBytes(file: string, fd: number): number {
+  const st = fs.fstatSync(fd);
+  if (st.isFile()) return st.size;
+  if (!st.isBlockDevice()) throw new VhostError(`${file}: not a file or block device`, 'EINVAL');
+  const dev = st.rdev;
+  const major = (Math.floor(dev / 256) & 0xfff) | (Math.floor(dev / 2 ** 32) & 0xfffff000);
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00);
+  const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+  return sectors * 512;
+}
+
+function openDevice(file: string, size: number | undefined): { fd: number; bytes: number } {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (!st) {
+    if (!size) throw new VhostError(`${file}: no such cache device (give a size to create a file)`, 'ENOENT');
+    const fd = fs.openSync(file, 'w+', 0o600);
+    fs.ftruncateSync(fd, size);
+    return { fd, bytes: size };
+  }
+  const fd = fs.openSync(file, 'r+');
+  try {
+    if (st.isFile() && size && st.size !== size) fs.ftruncateSync(fd, size);
+    return { fd, bytes: deviceBytes(file, fd) };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+function superblock(g: Geometry, uuid: Uint8Array): Uint8Array {
+  const b = new Uint8Array(SUPERBLOCK_SIZE);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, SUPERBLOCK_MAGIC, true);
+  v.setUint32(4, 1, true);
+  v.setUint32(8, g.blockSize, true);
+  v.setUint32(12, g.segmentSize, true);
+  v.setUint32(16, g.headerSize, true);
+  v.setUint32(20, g.segments, true);
+  b.set(uuid, 32);
+  v.setUint32(60, crc32(b), true);
+  return b;
+}
+
+/** The uuid of a superblock that matches g, or null. */
+function parseSuperblock(b: Uint8Array, g: Geometry): Uint8Array | null {
+  const uuid = b.slice(32, 48);
+  const expect = superblock(g, uuid);
+  for (let i = 0; i < SUPERBLOCK_SIZE; i++) if (b[i] !== expect[i]) return null;
+  return uuid;
+}
+
+const hex = (u: Uint8Array) => Buffer.from(u).toString('hex');
+
+export class Cache {
+  readonly geometry: Geometry;
+  readonly blockSize: number;
+  readonly path: string;
+  readonly metadataPath: string;
+  /** True when this open loaded valid metadata (warm start). */
+  readonly warm: boolean;
+  readonly map: CacheMap;
+  readonly log: Log;
+  private readonly fd: number;
+  private readonly logger: Logger;
+  private readonly uuid: Uint8Array;
+  private readonly volumes = new Map<string, VolumeRecord>();
+  private readonly active = new Set<number>();
+  private closing = false;
+  private closed = false;
+
+  private constructor(a: {
+    o: CacheOptions;
+    fd: number;
+    g: Geometry;
+    uuid: Uint8Array;
+    map: CacheMap;
+    sequence: number;
+    volumes: VolumeRecord[];
+    warm: boolean;
+  }) {
+    this.path = a.o.path;
+    this.metadataPath = a.o.metadataPath ?? `${a.o.path}.meta`;
+    this.logger = a.o.logger ?? silentLogger;
+    this.fd = a.fd;
+    this.geometry = a.g;
+    this.blockSize = a.g.blockSize;
+    this.uuid = a.uuid;
+    this.map = a.map;
+    this.warm = a.warm;
+    for (const v of a.volumes) this.volumes.set(v.name, v);
+    this.log = new Log({
+      fd: a.fd,
+      engine: a.o.engine,
+      geometry: a.g,
+      map: a.map,
+      uuid: a.uuid,
+      sequence: a.sequence,
+      buffers: a.o.buffers ?? 8,
+      maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
+      logger: this.logger,
+    });
+  }
+
+  static async open(o: CacheOptions): Promise<Cache> {
+    const logger = o.logger ?? silentLogger;
+    const metadataPath = o.metadataPath ?? `${o.path}.meta`;
+    const loadFactor = o.loadFactor ?? DEFAULT_LOAD_FACTOR;
+    const { fd, bytes } = openDevice(o.path, o.size);
+    try {
+      const g = computeGeometry(bytes, o.blockSize ?? 4096, o.segmentSize ?? 512 * 1024);
+      const sb = new Uint8Array(SUPERBLOCK_SIZE);
+      await o.engine.readv(fd, [sb], 0);
+      let uuid = parseSuperblock(sb, g);
+      if (!uuid) {
+        uuid = new Uint8Array(randomBytes(16));
+        await o.engine.writev(fd, [superblock(g, uuid)], 0);
+        await o.engine.fdatasync(fd);
+        logger.info({ path: o.path, slots: g.slots, segments: g.segments }, 'cache device formatted');
+      }
+      const tableCapacity = AddressMap.capacityFor(g.slots, loadFactor);
+      const loaded = await loadMetadata(metadataPath, { geometry: g, deviceUuid: hex(uuid), tableCapacity });
+      // Consume the metadata before anything can change: a crash from now on means cold.
+      await discardMetadata(metadataPath);
+      // Sequence numbers stay increasing across cold starts: never below microseconds since 1970.
+      const floor = Date.now() * 1000;
+      let map: CacheMap;
+      let sequence = floor;
+      let volumes: VolumeRecord[] = [];
+      if (loaded.ok) {
+        const st = loaded.state;
+        map = new CacheMap(g.slots, loadFactor, st.bda, st.table);
+        map.hand = st.hand;
+        map.wraps = st.wraps;
+        sequence = Math.max(st.sequence, floor);
+        volumes = st.volumes;
+        logger.info({ path: o.path, blocks: map.map.size }, 'cache warm start');
+      } else {
+        map = new CacheMap(g.slots, loadFactor);
+        logger.info({ path: o.path, reason: loaded.reason }, 'cache cold start');
+      }
+      return new Cache({ o, fd, g, uuid, map, sequence, volumes, warm: loaded.ok });
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  /**
+   * Registers (or re-registers after a restart) a volume by name and returns its id. A volume
+   * whose identity or size changed since its blocks were cached loses them.
+   */
+  registerVolume(name: string, identity: string, sizeBytes: number, opts: VolumeOptions = {}): number {
+    if (this.closing) throw new VhostError('cache is closed', 'ESHUTDOWN');
+    if (sizeBytes / this.blockSize > MAX_BLOCK_NUMBER) throw new VhostError(`volume ${name} too large for the cache`, 'EFBIG');
+    const maxBytes = opts.maxBytes ?? 0;
+    let rec = this.volumes.get(name);
+    if (rec && this.active.has(rec.id)) throw new VhostError(`volume ${name} is already registered`, 'EEXIST');
+    if (rec && (rec.identity !== identity || rec.sizeBytes !== sizeBytes)) {
+      const dropped = this.map.dropVolume(rec.id);
+      this.logger.info({ volume: name, dropped }, 'volume identity changed; its cached blocks are dropped');
+      rec.identity = identity;
+      rec.sizeBytes = sizeBytes;
+    }
+    if (!rec) {
+      const used = new Set([...this.volumes.values()].map((v) => v.id));
+      let id = 0;
+      while (used.has(id)) id++;
+      if (id >= MAX_VOLUMES) throw new VhostError('too many cached volumes', 'ENOSPC');
+      this.map.dropVolume(id);
+      rec = { id, name, identity, sizeBytes, maxBytes };
+      this.volumes.set(name, rec);
+    }
+    rec.maxBytes = maxBytes;
+    this.map.volumeCap[rec.id] = maxBytes > 0 ? Math.max(1, Math.floor(maxBytes / this.blockSize)) : 0;
+    this.active.add(rec.id);
+    return rec.id;
+  }
+
+  /** The volume stops using the cache (its blocks stay for a later registration). */
+  unregisterVolume(id: number): void {
+    this.active.delete(id);
+  }
+
+  /** True once a cache-device write error stopped insertion. */
+  get disabled(): boolean {
+    return this.log.disabled || this.closing;
+  }
+
+  /**
+   * Looks up blocks first .. first + count - 1 of a volume; copies every hit into `out` at
+   * k * blockSize and sets hit[k] = 1 (0 for misses). Device read errors and blocks whose
+   * segment was rewritten during the read come back as misses (failed blocks are dropped).
+   * Returns the number of hits.
+   */
+  async readBlocks(volume: number, first: number, count: number, out: Uint8Array, hit: Uint8Array): Promise<number> {
+    const bs = this.blockSize;
+    const bps = this.geometry.blocksPerSegment;
+    const c = this.map.stats(volume);
+    c.reads += count;
+    hit.fill(0, 0, count);
+    // Device runs: consecutive blocks in consecutive slots of one segment: [slot, k, n].
+    const runs: number[][] = [];
+    let hits = 0;
+    for (let k = 0; k < count; k++) {
+      const idx = this.map.lookup(volume, first + k);
+      if (idx < 0) continue;
+      const ram = this.log.ramBlock(idx);
+      if (ram) {
+        out.set(ram, k * bs);
+        hit[k] = 1;
+        hits++;
+        c.ramHits++;
+        c.readHits++;
+        continue;
+      }
+      const r = runs.length > 0 ? runs[runs.length - 1] : undefined;
+      if (r && r[0] + r[2] === idx && r[1] + r[2] === k && Math.floor(idx / bps) === Math.floor(r[0] / bps)) r[2]++;
+      else runs.push([idx, k, 1]);
+    }
+    if (runs.length === 0) return hits;
+    const done = await Promise.all(
+      runs.map(async ([slot, k, n]) => {
+        try {
+          if (!(await this.log.readSlots(slot, n, out.subarray(k * bs)))) return 0;
+        } catch (err) {
+          this.log.readErrors++;
+          this.logger.warn({ err: (err as Error).message, slot, blocks: n }, 'cache device read failed; using the backing store');
+          const bda = this.map.bda;
+          for (let j = 0; j < n; j++) {
+            if (bda.isValid(slot + j) && bda.volumeOf(slot + j) === volume && bda.blockOf(slot + j) === first + k + j) {
+              this.map.drop(slot + j);
+            }
+          }
+          return 0;
+        }
+        hit.fill(1, k, k + n);
+        c.storageHits += n;
+        c.readHits += n;
+        return n;
+      }),
+    );
+    for (const n of done) hits += n;
+    return hits;
+  }
+
+  /** See Log.insert(); nothing is inserted once closing or disabled. */
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean): Promise<number> {
+    if (this.disabled) return Promise.resolve(0);
+    return this.log.insert(volume, first, data, count, accept);
+  }
+
+  /** Invalidates blocks first .. first + count - 1 of a volume; returns how many were cached. */
+  invalidate(volume: number, first: number, count: number): number {
+    return this.map.invalidateRange(volume, first, count);
+  }
+
+  stats(): CacheStats {
+    const total = newCounters();
+    const volumes: Record<string, VolumeStats> = {};
+    for (const v of this.volumes.values()) {
+      const c = this.map.stats(v.id);
+      addCounters(total, c);
+      volumes[v.name] = withRate(c, this.map.volumeBlocks[v.id]);
+    }
+    const log = this.log;
+    return {
+      ...withRate(total, this.map.map.size),
+      wraps: this.map.wraps,
+      segmentsSkipped: log.segmentsSkipped,
+      segmentReads: log.segmentReads,
+      segmentWrites: log.segmentWrites,
+      readLatencyUs: log.readLatency.meanUs,
+      segmentReadLatencyUs: log.segmentReadLatency.meanUs,
+      segmentWriteLatencyUs: log.segmentWriteLatency.meanUs,
+      readErrors: log.readErrors,
+      writeErrors: log.writeErrors,
+      disabled: log.disabled,
+      volumes,
+    };
+  }
+
+  /** Drains insertions, writes buffered segments, saves the metadata, closes the device. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closing = true;
+    const ok = await this.log.flush();
+    try {
+      if (ok && !this.log.disabled) {
+        await saveMetadata(this.metadataPath, {
+          geometry: this.geometry,
+          deviceUuid: hex(this.uuid),
+          tableCapacity: this.map.map.capacity,
+          hand: this.map.hand,
+          wraps: this.map.wraps,
+          sequence: this.log.sequence,
+          volumes: [...this.volumes.values()],
+          bda: this.map.bda,
+          table: this.map.map.table,
+        });
+      } else {
+        this.logger.warn({ path: this.path }, 'cache closed after errors: no metadata saved (next start is cold)');
+      }
+    } finally {
+      this.closed = true;
+      fs.closeSync(this.fd);
+    }
+  }
+
+  /** Stops like a crash: waits for I/O in flight, writes nothing more, saves no metadata. */
+  async abort(): Promise<void> {
+    if (this.closed) return;
+    this.closing = true;
+    await this.log.quiesce();
+    this.closed = true;
+    fs.closeSync(this.fd);
+  }
+}

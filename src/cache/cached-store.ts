@@ -1,0 +1,260 @@
+/**
+ * A BackingStore served through the shared Cache.
+ *
+ * Modes:
+ *   writethrough (default)  writes go to the backing store, then their whole cache blocks are
+ *                           inserted; read misses insert.
+ *   writearound, readonly   writes only invalidate; read misses insert. (Same cache behaviour:
+ *                           'readonly' names the intent of a cache for read-mostly volumes.)
+ *   none                    reads pass through; writes still invalidate, so a later cached
+ *                           run never serves blocks made stale while caching was off.
+ *
+ * Consistency (no stale data, ever):
+ *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
+ *     partial) synchronously when it starts, before the backing store is touched;
+ *   - every operation is registered in `ops` for its block range until it is completely done,
+ *     including its cache insertion. A write-like operation starting marks every overlapping
+ *     registered operation `poisoned`; an operation starting while an overlapping write-like
+ *     one is registered is poisoned from the start. A poisoned operation inserts nothing, so a
+ *     read miss never inserts data older than a write it raced with, and of two racing writes
+ *     neither inserts (the backing store's final content is then unknown to us);
+ *   - read misses are read from the backing store into a private buffer, then copied to the
+ *     guest; writes that insert copy the guest data once and write the backing store and the
+ *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ;
+ *   - only whole blocks inside the volume are cached; a trailing partial block passes through.
+ *
+ * Failures: cache-device read errors fall back to the backing store (Cache.readBlocks reports
+ * misses); cache write errors disable insertion (Cache.disabled). The guest only sees errors
+ * of the backing store.
+ */
+import type { BackingStore } from '../backing/backing-store';
+import type { Cache } from './cache';
+
+export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
+
+export interface CachedStoreOptions {
+  backing: BackingStore;
+  cache: Cache;
+  /** Volume name: the key of its blocks across restarts. */
+  name: string;
+  mode?: CacheMode;
+  /** Cap on this volume's cache use in bytes. */
+  maxBytes?: number;
+}
+
+interface Op {
+  first: number;
+  /** Inclusive. */
+  last: number;
+  write: boolean;
+  poisoned: boolean;
+}
+
+function iovLength(bufs: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.byteLength;
+  return n;
+}
+
+/** Copies src into the scatter list `bufs`, starting at byte `skip` of src. */
+function scatter(src: Uint8Array, skip: number, bufs: readonly Uint8Array[]): void {
+  let at = skip;
+  for (const b of bufs) {
+    b.set(src.subarray(at, at + b.byteLength));
+    at += b.byteLength;
+  }
+}
+
+function gather(bufs: readonly Uint8Array[], len: number): Uint8Array {
+  const out = new Uint8Array(len);
+  let at = 0;
+  for (const b of bufs) {
+    out.set(b, at);
+    at += b.byteLength;
+  }
+  return out;
+}
+
+export class CachedStore implements BackingStore {
+  readonly kind = 'cached';
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly identity: string;
+  readonly features: BackingStore['features'];
+  readonly mode: CacheMode;
+  readonly volume: number;
+  private readonly backing: BackingStore;
+  private readonly cache: Cache;
+  private readonly bs: number;
+  /** Blocks entirely inside the volume (the only ones cached). */
+  private readonly cacheable: number;
+  private readonly ops = new Set<Op>();
+  private readonly inserting = new Set<Promise<unknown>>();
+
+  constructor(o: CachedStoreOptions) {
+    this.backing = o.backing;
+    this.cache = o.cache;
+    this.mode = o.mode ?? 'writethrough';
+    this.size = o.backing.size;
+    this.readOnly = o.backing.readOnly;
+    this.identity = o.backing.identity;
+    this.features = o.backing.features;
+    this.bs = o.cache.blockSize;
+    this.cacheable = Math.floor(this.size / this.bs);
+    this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
+  }
+
+  private begin(first: number, last: number, write: boolean): Op {
+    const op: Op = { first, last, write, poisoned: false };
+    for (const o of this.ops) {
+      if (o.first > last || o.last < first) continue;
+      if (write) o.poisoned = true;
+      if (o.write) op.poisoned = true;
+    }
+    this.ops.add(op);
+    return op;
+  }
+
+  private end(op: Op): void {
+    this.ops.delete(op);
+  }
+
+  /** Inserts blocks first.. of data (private) unless op gets poisoned; ends op when done. */
+  private insertThenEnd(op: Op, first: number, data: Uint8Array, count: number): void {
+    if (count <= 0 || op.poisoned || this.cache.disabled) {
+      this.end(op);
+      return;
+    }
+    const p = this.cache.insert(this.volume, first, data, count, () => !op.poisoned).finally(() => {
+      this.end(op);
+      this.inserting.delete(p);
+    });
+    this.inserting.add(p);
+  }
+
+  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const len = iovLength(bufs);
+    if (len === 0) return;
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + len - 1) / bs);
+    if (this.mode === 'none' || first >= this.cacheable) {
+      await this.backing.read(offset, bufs);
+      return;
+    }
+    const count = last - first + 1;
+    const op = this.begin(first, last, false);
+    const tmp = new Uint8Array(count * bs);
+    const hit = new Uint8Array(count);
+    try {
+      const cached = Math.min(count, this.cacheable - first);
+      const hits = await this.cache.readBlocks(this.volume, first, cached, tmp, hit);
+      if (hits === count) {
+        scatter(tmp, offset - first * bs, bufs);
+        return;
+      }
+      // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
+      const reads: Promise<void>[] = [];
+      const runs: number[][] = [];
+      for (let k = 0; k < count; ) {
+        if (hit[k]) {
+          k++;
+          continue;
+        }
+        let e = k;
+        while (e + 1 < count && !hit[e + 1]) e++;
+        const start = (first + k) * bs;
+        const end = Math.min((first + e + 1) * bs, this.size);
+        reads.push(this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]));
+        runs.push([k, e]);
+        k = e + 1;
+      }
+      await Promise.all(reads);
+      scatter(tmp, offset - first * bs, bufs);
+      for (const [k, e] of runs) {
+        const n = Math.min(e, cached - 1) - k + 1;
+        if (n <= 0) continue;
+        // Each run keeps its range registered until inserted; it inherits op's poisoning.
+        const runOp = this.begin(first + k, first + k + n - 1, false);
+        runOp.poisoned ||= op.poisoned;
+        this.insertThenEnd(runOp, first + k, tmp.subarray(k * bs, (k + n) * bs), n);
+      }
+    } finally {
+      this.end(op);
+    }
+  }
+
+  async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const len = iovLength(bufs);
+    if (len === 0) {
+      await this.backing.write(offset, bufs);
+      return;
+    }
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + len - 1) / bs);
+    const op = this.begin(first, last, true);
+    this.invalidate(first, last);
+    if (this.mode !== 'writethrough' || this.cache.disabled) {
+      try {
+        await this.backing.write(offset, bufs);
+      } finally {
+        this.end(op);
+      }
+      return;
+    }
+    const copy = gather(bufs, len);
+    try {
+      await this.backing.write(offset, [copy]);
+    } catch (err) {
+      this.end(op);
+      throw err;
+    }
+    // The backing store now holds this data: from here op only guards the insertion (a later
+    // write poisons it; it no longer poisons later operations).
+    op.write = false;
+    // Whole blocks covered by the write and inside the volume.
+    const fullFirst = Math.ceil(offset / bs);
+    const fullEnd = Math.min(Math.floor((offset + len) / bs), this.cacheable);
+    const at = fullFirst * bs - offset;
+    this.insertThenEnd(op, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
+  }
+
+  private invalidate(first: number, last: number): void {
+    if (first >= this.cacheable) return;
+    this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  }
+
+  /** Discard and write-zeroes: invalidate when starting, then the backing store. */
+  private async zap(offset: number, length: number, fn: () => Promise<void>): Promise<void> {
+    if (length === 0) return fn();
+    const first = Math.floor(offset / this.bs);
+    const last = Math.floor((offset + length - 1) / this.bs);
+    const op = this.begin(first, last, true);
+    this.invalidate(first, last);
+    try {
+      await fn();
+    } finally {
+      this.end(op);
+    }
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return this.zap(offset, length, () => this.backing.discard(offset, length));
+  }
+
+  writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
+    return this.zap(offset, length, () => this.backing.writeZeroes(offset, length, unmap));
+  }
+
+  flush(): Promise<void> {
+    return this.backing.flush();
+  }
+
+  /** Waits for this volume's pending insertions, leaves the cache, closes the backing store. */
+  async close(): Promise<void> {
+    while (this.inserting.size > 0) await Promise.all([...this.inserting]);
+    this.cache.unregisterVolume(this.volume);
+    await this.backing.close();
+  }
+}

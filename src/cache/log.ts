@@ -1,0 +1,328 @@
+/**
+ * The log on the cache device: cache blocks are appended at the CLOCK hand (cache-map.ts) into
+ * a RAM segment buffer; a segment is written with one sequential write when the hand leaves it.
+ *
+ * Buffer pool (SegmentBuffer states, segment.ts):
+ *
+ *   Free --load--> Reading --read done--> Clean --acquire--> Filling --hand leaves--> Writing
+ *     ^               (or Clean at once when the segment holds no valid block)         |
+ *     +------------------------- write failed (slots dropped) <-------------------------+
+ *                                 write done --> Clean (kept for RAM hits until recycled)
+ *
+ * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
+ * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
+ * is read first (one read) so those blocks are carried over into the rewrite. Their header
+ * entries and data CRCs are checked then; a block that does not check is dropped. The next
+ * segment is read ahead as soon as the hand enters a segment (prefetch), if a buffer is free.
+ *
+ * Reads of cached blocks: a block whose segment sits in a Filling/Writing/Clean buffer is
+ * copied from RAM (ramHit). Otherwise it is read from the device; segGen[s] is bumped whenever
+ * a write of segment s is issued, and a device read whose segment generation changed while it
+ * was in flight is reported as not valid (the caller treats it as a miss).
+ *
+ * Failures never throw out of the insertion path: a read-ahead error drops the segment's
+ * blocks; a write error drops them and disables insertion for good (pass-through), with one
+ * log line. Device read errors of cached blocks reject readSlots() with the engine's error.
+ *
+ * All insertions and flushes run one at a time (a promise chain), so the hand only moves
+ * under that chain.
+ */
+import type { IoEngine } from '../io/io-engine';
+import type { Logger } from '../util/logger';
+import type { CacheMap } from './cache-map';
+import { BufferState, type Geometry, SegmentBuffer, segmentOffset, slotOffset } from './segment';
+import { LatencyMeter } from './stats';
+
+export interface LogOptions {
+  fd: number;
+  engine: IoEngine;
+  geometry: Geometry;
+  map: CacheMap;
+  /** Device uuid written in every segment header. */
+  uuid: Uint8Array;
+  /** Last sequence number used; the next segment write uses sequence + 1. */
+  sequence: number;
+  /** RAM segment buffers (>= 2). */
+  buffers: number;
+  /** Insertions queued beyond this many blocks are not cached (backpressure). */
+  maxQueuedBlocks: number;
+  logger: Logger;
+}
+
+export class Log {
+  readonly g: Geometry;
+  sequence: number;
+  /** Set by the first write error: nothing is inserted any more. */
+  disabled = false;
+  segmentsSkipped = 0;
+  segmentReads = 0;
+  segmentWrites = 0;
+  readErrors = 0;
+  writeErrors = 0;
+  insertsDropped = 0;
+  readonly readLatency = new LatencyMeter();
+  readonly segmentReadLatency = new LatencyMeter();
+  readonly segmentWriteLatency = new LatencyMeter();
+
+  private readonly fd: number;
+  private readonly engine: IoEngine;
+  private readonly map: CacheMap;
+  private readonly uuid: Uint8Array;
+  private readonly logger: Logger;
+  private readonly maxQueued: number;
+  private readonly segGen: Uint32Array;
+  private readonly pool: SegmentBuffer[] = [];
+  private current: SegmentBuffer | null = null;
+  private tail: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private useClock = 0;
+
+  constructor(o: LogOptions) {
+    this.g = o.geometry;
+    this.fd = o.fd;
+    this.engine = o.engine;
+    this.map = o.map;
+    this.uuid = o.uuid;
+    this.sequence = o.sequence;
+    this.logger = o.logger;
+    this.maxQueued = o.maxQueuedBlocks;
+    this.segGen = new Uint32Array(this.g.segments);
+    const n = Math.max(2, Math.min(o.buffers, this.g.segments));
+    for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
+  }
+
+  /** The RAM copy of slot i's block if its segment is buffered (Filling/Writing/Clean), else null. */
+  ramBlock(slot: number): Uint8Array | null {
+    const seg = Math.floor(slot / this.g.blocksPerSegment);
+    for (const b of this.pool) {
+      if (b.segment === seg && b.state !== BufferState.Free && b.state !== BufferState.Reading) {
+        b.lastUse = ++this.useClock;
+        return b.block(slot - seg * this.g.blocksPerSegment);
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Reads `count` consecutive slots of one segment from the device into `into`. Resolves true
+   * when the data is the blocks the slots held when the read was issued, false when the
+   * segment was rewritten meanwhile. Rejects with the engine's VhostError on I/O failure.
+   */
+  async readSlots(slot: number, count: number, into: Uint8Array): Promise<boolean> {
+    const seg = Math.floor(slot / this.g.blocksPerSegment);
+    const gen = this.segGen[seg];
+    const t = LatencyMeter.now();
+    await this.engine.readv(this.fd, [into.subarray(0, count * this.g.blockSize)], slotOffset(this.g, slot));
+    this.readLatency.record(t);
+    return this.segGen[seg] === gen;
+  }
+
+  /**
+   * Appends blocks first .. first + count - 1 of `volume` (data: count blocks, contiguous, not
+   * modified by the caller until this settles). `accept` is asked before each block is placed;
+   * false stops the insertion (e.g. a write raced with the read that produced the data).
+   * Resolves with the number of blocks inserted; never rejects.
+   */
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean): Promise<number> {
+    if (this.disabled) return Promise.resolve(0);
+    if (this.queued + count > this.maxQueued) {
+      this.insertsDropped += count;
+      return Promise.resolve(0);
+    }
+    this.queued += count;
+    const bs = this.g.blockSize;
+    const bps = this.g.blocksPerSegment;
+    return this.serialize(async () => {
+      let n = 0;
+      try {
+        for (let k = 0; k < count; k++) {
+          if (this.disabled || !accept()) break;
+          const victim = this.map.findVictim(volume);
+          const seg = Math.floor(victim / bps);
+          if (this.current === null || this.current.segment !== seg) {
+            await this.rotate(seg);
+            if (this.disabled || !accept()) break;
+          }
+          const cur = this.current as SegmentBuffer | null;
+          if (cur === null) break;
+          this.map.assign(victim, volume, first + k);
+          cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
+          n++;
+        }
+      } finally {
+        this.queued -= count;
+      }
+      return n;
+    });
+  }
+
+  /**
+   * Writes the partly filled segment (if any) and waits for every write, then fdatasync.
+   * Resolves false if anything failed (insertion is then disabled).
+   */
+  flush(): Promise<boolean> {
+    return this.serialize(async () => {
+      const cur = this.current;
+      if (cur) {
+        this.current = null;
+        if (cur.dirty) this.submit(cur);
+        else cur.state = BufferState.Clean;
+      }
+      await Promise.all(this.pool.map((b) => b.pending));
+      if (this.disabled) return false;
+      try {
+        await this.engine.fdatasync(this.fd);
+      } catch (err) {
+        this.fail(`cache device fdatasync failed: ${(err as Error).message}`);
+        return false;
+      }
+      return true;
+    });
+  }
+
+  /** Waits until no insertion, read-ahead or write is in flight (nothing is flushed). */
+  async quiesce(): Promise<void> {
+    await this.tail;
+    await Promise.all(this.pool.map((b) => b.pending));
+  }
+
+  private serialize<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(fn);
+    this.tail = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  private fail(msg: string): void {
+    this.writeErrors++;
+    if (!this.disabled) {
+      this.disabled = true;
+      this.logger.error({ writeErrors: this.writeErrors }, `${msg}; cache disabled for new data (pass-through)`);
+    }
+  }
+
+  /** Hand moved into segment `seg`: write out the current one, make `seg` the current one. */
+  private async rotate(seg: number): Promise<void> {
+    const prev = this.current;
+    if (prev) {
+      const S = this.g.segments;
+      this.segmentsSkipped += (seg - prev.segment - 1 + S) % S;
+      this.current = null;
+      if (prev.dirty) this.submit(prev);
+      else {
+        prev.state = BufferState.Clean;
+        this.segmentsSkipped++;
+      }
+    }
+    const b = await this.acquire(seg);
+    b.state = BufferState.Filling;
+    b.dirty = false;
+    this.current = b;
+    if (this.pool.length > 2) this.prefetch((seg + 1) % this.g.segments);
+  }
+
+  private async acquire(seg: number): Promise<SegmentBuffer> {
+    for (;;) {
+      const held = this.pool.find((x) => x.segment === seg && x.state !== BufferState.Free);
+      if (held) {
+        if (held.state === BufferState.Clean) return held;
+        await held.pending;
+        continue;
+      }
+      const b = this.recyclable();
+      if (b) {
+        this.load(b, seg);
+        continue;
+      }
+      // Every buffer is Reading or Writing (the current one was released by the caller).
+      await Promise.race(this.pool.map((x) => x.pending));
+    }
+  }
+
+  /** A Free buffer, else the least recently used Clean one, else null. */
+  private recyclable(): SegmentBuffer | null {
+    let best: SegmentBuffer | null = null;
+    for (const b of this.pool) {
+      if (b.state === BufferState.Free) return b;
+      if (b.state === BufferState.Clean && (best === null || b.lastUse < best.lastUse)) best = b;
+    }
+    return best;
+  }
+
+  private prefetch(seg: number): void {
+    if (this.pool.some((x) => x.segment === seg && x.state !== BufferState.Free)) return;
+    const first = seg * this.g.blocksPerSegment;
+    if (this.map.bda.countValid(first, first + this.g.blocksPerSegment) === 0) return;
+    const b = this.recyclable();
+    if (b) this.load(b, seg);
+  }
+
+  /** Makes b hold segment seg as on the device: Clean at once if no slot is valid, else read. */
+  private load(b: SegmentBuffer, seg: number): void {
+    const bps = this.g.blocksPerSegment;
+    const first = seg * bps;
+    const bda = this.map.bda;
+    b.segment = seg;
+    b.dirty = false;
+    b.lastUse = ++this.useClock;
+    if (bda.countValid(first, first + bps) === 0) {
+      b.clearEntries();
+      b.state = BufferState.Clean;
+      b.pending = Promise.resolve();
+      return;
+    }
+    b.state = BufferState.Reading;
+    const t = LatencyMeter.now();
+    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
+      () => {
+        this.segmentReadLatency.record(t);
+        this.segmentReads++;
+        const intact = b.headerIntact(this.uuid);
+        let dropped = 0;
+        for (let k = 0; k < bps; k++) {
+          const i = first + k;
+          if (bda.isValid(i) && !(intact && b.entryMatches(k, bda.keyLo[i], bda.keyHi[i]))) {
+            this.map.drop(i);
+            dropped++;
+          }
+        }
+        if (dropped > 0) this.logger.warn({ segment: seg, dropped, intact }, 'cache segment read-ahead: blocks failed their checks');
+        b.state = BufferState.Clean;
+      },
+      (err: Error) => {
+        this.readErrors++;
+        const dropped = this.map.dropSlots(first, first + bps);
+        this.logger.warn({ segment: seg, dropped, err: err.message }, 'cache segment read-ahead failed; its blocks are dropped');
+        b.clearEntries();
+        b.state = BufferState.Clean;
+      },
+    );
+  }
+
+  private submit(b: SegmentBuffer): void {
+    const seg = b.segment;
+    this.sequence++;
+    this.segGen[seg]++;
+    b.seal(this.map.bda, this.sequence, this.uuid);
+    b.state = BufferState.Writing;
+    b.lastUse = ++this.useClock;
+    const t = LatencyMeter.now();
+    b.pending = this.engine.writev(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
+      () => {
+        this.segmentWriteLatency.record(t);
+        this.segmentWrites++;
+        b.dirty = false;
+        b.state = BufferState.Clean;
+      },
+      (err: Error) => {
+        const bps = this.g.blocksPerSegment;
+        this.map.dropSlots(seg * bps, (seg + 1) * bps);
+        b.state = BufferState.Free;
+        b.segment = -1;
+        this.fail(`cache segment ${seg} write failed: ${err.message}`);
+      },
+    );
+  }
+}

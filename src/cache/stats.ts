@@ -1,0 +1,102 @@
+/**
+ * Cache statistics, named after pblio's counters in camelCase. Counts are in cache blocks.
+ *
+ *   reads           blocks looked up for a read
+ *   readHits        of those, found in the cache (RAM segment buffer or cache device)
+ *   readHitRate     readHits / reads (0 when no reads)
+ *   insertions      blocks written into the log
+ *   evictions       valid blocks replaced by the CLOCK hand
+ *   invalidations   blocks a write/discard/write-zeroes asked to invalidate
+ *   invalidateHits  of those, actually cached (and now dropped)
+ *   ramHits         read hits served from a RAM segment buffer
+ *   storageHits     read hits served from the cache device
+ *   wraps           times the log position (the CLOCK hand) went back to slot 0
+ *   segmentsSkipped segments the hand passed without writing them (every slot spared)
+ *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
+ */
+import { performance } from 'node:perf_hooks';
+
+export interface VolumeCounters {
+  reads: number;
+  readHits: number;
+  insertions: number;
+  evictions: number;
+  invalidations: number;
+  invalidateHits: number;
+  ramHits: number;
+  storageHits: number;
+}
+
+export interface VolumeStats extends VolumeCounters {
+  readHitRate: number;
+  /** Blocks of this volume currently in the cache. */
+  blocks: number;
+}
+
+export interface CacheStats extends VolumeStats {
+  wraps: number;
+  segmentsSkipped: number;
+  segmentReads: number;
+  segmentWrites: number;
+  readLatencyUs: number;
+  segmentReadLatencyUs: number;
+  segmentWriteLatencyUs: number;
+  /** Cache-device read failures (served from the backing store instead). */
+  readErrors: number;
+  /** Cache-device write failures (the first one disables caching). */
+  writeErrors: number;
+  /** True once a write error disabled caching of new data. */
+  disabled: boolean;
+  volumes: Record<string, VolumeStats>;
+}
+
+export function newCounters(): VolumeCounters {
+  return {
+    reads: 0,
+    readHits: 0,
+    insertions: 0,
+    evictions: 0,
+    invalidations: 0,
+    invalidateHits: 0,
+    ramHits: 0,
+    storageHits: 0,
+  };
+}
+
+export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
+  into.reads += from.reads;
+  into.readHits += from.readHits;
+  into.insertions += from.insertions;
+  into.evictions += from.evictions;
+  into.invalidations += from.invalidations;
+  into.invalidateHits += from.invalidateHits;
+  into.ramHits += from.ramHits;
+  into.storageHits += from.storageHits;
+}
+
+export function withRate(c: VolumeCounters, blocks: number): VolumeStats {
+  return { ...c, readHitRate: c.reads === 0 ? 0 : c.readHits / c.reads, blocks };
+}
+
+/** Mean latency of timed operations. */
+export class LatencyMeter {
+  private count = 0;
+  private totalMs = 0;
+
+  static now(): number {
+    return performance.now();
+  }
+
+  record(startMs: number): void {
+    this.count++;
+    this.totalMs += performance.now() - startMs;
+  }
+
+  get samples(): number {
+    return this.count;
+  }
+
+  get meanUs(): number {
+    return this.count === 0 ? 0 : (this.totalMs * 1000) / this.count;
+  }
+}

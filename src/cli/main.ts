@@ -1,0 +1,203 @@
+/**
+ * The `vhost-blk-cache` command. Without a subcommand it follows the vhost-user spec's
+ * back-end program conventions (`--socket-path`, `--fd`, `--print-capabilities`, and for
+ * block devices `--blk-file` and `--read-only`); `serve` is the same with every option.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command, Option } from 'commander';
+import {
+  CACHE_MODES,
+  DEFAULTS,
+  parseSize,
+  validateCache,
+  validateConfig,
+  validateVolume,
+  type DaemonConfig,
+} from '../config/config';
+import { runDaemon } from '../daemon/daemon';
+import { createLogger } from '../util/logger';
+
+/** The JSON the vhost-user spec defines for back-end programs (VHostUserBackendCapabilities). */
+export const CAPABILITIES = { type: 'block', features: ['read-only', 'blk-file'] };
+
+interface ServeFlags {
+  config?: string;
+  socketPath?: string;
+  fd?: string;
+  socketMode?: string;
+  backing?: string;
+  blkFile?: string;
+  size?: string;
+  name?: string;
+  readOnly?: boolean;
+  numQueues?: string;
+  queueSize?: string;
+  serial?: string;
+  logicalBlockSize?: string;
+  direct?: boolean;
+  cache?: string;
+  cacheSize?: string;
+  cacheBlockSize?: string;
+  cacheSegmentSize?: string;
+  cacheMode?: string;
+  cacheMetadata?: string;
+  control?: string;
+  ioEngine?: string;
+  backingTimeout?: string;
+  logLevel: string;
+  printCapabilities?: boolean;
+}
+
+function addServeOptions(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'JSON config file (cache section and a list of volumes)')
+    .option('--socket-path <path>', 'vhost-user socket to listen on')
+    .option('--fd <n>', 'inherited listening or connected vhost-user socket')
+    .option('--socket-mode <octal>', 'mode of the created socket file', '0600')
+    .option('--backing <file|uri>', 'backing file, block device or NBD URI (nbd://host/export, nbd+unix:///export?socket=path)')
+    .option('--blk-file <file>', 'same as --backing (vhost-user back-end convention)')
+    .option('--size <bytes>', 'create a sparse backing file of this size if it does not exist (e.g. 10G)')
+    .option('--name <name>', 'volume name (identity in the cache and in statistics)', 'vol0')
+    .option('--read-only', 'export read-only (VIRTIO_BLK_F_RO)')
+    .option('--num-queues <n>', 'most queues a front end may use', String(DEFAULTS.numQueues))
+    .option('--queue-size <n>', 'largest virtqueue size accepted', String(DEFAULTS.queueSize))
+    .option('--serial <id>', 'serial number answered to GET_ID (at most 20 bytes)')
+    .addOption(new Option('--logical-block-size <bytes>', 'logical block size').choices(['512', '4096']).default('512'))
+    .option('--direct', 'open the backing file with O_DIRECT')
+    .option('--cache <path>', 'cache device or file (shared by every volume)')
+    .option('--cache-size <bytes>', 'create or size the cache file (e.g. 8G)')
+    .option('--cache-block-size <bytes>', 'cache block size, 4K..64K', String(DEFAULTS.cacheBlockSize))
+    .option('--cache-segment-size <bytes>', 'log segment size', String(DEFAULTS.segmentSize))
+    .addOption(new Option('--cache-mode <mode>', 'cache mode of the volume').choices([...CACHE_MODES]).default('writethrough'))
+    .option('--cache-metadata <path>', 'metadata file for warm restarts (default: CACHE.meta)')
+    .option('--control <path>', 'control socket (HTTP over a unix socket)')
+    .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
+    .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
+    .addOption(
+      new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+    );
+}
+
+function intFlag(v: string, flag: string): number {
+  if (!/^\d+$/.test(v)) throw new Error(`${flag}: expected a whole number, got ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+/** Builds the daemon configuration from flags (or from --config FILE). */
+export function configFromFlags(f: ServeFlags): DaemonConfig {
+  if (f.config !== undefined) {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(fs.readFileSync(f.config, 'utf8'));
+    } catch (err) {
+      throw new Error(`cannot read config ${f.config}: ${(err as Error).message}`);
+    }
+    return validateConfig(raw);
+  }
+  const backing = f.backing ?? f.blkFile;
+  if (backing === undefined) throw new Error('give --backing FILE (or --blk-file, or --config FILE)');
+  if ((f.socketPath === undefined) === (f.fd === undefined)) throw new Error('give exactly one of --socket-path and --fd');
+  const volume = validateVolume(
+    {
+      name: f.name ?? 'vol0',
+      ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
+      ...(f.fd !== undefined ? { fd: intFlag(f.fd, '--fd') } : {}),
+      socketMode: parseInt(f.socketMode ?? '0600', 8),
+      backing,
+      ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
+      readOnly: f.readOnly === true,
+      cacheMode: f.cacheMode ?? 'writethrough',
+      serial: f.serial ?? f.name ?? 'vol0',
+      numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
+      queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
+      logicalBlockSize: intFlag(f.logicalBlockSize ?? '512', '--logical-block-size'),
+      direct: f.direct === true,
+    },
+    'volume',
+  );
+  const cache =
+    f.cache === undefined
+      ? null
+      : validateCache(
+          {
+            path: f.cache,
+            ...(f.cacheSize !== undefined ? { size: f.cacheSize } : {}),
+            blockSize: f.cacheBlockSize ?? DEFAULTS.cacheBlockSize,
+            segmentSize: f.cacheSegmentSize ?? DEFAULTS.segmentSize,
+            ...(f.cacheMetadata !== undefined ? { metadataPath: f.cacheMetadata } : {}),
+          },
+          'cache',
+        );
+  const timeout = Number(f.backingTimeout ?? '60');
+  if (!Number.isFinite(timeout) || timeout <= 0) throw new Error(`--backing-timeout: expected seconds > 0, got ${f.backingTimeout}`);
+  return validateConfig({
+    ...(cache !== null ? { cache } : {}),
+    volumes: [volume],
+    ...(f.control !== undefined ? { control: f.control } : {}),
+    ioEngine: f.ioEngine ?? 'auto',
+    backingTimeoutMs: Math.round(timeout * 1000),
+  });
+}
+
+async function serve(f: ServeFlags): Promise<void> {
+  if (f.printCapabilities === true) {
+    process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
+    return;
+  }
+  const config = configFromFlags(f);
+  await runDaemon(config, createLogger(f.logLevel));
+}
+
+/** `npm start`: a sparse demo image and a cache under a data folder, and the QEMU command to attach. */
+async function demo(opts: { data: string; logLevel: string }): Promise<void> {
+  const dir = path.resolve(opts.data);
+  fs.mkdirSync(dir, { recursive: true });
+  const socketPath = path.join(dir, 'demo.sock');
+  const config = configFromFlags({
+    socketPath,
+    backing: path.join(dir, 'demo.img'),
+    size: '1G',
+    name: 'demo',
+    serial: 'vbc-demo',
+    cache: path.join(dir, 'cache.img'),
+    cacheSize: '256M',
+    control: path.join(dir, 'control.sock'),
+    logLevel: opts.logLevel,
+  });
+  process.stdout.write(
+    [
+      `vhost-blk-cache demo: serving ${path.join(dir, 'demo.img')} (1 GiB, sparse) through the cache ${path.join(dir, 'cache.img')}`,
+      'Attach a guest with:',
+      `  qemu-system-x86_64 -accel kvm:tcg -m 512 -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\`,
+      `    -chardev socket,id=c0,path=${socketPath},reconnect=1 -device vhost-user-blk-pci,chardev=c0 ...`,
+      'Stop with Ctrl-C (the cache is saved and warm on the next start).',
+      '',
+    ].join('\n'),
+  );
+  await runDaemon(config, createLogger(opts.logLevel));
+}
+
+export function buildProgram(): Command {
+  const program = new Command('vhost-blk-cache')
+    .description('vhost-user-blk back end with a shared, persistent host-side block cache')
+    .enablePositionalOptions()
+    .option('--print-capabilities', 'print the vhost-user back-end capabilities (JSON) and exit');
+  addServeOptions(program).action((flags: ServeFlags) => serve(flags));
+
+  addServeOptions(program.command('serve').description('serve one volume (flags) or many (--config)')).action((flags: ServeFlags) =>
+    serve(flags),
+  );
+
+  program
+    .command('demo')
+    .description('serve a demo disk image through a demo cache (creates both under --data)')
+    .option('--data <dir>', 'data folder', process.env.VBC_DATA ?? 'data')
+    .option('--log-level <level>', 'log level', 'info')
+    .action((o: { data: string; logLevel: string }) => demo(o));
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  await buildProgram().parseAsync(argv);
+}

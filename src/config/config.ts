@@ -1,0 +1,205 @@
+/**
+ * Daemon configuration: the JSON config file (`serve --config FILE`) and the single-volume
+ * command-line flags both end up as a DaemonConfig, validated here with messages that name
+ * the bad field (e.g. `volumes[1].logicalBlockSize: must be 512 or 4096, got 1000`).
+ */
+import { VhostError } from '../native/errors';
+
+export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
+export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none'];
+export type IoEnginePreference = 'auto' | 'io_uring' | 'threadpool';
+
+export interface VolumeConfig {
+  name: string;
+  /** Exactly one of socketPath and fd. */
+  socketPath?: string;
+  fd?: number;
+  socketMode: number;
+  /** A file or block device path, or an NBD URI (nbd://, nbd+unix://). */
+  backing: string;
+  /** Bytes; creates a sparse file of this size when the backing file does not exist. */
+  size?: number;
+  readOnly: boolean;
+  cacheMode: CacheMode;
+  /** Cap on the share of the cache this volume may hold (bytes). */
+  cacheMaxBytes?: number;
+  serial: string;
+  numQueues: number;
+  queueSize: number;
+  logicalBlockSize: 512 | 4096;
+  direct: boolean;
+}
+
+export interface CacheConfig {
+  path: string;
+  /** Bytes; creates or sizes a cache file. */
+  size?: number;
+  blockSize: number;
+  segmentSize: number;
+  /** Where the warm-restart metadata lives (default: PATH + '.meta'). */
+  metadataPath?: string;
+}
+
+export interface DaemonConfig {
+  cache: CacheConfig | null;
+  volumes: VolumeConfig[];
+  /** Control socket (HTTP over a unix socket). */
+  control?: string;
+  ioEngine: IoEnginePreference;
+  /** How long a request may wait for an unreachable network backing store. */
+  backingTimeoutMs: number;
+}
+
+export const DEFAULTS = {
+  socketMode: 0o600,
+  numQueues: 4,
+  queueSize: 1024,
+  logicalBlockSize: 512 as const,
+  cacheBlockSize: 4096,
+  segmentSize: 512 * 1024,
+  backingTimeoutMs: 60_000,
+};
+
+function fail(field: string, why: string): never {
+  throw new VhostError(`${field}: ${why}`, 'ECONFIG');
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(o: Record<string, unknown>, key: string, field: string, required: boolean): string | undefined {
+  const v = o[key];
+  if (v === undefined) return required ? fail(`${field}.${key}`, 'is required') : undefined;
+  if (typeof v !== 'string' || v.length === 0) fail(`${field}.${key}`, `must be a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function bool(o: Record<string, unknown>, key: string, field: string, dflt: boolean): boolean {
+  const v = o[key];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') fail(`${field}.${key}`, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Parses sizes given as numbers of bytes or strings with a binary suffix ("64M", "1G", "4k"). */
+export function parseSize(v: unknown, field: string): number {
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v) || v < 0) fail(field, `must be a whole number of bytes, got ${v}`);
+    return v;
+  }
+  if (typeof v !== 'string') return fail(field, `must be a size like 4096, "64M" or "10G", got ${JSON.stringify(v)}`);
+  const m = /^(\d+)\s*([kKmMgGtT]?)(i?[bB])?$/.exec(v.trim());
+  if (m === null) return fail(field, `must be a size like 4096, "64M" or "10G", got ${JSON.stringify(v)}`);
+  const mult: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+  const n = Number(m[1]) * (mult[(m[2] ?? '').toLowerCase()] as number);
+  if (!Number.isSafeInteger(n)) fail(field, `too large: ${v}`);
+  return n;
+}
+
+function int(o: Record<string, unknown>, key: string, field: string, dflt: number, min: number, max: number): number {
+  const v = o[key];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    fail(`${field}.${key}`, `must be an integer in ${min}..${max}, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+const VOLUME_KEYS = new Set([
+  'name', 'socketPath', 'fd', 'socketMode', 'backing', 'size', 'readOnly', 'cacheMode', 'cacheMaxBytes',
+  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct',
+]);
+const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
+const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'ioEngine', 'backingTimeoutMs']);
+
+function checkKeys(o: Record<string, unknown>, allowed: Set<string>, field: string): void {
+  for (const k of Object.keys(o)) if (!allowed.has(k)) fail(`${field}.${k}`, 'unknown field');
+}
+
+export function validateVolume(raw: unknown, field: string): VolumeConfig {
+  if (!isObject(raw)) return fail(field, 'must be an object');
+  checkKeys(raw, VOLUME_KEYS, field);
+  const name = str(raw, 'name', field, true) as string;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) fail(`${field}.name`, `must be 1-64 of [A-Za-z0-9._-], got ${JSON.stringify(name)}`);
+  const socketPath = str(raw, 'socketPath', field, false);
+  const fd = raw.fd === undefined ? undefined : int(raw, 'fd', field, 0, 0, 1 << 20);
+  if ((socketPath === undefined) === (fd === undefined)) fail(field, 'give exactly one of socketPath and fd');
+  if (socketPath !== undefined && Buffer.byteLength(socketPath) > 107) fail(`${field}.socketPath`, 'longer than 107 bytes (unix socket limit)');
+  const lbs = int(raw, 'logicalBlockSize', field, DEFAULTS.logicalBlockSize, 512, 4096);
+  if (lbs !== 512 && lbs !== 4096) fail(`${field}.logicalBlockSize`, `must be 512 or 4096, got ${lbs}`);
+  const cacheMode = (raw.cacheMode ?? 'writethrough') as CacheMode;
+  if (!CACHE_MODES.includes(cacheMode)) fail(`${field}.cacheMode`, `must be one of ${CACHE_MODES.join(', ')}, got ${JSON.stringify(raw.cacheMode)}`);
+  const queueSize = int(raw, 'queueSize', field, DEFAULTS.queueSize, 2, 32768);
+  if ((queueSize & (queueSize - 1)) !== 0) fail(`${field}.queueSize`, `must be a power of two, got ${queueSize}`);
+  const size = raw.size === undefined ? undefined : parseSize(raw.size, `${field}.size`);
+  if (size !== undefined && (size === 0 || size % lbs !== 0)) fail(`${field}.size`, `must be a positive multiple of ${lbs}, got ${size}`);
+  const cacheMaxBytes = raw.cacheMaxBytes === undefined ? undefined : parseSize(raw.cacheMaxBytes, `${field}.cacheMaxBytes`);
+  const serial = str(raw, 'serial', field, false) ?? name;
+  if (Buffer.byteLength(serial) > 20) fail(`${field}.serial`, 'at most 20 bytes (virtio-blk GET_ID)');
+  return {
+    name,
+    ...(socketPath !== undefined ? { socketPath } : {}),
+    ...(fd !== undefined ? { fd } : {}),
+    socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, 0o777),
+    backing: str(raw, 'backing', field, true) as string,
+    ...(size !== undefined ? { size } : {}),
+    readOnly: bool(raw, 'readOnly', field, false),
+    cacheMode,
+    ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
+    serial,
+    numQueues: int(raw, 'numQueues', field, DEFAULTS.numQueues, 1, 64),
+    queueSize,
+    logicalBlockSize: lbs,
+    direct: bool(raw, 'direct', field, false),
+  };
+}
+
+export function validateCache(raw: unknown, field: string): CacheConfig {
+  if (!isObject(raw)) return fail(field, 'must be an object');
+  checkKeys(raw, CACHE_KEYS, field);
+  const blockSize = raw.blockSize === undefined ? DEFAULTS.cacheBlockSize : parseSize(raw.blockSize, `${field}.blockSize`);
+  if (blockSize < 4096 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0) {
+    fail(`${field}.blockSize`, `must be a power of two from 4096 to 65536, got ${blockSize}`);
+  }
+  const segmentSize = raw.segmentSize === undefined ? DEFAULTS.segmentSize : parseSize(raw.segmentSize, `${field}.segmentSize`);
+  if (segmentSize < blockSize * 4 || segmentSize % blockSize !== 0 || segmentSize > 64 * 2 ** 20) {
+    fail(`${field}.segmentSize`, `must be a multiple of the block size, at least 4 blocks and at most 64M, got ${segmentSize}`);
+  }
+  const size = raw.size === undefined ? undefined : parseSize(raw.size, `${field}.size`);
+  if (size !== undefined && size < segmentSize * 4) fail(`${field}.size`, `must hold at least 4 segments (${segmentSize * 4} bytes), got ${size}`);
+  const metadataPath = str(raw, 'metadataPath', field, false);
+  return {
+    path: str(raw, 'path', field, true) as string,
+    ...(size !== undefined ? { size } : {}),
+    blockSize,
+    segmentSize,
+    ...(metadataPath !== undefined ? { metadataPath } : {}),
+  };
+}
+
+export function validateConfig(raw: unknown): DaemonConfig {
+  if (!isObject(raw)) return fail('config', 'must be a JSON object');
+  checkKeys(raw, TOP_KEYS, 'config');
+  const vols = raw.volumes;
+  if (!Array.isArray(vols) || vols.length === 0) fail('config.volumes', 'must be a non-empty array');
+  const volumes = vols.map((v, i) => validateVolume(v, `config.volumes[${i}]`));
+  const seen = new Map<string, string>();
+  volumes.forEach((v, i) => {
+    for (const key of [`name:${v.name}`, v.socketPath !== undefined ? `socket:${v.socketPath}` : `fd:${v.fd}`]) {
+      const prev = seen.get(key);
+      if (prev !== undefined) fail(`config.volumes[${i}]`, `${key.split(':')[0]} ${JSON.stringify(key.slice(key.indexOf(':') + 1))} already used by ${prev}`);
+      seen.set(key, `config.volumes[${i}]`);
+    }
+  });
+  const ioEngine = (raw.ioEngine ?? 'auto') as IoEnginePreference;
+  if (!['auto', 'io_uring', 'threadpool'].includes(ioEngine)) fail('config.ioEngine', `must be auto, io_uring or threadpool, got ${JSON.stringify(raw.ioEngine)}`);
+  const control = str(raw, 'control', 'config', false);
+  return {
+    cache: raw.cache === undefined || raw.cache === null ? null : validateCache(raw.cache, 'config.cache'),
+    volumes,
+    ...(control !== undefined ? { control } : {}),
+    ioEngine,
+    backingTimeoutMs: int(raw, 'backingTimeoutMs', 'config', DEFAULTS.backingTimeoutMs, 100, 24 * 3600 * 1000),
+  };
+}

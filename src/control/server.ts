@@ -1,0 +1,145 @@
+/**
+ * Control socket: HTTP/1.1 over a unix socket (mode 0600), for operators and the CLI.
+ *
+ *   GET    /stats            JSON: totals, cache, per-volume statistics
+ *   GET    /metrics          Prometheus text format (prom-client)
+ *   GET    /volumes          JSON: the volumes and their configuration
+ *   POST   /volumes          body: a volume object as in the config file; adds it at runtime
+ *   DELETE /volumes/NAME     removes a volume; ?force=1 even with a connected front end
+ *
+ * Errors answer JSON {error, code} with 400 (bad input), 404, 409 (busy/exists) or 500.
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { validateVolume } from '../config/config';
+import type { Daemon } from '../daemon/daemon';
+import { VhostError } from '../native/errors';
+import type { Logger } from '../util/logger';
+import { createMetrics } from './metrics';
+
+const MAX_BODY = 64 * 1024;
+
+/** Fails with EADDRINUSE if something answers on `socketPath`; removes a stale socket file. */
+export async function claimSocketPath(socketPath: string): Promise<void> {
+  if (!fs.existsSync(socketPath)) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const c = net.createConnection(socketPath);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (live) throw new VhostError(`${socketPath} is in use by another process`, 'EADDRINUSE');
+  fs.unlinkSync(socketPath);
+}
+
+function statusFor(code: string): number {
+  switch (code) {
+    case 'ECONFIG':
+    case 'EINVAL':
+      return 400;
+    case 'ENOENT':
+      return 404;
+    case 'EBUSY':
+    case 'EEXIST':
+    case 'EADDRINUSE':
+      return 409;
+    default:
+      return 500;
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown, type = 'application/json'): void {
+  const text = type === 'application/json' ? `${JSON.stringify(body, null, 2)}\n` : String(body);
+  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function readBody(req: http.IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new VhostError('request body too large', 'EINVAL'));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+export class ControlServer {
+  private constructor(
+    private readonly server: http.Server,
+    readonly socketPath: string,
+  ) {}
+
+  static async start(socketPath: string, daemon: Daemon, log: Logger): Promise<ControlServer> {
+    await claimSocketPath(socketPath);
+    const metrics = createMetrics(daemon);
+    const server = http.createServer((req, res) => {
+      handle(req, res).catch((err: unknown) => {
+        const e = err as VhostError;
+        const code = typeof e.code === 'string' ? e.code : 'EIO';
+        send(res, statusFor(code), { error: e.message, code });
+      });
+    });
+    async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      const route = `${req.method} ${url.pathname}`;
+      log.debug({ route }, 'control request');
+      if (route === 'GET /stats') return send(res, 200, daemon.stats());
+      if (route === 'GET /metrics') return send(res, 200, await metrics.registry.metrics(), metrics.registry.contentType);
+      if (route === 'GET /volumes') {
+        return send(res, 200, daemon.volumeNames().map((n) => daemon.getVolume(n)?.config));
+      }
+      if (route === 'POST /volumes') {
+        let raw: unknown;
+        try {
+          raw = JSON.parse(await readBody(req));
+        } catch (err) {
+          throw new VhostError(`body is not JSON: ${(err as Error).message}`, 'EINVAL');
+        }
+        const vol = await daemon.addVolume(validateVolume(raw, 'volume'));
+        log.info({ volume: vol.name }, 'volume added through the control socket');
+        return send(res, 201, vol.config);
+      }
+      const m = /^DELETE \/volumes\/([^/]+)$/.exec(route);
+      if (m !== null) {
+        const name = decodeURIComponent(m[1] as string);
+        const force = url.searchParams.get('force') === '1' || url.searchParams.get('force') === 'true';
+        await daemon.removeVolume(name, force);
+        log.info({ volume: name, force }, 'volume removed through the control socket');
+        return send(res, 200, { removed: name });
+      }
+      return send(res, 404, { error: `no route ${route}`, code: 'ENOENT' });
+    }
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    fs.chmodSync(socketPath, 0o600);
+    log.info({ control: socketPath }, 'control socket listening');
+    return new ControlServer(server, socketPath);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => {
+        fs.rmSync(this.socketPath, { force: true });
+        resolve();
+      });
+      this.server.closeAllConnections();
+    });
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * The daemon: one I/O engine, at most one shared cache, and any number of volumes, each on
+ * its own vhost-user socket. Volumes can be added and removed while the others keep serving.
+ *
+ * Shutdown order (SIGINT/SIGTERM): every volume stops taking requests and finishes the
+ * in-flight ones, the stores are flushed and closed, then the cache writes its buffered
+ * segments and saves its metadata for a warm restart.
+ */
+import type { BackingStore } from '../backing/backing-store';
+import { openBackingStore } from '../backing/open';
+import type { DaemonConfig, VolumeConfig } from '../config/config';
+import { createIoEngine } from '../io/index';
+import type { IoEngine } from '../io/io-engine';
+import { ControlServer } from '../control/server';
+import { VhostError } from '../native/errors';
+import type { Logger } from '../util/logger';
+import { Volume, type VolumeStats } from '../volume/volume';
+
+export interface DaemonStats {
+  uptimeSeconds: number;
+  ioEngine: string;
+  volumes: VolumeStats[];
+}
+
+export class Daemon {
+  private readonly volumes = new Map<string, Volume>();
+  private readonly pending = new Set<string>();
+  private readonly started = Date.now();
+  private stopping: Promise<void> | null = null;
+  private control: ControlServer | null = null;
+
+  private constructor(
+    readonly config: DaemonConfig,
+    readonly engine: IoEngine,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(config: DaemonConfig, log: Logger): Promise<Daemon> {
+    const engine = createIoEngine(config.ioEngine);
+    const d = new Daemon(config, engine, log);
+    try {
+      for (const v of config.volumes) await d.addVolume(v);
+      if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
+    } catch (err) {
+      await d.shutdown();
+      throw err;
+    }
+    log.info({ volumes: config.volumes.map((v) => v.socketPath ?? `fd:${v.fd}`), ioEngine: engine.kind }, 'ready to accept connections');
+    return d;
+  }
+
+  volumeNames(): string[] {
+    return [...this.volumes.keys()];
+  }
+
+  getVolume(name: string): Volume | undefined {
+    return this.volumes.get(name);
+  }
+
+  async addVolume(cfg: VolumeConfig): Promise<Volume> {
+    if (this.stopping !== null) throw new VhostError('daemon is shutting down', 'ESHUTDOWN');
+    if (this.volumes.has(cfg.name) || this.pending.has(cfg.name)) {
+      throw new VhostError(`volume ${cfg.name} already exists`, 'EEXIST');
+    }
+    for (const v of this.volumes.values()) {
+      if (cfg.socketPath !== undefined && v.config.socketPath === cfg.socketPath) {
+        throw new VhostError(`socket ${cfg.socketPath} already used by volume ${v.name}`, 'EADDRINUSE');
+      }
+    }
+    this.pending.add(cfg.name);
+    try {
+      const store: BackingStore = await openBackingStore(cfg, {
+        engine: this.engine,
+        backingTimeoutMs: this.config.backingTimeoutMs,
+        logger: this.log.child({ volume: cfg.name }),
+      });
+      const vol = Volume.open(cfg, store, this.log);
+      this.volumes.set(cfg.name, vol);
+      return vol;
+    } finally {
+      this.pending.delete(cfg.name);
+    }
+  }
+
+  /** Removes a volume; refused while a front end is connected unless forced. */
+  async removeVolume(name: string, force = false): Promise<void> {
+    const vol = this.volumes.get(name);
+    if (vol === undefined) throw new VhostError(`no volume named ${name}`, 'ENOENT');
+    if (vol.connected && !force) {
+      throw new VhostError(`volume ${name} has a connected front end (use force to remove it anyway)`, 'EBUSY');
+    }
+    this.volumes.delete(name);
+    await vol.close();
+  }
+
+  stats(): DaemonStats {
+    return {
+      uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
+      ioEngine: this.engine.kind,
+      volumes: [...this.volumes.values()].map((v) => v.stats()),
+    };
+  }
+
+  shutdown(): Promise<void> {
+    if (this.stopping === null) this.stopping = this.doShutdown();
+    return this.stopping;
+  }
+
+  private async doShutdown(): Promise<void> {
+    this.log.info('shutting down: draining volumes');
+    if (this.control !== null) await this.control.close();
+    const vols = [...this.volumes.values()];
+    this.volumes.clear();
+    const results = await Promise.allSettled(vols.map((v) => v.close()));
+    for (const r of results) {
+      if (r.status === 'rejected') this.log.error({ err: (r.reason as Error).message }, 'volume close failed');
+    }
+    this.log.info({ stats: vols.map((v) => v.stats()) }, 'final statistics');
+    this.engine.close();
+    this.log.info('stopped');
+  }
+}
+
+/** Runs a daemon until SIGINT/SIGTERM; resolves after a clean shutdown. */
+export async function runDaemon(config: DaemonConfig, log: Logger): Promise<void> {
+  const daemon = await Daemon.start(config, log);
+  await new Promise<void>((resolve) => {
+    const stop = (sig: NodeJS.Signals): void => {
+      log.info({ signal: sig }, 'signal received');
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      daemon.shutdown().then(resolve, (err: Error) => {
+        log.error({ err: err.message }, 'shutdown failed');
+        resolve();
+      });
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}

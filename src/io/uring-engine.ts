@@ -1,0 +1,234 @@
+/**
+ * IoEngine on the native IoRing (io_uring on the Node main thread).
+ *
+ * Each operation takes a tag: an index into `ops`, the table of pending operations, which
+ * holds the promise settlers and keeps the caller's views referenced until the kernel is done
+ * with them. Operations are prepared (SQE queued) at once; one flush per microtask turn hands
+ * every queued SQE to the kernel with a single io_uring_enter, so requests dispatched in one
+ * JS call cost one syscall. Completions come back as [tag, result] pairs, either from that
+ * submit (inline completions, e.g. page-cache hits) or from the ring's onComplete (eventfd
+ * wake-up on the loop).
+ *
+ * Short transfers are continued under the same tag; a read that reaches end of file fills the
+ * rest with zeros. A negative result rejects with VhostError(code = errno name).
+ */
+import { getSystemErrorMap } from 'node:util';
+import { VhostError } from '../native/errors';
+import { native } from '../native/binding';
+import { CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
+import { advanceIov } from './fs-engine';
+import type { IoEngine } from './io-engine';
+
+/** Views per READV/WRITEV SQE; longer scatter lists continue like a short transfer. */
+const IOV_MAX = 1024;
+
+const OP_READ = 0;
+const OP_WRITE = 1;
+const OP_FDATASYNC = 2;
+const OP_FALLOCATE = 3;
+type OpKind = typeof OP_READ | typeof OP_WRITE | typeof OP_FDATASYNC | typeof OP_FALLOCATE;
+const OP_NAMES = ['readv', 'writev', 'fdatasync', 'fallocate'] as const;
+
+interface PendingOp {
+  kind: OpKind;
+  fd: number;
+  /** READ/WRITE: views still to transfer (none empty), starting at `offset`. */
+  bufs: Uint8Array[];
+  offset: number;
+  /** FALLOCATE only. */
+  mode: number;
+  length: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+const errnoMap = getSystemErrorMap();
+// Kernel results that mean "try again": resubmitted as they are.
+const EAGAIN = -11;
+const EINTR = -4;
+
+function errnoError(op: PendingOp, res: number): VhostError {
+  const entry = errnoMap.get(res);
+  // libuv names errno 95 ENOTSUP; the kernel (and the addon, via strerrorname_np) EOPNOTSUPP.
+  const name = entry?.[0] ?? `E${-res}`;
+  const code = name === 'ENOTSUP' ? 'EOPNOTSUPP' : name;
+  const msg = entry?.[1] ?? 'unknown error';
+  return new VhostError(`${OP_NAMES[op.kind]} fd ${op.fd}: ${msg}`, code);
+}
+
+export interface UringEngineOptions {
+  /** Submission queue entries (default 256); the completion queue gets twice as many. */
+  entries?: number;
+}
+
+export class UringEngine implements IoEngine {
+  readonly kind = 'io_uring' as const;
+  private readonly ring: NativeIoRing;
+  /** Pending operations by tag; free tags are reused (LIFO keeps the table small). */
+  private readonly ops: (PendingOp | undefined)[] = [];
+  private readonly freeTags: number[] = [];
+  private flushQueued = false;
+  private closed = false;
+  /**
+   * Counters for tests and benchmarks: io_uring_enter calls made by flushes, and completions
+   * delivered inline (by those submits) or asynchronously (eventfd wake-ups).
+   */
+  readonly stats = { submits: 0, inline: 0, async: 0 };
+  private readonly flushFn = (): void => this.flush();
+
+  /** Throws VhostError (errno name) when io_uring cannot be set up here. */
+  constructor(options: UringEngineOptions = {}) {
+    this.ring = new native.IoRing({
+      entries: options.entries ?? 256,
+      onComplete: (count) => {
+        this.stats.async += count;
+        this.handle(count);
+      },
+    });
+  }
+
+  /** Operations not settled yet. */
+  get pending(): number {
+    return this.ops.length - this.freeTags.length;
+  }
+
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    return this.start(OP_READ, fd, bufs, offset, 0, 0);
+  }
+
+  writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    return this.start(OP_WRITE, fd, bufs, offset, 0, 0);
+  }
+
+  fdatasync(fd: number): Promise<void> {
+    return this.start(OP_FDATASYNC, fd, [], 0, 0, 0);
+  }
+
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+    return this.start(OP_FALLOCATE, fd, [], offset, mode, length);
+  }
+
+  /** BLKDISCARD/BLKZEROOUT are rare and block in the ioctl: a worker thread runs them. */
+  blockRange(fd: number, op: 'discard' | 'zeroout', offset: number, length: number): Promise<void> {
+    if (this.closed) return Promise.reject(new VhostError('io engine closed', 'ESHUTDOWN'));
+    return native.blockRange(fd, op, offset, length);
+  }
+
+  /**
+   * Submits what is queued and closes the ring: operations in flight still settle (the ring
+   * lives until the last one completes); new calls reject with ESHUTDOWN.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.flushQueued) this.flush();
+    this.ring.close();
+  }
+
+  private start(
+    kind: OpKind,
+    fd: number,
+    bufs: readonly Uint8Array[],
+    offset: number,
+    mode: number,
+    length: number,
+  ): Promise<void> {
+    if (this.closed) return Promise.reject(new VhostError('io engine closed', 'ESHUTDOWN'));
+    const rest = kind === OP_READ || kind === OP_WRITE ? advanceIov(bufs, 0) : [];
+    if ((kind === OP_READ || kind === OP_WRITE) && rest.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const op: PendingOp = { kind, fd, bufs: rest, offset, mode, length, resolve, reject };
+      const tag = this.freeTags.pop() ?? this.ops.length;
+      this.ops[tag] = op;
+      this.queue(tag, op);
+    });
+  }
+
+  /** Queues the SQE of `op` (again, for a continuation) and schedules the flush. */
+  private queue(tag: number, op: PendingOp): void {
+    try {
+      switch (op.kind) {
+        case OP_READ:
+          this.ring.prepReadv(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag);
+          break;
+        case OP_WRITE:
+          this.ring.prepWritev(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag);
+          break;
+        case OP_FDATASYNC:
+          this.ring.prepFdatasync(op.fd, tag);
+          break;
+        case OP_FALLOCATE:
+          this.ring.prepFallocate(op.fd, op.mode, op.offset, op.length, tag);
+          break;
+      }
+    } catch (err) {
+      this.release(tag);
+      op.reject(err instanceof VhostError ? err : new VhostError(String(err), 'EINVAL'));
+      return;
+    }
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flushFn);
+    }
+  }
+
+  private flush(): void {
+    if (!this.flushQueued) return;
+    this.flushQueued = false;
+    this.stats.submits++;
+    const count = this.ring.submit();
+    if (count > 0) {
+      this.stats.inline += count;
+      this.handle(count);
+    }
+  }
+
+  /** Handles `count` [tag, result] pairs of ring.completions. */
+  private handle(count: number): void {
+    const c = this.ring.completions;
+    for (let i = 0; i < count; i++) {
+      const base = i * CQE_STRIDE;
+      this.complete(c[base + CQE_TAG], c[base + CQE_RESULT]);
+    }
+  }
+
+  private complete(tag: number, res: number): void {
+    const op = this.ops[tag];
+    if (op === undefined) return;
+    if (res < 0) {
+      if (res === EAGAIN || res === EINTR) {
+        this.queue(tag, op);
+        return;
+      }
+      this.release(tag);
+      op.reject(errnoError(op, res));
+      return;
+    }
+    if (op.kind === OP_READ || op.kind === OP_WRITE) {
+      if (res === 0) {
+        this.release(tag);
+        if (op.kind === OP_WRITE) {
+          op.reject(new VhostError(`writev fd ${op.fd}: no progress`, 'EIO'));
+          return;
+        }
+        // End of file: what is left reads as zeros.
+        for (const b of op.bufs) b.fill(0);
+        op.resolve();
+        return;
+      }
+      op.bufs = advanceIov(op.bufs, res);
+      op.offset += res;
+      if (op.bufs.length > 0) {
+        this.queue(tag, op);
+        return;
+      }
+    }
+    this.release(tag);
+    op.resolve();
+  }
+
+  private release(tag: number): void {
+    this.ops[tag] = undefined;
+    this.freeTags.push(tag);
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * The back-end framework layer in TypeScript: one VhostExport per vhost-user socket. It owns
+ * the native VhostDevice (protocol, guest memory, rings), checks options before they cross,
+ * turns native events into log lines and state, and batches completions.
+ *
+ * Completion batching: complete() only records (slot, status) per queue; the records are
+ * handed to native in one call per queue from a microtask, so every request finished in the
+ * same turn of the event loop costs one crossing (and native notifies the guest once).
+ */
+import { native } from '../native/binding';
+import { VhostError } from '../native/errors';
+import type { NativeVhostDevice, VhostDeviceEvent } from '../native/types';
+import type { Logger } from '../util/logger';
+
+export interface VhostExportOptions {
+  /** Exactly one of socketPath and fd. */
+  socketPath?: string;
+  socketMode?: number;
+  fd?: number;
+  maxQueues: number;
+  maxQueueSize: number;
+  deviceFeatures: bigint;
+  config: Uint8Array;
+  logger: Logger;
+  /** Receives each batch; see src/native/types.ts for the request table layout. */
+  onRequests: (queue: number, count: number, segs: Uint8Array[], table: Float64Array) => void;
+  /** SET_CONFIG from the guest (e.g. the writeback byte). */
+  onConfigWrite?: (offset: number, data: Uint8Array) => void;
+  onConnectionChange?: (connected: boolean) => void;
+}
+
+/** Per-queue completion buffer: pairs [slot, status]. */
+class CompletionQueue {
+  pairs: Uint32Array = new Uint32Array(256);
+  count = 0;
+
+  push(slot: number, status: number): void {
+    if ((this.count + 1) * 2 > this.pairs.length) {
+      const bigger = new Uint32Array(this.pairs.length * 2);
+      bigger.set(this.pairs);
+      this.pairs = bigger;
+    }
+    this.pairs[this.count * 2] = slot;
+    this.pairs[this.count * 2 + 1] = status;
+    this.count++;
+  }
+}
+
+export function validateExportOptions(o: VhostExportOptions): void {
+  const hasPath = o.socketPath !== undefined;
+  const hasFd = o.fd !== undefined;
+  if (hasPath === hasFd) throw new VhostError('give exactly one of socketPath and fd', 'EINVAL');
+  if (hasFd && (!Number.isInteger(o.fd) || (o.fd as number) < 0)) {
+    throw new VhostError(`fd must be a non-negative integer, got ${o.fd}`, 'EINVAL');
+  }
+  if (hasPath && (typeof o.socketPath !== 'string' || o.socketPath.length === 0 || Buffer.byteLength(o.socketPath) > 107)) {
+    throw new VhostError(`socket path must be 1..107 bytes: ${o.socketPath}`, 'EINVAL');
+  }
+  if (!Number.isInteger(o.maxQueues) || o.maxQueues < 1 || o.maxQueues > 64) {
+    throw new VhostError(`queue count must be 1..64, got ${o.maxQueues}`, 'EINVAL');
+  }
+  const qs = o.maxQueueSize;
+  if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
+    throw new VhostError(`queue size must be a power of two in 2..32768, got ${qs}`, 'EINVAL');
+  }
+  if (o.config.byteLength > 256) throw new VhostError('config space is at most 256 bytes', 'EINVAL');
+}
+
+export class VhostExport {
+  private readonly dev: NativeVhostDevice;
+  private readonly queues: CompletionQueue[] = [];
+  private flushScheduled = false;
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(private readonly opts: VhostExportOptions) {
+    validateExportOptions(opts);
+    this.log = opts.logger;
+    for (let q = 0; q < opts.maxQueues; q++) this.queues.push(new CompletionQueue());
+    // Callbacks only run from later event-loop turns, after this.dev is assigned.
+    this.dev = new native.VhostDevice({
+      ...(opts.socketPath !== undefined ? { socketPath: opts.socketPath } : {}),
+      ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),
+      ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
+      maxQueues: opts.maxQueues,
+      maxQueueSize: opts.maxQueueSize,
+      deviceFeatures: opts.deviceFeatures,
+      config: opts.config,
+      onRequests: (queue, count, segs) => {
+        opts.onRequests(queue, count, segs, this.dev.requests);
+      },
+      onEvent: (ev) => this.onEvent(ev),
+    });
+  }
+
+  get connected(): boolean {
+    return this.dev.connected;
+  }
+
+  inflight(): number[] {
+    return this.dev.inflight();
+  }
+
+  setConfig(config: Uint8Array): void {
+    this.dev.setConfig(config);
+  }
+
+  /** Records a completion; handed to native with the rest of this turn's batch. */
+  complete(queue: number, slot: number, status: number): void {
+    const q = this.queues[queue];
+    if (q === undefined) return;
+    q.push(slot, status);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.closed) return;
+    for (let i = 0; i < this.queues.length; i++) {
+      const q = this.queues[i] as CompletionQueue;
+      if (q.count === 0) continue;
+      const n = q.count;
+      q.count = 0;
+      this.dev.complete(i, n, q.pairs);
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    this.dev.close();
+  }
+
+  private onEvent(ev: VhostDeviceEvent): void {
+    switch (ev.type) {
+      case 'log':
+        this.log[ev.level]({ ...(ev.fields ?? {}) }, ev.msg);
+        break;
+      case 'listening':
+        this.log.debug({ path: ev.path }, 'listening');
+        break;
+      case 'connected':
+        this.log.info('front end connected');
+        this.opts.onConnectionChange?.(true);
+        break;
+      case 'disconnected':
+        this.log.info({ reason: ev.reason }, 'front end disconnected');
+        this.opts.onConnectionChange?.(false);
+        break;
+      case 'broken':
+        this.log.error({ reason: ev.reason }, 'device broken: connection dropped, listening again');
+        this.opts.onConnectionChange?.(false);
+        break;
+      case 'queue-started':
+        this.log.debug({ queue: ev.queue, size: ev.size }, 'queue started');
+        break;
+      case 'queue-stopped':
+        this.log.debug({ queue: ev.queue }, 'queue stopped');
+        break;
+      case 'config-write':
+        this.opts.onConfigWrite?.(ev.offset, ev.data);
+        break;
+    }
+  }
+}

@@ -1,0 +1,281 @@
+/**
+ * virtio-blk request dispatch: turns each batch from the native device into calls on the
+ * volume's store and answers every request exactly once with a status byte.
+ *
+ * Checks (all before any I/O): the sector and length must be aligned to the logical block
+ * size and lie inside the capacity (else IOERR); writes, discards and write-zeroes on a
+ * read-only volume get IOERR; unknown types get UNSUPP. A store failure answers that one
+ * request with IOERR and logs it; nothing else is affected.
+ */
+import {
+  REQ_DATA_LEN,
+  REQ_FIRST_SEG,
+  REQ_SECTOR,
+  REQ_SEG_COUNT,
+  REQ_SLOT,
+  REQ_STRIDE,
+  REQ_TYPE,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+} from '../native/types';
+import type { BackingStore } from '../backing/backing-store';
+import type { Logger } from '../util/logger';
+import {
+  MAX_DISCARD_SECTORS,
+  MAX_DISCARD_SEG,
+  MAX_WRITE_ZEROES_SECTORS,
+  MAX_WRITE_ZEROES_SEG,
+  SECTOR_SIZE,
+} from './config';
+
+/** What the dispatcher needs to know about the volume it serves. */
+export interface DispatchTarget {
+  readonly store: BackingStore;
+  readonly sizeBytes: number;
+  readonly logicalBlockSize: number;
+  readonly readOnly: boolean;
+  /** Up to 20 bytes answered to GET_ID. */
+  readonly serial: string;
+  /** false when the guest chose writethrough (CONFIG_WCE): every write is followed by a flush. */
+  writeback: boolean;
+}
+
+export type Complete = (queue: number, slot: number, status: number) => void;
+
+export interface DispatchStats {
+  reads: number;
+  writes: number;
+  flushes: number;
+  discards: number;
+  writeZeroes: number;
+  getIds: number;
+  unsupported: number;
+  rejected: number;
+  ioErrors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+export function emptyDispatchStats(): DispatchStats {
+  return {
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    discards: 0,
+    writeZeroes: 0,
+    getIds: 0,
+    unsupported: 0,
+    rejected: 0,
+    ioErrors: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+  };
+}
+
+/** One range of a DISCARD or WRITE_ZEROES request (struct virtio_blk_discard_write_zeroes). */
+export interface BlkRange {
+  sector: number;
+  sectors: number;
+  flags: number;
+}
+
+const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+const RANGE_SIZE = 16;
+
+/** Concatenates a scatter list (only small payloads: ranges, never bulk data). */
+function gather(segs: readonly Uint8Array[]): Buffer {
+  if (segs.length === 1) {
+    const s = segs[0] as Uint8Array;
+    return Buffer.from(s.buffer, s.byteOffset, s.byteLength);
+  }
+  return Buffer.concat(segs);
+}
+
+/** Parses the range table of a DISCARD / WRITE_ZEROES request, null if malformed. */
+export function parseRanges(segs: readonly Uint8Array[], dataLen: number): BlkRange[] | null {
+  if (dataLen === 0 || dataLen % RANGE_SIZE !== 0) return null;
+  const b = gather(segs);
+  const out: BlkRange[] = [];
+  for (let off = 0; off < dataLen; off += RANGE_SIZE) {
+    const sector = b.readBigUInt64LE(off);
+    if (sector > BigInt(Number.MAX_SAFE_INTEGER)) return null;
+    out.push({ sector: Number(sector), sectors: b.readUInt32LE(off + 8), flags: b.readUInt32LE(off + 12) });
+  }
+  return out;
+}
+
+export class BlkDispatcher {
+  readonly stats: DispatchStats = emptyDispatchStats();
+  private inflight = 0;
+  private stopped = false;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly target: DispatchTarget,
+    private readonly complete: Complete,
+    private readonly log: Logger,
+  ) {}
+
+  get inflightCount(): number {
+    return this.inflight;
+  }
+
+  /** Resolves once every request handed to the store has been answered. */
+  drain(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  /** Stops starting requests: later batches stay unanswered (for shutdown; see Volume.close). */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** Entry point for one batch (see src/native/types.ts for the table layout). */
+  handleBatch(queue: number, count: number, segs: Uint8Array[], table: Float64Array): void {
+    if (this.stopped) return;
+    for (let i = 0; i < count; i++) {
+      const base = i * REQ_STRIDE;
+      const slot = table[base + REQ_SLOT] as number;
+      const type = table[base + REQ_TYPE] as number;
+      const sector = table[base + REQ_SECTOR] as number;
+      const dataLen = table[base + REQ_DATA_LEN] as number;
+      const first = table[base + REQ_FIRST_SEG] as number;
+      const nseg = table[base + REQ_SEG_COUNT] as number;
+      const data = nseg === 0 ? [] : segs.slice(first, first + nseg);
+      this.handle(queue, slot, type, sector, dataLen, data);
+    }
+  }
+
+  private handle(queue: number, slot: number, type: number, sector: number, dataLen: number, data: Uint8Array[]): void {
+    const t = this.target;
+    switch (type) {
+      case VIRTIO_BLK_T_IN:
+      case VIRTIO_BLK_T_OUT: {
+        const write = type === VIRTIO_BLK_T_OUT;
+        if (write && t.readOnly) return this.reject(queue, slot, 'write to a read-only volume');
+        const offset = sector * SECTOR_SIZE;
+        if (!this.rangeOk(offset, dataLen)) {
+          return this.reject(queue, slot, 'request outside capacity or misaligned', { sector, dataLen });
+        }
+        if (write) {
+          this.stats.writes++;
+          this.stats.bytesWritten += dataLen;
+          return this.run(queue, slot, 'write', () =>
+            t.writeback ? t.store.write(offset, data) : t.store.write(offset, data).then(() => t.store.flush()),
+          );
+        }
+        this.stats.reads++;
+        this.stats.bytesRead += dataLen;
+        return this.run(queue, slot, 'read', () => t.store.read(offset, data));
+      }
+      case VIRTIO_BLK_T_FLUSH:
+        this.stats.flushes++;
+        return this.run(queue, slot, 'flush', () => t.store.flush());
+      case VIRTIO_BLK_T_GET_ID: {
+        this.stats.getIds++;
+        const id = Buffer.alloc(20);
+        id.write(t.serial.slice(0, 20), 'utf8');
+        let off = 0;
+        for (const seg of data) {
+          if (off >= id.length) break;
+          const n = Math.min(seg.byteLength, id.length - off);
+          seg.set(id.subarray(off, off + n));
+          off += n;
+        }
+        return this.complete(queue, slot, VIRTIO_BLK_S_OK);
+      }
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES:
+        return this.handleRanges(queue, slot, type, data, dataLen);
+      default:
+        this.stats.unsupported++;
+        this.log.debug({ type }, 'unsupported request type');
+        return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
+    }
+  }
+
+  private handleRanges(queue: number, slot: number, type: number, data: Uint8Array[], dataLen: number): void {
+    const t = this.target;
+    const discard = type === VIRTIO_BLK_T_DISCARD;
+    const supported = discard ? t.store.features.discard : t.store.features.writeZeroes;
+    if (!supported) {
+      this.stats.unsupported++;
+      return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
+    }
+    if (t.readOnly) return this.reject(queue, slot, `${discard ? 'discard' : 'write-zeroes'} on a read-only volume`);
+    const ranges = parseRanges(data, dataLen);
+    const maxSeg = discard ? MAX_DISCARD_SEG : MAX_WRITE_ZEROES_SEG;
+    const maxSectors = discard ? MAX_DISCARD_SECTORS : MAX_WRITE_ZEROES_SECTORS;
+    if (ranges === null || ranges.length > maxSeg) return this.reject(queue, slot, 'malformed range table', { dataLen });
+    for (const r of ranges) {
+      // virtio 1.2 5.2.6.2: unmap is only defined for write-zeroes; other flag bits are reserved.
+      const allowed = discard ? 0 : VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+      if ((r.flags & ~allowed) !== 0) {
+        this.stats.unsupported++;
+        return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
+      }
+      if (r.sectors > maxSectors || !this.rangeOk(r.sector * SECTOR_SIZE, r.sectors * SECTOR_SIZE)) {
+        return this.reject(queue, slot, 'range outside capacity or misaligned', { sector: r.sector, sectors: r.sectors });
+      }
+    }
+    if (discard) this.stats.discards++;
+    else this.stats.writeZeroes++;
+    return this.run(queue, slot, discard ? 'discard' : 'write-zeroes', async () => {
+      for (const r of ranges) {
+        const off = r.sector * SECTOR_SIZE;
+        const len = r.sectors * SECTOR_SIZE;
+        if (len === 0) continue;
+        if (discard) await t.store.discard(off, len);
+        else await t.store.writeZeroes(off, len, (r.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0);
+      }
+    });
+  }
+
+  private rangeOk(offset: number, length: number): boolean {
+    const lbs = this.target.logicalBlockSize;
+    return offset % lbs === 0 && length % lbs === 0 && offset + length <= this.target.sizeBytes;
+  }
+
+  private reject(queue: number, slot: number, why: string, fields: Record<string, unknown> = {}): void {
+    this.stats.rejected++;
+    this.log.warn({ ...fields, queue }, `request rejected: ${why}`);
+    this.complete(queue, slot, VIRTIO_BLK_S_IOERR);
+  }
+
+  private run(queue: number, slot: number, what: string, op: () => Promise<void>): void {
+    this.inflight++;
+    let p: Promise<void>;
+    try {
+      p = op();
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    p.then(
+      () => this.finish(queue, slot, VIRTIO_BLK_S_OK),
+      (err: unknown) => {
+        this.stats.ioErrors++;
+        const e = err as { message?: string; code?: string };
+        this.log.error({ queue, op: what, code: e.code, err: e.message }, 'I/O failed: answered VIRTIO_BLK_S_IOERR');
+        this.finish(queue, slot, VIRTIO_BLK_S_IOERR);
+      },
+    );
+  }
+
+  private finish(queue: number, slot: number, status: number): void {
+    this.complete(queue, slot, status);
+    this.inflight--;
+    if (this.inflight === 0 && this.drainWaiters.length > 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+}

@@ -1,0 +1,199 @@
+/**
+ * NbdStore under faults: NBD error replies (nbdkit error filter), latency (delay filter),
+ * servers killed and restarted mid-I/O, servers that stay away, an export that changes size,
+ * and a fake server that breaks the protocol.
+ */
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { VhostError } from '../../src/native/errors';
+import { NbdStore } from '../../src/backing/nbd/nbd-store';
+import { FakeNbdServer, type Behaviour } from './nbd-fake-server';
+import { BLOCK, sleep, stamped, startNbdkit, tmpDir, unixUri, verify, type ServerProcess, type NbdkitSpec } from './nbd-servers';
+
+async function failure(p: Promise<unknown>): Promise<VhostError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof VhostError, `expected a VhostError, got ${String(e)}`);
+    return e;
+  }
+  assert.fail('expected a rejection');
+}
+
+describe('NbdStore faults', function () {
+  this.timeout(60_000);
+  const dir = tmpDir('nbd-faults');
+  let server: ServerProcess | null = null;
+  let store: NbdStore | null = null;
+
+  async function serve(spec: NbdkitSpec): Promise<void> {
+    server = await startNbdkit(spec);
+  }
+
+  afterEach(async () => {
+    await store?.close();
+    store = null;
+    await server?.stop();
+    server = null;
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('an NBD error reply fails only its request, with the NBD error code', async () => {
+    const sock = path.join(dir, 'err.sock');
+    await serve({
+      socket: sock,
+      filters: ['error'],
+      plugin: 'memory',
+      args: ['16M', 'error-pwrite=ENOSPC', 'error-pwrite-rate=100%', 'error-pread=EIO', 'error-pread-rate=40%'],
+    });
+    for (const structured of [true, false]) {
+      const s = await NbdStore.open(unixUri(sock), { structuredReplies: structured });
+      store = s;
+      const e = await failure(s.write(0, [stamped(0, BLOCK, 1)]));
+      assert.equal(e.code, 'ENOSPC');
+      const results = await Promise.allSettled(
+        Array.from({ length: 64 }, async (_, i) => {
+          const b = Buffer.alloc(2 * BLOCK, 0xee);
+          await s.read(i * 2 * BLOCK, [b]);
+          assert.ok(b.every((x) => x === 0), 'unwritten memory reads as zeroes');
+        }),
+      );
+      const failed = results.filter((r) => r.status === 'rejected');
+      assert.ok(failed.length > 0 && failed.length < 64, `${failed.length} of 64 reads failed`);
+      for (const f of failed) assert.equal(((f as PromiseRejectedResult).reason as VhostError).code, 'EIO');
+      assert.equal(s.reconnectCount, 0, 'error replies do not drop the connection');
+      await s.close();
+      store = null;
+    }
+  });
+
+  it('ESHUTDOWN from the server makes the client disconnect softly and resend', async () => {
+    const sock = path.join(dir, 'shut.sock');
+    const trigger = path.join(dir, 'shut.trigger');
+    await serve({
+      socket: sock,
+      filters: ['error'],
+      plugin: 'memory',
+      args: ['16M', 'error-pread=ESHUTDOWN', 'error-pread-rate=100%', `error-pread-file=${trigger}`],
+    });
+    store = await NbdStore.open(unixUri(sock), { reconnectMinMs: 20, reconnectMaxMs: 50 });
+    await store.write(0, [stamped(0, 4 * BLOCK, 2)]);
+    fs.writeFileSync(trigger, '');
+    const b = Buffer.alloc(4 * BLOCK);
+    const reading = store.read(0, [b]);
+    await sleep(200);
+    fs.rmSync(trigger);
+    await reading;
+    verify(b, 0, 2);
+    assert.ok(store.reconnectCount >= 1);
+  });
+
+  it('pipelines requests against a slow server (delay filter)', async () => {
+    const sock = path.join(dir, 'delay.sock');
+    await serve({ socket: sock, filters: ['delay'], plugin: 'memory', args: ['16M', 'rdelay=200ms'] });
+    store = await NbdStore.open(unixUri(sock));
+    const s = store;
+    const t0 = Date.now();
+    await Promise.all(Array.from({ length: 16 }, (_, i) => s.read(i * BLOCK, [Buffer.alloc(BLOCK)])));
+    const ms = Date.now() - t0;
+    assert.ok(ms >= 190, `took ${ms} ms`);
+    assert.ok(ms < 16 * 200 / 2, `16 reads of 200 ms took ${ms} ms: not pipelined`);
+  });
+
+  it('a hung request times out with ETIMEDOUT and the store recovers', async () => {
+    const sock = path.join(dir, 'hung.sock');
+    await serve({ socket: sock, filters: ['delay'], plugin: 'memory', args: ['16M', 'rdelay=3'] });
+    store = await NbdStore.open(unixUri(sock), { backingTimeoutMs: 300, reconnectMinMs: 10 });
+    const t0 = Date.now();
+    const e = await failure(store.read(0, [Buffer.alloc(BLOCK)]));
+    assert.equal(e.code, 'ETIMEDOUT');
+    assert.ok(Date.now() - t0 >= 290);
+    await store.write(0, [stamped(0, BLOCK, 3)]);
+  });
+
+  it('server killed and restarted mid-I/O: requests wait and succeed; the next flush reports possible loss', async () => {
+    const sock = path.join(dir, 'restart.sock');
+    const file = path.join(dir, 'restart.raw');
+    fs.writeFileSync(file, Buffer.alloc(16 * 1024 * 1024));
+    const spec: NbdkitSpec = { socket: sock, filters: ['delay'], plugin: 'file', args: [file, 'wdelay=20ms', 'rdelay=5ms'] };
+    await serve(spec);
+    store = await NbdStore.open(unixUri(sock), { reconnectMinMs: 20, reconnectMaxMs: 200 });
+    const s = store;
+    await s.write(0, [stamped(0, BLOCK, 1)]); // completed, not flushed
+    const N = 256;
+    const io = Promise.all(
+      Array.from({ length: N }, async (_, i) => {
+        const off = (i + 1) * BLOCK;
+        await s.write(off, [stamped(off, BLOCK, 4)]);
+        const b = Buffer.alloc(BLOCK);
+        await s.read(off, [b]);
+        verify(b, off, 4);
+      }),
+    );
+    await sleep(30);
+    await server!.stop('SIGKILL');
+    await sleep(300);
+    await serve(spec);
+    await io;
+    assert.ok(s.reconnectCount >= 1);
+    const all = Buffer.alloc((N + 1) * BLOCK);
+    await s.read(0, [all]);
+    verify(all.subarray(0, BLOCK), 0, 1);
+    verify(all.subarray(BLOCK), BLOCK, 4);
+    assert.equal((await failure(s.flush())).code, 'EIO');
+    await s.flush();
+  });
+
+  it('requests time out with ETIMEDOUT while the server stays away, then work again', async () => {
+    const sock = path.join(dir, 'away.sock');
+    const spec: NbdkitSpec = { socket: sock, plugin: 'memory', args: ['16M'] };
+    await serve(spec);
+    store = await NbdStore.open(unixUri(sock), { backingTimeoutMs: 400, reconnectMinMs: 20, reconnectMaxMs: 100 });
+    await server!.stop('SIGKILL');
+    const t0 = Date.now();
+    const e = await failure(store.read(0, [Buffer.alloc(BLOCK)]));
+    assert.equal(e.code, 'ETIMEDOUT');
+    assert.ok(Date.now() - t0 >= 390);
+    await serve(spec);
+    const b = Buffer.alloc(BLOCK, 1);
+    await store.read(0, [b]);
+    assert.ok(b.every((x) => x === 0));
+  });
+
+  it('an export whose size changed across a reconnect fences the store (EIO)', async () => {
+    const sock = path.join(dir, 'resize.sock');
+    await serve({ socket: sock, plugin: 'memory', args: ['16M'] });
+    store = await NbdStore.open(unixUri(sock), { reconnectMinMs: 20 });
+    await server!.stop('SIGKILL');
+    await serve({ socket: sock, plugin: 'memory', args: ['8M'] });
+    const e = await failure(store.read(0, [Buffer.alloc(BLOCK)]));
+    assert.equal(e.code, 'EIO');
+    assert.match(e.message, /changed size from 16777216 to 8388608/);
+    assert.equal((await failure(store.write(0, [Buffer.alloc(BLOCK)]))).code, 'EIO');
+  });
+
+  const cases: Array<[string, Behaviour[], boolean]> = [
+    ['unknown handle, wrong magic, short data', ['unknown-handle', 'bad-magic', 'short-data', 'good'], false],
+    ['an oversized structured chunk', ['oversized-chunk', 'good'], true],
+  ];
+  for (const [what, behaviours, structured] of cases) {
+    it(`a misbehaving server (${what}) gets dropped and reconnected, without a crash`, async () => {
+      const sock = path.join(dir, `fake-${behaviours.length}.sock`);
+      const fake = new FakeNbdServer(sock, behaviours);
+      await fake.listen();
+      try {
+        store = await NbdStore.open(unixUri(sock), { reconnectMinMs: 10, structuredReplies: structured });
+        const b = Buffer.alloc(8 * BLOCK);
+        await store.read(8 * BLOCK, [b]);
+        verify(b, 8 * BLOCK, 5);
+        assert.equal(store.reconnectCount, behaviours.length - 1);
+        assert.equal(fake.connections, behaviours.length);
+        await store.close();
+        store = null;
+      } finally {
+        await fake.close();
+      }
+    });
+  }
+});

@@ -1,0 +1,169 @@
+/** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing. */
+import type { BackingStore } from '../../src/backing/backing-store';
+import type { IoEngine } from '../../src/io/io-engine';
+import { VhostError } from '../../src/native/errors';
+import type { CacheMap } from '../../src/cache/cache-map';
+
+/** mulberry32: deterministic 32-bit PRNG. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A held promise: resolve() releases whoever awaits `promise`. */
+export function gate(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/**
+ * In-memory BackingStore. `readHook`/`writeHook`, when set, are awaited before the data is
+ * copied (reads) or applied (writes): tests use them to hold an operation in flight.
+ */
+export class MemStore implements BackingStore {
+  readonly kind = 'mem';
+  readonly readOnly = false;
+  readonly features = { flush: true, discard: true, writeZeroes: true };
+  readonly data: Uint8Array;
+  identity: string;
+  readHook: ((offset: number, len: number) => Promise<void>) | null = null;
+  writeHook: ((offset: number, len: number) => Promise<void>) | null = null;
+  reads = 0;
+  bytesRead = 0;
+
+  constructor(
+    readonly size: number,
+    identity = 'mem-1',
+  ) {
+    this.data = new Uint8Array(size);
+    this.identity = identity;
+  }
+
+  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    let len = 0;
+    for (const b of bufs) len += b.byteLength;
+    this.reads++;
+    this.bytesRead += len;
+    await Promise.resolve();
+    if (this.readHook) await this.readHook(offset, len);
+    let at = offset;
+    for (const b of bufs) {
+      b.set(this.data.subarray(at, at + b.byteLength));
+      at += b.byteLength;
+    }
+  }
+
+  async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    let len = 0;
+    for (const b of bufs) len += b.byteLength;
+    await Promise.resolve();
+    if (this.writeHook) await this.writeHook(offset, len);
+    let at = offset;
+    for (const b of bufs) {
+      this.data.set(b, at);
+      at += b.byteLength;
+    }
+  }
+
+  async flush(): Promise<void> {}
+
+  async discard(offset: number, length: number): Promise<void> {
+    await Promise.resolve();
+    if (this.writeHook) await this.writeHook(offset, length);
+    this.data.fill(0, offset, offset + length);
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    return this.discard(offset, length);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** IoEngine wrapper failing reads or writes on demand (EIO). */
+export class FaultyEngine implements IoEngine {
+  readonly kind: IoEngine['kind'];
+  failReads = false;
+  failWrites = false;
+  /** Probability in [0, 1) of failing each read / write, drawn from `random`. */
+  readFailRate = 0;
+  writeFailRate = 0;
+  reads = 0;
+  writes = 0;
+
+  constructor(
+    private readonly inner: IoEngine,
+    private readonly random: () => number = Math.random,
+  ) {
+    this.kind = inner.kind;
+  }
+
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    this.reads++;
+    if (this.failReads || (this.readFailRate > 0 && this.random() < this.readFailRate)) {
+      return Promise.reject(new VhostError('injected read error', 'EIO'));
+    }
+    return this.inner.readv(fd, bufs, offset);
+  }
+
+  writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    this.writes++;
+    if (this.failWrites || (this.writeFailRate > 0 && this.random() < this.writeFailRate)) {
+      return Promise.reject(new VhostError('injected write error', 'EIO'));
+    }
+    return this.inner.writev(fd, bufs, offset);
+  }
+
+  fdatasync(fd: number): Promise<void> {
+    return this.inner.fdatasync(fd);
+  }
+
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+    return this.inner.fallocate(fd, mode, offset, length);
+  }
+
+  blockRange(fd: number, op: 'discard' | 'zeroout', offset: number, length: number): Promise<void> {
+    return this.inner.blockRange(fd, op, offset, length);
+  }
+
+  close(): void {
+    this.inner.close();
+  }
+}
+
+/**
+ * Draws the slots of a cache map, `perRow` slots per line: `..` = invalid, otherwise the block
+ * number (volume 0) or `v:block`, `*` = REF bit set; `>` marks the hand.
+ */
+export function drawSlots(m: CacheMap, perRow: number): string {
+  const rows: string[] = [];
+  for (let r = 0; r < m.slots; r += perRow) {
+    const cells: string[] = [];
+    for (let i = r; i < Math.min(r + perRow, m.slots); i++) {
+      let c = '..';
+      if (m.bda.isValid(i)) {
+        const v = m.bda.volumeOf(i);
+        c = (v === 0 ? '' : `${v}:`) + String(m.bda.blockOf(i)) + (m.bda.isReferenced(i) ? '*' : '');
+      }
+      cells.push((i === m.hand ? '>' : ' ') + c.padEnd(4));
+    }
+    rows.push(cells.join('').trimEnd());
+  }
+  return rows.join('\n');
+}
+
+/** Block filled with a stamp of (volume byte offset, generation): 8-byte pattern repeated. */
+export function stamp(into: Uint8Array, offset: number, generation: number): void {
+  const dv = new DataView(into.buffer, into.byteOffset, into.byteLength);
+  for (let i = 0; i + 8 <= into.byteLength; i += 8) {
+    dv.setUint32(i, (offset + i) >>> 0, true);
+    dv.setUint32(i + 4, generation, true);
+  }
+}

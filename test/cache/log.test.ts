@@ -1,0 +1,137 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { Cache } from '../../src/cache/cache';
+import { SEGMENT_MAGIC, SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { FsEngine } from '../../src/io/fs-engine';
+import { drawSlots, FaultyEngine } from './helpers';
+
+const BS = 4096;
+
+/** Block `b` of the test volume: every byte = b + 1 (mod 256), distinguishable per block. */
+function blockData(b: number, n = 1): Uint8Array {
+  const d = new Uint8Array(n * BS);
+  for (let k = 0; k < n; k++) d.fill((b + k + 1) & 0xff, k * BS, (k + 1) * BS);
+  return d;
+}
+
+describe('cache log', () => {
+  let dir: string;
+  let engine: FaultyEngine;
+  let cache: Cache;
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-log-'));
+    engine = new FaultyEngine(new FsEngine());
+    // 4 segments of 4 blocks (16 KiB data + 4 KiB header), 3 RAM buffers: 16 slots.
+    cache = await Cache.open({
+      path: path.join(dir, 'cache'),
+      size: SUPERBLOCK_SIZE + 4 * (4096 + 16384),
+      segmentSize: 16384,
+      buffers: 3,
+      engine,
+    });
+  });
+
+  afterEach(async () => {
+    await cache.abort();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function read(first: number, count: number): Promise<{ data: Uint8Array; hit: Uint8Array; hits: number }> {
+    const data = new Uint8Array(count * BS);
+    const hit = new Uint8Array(count);
+    const hits = await cache.readBlocks(0, first, count, data, hit);
+    return { data, hit, hits };
+  }
+
+  it('fills segments in order, serves RAM hits, coalesces device reads, carries spared blocks over a wrap', async () => {
+    assert.equal(cache.geometry.slots, 16);
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(vol, 0);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 6), 6, () => true), 6);
+    assert.equal(
+      drawSlots(cache.map, 4),
+      [' 0    1    2    3', ' 4    5   >..   ..', ' ..   ..   ..   ..', ' ..   ..   ..   ..'].join('\n'),
+    );
+    // Segment 0 was written when the hand left it; both segments are still in RAM.
+    let r = await read(0, 6);
+    assert.equal(r.hits, 6);
+    assert.deepEqual(r.data, blockData(0, 6));
+    assert.equal(cache.stats().ramHits, 6);
+
+    assert.equal(await cache.insert(vol, 6, blockData(6, 10), 10, () => true), 10);
+    assert.equal(await cache.log.flush(), true);
+    // 4 segments through 3 buffers: segment 0's buffer was recycled, its blocks come from the
+    // device, 4 adjacent slots in one read.
+    const readsBefore = engine.reads;
+    r = await read(0, 4);
+    assert.equal(r.hits, 4);
+    assert.deepEqual(r.data, blockData(0, 4));
+    assert.equal(engine.reads - readsBefore, 1);
+    assert.equal(cache.stats().storageHits, 4);
+    assert.equal(cache.map.wraps, 1);
+
+    // That read set the REF bits of slots 0-3: clear them, then reference block 1 and all of
+    // segment 1, and insert 3 blocks after the wrap.
+    for (let i = 0; i < 4; i++) cache.map.bda.unreference(i);
+    for (const b of [1, 4, 5, 6, 7]) cache.map.lookup(vol, b);
+    const segReads = cache.stats().segmentReads;
+    assert.equal(await cache.insert(vol, 100, blockData(100, 3), 3, () => true), 3);
+    assert.equal(
+      drawSlots(cache.map, 4),
+      [' 100  1    101  102', '>4*   5*   6*   7*', ' 8    9    10   11', ' 12   13   14   15'].join('\n'),
+    );
+    // Segment 0 was read ahead once (it held valid blocks) before being refilled.
+    assert.equal(cache.stats().segmentReads, segReads + 1);
+    assert.equal(await cache.insert(vol, 200, blockData(200), 1, () => true), 1);
+    // Segment 1 was entirely spared: skipped.
+    assert.equal(
+      drawSlots(cache.map, 4),
+      [' 100  1    101  102', ' 4    5    6    7', ' 200 >9    10   11', ' 12   13   14   15'].join('\n'),
+    );
+    assert.equal(cache.stats().segmentsSkipped, 1);
+    assert.equal(await cache.log.flush(), true);
+
+    // On the device, segment 0 = header (keys 100, 1, 101, 102) + data; block 1 survived.
+    const raw = fs.readFileSync(cache.path);
+    const seg0 = raw.subarray(SUPERBLOCK_SIZE, SUPERBLOCK_SIZE + 4096 + 16384);
+    const dv = new DataView(seg0.buffer, seg0.byteOffset, seg0.byteLength);
+    assert.equal(dv.getUint32(0, true), SEGMENT_MAGIC);
+    assert.deepEqual(
+      [0, 1, 2, 3].map((k) => dv.getUint32(64 + 16 * k, true)),
+      [100, 1, 101, 102],
+    );
+    for (let k = 0; k < 4; k++) {
+      const data = seg0.subarray(4096 + k * BS, 4096 + (k + 1) * BS);
+      assert.equal(dv.getUint32(64 + 16 * k + 8, true), crc32(data));
+      assert.equal(dv.getUint32(64 + 16 * k + 12, true), 1);
+    }
+    assert.deepEqual(new Uint8Array(seg0.subarray(4096 + BS, 4096 + 2 * BS)), blockData(1));
+    const headerCopy = new Uint8Array(seg0.subarray(0, 4096));
+    new DataView(headerCopy.buffer).setUint32(60, 0, true);
+    assert.equal(dv.getUint32(60, true), crc32(headerCopy));
+  });
+
+  it('drops blocks on a device read error and disables insertion on a write error', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
+    await cache.log.flush();
+    engine.failReads = true;
+    const r = await read(0, 2);
+    assert.equal(r.hits, 0);
+    assert.equal(cache.map.peek(vol, 0), -1);
+    assert.equal(cache.stats().readErrors, 1);
+    engine.failReads = false;
+    engine.failWrites = true;
+    await cache.insert(vol, 50, blockData(50, 8), 8, () => true);
+    assert.equal(await cache.log.flush(), false);
+    assert.equal(cache.stats().disabled, true);
+    assert.equal(cache.stats().writeErrors >= 1, true);
+    // Blocks of the segment that failed to write are gone; nothing new is inserted.
+    assert.equal(cache.map.peek(vol, 50), -1);
+    assert.equal(await cache.insert(vol, 60, blockData(60), 1, () => true), 0);
+  });
+});

@@ -1,0 +1,195 @@
+/**
+ * The IoEngine contract, run against both engines (io_uring and threadpool).
+ */
+import { strict as assert } from 'node:assert';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { VhostError } from '../../src/native/errors';
+import { FsEngine } from '../../src/io/fs-engine';
+import type { IoEngine } from '../../src/io/io-engine';
+import { UringEngine } from '../../src/io/uring-engine';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../src/backing/file-store';
+
+/** Views of `data` cut at the given sizes (the last one takes the rest). */
+function split(data: Uint8Array, sizes: number[]): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let pos = 0;
+  for (const s of sizes) {
+    out.push(data.subarray(pos, pos + s));
+    pos += s;
+  }
+  if (pos < data.length) out.push(data.subarray(pos));
+  return out;
+}
+
+async function rejectsWithCode(p: Promise<unknown>, code: string): Promise<void> {
+  await assert.rejects(p, (err: unknown) => {
+    assert.ok(err instanceof VhostError, `expected VhostError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  });
+}
+
+const engines: [string, () => IoEngine][] = [
+  ['io_uring', () => new UringEngine()],
+  ['threadpool', () => new FsEngine()],
+];
+
+for (const [name, make] of engines) {
+  describe(`IoEngine contract: ${name}`, () => {
+    let dir: string;
+    let engine: IoEngine;
+    let file: string;
+    let fd: number;
+
+    beforeEach(() => {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-io-'));
+      file = path.join(dir, 'data.img');
+      fs.writeFileSync(file, Buffer.alloc(0));
+      fd = fs.openSync(file, 'r+');
+      engine = make();
+    });
+
+    afterEach(() => {
+      engine.close();
+      fs.closeSync(fd);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('reports its kind', () => {
+      assert.equal(engine.kind, name);
+    });
+
+    it('round-trips a scatter list of odd sizes, read back with a different split', async () => {
+      const data = randomBytes(3 + 1000 + 4097 + 1 + 65535 + 17);
+      await engine.writev(fd, split(data, [3, 1000, 4097, 1, 65535]), 12345);
+      const back = new Uint8Array(data.length);
+      await engine.readv(fd, split(back, [7, 0, 70000, 5]), 12345);
+      assert.deepEqual(Buffer.from(back), data);
+      assert.equal(fs.fstatSync(fd).size, 12345 + data.length);
+      // Bytes before the write read as zeros (a hole).
+      const head = new Uint8Array(12345).fill(0xaa);
+      await engine.readv(fd, [head], 0);
+      assert.ok(head.every((b) => b === 0));
+    });
+
+    it('accepts empty scatter lists and empty views', async () => {
+      await engine.writev(fd, [], 0);
+      await engine.readv(fd, [new Uint8Array(0)], 0);
+      assert.equal(fs.fstatSync(fd).size, 0);
+    });
+
+    it('round-trips scatter lists longer than IOV_MAX', async () => {
+      const data = randomBytes(3000 * 3);
+      await engine.writev(fd, split(data, new Array<number>(2999).fill(3)), 0);
+      const back = new Uint8Array(data.length);
+      await engine.readv(fd, split(back, new Array<number>(1499).fill(6)), 0);
+      assert.deepEqual(Buffer.from(back), data);
+    });
+
+    it('fills bytes past end of file with zeros', async () => {
+      const data = randomBytes(1000);
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const a = new Uint8Array(3000).fill(0xff);
+      const b = new Uint8Array(1096).fill(0xff);
+      await engine.readv(fd, [a, b], 0);
+      assert.deepEqual(Buffer.from(a.subarray(0, 1000)), data);
+      assert.ok(a.subarray(1000).every((x) => x === 0));
+      assert.ok(b.every((x) => x === 0));
+      const beyond = new Uint8Array(4096).fill(0x55);
+      await engine.readv(fd, [beyond], 1 << 20);
+      assert.ok(beyond.every((x) => x === 0));
+    });
+
+    it('runs concurrent operations on distinct ranges, each settling with its own data', async () => {
+      const n = 64;
+      const blocks = Array.from({ length: n }, () => randomBytes(4096 + 13));
+      await Promise.all(blocks.map((blk, i) => engine.writev(fd, [blk], i * 8192)));
+      const back = blocks.map((b) => new Uint8Array(b.length));
+      await Promise.all(back.map((b, i) => engine.readv(fd, split(b, [100, 4000]), i * 8192)));
+      for (let i = 0; i < n; i++) assert.deepEqual(Buffer.from(back[i]), blocks[i], `block ${i}`);
+    });
+
+    it('completes a batch of 256 reads dispatched in one turn', async () => {
+      const data = randomBytes(256 * 4096);
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const bufs = Array.from({ length: 256 }, () => new Uint8Array(4096));
+      // Reverse order, all dispatched synchronously.
+      const ps = bufs.map((b, i) => engine.readv(fd, [b], (255 - i) * 4096));
+      await Promise.all(ps);
+      for (let i = 0; i < 256; i++) {
+        const off = (255 - i) * 4096;
+        assert.deepEqual(Buffer.from(bufs[i]), data.subarray(off, off + 4096));
+      }
+    });
+
+    it('fdatasyncs', async () => {
+      await engine.writev(fd, [randomBytes(8192)], 0);
+      await engine.fdatasync(fd);
+    });
+
+    it('punches a hole that reads as zeros and keeps the size', async () => {
+      const data = randomBytes(64 * 1024);
+      await engine.writev(fd, [data], 0);
+      await engine.fdatasync(fd);
+      const blocksBefore = fs.fstatSync(fd).blocks;
+      await engine.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 8192, 16384);
+      const back = new Uint8Array(data.length);
+      await engine.readv(fd, [back], 0);
+      assert.deepEqual(Buffer.from(back.subarray(0, 8192)), data.subarray(0, 8192));
+      assert.ok(back.subarray(8192, 24576).every((x) => x === 0));
+      assert.deepEqual(Buffer.from(back.subarray(24576)), data.subarray(24576));
+      const st = fs.fstatSync(fd);
+      assert.equal(st.size, data.length);
+      assert.ok(st.blocks < blocksBefore, `blocks ${st.blocks} < ${blocksBefore}`);
+    });
+
+    it('rejects fallocate with an invalid mode with EOPNOTSUPP or EINVAL', async () => {
+      // PUNCH_HOLE without KEEP_SIZE is invalid.
+      await assert.rejects(engine.fallocate(fd, FALLOC_FL_PUNCH_HOLE, 0, 4096), (err: unknown) => {
+        assert.ok(err instanceof VhostError);
+        assert.ok(err.code === 'EOPNOTSUPP' || err.code === 'EINVAL', err.code);
+        return true;
+      });
+    });
+
+    it('rejects a read on a closed fd with EBADF', async () => {
+      const tmp = fs.openSync(file, 'r');
+      fs.closeSync(tmp);
+      await rejectsWithCode(engine.readv(tmp, [new Uint8Array(512)], 0), 'EBADF');
+    });
+
+    it('rejects a read on an invalid fd with EBADF', async () => {
+      await rejectsWithCode(engine.readv(1 << 20, [new Uint8Array(512)], 0), 'EBADF');
+      await rejectsWithCode(engine.fdatasync(1 << 20), 'EBADF');
+    });
+
+    it('rejects a write to a read-only fd with EBADF, and keeps working', async () => {
+      const ro = fs.openSync(file, 'r');
+      try {
+        await rejectsWithCode(engine.writev(ro, [new Uint8Array(512)], 0), 'EBADF');
+        const data = randomBytes(512);
+        await engine.writev(fd, [data], 0);
+        const back = new Uint8Array(512);
+        await engine.readv(ro, [back], 0);
+        assert.deepEqual(Buffer.from(back), data);
+      } finally {
+        fs.closeSync(ro);
+      }
+    });
+
+    it('settles operations in flight at close', async () => {
+      const data = randomBytes(4096);
+      const w = engine.writev(fd, [data], 0);
+      const s = engine.fdatasync(fd);
+      engine.close();
+      await w;
+      await s;
+      const back = Buffer.alloc(4096);
+      fs.readSync(fd, back, 0, 4096, 0);
+      assert.deepEqual(back, data);
+    });
+  });
+}
