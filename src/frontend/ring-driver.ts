@@ -588,6 +588,7 @@ export class SplitRing {
           return;
         }
         if (opts.data !== undefined) buf.bytes.set(opts.data);
+        else buf.bytes.fill(0);
       }
       const nseg = len > 0 ? Math.max(1, Math.min(opts.segments ?? 1, len)) : 0;
       if (this.descriptorsFor(nseg) > this.size || (this.indirect && nseg + 2 > this.maxIndirect)) {
@@ -738,7 +739,9 @@ export class SplitRing {
    * Keeps `depth` requests in flight on this ring until `count` have completed; each slot has
    * its own data buffer of `maxLen` bytes, reused. makeRequest fills the slot's request;
    * completions resubmit at once and the ring is kicked once per reap batch. Latency of each
-   * request (submit to reap, process.hrtime.bigint) is stored in ns at its seq.
+   * request (submit to reap, process.hrtime.bigint) is stored in ns at its seq. If
+   * makeRequest / onComplete throws, no new request is issued and the promise rejects with
+   * that error once the requests in flight are back.
    */
   runQueueDepth(opts: QdOptions): Promise<QdResult> {
     const { depth, count, maxLen } = opts;
@@ -750,78 +753,79 @@ export class SplitRing {
       return Promise.reject(new VhostError('latencies array shorter than count', 'EINVAL'));
     }
     return new Promise<QdResult>((resolve, reject) => {
-      const ring = this;
       const bufs: GuestBuffer[] = [];
       let issued = 0;
       let completed = 0;
+      let inflight = 0;
       let errors = 0;
       let bytes = 0;
-      let finished = false;
+      let failure: Error | null = null;
+      let settled = false;
       const kicks0 = this.kicks;
       const t0 = process.hrtime.bigint();
-      const finish = (err: Error | null): void => {
-        if (finished) return;
-        finished = true;
+      // Settles once every issued request is back (the device may still write into a slot's
+      // buffer until then, so buffers are released only at that point; a dead ring fails them
+      // all) and either all `count` completed or something failed.
+      const settle = (): void => {
+        if (settled || inflight > 0) return;
+        if (failure === null && completed < count) return;
+        settled = true;
         for (const b of bufs) this.mem.release(b);
-        if (err !== null) {
-          reject(err);
+        if (failure !== null) {
+          reject(failure);
           return;
         }
-        resolve({
-          completed,
-          errors,
-          bytes,
-          elapsedNs: process.hrtime.bigint() - t0,
-          latencies,
-          kicks: this.kicks - kicks0,
-        });
+        resolve({ completed, errors, bytes, elapsedNs: process.hrtime.bigint() - t0, latencies, kicks: this.kicks - kicks0 });
       };
-      class Slot implements Completion {
-        readonly req: QdRequest;
-        start = 0n;
-        constructor(buf: GuestBuffer, slot: number) {
-          this.req = { type: VIRTIO_BLK_T_IN, sector: 0, len: 0, buf, slot, seq: 0 };
-        }
-        issue(): void {
-          const r = this.req;
-          r.seq = issued++;
-          opts.makeRequest(r.seq, r);
-          this.start = process.hrtime.bigint();
-          if (!ring.submit(r.type, r.sector, r.buf.addr, r.len, this)) {
-            finish(new VhostError('ring full in runQueueDepth', 'EAGAIN'));
-          }
-        }
-        complete(status: number): void {
-          if (finished) return;
-          const r = this.req;
-          latencies[r.seq] = Number(process.hrtime.bigint() - this.start);
-          completed++;
-          if (status === 0) bytes += r.len;
-          else errors++;
-          opts.onComplete?.(r, status);
-          if (completed === count) finish(null);
-          else if (issued < count) this.issue();
-        }
-        fail(err: Error): void {
-          finish(err);
-        }
-      }
+      const makeSlot = (buf: GuestBuffer, slot: number): Completion & { issue(): void } => {
+        const req: QdRequest = { type: VIRTIO_BLK_T_IN, sector: 0, len: 0, buf, slot, seq: 0 };
+        let start = 0n;
+        const self: Completion & { issue(): void } = {
+          issue: () => {
+            req.seq = issued++;
+            opts.makeRequest(req.seq, req);
+            start = process.hrtime.bigint();
+            if (!this.submit(req.type, req.sector, req.buf.addr, req.len, self)) {
+              throw new VhostError('ring full in runQueueDepth', 'EAGAIN');
+            }
+            inflight++;
+          },
+          complete: (status: number) => {
+            inflight--;
+            latencies[req.seq] = Number(process.hrtime.bigint() - start);
+            completed++;
+            if (status === 0) bytes += req.len;
+            else errors++;
+            try {
+              opts.onComplete?.(req, status);
+              if (failure === null && issued < count) self.issue();
+            } catch (err) {
+              failure ??= err as Error;
+            }
+            settle();
+          },
+          fail: (err: Error) => {
+            inflight--;
+            failure ??= err;
+            settle();
+          },
+        };
+        return self;
+      };
       try {
-        const slots: Slot[] = [];
+        const slots: (Completion & { issue(): void })[] = [];
         for (let s = 0; s < Math.min(depth, count); s++) {
           const b = this.mem.alloc(maxLen, 4096);
           bufs.push(b);
-          slots.push(new Slot(b, s));
-        }
-        if (count === 0) {
-          finish(null);
-          return;
+          slots.push(makeSlot(b, s));
         }
         for (const s of slots) s.issue();
         this.kick();
       } catch (err) {
-        finish(err as Error);
+        failure ??= err as Error;
+        this.kick();
       }
+      settle();
     });
   }
 }

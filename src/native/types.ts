@@ -44,7 +44,10 @@ export type VhostDeviceEvent =
   | { type: 'listening'; path: string | null }
   | { type: 'connected' }
   | { type: 'disconnected'; reason: string }
-  /** A protocol or ring violation: the connection was dropped, the export listens again. */
+  /**
+   * A protocol or ring violation: the connection was dropped, the export listens again. Always
+   * followed by 'disconnected' (same reason), so 'connected'/'disconnected' stay paired.
+   */
   | { type: 'broken'; reason: string }
   | { type: 'queue-started'; queue: number; size: number }
   | { type: 'queue-stopped'; queue: number }

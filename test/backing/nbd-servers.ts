@@ -91,6 +91,7 @@ export class ServerProcess {
     readonly proc: ChildProcess,
     private readonly pidFile: string,
   ) {
+    proc.once('exit', () => fs.rmSync(path.dirname(pidFile), { recursive: true, force: true }));
     proc.stderr?.on('data', (d: Buffer) => {
       this.stderr += d.toString();
     });

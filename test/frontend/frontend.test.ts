@@ -8,7 +8,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { VhostError } from '../../src/native/errors';
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/native/types';
-import { Feature, hasBit, ProtocolFeature, VhostUserRequest } from '../../src/frontend/protocol';
+import { Feature, FLAG_NEED_REPLY, FLAG_VERSION, hasBit, ProtocolFeature, VhostUserRequest } from '../../src/frontend/protocol';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitRing } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
@@ -230,30 +230,56 @@ describe('frontend: vhost-user front end against qemu-storage-daemon', function 
     assert.ok(used.len >= 1);
     const r = await q.read(64, BLOCK);
     verify(r.data as Buffer, 64, 8);
-    // A chain nested in an indirect table (INDIRECT negotiated off here: qsd must not use it).
     assert.equal(q.freeDescriptors, q.size);
     for (const b of [hdr, data, status]) fe.memory.release(b);
   });
 
-  it('reports what qsd does with a descriptor loop', async function () {
-    fe = await VhostUserFrontend.open(qsd.socketPath, { indirect: false, replyTimeoutMs: 2000 });
-    const q = fe.ring(0);
-    const hdr = fe.memory.alloc(16);
-    writeBlkHeader(fe.memory.view, hdr.addr, VIRTIO_BLK_T_IN, 0);
-    const looped = q.submitRaw({
-      descs: [
-        { addr: hdr.addr, len: 16, flags: VIRTQ_DESC_F_NEXT, next: 1 },
-        { addr: hdr.addr, len: 16, flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, next: 0 },
-      ],
-    });
-    // qsd (libvhost-user) treats a looped chain as a device error and drops the connection.
-    const err = await looped.then(
-      () => null,
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof VhostError);
-    assert.equal(err.code, 'ECONNRESET');
-    assert.equal(fe.connected, false);
+  it('is dropped by qsd for chains it cannot map: loop, address outside RAM, head out of range', async function () {
+    const attempts: ((fe: VhostUserFrontend, q: SplitRing, hdr: number) => Promise<unknown>)[] = [
+      (_fe, q, hdr) =>
+        q.submitRaw({
+          descs: [
+            { addr: hdr, len: 16, flags: VIRTQ_DESC_F_NEXT, next: 1 },
+            { addr: hdr, len: 16, flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, next: 0 },
+          ],
+        }),
+      (fe, q) =>
+        q.submitRaw({
+          descs: [
+            { addr: fe.memory.size + 4096, len: 16 },
+            { addr: fe.memory.size + 8192, len: 1, write: true },
+          ],
+        }),
+      (_fe, q, hdr) => q.submitRaw({ descs: [{ addr: hdr, len: 16 }], availEntry: q.size + 5 }),
+      // An unknown request with NEED_REPLY: qsd acks it, then drops the connection.
+      (fe) => fe.rawMessage(99, Buffer.alloc(8), [], { flags: FLAG_VERSION | FLAG_NEED_REPLY, expectReply: true }).then(() => fe.whenDisconnected()),
+    ];
+    for (const attempt of attempts) {
+      fe = await VhostUserFrontend.open(qsd.socketPath, { indirect: false });
+      const q = fe.ring(0);
+      const hdr = fe.memory.alloc(16);
+      writeBlkHeader(fe.memory.view, hdr.addr, VIRTIO_BLK_T_IN, 0);
+      const pending = q.read(0, BLOCK);
+      const outcome = await attempt(fe, q, hdr.addr).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      await fe.whenDisconnected();
+      assert.equal(fe.connected, false);
+      if (outcome !== null) {
+        assert.ok(outcome instanceof VhostError);
+        assert.equal(outcome.code, 'ECONNRESET');
+      }
+      // Whatever was in flight is failed, not left hanging.
+      await pending.then(
+        (r) => assert.equal(r.status, VIRTIO_BLK_S_OK),
+        (e: VhostError) => assert.equal(e.code, 'ECONNRESET'),
+      );
+      fe.close();
+    }
+    // The export serves the next front end normally.
+    fe = await VhostUserFrontend.open(qsd.socketPath);
+    await writeVerify(fe.ring(0), 0, 1, 12);
   });
 
   it('sends raw protocol messages', async function () {

@@ -1,0 +1,63 @@
+/**
+ * Warm-restart metadata save and load time at 16 M cache blocks (default; argument = blocks,
+ * rounded to whole 512 KiB segments of 4 KiB blocks). Writes into a temporary directory
+ * (or VBC_BENCH_DIR). Run: node dist/bench/cache-metadata.js [blocks]
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { CacheMap } from '../src/cache/cache-map';
+import { loadMetadata, saveMetadata } from '../src/cache/metadata';
+import { computeGeometry, SUPERBLOCK_SIZE } from '../src/cache/segment';
+
+async function main(): Promise<void> {
+  const want = Number(process.argv[2] ?? 1 << 24);
+  const bps = 128;
+  const g0 = computeGeometry(SUPERBLOCK_SIZE + 2 * (4096 + 512 * 1024), 4096, 512 * 1024);
+  const g = computeGeometry(SUPERBLOCK_SIZE + Math.ceil(want / bps) * g0.stride, 4096, 512 * 1024);
+  const map = new CacheMap(g.slots);
+  for (let b = 0; b < g.slots; b++) map.assign(map.findVictim(b % 4), b % 4, b * 3);
+  const dir = fs.mkdtempSync(path.join(process.env.VBC_BENCH_DIR ?? os.tmpdir(), 'vbc-meta-bench-'));
+  const file = path.join(dir, 'cache.meta');
+  const state = {
+    geometry: g,
+    deviceUuid: '00112233445566778899aabbccddeeff',
+    tableCapacity: map.map.capacity,
+    hand: map.hand,
+    wraps: map.wraps,
+    sequence: 1,
+    volumes: [0, 1, 2, 3].map((id) => ({ id, name: `v${id}`, identity: `id${id}`, sizeBytes: 2 ** 40, maxBytes: 0 })),
+    bda: map.bda,
+    table: map.map.table,
+  };
+  try {
+    let t = performance.now();
+    await saveMetadata(file, state);
+    const saveMs = performance.now() - t;
+    const bytes = fs.statSync(file).size;
+    t = performance.now();
+    const r = await loadMetadata(file, { geometry: g, deviceUuid: state.deviceUuid, tableCapacity: state.tableCapacity });
+    const loadMs = performance.now() - t;
+    if (!r.ok) throw new Error(`load failed: ${r.reason}`);
+    t = performance.now();
+    const loaded = new CacheMap(g.slots, undefined, r.state.bda, r.state.table);
+    const adoptMs = performance.now() - t;
+    if (loaded.peek(1, 3) !== map.peek(1, 3) || loaded.map.size !== map.map.size) throw new Error('loaded map differs');
+    console.log(
+      JSON.stringify({
+        blocks: g.slots,
+        fileMiB: +(bytes / 2 ** 20).toFixed(1),
+        saveMs: Math.round(saveMs),
+        loadMs: Math.round(loadMs),
+        adoptMs: Math.round(adoptMs),
+      }),
+    );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
