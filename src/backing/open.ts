@@ -4,9 +4,11 @@
  */
 import type { VolumeConfig } from '../config/config';
 import type { IoEngine } from '../io/io-engine';
+import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
 import type { BackingStore } from './backing-store';
 import { FileStore } from './file-store';
+import { NbdStore } from './nbd/nbd-store';
 
 export interface OpenContext {
   engine: IoEngine;
@@ -19,6 +21,17 @@ export function isNbdUri(backing: string): boolean {
 }
 
 export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {
+  if (isNbdUri(cfg.backing)) {
+    const store = await NbdStore.open(cfg.backing, { backingTimeoutMs: ctx.backingTimeoutMs, logger: ctx.logger, connections: 4 });
+    if (cfg.logicalBlockSize % store.blockSize !== 0) {
+      await store.close();
+      throw new VhostError(
+        `${cfg.backing}: the server's minimum block size ${store.blockSize} does not divide the logical block size ${cfg.logicalBlockSize}`,
+        'EINVAL',
+      );
+    }
+    return store;
+  }
   return FileStore.open(cfg.backing, {
     readOnly: cfg.readOnly,
     direct: cfg.direct,

@@ -7,6 +7,9 @@
  * segments and saves its metadata for a warm restart.
  */
 import type { BackingStore } from '../backing/backing-store';
+import { Cache } from '../cache/cache';
+import { CachedStore } from '../cache/cached-store';
+import type { CacheStats } from '../cache/stats';
 import { openBackingStore } from '../backing/open';
 import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
@@ -19,6 +22,8 @@ import { Volume, type VolumeStats } from '../volume/volume';
 export interface DaemonStats {
   uptimeSeconds: number;
   ioEngine: string;
+  /** null when the daemon runs without a cache. */
+  cache: CacheStats | null;
   volumes: VolumeStats[];
 }
 
@@ -32,12 +37,31 @@ export class Daemon {
   private constructor(
     readonly config: DaemonConfig,
     readonly engine: IoEngine,
+    readonly cache: Cache | null,
     private readonly log: Logger,
   ) {}
 
   static async start(config: DaemonConfig, log: Logger): Promise<Daemon> {
     const engine = createIoEngine(config.ioEngine);
-    const d = new Daemon(config, engine, log);
+    let cache: Cache | null = null;
+    if (config.cache !== null) {
+      try {
+        cache = await Cache.open({
+          path: config.cache.path,
+          ...(config.cache.size !== undefined ? { size: config.cache.size } : {}),
+          blockSize: config.cache.blockSize,
+          segmentSize: config.cache.segmentSize,
+          ...(config.cache.metadataPath !== undefined ? { metadataPath: config.cache.metadataPath } : {}),
+          engine,
+          logger: log.child({ cache: config.cache.path }),
+        });
+      } catch (err) {
+        engine.close();
+        throw err;
+      }
+      log.info({ cache: config.cache.path, warm: cache.warm, blocks: cache.geometry.slots }, cache.warm ? 'cache loaded warm' : 'cache started cold');
+    }
+    const d = new Daemon(config, engine, cache, log);
     try {
       for (const v of config.volumes) await d.addVolume(v);
       if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
@@ -69,11 +93,25 @@ export class Daemon {
     }
     this.pending.add(cfg.name);
     try {
-      const store: BackingStore = await openBackingStore(cfg, {
+      let store: BackingStore = await openBackingStore(cfg, {
         engine: this.engine,
         backingTimeoutMs: this.config.backingTimeoutMs,
         logger: this.log.child({ volume: cfg.name }),
       });
+      if (this.cache !== null && cfg.cacheMode !== 'none') {
+        try {
+          store = new CachedStore({
+            backing: store,
+            cache: this.cache,
+            name: cfg.name,
+            mode: cfg.cacheMode,
+            ...(cfg.cacheMaxBytes !== undefined ? { maxBytes: cfg.cacheMaxBytes } : {}),
+          });
+        } catch (err) {
+          await store.close();
+          throw err;
+        }
+      }
       const vol = Volume.open(cfg, store, this.log);
       this.volumes.set(cfg.name, vol);
       return vol;
@@ -97,6 +135,7 @@ export class Daemon {
     return {
       uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
       ioEngine: this.engine.kind,
+      cache: this.cache === null ? null : this.cache.stats(),
       volumes: [...this.volumes.values()].map((v) => v.stats()),
     };
   }
@@ -115,7 +154,15 @@ export class Daemon {
     for (const r of results) {
       if (r.status === 'rejected') this.log.error({ err: (r.reason as Error).message }, 'volume close failed');
     }
-    this.log.info({ stats: vols.map((v) => v.stats()) }, 'final statistics');
+    if (this.cache !== null) {
+      try {
+        await this.cache.close();
+        this.log.info({ cache: this.cache.path }, 'cache saved for a warm restart');
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, 'cache close failed: the next start is cold');
+      }
+    }
+    this.log.info({ volumes: vols.map((v) => v.stats()), cache: this.cache?.stats() ?? null }, 'final statistics');
     this.engine.close();
     this.log.info('stopped');
   }

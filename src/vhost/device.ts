@@ -135,34 +135,22 @@ export class VhostExport {
     this.dev.close();
   }
 
+  /** State changes; the native layer already logs each of them (with the message name). */
   private onEvent(ev: VhostDeviceEvent): void {
     switch (ev.type) {
       case 'log':
         this.log[ev.level]({ ...(ev.fields ?? {}) }, ev.msg);
         break;
-      case 'listening':
-        this.log.debug({ path: ev.path }, 'listening');
-        break;
       case 'connected':
-        this.log.info('front end connected');
         this.opts.onConnectionChange?.(true);
         break;
       case 'disconnected':
-        this.log.info({ reason: ev.reason }, 'front end disconnected');
         this.opts.onConnectionChange?.(false);
-        break;
-      case 'broken':
-        this.log.error({ reason: ev.reason }, 'device broken: connection dropped, listening again');
-        this.opts.onConnectionChange?.(false);
-        break;
-      case 'queue-started':
-        this.log.debug({ queue: ev.queue, size: ev.size }, 'queue started');
-        break;
-      case 'queue-stopped':
-        this.log.debug({ queue: ev.queue }, 'queue stopped');
         break;
       case 'config-write':
         this.opts.onConfigWrite?.(ev.offset, ev.data);
+        break;
+      default:
         break;
     }
   }
