@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -190,6 +191,15 @@ Napi::Value JS_isDirectIoAligned(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// lockExclusive(fd): flock(LOCK_EX | LOCK_NB). The kernel drops the lock when the process
+// dies, so a crashed daemon never leaves a stale lock; a live one makes this throw
+// EWOULDBLOCK.
+Napi::Value JS_lockExclusive(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) ThrowErrno(info.Env(), errno, "flock");
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void RegisterIoHelpers(Napi::Env env, Napi::Object exports) {
@@ -197,6 +207,7 @@ void RegisterIoHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("logicalBlockSize", Napi::Function::New(env, JS_logicalBlockSize, "logicalBlockSize"));
   exports.Set("blockRange", Napi::Function::New(env, JS_blockRange, "blockRange"));
   exports.Set("fallocate", Napi::Function::New(env, JS_fallocate, "fallocate"));
+  exports.Set("lockExclusive", Napi::Function::New(env, JS_lockExclusive, "lockExclusive"));
   exports.Set("alignedBuffer", Napi::Function::New(env, JS_alignedBuffer, "alignedBuffer"));
   exports.Set("isDirectIoAligned", Napi::Function::New(env, JS_isDirectIoAligned, "isDirectIoAligned"));
 }

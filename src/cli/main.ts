@@ -16,7 +16,10 @@ import {
   type DaemonConfig,
 } from '../config/config';
 import { runDaemon } from '../daemon/daemon';
-import { createLogger } from '../util/logger';
+import { controlJson } from '../control/client';
+import type { DaemonStats } from '../daemon/daemon';
+import { createDaemonLogger } from '../util/logger';
+import { renderStatsTable } from './stats-table';
 
 /** The JSON the vhost-user spec defines for back-end programs (VHostUserBackendCapabilities). */
 export const CAPABILITIES = { type: 'block', features: ['read-only', 'blk-file'] };
@@ -46,6 +49,7 @@ interface ServeFlags {
   ioEngine?: string;
   backingTimeout?: string;
   logLevel: string;
+  logFile?: string;
   printCapabilities?: boolean;
 }
 
@@ -76,7 +80,8 @@ function addServeOptions(cmd: Command): Command {
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
     .addOption(
       new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-    );
+    )
+    .option('--log-file <path>', 'write the JSON log here instead of stderr (SIGHUP reopens it)');
 }
 
 function intFlag(v: string, flag: string): number {
@@ -146,7 +151,7 @@ async function serve(f: ServeFlags): Promise<void> {
     return;
   }
   const config = configFromFlags(f);
-  await runDaemon(config, createLogger(f.logLevel));
+  await runDaemon(config, createDaemonLogger(f.logLevel, f.logFile));
 }
 
 /** `npm start`: a sparse demo image and a cache under a data folder, and the QEMU command to attach. */
@@ -175,7 +180,7 @@ async function demo(opts: { data: string; logLevel: string }): Promise<void> {
       '',
     ].join('\n'),
   );
-  await runDaemon(config, createLogger(opts.logLevel));
+  await runDaemon(config, createDaemonLogger(opts.logLevel));
 }
 
 export function buildProgram(): Command {
@@ -195,7 +200,80 @@ export function buildProgram(): Command {
     .option('--data <dir>', 'data folder', process.env.VBC_DATA ?? 'data')
     .option('--log-level <level>', 'log level', 'info')
     .action((o: { data: string; logLevel: string }) => demo(o));
+  addControlCommands(program);
   return program;
+}
+
+const DEFAULT_CONTROL = process.env.VBC_CONTROL ?? 'data/control.sock';
+
+function print(v: unknown): void {
+  process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+}
+
+/** stats / volumes / add-volume / remove-volume: clients of a running daemon's control socket. */
+function addControlCommands(program: Command): void {
+  const control = new Option('--control <path>', 'control socket of the daemon').default(DEFAULT_CONTROL);
+  program
+    .command('stats')
+    .description('show statistics of a running daemon')
+    .addOption(control)
+    .option('--json', 'print the raw JSON')
+    .option('--watch [seconds]', 'refresh a compact table every N seconds (default 2)')
+    .action(async (o: { control: string; json?: boolean; watch?: string | boolean }) => {
+      if (o.json === true) return print(await controlJson(o.control, 'GET', '/stats'));
+      const interval = o.watch === undefined ? 0 : o.watch === true ? 2 : Number(o.watch);
+      if (!Number.isFinite(interval) || interval < 0) throw new Error(`--watch: expected seconds, got ${o.watch}`);
+      let prev: DaemonStats | null = null;
+      for (;;) {
+        const s = (await controlJson(o.control, 'GET', '/stats')) as DaemonStats;
+        const table = renderStatsTable(s, prev, interval);
+        process.stdout.write(interval > 0 && process.stdout.isTTY ? `\x1b[H\x1b[2J${table}\n` : `${table}\n`);
+        if (interval === 0) return;
+        prev = s;
+        await new Promise((r) => setTimeout(r, interval * 1000));
+      }
+    });
+  program
+    .command('volumes')
+    .description('list the volumes of a running daemon')
+    .addOption(control)
+    .action(async (o: { control: string }) => print(await controlJson(o.control, 'GET', '/volumes')));
+  program
+    .command('add-volume')
+    .description('add a volume to a running daemon (JSON as in the config file, or flags)')
+    .addOption(control)
+    .option('--json <volume>', 'the volume as JSON')
+    .option('--name <name>')
+    .option('--socket-path <path>')
+    .option('--backing <file|uri>')
+    .option('--size <bytes>')
+    .option('--read-only')
+    .addOption(new Option('--cache-mode <mode>').choices([...CACHE_MODES]))
+    .option('--cache-max-bytes <bytes>')
+    .option('--serial <id>')
+    .option('--num-queues <n>')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      let body: Record<string, unknown>;
+      if (typeof o.json === 'string') {
+        body = JSON.parse(o.json) as Record<string, unknown>;
+      } else {
+        body = {};
+        for (const k of ['name', 'socketPath', 'backing', 'size', 'cacheMode', 'cacheMaxBytes', 'serial']) {
+          if (o[k] !== undefined) body[k] = o[k];
+        }
+        if (o.readOnly === true) body.readOnly = true;
+        if (o.numQueues !== undefined) body.numQueues = intFlag(String(o.numQueues), '--num-queues');
+      }
+      print(await controlJson(String(o.control), 'POST', '/volumes', body));
+    });
+  program
+    .command('remove-volume <name>')
+    .description('remove a volume from a running daemon')
+    .addOption(control)
+    .option('--force', 'remove it even while a front end is connected')
+    .action(async (name: string, o: { control: string; force?: boolean }) =>
+      print(await controlJson(o.control, 'DELETE', `/volumes/${encodeURIComponent(name)}${o.force === true ? '?force=1' : ''}`)),
+    );
 }
 
 export async function main(argv: string[]): Promise<void> {

@@ -6,6 +6,7 @@
  * in-flight ones, the stores are flushed and closed, then the cache writes its buffered
  * segments and saves its metadata for a warm restart.
  */
+import * as fs from 'node:fs';
 import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
@@ -15,8 +16,9 @@ import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
 import type { IoEngine } from '../io/io-engine';
 import { ControlServer } from '../control/server';
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
-import type { Logger } from '../util/logger';
+import type { DaemonLogger, Logger } from '../util/logger';
 import { Volume, type VolumeStats } from '../volume/volume';
 
 export interface DaemonStats {
@@ -25,6 +27,33 @@ export interface DaemonStats {
   /** null when the daemon runs without a cache. */
   cache: CacheStats | null;
   volumes: VolumeStats[];
+}
+
+/**
+ * Takes an exclusive flock on the cache device for the daemon's lifetime, so a second daemon
+ * cannot open (and corrupt) a live cache. The kernel releases it if the daemon dies.
+ * Returns the fd holding the lock, or null when the device does not exist yet and will not be
+ * created (Cache.open then reports it).
+ */
+function lockCacheDevice(path: string, create: boolean): number | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, create ? fs.constants.O_RDONLY | fs.constants.O_CREAT : fs.constants.O_RDONLY, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    native.lockExclusive(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    const code = (err as VhostError).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') {
+      throw new VhostError(`cache ${path} holds the live cache of another running daemon`, 'EBUSY');
+    }
+    throw err;
+  }
+  return fd;
 }
 
 export class Daemon {
@@ -38,14 +67,17 @@ export class Daemon {
     readonly config: DaemonConfig,
     readonly engine: IoEngine,
     readonly cache: Cache | null,
+    private readonly cacheLockFd: number | null,
     private readonly log: Logger,
   ) {}
 
   static async start(config: DaemonConfig, log: Logger): Promise<Daemon> {
     const engine = createIoEngine(config.ioEngine);
     let cache: Cache | null = null;
+    let lockFd: number | null = null;
     if (config.cache !== null) {
       try {
+        lockFd = lockCacheDevice(config.cache.path, config.cache.size !== undefined);
         cache = await Cache.open({
           path: config.cache.path,
           ...(config.cache.size !== undefined ? { size: config.cache.size } : {}),
@@ -56,12 +88,13 @@ export class Daemon {
           logger: log.child({ cache: config.cache.path }),
         });
       } catch (err) {
+        if (lockFd !== null) fs.closeSync(lockFd);
         engine.close();
         throw err;
       }
       log.info({ cache: config.cache.path, warm: cache.warm, blocks: cache.geometry.slots }, cache.warm ? 'cache loaded warm' : 'cache started cold');
     }
-    const d = new Daemon(config, engine, cache, log);
+    const d = new Daemon(config, engine, cache, lockFd, log);
     try {
       for (const v of config.volumes) await d.addVolume(v);
       if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
@@ -162,20 +195,34 @@ export class Daemon {
         this.log.error({ err: (err as Error).message }, 'cache close failed: the next start is cold');
       }
     }
+    if (this.cacheLockFd !== null) fs.closeSync(this.cacheLockFd);
     this.log.info({ volumes: vols.map((v) => v.stats()), cache: this.cache?.stats() ?? null }, 'final statistics');
     this.engine.close();
     this.log.info('stopped');
   }
 }
 
-/** Runs a daemon until SIGINT/SIGTERM; resolves after a clean shutdown. */
-export async function runDaemon(config: DaemonConfig, log: Logger): Promise<void> {
-  const daemon = await Daemon.start(config, log);
+/** Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown. */
+export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise<void> {
+  const log = dl.logger;
+  const hup = (): void => {
+    dl.reopen();
+    log.info('SIGHUP: log reopened');
+  };
+  process.on('SIGHUP', hup);
+  let daemon: Daemon;
+  try {
+    daemon = await Daemon.start(config, log);
+  } catch (err) {
+    process.off('SIGHUP', hup);
+    throw err;
+  }
   await new Promise<void>((resolve) => {
     const stop = (sig: NodeJS.Signals): void => {
       log.info({ signal: sig }, 'signal received');
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
+      process.off('SIGHUP', hup);
       daemon.shutdown().then(resolve, (err: Error) => {
         log.error({ err: err.message }, 'shutdown failed');
         resolve();

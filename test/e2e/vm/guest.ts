@@ -76,7 +76,7 @@ export interface GuestImage {
 }
 
 /** Repository root: the nearest ancestor of this file holding package.json. */
-function repoRoot(): string {
+export function repoRoot(): string {
   let dir = __dirname;
   while (!fs.existsSync(path.join(dir, 'package.json'))) {
     const parent = path.dirname(dir);
