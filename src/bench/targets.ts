@@ -6,13 +6,14 @@
  * whose `command` is the exact command line, printable for reports.
  *
  * Our daemon's control socket answers GET /stats (see src/control/server.ts); fetchStats() reads it
+ * (src/control/client.ts)
  * and statsDelta() turns two readings into the counters of the interval between them.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { controlJson } from '../control/client';
 import { VhostError } from '../native/errors';
 
 export interface Target {
@@ -263,31 +264,6 @@ export async function startNbdkit(o: NbdkitOptions): Promise<Target> {
 
 // ------------------------------------------------------------------ control socket
 
-/** GET `route` on an HTTP-over-unix-socket control server; resolves with the parsed JSON. */
-export function controlGet(control: string, route: string, timeoutMs = 5000): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath: control, path: route, timeout: timeoutMs }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        if (res.statusCode !== 200) {
-          reject(new VhostError(`GET ${route}: HTTP ${res.statusCode}: ${text.trim()}`, 'EIO'));
-          return;
-        }
-        try {
-          resolve(JSON.parse(text));
-        } catch (err) {
-          reject(new VhostError(`GET ${route}: not JSON: ${(err as Error).message}`, 'EPROTO'));
-        }
-      });
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new VhostError(`GET ${route} timed out`, 'ETIMEDOUT')));
-    req.on('error', reject);
-  });
-}
-
 /** The cache counters of /stats (whole cache, or one volume of it). */
 export interface CacheCounters {
   reads: number;
@@ -316,7 +292,7 @@ export interface DaemonStatsSnapshot {
 }
 
 export async function fetchStats(control: string): Promise<DaemonStatsSnapshot> {
-  return (await controlGet(control, '/stats')) as DaemonStatsSnapshot;
+  return (await controlJson(control, 'GET', '/stats')) as DaemonStatsSnapshot;
 }
 
 /** Cache activity between two /stats readings. */

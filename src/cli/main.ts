@@ -15,6 +15,7 @@ import {
   validateVolume,
   type DaemonConfig,
 } from '../config/config';
+import { addBenchCommand } from '../bench/runner';
 import { runDaemon } from '../daemon/daemon';
 import { controlJson } from '../control/client';
 import type { DaemonStats } from '../daemon/daemon';
@@ -201,6 +202,7 @@ export function buildProgram(): Command {
     .option('--log-level <level>', 'log level', 'info')
     .action((o: { data: string; logLevel: string }) => demo(o));
   addControlCommands(program);
+  addBenchCommand(program, parseSize);
   return program;
 }
 

@@ -4,42 +4,14 @@
  * verification on two queues, and a back end crash/restart while the guest is running.
  */
 import { strict as assert } from 'node:assert';
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ensureGuestImage, GuestResult, runGuest, startGuest } from './vm/guest';
+import { ensureGuestImage, runGuest, startGuest } from './vm/guest';
+import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 import { StorageDaemon } from './vm/qsd';
 
 const IMAGE_BYTES = 256 << 20;
-
-/** Lines of `output` starting with `prefix `, prefix removed. */
-function tagged(output: string, prefix: string): string[] {
-  return output
-    .split('\n')
-    .filter((l) => l.startsWith(prefix + ' '))
-    .map((l) => l.slice(prefix.length + 1).trim());
-}
-
-/** The one line tagged `prefix`; fails when absent or repeated. */
-function one(output: string, prefix: string): string {
-  const lines = tagged(output, prefix);
-  assert.equal(lines.length, 1, `expected one "${prefix}" line in:\n${output}`);
-  return lines[0];
-}
-
-function report(title: string, r: GuestResult): void {
-  console.log(`      [e2e] ${title}: boot ${r.bootMs} ms, guest total ${r.totalMs} ms`);
-}
-
-/** busybox `seq 1 n` output, as the guest writes it. */
-function seqText(n: number): string {
-  let s = '';
-  for (let i = 1; i <= n; i++) s += `${i}\n`;
-  return s;
-}
-
-const sha256 = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
 
 describe('qemu-storage-daemon smoke through the real-QEMU harness @e2e', function () {
   this.timeout(240_000);
@@ -129,6 +101,7 @@ umount /mnt
     const started = Date.now();
     await qsd?.stop();
     qsd = await StorageDaemon.start({ image, socketPath, numQueues: 2 });
+    const fio: FioVerifyJob = { label: 'fio', device: '/dev/vda', size: 32 << 20 };
     const r = await runGuest({
       disks: [{ socketPath, numQueues: 2 }],
       cpus: 2,
@@ -137,37 +110,12 @@ umount /mnt
 . /lib/vbc.sh
 vbc_wait_dev /dev/vda || exit 1
 echo "queues $(ls /sys/block/vda/mq | wc -l)"
-fio --name=vbc --filename=/dev/vda --rw=randwrite --bs=4k --size=32m --ioengine=libaio \\
-    --iodepth=16 --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 --eta=never \\
-    --output-format=json --output=/tmp/fio.json 2>/tmp/fio.err
-echo "fio-rc $?"
-echo "fio-json-begin"
-cat /tmp/fio.json
-echo "fio-json-end"
-sed 's/^/fio-stderr /' /tmp/fio.err
-`,
+${fioVerifyScript(fio)}`,
     });
     report('fio boot', r);
     assert.equal(r.exitCode, 0, r.output);
     assert.equal(one(r.output, 'queues'), '2');
-    assert.equal(one(r.output, 'fio-rc'), '0', r.output);
-    assert.deepEqual(tagged(r.output, 'fio-stderr'), [], 'fio wrote to stderr');
-    const jsonStart = r.output.indexOf('fio-json-begin\n');
-    const jsonEnd = r.output.indexOf('fio-json-end');
-    assert.ok(jsonStart >= 0 && jsonEnd > jsonStart, r.output);
-    const json = r.output.slice(jsonStart + 'fio-json-begin\n'.length, jsonEnd);
-    // fio reports verification failures ("verify: bad magic header", "crc32c: verify failed")
-    // outside its JSON, whose job options legitimately contain the word.
-    const outsideJson = r.output.slice(0, jsonStart) + r.output.slice(jsonEnd);
-    assert.doesNotMatch(outsideJson, /verify/i, 'fio reported verification errors');
-    const job = (JSON.parse(json) as { jobs: Array<Record<string, unknown>> }).jobs[0] as {
-      error: number;
-      write: { io_bytes: number; total_ios: number };
-      read: { io_bytes: number };
-    };
-    assert.equal(job.error, 0);
-    assert.equal(job.write.io_bytes, 32 << 20, 'fio wrote the whole 32 MiB');
-    assert.equal(job.read.io_bytes, 32 << 20, 'fio read back and verified the whole 32 MiB');
+    checkFioVerify(r.output, fio);
     console.log(`      [e2e] fio test total ${Date.now() - started} ms`);
   });
 

@@ -1,0 +1,98 @@
+import { strict as assert } from 'node:assert';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { formatReport, runBench, type BenchOptions, type BenchReport } from '../../src/bench/runner';
+import { VBC_BIN } from '../../src/bench/targets';
+
+function run(argv: string[]): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [VBC_BIN, ...argv], { timeout: 60_000 }, (err, stdout, stderr) => {
+      if (err !== null) reject(new Error(`${err.message}\n${stderr}`));
+      else resolve({ stdout, stderr });
+    });
+  });
+}
+
+describe('bench runner', function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-test-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('`vhost-blk-cache bench` runs 2 s against a daemon it starts, with JSON, data lines and a chart', async () => {
+    const chart = path.join(dir, 'run.svg');
+    const data = path.join(dir, 'run.jsonl');
+    const { stdout } = await run([
+      'bench', '--backing', path.join(dir, 'disk.img'), '--size', '16M', '--cache', path.join(dir, 'cache.img'),
+      '--cache-size', '8M', '--mode', 'randrw', '--iodepth', '4', '--runtime', '2', '--period', '0.5',
+      '--json', '--chart', chart, '--data', data, '--no-progress', '--seed', '7',
+    ]);
+    const rep = JSON.parse(stdout) as BenchReport;
+    assert.equal(rep.runs.length, 1);
+    const r = rep.runs[0];
+    assert.equal(r.target, 'vhost-blk-cache');
+    assert.ok(r.ops > 0, 'ops > 0');
+    assert.equal(r.ops, r.reads + r.writes);
+    assert.equal(r.errors, 0);
+    assert.ok(r.seconds > 1.5 && r.seconds <= 2.01, `seconds ${r.seconds}`);
+    assert.ok(r.iops > 0 && r.latency.p50 > 0 && r.latency.p50 <= r.latency.p99 && r.latency.p99 <= r.latency.p999);
+    assert.ok(r.cache !== null, 'cache statistics');
+    const c = r.cache;
+    assert.ok(c.reads > 0 && c.readHits <= c.reads);
+    assert.ok(c.readHitRate !== null && c.readHitRate >= 0 && c.readHitRate <= 1, `hit rate ${c.readHitRate}`);
+    assert.ok(c.invalidations > 0, 'writes invalidate');
+    assert.ok(r.commands[0].includes('serve') && r.commands[0].includes('--cache'), r.commands[0]);
+
+    const svg = fs.readFileSync(chart, 'utf8');
+    assert.match(svg, /^<svg /);
+    assert.match(svg, /data-panel="iops"/);
+    const lines = fs.readFileSync(data, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { ops: number; t: number });
+    assert.ok(lines.length >= 3, `${lines.length} data lines`);
+    assert.equal(lines.reduce((s, l) => s + l.ops, 0), r.ops);
+  });
+
+  it('runs SPC-1 paced against our daemon and qemu-storage-daemon side by side', async () => {
+    const opts: BenchOptions = {
+      backing: path.join(dir, 'spc1.img'),
+      size: 64 << 20,
+      cache: path.join(dir, 'cache.img'),
+      cacheSize: 16 << 20,
+      cacheMode: 'writethrough',
+      workload: 'spc1',
+      mode: 'randread',
+      bs: 4096,
+      iodepth: 8,
+      queues: 1,
+      bsu: 4,
+      runtime: 2,
+      seed: 3,
+      period: 1,
+      json: false,
+      compareQsd: true,
+      progress: false,
+      workdir: path.join(dir, 'work'),
+    };
+    const rep = await runBench(opts);
+    assert.deepEqual(rep.runs.map((r) => r.target), ['vhost-blk-cache', 'qemu-storage-daemon']);
+    for (const r of rep.runs) {
+      assert.equal(r.errors, 0);
+      // 4 BSU = 200 IOPS mean (Poisson): 2 s gives about 400 requests.
+      assert.ok(r.ops > 250 && r.ops < 600, `${r.target}: ${r.ops} requests`);
+      assert.ok(r.reads > 0 && r.writes > 0);
+    }
+    // Both ran the same seeded request stream.
+    assert.ok(Math.abs(rep.runs[0].ops - rep.runs[1].ops) < 20, `${rep.runs[0].ops} vs ${rep.runs[1].ops}`);
+    const ours = rep.runs[0].cache;
+    assert.ok(ours !== null && ours.reads > 0 && ours.readHitRate !== null && ours.readHitRate >= 0 && ours.readHitRate <= 1);
+    assert.equal(rep.runs[1].cache, null);
+    const text = formatReport(rep);
+    assert.match(text, /Avg IOPS/);
+    assert.match(text, /ratio/);
+    assert.match(text, /qemu-storage-daemon --blockdev/);
+  });
+});

@@ -1,0 +1,157 @@
+/**
+ * Our daemon (bin/vhost-blk-cache serve) as a child process for the e2e tests: start it, wait
+ * for its 'ready to accept connections' log line, keep its pino log lines (parsed JSON) for
+ * assertions, stop it with a signal (SIGTERM: drain, save the cache, exit 0), start it again
+ * with the same arguments, and talk to its control socket (HTTP over a unix socket).
+ */
+import * as http from 'node:http';
+import * as path from 'node:path';
+import type { DaemonStats } from '../../../src/daemon/daemon';
+import { VhostError } from '../../../src/native/errors';
+import { BackendProcess, type ExitStatus } from './child';
+import { repoRoot } from './guest';
+
+/** One pino log line: level (number), time, msg and the line's own fields. */
+export interface LogLine {
+  level: number;
+  msg: string;
+  [field: string]: unknown;
+}
+
+export interface DaemonOptions {
+  /** Arguments after `serve`, e.g. ['--socket-path', S, '--backing', F] or ['--config', FILE]. */
+  args: string[];
+  /** Control socket given in `args` (or the config file), for stats()/request(). */
+  control?: string;
+  /** Time to wait for 'ready to accept connections'. Default 30 s. */
+  readyTimeoutMs?: number;
+}
+
+export interface ControlResponse {
+  status: number;
+  body: string;
+}
+
+export const READY_MSG = 'ready to accept connections';
+
+export class VbcDaemon {
+  private child: BackendProcess | undefined;
+  /** Log lines of every run, one array per start (runs[runs.length - 1] is the current one). */
+  readonly runs: LogLine[][] = [];
+  /** stderr lines that are not JSON (e.g. the CLI's fatal error message). */
+  readonly otherStderr: string[] = [];
+
+  private constructor(private readonly opts: DaemonOptions) {}
+
+  /** Starts the daemon and resolves once it logged that it accepts connections. */
+  static async start(opts: DaemonOptions): Promise<VbcDaemon> {
+    const d = new VbcDaemon(opts);
+    await d.launch();
+    return d;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitStatus === undefined;
+  }
+
+  /** Log lines of the current (or last) run. */
+  get logs(): LogLine[] {
+    return this.runs[this.runs.length - 1] ?? [];
+  }
+
+  /** Log lines of the current run with this message. */
+  logsWith(msg: string): LogLine[] {
+    return this.logs.filter((l) => l.msg === msg);
+  }
+
+  private async launch(): Promise<void> {
+    if (this.running) throw new VhostError('vhost-blk-cache already running', 'EBUSY');
+    const lines: LogLine[] = [];
+    this.runs.push(lines);
+    let partial = '';
+    this.child = new BackendProcess({
+      name: 'vhost-blk-cache',
+      command: process.execPath,
+      args: [path.join(repoRoot(), 'bin', 'vhost-blk-cache'), 'serve', ...this.opts.args],
+      onStderr: (chunk) => {
+        const parts = (partial + chunk).split('\n');
+        partial = parts.pop() ?? '';
+        for (const text of parts) {
+          if (text.length === 0) continue;
+          try {
+            lines.push(JSON.parse(text) as LogLine);
+          } catch {
+            this.otherStderr.push(text);
+          }
+        }
+      },
+    });
+    await this.child.waitUntil(
+      () => lines.some((l) => l.msg === READY_MSG),
+      this.opts.readyTimeoutMs ?? 30_000,
+      `'${READY_MSG}'`,
+    );
+  }
+
+  /**
+   * Sends `signal` and waits for the exit; returns the exit code (null when the signal killed
+   * it). SIGTERM and SIGINT shut down cleanly, SIGKILL simulates a crash.
+   */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const child = this.child;
+    if (child === undefined) throw new VhostError('vhost-blk-cache was not started', 'ESRCH');
+    const status: ExitStatus = await child.stop(signal);
+    return status.code;
+  }
+
+  /** Starts the daemon again with the same arguments (after stop()). */
+  async restart(): Promise<void> {
+    await this.launch();
+  }
+
+  /** One HTTP request to the control socket. */
+  request(method: string, urlPath: string, body?: unknown): Promise<ControlResponse> {
+    const socketPath = this.opts.control;
+    if (socketPath === undefined) return Promise.reject(new VhostError('daemon started without a control socket', 'EINVAL'));
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise<ControlResponse>((resolve, reject) => {
+      const req = http.request(
+        {
+          socketPath,
+          method,
+          path: urlPath,
+          headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => {
+            text += c;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
+  /** GET /stats, parsed; fails unless the answer is 200. */
+  async stats(): Promise<DaemonStats> {
+    const res = await this.request('GET', '/stats');
+    if (res.status !== 200) throw new VhostError(`GET /stats answered ${res.status}: ${res.body}`, 'EIO');
+    return JSON.parse(res.body) as DaemonStats;
+  }
+
+  /** GET /metrics (Prometheus text); fails unless the answer is 200. */
+  async metrics(): Promise<string> {
+    const res = await this.request('GET', '/metrics');
+    if (res.status !== 200) throw new VhostError(`GET /metrics answered ${res.status}: ${res.body}`, 'EIO');
+    return res.body;
+  }
+}
