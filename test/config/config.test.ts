@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parseSize, validateConfig } from '../../src/config/config';
 import { configFromFlags, CAPABILITIES } from '../../src/cli/main';
 
@@ -32,6 +34,14 @@ describe('config validation', () => {
     rejects({ volumes: [vol], cache: { path: '/c', blockSize: 3000 } }, /config\.cache\.blockSize: must be a power of two/);
     rejects({ volumes: [{ ...vol, serial: 'x'.repeat(21) }] }, /serial: at most 20 bytes/);
     rejects({ volumes: [{ name: 'a', backing: '/x' }] }, /give exactly one of socketPath and fd/);
+  });
+
+  it('accepts the example config of examples/', () => {
+    const file = path.join(__dirname, '..', '..', '..', 'examples', 'config.json');
+    const c = validateConfig(JSON.parse(fs.readFileSync(file, 'utf8')));
+    assert.deepEqual(c.volumes.map((v) => v.name), ['vm1-root', 'vm2-data', 'base-ro']);
+    assert.equal(c.volumes[1]?.cacheMaxBytes, 2 * 2 ** 30);
+    assert.equal(c.cache?.size, 8 * 2 ** 30);
   });
 
   it('parses sizes with binary suffixes', () => {

@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VbcDaemon } from './vm/daemon';
 import { ensureGuestImage, runGuest, startGuest } from './vm/guest';
-import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
+import { checkFioVerify, drained, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 
 const MiB = 1 << 20;
 const IMAGE_BYTES = 256 * MiB;
@@ -62,7 +62,7 @@ describe('vhost-blk-cache daemon in a real-QEMU guest @e2e', function () {
       cpus: 2,
       reconnect: true,
       timeoutMs: 200_000,
-      script: `
+      script: drained(`
 set -e
 . /lib/vbc.sh
 vbc_wait_dev /dev/vda
@@ -94,7 +94,7 @@ echo "count $(ls /mnt/dir | wc -l)"
 umount /mnt || exit 12
 ${fioVerifyScript(reverify)}
 ${fioVerifyScript(after)}
-`,
+`),
     });
     let stopCode: number | null;
     try {
@@ -168,7 +168,7 @@ ${fioVerifyScript(after)}
     const r = await runGuest({
       disks: [{ socketPath }],
       timeoutMs: 120_000,
-      script: `
+      script: drained(`
 . /lib/vbc.sh
 vbc_wait_dev /dev/vda || exit 1
 echo "ro $(cat /sys/block/vda/ro)"
@@ -180,7 +180,7 @@ mount -t ext4 -o ro /dev/vda /mnt || exit 2
 echo "sum $(sha256sum /mnt/data.bin | cut -d' ' -f1)"
 touch /mnt/new 2>/dev/null; echo "touch-rc $?"
 umount /mnt
-`,
+`),
     });
     report('read-only boot', r);
     assert.equal(r.exitCode, 0, r.output);

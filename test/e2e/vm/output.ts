@@ -36,6 +36,17 @@ export function seqText(n: number): string {
 
 export const sha256 = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
 
+/**
+ * Wraps a guest script so that all of its output reaches the host before the guest powers
+ * off: /init prints the end marker and calls `poweroff -f` at once, which drops whatever the
+ * console's transmit buffer (up to 4 KiB) still holds. busybox stty sets the terminal mode
+ * with TCSETSW, which first waits until every byte written to the console has been sent.
+ * The script runs in a subshell (so `set -e` and `exit` work as usual); its status is kept.
+ */
+export function drained(script: string): string {
+  return `(\n${script}\n)\nrc=$?\nstty -echo </dev/console\nexit $rc\n`;
+}
+
 export interface FioVerifyJob {
   /** Names the run's output lines: "<label>-rc", "<label>-json-begin", "<label>-stderr". */
   label: string;
