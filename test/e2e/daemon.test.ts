@@ -55,7 +55,7 @@ describe('vhost-blk-cache daemon in a real-QEMU guest @e2e', function () {
     assert.equal(fs.statSync(image).size, IMAGE_BYTES, '--size created the backing file');
     // ext4 takes the first 128 MiB; the fio regions lie behind it on the raw device.
     const before: FioVerifyJob = { label: 'fio-before', device: '/dev/vda', offset: 160 * MiB, size: 32 * MiB };
-    const reverify: FioVerifyJob = { ...before, label: 'fio-reverify', verifyOnly: true };
+    const reverify: FioVerifyJob = { ...before, label: 'fio-recheck', verifyOnly: true };
     const after: FioVerifyJob = { label: 'fio-after', device: '/dev/vda', offset: 200 * MiB, size: 32 * MiB };
     const guest = await startGuest({
       disks: [{ socketPath, numQueues: 2 }],

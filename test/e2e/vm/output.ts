@@ -48,7 +48,10 @@ export function drained(script: string): string {
 }
 
 export interface FioVerifyJob {
-  /** Names the run's output lines: "<label>-rc", "<label>-json-begin", "<label>-stderr". */
+  /**
+   * Names the run's output lines: "<label>-rc", "<label>-json-begin", "<label>-stderr" (must
+   * not contain "verify", which marks fio's verification errors).
+   */
   label: string;
   /** Guest block device, e.g. /dev/vda. */
   device: string;
@@ -97,6 +100,7 @@ interface FioJobReport {
  */
 export function checkFioVerify(output: string, job: FioVerifyJob): FioJobReport {
   const { label } = job;
+  assert.doesNotMatch(label, /verify/i, 'label');
   assert.equal(one(output, `${label}-rc`), '0', output);
   assert.deepEqual(tagged(output, `${label}-stderr`), [], `fio ${label} wrote to stderr`);
   const begin = `${label}-json-begin\n`;
