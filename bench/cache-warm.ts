@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
 import { fetchStats, makeImage, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
 
 async function main(): Promise<void> {
@@ -29,6 +29,7 @@ async function main(): Promise<void> {
   const queues = Number(values.queues);
   const imageSize = 2 * ws;
   const cacheSize = ws + (ws >> 1);
+  const loadBefore = machineNote();
   const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
   fs.mkdirSync(dir, { recursive: true });
   const image = path.join(dir, 'disk.img');
@@ -80,7 +81,9 @@ async function main(): Promise<void> {
           `RAM hits ${fmtInt(d.ramHits)}, storage hits ${fmtInt(d.storageHits)}, insertions ${fmtInt(d.insertions)}\n`,
       );
     }
-    process.stdout.write(`- pre-read pass: ours ${fmtInt(warm.ours.mibps)} MiB/s, qsd ${fmtInt(warm.qsd.mibps)} MiB/s\n\nCommands:\n\n`);
+    process.stdout.write(`- pre-read pass: ours ${fmtInt(warm.ours.mibps)} MiB/s, qsd ${fmtInt(warm.qsd.mibps)} MiB/s\n\n`);
+    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
+    process.stdout.write('Commands:\n\n');
     for (const t of targets) process.stdout.write(`    ${t.command}\n`);
     process.stdout.write(`    node dist/bench/cache-warm.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --queues ${queues}\n`);
   } finally {

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
 import { fetchStats, makeImage, startVbc, statsDelta, type Target, type VbcVolume } from '../src/bench/targets';
 
 const COUNTS = [1, 2, 4];
@@ -30,6 +30,7 @@ async function main(): Promise<void> {
   const reps = Number(values.reps);
   const ws = Number(values.ws) << 20;
   const depth = Number(values.depth);
+  const loadBefore = machineNote();
   const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
   fs.mkdirSync(dir, { recursive: true });
   const volumes: VbcVolume[] = [0, 1, 2, 3].map((i) => {
@@ -79,9 +80,10 @@ async function main(): Promise<void> {
     const four = med.get(4)?.iops ?? 0;
     process.stdout.write(`- 4 volumes / 1 volume: ${fmtRatio(four, one)} (target >= 1.00x): ${four >= one ? 'met' : 'NOT met'}\n`);
     if (d !== null) process.stdout.write(`- cache during the measured passes: reads ${fmtInt(d.reads)}, hit rate ${fmtNum((d.readHitRate ?? 0) * 100)} %\n`);
+    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
     process.stdout.write('\nCommands:\n\n');
     for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    (config: ${path.join(dir, 'config.json')})\n`);
+    process.stdout.write(`    # ${path.join(dir, 'config.json')}: ${JSON.stringify(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')))}\n`);
     process.stdout.write(`    node dist/bench/multi-volume.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depth ${depth}\n`);
   } finally {
     for (const t of targets) await t.stop();

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
 import type { ModeName } from '../src/bench/modes';
 import { makeImage, startQsd, startVbc, type Target } from '../src/bench/targets';
 
@@ -27,6 +27,7 @@ async function main(): Promise<void> {
   const runtime = Number(values.runtime);
   const reps = Number(values.reps);
   const size = Number(values.size) << 20;
+  const loadBefore = machineNote();
   const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
   fs.mkdirSync(dir, { recursive: true });
   const image = path.join(dir, 'disk.img');
@@ -80,6 +81,7 @@ async function main(): Promise<void> {
       ) + '\n\n',
     );
     process.stdout.write(verdicts.map((v) => `- ${v}`).join('\n') + '\n\n');
+    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
     process.stdout.write(`Image: ${image} (${size >> 20} MiB, random data, page-cached)\n\nCommands:\n\n`);
     for (const t of targets) process.stdout.write(`    ${t.command}\n`);
     process.stdout.write(`    node dist/bench/vhost-vs-qsd.js --runtime ${runtime} --reps ${reps} --size ${size >> 20}\n`);

@@ -233,7 +233,7 @@ export class Engine {
             this.periods.push(s);
             this.o.onPeriod?.(s);
             k++;
-            if (!this.stopped) schedule();
+            if (!this.stopped && k * p < this.o.runtime) schedule();
           }, this.t0 + k * p * 1000 - performance.now());
         };
         if (p < this.o.runtime) schedule();

@@ -2,6 +2,7 @@
  * Helpers shared by the benchmark scripts (bench/*.ts) and the `bench` command: one fio-like
  * measurement through our front end, repetitions, medians and markdown tables.
  */
+import * as os from 'node:os';
 import { Device, Engine, type EngineResult } from './engine';
 import { type ModeName, ModeWorkload } from './modes';
 import type { LatencySummary } from './stats';
@@ -138,4 +139,11 @@ export function fmtNum(n: number | null, digits = 1): string {
 
 export function fmtRatio(a: number, b: number): string {
   return b > 0 ? `${(a / b).toFixed(2)}x` : '-';
+}
+
+/** One line describing the machine and its load (benchmarks on a shared machine should say so). */
+export function machineNote(): string {
+  const cpus = os.cpus();
+  const load = os.loadavg().map((l) => l.toFixed(2)).join(' ');
+  return `${cpus.length} CPUs (${cpus[0]?.model ?? 'unknown'}), ${os.release()}, load average ${load}`;
 }

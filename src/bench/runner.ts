@@ -119,6 +119,8 @@ interface Prepared {
   /** Cache volumes counted in the statistics (undefined: the whole cache). */
   volumes?: string[];
   targets: Target[];
+  /** Printed with the command lines (e.g. the config file given to our daemon). */
+  notes?: string[];
 }
 
 function spc1Layout(total: number): { sizes: AsuSizes; offsets: number[] } {
@@ -159,6 +161,7 @@ async function prepareOurs(o: BenchOptions, dir: string): Promise<Prepared> {
       control,
       volumes: ['asu1', 'asu2', 'asu3'],
       targets: [t],
+      notes: [`config ${path.join(dir, 'config.json')}: ${JSON.stringify(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')))}`],
     };
   }
   const v = vol('vol0', o.cacheMode);
@@ -262,6 +265,8 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
     let lastSample: PeriodSample | null = null;
     let lastOps = 0;
     let lastTick = 0;
+    // Period statistics are read in order; the summary waits for them.
+    let pendingPeriods: Promise<void> = Promise.resolve();
     const engine = new Engine({
       workload,
       routes,
@@ -269,15 +274,16 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
       period: o.period,
       onPeriod: (s) => {
         lastSample = s;
-        void readCache(p)
+        pendingPeriods = pendingPeriods
+          .then(() => readCache(p).catch(() => null))
           .then((now) => {
+            // A failed statistics read leaves this period without cache figures.
             const cache = last !== null && now !== null ? statsDelta(last, now, p.volumes) : null;
-            last = now;
+            if (now !== null) last = now;
             const sample = { ...s, readHitRate: cache?.readHitRate ?? null, cache };
             periods.push(sample);
             dataOut?.write(`${JSON.stringify({ target: p.name, ...sample })}\n`);
-          })
-          .catch(() => undefined);
+          });
       },
       onTick: (elapsed, ops) => {
         const iops = elapsed > lastTick ? (ops - lastOps) / (elapsed - lastTick) : 0;
@@ -296,12 +302,13 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
       },
     });
     const r: EngineResult = await engine.run();
+    await pendingPeriods;
     const after = await readCache(p);
     const cache = before !== null && after !== null ? statsDelta(before, after, p.volumes) : null;
     // The final (partial) period is the engine's last sample.
     const tail = r.periods[r.periods.length - 1];
     const lastCache = last !== null && after !== null ? statsDelta(last, after, p.volumes) : null;
-    if (tail.seconds > 0) {
+    if (tail.seconds > 0 || tail.ops > 0) {
       const sample = { ...tail, readHitRate: lastCache?.readHitRate ?? null, cache: lastCache };
       periods.push(sample);
       dataOut?.write(`${JSON.stringify({ target: p.name, ...sample })}\n`);
@@ -318,7 +325,7 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
     });
     return {
       target: p.name,
-      commands: p.targets.map((t) => t.command),
+      commands: [...p.targets.map((t) => t.command), ...(p.notes ?? [])],
       workload: workloadName(o),
       ops: r.ops,
       reads: r.reads,
@@ -412,7 +419,7 @@ export function formatReport(rep: BenchReport): string {
   if (runs.length === 0) return '';
   out.push(`Workload: ${runs[0].workload}, ${runs[0].seconds.toFixed(1)} s`);
   const width = 48;
-  const col = 18;
+  const col = 21;
   const head = ['', ...runs.map((r) => r.target)];
   if (runs.length === 2) head.push('ratio');
   out.push(head.map((h, i) => (i === 0 ? h.padEnd(width) : h.padStart(col))).join(''));

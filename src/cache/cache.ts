@@ -339,6 +339,7 @@ export class Cache {
       readErrors: log.readErrors,
       writeErrors: log.writeErrors,
       disabled: log.disabled,
+      insertsDropped: log.insertsDropped,
       volumes,
     };
   }

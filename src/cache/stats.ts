@@ -47,6 +47,8 @@ export interface CacheStats extends VolumeStats {
   writeErrors: number;
   /** True once a write error disabled caching of new data. */
   disabled: boolean;
+  /** Blocks not inserted because the insertion backlog was full (the backing store served them). */
+  insertsDropped: number;
   volumes: Record<string, VolumeStats>;
 }
 

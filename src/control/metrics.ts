@@ -23,8 +23,56 @@ const VOLUME_COUNTERS: [VolumeCounterKey, string, string][] = [
   ['bytesWritten', 'vbc_written_bytes_total', 'bytes written by the guest'],
 ];
 
+type CacheCounterKey = 'reads' | 'readHits' | 'insertions' | 'evictions' | 'invalidations' | 'invalidateHits' | 'ramHits' | 'storageHits';
+
+const CACHE_COUNTERS: [CacheCounterKey, string, string][] = [
+  ['reads', 'vbc_cache_reads_total', 'block reads looked up in the cache'],
+  ['readHits', 'vbc_cache_read_hits_total', 'block reads served from the cache'],
+  ['insertions', 'vbc_cache_insertions_total', 'blocks inserted into the cache'],
+  ['evictions', 'vbc_cache_evictions_total', 'blocks evicted by CLOCK'],
+  ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
+  ['invalidateHits', 'vbc_cache_invalidate_hits_total', 'invalidations that removed a cached block'],
+  ['ramHits', 'vbc_cache_ram_hits_total', 'hits served from a RAM segment buffer'],
+  ['storageHits', 'vbc_cache_storage_hits_total', 'hits read from the cache device'],
+];
+
 export function createMetrics(daemon: Daemon): Metrics {
   const registry = new Registry();
+  for (const [key, name, help] of CACHE_COUNTERS) {
+    new Counter({
+      name,
+      help,
+      labelNames: ['volume'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const c = daemon.stats().cache;
+        if (c === null) return;
+        for (const [vol, v] of Object.entries(c.volumes)) this.inc({ volume: vol }, v[key]);
+      },
+    });
+  }
+  new Gauge({
+    name: 'vbc_cache_blocks',
+    help: 'cache blocks held per volume',
+    labelNames: ['volume'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const c = daemon.stats().cache;
+      if (c === null) return;
+      for (const [vol, v] of Object.entries(c.volumes)) this.set({ volume: vol }, v.blocks);
+    },
+  });
+  new Gauge({
+    name: 'vbc_cache_disabled',
+    help: '1 once a cache-device write error turned caching of new data off',
+    registers: [registry],
+    collect() {
+      const c = daemon.stats().cache;
+      this.set(c !== null && c.disabled ? 1 : 0);
+    },
+  });
   for (const [key, name, help] of VOLUME_COUNTERS) {
     new Counter({
       name,

@@ -42,12 +42,13 @@ export class BackendProcess {
       opts.onStderr?.(chunk);
     });
     this.exited = new Promise<ExitStatus>((resolve) => {
-      this.proc.once('exit', (code, signal) => {
+      // 'close' (not 'exit'): by then stderr has been read to its end.
+      this.proc.once('close', (code, signal) => {
         this.status = { code, signal };
         resolve(this.status);
       });
       this.proc.once('error', (err) => {
-        // spawn failure (e.g. ENOENT): no 'exit' follows.
+        // spawn failure (e.g. ENOENT): no 'close' follows.
         this.failure = err.message;
         this.status = { code: null, signal: null };
         resolve(this.status);

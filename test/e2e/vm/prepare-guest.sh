@@ -33,7 +33,7 @@ for tool in apt-cache apt-get dpkg cpio gzip ldd sha256sum; do
   command -v "$tool" >/dev/null || die "missing host tool: $tool"
 done
 [[ -x /bin/busybox ]] || die "missing /bin/busybox (apt package busybox-static)"
-/bin/busybox --list | grep -qx poweroff || die "/bin/busybox lacks applets (need busybox-static)"
+/bin/busybox --list | grep -x poweroff >/dev/null || die "/bin/busybox lacks applets (need busybox-static)"
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 file_is_static /bin/busybox || die "/bin/busybox is dynamically linked (install busybox-static)"
 for b in "${GUEST_BINARIES[@]}"; do [[ -x "$b" ]] || die "missing $b (install e2fsprogs, fio)"; done
@@ -201,6 +201,9 @@ else
 fi
 sync
 echo "@@VBC-END $VBC_TOKEN rc=$rc@@"
+# poweroff -f drops what the console's transmit buffer still holds; stty sets the mode with
+# TCSETSW, which first waits until every byte written to the console has been sent.
+stty -echo </dev/console
 poweroff -f
 EOF
 chmod 755 "$ROOT/init"
