@@ -93,6 +93,8 @@ describe('daemon (in-process, our front end)', function () {
     const metrics = (await controlRequest(config.control as string, 'GET', '/metrics')).body;
     assert.match(metrics, /vbc_write_requests_total\{volume="a"\} 64/);
     assert.match(metrics, /vbc_write_requests_total\{volume="b"\} 64/);
+    assert.match(metrics, /vbc_cache_read_hits_total\{volume="a"\} [1-9]/);
+    assert.match(metrics, /vbc_cache_blocks\{volume="b"\} [1-9]/);
   });
 
   it('drops only the volume whose front end misbehaves and serves its next connection', async () => {
