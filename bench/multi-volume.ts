@@ -80,7 +80,7 @@ async function main(): Promise<void> {
     const four = med.get(4)?.iops ?? 0;
     process.stdout.write(`- 4 volumes / 1 volume: ${fmtRatio(four, one)} (target >= 1.00x): ${four >= one ? 'met' : 'NOT met'}\n`);
     if (d !== null) process.stdout.write(`- cache during the measured passes: reads ${fmtInt(d.reads)}, hit rate ${fmtNum((d.readHitRate ?? 0) * 100)} %\n`);
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
+    process.stdout.write(`\nMachine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
     process.stdout.write('\nCommands:\n\n');
     for (const t of targets) process.stdout.write(`    ${t.command}\n`);
     process.stdout.write(`    # ${path.join(dir, 'config.json')}: ${JSON.stringify(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')))}\n`);
