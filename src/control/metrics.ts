@@ -1,17 +1,20 @@
 /**
  * Prometheus metrics (prom-client), computed from Daemon.stats() at scrape time so the hot
- * path never touches them. Counters carry a `volume` label.
+ * path never touches them. Per-volume series carry a `volume` label.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
+import type { VolumeStats as CacheVolumeStats } from '../cache/stats';
 import type { Daemon } from '../daemon/daemon';
+import type { DispatchStats } from '../virtio-blk/dispatch';
 
 export interface Metrics {
   registry: Registry;
 }
 
-type VolumeCounterKey = 'reads' | 'writes' | 'flushes' | 'discards' | 'writeZeroes' | 'ioErrors' | 'rejected' | 'bytesRead' | 'bytesWritten';
+type RequestKey = keyof DispatchStats;
+type CacheKey = keyof CacheVolumeStats;
 
-const VOLUME_COUNTERS: [VolumeCounterKey, string, string][] = [
+const REQUEST_COUNTERS: [RequestKey, string, string][] = [
   ['reads', 'vbc_read_requests_total', 'virtio-blk read requests'],
   ['writes', 'vbc_write_requests_total', 'virtio-blk write requests'],
   ['flushes', 'vbc_flush_requests_total', 'virtio-blk flush requests'],
@@ -23,9 +26,7 @@ const VOLUME_COUNTERS: [VolumeCounterKey, string, string][] = [
   ['bytesWritten', 'vbc_written_bytes_total', 'bytes written by the guest'],
 ];
 
-type CacheCounterKey = 'reads' | 'readHits' | 'insertions' | 'evictions' | 'invalidations' | 'invalidateHits' | 'ramHits' | 'storageHits';
-
-const CACHE_COUNTERS: [CacheCounterKey, string, string][] = [
+const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['reads', 'vbc_cache_reads_total', 'block reads looked up in the cache'],
   ['readHits', 'vbc_cache_read_hits_total', 'block reads served from the cache'],
   ['insertions', 'vbc_cache_insertions_total', 'blocks inserted into the cache'],
@@ -36,73 +37,44 @@ const CACHE_COUNTERS: [CacheCounterKey, string, string][] = [
   ['storageHits', 'vbc_cache_storage_hits_total', 'hits read from the cache device'],
 ];
 
+type Sample = [volume: string, value: number];
+
 export function createMetrics(daemon: Daemon): Metrics {
   const registry = new Registry();
-  for (const [key, name, help] of CACHE_COUNTERS) {
-    new Counter({
+  /** One labelled series per volume, filled from `samples()` at every scrape. */
+  const perVolume = (type: 'counter' | 'gauge', name: string, help: string, samples: () => Sample[]): void => {
+    const Kind = type === 'counter' ? Counter : Gauge;
+    new Kind({
       name,
       help,
       labelNames: ['volume'],
       registers: [registry],
-      collect() {
+      collect(this: Counter | Gauge) {
         this.reset();
-        const c = daemon.stats().cache;
-        if (c === null) return;
-        for (const [vol, v] of Object.entries(c.volumes)) this.inc({ volume: vol }, v[key]);
+        for (const [volume, value] of samples()) {
+          if (this instanceof Gauge) this.set({ volume }, value);
+          else this.inc({ volume }, value);
+        }
       },
     });
-  }
-  new Gauge({
-    name: 'vbc_cache_blocks',
-    help: 'cache blocks held per volume',
-    labelNames: ['volume'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      const c = daemon.stats().cache;
-      if (c === null) return;
-      for (const [vol, v] of Object.entries(c.volumes)) this.set({ volume: vol }, v.blocks);
-    },
-  });
+  };
+  const requestSamples = (key: RequestKey) => (): Sample[] => daemon.stats().volumes.map((v) => [v.name, v.requests[key]]);
+  const cacheSamples = (key: CacheKey) => (): Sample[] =>
+    Object.entries(daemon.stats().cache?.volumes ?? {}).map(([name, v]) => [name, v[key]]);
+
+  for (const [key, name, help] of REQUEST_COUNTERS) perVolume('counter', name, help, requestSamples(key));
+  for (const [key, name, help] of CACHE_COUNTERS) perVolume('counter', name, help, cacheSamples(key));
+  perVolume('gauge', 'vbc_cache_blocks', 'cache blocks held per volume', cacheSamples('blocks'));
+  perVolume('gauge', 'vbc_volume_connected', '1 while a front end is connected to the volume', () =>
+    daemon.stats().volumes.map((v) => [v.name, v.connected ? 1 : 0]),
+  );
+  perVolume('gauge', 'vbc_volume_inflight_requests', 'requests being served', () => daemon.stats().volumes.map((v) => [v.name, v.inflight]));
   new Gauge({
     name: 'vbc_cache_disabled',
     help: '1 once a cache-device write error turned caching of new data off',
     registers: [registry],
     collect() {
-      const c = daemon.stats().cache;
-      this.set(c !== null && c.disabled ? 1 : 0);
-    },
-  });
-  for (const [key, name, help] of VOLUME_COUNTERS) {
-    new Counter({
-      name,
-      help,
-      labelNames: ['volume'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const v of daemon.stats().volumes) this.inc({ volume: v.name }, v.requests[key]);
-      },
-    });
-  }
-  new Gauge({
-    name: 'vbc_volume_connected',
-    help: '1 while a front end is connected to the volume',
-    labelNames: ['volume'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const v of daemon.stats().volumes) this.set({ volume: v.name }, v.connected ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'vbc_volume_inflight_requests',
-    help: 'requests being served',
-    labelNames: ['volume'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const v of daemon.stats().volumes) this.set({ volume: v.name }, v.inflight);
+      this.set(daemon.stats().cache?.disabled === true ? 1 : 0);
     },
   });
   return { registry };
