@@ -52,7 +52,7 @@ export interface DaemonConfig {
 
 export const DEFAULTS = {
   socketMode: 0o600,
-  numQueues: 4,
+  numQueues: 64,
   queueSize: 1024,
   logicalBlockSize: 512 as const,
   cacheBlockSize: 4096,
