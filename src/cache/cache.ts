@@ -115,6 +115,64 @@ function parseSuperblock(b: Uint8Array, g: Geometry): Uint8Array | null {
 
 const hex = (u: Uint8Array) => Buffer.from(u).toString('hex');
 
+/**
+ * A position in a scatter list, moved forward only: `copyIn` copies bytes into the list at the
+ * position, `views` appends to `out` the views covering the next n bytes (the caller's own
+ * views where a whole one is covered). Both advance the position by n.
+ */
+class IovCursor {
+  private bufs: readonly Uint8Array[] = [];
+  private index = 0;
+  /** Offset in bufs[index]. */
+  private at = 0;
+
+  reset(bufs: readonly Uint8Array[]): void {
+    this.bufs = bufs;
+    this.index = 0;
+    this.at = 0;
+  }
+
+  copyIn(src: Uint8Array, from: number, n: number): void {
+    while (n > 0) {
+      const b = this.bufs[this.index];
+      const k = Math.min(n, b.byteLength - this.at);
+      b.set(src.subarray(from, from + k), this.at);
+      this.step(b, k);
+      from += k;
+      n -= k;
+    }
+  }
+
+  views(n: number, out: Uint8Array[]): void {
+    while (n > 0) {
+      const b = this.bufs[this.index];
+      const k = Math.min(n, b.byteLength - this.at);
+      out.push(k === b.byteLength ? b : b.subarray(this.at, this.at + k));
+      this.step(b, k);
+      n -= k;
+    }
+  }
+
+  private step(b: Uint8Array, k: number): void {
+    this.at += k;
+    if (this.at === b.byteLength) {
+      this.index++;
+      this.at = 0;
+    }
+  }
+}
+
+/** A run of device hits: consecutive blocks in consecutive slots of one segment. */
+interface DirectRun {
+  slot: number;
+  /** Block number of the run's first block. */
+  block: number;
+  blocks: number;
+  /** Byte of the first block where the read starts (non-zero for an unaligned request). */
+  at: number;
+  views: Uint8Array[];
+}
+
 export class Cache {
   readonly geometry: Geometry;
   readonly blockSize: number;
@@ -131,6 +189,9 @@ export class Cache {
   private readonly active = new Set<number>();
   private closing = false;
   private closed = false;
+  /** readHit() scratch, used synchronously only: slots of the request's blocks, cursor. */
+  private hitSlots = new Int32Array(64);
+  private readonly cursor = new IovCursor();
 
   private constructor(a: {
     o: CacheOptions;
@@ -287,14 +348,7 @@ export class Cache {
         try {
           if (!(await this.log.readSlots(slot, n, out.subarray(k * bs)))) return 0;
         } catch (err) {
-          this.log.readErrors++;
-          this.logger.warn({ err: (err as Error).message, slot, blocks: n }, 'cache device read failed; using the backing store');
-          const bda = this.map.bda;
-          for (let j = 0; j < n; j++) {
-            if (bda.isValid(slot + j) && bda.volumeOf(slot + j) === volume && bda.blockOf(slot + j) === first + k + j) {
-              this.map.drop(slot + j);
-            }
-          }
+          this.deviceReadFailed(err as Error, volume, slot, first + k, n);
           return 0;
         }
         hit.fill(1, k, k + n);
@@ -305,6 +359,97 @@ export class Cache {
     );
     for (const n of done) hits += n;
     return hits;
+  }
+
+  /**
+   * Serves bytes offset .. offset + len - 1 of a volume (whole blocks of it only) straight into
+   * the scatter list `bufs` (len bytes) when EVERY block they touch is cached:
+   *   - returns false when some block is not cached: nothing was copied, no counter changed;
+   *   - returns true when every block was in a RAM segment buffer: copied, counted;
+   *   - otherwise RAM hits are copied and each run of device hits (consecutive blocks in
+   *     consecutive slots of one segment) is read by one Log.readDirect into its part of bufs;
+   *     returns a promise of true when every run read the blocks its slots held when it was
+   *     issued (counted), of false when a run failed or its segment was rewritten meanwhile:
+   *     bufs then hold unspecified bytes of this volume's request and the caller must serve
+   *     the whole request another way (only read errors are counted; failed blocks dropped).
+   * Never rejects.
+   */
+  readHit(volume: number, offset: number, len: number, bufs: readonly Uint8Array[]): boolean | Promise<boolean> {
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const count = Math.floor((offset + len - 1) / bs) - first + 1;
+    if (this.hitSlots.length < count) this.hitSlots = new Int32Array(count);
+    const slots = this.hitSlots;
+    for (let k = 0; k < count; k++) {
+      const idx = this.map.lookup(volume, first + k);
+      if (idx < 0) return false;
+      slots[k] = idx;
+    }
+    const g = this.geometry;
+    const bps = g.blocksPerSegment;
+    const cursor = this.cursor;
+    cursor.reset(bufs);
+    let runs: DirectRun[] | null = null;
+    let run: DirectRun | null = null;
+    let ram = 0;
+    for (let k = 0; k < count; k++) {
+      const slot = slots[k];
+      // This block's bytes of the request: [at, at + n) of the block.
+      const at = k === 0 ? offset - first * bs : 0;
+      const n = Math.min(bs - at, offset + len - (first + k) * bs - at);
+      const b = this.log.ramBuffer(slot);
+      if (b !== null) {
+        cursor.copyIn(b.buf, g.headerSize + (slot % bps) * bs + at, n);
+        ram++;
+        run = null;
+        continue;
+      }
+      if (run !== null && run.slot + run.blocks === slot && slot % bps !== 0) {
+        run.blocks++;
+      } else {
+        run = { slot, block: first + k, blocks: 1, at, views: [] };
+        (runs ??= []).push(run);
+      }
+      cursor.views(n, run.views);
+    }
+    const c = this.map.stats(volume);
+    if (runs === null) {
+      c.reads += count;
+      c.readHits += count;
+      c.ramHits += count;
+      return true;
+    }
+    const counted = (ok: boolean): boolean => {
+      if (ok) {
+        c.reads += count;
+        c.readHits += count;
+        c.ramHits += ram;
+        c.storageHits += count - ram;
+      }
+      return ok;
+    };
+    if (runs.length === 1) return this.readRun(volume, runs[0]).then(counted);
+    return Promise.all(runs.map((r) => this.readRun(volume, r))).then((oks) => counted(oks.every(Boolean)));
+  }
+
+  /** One direct run of readHit(): resolves whether it is valid; a failed read drops its blocks. */
+  private readRun(volume: number, r: DirectRun): Promise<boolean> {
+    return this.log.readDirect(r.slot, r.at, r.views).catch((err: Error) => {
+      this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
+      return false;
+    });
+  }
+
+  /** A cache-device read of slots slot.. (blocks block..) failed: drop those still holding them. */
+  private deviceReadFailed(err: Error, volume: number, slot: number, block: number, n: number): void {
+    this.log.readErrors++;
+    this.logger.warn({ err: err.message, slot, blocks: n }, 'cache device read failed; using the backing store');
+    const bda = this.map.bda;
+    for (let j = 0; j < n; j++) {
+      if (bda.isValid(slot + j) && bda.volumeOf(slot + j) === volume && bda.blockOf(slot + j) === block + j) {
+        this.map.drop(slot + j);
+      }
+    }
   }
 
   /** See Log.insert(); nothing is inserted once closing or disabled. */

@@ -18,6 +18,10 @@
  *     one is registered is poisoned from the start. A poisoned operation inserts nothing, so a
  *     read miss never inserts data older than a write it raced with, and of two racing writes
  *     neither inserts (the backing store's final content is then unknown to us);
+ *   - a read whose blocks are all cached is served straight into the guest's buffers
+ *     (Cache.readHit: RAM hits copied, device hits read into them); if a cache-device read of
+ *     it fails or its segment is rewritten meanwhile, the whole read is served again by the
+ *     path below, which overwrites every byte. It registers no operation: it inserts nothing;
  *   - read misses are read from the backing store into a private buffer, then copied to the
  *     guest; writes that insert copy the guest data once and write the backing store and the
  *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ;
@@ -132,9 +136,22 @@ export class CachedStore implements BackingStore {
     this.inserting.add(p);
   }
 
-  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+  read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     const len = iovLength(bufs);
-    if (len === 0) return;
+    if (len === 0) return Promise.resolve();
+    if (this.mode !== 'none' && offset + len <= this.cacheable * this.bs) {
+      const r = this.cache.readHit(this.volume, offset, len, bufs);
+      if (r === true) return Promise.resolve();
+      if (r !== false) return r.then((ok) => (ok ? undefined : this.readThrough(offset, len, bufs)));
+    }
+    return this.readThrough(offset, len, bufs);
+  }
+
+  /**
+   * A read not (entirely) served by Cache.readHit: hits and misses gathered in a private
+   * buffer, misses read from the backing store and inserted, then copied to the guest.
+   */
+  private async readThrough(offset: number, len: number, bufs: readonly Uint8Array[]): Promise<void> {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
@@ -144,7 +161,9 @@ export class CachedStore implements BackingStore {
     }
     const count = last - first + 1;
     const op = this.begin(first, last, false);
-    const tmp = new Uint8Array(count * bs);
+    // Every byte that reaches the guest or the cache is written first: hits by readBlocks,
+    // the rest (misses, failed hits) by the backing store reads below.
+    const tmp: Uint8Array = Buffer.allocUnsafe(count * bs);
     const hit = new Uint8Array(count);
     try {
       const cached = Math.min(count, this.cacheable - first);

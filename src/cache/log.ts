@@ -20,6 +20,12 @@
  * a write of segment s is issued, and a device read whose segment generation changed while it
  * was in flight is reported as not valid (the caller treats it as a miss).
  *
+ * Direct reads (readDirect) go straight into a caller's buffers that others can see while the
+ * read is in flight (guest memory), so they must never receive another block's data, not even
+ * transiently: directReaders[s] counts the direct reads of segment s in flight, and the device
+ * write of s (submit) is deferred until it is 0. Its generation is still bumped at submit, so a
+ * direct read that overlapped a submit reports not valid like any other read.
+ *
  * Failures never throw out of the insertion path: a read-ahead error drops the segment's
  * blocks; a write error drops them and disables insertion for good (pass-through), with one
  * log line. Device read errors of cached blocks reject readSlots() with the engine's error.
@@ -71,6 +77,10 @@ export class Log {
   private readonly logger: Logger;
   private readonly maxQueued: number;
   private readonly segGen: Uint32Array;
+  /** Direct reads in flight per segment. */
+  private readonly directReaders: Uint32Array;
+  /** Deferred segment writes waiting for directReaders[segment] to reach 0, by segment. */
+  private readonly drainWaiters = new Map<number, () => void>();
   private readonly pool: SegmentBuffer[] = [];
   private current: SegmentBuffer | null = null;
   private tail: Promise<void> = Promise.resolve();
@@ -87,17 +97,27 @@ export class Log {
     this.logger = o.logger;
     this.maxQueued = o.maxQueuedBlocks;
     this.segGen = new Uint32Array(this.g.segments);
+    this.directReaders = new Uint32Array(this.g.segments);
     const n = Math.max(2, Math.min(o.buffers, this.g.segments));
     for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
   }
 
   /** The RAM copy of slot i's block if its segment is buffered (Filling/Writing/Clean), else null. */
   ramBlock(slot: number): Uint8Array | null {
+    const b = this.ramBuffer(slot);
+    return b === null ? null : b.block(slot % this.g.blocksPerSegment);
+  }
+
+  /**
+   * The buffer holding slot i's segment if it is Filling/Writing/Clean (slot i's data is at
+   * headerSize + (i % blocksPerSegment) * blockSize of its `buf`), else null. Marks it used.
+   */
+  ramBuffer(slot: number): SegmentBuffer | null {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     for (const b of this.pool) {
       if (b.segment === seg && b.state !== BufferState.Free && b.state !== BufferState.Reading) {
         b.lastUse = ++this.useClock;
-        return b.block(slot - seg * this.g.blocksPerSegment);
+        return b;
       }
     }
     return null;
@@ -115,6 +135,40 @@ export class Log {
     await this.engine.readv(this.fd, [into.subarray(0, count * this.g.blockSize)], slotOffset(this.g, slot));
     this.readLatency.record(t);
     return this.segGen[seg] === gen;
+  }
+
+  /**
+   * Reads device bytes from byte `at` of slot `slot`'s block onwards into `bufs` (their total
+   * length; the range must stay inside the slot's segment) while holding back any write of that
+   * segment (see directReaders). Resolves true when the data is what the slots held when the
+   * read was issued, false when a write of the segment was issued meanwhile (bufs then hold
+   * those older bytes, never newer ones). Rejects with the engine's VhostError on I/O failure.
+   */
+  readDirect(slot: number, at: number, bufs: readonly Uint8Array[]): Promise<boolean> {
+    const seg = Math.floor(slot / this.g.blocksPerSegment);
+    const gen = this.segGen[seg];
+    const t = LatencyMeter.now();
+    this.directReaders[seg]++;
+    return this.engine.readv(this.fd, bufs, slotOffset(this.g, slot) + at).then(
+      () => {
+        this.readLatency.record(t);
+        this.directDone(seg);
+        return this.segGen[seg] === gen;
+      },
+      (err: Error) => {
+        this.directDone(seg);
+        throw err;
+      },
+    );
+  }
+
+  private directDone(seg: number): void {
+    if (--this.directReaders[seg] !== 0) return;
+    const wake = this.drainWaiters.get(seg);
+    if (wake) {
+      this.drainWaiters.delete(seg);
+      wake();
+    }
   }
 
   /**
@@ -308,8 +362,15 @@ export class Log {
     b.seal(this.map.bda, this.sequence, this.uuid);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
+    // The buffer serves reads of seg from now on; direct reads already in flight finish first.
+    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg);
+    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg));
+  }
+
+  /** The device write of a sealed buffer; never rejects. */
+  private write(b: SegmentBuffer, seg: number): Promise<void> {
     const t = LatencyMeter.now();
-    b.pending = this.engine.writev(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
+    return this.engine.writev(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
       () => {
         this.segmentWriteLatency.record(t);
         this.segmentWrites++;

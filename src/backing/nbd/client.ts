@@ -4,11 +4,17 @@
  * phase with any number of requests in flight (handle -> pending table).
  *
  * Receive path: the socket reads through `onread` into buffers we choose. Headers and small
- * payloads go through a 64 KiB scratch buffer; once a READ payload of at least DIRECT_MIN
- * bytes is due, the socket reads straight into the caller's buffer (no copy).
+ * payloads go through a 256 KiB scratch buffer, so one read() usually brings several replies,
+ * all parsed in that callback (headers in place when whole, no per-reply allocation); once a
+ * READ payload of at least DIRECT_MIN bytes is due, the socket reads straight into the
+ * caller's buffer (no copy).
  *
- * Send path: request headers and WRITE payloads (the caller's views, not copied) are queued
- * and written once per tick between cork()/uncork(), which Node turns into one writev.
+ * Send path: every command sent in one JS turn goes out in one socket write, flushed from a
+ * nextTick. Request headers are encoded back to back into a header arena (a Buffer carved
+ * sequentially, never rewritten, so a write still queued in libuv keeps its bytes); a turn of
+ * READs is one contiguous slice, written with one write(). WRITE payloads (the caller's views,
+ * not copied) sit between header slices, and the turn's list goes out between
+ * cork()/uncork(), which Node turns into one writev.
  *
  * Failure model: anything the server sends that breaks the protocol (wrong magic, unknown
  * handle, impossible lengths, chunks outside the request) destroys the socket; the owner learns
@@ -69,7 +75,9 @@ interface Pending {
   error: VhostError | null;
 }
 
-const SCRATCH_SIZE = 64 * 1024;
+const SCRATCH_SIZE = 256 * 1024;
+/** Header arena size: room for 585 request headers before a new arena is allocated. */
+const ARENA_SIZE = 16 * 1024;
 /** READ payload runs at least this large are read straight into the caller's buffer. */
 const DIRECT_MIN = 16 * 1024;
 /** Largest option reply or error chunk we accept (protocol strings are <= 4096 bytes). */
@@ -81,7 +89,15 @@ function protocolError(what: string): VhostError {
 }
 
 type Phase = 'handshake' | 'transmission' | 'closed';
-type RecvState = 'header' | 'data' | 'small';
+
+/**
+ * Receive states. HEADER: a reply header (4 bytes of magic, then 16 or 20 bytes in all); EXTRA:
+ * the fixed part of a structured chunk's payload (OFFSET_DATA's offset, OFFSET_HOLE's offset +
+ * size, an error chunk); DATA: READ payload bytes for the current command's buffers.
+ */
+const S_HEADER = 0;
+const S_EXTRA = 1;
+const S_DATA = 2;
 
 export class NbdConnection {
   private readonly socket: net.Socket;
@@ -102,24 +118,34 @@ export class NbdConnection {
   private nextHandle = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly handedBack: NbdCommand[] = [];
-  private outbox: Uint8Array[] = [];
+  /** Header arena: [0, arenaMark) is handed to the socket, [arenaMark, arenaUsed) is queued. */
+  private arena: Buffer = Buffer.allocUnsafe(ARENA_SIZE);
+  private arenaUsed = 0;
+  private arenaMark = 0;
+  /** Segments of this turn before the queued headers (only when WRITE payloads are queued). */
+  private readonly outbox: Uint8Array[] = [];
   private flushScheduled = false;
+  private readonly flushBound = (): void => this.flushOutbox();
 
   // Receive state machine.
   private readonly scratch = Buffer.allocUnsafe(SCRATCH_SIZE);
   private nextReadBuf: Uint8Array = this.scratch;
-  private state: RecvState = 'header';
-  private readonly hdr = Buffer.alloc(P.STRUCTURED_REPLY_SIZE);
-  private hdrHave = 0;
+  private state = S_HEADER;
+  /** Partial header or chunk-fixed-part bytes when a read ends inside one. */
+  private readonly part = Buffer.allocUnsafe(MAX_ERROR_CHUNK);
+  private partHave = 0;
   private hdrNeed = 4;
+  private extraNeed = 0;
+  /** The command the current chunk or simple reply is for. */
   private cur: Pending | null = null;
+  /** Current structured chunk (cur is its command); simple replies set chunkStructured false. */
+  private chunkStructured = false;
+  private chunkFlags = 0;
+  private chunkType = 0;
+  private chunkLen = 0;
   private dataLeft = 0;
   private iovIdx = 0;
   private iovOff = 0;
-  private afterData: () => void = () => undefined;
-  private small: Buffer = Buffer.alloc(0);
-  private smallHave = 0;
-  private afterSmall: () => void = () => undefined;
 
   private constructor(private readonly opts: ConnectOptions) {
     this.log = opts.logger;
@@ -164,13 +190,21 @@ export class NbdConnection {
     if (!this.usable) throw new VhostError('NBD connection is not accepting commands', 'EPIPE');
     const handle = this.nextHandle++;
     this.pending.set(handle, { cmd, handle, received: 0, error: null });
-    const h = Buffer.allocUnsafe(P.REQUEST_SIZE);
-    P.encodeRequest(h, 0, cmd.flags, cmd.type, handle, cmd.offset, cmd.length);
-    this.outbox.push(h);
-    if (cmd.type === P.NBD_CMD_WRITE) for (const b of cmd.bufs) this.outbox.push(b);
+    if (this.arenaUsed + P.REQUEST_SIZE > this.arena.length) {
+      this.takeHeaders();
+      this.arena = Buffer.allocUnsafe(ARENA_SIZE);
+      this.arenaUsed = 0;
+      this.arenaMark = 0;
+    }
+    P.encodeRequest(this.arena, this.arenaUsed, cmd.flags, cmd.type, handle, cmd.offset, cmd.length);
+    this.arenaUsed += P.REQUEST_SIZE;
+    if (cmd.type === P.NBD_CMD_WRITE) {
+      this.takeHeaders();
+      for (const b of cmd.bufs) this.outbox.push(b);
+    }
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      process.nextTick(() => this.flushOutbox());
+      process.nextTick(this.flushBound);
     }
   }
 
@@ -377,7 +411,7 @@ export class NbdConnection {
         this.tryHandshakeWaiter();
         return;
       }
-      if (buf !== this.scratch && this.state === 'data') {
+      if (buf !== this.scratch && this.state === S_DATA) {
         this.dataArrived(n);
       } else {
         const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -395,21 +429,35 @@ export class NbdConnection {
     const wasReady = this.phase === 'transmission';
     this.phase = 'closed';
     this.nextReadBuf = this.scratch;
-    this.outbox = [];
+    this.outbox.length = 0;
+    this.arenaMark = this.arenaUsed;
     const unfinished = [...this.handedBack, ...[...this.pending.values()].map((p) => p.cmd)];
     this.pending.clear();
     this.handedBack.length = 0;
     if (wasReady && this.handler) this.handler.closed(this, reason, unfinished);
   }
 
+  /** Moves the queued headers of the arena to the outbox. */
+  private takeHeaders(): void {
+    if (this.arenaUsed === this.arenaMark) return;
+    this.outbox.push(this.arena.subarray(this.arenaMark, this.arenaUsed));
+    this.arenaMark = this.arenaUsed;
+  }
+
+  /** Writes everything queued in this turn: one write() or one writev. */
   private flushOutbox(): void {
     this.flushScheduled = false;
-    if (this.phase !== 'transmission' || this.outbox.length === 0) return;
+    if (this.phase !== 'transmission') return;
+    this.takeHeaders();
     const out = this.outbox;
-    this.outbox = [];
-    this.socket.cork();
-    for (const b of out) this.socket.write(b);
-    this.socket.uncork();
+    if (out.length === 1) {
+      this.socket.write(out[0]);
+    } else if (out.length > 1) {
+      this.socket.cork();
+      for (const b of out) this.socket.write(b);
+      this.socket.uncork();
+    }
+    out.length = 0;
   }
 
   private beginDisconnect(): void {
@@ -428,7 +476,7 @@ export class NbdConnection {
   // ---- reply parsing ------------------------------------------------------------------
 
   private chooseReadBuffer(): Uint8Array {
-    if (this.state !== 'data' || this.dataLeft < DIRECT_MIN || !this.cur) return this.scratch;
+    if (this.state !== S_DATA || this.dataLeft < DIRECT_MIN || !this.cur) return this.scratch;
     const b = this.cur.cmd.bufs[this.iovIdx];
     const n = Math.min(b.byteLength - this.iovOff, this.dataLeft);
     return n >= DIRECT_MIN ? b.subarray(this.iovOff, this.iovOff + n) : this.scratch;
@@ -437,7 +485,7 @@ export class NbdConnection {
   /** n bytes were read straight into the caller's buffer at the data cursor. */
   private dataArrived(n: number): void {
     this.advanceCursor(n);
-    if (this.dataLeft === 0) this.afterData();
+    if (this.dataLeft === 0) this.dataDone();
   }
 
   private advanceCursor(n: number): void {
@@ -450,51 +498,69 @@ export class NbdConnection {
     }
   }
 
+  /** Size of the reply header that starts with `magic`, or a protocol error. */
+  private headerSize(magic: number): number {
+    if (magic === P.SIMPLE_REPLY_MAGIC) return P.SIMPLE_REPLY_SIZE;
+    if (magic === P.STRUCTURED_REPLY_MAGIC && this.info.structured) return P.STRUCTURED_REPLY_SIZE;
+    throw protocolError(`bad reply magic 0x${magic.toString(16)}`);
+  }
+
+  /**
+   * Parses [pos, end) of `b`: whole headers and chunk fixed parts are decoded in place, pieces
+   * cut by the end of a read are gathered in `part` first.
+   */
   private feed(b: Buffer, start: number, end: number): void {
     let pos = start;
     while (pos < end && this.phase === 'transmission') {
-      if (this.state === 'header') {
-        const take = Math.min(this.hdrNeed - this.hdrHave, end - pos);
-        b.copy(this.hdr, this.hdrHave, pos, pos + take);
-        this.hdrHave += take;
+      const avail = end - pos;
+      if (this.state === S_HEADER) {
+        if (this.partHave === 0 && avail >= 4) {
+          const need = this.headerSize(b.readUInt32BE(pos));
+          if (avail >= need) {
+            pos += need;
+            this.onHeader(b, pos - need, need);
+            continue;
+          }
+        }
+        const take = Math.min(this.hdrNeed - this.partHave, avail);
+        b.copy(this.part, this.partHave, pos, pos + take);
+        this.partHave += take;
         pos += take;
-        if (this.hdrHave === 4 && this.hdrNeed === 4) {
-          const magic = this.hdr.readUInt32BE(0);
-          if (magic === P.SIMPLE_REPLY_MAGIC) this.hdrNeed = P.SIMPLE_REPLY_SIZE;
-          else if (magic === P.STRUCTURED_REPLY_MAGIC && this.info.structured) this.hdrNeed = P.STRUCTURED_REPLY_SIZE;
-          else throw protocolError(`bad reply magic 0x${magic.toString(16)}`);
+        if (this.partHave === 4 && this.hdrNeed === 4) this.hdrNeed = this.headerSize(this.part.readUInt32BE(0));
+        if (this.partHave === this.hdrNeed) {
+          const need = this.hdrNeed;
+          this.partHave = 0;
+          this.hdrNeed = 4;
+          this.onHeader(this.part, 0, need);
         }
-        if (this.hdrHave === this.hdrNeed) {
-          if (this.hdrNeed === P.SIMPLE_REPLY_SIZE) this.onSimpleReply();
-          else this.onChunkHeader();
+      } else if (this.state === S_EXTRA) {
+        if (this.partHave === 0 && avail >= this.extraNeed) {
+          pos += this.extraNeed;
+          this.onExtra(b, pos - this.extraNeed);
+          continue;
         }
-      } else if (this.state === 'data') {
-        const take = Math.min(this.dataLeft, end - pos);
-        let left = take;
+        const take = Math.min(this.extraNeed - this.partHave, avail);
+        b.copy(this.part, this.partHave, pos, pos + take);
+        this.partHave += take;
+        pos += take;
+        if (this.partHave === this.extraNeed) {
+          this.partHave = 0;
+          this.onExtra(this.part, 0);
+        }
+      } else {
+        let left = Math.min(this.dataLeft, avail);
+        const bufs = this.cur!.cmd.bufs;
         while (left > 0) {
-          const dst = this.cur!.cmd.bufs[this.iovIdx];
+          const dst = bufs[this.iovIdx];
           const n = Math.min(left, dst.byteLength - this.iovOff);
           dst.set(b.subarray(pos, pos + n), this.iovOff);
           pos += n;
           left -= n;
           this.advanceCursor(n);
         }
-        if (this.dataLeft === 0) this.afterData();
-      } else {
-        const take = Math.min(this.small.length - this.smallHave, end - pos);
-        b.copy(this.small, this.smallHave, pos, pos + take);
-        this.smallHave += take;
-        pos += take;
-        if (this.smallHave === this.small.length) this.afterSmall();
+        if (this.dataLeft === 0) this.dataDone();
       }
     }
-  }
-
-  private resetHeader(): void {
-    this.state = 'header';
-    this.hdrHave = 0;
-    this.hdrNeed = 4;
-    this.cur = null;
   }
 
   private lookup(handle: number): Pending {
@@ -503,98 +569,123 @@ export class NbdConnection {
     return p;
   }
 
-  private onSimpleReply(): void {
-    const error = this.hdr.readUInt32BE(4);
-    const p = this.lookup(P.readU64(this.hdr, 8));
-    const isRead = p.cmd.type === P.NBD_CMD_READ;
-    if (isRead && this.info.structured) {
-      throw protocolError('simple reply to READ although structured replies were negotiated');
-    }
-    this.resetHeader();
-    if (error !== 0) {
-      this.finish(p, this.nbdError(p.cmd, error, ''));
-    } else if (isRead && p.cmd.length > 0) {
-      this.startData(p, 0, p.cmd.length, () => {
-        this.resetHeader();
-        this.finish(p, null);
-      });
-    } else {
-      this.finish(p, null);
-    }
-  }
-
-  private onChunkHeader(): void {
-    const flags = this.hdr.readUInt16BE(4);
-    const type = this.hdr.readUInt16BE(6);
-    const p = this.lookup(P.readU64(this.hdr, 8));
-    const length = this.hdr.readUInt32BE(16);
+  /** A whole reply header of `size` bytes at b[at]. */
+  private onHeader(b: Buffer, at: number, size: number): void {
+    const p = this.lookup(P.readU64(b, at + 8));
     const cmd = p.cmd;
     const isRead = cmd.type === P.NBD_CMD_READ;
-    const endChunk = (): void => {
-      this.resetHeader();
-      if ((flags & P.NBD_REPLY_FLAG_DONE) === 0) return;
-      if (p.error) this.finish(p, p.error);
-      else if (isRead && p.received !== cmd.length) {
-        throw protocolError(`READ reply covered ${p.received} of ${cmd.length} bytes`);
-      } else this.finish(p, null);
-    };
-    // Returns the position of [off, off+len) inside the request, or throws.
-    const within = (off: number, len: number): number => {
-      const rel = off - cmd.offset;
-      if (off < 0 || rel < 0 || len > cmd.length || rel > cmd.length - len) {
-        throw protocolError(`chunk [${off}, +${len}) outside request [${cmd.offset}, +${cmd.length})`);
+    this.state = S_HEADER;
+    if (size === P.SIMPLE_REPLY_SIZE) {
+      if (isRead && this.info.structured) {
+        throw protocolError('simple reply to READ although structured replies were negotiated');
       }
-      return rel;
-    };
+      const error = b.readUInt32BE(at + 4);
+      if (error !== 0) {
+        this.finish(p, this.nbdError(cmd, error, ''));
+      } else if (isRead && cmd.length > 0) {
+        this.chunkStructured = false;
+        this.startData(p, 0, cmd.length);
+      } else {
+        this.finish(p, null);
+      }
+      return;
+    }
+    const flags = b.readUInt16BE(at + 4);
+    const type = b.readUInt16BE(at + 6);
+    const length = b.readUInt32BE(at + 16);
+    this.cur = p;
+    this.chunkStructured = true;
+    this.chunkFlags = flags;
+    this.chunkType = type;
+    this.chunkLen = length;
     if (type === P.NBD_REPLY_TYPE_NONE) {
       if (length !== 0 || (flags & P.NBD_REPLY_FLAG_DONE) === 0) throw protocolError('malformed NONE chunk');
-      endChunk();
+      this.endChunk();
     } else if (type === P.NBD_REPLY_TYPE_OFFSET_DATA) {
       if (!isRead || length < 9 || length - 8 > cmd.length) {
         throw protocolError(`OFFSET_DATA chunk of ${length} bytes for a ${cmd.length}-byte request`);
       }
-      this.readSmall(8, () => {
-        const rel = within(P.readU64(this.small, 0), length - 8);
-        p.received += length - 8;
-        this.startData(p, rel, length - 8, endChunk);
-      });
+      this.needExtra(8);
     } else if (type === P.NBD_REPLY_TYPE_OFFSET_HOLE) {
       if (!isRead || length !== 12) throw protocolError(`malformed OFFSET_HOLE chunk (${length} bytes)`);
-      this.readSmall(12, () => {
-        const size = this.small.readUInt32BE(8);
-        if (size === 0) throw protocolError('empty OFFSET_HOLE chunk');
-        const rel = within(P.readU64(this.small, 0), size);
-        p.received += size;
-        zeroRange(cmd.bufs, rel, size);
-        endChunk();
-      });
+      this.needExtra(12);
     } else if ((type & P.NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
       if (length < 6 || length > MAX_ERROR_CHUNK) throw protocolError(`error chunk of ${length} bytes`);
-      this.readSmall(length, () => {
-        const error = this.small.readUInt32BE(0);
-        const msgLen = this.small.readUInt16BE(4);
-        if (msgLen > length - 6) throw protocolError('error chunk message longer than the chunk');
-        const msg = this.small.toString('utf8', 6, 6 + msgLen);
-        p.error ??= this.nbdError(cmd, error === 0 ? 5 : error, msg);
-        endChunk();
-      });
+      this.needExtra(length);
     } else {
       throw protocolError(`unexpected structured reply type ${type}`);
     }
   }
 
-  private readSmall(n: number, then: () => void): void {
-    this.state = 'small';
-    this.small = Buffer.allocUnsafe(n);
-    this.smallHave = 0;
-    this.afterSmall = then;
+  private needExtra(n: number): void {
+    this.state = S_EXTRA;
+    this.extraNeed = n;
+    this.partHave = 0;
   }
 
-  private startData(p: Pending, rel: number, len: number, then: () => void): void {
+  /** The fixed part of the current chunk (extraNeed bytes) at b[at]. */
+  private onExtra(b: Buffer, at: number): void {
+    const p = this.cur!;
+    const length = this.chunkLen;
+    this.state = S_HEADER;
+    if (this.chunkType === P.NBD_REPLY_TYPE_OFFSET_DATA) {
+      const rel = this.within(p.cmd, P.readU64(b, at), length - 8);
+      p.received += length - 8;
+      this.startData(p, rel, length - 8);
+    } else if (this.chunkType === P.NBD_REPLY_TYPE_OFFSET_HOLE) {
+      const size = b.readUInt32BE(at + 8);
+      if (size === 0) throw protocolError('empty OFFSET_HOLE chunk');
+      const rel = this.within(p.cmd, P.readU64(b, at), size);
+      p.received += size;
+      zeroRange(p.cmd.bufs, rel, size);
+      this.endChunk();
+    } else {
+      const error = b.readUInt32BE(at);
+      const msgLen = b.readUInt16BE(at + 4);
+      if (msgLen > length - 6) throw protocolError('error chunk message longer than the chunk');
+      const msg = b.toString('utf8', at + 6, at + 6 + msgLen);
+      p.error ??= this.nbdError(p.cmd, error === 0 ? 5 : error, msg);
+      this.endChunk();
+    }
+  }
+
+  /** Position of [off, off+len) inside the request, or a protocol error. */
+  private within(cmd: NbdCommand, off: number, len: number): number {
+    const rel = off - cmd.offset;
+    if (off < 0 || rel < 0 || len > cmd.length || rel > cmd.length - len) {
+      throw protocolError(`chunk [${off}, +${len}) outside request [${cmd.offset}, +${cmd.length})`);
+    }
+    return rel;
+  }
+
+  /** The current structured chunk is complete; the command finishes with the DONE flag. */
+  private endChunk(): void {
+    const p = this.cur!;
+    this.state = S_HEADER;
+    this.cur = null;
+    if ((this.chunkFlags & P.NBD_REPLY_FLAG_DONE) === 0) return;
+    if (p.error) this.finish(p, p.error);
+    else if (p.cmd.type === P.NBD_CMD_READ && p.received !== p.cmd.length) {
+      throw protocolError(`READ reply covered ${p.received} of ${p.cmd.length} bytes`);
+    } else this.finish(p, null);
+  }
+
+  /** All payload bytes of the current simple reply or OFFSET_DATA chunk arrived. */
+  private dataDone(): void {
+    if (this.chunkStructured) {
+      this.endChunk();
+      return;
+    }
+    const p = this.cur!;
+    this.state = S_HEADER;
+    this.cur = null;
+    this.finish(p, null);
+  }
+
+  private startData(p: Pending, rel: number, len: number): void {
     this.cur = p;
-    this.state = 'data';
+    this.state = S_DATA;
     this.dataLeft = len;
-    this.afterData = then;
     const bufs = p.cmd.bufs;
     let i = 0;
     let off = rel;
