@@ -428,16 +428,17 @@ export class Cache {
       }
       return ok;
     };
-    if (runs.length === 1) return this.readRun(volume, runs[0]).then(counted);
-    return Promise.all(runs.map((r) => this.readRun(volume, r))).then((oks) => counted(oks.every(Boolean)));
+    if (runs.length === 1) {
+      const r = runs[0];
+      return this.log.readDirect(r.slot, r.at, r.views).then(counted, (err: Error) => this.runFailed(err, volume, r));
+    }
+    const reads = runs.map((r) => this.log.readDirect(r.slot, r.at, r.views).catch((err: Error) => this.runFailed(err, volume, r)));
+    return Promise.all(reads).then((oks) => counted(oks.every(Boolean)));
   }
 
-  /** One direct run of readHit(): resolves whether it is valid; a failed read drops its blocks. */
-  private readRun(volume: number, r: DirectRun): Promise<boolean> {
-    return this.log.readDirect(r.slot, r.at, r.views).catch((err: Error) => {
-      this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
-      return false;
-    });
+  private runFailed(err: Error, volume: number, r: DirectRun): false {
+    this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
+    return false;
   }
 
   /** A cache-device read of slots slot.. (blocks block..) failed: drop those still holding them. */

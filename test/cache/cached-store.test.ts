@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { BufferState, SUPERBLOCK_SIZE, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore, stamp } from './helpers';
 
@@ -173,6 +173,100 @@ describe('cached store', () => {
     assert.notEqual(cache.map.peek(s.volume, 0), -1);
     assert.deepEqual(await readBack(s, 0, BS), block(0, 11));
     assert.deepEqual(mem.data.subarray(0, BS), block(0, 11));
+  });
+
+  /** Device bytes of a slot's block. */
+  function deviceBlock(slot: number): Uint8Array {
+    const at = slotOffset(cache.geometry, slot);
+    return new Uint8Array(fs.readFileSync(cache.path).subarray(at, at + BS));
+  }
+
+  it('full hits go straight into the guest buffers: RAM and device hits, unaligned, one readv per run', async () => {
+    const s = await open();
+    await readBack(s, 0, 32 * BS);
+    await settle();
+    await cache.log.flush();
+    const bps = cache.geometry.blocksPerSegment;
+    // The request: blocks 9..18 (the log holds blocks 0..31 in slots 0..31; the last segments
+    // are still in RAM). Count the device runs (consecutive slots of one segment whose buffer
+    // is not in RAM) the read should issue.
+    let runs = 0;
+    let ram = 0;
+    let prev = -2;
+    for (let b = 9; b <= 18; b++) {
+      const slot = cache.map.peek(s.volume, b);
+      assert.notEqual(slot, -1);
+      if (cache.log.ramBuffer(slot) !== null) {
+        ram++;
+        prev = -2;
+        continue;
+      }
+      if (!(slot === prev + 1 && slot % bps !== 0)) runs++;
+      prev = slot;
+    }
+    assert.ok(runs > 1 && ram > 0, `want both kinds of hits (runs ${runs}, ram ${ram})`);
+    const before = { mem: mem.reads, dev: engine.reads, st: cache.stats() };
+    const start = 9 * BS + 700;
+    const end = 19 * BS - 300;
+    const out = new Uint8Array(end - start);
+    const guest = [out.subarray(0, 1000), out.subarray(1000, 5096), out.subarray(5096, 5100), out.subarray(5100)];
+    await s.read(start, guest);
+    assert.deepEqual(out, mem.data.subarray(start, end));
+    assert.equal(mem.reads, before.mem);
+    assert.equal(engine.reads - before.dev, runs);
+    const st = cache.stats();
+    assert.equal(st.reads - before.st.reads, 10);
+    assert.equal(st.ramHits - before.st.ramHits, ram);
+    assert.equal(st.storageHits - before.st.storageHits, 10 - ram);
+  });
+
+  it('a direct hit read racing with a rewrite of its segment holds the write back, then falls back', async () => {
+    const s = await open();
+    await readBack(s, 0, 32 * BS);
+    await settle();
+    await cache.log.flush();
+    // A cached block whose segment is only on the device.
+    let b = 0;
+    while (cache.log.ramBuffer(cache.map.peek(s.volume, b)) !== null) b++;
+    assert.ok(b < 32);
+    const slot = cache.map.peek(s.volume, b);
+    const bps = cache.geometry.blocksPerSegment;
+    const seg = Math.floor(slot / bps);
+    const held = gate();
+    const reached = gate();
+    engine.readHook = async () => {
+      engine.readHook = null;
+      reached.resolve();
+      await held.promise;
+    };
+    const memReads = mem.reads;
+    const storageHits = cache.stats().storageHits;
+    const read = readBack(s, b * BS, BS);
+    await reached.promise;
+    // The direct read is issued and held. Make the hand evict everything and rewrite the
+    // block's segment with another volume's blocks until that segment's write is submitted.
+    for (let i = 0; i < cache.geometry.slots; i++) cache.map.bda.unreference(i);
+    const other = cache.registerVolume('other', 'other-1', VOL);
+    const data = new Uint8Array(bps * BS).fill(0x5a);
+    let buf = cache.log.ramBuffer(slot);
+    for (let i = 0; i < 4 * cache.geometry.segments && !(buf !== null && buf.state === BufferState.Writing); i++) {
+      assert.equal(await cache.insert(other, i * bps, data, bps, () => true), bps);
+      buf = cache.log.ramBuffer(slot);
+    }
+    assert.ok(buf !== null && buf.state === BufferState.Writing, 'the segment was not rewritten');
+    assert.equal(cache.map.peek(s.volume, b), -1);
+    // The write of the segment waits for the direct read: the device still holds block b.
+    for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(buf.state, BufferState.Writing);
+    assert.deepEqual(deviceBlock(slot), mem.data.subarray(b * BS, (b + 1) * BS));
+    held.resolve();
+    // The segment changed during the read: the read is served again, from the backing store.
+    assert.deepEqual(await read, mem.data.subarray(b * BS, (b + 1) * BS));
+    assert.equal(mem.reads, memReads + 1);
+    assert.equal(cache.stats().storageHits, storageHits);
+    assert.equal(await cache.log.flush(), true);
+    assert.equal(Math.floor(slot / bps), seg);
+    assert.deepEqual(deviceBlock(slot), data.subarray(0, BS));
   });
 
   it('cache device errors fall back to the backing store; write errors turn the cache off', async () => {

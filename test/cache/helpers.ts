@@ -97,6 +97,8 @@ export class FaultyEngine implements IoEngine {
   writeFailRate = 0;
   reads = 0;
   writes = 0;
+  /** When set, awaited before a read is passed on: tests hold a read in flight with it. */
+  readHook: ((offset: number, len: number) => Promise<void>) | null = null;
 
   constructor(
     private readonly inner: IoEngine,
@@ -109,6 +111,12 @@ export class FaultyEngine implements IoEngine {
     this.reads++;
     if (this.failReads || (this.readFailRate > 0 && this.random() < this.readFailRate)) {
       return Promise.reject(new VhostError('injected read error', 'EIO'));
+    }
+    const hook = this.readHook;
+    if (hook) {
+      let len = 0;
+      for (const b of bufs) len += b.byteLength;
+      return hook(offset, len).then(() => this.inner.readv(fd, bufs, offset));
     }
     return this.inner.readv(fd, bufs, offset);
   }
