@@ -2,7 +2,8 @@
  * A deliberately misbehaving NBD server for the client's fault tests. It negotiates fixed
  * newstyle (NBD_OPT_GO, optionally structured replies) for an export of `size` bytes whose
  * content is the stamp of generation `gen`, then answers READ/FLUSH according to the behaviour
- * chosen for the connection (by connection number; the last one repeats).
+ * chosen for the connection (by connection number; the last one repeats). Structured replies are
+ * negotiated for the behaviours that need them ('oversized-chunk', 'trickle-structured').
  */
 import * as net from 'node:net';
 import * as P from '../../src/backing/nbd/protocol';
@@ -13,7 +14,13 @@ export type Behaviour =
   | 'unknown-handle' // replies with a handle never sent
   | 'bad-magic' // replies with a wrong magic
   | 'short-data' // sends the reply header and half of the data, then closes
-  | 'oversized-chunk'; // structured: an OFFSET_DATA chunk longer than the request
+  | 'oversized-chunk' // structured: an OFFSET_DATA chunk longer than the request
+  // Correct replies written TRICKLE_PIECE bytes at a time (one write per event loop turn), so
+  // headers, chunk offsets and payloads are cut across the client's reads:
+  | 'trickle-simple' // simple replies
+  | 'trickle-structured'; // structured: each READ answered by two OFFSET_DATA chunks
+
+const TRICKLE_PIECE = 7;
 
 export class FakeNbdServer {
   private readonly server: net.Server;
@@ -55,6 +62,30 @@ export class FakeNbdServer {
     hello.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16);
     sock.write(hello);
 
+    // Trickled output, in order across replies.
+    const pieces: Buffer[] = [];
+    let trickling = false;
+    const step = (): void => {
+      const b = pieces.shift();
+      if (!b || sock.destroyed) {
+        trickling = false;
+        return;
+      }
+      sock.write(b);
+      setImmediate(step);
+    };
+    const send = (b: Buffer): void => {
+      if (behaviour !== 'trickle-simple' && behaviour !== 'trickle-structured') {
+        sock.write(b);
+        return;
+      }
+      for (let i = 0; i < b.length; i += TRICKLE_PIECE) pieces.push(b.subarray(i, i + TRICKLE_PIECE));
+      if (!trickling) {
+        trickling = true;
+        setImmediate(step);
+      }
+    };
+
     const optReply = (option: number, type: number, data: Buffer = Buffer.alloc(0)): void => {
       const h = Buffer.alloc(20);
       h.writeUInt32BE(P.OPTION_REPLY_MAGIC[0], 0);
@@ -84,23 +115,32 @@ export class FakeNbdServer {
         case 'short-data':
           sock.end(Buffer.concat([simple(P.SIMPLE_REPLY_MAGIC, handle), data.subarray(0, data.length >> 1)]));
           return;
-        case 'oversized-chunk':
-        case 'good':
+        default:
           break;
       }
       if (!structured || cmd !== P.NBD_CMD_READ) {
-        sock.write(Buffer.concat([simple(P.SIMPLE_REPLY_MAGIC, handle), data]));
+        send(Buffer.concat([simple(P.SIMPLE_REPLY_MAGIC, handle), data]));
         return;
       }
-      const h = Buffer.alloc(20 + 8);
-      h.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
-      h.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4);
-      h.writeUInt16BE(P.NBD_REPLY_TYPE_OFFSET_DATA, 6);
-      handle.copy(h, 8);
-      const claimed = behaviour === 'oversized-chunk' ? 0x7fff0000 : 8 + length;
-      h.writeUInt32BE(claimed, 16);
-      P.writeU64(h, offset, 20);
-      sock.write(Buffer.concat([h, data]));
+      const chunk = (at: number, len: number, done: boolean, claimed = 8 + len): Buffer => {
+        const h = Buffer.alloc(20 + 8);
+        h.writeUInt32BE(P.STRUCTURED_REPLY_MAGIC, 0);
+        h.writeUInt16BE(done ? P.NBD_REPLY_FLAG_DONE : 0, 4);
+        h.writeUInt16BE(P.NBD_REPLY_TYPE_OFFSET_DATA, 6);
+        handle.copy(h, 8);
+        h.writeUInt32BE(claimed, 16);
+        P.writeU64(h, offset + at, 20);
+        return Buffer.concat([h, data.subarray(at, at + len)]);
+      };
+      if (behaviour === 'oversized-chunk') {
+        send(chunk(0, length, true, 0x7fff0000));
+      } else if (behaviour === 'trickle-structured' && length >= 2) {
+        // The second half first: chunks may come in any order.
+        const half = length >> 1;
+        send(Buffer.concat([chunk(half, length - half, false), chunk(0, half, true)]));
+      } else {
+        send(chunk(0, length, true));
+      }
     };
 
     sock.on('data', (d: Buffer) => {
@@ -117,7 +157,7 @@ export class FakeNbdServer {
           if (buf.length < 16 + len) return;
           buf = buf.subarray(16 + len);
           if (option === P.NBD_OPT_STRUCTURED_REPLY) {
-            structured = behaviour === 'oversized-chunk';
+            structured = behaviour === 'oversized-chunk' || behaviour === 'trickle-structured';
             optReply(option, structured ? P.NBD_REP_ACK : P.NBD_REP_ERR_UNSUP);
           } else if (option === P.NBD_OPT_GO) {
             const info = Buffer.alloc(12);

@@ -173,6 +173,27 @@ describe('NbdStore faults', function () {
     assert.equal((await failure(store.write(0, [Buffer.alloc(BLOCK)]))).code, 'EIO');
   });
 
+  for (const behaviour of ['trickle-simple', 'trickle-structured'] as const) {
+    it(`replies cut into 7-byte writes (${behaviour}) are parsed across reads`, async () => {
+      const sock = path.join(dir, `${behaviour}.sock`);
+      const fake = new FakeNbdServer(sock, [behaviour]);
+      await fake.listen();
+      try {
+        store = await NbdStore.open(unixUri(sock), { structuredReplies: behaviour === 'trickle-structured' });
+        const s = store;
+        assert.equal(s.info.structured, behaviour === 'trickle-structured');
+        const bufs = Array.from({ length: 4 }, () => Buffer.alloc(2 * BLOCK));
+        await Promise.all([...bufs.map((b, i) => s.read((2 * i + 1) * BLOCK, [b.subarray(0, 512), b.subarray(512)])), s.flush()]);
+        bufs.forEach((b, i) => verify(b, (2 * i + 1) * BLOCK, 5));
+        assert.equal(s.reconnectCount, 0);
+        await s.close();
+        store = null;
+      } finally {
+        await fake.close();
+      }
+    });
+  }
+
   const cases: Array<[string, Behaviour[], boolean]> = [
     ['unknown handle, wrong magic, short data', ['unknown-handle', 'bad-magic', 'short-data', 'good'], false],
     ['an oversized structured chunk', ['oversized-chunk', 'good'], true],

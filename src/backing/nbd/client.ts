@@ -185,6 +185,11 @@ export class NbdConnection {
     return this.pending.size;
   }
 
+  /** Commands were sent in the current JS turn and wait for this turn's write. */
+  get queuedThisTurn(): boolean {
+    return this.flushScheduled;
+  }
+
   /** Queues a command; it is written with the other commands of this tick. */
   send(cmd: NbdCommand): void {
     if (!this.usable) throw new VhostError('NBD connection is not accepting commands', 'EPIPE');

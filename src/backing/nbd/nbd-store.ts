@@ -8,7 +8,10 @@
  * without copies where the socket allows it (see client.ts).
  *
  * Connections: one by default; `connections: n` opens n when the server sets
- * NBD_FLAG_CAN_MULTI_CONN. Commands go to the usable connection with the fewest in flight.
+ * NBD_FLAG_CAN_MULTI_CONN. Commands go to the usable connection with the fewest in flight, except
+ * that a command joins the connection already holding commands of the current JS turn while
+ * that one has at most TURN_SLACK more in flight than the least busy: a turn's commands then
+ * leave in one socket write, and their replies tend to come back in one read.
  *
  * Faults: a lost connection (socket error, server restart, protocol violation by the server)
  * hands its unanswered commands back to the queue and reconnects with exponential backoff
@@ -88,6 +91,8 @@ interface Slot {
 type Part = Pick<NbdCommand, 'type' | 'flags' | 'offset' | 'length' | 'bufs'>;
 
 const ZERO_CHUNK = 1024 * 1024;
+/** See the file comment (connection choice). */
+const TURN_SLACK = 4;
 let zeroBuffer: Uint8Array | null = null;
 
 function totalLength(bufs: readonly Uint8Array[]): number {
@@ -577,7 +582,13 @@ export class NbdStore implements BackingStore, ConnectionHandler {
       const c = queued[q];
       if (c.done) continue;
       let best = conns[0];
-      for (let i = 1; i < conns.length; i++) if (conns[i].inFlight < best.inFlight) best = conns[i];
+      let turn = best.queuedThisTurn ? best : null;
+      for (let i = 1; i < conns.length; i++) {
+        const k = conns[i];
+        if (k.inFlight < best.inFlight) best = k;
+        if (!turn && k.queuedThisTurn) turn = k;
+      }
+      if (turn && turn.inFlight - best.inFlight <= TURN_SLACK) best = turn;
       if (c.type === P.NBD_CMD_FLUSH) c.flushMark = this.clock;
       c.conn = best;
       best.send(c);
