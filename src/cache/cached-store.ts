@@ -31,6 +31,7 @@
  * misses); cache write errors disable insertion (Cache.disabled). The guest only sees errors
  * of the backing store.
  */
+import { InFlightRanges, type Op } from './in-flight';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
 
@@ -44,14 +45,6 @@ export interface CachedStoreOptions {
   mode?: CacheMode;
   /** Cap on this volume's cache use in bytes. */
   maxBytes?: number;
-}
-
-interface Op {
-  first: number;
-  /** Inclusive. */
-  last: number;
-  write: boolean;
-  poisoned: boolean;
 }
 
 function iovLength(bufs: readonly Uint8Array[]): number {
@@ -92,7 +85,7 @@ export class CachedStore implements BackingStore {
   private readonly bs: number;
   /** Blocks entirely inside the volume (the only ones cached). */
   private readonly cacheable: number;
-  private readonly ops = new Set<Op>();
+  private readonly ops = new InFlightRanges();
   private readonly inserting = new Set<Promise<unknown>>();
 
   constructor(o: CachedStoreOptions) {
@@ -109,18 +102,11 @@ export class CachedStore implements BackingStore {
   }
 
   private begin(first: number, last: number, write: boolean): Op {
-    const op: Op = { first, last, write, poisoned: false };
-    for (const o of this.ops) {
-      if (o.first > last || o.last < first) continue;
-      if (write) o.poisoned = true;
-      if (o.write) op.poisoned = true;
-    }
-    this.ops.add(op);
-    return op;
+    return this.ops.begin(first, last, write);
   }
 
   private end(op: Op): void {
-    this.ops.delete(op);
+    this.ops.end(op);
   }
 
   /** Inserts blocks first.. of data (private) unless op gets poisoned; ends op when done. */
