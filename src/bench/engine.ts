@@ -14,7 +14,8 @@
  *
  * Issue policy: an unpaced workload is pulled whenever a request can be placed (every slot busy,
  * closed loop). A paced workload is pulled when its `at` time has come (open loop); the latency of
- * a paced request counts from its scheduled time, so waiting for a slot is included, as an
+ * a paced request counts from its scheduled time (or from its submission when the timer slack
+ * sent it out early), so waiting for a slot is included, as an
  * application would see it; unpaced latency counts from submission.
  * The run ends at `runtime` seconds (or after `count` requests): no request is issued afterwards
  * and the engine resolves once the requests in flight are back.
@@ -29,6 +30,9 @@ import type { BenchRequest, Workload } from './workload';
 
 const SECTOR = 512;
 
+
+/** setTimeout's resolution: paced requests due this close are issued at once. */
+const TIMER_SLACK_MS = 1;
 export interface DeviceOptions {
   socketPath: string;
   queues: number;
@@ -258,7 +262,9 @@ export class Engine {
       const req = this.nextReq as BenchRequest;
       if (paced) {
         const at = this.t0 + (req.at ?? 0) * 1000;
-        if (at > now) {
+        // Timers resolve to 1 ms: requests due within TIMER_SLACK_MS go out now (their latency
+        // then counts from the real submission), later ones arm the timer that early.
+        if (at > now + TIMER_SLACK_MS) {
           if (this.timer !== null) clearTimeout(this.timer);
           this.timer = setTimeout(() => {
             this.timer = null;
@@ -267,12 +273,12 @@ export class Engine {
               this.pump();
               this.flushKicks();
             }
-          }, Math.max(0, at - now));
+          }, at - now - TIMER_SLACK_MS);
           return;
         }
         this.issued++;
         this.nextReq = w.next();
-        this.place(req, at);
+        this.place(req, Math.min(at, now));
       } else {
         const dev = this.o.routes[req.asu - 1].device;
         const lane = dev.pending.length === 0 ? dev.freeLane() : null;
