@@ -144,6 +144,21 @@ void Backend::StopWatch(Watch** w) {
   *w = nullptr;
 }
 
+
+template <typename Body>
+void Backend::Guarded(Body&& body) {
+  depth_++;
+  try {
+    body();
+  } catch (const std::exception& e) {
+    Panic(std::string("internal error: ") + e.what());
+  } catch (...) {
+    Panic("internal error");
+  }
+  depth_--;
+  if (depth_ == 0) FlushEvents();
+}
+
 void Backend::OnWatchClosed(uv_handle_t* h) {
   Watch* w = static_cast<Watch*>(h->data);
   Backend* b = w->backend;
@@ -169,8 +184,7 @@ void Backend::HandleClosed() {
 void Backend::OnPoll(uv_poll_t* h, int status, int events) {
   Watch* w = static_cast<Watch*>(h->data);
   Backend* b = w->backend;
-  b->depth_++;
-  try {
+  b->Guarded([&] {
     switch (w->kind) {
       case kWatchListen:
         b->OnListenReadable();
@@ -192,13 +206,7 @@ void Backend::OnPoll(uv_poll_t* h, int status, int events) {
         }
         break;
     }
-  } catch (const std::exception& e) {
-    b->Panic(std::string("internal error: ") + e.what());
-  } catch (...) {
-    b->Panic("internal error");
-  }
-  b->depth_--;
-  if (b->depth_ == 0) b->FlushEvents();
+  });
 }
 
 void Backend::ScheduleCheck() {
@@ -212,16 +220,7 @@ void Backend::OnIdle(uv_idle_t*) {}
 
 void Backend::OnCheck(uv_check_t* h) {
   Backend* b = static_cast<Backend*>(h->data);
-  b->depth_++;
-  try {
-    b->RunCheck();
-  } catch (const std::exception& e) {
-    b->Panic(std::string("internal error: ") + e.what());
-  } catch (...) {
-    b->Panic("internal error");
-  }
-  b->depth_--;
-  if (b->depth_ == 0) b->FlushEvents();
+  b->Guarded([b] { b->RunCheck(); });
 }
 
 void Backend::RunCheck() {

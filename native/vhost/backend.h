@@ -168,6 +168,11 @@ class Backend {
   void HandleClosed();
   void ScheduleCheck();
   void RunCheck();
+  // Runs one uv callback's work: an exception from it goes to the one panic path (device
+  // broken, connection dropped), and queued events are delivered when the outermost callback
+  // returns.
+  template <typename Body>
+  void Guarded(Body&& body);
 
   // events
   void Emit(DeviceEvent ev);
