@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbcDaemon } from './vm/daemon';
-import { ensureGuestImage, runGuest } from './vm/guest';
+import { prepareGuestImageBeforeAll, runGuest } from './vm/guest';
 import { one, report, seqText, sha256, tagged } from './vm/output';
 
 const MiB = 1 << 20;
@@ -30,10 +30,7 @@ describe('persistent cache with a real-QEMU guest @e2e', function () {
   let dir: string;
   let daemon: VbcDaemon | undefined;
 
-  before(async function () {
-    this.timeout(300_000); // first run downloads the kernel package and builds the initramfs
-    await ensureGuestImage();
-  });
+  prepareGuestImageBeforeAll();
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-cache-'));

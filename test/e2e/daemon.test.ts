@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VbcDaemon } from './vm/daemon';
-import { ensureGuestImage, runGuest, startGuest } from './vm/guest';
+import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 
 const MiB = 1 << 20;
@@ -25,10 +25,7 @@ describe('vhost-blk-cache daemon in a real-QEMU guest @e2e', function () {
   let dir: string;
   let daemon: VbcDaemon | undefined;
 
-  before(async function () {
-    this.timeout(300_000); // first run downloads the kernel package and builds the initramfs
-    await ensureGuestImage();
-  });
+  prepareGuestImageBeforeAll();
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-daemon-'));

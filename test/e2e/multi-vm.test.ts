@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbcDaemon } from './vm/daemon';
-import { ensureGuestImage, startGuest, type Guest } from './vm/guest';
+import { prepareGuestImageBeforeAll, startGuest, type Guest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, tagged, type FioVerifyJob } from './vm/output';
 
 const MiB = 1 << 20;
@@ -56,10 +56,7 @@ describe('two guests on one daemon with a shared cache @e2e', function () {
   let daemon: VbcDaemon | undefined;
   const guests: Guest[] = [];
 
-  before(async function () {
-    this.timeout(300_000); // first run downloads the kernel package and builds the initramfs
-    await ensureGuestImage();
-  });
+  prepareGuestImageBeforeAll();
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-multi-'));

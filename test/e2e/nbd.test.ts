@@ -28,7 +28,7 @@ import {
   type ServerProcess,
 } from '../backing/nbd-servers';
 import { VbcDaemon } from './vm/daemon';
-import { ensureGuestImage, runGuest, startGuest } from './vm/guest';
+import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 
 const MiB = 1 << 20;
@@ -50,10 +50,7 @@ describe('NBD backing store behind the cache in a real-QEMU guest @e2e', functio
   let daemon: VbcDaemon | undefined;
   let server: ServerProcess | undefined;
 
-  before(async function () {
-    this.timeout(300_000); // first run downloads the kernel package and builds the initramfs
-    await ensureGuestImage();
-  });
+  prepareGuestImageBeforeAll();
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-nbd-'));

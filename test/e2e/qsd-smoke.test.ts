@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ensureGuestImage, runGuest, startGuest } from './vm/guest';
+import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 import { StorageDaemon } from './vm/qsd';
 
@@ -20,10 +20,7 @@ describe('qemu-storage-daemon smoke through the real-QEMU harness @e2e', functio
   let socketPath: string;
   let qsd: StorageDaemon | undefined;
 
-  before(async function () {
-    this.timeout(300_000); // first run downloads the kernel package and builds the initramfs
-    await ensureGuestImage();
-  });
+  prepareGuestImageBeforeAll();
 
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-qsd-'));

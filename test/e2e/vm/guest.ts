@@ -121,6 +121,14 @@ export function ensureGuestImage(): Promise<GuestImage> {
   return imageReady;
 }
 
+/** Mocha hook for an e2e suite: builds (or checks) the guest image before its first test. */
+export function prepareGuestImageBeforeAll(): void {
+  before(async function () {
+    this.timeout(300_000); // first run downloads the kernel package and builds the initramfs
+    await ensureGuestImage();
+  });
+}
+
 /** One newc cpio entry (header fields are 8 hex digits; name and data padded to 4 bytes). */
 function cpioEntry(name: string, mode: number, data: Buffer, ino: number): Buffer {
   const nameBuf = Buffer.from(name + '\0');
