@@ -279,6 +279,15 @@ export interface NativeAddon {
   alignedBuffer(size: number, align: number): Uint8Array;
   /** true when every view's address and length are multiples of `align` (O_DIRECT iovecs). */
   isDirectIoAligned(bufs: readonly Uint8Array[], align: number): boolean;
+  /** CRC-32C (Castagnoli) of data; seed = the CRC of the bytes before it (0 to start). */
+  crc32c(data: Uint8Array, seed?: number): number;
+  /** out[at + j] = CRC-32C of block j of data (floor(data.length / blockSize) blocks). */
+  crc32cBlocks(data: Uint8Array, blockSize: number, out: Uint32Array, at: number): void;
+  /** Reads bufs (one view or a scatter list) as consecutive whole blocks; bad[j] = 1 when block j's CRC-32C differs from
+   * crcs[at + j], else 0. Returns the number of mismatches. */
+  crc32cCheck(bufs: Uint8Array | readonly Uint8Array[], blockSize: number, crcs: Uint32Array, at: number, bad: Uint8Array): number;
+  /** True when the CPU's crc32 instruction (SSE4.2) computes CRC-32C, false for the table fallback. */
+  crc32cHardware: boolean;
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   VhostDevice: new (options: VhostDeviceOptions) => NativeVhostDevice;
   GuestRam: new (size: number, populate?: boolean) => NativeGuestRam;
