@@ -8,20 +8,18 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CacheMap } from '../src/cache/cache-map';
 import { loadMetadata, saveMetadata } from '../src/cache/metadata';
-import { computeGeometry, SUPERBLOCK_SIZE } from '../src/cache/segment';
+import { computeGeometry, deviceBytesFor } from '../src/cache/segment';
 
 async function main(): Promise<void> {
   const want = Number(process.argv[2] ?? 1 << 24);
   const bps = 128;
-  const g0 = computeGeometry(SUPERBLOCK_SIZE + 2 * (4096 + 512 * 1024), 4096, 512 * 1024);
-  const g = computeGeometry(SUPERBLOCK_SIZE + Math.ceil(want / bps) * g0.stride, 4096, 512 * 1024);
+  const g = computeGeometry(deviceBytesFor(Math.ceil(want / bps)), 4096, 512 * 1024);
   const map = new CacheMap(g.slots);
   for (let b = 0; b < g.slots; b++) map.assign(map.findVictim(b % 4), b % 4, b * 3);
   const dir = fs.mkdtempSync(path.join(process.env.VBC_BENCH_DIR ?? os.tmpdir(), 'vbc-meta-bench-'));
   const file = path.join(dir, 'cache.meta');
   const state = {
     geometry: g,
-    deviceUuid: '00112233445566778899aabbccddeeff',
     tableCapacity: map.map.capacity,
     hand: map.hand,
     wraps: map.wraps,
@@ -32,11 +30,12 @@ async function main(): Promise<void> {
   };
   try {
     let t = performance.now();
-    await saveMetadata(file, state);
+    const bind = { uuid: new Uint8Array(16).fill(7), generation: 1 };
+    await saveMetadata({ file }, state, bind);
     const saveMs = performance.now() - t;
     const bytes = fs.statSync(file).size;
     t = performance.now();
-    const r = await loadMetadata(file, { geometry: g, deviceUuid: state.deviceUuid, tableCapacity: state.tableCapacity });
+    const r = await loadMetadata({ file }, bind, { geometry: g, tableCapacity: state.tableCapacity });
     const loadMs = performance.now() - t;
     if (!r.ok) throw new Error(`load failed: ${r.reason}`);
     t = performance.now();

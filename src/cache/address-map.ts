@@ -15,6 +15,8 @@
 import { BlockDescriptorArray, packHi, packLo } from './bda';
 
 export const DEFAULT_LOAD_FACTOR = 0.7;
+/** Lowest load factor a cache may use: the on-device metadata area is sized for its table. */
+export const MIN_LOAD_FACTOR = 0.5;
 const EMPTY = -1;
 
 /** 32-bit hash of a packed key (murmur3 finalizer over both halves). */

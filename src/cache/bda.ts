@@ -8,11 +8,13 @@
  *   keyLo  Uint32Array(N)  bits 0..31 of the volume block number
  *   keyHi  Uint32Array(N)  bits 16..31: volume id (0..65535)
  *                          bits  0..15: bits 32..47 of the volume block number
+ *   crc    Uint32Array(N)  CRC-32C of the block's data, checked on every hit read from the
+ *                          cache device (and on read-ahead)
  *   flags  Uint8Array(N)   bit 0 VALID (the slot holds the block named by the key)
  *                          bit 1 REF   (CLOCK reference bit: set on hit, cleared by the hand)
  *
- * 9 bytes per slot. With the address map (address-map.ts: one Int32 per table entry at a
- * load factor of 0.7, ~5.7 bytes per slot) the whole index costs ~14.7 bytes per cache block.
+ * 13 bytes per slot. With the address map (address-map.ts: one Int32 per table entry at a
+ * load factor of 0.7, ~5.7 bytes per slot) the whole index costs ~18.7 bytes per cache block.
  * The key of an invalid slot is meaningless. Block numbers are < 2^48 (1 EiB at 4 KiB).
  */
 import { VhostError } from '../native/errors';
@@ -37,6 +39,7 @@ export class BlockDescriptorArray {
   readonly size: number;
   readonly keyLo: Uint32Array;
   readonly keyHi: Uint32Array;
+  readonly crc: Uint32Array;
   readonly flags: Uint8Array;
 
   constructor(size: number) {
@@ -46,6 +49,7 @@ export class BlockDescriptorArray {
     this.size = size;
     this.keyLo = new Uint32Array(size);
     this.keyHi = new Uint32Array(size);
+    this.crc = new Uint32Array(size);
     this.flags = new Uint8Array(size);
   }
 
@@ -70,7 +74,7 @@ export class BlockDescriptorArray {
     return this.keyLo[i] === lo && this.keyHi[i] === hi && (this.flags[i] & FLAG_VALID) !== 0;
   }
 
-  /** Makes slot i hold (volume, block), valid, reference bit clear. */
+  /** Makes slot i hold (volume, block), valid, reference bit clear (the caller sets crc[i]). */
   set(i: number, volume: number, block: number): void {
     this.keyLo[i] = packLo(block);
     this.keyHi[i] = packHi(volume, block);
@@ -98,6 +102,6 @@ export class BlockDescriptorArray {
 
   /** Bytes of RAM held by the arrays. */
   get byteLength(): number {
-    return this.keyLo.byteLength + this.keyHi.byteLength + this.flags.byteLength;
+    return this.keyLo.byteLength + this.keyHi.byteLength + this.crc.byteLength + this.flags.byteLength;
   }
 }

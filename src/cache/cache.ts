@@ -2,18 +2,26 @@
  * The shared cache: one cache device (file or block device) holding the log, the cache map
  * (BDA + address map + CLOCK), the volume table, statistics and warm-restart metadata.
  * Volumes reach it through CachedStore (cached-store.ts), which owns the consistency rules;
- * this class offers block-granular primitives: readBlocks, insert, invalidate.
+ * this class offers block-granular primitives: readBlocks, readHit, insert, invalidate.
  *
- * Open sequence: open (or create and size) the device; read the superblock (device offset 0),
- * rewrite it with a fresh uuid if it is missing or of another geometry; load the metadata if
- * it matches the geometry, the uuid and the map size; REMOVE the metadata file (fsync of the
- * directory) before returning, so from now on a crash leaves no metadata: the next open is
- * cold and correct. close() drains insertions, writes buffered segments, fdatasyncs the
- * device and saves the metadata. abort() stops without saving (what a crash leaves).
+ * Open sequence: open (or create and size) the device; read the superblock (device offset 0)
+ * and format it (fresh uuid, generation 0) if it is missing, of another geometry, or the file
+ * had to be resized; load the metadata (device area, or the --cache-metadata file) if it is
+ * bound to the superblock's uuid and generation and matches the geometry and map size; then
+ * bump the generation in the superblock and fdatasync BEFORE returning. From then on the
+ * metadata on disk is stale: a crash leaves a cache that opens cold. close() drains
+ * insertions, writes buffered segments, fdatasyncs the device and saves the metadata with the
+ * current generation. abort() stops without saving (what a crash leaves).
  *
- * Superblock (4 KiB, little endian): u32 magic 0x44434256 ('VBCD'), u32 version 1,
- * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, 8 bytes zero, 16 bytes uuid,
- * 12 bytes zero, u32 CRC-32 of the 4 KiB with this field zero (offset 60), zeros.
+ * Every block read from the cache device is read exactly (end of device = error) and checked
+ * against its CRC-32C in the BDA; a failed read or a mismatch is a miss: counted (readErrors,
+ * checksumErrors), the slot dropped, the caller reads the backing store. Blocks copied from a
+ * RAM segment buffer are not checked (they are the bytes inserted or already checked).
+ *
+ * Superblock (4 KiB, little endian, version 2): u32 magic 0x44434256 ('VBCD'), u32 version,
+ * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
+ * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
+ * zero (offset 60), zeros. Full format: docs/cache-format.md.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,15 +29,16 @@ import { crc32 } from 'node:zlib';
 import type { IoEngine } from '../io/io-engine';
 import { VhostError } from '../native/errors';
 import { type Logger, silentLogger } from '../util/logger';
-import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
+import { AddressMap, DEFAULT_LOAD_FACTOR, MIN_LOAD_FACTOR } from './address-map';
 import { MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import { CacheMap } from './cache-map';
 import { Log } from './log';
-import { discardMetadata, loadMetadata, saveMetadata, type VolumeRecord } from './metadata';
+import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
 import { computeGeometry, type Geometry, SUPERBLOCK_SIZE } from './segment';
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
+export const SUPERBLOCK_VERSION = 2;
 
 export interface CacheOptions {
   /** Cache device: a block device or a file (created when `size` is given). */
@@ -42,11 +51,15 @@ export interface CacheOptions {
   segmentSize?: number;
   engine: IoEngine;
   logger?: Logger;
-  /** Warm-restart metadata file (default `${path}.meta`). */
+  /**
+   * Warm-restart metadata file. Default: none, the metadata lives in the cache device's
+   * metadata area. Either way it is only trusted when bound to the superblock's uuid and
+   * generation.
+   */
   metadataPath?: string;
   /** RAM segment buffers (default 8). */
   buffers?: number;
-  /** Address map load factor (default 0.7). */
+  /** Address map load factor, in [MIN_LOAD_FACTOR, 1) (default 0.7). */
   loadFactor?: number;
   /** Insertion backlog limit in blocks (default 16 segments' worth). */
   maxQueuedBlocks?: number;
@@ -68,7 +81,8 @@ function deviceBytes(file: string, fd: number): number {
   return sectors * 512;
 }
 
-function openDevice(file: string, size: number | undefined): { fd: number; bytes: number } {
+/** Opens the device; `resized` when a regular file had to be created or resized to `size`. */
+function openDevice(file: string, size: number | undefined): { fd: number; bytes: number; resized: boolean } {
   let st: fs.Stats | undefined;
   try {
     st = fs.statSync(file);
@@ -79,41 +93,50 @@ function openDevice(file: string, size: number | undefined): { fd: number; bytes
     if (!size) throw new VhostError(`${file}: no such cache device (give a size to create a file)`, 'ENOENT');
     const fd = fs.openSync(file, 'w+', 0o600);
     fs.ftruncateSync(fd, size);
-    return { fd, bytes: size };
+    return { fd, bytes: size, resized: true };
   }
   const fd = fs.openSync(file, 'r+');
   try {
-    if (st.isFile() && size && st.size !== size) fs.ftruncateSync(fd, size);
-    return { fd, bytes: deviceBytes(file, fd) };
+    const resized = st.isFile() && size !== undefined && size > 0 && st.size !== size;
+    if (resized) fs.ftruncateSync(fd, size);
+    return { fd, bytes: deviceBytes(file, fd), resized };
   } catch (err) {
     fs.closeSync(fd);
     throw err;
   }
 }
 
-function superblock(g: Geometry, uuid: Uint8Array): Uint8Array {
+interface SuperblockState {
+  uuid: Uint8Array;
+  generation: number;
+}
+
+function superblock(g: Geometry, sb: SuperblockState): Uint8Array {
   const b = new Uint8Array(SUPERBLOCK_SIZE);
   const v = new DataView(b.buffer);
   v.setUint32(0, SUPERBLOCK_MAGIC, true);
-  v.setUint32(4, 1, true);
+  v.setUint32(4, SUPERBLOCK_VERSION, true);
   v.setUint32(8, g.blockSize, true);
   v.setUint32(12, g.segmentSize, true);
   v.setUint32(16, g.headerSize, true);
   v.setUint32(20, g.segments, true);
-  b.set(uuid, 32);
+  v.setUint32(24, g.metadataBytes >>> 0, true);
+  v.setUint32(28, Math.floor(g.metadataBytes / 2 ** 32), true);
+  b.set(sb.uuid, 32);
+  v.setUint32(48, sb.generation >>> 0, true);
+  v.setUint32(52, Math.floor(sb.generation / 2 ** 32), true);
   v.setUint32(60, crc32(b), true);
   return b;
 }
 
-/** The uuid of a superblock that matches g, or null. */
-function parseSuperblock(b: Uint8Array, g: Geometry): Uint8Array | null {
-  const uuid = b.slice(32, 48);
-  const expect = superblock(g, uuid);
+/** The uuid and generation of a superblock that matches g, or null. */
+function parseSuperblock(b: Uint8Array, g: Geometry): SuperblockState | null {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const st = { uuid: b.slice(32, 48), generation: v.getUint32(48, true) + v.getUint32(52, true) * 2 ** 32 };
+  const expect = superblock(g, st);
   for (let i = 0; i < SUPERBLOCK_SIZE; i++) if (b[i] !== expect[i]) return null;
-  return uuid;
+  return st;
 }
-
-const hex = (u: Uint8Array) => Buffer.from(u).toString('hex');
 
 /**
  * A position in a scatter list, moved forward only: `copyIn` copies bytes into the list at the
@@ -177,7 +200,10 @@ export class Cache {
   readonly geometry: Geometry;
   readonly blockSize: number;
   readonly path: string;
-  readonly metadataPath: string;
+  /** Where the metadata is saved at close. */
+  readonly metadataPlace: MetadataPlace;
+  /** The superblock generation of this open (the metadata saved at close carries it). */
+  readonly generation: number;
   /** True when this open loaded valid metadata (warm start). */
   readonly warm: boolean;
   readonly map: CacheMap;
@@ -197,19 +223,21 @@ export class Cache {
     o: CacheOptions;
     fd: number;
     g: Geometry;
-    uuid: Uint8Array;
+    sb: SuperblockState;
+    place: MetadataPlace;
     map: CacheMap;
     sequence: number;
     volumes: VolumeRecord[];
     warm: boolean;
   }) {
     this.path = a.o.path;
-    this.metadataPath = a.o.metadataPath ?? `${a.o.path}.meta`;
+    this.metadataPlace = a.place;
+    this.generation = a.sb.generation;
     this.logger = a.o.logger ?? silentLogger;
     this.fd = a.fd;
     this.geometry = a.g;
     this.blockSize = a.g.blockSize;
-    this.uuid = a.uuid;
+    this.uuid = a.sb.uuid;
     this.map = a.map;
     this.warm = a.warm;
     for (const v of a.volumes) this.volumes.set(v.name, v);
@@ -218,7 +246,7 @@ export class Cache {
       engine: a.o.engine,
       geometry: a.g,
       map: a.map,
-      uuid: a.uuid,
+      uuid: a.sb.uuid,
       sequence: a.sequence,
       buffers: a.o.buffers ?? 8,
       maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
@@ -228,24 +256,31 @@ export class Cache {
 
   static async open(o: CacheOptions): Promise<Cache> {
     const logger = o.logger ?? silentLogger;
-    const metadataPath = o.metadataPath ?? `${o.path}.meta`;
     const loadFactor = o.loadFactor ?? DEFAULT_LOAD_FACTOR;
-    const { fd, bytes } = openDevice(o.path, o.size);
+    if (!(loadFactor >= MIN_LOAD_FACTOR && loadFactor < 1)) {
+      throw new VhostError(`load factor ${loadFactor}: must be in [${MIN_LOAD_FACTOR}, 1)`, 'EINVAL');
+    }
+    const { fd, bytes, resized } = openDevice(o.path, o.size);
     try {
       const g = computeGeometry(bytes, o.blockSize ?? 4096, o.segmentSize ?? 512 * 1024);
-      const sb = new Uint8Array(SUPERBLOCK_SIZE);
-      await o.engine.readv(fd, [sb], 0);
-      let uuid = parseSuperblock(sb, g);
-      if (!uuid) {
-        uuid = new Uint8Array(randomBytes(16));
-        await o.engine.writev(fd, [superblock(g, uuid)], 0);
-        await o.engine.fdatasync(fd);
-        logger.info({ path: o.path, slots: g.slots, segments: g.segments }, 'cache device formatted');
+      const raw = new Uint8Array(SUPERBLOCK_SIZE);
+      await o.engine.readv(fd, [raw], 0, true);
+      let sb = resized ? null : parseSuperblock(raw, g);
+      if (!sb) {
+        // A file that had to be resized may have lost blocks: its content is not trusted.
+        sb = { uuid: new Uint8Array(randomBytes(16)), generation: 0 };
+        logger.info({ path: o.path, slots: g.slots, segments: g.segments, resized }, 'cache device formatted');
       }
+      const place: MetadataPlace =
+        o.metadataPath !== undefined
+          ? { file: o.metadataPath }
+          : { fd, engine: o.engine, offset: SUPERBLOCK_SIZE, bytes: g.metadataBytes };
       const tableCapacity = AddressMap.capacityFor(g.slots, loadFactor);
-      const loaded = await loadMetadata(metadataPath, { geometry: g, deviceUuid: hex(uuid), tableCapacity });
-      // Consume the metadata before anything can change: a crash from now on means cold.
-      await discardMetadata(metadataPath);
+      const loaded = await loadMetadata(place, sb, { geometry: g, tableCapacity });
+      // From now on the metadata on disk is stale: a crash means a cold start.
+      sb = { uuid: sb.uuid, generation: sb.generation + 1 };
+      await o.engine.writev(fd, [superblock(g, sb)], 0);
+      await o.engine.fdatasync(fd);
       // Sequence numbers stay increasing across cold starts: never below microseconds since 1970.
       const floor = Date.now() * 1000;
       let map: CacheMap;
@@ -258,12 +293,12 @@ export class Cache {
         map.wraps = st.wraps;
         sequence = Math.max(st.sequence, floor);
         volumes = st.volumes;
-        logger.info({ path: o.path, blocks: map.map.size }, 'cache warm start');
+        logger.info({ path: o.path, metadata: describePlace(place), blocks: map.map.size }, 'cache warm start');
       } else {
         map = new CacheMap(g.slots, loadFactor);
-        logger.info({ path: o.path, reason: loaded.reason }, 'cache cold start');
+        logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
-      return new Cache({ o, fd, g, uuid, map, sequence, volumes, warm: loaded.ok });
+      return new Cache({ o, fd, g, sb, place, map, sequence, volumes, warm: loaded.ok });
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -313,8 +348,9 @@ export class Cache {
 
   /**
    * Looks up blocks first .. first + count - 1 of a volume; copies every hit into `out` at
-   * k * blockSize and sets hit[k] = 1 (0 for misses). Device read errors and blocks whose
-   * segment was rewritten during the read come back as misses (failed blocks are dropped).
+   * k * blockSize and sets hit[k] = 1 (0 for misses). Device read errors, blocks that fail
+   * their CRC-32C check and blocks whose segment was rewritten during the read come back as
+   * misses (failed blocks are dropped).
    * Returns the number of hits.
    */
   async readBlocks(volume: number, first: number, count: number, out: Uint8Array, hit: Uint8Array): Promise<number> {
@@ -345,16 +381,26 @@ export class Cache {
     if (runs.length === 0) return hits;
     const done = await Promise.all(
       runs.map(async ([slot, k, n]) => {
+        const into = out.subarray(k * bs, (k + n) * bs);
         try {
-          if (!(await this.log.readSlots(slot, n, out.subarray(k * bs)))) return 0;
+          if (!(await this.log.readSlots(slot, n, into))) return 0;
         } catch (err) {
           this.deviceReadFailed(err as Error, volume, slot, first + k, n);
           return 0;
         }
-        hit.fill(1, k, k + n);
-        c.storageHits += n;
-        c.readHits += n;
-        return n;
+        const bad = this.log.checkBlocks(slot, into, n);
+        let good = 0;
+        for (let j = 0; j < n; j++) {
+          if (bad !== null && bad[j] !== 0) {
+            this.checksumFailed(volume, slot + j, first + k + j);
+            continue;
+          }
+          hit[k + j] = 1;
+          good++;
+        }
+        c.storageHits += good;
+        c.readHits += good;
+        return good;
       }),
     );
     for (const n of done) hits += n;
@@ -366,12 +412,15 @@ export class Cache {
    * the scatter list `bufs` (len bytes) when EVERY block they touch is cached:
    *   - returns false when some block is not cached: nothing was copied, no counter changed;
    *   - returns true when every block was in a RAM segment buffer: copied, counted;
+   *   - returns false too when a block only partly requested (unaligned start or end) would
+   *     come from the device: its CRC-32C can only be checked on the whole block;
    *   - otherwise RAM hits are copied and each run of device hits (consecutive blocks in
-   *     consecutive slots of one segment) is read by one Log.readDirect into its part of bufs;
-   *     returns a promise of true when every run read the blocks its slots held when it was
-   *     issued (counted), of false when a run failed or its segment was rewritten meanwhile:
-   *     bufs then hold unspecified bytes of this volume's request and the caller must serve
-   *     the whole request another way (only read errors are counted; failed blocks dropped).
+   *     consecutive slots of one segment) is read by one Log.readDirect into its part of bufs
+   *     and checked against the blocks' CRC-32Cs; returns a promise of true when every run
+   *     read the blocks its slots held when it was issued and they check (counted), of false
+   *     when a run failed, did not check or its segment was rewritten meanwhile: bufs then
+   *     hold unspecified bytes of this volume's request and the caller must serve the whole
+   *     request another way (read and checksum errors are counted; failed blocks dropped).
    * Never rejects.
    */
   readHit(volume: number, offset: number, len: number, bufs: readonly Uint8Array[]): boolean | Promise<boolean> {
@@ -385,6 +434,8 @@ export class Cache {
       if (idx < 0) return false;
       slots[k] = idx;
     }
+    if (offset % bs !== 0 && this.log.ramBuffer(slots[0]) === null) return false;
+    if ((offset + len) % bs !== 0 && this.log.ramBuffer(slots[count - 1]) === null) return false;
     const g = this.geometry;
     const bps = g.blocksPerSegment;
     const cursor = this.cursor;
@@ -430,27 +481,46 @@ export class Cache {
     };
     if (runs.length === 1) {
       const r = runs[0];
-      return this.log.readDirect(r.slot, r.at, r.views).then(counted, (err: Error) => this.runFailed(err, volume, r));
+      return this.readRun(volume, r).then(counted);
     }
-    const reads = runs.map((r) => this.log.readDirect(r.slot, r.at, r.views).catch((err: Error) => this.runFailed(err, volume, r)));
+    const reads = runs.map((r) => this.readRun(volume, r));
     return Promise.all(reads).then((oks) => counted(oks.every(Boolean)));
   }
 
-  private runFailed(err: Error, volume: number, r: DirectRun): false {
-    this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
-    return false;
+  /** One direct run of readHit: read, then check; false on failure (counted, dropped). */
+  private readRun(volume: number, r: DirectRun): Promise<boolean> {
+    return this.log.readDirect(r.slot, r.at, r.views).then(
+      (ok) => {
+        if (!ok) return false;
+        const bad = this.log.checkBlocks(r.slot, r.views, r.blocks);
+        if (bad === null) return true;
+        for (let j = 0; j < r.blocks; j++) if (bad[j] !== 0) this.checksumFailed(volume, r.slot + j, r.block + j);
+        return false;
+      },
+      (err: Error) => {
+        this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
+        return false;
+      },
+    );
+  }
+
+  /** Slot `slot`, read for (volume, block), did not match its CRC-32C: count, drop if still held. */
+  private checksumFailed(volume: number, slot: number, block: number): void {
+    if (!this.holds(slot, volume, block)) return;
+    this.log.checksumMismatch(slot, volume, block);
+    this.map.drop(slot);
+  }
+
+  private holds(slot: number, volume: number, block: number): boolean {
+    const bda = this.map.bda;
+    return bda.isValid(slot) && bda.volumeOf(slot) === volume && bda.blockOf(slot) === block;
   }
 
   /** A cache-device read of slots slot.. (blocks block..) failed: drop those still holding them. */
   private deviceReadFailed(err: Error, volume: number, slot: number, block: number, n: number): void {
     this.log.readErrors++;
     this.logger.warn({ err: err.message, slot, blocks: n }, 'cache device read failed; using the backing store');
-    const bda = this.map.bda;
-    for (let j = 0; j < n; j++) {
-      if (bda.isValid(slot + j) && bda.volumeOf(slot + j) === volume && bda.blockOf(slot + j) === block + j) {
-        this.map.drop(slot + j);
-      }
-    }
+    for (let j = 0; j < n; j++) if (this.holds(slot + j, volume, block + j)) this.map.drop(slot + j);
   }
 
   /** See Log.insert(); nothing is inserted once closing or disabled. */
@@ -497,17 +567,20 @@ export class Cache {
     const ok = await this.log.flush();
     try {
       if (ok && !this.log.disabled) {
-        await saveMetadata(this.metadataPath, {
-          geometry: this.geometry,
-          deviceUuid: hex(this.uuid),
-          tableCapacity: this.map.map.capacity,
-          hand: this.map.hand,
-          wraps: this.map.wraps,
-          sequence: this.log.sequence,
-          volumes: [...this.volumes.values()],
-          bda: this.map.bda,
-          table: this.map.map.table,
-        });
+        await saveMetadata(
+          this.metadataPlace,
+          {
+            geometry: this.geometry,
+            tableCapacity: this.map.map.capacity,
+            hand: this.map.hand,
+            wraps: this.map.wraps,
+            sequence: this.log.sequence,
+            volumes: [...this.volumes.values()],
+            bda: this.map.bda,
+            table: this.map.map.table,
+          },
+          { uuid: this.uuid, generation: this.generation },
+        ).catch((err: Error) => this.logger.warn({ err: err.message }, 'cache metadata not saved (next start is cold)'));
       } else {
         this.logger.warn({ path: this.path }, 'cache closed after errors: no metadata saved (next start is cold)');
       }

@@ -12,7 +12,8 @@
  * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
  * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
  * is read first (one read) so those blocks are carried over into the rewrite. Their header
- * entries and data CRCs are checked then; a block that does not check is dropped. The next
+ * entries and data CRC-32Cs are checked then (against the BDA); a block that does not check is
+ * dropped (a data mismatch counts as a checksum error). The next
  * segment is read ahead as soon as the hand enters a segment (prefetch), if a buffer is free.
  *
  * Reads of cached blocks: a block whose segment sits in a Filling/Writing/Clean buffer is
@@ -26,6 +27,11 @@
  * write of s (submit) is deferred until it is 0. Its generation is still bumped at submit, so a
  * direct read that overlapped a submit reports not valid like any other read.
  *
+ * Every device read is exact: end of device is an error, never zeros. CRC-32Cs of inserted
+ * blocks are computed here (one native call per insertion) and kept in the BDA; callers check
+ * device hits against them (checkBlocks) and report mismatches (checksumMismatch), which are
+ * logged once per segment until the segment is rewritten.
+ *
  * Failures never throw out of the insertion path: a read-ahead error drops the segment's
  * blocks; a write error drops them and disables insertion for good (pass-through), with one
  * log line. Device read errors of cached blocks reject readSlots() with the engine's error.
@@ -34,6 +40,7 @@
  * under that chain.
  */
 import type { IoEngine } from '../io/io-engine';
+import { native } from '../native/binding';
 import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
 import { BufferState, type Geometry, SegmentBuffer, segmentOffset, slotOffset } from './segment';
@@ -77,6 +84,10 @@ export class Log {
   private readonly logger: Logger;
   private readonly maxQueued: number;
   private readonly segGen: Uint32Array;
+  /** 1 once a checksum mismatch of the segment was logged (cleared when it is rewritten). */
+  private readonly checksumLogged: Uint8Array;
+  /** checkBlocks() result: bad[k] = 1 when block k did not match. */
+  private bad = new Uint8Array(64);
   /** Direct reads in flight per segment. */
   private readonly directReaders: Uint32Array;
   /** Deferred segment writes waiting for directReaders[segment] to reach 0, by segment. */
@@ -98,6 +109,7 @@ export class Log {
     this.maxQueued = o.maxQueuedBlocks;
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
+    this.checksumLogged = new Uint8Array(this.g.segments);
     const n = Math.max(2, Math.min(o.buffers, this.g.segments));
     for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
   }
@@ -132,7 +144,7 @@ export class Log {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
-    await this.engine.readv(this.fd, [into.subarray(0, count * this.g.blockSize)], slotOffset(this.g, slot));
+    await this.engine.readv(this.fd, [into.subarray(0, count * this.g.blockSize)], slotOffset(this.g, slot), true);
     this.readLatency.record(t);
     return this.segGen[seg] === gen;
   }
@@ -149,7 +161,7 @@ export class Log {
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
     this.directReaders[seg]++;
-    return this.engine.readv(this.fd, bufs, slotOffset(this.g, slot) + at).then(
+    return this.engine.readv(this.fd, bufs, slotOffset(this.g, slot) + at, true).then(
       () => {
         this.readLatency.record(t);
         this.directDone(seg);
@@ -159,6 +171,32 @@ export class Log {
         this.directDone(seg);
         throw err;
       },
+    );
+  }
+
+  /**
+   * Checks `data` (one view or a scatter list of whole blocks) read for slots slot.. against
+   * their CRC-32Cs. Returns null when every block matches, else a view with 1 for each block
+   * that did not (valid until the next call).
+   */
+  checkBlocks(slot: number, data: Uint8Array | readonly Uint8Array[], blocks: number): Uint8Array | null {
+    if (this.bad.length < blocks) this.bad = new Uint8Array(Math.max(blocks, 2 * this.bad.length));
+    const n = native.crc32cCheck(data, this.g.blockSize, this.map.bda.crc, slot, this.bad);
+    return n === 0 ? null : this.bad;
+  }
+
+  /**
+   * Slot `slot`'s device data did not match its CRC-32C: counted (checksumErrors of the volume
+   * the slot held), logged once per segment until the segment is rewritten. The caller drops it.
+   */
+  checksumMismatch(slot: number, volume: number, block: number): void {
+    this.map.stats(volume).checksumErrors++;
+    const seg = Math.floor(slot / this.g.blocksPerSegment);
+    if (this.checksumLogged[seg] !== 0) return;
+    this.checksumLogged[seg] = 1;
+    this.logger.error(
+      { segment: seg, slot, volume, block },
+      'cache device block failed its CRC-32C check; dropped, served from the backing store (further mismatches in this segment are counted, not logged)',
     );
   }
 
@@ -186,6 +224,8 @@ export class Log {
     this.queued += count;
     const bs = this.g.blockSize;
     const bps = this.g.blocksPerSegment;
+    const crcs = new Uint32Array(count);
+    native.crc32cBlocks(data.subarray(0, count * bs), bs, crcs, 0);
     return this.serialize(async () => {
       let n = 0;
       try {
@@ -200,6 +240,7 @@ export class Log {
           const cur = this.current as SegmentBuffer | null;
           if (cur === null) break;
           this.map.assign(victim, volume, first + k);
+          this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
           n++;
         }
@@ -329,18 +370,20 @@ export class Log {
     }
     b.state = BufferState.Reading;
     const t = LatencyMeter.now();
-    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
+    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg), true).then(
       () => {
         this.segmentReadLatency.record(t);
         this.segmentReads++;
         const intact = b.headerIntact(this.uuid);
+        const bad = this.checkBlocks(first, b.data, bps);
         let dropped = 0;
         for (let k = 0; k < bps; k++) {
           const i = first + k;
-          if (bda.isValid(i) && !(intact && b.entryMatches(k, bda.keyLo[i], bda.keyHi[i]))) {
-            this.map.drop(i);
-            dropped++;
-          }
+          if (!bda.isValid(i)) continue;
+          if (intact && bad !== null && bad[k] !== 0) this.checksumMismatch(i, bda.volumeOf(i), bda.blockOf(i));
+          else if (intact && b.entryMatches(k, bda.keyLo[i], bda.keyHi[i], bda.crc[i])) continue;
+          this.map.drop(i);
+          dropped++;
         }
         if (dropped > 0) this.logger.warn({ segment: seg, dropped, intact }, 'cache segment read-ahead: blocks failed their checks');
         b.state = BufferState.Clean;
@@ -359,6 +402,7 @@ export class Log {
     const seg = b.segment;
     this.sequence++;
     this.segGen[seg]++;
+    this.checksumLogged[seg] = 0;
     b.seal(this.map.bda, this.sequence, this.uuid);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;

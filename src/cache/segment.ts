@@ -1,7 +1,8 @@
 /**
  * Log geometry and segments (on-device format: docs/cache-format.md).
  *
- * Device layout: a 4 KiB superblock at offset 0, then `segments` segments of `stride` bytes.
+ * Device layout: a 4 KiB superblock at offset 0, the metadata area (metadata.ts; sized for the
+ * index of this many slots), then `segments` segments of `stride` bytes from `dataOffset`.
  * A segment is a header of `headerSize` bytes (a multiple of 4 KiB) followed by
  * `blocksPerSegment` cache blocks. Slot i (= BDA index i) is block i % blocksPerSegment of
  * segment floor(i / blocksPerSegment).
@@ -16,7 +17,7 @@
  *   60 u32 CRC-32 of bytes [0, headerSize) computed with this field zero
  *   64 blocksPerSegment entries of 16 bytes:
  *        u32 block number bits 0..31, u32 volume id << 16 | block number bits 32..47,
- *        u32 CRC-32 of the block's data, u32 flags (bit 0: valid)
+ *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid)
  *
  * SegmentBuffer is one RAM buffer of the log's pool: header + data, contiguous, so a segment
  * is written (and read ahead) with one I/O.
@@ -24,9 +25,10 @@
 import { crc32 } from 'node:zlib';
 import { VhostError } from '../native/errors';
 import type { BlockDescriptorArray } from './bda';
+import { metadataAreaBytes } from './metadata';
 
 export const SEGMENT_MAGIC = 0x53434256;
-export const SEGMENT_VERSION = 1;
+export const SEGMENT_VERSION = 2;
 export const SUPERBLOCK_SIZE = 4096;
 const ENTRY_SIZE = 16;
 const ENTRIES_AT = 64;
@@ -39,15 +41,19 @@ export interface Geometry {
   headerSize: number;
   /** headerSize + segmentSize. */
   stride: number;
+  /** Bytes of the metadata area (at SUPERBLOCK_SIZE). */
+  metadataBytes: number;
+  /** Device offset of segment 0: SUPERBLOCK_SIZE + metadataBytes. */
+  dataOffset: number;
   segments: number;
   /** segments * blocksPerSegment. */
   slots: number;
-  /** Bytes of the cache device in use (superblock + segments). */
+  /** Bytes of the cache device in use (superblock + metadata area + segments). */
   usedBytes: number;
 }
 
-/** Geometry for a device of `deviceBytes`; throws EINVAL on unusable parameters. */
-export function computeGeometry(deviceBytes: number, blockSize: number, segmentSize: number): Geometry {
+/** Blocks per segment, header size and stride of segments of this shape; throws EINVAL. */
+function segmentShape(blockSize: number, segmentSize: number): { blocksPerSegment: number; headerSize: number; stride: number } {
   const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
   if (!pow2(blockSize) || blockSize < 4096 || blockSize > 65536) {
     throw new VhostError(`cache block size ${blockSize}: must be a power of two in 4-64 KiB`, 'EINVAL');
@@ -60,34 +66,52 @@ export function computeGeometry(deviceBytes: number, blockSize: number, segmentS
     throw new VhostError(`segment size ${segmentSize}: more than 4096 blocks per segment`, 'EINVAL');
   }
   const headerSize = Math.ceil((ENTRIES_AT + ENTRY_SIZE * blocksPerSegment) / 4096) * 4096;
-  const stride = headerSize + segmentSize;
-  const segments = Math.floor((deviceBytes - SUPERBLOCK_SIZE) / stride);
+  return { blocksPerSegment, headerSize, stride: headerSize + segmentSize };
+}
+
+/** Geometry for a device of `deviceBytes`; throws EINVAL on unusable parameters. */
+export function computeGeometry(deviceBytes: number, blockSize: number, segmentSize: number): Geometry {
+  const { blocksPerSegment, headerSize, stride } = segmentShape(blockSize, segmentSize);
+  const used = (n: number) => SUPERBLOCK_SIZE + metadataAreaBytes(n * blocksPerSegment) + n * stride;
+  // The metadata area grows by less than a segment's stride per segment: start from an upper
+  // bound and step down until it all fits.
+  let segments = Math.max(0, Math.floor((deviceBytes - used(0)) / stride));
+  while (segments >= 2 && used(segments) > deviceBytes) segments--;
   if (segments < 2) {
-    throw new VhostError(`cache device of ${deviceBytes} bytes holds fewer than 2 segments of ${stride} bytes`, 'EINVAL');
+    throw new VhostError(`cache device of ${deviceBytes} bytes holds fewer than 2 segments of ${stride} bytes and their metadata`, 'EINVAL');
   }
   const slots = segments * blocksPerSegment;
   if (slots > 0x7fffffff) throw new VhostError(`cache of ${slots} blocks is too large`, 'EINVAL');
+  const metadataBytes = metadataAreaBytes(slots);
   return {
     blockSize,
     segmentSize,
     blocksPerSegment,
     headerSize,
     stride,
+    metadataBytes,
+    dataOffset: SUPERBLOCK_SIZE + metadataBytes,
     segments,
     slots,
-    usedBytes: SUPERBLOCK_SIZE + segments * stride,
+    usedBytes: used(segments),
   };
+}
+
+/** Device bytes that hold exactly `segments` segments of this size (e.g. to size a cache file). */
+export function deviceBytesFor(segments: number, blockSize = 4096, segmentSize = 512 * 1024): number {
+  const { blocksPerSegment, stride } = segmentShape(blockSize, segmentSize);
+  return SUPERBLOCK_SIZE + metadataAreaBytes(segments * blocksPerSegment) + segments * stride;
 }
 
 /** Device offset of segment s (its header). */
 export function segmentOffset(g: Geometry, s: number): number {
-  return SUPERBLOCK_SIZE + s * g.stride;
+  return g.dataOffset + s * g.stride;
 }
 
 /** Device offset of slot i's data. */
 export function slotOffset(g: Geometry, i: number): number {
   const s = Math.floor(i / g.blocksPerSegment);
-  return SUPERBLOCK_SIZE + s * g.stride + g.headerSize + (i - s * g.blocksPerSegment) * g.blockSize;
+  return g.dataOffset + s * g.stride + g.headerSize + (i - s * g.blocksPerSegment) * g.blockSize;
 }
 
 export const enum BufferState {
@@ -128,11 +152,15 @@ export class SegmentBuffer {
     return this.buf.subarray(at, at + this.g.blockSize);
   }
 
-  /** Copies `data` (one block) into block k and records its CRC in the header entry. */
+  /** Copies `data` (one block) into block k. */
   putBlock(k: number, data: Uint8Array): void {
     this.buf.set(data, this.g.headerSize + k * this.g.blockSize);
-    this.view.setUint32(ENTRIES_AT + k * ENTRY_SIZE + 8, crc32(data), true);
     this.dirty = true;
+  }
+
+  /** The data of every block of the segment held (one view, for a batched CRC check). */
+  get data(): Uint8Array {
+    return this.buf.subarray(this.g.headerSize);
   }
 
   /** Forgets the per-block entries (a buffer reused for a segment holding no valid block). */
@@ -140,10 +168,7 @@ export class SegmentBuffer {
     this.buf.fill(0, 0, this.g.headerSize);
   }
 
-  /**
-   * Writes the header of segment `segment` from the BDA state of its slots. Block CRCs are
-   * those recorded by putBlock() or carried over by the read-ahead.
-   */
+  /** Writes the header of segment `segment` from the BDA state (keys, CRC-32Cs) of its slots. */
   seal(bda: BlockDescriptorArray, seq: number, uuid: Uint8Array): void {
     const { view, g } = this;
     const first = this.segment * g.blocksPerSegment;
@@ -163,6 +188,7 @@ export class SegmentBuffer {
       if (bda.isValid(first + k)) {
         view.setUint32(e, bda.keyLo[first + k], true);
         view.setUint32(e + 4, bda.keyHi[first + k], true);
+        view.setUint32(e + 8, bda.crc[first + k], true);
         view.setUint32(e + 12, 1, true);
         valid++;
       } else {
@@ -191,12 +217,14 @@ export class SegmentBuffer {
     return crc32(this.buf.subarray(0, g.headerSize)) === stored;
   }
 
-  /** After a read-ahead with an intact header: true when entry k names the key and its data checks. */
-  entryMatches(k: number, lo: number, hi: number): boolean {
+  /**
+   * After a read-ahead with an intact header: true when entry k is valid and names the key and
+   * CRC-32C (the data itself is checked against the CRC by the caller, in one batch).
+   */
+  entryMatches(k: number, lo: number, hi: number, crc: number): boolean {
     const e = ENTRIES_AT + k * ENTRY_SIZE;
     const v = this.view;
     if ((v.getUint32(e + 12, true) & 1) === 0) return false;
-    if (v.getUint32(e, true) !== lo || v.getUint32(e + 4, true) !== hi) return false;
-    return crc32(this.block(k)) === v.getUint32(e + 8, true);
+    return v.getUint32(e, true) === lo && v.getUint32(e + 4, true) === hi && v.getUint32(e + 8, true) === crc;
   }
 }

@@ -10,6 +10,8 @@
  *   invalidateHits  of those, actually cached (and now dropped)
  *   ramHits         read hits served from a RAM segment buffer
  *   storageHits     read hits served from the cache device
+ *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
+ *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           times the log position (the CLOCK hand) went back to slot 0
  *   segmentsSkipped segments the hand passed without writing them (every slot spared)
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
@@ -25,6 +27,7 @@ export interface VolumeCounters {
   invalidateHits: number;
   ramHits: number;
   storageHits: number;
+  checksumErrors: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -62,6 +65,7 @@ export function newCounters(): VolumeCounters {
     invalidateHits: 0,
     ramHits: 0,
     storageHits: 0,
+    checksumErrors: 0,
   };
 }
 
@@ -74,6 +78,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.invalidateHits += from.invalidateHits;
   into.ramHits += from.ramHits;
   into.storageHits += from.storageHits;
+  into.checksumErrors += from.checksumErrors;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {

@@ -12,6 +12,11 @@ function ioError(err: unknown, what: string): VhostError {
   return new VhostError(`${what}: ${e.message}`, e.code ?? 'EIO');
 }
 
+/** The error of an exact read that reached end of file at `pos`. */
+export function endOfFile(fd: number, pos: number): VhostError {
+  return new VhostError(`readv fd ${fd}: end of file at byte ${pos}`, 'EIO');
+}
+
 /** Advances a scatter list by `done` bytes, returning the remaining views. */
 export function advanceIov(bufs: readonly Uint8Array[], done: number): Uint8Array[] {
   const out: Uint8Array[] = [];
@@ -48,7 +53,7 @@ function writevAsync(fd: number, bufs: Uint8Array[], pos: number): Promise<numbe
 export class FsEngine implements IoEngine {
   readonly kind = 'threadpool' as const;
 
-  async readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+  async readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact = false): Promise<void> {
     let rest = advanceIov(bufs, 0);
     let pos = offset;
     while (rest.length > 0) {
@@ -59,6 +64,7 @@ export class FsEngine implements IoEngine {
         throw ioError(err, 'readv');
       }
       if (n === 0) {
+        if (exact) throw endOfFile(fd, pos);
         for (const b of rest) b.fill(0);
         return;
       }

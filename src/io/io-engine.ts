@@ -9,8 +9,12 @@
  */
 export interface IoEngine {
   readonly kind: 'io_uring' | 'threadpool';
-  /** Fills every byte of bufs from fd at offset; bytes past end of file read as zeros. */
-  readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void>;
+  /**
+   * Fills every byte of bufs from fd at offset. Bytes past end of file read as zeros, unless
+   * `exact`: then reaching end of file rejects with VhostError code 'EIO' (a cache device
+   * must never turn a missing block into zeros).
+   */
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact?: boolean): Promise<void>;
   /** Writes every byte of bufs to fd at offset (short writes are continued). */
   writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void>;
   fdatasync(fd: number): Promise<void>;

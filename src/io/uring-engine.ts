@@ -10,13 +10,13 @@
  * wake-up on the loop).
  *
  * Short transfers are continued under the same tag; a read that reaches end of file fills the
- * rest with zeros. A negative result rejects with VhostError(code = errno name).
+ * rest with zeros (an exact read rejects with EIO instead). A negative result rejects with VhostError(code = errno name).
  */
 import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
 import { native } from '../native/binding';
 import { CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
-import { advanceIov } from './fs-engine';
+import { advanceIov, endOfFile } from './fs-engine';
 import type { IoEngine } from './io-engine';
 
 /** Views per READV/WRITEV SQE; longer scatter lists continue like a short transfer. */
@@ -35,6 +35,8 @@ interface PendingOp {
   /** READ/WRITE: views still to transfer (none empty), starting at `offset`. */
   bufs: Uint8Array[];
   offset: number;
+  /** READ only: end of file rejects instead of reading as zeros. */
+  exact: boolean;
   /** FALLOCATE only. */
   mode: number;
   length: number;
@@ -92,8 +94,8 @@ export class UringEngine implements IoEngine {
     return this.ops.length - this.freeTags.length;
   }
 
-  readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
-    return this.start(OP_READ, fd, bufs, offset, 0, 0);
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact = false): Promise<void> {
+    return this.start(OP_READ, fd, bufs, offset, 0, 0, exact);
   }
 
   writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
@@ -132,12 +134,13 @@ export class UringEngine implements IoEngine {
     offset: number,
     mode: number,
     length: number,
+    exact = false,
   ): Promise<void> {
     if (this.closed) return Promise.reject(new VhostError('io engine closed', 'ESHUTDOWN'));
     const rest = kind === OP_READ || kind === OP_WRITE ? advanceIov(bufs, 0) : [];
     if ((kind === OP_READ || kind === OP_WRITE) && rest.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      const op: PendingOp = { kind, fd, bufs: rest, offset, mode, length, resolve, reject };
+      const op: PendingOp = { kind, fd, bufs: rest, offset, exact, mode, length, resolve, reject };
       const tag = this.freeTags.pop() ?? this.ops.length;
       this.ops[tag] = op;
       this.queue(tag, op);
@@ -209,6 +212,10 @@ export class UringEngine implements IoEngine {
         this.release(tag);
         if (op.kind === OP_WRITE) {
           op.reject(new VhostError(`writev fd ${op.fd}: no progress`, 'EIO'));
+          return;
+        }
+        if (op.exact) {
+          op.reject(endOfFile(op.fd, op.offset));
           return;
         }
         // End of file: what is left reads as zeros.

@@ -21,7 +21,7 @@ describe('cache BDA', () => {
     assert.equal(bda.countValid(0, 4), 2);
     bda.clear(0);
     assert.equal(bda.isValid(0), false);
-    assert.equal(bda.byteLength, 4 * 9);
+    assert.equal(bda.byteLength, 4 * 13);
   });
 });
 

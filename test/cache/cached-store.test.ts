@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { BufferState, SUPERBLOCK_SIZE, slotOffset } from '../../src/cache/segment';
+import { BufferState, deviceBytesFor, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore, stamp } from './helpers';
 
@@ -20,7 +20,7 @@ describe('cached store', () => {
   async function open(mode: CacheMode = 'writethrough'): Promise<CachedStore> {
     cache = await Cache.open({
       path: path.join(dir, 'cache'),
-      size: SUPERBLOCK_SIZE + 8 * (4096 + 16384),
+      size: deviceBytesFor(8, 4096, 16384),
       segmentSize: 16384,
       buffers: 4,
       engine,

@@ -107,7 +107,7 @@ export class FaultyEngine implements IoEngine {
     this.kind = inner.kind;
   }
 
-  readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact?: boolean): Promise<void> {
     this.reads++;
     if (this.failReads || (this.readFailRate > 0 && this.random() < this.readFailRate)) {
       return Promise.reject(new VhostError('injected read error', 'EIO'));
@@ -116,9 +116,9 @@ export class FaultyEngine implements IoEngine {
     if (hook) {
       let len = 0;
       for (const b of bufs) len += b.byteLength;
-      return hook(offset, len).then(() => this.inner.readv(fd, bufs, offset));
+      return hook(offset, len).then(() => this.inner.readv(fd, bufs, offset, exact));
     }
-    return this.inner.readv(fd, bufs, offset);
+    return this.inner.readv(fd, bufs, offset, exact);
   }
 
   writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {

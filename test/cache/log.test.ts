@@ -3,8 +3,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
+import { native } from '../../src/native/binding';
 import { Cache } from '../../src/cache/cache';
-import { SEGMENT_MAGIC, SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { deviceBytesFor, SEGMENT_MAGIC, segmentOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { drawSlots, FaultyEngine } from './helpers';
 
@@ -28,7 +29,7 @@ describe('cache log', () => {
     // 4 segments of 4 blocks (16 KiB data + 4 KiB header), 3 RAM buffers: 16 slots.
     cache = await Cache.open({
       path: path.join(dir, 'cache'),
-      size: SUPERBLOCK_SIZE + 4 * (4096 + 16384),
+      size: deviceBytesFor(4, 4096, 16384),
       segmentSize: 16384,
       buffers: 3,
       engine,
@@ -97,7 +98,7 @@ describe('cache log', () => {
 
     // On the device, segment 0 = header (keys 100, 1, 101, 102) + data; block 1 survived.
     const raw = fs.readFileSync(cache.path);
-    const seg0 = raw.subarray(SUPERBLOCK_SIZE, SUPERBLOCK_SIZE + 4096 + 16384);
+    const seg0 = raw.subarray(segmentOffset(cache.geometry, 0), segmentOffset(cache.geometry, 1));
     const dv = new DataView(seg0.buffer, seg0.byteOffset, seg0.byteLength);
     assert.equal(dv.getUint32(0, true), SEGMENT_MAGIC);
     assert.deepEqual(
@@ -106,7 +107,7 @@ describe('cache log', () => {
     );
     for (let k = 0; k < 4; k++) {
       const data = seg0.subarray(4096 + k * BS, 4096 + (k + 1) * BS);
-      assert.equal(dv.getUint32(64 + 16 * k + 8, true), crc32(data));
+      assert.equal(dv.getUint32(64 + 16 * k + 8, true), native.crc32c(data));
       assert.equal(dv.getUint32(64 + 16 * k + 12, true), 1);
     }
     assert.deepEqual(new Uint8Array(seg0.subarray(4096 + BS, 4096 + 2 * BS)), blockData(1));

@@ -2,26 +2,23 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Cache } from '../../src/cache/cache';
+import { Cache, type CacheOptions } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
-import { SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { deviceBytesFor, SUPERBLOCK_SIZE } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { MemStore, stamp } from './helpers';
 
 const BS = 4096;
+const BLOCKS = 20;
 
 describe('cache metadata and warm restart', () => {
   let dir: string;
   let cache: Cache | null = null;
   const engine = new FsEngine();
+  const cachePath = () => path.join(dir, 'cache');
 
-  const open = (segmentSize = 16384) =>
-    Cache.open({
-      path: path.join(dir, 'cache'),
-      size: SUPERBLOCK_SIZE + 8 * (4096 + 16384),
-      segmentSize,
-      engine,
-    });
+  const open = (o: Partial<CacheOptions> = {}) =>
+    Cache.open({ path: cachePath(), size: deviceBytesFor(8, 4096, 16384), segmentSize: 16384, engine, ...o });
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-meta-'));
@@ -33,73 +30,158 @@ describe('cache metadata and warm restart', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  async function populate(mem: MemStore): Promise<CachedStore> {
-    cache = await open();
+  /** Caches blocks 0..BLOCKS-1 of `mem` as volume 'a' and closes cleanly. */
+  async function populate(mem: MemStore, o: Partial<CacheOptions> = {}): Promise<void> {
+    cache = await open(o);
     const s = new CachedStore({ backing: mem, cache, name: 'a' });
-    await s.read(0, [new Uint8Array(20 * BS)]);
+    await s.read(0, [new Uint8Array(BLOCKS * BS)]);
     await cache.log.quiesce();
-    return s;
+    await s.close();
+    await cache.close();
+    cache = null;
   }
 
-  it('a clean close restores the map; the metadata is consumed at open', async () => {
+  /** Reads blocks 0..BLOCKS-1 of volume 'a' through a new store on `cache`. */
+  async function readAll(mem: MemStore): Promise<Uint8Array> {
+    const s = new CachedStore({ backing: mem, cache: cache as Cache, name: 'a' });
+    const out = new Uint8Array(BLOCKS * BS);
+    await s.read(0, [out]);
+    return out;
+  }
+
+  /** The metadata area's bytes on the device. */
+  function area(): Buffer {
+    const fd = fs.openSync(cachePath(), 'r');
+    try {
+      const g = (cache as Cache).geometry;
+      const b = Buffer.alloc(g.metadataBytes);
+      fs.readSync(fd, b, 0, b.length, SUPERBLOCK_SIZE);
+      return b;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  it('a clean close restores the map from the metadata area of the cache device (no file)', async () => {
     const mem = new MemStore(32 * BS);
     stamp(mem.data, 0, 1);
-    let s = await populate(mem);
-    await s.close();
-    await (cache as Cache).close();
-    assert.ok(fs.existsSync(path.join(dir, 'cache.meta')));
+    await populate(mem);
+    assert.deepEqual(fs.readdirSync(dir), ['cache']);
     cache = await open();
     assert.equal(cache.warm, true);
-    assert.equal(fs.existsSync(path.join(dir, 'cache.meta')), false);
-    s = new CachedStore({ backing: mem, cache, name: 'a' });
     const before = mem.reads;
-    const out = new Uint8Array(20 * BS);
-    await s.read(0, [out]);
+    assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
     assert.equal(mem.reads, before);
-    assert.deepEqual(out, mem.data.subarray(0, 20 * BS));
-    assert.equal(cache.stats().readHits, 20);
+    assert.equal(cache.stats().readHits, BLOCKS);
   });
 
-  it('a crash after a warm start leaves a cold cache', async () => {
+  it('stays warm when only the device survives (a block device after a reboot: no file next to it)', async () => {
+    // Issue 10 (4): `--cache /dev/nvme0n1p3` kept its metadata in /dev/nvme0n1p3.meta on devtmpfs.
     const mem = new MemStore(32 * BS);
-    const s = await populate(mem);
+    stamp(mem.data, 0, 1);
+    await populate(mem);
+    const moved = path.join(dir, 'after-reboot');
+    fs.copyFileSync(cachePath(), moved);
+    for (const f of fs.readdirSync(dir)) if (f !== 'after-reboot') fs.rmSync(path.join(dir, f));
+    cache = await open({ path: moved });
+    assert.equal(cache.warm, true);
+    assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
+    assert.equal(cache.stats().readHits, BLOCKS);
+  });
+
+  it('an old metadata file (another --cache-metadata, a symlink to the cache) is refused', async () => {
+    // Issue 10 (4): run 1 saves m1; run 2 reaches the same device under another name (its own
+    // metadata file) and rewrites the slots with other blocks; run 3 must not trust m1.
+    const m1 = path.join(dir, 'm1');
+    const mem = new MemStore(32 * BS);
+    stamp(mem.data, 0, 1);
+    await populate(mem, { metadataPath: m1 });
+    const link = path.join(dir, 'link');
+    fs.symlinkSync(cachePath(), link);
+    const other = new MemStore(32 * BS);
+    stamp(other.data, 0, 2);
+    cache = await open({ path: link, metadataPath: path.join(dir, 'm2') });
+    assert.equal(cache.warm, false);
+    const s = new CachedStore({ backing: other, cache, name: 'a' });
+    await s.read(0, [new Uint8Array(BLOCKS * BS)]);
+    await cache.log.quiesce();
     await s.close();
-    await (cache as Cache).close();
+    await cache.close();
+    cache = await open({ metadataPath: m1 });
+    assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
+    assert.equal(cache.warm, false, 'stale metadata file refused');
+  });
+
+  it('a metadata file is accepted when it is the one bound to the device', async () => {
+    const meta = path.join(dir, 'meta');
+    const mem = new MemStore(32 * BS);
+    stamp(mem.data, 0, 1);
+    await populate(mem, { metadataPath: meta });
+    cache = await open({ metadataPath: meta });
+    assert.equal(cache.warm, true);
+    assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
+    assert.equal(cache.stats().readHits, BLOCKS);
+  });
+
+  it('an old copy of the metadata area put back is refused (generation)', async () => {
+    const mem = new MemStore(32 * BS);
+    stamp(mem.data, 0, 1);
+    await populate(mem);
+    cache = await open();
+    const old = area();
+    await cache.abort();
+    // Another clean run caches other data in the same slots.
+    const other = new MemStore(32 * BS);
+    stamp(other.data, 0, 2);
+    cache = await open();
+    assert.equal(cache.warm, false, 'the aborted run left stale metadata');
+    const s = new CachedStore({ backing: other, cache, name: 'a', mode: 'writethrough' });
+    await s.read(0, [new Uint8Array(BLOCKS * BS)]);
+    await cache.log.quiesce();
+    await s.close();
+    await cache.close();
+    const fd = fs.openSync(cachePath(), 'r+');
+    fs.writeSync(fd, old, 0, old.length, SUPERBLOCK_SIZE);
+    fs.closeSync(fd);
+    cache = await open();
+    assert.equal(cache.warm, false);
+    assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
+  });
+
+  it('a crash (no clean close) after a warm start leaves a cold cache', async () => {
+    const mem = new MemStore(32 * BS);
+    await populate(mem);
     cache = await open();
     assert.equal(cache.warm, true);
-    await (cache as Cache).abort();
+    await cache.abort();
     cache = await open();
     assert.equal(cache.warm, false);
     assert.equal(cache.map.map.size, 0);
   });
 
-  it('a changed identity drops the volume; a changed geometry or corrupt file means cold', async () => {
+  it('a changed identity drops the volume; a changed geometry or corrupt metadata means cold', async () => {
     const mem = new MemStore(32 * BS);
-    let s = await populate(mem);
-    await s.close();
-    await (cache as Cache).close();
+    await populate(mem);
     cache = await open();
     mem.identity = 'mem-2';
-    s = new CachedStore({ backing: mem, cache, name: 'a' });
+    const s = new CachedStore({ backing: mem, cache, name: 'a' });
     assert.equal(cache.map.volumeBlocks[s.volume], 0);
     await s.close();
     await cache.close();
 
-    s = await populate(mem);
-    await s.close();
-    await (cache as Cache).close();
-    const meta = path.join(dir, 'cache.meta');
-    const bytes = fs.readFileSync(meta);
-    bytes[bytes.length - 10] ^= 1;
-    fs.writeFileSync(meta, bytes);
+    await populate(mem);
+    const fd = fs.openSync(cachePath(), 'r+');
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, SUPERBLOCK_SIZE + 200);
+    b[0] ^= 1;
+    fs.writeSync(fd, b, 0, 1, SUPERBLOCK_SIZE + 200);
+    fs.closeSync(fd);
     cache = await open();
     assert.equal(cache.warm, false);
     await cache.abort();
 
-    s = await populate(mem);
-    await s.close();
-    await (cache as Cache).close();
-    cache = await open(8192);
+    await populate(mem);
+    cache = await open({ segmentSize: 8192 });
     assert.equal(cache.warm, false);
   });
 });

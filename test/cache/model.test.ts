@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { deviceBytesFor } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, MemStore, rng, stamp } from './helpers';
 
@@ -48,7 +48,7 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
     engine.writeFailRate = 0;
     cache = await Cache.open({
       path: path.join(dir, 'cache'),
-      size: SUPERBLOCK_SIZE + 10 * (4096 + 16384),
+      size: deviceBytesFor(10, 4096, 16384),
       segmentSize: 16384,
       buffers: 3,
       engine,
