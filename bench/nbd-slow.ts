@@ -72,7 +72,6 @@ async function main(): Promise<void> {
       } finally {
         await ours.stop();
         fs.rmSync(cacheFile, { force: true });
-        fs.rmSync(`${cacheFile}.meta`, { force: true });
       }
     };
     const delta = async (f: () => Promise<Measurement>): Promise<[Measurement, number | null]> => {

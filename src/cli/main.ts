@@ -75,7 +75,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--cache-block-size <bytes>', 'cache block size, 4K..64K', String(DEFAULTS.cacheBlockSize))
     .option('--cache-segment-size <bytes>', 'log segment size', String(DEFAULTS.segmentSize))
     .addOption(new Option('--cache-mode <mode>', 'cache mode of the volume').choices([...CACHE_MODES]).default('writethrough'))
-    .option('--cache-metadata <path>', 'metadata file for warm restarts (default: CACHE.meta)')
+    .option('--cache-metadata <path>', 'metadata file for warm restarts (default: the metadata area of the cache device)')
     .option('--control <path>', 'control socket (HTTP over a unix socket)')
     .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')

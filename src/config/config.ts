@@ -36,7 +36,7 @@ export interface CacheConfig {
   size?: number;
   blockSize: number;
   segmentSize: number;
-  /** Where the warm-restart metadata lives (default: PATH + '.meta'). */
+  /** A file for the warm-restart metadata (default: the cache device's metadata area). */
   metadataPath?: string;
 }
 
