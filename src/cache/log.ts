@@ -181,7 +181,9 @@ export class Log {
    */
   checkBlocks(slot: number, data: Uint8Array | readonly Uint8Array[], blocks: number): Uint8Array | null {
     if (this.bad.length < blocks) this.bad = new Uint8Array(Math.max(blocks, 2 * this.bad.length));
-    const n = native.crc32cCheck(data, this.g.blockSize, this.map.bda.crc, slot, this.bad);
+    // A single view is passed as such: the native side then skips reading an array.
+    const bufs = Array.isArray(data) && data.length === 1 ? (data[0] as Uint8Array) : data;
+    const n = native.crc32cCheck(bufs, this.g.blockSize, this.map.bda.crc, slot, this.bad);
     return n === 0 ? null : this.bad;
   }
 
