@@ -234,7 +234,9 @@ Napi::Value JS_crc32cCheck(const Napi::CallbackInfo& info) {
   if (at > crcLen || n > crcLen - at || n > badLen) ThrowError(env, "ERANGE", "crcs or bad too short");
   // A block split over views is gathered into `scratch` first, so every block is one
   // contiguous buffer for the interleaved loop (a serial chain would cost 3x).
-  std::vector<uint8_t> scratch;
+  alignas(64) static thread_local uint8_t gather[65536];
+  std::vector<uint8_t> big;  // blocks over 64 KiB (not used by the cache)
+  uint8_t* scratch = nullptr;
   uint32_t mismatches = 0;
   size_t block = 0;
   size_t inBlock = 0;
@@ -253,14 +255,21 @@ Napi::Value JS_crc32cCheck(const Napi::CallbackInfo& info) {
         b.length -= bs;
         continue;
       }
-      if (scratch.empty()) scratch.resize(bs);
+      if (scratch == nullptr) {
+        if (bs <= sizeof(gather)) {
+          scratch = gather;
+        } else {
+          big.resize(bs);
+          scratch = big.data();
+        }
+      }
       size_t k = bs - inBlock < b.length ? bs - inBlock : b.length;
-      std::memcpy(scratch.data() + inBlock, b.data, k);
+      std::memcpy(scratch + inBlock, b.data, k);
       b.data += k;
       b.length -= k;
       inBlock += k;
       if (inBlock == bs) {
-        finish(scratch.data());
+        finish(scratch);
         inBlock = 0;
       }
     }
