@@ -1,7 +1,8 @@
 /**
  * Randomized model test: two volumes share a small cache; seeded random reads, writes (aligned,
- * partial, unaligned, multi-buffer), discards, write-zeroes, clean restarts, crash restarts and
- * injected cache-device errors. Every read is compared with a plain in-memory model. Each step
+ * partial, unaligned, multi-buffer), discards, write-zeroes, clean restarts, crash restarts,
+ * injected cache-device errors, cache-device bytes changed behind the cache's back (while
+ * running and while stopped) and a cache file truncated under the running cache. Every read is compared with a plain in-memory model. Each step
  * runs a batch of concurrent operations on disjoint block ranges, so the model is exact while
  * background insertions, read-ahead and segment writes interleave with the next batches.
  */
@@ -11,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { deviceBytesFor } from '../../src/cache/segment';
+import { deviceBytesFor, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, MemStore, rng, stamp } from './helpers';
 
@@ -59,13 +60,40 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
   };
   await open();
   let checks = 0;
-  const totals = { readHits: 0, ramHits: 0, storageHits: 0, evictions: 0, wraps: 0, readErrors: 0, writeErrors: 0, restarts: 0 };
+  const totals = {
+    readHits: 0,
+    ramHits: 0,
+    storageHits: 0,
+    evictions: 0,
+    wraps: 0,
+    readErrors: 0,
+    writeErrors: 0,
+    checksumErrors: 0,
+    restarts: 0,
+  };
   const account = () => {
     const st = cache.stats();
-    for (const k of ['readHits', 'ramHits', 'storageHits', 'evictions', 'wraps', 'readErrors', 'writeErrors'] as const) {
+    for (const k of ['readHits', 'ramHits', 'storageHits', 'evictions', 'wraps', 'readErrors', 'writeErrors', 'checksumErrors'] as const) {
       totals[k] += st[k];
     }
     totals.restarts++;
+  };
+  /** Flips a byte of up to `n` cached blocks on the device (slots as laid out by the cache). */
+  const corrupt = (n: number) => {
+    const fd = fs.openSync(path.join(dir, 'cache'), 'r+');
+    try {
+      for (let k = 0; k < n; k++) {
+        const slot = Math.floor(r() * cache.geometry.slots);
+        if (!cache.map.bda.isValid(slot)) continue;
+        const at = slotOffset(cache.geometry, slot) + Math.floor(r() * BS);
+        const one = Buffer.alloc(1);
+        fs.readSync(fd, one, 0, 1, at);
+        one[0] ^= 1 + Math.floor(r() * 255);
+        fs.writeSync(fd, one, 0, 1, at);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
   };
   try {
     for (let step = 0; step < steps; step++) {
@@ -74,6 +102,8 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
         for (const s of stores!) await s.close();
         account();
         await cache!.close();
+        // Offline change of the cache device: the warm start must catch it.
+        if (r() < 0.5) corrupt(8);
         await open();
         continue;
       }
@@ -87,6 +117,12 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
         engine.readFailRate = engine.readFailRate > 0 ? 0 : 0.1;
       } else if (p < 0.034) {
         engine.writeFailRate = engine.writeFailRate > 0 ? 0 : 0.3;
+      } else if (p < 0.05) {
+        corrupt(4);
+      } else if (p < 0.052) {
+        // Cut the file inside the log: blocks past the end read as errors (later segment writes
+        // extend it again, with a hole of zeros before them).
+        fs.truncateSync(path.join(dir, 'cache'), slotOffset(cache!.geometry, Math.floor(r() * cache!.geometry.slots)));
       }
       // A batch of up to 4 concurrent operations on disjoint block ranges.
       const used: [number, number, number][] = [];
@@ -143,6 +179,7 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
     // The run exercised hits from RAM and from the device, evictions and injected errors.
     assert.ok(totals.ramHits > 0 && totals.storageHits > 0, 'the cache never hit');
     assert.ok(totals.evictions > 0 && totals.readErrors + totals.writeErrors > 0);
+    assert.ok(totals.checksumErrors > 0, 'no corrupted block was read');
     assert.ok(st.volumes.v1.blocks <= 12, 'volume cap exceeded');
   } finally {
     await cache!.abort();
