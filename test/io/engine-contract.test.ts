@@ -103,6 +103,16 @@ for (const [name, make] of engines) {
       assert.ok(beyond.every((x) => x === 0));
     });
 
+    it('an exact read rejects with EIO at end of file (short read or entirely past it)', async () => {
+      const data = randomBytes(1000);
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const whole = new Uint8Array(1000);
+      await engine.readv(fd, [whole], 0, true);
+      assert.deepEqual(Buffer.from(whole), data);
+      await assert.rejects(engine.readv(fd, [new Uint8Array(600), new Uint8Array(600)], 0, true), { code: 'EIO' });
+      await assert.rejects(engine.readv(fd, [new Uint8Array(4096)], 1 << 20, true), { code: 'EIO' });
+    });
+
     it('runs concurrent operations on distinct ranges, each settling with its own data', async () => {
       const n = 64;
       const blocks = Array.from({ length: n }, () => randomBytes(4096 + 13));
