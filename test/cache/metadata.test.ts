@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -87,6 +88,30 @@ describe('cache metadata and warm restart', () => {
     assert.equal(cache.warm, true);
     assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
     assert.equal(cache.stats().readHits, BLOCKS);
+  });
+
+  it('a cache on a block device (loop) stays warm across a detach and re-attach (a reboot)', async () => {
+    const image = path.join(dir, 'loop.img');
+    fs.writeFileSync(image, Buffer.alloc(deviceBytesFor(8, 4096, 16384)));
+    const attach = () => execFileSync('losetup', ['--find', '--show', image], { encoding: 'utf8' }).trim();
+    let dev = attach();
+    try {
+      const mem = new MemStore(32 * BS);
+      stamp(mem.data, 0, 1);
+      await populate(mem, { path: dev, size: undefined });
+      execFileSync('losetup', ['--detach', dev]);
+      // A reboot empties devtmpfs: nothing next to the device node survives.
+      fs.rmSync(`${dev}.meta`, { force: true });
+      dev = attach();
+      cache = await open({ path: dev, size: undefined });
+      assert.equal(cache.warm, true);
+      assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
+      assert.equal(cache.stats().readHits, BLOCKS);
+      await cache.abort();
+      cache = null;
+    } finally {
+      execFileSync('losetup', ['--detach', dev]);
+    }
   });
 
   it('an old metadata file (another --cache-metadata, a symlink to the cache) is refused', async () => {
