@@ -1,5 +1,5 @@
 /** Compact text table of daemon statistics for `vhost-blk-cache stats` (and --watch). */
-import type { DaemonStats } from '../daemon/daemon';
+import type { DaemonStats } from '../control/daemon-api';
 
 function fmt(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(1)}G`;

@@ -10,24 +10,18 @@ import * as fs from 'node:fs';
 import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
-import type { CacheStats } from '../cache/stats';
 import { openBackingStore } from '../backing/open';
 import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
 import type { IoEngine } from '../io/io-engine';
+import type { ControlledDaemon, DaemonStats } from '../control/daemon-api';
+import { MetricsServer } from '../control/metrics';
 import { ControlServer } from '../control/server';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { DaemonLogger, Logger } from '../util/logger';
-import { Volume, type VolumeStats } from '../volume/volume';
-
-export interface DaemonStats {
-  uptimeSeconds: number;
-  ioEngine: string;
-  /** null when the daemon runs without a cache. */
-  cache: CacheStats | null;
-  volumes: VolumeStats[];
-}
+import { Volume } from '../volume/volume';
+import { notifySystemd } from './systemd';
 
 /**
  * Takes an exclusive flock on the cache device for the daemon's lifetime, so a second daemon
@@ -56,12 +50,13 @@ function lockCacheDevice(path: string, create: boolean): number | null {
   return fd;
 }
 
-export class Daemon {
+export class Daemon implements ControlledDaemon {
   private readonly volumes = new Map<string, Volume>();
   private readonly pending = new Set<string>();
   private readonly started = Date.now();
   private stopping: Promise<void> | null = null;
   private control: ControlServer | null = null;
+  private metrics: MetricsServer | null = null;
 
   private constructor(
     readonly config: DaemonConfig,
@@ -98,6 +93,7 @@ export class Daemon {
     try {
       for (const v of config.volumes) await d.addVolume(v);
       if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
+      if (config.metricsListen !== undefined) d.metrics = await MetricsServer.start(config.metricsListen, d, log);
     } catch (err) {
       await d.shutdown();
       throw err;
@@ -181,6 +177,7 @@ export class Daemon {
   private async doShutdown(): Promise<void> {
     this.log.info('shutting down: draining volumes');
     if (this.control !== null) await this.control.close();
+    if (this.metrics !== null) await this.metrics.close();
     const vols = [...this.volumes.values()];
     this.volumes.clear();
     const results = await Promise.allSettled(vols.map((v) => v.close()));
@@ -202,7 +199,10 @@ export class Daemon {
   }
 }
 
-/** Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown. */
+/**
+ * Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown.
+ * Tells systemd READY=1 once serving and STOPPING=1 when the shutdown starts (NOTIFY_SOCKET).
+ */
 export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise<void> {
   const log = dl.logger;
   const hup = (): void => {
@@ -217,9 +217,11 @@ export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise
     process.off('SIGHUP', hup);
     throw err;
   }
+  notifySystemd('READY=1', log);
   await new Promise<void>((resolve) => {
     const stop = (sig: NodeJS.Signals): void => {
       log.info({ signal: sig }, 'signal received');
+      notifySystemd('STOPPING=1', log);
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       process.off('SIGHUP', hup);
