@@ -201,36 +201,46 @@ export class Daemon implements ControlledDaemon {
 
 /**
  * Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown.
- * Tells systemd READY=1 once serving and STOPPING=1 when the shutdown starts (NOTIFY_SOCKET).
+ * The handlers are in place before the daemon starts, so a signal that arrives while it starts
+ * (or right after it said ready) still stops it cleanly; after the first signal a second one
+ * kills the process (the default action). Tells systemd READY=1 once serving and STOPPING=1
+ * when the shutdown starts (NOTIFY_SOCKET).
  */
 export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise<void> {
   const log = dl.logger;
+  let daemon: Daemon | null = null;
+  let signalled = false;
+  let stopped: () => void = () => undefined;
+  const done = new Promise<void>((resolve) => (stopped = resolve));
+  const shutdown = (d: Daemon): void => {
+    notifySystemd('STOPPING=1', log);
+    d.shutdown().then(stopped, (err: Error) => {
+      log.error({ err: err.message }, 'shutdown failed');
+      stopped();
+    });
+  };
   const hup = (): void => {
     dl.reopen();
     log.info('SIGHUP: log reopened');
   };
+  const stop = (sig: NodeJS.Signals): void => {
+    log.info({ signal: sig }, 'signal received');
+    signalled = true;
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    if (daemon !== null) shutdown(daemon);
+  };
   process.on('SIGHUP', hup);
-  let daemon: Daemon;
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   try {
     daemon = await Daemon.start(config, log);
-  } catch (err) {
+    if (signalled) shutdown(daemon);
+    else notifySystemd('READY=1', log);
+    await done;
+  } finally {
     process.off('SIGHUP', hup);
-    throw err;
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
   }
-  notifySystemd('READY=1', log);
-  await new Promise<void>((resolve) => {
-    const stop = (sig: NodeJS.Signals): void => {
-      log.info({ signal: sig }, 'signal received');
-      notifySystemd('STOPPING=1', log);
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      process.off('SIGHUP', hup);
-      daemon.shutdown().then(resolve, (err: Error) => {
-        log.error({ err: err.message }, 'shutdown failed');
-        resolve();
-      });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
 }
