@@ -14,7 +14,7 @@ import type { ListenAddress } from '../config/config';
 import { LATENCY_BUCKETS_S, type TypeLatency } from '../metrics/request-latency';
 import type { Logger } from '../util/logger';
 import type { DispatchStats } from '../virtio-blk/dispatch';
-import type { ControlledDaemon } from './daemon-api';
+import type { ControlledDaemon, DaemonStats } from './daemon-api';
 
 export interface Metrics {
   registry: Registry;
@@ -57,7 +57,7 @@ type LatencyLabel = 'volume' | 'type' | 'le';
  * Registry reads getForPromString() when a metric has one, get() otherwise: both are answered.
  */
 const LATENCY_NAME = 'vbc_request_latency_seconds';
-const LATENCY_HELP = 'time from dispatch to completion of requests that reach the store, per volume and request type';
+const LATENCY_HELP = 'time from the arrival of a request (its batch from the rings) to its completion, for requests that reach the store';
 
 class RecordedLatencyHistogram extends Histogram<LatencyLabel> {
   constructor(private readonly source: () => { volume: string; types: TypeLatency[] }[]) {
@@ -96,8 +96,21 @@ class RecordedLatencyHistogram extends Histogram<LatencyLabel> {
   }
 }
 
-export function createMetrics(daemon: ControlledDaemon): Metrics {
+export function createMetrics(source: ControlledDaemon): Metrics {
   const registry = new Registry();
+  // One Daemon.stats() per scrape: every metric's collect() runs in the same turn.
+  let snapshot: DaemonStats | null = null;
+  const daemon = {
+    stats(): DaemonStats {
+      if (snapshot === null) {
+        snapshot = source.stats();
+        setImmediate(() => (snapshot = null));
+      }
+      return snapshot;
+    },
+    volumeNames: () => source.volumeNames(),
+    getVolume: (name: string) => source.getVolume(name),
+  };
   /** One labelled series per volume, filled from `samples()` at every scrape. */
   const perVolume = (type: 'counter' | 'gauge', name: string, help: string, samples: () => Sample[]): void => {
     const Kind = type === 'counter' ? Counter : Gauge;

@@ -1,6 +1,7 @@
 /**
- * Request latency of one volume, recorded on the hot path at a fixed, small cost (an array
- * increment and a log-linear histogram bucket; no allocation, no label hashing).
+ * Request latency of one volume, recorded on the hot path at a fixed, small cost (a bucket
+ * search over 19 bounds and one log-linear histogram bucket; no allocation, no label hashing,
+ * no clock read).
  *
  * - Per request type: counts per Prometheus bucket (LATENCY_BUCKETS_S, 10 µs .. 10 s), sum and
  *   count, read at scrape time by the `vbc_request_latency_seconds` histogram (src/control/metrics).
@@ -70,22 +71,27 @@ class TypeCounts {
 
 export class RequestLatency {
   private readonly types = REQUEST_TYPES.map(() => new TypeCounts());
-  private readonly total = new LatencyHistogram();
+  /** Every closed window; the total is this plus `current`. */
+  private readonly closed = new LatencyHistogram();
   private current = new LatencyHistogram();
   private previous = new LatencyHistogram();
+  /** summary()'s total (closed + current), reused. */
+  private readonly scratch = new LatencyHistogram();
   private windowStart: number;
 
+  /** `now`: the clock of record()'s `at` (performance.now() in the daemon). */
   constructor(private readonly now: () => number = () => performance.now()) {
     this.windowStart = now();
   }
 
-  /** One completed request of type REQUEST_TYPES[type] that took `ms` milliseconds. */
-  record(type: number, ms: number): void {
-    this.rotate();
+  /**
+   * One completed request of type REQUEST_TYPES[type] that took `ms` milliseconds and completed
+   * at `at` (the caller has just read the clock; reading it again here would double the cost).
+   */
+  record(type: number, ms: number, at: number): void {
+    if (at - this.windowStart >= RECENT_WINDOW_MS) this.rotate(at);
     (this.types[type] as TypeCounts).record(ms / 1000);
-    const ns = ms * 1e6;
-    this.total.record(ns);
-    this.current.record(ns);
+    this.current.record(ms * 1e6);
   }
 
   /** Cumulative per-type histograms (types with no request included, as zeros). */
@@ -98,18 +104,21 @@ export class RequestLatency {
   }
 
   summary(): VolumeLatency {
-    this.rotate();
+    this.rotate(this.now());
+    this.scratch.reset();
+    this.scratch.merge(this.closed);
+    this.scratch.merge(this.current);
     return {
-      total: percentiles(this.total.summary()),
+      total: percentiles(this.scratch.summary()),
       recent: { ...percentiles(this.previous.summary()), windowSeconds: RECENT_WINDOW_MS / 1000 },
     };
   }
 
   /** Closes the current window once it is RECENT_WINDOW_MS old (two windows: nothing recent). */
-  private rotate(): void {
-    const t = this.now();
+  private rotate(t: number): void {
     if (t - this.windowStart < RECENT_WINDOW_MS) return;
     const elapsedWindows = Math.floor((t - this.windowStart) / RECENT_WINDOW_MS);
+    this.closed.merge(this.current);
     const spare = this.previous;
     spare.reset();
     this.previous = this.current;

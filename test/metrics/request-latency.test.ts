@@ -4,10 +4,10 @@ import { LATENCY_BUCKETS_S, RECENT_WINDOW_MS, REQUEST_TYPES, RequestLatency } fr
 describe('metrics: request latency per volume', () => {
   it('counts each request in the first bucket whose bound holds it (le), per type', () => {
     const r = new RequestLatency(() => 0);
-    r.record(0, 0.005); // 5 µs read -> le 10e-6
-    r.record(0, 0.01); // 10 µs read: on the bound -> le 10e-6
-    r.record(0, 3); // 3 ms read -> le 5e-3
-    r.record(1, 20_000); // 20 s write -> only +Inf
+    r.record(0, 0.005, 0); // 5 µs read -> le 10e-6
+    r.record(0, 0.01, 0); // 10 µs read: on the bound -> le 10e-6
+    r.record(0, 3, 0); // 3 ms read -> le 5e-3
+    r.record(1, 20_000, 0); // 20 s write -> only +Inf
     const [read, write, flush] = r.byType();
     assert.deepEqual(r.byType().map((t) => t.type), [...REQUEST_TYPES]);
     const le = (t: typeof read, bound: number): number => (t as { buckets: number[] }).buckets[LATENCY_BUCKETS_S.indexOf(bound)] as number;
@@ -25,7 +25,7 @@ describe('metrics: request latency per volume', () => {
   it('reports percentiles since start and over the last full window', () => {
     let now = 0;
     const r = new RequestLatency(() => now);
-    for (let i = 1; i <= 1000; i++) r.record(0, i / 1000); // 1 .. 1000 µs
+    for (let i = 1; i <= 1000; i++) r.record(0, i / 1000, now); // 1 .. 1000 µs
     let s = r.summary();
     assert.equal(s.total.count, 1000);
     assert.ok(Math.abs(s.total.p50Us - 500) <= 500 * 0.005, `p50 ${s.total.p50Us}`);
@@ -34,7 +34,7 @@ describe('metrics: request latency per volume', () => {
     assert.equal(s.recent.count, 0, 'no full window yet');
 
     now = RECENT_WINDOW_MS; // the first window closes
-    r.record(1, 50); // 50 ms, in the second window
+    r.record(1, 50, now); // 50 ms, in the second window
     s = r.summary();
     assert.equal(s.recent.count, 1000);
     assert.equal(s.recent.windowSeconds, RECENT_WINDOW_MS / 1000);
