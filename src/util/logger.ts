@@ -4,7 +4,6 @@
  * journald); `--log-format json|pretty` forces either. A log file (--log-file) is reopened by
  * reopen() (SIGHUP, for logrotate). Child loggers carry the volume name.
  */
-import * as fs from 'node:fs';
 import pino, { type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
@@ -51,15 +50,6 @@ export function formatPretty(line: string, colour: boolean): string {
   return `${time} ${lvl} ${vol}${String(rec.msg ?? '')}${fields.length > 0 ? ` ${fields.join(' ')}` : ''}\n`;
 }
 
-/** A synchronous pino destination writing formatted lines to a file descriptor. */
-function prettyDestination(fd: number, colour: boolean): DestinationStream {
-  return {
-    write(line: string): void {
-      fs.writeSync(fd, formatPretty(line, colour));
-    },
-  };
-}
-
 /** Whether `format` means pretty lines for a log going to stderr (file: always JSON unless forced). */
 export function wantsPretty(format: LogFormat, file: string | undefined): boolean {
   if (format === 'auto') return file === undefined && process.stderr.isTTY === true;
@@ -67,14 +57,11 @@ export function wantsPretty(format: LogFormat, file: string | undefined): boolea
 }
 
 export function createDaemonLogger(level: string, file?: string, format: LogFormat = 'auto'): DaemonLogger {
-  const pretty = wantsPretty(format, file);
-  if (file === undefined) {
-    const dest = pretty ? prettyDestination(2, process.stderr.isTTY === true) : pino.destination({ fd: 2, sync: true });
-    return { logger: pino({ level, base: { pid: process.pid } }, dest), reopen: () => undefined };
-  }
-  const boom = pino.destination({ dest: file, append: true, mkdir: true, sync: true });
-  const dest: DestinationStream = pretty ? { write: (line: string) => boom.write(formatPretty(line, false)) } : boom;
-  return { logger: pino({ level, base: { pid: process.pid } }, dest), reopen: () => boom.reopen() };
+  const colour = file === undefined && process.stderr.isTTY === true;
+  // sonic-boom in sync mode (retries EAGAIN on a non-blocking fd, reopens files) under both formats.
+  const boom = file === undefined ? pino.destination({ fd: 2, sync: true }) : pino.destination({ dest: file, append: true, mkdir: true, sync: true });
+  const dest: DestinationStream = wantsPretty(format, file) ? { write: (line: string) => boom.write(formatPretty(line, colour)) } : boom;
+  return { logger: pino({ level, base: { pid: process.pid } }, dest), reopen: () => (file === undefined ? undefined : boom.reopen()) };
 }
 
 /** A logger that drops everything, for tests and library use. */
