@@ -91,11 +91,11 @@ export interface BlkRange {
 
 const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
 /** Indices into REQUEST_TYPES (src/metrics/request-latency.ts). */
-const READ = 0;
-const WRITE = 1;
-const FLUSH = 2;
-const DISCARD = 3;
-const WRITE_ZEROES = 4;
+const READ = REQUEST_TYPES.indexOf('read');
+const WRITE = REQUEST_TYPES.indexOf('write');
+const FLUSH = REQUEST_TYPES.indexOf('flush');
+const DISCARD = REQUEST_TYPES.indexOf('discard');
+const WRITE_ZEROES = REQUEST_TYPES.indexOf('write-zeroes');
 const RANGE_SIZE = 16;
 
 /** Concatenates a scatter list (only small payloads: ranges, never bulk data). */
