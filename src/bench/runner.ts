@@ -347,7 +347,7 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
 }
 
 /** Size of the backing image of the embedded default (no --asu1, no --backing). */
-export const EMBEDDED_BACKING_SIZE = 1 << 30;
+const EMBEDDED_BACKING_SIZE = 1 << 30;
 const EMBEDDED_CACHE_SIZE = 256 << 20;
 
 /** Runs the benchmark described by `o` (see the module comment). */

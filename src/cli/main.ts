@@ -214,7 +214,7 @@ async function demo(opts: { data: string; logLevel: string; logFormat: LogFormat
   await runDaemon(config, createDaemonLogger(opts.logLevel, undefined, opts.logFormat));
 }
 
-export function buildProgram(): Command {
+function buildProgram(): Command {
   const program = new Command('vhost-blk-cache')
     .description('vhost-user-blk back end with a shared, persistent host-side block cache')
     .enablePositionalOptions()

@@ -21,7 +21,7 @@ import { createMetrics } from './metrics';
 const MAX_BODY = 64 * 1024;
 
 /** Fails with EADDRINUSE if something answers on `socketPath`; removes a stale socket file. */
-export async function claimSocketPath(socketPath: string): Promise<void> {
+async function claimSocketPath(socketPath: string): Promise<void> {
   if (!fs.existsSync(socketPath)) return;
   const live = await new Promise<boolean>((resolve) => {
     const c = net.createConnection(socketPath);
