@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -200,6 +202,30 @@ Napi::Value JS_lockExclusive(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// sendUnixDatagram(path, data): one datagram to a unix datagram socket, never blocking (for
+// sd_notify: Node has no AF_UNIX SOCK_DGRAM). A leading '@' names an abstract socket.
+Napi::Value JS_sendUnixDatagram(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsTypedArray()) {
+    ThrowError(env, "EINVAL", "sendUnixDatagram(path: string, data: Uint8Array)");
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  Napi::Uint8Array data = info[1].As<Napi::Uint8Array>();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) ThrowError(env, "EINVAL", "socket path must be 1..107 bytes");
+  memcpy(addr.sun_path, path.data(), path.size());
+  if (path[0] == '@') addr.sun_path[0] = '\0';
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, errno, "socket");
+  ssize_t n = sendto(fd, data.Data(), data.ByteLength(), MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr), len);
+  int err = errno;
+  close(fd);
+  if (n < 0) ThrowErrno(env, err, "sendto " + path);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void RegisterIoHelpers(Napi::Env env, Napi::Object exports) {
@@ -208,6 +234,7 @@ void RegisterIoHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("blockRange", Napi::Function::New(env, JS_blockRange, "blockRange"));
   exports.Set("fallocate", Napi::Function::New(env, JS_fallocate, "fallocate"));
   exports.Set("lockExclusive", Napi::Function::New(env, JS_lockExclusive, "lockExclusive"));
+  exports.Set("sendUnixDatagram", Napi::Function::New(env, JS_sendUnixDatagram, "sendUnixDatagram"));
   exports.Set("alignedBuffer", Napi::Function::New(env, JS_alignedBuffer, "alignedBuffer"));
   exports.Set("isDirectIoAligned", Napi::Function::New(env, JS_isDirectIoAligned, "isDirectIoAligned"));
 }

@@ -16,8 +16,13 @@ export interface OpenContext {
   logger: Logger;
 }
 
+/**
+ * Whether `backing` is for the NBD URI parser: every nbd* scheme, in any case (nbds://, nbd+vsock://
+ * included, so that the parser rejects what the client does not support instead of the string
+ * being taken as a file path).
+ */
 export function isNbdUri(backing: string): boolean {
-  return /^nbd(\+unix|\+tcp)?:\/\//.test(backing);
+  return /^nbd[a-z0-9+.-]*:\/\//i.test(backing);
 }
 
 export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {

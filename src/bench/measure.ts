@@ -5,7 +5,7 @@
 import * as os from 'node:os';
 import { Device, Engine, type EngineResult } from './engine';
 import { type ModeName, ModeWorkload } from './modes';
-import type { LatencySummary } from './stats';
+import type { LatencySummary } from '../metrics/latency-histogram';
 
 export interface ModeMeasureOptions {
   /** vhost-user sockets; with several, each gets its own engine running the same mode (seed + i). */

@@ -4,7 +4,9 @@
  *
  * Targets: either running volumes (--asu1 SOCKET [--asu2 SOCKET --asu3 SOCKET], --control CTL for
  * cache statistics), or a daemon this command starts itself from --backing (and --cache ...), which
- * it stops at the end. --compare-qsd then runs the same seeded workload against
+ * it stops at the end. With neither, that daemon serves an embedded default: a sparse backing image
+ * (--size, 1 GiB) and a cache (--cache-size, 256 MiB) created in a temporary folder (or --workdir)
+ * and removed at the end; the sizes are printed on stderr. --compare-qsd then runs the same seeded workload against
  * qemu-storage-daemon serving the same backing store and prints both side by side.
  *
  * Workloads: fio-like modes (--mode, --bs, --iodepth, --queues; unpaced, closed loop) or
@@ -344,11 +346,31 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
   }
 }
 
+/** Size of the backing image of the embedded default (no --asu1, no --backing). */
+const EMBEDDED_BACKING_SIZE = 1 << 30;
+const EMBEDDED_CACHE_SIZE = 256 << 20;
+
 /** Runs the benchmark described by `o` (see the module comment). */
-export async function runBench(o: BenchOptions): Promise<BenchReport> {
-  const ownDir = o.backing !== undefined && o.workdir === undefined;
-  const dir = o.workdir ?? (ownDir ? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-')) : '');
-  if (o.workdir !== undefined) fs.mkdirSync(o.workdir, { recursive: true });
+export async function runBench(given: BenchOptions): Promise<BenchReport> {
+  const embedded = given.backing === undefined && given.asu1 === undefined;
+  const ownDir = (given.backing !== undefined || embedded) && given.workdir === undefined;
+  const dir = given.workdir ?? (ownDir ? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-')) : '');
+  if (given.workdir !== undefined) fs.mkdirSync(given.workdir, { recursive: true });
+  let o = given;
+  if (embedded) {
+    o = {
+      ...given,
+      backing: path.join(dir, 'backing.img'),
+      size: given.size ?? EMBEDDED_BACKING_SIZE,
+      cache: given.cache ?? path.join(dir, 'cache.img'),
+      cacheSize: given.cacheSize ?? EMBEDDED_CACHE_SIZE,
+    };
+    const mib = (n: number): string => `${(n / 2 ** 20).toFixed(0)} MiB`;
+    process.stderr.write(
+      `bench: no --asu1 or --backing given: serving a sparse ${mib(o.size as number)} backing image ${o.backing} ` +
+        `through a ${mib(o.cacheSize as number)} cache ${o.cache}${ownDir ? ' (temporary, removed at the end)' : ''}\n`,
+    );
+  }
   const progress = o.progress ? new Progress() : null;
   const dataOut = o.data !== undefined ? fs.createWriteStream(o.data) : null;
   const runs: RunSummary[] = [];

@@ -18,8 +18,9 @@ import {
 import { addBenchCommand } from '../bench/runner';
 import { runDaemon } from '../daemon/daemon';
 import { controlJson } from '../control/client';
-import type { DaemonStats } from '../daemon/daemon';
-import { createDaemonLogger } from '../util/logger';
+import type { DaemonStats } from '../control/daemon-api';
+import { applyActivatedSockets, type ActivatedSockets, takeActivatedSockets } from '../daemon/systemd';
+import { createDaemonLogger, LOG_FORMATS, type LogFormat } from '../util/logger';
 import { renderStatsTable } from './stats-table';
 
 /** The JSON the vhost-user spec defines for back-end programs (VHostUserBackendCapabilities). */
@@ -47,10 +48,12 @@ interface ServeFlags {
   cacheMode?: string;
   cacheMetadata?: string;
   control?: string;
+  metricsListen?: string;
   ioEngine?: string;
   backingTimeout?: string;
   logLevel: string;
   logFile?: string;
+  logFormat?: LogFormat;
   printCapabilities?: boolean;
 }
 
@@ -77,12 +80,20 @@ function addServeOptions(cmd: Command): Command {
     .addOption(new Option('--cache-mode <mode>', 'cache mode of the volume').choices([...CACHE_MODES]).default('writethrough'))
     .option('--cache-metadata <path>', 'metadata file for warm restarts (default: the metadata area of the cache device)')
     .option('--control <path>', 'control socket (HTTP over a unix socket)')
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) over TCP, e.g. 127.0.0.1:9100')
     .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
     .addOption(
       new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     )
-    .option('--log-file <path>', 'write the JSON log here instead of stderr (SIGHUP reopens it)');
+    .option('--log-file <path>', 'write the log here instead of stderr (SIGHUP reopens it)')
+    .addOption(logFormatOption());
+}
+
+function logFormatOption(): Option {
+  return new Option('--log-format <format>', 'log lines: pretty on a terminal and JSON otherwise (auto), or forced')
+    .choices([...LOG_FORMATS])
+    .default('auto');
 }
 
 function intFlag(v: string, flag: string): number {
@@ -90,8 +101,18 @@ function intFlag(v: string, flag: string): number {
   return Number(v);
 }
 
-/** Builds the daemon configuration from flags (or from --config FILE). */
-export function configFromFlags(f: ServeFlags): DaemonConfig {
+/**
+ * Builds the daemon configuration from flags (or from --config FILE). Sockets inherited from
+ * systemd (`activated`) replace the socket path of the volume named like them; with flags, such
+ * a socket stands in for --socket-path / --fd.
+ */
+export function configFromFlags(f: ServeFlags, activated: ActivatedSockets = new Map()): DaemonConfig {
+  const config = configFromFlagsOnly(f, activated.get(f.name ?? 'vol0'));
+  applyActivatedSockets(config, activated);
+  return config;
+}
+
+function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): DaemonConfig {
   if (f.config !== undefined) {
     let raw: unknown;
     try {
@@ -103,12 +124,16 @@ export function configFromFlags(f: ServeFlags): DaemonConfig {
   }
   const backing = f.backing ?? f.blkFile;
   if (backing === undefined) throw new Error('give --backing FILE (or --blk-file, or --config FILE)');
-  if ((f.socketPath === undefined) === (f.fd === undefined)) throw new Error('give exactly one of --socket-path and --fd');
+  if (f.socketPath !== undefined && f.fd !== undefined) throw new Error('give only one of --socket-path and --fd');
+  const fd = f.fd !== undefined ? intFlag(f.fd, '--fd') : f.socketPath === undefined ? activatedFd : undefined;
+  if (f.socketPath === undefined && fd === undefined) {
+    throw new Error('give --socket-path or --fd (or a systemd socket named after --name)');
+  }
   const volume = validateVolume(
     {
       name: f.name ?? 'vol0',
       ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
-      ...(f.fd !== undefined ? { fd: intFlag(f.fd, '--fd') } : {}),
+      ...(fd !== undefined ? { fd } : {}),
       socketMode: parseInt(f.socketMode ?? '0600', 8),
       backing,
       ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
@@ -141,6 +166,7 @@ export function configFromFlags(f: ServeFlags): DaemonConfig {
     ...(cache !== null ? { cache } : {}),
     volumes: [volume],
     ...(f.control !== undefined ? { control: f.control } : {}),
+    ...(f.metricsListen !== undefined ? { metricsListen: f.metricsListen } : {}),
     ioEngine: f.ioEngine ?? 'auto',
     backingTimeoutMs: Math.round(timeout * 1000),
   });
@@ -151,12 +177,16 @@ async function serve(f: ServeFlags): Promise<void> {
     process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
     return;
   }
-  const config = configFromFlags(f);
-  await runDaemon(config, createDaemonLogger(f.logLevel, f.logFile));
+  const activated = takeActivatedSockets();
+  const config = configFromFlags(f, activated);
+  const dl = createDaemonLogger(f.logLevel, f.logFile, f.logFormat);
+  const unusedSockets = [...activated.keys()].filter((name) => !config.volumes.some((v) => v.name === name));
+  if (unusedSockets.length > 0) dl.logger.warn({ sockets: unusedSockets }, 'systemd sockets named after no volume are not served');
+  await runDaemon(config, dl);
 }
 
 /** `npm start`: a sparse demo image and a cache under a data folder, and the QEMU command to attach. */
-async function demo(opts: { data: string; logLevel: string }): Promise<void> {
+async function demo(opts: { data: string; logLevel: string; logFormat: LogFormat }): Promise<void> {
   const dir = path.resolve(opts.data);
   fs.mkdirSync(dir, { recursive: true });
   const socketPath = path.join(dir, 'demo.sock');
@@ -181,10 +211,10 @@ async function demo(opts: { data: string; logLevel: string }): Promise<void> {
       '',
     ].join('\n'),
   );
-  await runDaemon(config, createDaemonLogger(opts.logLevel));
+  await runDaemon(config, createDaemonLogger(opts.logLevel, undefined, opts.logFormat));
 }
 
-export function buildProgram(): Command {
+function buildProgram(): Command {
   const program = new Command('vhost-blk-cache')
     .description('vhost-user-blk back end with a shared, persistent host-side block cache')
     .enablePositionalOptions()
@@ -200,7 +230,8 @@ export function buildProgram(): Command {
     .description('serve a demo disk image through a demo cache (creates both under --data)')
     .option('--data <dir>', 'data folder', process.env.VBC_DATA ?? 'data')
     .option('--log-level <level>', 'log level', 'info')
-    .action((o: { data: string; logLevel: string }) => demo(o));
+    .addOption(logFormatOption())
+    .action((o: { data: string; logLevel: string; logFormat: LogFormat }) => demo(o));
   addControlCommands(program);
   addBenchCommand(program, parseSize);
   return program;

@@ -40,11 +40,19 @@ export interface CacheConfig {
   metadataPath?: string;
 }
 
+/** A TCP address to listen on (--metrics-listen HOST:PORT; `[::1]:9100` for IPv6). */
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
 export interface DaemonConfig {
   cache: CacheConfig | null;
   volumes: VolumeConfig[];
   /** Control socket (HTTP over a unix socket). */
   control?: string;
+  /** Prometheus endpoint (GET /metrics over TCP); off when absent. */
+  metricsListen?: ListenAddress;
   ioEngine: IoEnginePreference;
   /** How long a request may wait for an unreachable network backing store. */
   backingTimeoutMs: number;
@@ -111,7 +119,7 @@ const VOLUME_KEYS = new Set([
   'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
-const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'ioEngine', 'backingTimeoutMs']);
+const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
 
 function checkKeys(o: Record<string, unknown>, allowed: Set<string>, field: string): void {
   for (const k of Object.keys(o)) if (!allowed.has(k)) fail(`${field}.${k}`, 'unknown field');
@@ -178,6 +186,15 @@ export function validateCache(raw: unknown, field: string): CacheConfig {
   };
 }
 
+/** Parses HOST:PORT (`127.0.0.1:9100`, `[::1]:9100`, `localhost:9100`; port 0 = any free port). */
+export function parseListenAddress(v: unknown, field: string): ListenAddress {
+  const m = typeof v === 'string' ? /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(v) : null;
+  if (m === null) return fail(field, `must be HOST:PORT (e.g. "127.0.0.1:9100"), got ${JSON.stringify(v)}`);
+  const port = Number(m[3]);
+  if (port > 65535) fail(field, `port must be 0..65535, got ${port}`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
 export function validateConfig(raw: unknown): DaemonConfig {
   if (!isObject(raw)) return fail('config', 'must be a JSON object');
   checkKeys(raw, TOP_KEYS, 'config');
@@ -199,6 +216,7 @@ export function validateConfig(raw: unknown): DaemonConfig {
     cache: raw.cache === undefined || raw.cache === null ? null : validateCache(raw.cache, 'config.cache'),
     volumes,
     ...(control !== undefined ? { control } : {}),
+    ...(raw.metricsListen !== undefined ? { metricsListen: parseListenAddress(raw.metricsListen, 'config.metricsListen') } : {}),
     ioEngine,
     backingTimeoutMs: int(raw, 'backingTimeoutMs', 'config', DEFAULTS.backingTimeoutMs, 100, 24 * 3600 * 1000),
   };

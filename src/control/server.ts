@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { validateVolume } from '../config/config';
-import type { Daemon } from '../daemon/daemon';
+import type { ControlledDaemon } from './daemon-api';
 import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
 import { createMetrics } from './metrics';
@@ -21,7 +21,7 @@ import { createMetrics } from './metrics';
 const MAX_BODY = 64 * 1024;
 
 /** Fails with EADDRINUSE if something answers on `socketPath`; removes a stale socket file. */
-export async function claimSocketPath(socketPath: string): Promise<void> {
+async function claimSocketPath(socketPath: string): Promise<void> {
   if (!fs.existsSync(socketPath)) return;
   const live = await new Promise<boolean>((resolve) => {
     const c = net.createConnection(socketPath);
@@ -81,7 +81,7 @@ export class ControlServer {
     readonly socketPath: string,
   ) {}
 
-  static async start(socketPath: string, daemon: Daemon, log: Logger): Promise<ControlServer> {
+  static async start(socketPath: string, daemon: ControlledDaemon, log: Logger): Promise<ControlServer> {
     await claimSocketPath(socketPath);
     const metrics = createMetrics(daemon);
     const server = http.createServer((req, res) => {

@@ -10,24 +10,18 @@ import * as fs from 'node:fs';
 import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
-import type { CacheStats } from '../cache/stats';
 import { openBackingStore } from '../backing/open';
 import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
 import type { IoEngine } from '../io/io-engine';
+import type { ControlledDaemon, DaemonStats } from '../control/daemon-api';
+import { MetricsServer } from '../control/metrics';
 import { ControlServer } from '../control/server';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { DaemonLogger, Logger } from '../util/logger';
-import { Volume, type VolumeStats } from '../volume/volume';
-
-export interface DaemonStats {
-  uptimeSeconds: number;
-  ioEngine: string;
-  /** null when the daemon runs without a cache. */
-  cache: CacheStats | null;
-  volumes: VolumeStats[];
-}
+import { Volume } from '../volume/volume';
+import { notifySystemd } from './systemd';
 
 /**
  * Takes an exclusive flock on the cache device for the daemon's lifetime, so a second daemon
@@ -56,12 +50,13 @@ function lockCacheDevice(path: string, create: boolean): number | null {
   return fd;
 }
 
-export class Daemon {
+export class Daemon implements ControlledDaemon {
   private readonly volumes = new Map<string, Volume>();
   private readonly pending = new Set<string>();
   private readonly started = Date.now();
   private stopping: Promise<void> | null = null;
   private control: ControlServer | null = null;
+  private metrics: MetricsServer | null = null;
 
   private constructor(
     readonly config: DaemonConfig,
@@ -98,6 +93,7 @@ export class Daemon {
     try {
       for (const v of config.volumes) await d.addVolume(v);
       if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
+      if (config.metricsListen !== undefined) d.metrics = await MetricsServer.start(config.metricsListen, d, log);
     } catch (err) {
       await d.shutdown();
       throw err;
@@ -181,6 +177,7 @@ export class Daemon {
   private async doShutdown(): Promise<void> {
     this.log.info('shutting down: draining volumes');
     if (this.control !== null) await this.control.close();
+    if (this.metrics !== null) await this.metrics.close();
     const vols = [...this.volumes.values()];
     this.volumes.clear();
     const results = await Promise.allSettled(vols.map((v) => v.close()));
@@ -202,33 +199,48 @@ export class Daemon {
   }
 }
 
-/** Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown. */
+/**
+ * Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown.
+ * The handlers are in place before the daemon starts, so a signal that arrives while it starts
+ * (or right after it said ready) still stops it cleanly; after the first signal a second one
+ * kills the process (the default action). Tells systemd READY=1 once serving and STOPPING=1
+ * when the shutdown starts (NOTIFY_SOCKET).
+ */
 export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise<void> {
   const log = dl.logger;
+  let daemon: Daemon | null = null;
+  let signalled = false;
+  let stopped: () => void = () => undefined;
+  const done = new Promise<void>((resolve) => (stopped = resolve));
+  const shutdown = (d: Daemon): void => {
+    notifySystemd('STOPPING=1', log);
+    d.shutdown().then(stopped, (err: Error) => {
+      log.error({ err: err.message }, 'shutdown failed');
+      stopped();
+    });
+  };
   const hup = (): void => {
     dl.reopen();
     log.info('SIGHUP: log reopened');
   };
+  const stop = (sig: NodeJS.Signals): void => {
+    log.info({ signal: sig }, 'signal received');
+    signalled = true;
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    if (daemon !== null) shutdown(daemon);
+  };
   process.on('SIGHUP', hup);
-  let daemon: Daemon;
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   try {
     daemon = await Daemon.start(config, log);
-  } catch (err) {
+    if (signalled) shutdown(daemon);
+    else notifySystemd('READY=1', log);
+    await done;
+  } finally {
     process.off('SIGHUP', hup);
-    throw err;
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
   }
-  await new Promise<void>((resolve) => {
-    const stop = (sig: NodeJS.Signals): void => {
-      log.info({ signal: sig }, 'signal received');
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      process.off('SIGHUP', hup);
-      daemon.shutdown().then(resolve, (err: Error) => {
-        log.error({ err: err.message }, 'shutdown failed');
-        resolve();
-      });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
 }

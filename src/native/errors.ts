@@ -1,15 +1,25 @@
 /**
  * The one error class of the native layer (and of the TypeScript layers that wrap it).
- * `code` is a stable string for branching; `retry` tells the caller what to do next:
- * 'reconnect' (drop this connection, the export keeps listening), 'none' (fatal for this
- * object), or 'request' (only this request failed).
+ * `code` is a stable string for branching: an errno name ("EINVAL", "EIO", ...) or one of our
+ * own codes (ECONFIG: a configuration field is invalid; ENACK: a vhost-user back end answered a request with a non-zero ack;
+ * EGUESTIMAGE: the test guest image could not be built; EVHOST: unspecified).
+ *
+ * Errno names are normalized here, once, for every producer (libuv, the addon's
+ * strerrorname_np, our own throws): errno 95 is EOPNOTSUPP (libuv calls it ENOTSUP) and errno
+ * 11 is EAGAIN (EWOULDBLOCK is the same value).
  */
+const ALIASES: Readonly<Record<string, string>> = { ENOTSUP: 'EOPNOTSUPP', EWOULDBLOCK: 'EAGAIN' };
+
+export function normalizeErrorCode(code: string): string {
+  return ALIASES[code] ?? code;
+}
+
 export class VhostError extends Error {
   readonly code: string;
 
   constructor(message: string, code = 'EVHOST') {
     super(message);
     this.name = 'VhostError';
-    this.code = code;
+    this.code = normalizeErrorCode(code);
   }
 }

@@ -266,8 +266,10 @@ export interface NativeAddon {
   IoRing: NativeIoRingClass;
   /** BLKGETSIZE64: size in bytes of the block device open as fd. Throws ENOTTY for a file. */
   blockDeviceSize(fd: number): number;
-  /** flock(LOCK_EX | LOCK_NB); throws EWOULDBLOCK while another process holds it. */
+  /** flock(LOCK_EX | LOCK_NB); throws EAGAIN (EWOULDBLOCK) while another process holds it. */
   lockExclusive(fd: number): void;
+  /** One datagram to a unix datagram socket (sd_notify), non-blocking; '@name' is abstract. */
+  sendUnixDatagram(path: string, data: Uint8Array): void;
   /** BLKSSZGET: logical block size of the block device open as fd. */
   logicalBlockSize(fd: number): number;
   /** BLKDISCARD / BLKZEROOUT of [offset, offset + length) on a libuv worker thread. */

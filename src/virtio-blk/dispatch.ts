@@ -5,7 +5,9 @@
  * Checks (all before any I/O): the sector and length must be aligned to the logical block
  * size and lie inside the capacity (else IOERR); writes, discards and write-zeroes on a
  * read-only volume get IOERR; unknown types get UNSUPP. A store failure answers that one
- * request with IOERR and logs it; nothing else is affected.
+ * request with IOERR and logs it; nothing else is affected. Requests that reach the store are
+ * timed from the arrival of their batch to completion (`latency`, per type:
+ * src/metrics/request-latency.ts).
  */
 import {
   REQ_DATA_LEN,
@@ -26,6 +28,7 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../native/types';
 import type { BackingStore } from '../backing/backing-store';
+import { REQUEST_TYPES, RequestLatency } from '../metrics/request-latency';
 import type { Logger } from '../util/logger';
 import {
   MAX_DISCARD_SECTORS,
@@ -87,6 +90,12 @@ export interface BlkRange {
 }
 
 const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+/** Indices into REQUEST_TYPES (src/metrics/request-latency.ts). */
+const READ = REQUEST_TYPES.indexOf('read');
+const WRITE = REQUEST_TYPES.indexOf('write');
+const FLUSH = REQUEST_TYPES.indexOf('flush');
+const DISCARD = REQUEST_TYPES.indexOf('discard');
+const WRITE_ZEROES = REQUEST_TYPES.indexOf('write-zeroes');
 const RANGE_SIZE = 16;
 
 /** Concatenates a scatter list (only small payloads: ranges, never bulk data). */
@@ -113,8 +122,11 @@ export function parseRanges(segs: readonly Uint8Array[], dataLen: number): BlkRa
 
 export class BlkDispatcher {
   readonly stats: DispatchStats = emptyDispatchStats();
+  readonly latency = new RequestLatency();
   private inflight = 0;
   private stopped = false;
+  /** performance.now() when the batch being dispatched arrived. */
+  private batchStart = 0;
   private drainWaiters: (() => void)[] = [];
 
   constructor(
@@ -141,6 +153,8 @@ export class BlkDispatcher {
   /** Entry point for one batch (see src/native/types.ts for the table layout). */
   handleBatch(queue: number, count: number, segs: Uint8Array[], table: Float64Array): void {
     if (this.stopped) return;
+    // Every request of the batch arrived with the same kick: one clock read for all of them.
+    this.batchStart = performance.now();
     for (let i = 0; i < count; i++) {
       const base = i * REQ_STRIDE;
       const slot = table[base + REQ_SLOT] as number;
@@ -168,17 +182,17 @@ export class BlkDispatcher {
         if (write) {
           this.stats.writes++;
           this.stats.bytesWritten += dataLen;
-          return this.run(queue, slot, 'write', () =>
+          return this.run(queue, slot, WRITE, () =>
             t.writeback ? t.store.write(offset, data) : t.store.write(offset, data).then(() => t.store.flush()),
           );
         }
         this.stats.reads++;
         this.stats.bytesRead += dataLen;
-        return this.run(queue, slot, 'read', () => t.store.read(offset, data));
+        return this.run(queue, slot, READ, () => t.store.read(offset, data));
       }
       case VIRTIO_BLK_T_FLUSH:
         this.stats.flushes++;
-        return this.run(queue, slot, 'flush', () => t.store.flush());
+        return this.run(queue, slot, FLUSH, () => t.store.flush());
       case VIRTIO_BLK_T_GET_ID: {
         this.stats.getIds++;
         const id = Buffer.alloc(20);
@@ -228,7 +242,7 @@ export class BlkDispatcher {
     }
     if (discard) this.stats.discards++;
     else this.stats.writeZeroes++;
-    return this.run(queue, slot, discard ? 'discard' : 'write-zeroes', async () => {
+    return this.run(queue, slot, discard ? DISCARD : WRITE_ZEROES, async () => {
       for (const r of ranges) {
         const off = r.sector * SECTOR_SIZE;
         const len = r.sectors * SECTOR_SIZE;
@@ -250,8 +264,9 @@ export class BlkDispatcher {
     this.complete(queue, slot, VIRTIO_BLK_S_IOERR);
   }
 
-  private run(queue: number, slot: number, what: string, op: () => Promise<void>): void {
+  private run(queue: number, slot: number, type: number, op: () => Promise<void>): void {
     this.inflight++;
+    const start = this.batchStart;
     let p: Promise<void>;
     try {
       p = op();
@@ -259,11 +274,17 @@ export class BlkDispatcher {
       p = Promise.reject(err);
     }
     p.then(
-      () => this.finish(queue, slot, VIRTIO_BLK_S_OK),
+      () => {
+        const end = performance.now();
+        this.latency.record(type, end - start, end);
+        this.finish(queue, slot, VIRTIO_BLK_S_OK);
+      },
       (err: unknown) => {
+        const end = performance.now();
+        this.latency.record(type, end - start, end);
         this.stats.ioErrors++;
         const e = err as { message?: string; code?: string };
-        this.log.error({ queue, op: what, code: e.code, err: e.message }, 'I/O failed: answered VIRTIO_BLK_S_IOERR');
+        this.log.error({ queue, op: REQUEST_TYPES[type], code: e.code, err: e.message }, 'I/O failed: answered VIRTIO_BLK_S_IOERR');
         this.finish(queue, slot, VIRTIO_BLK_S_IOERR);
       },
     );

@@ -9,6 +9,7 @@
 import type { BackingStore } from '../backing/backing-store';
 import type { VolumeConfig } from '../config/config';
 import { VhostError } from '../native/errors';
+import type { TypeLatency, VolumeLatency } from '../metrics/request-latency';
 import type { Logger } from '../util/logger';
 import { VhostExport } from '../vhost/device';
 import { blkFeatures, CONFIG_OFFSET_WRITEBACK, encodeBlkConfig, type BlkGeometry } from '../virtio-blk/config';
@@ -23,6 +24,8 @@ export interface VolumeStats {
   backing: string;
   inflight: number;
   requests: DispatchStats;
+  /** Request latency percentiles (µs), since start and over the last window. */
+  latency: VolumeLatency;
 }
 
 export class Volume implements DispatchTarget {
@@ -105,7 +108,13 @@ export class Volume implements DispatchTarget {
       backing: this.config.backing,
       inflight: this.dispatcher.inflightCount,
       requests: { ...this.dispatcher.stats },
+      latency: this.dispatcher.latency.summary(),
     };
+  }
+
+  /** Per-type latency histograms (Prometheus buckets) for the metrics endpoint. */
+  latencyByType(): TypeLatency[] {
+    return this.dispatcher.latency.byType();
   }
 
   /** The guest toggled the write cache (virtio-blk CONFIG_WCE): only the writeback byte may change. */

@@ -253,7 +253,7 @@ for (const [engineName, makeEngine] of engines) {
   });
 }
 
-describe('FileStore on a loop block device', () => {
+describe('FileStore on a loop block device @host', () => {
   let dir: string;
   let image: string;
   let dev: string;

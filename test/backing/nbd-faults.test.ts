@@ -21,7 +21,7 @@ async function failure(p: Promise<unknown>): Promise<VhostError> {
   assert.fail('expected a rejection');
 }
 
-describe('NbdStore faults', function () {
+describe('NbdStore faults @host', function () {
   this.timeout(60_000);
   const dir = tmpDir('nbd-faults');
   let server: ServerProcess | null = null;

@@ -89,7 +89,7 @@ function basicSuite(name: string, open: () => Promise<NbdStore>): void {
   });
 }
 
-describe('NbdStore on real servers', function () {
+describe('NbdStore on real servers @host', function () {
   this.timeout(60_000);
   const dir = tmpDir('nbd-store');
   const servers: ServerProcess[] = [];

@@ -1,6 +1,13 @@
 import * as assert from 'node:assert/strict';
 import { VhostError } from '../../src/native/errors';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { describeNbdAddress, parseNbdUri } from '../../src/backing/nbd/uri';
+import { isNbdUri, openBackingStore } from '../../src/backing/open';
+import { validateVolume } from '../../src/config/config';
+import { createIoEngine } from '../../src/io/index';
+import { silentLogger } from '../../src/util/logger';
 
 function rejects(uri: string, pattern: RegExp): void {
   assert.throws(
@@ -70,5 +77,35 @@ describe('NBD URI parsing', () => {
   it('describes addresses for logs', () => {
     assert.equal(describeNbdAddress(parseNbdUri('nbd://[::1]:5/e')), "[::1]:5 'e'");
     assert.equal(describeNbdAddress(parseNbdUri('nbd+unix:///?socket=/s')), 'unix:/s (default export)');
+  });
+
+  it('sends every nbd* scheme to the parser: nbds:// is rejected, never taken as a file path', async () => {
+    for (const uri of ['nbds://h/x', 'nbds+unix:///x?socket=/s', 'NBDS://h/x', 'nbd+vsock://2/x', 'NBD://h/x']) {
+      assert.ok(isNbdUri(uri), uri);
+    }
+    assert.ok(!isNbdUri('/var/lib/images/nbd.img') && !isNbdUri('nbd.img'));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-nbds-'));
+    const cwd = process.cwd();
+    const engine = createIoEngine('threadpool');
+    try {
+      // A relative "nbds://h/x" file would be created under the working directory.
+      process.chdir(dir);
+      for (const [uri, why] of [
+        ['nbds://h/x', /scheme 'nbds' needs TLS/],
+        ['nbds+unix:///x?socket=/s', /scheme 'nbds\+unix' needs TLS/],
+        ['nbd+vsock://2/x', /unsupported scheme 'nbd\+vsock'/],
+      ] as const) {
+        const cfg = validateVolume({ name: 'v', socketPath: '/tmp/v.sock', backing: uri, size: '1M' }, 'volume');
+        await assert.rejects(openBackingStore(cfg, { engine, backingTimeoutMs: 1000, logger: silentLogger }), (e: unknown) => {
+          assert.ok(e instanceof VhostError && e.code === 'EINVAL' && why.test(e.message), String(e));
+          return true;
+        });
+      }
+      assert.deepEqual(fs.readdirSync(dir), [], 'no file created');
+    } finally {
+      process.chdir(cwd);
+      engine.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

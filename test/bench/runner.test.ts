@@ -56,7 +56,7 @@ describe('bench runner', function () {
     assert.equal(lines.reduce((s, l) => s + l.ops, 0), r.ops);
   });
 
-  it('runs SPC-1 paced against our daemon and qemu-storage-daemon side by side', async () => {
+  it('runs SPC-1 paced against our daemon and qemu-storage-daemon side by side @host', async () => {
     const opts: BenchOptions = {
       backing: path.join(dir, 'spc1.img'),
       size: 64 << 20,

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { Rng } from '../../src/bench/rng';
-import { LatencyHistogram, PeriodMeter } from '../../src/bench/stats';
+import { LatencyHistogram } from '../../src/metrics/latency-histogram';
+import { PeriodMeter } from '../../src/bench/stats';
 
 /** Exact percentile of a sorted sample, same rank rule as the histogram: the ceil(p/100 n)-th value. */
 function exact(sorted: Float64Array, p: number): number {

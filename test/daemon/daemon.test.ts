@@ -180,7 +180,7 @@ describe('daemon (in-process, our front end)', function () {
   });
 });
 
-describe('daemon with a failing network backing store', function () {
+describe('daemon with a failing network backing store @host', function () {
   this.timeout(60_000);
   let dir: string;
   let nbdkit: ChildProcess | undefined;

@@ -52,7 +52,7 @@ async function writeVerify(q: SplitRing, sector: number, blocks: number, gen: nu
   verify(r.data as Buffer, sector, gen);
 }
 
-describe('frontend: vhost-user front end against qemu-storage-daemon', function () {
+describe('frontend: vhost-user front end against qemu-storage-daemon @host', function () {
   let qsd: Qsd;
   let fe: VhostUserFrontend | undefined;
 

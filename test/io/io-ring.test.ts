@@ -272,7 +272,7 @@ describe('block device and O_DIRECT helpers', () => {
     }
   });
 
-  describe('on a loop device', () => {
+  describe('on a loop device @host', () => {
     let dir: string;
     let image: string;
     let dev: string;

@@ -6,7 +6,7 @@
  */
 import * as http from 'node:http';
 import * as path from 'node:path';
-import type { DaemonStats } from '../../../src/daemon/daemon';
+import type { DaemonStats } from '../../../src/control/daemon-api';
 import { VhostError } from '../../../src/native/errors';
 import { BackendProcess, type ExitStatus } from './child';
 import { repoRoot } from './guest';

@@ -1,0 +1,34 @@
+/**
+ * What the control socket and the metrics endpoint need from the daemon. Owned here so that
+ * src/control depends on no daemon code; src/daemon implements it (Daemon implements
+ * ControlledDaemon) and starts the servers.
+ */
+import type { CacheStats } from '../cache/stats';
+import type { VolumeConfig } from '../config/config';
+import type { TypeLatency } from '../metrics/request-latency';
+import type { VolumeStats } from '../volume/volume';
+
+/** GET /stats. */
+export interface DaemonStats {
+  uptimeSeconds: number;
+  ioEngine: string;
+  /** null when the daemon runs without a cache. */
+  cache: CacheStats | null;
+  volumes: VolumeStats[];
+}
+
+export interface ControlledVolume {
+  readonly name: string;
+  readonly config: VolumeConfig;
+  /** Per-type request latency histograms (Prometheus buckets). */
+  latencyByType(): TypeLatency[];
+}
+
+export interface ControlledDaemon {
+  stats(): DaemonStats;
+  volumeNames(): string[];
+  getVolume(name: string): ControlledVolume | undefined;
+  addVolume(cfg: VolumeConfig): Promise<ControlledVolume>;
+  /** Refused (EBUSY) while a front end is connected unless forced. */
+  removeVolume(name: string, force?: boolean): Promise<void>;
+}
