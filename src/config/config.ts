@@ -3,7 +3,10 @@
  * command-line flags both end up as a DaemonConfig, validated here with messages that name
  * the bad field (e.g. `volumes[1].logicalBlockSize: must be 512 or 4096, got 1000`).
  */
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
+
+const LIMITS = native.limits;
 
 export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
 export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none'];
@@ -52,7 +55,7 @@ export interface DaemonConfig {
 
 export const DEFAULTS = {
   socketMode: 0o600,
-  numQueues: 64,
+  numQueues: LIMITS.maxQueues,
   queueSize: 1024,
   logicalBlockSize: 512 as const,
   cacheBlockSize: 4096,
@@ -130,7 +133,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
   if (lbs !== 512 && lbs !== 4096) fail(`${field}.logicalBlockSize`, `must be 512 or 4096, got ${lbs}`);
   const cacheMode = (raw.cacheMode ?? 'writethrough') as CacheMode;
   if (!CACHE_MODES.includes(cacheMode)) fail(`${field}.cacheMode`, `must be one of ${CACHE_MODES.join(', ')}, got ${JSON.stringify(raw.cacheMode)}`);
-  const queueSize = int(raw, 'queueSize', field, DEFAULTS.queueSize, 2, 32768);
+  const queueSize = int(raw, 'queueSize', field, DEFAULTS.queueSize, LIMITS.minQueueSize, LIMITS.maxQueueSize);
   if ((queueSize & (queueSize - 1)) !== 0) fail(`${field}.queueSize`, `must be a power of two, got ${queueSize}`);
   const size = raw.size === undefined ? undefined : parseSize(raw.size, `${field}.size`);
   if (size !== undefined && (size === 0 || size % lbs !== 0)) fail(`${field}.size`, `must be a positive multiple of ${lbs}, got ${size}`);
@@ -141,14 +144,14 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     name,
     ...(socketPath !== undefined ? { socketPath } : {}),
     ...(fd !== undefined ? { fd } : {}),
-    socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, 0o777),
+    socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, LIMITS.maxSocketMode),
     backing: str(raw, 'backing', field, true) as string,
     ...(size !== undefined ? { size } : {}),
     readOnly: bool(raw, 'readOnly', field, false),
     cacheMode,
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
     serial,
-    numQueues: int(raw, 'numQueues', field, DEFAULTS.numQueues, 1, 64),
+    numQueues: int(raw, 'numQueues', field, DEFAULTS.numQueues, 1, LIMITS.maxQueues),
     queueSize,
     logicalBlockSize: lbs,
     direct: bool(raw, 'direct', field, false),
