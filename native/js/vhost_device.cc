@@ -91,6 +91,19 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
     ThrowError(env, "EINVAL", "maxQueueSize must be a power of two");
   }
   const uint32_t mode = IntOption(env, o, "socketMode", 0, vhost::kMaxSocketMode, false, 0600);
+  Napi::Value uids = o.Get("allowUids");
+  if (!uids.IsUndefined()) {
+    if (!uids.IsArray()) ThrowError(env, "EINVAL", "allowUids must be an array of uids");
+    Napi::Array a = uids.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value u = a.Get(i);
+      const double d = u.IsNumber() ? u.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= UINT32_MAX) || std::floor(d) != d) {
+        ThrowError(env, "EINVAL", "allowUids must be an array of uids");
+      }
+      opts.allowed_uids.push_back(static_cast<uint32_t>(d));
+    }
+  }
   Napi::Value feats = o.Get("deviceFeatures");
   if (!feats.IsBigInt()) ThrowError(env, "EINVAL", "deviceFeatures must be a bigint");
   bool lossless = false;

@@ -8,10 +8,18 @@
 //   queues.cc      ring states, popping requests, completions from JS
 // Limits live in vhost/limits.h, wire formats in vhost/protocol.h.
 //
-// Connection states: listening (listen fd watched) -> connected (connection fd watched, listen
-// fd NOT watched: further front ends wait in the backlog) -> back to listening when the front
-// end closes, on an I/O error, or on Panic(). An inherited connected fd has no listen socket:
-// after it ends the device stays idle until close().
+// Connection states: listening (listen fd watched) -> connected (connection fd watched) ->
+// back to listening when the front end closes, on an I/O error, or on Panic(). The listen fd
+// stays watched while connected: a second front end is accepted, logged and closed at once
+// (unless the current one has already hung up: then that one is dropped first). At accept the
+// peer's credentials (SO_PEERCRED) are logged and checked against allowed_uids. An inherited
+// connected fd has no listen socket: after it ends the device stays idle until close().
+//
+// A front end cannot stall the loop: sockets and kick/call fds are non-blocking (kick/call
+// fds must be eventfds), a header whose size does not fit its message is refused before any
+// payload is awaited, and each loop turn reads at most kMaxMessagesPerTurn messages per
+// connection and answers at most kMaxInlineAnswersPerPass chains natively per queue; the rest
+// waits for the next turn. Warnings are rate-limited per device (vhost/limits.h).
 //
 // Ring states (vhost-user.rst "Ring states"): a queue is started once it has a size, addresses
 // and a kick fd; enabled by SET_VRING_ENABLE (initially enabled only when
@@ -96,6 +104,8 @@ struct BackendOptions {
   uint32_t max_queue_size = 256;
   uint64_t device_features = 0;
   std::vector<uint8_t> config;
+  // Peer uids (SO_PEERCRED) allowed to connect; empty: any peer that can reach the socket.
+  std::vector<uint32_t> allowed_uids;
 };
 
 // Errors of Listen/Adopt: an errno-style code and a message.
@@ -219,11 +229,15 @@ class Backend {
 
   // events
   void Emit(DeviceEvent ev);
+  // Warnings go through a per-device rate limit (kMaxWarningsPerWindow per kWarningWindowMs).
   void Log(LogLevel level, std::string msg, std::vector<LogField> fields = {});
+  bool WarningAllowed();
   void FlushEvents();
 
   // listener (listener.cc)
   void OnListenReadable();
+  // Peer credentials of a new connection, logged; false (logged) when the uid is not allowed.
+  bool AdmitPeer(int fd);
 
   // connection (connection.cc)
   void StartConnection(int fd);
@@ -231,6 +245,8 @@ class Backend {
   void Disconnect(const std::string& reason);
   void Panic(const std::string& reason);
   bool ReadMessages();
+  // Checks a complete header's size against its message's rule; panics when it does not fit.
+  bool HeaderSizeFits(const MsgHeader& h);
   bool SendReply(uint32_t request, const void* payload, uint32_t size);
   bool SendU64Reply(uint32_t request, uint64_t value);
   void Dispatch();
@@ -274,7 +290,7 @@ class Backend {
   void StopQueue(uint32_t index, bool clear_config);
   void StopAllQueues();
   void ClearSlots(Queue& q);
-  void OnKick(uint32_t index);
+  void OnKick(uint32_t index, int events);
   void ProcessQueue(uint32_t index);
   bool ReResolveRings();
   void ApplyFeatures();
@@ -302,6 +318,9 @@ class Backend {
   int depth_ = 0;  // nesting of uv callbacks
   std::deque<DeviceEvent> events_;
   bool flushing_ = false;
+  uint64_t warn_window_start_ = 0;
+  uint32_t warn_count_ = 0;
+  uint32_t warn_suppressed_ = 0;
 };
 
 }  // namespace vhost

@@ -134,7 +134,7 @@ void Backend::OnPoll(uv_poll_t* h, int status, int events) {
         if (status < 0) {
           b->Panic(std::string("kick fd poll error: ") + uv_strerror(status));
         } else {
-          b->OnKick(static_cast<uint32_t>(w->queue));
+          b->OnKick(static_cast<uint32_t>(w->queue), events);
         }
         break;
     }
@@ -187,7 +187,28 @@ void Backend::Emit(DeviceEvent ev) {
   if (depth_ == 0) ScheduleCheck();
 }
 
+bool Backend::WarningAllowed() {
+  const uint64_t now = uv_now(loop_);
+  if (now - warn_window_start_ >= kWarningWindowMs) {
+    warn_window_start_ = now;
+    warn_count_ = 0;
+    if (warn_suppressed_ > 0) {
+      const uint32_t n = warn_suppressed_;
+      warn_suppressed_ = 0;
+      warn_count_++;
+      Log(LogLevel::kWarn, "warnings suppressed", {Num("count", n)});
+    }
+  }
+  if (warn_count_ >= kMaxWarningsPerWindow) {
+    warn_suppressed_++;
+    return false;
+  }
+  warn_count_++;
+  return true;
+}
+
 void Backend::Log(LogLevel level, std::string msg, std::vector<LogField> fields) {
+  if (level == LogLevel::kWarn && !WarningAllowed()) return;
   DeviceEvent ev;
   ev.kind = DeviceEvent::kLog;
   ev.level = level;
@@ -218,7 +239,6 @@ void Backend::StartConnection(int fd) {
   conn_serial_++;
   queues_.clear();
   queues_.resize(options_.max_queues);
-  StopWatch(&listen_watch_);
   conn_.watch = StartWatch(fd, kWatchConn, -1, UV_READABLE | UV_DISCONNECT);
   DeviceEvent ev;
   ev.kind = DeviceEvent::kConnected;
@@ -242,9 +262,6 @@ void Backend::Disconnect(const std::string& reason) {
   ev.text = reason;
   Emit(std::move(ev));
   Log(LogLevel::kInfo, "front end disconnected", {Str("reason", reason)});
-  if (!closed_ && listen_fd_ >= 0) {
-    listen_watch_ = StartWatch(listen_fd_, kWatchListen, -1, UV_READABLE);
-  }
 }
 
 void Backend::Panic(const std::string& reason) {
@@ -262,9 +279,22 @@ void Backend::Panic(const std::string& reason) {
 
 void Backend::OnConnReadable() { ReadMessages(); }
 
+bool Backend::HeaderSizeFits(const MsgHeader& h) {
+  const MessageRule* rule = RuleFor(h.request);
+  const uint32_t min = rule != nullptr ? rule->min_size : 0;
+  const uint32_t max = rule != nullptr ? rule->max_size : kMaxPayload;
+  if (h.size >= min && h.size <= max) return true;
+  Panic(NameOf(h.request) + " header announces a payload of " + std::to_string(h.size) +
+        " bytes, expected " + std::to_string(min) +
+        (max != min ? ".." + std::to_string(max) : ""));
+  return false;
+}
+
 bool Backend::ReadMessages() {
   const uint64_t serial = conn_serial_;
-  while (conn_.fd >= 0 && serial == conn_serial_ && !conn_.reading_paused && !closed_) {
+  uint32_t budget = kMaxMessagesPerTurn;  // the fd stays readable: the rest comes next turn
+  while (conn_.fd >= 0 && serial == conn_serial_ && !conn_.reading_paused && !closed_ &&
+         budget > 0) {
     const bool in_header = conn_.hdr_got < sizeof(MsgHeader);
     iovec iov;
     if (in_header) {
@@ -316,16 +346,13 @@ bool Backend::ReadMessages() {
         Panic("unexpected flags " + std::to_string(conn_.hdr.flags) + " in " + NameOf(conn_.hdr.request));
         return false;
       }
-      if (conn_.hdr.size > kMaxPayload) {
-        Panic("payload of " + std::to_string(conn_.hdr.size) + " bytes in " + NameOf(conn_.hdr.request) +
-              " exceeds " + std::to_string(kMaxPayload));
-        return false;
-      }
+      if (!HeaderSizeFits(conn_.hdr)) return false;
       if (conn_.hdr.size > 0) continue;
     } else {
       conn_.payload_got += static_cast<size_t>(n);
       if (conn_.payload_got < conn_.hdr.size) continue;
     }
+    budget--;
     Dispatch();
   }
   return conn_.fd >= 0 && serial == conn_serial_;
@@ -369,17 +396,8 @@ void Backend::Dispatch() {
        Num("flags", h.flags)});
   const Message m{h, conn_.payload.data(), fds};
   const MessageRule* rule = RuleFor(h.request);
-  Result r;
-  if (rule == nullptr) {
-    r = Unsupported(m);
-  } else if (h.size < rule->min_size || h.size > rule->max_size) {
-    Panic(NameOf(h.request) + " with a payload of " + std::to_string(h.size) + " bytes, expected " +
-          std::to_string(rule->min_size) +
-          (rule->max_size != rule->min_size ? ".." + std::to_string(rule->max_size) : ""));
-    r = Result::kDropped;
-  } else {
-    r = (this->*rule->handler)(m);
-  }
+  // The payload size was checked against the rule at the header (HeaderSizeFits).
+  const Result r = rule == nullptr ? Unsupported(m) : (this->*rule->handler)(m);
   for (int& fd : fds) CloseFd(&fd);
   if (serial != conn_serial_ || conn_.fd < 0) return;
   if ((r == Result::kOk || r == Result::kFail) && (h.flags & kFlagNeedReply) != 0 &&

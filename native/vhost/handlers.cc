@@ -4,6 +4,10 @@
 // handler may read its fixed-size payload directly; everything else in the payload is
 // validated here before use. A handler returns kOk/kFail (REPLY_ACK 0/1), kDropped after a
 // Panic or a failed reply, or kDeferred (GET_VRING_BASE waiting for in-flight requests).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <string>
 
@@ -319,11 +323,37 @@ Backend::Queue* Backend::VringFdMessage(const Message& m, int* fd) {
   return q;
 }
 
+namespace {
+// A kick or call fd must be an eventfd (anything else could block, or report readiness
+// forever); it is made non-blocking so no read or write on it can park the loop. Returns ""
+// or why the fd is refused.
+std::string PrepareEventFd(int fd) {
+  char link[64];
+  const std::string proc = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = readlink(proc.c_str(), link, sizeof link - 1);
+  if (n < 0) return "fd cannot be inspected: " + ErrnoName(errno);
+  link[n] = 0;
+  if (std::strcmp(link, "anon_inode:[eventfd]") != 0) return std::string("not an eventfd: ") + link;
+  const int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+    return "cannot make the eventfd non-blocking: " + ErrnoName(errno);
+  }
+  return "";
+}
+}  // namespace
+
 Backend::Result Backend::HandleSetVringKick(const Message& m) {
   int fd;
   Queue* q = VringFdMessage(m, &fd);
   if (q == nullptr) return Result::kDropped;
   const uint32_t index = static_cast<uint32_t>(q - queues_.data());
+  if (fd >= 0) {
+    const std::string why = PrepareEventFd(fd);
+    if (!why.empty()) {
+      CloseFd(&fd);
+      return Refuse(m.hdr, "kick fd of queue " + std::to_string(index) + ": " + why);
+    }
+  }
   if (fd < 0) {
     StopQueue(index, false);
     Log(LogLevel::kWarn, "SET_VRING_KICK without fd (polling) is not supported",
@@ -334,7 +364,8 @@ Backend::Result Backend::HandleSetVringKick(const Message& m) {
     StopWatch(&q->kick_watch);
     CloseFd(&q->kick_fd);
     q->kick_fd = fd;
-    q->kick_watch = StartWatch(q->kick_fd, kWatchKick, static_cast<int>(index), UV_READABLE);
+    q->kick_watch =
+        StartWatch(q->kick_fd, kWatchKick, static_cast<int>(index), UV_READABLE | UV_DISCONNECT);
     q->process_pending = true;
     ScheduleCheck();
   } else {
@@ -349,6 +380,13 @@ Backend::Result Backend::HandleSetVringCall(const Message& m) {
   int fd;
   Queue* q = VringFdMessage(m, &fd);
   if (q == nullptr) return Result::kDropped;
+  if (fd >= 0) {
+    const std::string why = PrepareEventFd(fd);
+    if (!why.empty()) {
+      CloseFd(&fd);
+      return Refuse(m.hdr, "call fd of queue " + std::to_string(q - queues_.data()) + ": " + why);
+    }
+  }
   CloseFd(&q->call_fd);
   q->call_fd = fd;
   return Result::kOk;

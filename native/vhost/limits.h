@@ -31,6 +31,17 @@ constexpr uint32_t kMaxMemSlots = 32;        // GET_MAX_MEM_SLOTS answer (ADD_ME
 constexpr uint32_t kMaxConfigSize = 256;     // virtio config space we serve
 constexpr uint32_t kMaxPayload = 4096;       // larger payloads drop the connection
 
+// Work per loop turn, so one front end cannot hold the loop that serves every device: at
+// most this many messages read from one connection, and this many chains answered natively
+// (without JS) per queue, before yielding to the loop (resumed on the next turn).
+constexpr uint32_t kMaxMessagesPerTurn = 64;
+constexpr uint32_t kMaxInlineAnswersPerPass = 256;
+
+// Warnings a front end can cause (per device): at most this many per window, then one line
+// counting the suppressed ones.
+constexpr uint32_t kMaxWarningsPerWindow = 20;
+constexpr uint64_t kWarningWindowMs = 1000;
+
 // Socket file mode bits accepted for the listening socket.
 constexpr uint32_t kMaxSocketMode = 0777;
 

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -125,6 +126,7 @@ bool Backend::Adopt(int fd, SetupError* err) {
       Emit(std::move(ev));
       Log(LogLevel::kInfo, "listening on inherited socket", {Num("fd", fd)});
     } else {
+      if (!AdmitPeer(fd)) return fail(EACCES, "peer uid not allowed");
       StartConnection(fd);
     }
   } catch (const std::exception& e) {
@@ -166,8 +168,19 @@ void Backend::OnListenReadable() {
   const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (fd < 0) {
     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
-      Log(LogLevel::kError, "accept failed", {Str("error", ErrnoName(errno))});
+      Log(LogLevel::kWarn, "accept failed", {Str("error", ErrnoName(errno))});
     }
+    return;
+  }
+  if (conn_.fd >= 0) {
+    // A front end that reconnects may be accepted before its old connection's end was read.
+    pollfd pfd{conn_.fd, POLLRDHUP, 0};
+    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+      Disconnect("front end closed the connection");
+    }
+  }
+  if (!AdmitPeer(fd)) {
+    close(fd);
     return;
   }
   if (conn_.fd >= 0) {
@@ -176,6 +189,24 @@ void Backend::OnListenReadable() {
     return;
   }
   StartConnection(fd);
+}
+
+bool Backend::AdmitPeer(int fd) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    Log(LogLevel::kWarn, "refusing a front end: no peer credentials", {Str("error", ErrnoName(errno))});
+    return false;
+  }
+  std::vector<LogField> who = {Num("peerPid", cred.pid), Num("peerUid", cred.uid),
+                               Num("peerGid", cred.gid)};
+  const std::vector<uint32_t>& allowed = options_.allowed_uids;
+  if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), cred.uid) == allowed.end()) {
+    Log(LogLevel::kWarn, "refusing a front end: uid not allowed", std::move(who));
+    return false;
+  }
+  Log(LogLevel::kInfo, "front end credentials", std::move(who));
+  return true;
 }
 
 }  // namespace vhost

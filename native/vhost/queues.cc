@@ -54,7 +54,8 @@ void Backend::UpdateRunning(uint32_t index) {
       q.slots.assign(q.ring.num(), Slot());
       q.gen = ++gen_counter_;
     }
-    q.kick_watch = StartWatch(q.kick_fd, kWatchKick, static_cast<int>(index), UV_READABLE);
+    q.kick_watch = StartWatch(q.kick_fd, kWatchKick, static_cast<int>(index),
+                              UV_READABLE | UV_DISCONNECT);
     q.running = true;
     q.process_pending = true;
     ScheduleCheck();
@@ -121,19 +122,22 @@ bool Backend::ReResolveRings() {
   return true;
 }
 
-void Backend::OnKick(uint32_t index) {
+void Backend::OnKick(uint32_t index, int events) {
   if (index >= queues_.size()) return;
   Queue& q = queues_[index];
   if (q.kick_fd < 0) return;
-  // One read per readiness report; the fd is the front end's (blocking) eventfd, so check
-  // readiness first to never block the loop.
-  pollfd pfd{q.kick_fd, POLLIN, 0};
-  if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN) != 0) {
-    uint64_t v;
-    if (read(q.kick_fd, &v, sizeof v) < 0 && errno != EAGAIN && errno != EINTR) {
-      Panic("kick fd read failed: " + ErrnoName(errno));
-      return;
-    }
+  // The kick fd is a non-blocking eventfd (SetVringFd): one read resets its counter. An end of
+  // file or a hang-up would report readiness forever, so it breaks the device.
+  uint64_t v;
+  const ssize_t n = read(q.kick_fd, &v, sizeof v);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+    Panic("kick fd of queue " + std::to_string(index) +
+          (n == 0 ? " at end of file" : " read failed: " + ErrnoName(errno)));
+    return;
+  }
+  if (n < 0 && (events & UV_DISCONNECT) != 0) {
+    Panic("kick fd of queue " + std::to_string(index) + " hung up");
+    return;
   }
   ProcessQueue(index);
 }
@@ -146,8 +150,14 @@ void Backend::ProcessQueue(uint32_t index) {
   std::vector<HostIov> segs;
   Chain chain;
   blk::Request br;
-  bool answered = false;
+  uint32_t answered = 0;
   for (;;) {
+    if (answered == kMaxInlineAnswersPerPass) {
+      // The guest keeps the ring busy with requests answered natively: finish on a later turn.
+      q.process_pending = true;
+      ScheduleCheck();
+      break;
+    }
     std::string err;
     const SplitVring::Pop r = q.ring.PopChain(mem_, &chain, &err);
     if (r == SplitVring::Pop::kEmpty) {
@@ -172,7 +182,7 @@ void Backend::ProcessQueue(uint32_t index) {
     if (c == blk::Carve::kBadDirection) {
       __atomic_store_n(br.status, blk::VIRTIO_BLK_S_IOERR, __ATOMIC_RELAXED);
       q.ring.AddUsed(chain.head, 1);
-      answered = true;
+      answered++;
       Log(LogLevel::kWarn, "request answered IOERR: " + err,
           {Num("queue", index), Num("type", br.type)});
       continue;
@@ -188,7 +198,7 @@ void Backend::ProcessQueue(uint32_t index) {
                                   static_cast<uint32_t>(br.data.size())});
     segs.insert(segs.end(), br.data.begin(), br.data.end());
   }
-  if (answered) {
+  if (answered > 0) {
     q.ring.PublishUsed();
     q.notify_pending = true;
     ScheduleCheck();

@@ -61,6 +61,8 @@ export interface VhostDeviceOptions {
   socketPath?: string;
   /** Mode of the created socket file (default 0o600). */
   socketMode?: number;
+  /** Peer uids (SO_PEERCRED) allowed to connect; absent or empty: anyone who can reach the socket. */
+  allowUids?: number[];
   /** An inherited unix stream socket: listening (accept from it) or already connected. */
   fd?: number;
   /** Answer to GET_QUEUE_NUM: the most queues a front end may use (1..limits.maxQueues). */
@@ -292,6 +294,7 @@ export interface NativeAddon {
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   VhostDevice: new (options: VhostDeviceOptions) => NativeVhostDevice;
   GuestRam: new (size: number, populate?: boolean) => NativeGuestRam;
-  EventFd: new () => NativeEventFd;
+  /** Test-only options: `blocking` omits EFD_NONBLOCK, `full` starts the counter at its maximum. */
+  EventFd: new (options?: { blocking?: boolean; full?: boolean }) => NativeEventFd;
   FrontendChannel: new (options: FrontendChannelOptions) => NativeFrontendChannel;
 }

@@ -15,6 +15,7 @@ export interface VhostExportOptions {
   /** Exactly one of socketPath and fd. */
   socketPath?: string;
   socketMode?: number;
+  allowUids?: number[];
   fd?: number;
   maxQueues: number;
   maxQueueSize: number;
@@ -59,6 +60,7 @@ export class VhostExport {
     this.dev = new native.VhostDevice({
       ...(opts.socketPath !== undefined ? { socketPath: opts.socketPath } : {}),
       ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),
+      ...(opts.allowUids !== undefined ? { allowUids: opts.allowUids } : {}),
       ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
       maxQueues: opts.maxQueues,
       maxQueueSize: opts.maxQueueSize,
