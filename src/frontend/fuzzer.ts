@@ -210,6 +210,7 @@ function mutateScript(rng: Rng, s: Msg[]): string {
       else if (r === 1) msg.fds = [...msg.fds, kinds[rng.int(3)] as FdKind];
       else msg.fds = msg.fds.map(() => kinds[rng.int(3)] as FdKind);
       if (rng.chance(0.05)) msg.fds = Array.from({ length: 8 }, () => 'eventfd');
+      msg.fds = msg.fds.slice(0, 8); // SCM_RIGHTS with one message: our channel sends at most 8
       return `fds ${i}=${msg.fds.join(',')}`;
     }
     case 8:
