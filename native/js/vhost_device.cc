@@ -84,12 +84,26 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
     ThrowError(env, "EINVAL", "socketPath must be a string");
   }
   vhost::BackendOptions opts;
-  opts.max_queues = IntOption(env, o, "maxQueues", 1, 64, true, 1);
-  opts.max_queue_size = IntOption(env, o, "maxQueueSize", 1, 32768, true, 256);
+  opts.max_queues = IntOption(env, o, "maxQueues", 1, vhost::kMaxQueues, true, 1);
+  opts.max_queue_size =
+      IntOption(env, o, "maxQueueSize", vhost::kMinQueueSize, vhost::kMaxQueueSize, true, 256);
   if ((opts.max_queue_size & (opts.max_queue_size - 1)) != 0) {
     ThrowError(env, "EINVAL", "maxQueueSize must be a power of two");
   }
-  const uint32_t mode = IntOption(env, o, "socketMode", 0, 0777, false, 0600);
+  const uint32_t mode = IntOption(env, o, "socketMode", 0, vhost::kMaxSocketMode, false, 0600);
+  Napi::Value uids = o.Get("allowUids");
+  if (!uids.IsUndefined()) {
+    if (!uids.IsArray()) ThrowError(env, "EINVAL", "allowUids must be an array of uids");
+    Napi::Array a = uids.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value u = a.Get(i);
+      const double d = u.IsNumber() ? u.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= UINT32_MAX) || std::floor(d) != d) {
+        ThrowError(env, "EINVAL", "allowUids must be an array of uids");
+      }
+      opts.allowed_uids.push_back(static_cast<uint32_t>(d));
+    }
+  }
   Napi::Value feats = o.Get("deviceFeatures");
   if (!feats.IsBigInt()) ThrowError(env, "EINVAL", "deviceFeatures must be a bigint");
   bool lossless = false;
@@ -148,7 +162,7 @@ Napi::Value VhostDevice::JS_complete(const Napi::CallbackInfo& info) {
   const double queue = info[0].As<Napi::Number>().DoubleValue();
   const double count = info[1].As<Napi::Number>().DoubleValue();
   Napi::Uint32Array pairs = info[2].As<Napi::Uint32Array>();
-  if (!(queue >= 0 && queue < 64) || std::floor(queue) != queue) {
+  if (!(queue >= 0 && queue < vhost::kMaxQueues) || std::floor(queue) != queue) {
     ThrowError(env, "EINVAL", "complete: bad queue");
   }
   if (!(count >= 0) || std::floor(count) != count || count * 2 > pairs.ElementLength()) {

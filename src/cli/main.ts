@@ -10,9 +10,7 @@ import {
   CACHE_MODES,
   DEFAULTS,
   parseSize,
-  validateCache,
   validateConfig,
-  validateVolume,
   type DaemonConfig,
 } from '../config/config';
 import { addBenchCommand } from '../bench/runner';
@@ -31,6 +29,8 @@ interface ServeFlags {
   socketPath?: string;
   fd?: string;
   socketMode?: string;
+  socketOwner?: string;
+  allowUid?: string[];
   backing?: string;
   blkFile?: string;
   size?: string;
@@ -63,6 +63,8 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-path <path>', 'vhost-user socket to listen on')
     .option('--fd <n>', 'inherited listening or connected vhost-user socket')
     .option('--socket-mode <octal>', 'mode of the created socket file', '0600')
+    .option('--socket-owner <user[:group]>', "chown the created socket (e.g. libvirt's qemu user)")
+    .option('--allow-uid <uid[,uid...]>', 'only front ends running as these uids may connect (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--backing <file|uri>', 'backing file, block device or NBD URI (nbd://host/export, nbd+unix:///export?socket=path)')
     .option('--blk-file <file>', 'same as --backing (vhost-user back-end convention)')
     .option('--size <bytes>', 'create a sparse backing file of this size if it does not exist (e.g. 10G)')
@@ -129,37 +131,34 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
   if (f.socketPath === undefined && fd === undefined) {
     throw new Error('give --socket-path or --fd (or a systemd socket named after --name)');
   }
-  const volume = validateVolume(
-    {
-      name: f.name ?? 'vol0',
-      ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
-      ...(fd !== undefined ? { fd } : {}),
-      socketMode: parseInt(f.socketMode ?? '0600', 8),
-      backing,
-      ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
-      readOnly: f.readOnly === true,
-      cacheMode: f.cacheMode ?? 'writethrough',
-      serial: f.serial ?? f.name ?? 'vol0',
-      numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
-      queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
-      logicalBlockSize: intFlag(f.logicalBlockSize ?? '512', '--logical-block-size'),
-      direct: f.direct === true,
-    },
-    'volume',
-  );
+  // Raw values as a config file would hold them: validateConfig checks everything once.
+  const volume = {
+    name: f.name ?? 'vol0',
+    ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
+    ...(fd !== undefined ? { fd } : {}),
+    socketMode: parseInt(f.socketMode ?? '0600', 8),
+    ...(f.socketOwner !== undefined ? { socketOwner: f.socketOwner } : {}),
+    ...(f.allowUid !== undefined ? { allowUids: f.allowUid.flatMap((v) => v.split(',')).map((v) => intFlag(v.trim(), '--allow-uid')) } : {}),
+    backing,
+    ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
+    readOnly: f.readOnly === true,
+    cacheMode: f.cacheMode ?? 'writethrough',
+    serial: f.serial ?? f.name ?? 'vol0',
+    numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
+    queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
+    logicalBlockSize: intFlag(f.logicalBlockSize ?? '512', '--logical-block-size'),
+    direct: f.direct === true,
+  };
   const cache =
     f.cache === undefined
       ? null
-      : validateCache(
-          {
-            path: f.cache,
-            ...(f.cacheSize !== undefined ? { size: f.cacheSize } : {}),
-            blockSize: f.cacheBlockSize ?? DEFAULTS.cacheBlockSize,
-            segmentSize: f.cacheSegmentSize ?? DEFAULTS.segmentSize,
-            ...(f.cacheMetadata !== undefined ? { metadataPath: f.cacheMetadata } : {}),
-          },
-          'cache',
-        );
+      : {
+          path: f.cache,
+          ...(f.cacheSize !== undefined ? { size: f.cacheSize } : {}),
+          blockSize: f.cacheBlockSize ?? DEFAULTS.cacheBlockSize,
+          segmentSize: f.cacheSegmentSize ?? DEFAULTS.segmentSize,
+          ...(f.cacheMetadata !== undefined ? { metadataPath: f.cacheMetadata } : {}),
+        };
   const timeout = Number(f.backingTimeout ?? '60');
   if (!Number.isFinite(timeout) || timeout <= 0) throw new Error(`--backing-timeout: expected seconds > 0, got ${f.backingTimeout}`);
   return validateConfig({
