@@ -89,6 +89,7 @@ struct BackendOptions {
   uint32_t max_queue_size = 256;
   uint64_t device_features = 0;
   std::vector<uint8_t> config;
+  blk::Limits limits;
 };
 
 // Errors of Listen/Adopt: an errno-style code and a message.
@@ -115,6 +116,9 @@ class Backend {
   void SetConfig(std::vector<uint8_t> config) { options_.config = std::move(config); }
   std::vector<uint32_t> Inflight() const;
   bool connected() const { return conn_fd_ >= 0; }
+  // The host found the device unusable (e.g. SIGBUS on its guest memory): Panic, from a uv
+  // callback of the host.
+  void Fail(const std::string& reason);
   void Close();
   bool closed() const { return closed_; }
   // True once Listen/Adopt created uv handles: the backend must then be closed (and its

@@ -11,7 +11,7 @@ import type { VolumeConfig } from '../config/config';
 import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
 import { VhostExport } from '../vhost/device';
-import { blkFeatures, CONFIG_OFFSET_WRITEBACK, encodeBlkConfig, type BlkGeometry } from '../virtio-blk/config';
+import { blkFeatures, CONFIG_OFFSET_WRITEBACK, encodeBlkConfig, SEG_MAX, SIZE_MAX, type BlkGeometry } from '../virtio-blk/config';
 import { BlkDispatcher, type DispatchStats, type DispatchTarget } from '../virtio-blk/dispatch';
 
 export interface VolumeStats {
@@ -75,6 +75,8 @@ export class Volume implements DispatchTarget {
       socketMode: config.socketMode,
       maxQueues: config.numQueues,
       maxQueueSize: config.queueSize,
+      maxSegments: SEG_MAX,
+      maxSegmentSize: SIZE_MAX,
       deviceFeatures: blkFeatures(this.geometry),
       config: encodeBlkConfig(this.geometry),
       logger: log,

@@ -171,6 +171,8 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
     socketPath,
     maxQueues: opts.maxQueues ?? 2,
     maxQueueSize: opts.maxQueueSize ?? 256,
+    maxSegments: opts.maxSegments ?? 126,
+    maxSegmentSize: opts.maxSegmentSize ?? 1 << 20,
     deviceFeatures: opts.deviceFeatures ?? BLK_FEATURES,
     config: opts.config ?? blkConfig(opts.maxQueues ?? 2),
     ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),

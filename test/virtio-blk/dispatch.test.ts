@@ -122,12 +122,12 @@ describe('virtio-blk dispatch', () => {
 
   it('parses a range table split across segments', () => {
     const r = Buffer.concat([range(5, 6, 1), range(2 ** 40, 1)]);
-    assert.deepEqual(parseRanges([r.subarray(0, 7), r.subarray(7)], 32), [
+    assert.deepEqual(parseRanges([r.subarray(0, 7), r.subarray(7)], 32, 32), [
       { sector: 5, sectors: 6, flags: 1 },
       { sector: 2 ** 40, sectors: 1, flags: 0 },
     ]);
-    assert.equal(parseRanges([r], 31), null);
-    assert.equal(parseRanges([], 0), null);
+    assert.equal(parseRanges([r], 31, 32), null);
+    assert.equal(parseRanges([], 0, 32), null);
   });
 
   it('answers IOERR when the store fails and keeps serving', async () => {
