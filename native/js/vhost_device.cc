@@ -177,6 +177,9 @@ Napi::Value VhostDevice::JS_complete(const Napi::CallbackInfo& info) {
   if (!(count >= 0) || std::floor(count) != count || count * 2 > pairs.ElementLength()) {
     ThrowError(env, "EINVAL", "complete: count exceeds the completions array");
   }
+  // A fault not yet reported by the async wake-up: drop the device first, so no completion of
+  // a request that read vanished memory is reported OK.
+  CheckFaults();
   std::string err;
   if (!backend_->Complete(static_cast<uint32_t>(queue), pairs.Data(), static_cast<size_t>(count),
                           &err)) {
