@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "js/errors.h"
+#include "vhost/limits.h"
 
 namespace vbc {
 Napi::Object InitErrors(Napi::Env env, Napi::Object exports);
@@ -10,7 +11,21 @@ Napi::Object InitIoRing(Napi::Env env, Napi::Object exports);
 Napi::Object InitFrontend(Napi::Env env, Napi::Object exports);
 }  // namespace vbc
 
+// The back end's limits (vhost/limits.h) that options depend on; src/config validates with them.
+static void ExportLimits(Napi::Env env, Napi::Object exports) {
+  namespace v = vbc::vhost;
+  Napi::Object limits = Napi::Object::New(env);
+  limits.Set("maxQueues", v::kMaxQueues);
+  limits.Set("minQueueSize", v::kMinQueueSize);
+  limits.Set("maxQueueSize", v::kMaxQueueSize);
+  limits.Set("maxSocketMode", v::kMaxSocketMode);
+  limits.Set("maxConfigSize", v::kMaxConfigSize);
+  limits.Freeze();
+  exports.Set("limits", limits);
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ExportLimits(env, exports);
   vbc::InitErrors(env, exports);
   vbc::InitVhostDevice(env, exports);
   vbc::InitIoRing(env, exports);

@@ -1,4 +1,6 @@
 // EventFd: an eventfd (EFD_NONBLOCK | EFD_CLOEXEC) used as a vring kick or call fd.
+//   new EventFd({ blocking: true, full: true }) makes a hostile one for tests: without
+//   EFD_NONBLOCK, and with its counter at the maximum (a write of 1 would block).
 //   signal()      adds 1 to the counter (wakes the reader on the other side)
 //   drain()       reads and resets the counter; returns its value (0 if it was zero)
 //   watch(cb)     polls the fd for readability on the Node loop; on each wake-up the counter is
@@ -146,8 +148,21 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
 };
 
 EventFd::EventFd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventFd>(info) {
-  fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (fd_ < 0) ThrowErrno(info.Env(), "eventfd", errno);
+  Napi::Env env = info.Env();
+  bool blocking = false, full = false;
+  if (info.Length() > 0 && info[0].IsObject()) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    blocking = o.Get("blocking").ToBoolean();
+    full = o.Get("full").ToBoolean();
+  }
+  fd_ = eventfd(0, (blocking ? 0 : EFD_NONBLOCK) | EFD_CLOEXEC);
+  if (fd_ < 0) ThrowErrno(env, "eventfd", errno);
+  if (full) {
+    const uint64_t max = UINT64_MAX - 1;  // the counter's largest value
+    if (write(fd_, &max, sizeof max) != static_cast<ssize_t>(sizeof max)) {
+      ThrowErrno(env, "eventfd write", errno);
+    }
+  }
 }
 
 }  // namespace

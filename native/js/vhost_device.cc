@@ -21,9 +21,9 @@ constexpr size_t kReqFirstSeg = 4;
 constexpr size_t kReqSegCount = 5;
 constexpr size_t kReqStride = 6;
 constexpr double kMaxSafeSector = 9007199254740992.0;  // 2^53
-// Guest memory windows (see vhost_device.h). size_max may not exceed the stride.
-constexpr uint64_t kWindowStride = 1ull << 30;
-constexpr uint64_t kWindowBytes = 2ull << 30;
+// Guest memory windows (see vhost_device.h): size_max never exceeds the stride.
+constexpr uint64_t kWindowStride = vhost::kMaxSegmentSize;
+constexpr uint64_t kWindowBytes = 2 * kWindowStride;
 
 // Live devices (main thread only) and the one async handle the SIGBUS handler wakes.
 std::unordered_set<VhostDevice*>& Devices() {
@@ -97,19 +97,33 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
     ThrowError(env, "EINVAL", "socketPath must be a string");
   }
   vhost::BackendOptions opts;
-  opts.max_queues = IntOption(env, o, "maxQueues", 1, 64, true, 1);
-  opts.max_queue_size = IntOption(env, o, "maxQueueSize", 1, 32768, true, 256);
+  opts.max_queues = IntOption(env, o, "maxQueues", 1, vhost::kMaxQueues, true, 1);
+  opts.max_queue_size =
+      IntOption(env, o, "maxQueueSize", vhost::kMinQueueSize, vhost::kMaxQueueSize, true, 256);
   if ((opts.max_queue_size & (opts.max_queue_size - 1)) != 0) {
     ThrowError(env, "EINVAL", "maxQueueSize must be a power of two");
   }
-  const uint32_t mode = IntOption(env, o, "socketMode", 0, 0777, false, 0600);
+  const uint32_t mode = IntOption(env, o, "socketMode", 0, vhost::kMaxSocketMode, false, 0600);
+  Napi::Value uids = o.Get("allowUids");
+  if (!uids.IsUndefined()) {
+    if (!uids.IsArray()) ThrowError(env, "EINVAL", "allowUids must be an array of uids");
+    Napi::Array a = uids.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value u = a.Get(i);
+      const double d = u.IsNumber() ? u.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= UINT32_MAX) || std::floor(d) != d) {
+        ThrowError(env, "EINVAL", "allowUids must be an array of uids");
+      }
+      opts.allowed_uids.push_back(static_cast<uint32_t>(d));
+    }
+  }
   Napi::Value feats = o.Get("deviceFeatures");
   if (!feats.IsBigInt()) ThrowError(env, "EINVAL", "deviceFeatures must be a bigint");
   bool lossless = false;
   opts.device_features = feats.As<Napi::BigInt>().Uint64Value(&lossless);
-  opts.limits.max_segments = IntOption(env, o, "maxSegments", 1, 32768, true, 0);
+  opts.limits.max_segments = IntOption(env, o, "maxSegments", 1, vhost::kMaxSegments, true, 0);
   opts.limits.max_segment_size =
-      IntOption(env, o, "maxSegmentSize", 512, static_cast<uint32_t>(kWindowStride), true, 0);
+      IntOption(env, o, "maxSegmentSize", 512, vhost::kMaxSegmentSize, true, 0);
   if (!lossless) ThrowError(env, "EINVAL", "deviceFeatures must fit 64 bits");
   opts.config = ConfigImage(env, o.Get("config"));
   Napi::Value on_requests = o.Get("onRequests");
@@ -171,7 +185,7 @@ Napi::Value VhostDevice::JS_complete(const Napi::CallbackInfo& info) {
   const double queue = info[0].As<Napi::Number>().DoubleValue();
   const double count = info[1].As<Napi::Number>().DoubleValue();
   Napi::Uint32Array pairs = info[2].As<Napi::Uint32Array>();
-  if (!(queue >= 0 && queue < 64) || std::floor(queue) != queue) {
+  if (!(queue >= 0 && queue < vhost::kMaxQueues) || std::floor(queue) != queue) {
     ThrowError(env, "EINVAL", "complete: bad queue");
   }
   if (!(count >= 0) || std::floor(count) != count || count * 2 > pairs.ElementLength()) {

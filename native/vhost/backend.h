@@ -1,11 +1,25 @@
-// The vhost-user-blk back end: socket, connection state machine, rings, in-flight requests.
-// Everything runs on the Node main thread, driven by uv_poll_t handles on the Node loop; JS is
-// reached only through BackendHost.
+// The vhost-user-blk back end: one Backend per device (socket). Everything runs on the Node
+// main thread, driven by uv_poll_t handles on the Node loop; JS is reached only through
+// BackendHost. The implementation is split by job:
+//   listener.cc    the socket: Listen/Adopt, accept, Close
+//   connection.cc  uv plumbing, events, the connection's life (start, disconnect, panic),
+//                  message reading, the dispatch table and replies
+//   handlers.cc    one Handle<Message> function per vhost-user message we implement
+//   queues.cc      ring states, popping requests, completions from JS
+// Limits live in vhost/limits.h, wire formats in vhost/protocol.h.
 //
-// Connection states: listening (listen fd watched) -> connected (connection fd watched, listen
-// fd NOT watched: further front ends wait in the backlog) -> back to listening when the front
-// end closes, on an I/O error, or on Panic(). An inherited connected fd has no listen socket:
-// after it ends the device stays idle until close().
+// Connection states: listening (listen fd watched) -> connected (connection fd watched) ->
+// back to listening when the front end closes, on an I/O error, or on Panic(). The listen fd
+// stays watched while connected: a second front end is accepted, logged and closed at once
+// (unless the current one has already hung up: then that one is dropped first). At accept the
+// peer's credentials (SO_PEERCRED) are logged and checked against allowed_uids. An inherited
+// connected fd has no listen socket: after it ends the device stays idle until close().
+//
+// A front end cannot stall the loop: sockets and kick/call fds are non-blocking (kick/call
+// fds must be eventfds), a header whose size does not fit its message is refused before any
+// payload is awaited, and each loop turn reads at most kMaxMessagesPerTurn messages per
+// connection and answers at most kMaxInlineAnswersPerPass chains natively per queue; the rest
+// waits for the next turn. Warnings are rate-limited per device (vhost/limits.h).
 //
 // Ring states (vhost-user.rst "Ring states"): a queue is started once it has a size, addresses
 // and a kick fd; enabled by SET_VRING_ENABLE (initially enabled only when
@@ -33,6 +47,7 @@
 
 #include "blk/blk_request.h"
 #include "vhost/guest_memory.h"
+#include "vhost/limits.h"
 #include "vhost/protocol.h"
 #include "vhost/split_vring.h"
 
@@ -89,6 +104,8 @@ struct BackendOptions {
   uint32_t max_queue_size = 256;
   uint64_t device_features = 0;
   std::vector<uint8_t> config;
+  // Peer uids (SO_PEERCRED) allowed to connect; empty: any peer that can reach the socket.
+  std::vector<uint32_t> allowed_uids;
   blk::Limits limits;
 };
 
@@ -115,7 +132,7 @@ class Backend {
   bool Complete(uint32_t queue, const uint32_t* pairs, size_t count, std::string* err);
   void SetConfig(std::vector<uint8_t> config) { options_.config = std::move(config); }
   std::vector<uint32_t> Inflight() const;
-  bool connected() const { return conn_fd_ >= 0; }
+  bool connected() const { return conn_.fd >= 0; }
   // The host found the device unusable (e.g. SIGBUS on its guest memory): Panic, from a uv
   // callback of the host.
   void Fail(const std::string& reason);
@@ -129,10 +146,14 @@ class Backend {
   const std::string& socket_path() const { return created_path_; }
   uint32_t max_queue_size() const { return options_.max_queue_size; }
 
-  // Slot ids: (generation & 0x7ff) << 21 | queue << 15 | head. Fits a uint32 and a double.
+  // Slot ids: generation | queue | head (field widths in vhost/limits.h).
   static uint32_t SlotId(uint32_t gen, uint32_t queue, uint32_t head) {
-    return ((gen & 0x7ff) << 21) | (queue << 15) | head;
+    return ((gen & kSlotGenMask) << (kSlotHeadBits + kSlotQueueBits)) | (queue << kSlotHeadBits) |
+           head;
   }
+  static uint32_t SlotHead(uint32_t id) { return id & kSlotHeadMask; }
+  static uint32_t SlotQueue(uint32_t id) { return (id >> kSlotHeadBits) & kSlotQueueMask; }
+  static uint32_t SlotGen(uint32_t id) { return id >> (kSlotHeadBits + kSlotQueueBits); }
 
  private:
   struct Watch;
@@ -159,6 +180,38 @@ class Backend {
     std::vector<Slot> slots;  // indexed by head while running
   };
   enum class Result { kOk, kFail, kDropped, kDeferred };
+  // One received message as handlers see it. Handlers may take fds (swap them out); the rest
+  // are closed after the handler returns.
+  struct Message {
+    const MsgHeader& hdr;
+    const uint8_t* payload;
+    std::vector<int>& fds;
+  };
+  using Handler = Result (Backend::*)(const Message& m);
+  // Dispatch table entry: the handler and the payload sizes its message may carry.
+  struct MessageRule {
+    Handler handler;
+    uint32_t min_size;
+    uint32_t max_size;
+  };
+  static const MessageRule* RuleFor(uint32_t request);
+
+  // Per-connection state: the receive buffer and what was negotiated. Reset at every connect
+  // and disconnect.
+  struct Connection {
+    int fd = -1;
+    Watch* watch = nullptr;
+    bool reading_paused = false;
+    MsgHeader hdr{};
+    size_t hdr_got = 0;
+    std::vector<uint8_t> payload;
+    size_t payload_got = 0;
+    std::vector<int> fds;
+    uint64_t features = 0;
+    uint64_t protocol_features = 0;
+    bool features_set = false;
+    int deferred_queue = -1;  // queue whose GET_VRING_BASE reply is deferred
+  };
 
   // uv plumbing
   void InitHandles();
@@ -180,32 +233,68 @@ class Backend {
 
   // events
   void Emit(DeviceEvent ev);
+  // Warnings go through a per-device rate limit (kMaxWarningsPerWindow per kWarningWindowMs).
   void Log(LogLevel level, std::string msg, std::vector<LogField> fields = {});
+  bool WarningAllowed();
   void FlushEvents();
 
-  // connection
+  // listener (listener.cc)
   void OnListenReadable();
+  // Peer credentials of a new connection, logged; false (logged) when the uid is not allowed.
+  bool AdmitPeer(int fd);
+
+  // connection (connection.cc)
   void StartConnection(int fd);
   void OnConnReadable();
   void Disconnect(const std::string& reason);
   void Panic(const std::string& reason);
   bool ReadMessages();
+  // Checks a complete header's size against its message's rule; panics when it does not fit.
+  bool HeaderSizeFits(const MsgHeader& h);
   bool SendReply(uint32_t request, const void* payload, uint32_t size);
   bool SendU64Reply(uint32_t request, uint64_t value);
   void Dispatch();
-  Result Handle(const MsgHeader& h, const uint8_t* p, std::vector<int>& fds);
   Result Refuse(const MsgHeader& h, const std::string& reason);
-  Result Unsupported(const MsgHeader& h);
+  Result Unsupported(const Message& m);
+  uint64_t OfferedFeatures() const;
+  uint64_t OfferedProtocolFeatures() const;
+
+  // message handlers (handlers.cc), one per vhost-user message
+  Result HandleGetFeatures(const Message& m);
+  Result HandleSetFeatures(const Message& m);
+  Result HandleGetProtocolFeatures(const Message& m);
+  Result HandleSetProtocolFeatures(const Message& m);
+  Result HandleSetOwner(const Message& m);
+  Result HandleResetOwner(const Message& m);
+  Result HandleResetDevice(const Message& m);
+  Result HandleGetQueueNum(const Message& m);
+  Result HandleGetMaxMemSlots(const Message& m);
+  Result HandleSetMemTable(const Message& m);
+  Result HandleAddMemReg(const Message& m);
+  Result HandleRemMemReg(const Message& m);
+  Result HandleSetVringNum(const Message& m);
+  Result HandleSetVringBase(const Message& m);
+  Result HandleSetVringAddr(const Message& m);
+  Result HandleGetVringBase(const Message& m);
+  Result HandleSetVringKick(const Message& m);
+  Result HandleSetVringCall(const Message& m);
+  Result HandleSetVringErr(const Message& m);
+  Result HandleSetVringEnable(const Message& m);
+  Result HandleGetConfig(const Message& m);
+  Result HandleSetConfig(const Message& m);
+  // Shared parsing of SET_VRING_KICK/CALL/ERR: the queue and the fd (-1: none), or nullptr
+  // after a panic.
+  Queue* VringFdMessage(const Message& m, int* fd);
   bool FinishGetVringBase(uint32_t index);
 
-  // rings
+  // rings (queues.cc)
   Queue* QueueFor(uint32_t index, const char* what);
   bool QueueEnabled(const Queue& q) const;
   void UpdateRunning(uint32_t index);
   void StopQueue(uint32_t index, bool clear_config);
   void StopAllQueues();
   void ClearSlots(Queue& q);
-  void OnKick(uint32_t index);
+  void OnKick(uint32_t index, int events);
   void ProcessQueue(uint32_t index);
   bool ReResolveRings();
   void ApplyFeatures();
@@ -220,25 +309,11 @@ class Backend {
   std::string created_path_;  // unlinked by Close() if still our socket
   uint64_t created_dev_ = 0, created_ino_ = 0;
 
-  int conn_fd_ = -1;
+  Connection conn_;
   uint64_t conn_serial_ = 0;  // bumped when a connection starts or ends
-  Watch* conn_watch_ = nullptr;
-  bool reading_paused_ = false;
-  // Message being received.
-  MsgHeader hdr_{};
-  size_t hdr_got_ = 0;
-  std::vector<uint8_t> payload_;
-  size_t payload_got_ = 0;
-  std::vector<int> fds_;
-
-  // Negotiated state of the connection.
-  uint64_t features_ = 0;
-  uint64_t protocol_features_ = 0;
-  bool features_set_ = false;
   GuestMemory mem_;
   std::vector<Queue> queues_;
   uint32_t gen_counter_ = 0;
-  int deferred_queue_ = -1;  // queue whose GET_VRING_BASE reply is deferred
 
   uv_check_t* check_ = nullptr;
   uv_idle_t* idle_ = nullptr;
@@ -247,6 +322,9 @@ class Backend {
   int depth_ = 0;  // nesting of uv callbacks
   std::deque<DeviceEvent> events_;
   bool flushing_ = false;
+  uint64_t warn_window_start_ = 0;
+  uint32_t warn_count_ = 0;
+  uint32_t warn_suppressed_ = 0;
 };
 
 }  // namespace vhost

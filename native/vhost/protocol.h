@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "vhost/limits.h"
+
 namespace vbc {
 namespace vhost {
 
@@ -96,13 +98,6 @@ constexpr int VHOST_USER_PROTOCOL_F_SHARED_OBJECT = 18;
 constexpr int VHOST_USER_PROTOCOL_F_DEVICE_STATE = 19;
 
 constexpr uint64_t Bit(int n) { return uint64_t{1} << n; }
-
-// Limits of this back end.
-constexpr size_t kMaxFds = 8;               // fds accepted with one message
-constexpr uint32_t kMaxMemTableRegions = 8;  // SET_MEM_TABLE carries at most 8 regions
-constexpr uint32_t kMaxMemSlots = 32;        // GET_MAX_MEM_SLOTS answer (ADD_MEM_REG limit)
-constexpr uint32_t kMaxConfigSize = 256;     // virtio config space we serve
-constexpr uint32_t kMaxPayload = 4096;       // larger payloads drop the connection
 
 #pragma pack(push, 1)
 struct MsgHeader {

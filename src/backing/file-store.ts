@@ -197,7 +197,7 @@ export class FileStore implements BackingStore {
   private static async create(path: string, flags: number, size: number): Promise<number> {
     let fd: number;
     try {
-      fd = await fsOpen(path, flags | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
+      fd = await fsOpen(path, flags | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fsError(err, `create ${path}`);
       try {

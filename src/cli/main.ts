@@ -30,6 +30,8 @@ interface ServeFlags {
   socketPath?: string;
   fd?: string;
   socketMode?: string;
+  socketOwner?: string;
+  allowUid?: string[];
   backing?: string;
   blkFile?: string;
   size?: string;
@@ -60,6 +62,8 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-path <path>', 'vhost-user socket to listen on')
     .option('--fd <n>', 'inherited listening or connected vhost-user socket')
     .option('--socket-mode <octal>', 'mode of the created socket file', '0600')
+    .option('--socket-owner <user[:group]>', "chown the created socket (e.g. libvirt's qemu user)")
+    .option('--allow-uid <uid[,uid...]>', 'only front ends running as these uids may connect (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--backing <file|uri>', 'backing file, block device or NBD URI (nbd://host/export, nbd+unix:///export?socket=path)')
     .option('--blk-file <file>', 'same as --backing (vhost-user back-end convention)')
     .option('--size <bytes>', 'create a sparse backing file of this size if it does not exist (e.g. 10G)')
@@ -110,6 +114,8 @@ export function configFromFlags(f: ServeFlags): DaemonConfig {
       ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
       ...(f.fd !== undefined ? { fd: intFlag(f.fd, '--fd') } : {}),
       socketMode: parseInt(f.socketMode ?? '0600', 8),
+      ...(f.socketOwner !== undefined ? { socketOwner: f.socketOwner } : {}),
+      ...(f.allowUid !== undefined ? { allowUids: f.allowUid.flatMap((v) => v.split(',')).map((v) => intFlag(v.trim(), '--allow-uid')) } : {}),
       backing,
       ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
       readOnly: f.readOnly === true,

@@ -3,7 +3,11 @@
  * command-line flags both end up as a DaemonConfig, validated here with messages that name
  * the bad field (e.g. `volumes[1].logicalBlockSize: must be 512 or 4096, got 1000`).
  */
+import * as fs from 'node:fs';
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
+
+const LIMITS = native.limits;
 
 export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
 export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none'];
@@ -15,6 +19,10 @@ export interface VolumeConfig {
   socketPath?: string;
   fd?: number;
   socketMode: number;
+  /** `socketOwner` ("USER[:GROUP]", names or numbers) resolved: the socket is chowned to it. */
+  socketOwner?: SocketOwner;
+  /** Peer uids (SO_PEERCRED) allowed to connect; absent: anyone who can reach the socket. */
+  allowUids?: number[];
   /** A file or block device path, or an NBD URI (nbd://, nbd+unix://). */
   backing: string;
   /** Bytes; creates a sparse file of this size when the backing file does not exist. */
@@ -28,6 +36,14 @@ export interface VolumeConfig {
   queueSize: number;
   logicalBlockSize: 512 | 4096;
   direct: boolean;
+}
+
+export interface SocketOwner {
+  /** As written in the config, for messages. */
+  spec: string;
+  uid: number;
+  /** -1: keep the group. */
+  gid: number;
 }
 
 export interface CacheConfig {
@@ -52,7 +68,7 @@ export interface DaemonConfig {
 
 export const DEFAULTS = {
   socketMode: 0o600,
-  numQueues: 64,
+  numQueues: LIMITS.maxQueues,
   queueSize: 1024,
   logicalBlockSize: 512 as const,
   cacheBlockSize: 4096,
@@ -107,7 +123,7 @@ function int(o: Record<string, unknown>, key: string, field: string, dflt: numbe
 }
 
 const VOLUME_KEYS = new Set([
-  'name', 'socketPath', 'fd', 'socketMode', 'backing', 'size', 'readOnly', 'cacheMode', 'cacheMaxBytes',
+  'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'readOnly', 'cacheMode', 'cacheMaxBytes',
   'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
@@ -115,6 +131,49 @@ const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'ioEngine', 'backingTim
 
 function checkKeys(o: Record<string, unknown>, allowed: Set<string>, field: string): void {
   for (const k of Object.keys(o)) if (!allowed.has(k)) fail(`${field}.${k}`, 'unknown field');
+}
+
+const MAX_ID = 2 ** 32 - 2; // uid/gid (-1, i.e. 2^32 - 1, means "none" to chown)
+
+/** The id of a user or group by name from /etc/passwd or /etc/group, or a number as is. */
+function resolveId(name: string, db: '/etc/passwd' | '/etc/group', field: string): number {
+  if (/^\d+$/.test(name)) {
+    const n = Number(name);
+    if (n > MAX_ID) fail(field, `id ${name} out of range`);
+    return n;
+  }
+  let text = '';
+  try {
+    text = fs.readFileSync(db, 'utf8');
+  } catch (err) {
+    fail(field, `cannot read ${db}: ${(err as Error).message}`);
+  }
+  for (const line of text.split('\n')) {
+    const parts = line.split(':');
+    if (parts[0] === name && parts[2] !== undefined && /^\d+$/.test(parts[2])) return Number(parts[2]);
+  }
+  return fail(field, `no ${db === '/etc/passwd' ? 'user' : 'group'} named ${JSON.stringify(name)}`);
+}
+
+function socketOwner(raw: Record<string, unknown>, field: string): SocketOwner | undefined {
+  const spec = str(raw, 'socketOwner', field, false);
+  if (spec === undefined) return undefined;
+  const m = /^([^:]+)(?::([^:]+))?$/.exec(spec);
+  if (m === null) return fail(`${field}.socketOwner`, `must be USER or USER:GROUP, got ${JSON.stringify(spec)}`);
+  return {
+    spec,
+    uid: resolveId(m[1] as string, '/etc/passwd', `${field}.socketOwner`),
+    gid: m[2] === undefined ? -1 : resolveId(m[2], '/etc/group', `${field}.socketOwner`),
+  };
+}
+
+function allowUids(raw: Record<string, unknown>, field: string): number[] | undefined {
+  const v = raw.allowUids;
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.length === 0 || !v.every((u) => Number.isInteger(u) && (u as number) >= 0 && (u as number) <= MAX_ID)) {
+    return fail(`${field}.allowUids`, `must be a non-empty array of uids (0..${MAX_ID}), got ${JSON.stringify(v)}`);
+  }
+  return [...new Set(v as number[])];
 }
 
 export function validateVolume(raw: unknown, field: string): VolumeConfig {
@@ -125,12 +184,15 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
   const socketPath = str(raw, 'socketPath', field, false);
   const fd = raw.fd === undefined ? undefined : int(raw, 'fd', field, 0, 0, 1 << 20);
   if ((socketPath === undefined) === (fd === undefined)) fail(field, 'give exactly one of socketPath and fd');
+  const owner = socketOwner(raw, field);
+  if (owner !== undefined && socketPath === undefined) fail(`${field}.socketOwner`, 'needs socketPath (an inherited fd has no socket file to chown)');
+  const uids = allowUids(raw, field);
   if (socketPath !== undefined && Buffer.byteLength(socketPath) > 107) fail(`${field}.socketPath`, 'longer than 107 bytes (unix socket limit)');
   const lbs = int(raw, 'logicalBlockSize', field, DEFAULTS.logicalBlockSize, 512, 4096);
   if (lbs !== 512 && lbs !== 4096) fail(`${field}.logicalBlockSize`, `must be 512 or 4096, got ${lbs}`);
   const cacheMode = (raw.cacheMode ?? 'writethrough') as CacheMode;
   if (!CACHE_MODES.includes(cacheMode)) fail(`${field}.cacheMode`, `must be one of ${CACHE_MODES.join(', ')}, got ${JSON.stringify(raw.cacheMode)}`);
-  const queueSize = int(raw, 'queueSize', field, DEFAULTS.queueSize, 2, 32768);
+  const queueSize = int(raw, 'queueSize', field, DEFAULTS.queueSize, LIMITS.minQueueSize, LIMITS.maxQueueSize);
   if ((queueSize & (queueSize - 1)) !== 0) fail(`${field}.queueSize`, `must be a power of two, got ${queueSize}`);
   const size = raw.size === undefined ? undefined : parseSize(raw.size, `${field}.size`);
   if (size !== undefined && (size === 0 || size % lbs !== 0)) fail(`${field}.size`, `must be a positive multiple of ${lbs}, got ${size}`);
@@ -141,14 +203,16 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     name,
     ...(socketPath !== undefined ? { socketPath } : {}),
     ...(fd !== undefined ? { fd } : {}),
-    socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, 0o777),
+    socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, LIMITS.maxSocketMode),
+    ...(owner !== undefined ? { socketOwner: owner } : {}),
+    ...(uids !== undefined ? { allowUids: uids } : {}),
     backing: str(raw, 'backing', field, true) as string,
     ...(size !== undefined ? { size } : {}),
     readOnly: bool(raw, 'readOnly', field, false),
     cacheMode,
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
     serial,
-    numQueues: int(raw, 'numQueues', field, DEFAULTS.numQueues, 1, 64),
+    numQueues: int(raw, 'numQueues', field, DEFAULTS.numQueues, 1, LIMITS.maxQueues),
     queueSize,
     logicalBlockSize: lbs,
     direct: bool(raw, 'direct', field, false),

@@ -1,8 +1,8 @@
 /**
  * Types of the C++ addon's exports: the contract between native/ and src/. Each native class
- * is declared here with the rules it keeps. Option checks happen in the TypeScript wrappers
- * before anything crosses; the native side still validates everything that comes from a
- * front end (untrusted).
+ * is declared here with the rules it keeps. Options are validated once, in src/config, against
+ * the limits native exports (NativeLimits); the native side still validates everything that
+ * comes from a front end (untrusted).
  */
 
 /** virtio-blk request header types (virtio 1.2, 5.2.6). */
@@ -61,11 +61,13 @@ export interface VhostDeviceOptions {
   socketPath?: string;
   /** Mode of the created socket file (default 0o600). */
   socketMode?: number;
+  /** Peer uids (SO_PEERCRED) allowed to connect; absent or empty: anyone who can reach the socket. */
+  allowUids?: number[];
   /** An inherited unix stream socket: listening (accept from it) or already connected. */
   fd?: number;
-  /** Answer to GET_QUEUE_NUM: the most queues a front end may use (1..64). */
+  /** Answer to GET_QUEUE_NUM: the most queues a front end may use (1..limits.maxQueues). */
   maxQueues: number;
-  /** Largest vring size accepted by SET_VRING_NUM (power of two, <= 32768). */
+  /** Largest vring size accepted by SET_VRING_NUM (power of two in limits.minQueueSize..maxQueueSize). */
   maxQueueSize: number;
   /**
    * seg_max and size_max as announced in the config: a chain with more than maxSegments + 2
@@ -274,7 +276,17 @@ export interface NativeIoRingClass {
   probe(): IoUringProbe;
 }
 
+/** Limits of the native back end (native/vhost/limits.h), defined once there. */
+export interface NativeLimits {
+  readonly maxQueues: number;
+  readonly minQueueSize: number;
+  readonly maxQueueSize: number;
+  readonly maxSocketMode: number;
+  readonly maxConfigSize: number;
+}
+
 export interface NativeAddon {
+  limits: NativeLimits;
   IoRing: NativeIoRingClass;
   /** BLKGETSIZE64: size in bytes of the block device open as fd. Throws ENOTTY for a file. */
   blockDeviceSize(fd: number): number;
@@ -294,6 +306,7 @@ export interface NativeAddon {
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   VhostDevice: new (options: VhostDeviceOptions) => NativeVhostDevice;
   GuestRam: new (size: number, populate?: boolean) => NativeGuestRam;
-  EventFd: new () => NativeEventFd;
+  /** Test-only options: `blocking` omits EFD_NONBLOCK, `full` starts the counter at its maximum. */
+  EventFd: new (options?: { blocking?: boolean; full?: boolean }) => NativeEventFd;
   FrontendChannel: new (options: FrontendChannelOptions) => NativeFrontendChannel;
 }

@@ -1,14 +1,13 @@
 /**
  * The back-end framework layer in TypeScript: one VhostExport per vhost-user socket. It owns
- * the native VhostDevice (protocol, guest memory, rings), checks options before they cross,
- * turns native events into log lines and state, and batches completions.
+ * the native VhostDevice (protocol, guest memory, rings) built from options src/config has
+ * validated, turns native events into log lines and state, and batches completions.
  *
  * Completion batching: complete() only records (slot, status) per queue; the records are
  * handed to native in one call per queue from a microtask, so every request finished in the
  * same turn of the event loop costs one crossing (and native notifies the guest once).
  */
 import { native } from '../native/binding';
-import { VhostError } from '../native/errors';
 import type { NativeVhostDevice, VhostDeviceEvent } from '../native/types';
 import type { Logger } from '../util/logger';
 
@@ -16,6 +15,7 @@ export interface VhostExportOptions {
   /** Exactly one of socketPath and fd. */
   socketPath?: string;
   socketMode?: number;
+  allowUids?: number[];
   fd?: number;
   maxQueues: number;
   maxQueueSize: number;
@@ -49,26 +49,6 @@ class CompletionQueue {
   }
 }
 
-export function validateExportOptions(o: VhostExportOptions): void {
-  const hasPath = o.socketPath !== undefined;
-  const hasFd = o.fd !== undefined;
-  if (hasPath === hasFd) throw new VhostError('give exactly one of socketPath and fd', 'EINVAL');
-  if (hasFd && (!Number.isInteger(o.fd) || (o.fd as number) < 0)) {
-    throw new VhostError(`fd must be a non-negative integer, got ${o.fd}`, 'EINVAL');
-  }
-  if (hasPath && (typeof o.socketPath !== 'string' || o.socketPath.length === 0 || Buffer.byteLength(o.socketPath) > 107)) {
-    throw new VhostError(`socket path must be 1..107 bytes: ${o.socketPath}`, 'EINVAL');
-  }
-  if (!Number.isInteger(o.maxQueues) || o.maxQueues < 1 || o.maxQueues > 64) {
-    throw new VhostError(`queue count must be 1..64, got ${o.maxQueues}`, 'EINVAL');
-  }
-  const qs = o.maxQueueSize;
-  if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
-    throw new VhostError(`queue size must be a power of two in 2..32768, got ${qs}`, 'EINVAL');
-  }
-  if (o.config.byteLength > 256) throw new VhostError('config space is at most 256 bytes', 'EINVAL');
-}
-
 export class VhostExport {
   private readonly dev: NativeVhostDevice;
   private readonly queues: CompletionQueue[] = [];
@@ -77,13 +57,13 @@ export class VhostExport {
   private closed = false;
 
   constructor(private readonly opts: VhostExportOptions) {
-    validateExportOptions(opts);
     this.log = opts.logger;
     for (let q = 0; q < opts.maxQueues; q++) this.queues.push(new CompletionQueue());
     // Callbacks only run from later event-loop turns, after this.dev is assigned.
     this.dev = new native.VhostDevice({
       ...(opts.socketPath !== undefined ? { socketPath: opts.socketPath } : {}),
       ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),
+      ...(opts.allowUids !== undefined ? { allowUids: opts.allowUids } : {}),
       ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
       maxQueues: opts.maxQueues,
       maxQueueSize: opts.maxQueueSize,

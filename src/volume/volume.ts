@@ -6,6 +6,7 @@
  * Life cycle: open() -> serving (front ends come and go; each disconnect returns the export to
  * listening) -> close(): stop accepting, wait for in-flight requests, flush, close the store.
  */
+import * as fs from 'node:fs';
 import type { BackingStore } from '../backing/backing-store';
 import type { VolumeConfig } from '../config/config';
 import { VhostError } from '../native/errors';
@@ -73,6 +74,7 @@ export class Volume implements DispatchTarget {
       ...(config.socketPath !== undefined ? { socketPath: config.socketPath } : {}),
       ...(config.fd !== undefined ? { fd: config.fd } : {}),
       socketMode: config.socketMode,
+      ...(config.allowUids !== undefined ? { allowUids: config.allowUids } : {}),
       maxQueues: config.numQueues,
       maxQueueSize: config.queueSize,
       maxSegments: SEG_MAX,
@@ -83,6 +85,16 @@ export class Volume implements DispatchTarget {
       onRequests: (queue, count, segs, table) => this.dispatcher.handleBatch(queue, count, segs, table),
       onConfigWrite: (offset, data) => this.onConfigWrite(offset, data),
     });
+    const owner = config.socketOwner;
+    if (owner !== undefined && config.socketPath !== undefined) {
+      try {
+        fs.chownSync(config.socketPath, owner.uid, owner.gid);
+      } catch (err) {
+        this.export.close();
+        const e = err as NodeJS.ErrnoException;
+        throw new VhostError(`volume ${config.name}: chown ${config.socketPath} to ${owner.spec}: ${e.message}`, e.code ?? 'EIO');
+      }
+    }
     log.info(
       { socket: config.socketPath ?? `fd:${config.fd}`, backing: config.backing, sizeBytes: this.sizeBytes, readOnly: this.readOnly, queues: config.numQueues },
       'volume ready',
