@@ -26,6 +26,7 @@ import {
   type NativeGuestRam,
 } from '../../src/native/types';
 import { silentLogger } from '../../src/util/logger';
+import { mappingsOf } from '../vhost/helpers';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -47,14 +48,6 @@ function stamps(vol: string, first: number, blocks: number, gen: number): Buffer
 
 function openFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
-}
-
-/** Mappings of the file with this inode in our address space (front end's and daemon's). */
-function mappingsOf(ino: number): number {
-  return fs
-    .readFileSync('/proc/self/maps', 'utf8')
-    .split('\n')
-    .filter((l) => l.split(/\s+/)[4] === String(ino)).length;
 }
 
 describe('guest memory (daemon in-process, our front end)', function () {
@@ -281,7 +274,6 @@ describe('guest memory (daemon in-process, our front end)', function () {
     for (let i = 50; i < 1050; i++) await round(i);
     const fds1 = openFds();
     const rss1 = process.memoryUsage().rss;
-    // eslint-disable-next-line no-console
     console.log(`      1,000 reconnects: open fds ${fds0} -> ${fds1}, RSS ${(rss0 / MiB).toFixed(1)} -> ${(rss1 / MiB).toFixed(1)} MiB`);
     assert.ok(fds1 <= fds0 + 2, `open fds ${fds0} -> ${fds1}`);
     assert.ok(rss1 - rss0 < 48 * MiB, `RSS ${rss0} -> ${rss1}`);
