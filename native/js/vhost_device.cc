@@ -2,6 +2,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -199,7 +200,7 @@ Napi::Value VhostDevice::JS_complete(const Napi::CallbackInfo& info) {
                           &err)) {
     ThrowError(env, "EINVAL", "complete: " + err);
   }
-  if (!inflight_.empty()) {
+  if (tracked_ > 0) {
     for (size_t i = 0; i < static_cast<size_t>(count); i++) Untrack(pairs.Data()[2 * i]);
   }
   return env.Undefined();
@@ -236,21 +237,23 @@ void VhostDevice::AllHandlesClosed() {
 
 void VhostDevice::MemoryTableChanged() {
   Napi::HandleScope scope(Env());
-  std::vector<const vhost::Mapping*> keys;
-  keys.reserve(views_.size());
-  for (const auto& kv : views_) keys.push_back(kv.first);
-  for (const vhost::Mapping* k : keys) Settle(k);
+  const bool connected = backend_ && backend_->connected();
+  std::vector<const vhost::Mapping*> departed;
+  for (auto& kv : views_) {
+    if (connected && backend_->memory().Contains(kv.first)) continue;
+    kv.second.departed = true;
+    departed.push_back(kv.first);
+  }
+  for (const vhost::Mapping* k : departed) Settle(k);
 }
 
 void VhostDevice::Settle(const vhost::Mapping* key) {
   auto it = views_.find(key);
-  if (it == views_.end()) return;
-  const bool connected = backend_ && backend_->connected();
-  if (connected && backend_->memory().Contains(key)) return;
+  if (it == views_.end() || !it->second.departed) return;
   if (it->second.inflight == 0) {
     Release(it->second);
     views_.erase(it);  // drops JS's reference: unmapped now unless the backend still holds it
-  } else if (!connected) {
+  } else if (!(backend_ && backend_->connected())) {
     it->second.mapping->Fence();
   }
 }
@@ -269,7 +272,9 @@ void VhostDevice::ReleaseAll() {
   Napi::HandleScope scope(Env());
   for (auto& kv : views_) Release(kv.second);
   views_.clear();
-  inflight_.clear();
+  refs_.clear();
+  overflow_.clear();
+  tracked_ = 0;
 }
 
 VhostDevice::MappingViews& VhostDevice::ViewsFor(vhost::Mapping* mapping) {
@@ -303,11 +308,39 @@ Napi::Uint8Array VhostDevice::ViewOf(MappingViews& mv, const vhost::HostIov& seg
   return Napi::Uint8Array::New(Env(), seg.len, ab, static_cast<size_t>(off - start));
 }
 
+VhostDevice::InflightRefs* VhostDevice::RefsFor(uint32_t slot, bool create) {
+  const uint32_t queue = (slot >> vhost::kSlotHeadBits) & vhost::kSlotQueueMask;
+  const uint32_t head = slot & vhost::kSlotHeadMask;
+  if (refs_.size() <= queue) {
+    if (!create) return nullptr;
+    refs_.resize(queue + 1);
+  }
+  std::vector<InflightRefs>& q = refs_[queue];
+  if (q.size() <= head) {
+    if (!create) return nullptr;
+    q.resize(std::max<size_t>(backend_->max_queue_size(), head + 1));
+  }
+  InflightRefs& e = q[head];
+  if (e.slot == slot) return &e;
+  if (create && e.slot == InflightRefs::kFree) {
+    e.slot = slot;
+    return &e;
+  }
+  if (create) {
+    InflightRefs& o = overflow_[slot];
+    o.slot = slot;
+    return &o;
+  }
+  auto it = overflow_.find(slot);
+  return it == overflow_.end() ? nullptr : &it->second;
+}
+
 void VhostDevice::Track(uint32_t slot, MappingViews* mv, InflightRefs** refs) {
   if (*refs == nullptr) {
-    // An existing entry is a request of a connection 2^11 generations ago still in JS (slot
+    // An existing record is a request of a connection 2^11 generations ago still in JS (slot
     // ids wrap): both are then released with the first completion of that id.
-    *refs = &inflight_[slot];
+    *refs = RefsFor(slot, true);
+    if ((*refs)->first == nullptr) tracked_++;
   }
   InflightRefs& r = **refs;
   if (r.first == mv) return;
@@ -323,17 +356,26 @@ void VhostDevice::Track(uint32_t slot, MappingViews* mv, InflightRefs** refs) {
 }
 
 void VhostDevice::Untrack(uint32_t slot) {
-  auto it = inflight_.find(slot);
-  if (it == inflight_.end()) return;
-  std::vector<const vhost::Mapping*> keys;
-  auto drop = [&keys](MappingViews* mv) {
-    mv->inflight--;
-    keys.push_back(mv->mapping.get());
+  InflightRefs* r = RefsFor(slot, false);
+  if (r == nullptr || r->first == nullptr) return;
+  // Mappings whose last request this was, if they already left: released below.
+  std::vector<const vhost::Mapping*> done;
+  auto drop = [&done](MappingViews* mv) {
+    if (--mv->inflight == 0 && mv->departed) done.push_back(mv->mapping.get());
   };
-  drop(it->second.first);
-  for (MappingViews* mv : it->second.more) drop(mv);
-  inflight_.erase(it);
-  for (const vhost::Mapping* k : keys) Settle(k);
+  drop(r->first);
+  for (MappingViews* mv : r->more) drop(mv);
+  // Free the record before settling (Settle may erase the views_ entries it pointed to).
+  auto it = overflow_.empty() ? overflow_.end() : overflow_.find(slot);
+  if (it != overflow_.end() && &it->second == r) {
+    overflow_.erase(it);
+  } else {
+    r->slot = InflightRefs::kFree;
+    r->first = nullptr;
+    r->more.clear();
+  }
+  tracked_--;
+  for (const vhost::Mapping* k : done) Settle(k);
 }
 
 void VhostDevice::OnFaultAsync(uv_async_t*) {
@@ -341,6 +383,9 @@ void VhostDevice::OnFaultAsync(uv_async_t*) {
 }
 
 void VhostDevice::CheckFaults() {
+  const uint64_t faults = vhost::FaultCount();
+  if (faults == faults_seen_) return;
+  faults_seen_ = faults;
   if (backend_ && backend_->connected() && backend_->memory().Faulted()) {
     Napi::HandleScope scope(Env());
     backend_->Fail("guest memory vanished under the device (SIGBUS): the front end shrank a "

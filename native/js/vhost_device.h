@@ -63,19 +63,25 @@ class VhostDevice : public Napi::ObjectWrap<VhostDevice>, public vhost::BackendH
     std::shared_ptr<vhost::Mapping> mapping;
     std::vector<Napi::Reference<Napi::ArrayBuffer>> windows;  // index w; empty until used
     uint32_t inflight = 0;
+    bool departed = false;  // left the memory table, or its connection ended
   };
-  // Mappings a delivered request's data lies in (usually one).
+  // Mappings a delivered request's data lies in (usually one), by slot id.
   struct InflightRefs {
+    static constexpr uint32_t kFree = UINT32_MAX;  // never a slot id (queue bits < kMaxQueues)
+    uint32_t slot = kFree;
     MappingViews* first = nullptr;
     std::vector<MappingViews*> more;
   };
 
   MappingViews& ViewsFor(vhost::Mapping* mapping);
   Napi::Uint8Array ViewOf(MappingViews& mv, const vhost::HostIov& seg);
+  // The record of `slot`: refs_[queue][head] (allocation-free), or overflow_ when a request of
+  // an earlier connection with the same queue and head is still in JS.
+  InflightRefs* RefsFor(uint32_t slot, bool create);
   void Track(uint32_t slot, MappingViews* mv, InflightRefs** refs);
   void Untrack(uint32_t slot);
-  // Releases mv (detach windows, drop the reference) if it left the table and has no request
-  // in flight; fences it if the connection ended and requests still use it.
+  // For a departed mapping: releases it (detach windows, drop the reference) once no request
+  // is in flight over it; until then fences it if the connection ended.
   void Settle(const vhost::Mapping* key);
   void Release(MappingViews& mv);
   void ReleaseAll();
@@ -89,7 +95,10 @@ class VhostDevice : public Napi::ObjectWrap<VhostDevice>, public vhost::BackendH
   Napi::Reference<Napi::Float64Array> requests_;
   std::unique_ptr<Napi::AsyncContext> async_;
   std::unordered_map<const vhost::Mapping*, MappingViews> views_;
-  std::unordered_map<uint32_t, InflightRefs> inflight_;  // by slot id
+  std::vector<std::vector<InflightRefs>> refs_;  // [queue][head], sized on first use
+  std::unordered_map<uint32_t, InflightRefs> overflow_;
+  size_t tracked_ = 0;  // requests with an InflightRefs record
+  uint64_t faults_seen_ = 0;  // vhost::FaultCount() at the last CheckFaults
   bool referenced_ = false;
 };
 

@@ -25,6 +25,7 @@ struct sigaction g_prev_sigbus;
 std::atomic<bool> g_handler_installed{false};
 std::atomic<void (*)(void*)> g_notify{nullptr};
 std::atomic<void*> g_notify_arg{nullptr};
+std::atomic<uint64_t> g_fault_count{0};
 }  // namespace
 
 // Every live Mapping's address range, readable from the SIGBUS handler without locks: slots are
@@ -67,6 +68,7 @@ struct FaultRegistry {
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
       if (p == MAP_FAILED) return false;
       m->faulted_.store(true, std::memory_order_release);
+      g_fault_count.fetch_add(1, std::memory_order_release);
       return true;
     }
     return false;
@@ -99,6 +101,8 @@ void OnSigbus(int sig, siginfo_t* info, void* uctx) {
   raise(sig);
 }
 }  // namespace
+
+uint64_t FaultCount() { return g_fault_count.load(std::memory_order_acquire); }
 
 void InstallFaultHandler(void (*notify)(void*), void* arg) {
   g_notify_arg.store(arg, std::memory_order_release);
