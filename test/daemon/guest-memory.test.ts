@@ -173,6 +173,26 @@ describe('guest memory (daemon in-process, our front end)', function () {
     });
   }
 
+  it('serves requests whose segments lie in 24 regions added one by one (CONFIGURE_MEM_SLOTS)', async () => {
+    const fe = await connect('a');
+    const regions: NativeGuestRam[] = [];
+    for (let i = 0; i < 24; i++) {
+      const ram = new native.GuestRam(2 * MiB);
+      rams.push(ram);
+      regions.push(ram);
+      const r = { guestAddr: BigInt(HIGH_GPA + i * GiB), size: BigInt(2 * MiB), userAddr: HIGH_USER + BigInt(i) * BigInt(GiB), mmapOffset: 0n };
+      await fe.request(R.ADD_MEM_REG, encodeMemRegion(r), [ram.fd]);
+    }
+    const data = stamps('a', 100, regions.length, 7);
+    regions.forEach((ram, i) => new Uint8Array(ram.buffer).set(data.subarray(i * BLOCK, (i + 1) * BLOCK)));
+    const segs = (at: number, write: boolean): RawDesc[] => regions.map((_r, i) => ({ addr: HIGH_GPA + i * GiB + at, len: BLOCK, write }));
+    assert.equal(await rawRequest(fe, VIRTIO_BLK_T_OUT, 800, segs(0, false)), VIRTIO_BLK_S_OK);
+    assert.equal(await rawRequest(fe, VIRTIO_BLK_T_IN, 800, segs(MiB, true)), VIRTIO_BLK_S_OK);
+    const got = Buffer.concat(regions.map((ram) => Buffer.from(ram.buffer, MiB, BLOCK)));
+    assert.ok(got.equals(data), 'each region received its own block');
+    await checkB();
+  });
+
   it('drops only the device whose memfd shrinks under a running queue (SIGBUS contained)', async () => {
     for (const where of ['header', 'write data'] as const) {
       const fe = await connect('a');

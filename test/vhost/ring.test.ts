@@ -201,6 +201,27 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     assert.equal((await g.ring(0).write(0, pattern(512, 3))).status, VIRTIO_BLK_S_OK);
   });
 
+  it('after RESET_DEVICE writes no status or used entry for requests that were in flight', async function () {
+    t = startDevice();
+    const f = await open({ indirect: false });
+    const q = f.ring(0);
+    t.held = [];
+    const hdr = f.memory.alloc(32, 64);
+    writeBlkHeader(f.memory.view, hdr.addr, VIRTIO_BLK_T_IN, 0);
+    f.memory.bytes[hdr.addr + 16] = 0xff;
+    const data = f.memory.alloc(512, 512);
+    void q.submitRaw({ descs: [{ addr: hdr.addr, len: 16 }, { addr: data.addr, len: 512, write: true }, { addr: hdr.addr + 16, len: 1, write: true }] }).catch(() => undefined);
+    while ((t.held?.length ?? 0) < 1) await new Promise((r) => setTimeout(r, 5));
+    const held = (t.held ?? [])[0];
+    t.held = null;
+    const usedIdx = f.memory.view.getUint16(q.usedAddr + 2, true);
+    await f.request(VhostUserRequest.RESET_DEVICE);
+    assert.deepEqual(t.dev.inflight(), [0, 0], 'the reset forgot the request');
+    t.dev.complete(0, 1, Uint32Array.of(held.req.slot, VIRTIO_BLK_S_OK));
+    assert.equal(f.memory.bytes[hdr.addr + 16], 0xff, 'no status byte written after the reset');
+    assert.equal(f.memory.view.getUint16(q.usedAddr + 2, true), usedIdx, 'no used entry published after the reset');
+  });
+
   async function expectBroken(descs: RawDesc[] | null, reason: RegExp, opts: { availEntry?: number; indirect?: boolean } = {}): Promise<void> {
     const dev = t as TestDevice;
     const f = await open({ indirect: opts.indirect ?? true });
