@@ -240,8 +240,9 @@ class Backend {
 
   // listener (listener.cc)
   void OnListenReadable();
-  // Peer credentials of a new connection, logged; false (logged) when the uid is not allowed.
-  bool AdmitPeer(int fd);
+  // Peer credentials of a new connection as log fields; false (logged) when the uid is not
+  // allowed.
+  bool AdmitPeer(int fd, std::vector<LogField>* who);
 
   // connection (connection.cc)
   void StartConnection(int fd);

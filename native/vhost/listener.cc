@@ -126,7 +126,9 @@ bool Backend::Adopt(int fd, SetupError* err) {
       Emit(std::move(ev));
       Log(LogLevel::kInfo, "listening on inherited socket", {Num("fd", fd)});
     } else {
-      if (!AdmitPeer(fd)) return fail(EACCES, "peer uid not allowed");
+      std::vector<LogField> who;
+      if (!AdmitPeer(fd, &who)) return fail(EACCES, "peer uid not allowed");
+      Log(LogLevel::kInfo, "front end credentials", std::move(who));
       StartConnection(fd);
     }
   } catch (const std::exception& e) {
@@ -179,33 +181,33 @@ void Backend::OnListenReadable() {
       Disconnect("front end closed the connection");
     }
   }
-  if (!AdmitPeer(fd)) {
+  std::vector<LogField> who;
+  if (!AdmitPeer(fd, &who)) {
     close(fd);
     return;
   }
   if (conn_.fd >= 0) {
-    Log(LogLevel::kWarn, "refusing a second front end while one is connected");
+    Log(LogLevel::kWarn, "refusing a second front end while one is connected", std::move(who));
     close(fd);
     return;
   }
+  Log(LogLevel::kInfo, "front end credentials", std::move(who));
   StartConnection(fd);
 }
 
-bool Backend::AdmitPeer(int fd) {
+bool Backend::AdmitPeer(int fd, std::vector<LogField>* who) {
   ucred cred{};
   socklen_t len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
     Log(LogLevel::kWarn, "refusing a front end: no peer credentials", {Str("error", ErrnoName(errno))});
     return false;
   }
-  std::vector<LogField> who = {Num("peerPid", cred.pid), Num("peerUid", cred.uid),
-                               Num("peerGid", cred.gid)};
+  *who = {Num("peerPid", cred.pid), Num("peerUid", cred.uid), Num("peerGid", cred.gid)};
   const std::vector<uint32_t>& allowed = options_.allowed_uids;
   if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), cred.uid) == allowed.end()) {
-    Log(LogLevel::kWarn, "refusing a front end: uid not allowed", std::move(who));
+    Log(LogLevel::kWarn, "refusing a front end: uid not allowed", *who);
     return false;
   }
-  Log(LogLevel::kInfo, "front end credentials", std::move(who));
   return true;
 }
 

@@ -10,9 +10,7 @@ import {
   CACHE_MODES,
   DEFAULTS,
   parseSize,
-  validateCache,
   validateConfig,
-  validateVolume,
   type DaemonConfig,
 } from '../config/config';
 import { addBenchCommand } from '../bench/runner';
@@ -108,39 +106,34 @@ export function configFromFlags(f: ServeFlags): DaemonConfig {
   const backing = f.backing ?? f.blkFile;
   if (backing === undefined) throw new Error('give --backing FILE (or --blk-file, or --config FILE)');
   if ((f.socketPath === undefined) === (f.fd === undefined)) throw new Error('give exactly one of --socket-path and --fd');
-  const volume = validateVolume(
-    {
-      name: f.name ?? 'vol0',
-      ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
-      ...(f.fd !== undefined ? { fd: intFlag(f.fd, '--fd') } : {}),
-      socketMode: parseInt(f.socketMode ?? '0600', 8),
-      ...(f.socketOwner !== undefined ? { socketOwner: f.socketOwner } : {}),
-      ...(f.allowUid !== undefined ? { allowUids: f.allowUid.flatMap((v) => v.split(',')).map((v) => intFlag(v.trim(), '--allow-uid')) } : {}),
-      backing,
-      ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
-      readOnly: f.readOnly === true,
-      cacheMode: f.cacheMode ?? 'writethrough',
-      serial: f.serial ?? f.name ?? 'vol0',
-      numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
-      queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
-      logicalBlockSize: intFlag(f.logicalBlockSize ?? '512', '--logical-block-size'),
-      direct: f.direct === true,
-    },
-    'volume',
-  );
+  // Raw values as a config file would hold them: validateConfig checks everything once.
+  const volume = {
+    name: f.name ?? 'vol0',
+    ...(f.socketPath !== undefined ? { socketPath: f.socketPath } : {}),
+    ...(f.fd !== undefined ? { fd: intFlag(f.fd, '--fd') } : {}),
+    socketMode: parseInt(f.socketMode ?? '0600', 8),
+    ...(f.socketOwner !== undefined ? { socketOwner: f.socketOwner } : {}),
+    ...(f.allowUid !== undefined ? { allowUids: f.allowUid.flatMap((v) => v.split(',')).map((v) => intFlag(v.trim(), '--allow-uid')) } : {}),
+    backing,
+    ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
+    readOnly: f.readOnly === true,
+    cacheMode: f.cacheMode ?? 'writethrough',
+    serial: f.serial ?? f.name ?? 'vol0',
+    numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
+    queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
+    logicalBlockSize: intFlag(f.logicalBlockSize ?? '512', '--logical-block-size'),
+    direct: f.direct === true,
+  };
   const cache =
     f.cache === undefined
       ? null
-      : validateCache(
-          {
-            path: f.cache,
-            ...(f.cacheSize !== undefined ? { size: f.cacheSize } : {}),
-            blockSize: f.cacheBlockSize ?? DEFAULTS.cacheBlockSize,
-            segmentSize: f.cacheSegmentSize ?? DEFAULTS.segmentSize,
-            ...(f.cacheMetadata !== undefined ? { metadataPath: f.cacheMetadata } : {}),
-          },
-          'cache',
-        );
+      : {
+          path: f.cache,
+          ...(f.cacheSize !== undefined ? { size: f.cacheSize } : {}),
+          blockSize: f.cacheBlockSize ?? DEFAULTS.cacheBlockSize,
+          segmentSize: f.cacheSegmentSize ?? DEFAULTS.segmentSize,
+          ...(f.cacheMetadata !== undefined ? { metadataPath: f.cacheMetadata } : {}),
+        };
   const timeout = Number(f.backingTimeout ?? '60');
   if (!Number.isFinite(timeout) || timeout <= 0) throw new Error(`--backing-timeout: expected seconds > 0, got ${f.backingTimeout}`);
   return validateConfig({

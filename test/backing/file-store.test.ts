@@ -69,6 +69,7 @@ for (const [engineName, makeEngine] of engines) {
         assert.equal(store.size, 64 << 20);
         assert.equal(st.size, 64 << 20);
         assert.equal(st.blocks, 0);
+        assert.equal(st.mode & 0o777, 0o600, 'a created image is readable by its owner only');
         assert.equal(store.identity, `file:${st.dev}:${st.ino}:${64 << 20}`);
         assert.deepEqual(store.features, { flush: true, discard: true, writeZeroes: true });
         const buf = new Uint8Array(4096).fill(1);

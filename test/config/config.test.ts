@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseSize, validateConfig } from '../../src/config/config';
 import { configFromFlags, CAPABILITIES } from '../../src/cli/main';
+import { native } from '../../src/native/binding';
 
 function rejects(raw: unknown, pattern: RegExp): void {
   assert.throws(() => validateConfig(raw), (err: Error & { code?: string }) => {
@@ -57,6 +58,30 @@ describe('config validation', () => {
     assert.equal(c.volumes[0]?.readOnly, true);
     assert.equal(c.cache?.size, 64 * 2 ** 20);
     assert.equal(c.cache?.blockSize, 4096);
+  });
+
+  it('validates who may connect: socketOwner (names or ids) and allowUids, from the config and from flags', () => {
+    const root = validateConfig({ volumes: [{ ...vol, socketOwner: 'root:root', allowUids: [0, 107, 107] }] }).volumes[0];
+    assert.deepEqual(root?.socketOwner, { spec: 'root:root', uid: 0, gid: 0 });
+    assert.deepEqual(root?.allowUids, [0, 107]);
+    assert.deepEqual(validateConfig({ volumes: [{ ...vol, socketOwner: '107' }] }).volumes[0]?.socketOwner, { spec: '107', uid: 107, gid: -1 });
+    rejects({ volumes: [{ ...vol, socketOwner: 'no-such-user-vbc' }] }, /volumes\[0\]\.socketOwner: no user named "no-such-user-vbc"/);
+    rejects({ volumes: [{ ...vol, socketOwner: 'root:no-such-group-vbc' }] }, /socketOwner: no group named/);
+    rejects({ volumes: [{ ...vol, socketOwner: 'a:b:c' }] }, /socketOwner: must be USER or USER:GROUP/);
+    rejects({ volumes: [{ name: 'a', fd: 3, backing: '/x', socketOwner: 'root' }] }, /socketOwner: needs socketPath/);
+    rejects({ volumes: [{ ...vol, allowUids: [] }] }, /allowUids: must be a non-empty array/);
+    rejects({ volumes: [{ ...vol, allowUids: [-1] }] }, /allowUids: must be a non-empty array/);
+    rejects({ volumes: [{ ...vol, allowUids: ['107'] }] }, /allowUids: must be a non-empty array/);
+    const f = configFromFlags({ socketPath: '/tmp/s', backing: '/tmp/f', logLevel: 'info', socketOwner: '0:0', allowUid: ['107,108', '0'] }).volumes[0];
+    assert.deepEqual(f?.allowUids, [107, 108, 0]);
+    assert.deepEqual(f?.socketOwner, { spec: '0:0', uid: 0, gid: 0 });
+    assert.throws(() => configFromFlags({ socketPath: '/tmp/s', backing: '/tmp/f', logLevel: 'info', allowUid: ['qemu'] }), /--allow-uid: expected a whole number/);
+  });
+
+  it('bounds queues with the limits the native back end exports', () => {
+    rejects({ volumes: [{ ...vol, numQueues: native.limits.maxQueues + 1 }] }, new RegExp(`numQueues: must be an integer in 1\\.\\.${native.limits.maxQueues}`));
+    rejects({ volumes: [{ ...vol, queueSize: native.limits.maxQueueSize * 2 }] }, /queueSize: must be an integer in 2\.\.32768/);
+    rejects({ volumes: [{ ...vol, queueSize: 1 }] }, /queueSize: must be an integer in 2\.\./);
   });
 
   it('prints the capabilities the vhost-user spec defines for block back ends', () => {

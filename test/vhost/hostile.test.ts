@@ -63,7 +63,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
   let daemon: VbcDaemon | undefined;
   const frontends: VhostUserFrontend[] = [];
   const raws: (RawClient | net.Socket)[] = [];
-  const fdsToClose: number[] = [];
+  const cleanups: (() => void)[] = [];
   let gen = 0;
 
   async function startDaemon(volumeExtra: Record<string, unknown> = {}): Promise<VbcDaemon> {
@@ -112,7 +112,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
   afterEach(async () => {
     for (const fe of frontends.splice(0)) fe.close();
     for (const r of raws.splice(0)) r.destroy();
-    for (const fd of fdsToClose.splice(0)) fs.closeSync(fd);
+    for (const c of cleanups.splice(0)) c();
     if (daemon?.running === true) await daemon.stop(this.ctx.currentTest?.state === 'failed' ? 'SIGKILL' : 'SIGTERM');
     daemon = undefined;
     fs.rmSync(dir, { recursive: true, force: true });
@@ -124,7 +124,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     await bServes(b);
     const a = await open('a');
     const full = new native.EventFd({ blocking: true, full: true });
-    fdsToClose.push(full.fd);
+    cleanups.push(() => full.close());
     const ack = await a.rawMessage(R.SET_VRING_CALL, encodeU64(0), [full.fd], { flags: FLAG_VERSION | FLAG_NEED_REPLY, expectReply: true });
     assert.equal(ack?.payload.readBigUInt64LE(0), 0n, 'an eventfd is accepted as call fd');
     // Our call fd is gone from the daemon: completions are found by polling the used ring.
@@ -154,10 +154,10 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     const fifo = path.join(dir, 'kick.fifo');
     execFileSync('mkfifo', [fifo]);
     const readEnd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-    fdsToClose.push(readEnd);
+    cleanups.push(() => fs.closeSync(readEnd));
     fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); // writer gone: EOF
     const devNull = fs.openSync('/dev/null', 'r');
-    fdsToClose.push(devNull);
+    cleanups.push(() => fs.closeSync(devNull));
     const cpuBefore = procUsage(d.pid as number).cpuMs;
     const t0 = Date.now();
     const kick = await a.rawMessage(R.SET_VRING_KICK, encodeU64(0), [readEnd], { flags: FLAG_VERSION | FLAG_NEED_REPLY, expectReply: true });
@@ -206,7 +206,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     flooding = false;
     await flood;
     const growth = peakRss - rssBefore;
-    assert.ok(sent >= 500_000, `the flood sent ${sent} messages`);
+    assert.ok(sent >= 100_000, `the flood sent ${sent} messages`);
     assert.ok(served >= 10, `volume b served ${served} write+read pairs during the flood`);
     assert.ok(growth < 100 * 2 ** 20, `daemon RSS grew by ${(growth / 2 ** 20).toFixed(1)} MiB`);
     assertUp();
@@ -244,9 +244,13 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     assertUp();
   });
 
-  it('drops and logs a peer whose uid is not allowed; logs the credentials of allowed ones', async () => {
+  it('drops and logs a peer whose uid is not allowed; logs the credentials of allowed ones; chowns the socket', async () => {
     const uid = process.getuid?.() ?? 0;
-    const d = await startDaemon({ allowUids: [uid + 4242] });
+    const d = await startDaemon({ allowUids: [uid + 4242], socketOwner: `${uid}:4243` });
+    const st = fs.statSync(path.join(dir, 'a.sock'));
+    assert.equal(st.mode & 0o777, 0o600);
+    assert.deepEqual([st.uid, st.gid], [uid, 4243], 'socketOwner chowned the socket');
+    assert.equal(fs.statSync(path.join(dir, 'a.img')).mode & 0o777, 0o600, 'the created image is 0600');
     const c = await RawClient.connect(path.join(dir, 'a.sock'));
     raws.push(c);
     c.send(R.GET_QUEUE_NUM);
