@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
-import { encodeMemRegion, encodeMemTable, VhostUserRequest as R } from '../../src/frontend/protocol';
+import { encodeMemRegion, encodeMemTable, encodeU64, encodeVringAddr, encodeVringState, VhostUserRequest as R } from '../../src/frontend/protocol';
 import type { RawDesc } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
@@ -234,6 +234,39 @@ describe('guest memory (daemon in-process, our front end)', function () {
       again.close();
     }
     assert.equal(daemon.getVolume('b')?.connected, true);
+  });
+
+  it('drops only the device whose ring memfd shrinks after SET_MEM_TABLE: the next kick faults (SIGBUS contained)', async () => {
+    // A front end with its queue in a region of its own (no ring driver of ours touches it).
+    const fe = new VhostUserFrontend({ queues: 1, queueSize: 64, memorySize: 16 * MiB });
+    open.push(fe);
+    fe.connect(path.join(dir, 'a.sock'));
+    await fe.negotiate();
+    const ring = new native.GuestRam(MiB);
+    rams.push(ring);
+    const table = [fe.memRegion(), { guestAddr: BigInt(HIGH_GPA), size: BigInt(MiB), userAddr: HIGH_USER, mmapOffset: 0n }];
+    await fe.request(R.SET_MEM_TABLE, encodeMemTable(table), [fe.memory.fd, ring.fd]);
+    const kick = new native.EventFd();
+    const call = new native.EventFd();
+    try {
+      await fe.request(R.SET_VRING_NUM, encodeVringState(0, 64));
+      await fe.request(R.SET_VRING_BASE, encodeVringState(0, 0));
+      await fe.request(R.SET_VRING_ADDR, encodeVringAddr({ index: 0, flags: 0, desc: HIGH_USER, avail: HIGH_USER + 4096n, used: HIGH_USER + 8192n, log: 0n }));
+      await fe.request(R.SET_VRING_KICK, encodeU64(0), [kick.fd]);
+      await fe.request(R.SET_VRING_CALL, encodeU64(0), [call.fd]);
+      await fe.request(R.SET_VRING_ENABLE, encodeVringState(0, 1));
+      fs.ftruncateSync(ring.fd, 0);
+      const during = checkB();
+      kick.signal();
+      await fe.whenDisconnected();
+      await during;
+    } finally {
+      kick.close();
+      call.close();
+    }
+    await checkB();
+    const again = await connect('a');
+    assert.equal((await again.ring(0).write(72, stamp('a', 9, 1))).status, VIRTIO_BLK_S_OK);
   });
 
   it('answers IOERR for chains over seg_max, size_max or the queue size (an indirect table of queue size + 3)', async () => {
