@@ -193,6 +193,17 @@ describe('guest memory (daemon in-process, our front end)', function () {
     await checkB();
   });
 
+  it('refuses a region the memfd does not cover (fstat at ADD_MEM_REG), and keeps the device', async () => {
+    const fe = await connect('a');
+    const ram = new native.GuestRam(MiB);
+    rams.push(ram);
+    for (const [size, offset] of [[2 * MiB, 0], [MiB, 4096], [MiB, 2 ** 62]] as const) {
+      const r = { guestAddr: BigInt(HIGH_GPA), size: BigInt(size), userAddr: HIGH_USER, mmapOffset: BigInt(offset) };
+      await assert.rejects(fe.request(R.ADD_MEM_REG, encodeMemRegion(r), [ram.fd]), (e: unknown) => (e as { code?: string }).code === 'ENACK');
+    }
+    assert.equal((await fe.ring(0).write(80, stamp('a', 10, 1))).status, VIRTIO_BLK_S_OK, 'the device still serves');
+  });
+
   it('drops only the device whose memfd shrinks under a running queue (SIGBUS contained)', async () => {
     for (const where of ['header', 'write data'] as const) {
       const fe = await connect('a');
