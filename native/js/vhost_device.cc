@@ -122,10 +122,10 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
   if (!feats.IsBigInt()) ThrowError(env, "EINVAL", "deviceFeatures must be a bigint");
   bool lossless = false;
   opts.device_features = feats.As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) ThrowError(env, "EINVAL", "deviceFeatures must fit 64 bits");
   opts.limits.max_segments = IntOption(env, o, "maxSegments", 1, vhost::kMaxSegments, true, 0);
   opts.limits.max_segment_size =
       IntOption(env, o, "maxSegmentSize", 512, vhost::kMaxSegmentSize, true, 0);
-  if (!lossless) ThrowError(env, "EINVAL", "deviceFeatures must fit 64 bits");
   opts.config = ConfigImage(env, o.Get("config"));
   Napi::Value on_requests = o.Get("onRequests");
   Napi::Value on_event = o.Get("onEvent");
