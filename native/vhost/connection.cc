@@ -2,11 +2,7 @@
 // events, and the life of one front-end connection: start, disconnect, panic, reading messages
 // (header checked against the dispatch table before its payload is read), dispatching them to
 // the handlers of handlers.cc, REPLY_ACK and replies.
-#include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>

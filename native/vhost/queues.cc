@@ -1,16 +1,8 @@
 // Backend: the queues. Ring states (started/enabled/running), kick handling, popping chains
 // into virtio-blk requests for JS, and completions coming back from JS.
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
-#include <exception>
-#include <stdexcept>
 
 #include "vhost/backend_internal.h"
 

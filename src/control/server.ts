@@ -123,10 +123,17 @@ export class ControlServer {
     }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, () => {
-        server.off('error', reject);
-        resolve();
-      });
+      // listen() binds synchronously: under this umask the socket is never reachable by others
+      // (the chmod below then only confirms the mode).
+      const umask = process.umask(0o177);
+      try {
+        server.listen(socketPath, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      } finally {
+        process.umask(umask);
+      }
     });
     fs.chmodSync(socketPath, 0o600);
     log.info({ control: socketPath }, 'control socket listening');
