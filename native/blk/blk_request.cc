@@ -25,7 +25,8 @@ int DataDirection(uint32_t type) {
 }
 }  // namespace
 
-Carve CarveRequest(const vhost::Chain& chain, Request* out, std::string* err) {
+Carve CarveRequest(const vhost::Chain& chain, const Limits& limits, Request* out,
+                   std::string* err) {
   out->data.clear();
   out->data_len = 0;
   if (chain.total_len < kHeaderLen + 1 || chain.iov.empty()) {
@@ -39,6 +40,16 @@ Carve CarveRequest(const vhost::Chain& chain, Request* out, std::string* err) {
   }
   out->status = last.ptr + last.len - 1;
   out->status_mapping = last.mapping;
+
+  if (chain.longer_than_queue) {
+    *err = "descriptor chain longer than the queue size (" + std::to_string(chain.descs) + ")";
+    return Carve::kRejected;
+  }
+  if (chain.descs > limits.max_segments + 2) {
+    *err = "request with " + std::to_string(chain.descs) + " descriptors exceeds seg_max " +
+           std::to_string(limits.max_segments);
+    return Carve::kRejected;
+  }
 
   uint8_t header[kHeaderLen];
   uint64_t pos = 0;  // byte position in the chain of the current iov's start
@@ -67,6 +78,12 @@ Carve CarveRequest(const vhost::Chain& chain, Request* out, std::string* err) {
       dir = DataDirection(type);
     }
     if (dir != -1 && v.writable != (dir == 1)) direction_ok = false;
+    if (de - ds > limits.max_segment_size) {
+      std::memcpy(&out->type, header, 4);
+      *err = "data segment of " + std::to_string(de - ds) + " bytes exceeds size_max " +
+             std::to_string(limits.max_segment_size);
+      return Carve::kRejected;
+    }
     out->data.push_back(vhost::HostIov{v.ptr + (ds - start), static_cast<uint32_t>(de - ds),
                                        v.writable, v.mapping});
     out->data_len += de - ds;
@@ -75,7 +92,7 @@ Carve CarveRequest(const vhost::Chain& chain, Request* out, std::string* err) {
   std::memcpy(&out->sector, header + 8, 8);
   if (!direction_ok) {
     *err = "data direction does not match request type " + std::to_string(out->type);
-    return Carve::kBadDirection;
+    return Carve::kRejected;
   }
   return Carve::kOk;
 }

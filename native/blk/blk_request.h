@@ -35,13 +35,25 @@ struct Request {
   vhost::Mapping* status_mapping = nullptr;
 };
 
-enum class Carve {
-  kOk,            // well formed
-  kBadDirection,  // well formed framing, but data direction does not match the type
-  kMalformed,     // header not readable / too short, status not writable: the device is broken
+// What the device announced in virtio_blk_config (seg_max, size_max; JS chooses them). Every
+// data piece handed to JS is at most max_segment_size bytes, which native/js relies on (a
+// piece must fit one guest memory window).
+struct Limits {
+  uint32_t max_segments = 126;
+  uint32_t max_segment_size = 1u << 20;
 };
 
-Carve CarveRequest(const vhost::Chain& chain, Request* out, std::string* err);
+enum class Carve {
+  kOk,         // well formed
+  kRejected,   // well framed (status byte found) but not acceptable: answered IOERR
+  kMalformed,  // header not readable / too short, status not writable: the device is broken
+};
+
+// kRejected: the data direction does not match the type, the chain is longer than the queue,
+// has more than max_segments + 2 descriptors (header and status), or a data piece is larger
+// than max_segment_size.
+Carve CarveRequest(const vhost::Chain& chain, const Limits& limits, Request* out,
+                   std::string* err);
 
 // Bytes the device wrote into the chain's writable buffers for a completed request.
 uint32_t UsedLength(uint32_t type, uint8_t status, uint64_t data_len);

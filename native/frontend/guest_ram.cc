@@ -1,10 +1,12 @@
-// GuestRam: the front end's "guest RAM", a memfd of `size` bytes mapped MAP_SHARED into this
-// process. Its fd goes to the back end in SET_MEM_TABLE / ADD_MEM_REG; JS reads and writes the
-// rings and data buffers through `buffer`, an external ArrayBuffer over the mapping.
+// GuestRam: the front end's "guest RAM", a memfd of `size` bytes (sparse: pages cost memory
+// only once touched) whose fd goes to the back end in SET_MEM_TABLE / ADD_MEM_REG. JS reads
+// and writes the rings and data buffers through `buffer`, an external ArrayBuffer over the
+// first min(size, kBufferBytes) bytes (one ArrayBuffer cannot cover more), and anything else
+// through window(offset, length), a separate mapping of that range.
 //
-// Lifetime: close() closes the fd (the back end keeps its own mapping). The mapping is
-// unmapped by the ArrayBuffer's finalizer, i.e. only once JS holds neither the GuestRam nor any
-// view of its buffer; views taken before close() stay valid.
+// Lifetime: close() closes the fd (the back end keeps its own mapping). Each mapping is owned by
+// its ArrayBuffer's finalizer alone (unmapped once JS holds no view of it); if the ArrayBuffer
+// cannot be created, the mapping is unmapped right there and nothing else owns it.
 #include <errno.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -19,6 +21,25 @@ namespace frontend {
 
 namespace {
 
+constexpr size_t kBufferBytes = 1ull << 31;
+
+// An external ArrayBuffer owning a fresh MAP_SHARED mapping of [offset, offset + len) of fd
+// (offset page aligned). Throws (errno) without leaking or double-freeing the mapping.
+Napi::ArrayBuffer MapBuffer(Napi::Env env, int fd, uint64_t offset, size_t len, bool populate) {
+  void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | (populate ? MAP_POPULATE : 0),
+                    fd, static_cast<off_t>(offset));
+  if (addr == MAP_FAILED) ThrowErrno(env, "mmap(guest ram)", errno);
+  napi_value ab;
+  const napi_status st = napi_create_external_arraybuffer(
+      env, addr, len, [](napi_env, void* data, void* hint) { munmap(data, reinterpret_cast<size_t>(hint)); },
+      reinterpret_cast<void*>(len), &ab);
+  if (st != napi_ok) {
+    munmap(addr, len);  // the finalizer was not attached: we are the only owner
+    ThrowError(env, "ENOMEM", "external ArrayBuffer over guest ram could not be created");
+  }
+  return Napi::ArrayBuffer(env, ab);
+}
+
 class GuestRam : public Napi::ObjectWrap<GuestRam> {
  public:
   explicit GuestRam(const Napi::CallbackInfo& info);
@@ -30,6 +51,7 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
                            InstanceAccessor<&GuestRam::JS_fd>("fd"),
                            InstanceAccessor<&GuestRam::JS_size>("size"),
                            InstanceAccessor<&GuestRam::JS_buffer>("buffer"),
+                           InstanceMethod<&GuestRam::JS_window>("window"),
                            InstanceMethod<&GuestRam::JS_close>("close"),
                        });
   }
@@ -40,6 +62,20 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
     return Napi::Number::New(info.Env(), static_cast<double>(size_));
   }
   Napi::Value JS_buffer(const Napi::CallbackInfo& info) { return buffer_.Value(); }
+  // window(offset, length): offset a multiple of the page size, length in (0, 2 GiB].
+  Napi::Value JS_window(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const double off = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    const double len = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+    const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+    if (!(off >= 0) || std::floor(off) != off || std::fmod(off, page) != 0 || !(len > 0) ||
+        std::floor(len) != len || len > static_cast<double>(kBufferBytes) ||
+        off + len > static_cast<double>(size_)) {
+      ThrowError(env, "EINVAL", "window(offset, length): page-aligned range inside the RAM, at most 2 GiB");
+    }
+    if (fd_ < 0) ThrowError(env, "EBADF", "guest ram is closed");
+    return MapBuffer(env, fd_, static_cast<uint64_t>(off), static_cast<size_t>(len), false);
+  }
   Napi::Value JS_close(const Napi::CallbackInfo& info) {
     CloseFd();
     return info.Env().Undefined();
@@ -79,16 +115,14 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
     CloseFd();
     ThrowErrno(env, "ftruncate(guest ram)", err);
   }
-  void* addr = mmap(nullptr, size_, PROT_READ | PROT_WRITE,
-                    MAP_SHARED | (populate ? MAP_POPULATE : 0), fd_, 0);
-  if (addr == MAP_FAILED) {
-    const int err = errno;
+  const size_t len = size_ < kBufferBytes ? size_ : kBufferBytes;
+  Napi::ArrayBuffer ab;
+  try {
+    ab = MapBuffer(env, fd_, 0, len, populate);
+  } catch (...) {
     CloseFd();
-    ThrowErrno(env, "mmap(guest ram)", err);
+    throw;
   }
-  const size_t len = size_;
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-      env, addr, len, [len](Napi::Env, void* data) { munmap(data, len); });
   buffer_ = Napi::Persistent(ab);
 }
 

@@ -2,8 +2,11 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <unordered_set>
 
 #include "js/errors.h"
 
@@ -19,6 +22,17 @@ constexpr size_t kReqFirstSeg = 4;
 constexpr size_t kReqSegCount = 5;
 constexpr size_t kReqStride = 6;
 constexpr double kMaxSafeSector = 9007199254740992.0;  // 2^53
+// Guest memory windows (see vhost_device.h): size_max never exceeds the stride.
+constexpr uint64_t kWindowStride = vhost::kMaxSegmentSize;
+constexpr uint64_t kWindowBytes = 2 * kWindowStride;
+
+// Live devices (main thread only) and the one async handle the SIGBUS handler wakes.
+std::unordered_set<VhostDevice*>& Devices() {
+  static std::unordered_set<VhostDevice*> devices;
+  return devices;
+}
+uv_async_t* g_fault_async = nullptr;
+void NotifyFault(void* arg) { uv_async_send(static_cast<uv_async_t*>(arg)); }
 
 const char* LevelName(vhost::LogLevel l) {
   switch (l) {
@@ -109,6 +123,9 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
   bool lossless = false;
   opts.device_features = feats.As<Napi::BigInt>().Uint64Value(&lossless);
   if (!lossless) ThrowError(env, "EINVAL", "deviceFeatures must fit 64 bits");
+  opts.limits.max_segments = IntOption(env, o, "maxSegments", 1, vhost::kMaxSegments, true, 0);
+  opts.limits.max_segment_size =
+      IntOption(env, o, "maxSegmentSize", 512, vhost::kMaxSegmentSize, true, 0);
   opts.config = ConfigImage(env, o.Get("config"));
   Napi::Value on_requests = o.Get("onRequests");
   Napi::Value on_event = o.Get("onEvent");
@@ -124,6 +141,12 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
     ThrowError(env, "EIO", "no event loop");
+  }
+  if (g_fault_async == nullptr) {
+    g_fault_async = new uv_async_t;
+    uv_async_init(loop, g_fault_async, OnFaultAsync);
+    uv_unref(reinterpret_cast<uv_handle_t*>(g_fault_async));
+    vhost::InstallFaultHandler(NotifyFault, g_fault_async);
   }
   backend_ = std::make_unique<vhost::Backend>(loop, this, std::move(opts));
   vhost::SetupError err;
@@ -143,9 +166,10 @@ VhostDevice::VhostDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vhos
   }
   Ref();
   referenced_ = true;
+  Devices().insert(this);
 }
 
-VhostDevice::~VhostDevice() = default;
+VhostDevice::~VhostDevice() { Devices().erase(this); }
 
 Napi::Value VhostDevice::JS_getRequests(const Napi::CallbackInfo&) { return requests_.Value(); }
 
@@ -168,10 +192,16 @@ Napi::Value VhostDevice::JS_complete(const Napi::CallbackInfo& info) {
   if (!(count >= 0) || std::floor(count) != count || count * 2 > pairs.ElementLength()) {
     ThrowError(env, "EINVAL", "complete: count exceeds the completions array");
   }
+  // A fault not yet reported by the async wake-up: drop the device first, so no completion of
+  // a request that read vanished memory is reported OK.
+  CheckFaults();
   std::string err;
   if (!backend_->Complete(static_cast<uint32_t>(queue), pairs.Data(), static_cast<size_t>(count),
                           &err)) {
     ThrowError(env, "EINVAL", "complete: " + err);
+  }
+  if (tracked_ > 0) {
+    for (size_t i = 0; i < static_cast<size_t>(count); i++) Untrack(pairs.Data()[2 * i]);
   }
   return env.Undefined();
 }
@@ -197,7 +227,8 @@ Napi::Value VhostDevice::JS_close(const Napi::CallbackInfo& info) {
 }
 
 void VhostDevice::AllHandlesClosed() {
-  buffers_.clear();
+  ReleaseAll();
+  Devices().erase(this);
   if (referenced_) {
     referenced_ = false;
     Unref();
@@ -205,24 +236,161 @@ void VhostDevice::AllHandlesClosed() {
 }
 
 void VhostDevice::MemoryTableChanged() {
-  for (auto it = buffers_.begin(); it != buffers_.end();) {
-    if (backend_ && backend_->memory().Contains(it->first)) {
-      ++it;
-    } else {
-      it = buffers_.erase(it);
-    }
+  Napi::HandleScope scope(Env());
+  const bool connected = backend_ && backend_->connected();
+  std::vector<const vhost::Mapping*> departed;
+  for (auto& kv : views_) {
+    if (connected && backend_->memory().Contains(kv.first)) continue;
+    kv.second.departed = true;
+    departed.push_back(kv.first);
+  }
+  for (const vhost::Mapping* k : departed) Settle(k);
+}
+
+void VhostDevice::Settle(const vhost::Mapping* key) {
+  auto it = views_.find(key);
+  if (it == views_.end() || !it->second.departed) return;
+  if (it->second.inflight == 0) {
+    Release(it->second);
+    views_.erase(it);  // drops JS's reference: unmapped now unless the backend still holds it
+  } else if (!(backend_ && backend_->connected())) {
+    it->second.mapping->Fence();
   }
 }
 
-Napi::ArrayBuffer VhostDevice::BufferFor(vhost::Mapping* mapping) {
-  auto it = buffers_.find(mapping);
-  if (it != buffers_.end()) return it->second.Value();
-  auto* hint = new std::shared_ptr<vhost::Mapping>(mapping->shared_from_this());
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-      Env(), mapping->base(), mapping->length(),
-      [](Napi::Env, void*, std::shared_ptr<vhost::Mapping>* h) { delete h; }, hint);
-  buffers_.emplace(mapping, Napi::Persistent(ab));
-  return ab;
+void VhostDevice::Release(MappingViews& mv) {
+  for (Napi::Reference<Napi::ArrayBuffer>& ref : mv.windows) {
+    if (ref.IsEmpty()) continue;
+    Napi::ArrayBuffer ab = ref.Value();
+    if (!ab.IsDetached()) ab.Detach();
+    ref.Reset();
+  }
+  mv.windows.clear();
+}
+
+void VhostDevice::ReleaseAll() {
+  Napi::HandleScope scope(Env());
+  for (auto& kv : views_) Release(kv.second);
+  views_.clear();
+  refs_.clear();
+  overflow_.clear();
+  tracked_ = 0;
+}
+
+VhostDevice::MappingViews& VhostDevice::ViewsFor(vhost::Mapping* mapping) {
+  auto it = views_.find(mapping);
+  if (it != views_.end()) return it->second;
+  MappingViews& mv = views_[mapping];
+  mv.mapping = mapping->shared_from_this();
+  return mv;
+}
+
+Napi::Uint8Array VhostDevice::ViewOf(MappingViews& mv, const vhost::HostIov& seg) {
+  const vhost::Mapping& m = *mv.mapping;
+  const uint64_t off = static_cast<uint64_t>(seg.ptr - m.base());
+  const size_t w = static_cast<size_t>(off / kWindowStride);
+  const uint64_t start = w * kWindowStride;
+  const uint64_t len = m.length() - start < kWindowBytes ? m.length() - start : kWindowBytes;
+  if (off - start + seg.len > len) {
+    // Carving bounds every piece by size_max <= kWindowStride; reaching this is a bug.
+    throw std::runtime_error("data segment does not fit a guest memory window");
+  }
+  if (w >= mv.windows.size()) mv.windows.resize(w + 1);
+  Napi::Reference<Napi::ArrayBuffer>& ref = mv.windows[w];
+  Napi::ArrayBuffer ab;
+  if (ref.IsEmpty()) {
+    // No finalizer: the window owns nothing (the Mapping does), so no failure path can free.
+    ab = Napi::ArrayBuffer::New(Env(), m.base() + start, static_cast<size_t>(len));
+    ref = Napi::Persistent(ab);
+  } else {
+    ab = ref.Value();
+  }
+  return Napi::Uint8Array::New(Env(), seg.len, ab, static_cast<size_t>(off - start));
+}
+
+VhostDevice::InflightRefs* VhostDevice::RefsFor(uint32_t slot, bool create) {
+  const uint32_t queue = (slot >> vhost::kSlotHeadBits) & vhost::kSlotQueueMask;
+  const uint32_t head = slot & vhost::kSlotHeadMask;
+  if (refs_.size() <= queue) {
+    if (!create) return nullptr;
+    refs_.resize(queue + 1);
+  }
+  std::vector<InflightRefs>& q = refs_[queue];
+  if (q.size() <= head) {
+    if (!create) return nullptr;
+    q.resize(std::max<size_t>(backend_->max_queue_size(), head + 1));
+  }
+  InflightRefs& e = q[head];
+  if (e.slot == slot) return &e;
+  if (create && e.slot == InflightRefs::kFree) {
+    e.slot = slot;
+    return &e;
+  }
+  if (create) {
+    InflightRefs& o = overflow_[slot];
+    o.slot = slot;
+    return &o;
+  }
+  auto it = overflow_.find(slot);
+  return it == overflow_.end() ? nullptr : &it->second;
+}
+
+void VhostDevice::Track(uint32_t slot, MappingViews* mv, InflightRefs** refs) {
+  if (*refs == nullptr) {
+    // An existing record is a request of a connection 2^11 generations ago still in JS (slot
+    // ids wrap): both are then released with the first completion of that id.
+    *refs = RefsFor(slot, true);
+    if ((*refs)->first == nullptr) tracked_++;
+  }
+  InflightRefs& r = **refs;
+  if (r.first == mv) return;
+  if (r.first == nullptr) {
+    r.first = mv;
+  } else {
+    for (MappingViews* m : r.more) {
+      if (m == mv) return;
+    }
+    r.more.push_back(mv);
+  }
+  mv->inflight++;
+}
+
+void VhostDevice::Untrack(uint32_t slot) {
+  InflightRefs* r = RefsFor(slot, false);
+  if (r == nullptr || r->first == nullptr) return;
+  // Mappings whose last request this was, if they already left: released below.
+  std::vector<const vhost::Mapping*> done;
+  auto drop = [&done](MappingViews* mv) {
+    if (--mv->inflight == 0 && mv->departed) done.push_back(mv->mapping.get());
+  };
+  drop(r->first);
+  for (MappingViews* mv : r->more) drop(mv);
+  // Free the record before settling (Settle may erase the views_ entries it pointed to).
+  auto it = overflow_.empty() ? overflow_.end() : overflow_.find(slot);
+  if (it != overflow_.end() && &it->second == r) {
+    overflow_.erase(it);
+  } else {
+    r->slot = InflightRefs::kFree;
+    r->first = nullptr;
+    r->more.clear();
+  }
+  tracked_--;
+  for (const vhost::Mapping* k : done) Settle(k);
+}
+
+void VhostDevice::OnFaultAsync(uv_async_t*) {
+  for (VhostDevice* d : Devices()) d->CheckFaults();
+}
+
+void VhostDevice::CheckFaults() {
+  const uint64_t faults = vhost::FaultCount();
+  if (faults == faults_seen_) return;
+  faults_seen_ = faults;
+  if (backend_ && backend_->connected() && backend_->memory().Faulted()) {
+    Napi::HandleScope scope(Env());
+    backend_->Fail("guest memory vanished under the device (SIGBUS): the front end shrank a "
+                   "memory region");
+  }
 }
 
 void VhostDevice::CallJs(Napi::FunctionReference& fn, const std::initializer_list<napi_value>& args) {
@@ -253,11 +421,16 @@ void VhostDevice::DeliverRequests(int queue, const std::vector<vhost::PendingReq
     e[kReqSegCount] = r.seg_count;
   }
   Napi::Array views = Napi::Array::New(env, segs.size());
-  for (size_t j = 0; j < segs.size(); j++) {
-    const vhost::HostIov& s = segs[j];
-    Napi::ArrayBuffer ab = BufferFor(s.mapping);
-    views.Set(static_cast<uint32_t>(j),
-              Napi::Uint8Array::New(env, s.len, ab, static_cast<size_t>(s.ptr - s.mapping->base())));
+  MappingViews* mv = nullptr;
+  for (size_t i = 0; i < n; i++) {
+    const vhost::PendingRequest& r = reqs[i];
+    InflightRefs* refs = nullptr;
+    for (uint32_t j = r.first_seg; j < r.first_seg + r.seg_count; j++) {
+      const vhost::HostIov& s = segs[j];
+      if (mv == nullptr || mv->mapping.get() != s.mapping) mv = &ViewsFor(s.mapping);
+      views.Set(j, ViewOf(*mv, s));
+      Track(r.slot, mv, &refs);
+    }
   }
   CallJs(on_requests_, {Napi::Number::New(env, queue), Napi::Number::New(env, static_cast<double>(n)),
                         views});

@@ -106,6 +106,7 @@ struct BackendOptions {
   std::vector<uint8_t> config;
   // Peer uids (SO_PEERCRED) allowed to connect; empty: any peer that can reach the socket.
   std::vector<uint32_t> allowed_uids;
+  blk::Limits limits;
 };
 
 // Errors of Listen/Adopt: an errno-style code and a message.
@@ -132,6 +133,9 @@ class Backend {
   void SetConfig(std::vector<uint8_t> config) { options_.config = std::move(config); }
   std::vector<uint32_t> Inflight() const;
   bool connected() const { return conn_.fd >= 0; }
+  // The host found the device unusable (e.g. SIGBUS on its guest memory): Panic, from a uv
+  // callback of the host.
+  void Fail(const std::string& reason);
   void Close();
   bool closed() const { return closed_; }
   // True once Listen/Adopt created uv handles: the backend must then be closed (and its

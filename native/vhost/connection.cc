@@ -275,6 +275,10 @@ void Backend::Panic(const std::string& reason) {
 
 void Backend::OnConnReadable() { ReadMessages(); }
 
+void Backend::Fail(const std::string& reason) {
+  Guarded([&] { Panic(reason); });
+}
+
 bool Backend::HeaderSizeFits(const MsgHeader& h) {
   const MessageRule* rule = RuleFor(h.request);
   const uint32_t min = rule != nullptr ? rule->min_size : 0;

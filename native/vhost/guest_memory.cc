@@ -1,5 +1,7 @@
 #include "vhost/guest_memory.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -18,7 +20,101 @@ constexpr long kHugetlbfsMagic = 0x958458f6;
 bool Inside(uint64_t base, uint64_t size, uint64_t addr, uint64_t len) {
   return addr >= base && addr - base < size && len <= size - (addr - base);
 }
+
+struct sigaction g_prev_sigbus;
+std::atomic<bool> g_handler_installed{false};
+std::atomic<void (*)(void*)> g_notify{nullptr};
+std::atomic<void*> g_notify_arg{nullptr};
+std::atomic<uint64_t> g_fault_count{0};
 }  // namespace
+
+// Every live Mapping's address range, readable from the SIGBUS handler without locks: slots are
+// claimed and released on the main thread; the handler only loads. An entry is published by
+// storing `owner` last (release) and withdrawn by clearing it first.
+struct FaultRegistry {
+  static constexpr int kSlots = 1024;
+  struct Entry {
+    std::atomic<uintptr_t> begin{0};
+    std::atomic<uintptr_t> end{0};
+    std::atomic<Mapping*> owner{nullptr};
+  };
+  static Entry entries[kSlots];
+
+  static int Add(Mapping* m) {
+    for (int i = 0; i < kSlots; i++) {
+      Entry& e = entries[i];
+      if (e.owner.load(std::memory_order_relaxed) != nullptr) continue;
+      e.begin.store(reinterpret_cast<uintptr_t>(m->base_), std::memory_order_relaxed);
+      e.end.store(reinterpret_cast<uintptr_t>(m->base_) + m->length_, std::memory_order_relaxed);
+      e.owner.store(m, std::memory_order_release);
+      return i;
+    }
+    return -1;
+  }
+
+  static void Remove(int slot) {
+    if (slot >= 0) entries[slot].owner.store(nullptr, std::memory_order_release);
+  }
+
+  // Signal context: raw syscalls and atomics only.
+  static bool HandleFault(uintptr_t addr) {
+    for (Entry& e : entries) {
+      Mapping* m = e.owner.load(std::memory_order_acquire);
+      if (m == nullptr) continue;
+      const uintptr_t b = e.begin.load(std::memory_order_relaxed);
+      const uintptr_t end = e.end.load(std::memory_order_relaxed);
+      if (addr < b || addr >= end) continue;
+      void* p = mmap(reinterpret_cast<void*>(b), end - b, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) return false;
+      m->faulted_.store(true, std::memory_order_release);
+      g_fault_count.fetch_add(1, std::memory_order_release);
+      return true;
+    }
+    return false;
+  }
+};
+
+FaultRegistry::Entry FaultRegistry::entries[FaultRegistry::kSlots];
+
+namespace {
+void OnSigbus(int sig, siginfo_t* info, void* uctx) {
+  const int saved_errno = errno;
+  if (FaultRegistry::HandleFault(reinterpret_cast<uintptr_t>(info->si_addr))) {
+    void (*notify)(void*) = g_notify.load(std::memory_order_acquire);
+    if (notify != nullptr) notify(g_notify_arg.load(std::memory_order_acquire));
+    errno = saved_errno;
+    return;  // the faulting access retries on the anonymous pages
+  }
+  errno = saved_errno;
+  if ((g_prev_sigbus.sa_flags & SA_SIGINFO) != 0 && g_prev_sigbus.sa_sigaction != nullptr) {
+    g_prev_sigbus.sa_sigaction(sig, info, uctx);
+    return;
+  }
+  if (g_prev_sigbus.sa_handler != SIG_DFL && g_prev_sigbus.sa_handler != SIG_IGN) {
+    g_prev_sigbus.sa_handler(sig);
+    return;
+  }
+  // Not ours and nobody else's: the default action (SIGBUS is blocked in here, so the raised
+  // signal is delivered, and kills, once the handler returns).
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+}  // namespace
+
+uint64_t FaultCount() { return g_fault_count.load(std::memory_order_acquire); }
+
+void InstallFaultHandler(void (*notify)(void*), void* arg) {
+  g_notify_arg.store(arg, std::memory_order_release);
+  g_notify.store(notify, std::memory_order_release);
+  if (g_handler_installed.exchange(true)) return;
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = OnSigbus;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &g_prev_sigbus);
+}
 
 std::shared_ptr<Mapping> Mapping::Create(int fd, uint64_t offset, uint64_t size,
                                          std::string* err) {
@@ -34,7 +130,14 @@ std::shared_ptr<Mapping> Mapping::Create(int fd, uint64_t offset, uint64_t size,
     return nullptr;
   }
   if (size == 0 || offset > UINT64_MAX - size || offset + size > static_cast<uint64_t>(st.st_size)) {
-    *err = "memory region [mmap_offset, mmap_offset + size) is outside the file";
+    *err = "memory region [mmap_offset, mmap_offset + size) is outside the file (" +
+           std::to_string(st.st_size) + " bytes)";
+    return nullptr;
+  }
+  // Seals (memfd only; EINVAL elsewhere): a write-sealed file cannot be mapped for writing.
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals > 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) != 0) {
+    *err = "memory fd is sealed against writes";
     return nullptr;
   }
   uint64_t align = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
@@ -54,18 +157,44 @@ std::shared_ptr<Mapping> Mapping::Create(int fd, uint64_t offset, uint64_t size,
     *err = "memory region too large";
     return nullptr;
   }
+  const int own_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (own_fd < 0) {
+    *err = std::string("dup of memory fd failed: ") + strerror(errno);
+    return nullptr;
+  }
   void* p = mmap(nullptr, static_cast<size_t>(length), PROT_READ | PROT_WRITE,
-                 MAP_SHARED | MAP_NORESERVE, fd, static_cast<off_t>(start));
+                 MAP_SHARED | MAP_NORESERVE, own_fd, static_cast<off_t>(start));
   if (p == MAP_FAILED) {
     *err = std::string("mmap of memory region failed: ") + strerror(errno);
+    close(own_fd);
     return nullptr;
   }
   uint8_t* base = static_cast<uint8_t*>(p);
-  return std::shared_ptr<Mapping>(
-      new Mapping(base, static_cast<size_t>(length), base + (offset - start)));
+  // From here the Mapping owns the mmap and own_fd: every exit below goes through ~Mapping.
+  std::shared_ptr<Mapping> m(
+      new Mapping(base, static_cast<size_t>(length), base + (offset - start), own_fd, start));
+  m->registry_slot_ = FaultRegistry::Add(m.get());
+  if (m->registry_slot_ < 0) {
+    *err = "too many guest memory mappings in this process";
+    return nullptr;
+  }
+  return m;
 }
 
-Mapping::~Mapping() { munmap(base_, length_); }
+Mapping::~Mapping() {
+  FaultRegistry::Remove(registry_slot_);
+  munmap(base_, length_);
+  close(fd_);
+}
+
+bool Mapping::Fence() {
+  if (fenced_ || faulted()) return true;
+  void* p = mmap(base_, length_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+                 fd_, static_cast<off_t>(file_start_));
+  if (p == MAP_FAILED) return false;
+  fenced_ = true;
+  return true;
+}
 
 bool GuestMemory::Validate(const MemRegionDesc& d, std::string* err) {
   if (d.memory_size == 0) {
@@ -161,6 +290,13 @@ bool GuestMemory::RemoveRegion(const MemRegionDesc& desc, std::string* err) {
 bool GuestMemory::Contains(const Mapping* m) const {
   for (const Region& r : regions_) {
     if (r.mapping.get() == m) return true;
+  }
+  return false;
+}
+
+bool GuestMemory::Faulted() const {
+  for (const Region& r : regions_) {
+    if (r.mapping->faulted()) return true;
   }
   return false;
 }

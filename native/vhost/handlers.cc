@@ -142,6 +142,15 @@ Backend::Result Backend::HandleGetMaxMemSlots(const Message& m) {
   return SendU64Reply(m.hdr.request, kMaxMemSlots) ? Result::kOk : Result::kDropped;
 }
 
+namespace {
+// Log fields of one memory region (debug line "memory region", per SET_MEM_TABLE/ADD_MEM_REG).
+std::vector<LogField> RegionFields(const MemRegionDesc& d) {
+  return {Num("gpa", static_cast<double>(d.guest_phys_addr)),
+          Num("size", static_cast<double>(d.memory_size)),
+          Num("offset", static_cast<double>(d.mmap_offset))};
+}
+}  // namespace
+
 Backend::Result Backend::HandleSetMemTable(const Message& m) {
   uint32_t n;
   std::memcpy(&n, m.payload, 4);
@@ -163,12 +172,7 @@ Backend::Result Backend::HandleSetMemTable(const Message& m) {
     Panic("SET_MEM_TABLE: " + err);
     return Result::kDropped;
   }
-  for (uint32_t i = 0; i < n; i++) {
-    Log(LogLevel::kDebug, "memory region",
-        {Num("gpa", static_cast<double>(descs[i].guest_phys_addr)),
-         Num("size", static_cast<double>(descs[i].memory_size)),
-         Num("offset", static_cast<double>(descs[i].mmap_offset))});
-  }
+  for (uint32_t i = 0; i < n; i++) Log(LogLevel::kDebug, "memory region", RegionFields(descs[i]));
   host_->MemoryTableChanged();
   return ReResolveRings() ? Result::kOk : Result::kDropped;
 }
@@ -182,6 +186,7 @@ Backend::Result Backend::HandleAddMemReg(const Message& m) {
   std::memcpy(&r, m.payload, sizeof r);
   std::string err;
   if (!mem_.AddRegion(r.region, m.fds[0], &err)) return Refuse(m.hdr, err);
+  Log(LogLevel::kDebug, "memory region", RegionFields(r.region));
   return ReResolveRings() ? Result::kOk : Result::kDropped;
 }
 

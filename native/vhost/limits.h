@@ -42,6 +42,13 @@ constexpr uint32_t kMaxInlineAnswersPerPass = 256;
 constexpr uint32_t kMaxWarningsPerWindow = 20;
 constexpr uint64_t kWarningWindowMs = 1000;
 
+// Requests: the largest size_max a device may announce. Every data piece handed to JS is at
+// most size_max, and JS views guest memory through windows spaced this far apart
+// (native/js/vhost_device.h), so a piece always fits the window of its start.
+constexpr uint32_t kMaxSegmentSize = 1u << 30;
+// The largest seg_max (a chain is at most one queue long anyway).
+constexpr uint32_t kMaxSegments = kMaxQueueSize;
+
 // Socket file mode bits accepted for the listening socket.
 constexpr uint32_t kMaxSocketMode = 0777;
 

@@ -166,12 +166,12 @@ void Backend::ProcessQueue(uint32_t index) {
             " made available while in flight");
       return;
     }
-    const blk::Carve c = blk::CarveRequest(chain, &br, &err);
+    const blk::Carve c = blk::CarveRequest(chain, options_.limits, &br, &err);
     if (c == blk::Carve::kMalformed) {
       Panic("queue " + std::to_string(index) + ": " + err);
       return;
     }
-    if (c == blk::Carve::kBadDirection) {
+    if (c == blk::Carve::kRejected) {
       __atomic_store_n(br.status, blk::VIRTIO_BLK_S_IOERR, __ATOMIC_RELAXED);
       q.ring.AddUsed(chain.head, 1);
       answered++;

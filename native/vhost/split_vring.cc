@@ -102,6 +102,8 @@ uint16_t SplitVring::Pending() {
 SplitVring::Pop SplitVring::PopChain(const GuestMemory& mem, Chain* out, std::string* err) {
   out->iov.clear();
   out->total_len = 0;
+  out->descs = 0;
+  out->longer_than_queue = false;
   if (!resolved()) return Pop::kEmpty;
   if (shadow_avail_idx_ == last_avail_idx_) {
     LoadAvailIdx();
@@ -160,6 +162,7 @@ SplitVring::Pop SplitVring::PopChain(const GuestMemory& mem, Chain* out, std::st
       seen = 0;
       continue;
     }
+    if (++out->descs > num_) out->longer_than_queue = true;
     total += d.len;
     if (total > UINT32_MAX) {
       *err = "descriptor chain length overflows 32 bits";

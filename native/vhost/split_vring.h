@@ -28,12 +28,16 @@ constexpr uint16_t VIRTQ_DESC_F_NEXT = 1;
 constexpr uint16_t VIRTQ_DESC_F_WRITE = 2;
 constexpr uint16_t VIRTQ_DESC_F_INDIRECT = 4;
 constexpr uint16_t VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
-constexpr uint32_t kMaxIndirectDescs = 4096;  // an indirect table holds at most this many
+constexpr uint32_t kMaxIndirectDescs = 32768;  // longest indirect table walked (max queue size)
 
 // One popped descriptor chain as host memory pieces, in chain order.
 struct Chain {
   uint16_t head = 0;
   uint64_t total_len = 0;  // sum of descriptor lengths (<= UINT32_MAX)
+  uint32_t descs = 0;      // buffer descriptors (an indirect descriptor itself not counted)
+  // More descriptors than the queue size (virtio 1.2, 2.7.5.3.1: the driver MUST NOT): still
+  // walked completely (bounded by kMaxIndirectDescs) so the request can get an error status.
+  bool longer_than_queue = false;
   std::vector<HostIov> iov;
 };
 

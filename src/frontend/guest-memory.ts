@@ -1,10 +1,12 @@
 /**
  * The front end's guest RAM: one memfd-backed region (native GuestRam) presented to the back end
  * as a single memory region with guest physical address 0 and a fixed, fake front-end user
- * address (`userBase`, default 0x7f0000000000). Guest physical address == byte offset in `bytes`.
+ * address (`userBase`, default 0x7f0000000000). Guest physical address == byte offset.
  *
- * A first-fit allocator hands out buffers (rings, indirect tables, request headers, data). All
- * numbers are byte offsets < 2^53.
+ * `bytes` covers the first min(size, 2 GiB) (one ArrayBuffer cannot cover more); a first-fit
+ * allocator hands out buffers (rings, indirect tables, request headers, data) from that part.
+ * window() reaches any other range (e.g. data above 4 GiB of a sparse 1 TiB RAM). All numbers
+ * are byte offsets < 2^53.
  */
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
@@ -27,7 +29,7 @@ interface Extent {
 export class GuestMemory {
   readonly size: number;
   readonly userBase: bigint;
-  /** Views over the whole RAM (index = byte offset >> log2(element size)). */
+  /** Views over the first min(size, 2 GiB) bytes (index = byte offset >> log2(element size)). */
   readonly bytes: Uint8Array;
   readonly u16: Uint16Array;
   readonly u32: Uint32Array;
@@ -48,12 +50,17 @@ export class GuestMemory {
     this.u16 = new Uint16Array(ab);
     this.u32 = new Uint32Array(ab);
     this.view = new DataView(ab);
-    this.free = [{ start: 0, end: size }];
+    this.free = [{ start: 0, end: ab.byteLength }];
   }
 
   /** The memfd to pass to the back end (-1 after close()). */
   get fd(): number {
     return this.ram.fd;
+  }
+
+  /** A view of [addr, addr + len) anywhere in the RAM (addr page aligned, len <= 2 GiB). */
+  window(addr: number, len: number): Uint8Array {
+    return new Uint8Array(this.ram.window(addr, len));
   }
 
   /** Front-end user address of a guest physical address (for SET_VRING_ADDR). */

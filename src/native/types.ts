@@ -70,6 +70,13 @@ export interface VhostDeviceOptions {
   /** Largest vring size accepted by SET_VRING_NUM (power of two in limits.minQueueSize..maxQueueSize). */
   maxQueueSize: number;
   /**
+   * seg_max and size_max as announced in the config: a chain with more than maxSegments + 2
+   * descriptors (header, status) or a data piece over maxSegmentSize bytes (at most 1 GiB) is
+   * answered IOERR natively, as is a chain longer than its queue.
+   */
+  maxSegments: number;
+  maxSegmentSize: number;
+  /**
    * virtio-blk device feature bits chosen by JS (RO, BLK_SIZE, SEG_MAX, SIZE_MAX, TOPOLOGY,
    * MQ, FLUSH, CONFIG_WCE, DISCARD, WRITE_ZEROES). Native adds VIRTIO_F_VERSION_1,
    * VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX and VHOST_USER_F_PROTOCOL_FEATURES.
@@ -81,8 +88,11 @@ export interface VhostDeviceOptions {
    * Called once per kick per queue with every request that was available. `count` requests
    * are in `device.requests` (see REQ_*); `segs` holds the data segments as views into guest
    * memory (device-writable for IN and GET_ID, device-readable for OUT, DISCARD,
-   * WRITE_ZEROES). The views stay valid (memory stays mapped) as long as JS holds them,
-   * even after the front end changes its memory table or disconnects.
+   * WRITE_ZEROES). Each view lies in a window ArrayBuffer of at most 2 GiB over the region.
+   * The memory stays mapped until the request is completed, even after the front end changes
+   * its memory table or disconnects (then JS writes no longer reach the guest); once no
+   * request over a departed mapping is left, its windows are detached (views become empty)
+   * and it is unmapped at once.
    */
   onRequests: (queue: number, count: number, segs: Uint8Array[]) => void;
   onEvent: (event: VhostDeviceEvent) => void;
@@ -114,16 +124,18 @@ export interface NativeVhostDevice {
  */
 
 /**
- * `new GuestRam(size, populate?)`: a memfd of `size` bytes (positive multiple of the page size)
- * mapped MAP_SHARED; `populate` pre-faults it. `buffer` is an external ArrayBuffer over the
- * mapping (same object on every read). close() closes the fd; the mapping is unmapped only once
- * JS holds neither this object nor any view of `buffer`.
+ * `new GuestRam(size, populate?)`: a sparse memfd of `size` bytes (positive multiple of the page
+ * size, at most 1 TiB); `populate` pre-faults `buffer`. `buffer` is an external ArrayBuffer over
+ * the first min(size, 2 GiB) bytes (same object on every read); window() maps any other range.
+ * close() closes the fd; each mapping is unmapped once JS holds no view of it.
  */
 export interface NativeGuestRam {
   /** The memfd (-1 after close()). */
   readonly fd: number;
   readonly size: number;
   readonly buffer: ArrayBuffer;
+  /** A new mapping of [offset, offset + length): offset page aligned, length <= 2 GiB. */
+  window(offset: number, length: number): ArrayBuffer;
   close(): void;
 }
 

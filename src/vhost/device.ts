@@ -19,6 +19,9 @@ export interface VhostExportOptions {
   fd?: number;
   maxQueues: number;
   maxQueueSize: number;
+  /** seg_max and size_max announced in `config` (enforced natively per chain). */
+  maxSegments: number;
+  maxSegmentSize: number;
   deviceFeatures: bigint;
   config: Uint8Array;
   logger: Logger;
@@ -64,6 +67,8 @@ export class VhostExport {
       ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
       maxQueues: opts.maxQueues,
       maxQueueSize: opts.maxQueueSize,
+      maxSegments: opts.maxSegments,
+      maxSegmentSize: opts.maxSegmentSize,
       deviceFeatures: opts.deviceFeatures,
       config: opts.config,
       onRequests: (queue, count, segs) => {

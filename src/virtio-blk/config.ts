@@ -38,6 +38,11 @@ export const MAX_DISCARD_SECTORS = (1 << 30) / SECTOR_SIZE;
 export const MAX_DISCARD_SEG = 32;
 export const MAX_WRITE_ZEROES_SECTORS = (1 << 30) / SECTOR_SIZE;
 export const MAX_WRITE_ZEROES_SEG = 32;
+/**
+ * Data bytes of reads and writes a volume works on at once; further requests wait (FIFO) until
+ * completions bring it under the cap. A request larger than the cap runs alone.
+ */
+export const MAX_INFLIGHT_BYTES = 64 << 20;
 
 export interface BlkGeometry {
   /** Bytes; a multiple of logicalBlockSize. */

@@ -4,10 +4,18 @@
  *
  * Checks (all before any I/O): the sector and length must be aligned to the logical block
  * size and lie inside the capacity (else IOERR); writes, discards and write-zeroes on a
- * read-only volume get IOERR; unknown types get UNSUPP. A store failure answers that one
- * request with IOERR and logs it; nothing else is affected. Requests that reach the store are
- * timed from the arrival of their batch to completion (`latency`, per type:
- * src/metrics/request-latency.ts).
+ * read-only volume get IOERR; unknown types get UNSUPP; a DISCARD / WRITE_ZEROES table longer
+ * than its segment limit is refused from its length, before a byte of it is read. A store
+ * failure answers that one request with IOERR; nothing else is affected. (Segment count and
+ * size against seg_max / size_max are enforced natively, where chains are carved.) Requests
+ * that reach the store are timed from the arrival of their batch to completion (`latency`,
+ * per type: src/metrics/request-latency.ts).
+ *
+ * Back-pressure: reads and writes hold their data length against maxInflightBytes
+ * (MAX_INFLIGHT_BYTES); a request that does not fit waits in FIFO order, so a guest can make
+ * requests wait but cannot make the volume allocate. Waiting is bounded by the ring sizes.
+ *
+ * Log lines a guest can trigger per request go through a LogLimiter.
  */
 import {
   REQ_DATA_LEN,
@@ -29,9 +37,11 @@ import {
 } from '../native/types';
 import type { BackingStore } from '../backing/backing-store';
 import { REQUEST_TYPES, RequestLatency } from '../metrics/request-latency';
+import { LogLimiter } from '../util/log-limiter';
 import type { Logger } from '../util/logger';
 import {
   MAX_DISCARD_SECTORS,
+  MAX_INFLIGHT_BYTES,
   MAX_DISCARD_SEG,
   MAX_WRITE_ZEROES_SECTORS,
   MAX_WRITE_ZEROES_SEG,
@@ -107,9 +117,12 @@ function gather(segs: readonly Uint8Array[]): Buffer {
   return Buffer.concat(segs);
 }
 
-/** Parses the range table of a DISCARD / WRITE_ZEROES request, null if malformed. */
-export function parseRanges(segs: readonly Uint8Array[], dataLen: number): BlkRange[] | null {
-  if (dataLen === 0 || dataLen % RANGE_SIZE !== 0) return null;
+/**
+ * Parses the range table of a DISCARD / WRITE_ZEROES request; null if malformed or longer than
+ * maxRanges (decided from dataLen alone: an oversized table is never gathered).
+ */
+export function parseRanges(segs: readonly Uint8Array[], dataLen: number, maxRanges: number): BlkRange[] | null {
+  if (dataLen === 0 || dataLen % RANGE_SIZE !== 0 || dataLen / RANGE_SIZE > maxRanges) return null;
   const b = gather(segs);
   const out: BlkRange[] = [];
   for (let off = 0; off < dataLen; off += RANGE_SIZE) {
@@ -123,20 +136,34 @@ export function parseRanges(segs: readonly Uint8Array[], dataLen: number): BlkRa
 export class BlkDispatcher {
   readonly stats: DispatchStats = emptyDispatchStats();
   readonly latency = new RequestLatency();
+  /** Requests accepted and not answered yet (running or waiting for bytes). */
   private inflight = 0;
+  private inflightBytes = 0;
+  /** Requests waiting for inflightBytes to drop, oldest first. */
+  private readonly waiting: { bytes: number; start: () => void }[] = [];
+  private waitHead = 0;
   private stopped = false;
   /** performance.now() when the batch being dispatched arrived. */
   private batchStart = 0;
   private drainWaiters: (() => void)[] = [];
+  private readonly limited: LogLimiter;
 
   constructor(
     private readonly target: DispatchTarget,
     private readonly complete: Complete,
     private readonly log: Logger,
-  ) {}
+    private readonly maxInflightBytes = MAX_INFLIGHT_BYTES,
+  ) {
+    this.limited = new LogLimiter(log);
+  }
 
   get inflightCount(): number {
     return this.inflight;
+  }
+
+  /** Data bytes of the reads and writes running now (never above the cap but for one request). */
+  get inflightByteCount(): number {
+    return this.inflightBytes;
   }
 
   /** Resolves once every request handed to the store has been answered. */
@@ -182,17 +209,17 @@ export class BlkDispatcher {
         if (write) {
           this.stats.writes++;
           this.stats.bytesWritten += dataLen;
-          return this.run(queue, slot, WRITE, () =>
+          return this.run(queue, slot, WRITE, dataLen, () =>
             t.writeback ? t.store.write(offset, data) : t.store.write(offset, data).then(() => t.store.flush()),
           );
         }
         this.stats.reads++;
         this.stats.bytesRead += dataLen;
-        return this.run(queue, slot, READ, () => t.store.read(offset, data));
+        return this.run(queue, slot, READ, dataLen, () => t.store.read(offset, data));
       }
       case VIRTIO_BLK_T_FLUSH:
         this.stats.flushes++;
-        return this.run(queue, slot, FLUSH, () => t.store.flush());
+        return this.run(queue, slot, FLUSH, 0, () => t.store.flush());
       case VIRTIO_BLK_T_GET_ID: {
         this.stats.getIds++;
         const id = Buffer.alloc(20);
@@ -225,10 +252,10 @@ export class BlkDispatcher {
       return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
     }
     if (t.readOnly) return this.reject(queue, slot, `${discard ? 'discard' : 'write-zeroes'} on a read-only volume`);
-    const ranges = parseRanges(data, dataLen);
     const maxSeg = discard ? MAX_DISCARD_SEG : MAX_WRITE_ZEROES_SEG;
+    const ranges = parseRanges(data, dataLen, maxSeg);
     const maxSectors = discard ? MAX_DISCARD_SECTORS : MAX_WRITE_ZEROES_SECTORS;
-    if (ranges === null || ranges.length > maxSeg) return this.reject(queue, slot, 'malformed range table', { dataLen });
+    if (ranges === null) return this.reject(queue, slot, 'malformed range table', { dataLen });
     for (const r of ranges) {
       // virtio 1.2 5.2.6.2: unmap is only defined for write-zeroes; other flag bits are reserved.
       const allowed = discard ? 0 : VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
@@ -242,7 +269,7 @@ export class BlkDispatcher {
     }
     if (discard) this.stats.discards++;
     else this.stats.writeZeroes++;
-    return this.run(queue, slot, discard ? DISCARD : WRITE_ZEROES, async () => {
+    return this.run(queue, slot, discard ? DISCARD : WRITE_ZEROES, 0, async () => {
       for (const r of ranges) {
         const off = r.sector * SECTOR_SIZE;
         const len = r.sectors * SECTOR_SIZE;
@@ -260,39 +287,63 @@ export class BlkDispatcher {
 
   private reject(queue: number, slot: number, why: string, fields: Record<string, unknown> = {}): void {
     this.stats.rejected++;
-    this.log.warn({ ...fields, queue }, `request rejected: ${why}`);
+    this.limited.warn({ ...fields, queue }, `request rejected: ${why}`);
     this.complete(queue, slot, VIRTIO_BLK_S_IOERR);
   }
 
-  private run(queue: number, slot: number, type: number, op: () => Promise<void>): void {
+  /** Runs op now, or once `bytes` fit under the cap (FIFO); answers the request exactly once. */
+  private run(queue: number, slot: number, type: number, bytes: number, op: () => Promise<void>): void {
     this.inflight++;
-    const start = this.batchStart;
-    let p: Promise<void>;
-    try {
-      p = op();
-    } catch (err) {
-      p = Promise.reject(err);
-    }
-    p.then(
-      () => {
-        const end = performance.now();
-        this.latency.record(type, end - start, end);
-        this.finish(queue, slot, VIRTIO_BLK_S_OK);
-      },
-      (err: unknown) => {
-        const end = performance.now();
-        this.latency.record(type, end - start, end);
-        this.stats.ioErrors++;
-        const e = err as { message?: string; code?: string };
-        this.log.error({ queue, op: REQUEST_TYPES[type], code: e.code, err: e.message }, 'I/O failed: answered VIRTIO_BLK_S_IOERR');
-        this.finish(queue, slot, VIRTIO_BLK_S_IOERR);
-      },
-    );
+    const arrival = this.batchStart;
+    const start = (): void => {
+      this.inflightBytes += bytes;
+      let p: Promise<void>;
+      try {
+        p = op();
+      } catch (err) {
+        p = Promise.reject(err);
+      }
+      p.then(
+        () => {
+          const end = performance.now();
+          this.latency.record(type, end - arrival, end);
+          this.finish(queue, slot, bytes, VIRTIO_BLK_S_OK);
+        },
+        (err: unknown) => {
+          const end = performance.now();
+          this.latency.record(type, end - arrival, end);
+          this.stats.ioErrors++;
+          const e = err as { message?: string; code?: string };
+          this.limited.error({ queue, op: REQUEST_TYPES[type], code: e.code, err: e.message }, 'I/O failed: answered VIRTIO_BLK_S_IOERR');
+          this.finish(queue, slot, bytes, VIRTIO_BLK_S_IOERR);
+        },
+      );
+    };
+    if (bytes === 0 || (this.waiting.length === this.waitHead && this.fits(bytes))) start();
+    else this.waiting.push({ bytes, start });
   }
 
-  private finish(queue: number, slot: number, status: number): void {
+  private fits(bytes: number): boolean {
+    return this.inflightBytes === 0 || this.inflightBytes + bytes <= this.maxInflightBytes;
+  }
+
+  /** Starts waiting requests, oldest first, while they fit. */
+  private pump(): void {
+    while (this.waitHead < this.waiting.length) {
+      const w = this.waiting[this.waitHead] as { bytes: number; start: () => void };
+      if (!this.fits(w.bytes)) return;
+      this.waitHead++;
+      w.start();
+    }
+    this.waiting.length = 0;
+    this.waitHead = 0;
+  }
+
+  private finish(queue: number, slot: number, bytes: number, status: number): void {
     this.complete(queue, slot, status);
     this.inflight--;
+    this.inflightBytes -= bytes;
+    this.pump();
     if (this.inflight === 0 && this.drainWaiters.length > 0) {
       const waiters = this.drainWaiters;
       this.drainWaiters = [];

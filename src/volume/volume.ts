@@ -13,7 +13,7 @@ import { VhostError } from '../native/errors';
 import type { TypeLatency, VolumeLatency } from '../metrics/request-latency';
 import type { Logger } from '../util/logger';
 import { VhostExport } from '../vhost/device';
-import { blkFeatures, CONFIG_OFFSET_WRITEBACK, encodeBlkConfig, type BlkGeometry } from '../virtio-blk/config';
+import { blkFeatures, CONFIG_OFFSET_WRITEBACK, encodeBlkConfig, SEG_MAX, SIZE_MAX, type BlkGeometry } from '../virtio-blk/config';
 import { BlkDispatcher, type DispatchStats, type DispatchTarget } from '../virtio-blk/dispatch';
 
 export interface VolumeStats {
@@ -80,6 +80,8 @@ export class Volume implements DispatchTarget {
       ...(config.allowUids !== undefined ? { allowUids: config.allowUids } : {}),
       maxQueues: config.numQueues,
       maxQueueSize: config.queueSize,
+      maxSegments: SEG_MAX,
+      maxSegmentSize: SIZE_MAX,
       deviceFeatures: blkFeatures(this.geometry),
       config: encodeBlkConfig(this.geometry),
       logger: log,

@@ -31,6 +31,14 @@ export const DISK_BYTES = 8 << 20;
 /** VIRTIO_BLK_F_SEG_MAX | BLK_SIZE | FLUSH. */
 export const BLK_FEATURES = (1n << 2n) | (1n << 6n) | (1n << 9n);
 
+/** Mappings of the file with this inode in this process (a front end's and a device's). */
+export function mappingsOf(ino: number): number {
+  return fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.split(/\s+/)[4] === String(ino)).length;
+}
+
 export function tmpSocketPath(tag: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-vhost-'));
   return path.join(dir, `${tag}.sock`);
@@ -171,6 +179,8 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
     socketPath,
     maxQueues: opts.maxQueues ?? 2,
     maxQueueSize: opts.maxQueueSize ?? 256,
+    maxSegments: opts.maxSegments ?? 126,
+    maxSegmentSize: opts.maxSegmentSize ?? 1 << 20,
     deviceFeatures: opts.deviceFeatures ?? BLK_FEATURES,
     config: opts.config ?? blkConfig(opts.maxQueues ?? 2),
     ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),

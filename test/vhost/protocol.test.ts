@@ -107,17 +107,21 @@ describe('vhost: native VhostDevice socket and protocol', function () {
       socketPath: tmpSocketPath('opts'),
       maxQueues: 1,
       maxQueueSize: 256,
+      maxSegments: 126,
+      maxSegmentSize: 1 << 20,
       deviceFeatures: 0n,
       config: new Uint8Array(60),
       onRequests: () => undefined,
       onEvent: () => undefined,
     };
-    const bad = (o: object): void =>
-      assert.throws(() => new native.VhostDevice({ ...base, ...o }), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL');
+    const bad = (o: object, why?: string): void =>
+      assert.throws(() => new native.VhostDevice({ ...base, ...o }), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL', why);
     bad({ maxQueueSize: 100 });
     bad({ maxQueues: 0 });
     bad({ maxQueues: 65 });
     bad({ config: new Uint8Array(257) });
+    bad({ maxSegments: 0 });
+    bad({ maxSegmentSize: 2 ** 30 + 1 }, 'a data piece must fit one 1 GiB window stride');
     bad({ fd: 3 });
     fs.rmSync(path.dirname(base.socketPath), { recursive: true, force: true });
   });

@@ -1,11 +1,13 @@
 /**
  * Native VhostDevice driven through its rings by our own front end (src/frontend): data through
  * IN/OUT/GET_ID with and without indirect descriptors and EVENT_IDX, deferred completions,
- * GET_VRING_BASE waiting for requests still in JS, views that outlive the connection, native
+ * GET_VRING_BASE waiting for requests still in JS, views that outlive the connection (fenced from
+ * the guest, detached and unmapped when completed), native
  * IOERR for a wrong data direction, and malformed chains (the device reports 'broken', drops the
  * connection and serves the next front end).
  */
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import { VhostError } from '../../src/native/errors';
 import {
   VIRTIO_BLK_S_IOERR,
@@ -17,7 +19,7 @@ import { VhostUserRequest, encodeVringState } from '../../src/frontend/protocol'
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type RawDesc } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend, type FrontendOptions } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
-import { startDevice, type TestDevice } from './helpers';
+import { mappingsOf, startDevice, type TestDevice } from './helpers';
 
 function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
@@ -166,9 +168,10 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     assert.throws(() => t?.dev.complete(0, 2, Uint32Array.of(slots[0], 0)), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL');
   });
 
-  it('keeps segment views valid after the front end disconnects; stale completions are ignored', async function () {
+  it('keeps segment views of a departed guest usable until completed, without reaching its memory; then unmaps at once', async function () {
     t = startDevice();
     const f = await open();
+    const ino = fs.fstatSync(f.memory.fd).ino;
     const q = f.ring(0);
     t.held = [];
     void q.read(16, 8192, 2).catch(() => undefined);
@@ -176,17 +179,47 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     const held = (t.held ?? [])[0];
     t.held = null;
     assert.equal(held.req.segs.length, 2);
+    const seg = held.req.segs[0];
+    seg.fill(0x11);
+    const at = Buffer.from(f.memory.bytes).indexOf(Buffer.alloc(seg.byteLength, 0x11));
+    assert.ok(at >= 0, 'while connected the view is the guest memory');
     f.close();
     fe = undefined;
     await t.waitEvent((e) => e.type === 'disconnected');
     assert.deepEqual(t.dev.inflight(), [0, 0]);
-    // the mapping is still there for the view
-    held.req.segs[0].fill(0x5a);
-    assert.equal(held.req.segs[0][100], 0x5a);
+    // The request is still in JS: its memory stays mapped, but no longer reaches the guest.
+    seg.fill(0x5a);
+    assert.equal(seg[100], 0x5a);
+    assert.equal(f.memory.bytes[at + 100], 0x11, 'a late write of a departed device does not reach the guest');
+    assert.equal(mappingsOf(ino), 2);
     t.dev.complete(0, 1, Uint32Array.of(held.req.slot, 0));
+    // Its last request completed: the views are detached and the memory unmapped at once.
+    assert.equal(seg.byteLength, 0, 'views are detached, not dangling');
+    assert.equal(mappingsOf(ino), 1, 'only the front end still maps the guest RAM');
     // a new front end works
     const g = await open();
     assert.equal((await g.ring(0).write(0, pattern(512, 3))).status, VIRTIO_BLK_S_OK);
+  });
+
+  it('after RESET_DEVICE writes no status or used entry for requests that were in flight', async function () {
+    t = startDevice();
+    const f = await open({ indirect: false });
+    const q = f.ring(0);
+    t.held = [];
+    const hdr = f.memory.alloc(32, 64);
+    writeBlkHeader(f.memory.view, hdr.addr, VIRTIO_BLK_T_IN, 0);
+    f.memory.bytes[hdr.addr + 16] = 0xff;
+    const data = f.memory.alloc(512, 512);
+    void q.submitRaw({ descs: [{ addr: hdr.addr, len: 16 }, { addr: data.addr, len: 512, write: true }, { addr: hdr.addr + 16, len: 1, write: true }] }).catch(() => undefined);
+    while ((t.held?.length ?? 0) < 1) await new Promise((r) => setTimeout(r, 5));
+    const held = (t.held ?? [])[0];
+    t.held = null;
+    const usedIdx = f.memory.view.getUint16(q.usedAddr + 2, true);
+    await f.request(VhostUserRequest.RESET_DEVICE);
+    assert.deepEqual(t.dev.inflight(), [0, 0], 'the reset forgot the request');
+    t.dev.complete(0, 1, Uint32Array.of(held.req.slot, VIRTIO_BLK_S_OK));
+    assert.equal(f.memory.bytes[hdr.addr + 16], 0xff, 'no status byte written after the reset');
+    assert.equal(f.memory.view.getUint16(q.usedAddr + 2, true), usedIdx, 'no used entry published after the reset');
   });
 
   async function expectBroken(descs: RawDesc[] | null, reason: RegExp, opts: { availEntry?: number; indirect?: boolean } = {}): Promise<void> {

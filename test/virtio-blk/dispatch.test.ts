@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import pino from 'pino';
 import { silentLogger } from '../../src/util/logger';
 import { BlkDispatcher, parseRanges, type DispatchTarget } from '../../src/virtio-blk/dispatch';
 import { CONFIG_SIZE, encodeBlkConfig, blkFeatures, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_DISCARD } from '../../src/virtio-blk/config';
@@ -122,12 +123,12 @@ describe('virtio-blk dispatch', () => {
 
   it('parses a range table split across segments', () => {
     const r = Buffer.concat([range(5, 6, 1), range(2 ** 40, 1)]);
-    assert.deepEqual(parseRanges([r.subarray(0, 7), r.subarray(7)], 32), [
+    assert.deepEqual(parseRanges([r.subarray(0, 7), r.subarray(7)], 32, 32), [
       { sector: 5, sectors: 6, flags: 1 },
       { sector: 2 ** 40, sectors: 1, flags: 0 },
     ]);
-    assert.equal(parseRanges([r], 31), null);
-    assert.equal(parseRanges([], 0), null);
+    assert.equal(parseRanges([r], 31, 32), null);
+    assert.equal(parseRanges([], 0, 32), null);
   });
 
   it('answers IOERR when the store fails and keeps serving', async () => {
@@ -156,6 +157,83 @@ describe('virtio-blk dispatch', () => {
     assert.equal(flushes, 1);
     await run(target(store), [{ type: VIRTIO_BLK_T_OUT, sector: 0, segs: [Buffer.alloc(512)] }]);
     assert.equal(flushes, 1);
+  });
+});
+
+describe('virtio-blk dispatch back-pressure and log limits', () => {
+  /** A batch of `reqs` handed to a dispatcher whose answers land in `done` (slot = 100 + i). */
+  function submit(d: BlkDispatcher, reqs: Req[]): void {
+    const table = new Float64Array(reqs.length * REQ_STRIDE);
+    const segs: Uint8Array[] = [];
+    reqs.forEach((r, i) => {
+      const len = r.segs.reduce((n, x) => n + x.byteLength, 0);
+      table.set([100 + i, r.type, r.sector, len, segs.length, r.segs.length], i * REQ_STRIDE);
+      segs.push(...r.segs);
+    });
+    d.handleBatch(0, reqs.length, segs, table);
+  }
+
+  it('holds reads and writes over the bytes-in-flight cap until completions make room (FIFO; an oversized one runs alone)', async () => {
+    const store = new MemStore(64 << 20);
+    const started: number[] = [];
+    const release: (() => void)[] = [];
+    store.writeHook = (offset) => {
+      started.push(offset);
+      return new Promise<void>((r) => release.push(r));
+    };
+    const done = new Map<number, number>();
+    const cap = 4 << 20;
+    const d = new BlkDispatcher(target(store), (_q, slot, status) => done.set(slot, status), silentLogger, cap);
+    const MiB = 1 << 20;
+    // Views over one buffer: a guest can name far more bytes than it owns.
+    const buf = Buffer.alloc(MiB);
+    const write = (sector: number, mib: number): Req => ({ type: VIRTIO_BLK_T_OUT, sector, segs: Array.from({ length: mib }, () => buf) });
+    submit(d, [write(0, 2), write(4096, 2), write(8192, 1), write(12288, 6), write(32768, 1)]);
+    const settle = async (): Promise<void> => {
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    };
+    await settle();
+    assert.deepEqual(started, [0, 4096 * 512], 'two 2 MiB writes fill the 4 MiB cap; the rest waits');
+    assert.equal(d.inflightByteCount, 4 * MiB);
+    assert.equal(d.inflightCount, 5, 'waiting requests count as in flight (answered exactly once)');
+    (release.shift() as () => void)();
+    await settle();
+    assert.deepEqual(started, [0, 4096 * 512, 8192 * 512], 'the next in line starts once it fits');
+    (release.shift() as () => void)();
+    (release.shift() as () => void)();
+    await settle();
+    assert.deepEqual(started.slice(3), [12288 * 512], 'the 6 MiB write (over the cap) runs alone, and FIFO holds the 1 MiB one behind it');
+    assert.equal(d.inflightByteCount, 6 * MiB);
+    (release.shift() as () => void)();
+    await settle();
+    (release.shift() as () => void)();
+    await d.drain();
+    assert.deepEqual([...done.values()], [0, 0, 0, 0, 0].map(() => VIRTIO_BLK_S_OK));
+    assert.equal(done.size, 5);
+    assert.equal(d.inflightByteCount, 0);
+  });
+
+  it('refuses a DISCARD table over the segment limit without gathering it', () => {
+    // 64 Ki views of one 16 KiB buffer: a 1 GiB table that would take seconds and GiBs to parse.
+    const view = Buffer.alloc(16384);
+    const segs = Array.from({ length: 65536 }, () => view);
+    const before = process.memoryUsage().rss;
+    const done = new Map<number, number>();
+    const d = new BlkDispatcher(target(new MemStore(1 << 20)), (_q, slot, status) => done.set(slot, status), silentLogger);
+    submit(d, [{ type: VIRTIO_BLK_T_DISCARD, sector: 0, segs }]);
+    assert.equal(done.get(100), VIRTIO_BLK_S_IOERR, 'answered synchronously, before any I/O');
+    assert.ok(process.memoryUsage().rss - before < 64 << 20, 'the table was not gathered');
+    assert.equal(parseRanges(segs, 1 << 30, 32), null);
+  });
+
+  it('rate-limits the warnings a guest can trigger per request', () => {
+    const lines: unknown[] = [];
+    const log = pino({ level: 'warn' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const d = new BlkDispatcher(target(new MemStore(1 << 16)), () => undefined, log);
+    const bad = Array.from({ length: 1000 }, () => ({ type: VIRTIO_BLK_T_IN, sector: 2 ** 40, segs: [Buffer.alloc(512)] }));
+    submit(d, bad);
+    assert.equal(d.stats.rejected, 1000);
+    assert.ok(lines.length <= 10, `${lines.length} log lines for 1000 rejected requests`);
   });
 });
 
