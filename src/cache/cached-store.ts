@@ -255,11 +255,19 @@ export class CachedStore implements BackingStore {
     if (this.unsettled.length > 0) {
       const wholeFirst = Math.ceil(offset / this.bs);
       const wholeLast = Math.floor((offset + len) / this.bs) - 1;
-      this.unsettled = this.unsettled.filter((u) => {
-        if (u.hold.first < wholeFirst || u.hold.last > wholeLast) return true;
+      const left: Unsettled[] = [];
+      for (const u of this.unsettled) {
+        const { first: f, last: l } = u.hold;
+        if (l < wholeFirst || f > wholeLast) {
+          left.push(u);
+          continue;
+        }
         this.end(u.hold);
-        return false;
-      });
+        // What the write did not cover stays unsettled.
+        if (f < wholeFirst) left.push({ hold: this.begin(f, wholeFirst - 1, true), at: u.at });
+        if (l > wholeLast) left.push({ hold: this.begin(wholeLast + 1, l, true), at: u.at });
+      }
+      this.unsettled = left;
     }
     if (!this.trackUnflushed) return;
     if (this.unflushed.length >= MAX_UNFLUSHED_RANGES) {
