@@ -225,11 +225,15 @@ export class CachedStore implements BackingStore {
       hit: new Uint8Array(1),
     }));
     let next = 0;
+    // The sample's cache reads are not guest reads: the volume's hit counters stay as they were.
+    const c = this.cache.map.stats(this.volume);
+    const counted = { reads: c.reads, readHits: c.readHits, ramHits: c.ramHits, storageHits: c.storageHits };
     await Promise.all(
       bufs.map(async (b) => {
         while (next < sample.length && mismatched === 0) await one(sample[next++], b.cached, b.stored, b.hit);
       }),
     );
+    Object.assign(c, counted);
     const dropped = mismatched > 0 ? this.cache.map.dropVolume(this.volume) : 0;
     return { checked, mismatched, dropped, ms: performance.now() - t0 };
   }
