@@ -59,6 +59,8 @@ import type { Cache } from './cache';
 export const VERIFY_SAMPLE_BLOCKS = 1024;
 /** Reads of the sample in flight at once. */
 const VERIFY_PARALLEL = 32;
+/** Failed operations' ranges held one by one before they are merged (see failed()). */
+const MAX_UNSETTLED = 256;
 /** Ranges written since the last flush that are tracked one by one (see the header). */
 export const MAX_UNFLUSHED_RANGES = 4096;
 
@@ -281,10 +283,22 @@ export class CachedStore implements BackingStore {
     this.unflushed.push([first, last, at]);
   }
 
-  /** A write-like operation on blocks first..last failed: they stay unsettled. */
+  /**
+   * A write-like operation on blocks first..last failed: they stay unsettled. Past
+   * MAX_UNSETTLED failures (a long outage) they are merged into one hold over their span.
+   */
   private failed(first: number, last: number): void {
     this.invalidate(first, last);
-    this.unsettled.push({ hold: this.begin(first, last, true), at: ++this.clock });
+    const at = ++this.clock;
+    if (this.unsettled.length >= MAX_UNSETTLED) {
+      for (const u of this.unsettled) {
+        first = Math.min(first, u.hold.first);
+        last = Math.max(last, u.hold.last);
+        this.end(u.hold);
+      }
+      this.unsettled = [];
+    }
+    this.unsettled.push({ hold: this.begin(first, last, true), at });
   }
 
   currentIdentity(): Promise<string> {

@@ -115,6 +115,25 @@ describe('cache over an NBD export that fails or changes', function () {
     assert.equal(cache.stats().readHits, hits, 'block 2 is not cached');
   });
 
+  it('hundreds of failed writes (a long outage) stay uninsertable until a flush', async () => {
+    const cache = await openCache();
+    const { cached } = await openStore(cache);
+    server.holdWrites = true;
+    // 300 sector writes over blocks 0..37: more failures than are held one by one.
+    const writes = Array.from({ length: 300 }, (_, k) => cached.write(k * 512, [Buffer.alloc(512, 0xee)]));
+    for (const w of writes) await assert.rejects(w, (e: VhostError) => e.code === 'ETIMEDOUT');
+    server.releaseHeld();
+    for (const b of [0, 20, 37]) {
+      await readsServer(cached, b, 'unsettled');
+      await inserted(cache, cached, b);
+      const hits = cache.stats().readHits;
+      await readsServer(cached, b, 'unsettled, again');
+      assert.equal(cache.stats().readHits, hits, `block ${b} is not cached`);
+    }
+    await cached.flush();
+    await cacheIt(cache, cached, 37);
+  });
+
   it('a fenced store (export size changed) serves nothing from the cache', async () => {
     const cache = await openCache();
     const { cached } = await openStore(cache);
