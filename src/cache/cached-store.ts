@@ -76,8 +76,6 @@ export interface CachedStoreOptions {
   maxBytes?: number;
   /** The operator guarantees nothing else writes the backing store: open() verifies no sample. */
   exclusive?: boolean;
-  /** Size of the warm-start sample (default VERIFY_SAMPLE_BLOCKS). */
-  sampleBlocks?: number;
 }
 
 /** What open() found by comparing a sample of the cached blocks with the backing store. */
@@ -161,7 +159,7 @@ export class CachedStore implements BackingStore {
     const s = new CachedStore(o);
     if (!o.backing.changesVisible && o.exclusive !== true) {
       try {
-        s.verification = await s.verifySample(o.sampleBlocks ?? VERIFY_SAMPLE_BLOCKS);
+        s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
       } catch (err) {
         s.cache.unregisterVolume(s.volume, '');
         throw err;
