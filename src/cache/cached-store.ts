@@ -35,7 +35,10 @@
  *   - a write-like operation that fails (an error or a timeout: the store may still apply it
  *     later) leaves its blocks UNSETTLED: their cached copies are dropped and they stay
  *     registered as a write in flight, so nothing overlapping them is inserted, until a later
- *     write-like operation covering them succeeds or a flush started after the failure does;
+ *     write-like operation covering them succeeds or a flush started after the failure does.
+ *     This assumes the store applies such a late operation, if ever, before that later write
+ *     or flush completes, or before it is closed (true of files; an NBD server that still
+ *     applies a request from a dropped connection after a later flush is not covered);
  *   - a store reporting `writesMayBeLost` (an NBD connection lost with unflushed writes) makes
  *     us drop every block written since the last successful flush (all of the volume's blocks
  *     when more than MAX_UNFLUSHED_RANGES ranges were written) and poison every operation in
