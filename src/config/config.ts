@@ -36,6 +36,12 @@ export interface VolumeConfig {
   queueSize: number;
   logicalBlockSize: 512 | 4096;
   direct: boolean;
+  /**
+   * The operator guarantees that nothing but this daemon writes the backing store, ever: a
+   * warm start then trusts the cached blocks of a block device or NBD export without verifying
+   * a sample (files are always checked through their change stamp).
+   */
+  exclusive: boolean;
 }
 
 export interface SocketOwner {
@@ -132,7 +138,7 @@ function int(o: Record<string, unknown>, key: string, field: string, dflt: numbe
 
 const VOLUME_KEYS = new Set([
   'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'readOnly', 'cacheMode', 'cacheMaxBytes',
-  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct',
+  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
 const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
@@ -224,6 +230,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     queueSize,
     logicalBlockSize: lbs,
     direct: bool(raw, 'direct', field, false),
+    exclusive: bool(raw, 'exclusive', field, false),
   };
 }
 

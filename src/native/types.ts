@@ -290,6 +290,9 @@ export interface NativeAddon {
   IoRing: NativeIoRingClass;
   /** BLKGETSIZE64: size in bytes of the block device open as fd. Throws ENOTTY for a file. */
   blockDeviceSize(fd: number): number;
+  /** FS_IOC_GETVERSION: the inode generation of the file open as fd (changes when an inode
+   * number is reused); null when the file system has none. */
+  inodeGeneration(fd: number): number | null;
   /** flock(LOCK_EX | LOCK_NB); throws EAGAIN (EWOULDBLOCK) while another process holds it. */
   lockExclusive(fd: number): void;
   /** One datagram to a unix datagram socket (sd_notify), non-blocking; '@name' is abstract. */
