@@ -1,6 +1,7 @@
 /**
  * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://)
- * or a path to a raw image file or block device.
+ * or a path to a raw image file or block device; with `backingOffset` / `backingLength`, a
+ * window of it (WindowStore).
  */
 import type { VolumeConfig } from '../config/config';
 import type { IoEngine } from '../io/io-engine';
@@ -9,6 +10,7 @@ import type { Logger } from '../util/logger';
 import type { BackingStore } from './backing-store';
 import { FileStore } from './file-store';
 import { NbdStore } from './nbd/nbd-store';
+import { WindowStore } from './window-store';
 
 export interface OpenContext {
   engine: IoEngine;
@@ -26,6 +28,18 @@ export function isNbdUri(backing: string): boolean {
 }
 
 export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {
+  const store = await openWholeStore(cfg, ctx);
+  if (cfg.backingOffset === undefined && cfg.backingLength === undefined) return store;
+  const offset = cfg.backingOffset ?? 0;
+  const length = cfg.backingLength ?? store.size - offset;
+  if (length <= 0 || offset + length > store.size) {
+    await store.close();
+    throw new VhostError(`${cfg.backing}: window ${offset}+${length} does not fit the store's ${store.size} bytes`, 'EINVAL');
+  }
+  return new WindowStore(store, offset, length);
+}
+
+async function openWholeStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {
   if (isNbdUri(cfg.backing)) {
     const store = await NbdStore.open(cfg.backing, { backingTimeoutMs: ctx.backingTimeoutMs, logger: ctx.logger, connections: 4 });
     if (cfg.logicalBlockSize % store.blockSize !== 0) {

@@ -126,6 +126,9 @@ export interface VbcVolume {
   backing: string;
   /** Bytes (creates a sparse backing file when missing). */
   size?: number;
+  /** A window of the backing store (bytes), as the config's backingOffset / backingLength. */
+  backingOffset?: number;
+  backingLength?: number;
   cacheMode?: 'writethrough' | 'writearound' | 'readonly' | 'none';
   numQueues?: number;
 }
@@ -176,6 +179,8 @@ export function vbcArgv(o: VbcOptions): string[] {
         socketPath: v.socketPath,
         backing: v.backing,
         ...(v.size !== undefined ? { size: v.size } : {}),
+        ...(v.backingOffset !== undefined ? { backingOffset: v.backingOffset } : {}),
+        ...(v.backingLength !== undefined ? { backingLength: v.backingLength } : {}),
         ...(v.cacheMode !== undefined ? { cacheMode: v.cacheMode } : {}),
         ...(v.numQueues !== undefined ? { numQueues: v.numQueues } : {}),
       })),

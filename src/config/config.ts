@@ -27,6 +27,13 @@ export interface VolumeConfig {
   backing: string;
   /** Bytes; creates a sparse file of this size when the backing file does not exist. */
   size?: number;
+  /**
+   * Serve only the window [backingOffset, backingOffset + backingLength) of the backing store
+   * (bytes, multiples of 4096; length defaults to the rest of the store). Volumes whose windows
+   * do not overlap may share one store.
+   */
+  backingOffset?: number;
+  backingLength?: number;
   readOnly: boolean;
   cacheMode: CacheMode;
   /** Cap on the share of the cache this volume may hold (bytes). */
@@ -136,8 +143,11 @@ function int(o: Record<string, unknown>, key: string, field: string, dflt: numbe
   return v;
 }
 
+/** Backing windows start and end on 4 KiB boundaries (every logical and cache block size divides it). */
+const WINDOW_ALIGNMENT = 4096;
+
 const VOLUME_KEYS = new Set([
-  'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'readOnly', 'cacheMode', 'cacheMaxBytes',
+  'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'backingOffset', 'backingLength', 'readOnly', 'cacheMode', 'cacheMaxBytes',
   'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
@@ -210,6 +220,14 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
   if ((queueSize & (queueSize - 1)) !== 0) fail(`${field}.queueSize`, `must be a power of two, got ${queueSize}`);
   const size = raw.size === undefined ? undefined : parseSize(raw.size, `${field}.size`);
   if (size !== undefined && (size === 0 || size % lbs !== 0)) fail(`${field}.size`, `must be a positive multiple of ${lbs}, got ${size}`);
+  const window = (key: 'backingOffset' | 'backingLength', min: number): number | undefined => {
+    if (raw[key] === undefined) return undefined;
+    const v = parseSize(raw[key], `${field}.${key}`);
+    if (v < min || v % WINDOW_ALIGNMENT !== 0) fail(`${field}.${key}`, `must be a multiple of ${WINDOW_ALIGNMENT} of at least ${min}, got ${v}`);
+    return v;
+  };
+  const backingOffset = window('backingOffset', 0);
+  const backingLength = window('backingLength', WINDOW_ALIGNMENT);
   const cacheMaxBytes = raw.cacheMaxBytes === undefined ? undefined : parseSize(raw.cacheMaxBytes, `${field}.cacheMaxBytes`);
   const serial = str(raw, 'serial', field, false) ?? name;
   if (Buffer.byteLength(serial) > 20) fail(`${field}.serial`, 'at most 20 bytes (virtio-blk GET_ID)');
@@ -222,6 +240,8 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     ...(uids !== undefined ? { allowUids: uids } : {}),
     backing: str(raw, 'backing', field, true) as string,
     ...(size !== undefined ? { size } : {}),
+    ...(backingOffset !== undefined ? { backingOffset } : {}),
+    ...(backingLength !== undefined ? { backingLength } : {}),
     readOnly: bool(raw, 'readOnly', field, false),
     cacheMode,
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),

@@ -16,6 +16,7 @@ import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
 import { openBackingStore } from '../backing/open';
+import { WindowStore } from '../backing/window-store';
 import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
 import type { IoEngine } from '../io/io-engine';
@@ -59,6 +60,9 @@ function lockCacheDevice(path: string, create: boolean): number | null {
 interface Claim {
   name: string;
   readOnly: boolean;
+  /** The byte range of the store the volume uses (a window, or the whole store). */
+  start: number;
+  end: number;
 }
 
 export class Daemon implements ControlledDaemon {
@@ -142,7 +146,8 @@ export class Daemon implements ControlledDaemon {
         logger: this.log.child({ volume: cfg.name }),
       });
       try {
-        claimed = this.claim(store.location, { name: cfg.name, readOnly: cfg.readOnly || store.readOnly });
+        const start = store instanceof WindowStore ? store.offset : 0;
+        claimed = this.claim(store.location, { name: cfg.name, readOnly: cfg.readOnly || store.readOnly, start, end: start + store.size });
         if (this.cache !== null) {
           const cached = await CachedStore.open({
             backing: store,
@@ -178,10 +183,10 @@ export class Daemon implements ControlledDaemon {
   /** Records that a volume uses `location`; throws when another one already does. */
   private claim(location: string, claim: Claim): { location: string; claim: Claim } {
     const others = this.claims.get(location) ?? [];
-    const clash = others.find((o) => !(o.readOnly && claim.readOnly));
+    const clash = others.find((o) => o.start < claim.end && claim.start < o.end && !(o.readOnly && claim.readOnly));
     if (clash !== undefined) {
       throw new VhostError(
-        `volumes ${clash.name} and ${claim.name} would share one backing store (${location}); ` +
+        `volumes ${clash.name} and ${claim.name} would share one backing store (${location}, bytes ${Math.max(clash.start, claim.start)}..${Math.min(clash.end, claim.end)}); ` +
           'refused unless both are read-only',
         'EBUSY',
       );

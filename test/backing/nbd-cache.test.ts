@@ -9,7 +9,6 @@ import * as path from 'node:path';
 import { NbdStore } from '../../src/backing/nbd/nbd-store';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
-import { SUPERBLOCK_SIZE } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import type { VhostError } from '../../src/native/errors';
 import { MemNbdServer } from './nbd-mem-server';
@@ -26,7 +25,7 @@ describe('cache over an NBD export that fails or changes', function () {
   const stores: NbdStore[] = [];
 
   async function openCache(): Promise<Cache> {
-    const c = await Cache.open({ path: path.join(dir, 'cache'), size: SUPERBLOCK_SIZE + 8 * (4096 + 65536), segmentSize: 65536, engine });
+    const c = await Cache.open({ path: path.join(dir, 'cache'), size: 4 << 20, segmentSize: 65536, engine });
     caches.push(c);
     return c;
   }

@@ -312,6 +312,37 @@ describe('cache trust: no stale data after changes made behind the cache (issue 
       await daemon.addVolume(third as never);
     });
 
+    it('are accepted as disjoint windows of the store, each serving its own bytes; overlapping windows are refused', async () => {
+      const img = path.join(dir, 'w.img');
+      fs.writeFileSync(img, Buffer.alloc(1 << 20));
+      const half = 512 << 10;
+      const overlapping = daemonConfig([
+        volumeConfig('lo', img, { backingLength: half + BLOCK }),
+        volumeConfig('hi', img, { backingOffset: half }),
+      ]);
+      await assert.rejects(Daemon.start(overlapping, silentLogger), /volumes lo and hi would share one backing store .*bytes 524288\.\.528384/);
+      daemon = await Daemon.start(
+        daemonConfig([volumeConfig('lo', img, { backingLength: half }), volumeConfig('hi', img, { backingOffset: half })]),
+        silentLogger,
+      );
+      const lo = await connect('lo');
+      const hi = await connect('hi');
+      const blocks = range(half / BLOCK);
+      await writeBlocks(lo, 'lo', blocks, 1);
+      await writeBlocks(hi, 'hi', blocks, 2);
+      // Read twice: the second pass comes from the cache, each window's blocks its own.
+      for (let pass = 0; pass < 2; pass++) {
+        await checkBlocks(lo, 'lo', blocks, 1);
+        await checkBlocks(hi, 'hi', blocks, 2);
+      }
+      const onDisk = fs.readFileSync(img);
+      assert.ok(onDisk.subarray(0, BLOCK).equals(stamp('lo', 0, 1)), 'lo block 0 is at byte 0 of the store');
+      assert.ok(onDisk.subarray(half, half + BLOCK).equals(stamp('hi', 0, 2)), 'hi block 0 is at the window offset');
+      const stats = daemon.stats();
+      assert.deepEqual(stats.volumes.map((v) => v.sizeBytes), [half, half], 'each volume is the size of its window');
+      assert.ok((stats.cache?.readHits ?? 0) >= 2 * blocks.length, `the second pass is served from the cache: ${stats.cache?.readHits} hits`);
+    });
+
     it('the same NBD export under two spellings of its URI', async () => {
       const file = path.join(dir, 'n.img');
       fs.writeFileSync(file, Buffer.alloc(1 << 20));
