@@ -1,6 +1,7 @@
 /**
- * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://)
- * or a path to a raw image file or block device.
+ * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://),
+ * an RBD image (rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]) or a path to a raw image file or
+ * block device.
  */
 import type { VolumeConfig } from '../config/config';
 import type { IoEngine } from '../io/io-engine';
@@ -9,6 +10,8 @@ import type { Logger } from '../util/logger';
 import type { BackingStore } from './backing-store';
 import { FileStore } from './file-store';
 import { NbdStore } from './nbd/nbd-store';
+import { RbdStore } from './rbd/rbd-store';
+import { isRbdSpec } from './rbd/spec';
 
 export interface OpenContext {
   engine: IoEngine;
@@ -36,6 +39,9 @@ export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Pro
       );
     }
     return store;
+  }
+  if (isRbdSpec(cfg.backing)) {
+    return RbdStore.open(cfg.backing, { readOnly: cfg.readOnly, backingTimeoutMs: ctx.backingTimeoutMs, logger: ctx.logger });
   }
   return FileStore.open(cfg.backing, {
     readOnly: cfg.readOnly,

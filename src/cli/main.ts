@@ -63,7 +63,10 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-path <path>', 'vhost-user socket to listen on')
     .option('--fd <n>', 'inherited listening or connected vhost-user socket')
     .option('--socket-mode <octal>', 'mode of the created socket file', '0600')
-    .option('--backing <file|uri>', 'backing file, block device or NBD URI (nbd://host/export, nbd+unix:///export?socket=path)')
+    .option(
+      '--backing <file|uri>',
+      'backing file, block device, NBD URI (nbd://host/export, nbd+unix:///export?socket=path) or RBD image (rbd:pool/image[@snap][:conf=path][:id=user])',
+    )
     .option('--blk-file <file>', 'same as --backing (vhost-user back-end convention)')
     .option('--size <bytes>', 'create a sparse backing file of this size if it does not exist (e.g. 10G)')
     .option('--name <name>', 'volume name (identity in the cache and in statistics)', 'vol0')

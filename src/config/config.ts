@@ -3,6 +3,7 @@
  * command-line flags both end up as a DaemonConfig, validated here with messages that name
  * the bad field (e.g. `volumes[1].logicalBlockSize: must be 512 or 4096, got 1000`).
  */
+import { parseRbdSpec, isRbdSpec } from '../backing/rbd/spec';
 import { VhostError } from '../native/errors';
 
 export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
@@ -83,6 +84,19 @@ function str(o: Record<string, unknown>, key: string, field: string, required: b
   return v;
 }
 
+/** A file path, an NBD URI or an RBD spec; RBD specs are checked here (NBD URIs when opened). */
+function validateBacking(o: Record<string, unknown>, field: string): string {
+  const v = str(o, 'backing', field, true) as string;
+  if (isRbdSpec(v)) {
+    try {
+      parseRbdSpec(v);
+    } catch (err) {
+      fail(`${field}.backing`, (err as Error).message);
+    }
+  }
+  return v;
+}
+
 function bool(o: Record<string, unknown>, key: string, field: string, dflt: boolean): boolean {
   const v = o[key];
   if (v === undefined) return dflt;
@@ -150,7 +164,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     ...(socketPath !== undefined ? { socketPath } : {}),
     ...(fd !== undefined ? { fd } : {}),
     socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, 0o777),
-    backing: str(raw, 'backing', field, true) as string,
+    backing: validateBacking(raw, field),
     ...(size !== undefined ? { size } : {}),
     readOnly: bool(raw, 'readOnly', field, false),
     cacheMode,
