@@ -128,37 +128,37 @@ export class RbdStore implements BackingStore {
     return this.img.pending;
   }
 
-  read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     const len = totalLength(bufs);
     this.checkRange('read', offset, len);
-    if (len === 0) return Promise.resolve();
+    if (len === 0) return;
     return this.submit('read', (tag) => this.img.read(tag, offset, bufs));
   }
 
-  write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+  async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     this.checkWritable('write');
     const len = totalLength(bufs);
     this.checkRange('write', offset, len);
-    if (len === 0) return Promise.resolve();
+    if (len === 0) return;
     return this.submit('write', (tag) => this.img.write(tag, offset, bufs));
   }
 
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
     this.checkUsable();
     return this.submit('flush', (tag) => this.img.flush(tag));
   }
 
-  discard(offset: number, length: number): Promise<void> {
+  async discard(offset: number, length: number): Promise<void> {
     this.checkWritable('discard');
     this.checkRange('discard', offset, length);
-    if (length === 0) return Promise.resolve();
+    if (length === 0) return;
     return this.submit('discard', (tag) => this.img.discard(tag, offset, length));
   }
 
-  writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
+  async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
     this.checkWritable('write zeroes');
     this.checkRange('write zeroes', offset, length);
-    if (length === 0) return Promise.resolve();
+    if (length === 0) return;
     return this.submit('write zeroes', (tag) => this.img.writeZeroes(tag, offset, length, unmap));
   }
 
