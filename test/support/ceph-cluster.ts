@@ -7,7 +7,7 @@
  * Settings that make it fast and small on a loaded 2-core machine: paxos_propose_interval 0.05
  * (the 1 s default makes bring-up several seconds), memstore with 4 KiB pages and short PG logs
  * (its defaults eat GiBs of RAM), osd_fast_shutdown false. Without a mgr, status commands that
- * need one hang: readiness is proven by I/O instead (rbd create waits for the pool's PGs).
+ * need one hang: start() returns once the OSD's log says it is up and active in the map.
  * A memstore OSD loses its data when killed: outages are simulated with stopOsd()/resumeOsd()
  * (SIGSTOP/SIGCONT).
  */
@@ -131,6 +131,19 @@ export class CephCluster {
       run('ceph-osd', ['-c', this.conf, '-i', '0', '--mkfs', '--osd-uuid', osdUuid]),
     ]);
     this.osd = this.daemon('ceph-osd', ['-c', this.conf, '-i', '0', '-f']);
+    // A client that connects before the monitors marked the OSD up waits for its next objecter
+    // tick (5 s) to learn that it is: return once the OSD saw itself up in the map.
+    await this.waitForLog(path.join(d, 'log', 'osd.0.log'), 'state: booting -> active', this.osd);
+  }
+
+  private async waitForLog(file: string, needle: string, proc: ChildProcess, timeoutMs = 60_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      if (fs.existsSync(file) && fs.readFileSync(file, 'utf8').includes(needle)) return;
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${file}: the daemon exited before '${needle}'`);
+      if (Date.now() > end) throw new Error(`${file}: no '${needle}' within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
 
   private daemon(cmd: string, args: string[]): ChildProcess {
