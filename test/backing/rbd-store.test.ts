@@ -225,6 +225,26 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     verify(buf, 0, 1);
   });
 
+  it('never lets a timed-out write land over a newer write of the same block', async () => {
+    const { store } = await image(MiB, { backingTimeoutMs: 1000 });
+    await store.write(0, [stamped(0, 4 * BLOCK, 1)]);
+    ceph.stopOsd();
+    let newer: Promise<void>;
+    try {
+      await assert.rejects(store.write(0, [stamped(0, 4 * BLOCK, 2)]), (e: VhostError) => e.code === 'ETIMEDOUT');
+      // The guest retries with newer data while librbd still holds the old write.
+      newer = store.write(0, [stamped(0, 4 * BLOCK, 3)]);
+      await until('both writes held by librbd', () => store.pendingInLibrbd === 2);
+    } finally {
+      ceph.resumeOsd();
+    }
+    await newer;
+    await until('librbd to finish the abandoned write', () => store.pendingInLibrbd === 0);
+    const buf = Buffer.alloc(4 * BLOCK);
+    await store.read(0, [buf]);
+    verify(buf, 0, 3);
+  });
+
   it('closes promptly while the cluster holds requests (the image is abandoned)', async () => {
     const { store } = await image(MiB, { backingTimeoutMs: 1000 });
     ceph.stopOsd();
