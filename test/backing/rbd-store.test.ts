@@ -124,6 +124,24 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     assert.ok(Date.now() - t0 < 20_000);
   });
 
+  it('fails to open within the timeout while the OSD does not answer, and recovers', async () => {
+    await ceph.createImage('stalled', MiB);
+    ceph.stopOsd();
+    try {
+      const t0 = Date.now();
+      await assert.rejects(
+        RbdStore.open(`rbd:${ceph.pool}/stalled:conf=${ceph.conf}`, { backingTimeoutMs: 1500 }),
+        (e: VhostError) => e.code === 'ETIMEDOUT' && /opening the image timed out/.test(e.message),
+      );
+      assert.ok(Date.now() - t0 < 10_000);
+    } finally {
+      ceph.resumeOsd();
+    }
+    const store = await RbdStore.open(`rbd:${ceph.pool}/stalled:conf=${ceph.conf}`);
+    stores.push(store);
+    await store.write(0, [stamped(0, BLOCK, 1)]);
+  });
+
   it('opens snapshots read-only with their own data and identity', async () => {
     const { name, store } = await image(4 * MiB);
     await store.write(0, [stamped(0, 16 * BLOCK, 1)]);

@@ -93,7 +93,8 @@ export class RbdStore implements BackingStore {
   /**
    * Parses the spec, connects and opens the image. Rejects with EOPNOTSUPP when the addon was
    * built without librbd, EINVAL for a malformed spec, and librados/librbd's errno (ENOENT for a
-   * missing pool, image, snapshot or keyring, ETIMEDOUT when no monitor answers ...).
+   * missing pool, image, snapshot or keyring, ETIMEDOUT when no monitor answers or the open
+   * takes longer than backingTimeoutMs ...).
    */
   static async open(spec: string | RbdSpec, options: RbdStoreOptions = {}): Promise<RbdStore> {
     const s = typeof spec === 'string' ? parseRbdSpec(spec) : spec;
@@ -109,7 +110,7 @@ export class RbdStore implements BackingStore {
     let store: RbdStore | null = null;
     const img = new ctor((count, changed) => store?.onComplete(count, changed));
     const readOnly = options.readOnly === true || s.snap !== undefined;
-    const info = await img.open({
+    const opening = img.open({
       pool: s.pool,
       image: s.image,
       ...(s.snap !== undefined ? { snap: s.snap } : {}),
@@ -118,6 +119,22 @@ export class RbdStore implements BackingStore {
       readOnly,
       mountTimeoutSec: Math.max(1, Math.ceil(timeoutMs / 1000)),
     });
+    // librados bounds the monitor connection (client_mount_timeout); reading the image header
+    // waits for the OSDs without a bound, so the whole open is bounded here. An open that
+    // finishes after its caller gave up closes the image again.
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        opening.then(() => img.close(), () => undefined).catch(() => undefined);
+        reject(new VhostError(`${formatRbdSpec(s)}: opening the image timed out after ${timeoutMs} ms (cluster unreachable?)`, 'ETIMEDOUT'));
+      }, timeoutMs);
+    });
+    let info: RbdImageInfo;
+    try {
+      info = await Promise.race([opening, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
     store = new RbdStore(s, img, info, readOnly, timeoutMs, log);
     log.info({ size: info.size, imageId: info.imageId, snapId: info.snapId, poolId: info.poolId, readOnly }, 'RBD image opened');
     return store;
