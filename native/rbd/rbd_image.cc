@@ -189,7 +189,10 @@ class RbdOpenWorker : public RbdWorker {
   void OnOK() override {
     Napi::Env env = Env();
     if (err_ != 0) {
+      // The failed attempt released librbd's handles: the eventfd is ours alone again.
       owner_->opening_ = false;
+      close(owner_->eventfd_);
+      owner_->eventfd_ = -1;
       Reject();
       return;
     }

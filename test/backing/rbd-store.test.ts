@@ -9,6 +9,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RbdStore } from '../../src/backing/rbd/rbd-store';
+import { native } from '../../src/native/binding';
 import type { VhostError } from '../../src/native/errors';
 import { CephCluster } from '../support/ceph-cluster';
 import { BLOCK, freePort, scatter, stamped, verify } from './nbd-servers';
@@ -114,6 +115,22 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     const cephx = path.join(ceph.dir, 'cephx.conf');
     fs.writeFileSync(cephx, fs.readFileSync(ceph.conf, 'utf8').replace(/auth_client_required = none/, 'auth_client_required = cephx') + `keyring = ${ceph.dir}/no.keyring\n`);
     await assert.rejects(open(`rbd:rbd/present:conf=${cephx}:id=vbc`), (e: VhostError) => e.code === 'ENOENT' && /no keyring for client\.vbc/.test(e.message));
+  });
+
+  it('releases the eventfd of a failed open: the native image can open again, no fd leaks', async () => {
+    await ceph.createImage('retry', MiB);
+    const Ctor = native.rbd.RbdImage;
+    assert.ok(Ctor);
+    const img = new Ctor(() => undefined);
+    const fds = (): number => fs.readdirSync('/proc/self/fd').length;
+    const opts = { pool: ceph.pool, conf: ceph.conf, readOnly: false, mountTimeoutSec: 5 };
+    await assert.rejects(img.open({ ...opts, image: 'absent' }), (e: VhostError) => e.code === 'ENOENT');
+    const before = fds();
+    for (let i = 0; i < 5; i++) await assert.rejects(img.open({ ...opts, image: 'absent' }), (e: VhostError) => e.code === 'ENOENT');
+    assert.equal(fds(), before, 'failed opens leave no file descriptor behind');
+    const info = await img.open({ ...opts, image: 'retry' });
+    assert.equal(info.size, MiB);
+    assert.equal(await img.close(), undefined, 'a clean close');
   });
 
   it('fails to open within the timeout when no monitor answers', async () => {
