@@ -1,7 +1,7 @@
 /**
- * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://)
- * or a path to a raw image file or block device; with `backingOffset` / `backingLength`, a
- * window of it (WindowStore).
+ * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://),
+ * an RBD image (rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]) or a path to a raw image file or
+ * block device; with `backingOffset` / `backingLength`, a window of it (WindowStore).
  */
 import type { VolumeConfig } from '../config/config';
 import type { IoEngine } from '../io/io-engine';
@@ -10,6 +10,8 @@ import type { Logger } from '../util/logger';
 import type { BackingStore } from './backing-store';
 import { FileStore } from './file-store';
 import { NbdStore } from './nbd/nbd-store';
+import { RbdStore } from './rbd/rbd-store';
+import { isRbdSpec } from './rbd/spec';
 import { WindowStore } from './window-store';
 
 export interface OpenContext {
@@ -50,6 +52,9 @@ async function openWholeStore(cfg: VolumeConfig, ctx: OpenContext): Promise<Back
       );
     }
     return store;
+  }
+  if (isRbdSpec(cfg.backing)) {
+    return RbdStore.open(cfg.backing, { readOnly: cfg.readOnly, backingTimeoutMs: ctx.backingTimeoutMs, logger: ctx.logger });
   }
   return FileStore.open(cfg.backing, {
     readOnly: cfg.readOnly,

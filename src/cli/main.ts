@@ -66,7 +66,10 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-mode <octal>', 'mode of the created socket file', '0600')
     .option('--socket-owner <user[:group]>', "chown the created socket (e.g. libvirt's qemu user)")
     .option('--allow-uid <uid[,uid...]>', 'only front ends running as these uids may connect (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
-    .option('--backing <file|uri>', 'backing file, block device or NBD URI (nbd://host/export, nbd+unix:///export?socket=path)')
+    .option(
+      '--backing <file|uri>',
+      'backing file, block device, NBD URI (nbd://host/export, nbd+unix:///export?socket=path) or RBD image (rbd:pool/image[@snap][:conf=path][:id=user])',
+    )
     .option('--blk-file <file>', 'same as --backing (vhost-user back-end convention)')
     .option('--size <bytes>', 'create a sparse backing file of this size if it does not exist (e.g. 10G)')
     .option('--name <name>', 'volume name (identity in the cache and in statistics)', 'vol0')

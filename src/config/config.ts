@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { native } from '../native/binding';
+import { parseRbdSpec, isRbdSpec } from '../backing/rbd/spec';
 import { VhostError } from '../native/errors';
 
 const LIMITS = native.limits;
@@ -109,6 +110,19 @@ function str(o: Record<string, unknown>, key: string, field: string, required: b
   const v = o[key];
   if (v === undefined) return required ? fail(`${field}.${key}`, 'is required') : undefined;
   if (typeof v !== 'string' || v.length === 0) fail(`${field}.${key}`, `must be a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** A file path, an NBD URI or an RBD spec; RBD specs are checked here (NBD URIs when opened). */
+function validateBacking(o: Record<string, unknown>, field: string): string {
+  const v = str(o, 'backing', field, true) as string;
+  if (isRbdSpec(v)) {
+    try {
+      parseRbdSpec(v);
+    } catch (err) {
+      fail(`${field}.backing`, (err as Error).message);
+    }
+  }
   return v;
 }
 
@@ -238,7 +252,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, LIMITS.maxSocketMode),
     ...(owner !== undefined ? { socketOwner: owner } : {}),
     ...(uids !== undefined ? { allowUids: uids } : {}),
-    backing: str(raw, 'backing', field, true) as string,
+    backing: validateBacking(raw, field),
     ...(size !== undefined ? { size } : {}),
     ...(backingOffset !== undefined ? { backingOffset } : {}),
     ...(backingLength !== undefined ? { backingLength } : {}),
