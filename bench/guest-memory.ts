@@ -10,7 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VhostUserFrontend } from '../src/frontend/vhost-user-frontend';
 import { native } from '../src/native/binding';
-import { REQ_FIRST_SEG, REQ_SEG_COUNT, REQ_SLOT, REQ_STRIDE, VIRTIO_BLK_T_IN, type NativeVhostDevice } from '../src/native/types';
+import { REQ_FIRST_SEG, REQ_SEG_COUNT, REQ_SLOT, REQ_STRIDE, type NativeVhostDevice } from '../src/native/types';
+import { VIRTIO_BLK_T_IN } from '../src/virtio-blk/spec';
 
 async function main(): Promise<void> {
   const count = Number(process.argv[2] ?? 200_000);

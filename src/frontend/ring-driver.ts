@@ -35,16 +35,19 @@
  */
 import { VhostError } from '../native/errors';
 import type { NativeEventFd } from '../native/types';
+import type { GuestBuffer, GuestMemory } from './guest-memory';
+import { type BlkRange, writeBlkHeader, writeBlkRanges } from './virtio-blk';
 import {
+  BLK_HEADER_SIZE,
+  BLK_ID_BYTES,
+  BLK_RANGE_SIZE,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from '../native/types';
-import type { GuestBuffer, GuestMemory } from './guest-memory';
-import { BLK_HEADER_SIZE, BLK_ID_BYTES, BLK_RANGE_SIZE, type BlkRange, writeBlkHeader, writeBlkRanges } from './virtio-blk';
+} from '../virtio-blk/spec';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;

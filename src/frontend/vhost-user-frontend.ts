@@ -37,7 +37,6 @@ import { VhostError } from '../native/errors';
 import type { NativeEventFd, NativeFrontendChannel } from '../native/types';
 import { GuestMemory } from './guest-memory';
 import {
-  BlkFeature,
   CONFIG_TYPE_FRONTEND,
   decodeConfig,
   decodeMessage,
@@ -65,7 +64,8 @@ import {
   type VhostUserMessage,
 } from './protocol';
 import { SplitRing } from './ring-driver';
-import { BLK_CONFIG_SIZE, type BlkConfig, parseBlkConfig } from './virtio-blk';
+import { BLK_CONFIG_SIZE, VIRTIO_BLK_F_ALL } from '../virtio-blk/spec';
+import { type BlkConfig, parseBlkConfig } from './virtio-blk';
 
 export interface FrontendOptions {
   /** Guest RAM bytes (multiple of 4096; default 64 MiB). */
@@ -85,7 +85,7 @@ export interface FrontendOptions {
   /**
    * Device feature bits (besides VERSION_1, EVENT_IDX, INDIRECT_DESC and
    * VHOST_USER_F_PROTOCOL_FEATURES) to accept when offered. Default: every virtio-blk bit
-   * listed in BlkFeature.
+   * defined in src/virtio-blk/spec (VIRTIO_BLK_F_ALL).
    */
   blkFeatures?: bigint;
   /** Protocol features to accept when offered (default REPLY_ACK | MQ | CONFIG | CONFIGURE_MEM_SLOTS). */
@@ -102,7 +102,7 @@ export interface FrontendOptions {
   onDisconnect?: (err: Error | null) => void;
 }
 
-export const DEFAULT_BLK_FEATURES: bigint = Object.values(BlkFeature).reduce((m, b) => m | bit(b), 0n);
+export const DEFAULT_BLK_FEATURES: bigint = VIRTIO_BLK_F_ALL.reduce((m, b) => m | bit(b), 0n);
 export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.MQ) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 

@@ -25,6 +25,12 @@ import {
   REQ_SLOT,
   REQ_STRIDE,
   REQ_TYPE,
+} from '../native/types';
+import {
+  BLK_ID_BYTES,
+  BLK_RANGE_F_UNMAP,
+  BLK_RANGE_SIZE,
+  SECTOR_SIZE,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
@@ -34,7 +40,7 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from '../native/types';
+} from './spec';
 import type { BackingStore } from '../backing/backing-store';
 import { REQUEST_TYPES, RequestLatency } from '../metrics/request-latency';
 import { LogLimiter } from '../util/log-limiter';
@@ -45,7 +51,6 @@ import {
   MAX_DISCARD_SEG,
   MAX_WRITE_ZEROES_SECTORS,
   MAX_WRITE_ZEROES_SEG,
-  SECTOR_SIZE,
 } from './config';
 
 /** What the dispatcher needs to know about the volume it serves. */
@@ -99,14 +104,12 @@ export interface BlkRange {
   flags: number;
 }
 
-const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
 /** Indices into REQUEST_TYPES (src/metrics/request-latency.ts). */
 const READ = REQUEST_TYPES.indexOf('read');
 const WRITE = REQUEST_TYPES.indexOf('write');
 const FLUSH = REQUEST_TYPES.indexOf('flush');
 const DISCARD = REQUEST_TYPES.indexOf('discard');
 const WRITE_ZEROES = REQUEST_TYPES.indexOf('write-zeroes');
-const RANGE_SIZE = 16;
 
 /** Concatenates a scatter list (only small payloads: ranges, never bulk data). */
 function gather(segs: readonly Uint8Array[]): Buffer {
@@ -122,10 +125,10 @@ function gather(segs: readonly Uint8Array[]): Buffer {
  * maxRanges (decided from dataLen alone: an oversized table is never gathered).
  */
 export function parseRanges(segs: readonly Uint8Array[], dataLen: number, maxRanges: number): BlkRange[] | null {
-  if (dataLen === 0 || dataLen % RANGE_SIZE !== 0 || dataLen / RANGE_SIZE > maxRanges) return null;
+  if (dataLen === 0 || dataLen % BLK_RANGE_SIZE !== 0 || dataLen / BLK_RANGE_SIZE > maxRanges) return null;
   const b = gather(segs);
   const out: BlkRange[] = [];
-  for (let off = 0; off < dataLen; off += RANGE_SIZE) {
+  for (let off = 0; off < dataLen; off += BLK_RANGE_SIZE) {
     const sector = b.readBigUInt64LE(off);
     if (sector > BigInt(Number.MAX_SAFE_INTEGER)) return null;
     out.push({ sector: Number(sector), sectors: b.readUInt32LE(off + 8), flags: b.readUInt32LE(off + 12) });
@@ -222,8 +225,8 @@ export class BlkDispatcher {
         return this.run(queue, slot, FLUSH, 0, () => t.store.flush());
       case VIRTIO_BLK_T_GET_ID: {
         this.stats.getIds++;
-        const id = Buffer.alloc(20);
-        id.write(t.serial.slice(0, 20), 'utf8');
+        const id = Buffer.alloc(BLK_ID_BYTES);
+        id.write(t.serial.slice(0, BLK_ID_BYTES), 'utf8');
         let off = 0;
         for (const seg of data) {
           if (off >= id.length) break;
@@ -258,7 +261,7 @@ export class BlkDispatcher {
     if (ranges === null) return this.reject(queue, slot, 'malformed range table', { dataLen });
     for (const r of ranges) {
       // virtio 1.2 5.2.6.2: unmap is only defined for write-zeroes; other flag bits are reserved.
-      const allowed = discard ? 0 : VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+      const allowed = discard ? 0 : BLK_RANGE_F_UNMAP;
       if ((r.flags & ~allowed) !== 0) {
         this.stats.unsupported++;
         return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
@@ -275,7 +278,7 @@ export class BlkDispatcher {
         const len = r.sectors * SECTOR_SIZE;
         if (len === 0) continue;
         if (discard) await t.store.discard(off, len);
-        else await t.store.writeZeroes(off, len, (r.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0);
+        else await t.store.writeZeroes(off, len, (r.flags & BLK_RANGE_F_UNMAP) !== 0);
       }
     });
   }

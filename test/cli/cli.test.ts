@@ -19,7 +19,7 @@ import { CAPABILITIES } from '../../src/cli/main';
 import type { DaemonStats } from '../../src/control/daemon-api';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { LATENCY_BUCKETS_S } from '../../src/metrics/request-latency';
-import { VIRTIO_BLK_S_OK } from '../../src/native/types';
+import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 
 const REPO = path.resolve(__dirname, '../../..');
 const BIN = path.join(REPO, 'bin', 'vhost-blk-cache');

@@ -14,8 +14,8 @@ import { Daemon } from '../../src/daemon/daemon';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/frontend/ring-driver';
 import { VhostError } from '../../src/native/errors';
-import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/native/types';
 import { silentLogger } from '../../src/util/logger';
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/virtio-blk/spec';
 
 const BLOCK = 4096;
 

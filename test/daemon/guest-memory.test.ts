@@ -12,21 +12,28 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
-import { encodeMemRegion, encodeMemTable, encodeU64, encodeVringAddr, encodeVringState, VhostUserRequest as R } from '../../src/frontend/protocol';
+import {
+  encodeMemRegion,
+  encodeMemTable,
+  encodeU64,
+  encodeVringAddr,
+  encodeVringState,
+  VhostUserRequest as R,
+} from '../../src/frontend/protocol';
 import type { RawDesc } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
 import { native } from '../../src/native/binding';
+import { type NativeGuestRam } from '../../src/native/types';
+import { silentLogger } from '../../src/util/logger';
+import { mappingsOf } from '../vhost/helpers';
 import {
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
-  type NativeGuestRam,
-} from '../../src/native/types';
-import { silentLogger } from '../../src/util/logger';
-import { mappingsOf } from '../vhost/helpers';
+} from '../../src/virtio-blk/spec';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;

@@ -7,12 +7,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { VhostError } from '../../src/native/errors';
-import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/native/types';
 import { Feature, FLAG_NEED_REPLY, FLAG_VERSION, hasBit, ProtocolFeature, VhostUserRequest } from '../../src/frontend/protocol';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitRing } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
 import { type Qsd, startQsd } from './qsd';
+import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
 
 const BLOCK = 4096;
 const SECTORS_PER_BLOCK = BLOCK / 512;

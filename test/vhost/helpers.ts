@@ -16,20 +16,27 @@ import {
   REQ_SLOT,
   REQ_STRIDE,
   REQ_TYPE,
+  type NativeVhostDevice,
+  type VhostDeviceEvent,
+  type VhostDeviceOptions,
+} from '../../src/native/types';
+import {
+  BLK_CONFIG_SIZE,
+  SECTOR_SIZE,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
   VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
-  type NativeVhostDevice,
-  type VhostDeviceEvent,
-  type VhostDeviceOptions,
-} from '../../src/native/types';
+  VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_SEG_MAX,
+} from '../../src/virtio-blk/spec';
 
 export const DISK_BYTES = 8 << 20;
 /** VIRTIO_BLK_F_SEG_MAX | BLK_SIZE | FLUSH. */
-export const BLK_FEATURES = (1n << 2n) | (1n << 6n) | (1n << 9n);
+export const BLK_FEATURES = (1n << BigInt(VIRTIO_BLK_F_SEG_MAX)) | (1n << BigInt(VIRTIO_BLK_F_BLK_SIZE)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 
 /** Mappings of the file with this inode in this process (a front end's and a device's). */
 export function mappingsOf(ino: number): number {
@@ -46,9 +53,9 @@ export function tmpSocketPath(tag: string): string {
 
 /** virtio_blk_config: capacity, seg_max 126, blk_size 512, num_queues. */
 export function blkConfig(queues: number): Uint8Array {
-  const c = new Uint8Array(60);
+  const c = new Uint8Array(BLK_CONFIG_SIZE);
   const v = new DataView(c.buffer);
-  v.setBigUint64(0, BigInt(DISK_BYTES / 512), true);
+  v.setBigUint64(0, BigInt(DISK_BYTES / SECTOR_SIZE), true);
   v.setUint32(12, 126, true);
   v.setUint32(20, 512, true);
   v.setUint16(34, queues, true);

@@ -17,9 +17,9 @@ import * as path from 'node:path';
 import { encodeMessage, encodeU64, FLAG_NEED_REPLY, FLAG_VERSION, VhostUserRequest as R } from '../../src/frontend/protocol';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { native } from '../../src/native/binding';
-import { VIRTIO_BLK_S_OK } from '../../src/native/types';
 import { VbcDaemon } from '../e2e/vm/daemon';
 import { RawClient } from './helpers';
+import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 
 const BLOCK = 4096;
 

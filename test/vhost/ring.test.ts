@@ -9,17 +9,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { VhostError } from '../../src/native/errors';
-import {
-  VIRTIO_BLK_S_IOERR,
-  VIRTIO_BLK_S_OK,
-  VIRTIO_BLK_T_IN,
-  VIRTIO_BLK_T_OUT,
-} from '../../src/native/types';
 import { VhostUserRequest, encodeVringState } from '../../src/frontend/protocol';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type RawDesc } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend, type FrontendOptions } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
 import { mappingsOf, startDevice, type TestDevice } from './helpers';
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
 
 function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);

@@ -2,9 +2,13 @@ import { strict as assert } from 'node:assert';
 import pino from 'pino';
 import { silentLogger } from '../../src/util/logger';
 import { BlkDispatcher, parseRanges, type DispatchTarget } from '../../src/virtio-blk/dispatch';
-import { CONFIG_SIZE, encodeBlkConfig, blkFeatures, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_DISCARD } from '../../src/virtio-blk/config';
+import { encodeBlkConfig, blkFeatures } from '../../src/virtio-blk/config';
+import { REQ_STRIDE } from '../../src/native/types';
+import { MemStore } from '../cache/helpers';
 import {
-  REQ_STRIDE,
+  BLK_CONFIG_SIZE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_RO,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
@@ -14,8 +18,7 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from '../../src/native/types';
-import { MemStore } from '../cache/helpers';
+} from '../../src/virtio-blk/spec';
 
 interface Req {
   type: number;
@@ -252,7 +255,7 @@ describe('virtio-blk config space', () => {
 
   it('lays out capacity, block size, queues and limits as virtio 1.2 defines', () => {
     const c = encodeBlkConfig(g);
-    assert.equal(c.length, CONFIG_SIZE);
+    assert.equal(c.length, BLK_CONFIG_SIZE);
     assert.equal(c.readBigUInt64LE(0), BigInt((10 * 2 ** 30) / 512));
     assert.equal(c.readUInt32LE(20), 4096);
     assert.equal(c[32], 1);
