@@ -351,7 +351,7 @@ export class VhostUserFrontend {
     this.deviceFeatures = await this.requestU64(R.GET_FEATURES);
     await this.request(R.SET_OWNER);
     if (!hasBit(this.deviceFeatures, Feature.VERSION_1)) {
-      throw new VhostError('back end does not offer VIRTIO_F_VERSION_1', 'ENOTSUP');
+      throw new VhostError('back end does not offer VIRTIO_F_VERSION_1', 'EOPNOTSUPP');
     }
     if (hasBit(this.deviceFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
       this.protocolFeaturesOffered = await this.requestU64(R.GET_PROTOCOL_FEATURES);
@@ -365,7 +365,7 @@ export class VhostUserFrontend {
         throw new VhostError(`back end supports ${this.queueNum} queues, ${o.queues} wanted`, 'EINVAL');
       }
     } else if (o.queues > 1) {
-      throw new VhostError('back end does not negotiate MQ; only 1 queue possible', 'ENOTSUP');
+      throw new VhostError('back end does not negotiate MQ; only 1 queue possible', 'EOPNOTSUPP');
     }
     if (hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
       this.maxMemSlots = Number(await this.requestU64(R.GET_MAX_MEM_SLOTS));
@@ -415,7 +415,7 @@ export class VhostUserFrontend {
     if (this.rings.length > 0) throw new VhostError('queues already started', 'EBUSY');
     if (o.memoryMessage === 'add-mem-reg') {
       if (!hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
-        throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'ENOTSUP');
+        throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'EOPNOTSUPP');
       }
       await this.request(R.ADD_MEM_REG, encodeMemRegion(this.memRegion()), [this.memory.fd]);
     } else {
