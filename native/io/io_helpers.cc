@@ -18,15 +18,6 @@
 
 namespace vbc {
 
-std::string ErrnoName(int err) {
-  const char* name = strerrorname_np(err);
-  return name != nullptr ? std::string(name) : "E" + std::to_string(err);
-}
-
-void ThrowErrno(Napi::Env env, int err, const std::string& what) {
-  ThrowError(env, ErrnoName(err), what + ": " + strerror(err));
-}
-
 namespace {
 
 constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
@@ -81,7 +72,7 @@ class SyscallWorker : public Napi::AsyncWorker {
 Napi::Value JS_blockDeviceSize(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   uint64_t size = 0;
-  if (ioctl(fd, BLKGETSIZE64, &size) < 0) ThrowErrno(info.Env(), errno, "ioctl(BLKGETSIZE64)");
+  if (ioctl(fd, BLKGETSIZE64, &size) < 0) ThrowErrno(info.Env(), "ioctl(BLKGETSIZE64)", errno);
   if (static_cast<double>(size) > kMaxSafeInteger) ThrowError(info.Env(), "EOVERFLOW", "block device larger than 2^53 bytes");
   return Napi::Number::New(info.Env(), static_cast<double>(size));
 }
@@ -90,7 +81,7 @@ Napi::Value JS_blockDeviceSize(const Napi::CallbackInfo& info) {
 Napi::Value JS_logicalBlockSize(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   int ssz = 0;
-  if (ioctl(fd, BLKSSZGET, &ssz) < 0) ThrowErrno(info.Env(), errno, "ioctl(BLKSSZGET)");
+  if (ioctl(fd, BLKSSZGET, &ssz) < 0) ThrowErrno(info.Env(), "ioctl(BLKSSZGET)", errno);
   return Napi::Number::New(info.Env(), ssz);
 }
 
@@ -198,7 +189,7 @@ Napi::Value JS_isDirectIoAligned(const Napi::CallbackInfo& info) {
 // EWOULDBLOCK.
 Napi::Value JS_lockExclusive(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) ThrowErrno(info.Env(), errno, "flock");
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) ThrowErrno(info.Env(), "flock", errno);
   return info.Env().Undefined();
 }
 
@@ -218,11 +209,11 @@ Napi::Value JS_sendUnixDatagram(const Napi::CallbackInfo& info) {
   if (path[0] == '@') addr.sun_path[0] = '\0';
   socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) ThrowErrno(env, errno, "socket");
+  if (fd < 0) ThrowErrno(env, "socket", errno);
   ssize_t n = sendto(fd, data.Data(), data.ByteLength(), MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr), len);
   int err = errno;
   close(fd);
-  if (n < 0) ThrowErrno(env, err, "sendto " + path);
+  if (n < 0) ThrowErrno(env, "sendto " + path, err);
   return env.Undefined();
 }
 

@@ -8,10 +8,6 @@
 
 namespace vbc {
 
-// "EBADF", "EIO", ... for an errno value ("E<number>" when the C library has no name).
-std::string ErrnoName(int err);
-// Throws VhostError(`${what}: ${strerror}`, errno name).
-[[noreturn]] void ThrowErrno(Napi::Env env, int err, const std::string& what);
 
 // Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, lockExclusive,
 // sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.

@@ -232,19 +232,19 @@ IoRing::IoRing(const Napi::CallbackInfo& info) : ObjectWrap<IoRing>(info) {
   std::string step;
   // CQ twice the SQ: a full SQ of completions fits while the previous batch is not reaped.
   int r = ring_.Open(entries, entries * 2, &step);
-  if (r < 0) ThrowErrno(env, -r, step);
+  if (r < 0) ThrowErrno(env, step, -r);
   eventfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (eventfd_ < 0) {
     int err = errno;
     ring_.Close();
-    ThrowErrno(env, err, "eventfd");
+    ThrowErrno(env, "eventfd", err);
   }
   if (SysRegister(ring_.fd(), IORING_REGISTER_EVENTFD, &eventfd_, 1) < 0) {
     int err = errno;
     close(eventfd_);
     eventfd_ = -1;
     ring_.Close();
-    ThrowErrno(env, err, "io_uring_register(EVENTFD)");
+    ThrowErrno(env, "io_uring_register(EVENTFD)", err);
   }
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
@@ -469,7 +469,7 @@ void IoRing::SubmitToKernel(Napi::Env env, bool getevents) {
       SignalEventfd();
       return;
     }
-    if (r < 0) ThrowErrno(env, -r, "io_uring_enter");
+    if (r < 0) ThrowErrno(env, "io_uring_enter", -r);
     to_submit = ring_.Unsubmitted();
     // Without IORING_SETUP_SUBMIT_ALL the kernel stops at an SQE that fails to prepare (it
     // posts a CQE for it): go on with the rest.
