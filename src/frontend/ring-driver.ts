@@ -35,6 +35,7 @@
  */
 import { VhostError } from '../native/errors';
 import type { NativeEventFd } from '../native/types';
+import { IdleWaiters } from '../util/idle-waiters';
 import type { GuestBuffer, GuestMemory } from './guest-memory';
 import { type BlkRange, writeBlkHeader, writeBlkRanges } from './virtio-blk';
 import {
@@ -209,7 +210,7 @@ export class SplitRing {
   private readonly waiters: Waiter[] = [];
   private kickScheduled = false;
   private dead: Error | null = null;
-  private idleWaiters: (() => void)[] = [];
+  private readonly idleWaiters = new IdleWaiters();
   private deviceErrorHandler: ((err: Error) => void) | null = null;
   // Indices into mem.u16 / mem.u32.
   private readonly availIdxI: number;
@@ -483,11 +484,7 @@ export class SplitRing {
     this.completed += n;
     while (this.waiters.length > 0 && this.waiters[0]()) this.waiters.shift();
     this.kick();
-    if (this.numInflight === 0 && this.idleWaiters.length > 0) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const f of w) f();
-    }
+    if (this.numInflight === 0) this.idleWaiters.wake();
     return n;
   }
 
@@ -514,7 +511,7 @@ export class SplitRing {
   /** Resolves when no request is in flight (immediately if none is). */
   idle(): Promise<void> {
     if (this.numInflight === 0 || this.dead !== null) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    return this.idleWaiters.wait();
   }
 
   /**
@@ -536,8 +533,7 @@ export class SplitRing {
     this.numInflight = 0;
     const waiting = this.waiters.splice(0);
     for (const w of waiting) w();
-    const idle = this.idleWaiters.splice(0);
-    for (const f of idle) f();
+    this.idleWaiters.wake();
   }
 
   /** avail->idx as last published (what GET_VRING_BASE should report once all is consumed). */

@@ -43,6 +43,8 @@ import {
 } from './spec';
 import type { BackingStore } from '../backing/backing-store';
 import { REQUEST_TYPES, RequestLatency } from '../metrics/request-latency';
+import { IdleWaiters } from '../util/idle-waiters';
+import { flattenIov, scatterIov } from '../util/iov';
 import { LogLimiter } from '../util/log-limiter';
 import type { Logger } from '../util/logger';
 import {
@@ -111,22 +113,13 @@ const FLUSH = REQUEST_TYPES.indexOf('flush');
 const DISCARD = REQUEST_TYPES.indexOf('discard');
 const WRITE_ZEROES = REQUEST_TYPES.indexOf('write-zeroes');
 
-/** Concatenates a scatter list (only small payloads: ranges, never bulk data). */
-function gather(segs: readonly Uint8Array[]): Buffer {
-  if (segs.length === 1) {
-    const s = segs[0] as Uint8Array;
-    return Buffer.from(s.buffer, s.byteOffset, s.byteLength);
-  }
-  return Buffer.concat(segs);
-}
-
 /**
  * Parses the range table of a DISCARD / WRITE_ZEROES request; null if malformed or longer than
  * maxRanges (decided from dataLen alone: an oversized table is never gathered).
  */
 export function parseRanges(segs: readonly Uint8Array[], dataLen: number, maxRanges: number): BlkRange[] | null {
   if (dataLen === 0 || dataLen % BLK_RANGE_SIZE !== 0 || dataLen / BLK_RANGE_SIZE > maxRanges) return null;
-  const b = gather(segs);
+  const b = flattenIov(segs);
   const out: BlkRange[] = [];
   for (let off = 0; off < dataLen; off += BLK_RANGE_SIZE) {
     const sector = b.readBigUInt64LE(off);
@@ -148,7 +141,7 @@ export class BlkDispatcher {
   private stopped = false;
   /** performance.now() when the batch being dispatched arrived. */
   private batchStart = 0;
-  private drainWaiters: (() => void)[] = [];
+  private readonly drained = new IdleWaiters();
   private readonly limited: LogLimiter;
 
   constructor(
@@ -172,7 +165,7 @@ export class BlkDispatcher {
   /** Resolves once every request handed to the store has been answered. */
   drain(): Promise<void> {
     if (this.inflight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
+    return this.drained.wait();
   }
 
   /** Stops starting requests: later batches stay unanswered (for shutdown; see Volume.close). */
@@ -227,13 +220,7 @@ export class BlkDispatcher {
         this.stats.getIds++;
         const id = Buffer.alloc(BLK_ID_BYTES);
         id.write(t.serial.slice(0, BLK_ID_BYTES), 'utf8');
-        let off = 0;
-        for (const seg of data) {
-          if (off >= id.length) break;
-          const n = Math.min(seg.byteLength, id.length - off);
-          seg.set(id.subarray(off, off + n));
-          off += n;
-        }
+        scatterIov(id, 0, data);
         return this.complete(queue, slot, VIRTIO_BLK_S_OK);
       }
       case VIRTIO_BLK_T_DISCARD:
@@ -347,10 +334,6 @@ export class BlkDispatcher {
     this.inflight--;
     this.inflightBytes -= bytes;
     this.pump();
-    if (this.inflight === 0 && this.drainWaiters.length > 0) {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
-    }
+    if (this.inflight === 0) this.drained.wake();
   }
 }

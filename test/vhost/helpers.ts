@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native/binding';
+import { gatherIov, scatterIov } from '../../src/util/iov';
 import {
   REQ_DATA_LEN,
   REQ_FIRST_SEG,
@@ -87,19 +88,13 @@ export interface TestDevice {
 
 /** Applies a request to the disk; returns the status. */
 function serve(disk: Uint8Array, r: DecodedRequest): number {
-  let off = r.sector * 512;
+  const off = r.sector * SECTOR_SIZE;
   switch (r.type) {
     case VIRTIO_BLK_T_IN:
-      for (const s of r.segs) {
-        s.set(disk.subarray(off, off + s.length));
-        off += s.length;
-      }
+      scatterIov(disk, off, r.segs);
       return VIRTIO_BLK_S_OK;
     case VIRTIO_BLK_T_OUT:
-      for (const s of r.segs) {
-        disk.set(s, off);
-        off += s.length;
-      }
+      gatherIov(r.segs, disk, off);
       return VIRTIO_BLK_S_OK;
     case VIRTIO_BLK_T_FLUSH:
       return VIRTIO_BLK_S_OK;
