@@ -6,7 +6,6 @@
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { controlJson, controlRequest } from '../../src/control/client';
@@ -16,16 +15,10 @@ import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/frontend/ring-d
 import { VhostError } from '../../src/native/errors';
 import { silentLogger } from '../../src/util/logger';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/virtio-blk/spec';
+import { stamp } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BLOCK = 4096;
-
-/** A 4 KiB block stamped with its volume, address and generation (self-verifying data). */
-function stamp(vol: string, block: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  const tag = `${vol}:${block}:${gen}:`;
-  for (let off = 0; off < BLOCK; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
 
 async function writeBlocks(fe: VhostUserFrontend, vol: string, blocks: number[], gen: number): Promise<void> {
   const q = fe.ring(0);
@@ -61,7 +54,7 @@ describe('daemon (in-process, our front end)', function () {
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-daemon-'));
+    dir = tmpDir('daemon');
     config = validateConfig({
       cache: { path: path.join(dir, 'cache.img'), size: '8M' },
       control: path.join(dir, 'control.sock'),
@@ -195,7 +188,7 @@ describe('daemon with a failing network backing store @host', function () {
   });
 
   it('answers IOERR for the failed reads only and keeps serving', async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-daemon-nbd-'));
+    dir = tmpDir('daemon-nbd');
     const sock = path.join(dir, 'nbd.sock');
     const trigger = path.join(dir, 'fail');
     // error filter: reads fail with EIO while the trigger file exists.

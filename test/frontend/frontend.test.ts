@@ -11,7 +11,7 @@ import { Feature, FLAG_NEED_REPLY, FLAG_VERSION, hasBit, ProtocolFeature, VhostU
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitRing } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
-import { type Qsd, startQsd } from './qsd';
+import { type Qsd, startQsd } from '../support/qsd';
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
 
 const BLOCK = 4096;

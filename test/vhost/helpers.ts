@@ -5,7 +5,6 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native/binding';
 import { gatherIov, scatterIov } from '../../src/util/iov';
@@ -34,6 +33,7 @@ import {
   VIRTIO_BLK_F_FLUSH,
   VIRTIO_BLK_F_SEG_MAX,
 } from '../../src/virtio-blk/spec';
+import { tmpDir } from '../support/tmp';
 
 export const DISK_BYTES = 8 << 20;
 /** VIRTIO_BLK_F_SEG_MAX | BLK_SIZE | FLUSH. */
@@ -48,7 +48,7 @@ export function mappingsOf(ino: number): number {
 }
 
 export function tmpSocketPath(tag: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-vhost-'));
+  const dir = tmpDir('vhost');
   return path.join(dir, `${tag}.sock`);
 }
 
