@@ -6,9 +6,8 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
-import { qsdArgv } from '../../src/bench/targets';
+import { canConnect, qsdArgv } from '../../src/bench/targets';
 import { tmpDir } from './tmp';
 
 export interface QsdOptions {
@@ -27,17 +26,6 @@ export interface Qsd {
   /** stderr/stdout of the daemon so far. */
   output(): string;
   stop(): Promise<void>;
-}
-
-function canConnect(p: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 export async function startQsd(opts: QsdOptions = {}): Promise<Qsd> {
