@@ -1,6 +1,6 @@
 /**
  * The I/O engine of the benchmark runner: drives a Workload against one or more vhost-user-blk
- * devices through our front end (VhostUserFrontend / SplitRing fast path), without allocating per
+ * devices through our front end (VhostUserFrontend / DriverRing fast path), without allocating per
  * request beyond the workload's own request object.
  *
  * Structure:
@@ -23,7 +23,7 @@
 import { VhostError } from '../native/errors';
 import { SECTOR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../virtio-blk/spec';
 import type { GuestBuffer } from '../frontend/guest-memory';
-import type { Completion, SplitRing } from '../frontend/ring-driver';
+import type { Completion, DriverRing } from '../frontend/ring-driver';
 import { VhostUserFrontend } from '../frontend/vhost-user-frontend';
 import { PeriodMeter, type PeriodSample } from './stats';
 import type { BenchRequest, Workload } from './workload';
@@ -67,7 +67,7 @@ class Lane {
 
   constructor(
     readonly device: Device,
-    readonly ring: SplitRing,
+    readonly ring: DriverRing,
   ) {}
 }
 

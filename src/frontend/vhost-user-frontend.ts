@@ -5,7 +5,7 @@
  * Usage:
  *   const fe = await VhostUserFrontend.open('/tmp/vhost.sock', { queues: 2, queueSize: 256 });
  *   fe.config.capacity;                       // parsed virtio_blk_config (bigint sectors)
- *   const q = fe.ring(0);                     // SplitRing, see ring-driver.ts
+ *   const q = fe.ring(0);                     // DriverRing, see ring-driver.ts
  *   await q.write(0, data); const r = await q.read(0, 4096);   // r.status, r.data
  *   await fe.stop();                          // GET_VRING_BASE per queue (after draining)
  *   fe.close();
@@ -63,7 +63,7 @@ import {
   VhostUserRequest as R,
   type VhostUserMessage,
 } from './protocol';
-import { SplitRing } from './ring-driver';
+import { DriverRing } from './ring-driver';
 import { BLK_CONFIG_SIZE, VIRTIO_BLK_F_ALL } from '../virtio-blk/spec';
 import { type BlkConfig, parseBlkConfig } from './virtio-blk';
 
@@ -143,7 +143,7 @@ export class VhostUserFrontend {
 
   private channel: NativeFrontendChannel | null = null;
   private readonly replies: ReplyWaiter[] = [];
-  private readonly rings: SplitRing[] = [];
+  private readonly rings: DriverRing[] = [];
   private readonly eventFds: NativeEventFd[] = [];
   private disconnectErr: Error | null | undefined;
   private readonly disconnectWaiters: ((err: Error | null) => void)[] = [];
@@ -197,7 +197,7 @@ export class VhostUserFrontend {
   }
 
   /** The driver of queue `i` (after start()). */
-  ring(i: number): SplitRing {
+  ring(i: number): DriverRing {
     const r = this.rings[i];
     if (r === undefined) throw new VhostError(`queue ${i} is not started`, 'EINVAL');
     return r;
@@ -428,7 +428,7 @@ export class VhostUserFrontend {
       const kick = new native.EventFd();
       const call = new native.EventFd();
       this.eventFds.push(kick, call);
-      const ring = new SplitRing(this.memory, {
+      const ring = new DriverRing(this.memory, {
         index: q,
         size: o.queueSize,
         eventIdx,

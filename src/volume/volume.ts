@@ -73,7 +73,7 @@ export class Volume implements DispatchTarget {
       writeZeroes: store.features.writeZeroes,
       writeback: this.writeback,
     };
-    this.dispatcher = new BlkDispatcher(this, (q, slot, status) => this.export.complete(q, slot, status), log);
+    this.dispatcher = new BlkDispatcher(this, (q, tag, status) => this.export.complete(q, tag, status), log);
     this.export = new VhostExport({
       ...(config.socketPath !== undefined ? { socketPath: config.socketPath } : {}),
       ...(config.fd !== undefined ? { fd: config.fd } : {}),

@@ -13,7 +13,7 @@ import {
   REQ_FIRST_SEG,
   REQ_SECTOR,
   REQ_SEG_COUNT,
-  REQ_SLOT,
+  REQ_TAG,
   REQ_STRIDE,
   REQ_TYPE,
   type NativeVhostDevice,
@@ -64,7 +64,7 @@ export function blkConfig(queues: number): Uint8Array {
 }
 
 export interface DecodedRequest {
-  slot: number;
+  tag: number;
   type: number;
   sector: number;
   dataLen: number;
@@ -125,7 +125,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
       t.held = null;
       for (const h of held) {
         const st = serve(disk, h.req);
-        t.dev.complete(h.queue, 1, Uint32Array.of(h.req.slot, st));
+        t.dev.complete(h.queue, 1, Uint32Array.of(h.req.tag, st));
       }
     },
     waitEvent(pred, timeoutMs = 5000) {
@@ -154,7 +154,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
       const b = i * REQ_STRIDE;
       const first = r[b + REQ_FIRST_SEG];
       reqs.push({
-        slot: r[b + REQ_SLOT],
+        tag: r[b + REQ_TAG],
         type: r[b + REQ_TYPE],
         sector: r[b + REQ_SECTOR],
         dataLen: r[b + REQ_DATA_LEN],
@@ -168,7 +168,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
     }
     const pairs = new Uint32Array(count * 2);
     reqs.forEach((req, i) => {
-      pairs[2 * i] = req.slot;
+      pairs[2 * i] = req.tag;
       pairs[2 * i + 1] = serve(disk, req);
     });
     if (opts.async === true) {

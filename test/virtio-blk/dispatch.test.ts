@@ -29,7 +29,7 @@ interface Req {
 /** Runs one batch through a dispatcher and resolves with the statuses in request order. */
 async function run(target: DispatchTarget, reqs: Req[]): Promise<number[]> {
   const done = new Map<number, number>();
-  const d = new BlkDispatcher(target, (_q, slot, status) => done.set(slot, status), silentLogger);
+  const d = new BlkDispatcher(target, (_q, tag, status) => done.set(tag, status), silentLogger);
   const table = new Float64Array(reqs.length * REQ_STRIDE);
   const segs: Uint8Array[] = [];
   reqs.forEach((r, i) => {
@@ -164,7 +164,7 @@ describe('virtio-blk dispatch', () => {
 });
 
 describe('virtio-blk dispatch back-pressure and log limits', () => {
-  /** A batch of `reqs` handed to a dispatcher whose answers land in `done` (slot = 100 + i). */
+  /** A batch of `reqs` handed to a dispatcher whose answers land in `done` (tag = 100 + i). */
   function submit(d: BlkDispatcher, reqs: Req[]): void {
     const table = new Float64Array(reqs.length * REQ_STRIDE);
     const segs: Uint8Array[] = [];
@@ -186,7 +186,7 @@ describe('virtio-blk dispatch back-pressure and log limits', () => {
     };
     const done = new Map<number, number>();
     const cap = 4 << 20;
-    const d = new BlkDispatcher(target(store), (_q, slot, status) => done.set(slot, status), silentLogger, cap);
+    const d = new BlkDispatcher(target(store), (_q, tag, status) => done.set(tag, status), silentLogger, cap);
     const MiB = 1 << 20;
     // Views over one buffer: a guest can name far more bytes than it owns.
     const buf = Buffer.alloc(MiB);
@@ -222,7 +222,7 @@ describe('virtio-blk dispatch back-pressure and log limits', () => {
     const segs = Array.from({ length: 65536 }, () => view);
     const before = process.memoryUsage().rss;
     const done = new Map<number, number>();
-    const d = new BlkDispatcher(target(new MemStore(1 << 20)), (_q, slot, status) => done.set(slot, status), silentLogger);
+    const d = new BlkDispatcher(target(new MemStore(1 << 20)), (_q, tag, status) => done.set(tag, status), silentLogger);
     submit(d, [{ type: VIRTIO_BLK_T_DISCARD, sector: 0, segs }]);
     assert.equal(done.get(100), VIRTIO_BLK_S_IOERR, 'answered synchronously, before any I/O');
     assert.ok(process.memoryUsage().rss - before < 64 << 20, 'the table was not gathered');
