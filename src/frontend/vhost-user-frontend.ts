@@ -393,11 +393,6 @@ export class VhostUserFrontend {
     return this.config;
   }
 
-  /** SET_CONFIG (e.g. writeback at offset 32, 1 byte). */
-  async writeConfig(offset: number, data: Uint8Array): Promise<void> {
-    await this.request(R.SET_CONFIG, encodeConfig(offset, data.length, CONFIG_TYPE_FRONTEND, data));
-  }
-
   // ------------------------------------------------------------------ start / stop
 
   /** The memory region describing guest RAM. */
