@@ -18,6 +18,18 @@
 
 namespace vbc {
 
+ByteView Uint8ArrayElement(napi_env env, napi_value arr, uint32_t i) {
+  napi_value el;
+  napi_get_element(env, arr, i, &el);
+  napi_typedarray_type type;
+  ByteView v{nullptr, 0};
+  if (napi_get_typedarray_info(env, el, &type, &v.length, &v.data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array) {
+    ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
+  }
+  return v;
+}
+
 namespace {
 
 constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
@@ -170,16 +182,8 @@ Napi::Value JS_isDirectIoAligned(const Napi::CallbackInfo& info) {
   uint32_t count = 0;
   napi_get_array_length(env, arr, &count);
   for (uint32_t i = 0; i < count; ++i) {
-    napi_value el;
-    napi_get_element(env, arr, i, &el);
-    napi_typedarray_type type;
-    size_t length = 0;
-    void* data = nullptr;
-    if (napi_get_typedarray_info(env, el, &type, &length, &data, nullptr, nullptr) != napi_ok ||
-        type != napi_uint8_array) {
-      ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
-    }
-    if (((reinterpret_cast<uintptr_t>(data) | length) & (align - 1)) != 0) return Napi::Boolean::New(env, false);
+    const ByteView v = Uint8ArrayElement(env, arr, i);
+    if (((reinterpret_cast<uintptr_t>(v.data) | v.length) & (align - 1)) != 0) return Napi::Boolean::New(env, false);
   }
   return Napi::Boolean::New(env, true);
 }

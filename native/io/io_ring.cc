@@ -391,18 +391,9 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   std::vector<iovec>& iov = iovs_[ring_.NextSqeIndex()];
   iov.resize(count);
   for (uint32_t i = 0; i < count; ++i) {
-    napi_value el;
-    napi_get_element(env, arr, i, &el);
-    napi_typedarray_type type;
-    size_t length = 0;
-    void* data = nullptr;
-    // data comes back already advanced by the view's byteOffset.
-    if (napi_get_typedarray_info(env, el, &type, &length, &data, nullptr, nullptr) != napi_ok ||
-        type != napi_uint8_array) {
-      ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
-    }
-    iov[i].iov_base = data;
-    iov[i].iov_len = length;
+    const ByteView v = Uint8ArrayElement(env, arr, i);
+    iov[i].iov_base = v.data;
+    iov[i].iov_len = v.length;
   }
   sqe->opcode = opcode;
   sqe->fd = fd;
