@@ -49,7 +49,7 @@
 #include "vhost/guest_memory.h"
 #include "vhost/limits.h"
 #include "vhost/protocol.h"
-#include "vhost/split_vring.h"
+#include "vhost/device_vring.h"
 
 namespace vbc {
 namespace vhost {
@@ -165,7 +165,7 @@ class Backend {
     std::shared_ptr<Mapping> status_mapping;
   };
   struct Queue {
-    SplitVring ring;
+    DeviceVring ring;
     bool num_set = false;
     int kick_fd = -1;
     int call_fd = -1;

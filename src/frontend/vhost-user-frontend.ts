@@ -5,7 +5,7 @@
  * Usage:
  *   const fe = await VhostUserFrontend.open('/tmp/vhost.sock', { queues: 2, queueSize: 256 });
  *   fe.config.capacity;                       // parsed virtio_blk_config (bigint sectors)
- *   const q = fe.ring(0);                     // SplitRing, see ring-driver.ts
+ *   const q = fe.ring(0);                     // DriverRing, see ring-driver.ts
  *   await q.write(0, data); const r = await q.read(0, 4096);   // r.status, r.data
  *   await fe.stop();                          // GET_VRING_BASE per queue (after draining)
  *   fe.close();
@@ -37,7 +37,6 @@ import { VhostError } from '../native/errors';
 import type { NativeEventFd, NativeFrontendChannel } from '../native/types';
 import { GuestMemory } from './guest-memory';
 import {
-  BlkFeature,
   CONFIG_TYPE_FRONTEND,
   decodeConfig,
   decodeMessage,
@@ -64,8 +63,9 @@ import {
   VhostUserRequest as R,
   type VhostUserMessage,
 } from './protocol';
-import { SplitRing } from './ring-driver';
-import { BLK_CONFIG_SIZE, type BlkConfig, parseBlkConfig } from './virtio-blk';
+import { DriverRing } from './ring-driver';
+import { BLK_CONFIG_SIZE, VIRTIO_BLK_F_ALL } from '../virtio-blk/spec';
+import { type BlkConfig, parseBlkConfig } from './virtio-blk';
 
 export interface FrontendOptions {
   /** Guest RAM bytes (multiple of 4096; default 64 MiB). */
@@ -85,7 +85,7 @@ export interface FrontendOptions {
   /**
    * Device feature bits (besides VERSION_1, EVENT_IDX, INDIRECT_DESC and
    * VHOST_USER_F_PROTOCOL_FEATURES) to accept when offered. Default: every virtio-blk bit
-   * listed in BlkFeature.
+   * defined in src/virtio-blk/spec (VIRTIO_BLK_F_ALL).
    */
   blkFeatures?: bigint;
   /** Protocol features to accept when offered (default REPLY_ACK | MQ | CONFIG | CONFIGURE_MEM_SLOTS). */
@@ -102,7 +102,7 @@ export interface FrontendOptions {
   onDisconnect?: (err: Error | null) => void;
 }
 
-export const DEFAULT_BLK_FEATURES: bigint = Object.values(BlkFeature).reduce((m, b) => m | bit(b), 0n);
+export const DEFAULT_BLK_FEATURES: bigint = VIRTIO_BLK_F_ALL.reduce((m, b) => m | bit(b), 0n);
 export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.MQ) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 
@@ -143,7 +143,7 @@ export class VhostUserFrontend {
 
   private channel: NativeFrontendChannel | null = null;
   private readonly replies: ReplyWaiter[] = [];
-  private readonly rings: SplitRing[] = [];
+  private readonly rings: DriverRing[] = [];
   private readonly eventFds: NativeEventFd[] = [];
   private disconnectErr: Error | null | undefined;
   private readonly disconnectWaiters: ((err: Error | null) => void)[] = [];
@@ -197,7 +197,7 @@ export class VhostUserFrontend {
   }
 
   /** The driver of queue `i` (after start()). */
-  ring(i: number): SplitRing {
+  ring(i: number): DriverRing {
     const r = this.rings[i];
     if (r === undefined) throw new VhostError(`queue ${i} is not started`, 'EINVAL');
     return r;
@@ -351,7 +351,7 @@ export class VhostUserFrontend {
     this.deviceFeatures = await this.requestU64(R.GET_FEATURES);
     await this.request(R.SET_OWNER);
     if (!hasBit(this.deviceFeatures, Feature.VERSION_1)) {
-      throw new VhostError('back end does not offer VIRTIO_F_VERSION_1', 'ENOTSUP');
+      throw new VhostError('back end does not offer VIRTIO_F_VERSION_1', 'EOPNOTSUPP');
     }
     if (hasBit(this.deviceFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
       this.protocolFeaturesOffered = await this.requestU64(R.GET_PROTOCOL_FEATURES);
@@ -365,7 +365,7 @@ export class VhostUserFrontend {
         throw new VhostError(`back end supports ${this.queueNum} queues, ${o.queues} wanted`, 'EINVAL');
       }
     } else if (o.queues > 1) {
-      throw new VhostError('back end does not negotiate MQ; only 1 queue possible', 'ENOTSUP');
+      throw new VhostError('back end does not negotiate MQ; only 1 queue possible', 'EOPNOTSUPP');
     }
     if (hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
       this.maxMemSlots = Number(await this.requestU64(R.GET_MAX_MEM_SLOTS));
@@ -393,11 +393,6 @@ export class VhostUserFrontend {
     return this.config;
   }
 
-  /** SET_CONFIG (e.g. writeback at offset 32, 1 byte). */
-  async writeConfig(offset: number, data: Uint8Array): Promise<void> {
-    await this.request(R.SET_CONFIG, encodeConfig(offset, data.length, CONFIG_TYPE_FRONTEND, data));
-  }
-
   // ------------------------------------------------------------------ start / stop
 
   /** The memory region describing guest RAM. */
@@ -415,7 +410,7 @@ export class VhostUserFrontend {
     if (this.rings.length > 0) throw new VhostError('queues already started', 'EBUSY');
     if (o.memoryMessage === 'add-mem-reg') {
       if (!hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
-        throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'ENOTSUP');
+        throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'EOPNOTSUPP');
       }
       await this.request(R.ADD_MEM_REG, encodeMemRegion(this.memRegion()), [this.memory.fd]);
     } else {
@@ -428,7 +423,7 @@ export class VhostUserFrontend {
       const kick = new native.EventFd();
       const call = new native.EventFd();
       this.eventFds.push(kick, call);
-      const ring = new SplitRing(this.memory, {
+      const ring = new DriverRing(this.memory, {
         index: q,
         size: o.queueSize,
         eventIdx,
