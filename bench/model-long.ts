@@ -4,7 +4,7 @@
  * operations per run. A failure prints the one-line command that reruns the failing
  * configuration.
  *
- * Run: nice node dist/bench/model-long.js [--ops N] [--mode M] [--seed S] [--fault-seed F] [--no-faults]
+ * Run: nice node dist/bench/model-long.js [--ops N] [--mode M] [--seed S] [--fault-seed F] [--block-size B] [--no-faults]
  *   without --mode: each mode in turn, seeds 1.., until --total operations (default 1 000 000).
  */
 import { Command } from 'commander';
@@ -18,12 +18,13 @@ async function main(): Promise<void> {
     .option('--fault-seed <n>', 'fault seed (default: seed + 1000)')
     .option('--ops <n>', 'operations per run', '50000')
     .option('--total <n>', 'operations in all (without --mode)', '1000000')
+    .option('--block-size <n>', 'cache block size', '4096')
     .option('--no-faults', 'no crashes, restarts or device errors')
     .parse();
-  const o = cmd.opts<{ mode?: CacheMode; seed: string; faultSeed?: string; ops: string; total: string; faults: boolean }>();
+  const o = cmd.opts<{ mode?: CacheMode; seed: string; faultSeed?: string; ops: string; total: string; faults: boolean; blockSize: string }>();
   const ops = Number(o.ops);
   const one = async (mode: CacheMode, seed: number, faultSeed: number) => {
-    const opts: ModelOptions = { mode, seed, faultSeed, ops, faults: o.faults };
+    const opts: ModelOptions = { mode, seed, faultSeed, ops, faults: o.faults, blockSize: Number(o.blockSize) };
     const t = performance.now();
     const r = await runModel(opts);
     const s = (performance.now() - t) / 1000;

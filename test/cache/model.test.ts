@@ -31,6 +31,15 @@ describe('cached store randomized model (seeded)', function () {
     });
   }
 
+  // Cache block sizes other than 4 KiB (segments of 4 blocks, 512 B sectors inside a block).
+  for (const blockSize of [8192, 65536]) {
+    it(`writethrough with ${blockSize / 1024} KiB cache blocks: 2000 operations`, async () => {
+      const r = await runModel({ mode: 'writethrough', seed: 21, faultSeed: 121, ops: 2000, blockSize });
+      assert.ok(r.checkedReads > 600 && r.blockHits > 0, JSON.stringify(r));
+      assert.ok(r.hitRate >= 0.4, `hit rate ${r.hitRate.toFixed(3)} < 0.4`);
+    });
+  }
+
   it('the same seeds give the same run; another fault seed another one', async () => {
     const a = await runModel({ mode: 'writethrough', seed: 11, faultSeed: 1, ops: 1500 });
     const b = await runModel({ mode: 'writethrough', seed: 11, faultSeed: 1, ops: 1500 });

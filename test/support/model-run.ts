@@ -39,13 +39,9 @@ import { ControlledStore } from './controlled-store';
 import { HeldIo, settle } from './held-io';
 import { MemDevice } from './mem-device';
 
-const BS = 4096;
 const SECTOR = 512;
 const BLOCKS = 96;
-/** Not a multiple of the block size: the tail block is never cached. */
-const VOL_SIZE = BLOCKS * BS + 1536;
 const HOT_BLOCKS = 14;
-const DEVICE = SUPERBLOCK_SIZE + 10 * (4096 + 16384);
 const WINDOW = 6;
 const noop = (): void => {};
 
@@ -54,6 +50,8 @@ export interface ModelOptions {
   seed: number;
   faultSeed: number;
   ops: number;
+  /** Cache block size (default 4096); segments hold 4 blocks. */
+  blockSize?: number;
   /** Fault injection (crashes, restarts, device errors); on by default. */
   faults?: boolean;
 }
@@ -72,7 +70,8 @@ export interface ModelResult {
 
 /** The command line that reruns one configuration. */
 export function reproduction(o: ModelOptions): string {
-  return `node dist/bench/model-long.js --mode ${o.mode} --seed ${o.seed} --fault-seed ${o.faultSeed} --ops ${o.ops}${o.faults === false ? ' --no-faults' : ''}`;
+  const bs = o.blockSize !== undefined && o.blockSize !== 4096 ? ` --block-size ${o.blockSize}` : '';
+  return `node dist/bench/model-long.js --mode ${o.mode} --seed ${o.seed} --fault-seed ${o.faultSeed} --ops ${o.ops}${bs}${o.faults === false ? ' --no-faults' : ''}`;
 }
 
 interface WriteRec {
@@ -110,6 +109,10 @@ export async function runModel(o: ModelOptions): Promise<ModelResult> {
 }
 
 async function run(o: ModelOptions): Promise<ModelResult> {
+  const BS = o.blockSize ?? 4096;
+  // Not a multiple of the block size: the tail block is never cached.
+  const VOL_SIZE = BLOCKS * BS + 1536;
+  const DEVICE = SUPERBLOCK_SIZE + 10 * (4096 + 4 * BS);
   const w = rng(o.seed);
   const sched = rng((o.seed ^ 0x9e3779b9) >>> 0);
   const f = rng(o.faultSeed);
@@ -134,7 +137,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     // A write error burst ends with the incarnation it disabled.
     const saved = readFail;
     readFail = writeFail = 0;
-    const cache = await Cache.open({ path: cachePath, size: DEVICE, segmentSize: 16384, buffers: 3, engine: dev });
+    const cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev });
     readFail = saved;
     const inc = new Incarnation(cache, dev);
     dev.io = inc.io;
