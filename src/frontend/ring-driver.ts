@@ -119,6 +119,11 @@ export interface RingOptions {
   /** Entries per indirect table (>= 3). */
   maxIndirect: number;
   kick: NativeEventFd;
+  /**
+   * Ring index to start at (0..65535, default 0): the avail and used indexes in guest memory and
+   * the driver's counters start there, as after a resume (SET_VRING_BASE with the same number).
+   */
+  base?: number;
 }
 
 /** A request prepared by makeRequest() in runQueueDepth(): set type, sector and len. */
@@ -262,6 +267,14 @@ export class DriverRing {
     this.chainLen = new Uint16Array(n);
     this.inflight = new Array<InFlight | undefined>(n).fill(undefined);
     this.rawBuffers = new Array<GuestBuffer[] | undefined>(n).fill(undefined);
+    const base = opts.base ?? 0;
+    if (!Number.isInteger(base) || base < 0 || base > 0xffff) throw new VhostError(`ring base ${base} out of range 0..65535`, 'EINVAL');
+    this.availIdx = this.publishedIdx = this.lastKickIdx = this.lastUsed = base;
+    this.mem.u16[this.availIdxI] = base;
+    this.mem.u16[this.usedIdxI] = base;
+    this.mem.u16[this.usedEventI] = base;
+    // As if the device asked to be kicked for the next buffer (EVENT_IDX avail_event).
+    this.mem.u16[this.availEventI] = base;
   }
 
   private own(len: number, align: number): GuestBuffer {

@@ -92,6 +92,8 @@ export interface FrontendOptions {
   protocolFeatures?: bigint;
   /** How to send guest RAM: one SET_MEM_TABLE (default) or ADD_MEM_REG (needs CONFIGURE_MEM_SLOTS). */
   memoryMessage?: 'set-mem-table' | 'add-mem-reg';
+  /** Ring index every queue starts at (SET_VRING_BASE; default 0). */
+  vringBase?: number;
   /** Front-end user address of guest RAM (default 0x7f0000000000). */
   userBase?: bigint;
   /** Bytes of virtio_blk_config asked by GET_CONFIG (default 60). */
@@ -161,6 +163,7 @@ export class VhostUserFrontend {
       blkFeatures: options.blkFeatures ?? DEFAULT_BLK_FEATURES,
       protocolFeatures: options.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES,
       memoryMessage: options.memoryMessage ?? 'set-mem-table',
+      vringBase: options.vringBase ?? 0,
       userBase: options.userBase ?? 0x7f00_0000_0000n,
       configSize: options.configSize ?? BLK_CONFIG_SIZE,
       replyTimeoutMs: options.replyTimeoutMs ?? 5000,
@@ -430,27 +433,53 @@ export class VhostUserFrontend {
         indirect,
         maxIndirect: o.maxIndirect,
         kick,
+        base: o.vringBase,
       });
       ring.onDeviceError((err) => this.teardown(err));
       this.rings.push(ring);
       call.watch(() => ring.poll());
-      await this.request(R.SET_VRING_NUM, encodeVringState(q, o.queueSize));
-      await this.request(R.SET_VRING_BASE, encodeVringState(q, 0));
-      await this.request(
-        R.SET_VRING_ADDR,
-        encodeVringAddr({
-          index: q,
-          flags: 0,
-          desc: this.memory.userAddr(ring.descAddr),
-          used: this.memory.userAddr(ring.usedAddr),
-          avail: this.memory.userAddr(ring.availAddr),
-          log: 0n,
-        }),
-      );
-      await this.request(R.SET_VRING_KICK, encodeU64(q), [kick.fd]);
-      await this.request(R.SET_VRING_CALL, encodeU64(q), [call.fd]);
-      if (protocol) await this.request(R.SET_VRING_ENABLE, encodeVringState(q, 1));
+      await this.setUpRing(ring, kick, call, o.vringBase, protocol);
     }
+  }
+
+  /** SET_VRING_NUM, BASE, ADDR, KICK, CALL (and ENABLE 1 with protocol features) for one ring. */
+  private async setUpRing(ring: DriverRing, kick: NativeEventFd, call: NativeEventFd, base: number, enable: boolean): Promise<void> {
+    const q = ring.index;
+    await this.request(R.SET_VRING_NUM, encodeVringState(q, ring.size));
+    await this.request(R.SET_VRING_BASE, encodeVringState(q, base));
+    await this.request(
+      R.SET_VRING_ADDR,
+      encodeVringAddr({
+        index: q,
+        flags: 0,
+        desc: this.memory.userAddr(ring.descAddr),
+        used: this.memory.userAddr(ring.usedAddr),
+        avail: this.memory.userAddr(ring.availAddr),
+        log: 0n,
+      }),
+    );
+    await this.request(R.SET_VRING_KICK, encodeU64(q), [kick.fd]);
+    await this.request(R.SET_VRING_CALL, encodeU64(q), [call.fd]);
+    if (enable) await this.request(R.SET_VRING_ENABLE, encodeVringState(q, 1));
+  }
+
+  /**
+   * Starts every queue again after stop() (or after RESET_DEVICE, REM_MEM_REG + ADD_MEM_REG):
+   * same rings and eventfds, resumed at the index the driver reached (what GET_VRING_BASE
+   * reported after draining).
+   */
+  async resume(): Promise<void> {
+    const protocol = hasBit(this.ackedFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES);
+    for (const ring of this.rings) {
+      const kick = this.eventFds[2 * ring.index];
+      const call = this.eventFds[2 * ring.index + 1];
+      await this.setUpRing(ring, kick, call, ring.availIndex, protocol);
+    }
+  }
+
+  /** SET_VRING_ENABLE for one queue (needs VHOST_USER_F_PROTOCOL_FEATURES). */
+  async setVringEnable(queue: number, enable: boolean): Promise<void> {
+    await this.request(R.SET_VRING_ENABLE, encodeVringState(queue, enable ? 1 : 0));
   }
 
   /**
