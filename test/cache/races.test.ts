@@ -20,7 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { SUPERBLOCK_SIZE, slotOffset } from '../../src/cache/segment';
+import { deviceBytesFor, slotOffset } from '../../src/cache/segment';
 import { ControlledStore } from '../support/controlled-store';
 import { HeldIo } from '../support/held-io';
 import { type Actor, explore, type Run, type RunResult } from '../support/interleavings';
@@ -30,7 +30,7 @@ import { stamp } from './helpers';
 const BS = 4096;
 const SECTOR = 512;
 const VOL = 8 * BS;
-const DEVICE = SUPERBLOCK_SIZE + 3 * (4096 + 16384);
+const DEVICE = deviceBytesFor(3, 4096, 16384);
 
 /** What a scenario's actors may use. */
 interface Env {

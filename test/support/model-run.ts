@@ -33,7 +33,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { deviceBytesFor } from '../../src/cache/segment';
 import { rng, stamp } from '../cache/helpers';
 import { ControlledStore } from './controlled-store';
 import { HeldIo, settle } from './held-io';
@@ -112,7 +112,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   const BS = o.blockSize ?? 4096;
   // Not a multiple of the block size: the tail block is never cached.
   const VOL_SIZE = BLOCKS * BS + 1536;
-  const DEVICE = SUPERBLOCK_SIZE + 10 * (4096 + 4 * BS);
+  const DEVICE = deviceBytesFor(10, BS, 4 * BS);
   const w = rng(o.seed);
   const sched = rng((o.seed ^ 0x9e3779b9) >>> 0);
   const f = rng(o.faultSeed);
