@@ -288,14 +288,14 @@ export class Cache {
       let volumes: VolumeRecord[] = [];
       if (loaded.ok) {
         const st = loaded.state;
-        map = new CacheMap(g.slots, loadFactor, st.bda, st.table);
+        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment }, st.bda, st.table);
         map.hand = st.hand;
         map.wraps = st.wraps;
         sequence = Math.max(st.sequence, floor);
         volumes = st.volumes;
         logger.info({ path: o.path, metadata: describePlace(place), blocks: map.map.size }, 'cache warm start');
       } else {
-        map = new CacheMap(g.slots, loadFactor);
+        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment });
         logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
       return new Cache({ o, fd, g, sb, place, map, sequence, volumes, warm: loaded.ok });
@@ -546,7 +546,7 @@ export class Cache {
     return {
       ...withRate(total, this.map.map.size),
       wraps: this.map.wraps,
-      segmentsSkipped: log.segmentsSkipped,
+      segmentsSkipped: this.map.segmentsSkipped,
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,
       readLatencyUs: log.readLatency.meanUs,

@@ -67,7 +67,6 @@ export class Log {
   sequence: number;
   /** Set by the first write error: nothing is inserted any more. */
   disabled = false;
-  segmentsSkipped = 0;
   segmentReads = 0;
   segmentWrites = 0;
   readErrors = 0;
@@ -304,20 +303,15 @@ export class Log {
   private async rotate(seg: number): Promise<void> {
     const prev = this.current;
     if (prev) {
-      const S = this.g.segments;
-      this.segmentsSkipped += (seg - prev.segment - 1 + S) % S;
       this.current = null;
       if (prev.dirty) this.submit(prev);
-      else {
-        prev.state = BufferState.Clean;
-        this.segmentsSkipped++;
-      }
+      else prev.state = BufferState.Clean;
     }
     const b = await this.acquire(seg);
     b.state = BufferState.Filling;
     b.dirty = false;
     this.current = b;
-    if (this.pool.length > 2) this.prefetch((seg + 1) % this.g.segments);
+    if (this.pool.length > 2) this.prefetch(this.map.upcomingSegment());
   }
 
   private async acquire(seg: number): Promise<SegmentBuffer> {

@@ -10,6 +10,8 @@
  *   invalidateHits  of those, actually cached (and now dropped)
  *   ramHits         read hits served from a RAM segment buffer
  *   storageHits     read hits served from the cache device
+ *   ghostHits       blocks inserted while their key was in the ghost history (recently
+ *                   evicted or overwritten): they start with a reuse counter of 1
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           times the log position (the CLOCK hand) went back to slot 0
@@ -28,6 +30,7 @@ export interface VolumeCounters {
   ramHits: number;
   storageHits: number;
   checksumErrors: number;
+  ghostHits: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -66,6 +69,7 @@ export function newCounters(): VolumeCounters {
     ramHits: 0,
     storageHits: 0,
     checksumErrors: 0,
+    ghostHits: 0,
   };
 }
 
@@ -79,6 +83,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.ramHits += from.ramHits;
   into.storageHits += from.storageHits;
   into.checksumErrors += from.checksumErrors;
+  into.ghostHits += from.ghostHits;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {
