@@ -38,6 +38,8 @@ import { newCounters, type VolumeCounters } from './stats';
 /** Largest reuse counter (bits 1..2 of the flags; FLAG_REF is its low bit). */
 export const MAX_COUNT = 3;
 const COUNT_MASK = MAX_COUNT * FLAG_REF;
+/** Fraction of invalid slots above which the hand refills the segments with the most holes first. */
+export const EMPTY_TARGET = Number(process.env.EMPTY_TARGET ?? 1 / 64);
 
 export enum SegmentChoice {
   /** Cost-benefit cleaning (default). */
@@ -88,6 +90,10 @@ export class CacheMap {
   private placed = false;
   /** Segment the hand enters next, once chosen (-1: not chosen yet). */
   private upcoming = -1;
+  /** upcoming was chosen for its holes: only they are refilled, valid slots are left as they are. */
+  private upcomingHolesOnly = false;
+  /** The hand's current segment is being refilled holes only. */
+  private holesOnly = false;
   private readonly counters: (VolumeCounters | undefined)[] = [];
 
   constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
@@ -160,6 +166,7 @@ export class CacheMap {
     if (next < this.slots && next % this.segmentBlocks !== 0) return next;
     const seg = this.upcomingSegment();
     this.upcoming = -1;
+    this.holesOnly = this.upcomingHolesOnly;
     if (!this.placed) this.segmentsSkipped++;
     this.placed = false;
     this.segStamp[seg] = ++this.entered;
@@ -180,11 +187,14 @@ export class CacheMap {
       const valid = this.segValid;
       const stamp = this.segStamp;
       const now = this.entered + 1;
+      // Too many holes: refill the segment with the most; else cost-benefit.
+      const holesFirst = this.slots - this.map.size > this.slots * EMPTY_TARGET;
       let bestScore = -1;
+      this.upcomingHolesOnly = holesFirst;
       for (let s = 0; s < S; s++) {
         if (s === cur) continue;
-        const age = Math.min(1, (now - stamp[s]) / S);
-        const score = (B - valid[s] + (valid[s] - keep[s]) * age) / (B + keep[s]);
+        const holes = B - valid[s];
+        const score = holesFirst ? holes : ((holes + valid[s] - keep[s]) / (B + keep[s])) * (now - stamp[s]);
         if (score > bestScore) {
           bestScore = score;
           best = s;
@@ -217,6 +227,10 @@ export class CacheMap {
     for (;;) {
       const f = flags[i];
       if ((f & FLAG_VALID) === 0) break;
+      if (this.holesOnly) {
+        i = this.step(i);
+        continue;
+      }
       const c = f & COUNT_MASK;
       if (c === 0 || this.atCap(bda.volumeOf(i))) break;
       flags[i] = f - FLAG_REF;
