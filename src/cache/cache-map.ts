@@ -39,7 +39,7 @@ import { newCounters, type VolumeCounters } from './stats';
 export const MAX_COUNT = 3;
 const COUNT_MASK = MAX_COUNT * FLAG_REF;
 /** Fraction of invalid slots above which the hand refills the segments with the most holes first. */
-export const EMPTY_TARGET = Number(process.env.EMPTY_TARGET ?? 1 / 64);
+export const EMPTY_TARGET = 1 / 64;
 
 export enum SegmentChoice {
   /** Cost-benefit cleaning (default). */
