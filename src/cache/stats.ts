@@ -14,8 +14,11 @@
  *                   evicted or overwritten): they start with a reuse counter of 1
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
- *   wraps           times the log position (the CLOCK hand) went back to slot 0
- *   segmentsSkipped segments the hand passed without writing them (every slot spared)
+ *   wraps           rounds of the log (segments entered / segments)
+ *   segmentsSkipped segments the hand passed without writing them (every block carried forward)
+ *   segmentsCleaned segments the hand entered to refill (chosen by cleaning, cache-map.ts)
+ *   blocksCarried   valid blocks kept in place by the hand (rewritten with their segment)
+ *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
  */
 import { performance } from 'node:perf_hooks';
@@ -42,6 +45,9 @@ export interface VolumeStats extends VolumeCounters {
 export interface CacheStats extends VolumeStats {
   wraps: number;
   segmentsSkipped: number;
+  segmentsCleaned: number;
+  blocksCarried: number;
+  emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
   readLatencyUs: number;
