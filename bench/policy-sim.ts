@@ -9,7 +9,8 @@
  * misses; a write invalidates every block then inserts it.
  *
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
- *        [--policy log|clock|lru|arc ...] [--slots N]
+ *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
+ *   --cutoff: sequential cut-off; read misses of a stream longer than BLOCKS are not inserted.
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
  *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
@@ -17,6 +18,7 @@
 import { CacheMap, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
+import { StreamDetector } from '../src/cache/streams';
 
 interface Policy {
   readonly name: string;
@@ -221,10 +223,24 @@ class Counters {
   readHits = 0;
   writes = 0;
   invalidateHits = 0;
+  refused = 0;
+}
+
+/** Admission: blocks of a sequential stream past `cutoff` blocks are not inserted (0 = off). */
+const admission = { cutoff: 0, streams: new Map<number, StreamDetector>() };
+
+function streamLength(vol: number, first: number, count: number): number {
+  let d = admission.streams.get(vol);
+  if (!d) {
+    d = new StreamDetector();
+    admission.streams.set(vol, d);
+  }
+  return d.observe(first, count);
 }
 
 function apply(p: Policy, r: Req, c: Counters): void {
   if (r.bypass) return;
+  const refuse = admission.cutoff > 0 && streamLength(r.vol, r.block, r.blocks) > admission.cutoff;
   if (r.read) {
     const miss: number[] = [];
     for (let b = r.block; b < r.block + r.blocks; b++) {
@@ -232,7 +248,8 @@ function apply(p: Policy, r: Req, c: Counters): void {
       if (p.lookup(r.vol, b)) c.readHits++;
       else miss.push(b);
     }
-    for (const b of miss) p.insert(r.vol, b);
+    if (refuse) c.refused += miss.length;
+    else for (const b of miss) p.insert(r.vol, b);
   } else {
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.writes++;
@@ -280,7 +297,12 @@ function runSpc1(p: Policy, ios: number, seed: number): Record<string, unknown> 
   const next = spc1Source(seed);
   const c = new Counters();
   for (let i = 0; i < ios; i++) apply(p, next(), c);
-  return { readHit: rate(c.readHits, c.reads), invalidateHit: rate(c.invalidateHits, c.writes), empty: rate(p.emptySlots() * 1e4, 1e4) };
+  return {
+    readHit: rate(c.readHits, c.reads),
+    invalidateHit: rate(c.invalidateHits, c.writes),
+    empty: rate(p.emptySlots() * 1e4, 1e4),
+    refused: c.refused,
+  };
 }
 
 function runZipf(p: Policy, slots: number, ios: number, seed: number): Record<string, unknown> {
@@ -321,6 +343,7 @@ function main(): void {
   const defaultSlots = workload === 'spc1' ? Math.floor(209715 / SEGMENT_BLOCKS) * SEGMENT_BLOCKS : 65536;
   const slots = Number(opt('slots', String(defaultSlots)));
   const ios = Number(opt('ios', '5000000'));
+  admission.cutoff = Number(opt('cutoff', '0'));
   for (const name of policies) {
     const p = makePolicy(name, slots);
     const t = performance.now();

@@ -187,19 +187,26 @@ export class CacheMap {
       const valid = this.segValid;
       const stamp = this.segStamp;
       const now = this.entered + 1;
-      // Too many holes: refill the segment with the most; else cost-benefit.
+      // Too many holes: refill the segment with the most (holes only); else cost-benefit.
       const holesFirst = this.slots - this.map.size > this.slots * EMPTY_TARGET;
+      let mostHoles = 0;
+      let holey = -1;
       let bestScore = -1;
-      this.upcomingHolesOnly = holesFirst;
       for (let s = 0; s < S; s++) {
         if (s === cur) continue;
         const holes = B - valid[s];
-        const score = holesFirst ? holes : ((holes + valid[s] - keep[s]) / (B + keep[s])) * (now - stamp[s]);
+        if (holes > mostHoles) {
+          mostHoles = holes;
+          holey = s;
+        }
+        const score = ((holes + valid[s] - keep[s]) / (B + keep[s])) * (now - stamp[s]);
         if (score > bestScore) {
           bestScore = score;
           best = s;
         }
       }
+      this.upcomingHolesOnly = holesFirst && holey >= 0;
+      if (this.upcomingHolesOnly) best = holey;
     }
     this.upcoming = best;
     return best;
