@@ -10,7 +10,10 @@
  *
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
+ *        [--read-ahead BLOCKS]
  *   --cutoff: sequential cut-off; read misses of a stream longer than BLOCKS are not inserted.
+ *   --read-ahead: a read continuing a sequential stream makes the next BLOCKS blocks cached
+ *   (inserted as prefetched; accuracy = prefetched blocks read later / prefetched blocks).
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
  *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
@@ -25,6 +28,10 @@ interface Policy {
   /** True on a hit (and records the use). */
   lookup(vol: number, block: number): boolean;
   insert(vol: number, block: number): void;
+  /** Read-ahead insertion of an uncached block (log policy only). */
+  prefetch?(vol: number, block: number): void;
+  /** True when cached, without counting a use. */
+  has?(vol: number, block: number): boolean;
   /** True when the block was cached (it no longer is). */
   invalidate(vol: number, block: number): boolean;
   emptySlots(): number;
@@ -47,20 +54,33 @@ class LogPolicy implements Policy {
   invalidate(vol: number, block: number): boolean {
     return this.m.invalidate(vol, block);
   }
+  prefetch(vol: number, block: number): void {
+    this.m.assign(this.m.findVictim(vol), vol, block, true);
+  }
+  has(vol: number, block: number): boolean {
+    return this.m.peek(vol, block) >= 0;
+  }
   emptySlots(): number {
     return (this.m.slots - this.m.map.size) / this.m.slots;
   }
   extra(): Record<string, number> {
     let ins = 0;
     let ghost = 0;
+    let prefetched = 0;
+    let used = 0;
     for (const v of [1, 2, 3]) {
-      ins += this.m.stats(v).insertions;
-      ghost += this.m.stats(v).ghostHits;
+      const c = this.m.stats(v);
+      ins += c.insertions;
+      ghost += c.ghostHits;
+      prefetched += c.prefetched;
+      used += c.prefetchHits;
     }
     return {
       blocksPerSegmentFilled: +(ins / Math.max(1, this.m.segmentsCleaned - this.m.segmentsSkipped)).toFixed(1),
       carried: this.m.blocksCarried,
       ghostHits: ghost,
+      prefetched,
+      prefetchAccuracy: rate(used, prefetched),
       segmentsSkipped: this.m.segmentsSkipped,
     };
   }
@@ -226,8 +246,11 @@ class Counters {
   refused = 0;
 }
 
-/** Admission: blocks of a sequential stream past `cutoff` blocks are not inserted (0 = off). */
-const admission = { cutoff: 0, streams: new Map<number, StreamDetector>() };
+/**
+ * Admission: blocks of a sequential stream past `cutoff` blocks are not inserted (0 = off).
+ * Read-ahead: a read continuing a stream makes the next `readAhead` blocks cached (0 = off).
+ */
+const admission = { cutoff: 0, readAhead: 0, streams: new Map<number, StreamDetector>() };
 
 function streamLength(vol: number, first: number, count: number): number {
   let d = admission.streams.get(vol);
@@ -240,7 +263,8 @@ function streamLength(vol: number, first: number, count: number): number {
 
 function apply(p: Policy, r: Req, c: Counters): void {
   if (r.bypass) return;
-  const refuse = admission.cutoff > 0 && streamLength(r.vol, r.block, r.blocks) > admission.cutoff;
+  const run = admission.cutoff > 0 || admission.readAhead > 0 ? streamLength(r.vol, r.block, r.blocks) : 0;
+  const refuse = admission.cutoff > 0 && run > admission.cutoff;
   if (r.read) {
     const miss: number[] = [];
     for (let b = r.block; b < r.block + r.blocks; b++) {
@@ -250,6 +274,10 @@ function apply(p: Policy, r: Req, c: Counters): void {
     }
     if (refuse) c.refused += miss.length;
     else for (const b of miss) p.insert(r.vol, b);
+    if (admission.readAhead > 0 && run > r.blocks && p.prefetch && p.has) {
+      const end = r.block + r.blocks;
+      for (let b = end; b < end + admission.readAhead; b++) if (!p.has(r.vol, b)) p.prefetch(r.vol, b);
+    }
   } else {
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.writes++;
@@ -296,12 +324,17 @@ function rate(h: number, n: number): number {
 function runSpc1(p: Policy, ios: number, seed: number): Record<string, unknown> {
   const next = spc1Source(seed);
   const c = new Counters();
-  for (let i = 0; i < ios; i++) apply(p, next(), c);
+  for (let i = 0; i < ios / 2; i++) apply(p, next(), c);
+  // Steady state: the second half of the run.
+  const w = new Counters();
+  for (let i = 0; i < ios / 2; i++) apply(p, next(), w);
   return {
-    readHit: rate(c.readHits, c.reads),
-    invalidateHit: rate(c.invalidateHits, c.writes),
+    readHit: rate(c.readHits + w.readHits, c.reads + w.reads),
+    invalidateHit: rate(c.invalidateHits + w.invalidateHits, c.writes + w.writes),
+    readHitSteady: rate(w.readHits, w.reads),
+    invalidateHitSteady: rate(w.invalidateHits, w.writes),
     empty: rate(p.emptySlots() * 1e4, 1e4),
-    refused: c.refused,
+    refused: c.refused + w.refused,
   };
 }
 
@@ -344,6 +377,7 @@ function main(): void {
   const slots = Number(opt('slots', String(defaultSlots)));
   const ios = Number(opt('ios', '5000000'));
   admission.cutoff = Number(opt('cutoff', '0'));
+  admission.readAhead = Number(opt('read-ahead', '0'));
   for (const name of policies) {
     const p = makePolicy(name, slots);
     const t = performance.now();

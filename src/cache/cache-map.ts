@@ -12,11 +12,15 @@
  * sequential streams) thus leave at the first cleaning of their segment while blocks hit
  * twice or more survive several: recency and frequency, adapted by the ghost history.
  *
- * Segment choice (cleaning): when the hand leaves a segment it enters the one with the best
- * LFS cost-benefit score, (free / (B + keep)) * age, where keep = slots whose counter is
- * non-zero (they will be carried forward), free = B - keep (invalid or evictable slots) and
- * age = segments entered since it was last entered: segments emptied by invalidations or
- * holding one-touch blocks are reused first, hot ones last, and no hole waits a full round.
+ * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
+ * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with
+ * the most invalid slots, and refills only those (its valid blocks stay as they are, counters
+ * untouched): capacity lost to invalidation stays under EMPTY_TARGET. Otherwise it enters the
+ * segment with the best LFS cost-benefit score, ((2 holes + cold) / (B + keep)) * age, where
+ * keep = valid slots whose counter is non-zero (carried forward), cold = the other valid slots
+ * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age = segments entered since it was last entered: segments holding one-touch blocks are
+ * reused first, hot ones last. The price of few holes is more segment writes per block
+ * inserted (a holes-only refill writes a whole segment for a few blocks).
  * SegmentChoice.Order (next segment in log order) is pblcache's CLOCK, kept as the simulator's
  * baseline. With the default of one segment the map is a plain CLOCK-with-counters.
  *
@@ -31,14 +35,17 @@
  * which segment comes next (to read it ahead); the hand will enter exactly that one.
  */
 import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
-import { BlockDescriptorArray, FLAG_REF, FLAG_VALID, MAX_VOLUMES } from './bda';
+import { BlockDescriptorArray, FLAG_PREFETCHED, FLAG_REF, FLAG_VALID, MAX_VOLUMES } from './bda';
 import { GhostHistory } from './ghost';
 import { newCounters, type VolumeCounters } from './stats';
 
 /** Largest reuse counter (bits 1..2 of the flags; FLAG_REF is its low bit). */
 export const MAX_COUNT = 3;
 const COUNT_MASK = MAX_COUNT * FLAG_REF;
-/** Fraction of invalid slots above which the hand refills the segments with the most holes first. */
+/**
+ * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
+ * segments with the most holes first.
+ */
 export const EMPTY_TARGET = 1 / 64;
 
 export enum SegmentChoice {
@@ -146,6 +153,10 @@ export class CacheMap {
       const c = flags[idx] & COUNT_MASK;
       if (c === 0) this.segKeep[this.segmentOf(idx)]++;
       if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
+      if ((flags[idx] & FLAG_PREFETCHED) !== 0) {
+        flags[idx] &= ~FLAG_PREFETCHED;
+        this.stats(volume).prefetchHits++;
+      }
     }
     return idx;
   }
@@ -188,7 +199,7 @@ export class CacheMap {
       const stamp = this.segStamp;
       const now = this.entered + 1;
       // Too many holes: refill the segment with the most (holes only); else cost-benefit.
-      const holesFirst = this.slots - this.map.size > this.slots * EMPTY_TARGET;
+      const holesFirst = this.slots - this.map.size > Math.max(this.slots * EMPTY_TARGET, B);
       let mostHoles = 0;
       let holey = -1;
       let bestScore = -1;
@@ -199,7 +210,7 @@ export class CacheMap {
           mostHoles = holes;
           holey = s;
         }
-        const score = ((holes + valid[s] - keep[s]) / (B + keep[s])) * (now - stamp[s]);
+        const score = ((2 * holes + valid[s] - keep[s]) / (B + keep[s])) * (now - stamp[s]);
         if (score > bestScore) {
           bestScore = score;
           best = s;
@@ -252,9 +263,10 @@ export class CacheMap {
   /**
    * Puts (volume, block) into `slot` (normally the one findVictim returned): evicts what the
    * slot held (its key joins the ghost history), drops any other slot holding the same key,
-   * moves the hand past the slot.
+   * moves the hand past the slot. `prefetched`: inserted by read-ahead (counted, marked until
+   * its first hit).
    */
-  assign(slot: number, volume: number, block: number): void {
+  assign(slot: number, volume: number, block: number, prefetched = false): void {
     const { bda } = this;
     if (bda.isValid(slot)) {
       this.stats(bda.volumeOf(slot)).evictions++;
@@ -273,6 +285,10 @@ export class CacheMap {
     }
     this.volumeBlocks[volume]++;
     this.stats(volume).insertions++;
+    if (prefetched) {
+      bda.flags[slot] |= FLAG_PREFETCHED;
+      this.stats(volume).prefetched++;
+    }
     if (slot === this.hand) {
       this.placed = true;
       this.hand = this.step(slot);

@@ -12,6 +12,8 @@
  *   storageHits     read hits served from the cache device
  *   ghostHits       blocks inserted while their key was in the ghost history (recently
  *                   evicted or overwritten): they start with a reuse counter of 1
+ *   prefetched      blocks inserted by read-ahead
+ *   prefetchHits    of those, read at least once while cached (accuracy = prefetchHits / prefetched)
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           rounds of the log (segments entered / segments)
@@ -34,6 +36,8 @@ export interface VolumeCounters {
   storageHits: number;
   checksumErrors: number;
   ghostHits: number;
+  prefetched: number;
+  prefetchHits: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -76,6 +80,8 @@ export function newCounters(): VolumeCounters {
     storageHits: 0,
     checksumErrors: 0,
     ghostHits: 0,
+    prefetched: 0,
+    prefetchHits: 0,
   };
 }
 
@@ -90,6 +96,8 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.storageHits += from.storageHits;
   into.checksumErrors += from.checksumErrors;
   into.ghostHits += from.ghostHits;
+  into.prefetched += from.prefetched;
+  into.prefetchHits += from.prefetchHits;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {

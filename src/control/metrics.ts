@@ -31,6 +31,8 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['readHits', 'vbc_cache_read_hits_total', 'block reads served from the cache'],
   ['insertions', 'vbc_cache_insertions_total', 'blocks inserted into the cache'],
   ['evictions', 'vbc_cache_evictions_total', 'blocks evicted by the log hand'],
+  ['prefetched', 'vbc_cache_prefetched_total', 'blocks inserted by sequential read-ahead'],
+  ['prefetchHits', 'vbc_cache_prefetch_hits_total', 'read-ahead blocks later read while cached'],
   ['ghostHits', 'vbc_cache_ghost_hits_total', 'blocks inserted while in the ghost history (recently evicted or overwritten)'],
   ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
   ['invalidateHits', 'vbc_cache_invalidate_hits_total', 'invalidations that removed a cached block'],
