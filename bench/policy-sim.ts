@@ -252,19 +252,22 @@ class Counters {
  */
 const admission = { cutoff: 0, readAhead: 0, streams: new Map<number, StreamDetector>() };
 
-function streamLength(vol: number, first: number, count: number): number {
+function detector(vol: number): StreamDetector {
   let d = admission.streams.get(vol);
   if (!d) {
     d = new StreamDetector();
     admission.streams.set(vol, d);
   }
-  return d.observe(first, count);
+  return d;
+}
+
+function streamLength(vol: number, first: number, count: number): number {
+  return detector(vol).observe(first, count);
 }
 
 function apply(p: Policy, r: Req, c: Counters): void {
   if (r.bypass) return;
-  const run = admission.cutoff > 0 || admission.readAhead > 0 ? streamLength(r.vol, r.block, r.blocks) : 0;
-  const refuse = admission.cutoff > 0 && run > admission.cutoff;
+  const refuse = admission.cutoff > 0 && streamLength(r.vol, r.block, r.blocks) > admission.cutoff;
   if (r.read) {
     const miss: number[] = [];
     for (let b = r.block; b < r.block + r.blocks; b++) {
@@ -274,9 +277,14 @@ function apply(p: Policy, r: Req, c: Counters): void {
     }
     if (refuse) c.refused += miss.length;
     else for (const b of miss) p.insert(r.vol, b);
-    if (admission.readAhead > 0 && run > r.blocks && p.prefetch && p.has) {
-      const end = r.block + r.blocks;
-      for (let b = end; b < end + admission.readAhead; b++) if (!p.has(r.vol, b)) p.prefetch(r.vol, b);
+    if (admission.readAhead > 0 && p.prefetch && p.has) {
+      // The same decision as CachedStore's read-ahead.
+      const d = detector(r.vol);
+      let from = d.readAhead(r.block, r.blocks, admission.readAhead, Number.MAX_SAFE_INTEGER);
+      if (from >= 0) {
+        while (from < d.lastEnd && p.has(r.vol, from)) from++;
+        for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
+      }
     }
   } else {
     for (let b = r.block; b < r.block + r.blocks; b++) {
@@ -378,6 +386,7 @@ function main(): void {
   const ios = Number(opt('ios', '5000000'));
   admission.cutoff = Number(opt('cutoff', '0'));
   admission.readAhead = Number(opt('read-ahead', '0'));
+  if (admission.cutoff > 0 && admission.readAhead > 0) throw new Error('--cutoff and --read-ahead are exclusive');
   for (const name of policies) {
     const p = makePolicy(name, slots);
     const t = performance.now();

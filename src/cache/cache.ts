@@ -524,9 +524,9 @@ export class Cache {
   }
 
   /** See Log.insert(); nothing is inserted once closing or disabled. */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    return this.log.insert(volume, first, data, count, accept);
+    return this.log.insert(volume, first, data, count, accept, prefetched);
   }
 
   /** Invalidates blocks first .. first + count - 1 of a volume; returns how many were cached. */

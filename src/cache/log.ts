@@ -214,9 +214,10 @@ export class Log {
    * Appends blocks first .. first + count - 1 of `volume` (data: count blocks, contiguous, not
    * modified by the caller until this settles). `accept` is asked before each block is placed;
    * false stops the insertion (e.g. a write raced with the read that produced the data).
-   * Resolves with the number of blocks inserted; never rejects.
+   * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
+   * (marked in the map until first read).
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
     if (this.queued + count > this.maxQueued) {
       this.insertsDropped += count;
@@ -240,7 +241,7 @@ export class Log {
           }
           const cur = this.current as SegmentBuffer | null;
           if (cur === null) break;
-          this.map.assign(victim, volume, first + k);
+          this.map.assign(victim, volume, first + k, prefetched);
           this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
           n++;

@@ -7,7 +7,11 @@
  * a stream survives about CELLS / (random requests between two of its requests) of them.
  * Used for admission (sequential cut-off) and read-ahead.
  *
- * Memory: CELLS x (continuation block, run length) in two Float64Arrays, 64 KiB per volume.
+ * Each run also carries its read-ahead mark (blocks before it were already requested by
+ * read-ahead): see readAhead().
+ *
+ * Memory: CELLS x (continuation block, run length, read-ahead mark) in three Float64Arrays,
+ * 96 KiB per volume.
  */
 export const CELLS = 4096;
 
@@ -19,6 +23,9 @@ function cell(block: number): number {
 export class StreamDetector {
   private readonly next = new Float64Array(CELLS).fill(-1);
   private readonly length = new Float64Array(CELLS);
+  private readonly mark = new Float64Array(CELLS);
+  /** Cell of the run the last observe() returned. */
+  private current = 0;
 
   /**
    * Records a request of `count` blocks at `first`; returns the length in blocks of the run it
@@ -27,13 +34,37 @@ export class StreamDetector {
   observe(first: number, count: number): number {
     let c = cell(first);
     let len = count;
+    let mark = 0;
     if (this.next[c] === first) {
       len += this.length[c];
+      mark = this.mark[c];
       this.next[c] = -1;
     }
     c = cell(first + count);
     this.next[c] = first + count;
     this.length[c] = len;
+    this.mark[c] = mark;
+    this.current = c;
     return len;
   }
+
+  /**
+   * Records a read of blocks first .. first + count - 1 and decides read-ahead: when the read
+   * continues a run and the run is within window / 2 of what read-ahead already requested,
+   * returns the first block to read ahead and moves the run's mark to the window's end
+   * (first + count + window, clipped to `limit`, also left in lastEnd); else -1.
+   */
+  readAhead(first: number, count: number, window: number, limit: number): number {
+    const end = first + count;
+    if (this.observe(first, count) <= count) return -1;
+    const from = Math.max(end, this.mark[this.current]);
+    if (from >= end + window / 2) return -1;
+    const to = Math.min(end + window, limit);
+    this.mark[this.current] = to;
+    this.lastEnd = to;
+    return from < to ? from : -1;
+  }
+
+  /** End (exclusive) of the range the last successful readAhead() returned the start of. */
+  lastEnd = 0;
 }
