@@ -5,7 +5,8 @@
  *
  * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one;
  * a block inserted while its key is in the ghost history (ghost.ts: evicted or overwritten
- * recently) starts at 1, any other at 0. To insert, the hand scans its segment: an invalid slot
+ * recently) starts at 1, a block inserted by read-ahead too (it must survive until its reader
+ * comes; its first hit does not add one), any other at 0. To insert, the hand scans its segment: an invalid slot
  * is taken; a valid slot with a non-zero counter is carried forward (kept in place, counter
  * decremented: it is rewritten with the segment), unless its volume is at or over its cap;
  * any other valid slot is evicted (its key goes to the ghost history). One-touch blocks (scans,
@@ -150,13 +151,15 @@ export class CacheMap {
     const idx = this.map.get(volume, block);
     if (idx >= 0) {
       const flags = this.bda.flags;
+      if ((flags[idx] & FLAG_PREFETCHED) !== 0) {
+        // First read of a read-ahead block: uses up the counter it was inserted with.
+        flags[idx] &= ~FLAG_PREFETCHED;
+        this.stats(volume).prefetchHits++;
+        return idx;
+      }
       const c = flags[idx] & COUNT_MASK;
       if (c === 0) this.segKeep[this.segmentOf(idx)]++;
       if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
-      if ((flags[idx] & FLAG_PREFETCHED) !== 0) {
-        flags[idx] &= ~FLAG_PREFETCHED;
-        this.stats(volume).prefetchHits++;
-      }
     }
     return idx;
   }
@@ -286,6 +289,11 @@ export class CacheMap {
     this.volumeBlocks[volume]++;
     this.stats(volume).insertions++;
     if (prefetched) {
+      // Read ahead of its reader: it must survive one cleaning to be read.
+      if ((bda.flags[slot] & COUNT_MASK) === 0) {
+        bda.flags[slot] |= FLAG_REF;
+        this.segKeep[this.segmentOf(slot)]++;
+      }
       bda.flags[slot] |= FLAG_PREFETCHED;
       this.stats(volume).prefetched++;
     }
