@@ -14,6 +14,12 @@
  * 96 KiB per volume.
  */
 export const CELLS = 4096;
+/**
+ * Shortest run (blocks, the current request included) that gets read-ahead: short runs are
+ * mostly random walks that touched neighbouring blocks (SPC-1's hot spots read the blocks of an
+ * 8-block leaf in turn), and read-ahead for them would never be read.
+ */
+export const READ_AHEAD_MIN_RUN = 16;
 
 function cell(block: number): number {
   const h = Math.imul((block >>> 0) ^ Math.floor(block / 2 ** 32), 0x9e3779b1);
@@ -50,13 +56,14 @@ export class StreamDetector {
 
   /**
    * Records a read of blocks first .. first + count - 1 and decides read-ahead: when the read
-   * continues a run and the run is within window / 2 of what read-ahead already requested,
+   * continues a run of READ_AHEAD_MIN_RUN blocks or more and the run is within window / 2 of what read-ahead already requested,
    * returns the first block to read ahead and moves the run's mark to the window's end
    * (first + count + window, clipped to `limit`, also left in lastEnd); else -1.
    */
   readAhead(first: number, count: number, window: number, limit: number): number {
     const end = first + count;
-    if (this.observe(first, count) <= count) return -1;
+    const run = this.observe(first, count);
+    if (run <= count || run < READ_AHEAD_MIN_RUN) return -1;
     const from = Math.max(end, this.mark[this.current]);
     if (from >= end + window / 2) return -1;
     const to = Math.min(end + window, limit);

@@ -291,15 +291,16 @@ describe('cached store', () => {
 
   it('read-ahead: a read continuing a stream prefetches the next blocks in one backing read; later reads hit them', async () => {
     const s = await open('writethrough', 8);
-    await readBack(s, 0, BS);
+    await readBack(s, 0, 15 * BS);
     const before = mem.reads;
-    // Block 1 continues the run at 0: blocks 2..9 are read ahead (one backing read).
-    await readBack(s, BS, BS);
+    // Block 15 continues the run at 0 to READ_AHEAD_MIN_RUN blocks: blocks 16..23 are read
+    // ahead (one backing read).
+    await readBack(s, 15 * BS, BS);
     await s.drain();
     assert.equal(mem.reads, before + 2);
     assert.equal(cache.stats().prefetched, 8);
-    // All hits; the stream goes on, so blocks 10..17 are read ahead (one more backing read).
-    assert.deepEqual(await readBack(s, 2 * BS, 8 * BS), mem.data.subarray(2 * BS, 10 * BS));
+    // All hits; the stream goes on, so blocks 24..31 are read ahead (one more backing read).
+    assert.deepEqual(await readBack(s, 16 * BS, 8 * BS), mem.data.subarray(16 * BS, 24 * BS));
     await s.drain();
     assert.equal(mem.reads, before + 3);
     const st = cache.stats();
@@ -309,19 +310,19 @@ describe('cached store', () => {
 
   it('read-ahead racing a write never inserts the old data', async () => {
     const s = await open('writearound', 8);
-    await readBack(s, 0, BS);
-    // Hold the read-ahead of blocks 2..9 before it copies anything.
+    await readBack(s, 0, 15 * BS);
+    // Hold the read-ahead of blocks 16..23 before it copies anything.
     const prefetchHeld = gate();
     const releasePrefetch = gate();
     mem.readHook = async (offset) => {
-      if (offset !== 2 * BS) return;
+      if (offset !== 16 * BS) return;
       mem.readHook = null;
       prefetchHeld.resolve();
       await releasePrefetch.promise;
     };
-    await readBack(s, BS, BS);
+    await readBack(s, 15 * BS, BS);
     await prefetchHeld.promise;
-    // A write of block 5 starts (invalidates) and is held before it reaches the backing store.
+    // A write of block 20 starts (invalidates) and is held before it reaches the backing store.
     const writeHeld = gate();
     const releaseWrite = gate();
     mem.writeHook = async () => {
@@ -329,15 +330,15 @@ describe('cached store', () => {
       writeHeld.resolve();
       await releaseWrite.promise;
     };
-    const w = s.write(5 * BS, [block(5 * BS, 3)]);
+    const w = s.write(20 * BS, [block(20 * BS, 3)]);
     await writeHeld.promise;
-    // The read-ahead reads the old block 5 now; it must not insert it.
+    // The read-ahead reads the old block 20 now; it must not insert it.
     releasePrefetch.resolve();
     releaseWrite.resolve();
     await w;
     await s.drain();
     await settle();
-    assert.deepEqual(await readBack(s, 5 * BS, BS), block(5 * BS, 3));
+    assert.deepEqual(await readBack(s, 20 * BS, BS), block(20 * BS, 3));
     assert.equal(cache.stats().prefetched, 0);
   });
 });

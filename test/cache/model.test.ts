@@ -60,6 +60,7 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
   };
   await open();
   let checks = 0;
+  const cursor = [0, 0];
   const totals = {
     readHits: 0,
     ramHits: 0,
@@ -136,17 +137,20 @@ async function runModel(seed: number, mode: CacheMode, steps: number): Promise<v
         const v = Math.floor(r() * 2);
         const s = stores![v];
         const model = models[v];
-        const firstBlock = Math.floor(r() * 97);
+        // One read in five continues the volume's sequential stream (read-ahead kicks in).
+        const sequential = r() < 0.2;
+        const firstBlock = sequential ? cursor[v] : Math.floor(r() * 97);
         const blocks = 1 + Math.floor(r() * 6);
         const lastBlock = Math.min(96, firstBlock + blocks - 1);
         if (used.some(([uv, a, b]) => uv === v && !(b < firstBlock || a > lastBlock))) continue;
         used.push([v, firstBlock, lastBlock]);
+        if (sequential) cursor[v] = lastBlock + 1 > 90 ? 0 : lastBlock + 1;
         const start = firstBlock * BS + (r() < 0.3 ? 512 * Math.floor(r() * 8) : 0);
         let end = Math.min((lastBlock + 1) * BS, VOL_SIZE);
         if (r() < 0.3) end = Math.max(start + 512, end - 512 * Math.floor(r() * 8));
         if (start >= VOL_SIZE || end > VOL_SIZE || end <= start) continue;
         const len = end - start;
-        const kind = r();
+        const kind = sequential ? 0 : r();
         if (kind < 0.55) {
           const out = new Uint8Array(len);
           batch.push(
