@@ -5,9 +5,9 @@
  *
  * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one;
  * a block inserted while its key is in the ghost history (ghost.ts: evicted or overwritten
- * recently) starts at 1, a block inserted by read-ahead too (it must survive until its reader
- * comes; its first hit does not add one), any other at 0. To insert, the hand scans its segment: an invalid slot
- * is taken; a valid slot with a non-zero counter is carried forward (kept in place, counter
+ * recently, i.e. reused: ARC's second list) starts at MAX_COUNT; a block inserted by read-ahead
+ * at 1 (it must survive until its reader comes; its first hit does not add one); any other
+ * at 0. To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a non-zero counter is carried forward (kept in place, counter
  * decremented: it is rewritten with the segment), unless its volume is at or over its cap;
  * any other valid slot is evicted (its key goes to the ghost history). One-touch blocks (scans,
  * sequential streams) thus leave at the first cleaning of their segment while blocks hit
@@ -282,7 +282,7 @@ export class CacheMap {
     this.map.add(slot);
     this.segValid[this.segmentOf(slot)]++;
     if (this.ghost?.take(bda.keyLo[slot], bda.keyHi[slot])) {
-      bda.flags[slot] |= FLAG_REF;
+      bda.flags[slot] |= COUNT_MASK;
       this.segKeep[this.segmentOf(slot)]++;
       this.stats(volume).ghostHits++;
     }

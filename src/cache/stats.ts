@@ -11,7 +11,7 @@
  *   ramHits         read hits served from a RAM segment buffer
  *   storageHits     read hits served from the cache device
  *   ghostHits       blocks inserted while their key was in the ghost history (recently
- *                   evicted or overwritten): they start with a reuse counter of 1
+ *                   evicted or overwritten): they start with the full reuse counter
  *   prefetched      blocks inserted by read-ahead
  *   prefetchHits    of those, read at least once while cached (accuracy = prefetchHits / prefetched)
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not

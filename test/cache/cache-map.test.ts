@@ -106,9 +106,9 @@ describe('cache map CLOCK', () => {
     // 11 is left as it is; 2 holes are few: cost-benefit picks segment 1 (oldest, nothing to
     // carry) over 3 (younger) and 0 (young, one block to carry).
     assert.equal(insert(m, 0, 25), 4);
-    // 4 was evicted just now: it comes back with a counter of 1 (ghost history).
+    // 4 was evicted just now: it comes back with the full counter (ghost history).
     assert.equal(insert(m, 0, 4), 5);
-    assert.equal(drawSlots(m, 4), [' 0    1*   20   21', ' 25   4*  >6    7', ' 22   23   24   11', ' 12   ..   ..   15'].join('\n'));
+    assert.equal(drawSlots(m, 4), [' 0    1*   20   21', ' 25   4***>6    7', ' 22   23   24   11', ' 12   ..   ..   15'].join('\n'));
     assert.equal(m.blocksCarried, 2);
     assert.equal(m.stats(0).ghostHits, 1);
     assert.equal(m.stats(0).evictions, 4);
