@@ -7,8 +7,9 @@
  * a block inserted while its key is in the ghost history (ghost.ts: evicted or overwritten
  * recently, i.e. reused: ARC's second list) starts at MAX_COUNT; a block inserted by read-ahead
  * at 1 (it must survive until its reader comes; its first hit does not add one); any other
- * at 0. To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a non-zero counter is carried forward (kept in place, counter
- * decremented: it is rewritten with the segment), unless its volume is at or over its cap;
+ * at 0. To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a
+ * non-zero counter is carried forward (kept in place, counter decremented: it is rewritten
+ * with the segment), unless its volume is at or over its cap;
  * any other valid slot is evicted (its key goes to the ghost history). One-touch blocks (scans,
  * sequential streams) thus leave at the first cleaning of their segment while blocks hit
  * twice or more survive several: recency and frequency, adapted by the ghost history.
