@@ -49,6 +49,11 @@ const COUNT_MASK = MAX_COUNT * FLAG_REF;
  * segments with the most holes first.
  */
 export const EMPTY_TARGET = 1 / 64;
+/**
+ * Segments examined per segment choice (all of them up to this many; beyond, a window that
+ * rotates over the log), so a choice costs O(CLEANING_WINDOW), not O(segments).
+ */
+export const CLEANING_WINDOW = 4096;
 
 export enum SegmentChoice {
   /** Cost-benefit cleaning (default). */
@@ -95,6 +100,8 @@ export class CacheMap {
   /** Per segment: value of `entered` when the hand last entered it. */
   private readonly segStamp: Float64Array;
   private entered = 0;
+  /** First segment of the next cleaning window. */
+  private windowStart = 0;
   /** True once a block was placed in the hand's current segment. */
   private placed = false;
   /** Segment the hand enters next, once chosen (-1: not chosen yet). */
@@ -207,7 +214,12 @@ export class CacheMap {
       let mostHoles = 0;
       let holey = -1;
       let bestScore = -1;
-      for (let s = 0; s < S; s++) {
+      // At most CLEANING_WINDOW segments are examined per choice, a rotating window.
+      const n = Math.min(S, CLEANING_WINDOW);
+      const from = this.windowStart;
+      this.windowStart = (from + n) % S;
+      for (let j = 0; j < n; j++) {
+        const s = from + j < S ? from + j : from + j - S;
         if (s === cur) continue;
         const holes = B - valid[s];
         if (holes > mostHoles) {
