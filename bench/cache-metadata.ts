@@ -39,7 +39,7 @@ async function main(): Promise<void> {
     const loadMs = performance.now() - t;
     if (!r.ok) throw new Error(`load failed: ${r.reason}`);
     t = performance.now();
-    const loaded = new CacheMap(g.slots, undefined, r.state.bda, r.state.table);
+    const loaded = new CacheMap(g.slots, {}, r.state.bda, r.state.table);
     const adoptMs = performance.now() - t;
     if (loaded.peek(1, 3) !== map.peek(1, 3) || loaded.map.size !== map.map.size) throw new Error('loaded map differs');
     console.log(

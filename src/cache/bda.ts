@@ -11,7 +11,8 @@
  *   crc    Uint32Array(N)  CRC-32C of the block's data, checked on every hit read from the
  *                          cache device (and on read-ahead)
  *   flags  Uint8Array(N)   bit 0 VALID (the slot holds the block named by the key)
- *                          bit 1 REF   (CLOCK reference bit: set on hit, cleared by the hand)
+ *                          bits 1..2   reuse counter (cache-map.ts; bit 1 = FLAG_REF)
+ *                          bit 3 PREFETCHED (inserted by read-ahead, not read since)
  *
  * 13 bytes per slot. With the address map (address-map.ts: one Int32 per table entry at a
  * load factor of 0.7, ~5.7 bytes per slot) the whole index costs ~18.7 bytes per cache block.
@@ -21,6 +22,8 @@ import { VhostError } from '../native/errors';
 
 export const FLAG_VALID = 1;
 export const FLAG_REF = 2;
+/** Inserted by read-ahead and not read since (bit 3; bits 1..2 are the reuse counter). */
+export const FLAG_PREFETCHED = 8;
 
 export const MAX_VOLUMES = 0x10000;
 export const MAX_BLOCK_NUMBER = 2 ** 48 - 1;

@@ -1,46 +1,136 @@
 /**
- * Cache map: the BDA (which key sits in which log slot), the address map (key -> slot) and the
- * CLOCK hand, which is also the log write position: a new block always goes to the slot the
- * hand stops at, so blocks are written in log order and segments fill sequentially.
+ * Cache map: the BDA (which key sits in which log slot), the address map (key -> slot), the
+ * replacement policy and the log write position (the hand): a new block always goes to the slot
+ * the hand stops at, so blocks are written in log order and each segment fills sequentially.
  *
- * CLOCK: a hit sets the slot's REF bit. To insert, the hand scans from its position: an
- * invalid slot is taken; a valid slot with REF set is spared (REF cleared, hand moves on),
- * unless its volume is at or over its cap (such blocks get no second chance); any other valid
- * slot is evicted. The scan terminates within two passes.
+ * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one;
+ * a block inserted while its key is in the ghost history (ghost.ts: evicted or overwritten
+ * recently, i.e. reused: ARC's second list) starts at MAX_COUNT; a block inserted by read-ahead
+ * at 1 (it must survive until its reader comes; its first hit does not add one); any other
+ * at 0. To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a
+ * non-zero counter is carried forward (kept in place, counter decremented: it is rewritten
+ * with the segment), unless its volume is at or over its cap;
+ * any other valid slot is evicted (its key goes to the ghost history). One-touch blocks (scans,
+ * sequential streams) thus leave at the first cleaning of their segment while blocks hit
+ * twice or more survive several: recency and frequency, adapted by the ghost history.
+ *
+ * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
+ * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with
+ * the most invalid slots, and refills only those (its valid blocks stay as they are, counters
+ * untouched): capacity lost to invalidation stays under EMPTY_TARGET. Otherwise it enters the
+ * segment with the best LFS cost-benefit score, ((2 holes + cold) / (B + keep)) * age, where
+ * keep = valid slots whose counter is non-zero (carried forward), cold = the other valid slots
+ * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age = segments entered since it was last entered: segments holding one-touch blocks are
+ * reused first, hot ones last. The price of few holes is more segment writes per block
+ * inserted (a holes-only refill writes a whole segment for a few blocks).
+ * SegmentChoice.Order (next segment in log order) is pblcache's CLOCK, kept as the simulator's
+ * baseline. With the default of one segment the map is a plain CLOCK-with-counters.
  *
  * Per-volume caps are hard: while a volume holds `cap` blocks, its next insert evicts one of its
- * own blocks (the first one at or after the hand, whatever its REF bit); slots of other volumes
- * passed on the way are left untouched.
+ * own blocks (the first one at or after the hand in slot order, whatever its counter); slots of
+ * other volumes passed on the way are left untouched.
  *
  * Insertion is split in two steps because the log may have to read the victim's segment
  * before the slot can be overwritten (see log.ts): findVictim() moves the hand to the victim
- * (clearing REF bits of spared slots), assign() evicts it, stores the new key and moves the
- * hand past it. Nothing else may move the hand in between.
+ * (carrying forward the slots it passes), assign() evicts it, stores the new key and moves the
+ * hand past it. Nothing else may move the hand in between. upcomingSegment() tells the log
+ * which segment comes next (to read it ahead); the hand will enter exactly that one.
  */
 import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
-import { BlockDescriptorArray, FLAG_REF, FLAG_VALID, MAX_VOLUMES } from './bda';
+import { BlockDescriptorArray, FLAG_PREFETCHED, FLAG_REF, FLAG_VALID, MAX_VOLUMES } from './bda';
+import { GhostHistory } from './ghost';
 import { newCounters, type VolumeCounters } from './stats';
+
+/** Largest reuse counter (bits 1..2 of the flags; FLAG_REF is its low bit). */
+export const MAX_COUNT = 3;
+const COUNT_MASK = MAX_COUNT * FLAG_REF;
+/**
+ * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
+ * segments with the most holes first.
+ */
+export const EMPTY_TARGET = 1 / 64;
+/**
+ * Segments examined per segment choice (all of them up to this many; beyond, a window that
+ * rotates over the log), so a choice costs O(CLEANING_WINDOW), not O(segments).
+ */
+export const CLEANING_WINDOW = 4096;
+
+export enum SegmentChoice {
+  /** Cost-benefit cleaning (default). */
+  Clean = 'clean',
+  /** The next segment in log order (pblcache CLOCK). */
+  Order = 'order',
+}
+
+export interface CacheMapOptions {
+  loadFactor?: number;
+  /** Slots per log segment (default: all slots, one segment). */
+  segmentBlocks?: number;
+  segmentChoice?: SegmentChoice;
+  /** Ghost history entries (default: one per slot; 0 = none). */
+  ghostEntries?: number;
+}
 
 export class CacheMap {
   readonly bda: BlockDescriptorArray;
   readonly map: AddressMap;
+  readonly ghost: GhostHistory | null;
   readonly slots: number;
+  readonly segmentBlocks: number;
+  readonly segments: number;
+  readonly segmentChoice: SegmentChoice;
   /** Next slot the hand looks at. */
   hand = 0;
+  /** Segments entered / segments (rounds of the log). */
   wraps = 0;
+  /** Segments the hand entered to refill them. */
+  segmentsCleaned = 0;
+  /** Valid blocks the hand kept in place (rewritten with their segment). */
+  blocksCarried = 0;
+  /** Segments the hand left without placing a block in them (every slot carried forward). */
+  segmentsSkipped = 0;
   /** Blocks currently cached per volume id. */
   readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
   /** Per-volume cap in blocks; 0 = no cap. */
   readonly volumeCap = new Float64Array(MAX_VOLUMES);
+  /** Per segment: valid slots whose counter is non-zero. */
+  private readonly segKeep: Uint16Array;
+  /** Per segment: valid slots. */
+  private readonly segValid: Uint16Array;
+  /** Per segment: value of `entered` when the hand last entered it. */
+  private readonly segStamp: Float64Array;
+  private entered = 0;
+  /** First segment of the next cleaning window. */
+  private windowStart = 0;
+  /** True once a block was placed in the hand's current segment. */
+  private placed = false;
+  /** Segment the hand enters next, once chosen (-1: not chosen yet). */
+  private upcoming = -1;
+  /** upcoming was chosen for its holes: only they are refilled, valid slots are left as they are. */
+  private upcomingHolesOnly = false;
+  /** The hand's current segment is being refilled holes only. */
+  private holesOnly = false;
   private readonly counters: (VolumeCounters | undefined)[] = [];
 
-  constructor(slots: number, loadFactor = DEFAULT_LOAD_FACTOR, bda?: BlockDescriptorArray, table?: Int32Array) {
+  constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
     this.bda = bda ?? new BlockDescriptorArray(slots);
     this.slots = this.bda.size;
-    this.map = new AddressMap(this.bda, loadFactor, table);
+    this.map = new AddressMap(this.bda, opts.loadFactor ?? DEFAULT_LOAD_FACTOR, table);
+    this.segmentBlocks = Math.min(opts.segmentBlocks ?? this.slots, this.slots);
+    this.segments = Math.ceil(this.slots / this.segmentBlocks);
+    this.segmentChoice = opts.segmentChoice ?? SegmentChoice.Clean;
+    const ghost = opts.ghostEntries ?? this.slots;
+    this.ghost = ghost > 0 ? new GhostHistory(ghost) : null;
+    this.segKeep = new Uint16Array(this.segments);
+    this.segValid = new Uint16Array(this.segments);
+    this.segStamp = new Float64Array(this.segments);
     if (bda) {
+      const flags = this.bda.flags;
       for (let i = 0; i < this.slots; i++) {
-        if (this.bda.isValid(i)) this.volumeBlocks[this.bda.volumeOf(i)]++;
+        if ((flags[i] & FLAG_VALID) === 0) continue;
+        this.volumeBlocks[this.bda.volumeOf(i)]++;
+        this.segValid[this.segmentOf(i)]++;
+        if ((flags[i] & COUNT_MASK) !== 0) this.segKeep[this.segmentOf(i)]++;
       }
     }
   }
@@ -55,14 +145,34 @@ export class CacheMap {
     return c;
   }
 
-  /** Slot of (volume, block) and sets its REF bit, or -1. Does not count statistics. */
+  segmentOf(slot: number): number {
+    return Math.floor(slot / this.segmentBlocks);
+  }
+
+  /** Reuse counter of a slot (0..MAX_COUNT). */
+  count(slot: number): number {
+    return (this.bda.flags[slot] & COUNT_MASK) / FLAG_REF;
+  }
+
+  /** Slot of (volume, block) and counts a use of it, or -1. Does not count statistics. */
   lookup(volume: number, block: number): number {
     const idx = this.map.get(volume, block);
-    if (idx >= 0) this.bda.flags[idx] |= FLAG_REF;
+    if (idx >= 0) {
+      const flags = this.bda.flags;
+      if ((flags[idx] & FLAG_PREFETCHED) !== 0) {
+        // First read of a read-ahead block: uses up the counter it was inserted with.
+        flags[idx] &= ~FLAG_PREFETCHED;
+        this.stats(volume).prefetchHits++;
+        return idx;
+      }
+      const c = flags[idx] & COUNT_MASK;
+      if (c === 0) this.segKeep[this.segmentOf(idx)]++;
+      if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
+    }
     return idx;
   }
 
-  /** Slot of (volume, block) without touching REF, or -1. */
+  /** Slot of (volume, block) without touching its counter, or -1. */
   peek(volume: number, block: number): number {
     return this.map.get(volume, block);
   }
@@ -72,15 +182,67 @@ export class CacheMap {
     return cap > 0 && this.volumeBlocks[volume] >= cap;
   }
 
+  /** The slot after i for the hand: the next one in its segment, else the next segment's first. */
   private step(i: number): number {
-    if (i + 1 < this.slots) return i + 1;
-    this.wraps++;
-    return 0;
+    const next = i + 1;
+    if (next < this.slots && next % this.segmentBlocks !== 0) return next;
+    const seg = this.upcomingSegment();
+    this.upcoming = -1;
+    this.holesOnly = this.upcomingHolesOnly;
+    if (!this.placed) this.segmentsSkipped++;
+    this.placed = false;
+    this.segStamp[seg] = ++this.entered;
+    this.segmentsCleaned++;
+    if (this.entered % this.segments === 0) this.wraps++;
+    return seg * this.segmentBlocks;
+  }
+
+  /** The segment the hand enters when it leaves its current one (chosen once, then kept). */
+  upcomingSegment(): number {
+    if (this.upcoming >= 0) return this.upcoming;
+    const cur = this.segmentOf(this.hand);
+    const S = this.segments;
+    let best = (cur + 1) % S;
+    if (this.segmentChoice === SegmentChoice.Clean && S > 2) {
+      const B = this.segmentBlocks;
+      const keep = this.segKeep;
+      const valid = this.segValid;
+      const stamp = this.segStamp;
+      const now = this.entered + 1;
+      // Too many holes: refill the segment with the most (holes only); else cost-benefit.
+      const holesFirst = this.slots - this.map.size > Math.max(this.slots * EMPTY_TARGET, B);
+      let mostHoles = 0;
+      let holey = -1;
+      let bestScore = -1;
+      // At most CLEANING_WINDOW segments are examined per choice, a rotating window.
+      const n = Math.min(S, CLEANING_WINDOW);
+      const from = this.windowStart;
+      this.windowStart = (from + n) % S;
+      for (let j = 0; j < n; j++) {
+        const s = from + j < S ? from + j : from + j - S;
+        if (s === cur) continue;
+        const holes = B - valid[s];
+        if (holes > mostHoles) {
+          mostHoles = holes;
+          holey = s;
+        }
+        const score = ((2 * holes + valid[s] - keep[s]) / (B + keep[s])) * (now - stamp[s]);
+        if (score > bestScore) {
+          bestScore = score;
+          best = s;
+        }
+      }
+      this.upcomingHolesOnly = holesFirst && holey >= 0;
+      if (this.upcomingHolesOnly) best = holey;
+    }
+    this.upcoming = best;
+    return best;
   }
 
   /**
-   * Moves the hand to the slot the next block of `volume` must go to and returns it. Spared
-   * slots have their REF bit cleared. The slot is not changed: call assign() with it.
+   * Moves the hand to the slot the next block of `volume` must go to and returns it. Slots
+   * carried forward on the way have their counter decremented. The slot is not changed: call
+   * assign() with it.
    */
   findVictim(volume: number): number {
     const { bda, slots } = this;
@@ -92,15 +254,22 @@ export class CacheMap {
           this.hand = i;
           return i;
         }
-        i = this.step(i);
+        i = i + 1 < slots ? i + 1 : 0;
       }
       i = this.hand;
     }
     for (;;) {
       const f = flags[i];
       if ((f & FLAG_VALID) === 0) break;
-      if ((f & FLAG_REF) === 0 || this.atCap(bda.volumeOf(i))) break;
-      flags[i] = f & ~FLAG_REF;
+      if (this.holesOnly) {
+        i = this.step(i);
+        continue;
+      }
+      const c = f & COUNT_MASK;
+      if (c === 0 || this.atCap(bda.volumeOf(i))) break;
+      flags[i] = f - FLAG_REF;
+      if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+      this.blocksCarried++;
       i = this.step(i);
     }
     this.hand = i;
@@ -109,27 +278,51 @@ export class CacheMap {
 
   /**
    * Puts (volume, block) into `slot` (normally the one findVictim returned): evicts what the
-   * slot held, drops any other slot holding the same key, moves the hand past the slot.
+   * slot held (its key joins the ghost history), drops any other slot holding the same key,
+   * moves the hand past the slot. `prefetched`: inserted by read-ahead (counted, marked until
+   * its first hit).
    */
-  assign(slot: number, volume: number, block: number): void {
+  assign(slot: number, volume: number, block: number, prefetched = false): void {
     const { bda } = this;
     if (bda.isValid(slot)) {
       this.stats(bda.volumeOf(slot)).evictions++;
+      this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot]);
       this.drop(slot);
     }
     const old = this.map.get(volume, block);
     if (old >= 0) this.drop(old);
     bda.set(slot, volume, block);
     this.map.add(slot);
+    this.segValid[this.segmentOf(slot)]++;
+    if (this.ghost?.take(bda.keyLo[slot], bda.keyHi[slot])) {
+      bda.flags[slot] |= COUNT_MASK;
+      this.segKeep[this.segmentOf(slot)]++;
+      this.stats(volume).ghostHits++;
+    }
     this.volumeBlocks[volume]++;
     this.stats(volume).insertions++;
-    if (slot === this.hand) this.hand = this.step(slot);
+    if (prefetched) {
+      // Read ahead of its reader: it must survive one cleaning to be read.
+      if ((bda.flags[slot] & COUNT_MASK) === 0) {
+        bda.flags[slot] |= FLAG_REF;
+        this.segKeep[this.segmentOf(slot)]++;
+      }
+      bda.flags[slot] |= FLAG_PREFETCHED;
+      this.stats(volume).prefetched++;
+    }
+    if (slot === this.hand) {
+      this.placed = true;
+      this.hand = this.step(slot);
+    }
   }
 
   /** Invalidates a valid slot (no statistics). */
   drop(slot: number): void {
     const { bda } = this;
     if (!bda.isValid(slot)) return;
+    const seg = this.segmentOf(slot);
+    if ((bda.flags[slot] & COUNT_MASK) !== 0) this.segKeep[seg]--;
+    this.segValid[seg]--;
     this.map.remove(slot);
     this.volumeBlocks[bda.volumeOf(slot)]--;
     bda.clear(slot);
@@ -164,6 +357,7 @@ export class CacheMap {
       for (let b = first; b < first + count; b++) {
         const idx = this.map.get(volume, b);
         if (idx >= 0) {
+          this.ghost?.add(this.bda.keyLo[idx], this.bda.keyHi[idx]);
           this.drop(idx);
           hits++;
         }
@@ -199,6 +393,6 @@ export class CacheMap {
   }
 
   get byteLength(): number {
-    return this.bda.byteLength + this.map.byteLength;
+    return this.bda.byteLength + this.map.byteLength + (this.ghost?.byteLength ?? 0) + this.segKeep.byteLength + this.segStamp.byteLength;
   }
 }

@@ -288,14 +288,14 @@ export class Cache {
       let volumes: VolumeRecord[] = [];
       if (loaded.ok) {
         const st = loaded.state;
-        map = new CacheMap(g.slots, loadFactor, st.bda, st.table);
+        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment }, st.bda, st.table);
         map.hand = st.hand;
         map.wraps = st.wraps;
         sequence = Math.max(st.sequence, floor);
         volumes = st.volumes;
         logger.info({ path: o.path, metadata: describePlace(place), blocks: map.map.size }, 'cache warm start');
       } else {
-        map = new CacheMap(g.slots, loadFactor);
+        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment });
         logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
       return new Cache({ o, fd, g, sb, place, map, sequence, volumes, warm: loaded.ok });
@@ -528,9 +528,9 @@ export class Cache {
   }
 
   /** See Log.insert(); nothing is inserted once closing or disabled. */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    return this.log.insert(volume, first, data, count, accept);
+    return this.log.insert(volume, first, data, count, accept, prefetched);
   }
 
   /** Invalidates blocks first .. first + count - 1 of a volume; returns how many were cached. */
@@ -550,7 +550,10 @@ export class Cache {
     return {
       ...withRate(total, this.map.map.size),
       wraps: this.map.wraps,
-      segmentsSkipped: log.segmentsSkipped,
+      segmentsSkipped: this.map.segmentsSkipped,
+      segmentsCleaned: this.map.segmentsCleaned,
+      blocksCarried: this.map.blocksCarried,
+      emptySlots: this.map.slots - this.map.map.size,
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,
       readLatencyUs: log.readLatency.meanUs,

@@ -67,7 +67,6 @@ export class Log {
   sequence: number;
   /** Set by the first write error: nothing is inserted any more. */
   disabled = false;
-  segmentsSkipped = 0;
   segmentReads = 0;
   segmentWrites = 0;
   readErrors = 0;
@@ -215,9 +214,10 @@ export class Log {
    * Appends blocks first .. first + count - 1 of `volume` (data: count blocks, contiguous, not
    * modified by the caller until this settles). `accept` is asked before each block is placed;
    * false stops the insertion (e.g. a write raced with the read that produced the data).
-   * Resolves with the number of blocks inserted; never rejects.
+   * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
+   * (marked in the map until first read).
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
     if (this.queued + count > this.maxQueued) {
       this.insertsDropped += count;
@@ -241,7 +241,7 @@ export class Log {
           }
           const cur = this.current as SegmentBuffer | null;
           if (cur === null) break;
-          this.map.assign(victim, volume, first + k);
+          this.map.assign(victim, volume, first + k, prefetched);
           this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
           n++;
@@ -304,20 +304,15 @@ export class Log {
   private async rotate(seg: number): Promise<void> {
     const prev = this.current;
     if (prev) {
-      const S = this.g.segments;
-      this.segmentsSkipped += (seg - prev.segment - 1 + S) % S;
       this.current = null;
       if (prev.dirty) this.submit(prev);
-      else {
-        prev.state = BufferState.Clean;
-        this.segmentsSkipped++;
-      }
+      else prev.state = BufferState.Clean;
     }
     const b = await this.acquire(seg);
     b.state = BufferState.Filling;
     b.dirty = false;
     this.current = b;
-    if (this.pool.length > 2) this.prefetch((seg + 1) % this.g.segments);
+    if (this.pool.length > 2) this.prefetch(this.map.upcomingSegment());
   }
 
   private async acquire(seg: number): Promise<SegmentBuffer> {

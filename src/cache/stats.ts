@@ -10,10 +10,17 @@
  *   invalidateHits  of those, actually cached (and now dropped)
  *   ramHits         read hits served from a RAM segment buffer
  *   storageHits     read hits served from the cache device
+ *   ghostHits       blocks inserted while their key was in the ghost history (recently
+ *                   evicted or overwritten): they start with the full reuse counter
+ *   prefetched      blocks inserted by read-ahead
+ *   prefetchHits    of those, read at least once while cached (accuracy = prefetchHits / prefetched)
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
- *   wraps           times the log position (the CLOCK hand) went back to slot 0
- *   segmentsSkipped segments the hand passed without writing them (every slot spared)
+ *   wraps           rounds of the log (segments entered / segments)
+ *   segmentsSkipped segments the hand passed without writing them (every block carried forward)
+ *   segmentsCleaned segments the hand entered to refill (chosen by cleaning, cache-map.ts)
+ *   blocksCarried   valid blocks kept in place by the hand (rewritten with their segment)
+ *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
  */
 import { performance } from 'node:perf_hooks';
@@ -28,6 +35,9 @@ export interface VolumeCounters {
   ramHits: number;
   storageHits: number;
   checksumErrors: number;
+  ghostHits: number;
+  prefetched: number;
+  prefetchHits: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -39,6 +49,9 @@ export interface VolumeStats extends VolumeCounters {
 export interface CacheStats extends VolumeStats {
   wraps: number;
   segmentsSkipped: number;
+  segmentsCleaned: number;
+  blocksCarried: number;
+  emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
   readLatencyUs: number;
@@ -66,6 +79,9 @@ export function newCounters(): VolumeCounters {
     ramHits: 0,
     storageHits: 0,
     checksumErrors: 0,
+    ghostHits: 0,
+    prefetched: 0,
+    prefetchHits: 0,
   };
 }
 
@@ -79,6 +95,9 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.ramHits += from.ramHits;
   into.storageHits += from.storageHits;
   into.checksumErrors += from.checksumErrors;
+  into.ghostHits += from.ghostHits;
+  into.prefetched += from.prefetched;
+  into.prefetchHits += from.prefetchHits;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {

@@ -9,7 +9,7 @@
  */
 import * as http from 'node:http';
 import { Counter, Gauge, Histogram, type MetricObjectWithValues, type MetricValueWithName, Registry } from 'prom-client';
-import type { VolumeStats as CacheVolumeStats } from '../cache/stats';
+import type { CacheStats, VolumeStats as CacheVolumeStats } from '../cache/stats';
 import type { ListenAddress } from '../config/config';
 import { LATENCY_BUCKETS_S, type TypeLatency } from '../metrics/request-latency';
 import type { Logger } from '../util/logger';
@@ -39,7 +39,10 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['reads', 'vbc_cache_reads_total', 'block reads looked up in the cache'],
   ['readHits', 'vbc_cache_read_hits_total', 'block reads served from the cache'],
   ['insertions', 'vbc_cache_insertions_total', 'blocks inserted into the cache'],
-  ['evictions', 'vbc_cache_evictions_total', 'blocks evicted by CLOCK'],
+  ['evictions', 'vbc_cache_evictions_total', 'blocks evicted by the log hand'],
+  ['prefetched', 'vbc_cache_prefetched_total', 'blocks inserted by sequential read-ahead'],
+  ['prefetchHits', 'vbc_cache_prefetch_hits_total', 'read-ahead blocks later read while cached'],
+  ['ghostHits', 'vbc_cache_ghost_hits_total', 'blocks inserted while in the ghost history (recently evicted or overwritten)'],
   ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
   ['invalidateHits', 'vbc_cache_invalidate_hits_total', 'invalidations that removed a cached block'],
   ['ramHits', 'vbc_cache_ram_hits_total', 'hits served from a RAM segment buffer'],
@@ -140,6 +143,25 @@ export function createMetrics(source: ControlledDaemon): Metrics {
     daemon.stats().volumes.map((v) => [v.name, v.connected ? 1 : 0]),
   );
   perVolume('gauge', 'vbc_volume_inflight_requests', 'requests being served', () => daemon.stats().volumes.map((v) => [v.name, v.inflight]));
+  const cacheWide = (type: 'counter' | 'gauge', name: string, help: string, value: (c: CacheStats) => number): void => {
+    const Kind = type === 'counter' ? Counter : Gauge;
+    new Kind({
+      name,
+      help,
+      registers: [registry],
+      collect(this: Counter | Gauge) {
+        this.reset();
+        const c = daemon.stats().cache;
+        if (!c) return;
+        if (this instanceof Gauge) this.set(value(c));
+        else this.inc(value(c));
+      },
+    });
+  };
+  cacheWide('counter', 'vbc_cache_segments_cleaned_total', 'log segments the hand entered to refill (chosen by cleaning)', (c) => c.segmentsCleaned);
+  cacheWide('counter', 'vbc_cache_blocks_carried_total', 'valid blocks kept in place and rewritten with their segment', (c) => c.blocksCarried);
+  cacheWide('counter', 'vbc_cache_segments_skipped_total', 'segments passed with every block carried forward (not written)', (c) => c.segmentsSkipped);
+  cacheWide('gauge', 'vbc_cache_empty_slots', 'cache slots holding no block', (c) => c.emptySlots);
   new Gauge({
     name: 'vbc_cache_disabled',
     help: '1 once a cache-device write error turned caching of new data off',

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { CacheMap } from '../../src/cache/cache-map';
+import { CacheMap, SegmentChoice } from '../../src/cache/cache-map';
 import { drawSlots } from './helpers';
 
 /** Inserts the way the log does: victim first, then assign. */
@@ -81,6 +81,48 @@ describe('cache map CLOCK', () => {
     assert.equal(m.map.size, 2);
     assert.equal(m.dropSlots(0, 16), 2);
     assert.equal(m.map.size, 0);
+  });
+
+  it('cleans: refills holes first, then the segment with the best cost-benefit; carries counted blocks forward', () => {
+    // 4 segments of 4 slots; holes-first needs more than one segment's worth of holes.
+    const m = new CacheMap(16, { segmentBlocks: 4 });
+    for (let b = 0; b < 16; b++) insert(m, 0, b);
+    // No hole left: the oldest segment (0) comes next; one round done.
+    assert.equal(m.wraps, 1);
+    m.lookup(0, 0);
+    m.lookup(0, 1);
+    m.lookup(0, 1);
+    for (const b of [8, 9, 10, 13, 14]) assert.equal(m.invalidate(0, b), true);
+    assert.equal(drawSlots(m, 4), ['>0*   1**  2    3', ' 4    5    6    7', ' ..   ..   ..   11', ' 12   ..   ..   15'].join('\n'));
+    // 0 and 1 are carried forward (counters decremented), 2 and 3 evicted.
+    assert.equal(insert(m, 0, 20), 2);
+    assert.equal(insert(m, 0, 21), 3);
+    // 5 holes: the hand went on to segment 2 (most holes) to refill its holes only.
+    assert.equal(m.hand, 8);
+    assert.equal(insert(m, 0, 22), 8);
+    assert.equal(insert(m, 0, 23), 9);
+    assert.equal(insert(m, 0, 24), 10);
+    assert.equal(drawSlots(m, 4), [' 0    1*   20   21', ' 4    5    6    7', ' 22   23   24  >11', ' 12   ..   ..   15'].join('\n'));
+    // 11 is left as it is; 2 holes are few: cost-benefit picks segment 1 (oldest, nothing to
+    // carry) over 3 (younger) and 0 (young, one block to carry).
+    assert.equal(insert(m, 0, 25), 4);
+    // 4 was evicted just now: it comes back with the full counter (ghost history).
+    assert.equal(insert(m, 0, 4), 5);
+    assert.equal(drawSlots(m, 4), [' 0    1*   20   21', ' 25   4***>6    7', ' 22   23   24   11', ' 12   ..   ..   15'].join('\n'));
+    assert.equal(m.blocksCarried, 2);
+    assert.equal(m.stats(0).ghostHits, 1);
+    assert.equal(m.stats(0).evictions, 4);
+  });
+
+  it('passes a segment whose blocks are all carried forward without placing anything in it', () => {
+    const m = new CacheMap(8, { segmentBlocks: 4, segmentChoice: SegmentChoice.Order });
+    for (let b = 0; b < 8; b++) insert(m, 0, b);
+    for (let b = 0; b < 4; b++) m.lookup(0, b);
+    assert.equal(drawSlots(m, 4), ['>0*   1*   2*   3*', ' 4    5    6    7'].join('\n'));
+    assert.equal(insert(m, 0, 9), 4);
+    assert.equal(drawSlots(m, 4), [' 0    1    2    3', ' 9   >5    6    7'].join('\n'));
+    assert.equal(m.segmentsSkipped, 1);
+    assert.equal(m.blocksCarried, 4);
   });
 });
 

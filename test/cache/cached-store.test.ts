@@ -17,7 +17,7 @@ describe('cached store', () => {
   let cache: Cache;
   let mem: MemStore;
 
-  async function open(mode: CacheMode = 'writethrough'): Promise<CachedStore> {
+  async function open(mode: CacheMode = 'writethrough', readAhead?: number): Promise<CachedStore> {
     cache = await Cache.open({
       path: path.join(dir, 'cache'),
       size: deviceBytesFor(8, 4096, 16384),
@@ -25,7 +25,7 @@ describe('cached store', () => {
       buffers: 4,
       engine,
     });
-    return new CachedStore({ backing: mem, cache, name: 'vol', mode });
+    return new CachedStore({ backing: mem, cache, name: 'vol', mode, readAhead });
   }
 
   function block(offset: number, gen: number, len = BS): Uint8Array {
@@ -287,5 +287,58 @@ describe('cached store', () => {
     await s.write(0, [block(0, 3, 8 * BS)]);
     assert.deepEqual(await readBack(s, 0, 64 * BS), mem.data);
     assert.deepEqual(mem.data.subarray(0, 8 * BS), block(0, 3, 8 * BS));
+  });
+
+  it('read-ahead: a read continuing a stream prefetches the next blocks in one backing read; later reads hit them', async () => {
+    const s = await open('writethrough', 8);
+    await readBack(s, 0, 15 * BS);
+    const before = mem.reads;
+    // Block 15 continues the run at 0 to READ_AHEAD_MIN_RUN blocks: blocks 16..23 are read
+    // ahead (one backing read).
+    await readBack(s, 15 * BS, BS);
+    await s.drain();
+    assert.equal(mem.reads, before + 2);
+    assert.equal(cache.stats().prefetched, 8);
+    // All hits; the stream goes on, so blocks 24..31 are read ahead (one more backing read).
+    assert.deepEqual(await readBack(s, 16 * BS, 8 * BS), mem.data.subarray(16 * BS, 24 * BS));
+    await s.drain();
+    assert.equal(mem.reads, before + 3);
+    const st = cache.stats();
+    assert.equal(st.prefetchHits, 8);
+    assert.equal(st.volumes.vol.prefetched, 16);
+  });
+
+  it('read-ahead racing a write never inserts the old data', async () => {
+    const s = await open('writearound', 8);
+    await readBack(s, 0, 15 * BS);
+    // Hold the read-ahead of blocks 16..23 before it copies anything.
+    const prefetchHeld = gate();
+    const releasePrefetch = gate();
+    mem.readHook = async (offset) => {
+      if (offset !== 16 * BS) return;
+      mem.readHook = null;
+      prefetchHeld.resolve();
+      await releasePrefetch.promise;
+    };
+    await readBack(s, 15 * BS, BS);
+    await prefetchHeld.promise;
+    // A write of block 20 starts (invalidates) and is held before it reaches the backing store.
+    const writeHeld = gate();
+    const releaseWrite = gate();
+    mem.writeHook = async () => {
+      mem.writeHook = null;
+      writeHeld.resolve();
+      await releaseWrite.promise;
+    };
+    const w = s.write(20 * BS, [block(20 * BS, 3)]);
+    await writeHeld.promise;
+    // The read-ahead reads the old block 20 now; it must not insert it.
+    releasePrefetch.resolve();
+    releaseWrite.resolve();
+    await w;
+    await s.drain();
+    await settle();
+    assert.deepEqual(await readBack(s, 20 * BS, BS), block(20 * BS, 3));
+    assert.equal(cache.stats().prefetched, 0);
   });
 });

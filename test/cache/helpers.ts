@@ -168,7 +168,7 @@ export function drawSlots(m: CacheMap, perRow: number): string {
       let c = '..';
       if (m.bda.isValid(i)) {
         const v = m.bda.volumeOf(i);
-        c = (v === 0 ? '' : `${v}:`) + String(m.bda.blockOf(i)) + (m.bda.isReferenced(i) ? '*' : '');
+        c = (v === 0 ? '' : `${v}:`) + String(m.bda.blockOf(i)) + '*'.repeat(m.count(i));
       }
       cells.push((i === m.hand ? '>' : ' ') + c.padEnd(4));
     }

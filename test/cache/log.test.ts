@@ -48,7 +48,7 @@ describe('cache log', () => {
     return { data, hit, hits };
   }
 
-  it('fills segments in order, serves RAM hits, coalesces device reads, carries spared blocks over a wrap', async () => {
+  it('fills segments in order, serves RAM hits, coalesces device reads, carries used blocks forward when cleaning refills a segment', async () => {
     assert.equal(cache.geometry.slots, 16);
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     assert.equal(vol, 0);
@@ -75,43 +75,40 @@ describe('cache log', () => {
     assert.equal(cache.stats().storageHits, 4);
     assert.equal(cache.map.wraps, 1);
 
-    // That read set the REF bits of slots 0-3: clear them, then reference block 1 and all of
-    // segment 1, and insert 3 blocks after the wrap.
-    for (let i = 0; i < 4; i++) cache.map.bda.unreference(i);
-    for (const b of [1, 4, 5, 6, 7]) cache.map.lookup(vol, b);
+    // The reads counted uses of blocks 0-5. When the hand entered segment 3, cleaning chose
+    // segment 2 to come next (coldest: nothing to carry, older than 3); the hand went there
+    // when segment 3 was full. Use block 9, insert 3 blocks: 9 is carried forward, 8, 10 and
+    // 11 are evicted.
+    assert.equal(cache.map.hand, 8);
+    for (const b of [1, 4, 5, 9]) cache.map.lookup(vol, b);
+
     const segReads = cache.stats().segmentReads;
     assert.equal(await cache.insert(vol, 100, blockData(100, 3), 3, () => true), 3);
     assert.equal(
       drawSlots(cache.map, 4),
-      [' 100  1    101  102', '>4*   5*   6*   7*', ' 8    9    10   11', ' 12   13   14   15'].join('\n'),
+      [' 0**  1*** 2**  3**', ' 4**  5**  6    7', ' 100  9    101  102', '>12   13   14   15'].join('\n'),
     );
-    // Segment 0 was read ahead once (it held valid blocks) before being refilled.
-    assert.equal(cache.stats().segmentReads, segReads + 1);
-    assert.equal(await cache.insert(vol, 200, blockData(200), 1, () => true), 1);
-    // Segment 1 was entirely spared: skipped.
-    assert.equal(
-      drawSlots(cache.map, 4),
-      [' 100  1    101  102', ' 4    5    6    7', ' 200 >9    10   11', ' 12   13   14   15'].join('\n'),
-    );
-    assert.equal(cache.stats().segmentsSkipped, 1);
+    // Segment 2's written buffer was still in RAM (Clean): refilled without a device read.
+    assert.equal(cache.stats().segmentReads, segReads);
+    assert.equal(cache.stats().blocksCarried, 1);
     assert.equal(await cache.log.flush(), true);
 
-    // On the device, segment 0 = header (keys 100, 1, 101, 102) + data; block 1 survived.
+    // On the device, segment 2 = header (keys 100, 9, 101, 102) + data; block 9 survived.
     const raw = fs.readFileSync(cache.path);
-    const seg0 = raw.subarray(segmentOffset(cache.geometry, 0), segmentOffset(cache.geometry, 1));
-    const dv = new DataView(seg0.buffer, seg0.byteOffset, seg0.byteLength);
+    const seg2 = raw.subarray(segmentOffset(cache.geometry, 2), segmentOffset(cache.geometry, 3));
+    const dv = new DataView(seg2.buffer, seg2.byteOffset, seg2.byteLength);
     assert.equal(dv.getUint32(0, true), SEGMENT_MAGIC);
     assert.deepEqual(
       [0, 1, 2, 3].map((k) => dv.getUint32(64 + 16 * k, true)),
-      [100, 1, 101, 102],
+      [100, 9, 101, 102],
     );
     for (let k = 0; k < 4; k++) {
-      const data = seg0.subarray(4096 + k * BS, 4096 + (k + 1) * BS);
+      const data = seg2.subarray(4096 + k * BS, 4096 + (k + 1) * BS);
       assert.equal(dv.getUint32(64 + 16 * k + 8, true), native.crc32c(data));
       assert.equal(dv.getUint32(64 + 16 * k + 12, true), 1);
     }
-    assert.deepEqual(new Uint8Array(seg0.subarray(4096 + BS, 4096 + 2 * BS)), blockData(1));
-    const headerCopy = new Uint8Array(seg0.subarray(0, 4096));
+    assert.deepEqual(new Uint8Array(seg2.subarray(4096 + BS, 4096 + 2 * BS)), blockData(9));
+    const headerCopy = new Uint8Array(seg2.subarray(0, 4096));
     new DataView(headerCopy.buffer).setUint32(60, 0, true);
     assert.equal(dv.getUint32(60, true), crc32(headerCopy));
   });

@@ -154,6 +154,7 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
   let failedWrites = 0;
   await open();
   let checks = 0;
+  const cursor = [0, 0];
   const totals = {
     readHits: 0,
     ramHits: 0,
@@ -163,11 +164,15 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
     readErrors: 0,
     writeErrors: 0,
     checksumErrors: 0,
+    prefetched: 0,
+    prefetchHits: 0,
+    ghostHits: 0,
     restarts: 0,
   };
   const account = () => {
     const st = cache.stats();
-    for (const k of ['readHits', 'ramHits', 'storageHits', 'evictions', 'wraps', 'readErrors', 'writeErrors', 'checksumErrors'] as const) {
+    const keys = ['readHits', 'ramHits', 'storageHits', 'evictions', 'wraps', 'readErrors', 'writeErrors', 'checksumErrors', 'prefetched', 'prefetchHits', 'ghostHits'] as const;
+    for (const k of keys) {
       totals[k] += st[k];
     }
     totals.restarts++;
@@ -259,17 +264,20 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
         const v = Math.floor(r() * 2);
         const s = stores![v];
         const model = models[v];
-        const firstBlock = Math.floor(r() * 97);
+        // One read in five continues the volume's sequential stream (read-ahead kicks in).
+        const sequential = r() < 0.2;
+        const firstBlock = sequential ? cursor[v] : Math.floor(r() * 97);
         const blocks = 1 + Math.floor(r() * 6);
         const lastBlock = Math.min(96, firstBlock + blocks - 1);
         if (used.some(([uv, a, b]) => uv === v && !(b < firstBlock || a > lastBlock))) continue;
         used.push([v, firstBlock, lastBlock]);
+        if (sequential) cursor[v] = lastBlock + 1 > 90 ? 0 : lastBlock + 1;
         const start = firstBlock * BS + (r() < 0.3 ? 512 * Math.floor(r() * 8) : 0);
         let end = Math.min((lastBlock + 1) * BS, VOL_SIZE);
         if (r() < 0.3) end = Math.max(start + 512, end - 512 * Math.floor(r() * 8));
         if (start >= VOL_SIZE || end > VOL_SIZE || end <= start) continue;
         const len = end - start;
-        const kind = r();
+        const kind = sequential ? 0 : r();
         if (kind < 0.55) {
           const out = new Uint8Array(len);
           batch.push(
@@ -316,6 +324,9 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
     assert.ok(totals.ramHits > 0 && totals.storageHits > 0, 'the cache never hit');
     assert.ok(totals.evictions > 0 && totals.readErrors + totals.writeErrors > 0);
     assert.ok(totals.checksumErrors > 0, 'no corrupted block was read');
+    // ... and the ghost history. (Read-ahead runs in most runs, but whether its insertions
+    // survive the injected errors and racing writes depends on timing: not asserted here.)
+    assert.ok(totals.ghostHits > 0, 'ghost history never exercised');
     assert.ok(st.volumes.v1.blocks <= 12, 'volume cap exceeded');
   } finally {
     await cache!.abort();
@@ -327,7 +338,7 @@ describe('cached store trust model: offline changes, corruption, failing writes 
   this.timeout(120000);
   it('writethrough, seed 1: 3000 steps', () => runModel(1, 'writethrough', 3000));
   it('writethrough, seed 7: 3000 steps', () => runModel(7, 'writethrough', 3000));
-  it('writearound, seed 3: 2000 steps', () => runModel(3, 'writearound', 2000));
+  it('writearound, seed 4: 2000 steps', () => runModel(4, 'writearound', 2000));
   it('readonly, seed 5: 2000 steps', () => runModel(5, 'readonly', 2000));
   // Each of these seeds reads stale data on aa0e492 (before issue 10's fixes): 11 and 301 after
   // an invisible offline change, 316 (volume 0) and 315 around failed writes.

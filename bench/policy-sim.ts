@@ -1,0 +1,403 @@
+/**
+ * Trace-driven policy simulator (no I/O): the cache map (address map, BDA, reuse counters,
+ * ghost history) and its slot choices exactly as the log uses them (findVictim + assign), or
+ * the exact LRU / ARC references, driven by a workload generator. Reports per 4 KiB block:
+ * read hit rate, invalidate hit rate, empty slots at the end, and for the log policies the
+ * blocks placed per segment filled (device write efficiency).
+ *
+ * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
+ * misses; a write invalidates every block then inserts it.
+ *
+ * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
+ *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
+ *        [--read-ahead BLOCKS]
+ *   --cutoff: sequential cut-off; read misses of a stream longer than BLOCKS are not inserted.
+ *   --read-ahead: a read continuing a sequential stream makes the next BLOCKS blocks cached
+ *   (inserted as prefetched; accuracy = prefetched blocks read later / prefetched blocks).
+ *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
+ *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
+ *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
+ */
+import { CacheMap, SegmentChoice } from '../src/cache/cache-map';
+import { Rng } from '../src/bench/rng';
+import { Spc1Workload } from '../src/bench/spc1';
+import { StreamDetector } from '../src/cache/streams';
+
+interface Policy {
+  readonly name: string;
+  /** True on a hit (and records the use). */
+  lookup(vol: number, block: number): boolean;
+  insert(vol: number, block: number): void;
+  /** Read-ahead insertion of an uncached block (log policy only). */
+  prefetch?(vol: number, block: number): void;
+  /** True when cached, without counting a use. */
+  has?(vol: number, block: number): boolean;
+  /** True when the block was cached (it no longer is). */
+  invalidate(vol: number, block: number): boolean;
+  emptySlots(): number;
+  extra(): Record<string, number>;
+}
+
+const SEGMENT_BLOCKS = 128;
+
+class LogPolicy implements Policy {
+  readonly m: CacheMap;
+  constructor(readonly name: string, slots: number, choice: SegmentChoice, ghost: boolean) {
+    this.m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS, segmentChoice: choice, ghostEntries: ghost ? slots : 0 });
+  }
+  lookup(vol: number, block: number): boolean {
+    return this.m.lookup(vol, block) >= 0;
+  }
+  insert(vol: number, block: number): void {
+    this.m.assign(this.m.findVictim(vol), vol, block);
+  }
+  invalidate(vol: number, block: number): boolean {
+    return this.m.invalidate(vol, block);
+  }
+  prefetch(vol: number, block: number): void {
+    this.m.assign(this.m.findVictim(vol), vol, block, true);
+  }
+  has(vol: number, block: number): boolean {
+    return this.m.peek(vol, block) >= 0;
+  }
+  emptySlots(): number {
+    return (this.m.slots - this.m.map.size) / this.m.slots;
+  }
+  extra(): Record<string, number> {
+    let ins = 0;
+    let ghost = 0;
+    let prefetched = 0;
+    let used = 0;
+    for (const v of [1, 2, 3]) {
+      const c = this.m.stats(v);
+      ins += c.insertions;
+      ghost += c.ghostHits;
+      prefetched += c.prefetched;
+      used += c.prefetchHits;
+    }
+    return {
+      blocksPerSegmentFilled: +(ins / Math.max(1, this.m.segmentsCleaned - this.m.segmentsSkipped)).toFixed(1),
+      carried: this.m.blocksCarried,
+      ghostHits: ghost,
+      prefetched,
+      prefetchAccuracy: rate(used, prefetched),
+      segmentsSkipped: this.m.segmentsSkipped,
+    };
+  }
+}
+
+const key = (vol: number, block: number): number => vol * 2 ** 40 + block;
+
+/** Exact LRU (a Map in recency order). A write is an access. */
+class LruPolicy implements Policy {
+  readonly name = 'lru';
+  private readonly q = new Map<number, true>();
+  constructor(private readonly slots: number) {}
+  lookup(vol: number, block: number): boolean {
+    const k = key(vol, block);
+    if (!this.q.delete(k)) return false;
+    this.q.set(k, true);
+    return true;
+  }
+  insert(vol: number, block: number): void {
+    const k = key(vol, block);
+    this.q.delete(k);
+    if (this.q.size >= this.slots) this.q.delete(this.q.keys().next().value as number);
+    this.q.set(k, true);
+  }
+  invalidate(vol: number, block: number): boolean {
+    return this.q.delete(key(vol, block));
+  }
+  emptySlots(): number {
+    return (this.slots - this.q.size) / this.slots;
+  }
+  extra(): Record<string, number> {
+    return {};
+  }
+}
+
+/**
+ * ARC (Megiddo & Modha 2003). A write to a cached block is an ARC hit (invalidate then insert
+ * of the same key moves it to T2's MRU end); a write of an uncached block is an ARC miss.
+ */
+class ArcPolicy implements Policy {
+  readonly name = 'arc';
+  private readonly t1 = new Map<number, true>();
+  private readonly t2 = new Map<number, true>();
+  private readonly b1 = new Map<number, true>();
+  private readonly b2 = new Map<number, true>();
+  private p = 0;
+  /** Key invalidated by the write in progress (its insert is a hit). */
+  private rewritten = -1;
+  constructor(private readonly c: number) {}
+
+  lookup(vol: number, block: number): boolean {
+    const k = key(vol, block);
+    if (this.t1.delete(k) || this.t2.delete(k)) {
+      this.t2.set(k, true);
+      return true;
+    }
+    return false;
+  }
+
+  invalidate(vol: number, block: number): boolean {
+    const k = key(vol, block);
+    if (this.t1.has(k) || this.t2.has(k)) {
+      this.rewritten = k;
+      return true;
+    }
+    return false;
+  }
+
+  private replace(inB2: boolean): void {
+    const { t1, t2 } = this;
+    if (t1.size > 0 && (t1.size > this.p || (inB2 && t1.size === this.p))) {
+      const k = t1.keys().next().value as number;
+      t1.delete(k);
+      this.b1.set(k, true);
+    } else if (t2.size > 0) {
+      const k = t2.keys().next().value as number;
+      t2.delete(k);
+      this.b2.set(k, true);
+    } else {
+      const k = t1.keys().next().value as number;
+      t1.delete(k);
+      this.b1.set(k, true);
+    }
+  }
+
+  insert(vol: number, block: number): void {
+    const k = key(vol, block);
+    const { t1, t2, b1, b2, c } = this;
+    if (this.rewritten === k) {
+      this.rewritten = -1;
+      this.lookup(vol, block);
+      return;
+    }
+    if (b1.has(k)) {
+      this.p = Math.min(c, this.p + Math.max(b2.size / b1.size, 1));
+      this.replace(false);
+      b1.delete(k);
+      t2.set(k, true);
+      return;
+    }
+    if (b2.has(k)) {
+      this.p = Math.max(0, this.p - Math.max(b1.size / b2.size, 1));
+      this.replace(true);
+      b2.delete(k);
+      t2.set(k, true);
+      return;
+    }
+    const l1 = t1.size + b1.size;
+    if (l1 === c) {
+      if (t1.size < c) {
+        b1.delete(b1.keys().next().value as number);
+        this.replace(false);
+      } else {
+        t1.delete(t1.keys().next().value as number);
+      }
+    } else {
+      const total = l1 + t2.size + b2.size;
+      if (total >= c) {
+        if (total === 2 * c) b2.delete(b2.keys().next().value as number);
+        if (t1.size + t2.size >= c) this.replace(false);
+      }
+    }
+    t1.set(k, true);
+  }
+
+  emptySlots(): number {
+    return (this.c - this.t1.size - this.t2.size) / this.c;
+  }
+  extra(): Record<string, number> {
+    return { p: Math.round(this.p) };
+  }
+}
+
+function makePolicy(name: string, slots: number): Policy {
+  switch (name) {
+    case 'log':
+      return new LogPolicy('log', slots, SegmentChoice.Clean, true);
+    case 'clock':
+      // pblcache's CLOCK: segments in log order, no ghost history.
+      return new LogPolicy('clock', slots, SegmentChoice.Order, false);
+    case 'lru':
+      return new LruPolicy(slots);
+    case 'arc':
+      return new ArcPolicy(slots);
+    default:
+      throw new Error(`unknown policy ${name}`);
+  }
+}
+
+interface Req {
+  read: boolean;
+  vol: number;
+  block: number;
+  blocks: number;
+  bypass: boolean;
+}
+
+class Counters {
+  reads = 0;
+  readHits = 0;
+  writes = 0;
+  invalidateHits = 0;
+  refused = 0;
+}
+
+/**
+ * Admission: blocks of a sequential stream past `cutoff` blocks are not inserted (0 = off).
+ * Read-ahead: a read continuing a stream makes the next `readAhead` blocks cached (0 = off).
+ */
+const admission = { cutoff: 0, readAhead: 0, streams: new Map<number, StreamDetector>() };
+
+function detector(vol: number): StreamDetector {
+  let d = admission.streams.get(vol);
+  if (!d) {
+    d = new StreamDetector();
+    admission.streams.set(vol, d);
+  }
+  return d;
+}
+
+function streamLength(vol: number, first: number, count: number): number {
+  return detector(vol).observe(first, count);
+}
+
+function apply(p: Policy, r: Req, c: Counters): void {
+  if (r.bypass) return;
+  const refuse = admission.cutoff > 0 && streamLength(r.vol, r.block, r.blocks) > admission.cutoff;
+  if (r.read) {
+    const miss: number[] = [];
+    for (let b = r.block; b < r.block + r.blocks; b++) {
+      c.reads++;
+      if (p.lookup(r.vol, b)) c.readHits++;
+      else miss.push(b);
+    }
+    if (refuse) c.refused += miss.length;
+    else for (const b of miss) p.insert(r.vol, b);
+    if (admission.readAhead > 0 && p.prefetch && p.has) {
+      // The same decision as CachedStore's read-ahead.
+      const d = detector(r.vol);
+      let from = d.readAhead(r.block, r.blocks, admission.readAhead, Number.MAX_SAFE_INTEGER);
+      if (from >= 0) {
+        while (from < d.lastEnd && p.has(r.vol, from)) from++;
+        for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
+      }
+    }
+  } else {
+    for (let b = r.block; b < r.block + r.blocks; b++) {
+      c.writes++;
+      if (p.invalidate(r.vol, b)) c.invalidateHits++;
+      p.insert(r.vol, b);
+    }
+  }
+}
+
+function spc1Source(seed: number): () => Req {
+  const asu = (4 * 2 ** 30) / 4096;
+  const w = new Spc1Workload({ asu1Blocks: asu, asu2Blocks: asu, asu3Blocks: Math.ceil(asu / 4.5), bsu: 32, seed, paced: false });
+  return () => {
+    const r = w.next();
+    return { read: r.read, vol: r.asu, block: r.block, blocks: r.blocks, bypass: r.bypassCache };
+  };
+}
+
+/** Zipf(theta) ranks over n keys by inversion of a precomputed CDF, ranks scattered by a hash. */
+function zipfSource(n: number, theta: number, rng: Rng): () => number {
+  const cdf = new Float64Array(n);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    sum += 1 / (i + 1) ** theta;
+    cdf[i] = sum;
+  }
+  return () => {
+    const u = rng.float() * sum;
+    let lo = 0;
+    let hi = n - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (cdf[mid] < u) lo = mid + 1;
+      else hi = mid;
+    }
+    return Math.imul(lo, 0x9e3779b1) >>> 0;
+  };
+}
+
+function rate(h: number, n: number): number {
+  return +(n === 0 ? 0 : h / n).toFixed(4);
+}
+
+function runSpc1(p: Policy, ios: number, seed: number): Record<string, unknown> {
+  const next = spc1Source(seed);
+  const c = new Counters();
+  for (let i = 0; i < ios / 2; i++) apply(p, next(), c);
+  // Steady state: the second half of the run.
+  const w = new Counters();
+  for (let i = 0; i < ios / 2; i++) apply(p, next(), w);
+  return {
+    readHit: rate(c.readHits + w.readHits, c.reads + w.reads),
+    invalidateHit: rate(c.invalidateHits + w.invalidateHits, c.writes + w.writes),
+    readHitSteady: rate(w.readHits, w.reads),
+    invalidateHitSteady: rate(w.invalidateHits, w.writes),
+    empty: rate(p.emptySlots() * 1e4, 1e4),
+    refused: c.refused + w.refused,
+  };
+}
+
+function runZipf(p: Policy, slots: number, ios: number, seed: number): Record<string, unknown> {
+  const z = zipfSource(10 * slots, 0.9, new Rng(seed, 7));
+  const c = new Counters();
+  for (let i = 0; i < ios; i++) apply(p, { read: true, vol: 1, block: z(), blocks: 1, bypass: false }, c);
+  return { readHit: rate(c.readHits, c.reads), empty: rate(p.emptySlots() * 1e4, 1e4) };
+}
+
+function runScan(p: Policy, slots: number, seed: number): Record<string, unknown> {
+  const z = zipfSource(10 * slots, 0.9, new Rng(seed, 7));
+  const zipf = (n: number): number => {
+    const c = new Counters();
+    for (let i = 0; i < n; i++) apply(p, { read: true, vol: 1, block: z(), blocks: 1, bypass: false }, c);
+    return c.readHits / c.reads;
+  };
+  zipf(10 * slots);
+  const before = zipf(slots);
+  const scan = new Counters();
+  for (let b = 0; b < 2 * slots; b += 8) apply(p, { read: true, vol: 2, block: b, blocks: 8, bypass: false }, scan);
+  const after = zipf(slots);
+  return { before: +before.toFixed(4), after: +after.toFixed(4), ratio: +(after / before).toFixed(3) };
+}
+
+function main(): void {
+  const args = process.argv.slice(2);
+  const opt = (name: string, def: string): string => {
+    const i = args.indexOf(`--${name}`);
+    return i >= 0 ? args[i + 1] : def;
+  };
+  const workload = opt('workload', 'spc1');
+  const seed = Number(opt('seed', '1'));
+  const policies: string[] = [];
+  args.forEach((a, i) => {
+    if (a === '--policy') policies.push(args[i + 1]);
+  });
+  if (policies.length === 0) policies.push('clock', 'lru', 'arc', 'log');
+  const defaultSlots = workload === 'spc1' ? Math.floor(209715 / SEGMENT_BLOCKS) * SEGMENT_BLOCKS : 65536;
+  const slots = Number(opt('slots', String(defaultSlots)));
+  const ios = Number(opt('ios', '5000000'));
+  admission.cutoff = Number(opt('cutoff', '0'));
+  admission.readAhead = Number(opt('read-ahead', '0'));
+  if (admission.cutoff > 0 && admission.readAhead > 0) throw new Error('--cutoff and --read-ahead are exclusive');
+  for (const name of policies) {
+    const p = makePolicy(name, slots);
+    const t = performance.now();
+    let r: Record<string, unknown>;
+    if (workload === 'spc1') r = runSpc1(p, ios, seed);
+    else if (workload === 'zipf') r = runZipf(p, slots, ios, seed);
+    else if (workload === 'scan') r = runScan(p, slots, seed);
+    else throw new Error(`unknown workload ${workload}`);
+    const seconds = +((performance.now() - t) / 1000).toFixed(1);
+    console.log(JSON.stringify({ workload, policy: p.name, slots, ios: workload === 'scan' ? undefined : ios, seed, ...r, ...p.extra(), seconds }));
+  }
+}
+
+main();
