@@ -68,6 +68,9 @@ class SplitVring {
 
   // Pops the next available chain into out (cleared first).
   Pop PopChain(const GuestMemory& mem, Chain* out, std::string* err);
+  // Reads the chain starting at descriptor `head` (inflight resubmission: a head recorded by
+  // an earlier back end), validated exactly like a popped one. False with *err if malformed.
+  bool ReadChain(const GuestMemory& mem, uint16_t head, Chain* out, std::string* err);
   // EVENT_IDX: asks for a kick when avail->idx moves past last_avail_idx. Returns true if
   // more buffers became available meanwhile (pop again).
   bool ArmKick();
