@@ -537,6 +537,14 @@ export class SplitRing {
     for (const f of idle) f();
   }
 
+  /**
+   * used->idx as the device last wrote it: the base a front end sends after its back end died
+   * (QEMU's rule; an INFLIGHT_SHMFD back end adds the requests it recovers).
+   */
+  get usedIndex(): number {
+    return Atomics.load(this.mem.u16, this.usedIdxI);
+  }
+
   /** avail->idx as last published (what GET_VRING_BASE should report once all is consumed). */
   get availIndex(): number {
     return this.publishedIdx;
