@@ -407,6 +407,7 @@ export class VhostUserFrontend {
 
   async negotiate(): Promise<void> {
     const o = this.options;
+    this.protocolFeatures = 0n; // a reconnect negotiates from scratch
     this.deviceFeatures = await this.requestU64(R.GET_FEATURES);
     await this.request(R.SET_OWNER);
     if (!hasBit(this.deviceFeatures, Feature.VERSION_1)) {
