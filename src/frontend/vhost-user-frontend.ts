@@ -163,6 +163,8 @@ export class VhostUserFrontend {
   private readonly rings: SplitRing[] = [];
   private readonly eventFds: NativeEventFd[] = [];
   private disconnectErr: Error | null | undefined;
+  /** release() ran: requests failed, RAM and fds closed (for good, even with survive). */
+  private closed = false;
   private readonly disconnectWaiters: ((err: Error | null) => void)[] = [];
   private readonly onDisconnect: ((err: Error | null) => void) | undefined;
 
@@ -314,8 +316,6 @@ export class VhostUserFrontend {
       ? reason
       : new VhostError(`vhost-user connection lost: ${reason.message}`, 'ECONNRESET');
   }
-
-  private closed = false;
 
   /** Fails in-flight requests, closes eventfds, the inflight fd and guest RAM (once). */
   private release(err: Error | null): void {

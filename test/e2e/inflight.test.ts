@@ -1,7 +1,9 @@
 /**
  * Restarts under a running guest (issue 13 item 3): QEMU (vhost-user-blk, chardev reconnect=1)
  * runs fio with crc32c verification on our daemon while the daemon is SIGKILLed and restarted
- * three times during the write phase. QEMU negotiates INFLIGHT_SHMFD (the daemon logs the region
+ * three times during the write phase. The backing store is nbdkit with a 20 ms write delay, so
+ * each kill finds guest writes in flight (a file backing answers faster than a TCG guest
+ * submits, leaving the ring empty most of the time). QEMU negotiates INFLIGHT_SHMFD (the daemon logs the region
  * it creates, and each restarted daemon logs the region QEMU hands back), so the requests the
  * dead daemon never completed are resubmitted by the new one: fio must finish without an I/O
  * error and every block must verify.
@@ -11,6 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startNbdkit, unixUri, type ServerProcess } from '../backing/nbd-servers';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, type FioVerifyJob } from './vm/output';
@@ -22,6 +25,7 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
   this.timeout(600_000);
   let dir: string;
   let daemon: VbcDaemon | undefined;
+  let server: ServerProcess | undefined;
 
   prepareGuestImageBeforeAll();
 
@@ -32,6 +36,8 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
   afterEach(async () => {
     if (daemon?.running) await daemon.stop('SIGKILL');
     daemon = undefined;
+    await server?.stop('SIGKILL');
+    server = undefined;
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -40,9 +46,13 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
     const socketPath = path.join(dir, 'vhost.sock');
     const control = path.join(dir, 'control.sock');
     const image = path.join(dir, 'disk.img');
+    fs.writeFileSync(image, '');
+    fs.truncateSync(image, 128 * MiB);
+    const nbdSocket = path.join(dir, 'nbd.sock');
+    server = await startNbdkit({ socket: nbdSocket, plugin: 'file', args: [`file=${image}`, 'wdelay=20ms'], filters: ['delay'] });
     daemon = await VbcDaemon.start({
       control,
-      args: ['--socket-path', socketPath, '--backing', image, '--size', '128M', '--control', control, '--log-level', 'info'],
+      args: ['--socket-path', socketPath, '--backing', unixUri(nbdSocket), '--control', control, '--log-level', 'info'],
     });
     const job: FioVerifyJob = { label: 'fio-crash', device: '/dev/vda', size: 96 * MiB };
     const guest = await startGuest({
