@@ -14,7 +14,8 @@
  * Hostile SET_INFLIGHT_FD (in-process device): a memfd shorter than the region, absurd queue
  * counts and sizes, a size that does not match the geometry, and garbage in the region (unknown
  * version, a flag that is not 0/1, a head beyond the queue, a last batch longer than the queue,
- * a resubmitted head whose descriptor chain is malformed): each breaks that connection only,
+ * a resubmitted head whose descriptor chain is malformed) and a region truncated under the
+ * device (SIGBUS contained): each breaks that connection only,
  * nothing reaches JS, and a new front end is served afterwards.
  */
 import * as assert from 'node:assert/strict';
@@ -214,6 +215,7 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
     async function expectBroken(
       send: (fe: VhostUserFrontend) => Promise<unknown>,
       reason: RegExp,
+      checkNothingServed = true,
     ): Promise<void> {
       const batches = t.batches.length;
       const fe = new VhostUserFrontend({ queueSize: QUEUE_SIZE, protocolFeatures: INFLIGHT_FEATURES });
@@ -225,7 +227,7 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
       assert.equal(ev.type, 'broken');
       if (ev.type === 'broken') assert.match(ev.reason, reason);
       await sent;
-      assert.equal(t.batches.length, batches, 'nothing reached JS');
+      if (checkNothingServed) assert.equal(t.batches.length, batches, 'nothing reached JS');
       await fe.whenDisconnected();
       // The device listens again and serves a well-behaved front end (with inflight tracking).
       t.events.length = 0;
@@ -269,12 +271,15 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
      * A region for 1 queue of `regionQueue` entries written by `fill`, handed over, then the
      * queue (QUEUE_SIZE) set up.
      */
-    function garbage(fill: (b: Buffer) => void, regionQueue = QUEUE_SIZE) {
-      const fd = regionFd(4096, (b) => {
-        b.writeUInt16LE(1, 8); // version
-        b.writeUInt16LE(regionQueue, 10); // desc_num
-        fill(b);
-      });
+    function garbage(fill: (b: Buffer) => void, regionQueue = QUEUE_SIZE, fresh = -1) {
+      const fd =
+        fresh >= 0
+          ? fresh
+          : regionFd(4096, (b) => {
+              b.writeUInt16LE(1, 8); // version
+              b.writeUInt16LE(regionQueue, 10); // desc_num
+              fill(b);
+            });
       return async (fe: VhostUserFrontend) => {
         fe.inflightFd = fs.openSync(`/proc/self/fd/${fd}`, 'r+');
         fe.inflight = { mmapSize: BigInt(queueBytes(regionQueue)), mmapOffset: 0n, numQueues: 1, queueSize: regionQueue };
@@ -288,6 +293,19 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
       await expectBroken(garbage((b) => (b[entry(3)] = 7)), /entry 3 marked 7/);
       await expectBroken(garbage((b) => (b[entry(100)] = 1), 128), /entry 100 marked 1 beyond the queue size/);
       await expectBroken(garbage((b) => b.writeUInt16LE(0xff00, 14)), /last batch of/);
+    });
+
+    it('contains a region the front end shrinks after handing it over (SIGBUS)', async () => {
+      let fd = -1;
+      await expectBroken(async (fe) => {
+        // A fresh region in an unsealed memfd: accepted, then truncated under the device.
+        fd = regionFd(4096);
+        await garbage(() => undefined, QUEUE_SIZE, fd)(fe);
+        const ok = await fe.ring(0).write(0, stampBlock(2));
+        assert.equal(ok.status, VIRTIO_BLK_S_OK, 'served while the region is intact');
+        fs.ftruncateSync(fd, 0);
+        await fe.ring(0).write(8, stampBlock(3));
+      }, /SIGBUS/, false); // requests were served before the region vanished
     });
 
     it('validates a resubmitted head like any descriptor chain', async () => {
