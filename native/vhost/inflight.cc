@@ -1,3 +1,4 @@
+// Inflight I/O tracking region and its per-queue bookkeeping (contract in inflight.h).
 #include "vhost/inflight.h"
 
 #include <fcntl.h>
