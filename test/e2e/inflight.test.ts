@@ -3,7 +3,10 @@
  * runs fio with crc32c verification on our daemon while the daemon is SIGKILLed and restarted
  * three times during the write phase. The backing store is nbdkit with a 20 ms write delay, so
  * each kill finds guest writes in flight (a file backing answers faster than a TCG guest
- * submits, leaving the ring empty most of the time). QEMU negotiates INFLIGHT_SHMFD (the daemon logs the region
+ * submits, leaving the ring empty most of the time), and a second fio job reads another region
+ * meanwhile: reads are not delayed, so they complete out of order, ahead of earlier writes.
+ * That is the case QEMU's fallback without INFLIGHT_SHMFD (rolling the avail index back to the
+ * used index) gets wrong: it would run completed reads again and never the lost writes. QEMU negotiates INFLIGHT_SHMFD (the daemon logs the region
  * it creates, and each restarted daemon logs the region QEMU hands back), so the requests the
  * dead daemon never completed are resubmitted by the new one: fio must finish without an I/O
  * error and every block must verify.
@@ -54,7 +57,7 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
       control,
       args: ['--socket-path', socketPath, '--backing', unixUri(nbdSocket), '--control', control, '--log-level', 'info'],
     });
-    const job: FioVerifyJob = { label: 'fio-crash', device: '/dev/vda', size: 96 * MiB };
+    const job: FioVerifyJob = { label: 'fio-crash', device: '/dev/vda', size: 80 * MiB };
     const guest = await startGuest({
       disks: [{ socketPath }],
       reconnect: true,
@@ -62,8 +65,12 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
       script: `
 . /lib/vbc.sh
 vbc_wait_dev /dev/vda || exit 1
+fio --name=reader --filename=/dev/vda --rw=randread --bs=4k --offset=${100 * MiB} --size=${16 * MiB} \
+    --ioengine=libaio --iodepth=8 --direct=1 --time_based --runtime=500 --output=/tmp/reader.json &
+reader=$!
 echo "fio-started"
 ${fioVerifyScript(job)}
+kill $reader; wait $reader
 echo "io-errors $(dmesg | grep -ci 'i/o error')"
 `,
     });
