@@ -2,9 +2,12 @@
 # Makes this machine ready for the full test suite (`npm test` runs this first):
 #  1. the host tools the tests drive: QEMU (TCG guests), qemu-storage-daemon, qemu-img, qemu-nbd,
 #     nbdkit, fio, and what the guest image is built from (static busybox, cpio, gzip, xz, zstd,
-#     mkfs.ext4, libaio). Missing ones are installed with apt-get (through sudo when not root);
+#     mkfs.ext4, libaio), and a single-node Ceph cluster's daemons and CLI plus librbd's headers
+#     (ceph-mon, ceph-osd, ceph-common, librbd-dev) for the RBD backing. Missing ones are installed with apt-get (through sudo when not root);
 #     a machine without apt-get gets the list of missing tools and exit status 1.
-#  2. the guest kernel + initramfs in $VBC_VM_DIR (default <repo>/.vm), built by
+#  2. the addon rebuilt when it was built before librbd's headers were there (npm ci runs first
+#     on a fresh machine, and the RBD backing is compiled only against librbd).
+#  3. the guest kernel + initramfs in $VBC_VM_DIR (default <repo>/.vm), built by
 #     test/e2e/vm/prepare-guest.sh (Debian's linux-image-amd64).
 # Fast and silent when everything is present: commands are looked up, apt is not touched, and
 # prepare-guest.sh only checks its build key. `npm run test:unit` needs none of this.
@@ -13,7 +16,8 @@ set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 say() { echo "setup-tests: $*" >&2; }
 
-# tool|Debian package that provides it ("lib:" = a shared library, "static:" = a static binary)
+# tool|Debian package that provides it ("lib:" = a shared library, "static:" = a static binary,
+# "file:" = a file such as a header)
 REQUIREMENTS=(
   "qemu-system-x86_64|qemu-system-x86"
   "qemu-storage-daemon|qemu-system-common"
@@ -30,12 +34,19 @@ REQUIREMENTS=(
   "mkfs.ext4|e2fsprogs"
   "losetup|mount"
   "python3|python3"
+  "ceph-mon|ceph-mon"
+  "ceph-osd|ceph-osd"
+  "monmaptool|ceph-common"
+  "ceph|ceph-common"
+  "rbd|ceph-common"
+  "file:/usr/include/rbd/librbd.h|librbd-dev"
 )
 
 present() {
   local tool="$1"
   case "$tool" in
     lib:*) ldconfig -p 2>/dev/null | grep -q "${tool#lib:} " ;;
+    file:*) [[ -f "${tool#file:}" ]] ;;
     static:*) [[ -x "${tool#static:}" ]] && ! ldd "${tool#static:}" >/dev/null 2>&1 ;;
     *) command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" || -x "/sbin/$tool" ]] ;;
   esac
@@ -78,6 +89,14 @@ if ((${#missing_tools[@]})); then
   for req in "${REQUIREMENTS[@]}"; do
     present "${req%%|*}" || { say "still missing after apt-get install: ${req%%|*}"; exit 1; }
   done
+fi
+
+# The RBD backing is compiled only when librbd's headers are present (binding.gyp): rebuild an
+# addon that was built without them.
+ADDON="$REPO_DIR/build/Release/vhost_blk_cache.node"
+if [[ -f "$ADDON" ]] && ! node -e "process.exit(require(process.argv[1]).rbd.available ? 0 : 1)" "$ADDON" 2>/dev/null; then
+  say "rebuilding the addon with librbd (the RBD backing)"
+  (cd "$REPO_DIR" && npm run --silent rebuild:native >/dev/null)
 fi
 
 # The guest image is built here when missing; the e2e suites rerun prepare-guest.sh, which

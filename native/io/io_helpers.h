@@ -13,8 +13,8 @@ std::string ErrnoName(int err);
 // Throws VhostError(`${what}: ${strerror}`, errno name).
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const std::string& what);
 
-// Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, lockExclusive,
-// sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.
+// Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, inodeGeneration,
+// lockExclusive, sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.
 void RegisterIoHelpers(Napi::Env env, Napi::Object exports);
 
 }  // namespace vbc

@@ -14,10 +14,36 @@ export interface BackingStore {
   readonly size: number;
   readonly readOnly: boolean;
   /**
-   * Stable identity of the data behind the store, for cache metadata: a restart with a
-   * different identity must not reuse cached blocks (file: device, inode, size; nbd: uri, size).
+   * Names the storage itself: two open stores with the same location read and write the same
+   * data (file: device + inode; block device: device number; NBD: server address + export).
+   */
+  readonly location: string;
+  /**
+   * Identity of the data when the store was opened, compared by the cache with the one
+   * recorded at the last clean close (currentIdentity()): any difference drops the volume's
+   * cached blocks. Files: location, inode generation, birth time and the change stamp (ctime,
+   * mtime, size); block devices and NBD exports: location and size only.
    */
   readonly identity: string;
+  /**
+   * True when `identity` changes with every change made to the data by anyone else (files);
+   * false when such changes are invisible (block devices, NBD exports): a warm start then
+   * verifies a sample of the cached blocks unless the operator declared exclusive ownership.
+   */
+  readonly changesVisible: boolean;
+  /**
+   * The identity now, for the cache to record at a clean close: called after the final flush.
+   * It also waits, when the data changed very recently, until a later change made by anyone
+   * else would show in it (file timestamps have a coarse granularity).
+   */
+  currentIdentity(): Promise<string>;
+  /**
+   * Optional, for stores whose data can change behind our back while open (NBD): `fenced`
+   * reports that the store no longer serves this data (every request fails), `writesMayBeLost`
+   * that writes acknowledged since the last successful flush may have been lost (the server's
+   * connection dropped). Called synchronously when the store notices.
+   */
+  watch?(events: BackingEvents): void;
   readonly features: {
     flush: boolean;
     discard: boolean;
@@ -30,4 +56,9 @@ export interface BackingStore {
   /** unmap: the store may deallocate (punch a hole) as long as the range reads as zeros. */
   writeZeroes(offset: number, length: number, unmap: boolean): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface BackingEvents {
+  fenced(): void;
+  writesMayBeLost(): void;
 }

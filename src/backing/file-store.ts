@@ -44,6 +44,22 @@ function notSupported(err: unknown): boolean {
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP';
 }
 
+/**
+ * Bound on the granularity of file timestamps: Linux stamps ctime/mtime from the coarse clock
+ * (one tick: 4 ms at HZ=250, 10 ms at HZ=100), so two changes in one tick look the same.
+ */
+const TIMESTAMP_SETTLE_MS = 25;
+
+/**
+ * A file's identity: where it is (device, inode), which file that inode holds (generation,
+ * which ext4/XFS/btrfs change when the inode number is reused, and birth time, from statx),
+ * and its change stamp (ctime and mtime in ns, size). `touch -r` can restore mtime, never ctime.
+ */
+export function fileIdentity(st: fs.BigIntStats, generation: number | null): string {
+  const gen = generation === null ? '-' : String(generation);
+  return `file:${st.dev}:${st.ino}:gen=${gen}:birth=${st.birthtimeNs}:ctime=${st.ctimeNs}:mtime=${st.mtimeNs}:size=${st.size}`;
+}
+
 function fstatBig(fd: number): Promise<fs.BigIntStats> {
   return new Promise((resolve, reject) => {
     fs.fstat(fd, { bigint: true }, (err, st) => (err ? reject(err) : resolve(st)));
@@ -91,7 +107,9 @@ export class FileStore implements BackingStore {
   readonly kind: 'file' | 'block';
   readonly size: number;
   readonly readOnly: boolean;
+  readonly location: string;
   readonly identity: string;
+  readonly changesVisible: boolean;
   readonly features: { flush: boolean; discard: boolean; writeZeroes: boolean };
   readonly direct: boolean;
   /** Alignment of offsets, lengths and buffer addresses for O_DIRECT; 1 without it. */
@@ -113,6 +131,7 @@ export class FileStore implements BackingStore {
     kind: 'file' | 'block';
     size: number;
     readOnly: boolean;
+    location: string;
     identity: string;
     direct: boolean;
     alignment: number;
@@ -124,7 +143,9 @@ export class FileStore implements BackingStore {
     this.kind = init.kind;
     this.size = init.size;
     this.readOnly = init.readOnly;
+    this.location = init.location;
     this.identity = init.identity;
+    this.changesVisible = init.kind === 'file';
     this.direct = init.direct;
     this.alignment = init.alignment;
     this.logicalBlockSize = init.logicalBlockSize;
@@ -155,6 +176,7 @@ export class FileStore implements BackingStore {
       const st = await fstatBig(fd);
       let kind: 'file' | 'block';
       let size: number;
+      let location: string;
       let identity: string;
       let logicalBlockSize: number;
       let alignment: number;
@@ -163,14 +185,16 @@ export class FileStore implements BackingStore {
         size = native.blockDeviceSize(fd);
         logicalBlockSize = native.logicalBlockSize(fd);
         alignment = logicalBlockSize;
-        identity = `block:${st.rdev}:${size}`;
+        location = `block:${st.rdev}`;
+        identity = `${location}:${size}`;
       } else if (st.isFile()) {
         kind = 'file';
         size = Number(st.size);
         logicalBlockSize = 512;
         // st_blksize (the file system block) is a safe O_DIRECT alignment for files.
         alignment = Math.max(512, Number(st.blksize));
-        identity = `file:${st.dev}:${st.ino}:${size}`;
+        location = `file:${st.dev}:${st.ino}`;
+        identity = fileIdentity(st, native.inodeGeneration(fd));
       } else {
         throw new VhostError(`${path} is neither a regular file nor a block device`, 'EINVAL');
       }
@@ -180,6 +204,7 @@ export class FileStore implements BackingStore {
         kind,
         size,
         readOnly,
+        location,
         identity,
         direct,
         alignment: direct ? alignment : 1,
@@ -191,6 +216,17 @@ export class FileStore implements BackingStore {
       fs.closeSync(fd);
       throw fsError(err, `open ${path}`);
     }
+  }
+
+  async currentIdentity(): Promise<string> {
+    if (this.kind === 'block') return this.identity;
+    const st = await fstatBig(this.fd);
+    // A change made later within the same timestamp tick would leave ctime as it is: wait
+    // until the clock is past the tick of the last change (rare: only right after a write).
+    const settleAt = Number(st.ctimeNs / 1_000_000n) + TIMESTAMP_SETTLE_MS;
+    const wait = settleAt - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    return fileIdentity(st, native.inodeGeneration(this.fd));
   }
 
   /** Creates the file exclusively and sizes it sparse; opens the existing one after a race. */

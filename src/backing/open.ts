@@ -1,6 +1,7 @@
 /**
- * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://)
- * or a path to a raw image file or block device.
+ * Opens a volume's backing store from its `backing` string: an NBD URI (nbd://, nbd+unix://),
+ * an RBD image (rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]) or a path to a raw image file or
+ * block device; with `backingOffset` / `backingLength`, a window of it (WindowStore).
  */
 import type { VolumeConfig } from '../config/config';
 import type { IoEngine } from '../io/io-engine';
@@ -9,6 +10,9 @@ import type { Logger } from '../util/logger';
 import type { BackingStore } from './backing-store';
 import { FileStore } from './file-store';
 import { NbdStore } from './nbd/nbd-store';
+import { RbdStore } from './rbd/rbd-store';
+import { isRbdSpec } from './rbd/spec';
+import { WindowStore } from './window-store';
 
 export interface OpenContext {
   engine: IoEngine;
@@ -26,6 +30,18 @@ export function isNbdUri(backing: string): boolean {
 }
 
 export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {
+  const store = await openWholeStore(cfg, ctx);
+  if (cfg.backingOffset === undefined && cfg.backingLength === undefined) return store;
+  const offset = cfg.backingOffset ?? 0;
+  const length = cfg.backingLength ?? store.size - offset;
+  if (length <= 0 || offset + length > store.size) {
+    await store.close();
+    throw new VhostError(`${cfg.backing}: window ${offset}+${length} does not fit the store's ${store.size} bytes`, 'EINVAL');
+  }
+  return new WindowStore(store, offset, length);
+}
+
+async function openWholeStore(cfg: VolumeConfig, ctx: OpenContext): Promise<BackingStore> {
   if (isNbdUri(cfg.backing)) {
     const store = await NbdStore.open(cfg.backing, { backingTimeoutMs: ctx.backingTimeoutMs, logger: ctx.logger, connections: 4 });
     if (cfg.logicalBlockSize % store.blockSize !== 0) {
@@ -36,6 +52,9 @@ export async function openBackingStore(cfg: VolumeConfig, ctx: OpenContext): Pro
       );
     }
     return store;
+  }
+  if (isRbdSpec(cfg.backing)) {
+    return RbdStore.open(cfg.backing, { readOnly: cfg.readOnly, backingTimeoutMs: ctx.backingTimeoutMs, logger: ctx.logger });
   }
   return FileStore.open(cfg.backing, {
     readOnly: cfg.readOnly,

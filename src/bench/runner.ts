@@ -13,7 +13,7 @@
  * --workload spc1 (paced to BSU x 50 IOPS, open loop; latency counts from each request's scheduled
  * time). SPC-1 ASUs: with three sockets each ASU is a whole device; with one socket the device is
  * split 45/45/10 (asuSizesForTotal). A daemon started here for SPC-1 serves the backing store as
- * three volumes asu1, asu2, asu3 (disjoint ranges of the same store, the same block addresses as
+ * three volumes asu1, asu2, asu3 (disjoint windows of the same store, the same block addresses as
  * one device split 45/45/10): asu1 and asu2 with the chosen cache mode, asu3 with cache mode
  * `none`. That is how pblio's "ASU3 writes bypass the cache" is modelled, since a guest cannot ask
  * for a bypass per request.
@@ -26,6 +26,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Command, Option } from 'commander';
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { renderChart } from './chart';
 import { Device, Engine, type EngineResult, type Route } from './engine';
@@ -137,6 +138,14 @@ function backingSize(o: BenchOptions): number {
   if (fs.existsSync(b)) {
     const st = fs.statSync(b);
     if (st.isFile()) return st.size;
+    if (st.isBlockDevice()) {
+      const fd = fs.openSync(b, 'r');
+      try {
+        return native.blockDeviceSize(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
   }
   return o.size ?? 0;
 }
@@ -153,13 +162,18 @@ async function prepareOurs(o: BenchOptions, dir: string): Promise<Prepared> {
   const control = path.join(dir, 'control.sock');
   const cache = o.cache !== undefined ? { path: o.cache, size: o.cacheSize ?? 256 << 20 } : undefined;
   if (o.workload === 'spc1') {
-    const volumes = [vol('asu1', o.cacheMode), vol('asu2', o.cacheMode), vol('asu3', 'none')];
-    const t = await startVbc({ volumes, control, ...(cache !== undefined ? { cache } : {}), configPath: path.join(dir, 'config.json') });
+    // One window of the backing store per ASU: the same block addresses as one device split
+    // 45/45/10, as disjoint volumes the daemon accepts on one store.
     const total = backingSize(o);
-    const { offsets } = spc1Layout(total > 0 ? total : await deviceCapacity(volumes[0].socketPath, o.queues));
+    if (total <= 0) throw new VhostError('SPC-1 on a backing store of unknown size: give --size', 'EINVAL');
+    const { sizes, offsets } = spc1Layout(total);
+    const lengths = [sizes.asu1, sizes.asu2, sizes.asu3].map((blocks) => blocks * SPC1_BLOCK_SIZE);
+    const window = (v: VbcVolume, i: number): VbcVolume => ({ ...v, backingOffset: offsets[i] as number, backingLength: lengths[i] as number });
+    const volumes = [vol('asu1', o.cacheMode), vol('asu2', o.cacheMode), vol('asu3', 'none')].map(window);
+    const t = await startVbc({ volumes, control, ...(cache !== undefined ? { cache } : {}), configPath: path.join(dir, 'config.json') });
     return {
       name: 'vhost-blk-cache',
-      layout: { sockets: volumes.map((v) => v.socketPath), asus: offsets.map((offset, i) => ({ device: i, offset })) },
+      layout: { sockets: volumes.map((v) => v.socketPath), asus: volumes.map((_, i) => ({ device: i, offset: 0 })) },
       control,
       volumes: ['asu1', 'asu2', 'asu3'],
       targets: [t],

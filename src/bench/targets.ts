@@ -126,6 +126,9 @@ export interface VbcVolume {
   backing: string;
   /** Bytes (creates a sparse backing file when missing). */
   size?: number;
+  /** A window of the backing store (bytes), as the config's backingOffset / backingLength. */
+  backingOffset?: number;
+  backingLength?: number;
   cacheMode?: 'writethrough' | 'writearound' | 'readonly' | 'none';
   numQueues?: number;
 }
@@ -176,6 +179,8 @@ export function vbcArgv(o: VbcOptions): string[] {
         socketPath: v.socketPath,
         backing: v.backing,
         ...(v.size !== undefined ? { size: v.size } : {}),
+        ...(v.backingOffset !== undefined ? { backingOffset: v.backingOffset } : {}),
+        ...(v.backingLength !== undefined ? { backingLength: v.backingLength } : {}),
         ...(v.cacheMode !== undefined ? { cacheMode: v.cacheMode } : {}),
         ...(v.numQueues !== undefined ? { numQueues: v.numQueues } : {}),
       })),
@@ -199,9 +204,10 @@ export async function startVbc(o: VbcOptions): Promise<VbcTarget> {
 
 export interface QsdOptions {
   socketPath: string;
-  /** A raw image file, or an NBD export on a unix socket. */
+  /** A raw image file, an NBD export on a unix socket, or an RBD image (QEMU's rbd driver). */
   image?: string;
   nbd?: { socket: string; export?: string };
+  rbd?: { pool: string; image: string; conf: string };
   numQueues?: number;
   /** cache.direct (default off: the host page cache is used, like our daemon without --direct). */
   direct?: boolean;
@@ -215,10 +221,12 @@ export function qsdArgv(o: QsdOptions): string[] {
   if (o.nbd !== undefined) {
     blockdev = `driver=nbd,node-name=f0,server.type=unix,server.path=${o.nbd.socket}`;
     if (o.nbd.export !== undefined) blockdev += `,export=${o.nbd.export}`;
+  } else if (o.rbd !== undefined) {
+    blockdev = `driver=rbd,node-name=f0,pool=${o.rbd.pool},image=${o.rbd.image},conf=${o.rbd.conf}`;
   } else if (o.image !== undefined) {
     blockdev = `driver=file,node-name=f0,filename=${o.image},cache.direct=${o.direct === true ? 'on' : 'off'}`;
   } else {
-    throw new VhostError('qemu-storage-daemon needs an image or an NBD export', 'EINVAL');
+    throw new VhostError('qemu-storage-daemon needs an image, an NBD export or an RBD image', 'EINVAL');
   }
   if (o.discard !== false) blockdev += ',discard=unmap';
   const exp = [

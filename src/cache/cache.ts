@@ -336,8 +336,12 @@ export class Cache {
     return rec.id;
   }
 
-  /** The volume stops using the cache (its blocks stay for a later registration). */
-  unregisterVolume(id: number): void {
+  /**
+   * The volume stops using the cache; its blocks stay for a later registration with the same
+   * identity: `identity` is its backing store's identity now (after the final flush).
+   */
+  unregisterVolume(id: number, identity: string): void {
+    for (const rec of this.volumes.values()) if (rec.id === id) rec.identity = identity;
     this.active.delete(id);
   }
 

@@ -30,10 +30,42 @@
  * Failures: cache-device read errors fall back to the backing store (Cache.readBlocks reports
  * misses); cache write errors disable insertion (Cache.disabled). The guest only sees errors
  * of the backing store.
+ *
+ * Backing store failures and changes (no stale data after them either):
+ *   - a write-like operation that fails (an error or a timeout: the store may still apply it
+ *     later) leaves its blocks UNSETTLED: their cached copies are dropped and they stay
+ *     registered as a write in flight, so nothing overlapping them is inserted, until a later
+ *     write-like operation covering them succeeds or a flush started after the failure does.
+ *     This assumes the store applies such a late operation, if ever, before that later write
+ *     or flush completes, or before it is closed (true of files; an NBD server that still
+ *     applies a request from a dropped connection after a later flush is not covered);
+ *   - a store reporting `writesMayBeLost` (an NBD connection lost with unflushed writes) makes
+ *     us drop every block written since the last successful flush (all of the volume's blocks
+ *     when more than MAX_UNFLUSHED_RANGES ranges were written) and poison every operation in
+ *     flight;
+ *   - a `fenced` store (an NBD export whose size changed) loses all of the volume's blocks and
+ *     is served nothing from the cache again;
+ *   - when the last flush failed (the final one at close included), close() drops the
+ *     volume's blocks, so the metadata saved after it holds none of them;
+ *   - close() records the backing store's identity taken after the final flush; the next
+ *     registration compares it with the identity at open (Cache.registerVolume) and drops the
+ *     blocks on any difference. For stores whose changes are invisible (block devices, NBD),
+ *     open() first verifies a sample of the cached blocks against the backing store and drops
+ *     all of them on a mismatch, unless the operator declared exclusive ownership.
  */
+import { performance } from 'node:perf_hooks';
 import { InFlightRanges, type Op } from './in-flight';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
+
+/** Cached blocks read back and compared at a warm start of a store with invisible changes. */
+export const VERIFY_SAMPLE_BLOCKS = 1024;
+/** Reads of the sample in flight at once. */
+const VERIFY_PARALLEL = 32;
+/** Failed operations' ranges held one by one before they are merged (see failed()). */
+const MAX_UNSETTLED = 256;
+/** Ranges written since the last flush that are tracked one by one (see the header). */
+export const MAX_UNFLUSHED_RANGES = 4096;
 
 export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
 
@@ -45,6 +77,26 @@ export interface CachedStoreOptions {
   mode?: CacheMode;
   /** Cap on this volume's cache use in bytes. */
   maxBytes?: number;
+  /** The operator guarantees nothing else writes the backing store: open() verifies no sample. */
+  exclusive?: boolean;
+}
+
+/** What open() found by comparing a sample of the cached blocks with the backing store. */
+export interface SampleVerification {
+  /** Blocks compared. */
+  checked: number;
+  /** Blocks that differed (or could not be read from the backing store); > 0 drops all. */
+  mismatched: number;
+  /** Blocks dropped as a result. */
+  dropped: number;
+  ms: number;
+}
+
+/** A failed write-like operation's range, held registered as a write until settled. */
+interface Unsettled {
+  hold: Op;
+  /** Value of the store's event clock when it failed. */
+  at: number;
 }
 
 function iovLength(bufs: readonly Uint8Array[]): number {
@@ -76,7 +128,9 @@ export class CachedStore implements BackingStore {
   readonly kind = 'cached';
   readonly size: number;
   readonly readOnly: boolean;
+  readonly location: string;
   readonly identity: string;
+  readonly changesVisible: boolean;
   readonly features: BackingStore['features'];
   readonly mode: CacheMode;
   readonly volume: number;
@@ -87,6 +141,35 @@ export class CachedStore implements BackingStore {
   private readonly cacheable: number;
   private readonly ops = new InFlightRanges();
   private readonly inserting = new Set<Promise<unknown>>();
+  /** Orders failures, write completions and flush starts (see Unsettled, unflushed). */
+  private clock = 0;
+  private unsettled: Unsettled[] = [];
+  /** Block ranges [first, last, clock] written successfully since the last successful flush. */
+  private unflushed: number[][] = [];
+  /** Clock of the last time `unflushed` overflowed (0: not since the last flush). */
+  private unflushedOverflowAt = 0;
+  private readonly trackUnflushed: boolean;
+  private fenced = false;
+  private flushFailed = false;
+  /** Set by open() when it verified a sample. */
+  verification: SampleVerification | null = null;
+
+  /**
+   * Registers the volume in the cache and, for a store whose changes are invisible (block
+   * device, NBD) that is not declared exclusive, verifies a sample of its cached blocks.
+   */
+  static async open(o: CachedStoreOptions): Promise<CachedStore> {
+    const s = new CachedStore(o);
+    if (!o.backing.changesVisible && o.exclusive !== true) {
+      try {
+        s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
+      } catch (err) {
+        s.cache.unregisterVolume(s.volume, '');
+        throw err;
+      }
+    }
+    return s;
+  }
 
   constructor(o: CachedStoreOptions) {
     this.backing = o.backing;
@@ -94,11 +177,133 @@ export class CachedStore implements BackingStore {
     this.mode = o.mode ?? 'writethrough';
     this.size = o.backing.size;
     this.readOnly = o.backing.readOnly;
+    this.location = o.backing.location;
     this.identity = o.backing.identity;
+    this.changesVisible = o.backing.changesVisible;
     this.features = o.backing.features;
     this.bs = o.cache.blockSize;
     this.cacheable = Math.floor(this.size / this.bs);
     this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
+    this.trackUnflushed = o.backing.watch !== undefined;
+    o.backing.watch?.({ fenced: () => this.onFenced(), writesMayBeLost: () => this.onWritesMayBeLost() });
+  }
+
+  /**
+   * Compares up to n of the volume's cached blocks (drawn at random) with the backing store;
+   * any difference, or a backing read error, drops all of the volume's blocks.
+   */
+  private async verifySample(n: number): Promise<SampleVerification> {
+    const t0 = performance.now();
+    const bda = this.cache.map.bda;
+    // Reservoir sampling over the slots holding this volume's blocks.
+    const sample: number[] = [];
+    let seen = 0;
+    for (let slot = 0; slot < bda.size; slot++) {
+      if (!bda.isValid(slot) || bda.volumeOf(slot) !== this.volume) continue;
+      seen++;
+      if (sample.length < n) sample.push(bda.blockOf(slot));
+      else {
+        const j = Math.floor(Math.random() * seen);
+        if (j < n) sample[j] = bda.blockOf(slot);
+      }
+    }
+    sample.sort((a, b) => a - b);
+    const bs = this.bs;
+    let checked = 0;
+    let mismatched = 0;
+    const one = async (block: number, cached: Uint8Array, stored: Uint8Array, hit: Uint8Array): Promise<void> => {
+      if ((await this.cache.readBlocks(this.volume, block, 1, cached, hit)) !== 1) return;
+      checked++;
+      try {
+        await this.backing.read(block * bs, [stored]);
+      } catch {
+        mismatched++;
+        return;
+      }
+      if (Buffer.compare(cached, stored) !== 0) mismatched++;
+    };
+    const bufs = Array.from({ length: Math.min(VERIFY_PARALLEL, sample.length) }, () => ({
+      cached: new Uint8Array(bs),
+      stored: new Uint8Array(bs),
+      hit: new Uint8Array(1),
+    }));
+    let next = 0;
+    // The sample's cache reads are not guest reads: the volume's hit counters stay as they were.
+    const c = this.cache.map.stats(this.volume);
+    const counted = { reads: c.reads, readHits: c.readHits, ramHits: c.ramHits, storageHits: c.storageHits };
+    await Promise.all(
+      bufs.map(async (b) => {
+        while (next < sample.length && mismatched === 0) await one(sample[next++], b.cached, b.stored, b.hit);
+      }),
+    );
+    Object.assign(c, counted);
+    const dropped = mismatched > 0 ? this.cache.map.dropVolume(this.volume) : 0;
+    return { checked, mismatched, dropped, ms: performance.now() - t0 };
+  }
+
+  private onFenced(): void {
+    this.fenced = true;
+    this.ops.poisonAll();
+    this.cache.map.dropVolume(this.volume);
+  }
+
+  private onWritesMayBeLost(): void {
+    this.ops.poisonAll();
+    if (this.unflushedOverflowAt > 0) this.cache.map.dropVolume(this.volume);
+    else for (const [first, last] of this.unflushed) this.invalidate(first, last);
+  }
+
+  /**
+   * A write-like operation on bytes [offset, offset + len) (blocks first..last) succeeded: it
+   * settles the failures on the blocks it covers whole.
+   */
+  private written(offset: number, len: number, first: number, last: number): void {
+    const at = ++this.clock;
+    if (this.unsettled.length > 0) {
+      const wholeFirst = Math.ceil(offset / this.bs);
+      const wholeLast = Math.floor((offset + len) / this.bs) - 1;
+      const left: Unsettled[] = [];
+      for (const u of this.unsettled) {
+        const { first: f, last: l } = u.hold;
+        if (l < wholeFirst || f > wholeLast) {
+          left.push(u);
+          continue;
+        }
+        this.end(u.hold);
+        // What the write did not cover stays unsettled.
+        if (f < wholeFirst) left.push({ hold: this.begin(f, wholeFirst - 1, true), at: u.at });
+        if (l > wholeLast) left.push({ hold: this.begin(wholeLast + 1, l, true), at: u.at });
+      }
+      this.unsettled = left;
+    }
+    if (!this.trackUnflushed) return;
+    if (this.unflushed.length >= MAX_UNFLUSHED_RANGES) {
+      this.unflushed = [];
+      this.unflushedOverflowAt = at;
+    }
+    this.unflushed.push([first, last, at]);
+  }
+
+  /**
+   * A write-like operation on blocks first..last failed: they stay unsettled. Past
+   * MAX_UNSETTLED failures (a long outage) they are merged into one hold over their span.
+   */
+  private failed(first: number, last: number): void {
+    this.invalidate(first, last);
+    const at = ++this.clock;
+    if (this.unsettled.length >= MAX_UNSETTLED) {
+      for (const u of this.unsettled) {
+        first = Math.min(first, u.hold.first);
+        last = Math.max(last, u.hold.last);
+        this.end(u.hold);
+      }
+      this.unsettled = [];
+    }
+    this.unsettled.push({ hold: this.begin(first, last, true), at });
+  }
+
+  currentIdentity(): Promise<string> {
+    return this.backing.currentIdentity();
   }
 
   private begin(first: number, last: number, write: boolean): Op {
@@ -111,7 +316,7 @@ export class CachedStore implements BackingStore {
 
   /** Inserts blocks first.. of data (private) unless op gets poisoned; ends op when done. */
   private insertThenEnd(op: Op, first: number, data: Uint8Array, count: number): void {
-    if (count <= 0 || op.poisoned || this.cache.disabled) {
+    if (count <= 0 || op.poisoned || this.fenced || this.cache.disabled) {
       this.end(op);
       return;
     }
@@ -125,7 +330,7 @@ export class CachedStore implements BackingStore {
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     const len = iovLength(bufs);
     if (len === 0) return Promise.resolve();
-    if (this.mode !== 'none' && offset + len <= this.cacheable * this.bs) {
+    if (this.mode !== 'none' && !this.fenced && offset + len <= this.cacheable * this.bs) {
       const r = this.cache.readHit(this.volume, offset, len, bufs);
       if (r === true) return Promise.resolve();
       if (r !== false) return r.then((ok) => (ok ? undefined : this.readThrough(offset, len, bufs)));
@@ -141,7 +346,7 @@ export class CachedStore implements BackingStore {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
-    if (this.mode === 'none' || first >= this.cacheable) {
+    if (this.mode === 'none' || this.fenced || first >= this.cacheable) {
       await this.backing.read(offset, bufs);
       return;
     }
@@ -203,6 +408,10 @@ export class CachedStore implements BackingStore {
     if (this.mode !== 'writethrough' || this.cache.disabled) {
       try {
         await this.backing.write(offset, bufs);
+        this.written(offset, len, first, last);
+      } catch (err) {
+        this.failed(first, last);
+        throw err;
       } finally {
         this.end(op);
       }
@@ -212,9 +421,11 @@ export class CachedStore implements BackingStore {
     try {
       await this.backing.write(offset, [copy]);
     } catch (err) {
+      this.failed(first, last);
       this.end(op);
       throw err;
     }
+    this.written(offset, len, first, last);
     // The backing store now holds this data: from here op only guards the insertion (a later
     // write poisons it; it no longer poisons later operations).
     op.write = false;
@@ -239,6 +450,10 @@ export class CachedStore implements BackingStore {
     this.invalidate(first, last);
     try {
       await fn();
+      this.written(offset, length, first, last);
+    } catch (err) {
+      this.failed(first, last);
+      throw err;
     } finally {
       this.end(op);
     }
@@ -252,14 +467,42 @@ export class CachedStore implements BackingStore {
     return this.zap(offset, length, () => this.backing.writeZeroes(offset, length, unmap));
   }
 
-  flush(): Promise<void> {
-    return this.backing.flush();
+  /** A successful flush settles the failures before it and forgets the writes before it. */
+  async flush(): Promise<void> {
+    const mark = this.clock;
+    try {
+      await this.backing.flush();
+    } catch (err) {
+      this.flushFailed = true;
+      throw err;
+    }
+    this.flushFailed = false;
+    if (this.unsettled.length > 0) {
+      this.unsettled = this.unsettled.filter((u) => {
+        if (u.at > mark) return true;
+        this.end(u.hold);
+        return false;
+      });
+    }
+    if (this.unflushed.length > 0) this.unflushed = this.unflushed.filter((w) => w[2] > mark);
+    if (this.unflushedOverflowAt <= mark) this.unflushedOverflowAt = 0;
   }
 
-  /** Waits for this volume's pending insertions, leaves the cache, closes the backing store. */
+  /**
+   * Waits for this volume's pending insertions; drops its blocks if the last flush failed (or
+   * the store was fenced); leaves the cache recording the backing store's identity as it is
+   * now (after the final flush); closes the backing store.
+   */
   async close(): Promise<void> {
     while (this.inserting.size > 0) await Promise.all([...this.inserting]);
-    this.cache.unregisterVolume(this.volume);
-    await this.backing.close();
+    if (this.flushFailed || this.fenced) this.cache.map.dropVolume(this.volume);
+    let identity = '';
+    try {
+      identity = await this.backing.currentIdentity();
+    } finally {
+      // Without the identity (stat failed) the next registration drops the blocks.
+      this.cache.unregisterVolume(this.volume, identity);
+      await this.backing.close();
+    }
   }
 }

@@ -56,6 +56,12 @@ export class InFlightRanges {
     return op;
   }
 
+  /** Poisons every registered operation (the backing store's data changed under all of them). */
+  poisonAll(): void {
+    for (const o of this.small) o.poisoned = true;
+    for (const o of this.large) o.poisoned = true;
+  }
+
   end(op: Op): void {
     if (this.large.delete(op)) return;
     if (!this.small.delete(op)) return;

@@ -41,6 +41,7 @@ interface ServeFlags {
   serial?: string;
   logicalBlockSize?: string;
   direct?: boolean;
+  exclusive?: boolean;
   cache?: string;
   cacheSize?: string;
   cacheBlockSize?: string;
@@ -65,7 +66,10 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-mode <octal>', 'mode of the created socket file', '0600')
     .option('--socket-owner <user[:group]>', "chown the created socket (e.g. libvirt's qemu user)")
     .option('--allow-uid <uid[,uid...]>', 'only front ends running as these uids may connect (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
-    .option('--backing <file|uri>', 'backing file, block device or NBD URI (nbd://host/export, nbd+unix:///export?socket=path)')
+    .option(
+      '--backing <file|uri>',
+      'backing file, block device, NBD URI (nbd://host/export, nbd+unix:///export?socket=path) or RBD image (rbd:pool/image[@snap][:conf=path][:id=user])',
+    )
     .option('--blk-file <file>', 'same as --backing (vhost-user back-end convention)')
     .option('--size <bytes>', 'create a sparse backing file of this size if it does not exist (e.g. 10G)')
     .option('--name <name>', 'volume name (identity in the cache and in statistics)', 'vol0')
@@ -75,6 +79,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--serial <id>', 'serial number answered to GET_ID (at most 20 bytes)')
     .addOption(new Option('--logical-block-size <bytes>', 'logical block size').choices(['512', '4096']).default('512'))
     .option('--direct', 'open the backing file with O_DIRECT')
+    .option('--exclusive', 'nothing else ever writes the backing store: a warm start trusts the cache of a block device or NBD export without verifying a sample')
     .option('--cache <path>', 'cache device or file (shared by every volume)')
     .option('--cache-size <bytes>', 'create or size the cache file (e.g. 8G)')
     .option('--cache-block-size <bytes>', 'cache block size, 4K..64K', String(DEFAULTS.cacheBlockSize))
@@ -148,6 +153,7 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
     queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
     logicalBlockSize: intFlag(f.logicalBlockSize ?? '512', '--logical-block-size'),
     direct: f.direct === true,
+    exclusive: f.exclusive === true,
   };
   const cache =
     f.cache === undefined
@@ -280,6 +286,7 @@ function addControlCommands(program: Command): void {
     .option('--backing <file|uri>')
     .option('--size <bytes>')
     .option('--read-only')
+    .option('--exclusive')
     .addOption(new Option('--cache-mode <mode>').choices([...CACHE_MODES]))
     .option('--cache-max-bytes <bytes>')
     .option('--serial <id>')
@@ -294,6 +301,7 @@ function addControlCommands(program: Command): void {
           if (o[k] !== undefined) body[k] = o[k];
         }
         if (o.readOnly === true) body.readOnly = true;
+        if (o.exclusive === true) body.exclusive = true;
         if (o.numQueues !== undefined) body.numQueues = intFlag(String(o.numQueues), '--num-queues');
       }
       print(await controlJson(String(o.control), 'POST', '/volumes', body));

@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { native } from '../native/binding';
+import { parseRbdSpec, isRbdSpec } from '../backing/rbd/spec';
 import { VhostError } from '../native/errors';
 
 const LIMITS = native.limits;
@@ -27,6 +28,13 @@ export interface VolumeConfig {
   backing: string;
   /** Bytes; creates a sparse file of this size when the backing file does not exist. */
   size?: number;
+  /**
+   * Serve only the window [backingOffset, backingOffset + backingLength) of the backing store
+   * (bytes, multiples of 4096; length defaults to the rest of the store). Volumes whose windows
+   * do not overlap may share one store.
+   */
+  backingOffset?: number;
+  backingLength?: number;
   readOnly: boolean;
   cacheMode: CacheMode;
   /** Cap on the share of the cache this volume may hold (bytes). */
@@ -36,6 +44,12 @@ export interface VolumeConfig {
   queueSize: number;
   logicalBlockSize: 512 | 4096;
   direct: boolean;
+  /**
+   * The operator guarantees that nothing but this daemon writes the backing store, ever: a
+   * warm start then trusts the cached blocks of a block device or NBD export without verifying
+   * a sample (files are always checked through their change stamp).
+   */
+  exclusive: boolean;
 }
 
 export interface SocketOwner {
@@ -99,6 +113,19 @@ function str(o: Record<string, unknown>, key: string, field: string, required: b
   return v;
 }
 
+/** A file path, an NBD URI or an RBD spec; RBD specs are checked here (NBD URIs when opened). */
+function validateBacking(o: Record<string, unknown>, field: string): string {
+  const v = str(o, 'backing', field, true) as string;
+  if (isRbdSpec(v)) {
+    try {
+      parseRbdSpec(v);
+    } catch (err) {
+      fail(`${field}.backing`, (err as Error).message);
+    }
+  }
+  return v;
+}
+
 function bool(o: Record<string, unknown>, key: string, field: string, dflt: boolean): boolean {
   const v = o[key];
   if (v === undefined) return dflt;
@@ -130,9 +157,12 @@ function int(o: Record<string, unknown>, key: string, field: string, dflt: numbe
   return v;
 }
 
+/** Backing windows start and end on 4 KiB boundaries (every logical and cache block size divides it). */
+const WINDOW_ALIGNMENT = 4096;
+
 const VOLUME_KEYS = new Set([
-  'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'readOnly', 'cacheMode', 'cacheMaxBytes',
-  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct',
+  'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'backingOffset', 'backingLength', 'readOnly', 'cacheMode', 'cacheMaxBytes',
+  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
 const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
@@ -204,6 +234,14 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
   if ((queueSize & (queueSize - 1)) !== 0) fail(`${field}.queueSize`, `must be a power of two, got ${queueSize}`);
   const size = raw.size === undefined ? undefined : parseSize(raw.size, `${field}.size`);
   if (size !== undefined && (size === 0 || size % lbs !== 0)) fail(`${field}.size`, `must be a positive multiple of ${lbs}, got ${size}`);
+  const window = (key: 'backingOffset' | 'backingLength', min: number): number | undefined => {
+    if (raw[key] === undefined) return undefined;
+    const v = parseSize(raw[key], `${field}.${key}`);
+    if (v < min || v % WINDOW_ALIGNMENT !== 0) fail(`${field}.${key}`, `must be a multiple of ${WINDOW_ALIGNMENT} of at least ${min}, got ${v}`);
+    return v;
+  };
+  const backingOffset = window('backingOffset', 0);
+  const backingLength = window('backingLength', WINDOW_ALIGNMENT);
   const cacheMaxBytes = raw.cacheMaxBytes === undefined ? undefined : parseSize(raw.cacheMaxBytes, `${field}.cacheMaxBytes`);
   const serial = str(raw, 'serial', field, false) ?? name;
   if (Buffer.byteLength(serial) > 20) fail(`${field}.serial`, 'at most 20 bytes (virtio-blk GET_ID)');
@@ -214,8 +252,10 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     socketMode: int(raw, 'socketMode', field, DEFAULTS.socketMode, 0, LIMITS.maxSocketMode),
     ...(owner !== undefined ? { socketOwner: owner } : {}),
     ...(uids !== undefined ? { allowUids: uids } : {}),
-    backing: str(raw, 'backing', field, true) as string,
+    backing: validateBacking(raw, field),
     ...(size !== undefined ? { size } : {}),
+    ...(backingOffset !== undefined ? { backingOffset } : {}),
+    ...(backingLength !== undefined ? { backingLength } : {}),
     readOnly: bool(raw, 'readOnly', field, false),
     cacheMode,
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
@@ -224,6 +264,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     queueSize,
     logicalBlockSize: lbs,
     direct: bool(raw, 'direct', field, false),
+    exclusive: bool(raw, 'exclusive', field, false),
   };
 }
 

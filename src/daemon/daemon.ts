@@ -5,12 +5,18 @@
  * Shutdown order (SIGINT/SIGTERM): every volume stops taking requests and finishes the
  * in-flight ones, the stores are flushed and closed, then the cache writes its buffered
  * segments and saves its metadata for a warm restart.
+ *
+ * When a cache exists, every volume goes through a CachedStore whatever its cache mode ('none'
+ * included), so its writes always invalidate cached blocks and its close records the backing
+ * store's identity. Two volumes on one backing store (same location: file, device, NBD export)
+ * are refused unless both are read-only: one would serve blocks the other made stale.
  */
 import * as fs from 'node:fs';
 import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
 import { openBackingStore } from '../backing/open';
+import { WindowStore } from '../backing/window-store';
 import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
 import type { IoEngine } from '../io/io-engine';
@@ -50,9 +56,20 @@ function lockCacheDevice(path: string, create: boolean): number | null {
   return fd;
 }
 
+/** A volume's claim on its backing store (see the file comment). */
+interface Claim {
+  name: string;
+  readOnly: boolean;
+  /** The byte range of the store the volume uses (a window, or the whole store). */
+  start: number;
+  end: number;
+}
+
 export class Daemon implements ControlledDaemon {
   private readonly volumes = new Map<string, Volume>();
   private readonly pending = new Set<string>();
+  /** Backing store location -> the volumes (open or opening) using it. */
+  private readonly claims = new Map<string, Claim[]>();
   private readonly started = Date.now();
   private stopping: Promise<void> | null = null;
   private control: ControlServer | null = null;
@@ -121,32 +138,67 @@ export class Daemon implements ControlledDaemon {
       }
     }
     this.pending.add(cfg.name);
+    let claimed: { location: string; claim: Claim } | null = null;
     try {
       let store: BackingStore = await openBackingStore(cfg, {
         engine: this.engine,
         backingTimeoutMs: this.config.backingTimeoutMs,
         logger: this.log.child({ volume: cfg.name }),
       });
-      if (this.cache !== null && cfg.cacheMode !== 'none') {
-        try {
-          store = new CachedStore({
+      try {
+        const start = store instanceof WindowStore ? store.offset : 0;
+        claimed = this.claim(store.location, { name: cfg.name, readOnly: cfg.readOnly || store.readOnly, start, end: start + store.size });
+        if (this.cache !== null) {
+          const cached = await CachedStore.open({
             backing: store,
             cache: this.cache,
             name: cfg.name,
             mode: cfg.cacheMode,
+            exclusive: cfg.exclusive,
             ...(cfg.cacheMaxBytes !== undefined ? { maxBytes: cfg.cacheMaxBytes } : {}),
           });
-        } catch (err) {
-          await store.close();
-          throw err;
+          const v = cached.verification;
+          if (v !== null) {
+            const fields = { volume: cfg.name, ...v, ms: Math.round(v.ms) };
+            if (v.mismatched > 0) this.log.warn(fields, 'cached blocks differ from the backing store: all of them dropped');
+            else this.log.info(fields, 'sample of cached blocks verified against the backing store');
+          }
+          store = cached;
         }
+      } catch (err) {
+        await store.close();
+        throw err;
       }
       const vol = Volume.open(cfg, store, this.log);
       this.volumes.set(cfg.name, vol);
       return vol;
+    } catch (err) {
+      if (claimed !== null) this.release(claimed.location, claimed.claim);
+      throw err;
     } finally {
       this.pending.delete(cfg.name);
     }
+  }
+
+  /** Records that a volume uses `location`; throws when another one already does. */
+  private claim(location: string, claim: Claim): { location: string; claim: Claim } {
+    const others = this.claims.get(location) ?? [];
+    const clash = others.find((o) => o.start < claim.end && claim.start < o.end && !(o.readOnly && claim.readOnly));
+    if (clash !== undefined) {
+      throw new VhostError(
+        `volumes ${clash.name} and ${claim.name} would share one backing store (${location}, bytes ${Math.max(clash.start, claim.start)}..${Math.min(clash.end, claim.end)}); ` +
+          'refused unless both are read-only',
+        'EBUSY',
+      );
+    }
+    this.claims.set(location, [...others, claim]);
+    return { location, claim };
+  }
+
+  private release(location: string, claim: Claim): void {
+    const left = (this.claims.get(location) ?? []).filter((c) => c !== claim);
+    if (left.length > 0) this.claims.set(location, left);
+    else this.claims.delete(location);
   }
 
   /** Removes a volume; refused while a front end is connected unless forced. */
@@ -157,7 +209,17 @@ export class Daemon implements ControlledDaemon {
       throw new VhostError(`volume ${name} has a connected front end (use force to remove it anyway)`, 'EBUSY');
     }
     this.volumes.delete(name);
-    await vol.close();
+    try {
+      await vol.close();
+    } finally {
+      this.releaseVolume(name);
+    }
+  }
+
+  private releaseVolume(name: string): void {
+    for (const [location, list] of this.claims) {
+      for (const c of list) if (c.name === name) this.release(location, c);
+    }
   }
 
   stats(): DaemonStats {

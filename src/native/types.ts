@@ -285,11 +285,88 @@ export interface NativeLimits {
   readonly maxConfigSize: number;
 }
 
+/** Where RbdImage.open() finds the image (see src/backing/rbd/spec.ts for the text form). */
+export interface RbdOpenOptions {
+  pool: string;
+  image: string;
+  /** Opens this snapshot (read-only). */
+  snap?: string;
+  /** ceph.conf path; default: librados' search ($CEPH_CONF, /etc/ceph/ceph.conf ...). */
+  conf?: string;
+  /** Client name without "client." (default admin). */
+  id?: string;
+  readOnly: boolean;
+  /** librados client_mount_timeout: how long connecting may wait for a monitor. */
+  mountTimeoutSec: number;
+}
+
+export interface RbdImageInfo {
+  size: number;
+  /** rbd_get_id: unique per image, a re-created image with the same name gets a new one. */
+  imageId: string;
+  /** The snapshot's id (rbd_snap_get_id) when a snapshot is open, else null. */
+  snapId: number | null;
+  poolId: number;
+  /** The cluster's fsid. */
+  fsid: string;
+}
+
+/**
+ * Layout of RbdImage.completions (an Int32Array owned by native, rewritten before every
+ * onComplete call): pair i is [tag, result], result 0 or -errno.
+ */
+export const RBD_CQE_TAG = 0;
+export const RBD_CQE_RESULT = 1;
+export const RBD_CQE_STRIDE = 2;
+
+/**
+ * `new RbdImage(onComplete)` then `open(options)`: one RBD image through librbd, completions
+ * delivered on the Node loop (eventfd registered with rbd_set_image_notification, drained with
+ * rbd_poll_io_events). onComplete(count, headerChanged) gets `count` pairs in `completions`;
+ * headerChanged is true when librbd saw the image header change (resize, snapshot ...) since
+ * the last call. open() rejects with the errno name as code and a message naming what is
+ * missing (pool, image, snapshot, keyring, monitors).
+ *
+ * I/O calls take a tag (integer in [0, 2^31), distinct among requests in flight) and throw
+ * EINVAL for bad arguments, ESHUTDOWN when not open. The views passed to read/write are used
+ * synchronously (write) or when the request completes on the loop (read), never after
+ * cancel(tag): librbd itself only sees request-owned buffers. close() cancels what is still
+ * live and resolves with the number of requests librbd still held and that were abandoned with
+ * the image (a hung cluster), or undefined after a clean rbd_close.
+ */
+export interface NativeRbdImage {
+  readonly completions: Int32Array;
+  /** Requests librbd holds (including cancelled ones). */
+  readonly pending: number;
+  open(options: RbdOpenOptions): Promise<RbdImageInfo>;
+  read(tag: number, offset: number, bufs: readonly Uint8Array[]): void;
+  write(tag: number, offset: number, bufs: readonly Uint8Array[]): void;
+  flush(tag: number): void;
+  discard(tag: number, offset: number, length: number): void;
+  /** unmap false: the range stays allocated (RBD_WRITE_ZEROES_FLAG_THICK_PROVISION). */
+  writeZeroes(tag: number, offset: number, length: number, unmap: boolean): void;
+  /** Forgets tag (its views are released now); false when it was not in flight. */
+  cancel(tag: number): boolean;
+  /** The size librbd knows now (it follows header updates). */
+  currentSize(): number;
+  close(): Promise<number | undefined>;
+}
+
+export interface NativeRbd {
+  /** false when the addon was built without librbd's headers. */
+  available: boolean;
+  RbdImage?: new (onComplete: (count: number, headerChanged: boolean) => void) => NativeRbdImage;
+}
+
 export interface NativeAddon {
   limits: NativeLimits;
   IoRing: NativeIoRingClass;
+  rbd: NativeRbd;
   /** BLKGETSIZE64: size in bytes of the block device open as fd. Throws ENOTTY for a file. */
   blockDeviceSize(fd: number): number;
+  /** FS_IOC_GETVERSION: the inode generation of the file open as fd (changes when an inode
+   * number is reused); null when the file system has none. */
+  inodeGeneration(fd: number): number | null;
   /** flock(LOCK_EX | LOCK_NB); throws EAGAIN (EWOULDBLOCK) while another process holds it. */
   lockExclusive(fd: number): void;
   /** One datagram to a unix datagram socket (sd_notify), non-blocking; '@name' is abstract. */

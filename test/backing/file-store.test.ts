@@ -70,7 +70,9 @@ for (const [engineName, makeEngine] of engines) {
         assert.equal(st.size, 64 << 20);
         assert.equal(st.blocks, 0);
         assert.equal(st.mode & 0o777, 0o600, 'a created image is readable by its owner only');
-        assert.equal(store.identity, `file:${st.dev}:${st.ino}:${64 << 20}`);
+        assert.equal(store.location, `file:${st.dev}:${st.ino}`);
+        assert.match(store.identity, new RegExp(`^file:${st.dev}:${st.ino}:gen=\\d+:birth=\\d+:ctime=\\d+:mtime=\\d+:size=${64 << 20}$`));
+        assert.equal(store.changesVisible, true);
         assert.deepEqual(store.features, { flush: true, discard: true, writeZeroes: true });
         const buf = new Uint8Array(4096).fill(1);
         await store.read(10 << 20, [buf]);
@@ -104,6 +106,66 @@ for (const [engineName, makeEngine] of engines) {
       const b = await FileStore.open(p, { engine, readOnly: true });
       assert.notEqual(b.identity, idA);
       await b.close();
+    });
+
+    it('sees every offline change: identity at the next open differs from the one at close', async () => {
+      const p = path.join(dir, 'vm.img');
+      const backup = path.join(dir, 'backup.img');
+      const ref = path.join(dir, 'ref');
+      fs.writeFileSync(p, randomBytes(1 << 20));
+      fs.copyFileSync(p, backup);
+      const dd = (): void => {
+        execFileSync('dd', [`if=${backup}`, `of=${p}`, 'bs=4096', 'count=4', 'seek=8', 'conv=notrunc', 'status=none']);
+      };
+      const changes: [string, () => void][] = [
+        ['dd conv=notrunc', dd],
+        [
+          'dd conv=notrunc, then touch -r restoring mtime',
+          () => {
+            execFileSync('touch', ['-r', p, ref]);
+            dd();
+            execFileSync('touch', ['-r', ref, p]);
+          },
+        ],
+        ['cp backup.img vm.img', () => execFileSync('cp', [backup, p])],
+        [
+          'rm + re-create (same size)',
+          () => {
+            fs.rmSync(p);
+            fs.writeFileSync(p, Buffer.alloc(1 << 20));
+          },
+        ],
+        [
+          'truncate + extend',
+          () => {
+            fs.truncateSync(p, 0);
+            fs.truncateSync(p, 1 << 20);
+          },
+        ],
+      ];
+      const inodeReused: string[] = [];
+      for (const [what, change] of changes) {
+        const before = await FileStore.open(p, { engine });
+        await before.write(0, [randomBytes(4096)]);
+        await before.flush();
+        const ino = fs.statSync(p).ino;
+        const atClose = await before.currentIdentity();
+        await before.close();
+        // Right after close: within the same timestamp tick unless currentIdentity waited.
+        change();
+        if (fs.statSync(p).ino === ino) inodeReused.push(what);
+        const after = await FileStore.open(p, { engine });
+        assert.notEqual(after.identity, atClose, `${what}: identity unchanged`);
+        await after.close();
+      }
+      // ext4 reuses the inode of a deleted file at once: the identity differed all the same.
+      assert.ok(inodeReused.includes('rm + re-create (same size)'), `inode reused by: ${inodeReused.join(', ')}`);
+      const still = await FileStore.open(p, { engine, readOnly: true });
+      const id = await still.currentIdentity();
+      await still.close();
+      const again = await FileStore.open(p, { engine, readOnly: true });
+      assert.equal(again.identity, id, 'no change: same identity');
+      await again.close();
     });
 
     it('round-trips data, flushes, and refuses writes when read-only', async () => {
@@ -280,6 +342,8 @@ describe('FileStore on a loop block device @host', () => {
         assert.equal(store.size, 16 << 20);
         assert.equal(store.logicalBlockSize, 512);
         assert.equal(store.identity, `block:${st.rdev}:${16 << 20}`);
+        assert.equal(store.location, `block:${st.rdev}`);
+        assert.equal(store.changesVisible, false);
         const data = randomBytes(3000);
         await store.write(1000, split(data, [7, 2000]));
         const back = new Uint8Array(3000);

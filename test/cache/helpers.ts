@@ -30,6 +30,8 @@ export function gate(): { promise: Promise<void>; resolve: () => void } {
 export class MemStore implements BackingStore {
   readonly kind = 'mem';
   readonly readOnly = false;
+  /** Like a file (true) or a block device / NBD export (false); tests set it. */
+  changesVisible = true;
   readonly features = { flush: true, discard: true, writeZeroes: true };
   readonly data: Uint8Array;
   identity: string;
@@ -70,6 +72,14 @@ export class MemStore implements BackingStore {
       this.data.set(b, at);
       at += b.byteLength;
     }
+  }
+
+  get location(): string {
+    return `mem:${this.identity}`;
+  }
+
+  currentIdentity(): Promise<string> {
+    return Promise.resolve(this.identity);
   }
 
   async flush(): Promise<void> {}

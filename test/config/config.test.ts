@@ -22,6 +22,7 @@ describe('config validation', () => {
     assert.equal(c.volumes[0]?.cacheMode, 'writethrough');
     assert.equal(c.volumes[0]?.socketMode, 0o600);
     assert.equal(c.volumes[0]?.serial, 'vm1');
+    assert.equal(c.volumes[0]?.exclusive, false);
     assert.equal(c.backingTimeoutMs, 60000);
   });
 
@@ -35,6 +36,7 @@ describe('config validation', () => {
     rejects({ volumes: [vol], cache: { path: '/c', blockSize: 3000 } }, /config\.cache\.blockSize: must be a power of two/);
     rejects({ volumes: [{ ...vol, serial: 'x'.repeat(21) }] }, /serial: at most 20 bytes/);
     rejects({ volumes: [{ name: 'a', backing: '/x' }] }, /give exactly one of socketPath and fd/);
+    rejects({ volumes: [{ ...vol, exclusive: 'yes' }] }, /volumes\[0\]\.exclusive: must be true or false/);
   });
 
   it('accepts the example config of examples/', () => {
@@ -58,6 +60,9 @@ describe('config validation', () => {
     assert.equal(c.volumes[0]?.readOnly, true);
     assert.equal(c.cache?.size, 64 * 2 ** 20);
     assert.equal(c.cache?.blockSize, 4096);
+    assert.equal(c.volumes[0]?.exclusive, false);
+    const x = configFromFlags({ socketPath: '/tmp/s', backing: 'nbd://h/e', exclusive: true, logLevel: 'info' });
+    assert.equal(x.volumes[0]?.exclusive, true);
   });
 
   it('validates who may connect: socketOwner (names or ids) and allowUids, from the config and from flags', () => {

@@ -16,36 +16,8 @@ import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/frontend/ring-d
 import { VhostError } from '../../src/native/errors';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/native/types';
 import { silentLogger } from '../../src/util/logger';
+import { BLOCK, checkBlocks, range, stamp, writeBlocks } from './helpers';
 
-const BLOCK = 4096;
-
-/** A 4 KiB block stamped with its volume, address and generation (self-verifying data). */
-function stamp(vol: string, block: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  const tag = `${vol}:${block}:${gen}:`;
-  for (let off = 0; off < BLOCK; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
-
-async function writeBlocks(fe: VhostUserFrontend, vol: string, blocks: number[], gen: number): Promise<void> {
-  const q = fe.ring(0);
-  const rs = await Promise.all(blocks.map((blk) => q.write(blk * 8, stamp(vol, blk, gen))));
-  for (const r of rs) assert.equal(r.status, VIRTIO_BLK_S_OK);
-}
-
-async function checkBlocks(fe: VhostUserFrontend, vol: string, blocks: number[], gen: number): Promise<void> {
-  const q = fe.ring((fe.config?.numQueues ?? 1) > 1 ? 1 : 0);
-  const rs = await Promise.all(blocks.map((blk) => q.read(blk * 8, BLOCK)));
-  rs.forEach((r, i) => {
-    assert.equal(r.status, VIRTIO_BLK_S_OK);
-    const blk = blocks[i] as number;
-    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(vol, blk, gen)), `${vol} block ${blk} holds generation ${gen}`);
-  });
-}
-
-function range(n: number, from = 0): number[] {
-  return Array.from({ length: n }, (_, i) => from + i);
-}
 
 describe('daemon (in-process, our front end)', function () {
   this.timeout(60_000);

@@ -28,10 +28,14 @@
  * cache, the next flush logs a warning that a server crash may have lost them, and succeeds:
  * a clean server restart flushes its cache, and failing the flush would make every guest file
  * system abort its journal on any server restart (QEMU's NBD client behaves the same way).
+ *
+ * Watchers (a cache, see watch()) hear at once when the store is fenced and when a connection
+ * is lost while such unflushed writes exist (a cache then drops what it holds of them).
  */
+import * as path from 'node:path';
 import { VhostError } from '../../native/errors';
 import { silentLogger, type Logger } from '../../util/logger';
-import type { BackingStore } from '../backing-store';
+import type { BackingEvents, BackingStore } from '../backing-store';
 import { NbdConnection, type ConnectionHandler, type ExportInfo, type NbdCommand } from './client';
 import * as P from './protocol';
 import { describeNbdAddress, parseNbdUri, type NbdAddress } from './uri';
@@ -120,13 +124,22 @@ function sliceBufs(bufs: readonly Uint8Array[], start: number, len: number): Uin
   return out;
 }
 
+/** The export a URI names, whatever its spelling (socket path resolved, host in lower case). */
+function nbdLocation(a: NbdAddress): string {
+  const where = a.transport === 'unix' ? `unix:${path.resolve(a.socketPath)}` : `tcp:${a.host.toLowerCase()}:${a.port}`;
+  return `nbd:${where}:${JSON.stringify(a.exportName)}`;
+}
+
 function isWrite(type: number): boolean {
   return type === P.NBD_CMD_WRITE || type === P.NBD_CMD_TRIM || type === P.NBD_CMD_WRITE_ZEROES;
 }
 
 export class NbdStore implements BackingStore, ConnectionHandler {
   readonly kind = 'nbd';
+  /** An export's data can change behind our back: nothing in the protocol reports it. */
+  readonly changesVisible = false;
   readonly uri: string;
+  readonly location: string;
   readonly address: NbdAddress;
   private readonly log: Logger;
   private readonly timeoutMs: number;
@@ -166,10 +179,12 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   private lastWriteDone = 0;
   private flushedUpTo = 0;
   private lossPending = false;
+  private events: BackingEvents | null = null;
 
   private constructor(uri: string, options: NbdStoreOptions) {
     this.uri = uri;
     this.address = parseNbdUri(uri);
+    this.location = nbdLocation(this.address);
     this.log = (options.logger ?? silentLogger).child({ nbd: describeNbdAddress(this.address) });
     this.timeoutMs = options.backingTimeoutMs ?? 60_000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
@@ -200,7 +215,15 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   }
 
   get identity(): string {
-    return `nbd:${this.uri}:${this.info.size}`;
+    return `${this.location}:${this.info.size}`;
+  }
+
+  currentIdentity(): Promise<string> {
+    return Promise.resolve(this.identity);
+  }
+
+  watch(events: BackingEvents): void {
+    this.events = events;
   }
 
   get features(): { flush: boolean; discard: boolean; writeZeroes: boolean } {
@@ -323,6 +346,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
       this.log.warn({ err: reason.message, code: reason.code, inFlight: unfinished.length }, 'NBD connection lost');
       if (this.lastWriteDone > this.flushedUpTo && (this.info.flags & P.NBD_FLAG_SEND_FLUSH) !== 0) {
         this.lossPending = true;
+        this.events?.writesMayBeLost();
       }
     }
     const back: Cmd[] = [];
@@ -457,6 +481,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   private fence(err: VhostError): void {
     this.fatal = err;
     this.log.error({ err: err.message }, 'NBD store fenced');
+    this.events?.fenced();
     const queued = this.waiting;
     this.waiting = [];
     for (const c of queued) this.finishCmd(c, err);
