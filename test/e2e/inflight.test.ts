@@ -66,7 +66,7 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
 . /lib/vbc.sh
 vbc_wait_dev /dev/vda || exit 1
 fio --name=reader --filename=/dev/vda --rw=randread --bs=4k --offset=${100 * MiB} --size=${16 * MiB} \
-    --ioengine=libaio --iodepth=8 --direct=1 --time_based --runtime=500 --output=/tmp/reader.json &
+    --ioengine=libaio --iodepth=8 --direct=1 --time_based --runtime=500 --eta=never --output=/tmp/reader.json >/dev/null 2>&1 &
 reader=$!
 echo "fio-started"
 ${fioVerifyScript(job)}
