@@ -10,7 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VhostUserFrontend } from '../src/frontend/vhost-user-frontend';
 import { native } from '../src/native/binding';
-import { REQ_FIRST_SEG, REQ_SEG_COUNT, REQ_SLOT, REQ_STRIDE, VIRTIO_BLK_T_IN, type NativeVhostDevice } from '../src/native/types';
+import { REQ_FIRST_SEG, REQ_SEG_COUNT, REQ_TAG, REQ_STRIDE, type NativeVhostDevice } from '../src/native/types';
+import { VIRTIO_BLK_T_IN } from '../src/virtio-blk/spec';
 
 async function main(): Promise<void> {
   const count = Number(process.argv[2] ?? 200_000);
@@ -36,7 +37,7 @@ async function main(): Promise<void> {
         const first = t[i * REQ_STRIDE + REQ_FIRST_SEG] as number;
         const nseg = t[i * REQ_STRIDE + REQ_SEG_COUNT] as number;
         for (let j = first; j < first + nseg; j++) touched += (segs[j] as Uint8Array)[0] as number;
-        pairs[2 * i] = t[i * REQ_STRIDE + REQ_SLOT] as number;
+        pairs[2 * i] = t[i * REQ_STRIDE + REQ_TAG] as number;
         pairs[2 * i + 1] = 0;
       }
       dev.complete(queue, n, pairs);

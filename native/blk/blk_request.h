@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "vhost/split_vring.h"
+#include "vhost/device_vring.h"
 
 namespace vbc {
 namespace blk {

@@ -8,15 +8,6 @@
 namespace vbc {
 namespace frontend {
 
-std::string ErrnoName(int err) {
-  const char* name = strerrorname_np(err);
-  return name != nullptr ? std::string(name) : std::string("EIO");
-}
-
-void ThrowErrno(Napi::Env env, const std::string& what, int err) {
-  ThrowError(env, ErrnoName(err), what + ": " + strerror(err));
-}
-
 uv_loop_t* Loop(Napi::Env env) {
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {

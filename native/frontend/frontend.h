@@ -10,10 +10,6 @@
 namespace vbc {
 namespace frontend {
 
-// "ENOENT" etc. for an errno value (falls back to "EIO" for unknown values).
-std::string ErrnoName(int err);
-// Throws VhostError("<what>: <strerror>", <errno name>).
-[[noreturn]] void ThrowErrno(Napi::Env env, const std::string& what, int err);
 // The Node event loop of env.
 uv_loop_t* Loop(Napi::Env env);
 // Calls fn(args) from a libuv callback (no JS on the stack): runs microtasks afterwards and

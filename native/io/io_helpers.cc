@@ -18,13 +18,16 @@
 
 namespace vbc {
 
-std::string ErrnoName(int err) {
-  const char* name = strerrorname_np(err);
-  return name != nullptr ? std::string(name) : "E" + std::to_string(err);
-}
-
-void ThrowErrno(Napi::Env env, int err, const std::string& what) {
-  ThrowError(env, ErrnoName(err), what + ": " + strerror(err));
+ByteView Uint8ArrayElement(napi_env env, napi_value arr, uint32_t i) {
+  napi_value el;
+  napi_get_element(env, arr, i, &el);
+  napi_typedarray_type type;
+  ByteView v{nullptr, 0};
+  if (napi_get_typedarray_info(env, el, &type, &v.length, &v.data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array) {
+    ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
+  }
+  return v;
 }
 
 namespace {
@@ -81,7 +84,7 @@ class SyscallWorker : public Napi::AsyncWorker {
 Napi::Value JS_blockDeviceSize(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   uint64_t size = 0;
-  if (ioctl(fd, BLKGETSIZE64, &size) < 0) ThrowErrno(info.Env(), errno, "ioctl(BLKGETSIZE64)");
+  if (ioctl(fd, BLKGETSIZE64, &size) < 0) ThrowErrno(info.Env(), "ioctl(BLKGETSIZE64)", errno);
   if (static_cast<double>(size) > kMaxSafeInteger) ThrowError(info.Env(), "EOVERFLOW", "block device larger than 2^53 bytes");
   return Napi::Number::New(info.Env(), static_cast<double>(size));
 }
@@ -90,7 +93,7 @@ Napi::Value JS_blockDeviceSize(const Napi::CallbackInfo& info) {
 Napi::Value JS_logicalBlockSize(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   int ssz = 0;
-  if (ioctl(fd, BLKSSZGET, &ssz) < 0) ThrowErrno(info.Env(), errno, "ioctl(BLKSSZGET)");
+  if (ioctl(fd, BLKSSZGET, &ssz) < 0) ThrowErrno(info.Env(), "ioctl(BLKSSZGET)", errno);
   return Napi::Number::New(info.Env(), ssz);
 }
 
@@ -179,16 +182,8 @@ Napi::Value JS_isDirectIoAligned(const Napi::CallbackInfo& info) {
   uint32_t count = 0;
   napi_get_array_length(env, arr, &count);
   for (uint32_t i = 0; i < count; ++i) {
-    napi_value el;
-    napi_get_element(env, arr, i, &el);
-    napi_typedarray_type type;
-    size_t length = 0;
-    void* data = nullptr;
-    if (napi_get_typedarray_info(env, el, &type, &length, &data, nullptr, nullptr) != napi_ok ||
-        type != napi_uint8_array) {
-      ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
-    }
-    if (((reinterpret_cast<uintptr_t>(data) | length) & (align - 1)) != 0) return Napi::Boolean::New(env, false);
+    const ByteView v = Uint8ArrayElement(env, arr, i);
+    if (((reinterpret_cast<uintptr_t>(v.data) | v.length) & (align - 1)) != 0) return Napi::Boolean::New(env, false);
   }
   return Napi::Boolean::New(env, true);
 }
@@ -198,7 +193,7 @@ Napi::Value JS_isDirectIoAligned(const Napi::CallbackInfo& info) {
 // EWOULDBLOCK.
 Napi::Value JS_lockExclusive(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) ThrowErrno(info.Env(), errno, "flock");
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) ThrowErrno(info.Env(), "flock", errno);
   return info.Env().Undefined();
 }
 
@@ -218,11 +213,11 @@ Napi::Value JS_sendUnixDatagram(const Napi::CallbackInfo& info) {
   if (path[0] == '@') addr.sun_path[0] = '\0';
   socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) ThrowErrno(env, errno, "socket");
+  if (fd < 0) ThrowErrno(env, "socket", errno);
   ssize_t n = sendto(fd, data.Data(), data.ByteLength(), MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr), len);
   int err = errno;
   close(fd);
-  if (n < 0) ThrowErrno(env, err, "sendto " + path);
+  if (n < 0) ThrowErrno(env, "sendto " + path, err);
   return env.Undefined();
 }
 
@@ -235,7 +230,7 @@ Napi::Value JS_inodeGeneration(const Napi::CallbackInfo& info) {
   if (ioctl(fd, FS_IOC_GETVERSION, &gen) < 0) {
     int err = errno;
     if (err == ENOTTY || err == EOPNOTSUPP || err == EINVAL) return info.Env().Null();
-    ThrowErrno(info.Env(), err, "ioctl(FS_IOC_GETVERSION)");
+    ThrowErrno(info.Env(), "ioctl(FS_IOC_GETVERSION)", err);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(static_cast<uint32_t>(gen)));
 }

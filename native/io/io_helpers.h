@@ -8,10 +8,15 @@
 
 namespace vbc {
 
-// "EBADF", "EIO", ... for an errno value ("E<number>" when the C library has no name).
-std::string ErrnoName(int err);
-// Throws VhostError(`${what}: ${strerror}`, errno name).
-[[noreturn]] void ThrowErrno(Napi::Env env, int err, const std::string& what);
+
+// The i-th element of the JS array `arr` as a Uint8Array view: its bytes (already advanced by
+// the view's byteOffset) and length. Throws VhostError EINVAL "bufs must hold Uint8Array views"
+// otherwise. Shared by every native call that takes a scatter list (bufs: Uint8Array[]).
+struct ByteView {
+  void* data;
+  size_t length;
+};
+ByteView Uint8ArrayElement(napi_env env, napi_value arr, uint32_t i);
 
 // Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, inodeGeneration,
 // lockExclusive, sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.

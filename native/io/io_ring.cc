@@ -232,19 +232,19 @@ IoRing::IoRing(const Napi::CallbackInfo& info) : ObjectWrap<IoRing>(info) {
   std::string step;
   // CQ twice the SQ: a full SQ of completions fits while the previous batch is not reaped.
   int r = ring_.Open(entries, entries * 2, &step);
-  if (r < 0) ThrowErrno(env, -r, step);
+  if (r < 0) ThrowErrno(env, step, -r);
   eventfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (eventfd_ < 0) {
     int err = errno;
     ring_.Close();
-    ThrowErrno(env, err, "eventfd");
+    ThrowErrno(env, "eventfd", err);
   }
   if (SysRegister(ring_.fd(), IORING_REGISTER_EVENTFD, &eventfd_, 1) < 0) {
     int err = errno;
     close(eventfd_);
     eventfd_ = -1;
     ring_.Close();
-    ThrowErrno(env, err, "io_uring_register(EVENTFD)");
+    ThrowErrno(env, "io_uring_register(EVENTFD)", err);
   }
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
@@ -391,18 +391,9 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   std::vector<iovec>& iov = iovs_[ring_.NextSqeIndex()];
   iov.resize(count);
   for (uint32_t i = 0; i < count; ++i) {
-    napi_value el;
-    napi_get_element(env, arr, i, &el);
-    napi_typedarray_type type;
-    size_t length = 0;
-    void* data = nullptr;
-    // data comes back already advanced by the view's byteOffset.
-    if (napi_get_typedarray_info(env, el, &type, &length, &data, nullptr, nullptr) != napi_ok ||
-        type != napi_uint8_array) {
-      ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
-    }
-    iov[i].iov_base = data;
-    iov[i].iov_len = length;
+    const ByteView v = Uint8ArrayElement(env, arr, i);
+    iov[i].iov_base = v.data;
+    iov[i].iov_len = v.length;
   }
   sqe->opcode = opcode;
   sqe->fd = fd;
@@ -469,7 +460,7 @@ void IoRing::SubmitToKernel(Napi::Env env, bool getevents) {
       SignalEventfd();
       return;
     }
-    if (r < 0) ThrowErrno(env, -r, "io_uring_enter");
+    if (r < 0) ThrowErrno(env, "io_uring_enter", -r);
     to_submit = ring_.Unsubmitted();
     // Without IORING_SETUP_SUBMIT_ALL the kernel stops at an SQE that fails to prepare (it
     // posts a CQE for it): go on with the rest.

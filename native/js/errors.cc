@@ -1,5 +1,8 @@
 #include "js/errors.h"
 
+#include <cstring>
+#include <string>
+
 namespace vbc {
 
 namespace {
@@ -32,6 +35,15 @@ Napi::Value MakeError(Napi::Env env, const std::string& code, const std::string&
 
 void ThrowError(Napi::Env env, const std::string& code, const std::string& message) {
   throw Napi::Error(env, MakeError(env, code, message));
+}
+
+std::string ErrnoName(int err) {
+  const char* name = strerrorname_np(err);
+  return name != nullptr ? std::string(name) : "E" + std::to_string(err);
+}
+
+void ThrowErrno(Napi::Env env, const std::string& what, int err) {
+  ThrowError(env, ErrnoName(err), what + ": " + strerror(err));
 }
 
 Napi::Object InitErrors(Napi::Env env, Napi::Object exports) {

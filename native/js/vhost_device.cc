@@ -14,7 +14,7 @@ namespace vbc {
 
 namespace {
 // REQ_* layout of src/native/types.ts.
-constexpr size_t kReqSlot = 0;
+constexpr size_t kReqTag = 0;
 constexpr size_t kReqType = 1;
 constexpr size_t kReqSector = 2;
 constexpr size_t kReqDataLen = 3;
@@ -412,7 +412,7 @@ void VhostDevice::DeliverRequests(int queue, const std::vector<vhost::PendingReq
   for (size_t i = 0; i < n; i++) {
     const vhost::PendingRequest& r = reqs[i];
     double* e = d + i * kReqStride;
-    e[kReqSlot] = r.slot;
+    e[kReqTag] = r.slot;
     e[kReqType] = r.type;
     const double sector = static_cast<double>(r.sector);
     e[kReqSector] = sector >= kMaxSafeSector ? kMaxSafeSector : sector;

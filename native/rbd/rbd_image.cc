@@ -293,7 +293,7 @@ Napi::Value RbdImage::JS_open(const Napi::CallbackInfo& info) {
   eventfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (eventfd_ < 0) {
     delete w;
-    ThrowErrno(env, errno, "eventfd");
+    ThrowErrno(env, "eventfd", errno);
   }
   w->eventfd = eventfd_;
   opening_ = true;
@@ -334,7 +334,7 @@ void RbdImage::Submit(Napi::Env env, Req* r, int rc, const char* what) {
   if (rc < 0) {
     rbd_aio_release(r->comp);
     delete r;
-    ThrowErrno(env, -rc, what);
+    ThrowErrno(env, what, -rc);
   }
   live_[r->tag] = r;
   ++pending_;
@@ -427,7 +427,7 @@ Napi::Value RbdImage::JS_currentSize(const Napi::CallbackInfo& info) {
   CheckOpen(env);
   uint64_t size = 0;
   int r = rbd_get_size(h_.image, &size);
-  if (r < 0) ThrowErrno(env, -r, "rbd_get_size");
+  if (r < 0) ThrowErrno(env, "rbd_get_size", -r);
   return Napi::Number::New(env, static_cast<double>(size));
 }
 

@@ -59,7 +59,7 @@
 #include "vhost/inflight.h"
 #include "vhost/limits.h"
 #include "vhost/protocol.h"
-#include "vhost/split_vring.h"
+#include "vhost/device_vring.h"
 
 namespace vbc {
 namespace vhost {
@@ -179,7 +179,7 @@ class Backend {
     std::shared_ptr<Mapping> status_mapping;
   };
   struct Queue {
-    SplitVring ring;
+    DeviceVring ring;
     bool num_set = false;
     int kick_fd = -1;
     int call_fd = -1;
@@ -329,7 +329,7 @@ class Backend {
   // Attaches queue `index` to the inflight region (if any) and recovers it; false after a Panic.
   bool RecoverInflight(uint32_t index);
   // The next chain for JS: a resubmitted head first, then the avail ring.
-  SplitVring::Pop NextChain(Queue& q, Chain* chain, std::string* err);
+  DeviceVring::Pop NextChain(Queue& q, Chain* chain, std::string* err);
   void ApplyFeatures();
 
   uv_loop_t* loop_;

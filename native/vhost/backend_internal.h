@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "js/errors.h"  // ErrnoName
 #include "vhost/backend.h"
 
 namespace vbc {
@@ -23,11 +24,6 @@ struct Backend::Watch {
   int kind;
   int queue;
 };
-
-inline std::string ErrnoName(int e) {
-  const char* n = strerrorname_np(e);
-  return n != nullptr ? n : "EIO";
-}
 
 inline std::string NameOf(uint32_t request) {
   const char* n = MessageName(request);

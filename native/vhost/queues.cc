@@ -152,12 +152,12 @@ void Backend::ProcessQueue(uint32_t index) {
       break;
     }
     std::string err;
-    const SplitVring::Pop r = NextChain(q, &chain, &err);
-    if (r == SplitVring::Pop::kEmpty) {
+    const DeviceVring::Pop r = NextChain(q, &chain, &err);
+    if (r == DeviceVring::Pop::kEmpty) {
       if (q.ring.ArmKick()) continue;
       break;
     }
-    if (r == SplitVring::Pop::kError) {
+    if (r == DeviceVring::Pop::kError) {
       Panic("queue " + std::to_string(index) + ": " + err);
       return;
     }
@@ -245,7 +245,7 @@ bool Backend::RecoverInflight(uint32_t index) {
   return true;
 }
 
-SplitVring::Pop Backend::NextChain(Queue& q, Chain* chain, std::string* err) {
+DeviceVring::Pop Backend::NextChain(Queue& q, Chain* chain, std::string* err) {
   if (q.resubmit_next < q.resubmit.size()) {
     const uint16_t head = q.resubmit[q.resubmit_next++];
     if (q.resubmit_next == q.resubmit.size()) {
@@ -254,9 +254,9 @@ SplitVring::Pop Backend::NextChain(Queue& q, Chain* chain, std::string* err) {
     }
     if (!q.ring.ReadChain(mem_, head, chain, err)) {
       *err = "resubmitted inflight head " + std::to_string(head) + ": " + *err;
-      return SplitVring::Pop::kError;
+      return DeviceVring::Pop::kError;
     }
-    return SplitVring::Pop::kChain;
+    return DeviceVring::Pop::kChain;
   }
   return q.ring.PopChain(mem_, chain, err);
 }

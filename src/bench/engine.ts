@@ -1,6 +1,6 @@
 /**
  * The I/O engine of the benchmark runner: drives a Workload against one or more vhost-user-blk
- * devices through our front end (VhostUserFrontend / SplitRing fast path), without allocating per
+ * devices through our front end (VhostUserFrontend / DriverRing fast path), without allocating per
  * request beyond the workload's own request object.
  *
  * Structure:
@@ -21,14 +21,13 @@
  * and the engine resolves once the requests in flight are back.
  */
 import { VhostError } from '../native/errors';
-import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../native/types';
+import { SECTOR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../virtio-blk/spec';
 import type { GuestBuffer } from '../frontend/guest-memory';
-import type { Completion, SplitRing } from '../frontend/ring-driver';
+import type { Completion, DriverRing } from '../frontend/ring-driver';
 import { VhostUserFrontend } from '../frontend/vhost-user-frontend';
 import { PeriodMeter, type PeriodSample } from './stats';
 import type { BenchRequest, Workload } from './workload';
 
-const SECTOR = 512;
 
 
 /** setTimeout's resolution: paced requests due this close are issued at once. */
@@ -68,7 +67,7 @@ class Lane {
 
   constructor(
     readonly device: Device,
-    readonly ring: SplitRing,
+    readonly ring: DriverRing,
   ) {}
 }
 
@@ -88,7 +87,7 @@ export class Device {
     depth: number,
     maxLen: number,
   ) {
-    this.capacity = Number(fe.config?.capacity ?? 0n) * SECTOR;
+    this.capacity = Number(fe.config?.capacity ?? 0n) * SECTOR_SIZE;
     for (let q = 0; q < fe.queueCount; q++) {
       const lane = new Lane(this, fe.ring(q));
       for (let s = 0; s < depth; s++) lane.free.push(new Slot(lane, fe.memory.alloc(maxLen, 4096)));
@@ -315,7 +314,7 @@ export class Engine {
     slot.read = req.read;
     slot.len = len;
     slot.start = start;
-    const sector = (route.offset + req.block * bs) / SECTOR;
+    const sector = (route.offset + req.block * bs) / SECTOR_SIZE;
     if (!lane.ring.submit(req.read ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT, sector, slot.buf.addr, len, slot)) {
       lane.free.push(slot);
       this.fail(new VhostError('ring full', 'EAGAIN'));

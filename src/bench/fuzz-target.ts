@@ -10,8 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VhostUserFrontend } from '../frontend/vhost-user-frontend';
 import { VhostError } from '../native/errors';
-import { VIRTIO_BLK_S_OK } from '../native/types';
 import { startVbc, type VbcTarget } from './targets';
+import { VIRTIO_BLK_S_OK } from '../virtio-blk/spec';
 
 export interface FuzzTarget {
   target: VbcTarget;

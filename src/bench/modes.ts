@@ -13,8 +13,8 @@
  */
 import { Rng, ZipfSampler } from './rng';
 import type { BenchRequest, Workload } from './workload';
+import { SECTOR_SIZE } from '../virtio-blk/spec';
 
-export const SECTOR_SIZE = 512;
 export const MODE_NAMES = ['randread', 'randwrite', 'randrw', 'read', 'write', 'zipf'] as const;
 export type ModeName = (typeof MODE_NAMES)[number];
 /** Zipf slot counts are limited so the scatter multiplication stays exact in doubles. */

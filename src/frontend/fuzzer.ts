@@ -36,9 +36,9 @@ import { Rng } from '../bench/rng';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { NativeEventFd } from '../native/types';
+import { VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX } from '../virtio-blk/spec';
 import { GuestMemory } from './guest-memory';
 import {
-  BlkFeature,
   bit,
   encodeConfig,
   encodeMemRegion,
@@ -132,7 +132,7 @@ function validScript(rng: Rng, mem: GuestMemory): Msg[] {
   const avail = desc + 16 * QUEUE_SIZE;
   const used = 8192;
   const features = bit(Feature.VERSION_1) | bit(Feature.RING_INDIRECT_DESC) | bit(Feature.VHOST_USER_PROTOCOL_FEATURES) |
-    (rng.chance(0.5) ? bit(Feature.RING_EVENT_IDX) : 0n) | bit(BlkFeature.SEG_MAX) | bit(BlkFeature.BLK_SIZE) | bit(BlkFeature.FLUSH);
+    (rng.chance(0.5) ? bit(Feature.RING_EVENT_IDX) : 0n) | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH);
   const protocol = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
     (rng.chance(0.5) ? bit(ProtocolFeature.REPLY_ACK) : 0n);
   mem.bytes.fill(0, 0, 3 * 4096);

@@ -114,23 +114,6 @@ export const Feature = {
   IN_ORDER: 35,
 } as const;
 
-/** virtio-blk device feature bits (virtio 1.2, 5.2.3). */
-export const BlkFeature = {
-  SIZE_MAX: 1,
-  SEG_MAX: 2,
-  GEOMETRY: 4,
-  RO: 5,
-  BLK_SIZE: 6,
-  FLUSH: 9,
-  TOPOLOGY: 10,
-  CONFIG_WCE: 11,
-  MQ: 12,
-  DISCARD: 13,
-  WRITE_ZEROES: 14,
-  LIFETIME: 15,
-  SECURE_ERASE: 16,
-} as const;
-
 export function bit(n: number): bigint {
   return 1n << BigInt(n);
 }

@@ -6,10 +6,10 @@
  *   desc   N x 16 bytes {addr u64, len u32, flags u16, next u16}             (4 KiB aligned)
  *   avail  flags u16, idx u16, ring[N] u16, used_event u16                   (4 KiB aligned)
  *   used   flags u16, idx u16, ring[N] {id u32, len u32}, avail_event u16    (4 KiB aligned)
- *   slots  N x 32 bytes: request header (16) + status byte (at +16) of the chain whose head
- *          descriptor is the slot index
+ *   headers N x 32 bytes: request header (16) + status byte (at +16) of the chain whose head
+ *          descriptor is the index
  *   tables N x maxIndirect x 16 bytes: the indirect table of the chain with that head
- * N = queue size (power of two). A head index is in flight at most once, so its slot and its
+ * N = queue size (power of two). A head index is in flight at most once, so its header and its
  * indirect table are reused without further allocation.
  *
  * Notifications: avail->idx is published (Atomics.store, a full fence) by kick(), which then
@@ -35,16 +35,20 @@
  */
 import { VhostError } from '../native/errors';
 import type { NativeEventFd } from '../native/types';
+import { IdleWaiters } from '../util/idle-waiters';
+import type { GuestBuffer, GuestMemory } from './guest-memory';
+import { type BlkRange, writeBlkHeader, writeBlkRanges } from './virtio-blk';
 import {
+  BLK_HEADER_SIZE,
+  BLK_ID_BYTES,
+  BLK_RANGE_SIZE,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from '../native/types';
-import type { GuestBuffer, GuestMemory } from './guest-memory';
-import { BLK_HEADER_SIZE, BLK_ID_BYTES, BLK_RANGE_SIZE, type BlkRange, writeBlkHeader, writeBlkRanges } from './virtio-blk';
+} from '../virtio-blk/spec';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -52,7 +56,7 @@ export const VIRTQ_DESC_F_INDIRECT = 4;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const VIRTQ_USED_F_NO_NOTIFY = 1;
 
-const SLOT_SIZE = 32;
+const HEADER_AREA_SIZE = 32;
 const STATUS_OFFSET = 16;
 /** Status byte value written before submission; a device that never writes it leaves this. */
 export const STATUS_UNSET = 0xff;
@@ -115,6 +119,11 @@ export interface RingOptions {
   /** Entries per indirect table (>= 3). */
   maxIndirect: number;
   kick: NativeEventFd;
+  /**
+   * Ring index to start at (0..65535, default 0): the avail and used indexes in guest memory and
+   * the driver's counters start there, as after a resume (SET_VRING_BASE with the same number).
+   */
+  base?: number;
 }
 
 /** A request prepared by makeRequest() in runQueueDepth(): set type, sector and len. */
@@ -124,10 +133,10 @@ export interface QdRequest {
   sector: number;
   /** Data bytes (<= buf.len); 0 for FLUSH. */
   len: number;
-  /** This slot's data buffer in guest RAM, reused for every request of the slot. */
+  /** This lane's data buffer in guest RAM, reused for every request of the lane. */
   readonly buf: GuestBuffer;
-  /** 0..depth-1. */
-  readonly slot: number;
+  /** Which of the `depth` lanes (0..depth-1). */
+  readonly lane: number;
   /** Sequence number of the request (0..count-1). */
   seq: number;
 }
@@ -137,11 +146,11 @@ export interface QdOptions {
   depth: number;
   /** Requests to run in total. */
   count: number;
-  /** Data buffer size per slot (bytes). */
+  /** Data buffer size per lane (bytes). */
   maxLen: number;
   /** Fills `req` for request number `seq` (type, sector, len; may write req.buf.bytes). */
   makeRequest: (seq: number, req: QdRequest) => void;
-  /** Called on each completion before the slot is reused (e.g. to verify read data). */
+  /** Called on each completion before the lane is reused (e.g. to verify read data). */
   onComplete?: (req: QdRequest, status: number) => void;
   /** Per-request latencies in ns, indexed by seq (allocated if not given; length >= count). */
   latencies?: Float64Array;
@@ -161,7 +170,7 @@ export interface QdResult {
 }
 
 interface InFlight {
-  /** 1 = virtio-blk request (slot header/status), 2 = raw chain. */
+  /** 1 = virtio-blk request (header/status area), 2 = raw chain. */
   kind: number;
   completion: Completion;
 }
@@ -169,7 +178,7 @@ interface InFlight {
 /** Promise-API request waiting for descriptors. */
 type Waiter = () => boolean;
 
-export class SplitRing {
+export class DriverRing {
   readonly index: number;
   readonly size: number;
   readonly eventIdx: boolean;
@@ -186,7 +195,7 @@ export class SplitRing {
 
   private readonly mem: GuestMemory;
   private readonly kickFd: NativeEventFd;
-  private readonly slotsAddr: number;
+  private readonly headersAddr: number;
   private readonly tablesAddr: number;
   private readonly owned: GuestBuffer[] = [];
   // Free descriptor list (JS side; the device never writes descriptors).
@@ -206,7 +215,7 @@ export class SplitRing {
   private readonly waiters: Waiter[] = [];
   private kickScheduled = false;
   private dead: Error | null = null;
-  private idleWaiters: (() => void)[] = [];
+  private readonly idleWaiters = new IdleWaiters();
   private deviceErrorHandler: ((err: Error) => void) | null = null;
   // Indices into mem.u16 / mem.u32.
   private readonly availIdxI: number;
@@ -236,13 +245,13 @@ export class SplitRing {
     const desc = this.own(16 * n, page);
     const avail = this.own(6 + 2 * n, page);
     const used = this.own(6 + 8 * n, page);
-    const slots = this.own(SLOT_SIZE * n, page);
+    const headers = this.own(HEADER_AREA_SIZE * n, page);
     const tables = opts.indirect ? this.own(16 * opts.maxIndirect * n, page) : undefined;
     for (const b of this.owned) b.bytes.fill(0);
     this.descAddr = desc.addr;
     this.availAddr = avail.addr;
     this.usedAddr = used.addr;
-    this.slotsAddr = slots.addr;
+    this.headersAddr = headers.addr;
     this.tablesAddr = tables?.addr ?? 0;
     this.availIdxI = (avail.addr + 2) >> 1;
     this.availRingI = (avail.addr + 4) >> 1;
@@ -258,6 +267,14 @@ export class SplitRing {
     this.chainLen = new Uint16Array(n);
     this.inflight = new Array<InFlight | undefined>(n).fill(undefined);
     this.rawBuffers = new Array<GuestBuffer[] | undefined>(n).fill(undefined);
+    const base = opts.base ?? 0;
+    if (!Number.isInteger(base) || base < 0 || base > 0xffff) throw new VhostError(`ring base ${base} out of range 0..65535`, 'EINVAL');
+    this.availIdx = this.publishedIdx = this.lastKickIdx = this.lastUsed = base;
+    this.mem.u16[this.availIdxI] = base;
+    this.mem.u16[this.usedIdxI] = base;
+    this.mem.u16[this.usedEventI] = base;
+    // As if the device asked to be kicked for the next buffer (EVENT_IDX avail_event).
+    this.mem.u16[this.availEventI] = base;
   }
 
   private own(len: number, align: number): GuestBuffer {
@@ -340,7 +357,7 @@ export class SplitRing {
     const segs = len > 0 ? 1 : 0;
     if (this.numFree < this.descriptorsFor(segs)) return false;
     const head = this.allocDesc();
-    const hdr = this.slotsAddr + head * SLOT_SIZE;
+    const hdr = this.headersAddr + head * HEADER_AREA_SIZE;
     writeBlkHeader(this.mem.view, hdr, type, sector);
     this.mem.bytes[hdr + STATUS_OFFSET] = STATUS_UNSET;
     const dataFlags = type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_GET_ID ? VIRTQ_DESC_F_WRITE : 0;
@@ -389,7 +406,7 @@ export class SplitRing {
     }
     if (this.numFree < this.descriptorsFor(segs.length)) return false;
     const head = this.allocDesc();
-    const hdr = this.slotsAddr + head * SLOT_SIZE;
+    const hdr = this.headersAddr + head * HEADER_AREA_SIZE;
     writeBlkHeader(this.mem.view, hdr, type, sector);
     this.mem.bytes[hdr + STATUS_OFFSET] = STATUS_UNSET;
     const dataFlags = type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_GET_ID ? VIRTQ_DESC_F_WRITE : 0;
@@ -480,11 +497,7 @@ export class SplitRing {
     this.completed += n;
     while (this.waiters.length > 0 && this.waiters[0]()) this.waiters.shift();
     this.kick();
-    if (this.numInflight === 0 && this.idleWaiters.length > 0) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const f of w) f();
-    }
+    if (this.numInflight === 0) this.idleWaiters.wake();
     return n;
   }
 
@@ -497,7 +510,7 @@ export class SplitRing {
     }
     this.inflight[id] = undefined;
     this.numInflight--;
-    const status = f.kind === 1 ? this.mem.bytes[this.slotsAddr + id * SLOT_SIZE + STATUS_OFFSET] : STATUS_UNSET;
+    const status = f.kind === 1 ? this.mem.bytes[this.headersAddr + id * HEADER_AREA_SIZE + STATUS_OFFSET] : STATUS_UNSET;
     this.freeChain(id);
     const bufs = this.rawBuffers[id];
     if (bufs !== undefined) {
@@ -511,7 +524,7 @@ export class SplitRing {
   /** Resolves when no request is in flight (immediately if none is). */
   idle(): Promise<void> {
     if (this.numInflight === 0 || this.dead !== null) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    return this.idleWaiters.wait();
   }
 
   /**
@@ -533,8 +546,7 @@ export class SplitRing {
     this.numInflight = 0;
     const waiting = this.waiters.splice(0);
     for (const w of waiting) w();
-    const idle = this.idleWaiters.splice(0);
-    for (const f of idle) f();
+    this.idleWaiters.wake();
   }
 
   /**
@@ -744,8 +756,8 @@ export class SplitRing {
   // ---------------------------------------------------------------- queue-depth runner
 
   /**
-   * Keeps `depth` requests in flight on this ring until `count` have completed; each slot has
-   * its own data buffer of `maxLen` bytes, reused. makeRequest fills the slot's request;
+   * Keeps `depth` requests in flight on this ring until `count` have completed; each lane has
+   * its own data buffer of `maxLen` bytes, reused. makeRequest fills the lane's request;
    * completions resubmit at once and the ring is kicked once per reap batch. Latency of each
    * request (submit to reap, process.hrtime.bigint) is stored in ns at its seq. If
    * makeRequest / onComplete throws, no new request is issued and the promise rejects with
@@ -771,7 +783,7 @@ export class SplitRing {
       let settled = false;
       const kicks0 = this.kicks;
       const t0 = process.hrtime.bigint();
-      // Settles once every issued request is back (the device may still write into a slot's
+      // Settles once every issued request is back (the device may still write into a lane's
       // buffer until then, so buffers are released only at that point; a dead ring fails them
       // all) and either all `count` completed or something failed.
       const settle = (): void => {
@@ -785,8 +797,8 @@ export class SplitRing {
         }
         resolve({ completed, errors, bytes, elapsedNs: process.hrtime.bigint() - t0, latencies, kicks: this.kicks - kicks0 });
       };
-      const makeSlot = (buf: GuestBuffer, slot: number): Completion & { issue(): void } => {
-        const req: QdRequest = { type: VIRTIO_BLK_T_IN, sector: 0, len: 0, buf, slot, seq: 0 };
+      const makeLane = (buf: GuestBuffer, lane: number): Completion & { issue(): void } => {
+        const req: QdRequest = { type: VIRTIO_BLK_T_IN, sector: 0, len: 0, buf, lane, seq: 0 };
         let start = 0n;
         const self: Completion & { issue(): void } = {
           issue: () => {
@@ -821,13 +833,13 @@ export class SplitRing {
         return self;
       };
       try {
-        const slots: (Completion & { issue(): void })[] = [];
+        const lanes: (Completion & { issue(): void })[] = [];
         for (let s = 0; s < Math.min(depth, count); s++) {
           const b = this.mem.alloc(maxLen, 4096);
           bufs.push(b);
-          slots.push(makeSlot(b, s));
+          lanes.push(makeLane(b, s));
         }
-        for (const s of slots) s.issue();
+        for (const s of lanes) s.issue();
         this.kick();
       } catch (err) {
         failure ??= err as Error;

@@ -5,7 +5,7 @@
  * Usage:
  *   const fe = await VhostUserFrontend.open('/tmp/vhost.sock', { queues: 2, queueSize: 256 });
  *   fe.config.capacity;                       // parsed virtio_blk_config (bigint sectors)
- *   const q = fe.ring(0);                     // SplitRing, see ring-driver.ts
+ *   const q = fe.ring(0);                     // DriverRing, see ring-driver.ts
  *   await q.write(0, data); const r = await q.read(0, 4096);   // r.status, r.data
  *   await fe.stop();                          // GET_VRING_BASE per queue (after draining)
  *   fe.close();
@@ -44,7 +44,6 @@ import { VhostError } from '../native/errors';
 import type { NativeEventFd, NativeFrontendChannel } from '../native/types';
 import { GuestMemory } from './guest-memory';
 import {
-  BlkFeature,
   CONFIG_TYPE_FRONTEND,
   decodeConfig,
   decodeInflight,
@@ -74,8 +73,9 @@ import {
   VhostUserRequest as R,
   type VhostUserMessage,
 } from './protocol';
-import { SplitRing } from './ring-driver';
-import { BLK_CONFIG_SIZE, type BlkConfig, parseBlkConfig } from './virtio-blk';
+import { DriverRing } from './ring-driver';
+import { BLK_CONFIG_SIZE, VIRTIO_BLK_F_ALL } from '../virtio-blk/spec';
+import { type BlkConfig, parseBlkConfig } from './virtio-blk';
 
 export interface FrontendOptions {
   /** Guest RAM bytes (multiple of 4096; default 64 MiB). */
@@ -95,13 +95,15 @@ export interface FrontendOptions {
   /**
    * Device feature bits (besides VERSION_1, EVENT_IDX, INDIRECT_DESC and
    * VHOST_USER_F_PROTOCOL_FEATURES) to accept when offered. Default: every virtio-blk bit
-   * listed in BlkFeature.
+   * defined in src/virtio-blk/spec (VIRTIO_BLK_F_ALL).
    */
   blkFeatures?: bigint;
   /** Protocol features to accept when offered (default REPLY_ACK | MQ | CONFIG | CONFIGURE_MEM_SLOTS). */
   protocolFeatures?: bigint;
   /** How to send guest RAM: one SET_MEM_TABLE (default) or ADD_MEM_REG (needs CONFIGURE_MEM_SLOTS). */
   memoryMessage?: 'set-mem-table' | 'add-mem-reg';
+  /** Ring index every queue starts at (SET_VRING_BASE; default 0). */
+  vringBase?: number;
   /** Front-end user address of guest RAM (default 0x7f0000000000). */
   userBase?: bigint;
   /** Bytes of virtio_blk_config asked by GET_CONFIG (default 60). */
@@ -114,7 +116,7 @@ export interface FrontendOptions {
   onDisconnect?: (err: Error | null) => void;
 }
 
-export const DEFAULT_BLK_FEATURES: bigint = Object.values(BlkFeature).reduce((m, b) => m | bit(b), 0n);
+export const DEFAULT_BLK_FEATURES: bigint = VIRTIO_BLK_F_ALL.reduce((m, b) => m | bit(b), 0n);
 export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.MQ) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 
@@ -160,7 +162,7 @@ export class VhostUserFrontend {
 
   private channel: NativeFrontendChannel | null = null;
   private readonly replies: ReplyWaiter[] = [];
-  private readonly rings: SplitRing[] = [];
+  private readonly rings: DriverRing[] = [];
   private readonly eventFds: NativeEventFd[] = [];
   private disconnectErr: Error | null | undefined;
   /** release() ran: requests failed, RAM and fds closed (for good, even with survive). */
@@ -180,6 +182,7 @@ export class VhostUserFrontend {
       blkFeatures: options.blkFeatures ?? DEFAULT_BLK_FEATURES,
       protocolFeatures: options.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES,
       memoryMessage: options.memoryMessage ?? 'set-mem-table',
+      vringBase: options.vringBase ?? 0,
       userBase: options.userBase ?? 0x7f00_0000_0000n,
       configSize: options.configSize ?? BLK_CONFIG_SIZE,
       replyTimeoutMs: options.replyTimeoutMs ?? 5000,
@@ -217,7 +220,7 @@ export class VhostUserFrontend {
   }
 
   /** The driver of queue `i` (after start()). */
-  ring(i: number): SplitRing {
+  ring(i: number): DriverRing {
     const r = this.rings[i];
     if (r === undefined) throw new VhostError(`queue ${i} is not started`, 'EINVAL');
     return r;
@@ -411,7 +414,7 @@ export class VhostUserFrontend {
     this.deviceFeatures = await this.requestU64(R.GET_FEATURES);
     await this.request(R.SET_OWNER);
     if (!hasBit(this.deviceFeatures, Feature.VERSION_1)) {
-      throw new VhostError('back end does not offer VIRTIO_F_VERSION_1', 'ENOTSUP');
+      throw new VhostError('back end does not offer VIRTIO_F_VERSION_1', 'EOPNOTSUPP');
     }
     if (hasBit(this.deviceFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
       this.protocolFeaturesOffered = await this.requestU64(R.GET_PROTOCOL_FEATURES);
@@ -425,7 +428,7 @@ export class VhostUserFrontend {
         throw new VhostError(`back end supports ${this.queueNum} queues, ${o.queues} wanted`, 'EINVAL');
       }
     } else if (o.queues > 1) {
-      throw new VhostError('back end does not negotiate MQ; only 1 queue possible', 'ENOTSUP');
+      throw new VhostError('back end does not negotiate MQ; only 1 queue possible', 'EOPNOTSUPP');
     }
     if (hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
       this.maxMemSlots = Number(await this.requestU64(R.GET_MAX_MEM_SLOTS));
@@ -451,11 +454,6 @@ export class VhostUserFrontend {
     this.configBytes = Buffer.from(c.data);
     this.config = parseBlkConfig(c.data);
     return this.config;
-  }
-
-  /** SET_CONFIG (e.g. writeback at offset 32, 1 byte). */
-  async writeConfig(offset: number, data: Uint8Array): Promise<void> {
-    await this.request(R.SET_CONFIG, encodeConfig(offset, data.length, CONFIG_TYPE_FRONTEND, data));
   }
 
   // ------------------------------------------------------------------ start / stop
@@ -502,7 +500,7 @@ export class VhostUserFrontend {
     if (hasBit(this.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD)) await this.setInflight();
     if (o.memoryMessage === 'add-mem-reg') {
       if (!hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
-        throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'ENOTSUP');
+        throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'EOPNOTSUPP');
       }
       await this.request(R.ADD_MEM_REG, encodeMemRegion(this.memRegion()), [this.memory.fd]);
     } else {
@@ -516,13 +514,14 @@ export class VhostUserFrontend {
         const kick = new native.EventFd();
         const call = new native.EventFd();
         this.eventFds.push(kick, call);
-        const ring = new SplitRing(this.memory, {
+        const ring = new DriverRing(this.memory, {
           index: q,
           size: o.queueSize,
           eventIdx,
           indirect,
           maxIndirect: o.maxIndirect,
           kick,
+          base: o.vringBase,
         });
         ring.onDeviceError((err) => this.teardown(err, true));
         this.rings.push(ring);
@@ -531,23 +530,48 @@ export class VhostUserFrontend {
       const ring = this.ring(q);
       const kick = this.eventFds[2 * q] as NativeEventFd;
       const call = this.eventFds[2 * q + 1] as NativeEventFd;
-      await this.request(R.SET_VRING_NUM, encodeVringState(q, o.queueSize));
-      await this.request(R.SET_VRING_BASE, encodeVringState(q, again ? ring.usedIndex : 0));
-      await this.request(
-        R.SET_VRING_ADDR,
-        encodeVringAddr({
-          index: q,
-          flags: 0,
-          desc: this.memory.userAddr(ring.descAddr),
-          used: this.memory.userAddr(ring.usedAddr),
-          avail: this.memory.userAddr(ring.availAddr),
-          log: 0n,
-        }),
-      );
-      await this.request(R.SET_VRING_KICK, encodeU64(q), [kick.fd]);
-      await this.request(R.SET_VRING_CALL, encodeU64(q), [call.fd]);
-      if (protocol) await this.request(R.SET_VRING_ENABLE, encodeVringState(q, 1));
+      await this.setUpRing(ring, kick, call, again ? ring.usedIndex : o.vringBase, protocol);
     }
+  }
+
+  /** SET_VRING_NUM, BASE, ADDR, KICK, CALL (and ENABLE 1 with protocol features) for one ring. */
+  private async setUpRing(ring: DriverRing, kick: NativeEventFd, call: NativeEventFd, base: number, enable: boolean): Promise<void> {
+    const q = ring.index;
+    await this.request(R.SET_VRING_NUM, encodeVringState(q, ring.size));
+    await this.request(R.SET_VRING_BASE, encodeVringState(q, base));
+    await this.request(
+      R.SET_VRING_ADDR,
+      encodeVringAddr({
+        index: q,
+        flags: 0,
+        desc: this.memory.userAddr(ring.descAddr),
+        used: this.memory.userAddr(ring.usedAddr),
+        avail: this.memory.userAddr(ring.availAddr),
+        log: 0n,
+      }),
+    );
+    await this.request(R.SET_VRING_KICK, encodeU64(q), [kick.fd]);
+    await this.request(R.SET_VRING_CALL, encodeU64(q), [call.fd]);
+    if (enable) await this.request(R.SET_VRING_ENABLE, encodeVringState(q, 1));
+  }
+
+  /**
+   * Starts every queue again after stop() (or after RESET_DEVICE, REM_MEM_REG + ADD_MEM_REG):
+   * same rings and eventfds, resumed at the index the driver reached (what GET_VRING_BASE
+   * reported after draining).
+   */
+  async resume(): Promise<void> {
+    const protocol = hasBit(this.ackedFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES);
+    for (const ring of this.rings) {
+      const kick = this.eventFds[2 * ring.index];
+      const call = this.eventFds[2 * ring.index + 1];
+      await this.setUpRing(ring, kick, call, ring.availIndex, protocol);
+    }
+  }
+
+  /** SET_VRING_ENABLE for one queue (needs VHOST_USER_F_PROTOCOL_FEATURES). */
+  async setVringEnable(queue: number, enable: boolean): Promise<void> {
+    await this.request(R.SET_VRING_ENABLE, encodeVringState(queue, enable ? 1 : 0));
   }
 
   /**

@@ -18,14 +18,7 @@
  * bytes (a NUL-padded string).
  */
 
-export const SECTOR_SIZE = 512;
-export const BLK_HEADER_SIZE = 16;
-export const BLK_ID_BYTES = 20;
-export const BLK_RANGE_SIZE = 16;
-export const BLK_RANGE_F_UNMAP = 0x1;
-/** Size of the config fields up to write_zeroes_may_unmap + padding (pre-secure-erase). */
-export const BLK_CONFIG_SIZE = 60;
-export const BLK_CONFIG_SIZE_FULL = 72;
+import { BLK_CONFIG_SIZE_FULL, BLK_RANGE_F_UNMAP, BLK_RANGE_SIZE } from '../virtio-blk/spec';
 
 export interface BlkConfig {
   /** Bytes actually returned by the device (fields past it read as 0). */

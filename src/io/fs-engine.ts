@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
+import { iovLength, sliceIov } from '../util/iov';
 import type { IoEngine } from './io-engine';
 
 function ioError(err: unknown, what: string): VhostError {
@@ -17,26 +18,8 @@ export function endOfFile(fd: number, pos: number): VhostError {
   return new VhostError(`readv fd ${fd}: end of file at byte ${pos}`, 'EIO');
 }
 
-/** Advances a scatter list by `done` bytes, returning the remaining views. */
-export function advanceIov(bufs: readonly Uint8Array[], done: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let skip = done;
-  for (const b of bufs) {
-    if (skip >= b.byteLength) {
-      skip -= b.byteLength;
-      continue;
-    }
-    out.push(skip === 0 ? b : b.subarray(skip));
-    skip = 0;
-  }
-  return out;
-}
-
-export function iovLength(bufs: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.byteLength;
-  return n;
-}
+/** Re-exported for src/backing/file-store.ts until it imports src/util/iov itself. */
+export { iovLength };
 
 function readvAsync(fd: number, bufs: Uint8Array[], pos: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -54,7 +37,7 @@ export class FsEngine implements IoEngine {
   readonly kind = 'threadpool' as const;
 
   async readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact = false): Promise<void> {
-    let rest = advanceIov(bufs, 0);
+    let rest = sliceIov(bufs, 0);
     let pos = offset;
     while (rest.length > 0) {
       let n: number;
@@ -69,12 +52,12 @@ export class FsEngine implements IoEngine {
         return;
       }
       pos += n;
-      rest = advanceIov(rest, n);
+      rest = sliceIov(rest, n);
     }
   }
 
   async writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
-    let rest = advanceIov(bufs, 0);
+    let rest = sliceIov(bufs, 0);
     let pos = offset;
     while (rest.length > 0) {
       let n: number;
@@ -85,7 +68,7 @@ export class FsEngine implements IoEngine {
       }
       if (n === 0) throw new VhostError('writev: no progress', 'EIO');
       pos += n;
-      rest = advanceIov(rest, n);
+      rest = sliceIov(rest, n);
     }
   }
 

@@ -22,10 +22,15 @@ export function probeIoUring(): IoUringProbe {
 /**
  * 'auto': io_uring when probeIoUring() says so, else the threadpool. 'io_uring': throws
  * VhostError (the probe's errno name) when it is unavailable. 'threadpool': node:fs.
+ * `probeWith` replaces the probe (tests of the fallback on a kernel that has io_uring).
  */
-export function createIoEngine(preference: IoEnginePreference = 'auto', options: UringEngineOptions = {}): IoEngine {
+export function createIoEngine(
+  preference: IoEnginePreference = 'auto',
+  options: UringEngineOptions = {},
+  probeWith: () => IoUringProbe = probeIoUring,
+): IoEngine {
   if (preference === 'threadpool') return new FsEngine();
-  const probe = probeIoUring();
+  const probe = probeWith();
   if (probe.supported) return new UringEngine(options);
   if (preference === 'io_uring') {
     throw new VhostError(`io_uring unavailable: ${probe.reason ?? 'unknown'}`, probe.code ?? 'EOPNOTSUPP');

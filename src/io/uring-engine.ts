@@ -16,7 +16,8 @@ import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
 import { native } from '../native/binding';
 import { CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
-import { advanceIov, endOfFile } from './fs-engine';
+import { sliceIov } from '../util/iov';
+import { endOfFile } from './fs-engine';
 import type { IoEngine } from './io-engine';
 
 /** Views per READV/WRITEV SQE; longer scatter lists continue like a short transfer. */
@@ -51,9 +52,8 @@ const EINTR = -4;
 
 function errnoError(op: PendingOp, res: number): VhostError {
   const entry = errnoMap.get(res);
-  // libuv names errno 95 ENOTSUP; the kernel (and the addon, via strerrorname_np) EOPNOTSUPP.
-  const name = entry?.[0] ?? `E${-res}`;
-  const code = name === 'ENOTSUP' ? 'EOPNOTSUPP' : name;
+  // libuv's name; VhostError normalizes it (ENOTSUP -> EOPNOTSUPP).
+  const code = entry?.[0] ?? `E${-res}`;
   const msg = entry?.[1] ?? 'unknown error';
   return new VhostError(`${OP_NAMES[op.kind]} fd ${op.fd}: ${msg}`, code);
 }
@@ -137,7 +137,7 @@ export class UringEngine implements IoEngine {
     exact = false,
   ): Promise<void> {
     if (this.closed) return Promise.reject(new VhostError('io engine closed', 'ESHUTDOWN'));
-    const rest = kind === OP_READ || kind === OP_WRITE ? advanceIov(bufs, 0) : [];
+    const rest = kind === OP_READ || kind === OP_WRITE ? sliceIov(bufs, 0) : [];
     if ((kind === OP_READ || kind === OP_WRITE) && rest.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       const op: PendingOp = { kind, fd, bufs: rest, offset, exact, mode, length, resolve, reject };
@@ -223,7 +223,7 @@ export class UringEngine implements IoEngine {
         op.resolve();
         return;
       }
-      op.bufs = advanceIov(op.bufs, res);
+      op.bufs = sliceIov(op.bufs, res);
       op.offset += res;
       if (op.bufs.length > 0) {
         this.queue(tag, op);

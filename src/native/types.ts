@@ -5,33 +5,19 @@
  * comes from a front end (untrusted).
  */
 
-/** virtio-blk request header types (virtio 1.2, 5.2.6). */
-export const VIRTIO_BLK_T_IN = 0;
-export const VIRTIO_BLK_T_OUT = 1;
-export const VIRTIO_BLK_T_FLUSH = 4;
-export const VIRTIO_BLK_T_GET_ID = 8;
-export const VIRTIO_BLK_T_GET_LIFETIME = 10;
-export const VIRTIO_BLK_T_DISCARD = 11;
-export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
-export const VIRTIO_BLK_T_SECURE_ERASE = 14;
-
-/** virtio-blk status byte values. */
-export const VIRTIO_BLK_S_OK = 0;
-export const VIRTIO_BLK_S_IOERR = 1;
-export const VIRTIO_BLK_S_UNSUPP = 2;
-
 /**
  * Layout of VhostDevice.requests (a Float64Array owned by native, reused for every
  * onRequests call; copy what you need before returning). Request i occupies
  * [i * REQ_STRIDE, (i + 1) * REQ_STRIDE):
- *   +0 slot      opaque in-flight id; pass it back to complete()
+ *   +0 tag      the request tag: opaque in-flight id (the native "slot id"); pass it back to
+ *               complete()
  *   +1 type      VIRTIO_BLK_T_* (uint32 from the header)
  *   +2 sector    512-byte sector from the header; values >= 2^53 are clamped to 2^53
  *   +3 dataLen   total bytes of the data segments (between header and status byte)
  *   +4 firstSeg  index of the first data segment in the `segs` argument
  *   +5 segCount  number of data segments
  */
-export const REQ_SLOT = 0;
+export const REQ_TAG = 0;
 export const REQ_TYPE = 1;
 export const REQ_SECTOR = 2;
 export const REQ_DATA_LEN = 3;
@@ -102,7 +88,7 @@ export interface NativeVhostDevice {
   /** See REQ_* for the layout. */
   readonly requests: Float64Array;
   /**
-   * Completes `count` requests of `queue`: completions holds pairs [slot, status].
+   * Completes `count` requests of `queue`: completions holds pairs [tag, status].
    * Used-ring entries are written at once; the guest is notified at most once per event-loop
    * turn (EVENT_IDX honoured). Slots that are not in flight (e.g. from before a disconnect)
    * are ignored.

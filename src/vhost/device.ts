@@ -3,7 +3,7 @@
  * the native VhostDevice (protocol, guest memory, rings) built from options src/config has
  * validated, turns native events into log lines and state, and batches completions.
  *
- * Completion batching: complete() only records (slot, status) per queue; the records are
+ * Completion batching: complete() only records (tag, status) per queue; the records are
  * handed to native in one call per queue from a microtask, so every request finished in the
  * same turn of the event loop costs one crossing (and native notifies the guest once).
  */
@@ -32,18 +32,18 @@ export interface VhostExportOptions {
   onConnectionChange?: (connected: boolean) => void;
 }
 
-/** Per-queue completion buffer: pairs [slot, status]. */
+/** Per-queue completion buffer: pairs [tag, status]. */
 class CompletionQueue {
   pairs: Uint32Array = new Uint32Array(256);
   count = 0;
 
-  push(slot: number, status: number): void {
+  push(tag: number, status: number): void {
     if ((this.count + 1) * 2 > this.pairs.length) {
       const bigger = new Uint32Array(this.pairs.length * 2);
       bigger.set(this.pairs);
       this.pairs = bigger;
     }
-    this.pairs[this.count * 2] = slot;
+    this.pairs[this.count * 2] = tag;
     this.pairs[this.count * 2 + 1] = status;
     this.count++;
   }
@@ -91,10 +91,10 @@ export class VhostExport {
   }
 
   /** Records a completion; handed to native with the rest of this turn's batch. */
-  complete(queue: number, slot: number, status: number): void {
+  complete(queue: number, tag: number, status: number): void {
     const q = this.queues[queue];
     if (q === undefined) return;
-    q.push(slot, status);
+    q.push(tag, status);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       queueMicrotask(() => this.flush());

@@ -14,22 +14,22 @@
  *  28 u32 opt_io_size (blocks)          52 u32 max_write_zeroes_seg
  *                                       56 u8  write_zeroes_may_unmap, u8 unused1[3]
  */
+import {
+  BLK_CONFIG_OFFSET_WRITEBACK,
+  BLK_CONFIG_SIZE,
+  SECTOR_SIZE,
+  VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_MQ,
+  VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_BLK_F_SIZE_MAX,
+  VIRTIO_BLK_F_TOPOLOGY,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+} from './spec';
 
-export const VIRTIO_BLK_F_SIZE_MAX = 1;
-export const VIRTIO_BLK_F_SEG_MAX = 2;
-export const VIRTIO_BLK_F_GEOMETRY = 4;
-export const VIRTIO_BLK_F_RO = 5;
-export const VIRTIO_BLK_F_BLK_SIZE = 6;
-export const VIRTIO_BLK_F_FLUSH = 9;
-export const VIRTIO_BLK_F_TOPOLOGY = 10;
-export const VIRTIO_BLK_F_CONFIG_WCE = 11;
-export const VIRTIO_BLK_F_MQ = 12;
-export const VIRTIO_BLK_F_DISCARD = 13;
-export const VIRTIO_BLK_F_WRITE_ZEROES = 14;
-
-export const CONFIG_SIZE = 60;
-export const CONFIG_OFFSET_WRITEBACK = 32;
-export const SECTOR_SIZE = 512;
 
 /** Limits we announce; the dispatcher enforces the same numbers. */
 export const SIZE_MAX = 1 << 20;
@@ -81,7 +81,7 @@ export function blkFeatures(g: BlkGeometry): bigint {
 
 /** Serializes the config space for `g`. */
 export function encodeBlkConfig(g: BlkGeometry): Buffer {
-  const b = Buffer.alloc(CONFIG_SIZE);
+  const b = Buffer.alloc(BLK_CONFIG_SIZE);
   const lbs = g.logicalBlockSize;
   const lbsSectors = lbs / SECTOR_SIZE;
   b.writeBigUInt64LE(BigInt(Math.floor(g.sizeBytes / SECTOR_SIZE)), 0);
@@ -92,7 +92,7 @@ export function encodeBlkConfig(g: BlkGeometry): Buffer {
   b.writeUInt8(0, 25);
   b.writeUInt16LE(1, 26);
   b.writeUInt32LE(Math.floor(g.optimalIoSize / lbs), 28);
-  b.writeUInt8(g.writeback ? 1 : 0, CONFIG_OFFSET_WRITEBACK);
+  b.writeUInt8(g.writeback ? 1 : 0, BLK_CONFIG_OFFSET_WRITEBACK);
   b.writeUInt16LE(g.numQueues, 34);
   if (g.discard && !g.readOnly) {
     b.writeUInt32LE(MAX_DISCARD_SECTORS, 36);

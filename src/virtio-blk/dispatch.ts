@@ -22,9 +22,15 @@ import {
   REQ_FIRST_SEG,
   REQ_SECTOR,
   REQ_SEG_COUNT,
-  REQ_SLOT,
+  REQ_TAG,
   REQ_STRIDE,
   REQ_TYPE,
+} from '../native/types';
+import {
+  BLK_ID_BYTES,
+  BLK_RANGE_F_UNMAP,
+  BLK_RANGE_SIZE,
+  SECTOR_SIZE,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
@@ -34,9 +40,11 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from '../native/types';
+} from './spec';
 import type { BackingStore } from '../backing/backing-store';
 import { REQUEST_TYPES, RequestLatency } from '../metrics/request-latency';
+import { IdleWaiters } from '../util/idle-waiters';
+import { flattenIov, scatterIov } from '../util/iov';
 import { LogLimiter } from '../util/log-limiter';
 import type { Logger } from '../util/logger';
 import {
@@ -45,7 +53,6 @@ import {
   MAX_DISCARD_SEG,
   MAX_WRITE_ZEROES_SECTORS,
   MAX_WRITE_ZEROES_SEG,
-  SECTOR_SIZE,
 } from './config';
 
 /** What the dispatcher needs to know about the volume it serves. */
@@ -60,7 +67,7 @@ export interface DispatchTarget {
   writeback: boolean;
 }
 
-export type Complete = (queue: number, slot: number, status: number) => void;
+export type Complete = (queue: number, tag: number, status: number) => void;
 
 export interface DispatchStats {
   reads: number;
@@ -99,33 +106,22 @@ export interface BlkRange {
   flags: number;
 }
 
-const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
 /** Indices into REQUEST_TYPES (src/metrics/request-latency.ts). */
 const READ = REQUEST_TYPES.indexOf('read');
 const WRITE = REQUEST_TYPES.indexOf('write');
 const FLUSH = REQUEST_TYPES.indexOf('flush');
 const DISCARD = REQUEST_TYPES.indexOf('discard');
 const WRITE_ZEROES = REQUEST_TYPES.indexOf('write-zeroes');
-const RANGE_SIZE = 16;
-
-/** Concatenates a scatter list (only small payloads: ranges, never bulk data). */
-function gather(segs: readonly Uint8Array[]): Buffer {
-  if (segs.length === 1) {
-    const s = segs[0] as Uint8Array;
-    return Buffer.from(s.buffer, s.byteOffset, s.byteLength);
-  }
-  return Buffer.concat(segs);
-}
 
 /**
  * Parses the range table of a DISCARD / WRITE_ZEROES request; null if malformed or longer than
  * maxRanges (decided from dataLen alone: an oversized table is never gathered).
  */
 export function parseRanges(segs: readonly Uint8Array[], dataLen: number, maxRanges: number): BlkRange[] | null {
-  if (dataLen === 0 || dataLen % RANGE_SIZE !== 0 || dataLen / RANGE_SIZE > maxRanges) return null;
-  const b = gather(segs);
+  if (dataLen === 0 || dataLen % BLK_RANGE_SIZE !== 0 || dataLen / BLK_RANGE_SIZE > maxRanges) return null;
+  const b = flattenIov(segs);
   const out: BlkRange[] = [];
-  for (let off = 0; off < dataLen; off += RANGE_SIZE) {
+  for (let off = 0; off < dataLen; off += BLK_RANGE_SIZE) {
     const sector = b.readBigUInt64LE(off);
     if (sector > BigInt(Number.MAX_SAFE_INTEGER)) return null;
     out.push({ sector: Number(sector), sectors: b.readUInt32LE(off + 8), flags: b.readUInt32LE(off + 12) });
@@ -145,7 +141,7 @@ export class BlkDispatcher {
   private stopped = false;
   /** performance.now() when the batch being dispatched arrived. */
   private batchStart = 0;
-  private drainWaiters: (() => void)[] = [];
+  private readonly drained = new IdleWaiters();
   private readonly limited: LogLimiter;
 
   constructor(
@@ -169,7 +165,7 @@ export class BlkDispatcher {
   /** Resolves once every request handed to the store has been answered. */
   drain(): Promise<void> {
     if (this.inflight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
+    return this.drained.wait();
   }
 
   /** Stops starting requests: later batches stay unanswered (for shutdown; see Volume.close). */
@@ -184,98 +180,92 @@ export class BlkDispatcher {
     this.batchStart = performance.now();
     for (let i = 0; i < count; i++) {
       const base = i * REQ_STRIDE;
-      const slot = table[base + REQ_SLOT] as number;
+      const tag = table[base + REQ_TAG] as number;
       const type = table[base + REQ_TYPE] as number;
       const sector = table[base + REQ_SECTOR] as number;
       const dataLen = table[base + REQ_DATA_LEN] as number;
       const first = table[base + REQ_FIRST_SEG] as number;
       const nseg = table[base + REQ_SEG_COUNT] as number;
       const data = nseg === 0 ? [] : segs.slice(first, first + nseg);
-      this.handle(queue, slot, type, sector, dataLen, data);
+      this.handle(queue, tag, type, sector, dataLen, data);
     }
   }
 
-  private handle(queue: number, slot: number, type: number, sector: number, dataLen: number, data: Uint8Array[]): void {
+  private handle(queue: number, tag: number, type: number, sector: number, dataLen: number, data: Uint8Array[]): void {
     const t = this.target;
     switch (type) {
       case VIRTIO_BLK_T_IN:
       case VIRTIO_BLK_T_OUT: {
         const write = type === VIRTIO_BLK_T_OUT;
-        if (write && t.readOnly) return this.reject(queue, slot, 'write to a read-only volume');
+        if (write && t.readOnly) return this.reject(queue, tag, 'write to a read-only volume');
         const offset = sector * SECTOR_SIZE;
         if (!this.rangeOk(offset, dataLen)) {
-          return this.reject(queue, slot, 'request outside capacity or misaligned', { sector, dataLen });
+          return this.reject(queue, tag, 'request outside capacity or misaligned', { sector, dataLen });
         }
         if (write) {
           this.stats.writes++;
           this.stats.bytesWritten += dataLen;
-          return this.run(queue, slot, WRITE, dataLen, () =>
+          return this.run(queue, tag, WRITE, dataLen, () =>
             t.writeback ? t.store.write(offset, data) : t.store.write(offset, data).then(() => t.store.flush()),
           );
         }
         this.stats.reads++;
         this.stats.bytesRead += dataLen;
-        return this.run(queue, slot, READ, dataLen, () => t.store.read(offset, data));
+        return this.run(queue, tag, READ, dataLen, () => t.store.read(offset, data));
       }
       case VIRTIO_BLK_T_FLUSH:
         this.stats.flushes++;
-        return this.run(queue, slot, FLUSH, 0, () => t.store.flush());
+        return this.run(queue, tag, FLUSH, 0, () => t.store.flush());
       case VIRTIO_BLK_T_GET_ID: {
         this.stats.getIds++;
-        const id = Buffer.alloc(20);
-        id.write(t.serial.slice(0, 20), 'utf8');
-        let off = 0;
-        for (const seg of data) {
-          if (off >= id.length) break;
-          const n = Math.min(seg.byteLength, id.length - off);
-          seg.set(id.subarray(off, off + n));
-          off += n;
-        }
-        return this.complete(queue, slot, VIRTIO_BLK_S_OK);
+        const id = Buffer.alloc(BLK_ID_BYTES);
+        id.write(t.serial.slice(0, BLK_ID_BYTES), 'utf8');
+        scatterIov(id, 0, data);
+        return this.complete(queue, tag, VIRTIO_BLK_S_OK);
       }
       case VIRTIO_BLK_T_DISCARD:
       case VIRTIO_BLK_T_WRITE_ZEROES:
-        return this.handleRanges(queue, slot, type, data, dataLen);
+        return this.handleRanges(queue, tag, type, data, dataLen);
       default:
         this.stats.unsupported++;
         this.log.debug({ type }, 'unsupported request type');
-        return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
+        return this.complete(queue, tag, VIRTIO_BLK_S_UNSUPP);
     }
   }
 
-  private handleRanges(queue: number, slot: number, type: number, data: Uint8Array[], dataLen: number): void {
+  private handleRanges(queue: number, tag: number, type: number, data: Uint8Array[], dataLen: number): void {
     const t = this.target;
     const discard = type === VIRTIO_BLK_T_DISCARD;
     const supported = discard ? t.store.features.discard : t.store.features.writeZeroes;
     if (!supported) {
       this.stats.unsupported++;
-      return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
+      return this.complete(queue, tag, VIRTIO_BLK_S_UNSUPP);
     }
-    if (t.readOnly) return this.reject(queue, slot, `${discard ? 'discard' : 'write-zeroes'} on a read-only volume`);
+    if (t.readOnly) return this.reject(queue, tag, `${discard ? 'discard' : 'write-zeroes'} on a read-only volume`);
     const maxSeg = discard ? MAX_DISCARD_SEG : MAX_WRITE_ZEROES_SEG;
     const ranges = parseRanges(data, dataLen, maxSeg);
     const maxSectors = discard ? MAX_DISCARD_SECTORS : MAX_WRITE_ZEROES_SECTORS;
-    if (ranges === null) return this.reject(queue, slot, 'malformed range table', { dataLen });
+    if (ranges === null) return this.reject(queue, tag, 'malformed range table', { dataLen });
     for (const r of ranges) {
       // virtio 1.2 5.2.6.2: unmap is only defined for write-zeroes; other flag bits are reserved.
-      const allowed = discard ? 0 : VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+      const allowed = discard ? 0 : BLK_RANGE_F_UNMAP;
       if ((r.flags & ~allowed) !== 0) {
         this.stats.unsupported++;
-        return this.complete(queue, slot, VIRTIO_BLK_S_UNSUPP);
+        return this.complete(queue, tag, VIRTIO_BLK_S_UNSUPP);
       }
       if (r.sectors > maxSectors || !this.rangeOk(r.sector * SECTOR_SIZE, r.sectors * SECTOR_SIZE)) {
-        return this.reject(queue, slot, 'range outside capacity or misaligned', { sector: r.sector, sectors: r.sectors });
+        return this.reject(queue, tag, 'range outside capacity or misaligned', { sector: r.sector, sectors: r.sectors });
       }
     }
     if (discard) this.stats.discards++;
     else this.stats.writeZeroes++;
-    return this.run(queue, slot, discard ? DISCARD : WRITE_ZEROES, 0, async () => {
+    return this.run(queue, tag, discard ? DISCARD : WRITE_ZEROES, 0, async () => {
       for (const r of ranges) {
         const off = r.sector * SECTOR_SIZE;
         const len = r.sectors * SECTOR_SIZE;
         if (len === 0) continue;
         if (discard) await t.store.discard(off, len);
-        else await t.store.writeZeroes(off, len, (r.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0);
+        else await t.store.writeZeroes(off, len, (r.flags & BLK_RANGE_F_UNMAP) !== 0);
       }
     });
   }
@@ -285,14 +275,14 @@ export class BlkDispatcher {
     return offset % lbs === 0 && length % lbs === 0 && offset + length <= this.target.sizeBytes;
   }
 
-  private reject(queue: number, slot: number, why: string, fields: Record<string, unknown> = {}): void {
+  private reject(queue: number, tag: number, why: string, fields: Record<string, unknown> = {}): void {
     this.stats.rejected++;
     this.limited.warn({ ...fields, queue }, `request rejected: ${why}`);
-    this.complete(queue, slot, VIRTIO_BLK_S_IOERR);
+    this.complete(queue, tag, VIRTIO_BLK_S_IOERR);
   }
 
   /** Runs op now, or once `bytes` fit under the cap (FIFO); answers the request exactly once. */
-  private run(queue: number, slot: number, type: number, bytes: number, op: () => Promise<void>): void {
+  private run(queue: number, tag: number, type: number, bytes: number, op: () => Promise<void>): void {
     this.inflight++;
     const arrival = this.batchStart;
     const start = (): void => {
@@ -307,7 +297,7 @@ export class BlkDispatcher {
         () => {
           const end = performance.now();
           this.latency.record(type, end - arrival, end);
-          this.finish(queue, slot, bytes, VIRTIO_BLK_S_OK);
+          this.finish(queue, tag, bytes, VIRTIO_BLK_S_OK);
         },
         (err: unknown) => {
           const end = performance.now();
@@ -315,7 +305,7 @@ export class BlkDispatcher {
           this.stats.ioErrors++;
           const e = err as { message?: string; code?: string };
           this.limited.error({ queue, op: REQUEST_TYPES[type], code: e.code, err: e.message }, 'I/O failed: answered VIRTIO_BLK_S_IOERR');
-          this.finish(queue, slot, bytes, VIRTIO_BLK_S_IOERR);
+          this.finish(queue, tag, bytes, VIRTIO_BLK_S_IOERR);
         },
       );
     };
@@ -339,15 +329,11 @@ export class BlkDispatcher {
     this.waitHead = 0;
   }
 
-  private finish(queue: number, slot: number, bytes: number, status: number): void {
-    this.complete(queue, slot, status);
+  private finish(queue: number, tag: number, bytes: number, status: number): void {
+    this.complete(queue, tag, status);
     this.inflight--;
     this.inflightBytes -= bytes;
     this.pump();
-    if (this.inflight === 0 && this.drainWaiters.length > 0) {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
-    }
+    if (this.inflight === 0) this.drained.wake();
   }
 }

@@ -13,7 +13,8 @@ import { VhostError } from '../native/errors';
 import type { TypeLatency, VolumeLatency } from '../metrics/request-latency';
 import type { Logger } from '../util/logger';
 import { VhostExport } from '../vhost/device';
-import { blkFeatures, CONFIG_OFFSET_WRITEBACK, encodeBlkConfig, SEG_MAX, SIZE_MAX, type BlkGeometry } from '../virtio-blk/config';
+import { blkFeatures, encodeBlkConfig, SEG_MAX, SIZE_MAX, type BlkGeometry } from '../virtio-blk/config';
+import { BLK_CONFIG_OFFSET_WRITEBACK } from '../virtio-blk/spec';
 import { BlkDispatcher, type DispatchStats, type DispatchTarget } from '../virtio-blk/dispatch';
 
 export interface VolumeStats {
@@ -72,7 +73,7 @@ export class Volume implements DispatchTarget {
       writeZeroes: store.features.writeZeroes,
       writeback: this.writeback,
     };
-    this.dispatcher = new BlkDispatcher(this, (q, slot, status) => this.export.complete(q, slot, status), log);
+    this.dispatcher = new BlkDispatcher(this, (q, tag, status) => this.export.complete(q, tag, status), log);
     this.export = new VhostExport({
       ...(config.socketPath !== undefined ? { socketPath: config.socketPath } : {}),
       ...(config.fd !== undefined ? { fd: config.fd } : {}),
@@ -133,7 +134,7 @@ export class Volume implements DispatchTarget {
 
   /** The guest toggled the write cache (virtio-blk CONFIG_WCE): only the writeback byte may change. */
   private onConfigWrite(offset: number, data: Uint8Array): void {
-    if (offset !== CONFIG_OFFSET_WRITEBACK || data.byteLength !== 1) {
+    if (offset !== BLK_CONFIG_OFFSET_WRITEBACK || data.byteLength !== 1) {
       this.log.warn({ offset, length: data.byteLength }, 'SET_CONFIG outside the writeback byte ignored');
       return;
     }

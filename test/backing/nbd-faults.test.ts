@@ -8,8 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VhostError } from '../../src/native/errors';
 import { NbdStore } from '../../src/backing/nbd/nbd-store';
+import { waitFor } from '../support/wait';
 import { FakeNbdServer, type Behaviour } from './nbd-fake-server';
-import { BLOCK, sleep, stamped, startNbdkit, tmpDir, unixUri, verify, type ServerProcess, type NbdkitSpec } from './nbd-servers';
+import { BLOCK, stamped, startNbdkit, tmpDir, unixUri, verify, type ServerProcess, type NbdkitSpec } from './nbd-servers';
 
 async function failure(p: Promise<unknown>): Promise<VhostError> {
   try {
@@ -81,8 +82,10 @@ describe('NbdStore faults @host', function () {
     await store.write(0, [stamped(0, 4 * BLOCK, 2)]);
     fs.writeFileSync(trigger, '');
     const b = Buffer.alloc(4 * BLOCK);
-    const reading = store.read(0, [b]);
-    await sleep(200);
+    const s = store;
+    const reading = s.read(0, [b]);
+    // The read got ESHUTDOWN and the client reconnected: now let the resent read succeed.
+    await waitFor(() => s.reconnectCount >= 1, 'a reconnect after ESHUTDOWN');
     fs.rmSync(trigger);
     await reading;
     verify(b, 0, 2);
@@ -122,18 +125,23 @@ describe('NbdStore faults @host', function () {
     const s = store;
     await s.write(0, [stamped(0, BLOCK, 1)]); // completed, not flushed
     const N = 256;
+    let written = 0;
     const io = Promise.all(
       Array.from({ length: N }, async (_, i) => {
         const off = (i + 1) * BLOCK;
         await s.write(off, [stamped(off, BLOCK, 4)]);
+        written++;
         const b = Buffer.alloc(BLOCK);
         await s.read(off, [b]);
         verify(b, off, 4);
       }),
     );
-    await sleep(30);
+    // Kill the server with I/O in flight (some writes done, most not), restart it once the
+    // client has seen the connections go.
+    await waitFor(() => written >= 1, 'a first write to complete');
+    assert.ok(written < N, 'the I/O finished before the kill');
     await server!.stop('SIGKILL');
-    await sleep(300);
+    await waitFor(() => s.connectionCount === 0, 'the client to notice the lost connections');
     await serve(spec);
     await io;
     assert.ok(s.reconnectCount >= 1);

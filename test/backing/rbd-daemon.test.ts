@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
-import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/native/types';
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
 import { CephCluster } from '../support/ceph-cluster';
 import { BLOCK, stamped, tmpDir, verify } from './nbd-servers';

@@ -1,10 +1,10 @@
 import { strict as assert } from 'node:assert';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { formatReport, runBench, type BenchOptions, type BenchReport } from '../../src/bench/runner';
 import { VBC_BIN } from '../../src/bench/targets';
+import { tmpDir } from '../support/tmp';
 
 function run(argv: string[]): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -20,7 +20,7 @@ describe('bench runner', function () {
   let dir: string;
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-test-'));
+    dir = tmpDir('bench-test');
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 

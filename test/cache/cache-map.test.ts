@@ -83,3 +83,35 @@ describe('cache map CLOCK', () => {
     assert.equal(m.map.size, 0);
   });
 });
+
+describe('cache map: re-insertion, large invalidations, warm load (mutation-found gaps)', () => {
+  it('re-inserting a cached key moves it: the old slot is dropped, the block counted once', () => {
+    const m = new CacheMap(8);
+    for (let b = 0; b < 3; b++) insert(m, 0, b);
+    assert.equal(insert(m, 0, 1), 3);
+    assert.equal(drawSlots(m, 8), ' 0    ..   2    1   >..   ..   ..   ..');
+    assert.equal(m.peek(0, 1), 3);
+    assert.equal(m.volumeBlocks[0], 3);
+    assert.equal(m.invalidate(0, 1), true);
+    assert.equal(m.peek(0, 1), -1, 'no stale copy left behind');
+  });
+
+  it('a large invalidation (BDA scan) drops exactly its range of its volume', () => {
+    const m = new CacheMap(16);
+    for (let b = 0; b < 8; b++) insert(m, 0, b);
+    for (let b = 0; b < 8; b++) insert(m, 1, b);
+    assert.equal(m.invalidateRange(0, 2, 5), 5);
+    assert.equal(drawSlots(m, 16), '>0    1    ..   ..   ..   ..   ..   7    1:0  1:1  1:2  1:3  1:4  1:5  1:6  1:7');
+    assert.equal(m.volumeBlocks[0], 3);
+    assert.equal(m.volumeBlocks[1], 8);
+  });
+
+  it('a map built from a saved BDA counts each volume\'s blocks', () => {
+    const m = new CacheMap(8);
+    for (let b = 0; b < 3; b++) insert(m, 0, b);
+    insert(m, 2, 7);
+    const again = new CacheMap(8, undefined, m.bda, m.map.table);
+    assert.deepEqual([again.volumeBlocks[0], again.volumeBlocks[1], again.volumeBlocks[2]], [3, 0, 1]);
+    assert.equal(again.peek(2, 7), 3);
+  });
+});

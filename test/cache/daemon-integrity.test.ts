@@ -14,7 +14,7 @@ import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { controlJson, controlRequest } from '../../src/control/client';
 import { Daemon } from '../../src/daemon/daemon';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
-import { VIRTIO_BLK_S_OK } from '../../src/native/types';
+import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
 
 const BLOCK = 4096;

@@ -25,7 +25,10 @@ describe('in-flight block ranges (race rules of CachedStore)', () => {
     assert.equal(read.poisoned, true, 'overlaps the last block of the discard');
     const outside = r.begin(SMALL_RANGE * 100 + 1, SMALL_RANGE * 100 + 1, false);
     assert.equal(outside.poisoned, false);
+    // size counts both kinds: 3 small ranges and the large one.
+    assert.equal(r.size, 4);
     r.end(discard);
+    assert.equal(r.size, 3);
     assert.equal(r.begin(10, 10, false).poisoned, false);
   });
 

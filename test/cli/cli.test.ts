@@ -12,14 +12,14 @@ import { strict as assert } from 'node:assert';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CAPABILITIES } from '../../src/cli/main';
 import type { DaemonStats } from '../../src/control/daemon-api';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { LATENCY_BUCKETS_S } from '../../src/metrics/request-latency';
-import { VIRTIO_BLK_S_OK } from '../../src/native/types';
+import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
+import { tmpDir } from '../support/tmp';
 
 const REPO = path.resolve(__dirname, '../../..');
 const BIN = path.join(REPO, 'bin', 'vhost-blk-cache');
@@ -198,7 +198,7 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-cli-'));
+    dir = tmpDir('cli');
   });
   afterEach(async () => {
     for (const c of children.splice(0)) await c.stop('SIGKILL');

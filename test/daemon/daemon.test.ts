@@ -6,7 +6,6 @@
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { controlJson, controlRequest } from '../../src/control/client';
@@ -14,8 +13,9 @@ import { Daemon } from '../../src/daemon/daemon';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/frontend/ring-driver';
 import { VhostError } from '../../src/native/errors';
-import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/native/types';
 import { silentLogger } from '../../src/util/logger';
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/virtio-blk/spec';
+import { tmpDir } from '../support/tmp';
 import { BLOCK, checkBlocks, range, stamp, writeBlocks } from './helpers';
 
 
@@ -33,7 +33,7 @@ describe('daemon (in-process, our front end)', function () {
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-daemon-'));
+    dir = tmpDir('daemon');
     config = validateConfig({
       cache: { path: path.join(dir, 'cache.img'), size: '8M' },
       control: path.join(dir, 'control.sock'),
@@ -167,7 +167,7 @@ describe('daemon with a failing network backing store @host', function () {
   });
 
   it('answers IOERR for the failed reads only and keeps serving', async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-daemon-nbd-'));
+    dir = tmpDir('daemon-nbd');
     const sock = path.join(dir, 'nbd.sock');
     const trigger = path.join(dir, 'fail');
     // error filter: reads fail with EIO while the trigger file exists.

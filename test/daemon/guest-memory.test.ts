@@ -8,25 +8,33 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
-import { encodeMemRegion, encodeMemTable, encodeU64, encodeVringAddr, encodeVringState, VhostUserRequest as R } from '../../src/frontend/protocol';
+import {
+  encodeMemRegion,
+  encodeMemTable,
+  encodeU64,
+  encodeVringAddr,
+  encodeVringState,
+  VhostUserRequest as R,
+} from '../../src/frontend/protocol';
 import type { RawDesc } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
 import { native } from '../../src/native/binding';
+import { type NativeGuestRam } from '../../src/native/types';
+import { silentLogger } from '../../src/util/logger';
+import { mappingsOf } from '../vhost/helpers';
 import {
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
-  type NativeGuestRam,
-} from '../../src/native/types';
-import { silentLogger } from '../../src/util/logger';
-import { mappingsOf } from '../vhost/helpers';
+} from '../../src/virtio-blk/spec';
+import { stamp, stamps } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -34,17 +42,6 @@ const BLOCK = 4096;
 /** Where the big region sits in guest-physical space (like QEMU's RAM above 4 GiB). */
 const HIGH_GPA = 4 * GiB;
 const HIGH_USER = 0x7e00_0000_0000n;
-
-function stamp(vol: string, block: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  const tag = `${vol}:${block}:${gen}:`;
-  for (let off = 0; off < BLOCK; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
-
-function stamps(vol: string, first: number, blocks: number, gen: number): Buffer {
-  return Buffer.concat(Array.from({ length: blocks }, (_x, i) => stamp(vol, first + i, gen)));
-}
 
 function openFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
@@ -104,7 +101,7 @@ describe('guest memory (daemon in-process, our front end)', function () {
   }
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-gm-'));
+    dir = tmpDir('gm');
     config = validateConfig({
       cache: { path: path.join(dir, 'cache.img'), size: '16M' },
       volumes: ['a', 'b'].map((n) => ({

@@ -1,17 +1,11 @@
 /** Test helpers for the in-process daemon: self-verifying 4 KiB blocks through our front end. */
 import { strict as assert } from 'node:assert';
 import type { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
-import { VIRTIO_BLK_S_OK } from '../../src/native/types';
+import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
+import { STAMP_BLOCK, stamp } from '../support/stamps';
 
-export const BLOCK = 4096;
-
-/** A 4 KiB block stamped with its volume, address and generation (self-verifying data). */
-export function stamp(vol: string, block: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  const tag = `${vol}:${block}:${gen}:`;
-  for (let off = 0; off < BLOCK; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
+export const BLOCK = STAMP_BLOCK;
+export { stamp };
 
 export async function writeBlocks(fe: VhostUserFrontend, vol: string, blocks: number[], gen: number): Promise<void> {
   const q = fe.ring(0);

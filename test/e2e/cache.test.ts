@@ -9,11 +9,11 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest } from './vm/guest';
 import { one, report, seqText, sha256, tagged } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const FILES = ['big.bin', 'seq.txt', 'small/f7'];
@@ -33,7 +33,7 @@ describe('persistent cache with a real-QEMU guest @e2e', function () {
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-cache-'));
+    dir = tmpDir('e2e-cache');
   });
 
   afterEach(async () => {

@@ -9,12 +9,12 @@ import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const IMAGE_BYTES = 256 * MiB;
@@ -28,7 +28,7 @@ describe('vhost-blk-cache daemon in a real-QEMU guest @e2e', function () {
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-daemon-'));
+    dir = tmpDir('e2e-daemon');
   });
 
   afterEach(async () => {

@@ -8,11 +8,11 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
@@ -25,7 +25,7 @@ describe('8 GiB guests (RAM above 4 GiB) through the daemon @e2e', function () {
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-mem-'));
+    dir = tmpDir('e2e-mem');
   });
 
   afterEach(async () => {

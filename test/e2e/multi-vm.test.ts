@@ -10,11 +10,11 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, startGuest, type Guest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, tagged, type FioVerifyJob } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const NAMES = ['alpha', 'beta'] as const;
@@ -59,7 +59,7 @@ describe('two guests on one daemon with a shared cache @e2e', function () {
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-multi-'));
+    dir = tmpDir('e2e-multi');
   });
 
   afterEach(async () => {

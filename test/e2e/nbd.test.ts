@@ -16,7 +16,6 @@ import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -30,6 +29,7 @@ import {
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const IMAGE_BYTES = 256 * MiB;
@@ -53,7 +53,7 @@ describe('NBD backing store behind the cache in a real-QEMU guest @e2e', functio
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-nbd-'));
+    dir = tmpDir('e2e-nbd');
     image = path.join(dir, 'disk.img');
     socketPath = path.join(dir, 'vhost.sock');
     control = path.join(dir, 'control.sock');

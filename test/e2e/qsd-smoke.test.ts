@@ -5,11 +5,11 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 import { StorageDaemon } from './vm/qsd';
+import { tmpDir } from '../support/tmp';
 
 const IMAGE_BYTES = 256 << 20;
 
@@ -23,7 +23,7 @@ describe('qemu-storage-daemon smoke through the real-QEMU harness @e2e', functio
   prepareGuestImageBeforeAll();
 
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-qsd-'));
+    dir = tmpDir('e2e-qsd');
     image = path.join(dir, 'disk.img');
     socketPath = path.join(dir, 'vhost.sock');
     fs.writeFileSync(image, '');

@@ -7,12 +7,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { VhostError } from '../../src/native/errors';
-import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/native/types';
 import { Feature, FLAG_NEED_REPLY, FLAG_VERSION, hasBit, ProtocolFeature, VhostUserRequest } from '../../src/frontend/protocol';
-import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitRing } from '../../src/frontend/ring-driver';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type DriverRing } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
-import { type Qsd, startQsd } from './qsd';
+import { type Qsd, startQsd } from '../support/qsd';
+import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
 
 const BLOCK = 4096;
 const SECTORS_PER_BLOCK = BLOCK / 512;
@@ -43,7 +43,7 @@ function stamps(sector: number, blocks: number, gen: number): Buffer {
   return Buffer.concat(Array.from({ length: blocks }, (_x, i) => stamp(sector + i * SECTORS_PER_BLOCK, gen)));
 }
 
-async function writeVerify(q: SplitRing, sector: number, blocks: number, gen: number, segments = 1): Promise<void> {
+async function writeVerify(q: DriverRing, sector: number, blocks: number, gen: number, segments = 1): Promise<void> {
   const w = await q.write(sector, stamps(sector, blocks, gen), segments);
   assert.equal(w.status, VIRTIO_BLK_S_OK);
   const r = await q.read(sector, blocks * BLOCK, segments);
@@ -235,7 +235,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
   });
 
   it('is dropped by qsd for chains it cannot map: loop, address outside RAM, head out of range', async function () {
-    const attempts: ((fe: VhostUserFrontend, q: SplitRing, hdr: number) => Promise<unknown>)[] = [
+    const attempts: ((fe: VhostUserFrontend, q: DriverRing, hdr: number) => Promise<unknown>)[] = [
       (_fe, q, hdr) =>
         q.submitRaw({
           descs: [

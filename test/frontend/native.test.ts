@@ -5,11 +5,11 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native/binding';
 import { VhostError } from '../../src/native/errors';
 import { decodeMessage, encodeMessage, FLAG_REPLY, FLAG_VERSION } from '../../src/frontend/protocol';
+import { tmpDir } from '../support/tmp';
 
 interface Server {
   path: string;
@@ -18,7 +18,7 @@ interface Server {
 }
 
 async function listen(): Promise<Server> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-fe-'));
+  const dir = tmpDir('fe');
   const p = path.join(dir, 's.sock');
   const server = net.createServer();
   const conn = new Promise<net.Socket>((resolve) => server.once('connection', resolve));

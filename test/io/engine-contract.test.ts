@@ -4,13 +4,14 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { VhostError } from '../../src/native/errors';
 import { FsEngine } from '../../src/io/fs-engine';
 import type { IoEngine } from '../../src/io/io-engine';
 import { UringEngine } from '../../src/io/uring-engine';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../src/backing/file-store';
+import { rejectsWithCode } from '../support/assert';
+import { tmpDir } from '../support/tmp';
 
 /** Views of `data` cut at the given sizes (the last one takes the rest). */
 function split(data: Uint8Array, sizes: number[]): Uint8Array[] {
@@ -22,14 +23,6 @@ function split(data: Uint8Array, sizes: number[]): Uint8Array[] {
   }
   if (pos < data.length) out.push(data.subarray(pos));
   return out;
-}
-
-async function rejectsWithCode(p: Promise<unknown>, code: string): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof VhostError, `expected VhostError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
 }
 
 const engines: [string, () => IoEngine][] = [
@@ -45,7 +38,7 @@ for (const [name, make] of engines) {
     let fd: number;
 
     beforeEach(() => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-io-'));
+      dir = tmpDir('io');
       file = path.join(dir, 'data.img');
       fs.writeFileSync(file, Buffer.alloc(0));
       fd = fs.openSync(file, 'r+');

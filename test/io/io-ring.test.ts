@@ -13,17 +13,11 @@ import { VhostError } from '../../src/native/errors';
 import { CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../../src/native/types';
 import { createIoEngine, probeIoUring } from '../../src/io';
 import { UringEngine } from '../../src/io/uring-engine';
+import { rejectsWithCode } from '../support/assert';
+import { tmpDir } from '../support/tmp';
 
 function throwsCode(fn: () => unknown, code: string): void {
   assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof VhostError, `expected VhostError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
-
-async function rejectsWithCode(p: Promise<unknown>, code: string): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
     assert.ok(err instanceof VhostError, `expected VhostError, got ${String(err)}`);
     assert.equal(err.code, code);
     return true;
@@ -46,7 +40,7 @@ describe('native IoRing', () => {
   let data: Buffer;
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-ring-'));
+    dir = tmpDir('ring');
     file = path.join(dir, 'data.img');
     data = randomBytes(1 << 20);
     fs.writeFileSync(file, data);
@@ -189,7 +183,7 @@ describe('UringEngine specifics', () => {
   let data: Buffer;
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-ueng-'));
+    dir = tmpDir('ueng');
     const file = path.join(dir, 'data.img');
     data = randomBytes(4 << 20);
     fs.writeFileSync(file, data);
@@ -260,7 +254,7 @@ describe('block device and O_DIRECT helpers', () => {
   });
 
   it('refuses block-device ioctls on a regular file with ENOTTY', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-blk-'));
+    const dir = tmpDir('blk');
     const fd = fs.openSync(path.join(dir, 'f'), 'w+');
     try {
       throwsCode(() => native.blockDeviceSize(fd), 'ENOTTY');
@@ -278,7 +272,7 @@ describe('block device and O_DIRECT helpers', () => {
     let dev: string;
 
     before(() => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-loop-'));
+      dir = tmpDir('loop');
       image = path.join(dir, 'loop.img');
       fs.writeFileSync(image, randomBytes(8 << 20));
       dev = execFileSync('losetup', ['--find', '--show', image], { encoding: 'utf8' }).trim();

@@ -5,31 +5,39 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native/binding';
+import { gatherIov, scatterIov } from '../../src/util/iov';
 import {
   REQ_DATA_LEN,
   REQ_FIRST_SEG,
   REQ_SECTOR,
   REQ_SEG_COUNT,
-  REQ_SLOT,
+  REQ_TAG,
   REQ_STRIDE,
   REQ_TYPE,
+  type NativeVhostDevice,
+  type VhostDeviceEvent,
+  type VhostDeviceOptions,
+} from '../../src/native/types';
+import {
+  BLK_CONFIG_SIZE,
+  SECTOR_SIZE,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
   VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
-  type NativeVhostDevice,
-  type VhostDeviceEvent,
-  type VhostDeviceOptions,
-} from '../../src/native/types';
+  VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_SEG_MAX,
+} from '../../src/virtio-blk/spec';
+import { tmpDir } from '../support/tmp';
 
 export const DISK_BYTES = 8 << 20;
 /** VIRTIO_BLK_F_SEG_MAX | BLK_SIZE | FLUSH. */
-export const BLK_FEATURES = (1n << 2n) | (1n << 6n) | (1n << 9n);
+export const BLK_FEATURES = (1n << BigInt(VIRTIO_BLK_F_SEG_MAX)) | (1n << BigInt(VIRTIO_BLK_F_BLK_SIZE)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 
 /** Mappings of the file with this inode in this process (a front end's and a device's). */
 export function mappingsOf(ino: number): number {
@@ -40,15 +48,15 @@ export function mappingsOf(ino: number): number {
 }
 
 export function tmpSocketPath(tag: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-vhost-'));
+  const dir = tmpDir('vhost');
   return path.join(dir, `${tag}.sock`);
 }
 
 /** virtio_blk_config: capacity, seg_max 126, blk_size 512, num_queues. */
 export function blkConfig(queues: number): Uint8Array {
-  const c = new Uint8Array(60);
+  const c = new Uint8Array(BLK_CONFIG_SIZE);
   const v = new DataView(c.buffer);
-  v.setBigUint64(0, BigInt(DISK_BYTES / 512), true);
+  v.setBigUint64(0, BigInt(DISK_BYTES / SECTOR_SIZE), true);
   v.setUint32(12, 126, true);
   v.setUint32(20, 512, true);
   v.setUint16(34, queues, true);
@@ -56,7 +64,7 @@ export function blkConfig(queues: number): Uint8Array {
 }
 
 export interface DecodedRequest {
-  slot: number;
+  tag: number;
   type: number;
   sector: number;
   dataLen: number;
@@ -82,19 +90,13 @@ export interface TestDevice {
 
 /** Applies a request to the disk; returns the status. */
 function serve(disk: Uint8Array, r: DecodedRequest): number {
-  let off = r.sector * 512;
+  const off = r.sector * SECTOR_SIZE;
   switch (r.type) {
     case VIRTIO_BLK_T_IN:
-      for (const s of r.segs) {
-        s.set(disk.subarray(off, off + s.length));
-        off += s.length;
-      }
+      scatterIov(disk, off, r.segs);
       return VIRTIO_BLK_S_OK;
     case VIRTIO_BLK_T_OUT:
-      for (const s of r.segs) {
-        disk.set(s, off);
-        off += s.length;
-      }
+      gatherIov(r.segs, disk, off);
       return VIRTIO_BLK_S_OK;
     case VIRTIO_BLK_T_FLUSH:
       return VIRTIO_BLK_S_OK;
@@ -126,7 +128,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
       t.held = null;
       for (const h of held) {
         const st = serve(disk, h.req);
-        t.dev.complete(h.queue, 1, Uint32Array.of(h.req.slot, st));
+        t.dev.complete(h.queue, 1, Uint32Array.of(h.req.tag, st));
       }
     },
     waitEvent(pred, timeoutMs = 5000) {
@@ -155,7 +157,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
       const b = i * REQ_STRIDE;
       const first = r[b + REQ_FIRST_SEG];
       reqs.push({
-        slot: r[b + REQ_SLOT],
+        tag: r[b + REQ_TAG],
         type: r[b + REQ_TYPE],
         sector: r[b + REQ_SECTOR],
         dataLen: r[b + REQ_DATA_LEN],
@@ -170,7 +172,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
     }
     const pairs = new Uint32Array(count * 2);
     reqs.forEach((req, i) => {
-      pairs[2 * i] = req.slot;
+      pairs[2 * i] = req.tag;
       pairs[2 * i + 1] = serve(disk, req);
     });
     if (opts.async === true) {

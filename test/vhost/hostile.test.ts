@@ -12,14 +12,15 @@ import * as assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { encodeMessage, encodeU64, FLAG_NEED_REPLY, FLAG_VERSION, VhostUserRequest as R } from '../../src/frontend/protocol';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { native } from '../../src/native/binding';
-import { VIRTIO_BLK_S_OK } from '../../src/native/types';
 import { VbcDaemon } from '../e2e/vm/daemon';
 import { RawClient } from './helpers';
+import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
+import { stamp } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BLOCK = 4096;
 
@@ -39,13 +40,6 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms (daemon stalled?)`)), ms);
   });
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
-}
-
-function stamp(block: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  const tag = `b:${block}:${gen}:`;
-  for (let off = 0; off < BLOCK; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
 }
 
 /** Polls `cond` every 10 ms until it holds (or fails after timeoutMs). */
@@ -94,11 +88,11 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     const g = ++gen;
     const blk = g % 64;
     const q = fe.ring(0);
-    const w = await withTimeout(q.write(blk * 8, stamp(blk, g)), 3000, 'volume b write');
+    const w = await withTimeout(q.write(blk * 8, stamp('b', blk, g)), 3000, 'volume b write');
     assert.equal(w.status, VIRTIO_BLK_S_OK);
     const r = await withTimeout(q.read(blk * 8, BLOCK), 3000, 'volume b read');
     assert.equal(r.status, VIRTIO_BLK_S_OK);
-    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(blk, g)), 'volume b returns what was written');
+    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp('b', blk, g)), 'volume b returns what was written');
   }
 
   function assertUp(): void {
@@ -106,7 +100,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-hostile-'));
+    dir = tmpDir('hostile');
   });
 
   afterEach(async () => {
@@ -130,7 +124,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     // Our call fd is gone from the daemon: completions are found by polling the used ring.
     const q = a.ring(0);
     let done = 0;
-    const writes = Array.from({ length: 8 }, (_, i) => q.write(i * 8, stamp(i, 0)).then((r) => {
+    const writes = Array.from({ length: 8 }, (_, i) => q.write(i * 8, stamp('b', i, 0)).then((r) => {
       assert.equal(r.status, VIRTIO_BLK_S_OK);
       done++;
     }));
@@ -174,7 +168,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     assert.ok(d.logs.some((l) => /kick fd of queue 0: not an eventfd/.test(l.msg)), 'the refused kick fd is logged');
     assert.ok(d.logs.some((l) => /call fd of queue 0: not an eventfd/.test(l.msg)), 'the refused call fd is logged');
     // Volume a still works with its original eventfds.
-    const r = await withTimeout(a.ring(0).write(0, stamp(0, 1)), 3000, 'volume a write');
+    const r = await withTimeout(a.ring(0).write(0, stamp('b', 0, 1)), 3000, 'volume a write');
     assert.equal(r.status, VIRTIO_BLK_S_OK);
     assertUp();
   });
@@ -236,13 +230,13 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     second.send(R.GET_QUEUE_NUM);
     await second.whenClosed(2000);
     await until(() => d.logsWith('refusing a second front end while one is connected').length === 1, 2000, 'the refusal log line');
-    const r = await withTimeout(a.ring(0).write(8, stamp(1, 1)), 3000, 'first front end write');
+    const r = await withTimeout(a.ring(0).write(8, stamp('b', 1, 1)), 3000, 'first front end write');
     assert.equal(r.status, VIRTIO_BLK_S_OK);
     // Once the first leaves, the next one is served.
     a.close();
     const next = await open('a');
     const w = await withTimeout(next.ring(0).read(8, BLOCK), 3000, 'next front end read');
-    assert.ok(Buffer.from(w.data as Uint8Array).equals(stamp(1, 1)));
+    assert.ok(Buffer.from(w.data as Uint8Array).equals(stamp('b', 1, 1)));
     assertUp();
   });
 

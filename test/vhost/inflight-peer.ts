@@ -16,12 +16,12 @@ const send = process.send.bind(process);
 const t = startDevice({ socketPath, maxQueues: 1 });
 t.held = [];
 t.onBatch = (_queue, reqs) => {
-  send({ kind: 'requests', reqs: reqs.map((r) => ({ slot: r.slot, sector: r.sector, type: r.type })) });
+  send({ kind: 'requests', reqs: reqs.map((r) => ({ slot: r.tag, sector: r.sector, type: r.type })) });
 };
 process.on('message', (m: { complete: number[] }) => {
   const held = t.held ?? [];
   for (const slot of m.complete) {
-    const i = held.findIndex((h) => h.req.slot === slot);
+    const i = held.findIndex((h) => h.req.tag === slot);
     if (i < 0) throw new Error(`slot ${slot} is not held`);
     const [h] = held.splice(i, 1);
     t.dev.complete(h.queue, 1, Uint32Array.of(slot, 0));

@@ -26,7 +26,7 @@ import { bit, encodeInflight, ProtocolFeature, VhostUserRequest as R } from '../
 import type { BlkResult } from '../../src/frontend/ring-driver';
 import { DEFAULT_PROTOCOL_FEATURES, VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { native } from '../../src/native/binding';
-import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT } from '../../src/native/types';
+import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
 import { startDevice, type TestDevice, tmpSocketPath } from './helpers';
 
 const QUEUE_SIZE = 64;

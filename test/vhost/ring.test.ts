@@ -9,17 +9,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { VhostError } from '../../src/native/errors';
-import {
-  VIRTIO_BLK_S_IOERR,
-  VIRTIO_BLK_S_OK,
-  VIRTIO_BLK_T_IN,
-  VIRTIO_BLK_T_OUT,
-} from '../../src/native/types';
 import { VhostUserRequest, encodeVringState } from '../../src/frontend/protocol';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type RawDesc } from '../../src/frontend/ring-driver';
 import { VhostUserFrontend, type FrontendOptions } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
 import { mappingsOf, startDevice, type TestDevice } from './helpers';
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
 
 function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
@@ -138,7 +133,7 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     assert.equal((await q.read(0, 512)).status, VIRTIO_BLK_S_OK, 'the ring keeps working');
   });
 
-  it('defers the GET_VRING_BASE reply until JS completed the queue, and ignores stale slots', async function () {
+  it('defers the GET_VRING_BASE reply until JS completed the queue, and ignores stale tags', async function () {
     t = startDevice();
     const f = await open({ indirect: true });
     const q = f.ring(0);
@@ -154,7 +149,7 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     await t.waitEvent((e) => e.type === 'queue-stopped' && e.queue === 0);
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(replied, false, 'no reply while requests are in JS');
-    const slots = (t.held ?? []).map((h) => h.req.slot);
+    const tags = (t.held ?? []).map((h) => h.req.tag);
     t.completeHeld();
     const m = await reply;
     assert.ok(m !== undefined);
@@ -162,10 +157,10 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     assert.equal(m.payload.readUInt32LE(4), 2, 'base = requests popped');
     for (const p of pending) assert.equal((await p).status, VIRTIO_BLK_S_OK);
     assert.deepEqual(t.dev.inflight(), [0, 0]);
-    // completing the same slots again is ignored (ring stopped, slots gone)
-    t.dev.complete(0, 2, Uint32Array.of(slots[0], 0, slots[1], 0));
-    assert.throws(() => t?.dev.complete(0, 1, Uint32Array.of(slots[0], 256)), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL');
-    assert.throws(() => t?.dev.complete(0, 2, Uint32Array.of(slots[0], 0)), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL');
+    // completing the same tags again is ignored (ring stopped, tags gone)
+    t.dev.complete(0, 2, Uint32Array.of(tags[0], 0, tags[1], 0));
+    assert.throws(() => t?.dev.complete(0, 1, Uint32Array.of(tags[0], 256)), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL');
+    assert.throws(() => t?.dev.complete(0, 2, Uint32Array.of(tags[0], 0)), (e: unknown) => e instanceof VhostError && e.code === 'EINVAL');
   });
 
   it('keeps segment views of a departed guest usable until completed, without reaching its memory; then unmaps at once', async function () {
@@ -192,7 +187,7 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     assert.equal(seg[100], 0x5a);
     assert.equal(f.memory.bytes[at + 100], 0x11, 'a late write of a departed device does not reach the guest');
     assert.equal(mappingsOf(ino), 2);
-    t.dev.complete(0, 1, Uint32Array.of(held.req.slot, 0));
+    t.dev.complete(0, 1, Uint32Array.of(held.req.tag, 0));
     // Its last request completed: the views are detached and the memory unmapped at once.
     assert.equal(seg.byteLength, 0, 'views are detached, not dangling');
     assert.equal(mappingsOf(ino), 1, 'only the front end still maps the guest RAM');
@@ -217,7 +212,7 @@ describe('vhost: native VhostDevice rings (with src/frontend)', function () {
     const usedIdx = f.memory.view.getUint16(q.usedAddr + 2, true);
     await f.request(VhostUserRequest.RESET_DEVICE);
     assert.deepEqual(t.dev.inflight(), [0, 0], 'the reset forgot the request');
-    t.dev.complete(0, 1, Uint32Array.of(held.req.slot, VIRTIO_BLK_S_OK));
+    t.dev.complete(0, 1, Uint32Array.of(held.req.tag, VIRTIO_BLK_S_OK));
     assert.equal(f.memory.bytes[hdr.addr + 16], 0xff, 'no status byte written after the reset');
     assert.equal(f.memory.view.getUint16(q.usedAddr + 2, true), usedIdx, 'no used entry published after the reset');
   });

@@ -2,9 +2,13 @@ import { strict as assert } from 'node:assert';
 import pino from 'pino';
 import { silentLogger } from '../../src/util/logger';
 import { BlkDispatcher, parseRanges, type DispatchTarget } from '../../src/virtio-blk/dispatch';
-import { CONFIG_SIZE, encodeBlkConfig, blkFeatures, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_DISCARD } from '../../src/virtio-blk/config';
+import { encodeBlkConfig, blkFeatures } from '../../src/virtio-blk/config';
+import { REQ_STRIDE } from '../../src/native/types';
+import { MemStore } from '../cache/helpers';
 import {
-  REQ_STRIDE,
+  BLK_CONFIG_SIZE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_RO,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
@@ -14,8 +18,7 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from '../../src/native/types';
-import { MemStore } from '../cache/helpers';
+} from '../../src/virtio-blk/spec';
 
 interface Req {
   type: number;
@@ -26,7 +29,7 @@ interface Req {
 /** Runs one batch through a dispatcher and resolves with the statuses in request order. */
 async function run(target: DispatchTarget, reqs: Req[]): Promise<number[]> {
   const done = new Map<number, number>();
-  const d = new BlkDispatcher(target, (_q, slot, status) => done.set(slot, status), silentLogger);
+  const d = new BlkDispatcher(target, (_q, tag, status) => done.set(tag, status), silentLogger);
   const table = new Float64Array(reqs.length * REQ_STRIDE);
   const segs: Uint8Array[] = [];
   reqs.forEach((r, i) => {
@@ -161,7 +164,7 @@ describe('virtio-blk dispatch', () => {
 });
 
 describe('virtio-blk dispatch back-pressure and log limits', () => {
-  /** A batch of `reqs` handed to a dispatcher whose answers land in `done` (slot = 100 + i). */
+  /** A batch of `reqs` handed to a dispatcher whose answers land in `done` (tag = 100 + i). */
   function submit(d: BlkDispatcher, reqs: Req[]): void {
     const table = new Float64Array(reqs.length * REQ_STRIDE);
     const segs: Uint8Array[] = [];
@@ -183,7 +186,7 @@ describe('virtio-blk dispatch back-pressure and log limits', () => {
     };
     const done = new Map<number, number>();
     const cap = 4 << 20;
-    const d = new BlkDispatcher(target(store), (_q, slot, status) => done.set(slot, status), silentLogger, cap);
+    const d = new BlkDispatcher(target(store), (_q, tag, status) => done.set(tag, status), silentLogger, cap);
     const MiB = 1 << 20;
     // Views over one buffer: a guest can name far more bytes than it owns.
     const buf = Buffer.alloc(MiB);
@@ -219,7 +222,7 @@ describe('virtio-blk dispatch back-pressure and log limits', () => {
     const segs = Array.from({ length: 65536 }, () => view);
     const before = process.memoryUsage().rss;
     const done = new Map<number, number>();
-    const d = new BlkDispatcher(target(new MemStore(1 << 20)), (_q, slot, status) => done.set(slot, status), silentLogger);
+    const d = new BlkDispatcher(target(new MemStore(1 << 20)), (_q, tag, status) => done.set(tag, status), silentLogger);
     submit(d, [{ type: VIRTIO_BLK_T_DISCARD, sector: 0, segs }]);
     assert.equal(done.get(100), VIRTIO_BLK_S_IOERR, 'answered synchronously, before any I/O');
     assert.ok(process.memoryUsage().rss - before < 64 << 20, 'the table was not gathered');
@@ -252,7 +255,7 @@ describe('virtio-blk config space', () => {
 
   it('lays out capacity, block size, queues and limits as virtio 1.2 defines', () => {
     const c = encodeBlkConfig(g);
-    assert.equal(c.length, CONFIG_SIZE);
+    assert.equal(c.length, BLK_CONFIG_SIZE);
     assert.equal(c.readBigUInt64LE(0), BigInt((10 * 2 ** 30) / 512));
     assert.equal(c.readUInt32LE(20), 4096);
     assert.equal(c[32], 1);

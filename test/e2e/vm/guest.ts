@@ -19,11 +19,11 @@
 import { ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { VhostError } from '../../../src/native/errors';
+import { tmpDir } from '../../support/tmp';
 
 export interface GuestDisk {
   /** Unix socket of the vhost-user-blk back end (QEMU connects as client). */
@@ -350,13 +350,13 @@ export async function startGuest(opts: GuestOptions): Promise<Guest> {
     if (d.socketPath.includes(',')) throw new VhostError(`socket path has a comma: ${d.socketPath}`, 'EINVAL');
   }
   const image = await ensureGuestImage();
-  const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-guest-'));
-  const initrd = path.join(tmpDir, 'initrd.cpio.gz');
+  const dir = tmpDir('guest');
+  const initrd = path.join(dir, 'initrd.cpio.gz');
   // The kernel unpacks concatenated archives in order; /test.sh comes from the second one.
   fs.copyFileSync(image.initramfs, initrd);
   fs.appendFileSync(initrd, scriptArchive(opts.script));
   const token = randomBytes(6).toString('hex');
-  return new Guest(token, tmpDir, qemuArgs(image, initrd, token, opts), opts);
+  return new Guest(token, dir, qemuArgs(image, initrd, token, opts), opts);
 }
 
 /** Boots a guest, runs `opts.script` to completion and returns its result. */

@@ -3,6 +3,7 @@
  * image file on a unix socket, the same protocol our daemon speaks.
  */
 import * as fs from 'node:fs';
+import { qsdArgv } from '../../../src/bench/targets';
 import { VhostError } from '../../../src/native/errors';
 import { BackendProcess } from './child';
 
@@ -42,14 +43,9 @@ export class StorageDaemon {
     const { image, socketPath, numQueues } = this.opts;
     // A socket left by a killed daemon would make the readiness check below pass too early.
     fs.rmSync(socketPath, { force: true });
-    let exportOpt =
-      `type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=${socketPath},writable=on`;
-    if (numQueues !== undefined) exportOpt += `,num-queues=${numQueues}`;
-    this.child = new BackendProcess({
-      name: 'qemu-storage-daemon',
-      command: 'qemu-storage-daemon',
-      args: ['--blockdev', `driver=file,node-name=f0,filename=${image}`, '--export', exportOpt],
-    });
+    // The benchmarks' command line (num-queues 1 is QSD's default; no discard=unmap, as before).
+    const [command, ...args] = qsdArgv({ socketPath, image, numQueues, discard: false });
+    this.child = new BackendProcess({ name: 'qemu-storage-daemon', command: command as string, args });
     await this.child.waitUntil(() => fs.existsSync(socketPath), this.opts.readyTimeoutMs ?? 10_000, `socket ${socketPath} appeared`);
   }
 

@@ -1,4 +1,5 @@
-// Device side of a virtio 1.x split virtqueue (virtio 1.2, 2.7).
+// Device side of a virtio 1.x split virtqueue (virtio 1.2, 2.7): DeviceVring. (The driver side,
+// for tests and benchmarks, is DriverRing in src/frontend/ring-driver.ts.)
 //
 // Layout in guest memory (little endian, host is little endian):
 //   desc  : num x { le64 addr; le32 len; le16 flags; le16 next; }        align 16
@@ -41,7 +42,7 @@ struct Chain {
   std::vector<HostIov> iov;
 };
 
-class SplitVring {
+class DeviceVring {
  public:
   enum class Pop { kEmpty, kChain, kError };
 

@@ -1,4 +1,4 @@
-#include "vhost/split_vring.h"
+#include "vhost/device_vring.h"
 
 #include <atomic>
 #include <cstring>
@@ -34,14 +34,14 @@ Desc ReadDesc(const uint8_t* table, uint32_t i) {
 }
 }  // namespace
 
-void SplitVring::SetAddr(uint64_t desc, uint64_t avail, uint64_t used) {
+void DeviceVring::SetAddr(uint64_t desc, uint64_t avail, uint64_t used) {
   desc_ua_ = desc;
   avail_ua_ = avail;
   used_ua_ = used;
   has_addr_ = true;
 }
 
-bool SplitVring::Resolve(const GuestMemory& mem, bool load_used_idx, std::string* err) {
+bool DeviceVring::Resolve(const GuestMemory& mem, bool load_used_idx, std::string* err) {
   if (!has_addr_ || num_ == 0) {
     *err = "vring has no size or addresses";
     return false;
@@ -72,14 +72,14 @@ bool SplitVring::Resolve(const GuestMemory& mem, bool load_used_idx, std::string
   return true;
 }
 
-void SplitVring::Unresolve() {
+void DeviceVring::Unresolve() {
   desc_ = avail_ = used_ = nullptr;
   desc_map_.reset();
   avail_map_.reset();
   used_map_.reset();
 }
 
-void SplitVring::Reset() {
+void DeviceVring::Reset() {
   has_addr_ = false;
   desc_ = avail_ = used_ = nullptr;
   desc_map_.reset();
@@ -88,18 +88,18 @@ void SplitVring::Reset() {
   signalled_valid_ = false;
 }
 
-uint16_t SplitVring::LoadAvailIdx() {
+uint16_t DeviceVring::LoadAvailIdx() {
   shadow_avail_idx_ = Load16(avail_ + 2);
   std::atomic_thread_fence(std::memory_order_acquire);
   return shadow_avail_idx_;
 }
 
-uint16_t SplitVring::Pending() {
+uint16_t DeviceVring::Pending() {
   if (!resolved()) return 0;
   return static_cast<uint16_t>(LoadAvailIdx() - last_avail_idx_);
 }
 
-SplitVring::Pop SplitVring::PopChain(const GuestMemory& mem, Chain* out, std::string* err) {
+DeviceVring::Pop DeviceVring::PopChain(const GuestMemory& mem, Chain* out, std::string* err) {
   if (!resolved()) return Pop::kEmpty;
   if (shadow_avail_idx_ == last_avail_idx_) {
     LoadAvailIdx();
@@ -114,7 +114,7 @@ SplitVring::Pop SplitVring::PopChain(const GuestMemory& mem, Chain* out, std::st
   return ReadChain(mem, head, out, err) ? Pop::kChain : Pop::kError;
 }
 
-bool SplitVring::ReadChain(const GuestMemory& mem, uint16_t head, Chain* out, std::string* err) {
+bool DeviceVring::ReadChain(const GuestMemory& mem, uint16_t head, Chain* out, std::string* err) {
   out->iov.clear();
   out->total_len = 0;
   out->descs = 0;
@@ -191,28 +191,28 @@ bool SplitVring::ReadChain(const GuestMemory& mem, uint16_t head, Chain* out, st
   return true;
 }
 
-bool SplitVring::ArmKick() {
+bool DeviceVring::ArmKick() {
   if (!event_idx_ || !resolved()) return false;
   Store16(used_ + 4 + 8 * num_, last_avail_idx_);
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return LoadAvailIdx() != last_avail_idx_;
 }
 
-void SplitVring::AddUsed(uint16_t id, uint32_t len) {
+void DeviceVring::AddUsed(uint16_t id, uint32_t len) {
   uint8_t* e = used_ + 4 + 8 * (used_idx_ % num_);
   Store32(e, id);
   Store32(e + 4, len);
   used_idx_++;
 }
 
-void SplitVring::PublishUsed() {
+void DeviceVring::PublishUsed() {
   if (published_used_ == used_idx_) return;
   std::atomic_thread_fence(std::memory_order_release);
   Store16(used_ + 2, used_idx_);
   published_used_ = used_idx_;
 }
 
-bool SplitVring::ShouldNotify() {
+bool DeviceVring::ShouldNotify() {
   if (!resolved()) return false;
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (!event_idx_) {

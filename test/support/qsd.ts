@@ -1,12 +1,14 @@
 /**
  * Test helper: runs qemu-storage-daemon with a vhost-user-blk export of a fresh sparse image in
- * a temp directory, waits until its socket accepts connections, and kills it on stop().
+ * a temp directory, waits until its socket accepts connections, and kills it on stop(). The
+ * command line is the benchmarks' (qsdArgv in src/bench/targets); the e2e harness's
+ * StorageDaemon (test/e2e/vm/qsd.ts) uses it too.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
+import { canConnect, qsdArgv } from '../../src/bench/targets';
+import { tmpDir } from './tmp';
 
 export interface QsdOptions {
   /** Image size in bytes (default 64 MiB). */
@@ -26,32 +28,15 @@ export interface Qsd {
   stop(): Promise<void>;
 }
 
-function canConnect(p: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
 export async function startQsd(opts: QsdOptions = {}): Promise<Qsd> {
   const size = opts.size ?? 64 << 20;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-qsd-'));
+  const dir = tmpDir('qsd');
   const imagePath = path.join(dir, 'disk.img');
   const socketPath = path.join(dir, 'vhost.sock');
   fs.writeFileSync(imagePath, '');
   fs.truncateSync(imagePath, size);
-  const blockdev = `driver=file,node-name=f0,filename=${imagePath}${opts.discard === false ? '' : ',discard=unmap'}`;
-  const exp = [
-    'type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix',
-    `addr.path=${socketPath}`,
-    `writable=${opts.writable === false ? 'off' : 'on'}`,
-    `num-queues=${opts.numQueues ?? 1}`,
-  ].join(',');
-  const proc: ChildProcess = spawn('qemu-storage-daemon', ['--blockdev', blockdev, '--export', exp], {
+  const [cmd, ...args] = qsdArgv({ socketPath, image: imagePath, numQueues: opts.numQueues, discard: opts.discard, writable: opts.writable });
+  const proc: ChildProcess = spawn(cmd as string, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

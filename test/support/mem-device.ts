@@ -1,0 +1,125 @@
+/**
+ * An in-memory cache device (IoEngine; the fd is ignored) that behaves like a disk with a
+ * volatile write cache:
+ *   - reads see every write issued so far (`image`); `fdatasync` makes them durable;
+ *   - `crashImage(random)` is what a power cut leaves: the durable bytes plus, for each write
+ *     since the last fdatasync (in order), nothing, all of it, or a torn prefix of it
+ *     (whole 512-byte sectors), chosen by `random`;
+ *   - `freezeAtWrite = n`: the n-th write (1-based, counting `writes`) and everything after it
+ *     never complete (a process stopped in the middle of a segment or metadata write); the
+ *     frozen write still counts as unflushed;
+ *   - `io` (held-io.ts): operations complete when the test says, capturing/applying bytes at
+ *     the effect step;
+ *   - `readError`/`writeError`: called per operation; returning true fails it with EIO.
+ * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
+ * function of its inputs (no thread pool ordering).
+ */
+import type { IoEngine } from '../../src/io/io-engine';
+import { VhostError } from '../../src/native/errors';
+import { bytesOf, copyOut, type HeldIo } from './held-io';
+
+export class MemDevice implements IoEngine {
+  readonly kind = 'threadpool';
+  readonly image: Uint8Array;
+  private durable: Uint8Array;
+  private unflushed: { offset: number; data: Uint8Array }[] = [];
+  io: HeldIo | null = null;
+  freezeAtWrite = Infinity;
+  frozen = false;
+  /** Resolved when the device freezes. */
+  readonly frozenSignal: Promise<void>;
+  private onFrozen!: () => void;
+  readError: ((offset: number, length: number) => boolean) | null = null;
+  writeError: ((offset: number, length: number) => boolean) | null = null;
+  reads = 0;
+  writes = 0;
+
+  constructor(size: number, from?: Uint8Array) {
+    this.image = new Uint8Array(size);
+    if (from) this.image.set(from);
+    this.durable = new Uint8Array(this.image);
+    this.frozenSignal = new Promise<void>((r) => (this.onFrozen = r));
+  }
+
+  private never(): Promise<void> {
+    return new Promise<void>(() => {});
+  }
+
+  readv(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    if (this.frozen) return this.never();
+    this.reads++;
+    const len = bytesOf(bufs);
+    if (this.readError?.(offset, len)) return Promise.reject(new VhostError('injected read error', 'EIO'));
+    const effect = () => copyOut(this.image, offset, bufs);
+    if (this.io) return this.io.hold(`device read [${offset}, ${offset + len})`, 'read', offset, len, effect);
+    effect();
+    return Promise.resolve();
+  }
+
+  writev(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    if (this.frozen) return this.never();
+    this.writes++;
+    const len = bytesOf(bufs);
+    if (this.writeError?.(offset, len)) return Promise.reject(new VhostError('injected write error', 'EIO'));
+    const data = new Uint8Array(len);
+    let at = 0;
+    for (const b of bufs) {
+      data.set(b, at);
+      at += b.byteLength;
+    }
+    const effect = () => {
+      this.image.set(data, offset);
+      this.unflushed.push({ offset, data });
+    };
+    if (this.writes >= this.freezeAtWrite) {
+      effect();
+      this.freeze();
+      return this.never();
+    }
+    if (this.io) return this.io.hold(`device write [${offset}, ${offset + len})`, 'write', offset, len, effect);
+    effect();
+    return Promise.resolve();
+  }
+
+  /** From now on nothing completes. */
+  freeze(): void {
+    if (this.frozen) return;
+    this.frozen = true;
+    this.onFrozen();
+  }
+
+  fdatasync(): Promise<void> {
+    if (this.frozen) return this.never();
+    this.durable = new Uint8Array(this.image);
+    this.unflushed = [];
+    return Promise.resolve();
+  }
+
+  fallocate(): Promise<void> {
+    return Promise.reject(new VhostError('fallocate on the test device', 'EOPNOTSUPP'));
+  }
+
+  blockRange(): Promise<void> {
+    return Promise.reject(new VhostError('blockRange on the test device', 'EOPNOTSUPP'));
+  }
+
+  close(): void {}
+
+  /** Unflushed writes (for tests that want to know whether a crash can lose anything). */
+  get unflushedWrites(): number {
+    return this.unflushed.length;
+  }
+
+  /** The device content after a power cut now (see the file comment). */
+  crashImage(random: () => number): Uint8Array {
+    const out = new Uint8Array(this.durable);
+    for (const w of this.unflushed) {
+      const p = random();
+      if (p < 1 / 3) continue;
+      const sectors = w.data.byteLength / 512;
+      const keep = p < 2 / 3 ? Math.floor(random() * sectors) * 512 : w.data.byteLength;
+      out.set(w.data.subarray(0, keep), w.offset);
+    }
+    return out;
+  }
+}
