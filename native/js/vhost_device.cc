@@ -386,10 +386,10 @@ void VhostDevice::CheckFaults() {
   const uint64_t faults = vhost::FaultCount();
   if (faults == faults_seen_) return;
   faults_seen_ = faults;
-  if (backend_ && backend_->connected() && backend_->memory().Faulted()) {
+  if (backend_ && backend_->connected() && backend_->MemoryFaulted()) {
     Napi::HandleScope scope(Env());
     backend_->Fail("guest memory vanished under the device (SIGBUS): the front end shrank a "
-                   "memory region");
+                   "memory region or the inflight region");
   }
 }
 

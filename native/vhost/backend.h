@@ -6,6 +6,7 @@
 //                  message reading, the dispatch table and replies
 //   handlers.cc    one Handle<Message> function per vhost-user message we implement
 //   queues.cc      ring states, popping requests, completions from JS
+//   inflight.cc    the INFLIGHT_SHMFD region (which heads are in flight, recovery)
 // Limits live in vhost/limits.h, wire formats in vhost/protocol.h.
 //
 // Connection states: listening (listen fd watched) -> connected (connection fd watched) ->
@@ -32,6 +33,14 @@
 // call eventfd is written at most once per loop turn per queue (uv_check, plus a uv_idle so
 // the loop does not block in poll meanwhile).
 //
+// Inflight tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, vhost/inflight.h): GET_INFLIGHT_FD
+// creates the shared region, SET_INFLIGHT_FD maps the one the front end kept (validated). While a
+// region is attached, every popped head is recorded before it goes to JS and cleared once its
+// used element is published. The first time each queue runs after GET/SET_INFLIGHT_FD, the
+// region is recovered: heads left in flight by a previous back end process are resubmitted (by
+// counter order) before any new avail entry, and the next avail index becomes used->idx + their
+// number (the front end's SET_VRING_BASE after a crash is only the used index).
+//
 // Panic(reason): the one error path for anything a front end did wrong. It reports 'broken',
 // then drops the connection exactly like a disconnect: closes the socket and every kick/call
 // fd, forgets rings, in-flight slots and the memory table (mappings stay while JS views
@@ -47,6 +56,7 @@
 
 #include "blk/blk_request.h"
 #include "vhost/guest_memory.h"
+#include "vhost/inflight.h"
 #include "vhost/limits.h"
 #include "vhost/protocol.h"
 #include "vhost/device_vring.h"
@@ -143,6 +153,10 @@ class Backend {
   bool has_handles() const { return open_handles_ > 0; }
 
   const GuestMemory& memory() const { return mem_; }
+  // true if a SIGBUS replaced guest memory or the inflight region of this connection.
+  bool MemoryFaulted() const {
+    return mem_.Faulted() || (inflight_.mapping && inflight_.mapping->faulted());
+  }
   const std::string& socket_path() const { return created_path_; }
   uint32_t max_queue_size() const { return options_.max_queue_size; }
 
@@ -178,6 +192,12 @@ class Backend {
     uint32_t inflight = 0;
     Watch* kick_watch = nullptr;
     std::vector<Slot> slots;  // indexed by head while running
+    // Attached to the inflight region by the first ProcessQueue after GET/SET_INFLIGHT_FD
+    // (which detach it), recovering the region at that moment.
+    InflightQueue tracker;
+    std::vector<uint16_t> resubmit;  // heads to hand to JS again, by counter, before new ones
+    size_t resubmit_next = 0;
+    std::vector<uint16_t> used_batch;  // heads added to the used ring, not yet published
   };
   enum class Result { kOk, kFail, kDropped, kDeferred };
   // One received message as handlers see it. Handlers may take fds (swap them out); the rest
@@ -252,7 +272,8 @@ class Backend {
   bool ReadMessages();
   // Checks a complete header's size against its message's rule; panics when it does not fit.
   bool HeaderSizeFits(const MsgHeader& h);
-  bool SendReply(uint32_t request, const void* payload, uint32_t size);
+  // fd >= 0 travels with the reply (SCM_RIGHTS); the caller keeps and closes it.
+  bool SendReply(uint32_t request, const void* payload, uint32_t size, int fd = -1);
   bool SendU64Reply(uint32_t request, uint64_t value);
   void Dispatch();
   Result Refuse(const MsgHeader& h, const std::string& reason);
@@ -283,10 +304,14 @@ class Backend {
   Result HandleSetVringEnable(const Message& m);
   Result HandleGetConfig(const Message& m);
   Result HandleSetConfig(const Message& m);
+  Result HandleGetInflightFd(const Message& m);
+  Result HandleSetInflightFd(const Message& m);
   // Shared parsing of SET_VRING_KICK/CALL/ERR: the queue and the fd (-1: none), or nullptr
   // after a panic.
   Queue* VringFdMessage(const Message& m, int* fd);
   bool FinishGetVringBase(uint32_t index);
+  bool InflightGeometryOk(uint32_t num_queues, uint32_t queue_size, std::string* why) const;
+  bool InflightReplaceable() const;
 
   // rings (queues.cc)
   Queue* QueueFor(uint32_t index, const char* what);
@@ -298,6 +323,13 @@ class Backend {
   void OnKick(uint32_t index, int events);
   void ProcessQueue(uint32_t index);
   bool ReResolveRings();
+  // Used elements go through these two (inflight bookkeeping around the ring's own).
+  void AddUsed(Queue& q, uint16_t head, uint32_t len);
+  void PublishUsed(Queue& q);
+  // Attaches queue `index` to the inflight region (if any) and recovers it; false after a Panic.
+  bool RecoverInflight(uint32_t index);
+  // The next chain for JS: a resubmitted head first, then the avail ring.
+  DeviceVring::Pop NextChain(Queue& q, Chain* chain, std::string* err);
   void ApplyFeatures();
 
   uv_loop_t* loop_;
@@ -313,6 +345,7 @@ class Backend {
   Connection conn_;
   uint64_t conn_serial_ = 0;  // bumped when a connection starts or ends
   GuestMemory mem_;
+  InflightRegion inflight_;  // of this connection (GET/SET_INFLIGHT_FD); dropped at disconnect
   std::vector<Queue> queues_;
   uint32_t gen_counter_ = 0;
 

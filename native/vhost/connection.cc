@@ -252,6 +252,7 @@ void Backend::Disconnect(const std::string& reason) {
   for (int& fd : conn_.fds) CloseFd(&fd);
   conn_ = Connection();
   mem_.Clear();
+  inflight_ = InflightRegion();
   host_->MemoryTableChanged();
   DeviceEvent ev;
   ev.kind = DeviceEvent::kDisconnected;
@@ -358,7 +359,7 @@ bool Backend::ReadMessages() {
   return conn_.fd >= 0 && serial == conn_serial_;
 }
 
-bool Backend::SendReply(uint32_t request, const void* payload, uint32_t size) {
+bool Backend::SendReply(uint32_t request, const void* payload, uint32_t size, int fd) {
   uint8_t buf[sizeof(MsgHeader) + sizeof(ConfigMsgHeader) + kMaxConfigSize];
   if (size > sizeof buf - sizeof(MsgHeader)) {
     Panic("reply too large");
@@ -368,9 +369,23 @@ bool Backend::SendReply(uint32_t request, const void* payload, uint32_t size) {
   std::memcpy(buf, &h, sizeof h);
   if (size > 0) std::memcpy(buf + sizeof h, payload, size);
   const size_t total = sizeof h + size;
+  iovec iov{buf, total};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
   ssize_t n;
   do {
-    n = send(conn_.fd, buf, total, MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = sendmsg(conn_.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n != static_cast<ssize_t>(total)) {
     const std::string why = n < 0 ? ErrnoName(errno) : "short write";

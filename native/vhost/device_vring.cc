@@ -100,10 +100,6 @@ uint16_t DeviceVring::Pending() {
 }
 
 DeviceVring::Pop DeviceVring::PopChain(const GuestMemory& mem, Chain* out, std::string* err) {
-  out->iov.clear();
-  out->total_len = 0;
-  out->descs = 0;
-  out->longer_than_queue = false;
   if (!resolved()) return Pop::kEmpty;
   if (shadow_avail_idx_ == last_avail_idx_) {
     LoadAvailIdx();
@@ -115,9 +111,21 @@ DeviceVring::Pop DeviceVring::PopChain(const GuestMemory& mem, Chain* out, std::
   }
   const uint16_t head = Load16(avail_ + 4 + 2 * (last_avail_idx_ % num_));
   last_avail_idx_++;
+  return ReadChain(mem, head, out, err) ? Pop::kChain : Pop::kError;
+}
+
+bool DeviceVring::ReadChain(const GuestMemory& mem, uint16_t head, Chain* out, std::string* err) {
+  out->iov.clear();
+  out->total_len = 0;
+  out->descs = 0;
+  out->longer_than_queue = false;
+  if (!resolved()) {
+    *err = "vring is not resolved";
+    return false;
+  }
   if (head >= num_) {
     *err = "chain head " + std::to_string(head) + " >= queue size";
-    return Pop::kError;
+    return false;
   }
   out->head = head;
 
@@ -130,30 +138,30 @@ DeviceVring::Pop DeviceVring::PopChain(const GuestMemory& mem, Chain* out, std::
   for (;;) {
     if (++seen > table_len) {
       *err = "descriptor chain longer than its table (loop)";
-      return Pop::kError;
+      return false;
     }
     const Desc d = ReadDesc(table, i);
     if (d.flags & VIRTQ_DESC_F_INDIRECT) {
       if (!indirect_) {
         *err = "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC";
-        return Pop::kError;
+        return false;
       }
       if (in_indirect) {
         *err = "nested indirect descriptor";
-        return Pop::kError;
+        return false;
       }
       if (d.flags & VIRTQ_DESC_F_NEXT) {
         *err = "indirect descriptor with NEXT";
-        return Pop::kError;
+        return false;
       }
       if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > kMaxIndirectDescs) {
         *err = "bad indirect table length " + std::to_string(d.len);
-        return Pop::kError;
+        return false;
       }
       const uint8_t* t = mem.GpaContig(d.addr, d.len, nullptr);
       if (t == nullptr) {
         *err = "indirect table outside guest memory";
-        return Pop::kError;
+        return false;
       }
       table = t;
       table_len = d.len / 16;
@@ -166,21 +174,21 @@ DeviceVring::Pop DeviceVring::PopChain(const GuestMemory& mem, Chain* out, std::
     total += d.len;
     if (total > UINT32_MAX) {
       *err = "descriptor chain length overflows 32 bits";
-      return Pop::kError;
+      return false;
     }
     if (!mem.TranslateGpa(d.addr, d.len, (d.flags & VIRTQ_DESC_F_WRITE) != 0, &out->iov)) {
       *err = "descriptor buffer outside guest memory";
-      return Pop::kError;
+      return false;
     }
     if (!(d.flags & VIRTQ_DESC_F_NEXT)) break;
     if (d.next >= table_len) {
       *err = "descriptor next index out of range";
-      return Pop::kError;
+      return false;
     }
     i = d.next;
   }
   out->total_len = total;
-  return Pop::kChain;
+  return true;
 }
 
 bool DeviceVring::ArmKick() {

@@ -69,6 +69,9 @@ class DeviceVring {
 
   // Pops the next available chain into out (cleared first).
   Pop PopChain(const GuestMemory& mem, Chain* out, std::string* err);
+  // Reads the chain starting at descriptor `head` (inflight resubmission: a head recorded by
+  // an earlier back end), validated exactly like a popped one. False with *err if malformed.
+  bool ReadChain(const GuestMemory& mem, uint16_t head, Chain* out, std::string* err);
   // EVENT_IDX: asks for a kick when avail->idx moves past last_avail_idx. Returns true if
   // more buffers became available meanwhile (pop again).
   bool ArmKick();
@@ -101,10 +104,6 @@ class DeviceVring {
   uint16_t signalled_used_ = 0;    // used index at the last notification decision
   bool signalled_valid_ = false;
 };
-
-// Old name, kept only for native/vhost/queues.cc (another change is editing it); remove once it
-// says DeviceVring.
-using SplitVring = DeviceVring;
 
 }  // namespace vhost
 }  // namespace vbc

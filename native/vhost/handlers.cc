@@ -21,6 +21,8 @@ const Backend::MessageRule* Backend::RuleFor(uint32_t request) {
   constexpr uint32_t kState = sizeof(VringState);
   constexpr uint32_t kConfigMin = sizeof(ConfigMsgHeader);
   constexpr uint32_t kConfigMax = sizeof(ConfigMsgHeader) + kMaxConfigSize;
+  constexpr uint32_t kInflightMin = kInflightMsgMinSize;
+  constexpr uint32_t kInflightMax = sizeof(InflightMsg);
   static const MessageRule kNone{nullptr, 0, 0};
   static const MessageRule kTable[VHOST_USER_REQUEST_COUNT] = {
       /* NONE */ kNone,
@@ -54,8 +56,8 @@ const Backend::MessageRule* Backend::RuleFor(uint32_t request) {
       /* POSTCOPY_ADVISE */ kNone,
       /* POSTCOPY_LISTEN */ kNone,
       /* POSTCOPY_END */ kNone,
-      /* GET_INFLIGHT_FD */ kNone,
-      /* SET_INFLIGHT_FD */ kNone,
+      /* GET_INFLIGHT_FD */ {&Backend::HandleGetInflightFd, kInflightMin, kInflightMax},
+      /* SET_INFLIGHT_FD */ {&Backend::HandleSetInflightFd, kInflightMin, kInflightMax},
       /* GPU_SET_SOCKET */ kNone,
       /* RESET_DEVICE */ {&Backend::HandleResetDevice, 0, 0},
       /* VRING_KICK */ kNone,
@@ -80,7 +82,7 @@ uint64_t Backend::OfferedFeatures() const {
 uint64_t Backend::OfferedProtocolFeatures() const {
   return Bit(VHOST_USER_PROTOCOL_F_MQ) | Bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) |
          Bit(VHOST_USER_PROTOCOL_F_CONFIG) | Bit(VHOST_USER_PROTOCOL_F_RESET_DEVICE) |
-         Bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+         Bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) | Bit(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ Backend::Result Backend::HandleSetVringAddr(const Message& m) {
     Panic("SET_VRING_ADDR queue " + std::to_string(a.index) + ": " + err);
     return Result::kDropped;
   }
-  if (q->ring.used_idx() != q->ring.last_avail_idx()) {
+  if (!inflight_.mapping && q->ring.used_idx() != q->ring.last_avail_idx()) {
     Log(LogLevel::kWarn, "used index differs from the base: requests were lost",
         {Num("queue", a.index), Num("used", q->ring.used_idx()),
          Num("base", q->ring.last_avail_idx())});
@@ -466,6 +468,100 @@ Backend::Result Backend::HandleSetConfig(const Message& m) {
   ev.offset = c.offset;
   ev.data.assign(m.payload + sizeof c, m.payload + sizeof c + c.size);
   Emit(std::move(ev));
+  return Result::kOk;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inflight I/O tracking (INFLIGHT_SHMFD)
+
+namespace {
+// The inflight description of GET/SET_INFLIGHT_FD (payload 20..24 bytes, see InflightMsg).
+InflightMsg InflightDescription(const uint8_t* p, uint32_t size) {
+  InflightMsg d{};
+  std::memcpy(&d, p, size);
+  return d;
+}
+}  // namespace
+
+// Geometry the front end asks for: within what SET_VRING_NUM and GET_QUEUE_NUM allow, so the
+// region (and the work to recover it) stays bounded.
+bool Backend::InflightGeometryOk(uint32_t num_queues, uint32_t queue_size, std::string* why) const {
+  if (num_queues == 0 || num_queues > options_.max_queues || queue_size == 0 ||
+      queue_size > options_.max_queue_size) {
+    *why = std::to_string(num_queues) + " queues of " + std::to_string(queue_size) +
+           " descriptors (at most " + std::to_string(options_.max_queues) + " of " +
+           std::to_string(options_.max_queue_size) + ")";
+    return false;
+  }
+  return true;
+}
+
+// Attaching a new region while requests are in flight would lose track of them.
+bool Backend::InflightReplaceable() const {
+  for (const Queue& q : queues_) {
+    if (q.running || q.inflight > 0) return false;
+  }
+  return true;
+}
+
+Backend::Result Backend::HandleGetInflightFd(const Message& m) {
+  if ((conn_.protocol_features & Bit(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) == 0) {
+    Panic("GET_INFLIGHT_FD without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD");
+    return Result::kDropped;
+  }
+  InflightMsg d = InflightDescription(m.payload, m.hdr.size);
+  std::string err;
+  if (!InflightGeometryOk(d.num_queues, d.queue_size, &err) || !InflightReplaceable()) {
+    Panic("GET_INFLIGHT_FD: " + (err.empty() ? std::string("queues are running") : err));
+    return Result::kDropped;
+  }
+  InflightRegion region;
+  int fd = CreateInflightRegion(d.num_queues, d.queue_size, &region, &err);
+  if (fd < 0) {
+    Panic("GET_INFLIGHT_FD: " + err);
+    return Result::kDropped;
+  }
+  inflight_ = std::move(region);
+  for (Queue& q : queues_) q.tracker.Detach();
+  d.mmap_size = InflightRegionBytes(d.num_queues, d.queue_size);
+  d.mmap_offset = 0;
+  Log(LogLevel::kInfo, "inflight region created",
+      {Num("queues", d.num_queues), Num("queueSize", d.queue_size),
+       Num("bytes", static_cast<double>(d.mmap_size))});
+  const bool sent = SendReply(m.hdr.request, &d, m.hdr.size, fd);
+  CloseFd(&fd);
+  return sent ? Result::kOk : Result::kDropped;
+}
+
+Backend::Result Backend::HandleSetInflightFd(const Message& m) {
+  if ((conn_.protocol_features & Bit(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) == 0) {
+    Panic("SET_INFLIGHT_FD without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD");
+    return Result::kDropped;
+  }
+  if (m.fds.size() != 1) {
+    Panic("SET_INFLIGHT_FD needs exactly one fd, got " + std::to_string(m.fds.size()));
+    return Result::kDropped;
+  }
+  const InflightMsg d = InflightDescription(m.payload, m.hdr.size);
+  std::string err;
+  if (!InflightGeometryOk(d.num_queues, d.queue_size, &err)) {
+    Panic("SET_INFLIGHT_FD: " + err);
+    return Result::kDropped;
+  }
+  if (!InflightReplaceable()) {
+    Panic("SET_INFLIGHT_FD while queues are running");
+    return Result::kDropped;
+  }
+  InflightRegion region;
+  if (!MapInflightRegion(m.fds[0], d.mmap_size, d.mmap_offset, d.num_queues, d.queue_size,
+                         &region, &err)) {
+    Panic("SET_INFLIGHT_FD: " + err);
+    return Result::kDropped;
+  }
+  inflight_ = std::move(region);
+  for (Queue& q : queues_) q.tracker.Detach();
+  Log(LogLevel::kInfo, "inflight region attached",
+      {Num("queues", d.num_queues), Num("queueSize", d.queue_size)});
   return Result::kOk;
 }
 

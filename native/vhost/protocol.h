@@ -146,6 +146,16 @@ struct ConfigMsgHeader {
   uint32_t size;
   uint32_t flags;  // 0: writable fields, 1: live migration
 };
+// GET_INFLIGHT_FD / SET_INFLIGHT_FD. QEMU sends its naturally aligned struct (24 bytes, the
+// last 4 padding); a packed sender stops after queue_size (20 bytes). Both are accepted.
+struct InflightMsg {
+  uint64_t mmap_size;
+  uint64_t mmap_offset;
+  uint16_t num_queues;
+  uint16_t queue_size;
+  uint32_t padding;
+};
+constexpr uint32_t kInflightMsgMinSize = 20;
 #pragma pack(pop)
 
 static_assert(sizeof(MsgHeader) == 12, "vhost-user header is 12 bytes");
@@ -155,6 +165,7 @@ static_assert(sizeof(MemRegionDesc) == 32, "memory region is 32 bytes");
 static_assert(sizeof(MemTableMsg) == 8 + 8 * 32, "memory table is 264 bytes");
 static_assert(sizeof(MemRegMsg) == 40, "single memory region message is 40 bytes");
 static_assert(sizeof(ConfigMsgHeader) == 12, "config header is 12 bytes");
+static_assert(sizeof(InflightMsg) == 24, "inflight description is 24 bytes (with padding)");
 
 // "VHOST_USER_GET_FEATURES" etc. for logs; nullptr for numbers outside the table.
 inline const char* MessageName(uint32_t request) {

@@ -137,6 +137,7 @@ void Backend::OnKick(uint32_t index, int events) {
 void Backend::ProcessQueue(uint32_t index) {
   if (index >= queues_.size() || !queues_[index].running) return;
   Queue& q = queues_[index];
+  if (inflight_.mapping && !q.tracker.attached() && !RecoverInflight(index)) return;
   const uint64_t serial = conn_serial_;
   std::vector<PendingRequest> reqs;
   std::vector<HostIov> segs;
@@ -151,12 +152,12 @@ void Backend::ProcessQueue(uint32_t index) {
       break;
     }
     std::string err;
-    const SplitVring::Pop r = q.ring.PopChain(mem_, &chain, &err);
-    if (r == SplitVring::Pop::kEmpty) {
+    const DeviceVring::Pop r = NextChain(q, &chain, &err);
+    if (r == DeviceVring::Pop::kEmpty) {
       if (q.ring.ArmKick()) continue;
       break;
     }
-    if (r == SplitVring::Pop::kError) {
+    if (r == DeviceVring::Pop::kError) {
       Panic("queue " + std::to_string(index) + ": " + err);
       return;
     }
@@ -166,6 +167,7 @@ void Backend::ProcessQueue(uint32_t index) {
             " made available while in flight");
       return;
     }
+    q.tracker.Begin(chain.head);
     const blk::Carve c = blk::CarveRequest(chain, options_.limits, &br, &err);
     if (c == blk::Carve::kMalformed) {
       Panic("queue " + std::to_string(index) + ": " + err);
@@ -173,7 +175,7 @@ void Backend::ProcessQueue(uint32_t index) {
     }
     if (c == blk::Carve::kRejected) {
       __atomic_store_n(br.status, blk::VIRTIO_BLK_S_IOERR, __ATOMIC_RELAXED);
-      q.ring.AddUsed(chain.head, 1);
+      AddUsed(q, chain.head, 1);
       answered++;
       Log(LogLevel::kWarn, "request answered IOERR: " + err,
           {Num("queue", index), Num("type", br.type)});
@@ -191,7 +193,7 @@ void Backend::ProcessQueue(uint32_t index) {
     segs.insert(segs.end(), br.data.begin(), br.data.end());
   }
   if (answered > 0) {
-    q.ring.PublishUsed();
+    PublishUsed(q);
     q.notify_pending = true;
     ScheduleCheck();
   }
@@ -199,6 +201,64 @@ void Backend::ProcessQueue(uint32_t index) {
   FlushEvents();
   if (serial != conn_serial_ || closed_) return;
   host_->DeliverRequests(static_cast<int>(index), reqs, segs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Used elements and inflight tracking
+
+void Backend::AddUsed(Queue& q, uint16_t head, uint32_t len) {
+  q.tracker.Link(head);
+  q.ring.AddUsed(head, len);
+  q.used_batch.push_back(head);
+}
+
+void Backend::PublishUsed(Queue& q) {
+  q.ring.PublishUsed();
+  q.tracker.Finish(q.used_batch, q.ring.used_idx());
+  q.used_batch.clear();
+}
+
+bool Backend::RecoverInflight(uint32_t index) {
+  Queue& q = queues_[index];
+  if (index >= inflight_.num_queues) return true;  // the region does not cover this queue
+  if (q.ring.num() > inflight_.queue_size) {
+    Panic("queue " + std::to_string(index) + " of " + std::to_string(q.ring.num()) +
+          " descriptors is larger than the inflight region's " +
+          std::to_string(inflight_.queue_size));
+    return false;
+  }
+  q.tracker.Attach(inflight_.Queue(index), inflight_.queue_size);
+  std::string err;
+  if (!q.tracker.Recover(q.ring.used_idx(), q.ring.num(), &q.resubmit, &err)) {
+    Panic("queue " + std::to_string(index) + ": " + err);
+    return false;
+  }
+  q.resubmit_next = 0;
+  // What was popped is either used or still in flight: the next avail entry follows them.
+  const uint16_t next = static_cast<uint16_t>(q.ring.used_idx() + q.resubmit.size());
+  if (next != q.ring.last_avail_idx() || !q.resubmit.empty()) {
+    Log(LogLevel::kInfo, "inflight requests recovered",
+        {Num("queue", index), Num("resubmit", static_cast<double>(q.resubmit.size())),
+         Num("used", q.ring.used_idx()), Num("base", q.ring.last_avail_idx()), Num("next", next)});
+  }
+  q.ring.SetBase(next);
+  return true;
+}
+
+DeviceVring::Pop Backend::NextChain(Queue& q, Chain* chain, std::string* err) {
+  if (q.resubmit_next < q.resubmit.size()) {
+    const uint16_t head = q.resubmit[q.resubmit_next++];
+    if (q.resubmit_next == q.resubmit.size()) {
+      q.resubmit.clear();
+      q.resubmit_next = 0;
+    }
+    if (!q.ring.ReadChain(mem_, head, chain, err)) {
+      *err = "resubmitted inflight head " + std::to_string(head) + ": " + *err;
+      return DeviceVring::Pop::kError;
+    }
+    return DeviceVring::Pop::kChain;
+  }
+  return q.ring.PopChain(mem_, chain, err);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,7 +289,7 @@ bool Backend::Complete(uint32_t queue, const uint32_t* pairs, size_t count, std:
     Slot& s = q.slots[head];
     if (!s.active) continue;
     __atomic_store_n(s.status, status, __ATOMIC_RELAXED);
-    q.ring.AddUsed(static_cast<uint16_t>(head), blk::UsedLength(s.type, status, s.data_len));
+    AddUsed(q, static_cast<uint16_t>(head), blk::UsedLength(s.type, status, s.data_len));
     s.active = false;
     s.status = nullptr;
     s.status_mapping.reset();
@@ -237,7 +297,7 @@ bool Backend::Complete(uint32_t queue, const uint32_t* pairs, size_t count, std:
     touched = true;
   }
   if (touched) {
-    q.ring.PublishUsed();
+    PublishUsed(q);
     q.notify_pending = true;
     ScheduleCheck();
   }

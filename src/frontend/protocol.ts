@@ -140,6 +140,8 @@ export interface VhostUserMessage {
   flags: number;
   size: number;
   payload: Buffer;
+  /** fds that came with a reply the caller keeps (GET_INFLIGHT_FD); the caller closes them. */
+  fds?: number[];
 }
 
 /** Builds header + payload. `size` defaults to the payload length (tests may lie). */
@@ -266,5 +268,34 @@ export function decodeConfig(payload: Buffer): { offset: number; size: number; f
     size,
     flags: payload.readUInt32LE(8),
     data: payload.subarray(12, 12 + size),
+  };
+}
+
+/** GET_INFLIGHT_FD / SET_INFLIGHT_FD description (24 bytes as QEMU sends it; last 4 padding). */
+export interface InflightDescription {
+  mmapSize: bigint;
+  mmapOffset: bigint;
+  numQueues: number;
+  queueSize: number;
+}
+
+export const INFLIGHT_DESCRIPTION_SIZE = 24;
+
+export function encodeInflight(d: InflightDescription): Buffer {
+  const b = Buffer.alloc(INFLIGHT_DESCRIPTION_SIZE);
+  b.writeBigUInt64LE(BigInt.asUintN(64, d.mmapSize), 0);
+  b.writeBigUInt64LE(BigInt.asUintN(64, d.mmapOffset), 8);
+  b.writeUInt16LE(d.numQueues & 0xffff, 16);
+  b.writeUInt16LE(d.queueSize & 0xffff, 18);
+  return b;
+}
+
+export function decodeInflight(payload: Buffer): InflightDescription {
+  if (payload.length < 20) throw new RangeError(`inflight payload too short (${payload.length} bytes)`);
+  return {
+    mmapSize: payload.readBigUInt64LE(0),
+    mmapOffset: payload.readBigUInt64LE(8),
+    numQueues: payload.readUInt16LE(16),
+    queueSize: payload.readUInt16LE(18),
   };
 }

@@ -549,6 +549,14 @@ export class DriverRing {
     this.idleWaiters.wake();
   }
 
+  /**
+   * used->idx as the device last wrote it: the base a front end sends after its back end died
+   * (QEMU's rule; an INFLIGHT_SHMFD back end adds the requests it recovers).
+   */
+  get usedIndex(): number {
+    return Atomics.load(this.mem.u16, this.usedIdxI);
+  }
+
   /** avail->idx as last published (what GET_VRING_BASE should report once all is consumed). */
   get availIndex(): number {
     return this.publishedIdx;

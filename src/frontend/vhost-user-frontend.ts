@@ -23,6 +23,13 @@
  *   stop()                waits for in-flight requests, GET_VRING_BASE per queue -> bases
  *   close()               fails pending requests (ECONNRESET), closes fds and the socket
  *
+ * Inflight tracking (INFLIGHT_SHMFD, when negotiated): start() first sends GET_INFLIGHT_FD once
+ * per front end (the region's fd is kept, like QEMU) and then SET_INFLIGHT_FD with it. With
+ * `survive`, a lost connection leaves guest RAM, rings and their in-flight requests alone;
+ * reconnect(socketPath) then connects a new channel, negotiates, hands the region back
+ * (SET_INFLIGHT_FD) and sets the rings up again with base = used->idx (QEMU's rule after a back
+ * end died), so a recovering back end completes the requests that were in flight.
+ *
  * With REPLY_ACK negotiated every message without a reply of its own carries NEED_REPLY and is
  * awaited (a non-zero ack rejects with code ENACK). Replies are matched in order; a reply with a
  * wrong request number or without the REPLY flag is a protocol error (EPROTO, connection closed).
@@ -39,10 +46,12 @@ import { GuestMemory } from './guest-memory';
 import {
   CONFIG_TYPE_FRONTEND,
   decodeConfig,
+  decodeInflight,
   decodeMessage,
   decodeU64,
   decodeVringState,
   encodeConfig,
+  encodeInflight,
   encodeMemRegion,
   encodeMemTable,
   encodeMessage,
@@ -56,6 +65,7 @@ import {
   FLAG_VERSION_MASK,
   bit,
   hasBit,
+  type InflightDescription,
   type MemRegion,
   ProtocolFeature,
   REQUESTS_WITH_REPLY,
@@ -100,6 +110,8 @@ export interface FrontendOptions {
   configSize?: number;
   /** Per-reply timeout (default 5000 ms). */
   replyTimeoutMs?: number;
+  /** Keep RAM, rings and in-flight requests when the connection ends, for reconnect() (default false). */
+  survive?: boolean;
   /** Called once when the connection ends (null: closed by us or a clean end by the peer). */
   onDisconnect?: (err: Error | null) => void;
 }
@@ -126,6 +138,11 @@ export interface RawMessageOptions {
 
 export class VhostUserFrontend {
   readonly options: Required<Omit<FrontendOptions, 'onDisconnect'>>;
+  /** The inflight region's fd (kept from GET_INFLIGHT_FD; -1 before) and description. */
+  inflightFd = -1;
+  inflight: InflightDescription | undefined;
+  /** Connections made so far (reconnect() adds one). */
+  connections = 0;
   /** Set by negotiate(). */
   deviceFeatures = 0n;
   ackedFeatures = 0n;
@@ -148,6 +165,8 @@ export class VhostUserFrontend {
   private readonly rings: DriverRing[] = [];
   private readonly eventFds: NativeEventFd[] = [];
   private disconnectErr: Error | null | undefined;
+  /** release() ran: requests failed, RAM and fds closed (for good, even with survive). */
+  private closed = false;
   private readonly disconnectWaiters: ((err: Error | null) => void)[] = [];
   private readonly onDisconnect: ((err: Error | null) => void) | undefined;
 
@@ -167,6 +186,7 @@ export class VhostUserFrontend {
       userBase: options.userBase ?? 0x7f00_0000_0000n,
       configSize: options.configSize ?? BLK_CONFIG_SIZE,
       replyTimeoutMs: options.replyTimeoutMs ?? 5000,
+      survive: options.survive ?? false,
     };
     this.onDisconnect = options.onDisconnect;
     const o = this.options;
@@ -211,11 +231,30 @@ export class VhostUserFrontend {
     if (this.channel !== null || this.disconnectErr !== undefined) {
       throw new VhostError('front end already connected (use a new instance to reconnect)', 'EISCONN');
     }
+    this.openChannel(socketPath);
+  }
+
+  private openChannel(socketPath: string): void {
     this.channel = new native.FrontendChannel({
       path: socketPath,
       onMessage: (msg, fds) => this.onMessage(msg, fds),
       onClose: (err) => this.disconnected(err),
     });
+    this.connections++;
+  }
+
+  /**
+   * With `survive`, after the connection was lost: connects to the (new) back end at socketPath
+   * and continues: negotiate(), then start() with the existing rings and in-flight requests.
+   */
+  async reconnect(socketPath: string): Promise<void> {
+    if (!this.options.survive) throw new VhostError('reconnect() needs the survive option', 'EINVAL');
+    if (this.disconnectErr === undefined) throw new VhostError('front end still connected', 'EISCONN');
+    if (this.closed) throw new VhostError('front end closed', 'EBADF');
+    this.disconnectErr = undefined;
+    this.openChannel(socketPath);
+    await this.negotiate();
+    await this.start();
   }
 
   /** Resolves with the reason when the connection ends (null: clean end or close()). */
@@ -227,9 +266,13 @@ export class VhostUserFrontend {
   // ------------------------------------------------------------------ messaging
 
   private onMessage(raw: Buffer, fds: number[]): void {
-    for (const fd of fds) fs.closeSync(fd);
     const msg = decodeMessage(raw);
     const w = this.replies[0];
+    if (w?.request === R.GET_INFLIGHT_FD && msg.request === R.GET_INFLIGHT_FD) {
+      msg.fds = fds;
+    } else {
+      for (const fd of fds) fs.closeSync(fd);
+    }
     if (w === undefined) {
       this.protocolError(`unexpected message ${requestName(msg.request)} from the back end`);
       return;
@@ -253,24 +296,40 @@ export class VhostUserFrontend {
     this.teardown(err);
   }
 
-  /** Ends the connection once: rejects replies and requests, closes fds, notifies. */
-  private teardown(err: Error | null): void {
+  /**
+   * Ends the connection once: rejects replies, notifies. Unless it survives (the survive option,
+   * not closed by close()), also fails requests and closes fds and guest RAM.
+   */
+  private teardown(err: Error | null, final = !this.options.survive): void {
+    if (final) this.release(err);
     if (this.disconnectErr !== undefined) return;
     this.disconnectErr = err;
     this.channel?.close();
-    const reason = err ?? new VhostError('vhost-user connection closed', 'ECONNRESET');
-    const failure = reason instanceof VhostError && reason.code === 'ECONNRESET'
-      ? reason
-      : new VhostError(`vhost-user connection lost: ${reason.message}`, 'ECONNRESET');
     for (const w of this.replies.splice(0)) {
       clearTimeout(w.timer);
-      w.reject(failure);
+      w.reject(this.failure(err));
     }
-    for (const r of this.rings) r.fail(failure);
-    for (const e of this.eventFds) e.close();
-    this.memory.close();
     for (const f of this.disconnectWaiters.splice(0)) f(err);
     this.onDisconnect?.(err);
+  }
+
+  private failure(err: Error | null): VhostError {
+    const reason = err ?? new VhostError('vhost-user connection closed', 'ECONNRESET');
+    return reason instanceof VhostError && reason.code === 'ECONNRESET'
+      ? reason
+      : new VhostError(`vhost-user connection lost: ${reason.message}`, 'ECONNRESET');
+  }
+
+  /** Fails in-flight requests, closes eventfds, the inflight fd and guest RAM (once). */
+  private release(err: Error | null): void {
+    if (this.closed) return;
+    this.closed = true;
+    const failure = this.failure(err);
+    for (const r of this.rings) r.fail(failure);
+    for (const e of this.eventFds) e.close();
+    if (this.inflightFd >= 0) fs.closeSync(this.inflightFd);
+    this.inflightFd = -1;
+    this.memory.close();
   }
 
   private send(bytes: Uint8Array, fds?: number[]): void {
@@ -351,6 +410,7 @@ export class VhostUserFrontend {
 
   async negotiate(): Promise<void> {
     const o = this.options;
+    this.protocolFeatures = 0n; // a reconnect negotiates from scratch
     this.deviceFeatures = await this.requestU64(R.GET_FEATURES);
     await this.request(R.SET_OWNER);
     if (!hasBit(this.deviceFeatures, Feature.VERSION_1)) {
@@ -408,9 +468,36 @@ export class VhostUserFrontend {
     };
   }
 
+  /** GET_INFLIGHT_FD once (the fd is kept), then SET_INFLIGHT_FD with it. */
+  async setInflight(): Promise<void> {
+    const o = this.options;
+    if (this.inflightFd < 0) {
+      const msg = await this.request(
+        R.GET_INFLIGHT_FD,
+        encodeInflight({ mmapSize: 0n, mmapOffset: 0n, numQueues: o.queues, queueSize: o.queueSize }),
+      );
+      const fds = msg?.fds ?? [];
+      if (msg === undefined || fds.length !== 1) {
+        for (const fd of fds) fs.closeSync(fd);
+        this.protocolError(`GET_INFLIGHT_FD reply with ${fds.length} fds`);
+        throw new VhostError('GET_INFLIGHT_FD reply without exactly one fd', 'EPROTO');
+      }
+      this.inflightFd = fds[0] as number;
+      this.inflight = decodeInflight(msg.payload);
+    }
+    if (this.inflight === undefined) throw new VhostError('no inflight region', 'EPROTO');
+    await this.request(R.SET_INFLIGHT_FD, encodeInflight(this.inflight), [this.inflightFd]);
+  }
+
+  /**
+   * Memory table and queues. On the first connection the rings are created (base 0); after
+   * reconnect() the existing rings are set up again with base = used->idx.
+   */
   async start(): Promise<void> {
     const o = this.options;
-    if (this.rings.length > 0) throw new VhostError('queues already started', 'EBUSY');
+    const again = this.connections > 1 && this.rings.length > 0;
+    if (this.rings.length > 0 && !again) throw new VhostError('queues already started', 'EBUSY');
+    if (hasBit(this.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD)) await this.setInflight();
     if (o.memoryMessage === 'add-mem-reg') {
       if (!hasBit(this.protocolFeatures, ProtocolFeature.CONFIGURE_MEM_SLOTS)) {
         throw new VhostError('ADD_MEM_REG needs CONFIGURE_MEM_SLOTS', 'EOPNOTSUPP');
@@ -423,22 +510,27 @@ export class VhostUserFrontend {
     const indirect = hasBit(this.ackedFeatures, Feature.RING_INDIRECT_DESC);
     const protocol = hasBit(this.ackedFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES);
     for (let q = 0; q < o.queues; q++) {
-      const kick = new native.EventFd();
-      const call = new native.EventFd();
-      this.eventFds.push(kick, call);
-      const ring = new DriverRing(this.memory, {
-        index: q,
-        size: o.queueSize,
-        eventIdx,
-        indirect,
-        maxIndirect: o.maxIndirect,
-        kick,
-        base: o.vringBase,
-      });
-      ring.onDeviceError((err) => this.teardown(err));
-      this.rings.push(ring);
-      call.watch(() => ring.poll());
-      await this.setUpRing(ring, kick, call, o.vringBase, protocol);
+      if (!again) {
+        const kick = new native.EventFd();
+        const call = new native.EventFd();
+        this.eventFds.push(kick, call);
+        const ring = new DriverRing(this.memory, {
+          index: q,
+          size: o.queueSize,
+          eventIdx,
+          indirect,
+          maxIndirect: o.maxIndirect,
+          kick,
+          base: o.vringBase,
+        });
+        ring.onDeviceError((err) => this.teardown(err, true));
+        this.rings.push(ring);
+        call.watch(() => ring.poll());
+      }
+      const ring = this.ring(q);
+      const kick = this.eventFds[2 * q] as NativeEventFd;
+      const call = this.eventFds[2 * q + 1] as NativeEventFd;
+      await this.setUpRing(ring, kick, call, again ? ring.usedIndex : o.vringBase, protocol);
     }
   }
 
@@ -505,6 +597,6 @@ export class VhostUserFrontend {
 
   /** Closes the connection and every fd; pending requests reject with ECONNRESET. Idempotent. */
   close(): void {
-    this.teardown(null);
+    this.teardown(null, true);
   }
 }

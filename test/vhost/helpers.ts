@@ -78,6 +78,8 @@ export interface TestDevice {
   disk: Uint8Array;
   /** Every request seen by onRequests, per call. */
   batches: { queue: number; reqs: DecodedRequest[] }[];
+  /** Called with every batch after it was recorded (and held or served). */
+  onBatch: ((queue: number, reqs: DecodedRequest[]) => void) | null;
   /** When set, requests are not completed by the fixture: they are pushed here. */
   held: { queue: number; req: DecodedRequest }[] | null;
   /** Completes held requests with the disk semantics. */
@@ -120,6 +122,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
     disk,
     batches: [],
     held: null,
+    onBatch: null,
     completeHeld() {
       const held = t.held ?? [];
       t.held = null;
@@ -164,6 +167,7 @@ export function startDevice(opts: Partial<VhostDeviceOptions> & { async?: boolea
     t.batches.push({ queue, reqs });
     if (t.held !== null) {
       for (const req of reqs) t.held.push({ queue, req });
+      t.onBatch?.(queue, reqs);
       return;
     }
     const pairs = new Uint32Array(count * 2);

@@ -20,6 +20,7 @@ const GET_QUEUE_NUM = 17;
 const GET_CONFIG = 24;
 const SET_CONFIG = 25;
 const GET_INFLIGHT_FD = 31;
+const GET_STATUS = 40;
 const GET_MAX_MEM_SLOTS = 36;
 const NEED_REPLY = 0x8;
 const REPLY_ACK_BIT = 3n;
@@ -134,8 +135,8 @@ describe('vhost: native VhostDevice socket and protocol', function () {
     const feats = await c.requestU64(GET_FEATURES);
     assert.equal(feats, BLK_FEATURES | (1n << 32n) | (1n << 28n) | (1n << 29n) | (1n << 30n));
     const pf = await c.requestU64(GET_PROTOCOL_FEATURES);
-    // MQ, REPLY_ACK, CONFIG, RESET_DEVICE, CONFIGURE_MEM_SLOTS
-    assert.equal(pf, (1n << 0n) | (1n << 3n) | (1n << 9n) | (1n << 13n) | (1n << 15n));
+    // MQ, REPLY_ACK, CONFIG, INFLIGHT_SHMFD, RESET_DEVICE, CONFIGURE_MEM_SLOTS
+    assert.equal(pf, (1n << 0n) | (1n << 3n) | (1n << 9n) | (1n << 12n) | (1n << 13n) | (1n << 15n));
     assert.equal(await c.requestU64(GET_QUEUE_NUM), 4n);
     assert.equal(await c.requestU64(GET_MAX_MEM_SLOTS), 32n);
 
@@ -228,7 +229,9 @@ describe('vhost: native VhostDevice socket and protocol', function () {
     await expectBroken((c) => c.send(GET_FEATURES, new Uint8Array(0), 1 | 0x4), /flags/);
     await expectBroken((c) => c.send(SET_FEATURES, Buffer.alloc(4)), /expected 8/);
     await expectBroken((c) => c.send(SET_FEATURES, u64(1n << 40n)), /did not offer/);
-    await expectBroken((c) => c.send(GET_INFLIGHT_FD, Buffer.alloc(16)), /requires a reply/);
+    await expectBroken((c) => c.send(GET_STATUS), /requires a reply/);
+    await expectBroken((c) => c.send(GET_INFLIGHT_FD, Buffer.alloc(16)), /announces a payload of 16 bytes, expected 20..24/);
+    await expectBroken((c) => c.send(GET_INFLIGHT_FD, Buffer.alloc(24)), /without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD/);
     await expectBroken((c) => c.send(18, Buffer.from([9, 0, 0, 0, 1, 0, 0, 0])), /queue index 9/);
   });
 

@@ -63,6 +63,14 @@ export class VbcDaemon {
     return this.runs[this.runs.length - 1] ?? [];
   }
 
+  /** Waits until the current run logged a line with this message; returns the first. */
+  async waitForLog(msg: string, timeoutMs: number): Promise<LogLine> {
+    const child = this.child;
+    if (child === undefined) throw new VhostError('vhost-blk-cache was not started', 'ESRCH');
+    await child.waitUntil(() => this.logsWith(msg).length > 0, timeoutMs, `log '${msg}'`);
+    return this.logsWith(msg)[0] as LogLine;
+  }
+
   /** Log lines of the current run with this message. */
   logsWith(msg: string): LogLine[] {
     return this.logs.filter((l) => l.msg === msg);
