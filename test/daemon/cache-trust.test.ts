@@ -241,7 +241,8 @@ describe('cache trust: no stale data after changes made behind the cache (issue 
       daemon = await Daemon.start(daemonConfig([vol]), silentLogger);
       await matchesBacking(await connect('n'), file, BLOCKS);
       const v = (daemon.getVolume('n')?.store as CachedStore).verification;
-      assert.ok(v0 !== null && v0.checked === BLOCKS.length && v0.mismatched === 0, JSON.stringify(v0));
+      // At least the blocks written and read (read-ahead may have cached the blocks after them).
+      assert.ok(v0 !== null && v0.checked >= BLOCKS.length && v0.mismatched === 0, JSON.stringify(v0));
       assert.ok(v !== null && v.mismatched > 0 && v.dropped >= BLOCKS.length, JSON.stringify(v));
     });
 
