@@ -16,7 +16,7 @@ import { promisify } from 'node:util';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { createIoEngine } from '../io';
-import { iovLength } from '../io/fs-engine';
+import { gatherIov, iovLength, scatterIov } from '../util/iov';
 import type { IoEngine } from '../io/io-engine';
 import type { BackingStore } from './backing-store';
 
@@ -362,11 +362,7 @@ export class FileStore implements BackingStore {
     const end = Math.ceil((offset + len) / a) * a;
     const bounce = native.alignedBuffer(end - start, a);
     await this.engine.readv(this.fd, [bounce], start);
-    let pos = offset - start;
-    for (const b of bufs) {
-      b.set(bounce.subarray(pos, pos + b.byteLength));
-      pos += b.byteLength;
-    }
+    scatterIov(bounce, offset - start, bufs);
   }
 
   /** Read-modify-write of the enclosing aligned range; the caller holds its lock. */
@@ -381,11 +377,7 @@ export class FileStore implements BackingStore {
       reads.push(this.engine.readv(this.fd, [bounce.subarray(end - start - a)], end - a));
     }
     await Promise.all(reads);
-    let pos = offset - start;
-    for (const b of bufs) {
-      bounce.set(b, pos);
-      pos += b.byteLength;
-    }
+    gatherIov(bufs, bounce, offset - start);
     await this.engine.writev(this.fd, [bounce], start);
     // A file whose size is not a multiple of the alignment grew by the tail of the last
     // block: cut it back (nothing past `size` is ours).
