@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { createIoEngine } from '../io';
+import { IdleWaiters } from '../util/idle-waiters';
 import { gatherIov, iovLength, scatterIov } from '../util/iov';
 import type { IoEngine } from '../io/io-engine';
 import type { BackingStore } from './backing-store';
@@ -122,7 +123,7 @@ export class FileStore implements BackingStore {
   private readonly ownsEngine: boolean;
   private readonly locks = new RangeLock();
   private inflight = 0;
-  private drained: (() => void) | null = null;
+  private readonly drained = new IdleWaiters();
   private closed = false;
   private zeros: Uint8Array | null = null;
 
@@ -318,7 +319,7 @@ export class FileStore implements BackingStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.inflight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    if (this.inflight > 0) await this.drained.wait();
     try {
       await fsClose(this.fd);
     } catch (err) {
@@ -335,7 +336,7 @@ export class FileStore implements BackingStore {
     try {
       await fn();
     } finally {
-      if (--this.inflight === 0 && this.drained !== null) this.drained();
+      if (--this.inflight === 0) this.drained.wake();
     }
   }
 

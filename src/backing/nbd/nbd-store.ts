@@ -35,6 +35,7 @@
 import * as path from 'node:path';
 import { VhostError } from '../../native/errors';
 import { silentLogger, type Logger } from '../../util/logger';
+import { IdleWaiters } from '../../util/idle-waiters';
 import { iovLength, sliceIov } from '../../util/iov';
 import type { BackingEvents, BackingStore } from '../backing-store';
 import { NbdConnection, type ConnectionHandler, type ExportInfo, type NbdCommand } from './client';
@@ -143,7 +144,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   private opsTail: Op | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private readonly sweepBound = (): void => this.sweep();
-  private idleWaiters: Array<() => void> = [];
+  private readonly idleWaiters = new IdleWaiters();
   private closing = false;
   private shutDown = false;
   private closePromise: Promise<void> | null = null;
@@ -659,16 +660,12 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     }
     if (op.error) op.reject(op.error);
     else op.resolve();
-    if (this.liveOps === 0 && this.idleWaiters.length > 0) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const f of w) f();
-    }
+    if (this.liveOps === 0) this.idleWaiters.wake();
   }
 
   private async doClose(): Promise<void> {
     this.closing = true;
-    if (this.liveOps > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.liveOps > 0) await this.idleWaiters.wait();
     this.shutDown = true;
     const closing: Promise<void>[] = [];
     for (const s of this.slots) {
