@@ -39,10 +39,9 @@ function fsError(err: unknown, what: string): VhostError {
   return new VhostError(`${what}: ${e.message}`, e.code ?? 'EIO');
 }
 
-/** EOPNOTSUPP (ENOTSUP is the same errno under libuv's name). */
+/** EOPNOTSUPP: every engine error is a VhostError, whose code is normalized (never ENOTSUP). */
 function notSupported(err: unknown): boolean {
-  const code = (err as VhostError).code;
-  return code === 'EOPNOTSUPP' || code === 'ENOTSUP';
+  return (err as VhostError).code === 'EOPNOTSUPP';
 }
 
 /**

@@ -325,7 +325,7 @@ export class NbdConnection {
     const h = await this.readExact(18);
     if (!P.matches64(h, 0, P.NBDMAGIC)) throw protocolError(`${where} is not an NBD server (bad magic)`);
     if (P.matches64(h, 8, P.CLISERV_MAGIC)) {
-      throw new VhostError(`${where} speaks oldstyle NBD negotiation, which is not supported`, 'ENOTSUP');
+      throw new VhostError(`${where} speaks oldstyle NBD negotiation, which is not supported`, 'EOPNOTSUPP');
     }
     if (!P.matches64(h, 8, P.IHAVEOPT)) throw protocolError(`${where}: bad newstyle magic`);
     const hsFlags = h.readUInt16BE(16);
