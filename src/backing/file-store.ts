@@ -16,7 +16,8 @@ import { promisify } from 'node:util';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { createIoEngine } from '../io';
-import { iovLength } from '../io/fs-engine';
+import { IdleWaiters } from '../util/idle-waiters';
+import { gatherIov, iovLength, scatterIov } from '../util/iov';
 import type { IoEngine } from '../io/io-engine';
 import type { BackingStore } from './backing-store';
 
@@ -38,10 +39,9 @@ function fsError(err: unknown, what: string): VhostError {
   return new VhostError(`${what}: ${e.message}`, e.code ?? 'EIO');
 }
 
-/** EOPNOTSUPP (ENOTSUP is the same errno under libuv's name). */
+/** EOPNOTSUPP: every engine error is a VhostError, whose code is normalized (never ENOTSUP). */
 function notSupported(err: unknown): boolean {
-  const code = (err as VhostError).code;
-  return code === 'EOPNOTSUPP' || code === 'ENOTSUP';
+  return (err as VhostError).code === 'EOPNOTSUPP';
 }
 
 /**
@@ -122,7 +122,7 @@ export class FileStore implements BackingStore {
   private readonly ownsEngine: boolean;
   private readonly locks = new RangeLock();
   private inflight = 0;
-  private drained: (() => void) | null = null;
+  private readonly drained = new IdleWaiters();
   private closed = false;
   private zeros: Uint8Array | null = null;
 
@@ -318,7 +318,7 @@ export class FileStore implements BackingStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.inflight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    if (this.inflight > 0) await this.drained.wait();
     try {
       await fsClose(this.fd);
     } catch (err) {
@@ -335,7 +335,7 @@ export class FileStore implements BackingStore {
     try {
       await fn();
     } finally {
-      if (--this.inflight === 0 && this.drained !== null) this.drained();
+      if (--this.inflight === 0) this.drained.wake();
     }
   }
 
@@ -362,11 +362,7 @@ export class FileStore implements BackingStore {
     const end = Math.ceil((offset + len) / a) * a;
     const bounce = native.alignedBuffer(end - start, a);
     await this.engine.readv(this.fd, [bounce], start);
-    let pos = offset - start;
-    for (const b of bufs) {
-      b.set(bounce.subarray(pos, pos + b.byteLength));
-      pos += b.byteLength;
-    }
+    scatterIov(bounce, offset - start, bufs);
   }
 
   /** Read-modify-write of the enclosing aligned range; the caller holds its lock. */
@@ -381,11 +377,7 @@ export class FileStore implements BackingStore {
       reads.push(this.engine.readv(this.fd, [bounce.subarray(end - start - a)], end - a));
     }
     await Promise.all(reads);
-    let pos = offset - start;
-    for (const b of bufs) {
-      bounce.set(b, pos);
-      pos += b.byteLength;
-    }
+    gatherIov(bufs, bounce, offset - start);
     await this.engine.writev(this.fd, [bounce], start);
     // A file whose size is not a multiple of the alignment grew by the tail of the last
     // block: cut it back (nothing past `size` is ours).

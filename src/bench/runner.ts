@@ -196,7 +196,7 @@ async function prepareQsd(o: BenchOptions, dir: string): Promise<Prepared> {
     const exp = decodeURIComponent(u.pathname.replace(/^\//, ''));
     t = await startQsd({ socketPath, nbd: { socket, ...(exp !== '' ? { export: exp } : {}) }, numQueues: o.queues });
   } else if (/^nbd:/.test(b)) {
-    throw new VhostError('--compare-qsd supports file and nbd+unix:// backing stores', 'ENOTSUP');
+    throw new VhostError('--compare-qsd supports file and nbd+unix:// backing stores', 'EOPNOTSUPP');
   } else {
     t = await startQsd({ socketPath, image: b, numQueues: o.queues });
   }

@@ -65,6 +65,7 @@ import { InFlightRanges, type Op } from './in-flight';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
+import { gatherIov, iovLength, scatterIov } from '../util/iov';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
 export const VERIFY_SAMPLE_BLOCKS = 1024;
@@ -111,31 +112,6 @@ interface Unsettled {
 
 /** Read-ahead window by default: 32 blocks (128 KiB at 4 KiB). */
 export const DEFAULT_READ_AHEAD_BLOCKS = 32;
-
-function iovLength(bufs: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.byteLength;
-  return n;
-}
-
-/** Copies src into the scatter list `bufs`, starting at byte `skip` of src. */
-function scatter(src: Uint8Array, skip: number, bufs: readonly Uint8Array[]): void {
-  let at = skip;
-  for (const b of bufs) {
-    b.set(src.subarray(at, at + b.byteLength));
-    at += b.byteLength;
-  }
-}
-
-function gather(bufs: readonly Uint8Array[], len: number): Uint8Array {
-  const out = new Uint8Array(len);
-  let at = 0;
-  for (const b of bufs) {
-    out.set(b, at);
-    at += b.byteLength;
-  }
-  return out;
-}
 
 export class CachedStore implements BackingStore {
   readonly kind = 'cached';
@@ -415,7 +391,7 @@ export class CachedStore implements BackingStore {
       const cached = Math.min(count, this.cacheable - first);
       const hits = await this.cache.readBlocks(this.volume, first, cached, tmp, hit);
       if (hits === count) {
-        scatter(tmp, offset - first * bs, bufs);
+        scatterIov(tmp, offset - first * bs, bufs);
         return;
       }
       // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
@@ -435,7 +411,7 @@ export class CachedStore implements BackingStore {
         k = e + 1;
       }
       await Promise.all(reads);
-      scatter(tmp, offset - first * bs, bufs);
+      scatterIov(tmp, offset - first * bs, bufs);
       for (const [k, e] of runs) {
         const n = Math.min(e, cached - 1) - k + 1;
         if (n <= 0) continue;
@@ -472,7 +448,8 @@ export class CachedStore implements BackingStore {
       }
       return;
     }
-    const copy = gather(bufs, len);
+    const copy = new Uint8Array(len);
+    gatherIov(bufs, copy);
     try {
       await this.backing.write(offset, [copy]);
     } catch (err) {

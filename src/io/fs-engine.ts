@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
-import { iovLength, sliceIov } from '../util/iov';
+import { sliceIov } from '../util/iov';
 import type { IoEngine } from './io-engine';
 
 function ioError(err: unknown, what: string): VhostError {
@@ -17,9 +17,6 @@ function ioError(err: unknown, what: string): VhostError {
 export function endOfFile(fd: number, pos: number): VhostError {
   return new VhostError(`readv fd ${fd}: end of file at byte ${pos}`, 'EIO');
 }
-
-/** Re-exported for src/backing/file-store.ts until it imports src/util/iov itself. */
-export { iovLength };
 
 function readvAsync(fd: number, bufs: Uint8Array[], pos: number): Promise<number> {
   return new Promise((resolve, reject) => {

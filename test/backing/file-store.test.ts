@@ -6,22 +6,14 @@ import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { FileStore } from '../../src/backing/file-store';
 import { FsEngine } from '../../src/io/fs-engine';
 import type { IoEngine } from '../../src/io/io-engine';
 import { UringEngine } from '../../src/io/uring-engine';
 import { native } from '../../src/native/binding';
-import { VhostError } from '../../src/native/errors';
-
-async function rejectsWithCode(p: Promise<unknown>, code: string): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    assert.ok(err instanceof VhostError, `expected VhostError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return true;
-  });
-}
+import { rejectsWithCode } from '../support/assert';
+import { tmpDir } from '../support/tmp';
 
 /** Views of `data` cut at the given sizes (the last one takes the rest). */
 function split(data: Uint8Array, sizes: number[]): Uint8Array[] {
@@ -51,7 +43,7 @@ for (const [engineName, makeEngine] of engines) {
     let engine: IoEngine;
 
     beforeEach(() => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-fstore-'));
+      dir = tmpDir('fstore');
       engine = makeEngine();
     });
 
@@ -322,7 +314,7 @@ describe('FileStore on a loop block device @host', () => {
   let dev: string;
 
   before(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-fsloop-'));
+    dir = tmpDir('fsloop');
     image = path.join(dir, 'loop.img');
     fs.writeFileSync(image, randomBytes(16 << 20));
     dev = execFileSync('losetup', ['--find', '--show', image], { encoding: 'utf8' }).trim();

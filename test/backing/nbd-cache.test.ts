@@ -12,7 +12,8 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { FsEngine } from '../../src/io/fs-engine';
 import type { VhostError } from '../../src/native/errors';
 import { MemNbdServer } from './nbd-mem-server';
-import { BLOCK, stamp, stamped, tmpDir, unixUri } from './nbd-servers';
+import { tmpDir } from '../support/tmp';
+import { BLOCK, stamp, stamped, unixUri } from './nbd-servers';
 
 const SIZE = 1 << 20;
 

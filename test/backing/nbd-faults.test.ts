@@ -10,7 +10,8 @@ import { VhostError } from '../../src/native/errors';
 import { NbdStore } from '../../src/backing/nbd/nbd-store';
 import { waitFor } from '../support/wait';
 import { FakeNbdServer, type Behaviour } from './nbd-fake-server';
-import { BLOCK, stamped, startNbdkit, tmpDir, unixUri, verify, type ServerProcess, type NbdkitSpec } from './nbd-servers';
+import { tmpDir } from '../support/tmp';
+import { BLOCK, stamped, startNbdkit, unixUri, verify, type ServerProcess, type NbdkitSpec } from './nbd-servers';
 
 async function failure(p: Promise<unknown>): Promise<VhostError> {
   try {

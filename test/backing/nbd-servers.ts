@@ -6,14 +6,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
+import { tmpDir } from '../support/tmp';
 
 export const BLOCK = 4096;
-
-export function tmpDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `vbc-${prefix}-`));
-}
 
 /** Fills `buf` (a whole number of blocks) with the stamp of blocks starting at `offset`. */
 export function stamp(buf: Uint8Array, offset: number, gen: number): void {

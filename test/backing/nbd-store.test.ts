@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VhostError } from '../../src/native/errors';
 import { NbdStore } from '../../src/backing/nbd/nbd-store';
+import { tmpDir } from '../support/tmp';
 import {
   BLOCK,
   freePort,
@@ -11,7 +12,6 @@ import {
   stamped,
   startNbdkit,
   startQemuNbd,
-  tmpDir,
   unixUri,
   verify,
   type ServerProcess,

@@ -14,7 +14,8 @@ import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
 import { CephCluster } from '../support/ceph-cluster';
-import { BLOCK, stamped, tmpDir, verify } from './nbd-servers';
+import { tmpDir } from '../support/tmp';
+import { BLOCK, stamped, verify } from './nbd-servers';
 
 const SECTORS = BLOCK / 512;
 

@@ -6,7 +6,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { CacheStats } from '../../src/cache/stats';
 import { computeGeometry, slotOffset } from '../../src/cache/segment';
@@ -16,16 +15,11 @@ import { Daemon } from '../../src/daemon/daemon';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
+import { STAMP_BLOCK, stamp } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
-const BLOCK = 4096;
+const BLOCK = STAMP_BLOCK;
 const BLOCKS = 1400;
-
-function stamp(block: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  const tag = `a:${block}:${gen}:`;
-  for (let off = 0; off < BLOCK; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
 
 describe('daemon: corrupted cache device (our front end)', function () {
   this.timeout(120_000);
@@ -35,7 +29,7 @@ describe('daemon: corrupted cache device (our front end)', function () {
   let fe: VhostUserFrontend | undefined;
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-daemon-crc-'));
+    dir = tmpDir('daemon-crc');
     config = validateConfig({
       cache: { path: path.join(dir, 'cache.img'), size: '8M' },
       control: path.join(dir, 'control.sock'),
@@ -63,7 +57,7 @@ describe('daemon: corrupted cache device (our front end)', function () {
       const rs = await Promise.all(blocks.map((b) => q.read(b * 8, BLOCK)));
       rs.forEach((r, i) => {
         assert.equal(r.status, VIRTIO_BLK_S_OK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(blocks[i], gen)), `block ${blocks[i]} holds generation ${gen}`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp('a', blocks[i], gen)), `block ${blocks[i]} holds generation ${gen}`);
       });
     }
   }
@@ -97,7 +91,7 @@ describe('daemon: corrupted cache device (our front end)', function () {
     const q = f.ring(0);
     for (let from = 0; from < BLOCKS; from += 64) {
       const rs = await Promise.all(
-        Array.from({ length: Math.min(64, BLOCKS - from) }, (_, i) => q.write((from + i) * 8, stamp(from + i, 1))),
+        Array.from({ length: Math.min(64, BLOCKS - from) }, (_, i) => q.write((from + i) * 8, stamp('a', from + i, 1))),
       );
       for (const r of rs) assert.equal(r.status, VIRTIO_BLK_S_OK);
     }

@@ -2,6 +2,7 @@
 import type { BackingStore } from '../../src/backing/backing-store';
 import type { IoEngine } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
+import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import type { CacheMap } from '../../src/cache/cache-map';
 
 /** mulberry32: deterministic 32-bit PRNG. */
@@ -49,29 +50,19 @@ export class MemStore implements BackingStore {
   }
 
   async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    let len = 0;
-    for (const b of bufs) len += b.byteLength;
+    const len = iovLength(bufs);
     this.reads++;
     this.bytesRead += len;
     await Promise.resolve();
     if (this.readHook) await this.readHook(offset, len);
-    let at = offset;
-    for (const b of bufs) {
-      b.set(this.data.subarray(at, at + b.byteLength));
-      at += b.byteLength;
-    }
+    scatterIov(this.data, offset, bufs);
   }
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    let len = 0;
-    for (const b of bufs) len += b.byteLength;
+    const len = iovLength(bufs);
     await Promise.resolve();
     if (this.writeHook) await this.writeHook(offset, len);
-    let at = offset;
-    for (const b of bufs) {
-      this.data.set(b, at);
-      at += b.byteLength;
-    }
+    gatherIov(bufs, this.data, offset);
   }
 
   get location(): string {
@@ -124,9 +115,7 @@ export class FaultyEngine implements IoEngine {
     }
     const hook = this.readHook;
     if (hook) {
-      let len = 0;
-      for (const b of bufs) len += b.byteLength;
-      return hook(offset, len).then(() => this.inner.readv(fd, bufs, offset, exact));
+      return hook(offset, iovLength(bufs)).then(() => this.inner.readv(fd, bufs, offset, exact));
     }
     return this.inner.readv(fd, bufs, offset, exact);
   }

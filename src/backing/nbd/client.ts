@@ -26,6 +26,7 @@
 import * as net from 'node:net';
 import { VhostError } from '../../native/errors';
 import type { Logger } from '../../util/logger';
+import { zeroIov } from '../../util/iov';
 import * as P from './protocol';
 import { describeNbdAddress, type NbdAddress } from './uri';
 
@@ -324,7 +325,7 @@ export class NbdConnection {
     const h = await this.readExact(18);
     if (!P.matches64(h, 0, P.NBDMAGIC)) throw protocolError(`${where} is not an NBD server (bad magic)`);
     if (P.matches64(h, 8, P.CLISERV_MAGIC)) {
-      throw new VhostError(`${where} speaks oldstyle NBD negotiation, which is not supported`, 'ENOTSUP');
+      throw new VhostError(`${where} speaks oldstyle NBD negotiation, which is not supported`, 'EOPNOTSUPP');
     }
     if (!P.matches64(h, 8, P.IHAVEOPT)) throw protocolError(`${where}: bad newstyle magic`);
     const hsFlags = h.readUInt16BE(16);
@@ -642,7 +643,7 @@ export class NbdConnection {
       if (size === 0) throw protocolError('empty OFFSET_HOLE chunk');
       const rel = this.within(p.cmd, P.readU64(b, at), size);
       p.received += size;
-      zeroRange(p.cmd.bufs, rel, size);
+      zeroIov(p.cmd.bufs, rel, size);
       this.endChunk();
     } else {
       const error = b.readUInt32BE(at);
@@ -724,19 +725,3 @@ export class NbdConnection {
   }
 }
 
-/** Zeroes [rel, rel+len) of a scatter list. */
-function zeroRange(bufs: readonly Uint8Array[], rel: number, len: number): void {
-  let skip = rel;
-  let left = len;
-  for (const b of bufs) {
-    if (left === 0) break;
-    if (skip >= b.byteLength) {
-      skip -= b.byteLength;
-      continue;
-    }
-    const n = Math.min(left, b.byteLength - skip);
-    b.fill(0, skip, skip + n);
-    left -= n;
-    skip = 0;
-  }
-}

@@ -35,6 +35,8 @@
 import * as path from 'node:path';
 import { VhostError } from '../../native/errors';
 import { silentLogger, type Logger } from '../../util/logger';
+import { IdleWaiters } from '../../util/idle-waiters';
+import { iovLength, sliceIov } from '../../util/iov';
 import type { BackingEvents, BackingStore } from '../backing-store';
 import { NbdConnection, type ConnectionHandler, type ExportInfo, type NbdCommand } from './client';
 import * as P from './protocol';
@@ -99,31 +101,6 @@ const ZERO_CHUNK = 1024 * 1024;
 const TURN_SLACK = 4;
 let zeroBuffer: Uint8Array | null = null;
 
-function totalLength(bufs: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.byteLength;
-  return n;
-}
-
-/** Views of [start, start+len) of a scatter list (no copies). */
-function sliceBufs(bufs: readonly Uint8Array[], start: number, len: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let skip = start;
-  let left = len;
-  for (const b of bufs) {
-    if (left === 0) break;
-    if (skip >= b.byteLength) {
-      skip -= b.byteLength;
-      continue;
-    }
-    const n = Math.min(left, b.byteLength - skip);
-    out.push(skip === 0 && n === b.byteLength ? b : b.subarray(skip, skip + n));
-    left -= n;
-    skip = 0;
-  }
-  return out;
-}
-
 /** The export a URI names, whatever its spelling (socket path resolved, host in lower case). */
 function nbdLocation(a: NbdAddress): string {
   const where = a.transport === 'unix' ? `unix:${path.resolve(a.socketPath)}` : `tcp:${a.host.toLowerCase()}:${a.port}`;
@@ -167,7 +144,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   private opsTail: Op | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private readonly sweepBound = (): void => this.sweep();
-  private idleWaiters: Array<() => void> = [];
+  private readonly idleWaiters = new IdleWaiters();
   private closing = false;
   private shutDown = false;
   private closePromise: Promise<void> | null = null;
@@ -255,7 +232,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   }
 
   async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    const len = totalLength(bufs);
+    const len = iovLength(bufs);
     this.checkRange('read', offset, len, true);
     if (len === 0) return;
     if (len <= this.maxPayload) await this.submitOne(P.NBD_CMD_READ, 0, offset, len, bufs);
@@ -264,7 +241,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     this.checkWritable('write');
-    const len = totalLength(bufs);
+    const len = iovLength(bufs);
     this.checkRange('write', offset, len, true);
     if (len === 0) return;
     if (len <= this.maxPayload) await this.submitOne(P.NBD_CMD_WRITE, 0, offset, len, bufs);
@@ -529,7 +506,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     const parts: Part[] = [];
     for (let pos = 0; pos < len; pos += max) {
       const n = Math.min(max, len - pos);
-      parts.push({ type, flags, offset: offset + pos, length: n, bufs: bufs ? sliceBufs(bufs, pos, n) : [] });
+      parts.push({ type, flags, offset: offset + pos, length: n, bufs: bufs ? sliceIov(bufs, pos, n) : [] });
     }
     return parts;
   }
@@ -683,16 +660,12 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     }
     if (op.error) op.reject(op.error);
     else op.resolve();
-    if (this.liveOps === 0 && this.idleWaiters.length > 0) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const f of w) f();
-    }
+    if (this.liveOps === 0) this.idleWaiters.wake();
   }
 
   private async doClose(): Promise<void> {
     this.closing = true;
-    if (this.liveOps > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.liveOps > 0) await this.idleWaiters.wait();
     this.shutDown = true;
     const closing: Promise<void>[] = [];
     for (const s of this.slots) {

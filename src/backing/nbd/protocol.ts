@@ -105,7 +105,7 @@ const NBD_ERRORS: ReadonlyMap<number, string> = new Map([
   [22, 'EINVAL'],
   [28, 'ENOSPC'],
   [75, 'EOVERFLOW'],
-  [95, 'ENOTSUP'],
+  [95, 'EOPNOTSUPP'],
   [108, 'ESHUTDOWN'],
 ]);
 export const NBD_ESHUTDOWN = 108;
@@ -267,7 +267,7 @@ export function optionErrorCode(type: number): string {
     case NBD_REP_ERR_TLS_REQD:
     case NBD_REP_ERR_UNSUP:
     case NBD_REP_ERR_PLATFORM:
-      return 'ENOTSUP';
+      return 'EOPNOTSUPP';
     case NBD_REP_ERR_SHUTDOWN:
       return 'ESHUTDOWN';
     default:

@@ -21,6 +21,7 @@ import { VhostError } from '../../native/errors';
 import { native } from '../../native/binding';
 import { RBD_CQE_RESULT, RBD_CQE_STRIDE, RBD_CQE_TAG, type NativeRbdImage, type RbdImageInfo } from '../../native/types';
 import { silentLogger, type Logger } from '../../util/logger';
+import { iovLength } from '../../util/iov';
 import type { BackingEvents, BackingStore } from '../backing-store';
 import { formatRbdSpec, parseRbdSpec, type RbdSpec } from './spec';
 
@@ -152,7 +153,7 @@ export class RbdStore implements BackingStore {
   }
 
   async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    const len = totalLength(bufs);
+    const len = iovLength(bufs);
     this.checkRange('read', offset, len);
     if (len === 0) return;
     return this.submit('read', (tag) => this.img.read(tag, offset, bufs));
@@ -160,7 +161,7 @@ export class RbdStore implements BackingStore {
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     this.checkWritable('write');
-    const len = totalLength(bufs);
+    const len = iovLength(bufs);
     this.checkRange('write', offset, len);
     if (len === 0) return;
     return this.submit('write', (tag) => this.img.write(tag, offset, bufs));
@@ -328,8 +329,3 @@ export class RbdStore implements BackingStore {
   }
 }
 
-function totalLength(bufs: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.byteLength;
-  return n;
-}
