@@ -30,8 +30,7 @@ ByteView Uint8ArrayElement(napi_env env, napi_value arr, uint32_t i) {
   return v;
 }
 
-namespace {
-
+// JS numbers are exact integers up to here.
 constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
 
 uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* what) {
@@ -43,6 +42,8 @@ uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* what) {
   }
   return static_cast<uint64_t>(d);
 }
+
+namespace {
 
 int ArgFd(const Napi::CallbackInfo& info, size_t i) {
   uint64_t fd = ArgU64(info, i, "fd");

@@ -4,10 +4,14 @@
 #pragma once
 #include <napi.h>
 
+#include <cstdint>
 #include <string>
 
 namespace vbc {
 
+// Argument i as an exact non-negative integer below 2^53; throws VhostError EINVAL naming
+// `what` otherwise (offsets, lengths, fds and tags passed from JS).
+uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* what);
 
 // The i-th element of the JS array `arr` as a Uint8Array view: its bytes (already advanced by
 // the view's byteOffset) and length. Throws VhostError EINVAL "bufs must hold Uint8Array views"

@@ -19,21 +19,10 @@ namespace vbc {
 
 namespace {
 
-constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
 // Completions handed to JS per onComplete call.
 constexpr uint32_t kCompletionBatch = 256;
 // One request moves at most this many bytes (results travel as int32).
 constexpr uint64_t kMaxRequestBytes = 1ull << 30;
-
-uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || !info[i].IsNumber()) ThrowError(env, "EINVAL", std::string(what) + " must be a number");
-  double d = info[i].As<Napi::Number>().DoubleValue();
-  if (!(d >= 0) || d > kMaxSafeInteger || std::floor(d) != d) {
-    ThrowError(env, "EINVAL", std::string(what) + " must be an integer in [0, 2^53)");
-  }
-  return static_cast<uint64_t>(d);
-}
 
 uint32_t ArgTag(const Napi::CallbackInfo& info) {
   uint64_t t = ArgU64(info, 0, "tag");
