@@ -16,8 +16,9 @@ import { promisify } from 'node:util';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { createIoEngine } from '../io';
+import { directAlignment, isDirectAligned, readDirectIo } from '../io/direct-io';
 import { IdleWaiters } from '../util/idle-waiters';
-import { gatherIov, iovLength, scatterIov } from '../util/iov';
+import { gatherIov, iovLength } from '../util/iov';
 import type { IoEngine } from '../io/io-engine';
 import type { BackingStore } from './backing-store';
 
@@ -184,15 +185,14 @@ export class FileStore implements BackingStore {
         kind = 'block';
         size = native.blockDeviceSize(fd);
         logicalBlockSize = native.logicalBlockSize(fd);
-        alignment = logicalBlockSize;
+        alignment = directAlignment(fd, st);
         location = `block:${st.rdev}`;
         identity = `${location}:${size}`;
       } else if (st.isFile()) {
         kind = 'file';
         size = Number(st.size);
         logicalBlockSize = 512;
-        // st_blksize (the file system block) is a safe O_DIRECT alignment for files.
-        alignment = Math.max(512, Number(st.blksize));
+        alignment = directAlignment(fd, st);
         location = `file:${st.dev}:${st.ino}`;
         identity = fileIdentity(st, native.inodeGeneration(fd));
       } else {
@@ -253,9 +253,8 @@ export class FileStore implements BackingStore {
 
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     return this.track(() => {
-      const len = iovLength(bufs);
-      if (this.isAligned(offset, len, bufs)) return this.engine.readv(this.fd, bufs, offset);
-      return this.bounceRead(offset, len, bufs);
+      if (!this.direct) return this.engine.readv(this.fd, bufs, offset);
+      return readDirectIo(this.engine, this.fd, offset, iovLength(bufs), bufs, this.alignment);
     });
   }
 
@@ -344,9 +343,7 @@ export class FileStore implements BackingStore {
   }
 
   private isAligned(offset: number, len: number, bufs: readonly Uint8Array[]): boolean {
-    if (!this.direct) return true;
-    const a = this.alignment;
-    return offset % a === 0 && len % a === 0 && native.isDirectIoAligned(bufs, a);
+    return !this.direct || isDirectAligned(offset, len, bufs, this.alignment);
   }
 
   /** Without O_DIRECT nothing needs a lock: the kernel orders byte ranges itself. */
@@ -354,15 +351,6 @@ export class FileStore implements BackingStore {
     if (!this.direct) return Promise.resolve(() => {});
     const a = this.alignment;
     return this.locks.acquire(Math.floor(offset / a) * a, Math.ceil((offset + len) / a) * a);
-  }
-
-  private async bounceRead(offset: number, len: number, bufs: readonly Uint8Array[]): Promise<void> {
-    const a = this.alignment;
-    const start = Math.floor(offset / a) * a;
-    const end = Math.ceil((offset + len) / a) * a;
-    const bounce = native.alignedBuffer(end - start, a);
-    await this.engine.readv(this.fd, [bounce], start);
-    scatterIov(bounce, offset - start, bufs);
   }
 
   /** Read-modify-write of the enclosing aligned range; the caller holds its lock. */

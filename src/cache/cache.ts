@@ -191,8 +191,7 @@ interface DirectRun {
   /** Block number of the run's first block. */
   block: number;
   blocks: number;
-  /** Byte of the first block where the read starts (non-zero for an unaligned request). */
-  at: number;
+  /** Whole blocks only: a block only partly requested is served from RAM or not at all. */
   views: Uint8Array[];
 }
 
@@ -396,7 +395,7 @@ export class Cache {
         let good = 0;
         for (let j = 0; j < n; j++) {
           if (bad !== null && bad[j] !== 0) {
-            this.checksumFailed(volume, slot + j, first + k + j);
+            this.log.checksumFailed(slot + j, volume, first + k + j);
             continue;
           }
           hit[k + j] = 1;
@@ -462,7 +461,7 @@ export class Cache {
       if (run !== null && run.slot + run.blocks === slot && slot % bps !== 0) {
         run.blocks++;
       } else {
-        run = { slot, block: first + k, blocks: 1, at, views: [] };
+        run = { slot, block: first + k, blocks: 1, views: [] };
         (runs ??= []).push(run);
       }
       cursor.views(n, run.views);
@@ -484,35 +483,22 @@ export class Cache {
       return ok;
     };
     if (runs.length === 1) {
+      // One reaction after the read's: check, count (the common case of a device hit).
       const r = runs[0];
-      return this.readRun(volume, r).then(counted);
+      return this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block).then(counted, (err: Error) => this.runFailed(err, volume, r));
     }
     const reads = runs.map((r) => this.readRun(volume, r));
     return Promise.all(reads).then((oks) => counted(oks.every(Boolean)));
   }
 
-  /** One direct run of readHit: read, then check; false on failure (counted, dropped). */
+  /** One direct run of readHit: read and check; false on failure (counted, dropped). */
   private readRun(volume: number, r: DirectRun): Promise<boolean> {
-    return this.log.readDirect(r.slot, r.at, r.views).then(
-      (ok) => {
-        if (!ok) return false;
-        const bad = this.log.checkBlocks(r.slot, r.views, r.blocks);
-        if (bad === null) return true;
-        for (let j = 0; j < r.blocks; j++) if (bad[j] !== 0) this.checksumFailed(volume, r.slot + j, r.block + j);
-        return false;
-      },
-      (err: Error) => {
-        this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
-        return false;
-      },
-    );
+    return this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block).catch((err: Error) => this.runFailed(err, volume, r));
   }
 
-  /** Slot `slot`, read for (volume, block), did not match its CRC-32C: count, drop if still held. */
-  private checksumFailed(volume: number, slot: number, block: number): void {
-    if (!this.holds(slot, volume, block)) return;
-    this.log.checksumMismatch(slot, volume, block);
-    this.map.drop(slot);
+  private runFailed(err: Error, volume: number, r: DirectRun): false {
+    this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
+    return false;
   }
 
   private holds(slot: number, volume: number, block: number): boolean {

@@ -149,22 +149,29 @@ export class Log {
   }
 
   /**
-   * Reads device bytes from byte `at` of slot `slot`'s block onwards into `bufs` (their total
-   * length; the range must stay inside the slot's segment) while holding back any write of that
-   * segment (see directReaders). Resolves true when the data is what the slots held when the
-   * read was issued, false when a write of the segment was issued meanwhile (bufs then hold
-   * those older bytes, never newer ones). Rejects with the engine's VhostError on I/O failure.
+   * Reads `blocks` whole blocks of slots slot.. (held for `volume`'s blocks block..) from the
+   * device into `bufs` (their total length; the range must stay inside the slot's segment) while
+   * holding back any write of that segment (see directReaders), and checks them against their
+   * CRC-32Cs in the same step. Resolves true when the data is what the slots held when the read
+   * was issued and every block matched; false when a write of the segment was issued meanwhile
+   * (bufs then hold those older bytes, never newer ones) or a block did not match (each such block
+   * still held is counted and dropped: checksumFailed). Rejects with the engine's VhostError on
+   * I/O failure.
    */
-  readDirect(slot: number, at: number, bufs: readonly Uint8Array[]): Promise<boolean> {
+  readDirect(slot: number, bufs: readonly Uint8Array[], blocks: number, volume: number, block: number): Promise<boolean> {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
     this.directReaders[seg]++;
-    return this.engine.readv(this.fd, bufs, slotOffset(this.g, slot) + at, true).then(
+    return this.engine.readv(this.fd, bufs, slotOffset(this.g, slot), true).then(
       () => {
         this.readLatency.record(t);
         this.directDone(seg);
-        return this.segGen[seg] === gen;
+        if (this.segGen[seg] !== gen) return false;
+        const bad = this.checkBlocks(slot, bufs, blocks);
+        if (bad === null) return true;
+        for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
+        return false;
       },
       (err: Error) => {
         this.directDone(seg);
@@ -187,10 +194,21 @@ export class Log {
   }
 
   /**
+   * Slot `slot`, read for (volume, block), did not match its CRC-32C: counted, logged and
+   * dropped if it still holds that block (else it was reassigned meanwhile: nothing to do).
+   */
+  checksumFailed(slot: number, volume: number, block: number): void {
+    const bda = this.map.bda;
+    if (!bda.isValid(slot) || bda.volumeOf(slot) !== volume || bda.blockOf(slot) !== block) return;
+    this.checksumMismatch(slot, volume, block);
+    this.map.drop(slot);
+  }
+
+  /**
    * Slot `slot`'s device data did not match its CRC-32C: counted (checksumErrors of the volume
    * the slot held), logged once per segment until the segment is rewritten. The caller drops it.
    */
-  checksumMismatch(slot: number, volume: number, block: number): void {
+  private checksumMismatch(slot: number, volume: number, block: number): void {
     this.map.stats(volume).checksumErrors++;
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     if (this.checksumLogged[seg] !== 0) return;

@@ -33,8 +33,9 @@ const OP_NAMES = ['readv', 'writev', 'fdatasync', 'fallocate'] as const;
 interface PendingOp {
   kind: OpKind;
   fd: number;
-  /** READ/WRITE: views still to transfer (none empty), starting at `offset`. */
-  bufs: Uint8Array[];
+  /** READ/WRITE: views still to transfer (none empty), starting at `offset`; `left` bytes in all. */
+  bufs: readonly Uint8Array[];
+  left: number;
   offset: number;
   /** READ only: end of file rejects instead of reading as zeros. */
   exact: boolean;
@@ -137,10 +138,20 @@ export class UringEngine implements IoEngine {
     exact = false,
   ): Promise<void> {
     if (this.closed) return Promise.reject(new VhostError('io engine closed', 'ESHUTDOWN'));
-    const rest = kind === OP_READ || kind === OP_WRITE ? sliceIov(bufs, 0) : [];
-    if ((kind === OP_READ || kind === OP_WRITE) && rest.length === 0) return Promise.resolve();
+    let rest: readonly Uint8Array[] = [];
+    let left = 0;
+    if (kind === OP_READ || kind === OP_WRITE) {
+      // The caller's list as it is unless it holds empty views (the common case costs no copy).
+      let empty = false;
+      for (const b of bufs) {
+        left += b.byteLength;
+        if (b.byteLength === 0) empty = true;
+      }
+      if (left === 0) return Promise.resolve();
+      rest = empty ? sliceIov(bufs, 0) : bufs;
+    }
     return new Promise<void>((resolve, reject) => {
-      const op: PendingOp = { kind, fd, bufs: rest, offset, exact, mode, length, resolve, reject };
+      const op: PendingOp = { kind, fd, bufs: rest, left, offset, exact, mode, length, resolve, reject };
       const tag = this.freeTags.pop() ?? this.ops.length;
       this.ops[tag] = op;
       this.queue(tag, op);
@@ -223,9 +234,11 @@ export class UringEngine implements IoEngine {
         op.resolve();
         return;
       }
-      op.bufs = sliceIov(op.bufs, res);
-      op.offset += res;
-      if (op.bufs.length > 0) {
+      if (res < op.left) {
+        // A short transfer: go on with the rest.
+        op.bufs = sliceIov(op.bufs, res);
+        op.offset += res;
+        op.left -= res;
         this.queue(tag, op);
         return;
       }

@@ -16,12 +16,17 @@ const MAX_EXPONENT = 52;
 const BUCKETS = (MAX_EXPONENT - SUB_BITS + 1) * SUB + SUB; // 6016
 const TWO_POW_32 = 4294967296;
 const MAX_VALUE = 2 ** 53 - 1;
+/** 2^k for every octave shift (a table: `2 ** k` with a variable k calls pow(), on every sample). */
+const POW2 = Float64Array.from({ length: MAX_EXPONENT + 1 }, (_, k) => 2 ** k);
 
 function bucketOf(v: number): number {
   if (v < 2 * SUB) return v;
-  const e = v < TWO_POW_32 ? 31 - Math.clz32(v) : 63 - Math.clz32(Math.floor(v / TWO_POW_32));
-  const k = e - SUB_BITS;
-  return k * SUB + Math.floor(v / 2 ** k);
+  if (v < TWO_POW_32) {
+    const k = 31 - Math.clz32(v) - SUB_BITS;
+    return k * SUB + (v >>> k);
+  }
+  const k = 63 - Math.clz32(Math.floor(v / TWO_POW_32)) - SUB_BITS;
+  return k * SUB + Math.floor(v / POW2[k]);
 }
 
 /** Smallest and largest value of bucket i. */
@@ -29,7 +34,7 @@ function bucketBounds(i: number): [number, number] {
   if (i < 2 * SUB) return [i, i];
   const k = Math.floor(i / SUB) - 1;
   const mant = i - k * SUB;
-  const unit = 2 ** k;
+  const unit = POW2[k];
   return [mant * unit, (mant + 1) * unit - 1];
 }
 
