@@ -26,6 +26,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { crc32 } from 'node:zlib';
+import { directAlignment } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
 import { VhostError } from '../native/errors';
 import { type Logger, silentLogger } from '../util/logger';
@@ -34,7 +35,7 @@ import { MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import { CacheMap } from './cache-map';
 import { Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
-import { computeGeometry, type Geometry, SUPERBLOCK_SIZE } from './segment';
+import { computeGeometry, type Geometry, SEGMENT_ALIGNMENT, SUPERBLOCK_SIZE } from './segment';
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
@@ -63,6 +64,11 @@ export interface CacheOptions {
   loadFactor?: number;
   /** Insertion backlog limit in blocks (default 16 segments' worth). */
   maxQueuedBlocks?: number;
+  /**
+   * The log's segment I/O with O_DIRECT, so the cache device is not cached again in RAM (page
+   * cache): default on for a block device, off for a file (a file system may not support it).
+   */
+  direct?: boolean;
 }
 
 export interface VolumeOptions {
@@ -81,8 +87,30 @@ function deviceBytes(file: string, fd: number): number {
   return sectors * 512;
 }
 
+/**
+ * The descriptor the log reads and writes segments through: `fd` itself (buffered), or with
+ * `direct` a second descriptor of the same open device (/proc/self/fd, so never another file
+ * that took its name) with O_DIRECT, and its alignment. Superblock and metadata stay buffered.
+ */
+function openLogIo(file: string, fd: number, direct: boolean): { fd: number; alignment: number } {
+  if (!direct) return { fd, alignment: 1 };
+  let dfd: number;
+  try {
+    dfd = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDWR | fs.constants.O_DIRECT);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+    throw new VhostError(`${file}: cannot open with O_DIRECT (${code}); its file system may not support it: turn cache direct I/O off`, code);
+  }
+  const alignment = directAlignment(dfd);
+  if (SEGMENT_ALIGNMENT % alignment !== 0) {
+    fs.closeSync(dfd);
+    throw new VhostError(`${file}: O_DIRECT alignment ${alignment} does not divide ${SEGMENT_ALIGNMENT}`, 'EINVAL');
+  }
+  return { fd: dfd, alignment };
+}
+
 /** Opens the device; `resized` when a regular file had to be created or resized to `size`. */
-function openDevice(file: string, size: number | undefined): { fd: number; bytes: number; resized: boolean } {
+function openDevice(file: string, size: number | undefined): { fd: number; bytes: number; resized: boolean; block: boolean } {
   let st: fs.Stats | undefined;
   try {
     st = fs.statSync(file);
@@ -93,13 +121,13 @@ function openDevice(file: string, size: number | undefined): { fd: number; bytes
     if (!size) throw new VhostError(`${file}: no such cache device (give a size to create a file)`, 'ENOENT');
     const fd = fs.openSync(file, 'w+', 0o600);
     fs.ftruncateSync(fd, size);
-    return { fd, bytes: size, resized: true };
+    return { fd, bytes: size, resized: true, block: false };
   }
   const fd = fs.openSync(file, 'r+');
   try {
     const resized = st.isFile() && size !== undefined && size > 0 && st.size !== size;
     if (resized) fs.ftruncateSync(fd, size);
-    return { fd, bytes: deviceBytes(file, fd), resized };
+    return { fd, bytes: deviceBytes(file, fd), resized, block: st.isBlockDevice() };
   } catch (err) {
     fs.closeSync(fd);
     throw err;
@@ -208,6 +236,8 @@ export class Cache {
   readonly map: CacheMap;
   readonly log: Log;
   private readonly fd: number;
+  /** The log's descriptor: fd, or an O_DIRECT one of the same device (closed with fd). */
+  private readonly logFd: number;
   private readonly logger: Logger;
   private readonly uuid: Uint8Array;
   private readonly volumes = new Map<string, VolumeRecord>();
@@ -221,6 +251,7 @@ export class Cache {
   private constructor(a: {
     o: CacheOptions;
     fd: number;
+    logIo: { fd: number; alignment: number };
     g: Geometry;
     sb: SuperblockState;
     place: MetadataPlace;
@@ -234,6 +265,7 @@ export class Cache {
     this.generation = a.sb.generation;
     this.logger = a.o.logger ?? silentLogger;
     this.fd = a.fd;
+    this.logFd = a.logIo.fd;
     this.geometry = a.g;
     this.blockSize = a.g.blockSize;
     this.uuid = a.sb.uuid;
@@ -241,7 +273,8 @@ export class Cache {
     this.warm = a.warm;
     for (const v of a.volumes) this.volumes.set(v.name, v);
     this.log = new Log({
-      fd: a.fd,
+      fd: a.logIo.fd,
+      alignment: a.logIo.alignment,
       engine: a.o.engine,
       geometry: a.g,
       map: a.map,
@@ -259,8 +292,10 @@ export class Cache {
     if (!(loadFactor >= MIN_LOAD_FACTOR && loadFactor < 1)) {
       throw new VhostError(`load factor ${loadFactor}: must be in [${MIN_LOAD_FACTOR}, 1)`, 'EINVAL');
     }
-    const { fd, bytes, resized } = openDevice(o.path, o.size);
+    const { fd, bytes, resized, block } = openDevice(o.path, o.size);
+    let logIo: { fd: number; alignment: number } | undefined;
     try {
+      logIo = openLogIo(o.path, fd, o.direct ?? block);
       const g = computeGeometry(bytes, o.blockSize ?? 4096, o.segmentSize ?? 512 * 1024);
       const raw = new Uint8Array(SUPERBLOCK_SIZE);
       await o.engine.readv(fd, [raw], 0, true);
@@ -297,8 +332,9 @@ export class Cache {
         map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment });
         logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
-      return new Cache({ o, fd, g, sb, place, map, sequence, volumes, warm: loaded.ok });
+      return new Cache({ o, fd, logIo, g, sb, place, map, sequence, volumes, warm: loaded.ok });
     } catch (err) {
+      if (logIo !== undefined && logIo.fd !== fd) fs.closeSync(logIo.fd);
       fs.closeSync(fd);
       throw err;
     }
@@ -579,7 +615,7 @@ export class Cache {
       }
     } finally {
       this.closed = true;
-      fs.closeSync(this.fd);
+      this.closeFds();
     }
   }
 
@@ -589,6 +625,11 @@ export class Cache {
     this.closing = true;
     await this.log.quiesce();
     this.closed = true;
+    this.closeFds();
+  }
+
+  private closeFds(): void {
+    if (this.logFd !== this.fd) fs.closeSync(this.logFd);
     fs.closeSync(this.fd);
   }
 }

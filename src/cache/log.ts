@@ -39,6 +39,7 @@
  * All insertions and flushes run one at a time (a promise chain), so the hand only moves
  * under that chain.
  */
+import { readDirectIo } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
 import type { Logger } from '../util/logger';
@@ -48,6 +49,9 @@ import { LatencyMeter } from './stats';
 
 export interface LogOptions {
   fd: number;
+  /** O_DIRECT alignment of fd (1: buffered). Segment I/O is always aligned; reads into other
+   * buffers go through a bounce buffer when they are not (readDirectIo). */
+  alignment: number;
   engine: IoEngine;
   geometry: Geometry;
   map: CacheMap;
@@ -77,6 +81,7 @@ export class Log {
   readonly segmentWriteLatency = new LatencyMeter();
 
   private readonly fd: number;
+  private readonly alignment: number;
   private readonly engine: IoEngine;
   private readonly map: CacheMap;
   private readonly uuid: Uint8Array;
@@ -100,6 +105,7 @@ export class Log {
   constructor(o: LogOptions) {
     this.g = o.geometry;
     this.fd = o.fd;
+    this.alignment = o.alignment;
     this.engine = o.engine;
     this.map = o.map;
     this.uuid = o.uuid;
@@ -143,7 +149,8 @@ export class Log {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
-    await this.engine.readv(this.fd, [into.subarray(0, count * this.g.blockSize)], slotOffset(this.g, slot), true);
+    const len = count * this.g.blockSize;
+    await this.readAt(slotOffset(this.g, slot), len, [into.subarray(0, len)]);
     this.readLatency.record(t);
     return this.segGen[seg] === gen;
   }
@@ -163,7 +170,7 @@ export class Log {
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
     this.directReaders[seg]++;
-    return this.engine.readv(this.fd, bufs, slotOffset(this.g, slot), true).then(
+    return this.readAt(slotOffset(this.g, slot), blocks * this.g.blockSize, bufs).then(
       () => {
         this.readLatency.record(t);
         this.directDone(seg);
@@ -178,6 +185,12 @@ export class Log {
         throw err;
       },
     );
+  }
+
+  /** An exact device read of len bytes (bufs' total) at offset, any buffers (see alignment). */
+  private readAt(offset: number, len: number, bufs: readonly Uint8Array[]): Promise<void> {
+    if (this.alignment === 1) return this.engine.readv(this.fd, bufs, offset, true);
+    return readDirectIo(this.engine, this.fd, offset, len, bufs, this.alignment, true);
   }
 
   /**

@@ -23,6 +23,7 @@
  * is written (and read ahead) with one I/O.
  */
 import { crc32 } from 'node:zlib';
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { BlockDescriptorArray } from './bda';
 import { metadataAreaBytes } from './metadata';
@@ -30,6 +31,12 @@ import { metadataAreaBytes } from './metadata';
 export const SEGMENT_MAGIC = 0x53434256;
 export const SEGMENT_VERSION = 2;
 export const SUPERBLOCK_SIZE = 4096;
+/**
+ * Address alignment of segment buffers, and the largest O_DIRECT alignment the log accepts:
+ * every segment offset and length is a multiple of it (superblock, metadata area and header
+ * sizes are multiples of 4 KiB, block sizes powers of two >= 4 KiB).
+ */
+export const SEGMENT_ALIGNMENT = 4096;
 const ENTRY_SIZE = 16;
 const ENTRIES_AT = 64;
 const CRC_AT = 60;
@@ -142,8 +149,8 @@ export class SegmentBuffer {
 
   constructor(g: Geometry) {
     this.g = g;
-    this.buf = new Uint8Array(g.stride);
-    this.view = new DataView(this.buf.buffer);
+    this.buf = native.alignedBuffer(g.stride, SEGMENT_ALIGNMENT);
+    this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
   }
 
   /** The data of block k (0 <= k < blocksPerSegment) of the segment held. */

@@ -48,6 +48,7 @@ interface ServeFlags {
   cacheSegmentSize?: string;
   cacheMode?: string;
   cacheMetadata?: string;
+  cacheDirect?: boolean;
   control?: string;
   metricsListen?: string;
   ioEngine?: string;
@@ -86,6 +87,8 @@ function addServeOptions(cmd: Command): Command {
     .option('--cache-segment-size <bytes>', 'log segment size', String(DEFAULTS.segmentSize))
     .addOption(new Option('--cache-mode <mode>', 'cache mode of the volume').choices([...CACHE_MODES]).default('writethrough'))
     .option('--cache-metadata <path>', 'metadata file for warm restarts (default: the metadata area of the cache device)')
+    .option('--cache-direct', 'cache device I/O with O_DIRECT, bypassing the page cache (default for a block device)')
+    .option('--no-cache-direct', 'cache device I/O through the page cache (default for a file)')
     .option('--control <path>', 'control socket (HTTP over a unix socket)')
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) over TCP, e.g. 127.0.0.1:9100')
     .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
@@ -164,6 +167,7 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
           blockSize: f.cacheBlockSize ?? DEFAULTS.cacheBlockSize,
           segmentSize: f.cacheSegmentSize ?? DEFAULTS.segmentSize,
           ...(f.cacheMetadata !== undefined ? { metadataPath: f.cacheMetadata } : {}),
+          ...(f.cacheDirect !== undefined ? { direct: f.cacheDirect } : {}),
         };
   const timeout = Number(f.backingTimeout ?? '60');
   if (!Number.isFinite(timeout) || timeout <= 0) throw new Error(`--backing-timeout: expected seconds > 0, got ${f.backingTimeout}`);

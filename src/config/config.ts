@@ -68,6 +68,8 @@ export interface CacheConfig {
   segmentSize: number;
   /** A file for the warm-restart metadata (default: the cache device's metadata area). */
   metadataPath?: string;
+  /** Segment I/O with O_DIRECT (default: on for a block device, off for a file). */
+  direct?: boolean;
 }
 
 /** A TCP address to listen on (--metrics-listen HOST:PORT; `[::1]:9100` for IPv6). */
@@ -164,7 +166,7 @@ const VOLUME_KEYS = new Set([
   'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'backingOffset', 'backingLength', 'readOnly', 'cacheMode', 'cacheMaxBytes',
   'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive',
 ]);
-const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath']);
+const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath', 'direct']);
 const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
 
 function checkKeys(o: Record<string, unknown>, allowed: Set<string>, field: string): void {
@@ -288,6 +290,7 @@ export function validateCache(raw: unknown, field: string): CacheConfig {
     blockSize,
     segmentSize,
     ...(metadataPath !== undefined ? { metadataPath } : {}),
+    ...(raw.direct !== undefined ? { direct: bool(raw, 'direct', field, false) } : {}),
   };
 }
 

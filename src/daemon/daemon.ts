@@ -96,6 +96,7 @@ export class Daemon implements ControlledDaemon {
           blockSize: config.cache.blockSize,
           segmentSize: config.cache.segmentSize,
           ...(config.cache.metadataPath !== undefined ? { metadataPath: config.cache.metadataPath } : {}),
+          ...(config.cache.direct !== undefined ? { direct: config.cache.direct } : {}),
           engine,
           logger: log.child({ cache: config.cache.path }),
         });
