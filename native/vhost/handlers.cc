@@ -298,7 +298,7 @@ Backend::Result Backend::HandleGetVringBase(const Message& m) {
 bool Backend::FinishGetVringBase(uint32_t index) {
   Queue& q = queues_[index];
   VringState s{index, q.ring.last_avail_idx()};
-  ClearSlots(q);
+  ClearHeadRequests(q);
   q.stop_pending = false;
   const bool was_deferred = conn_.deferred_queue == static_cast<int>(index);
   if (was_deferred) conn_.deferred_queue = -1;
