@@ -13,7 +13,8 @@ import { deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segme
 import { FsEngine } from '../../src/io/fs-engine';
 import { UringEngine } from '../../src/io/uring-engine';
 import type { IoEngine } from '../../src/io/io-engine';
-import { MemStore, stamp } from './helpers';
+import { MemStore } from './helpers';
+import { stampBytes } from '../support/stamps';
 
 const BS = 4096;
 /** Blocks cached by populate(): 6 of the 8 segments of 4 blocks. */
@@ -41,7 +42,7 @@ for (const [kind, makeEngine] of engines()) {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-integrity-'));
       engine = makeEngine();
       mem = new MemStore(64 * BS);
-      stamp(mem.data, 0, 1);
+      stampBytes(mem.data, 0, 1);
     });
 
     afterEach(async () => {

@@ -25,7 +25,7 @@ import { ControlledStore } from '../support/controlled-store';
 import { HeldIo } from '../support/held-io';
 import { type Actor, explore, type Run, type RunResult } from '../support/interleavings';
 import { MemDevice } from '../support/mem-device';
-import { stamp } from './helpers';
+import { stampBytes } from '../support/stamps';
 
 const BS = 4096;
 const SECTOR = 512;
@@ -55,7 +55,7 @@ let generation = 100;
 
 function data(offset: number, len: number): Uint8Array {
   const d = new Uint8Array(len);
-  stamp(d, offset, generation++);
+  stampBytes(d, offset, generation++);
   return d;
 }
 
@@ -102,7 +102,7 @@ const evictor: ActorSpec = (env) => ({
 async function setup(mode: CacheMode, dir: string): Promise<{ env: Env; dev: MemDevice }> {
   const dev = new MemDevice(DEVICE);
   const backing = new ControlledStore(VOL);
-  stamp(backing.data, 0, 1);
+  stampBytes(backing.data, 0, 1);
   const cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, segmentSize: 16384, buffers: 2, engine: dev });
   const store = new CachedStore({ backing, cache, name: 'vol', mode: mode === 'none' ? 'writethrough' : mode });
   const other = cache.registerVolume('other', 'other-1', 64 * BS);

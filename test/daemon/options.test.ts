@@ -15,15 +15,9 @@ import { createIoEngine } from '../../src/io';
 import { VhostError } from '../../src/native/errors';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
+import { stamped } from '../support/stamps';
 
 const BLOCK = 4096;
-
-function stamp(block: number, gen: number, len = BLOCK): Buffer {
-  const b = Buffer.alloc(len);
-  const tag = `blk${block}:gen${gen}:`;
-  for (let off = 0; off < len; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
 
 describe('daemon options (in-process, our front end)', function () {
   this.timeout(60_000);
@@ -58,17 +52,17 @@ describe('daemon options (in-process, our front end)', function () {
   /** Writes blocks, reads them twice (miss, then hit), and checks the image file. */
   async function roundTrip(f: VhostUserFrontend, blocks: number, gen: number, len = BLOCK): Promise<void> {
     const q = f.ring(0);
-    for (let b = 0; b < blocks; b++) assert.equal((await q.write((b * len) / 512, stamp(b, gen, len))).status, VIRTIO_BLK_S_OK);
+    for (let b = 0; b < blocks; b++) assert.equal((await q.write((b * len) / 512, stamped(b * len, len, gen))).status, VIRTIO_BLK_S_OK);
     for (let pass = 0; pass < 2; pass++) {
       for (let b = 0; b < blocks; b++) {
         const r = await q.read((b * len) / 512, len);
         assert.equal(r.status, VIRTIO_BLK_S_OK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(b, gen, len)), `block ${b} pass ${pass}`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(b * len, len, gen)), `block ${b} pass ${pass}`);
       }
     }
     assert.equal((await q.flush()).status, VIRTIO_BLK_S_OK);
     const img = fs.readFileSync(path.join(dir, 'v.img'));
-    for (let b = 0; b < blocks; b++) assert.ok(img.subarray(b * len, (b + 1) * len).equals(stamp(b, gen, len)), `image block ${b}`);
+    for (let b = 0; b < blocks; b++) assert.ok(img.subarray(b * len, (b + 1) * len).equals(stamped(b * len, len, gen)), `image block ${b}`);
   }
 
   it('ioEngine threadpool serves and caches', async () => {
@@ -97,7 +91,7 @@ describe('daemon options (in-process, our front end)', function () {
     const q = f.ring(0);
     const small = Buffer.alloc(512, 0x77);
     assert.equal((await q.write(3, small)).status, VIRTIO_BLK_S_OK);
-    const want = stamp(0, 2);
+    const want = stamped(0, BLOCK, 2);
     small.copy(want, 1536);
     const r = await q.read(0, BLOCK);
     assert.ok(Buffer.from(r.data as Uint8Array).equals(want));
@@ -111,7 +105,7 @@ describe('daemon options (in-process, our front end)', function () {
     assert.equal((await q.write(1, Buffer.alloc(512))).status, VIRTIO_BLK_S_IOERR);
     assert.equal((await q.read(8, 512)).status, VIRTIO_BLK_S_IOERR);
     const r = await q.read(8, BLOCK);
-    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(1, 3)), 'the failed requests changed nothing');
+    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(BLOCK, BLOCK, 3)), 'the failed requests changed nothing');
   });
 
   for (const blockSize of ['16K', '64K']) {
@@ -120,10 +114,10 @@ describe('daemon options (in-process, our front end)', function () {
       await roundTrip(f, 32, 4);
       // Overwrite one 4 KiB piece of a cached cache block; neighbours must stay intact.
       const q = f.ring(0);
-      assert.equal((await q.write(5 * 8, stamp(5, 5))).status, VIRTIO_BLK_S_OK);
+      assert.equal((await q.write(5 * 8, stamped(5 * BLOCK, BLOCK, 5))).status, VIRTIO_BLK_S_OK);
       for (let b = 0; b < 32; b++) {
         const r = await q.read(b * 8, BLOCK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(b, b === 5 ? 5 : 4)), `block ${b}`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(b * BLOCK, BLOCK, b === 5 ? 5 : 4)), `block ${b}`);
       }
       assert.ok((daemon!.stats().cache?.readHits ?? 0) > 0, 'the cache served hits');
     });
