@@ -307,6 +307,9 @@ class Backend {
   Result HandleSetConfig(const Message& m);
   Result HandleGetInflightFd(const Message& m);
   Result HandleSetInflightFd(const Message& m);
+  // Shared parsing of SET_VRING_NUM/BASE/ENABLE and GET_VRING_BASE: the state and its queue, or
+  // nullptr after a panic.
+  Queue* VringStateMessage(const Message& m, VringState* s);
   // Shared parsing of SET_VRING_KICK/CALL/ERR: the queue and the fd (-1: none), or nullptr
   // after a panic.
   Queue* VringFdMessage(const Message& m, int* fd);

@@ -21,13 +21,6 @@ import { freePort } from './net';
 
 const run = promisify(execFile);
 
-/** The Ceph packages the cluster needs (scripts/setup-tests.sh installs them). */
-export function cephInstalled(): boolean {
-  return ['/usr/bin/ceph-mon', '/usr/bin/ceph-osd', '/usr/bin/ceph', '/usr/bin/rbd', '/usr/bin/monmaptool'].every((f) =>
-    fs.existsSync(f),
-  );
-}
-
 const live = new Set<CephCluster>();
 process.on('exit', () => {
   for (const c of live) c.killNow();
