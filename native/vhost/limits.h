@@ -8,8 +8,8 @@
 namespace vbc {
 namespace vhost {
 
-// Request tags handed to JS (REQ_TAG in src/native/types.ts): generation | queue | head, packed into 32 bits (a uint32 in
-// the completion array, exact in a double).
+// Request tags handed to JS (REQ_TAG in src/native/types.ts): generation | queue | head,
+// packed into 32 bits (a uint32 in the completion array, exact in a double).
 constexpr uint32_t kTagHeadBits = 15;
 constexpr uint32_t kTagQueueBits = 6;
 constexpr uint32_t kTagGenBits = 32 - kTagHeadBits - kTagQueueBits;
