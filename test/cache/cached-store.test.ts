@@ -1,6 +1,5 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
@@ -8,6 +7,7 @@ import { BufferState, deviceBytesFor, slotOffset } from '../../src/cache/segment
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore } from './helpers';
 import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 const VOL = 64 * BS;
@@ -47,7 +47,7 @@ describe('cached store', () => {
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-store-'));
+    dir = tmpDir('store');
     engine = new FaultyEngine(new FsEngine());
     mem = new MemStore(VOL);
     stampBytes(mem.data, 0, 1);

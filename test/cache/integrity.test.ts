@@ -5,7 +5,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache, type CacheOptions } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
@@ -15,6 +14,7 @@ import { UringEngine } from '../../src/io/uring-engine';
 import type { IoEngine } from '../../src/io/io-engine';
 import { MemStore } from './helpers';
 import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 /** Blocks cached by populate(): 6 of the 8 segments of 4 blocks. */
@@ -39,7 +39,7 @@ for (const [kind, makeEngine] of engines()) {
     const open = (o: Partial<CacheOptions> = {}) => Cache.open({ path: cachePath(), size, segmentSize: 16384, buffers: 2, engine, ...o });
 
     beforeEach(() => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-integrity-'));
+      dir = tmpDir('integrity');
       engine = makeEngine();
       mem = new MemStore(64 * BS);
       stampBytes(mem.data, 0, 1);

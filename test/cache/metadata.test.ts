@@ -1,7 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache, type CacheOptions } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
@@ -9,6 +8,7 @@ import { deviceBytesFor, SUPERBLOCK_SIZE } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { MemStore } from './helpers';
 import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 const BLOCKS = 20;
@@ -23,7 +23,7 @@ describe('cache metadata and warm restart', () => {
     Cache.open({ path: cachePath(), size: deviceBytesFor(8, 4096, 16384), segmentSize: 16384, engine, ...o });
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-meta-'));
+    dir = tmpDir('meta');
   });
 
   afterEach(async () => {

@@ -15,7 +15,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
@@ -25,6 +24,7 @@ import { VhostError } from '../../src/native/errors';
 import { FaultyEngine, MemStore, rng } from './helpers';
 import { stampBytes } from '../support/stamps';
 import { splitRandomly } from '../support/scatter';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 /** Not a multiple of the block size: the tail block is never cached. */
@@ -98,7 +98,7 @@ class FlakyStore extends MemStore {
 
 async function runModel(seed: number, mode: CacheMode, steps: number, events = false): Promise<void> {
   const r = rng(seed);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-model-'));
+  const dir = tmpDir('model');
   const engine = new FaultyEngine(new FsEngine(), r);
   const models: Uint8Array[] = [];
   const backs = ['a', 'b'].map((id, v) => new FlakyStore(VOL_SIZE, id, r, (offset, data) => models[v].set(data, offset)));

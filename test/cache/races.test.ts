@@ -16,7 +16,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
@@ -26,6 +25,7 @@ import { HeldIo } from '../support/held-io';
 import { type Actor, explore, type Run, type RunResult } from '../support/interleavings';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 const SECTOR = 512;
@@ -165,7 +165,7 @@ async function check(r: RunResult, env: Env, dev: MemDevice, snapshots: Uint8Arr
 }
 
 async function exploreScenario(s: Scenario, mode: CacheMode): Promise<number> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-races-'));
+  const dir = tmpDir('races');
   let current: { env: Env; dev: MemDevice; snapshots: Uint8Array[] } | null = null;
   try {
     return await explore(

@@ -6,7 +6,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
@@ -16,6 +15,7 @@ import { VhostError } from '../../src/native/errors';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
 import { stamped } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BLOCK = 4096;
 
@@ -27,7 +27,7 @@ describe('daemon options (in-process, our front end)', function () {
 
   beforeEach(() => {
     // O_DIRECT needs a real file system (os.tmpdir() here is ext4, not tmpfs).
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-options-'));
+    dir = tmpDir('options');
   });
 
   afterEach(async () => {

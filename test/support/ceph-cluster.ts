@@ -14,10 +14,10 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { freePort } from './net';
+import { tmpDir } from './tmp';
 
 const run = promisify(execFile);
 
@@ -49,7 +49,7 @@ export class CephCluster {
   }
 
   static async start(): Promise<CephCluster> {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-ceph-'));
+    const dir = tmpDir('ceph');
     const c = new CephCluster(dir, randomUUID(), await freePort());
     live.add(c);
     try {

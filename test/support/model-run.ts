@@ -29,7 +29,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
@@ -40,6 +39,7 @@ import { HeldIo, settle } from './held-io';
 import { MemDevice } from './mem-device';
 import { stampBytes } from './stamps';
 import { splitRandomly } from './scatter';
+import { tmpDir } from './tmp';
 
 const SECTOR = 512;
 const BLOCKS = 96;
@@ -119,7 +119,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   const sched = rng((o.seed ^ 0x9e3779b9) >>> 0);
   const f = rng(o.faultSeed);
   const faults = o.faults !== false;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-model-'));
+  const dir = tmpDir('model');
   const cachePath = path.join(dir, 'cache');
   const backs = [new ControlledStore(VOL_SIZE, 'a'), new ControlledStore(VOL_SIZE, 'b')];
   for (const b of backs) stampBytes(b.data, 0, 0);
