@@ -16,7 +16,6 @@ import { rejectsWithCode } from '../support/assert';
 import { tmpDir } from '../support/tmp';
 import { splitAt } from '../support/scatter';
 
-/** Views of `data` cut at the given sizes (the last one takes the rest). */
 /** A view of `len` bytes whose address is `align`-aligned plus `skew` bytes. */
 function skewed(len: number, skew: number): Uint8Array {
   return native.alignedBuffer(len + skew, 4096).subarray(skew);

@@ -9,7 +9,7 @@ import { tmpDir } from '../support/tmp';
 
 export const BLOCK = 4096;
 
-/** Splits `buf` into views of the given sizes (the rest in the last one): a scatter list. */
+/** Resolves after `ms` (the poll interval of waitFor below, e2e pacing). */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

@@ -14,7 +14,6 @@ import { rejectsWithCode } from '../support/assert';
 import { tmpDir } from '../support/tmp';
 import { splitAt } from '../support/scatter';
 
-/** Views of `data` cut at the given sizes (the last one takes the rest). */
 const engines: [string, () => IoEngine][] = [
   ['io_uring', () => new UringEngine()],
   ['threadpool', () => new FsEngine()],
