@@ -7,11 +7,10 @@
  * Run: node dist/bench/cache-warm.js [--runtime S] [--reps N] [--ws MiB] [--queues N]
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
-import { fetchStats, makeImage, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
+import { benchDir, fetchStats, makeImage, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -30,8 +29,7 @@ async function main(): Promise<void> {
   const imageSize = 2 * ws;
   const cacheSize = ws + (ws >> 1);
   const loadBefore = machineNote();
-  const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = benchDir(values.dir);
   const image = path.join(dir, 'disk.img');
   makeImage(image, imageSize, 'random');
   fs.readFileSync(image);

@@ -6,17 +6,17 @@
  * Run: node dist/bench/guest-memory.js [requests] [rounds]
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { VhostUserFrontend } from '../src/frontend/vhost-user-frontend';
 import { native } from '../src/native/binding';
 import { REQ_FIRST_SEG, REQ_SEG_COUNT, REQ_TAG, REQ_STRIDE, type NativeVhostDevice } from '../src/native/types';
+import { benchDir } from '../src/bench/targets';
 import { VIRTIO_BLK_T_IN } from '../src/virtio-blk/spec';
 
 async function main(): Promise<void> {
   const count = Number(process.argv[2] ?? 200_000);
   const rounds = Number(process.argv[3] ?? 5);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-gm-'));
+  const dir = benchDir(undefined, 'gm-');
   const socketPath = path.join(dir, 'dev.sock');
   const config = new Uint8Array(60);
   new DataView(config.buffer).setBigUint64(0, 1n << 20n, true);

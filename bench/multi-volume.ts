@@ -8,11 +8,10 @@
  * Run: node dist/bench/multi-volume.js [--runtime S] [--reps N] [--ws MiB-per-volume]
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
-import { fetchStats, makeImage, startVbc, statsDelta, type Target, type VbcVolume } from '../src/bench/targets';
+import { benchDir, fetchStats, makeImage, startVbc, statsDelta, type Target, type VbcVolume } from '../src/bench/targets';
 
 const COUNTS = [1, 2, 4];
 
@@ -31,8 +30,7 @@ async function main(): Promise<void> {
   const ws = Number(values.ws) << 20;
   const depth = Number(values.depth);
   const loadBefore = machineNote();
-  const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = benchDir(values.dir);
   const volumes: VbcVolume[] = [0, 1, 2, 3].map((i) => {
     const backing = path.join(dir, `disk${i}.img`);
     makeImage(backing, 2 * ws, 'random');

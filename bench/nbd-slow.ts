@@ -15,11 +15,10 @@
  * Run: node dist/bench/nbd-slow.js [--runtime S] [--reps N] [--ws MiB]
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
-import { fetchStats, startNbdkit, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
+import { benchDir, fetchStats, startNbdkit, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -37,8 +36,7 @@ async function main(): Promise<void> {
   const depth = Number(values.depth);
   const exportSize = 4 * ws;
   const loadBefore = machineNote();
-  const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = benchDir(values.dir);
   const nbdSock = path.join(dir, 'nbd.sock');
   const uri = `nbd+unix:///?socket=${nbdSock}`;
   const control = path.join(dir, 'control.sock');

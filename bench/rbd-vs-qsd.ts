@@ -13,12 +13,11 @@
  * Run: node dist/bench/rbd-vs-qsd.js [--runtime S] [--reps N] [--size MiB]
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, medianOf, type Measurement } from '../src/bench/measure';
 import type { ModeName } from '../src/bench/modes';
-import { fetchStats, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
+import { benchDir, fetchStats, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
 import { CephCluster } from '../test/support/ceph-cluster';
 
 const DEPTH = 16;
@@ -35,7 +34,7 @@ async function main(): Promise<void> {
   const reps = Number(values.reps);
   const size = Number(values.size) << 20;
   const loadBefore = machineNote();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-rbd-'));
+  const dir = benchDir(undefined, 'rbd-');
   const ceph = await CephCluster.start();
   const targets: Target[] = [];
   try {

@@ -8,12 +8,11 @@
  * Run: node dist/bench/vhost-vs-qsd.js [--runtime S] [--reps N] [--size MiB] [--dir DIR]
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
 import type { ModeName } from '../src/bench/modes';
-import { makeImage, startQsd, startVbc, type Target } from '../src/bench/targets';
+import { benchDir, makeImage, startQsd, startVbc, type Target } from '../src/bench/targets';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -28,8 +27,7 @@ async function main(): Promise<void> {
   const reps = Number(values.reps);
   const size = Number(values.size) << 20;
   const loadBefore = machineNote();
-  const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-'));
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = benchDir(values.dir);
   const image = path.join(dir, 'disk.img');
   makeImage(image, size, 'random');
   fs.readFileSync(image); // into the page cache

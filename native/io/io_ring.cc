@@ -134,7 +134,7 @@ int KernelRing::Open(unsigned entries, unsigned cq_entries, std::string* step) {
   cq_tail_ = reinterpret_cast<unsigned*>(cq + p.cq_off.tail);
   cq_mask_ = *reinterpret_cast<unsigned*>(cq + p.cq_off.ring_mask);
   cqes_ = reinterpret_cast<io_uring_cqe*>(cq + p.cq_off.cqes);
-  // SQ ring slot i always names SQE i: SQEs are used in ring order, so the indirection array
+  // SQ ring entry i always names SQE i: SQEs are used in ring order, so the indirection array
   // is written once here and never again.
   for (unsigned i = 0; i < sq_entries_; ++i) sq_array_[i] = i;
   sq_tail_ = *sq_tail_shared_;
@@ -189,7 +189,7 @@ unsigned KernelRing::Reap(int32_t* out, unsigned cap) {
     ++head;
     ++n;
   }
-  // Release: the kernel may reuse the slots only after we finished reading them.
+  // Release: the kernel may reuse the CQEs only after we finished reading them.
   if (n > 0) __atomic_store_n(cq_head_, head, __ATOMIC_RELEASE);
   return n;
 }

@@ -53,7 +53,7 @@ class KernelRing {
   int Enter(unsigned to_submit, unsigned min_complete, unsigned flags);
   // true when the kernel holds completions that did not fit the CQ (IORING_SQ_CQ_OVERFLOW).
   bool CqOverflow() const;
-  // Copies at most `cap` CQEs into out as [user_data, res] pairs and frees their CQ slots.
+  // Copies at most `cap` CQEs into out as [user_data, res] pairs and frees their CQ entries.
   unsigned Reap(int32_t* out, unsigned cap);
   bool CqEmpty() const;
 
@@ -130,9 +130,9 @@ class IoRing : public Napi::ObjectWrap<IoRing> {
   int32_t* completions_ = nullptr;
   unsigned completions_cap_ = 0;  // pairs
   std::unique_ptr<Napi::AsyncContext> async_context_;
-  // iovec arrays of queued READV/WRITEV SQEs, indexed by SQE slot. With
+  // iovec arrays of queued READV/WRITEV SQEs, indexed by SQE index. With
   // IORING_FEAT_SUBMIT_STABLE the kernel is done with them once it consumed the SQE, which is
-  // before the slot can be reused.
+  // before the SQE can be reused.
   std::vector<std::vector<iovec>> iovs_;
   uint64_t inflight_ = 0;  // committed SQEs whose CQE has not been reaped
   bool open_ = false;

@@ -308,9 +308,9 @@ Napi::Uint8Array VhostDevice::ViewOf(MappingViews& mv, const vhost::HostIov& seg
   return Napi::Uint8Array::New(Env(), seg.len, ab, static_cast<size_t>(off - start));
 }
 
-VhostDevice::InflightRefs* VhostDevice::RefsFor(uint32_t slot, bool create) {
-  const uint32_t queue = (slot >> vhost::kSlotHeadBits) & vhost::kSlotQueueMask;
-  const uint32_t head = slot & vhost::kSlotHeadMask;
+VhostDevice::InflightRefs* VhostDevice::RefsFor(uint32_t tag, bool create) {
+  const uint32_t queue = vhost::Backend::TagQueue(tag);
+  const uint32_t head = vhost::Backend::TagHead(tag);
   if (refs_.size() <= queue) {
     if (!create) return nullptr;
     refs_.resize(queue + 1);
@@ -321,25 +321,25 @@ VhostDevice::InflightRefs* VhostDevice::RefsFor(uint32_t slot, bool create) {
     q.resize(std::max<size_t>(backend_->max_queue_size(), head + 1));
   }
   InflightRefs& e = q[head];
-  if (e.slot == slot) return &e;
-  if (create && e.slot == InflightRefs::kFree) {
-    e.slot = slot;
+  if (e.tag == tag) return &e;
+  if (create && e.tag == InflightRefs::kFree) {
+    e.tag = tag;
     return &e;
   }
   if (create) {
-    InflightRefs& o = overflow_[slot];
-    o.slot = slot;
+    InflightRefs& o = overflow_[tag];
+    o.tag = tag;
     return &o;
   }
-  auto it = overflow_.find(slot);
+  auto it = overflow_.find(tag);
   return it == overflow_.end() ? nullptr : &it->second;
 }
 
-void VhostDevice::Track(uint32_t slot, MappingViews* mv, InflightRefs** refs) {
+void VhostDevice::Track(uint32_t tag, MappingViews* mv, InflightRefs** refs) {
   if (*refs == nullptr) {
-    // An existing record is a request of a connection 2^11 generations ago still in JS (slot
-    // ids wrap): both are then released with the first completion of that id.
-    *refs = RefsFor(slot, true);
+    // An existing record is a request of a connection 2^11 generations ago still in JS (request
+    // tags wrap): both are then released with the first completion of that id.
+    *refs = RefsFor(tag, true);
     if ((*refs)->first == nullptr) tracked_++;
   }
   InflightRefs& r = **refs;
@@ -355,8 +355,8 @@ void VhostDevice::Track(uint32_t slot, MappingViews* mv, InflightRefs** refs) {
   mv->inflight++;
 }
 
-void VhostDevice::Untrack(uint32_t slot) {
-  InflightRefs* r = RefsFor(slot, false);
+void VhostDevice::Untrack(uint32_t tag) {
+  InflightRefs* r = RefsFor(tag, false);
   if (r == nullptr || r->first == nullptr) return;
   // Mappings whose last request this was, if they already left: released below.
   std::vector<const vhost::Mapping*> done;
@@ -366,11 +366,11 @@ void VhostDevice::Untrack(uint32_t slot) {
   drop(r->first);
   for (MappingViews* mv : r->more) drop(mv);
   // Free the record before settling (Settle may erase the views_ entries it pointed to).
-  auto it = overflow_.empty() ? overflow_.end() : overflow_.find(slot);
+  auto it = overflow_.empty() ? overflow_.end() : overflow_.find(tag);
   if (it != overflow_.end() && &it->second == r) {
     overflow_.erase(it);
   } else {
-    r->slot = InflightRefs::kFree;
+    r->tag = InflightRefs::kFree;
     r->first = nullptr;
     r->more.clear();
   }
@@ -412,7 +412,7 @@ void VhostDevice::DeliverRequests(int queue, const std::vector<vhost::PendingReq
   for (size_t i = 0; i < n; i++) {
     const vhost::PendingRequest& r = reqs[i];
     double* e = d + i * kReqStride;
-    e[kReqTag] = r.slot;
+    e[kReqTag] = r.tag;
     e[kReqType] = r.type;
     const double sector = static_cast<double>(r.sector);
     e[kReqSector] = sector >= kMaxSafeSector ? kMaxSafeSector : sector;
@@ -429,7 +429,7 @@ void VhostDevice::DeliverRequests(int queue, const std::vector<vhost::PendingReq
       const vhost::HostIov& s = segs[j];
       if (mv == nullptr || mv->mapping.get() != s.mapping) mv = &ViewsFor(s.mapping);
       views.Set(j, ViewOf(*mv, s));
-      Track(r.slot, mv, &refs);
+      Track(r.tag, mv, &refs);
     }
   }
   CallJs(on_requests_, {Napi::Number::New(env, queue), Napi::Number::New(env, static_cast<double>(n)),

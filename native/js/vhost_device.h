@@ -65,21 +65,21 @@ class VhostDevice : public Napi::ObjectWrap<VhostDevice>, public vhost::BackendH
     uint32_t inflight = 0;
     bool departed = false;  // left the memory table, or its connection ended
   };
-  // Mappings a delivered request's data lies in (usually one), by slot id.
+  // Mappings a delivered request's data lies in (usually one), by request tag.
   struct InflightRefs {
-    static constexpr uint32_t kFree = UINT32_MAX;  // never a slot id (queue bits < kMaxQueues)
-    uint32_t slot = kFree;
+    static constexpr uint32_t kFree = UINT32_MAX;  // never a request tag (queue bits < kMaxQueues)
+    uint32_t tag = kFree;
     MappingViews* first = nullptr;
     std::vector<MappingViews*> more;
   };
 
   MappingViews& ViewsFor(vhost::Mapping* mapping);
   Napi::Uint8Array ViewOf(MappingViews& mv, const vhost::HostIov& seg);
-  // The record of `slot`: refs_[queue][head] (allocation-free), or overflow_ when a request of
+  // The record of `tag`: refs_[queue][head] (allocation-free), or overflow_ when a request of
   // an earlier connection with the same queue and head is still in JS.
-  InflightRefs* RefsFor(uint32_t slot, bool create);
-  void Track(uint32_t slot, MappingViews* mv, InflightRefs** refs);
-  void Untrack(uint32_t slot);
+  InflightRefs* RefsFor(uint32_t tag, bool create);
+  void Track(uint32_t tag, MappingViews* mv, InflightRefs** refs);
+  void Untrack(uint32_t tag);
   // For a departed mapping: releases it (detach windows, drop the reference) once no request
   // is in flight over it; until then fences it if the connection ended.
   void Settle(const vhost::Mapping* key);

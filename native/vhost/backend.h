@@ -28,8 +28,8 @@
 // while started and enabled. GET_VRING_BASE stops it; if requests of that queue are still in
 // JS, the reply waits until they complete (no further messages are read meanwhile).
 //
-// Requests: each popped chain that carves into a virtio-blk request gets a slot (see
-// SlotId) and goes to JS; complete() writes the status byte and the used element, and the
+// Requests: each popped chain that carves into a virtio-blk request gets a request tag (see
+// MakeTag) and goes to JS; complete() writes the status byte and the used element, and the
 // call eventfd is written at most once per loop turn per queue (uv_check, plus a uv_idle so
 // the loop does not block in poll meanwhile).
 //
@@ -43,7 +43,7 @@
 //
 // Panic(reason): the one error path for anything a front end did wrong. It reports 'broken',
 // then drops the connection exactly like a disconnect: closes the socket and every kick/call
-// fd, forgets rings, in-flight slots and the memory table (mappings stay while JS views
+// fd, forgets rings, in-flight requests and the memory table (mappings stay while JS views
 // refer to them) and listens again.
 #pragma once
 #include <uv.h>
@@ -88,7 +88,7 @@ struct DeviceEvent {
 
 // One request handed to JS.
 struct PendingRequest {
-  uint32_t slot;
+  uint32_t tag;
   uint32_t type;
   uint64_t sector;
   uint64_t data_len;
@@ -138,7 +138,7 @@ class Backend {
   bool Adopt(int fd, SetupError* err);
 
   // JS entry points.
-  // Completes `count` [slot, status] pairs of queue; returns false with *err for bad arguments.
+  // Completes `count` [tag, status] pairs of queue; returns false with *err for bad arguments.
   bool Complete(uint32_t queue, const uint32_t* pairs, size_t count, std::string* err);
   void SetConfig(std::vector<uint8_t> config) { options_.config = std::move(config); }
   std::vector<uint32_t> Inflight() const;
@@ -160,18 +160,19 @@ class Backend {
   const std::string& socket_path() const { return created_path_; }
   uint32_t max_queue_size() const { return options_.max_queue_size; }
 
-  // Slot ids: generation | queue | head (field widths in vhost/limits.h).
-  static uint32_t SlotId(uint32_t gen, uint32_t queue, uint32_t head) {
-    return ((gen & kSlotGenMask) << (kSlotHeadBits + kSlotQueueBits)) | (queue << kSlotHeadBits) |
+  // Request tags: generation | queue | head (field widths in vhost/limits.h).
+  static uint32_t MakeTag(uint32_t gen, uint32_t queue, uint32_t head) {
+    return ((gen & kTagGenMask) << (kTagHeadBits + kTagQueueBits)) | (queue << kTagHeadBits) |
            head;
   }
-  static uint32_t SlotHead(uint32_t id) { return id & kSlotHeadMask; }
-  static uint32_t SlotQueue(uint32_t id) { return (id >> kSlotHeadBits) & kSlotQueueMask; }
-  static uint32_t SlotGen(uint32_t id) { return id >> (kSlotHeadBits + kSlotQueueBits); }
+  static uint32_t TagHead(uint32_t tag) { return tag & kTagHeadMask; }
+  static uint32_t TagQueue(uint32_t tag) { return (tag >> kTagHeadBits) & kTagQueueMask; }
+  static uint32_t TagGen(uint32_t tag) { return tag >> (kTagHeadBits + kTagQueueBits); }
 
  private:
   struct Watch;
-  struct Slot {
+  // What the back end keeps about the request a popped head carries until JS completes it.
+  struct HeadRequest {
     bool active = false;
     uint32_t type = 0;
     uint64_t data_len = 0;
@@ -191,7 +192,7 @@ class Backend {
     uint32_t gen = 0;
     uint32_t inflight = 0;
     Watch* kick_watch = nullptr;
-    std::vector<Slot> slots;  // indexed by head while running
+    std::vector<HeadRequest> head_requests;  // indexed by head while running
     // Attached to the inflight region by the first ProcessQueue after GET/SET_INFLIGHT_FD
     // (which detach it), recovering the region at that moment.
     InflightQueue tracker;
@@ -306,6 +307,9 @@ class Backend {
   Result HandleSetConfig(const Message& m);
   Result HandleGetInflightFd(const Message& m);
   Result HandleSetInflightFd(const Message& m);
+  // Shared parsing of SET_VRING_NUM/BASE/ENABLE and GET_VRING_BASE: the state and its queue, or
+  // nullptr after a panic.
+  Queue* VringStateMessage(const Message& m, VringState* s);
   // Shared parsing of SET_VRING_KICK/CALL/ERR: the queue and the fd (-1: none), or nullptr
   // after a panic.
   Queue* VringFdMessage(const Message& m, int* fd);
@@ -319,7 +323,7 @@ class Backend {
   void UpdateRunning(uint32_t index);
   void StopQueue(uint32_t index, bool clear_config);
   void StopAllQueues();
-  void ClearSlots(Queue& q);
+  void ClearHeadRequests(Queue& q);
   void OnKick(uint32_t index, int events);
   void ProcessQueue(uint32_t index);
   bool ReResolveRings();

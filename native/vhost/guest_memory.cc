@@ -28,20 +28,20 @@ std::atomic<void*> g_notify_arg{nullptr};
 std::atomic<uint64_t> g_fault_count{0};
 }  // namespace
 
-// Every live Mapping's address range, readable from the SIGBUS handler without locks: slots are
+// Every live Mapping's address range, readable from the SIGBUS handler without locks: entries are
 // claimed and released on the main thread; the handler only loads. An entry is published by
 // storing `owner` last (release) and withdrawn by clearing it first.
 struct FaultRegistry {
-  static constexpr int kSlots = 1024;
+  static constexpr int kEntries = 1024;
   struct Entry {
     std::atomic<uintptr_t> begin{0};
     std::atomic<uintptr_t> end{0};
     std::atomic<Mapping*> owner{nullptr};
   };
-  static Entry entries[kSlots];
+  static Entry entries[kEntries];
 
   static int Add(Mapping* m) {
-    for (int i = 0; i < kSlots; i++) {
+    for (int i = 0; i < kEntries; i++) {
       Entry& e = entries[i];
       if (e.owner.load(std::memory_order_relaxed) != nullptr) continue;
       e.begin.store(reinterpret_cast<uintptr_t>(m->base_), std::memory_order_relaxed);
@@ -52,8 +52,8 @@ struct FaultRegistry {
     return -1;
   }
 
-  static void Remove(int slot) {
-    if (slot >= 0) entries[slot].owner.store(nullptr, std::memory_order_release);
+  static void Remove(int index) {
+    if (index >= 0) entries[index].owner.store(nullptr, std::memory_order_release);
   }
 
   // Signal context: raw syscalls and atomics only.
@@ -75,7 +75,7 @@ struct FaultRegistry {
   }
 };
 
-FaultRegistry::Entry FaultRegistry::entries[FaultRegistry::kSlots];
+FaultRegistry::Entry FaultRegistry::entries[FaultRegistry::kEntries];
 
 namespace {
 void OnSigbus(int sig, siginfo_t* info, void* uctx) {
@@ -173,8 +173,8 @@ std::shared_ptr<Mapping> Mapping::Create(int fd, uint64_t offset, uint64_t size,
   // From here the Mapping owns the mmap and own_fd: every exit below goes through ~Mapping.
   std::shared_ptr<Mapping> m(
       new Mapping(base, static_cast<size_t>(length), base + (offset - start), own_fd, start));
-  m->registry_slot_ = FaultRegistry::Add(m.get());
-  if (m->registry_slot_ < 0) {
+  m->registry_index_ = FaultRegistry::Add(m.get());
+  if (m->registry_index_ < 0) {
     *err = "too many guest memory mappings in this process";
     return nullptr;
   }
@@ -182,7 +182,7 @@ std::shared_ptr<Mapping> Mapping::Create(int fd, uint64_t offset, uint64_t size,
 }
 
 Mapping::~Mapping() {
-  FaultRegistry::Remove(registry_slot_);
+  FaultRegistry::Remove(registry_index_);
   munmap(base_, length_);
   close(fd_);
 }

@@ -1,7 +1,7 @@
 // The front end's memory table: guest RAM regions shared with us as fds and mmap'ed here.
 //
 // Lifetime: each region's mmap is a Mapping owned through shared_ptr. The table holds one
-// reference; rings and in-flight slots (their status byte) hold others, and the JS layer
+// reference; rings and in-flight requests (their status byte) hold others, and the JS layer
 // (native/js/vhost_device.cc) holds one while JS has views of the mapping (windows) or requests
 // in flight over it. The mmap is removed exactly once, by ~Mapping, when the last reference
 // goes: there is no other owner and no other unmapping path.
@@ -65,7 +65,7 @@ class Mapping : public std::enable_shared_from_this<Mapping> {
   int fd_;
   uint64_t file_start_;
   bool fenced_ = false;
-  int registry_slot_ = -1;
+  int registry_index_ = -1;
   std::atomic<bool> faulted_{false};
 };
 

@@ -210,8 +210,7 @@ Backend::Result Backend::HandleRemMemReg(const Message& m) {
 
 Backend::Result Backend::HandleSetVringNum(const Message& m) {
   VringState s;
-  std::memcpy(&s, m.payload, sizeof s);
-  Queue* q = QueueFor(s.index, "VHOST_USER_SET_VRING_NUM");
+  Queue* q = VringStateMessage(m, &s);
   if (q == nullptr) return Result::kDropped;
   if (s.num == 0 || (s.num & (s.num - 1)) != 0 || s.num > options_.max_queue_size) {
     Panic("SET_VRING_NUM " + std::to_string(s.num) + ": not a power of two <= " +
@@ -233,8 +232,7 @@ Backend::Result Backend::HandleSetVringNum(const Message& m) {
 
 Backend::Result Backend::HandleSetVringBase(const Message& m) {
   VringState s;
-  std::memcpy(&s, m.payload, sizeof s);
-  Queue* q = QueueFor(s.index, "VHOST_USER_SET_VRING_BASE");
+  Queue* q = VringStateMessage(m, &s);
   if (q == nullptr) return Result::kDropped;
   if (s.num > 0xffff) {
     Panic("SET_VRING_BASE " + std::to_string(s.num) + " > 65535");
@@ -279,8 +277,7 @@ Backend::Result Backend::HandleSetVringAddr(const Message& m) {
 
 Backend::Result Backend::HandleGetVringBase(const Message& m) {
   VringState s;
-  std::memcpy(&s, m.payload, sizeof s);
-  Queue* q = QueueFor(s.index, "VHOST_USER_GET_VRING_BASE");
+  Queue* q = VringStateMessage(m, &s);
   if (q == nullptr) return Result::kDropped;
   StopQueue(s.index, false);
   if (q->inflight > 0) {
@@ -298,7 +295,7 @@ Backend::Result Backend::HandleGetVringBase(const Message& m) {
 bool Backend::FinishGetVringBase(uint32_t index) {
   Queue& q = queues_[index];
   VringState s{index, q.ring.last_avail_idx()};
-  ClearSlots(q);
+  ClearHeadRequests(q);
   q.stop_pending = false;
   const bool was_deferred = conn_.deferred_queue == static_cast<int>(index);
   if (was_deferred) conn_.deferred_queue = -1;
@@ -308,6 +305,11 @@ bool Backend::FinishGetVringBase(uint32_t index) {
     uv_poll_start(&conn_.watch->handle, UV_READABLE | UV_DISCONNECT, OnPoll);
   }
   return true;
+}
+
+Backend::Queue* Backend::VringStateMessage(const Message& m, VringState* s) {
+  std::memcpy(s, m.payload, sizeof *s);
+  return QueueFor(s->index, MessageName(m.hdr.request));
 }
 
 Backend::Queue* Backend::VringFdMessage(const Message& m, int* fd) {
@@ -409,8 +411,7 @@ Backend::Result Backend::HandleSetVringErr(const Message& m) {
 
 Backend::Result Backend::HandleSetVringEnable(const Message& m) {
   VringState s;
-  std::memcpy(&s, m.payload, sizeof s);
-  Queue* q = QueueFor(s.index, "VHOST_USER_SET_VRING_ENABLE");
+  Queue* q = VringStateMessage(m, &s);
   if (q == nullptr) return Result::kDropped;
   if (s.num > 1) {
     Panic("SET_VRING_ENABLE with " + std::to_string(s.num));

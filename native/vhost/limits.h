@@ -8,20 +8,20 @@
 namespace vbc {
 namespace vhost {
 
-// Request slot ids handed to JS: generation | queue | head, packed into 32 bits (a uint32 in
-// the completion array, exact in a double).
-constexpr uint32_t kSlotHeadBits = 15;
-constexpr uint32_t kSlotQueueBits = 6;
-constexpr uint32_t kSlotGenBits = 32 - kSlotHeadBits - kSlotQueueBits;
-constexpr uint32_t kSlotHeadMask = (1u << kSlotHeadBits) - 1;
-constexpr uint32_t kSlotQueueMask = (1u << kSlotQueueBits) - 1;
-constexpr uint32_t kSlotGenMask = (1u << kSlotGenBits) - 1;
+// Request tags handed to JS (REQ_TAG in src/native/types.ts): generation | queue | head,
+// packed into 32 bits (a uint32 in the completion array, exact in a double).
+constexpr uint32_t kTagHeadBits = 15;
+constexpr uint32_t kTagQueueBits = 6;
+constexpr uint32_t kTagGenBits = 32 - kTagHeadBits - kTagQueueBits;
+constexpr uint32_t kTagHeadMask = (1u << kTagHeadBits) - 1;
+constexpr uint32_t kTagQueueMask = (1u << kTagQueueBits) - 1;
+constexpr uint32_t kTagGenMask = (1u << kTagGenBits) - 1;
 
 // Queues per device and descriptors per queue. The queue index and the head must fit their
-// slot id fields; queue sizes are powers of two (virtio 1.2, 2.7: split rings up to 32768).
-constexpr uint32_t kMaxQueues = 1u << kSlotQueueBits;
+// request tag fields; queue sizes are powers of two (virtio 1.2, 2.7: split rings up to 32768).
+constexpr uint32_t kMaxQueues = 1u << kTagQueueBits;
 constexpr uint32_t kMinQueueSize = 2;
-constexpr uint32_t kMaxQueueSize = 1u << kSlotHeadBits;
+constexpr uint32_t kMaxQueueSize = 1u << kTagHeadBits;
 static_assert(kMaxQueueSize <= 32768, "split rings hold at most 32768 descriptors");
 
 // Messages.

@@ -43,7 +43,7 @@ void Backend::UpdateRunning(uint32_t index) {
     q.ring.SetFeatures((conn_.features & Bit(VIRTIO_RING_F_INDIRECT_DESC)) != 0,
                        (conn_.features & Bit(VIRTIO_RING_F_EVENT_IDX)) != 0);
     if (q.inflight == 0) {
-      q.slots.assign(q.ring.num(), Slot());
+      q.head_requests.assign(q.ring.num(), HeadRequest());
       q.gen = ++gen_counter_;
     }
     q.kick_watch = StartWatch(q.kick_fd, kWatchKick, static_cast<int>(index),
@@ -92,8 +92,8 @@ void Backend::StopAllQueues() {
   }
 }
 
-void Backend::ClearSlots(Queue& q) {
-  q.slots.clear();
+void Backend::ClearHeadRequests(Queue& q) {
+  q.head_requests.clear();
   q.inflight = 0;
 }
 
@@ -161,8 +161,8 @@ void Backend::ProcessQueue(uint32_t index) {
       Panic("queue " + std::to_string(index) + ": " + err);
       return;
     }
-    Slot& slot = q.slots[chain.head];
-    if (slot.active) {
+    HeadRequest& hr = q.head_requests[chain.head];
+    if (hr.active) {
       Panic("queue " + std::to_string(index) + ": head " + std::to_string(chain.head) +
             " made available while in flight");
       return;
@@ -181,13 +181,13 @@ void Backend::ProcessQueue(uint32_t index) {
           {Num("queue", index), Num("type", br.type)});
       continue;
     }
-    slot.active = true;
-    slot.type = br.type;
-    slot.data_len = br.data_len;
-    slot.status = br.status;
-    slot.status_mapping = br.status_mapping->shared_from_this();
+    hr.active = true;
+    hr.type = br.type;
+    hr.data_len = br.data_len;
+    hr.status = br.status;
+    hr.status_mapping = br.status_mapping->shared_from_this();
     q.inflight++;
-    reqs.push_back(PendingRequest{SlotId(q.gen, index, chain.head), br.type, br.sector,
+    reqs.push_back(PendingRequest{MakeTag(q.gen, index, chain.head), br.type, br.sector,
                                   br.data_len, static_cast<uint32_t>(segs.size()),
                                   static_cast<uint32_t>(br.data.size())});
     segs.insert(segs.end(), br.data.begin(), br.data.end());
@@ -279,20 +279,20 @@ bool Backend::Complete(uint32_t queue, const uint32_t* pairs, size_t count, std:
   Queue& q = queues_[queue];
   bool touched = false;
   for (size_t i = 0; i < count; i++) {
-    const uint32_t id = pairs[2 * i];
+    const uint32_t tag = pairs[2 * i];
     const uint8_t status = static_cast<uint8_t>(pairs[2 * i + 1]);
-    const uint32_t head = SlotHead(id);
-    if (SlotQueue(id) != queue || SlotGen(id) != (q.gen & kSlotGenMask) ||
-        head >= q.slots.size()) {
+    const uint32_t head = TagHead(tag);
+    if (TagQueue(tag) != queue || TagGen(tag) != (q.gen & kTagGenMask) ||
+        head >= q.head_requests.size()) {
       continue;
     }
-    Slot& s = q.slots[head];
-    if (!s.active) continue;
-    __atomic_store_n(s.status, status, __ATOMIC_RELAXED);
-    AddUsed(q, static_cast<uint16_t>(head), blk::UsedLength(s.type, status, s.data_len));
-    s.active = false;
-    s.status = nullptr;
-    s.status_mapping.reset();
+    HeadRequest& hr = q.head_requests[head];
+    if (!hr.active) continue;
+    __atomic_store_n(hr.status, status, __ATOMIC_RELAXED);
+    AddUsed(q, static_cast<uint16_t>(head), blk::UsedLength(hr.type, status, hr.data_len));
+    hr.active = false;
+    hr.status = nullptr;
+    hr.status_mapping.reset();
     q.inflight--;
     touched = true;
   }

@@ -56,7 +56,7 @@ const TIMESTAMP_SETTLE_MS = 25;
  * which ext4/XFS/btrfs change when the inode number is reused, and birth time, from statx),
  * and its change stamp (ctime and mtime in ns, size). `touch -r` can restore mtime, never ctime.
  */
-export function fileIdentity(st: fs.BigIntStats, generation: number | null): string {
+function fileIdentity(st: fs.BigIntStats, generation: number | null): string {
   const gen = generation === null ? '-' : String(generation);
   return `file:${st.dev}:${st.ino}:gen=${gen}:birth=${st.birthtimeNs}:ctime=${st.ctimeNs}:mtime=${st.mtimeNs}:size=${st.size}`;
 }

@@ -16,7 +16,7 @@ export interface ChartOptions {
   panelHeight?: number;
 }
 
-export const MARKER_LIMIT = 200;
+const MARKER_LIMIT = 200;
 
 interface PanelSpec {
   key: 'iops' | 'latency' | 'hitrate';
@@ -40,7 +40,7 @@ export function escapeXml(s: string): string {
 }
 
 /** A 1-2-5 step giving about `target` intervals over [0, max]. */
-export function niceStep(max: number, target = 5): number {
+function niceStep(max: number, target = 5): number {
   if (!(max > 0) || !Number.isFinite(max)) return 1;
   const raw = max / target;
   const mag = 10 ** Math.floor(Math.log10(raw));

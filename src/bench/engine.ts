@@ -5,17 +5,17 @@
  *
  * Structure:
  *   Device  one front end connection (one socket), `queues` rings, each ring a Lane of `depth`
- *           slots; a slot owns a data buffer of maxLen bytes in guest RAM and is the Completion of
- *           the one request it carries at a time.
+ *           carriers; a carrier owns a data buffer of maxLen bytes in guest RAM and is the
+ *           Completion of the one request it carries at a time.
  *   Route   where requests of ASU n go: a device and a byte offset (ASUs may share a device).
- *   Engine  pulls requests from the workload and places each on a free slot of its device (lanes
- *           round robin); a request finding no free slot waits in its device's FIFO and takes the
- *           next slot freed on that device.
+ *   Engine  pulls requests from the workload and places each on a free carrier of its device
+ *           (lanes round robin); a request finding no free carrier waits in its device's FIFO and
+ *           takes the next carrier freed on that device.
  *
- * Issue policy: an unpaced workload is pulled whenever a request can be placed (every slot busy,
+ * Issue policy: an unpaced workload is pulled whenever a request can be placed (every carrier busy,
  * closed loop). A paced workload is pulled when its `at` time has come (open loop); the latency of
  * a paced request counts from its scheduled time (or from its submission when the timer slack
- * sent it out early), so waiting for a slot is included, as an
+ * sent it out early), so waiting for a carrier is included, as an
  * application would see it; unpaced latency counts from submission.
  * The run ends at `runtime` seconds (or after `count` requests): no request is issued afterwards
  * and the engine resolves once the requests in flight are back.
@@ -28,8 +28,6 @@ import { VhostUserFrontend } from '../frontend/vhost-user-frontend';
 import { PeriodMeter, type PeriodSample } from './stats';
 import type { BenchRequest, Workload } from './workload';
 
-
-
 /** setTimeout's resolution: paced requests due this close are issued at once. */
 const TIMER_SLACK_MS = 1;
 export interface DeviceOptions {
@@ -41,7 +39,7 @@ export interface DeviceOptions {
   maxLen: number;
 }
 
-class Slot implements Completion {
+class Carrier implements Completion {
   read = false;
   len = 0;
   /** performance.now() of the request's start (submission or scheduled time). */
@@ -62,7 +60,7 @@ class Slot implements Completion {
 }
 
 class Lane {
-  readonly free: Slot[] = [];
+  readonly free: Carrier[] = [];
   dirty = false;
 
   constructor(
@@ -74,7 +72,7 @@ class Lane {
 /** One connected front end with its lanes. */
 export class Device {
   readonly lanes: Lane[] = [];
-  /** Requests waiting for a free slot. */
+  /** Requests waiting for a free carrier. */
   readonly pending: BenchRequest[] = [];
   /** Capacity in bytes (virtio-blk config). */
   readonly capacity: number;
@@ -90,7 +88,7 @@ export class Device {
     this.capacity = Number(fe.config?.capacity ?? 0n) * SECTOR_SIZE;
     for (let q = 0; q < fe.queueCount; q++) {
       const lane = new Lane(this, fe.ring(q));
-      for (let s = 0; s < depth; s++) lane.free.push(new Slot(lane, fe.memory.alloc(maxLen, 4096)));
+      for (let s = 0; s < depth; s++) lane.free.push(new Carrier(lane, fe.memory.alloc(maxLen, 4096)));
       this.lanes.push(lane);
     }
   }
@@ -105,7 +103,7 @@ export class Device {
     return new Device(o.socketPath, fe, o.depth, o.maxLen);
   }
 
-  /** A lane with a free slot, round robin; null when every slot is busy. */
+  /** A lane with a free carrier, round robin; null when every carrier is busy. */
   freeLane(): Lane | null {
     const n = this.lanes.length;
     for (let i = 0; i < n; i++) {
@@ -289,7 +287,7 @@ export class Engine {
     }
   }
 
-  /** Puts a paced request on a free slot of its device or in the device's FIFO. */
+  /** Puts a paced request on a free carrier of its device or in the device's FIFO. */
   private place(req: BenchRequest, at: number): void {
     const dev = this.o.routes[req.asu - 1].device;
     const lane = dev.pending.length === 0 ? dev.freeLane() : null;
@@ -304,19 +302,19 @@ export class Engine {
   private submit(lane: Lane, req: BenchRequest, start: number): void {
     const route = this.o.routes[req.asu - 1];
     const bs = this.o.workload.blockSize;
-    const slot = lane.free.pop() as Slot;
+    const carrier = lane.free.pop() as Carrier;
     const len = req.blocks * bs;
-    if (len > slot.buf.len) {
-      lane.free.push(slot);
-      this.fail(new VhostError(`request of ${len} bytes exceeds the slot buffer (${slot.buf.len})`, 'EINVAL'));
+    if (len > carrier.buf.len) {
+      lane.free.push(carrier);
+      this.fail(new VhostError(`request of ${len} bytes exceeds the carrier buffer (${carrier.buf.len})`, 'EINVAL'));
       return;
     }
-    slot.read = req.read;
-    slot.len = len;
-    slot.start = start;
+    carrier.read = req.read;
+    carrier.len = len;
+    carrier.start = start;
     const sector = (route.offset + req.block * bs) / SECTOR_SIZE;
-    if (!lane.ring.submit(req.read ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT, sector, slot.buf.addr, len, slot)) {
-      lane.free.push(slot);
+    if (!lane.ring.submit(req.read ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT, sector, carrier.buf.addr, len, carrier)) {
+      lane.free.push(carrier);
       this.fail(new VhostError('ring full', 'EAGAIN'));
       return;
     }
@@ -340,18 +338,18 @@ export class Engine {
     this.dirtyLanes.length = 0;
   }
 
-  /** Slot completion (called from the ring's poll). */
-  completed(slot: Slot, status: number): void {
+  /** Carrier completion (called from the ring's poll). */
+  completed(carrier: Carrier, status: number): void {
     this.inflight--;
     const now = performance.now();
-    this.meter.record((now - slot.start) * 1e6, slot.read);
+    this.meter.record((now - carrier.start) * 1e6, carrier.read);
     this.ops++;
-    if (slot.read) this.reads++;
+    if (carrier.read) this.reads++;
     else this.writes++;
-    if (status === 0) this.bytes += slot.len;
+    if (status === 0) this.bytes += carrier.len;
     else this.errors++;
-    const lane = slot.lane;
-    lane.free.push(slot);
+    const lane = carrier.lane;
+    lane.free.push(carrier);
     if (!this.stopped) {
       const dev = lane.device;
       if (now >= this.end) this.stop();
@@ -364,7 +362,7 @@ export class Engine {
     if (this.stopped) this.maybeFinish();
   }
 
-  failed(_slot: Slot, err: Error): void {
+  failed(_carrier: Carrier, err: Error): void {
     this.inflight--;
     this.fail(err);
   }

@@ -1,12 +1,12 @@
 /**
  * fio-like single-range workloads with the BenchRequest shape. Addresses are in 512-byte sectors
  * (blockSize 512) relative to the target's start; every request is `bs` bytes at offset + k x bs
- * (k a slot index in [0, floor(size / bs))), like fio with blockalign = bs.
+ * (k a unit index in [0, floor(size / bs))), like fio with blockalign = bs.
  *
- * - randread / randwrite / randrw: uniform slots; randrw reads with probability rwmixread %.
- * - read / write: sequential slots from the start of the range, wrapping at its end.
- * - zipf: slot ranks drawn from Zipf(theta) (rank 1 hottest); ranks are scattered over the range by
- *   the bijection rank -> (a x rank + c) mod slots (a coprime with slots, c seeded) unless
+ * - randread / randwrite / randrw: uniform units; randrw reads with probability rwmixread %.
+ * - read / write: sequential units from the start of the range, wrapping at its end.
+ * - zipf: unit ranks drawn from Zipf(theta) (rank 1 hottest); ranks are scattered over the range by
+ *   the bijection rank -> (a x rank + c) mod units (a coprime with units, c seeded) unless
  *   `scramble` is false; reads with probability rwmixread %.
  * Pacing: with `iops`, request i carries at = i / iops (evenly spaced, like fio's rate_iops);
  * without it the workload is unpaced.
@@ -17,8 +17,8 @@ import { SECTOR_SIZE } from '../virtio-blk/spec';
 
 export const MODE_NAMES = ['randread', 'randwrite', 'randrw', 'read', 'write', 'zipf'] as const;
 export type ModeName = (typeof MODE_NAMES)[number];
-/** Zipf slot counts are limited so the scatter multiplication stays exact in doubles. */
-export const MAX_ZIPF_SLOTS = 2 ** 32;
+/** Zipf unit counts are limited so the scatter multiplication stays exact in doubles. */
+export const MAX_ZIPF_UNITS = 2 ** 32;
 
 export interface ModeOptions {
   mode: ModeName;
@@ -33,7 +33,7 @@ export interface ModeOptions {
   rwmixread?: number;
   /** Zipf exponent, > 0 (default 1.2). */
   theta?: number;
-  /** Scatter zipf ranks over the range (default true); false keeps rank 1 at the first slot. */
+  /** Scatter zipf ranks over the range (default true); false keeps rank 1 at the first unit. */
   scramble?: boolean;
   /** Paced rate; absent = unpaced. */
   iops?: number;
@@ -48,8 +48,8 @@ export class ModeWorkload implements Workload {
   readonly blockSize = SECTOR_SIZE;
   readonly paced: boolean;
   readonly mode: ModeName;
-  /** Number of bs-sized slots in the range. */
-  readonly slots: number;
+  /** Number of bs-sized units in the range. */
+  readonly units: number;
   /** Read probability in [0, 1]. */
   readonly readFraction: number;
   private readonly rng: Rng;
@@ -59,7 +59,7 @@ export class ModeWorkload implements Workload {
   private readonly scatterA: number = 1;
   private readonly scatterC: number = 0;
   private readonly iops: number;
-  private seqSlot = 0;
+  private seqUnit = 0;
   private issued = 0;
 
   constructor(opts: ModeOptions) {
@@ -79,7 +79,7 @@ export class ModeWorkload implements Workload {
     this.rng = new Rng(opts.seed, 3);
     this.firstSector = offset / SECTOR_SIZE;
     this.sectorsPerIo = opts.bs / SECTOR_SIZE;
-    this.slots = Math.floor(opts.size / opts.bs);
+    this.units = Math.floor(opts.size / opts.bs);
     this.paced = opts.iops !== undefined;
     this.iops = opts.iops ?? 0;
 
@@ -99,40 +99,40 @@ export class ModeWorkload implements Workload {
     }
 
     if (opts.mode === 'zipf') {
-      if (this.slots > MAX_ZIPF_SLOTS) throw new RangeError(`zipf range too large: ${this.slots} slots > ${MAX_ZIPF_SLOTS}`);
-      this.zipf = new ZipfSampler(this.slots, opts.theta ?? 1.2);
+      if (this.units > MAX_ZIPF_UNITS) throw new RangeError(`zipf range too large: ${this.units} units > ${MAX_ZIPF_UNITS}`);
+      this.zipf = new ZipfSampler(this.units, opts.theta ?? 1.2);
       if (opts.scramble ?? true) {
         // A multiplier near 2^20 x golden ratio: spreads neighbouring ranks far apart, a x rank < 2^53.
         let a = 647_031;
-        while (gcd(a, this.slots) !== 1) a++;
-        this.scatterA = a % this.slots || 1;
-        this.scatterC = this.rng.int(this.slots);
+        while (gcd(a, this.units) !== 1) a++;
+        this.scatterA = a % this.units || 1;
+        this.scatterC = this.rng.int(this.units);
       }
     }
   }
 
-  /** Slot index of a zipf rank (1-based) after scattering. */
-  slotOfRank(rank: number): number {
-    return (this.scatterA * (rank - 1) + this.scatterC) % this.slots;
+  /** Unit index of a zipf rank (1-based) after scattering. */
+  unitOfRank(rank: number): number {
+    return (this.scatterA * (rank - 1) + this.scatterC) % this.units;
   }
 
   next(): BenchRequest {
     const read = this.readFraction >= 1 || (this.readFraction > 0 && this.rng.chance(this.readFraction));
-    let slot: number;
+    let unit: number;
     if (this.mode === 'read' || this.mode === 'write') {
-      slot = this.seqSlot;
-      this.seqSlot = slot + 1 === this.slots ? 0 : slot + 1;
+      unit = this.seqUnit;
+      this.seqUnit = unit + 1 === this.units ? 0 : unit + 1;
     } else if (this.zipf !== null) {
-      slot = this.slotOfRank(this.zipf.sample(this.rng));
+      unit = this.unitOfRank(this.zipf.sample(this.rng));
     } else {
-      slot = this.rng.int(this.slots);
+      unit = this.rng.int(this.units);
     }
     const req: BenchRequest = {
       asu: 1,
       stream: 0,
       bsu: 0,
       read,
-      block: this.firstSector + slot * this.sectorsPerIo,
+      block: this.firstSector + unit * this.sectorsPerIo,
       blocks: this.sectorsPerIo,
       bypassCache: false,
     };

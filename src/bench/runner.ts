@@ -23,7 +23,6 @@
  * time to completion).
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Command, Option } from 'commander';
 import { native } from '../native/binding';
@@ -36,6 +35,7 @@ import { Progress } from './progress';
 import { asuSizesForTotal, deriveAsuSizes, SPC1_BLOCK_SIZE, Spc1Workload, type AsuSizes } from './spc1';
 import type { PeriodSample } from './stats';
 import {
+  benchDir,
   type CacheDelta,
   type CacheSnapshot,
   fetchStats,
@@ -368,8 +368,7 @@ const EMBEDDED_CACHE_SIZE = 256 << 20;
 export async function runBench(given: BenchOptions): Promise<BenchReport> {
   const embedded = given.backing === undefined && given.asu1 === undefined;
   const ownDir = (given.backing !== undefined || embedded) && given.workdir === undefined;
-  const dir = given.workdir ?? (ownDir ? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-')) : '');
-  if (given.workdir !== undefined) fs.mkdirSync(given.workdir, { recursive: true });
+  const dir = given.workdir !== undefined || ownDir ? benchDir(given.workdir) : '';
   let o = given;
   if (embedded) {
     o = {
@@ -510,7 +509,7 @@ function positive(v: string, flag: string, integer = true): number {
   return n;
 }
 
-export function benchOptionsFromFlags(f: BenchFlags, parseSize: (v: string, flag: string) => number): BenchOptions {
+function benchOptionsFromFlags(f: BenchFlags, parseSize: (v: string, flag: string) => number): BenchOptions {
   return {
     ...(f.asu1 !== undefined ? { asu1: f.asu1 } : {}),
     ...(f.asu2 !== undefined ? { asu2: f.asu2 } : {}),

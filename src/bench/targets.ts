@@ -12,7 +12,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import type { CacheStats, VolumeCounters } from '../cache/stats';
 import { controlJson } from '../control/client';
 import { VhostError } from '../native/errors';
 
@@ -42,11 +44,11 @@ export interface SpawnOptions {
 const OUTPUT_LIMIT = 64 * 1024;
 
 /** Shell-quotes one word (only when needed). */
-export function shellQuote(word: string): string {
+function shellQuote(word: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }
 
-export function formatCommand(argv: readonly string[]): string {
+function formatCommand(argv: readonly string[]): string {
   return argv.map(shellQuote).join(' ');
 }
 
@@ -63,7 +65,7 @@ export function canConnect(p: string): Promise<boolean> {
 }
 
 /** Spawns argv and waits for readiness (see the module comment). */
-export async function spawnTarget(name: string, argv: readonly string[], opts: SpawnOptions): Promise<Target> {
+async function spawnTarget(name: string, argv: readonly string[], opts: SpawnOptions): Promise<Target> {
   for (const s of opts.sockets) fs.rmSync(s, { force: true });
   const proc: ChildProcess = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
   let out = '';
@@ -154,7 +156,7 @@ export interface VbcTarget extends Target {
 }
 
 /** Builds the argv of `vhost-blk-cache serve` for `o` (writes the config file for several volumes). */
-export function vbcArgv(o: VbcOptions): string[] {
+function vbcArgv(o: VbcOptions): string[] {
   const argv = [process.execPath, ...(o.nodeArgs ?? []), VBC_BIN, 'serve'];
   if (o.volumes.length === 1 && o.volumes[0].name === 'vol0') {
     const v = o.volumes[0];
@@ -255,7 +257,7 @@ export interface NbdkitOptions {
   threads?: number;
 }
 
-export function nbdkitArgv(o: NbdkitOptions): string[] {
+function nbdkitArgv(o: NbdkitOptions): string[] {
   const argv = ['nbdkit', '--foreground', '--exit-with-parent', '--unix', o.socket];
   if (o.threads !== undefined) argv.push('--threads', String(o.threads));
   const delay = o.readDelayMs !== undefined || o.writeDelayMs !== undefined;
@@ -270,28 +272,29 @@ export async function startNbdkit(o: NbdkitOptions): Promise<Target> {
   return spawnTarget('nbdkit', nbdkitArgv(o), { sockets: [o.socket] });
 }
 
-// ------------------------------------------------------------------ control socket
-
-/** The cache counters of /stats (whole cache, or one volume of it). */
-export interface CacheCounters {
-  reads: number;
-  readHits: number;
-  insertions: number;
-  evictions: number;
-  invalidations: number;
-  invalidateHits: number;
-  ramHits: number;
-  storageHits: number;
+/**
+ * The directory a benchmark works in: `given` (created when missing), else a new one under the
+ * OS temp dir named vbc-bench-<tag>XXXXXX (the caller removes it).
+ */
+export function benchDir(given?: string, tag = ''): string {
+  if (given === undefined) return fs.mkdtempSync(path.join(os.tmpdir(), `vbc-bench-${tag}`));
+  fs.mkdirSync(given, { recursive: true });
+  return given;
 }
 
-export interface CacheSnapshot extends CacheCounters {
-  wraps: number;
-  segmentsSkipped: number;
-  segmentReads: number;
-  segmentWrites: number;
-  readLatencyUs: number;
-  segmentReadLatencyUs: number;
-  segmentWriteLatencyUs: number;
+// ------------------------------------------------------------------ control socket
+
+/** The counters compared between two /stats readings (whole cache, or one volume of it). */
+const COUNTER_KEYS = [
+  'reads', 'readHits', 'insertions', 'evictions', 'invalidations', 'invalidateHits', 'ramHits', 'storageHits',
+] as const satisfies readonly (keyof VolumeCounters)[];
+
+/** The cache counters of /stats (whole cache, or one volume of it) the benchmarks read. */
+export type CacheCounters = Pick<VolumeCounters, (typeof COUNTER_KEYS)[number]>;
+
+export interface CacheSnapshot
+  extends CacheCounters,
+    Pick<CacheStats, 'wraps' | 'segmentsSkipped' | 'segmentReads' | 'segmentWrites' | 'readLatencyUs' | 'segmentReadLatencyUs' | 'segmentWriteLatencyUs'> {
   volumes: Record<string, CacheCounters>;
 }
 
@@ -317,10 +320,6 @@ export interface CacheDelta extends CacheCounters {
   /** Mean cache-device read latency over the daemon's life (µs; /stats gives no count for it). */
   readLatencyUs: number;
 }
-
-const COUNTER_KEYS: readonly (keyof CacheCounters)[] = [
-  'reads', 'readHits', 'insertions', 'evictions', 'invalidations', 'invalidateHits', 'ramHits', 'storageHits',
-];
 
 /** Counter differences b - a; `volumes` restricts them to those volumes of the cache (default: all). */
 export function statsDelta(a: CacheSnapshot, b: CacheSnapshot, volumes?: readonly string[]): CacheDelta {

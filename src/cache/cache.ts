@@ -4,7 +4,8 @@
  * Volumes reach it through CachedStore (cached-store.ts), which owns the consistency rules;
  * this class offers block-granular primitives: readBlocks, readHit, insert, invalidate.
  *
- * Open sequence: open (or create and size) the device; read the superblock (device offset 0)
+ * Open sequence: open (or create) the device, lock it (flock: a second open of a live cache, in
+ * any process, gets EBUSY) and size it; read the superblock (device offset 0)
  * and format it (fresh uuid, generation 0) if it is missing, of another geometry, or the file
  * had to be resized; load the metadata (device area, or the --cache-metadata file) if it is
  * bound to the superblock's uuid and generation and matches the geometry and map size; then
@@ -28,6 +29,7 @@ import * as fs from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { directAlignment } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
+import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { type Logger, silentLogger } from '../util/logger';
 import { AddressMap, DEFAULT_LOAD_FACTOR, MIN_LOAD_FACTOR } from './address-map';
@@ -109,28 +111,50 @@ function openLogIo(file: string, fd: number, direct: boolean): { fd: number; ali
   return { fd: dfd, alignment };
 }
 
-/** Opens the device; `resized` when a regular file had to be created or resized to `size`. */
+/**
+ * Opens the device and takes an exclusive flock on it, held until close()/abort() closes the fd
+ * (the kernel drops it if the process dies), so no second Cache, in this process or another,
+ * can open a live cache: it gets EBUSY. `resized` when a regular file had to be created or
+ * resized to `size` (only after the lock is held).
+ */
 function openDevice(file: string, size: number | undefined): { fd: number; bytes: number; resized: boolean; block: boolean } {
-  let st: fs.Stats | undefined;
+  let fd: number;
   try {
-    st = fs.statSync(file);
+    fd = fs.openSync(file, 'r+');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  if (!st) {
     if (!size) throw new VhostError(`${file}: no such cache device (give a size to create a file)`, 'ENOENT');
-    const fd = fs.openSync(file, 'w+', 0o600);
-    fs.ftruncateSync(fd, size);
-    return { fd, bytes: size, resized: true, block: false };
+    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   }
-  const fd = fs.openSync(file, 'r+');
   try {
+    try {
+      native.lockExclusive(fd);
+    } catch (err) {
+      if ((err as VhostError).code !== 'EAGAIN') throw err;
+      throw new VhostError(`cache ${file} is open by another cache (a running daemon?)`, 'EBUSY');
+    }
+    const st = fs.fstatSync(fd);
     const resized = st.isFile() && size !== undefined && size > 0 && st.size !== size;
     if (resized) fs.ftruncateSync(fd, size);
     return { fd, bytes: deviceBytes(file, fd), resized, block: st.isBlockDevice() };
   } catch (err) {
     fs.closeSync(fd);
     throw err;
+  }
+}
+
+/**
+ * Allocates every block of a cache file that was created or resized (it is sparse): a full file
+ * system then fails here, at open, never as a segment write error later, and segment writes do
+ * not allocate. A file system without fallocate keeps the file sparse.
+ */
+async function preallocate(engine: IoEngine, fd: number, bytes: number, file: string): Promise<void> {
+  try {
+    await engine.fallocate(fd, 0, 0, bytes);
+  } catch (err) {
+    const code = (err as VhostError).code;
+    if (code === 'EOPNOTSUPP') return;
+    throw new VhostError(`${file}: cannot allocate ${bytes} bytes for the cache (${code})`, code ?? 'EIO');
   }
 }
 
@@ -296,6 +320,7 @@ export class Cache {
     let logIo: { fd: number; alignment: number } | undefined;
     try {
       logIo = openLogIo(o.path, fd, o.direct ?? block);
+      if (resized) await preallocate(o.engine, fd, bytes, o.path);
       const g = computeGeometry(bytes, o.blockSize ?? 4096, o.segmentSize ?? 512 * 1024);
       const raw = new Uint8Array(SUPERBLOCK_SIZE);
       await o.engine.readv(fd, [raw], 0, true);

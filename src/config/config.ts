@@ -270,7 +270,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
   };
 }
 
-export function validateCache(raw: unknown, field: string): CacheConfig {
+function validateCache(raw: unknown, field: string): CacheConfig {
   if (!isObject(raw)) return fail(field, 'must be an object');
   checkKeys(raw, CACHE_KEYS, field);
   const blockSize = raw.blockSize === undefined ? DEFAULTS.cacheBlockSize : parseSize(raw.blockSize, `${field}.blockSize`);

@@ -11,7 +11,6 @@
  * store's identity. Two volumes on one backing store (same location: file, device, NBD export)
  * are refused unless both are read-only: one would serve blocks the other made stale.
  */
-import * as fs from 'node:fs';
 import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
@@ -23,38 +22,10 @@ import type { IoEngine } from '../io/io-engine';
 import type { ControlledDaemon, DaemonStats } from '../control/daemon-api';
 import { MetricsServer } from '../control/metrics';
 import { ControlServer } from '../control/server';
-import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { DaemonLogger, Logger } from '../util/logger';
 import { Volume } from '../volume/volume';
 import { notifySystemd } from './systemd';
-
-/**
- * Takes an exclusive flock on the cache device for the daemon's lifetime, so a second daemon
- * cannot open (and corrupt) a live cache. The kernel releases it if the daemon dies.
- * Returns the fd holding the lock, or null when the device does not exist yet and will not be
- * created (Cache.open then reports it).
- */
-function lockCacheDevice(path: string, create: boolean): number | null {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, create ? fs.constants.O_RDONLY | fs.constants.O_CREAT : fs.constants.O_RDONLY, 0o600);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
-  try {
-    native.lockExclusive(fd);
-  } catch (err) {
-    fs.closeSync(fd);
-    const code = (err as VhostError).code;
-    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') {
-      throw new VhostError(`cache ${path} holds the live cache of another running daemon`, 'EBUSY');
-    }
-    throw err;
-  }
-  return fd;
-}
 
 /** A volume's claim on its backing store (see the file comment). */
 interface Claim {
@@ -79,17 +50,15 @@ export class Daemon implements ControlledDaemon {
     readonly config: DaemonConfig,
     readonly engine: IoEngine,
     readonly cache: Cache | null,
-    private readonly cacheLockFd: number | null,
     private readonly log: Logger,
   ) {}
 
   static async start(config: DaemonConfig, log: Logger): Promise<Daemon> {
     const engine = createIoEngine(config.ioEngine);
     let cache: Cache | null = null;
-    let lockFd: number | null = null;
     if (config.cache !== null) {
       try {
-        lockFd = lockCacheDevice(config.cache.path, config.cache.size !== undefined);
+        // Cache.open locks the device: a second daemon on a live cache gets EBUSY.
         cache = await Cache.open({
           path: config.cache.path,
           ...(config.cache.size !== undefined ? { size: config.cache.size } : {}),
@@ -101,13 +70,12 @@ export class Daemon implements ControlledDaemon {
           logger: log.child({ cache: config.cache.path }),
         });
       } catch (err) {
-        if (lockFd !== null) fs.closeSync(lockFd);
         engine.close();
         throw err;
       }
       log.info({ cache: config.cache.path, warm: cache.warm, blocks: cache.geometry.slots }, cache.warm ? 'cache loaded warm' : 'cache started cold');
     }
-    const d = new Daemon(config, engine, cache, lockFd, log);
+    const d = new Daemon(config, engine, cache, log);
     try {
       for (const v of config.volumes) await d.addVolume(v);
       if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
@@ -255,7 +223,6 @@ export class Daemon implements ControlledDaemon {
         this.log.error({ err: (err as Error).message }, 'cache close failed: the next start is cold');
       }
     }
-    if (this.cacheLockFd !== null) fs.closeSync(this.cacheLockFd);
     this.log.info({ volumes: vols.map((v) => v.stats()), cache: this.cache?.stats() ?? null }, 'final statistics');
     this.engine.close();
     this.log.info('stopped');

@@ -12,7 +12,7 @@ import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import type { NativeGuestRam } from '../native/types';
 
-export const DEFAULT_USER_ADDR_BASE = 0x7f00_0000_0000n;
+const DEFAULT_USER_ADDR_BASE = 0x7f00_0000_0000n;
 
 /** A buffer in guest RAM: `addr` is its guest physical address, `bytes` a view of it. */
 export interface GuestBuffer {

@@ -231,8 +231,8 @@ function writeRegion(b: Buffer, off: number, r: MemRegion): void {
 }
 
 /**
- * SET_MEM_TABLE payload: nregions u32, padding u32, then 8 region slots of 32 bytes (QEMU
- * always sends all 8 slots; unused ones are zero). `regions` beyond 8 are a caller error.
+ * SET_MEM_TABLE payload: nregions u32, padding u32, then 8 region entries of 32 bytes (QEMU
+ * always sends all 8 entries; unused ones are zero). `regions` beyond 8 are a caller error.
  */
 export function encodeMemTable(regions: readonly MemRegion[], nregions = regions.length): Buffer {
   if (regions.length > MAX_MEM_REGIONS) throw new RangeError('at most 8 memory regions');

@@ -116,7 +116,7 @@ export interface FrontendOptions {
   onDisconnect?: (err: Error | null) => void;
 }
 
-export const DEFAULT_BLK_FEATURES: bigint = VIRTIO_BLK_F_ALL.reduce((m, b) => m | bit(b), 0n);
+const DEFAULT_BLK_FEATURES: bigint = VIRTIO_BLK_F_ALL.reduce((m, b) => m | bit(b), 0n);
 export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.MQ) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 

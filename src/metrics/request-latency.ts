@@ -55,7 +55,7 @@ function percentiles(s: LatencySummary): LatencyPercentiles {
 }
 
 class TypeCounts {
-  /** Non-cumulative; the last slot counts values above the largest bound (+Inf). */
+  /** Non-cumulative; the last entry counts values above the largest bound (+Inf). */
   readonly counts = new Float64Array(LATENCY_BUCKETS_S.length + 1);
   sum = 0;
   count = 0;

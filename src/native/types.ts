@@ -9,8 +9,8 @@
  * Layout of VhostDevice.requests (a Float64Array owned by native, reused for every
  * onRequests call; copy what you need before returning). Request i occupies
  * [i * REQ_STRIDE, (i + 1) * REQ_STRIDE):
- *   +0 tag      the request tag: opaque in-flight id (the native "slot id"); pass it back to
- *               complete()
+ *   +0 tag       the request tag: opaque in-flight id (native: MakeTag, kTag* in
+ *               native/vhost/limits.h); pass it back to complete()
  *   +1 type      VIRTIO_BLK_T_* (uint32 from the header)
  *   +2 sector    512-byte sector from the header; values >= 2^53 are clamped to 2^53
  *   +3 dataLen   total bytes of the data segments (between header and status byte)
@@ -90,7 +90,7 @@ export interface NativeVhostDevice {
   /**
    * Completes `count` requests of `queue`: completions holds pairs [tag, status].
    * Used-ring entries are written at once; the guest is notified at most once per event-loop
-   * turn (EVENT_IDX honoured). Slots that are not in flight (e.g. from before a disconnect)
+   * turn (EVENT_IDX honoured). Tags that are not in flight (e.g. from before a disconnect)
    * are ignored.
    */
   complete(queue: number, count: number, completions: Uint32Array): void;

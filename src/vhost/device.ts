@@ -8,22 +8,11 @@
  * same turn of the event loop costs one crossing (and native notifies the guest once).
  */
 import { native } from '../native/binding';
-import type { NativeVhostDevice, VhostDeviceEvent } from '../native/types';
+import type { NativeVhostDevice, VhostDeviceEvent, VhostDeviceOptions } from '../native/types';
 import type { Logger } from '../util/logger';
 
-export interface VhostExportOptions {
-  /** Exactly one of socketPath and fd. */
-  socketPath?: string;
-  socketMode?: number;
-  allowUids?: number[];
-  fd?: number;
-  maxQueues: number;
-  maxQueueSize: number;
-  /** seg_max and size_max announced in `config` (enforced natively per chain). */
-  maxSegments: number;
-  maxSegmentSize: number;
-  deviceFeatures: bigint;
-  config: Uint8Array;
+/** The native device's options (see src/native/types.ts) with JS callbacks instead of its raw ones. */
+export interface VhostExportOptions extends Omit<VhostDeviceOptions, 'onRequests' | 'onEvent'> {
   logger: Logger;
   /** Receives each batch; see src/native/types.ts for the request table layout. */
   onRequests: (queue: number, count: number, segs: Uint8Array[], table: Float64Array) => void;

@@ -83,7 +83,7 @@ export interface DispatchStats {
   bytesWritten: number;
 }
 
-export function emptyDispatchStats(): DispatchStats {
+function emptyDispatchStats(): DispatchStats {
   return {
     reads: 0,
     writes: 0,

@@ -14,18 +14,7 @@ import { UringEngine } from '../../src/io/uring-engine';
 import { native } from '../../src/native/binding';
 import { rejectsWithCode } from '../support/assert';
 import { tmpDir } from '../support/tmp';
-
-/** Views of `data` cut at the given sizes (the last one takes the rest). */
-function split(data: Uint8Array, sizes: number[]): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let pos = 0;
-  for (const s of sizes) {
-    out.push(data.subarray(pos, pos + s));
-    pos += s;
-  }
-  if (pos < data.length) out.push(data.subarray(pos));
-  return out;
-}
+import { splitAt } from '../support/scatter';
 
 /** A view of `len` bytes whose address is `align`-aligned plus `skew` bytes. */
 function skewed(len: number, skew: number): Uint8Array {
@@ -164,7 +153,7 @@ for (const [engineName, makeEngine] of engines) {
       const p = path.join(dir, 'disk.img');
       const store = await FileStore.open(p, { createSize: 1 << 20, engine });
       const data = randomBytes(10000);
-      await store.write(1234, split(data, [1, 999, 5000]));
+      await store.write(1234, splitAt(data, [1, 999, 5000]));
       await store.flush();
       await store.close();
       const ro = await FileStore.open(p, { engine, readOnly: true });
@@ -255,10 +244,10 @@ for (const [engineName, makeEngine] of engines) {
           const len = sizes.reduce((s, x) => s + x, 0);
           const src = skewed(len, skew);
           src.set(randomBytes(len));
-          await store.write(off, split(src, sizes));
+          await store.write(off, splitAt(src, sizes));
           model.set(src, off);
           const dst = skewed(len, skew + 1);
-          await store.read(off, split(dst, sizes.slice().reverse()));
+          await store.read(off, splitAt(dst, sizes.slice().reverse()));
           assert.deepEqual(Buffer.from(dst), Buffer.from(src), `case ${off}`);
         }
         const all = native.alignedBuffer(model.length, 4096);
@@ -337,7 +326,7 @@ describe('FileStore on a loop block device @host', () => {
         assert.equal(store.location, `block:${st.rdev}`);
         assert.equal(store.changesVisible, false);
         const data = randomBytes(3000);
-        await store.write(1000, split(data, [7, 2000]));
+        await store.write(1000, splitAt(data, [7, 2000]));
         const back = new Uint8Array(3000);
         await store.read(1000, [back]);
         assert.deepEqual(Buffer.from(back), data);

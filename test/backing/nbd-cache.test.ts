@@ -13,7 +13,8 @@ import { FsEngine } from '../../src/io/fs-engine';
 import type { VhostError } from '../../src/native/errors';
 import { MemNbdServer } from './nbd-mem-server';
 import { tmpDir } from '../support/tmp';
-import { BLOCK, stamp, stamped, unixUri } from './nbd-servers';
+import { BLOCK, unixUri } from './nbd-servers';
+import { stampBytes, stampGeneration, stamped } from '../support/stamps';
 
 const SIZE = 1 << 20;
 
@@ -47,7 +48,7 @@ describe('cache over an NBD export that fails or changes', function () {
   async function readsServer(s: CachedStore, block: number, what: string): Promise<void> {
     const got = await readBlock(s, block);
     const want = server.content(block * BLOCK, BLOCK);
-    assert.ok(got.equals(want), `${what}: block ${block} read generation ${got.readUInt32BE(4)}, the server holds ${want.readUInt32BE(4)}`);
+    assert.ok(got.equals(want), `${what}: block ${block} read generation ${stampGeneration(got)}, the server holds ${stampGeneration(want)}`);
   }
 
   /** Waits (event loop turns, bounded) until the cache holds `block` of the volume. */
@@ -68,7 +69,7 @@ describe('cache over an NBD export that fails or changes', function () {
     dir = tmpDir('nbd-cache');
     engine = new FsEngine();
     server = new MemNbdServer(path.join(dir, 'nbd.sock'), SIZE);
-    stamp(server.durable, 0, 1);
+    stampBytes(server.durable, 0, 1);
     await server.listen();
   });
 

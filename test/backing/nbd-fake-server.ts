@@ -5,9 +5,10 @@
  * chosen for the connection (by connection number; the last one repeats). Structured replies are
  * negotiated for the behaviours that need them ('oversized-chunk', 'trickle-structured').
  */
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import * as P from '../../src/backing/nbd/protocol';
-import { stamped } from './nbd-servers';
+import { stamped } from '../support/stamps';
+import { NbdTestServer, type NbdTestSession, simpleReply } from './nbd-test-server';
 
 export type Behaviour =
   | 'good'
@@ -22,45 +23,22 @@ export type Behaviour =
 
 const TRICKLE_PIECE = 7;
 
-export class FakeNbdServer {
-  private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
-  connections = 0;
-
+export class FakeNbdServer extends NbdTestServer {
   constructor(
-    readonly path: string,
+    path: string,
     private readonly behaviours: Behaviour[],
     private readonly size = 1024 * 1024,
     private readonly gen = 5,
   ) {
-    this.server = net.createServer((s) => this.serve(s));
+    super(path);
   }
 
-  listen(): Promise<void> {
-    return new Promise((resolve) => this.server.listen(this.path, () => resolve()));
+  protected exportSize(): number {
+    return this.size;
   }
 
-  close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    return new Promise((resolve) => this.server.close(() => resolve()));
-  }
-
-  private serve(sock: net.Socket): void {
-    const behaviour = this.behaviours[Math.min(this.connections, this.behaviours.length - 1)];
-    this.connections++;
-    this.sockets.add(sock);
-    sock.on('close', () => this.sockets.delete(sock));
-    sock.on('error', () => undefined);
-    let buf = Buffer.alloc(0);
-    let phase: 'flags' | 'options' | 'transmission' = 'flags';
-    let structured = false;
-    const hello = Buffer.alloc(18);
-    hello.writeUInt32BE(P.NBDMAGIC[0], 0);
-    hello.writeUInt32BE(P.NBDMAGIC[1], 4);
-    hello.writeUInt32BE(P.IHAVEOPT[0], 8);
-    hello.writeUInt32BE(P.IHAVEOPT[1], 12);
-    hello.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16);
-    sock.write(hello);
+  protected session(sock: net.Socket, n: number): NbdTestSession {
+    const behaviour = this.behaviours[Math.min(n, this.behaviours.length - 1)];
 
     // Trickled output, in order across replies.
     const pieces: Buffer[] = [];
@@ -86,40 +64,24 @@ export class FakeNbdServer {
       }
     };
 
-    const optReply = (option: number, type: number, data: Buffer = Buffer.alloc(0)): void => {
-      const h = Buffer.alloc(20);
-      h.writeUInt32BE(P.OPTION_REPLY_MAGIC[0], 0);
-      h.writeUInt32BE(P.OPTION_REPLY_MAGIC[1], 4);
-      h.writeUInt32BE(option, 8);
-      h.writeUInt32BE(type >>> 0, 12);
-      h.writeUInt32BE(data.length, 16);
-      sock.write(Buffer.concat([h, data]));
-    };
-
-    const reply = (handle: Buffer, cmd: number, offset: number, length: number): void => {
-      const simple = (magic: number, h: Buffer): Buffer => {
-        const r = Buffer.alloc(16);
-        r.writeUInt32BE(magic, 0);
-        h.copy(r, 8);
-        return r;
-      };
+    const reply = (handle: Buffer, cmd: number, offset: number, length: number, structured: boolean): void => {
       const unknown = Buffer.from([0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff]);
       const data = cmd === P.NBD_CMD_READ ? stamped(offset, length, this.gen) : Buffer.alloc(0);
       switch (behaviour) {
         case 'unknown-handle':
-          sock.write(Buffer.concat([simple(P.SIMPLE_REPLY_MAGIC, unknown), data]));
+          sock.write(simpleReply(unknown, 0, data));
           return;
         case 'bad-magic':
-          sock.write(Buffer.concat([simple(0x12345678, handle), data]));
+          sock.write(simpleReply(handle, 0, data, 0x12345678));
           return;
         case 'short-data':
-          sock.end(Buffer.concat([simple(P.SIMPLE_REPLY_MAGIC, handle), data.subarray(0, data.length >> 1)]));
+          sock.end(simpleReply(handle, 0, data.subarray(0, data.length >> 1)));
           return;
         default:
           break;
       }
       if (!structured || cmd !== P.NBD_CMD_READ) {
-        send(Buffer.concat([simple(P.SIMPLE_REPLY_MAGIC, handle), data]));
+        send(simpleReply(handle, 0, data));
         return;
       }
       const chunk = (at: number, len: number, done: boolean, claimed = 8 + len): Buffer => {
@@ -143,49 +105,10 @@ export class FakeNbdServer {
       }
     };
 
-    sock.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        if (phase === 'flags') {
-          if (buf.length < 4) return;
-          buf = buf.subarray(4);
-          phase = 'options';
-        } else if (phase === 'options') {
-          if (buf.length < 16) return;
-          const option = buf.readUInt32BE(8);
-          const len = buf.readUInt32BE(12);
-          if (buf.length < 16 + len) return;
-          buf = buf.subarray(16 + len);
-          if (option === P.NBD_OPT_STRUCTURED_REPLY) {
-            structured = behaviour === 'oversized-chunk' || behaviour === 'trickle-structured';
-            optReply(option, structured ? P.NBD_REP_ACK : P.NBD_REP_ERR_UNSUP);
-          } else if (option === P.NBD_OPT_GO) {
-            const info = Buffer.alloc(12);
-            info.writeUInt16BE(P.NBD_INFO_EXPORT, 0);
-            P.writeU64(info, this.size, 2);
-            info.writeUInt16BE(P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH, 10);
-            optReply(option, P.NBD_REP_INFO, info);
-            optReply(option, P.NBD_REP_ACK);
-            phase = 'transmission';
-          } else {
-            optReply(option, P.NBD_REP_ERR_UNSUP);
-          }
-        } else {
-          if (buf.length < 28) return;
-          const type = buf.readUInt16BE(6);
-          const handle = Buffer.from(buf.subarray(8, 16));
-          const offset = Number(buf.readBigUInt64BE(16));
-          const length = buf.readUInt32BE(24);
-          const need = 28 + (type === P.NBD_CMD_WRITE ? length : 0);
-          if (buf.length < need) return;
-          buf = buf.subarray(need);
-          if (type === P.NBD_CMD_DISC) {
-            sock.end();
-            return;
-          }
-          reply(handle, type, offset, length);
-        }
-      }
-    });
+    return {
+      flags: P.NBD_FLAG_SEND_FLUSH,
+      structured: behaviour === 'oversized-chunk' || behaviour === 'trickle-structured',
+      command: (c, structured) => reply(c.handle, c.type, c.offset, c.length, structured),
+    };
   }
 }

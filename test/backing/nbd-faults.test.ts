@@ -11,7 +11,8 @@ import { NbdStore } from '../../src/backing/nbd/nbd-store';
 import { waitFor } from '../support/wait';
 import { FakeNbdServer, type Behaviour } from './nbd-fake-server';
 import { tmpDir } from '../support/tmp';
-import { BLOCK, stamped, startNbdkit, unixUri, verify, type ServerProcess, type NbdkitSpec } from './nbd-servers';
+import { BLOCK, startNbdkit, unixUri, type ServerProcess, type NbdkitSpec } from './nbd-servers';
+import { stamped, verifyStamped } from '../support/stamps';
 
 async function failure(p: Promise<unknown>): Promise<VhostError> {
   try {
@@ -89,7 +90,7 @@ describe('NbdStore faults @host', function () {
     await waitFor(() => s.reconnectCount >= 1, 'a reconnect after ESHUTDOWN');
     fs.rmSync(trigger);
     await reading;
-    verify(b, 0, 2);
+    verifyStamped(b, 0, 2);
     assert.ok(store.reconnectCount >= 1);
   });
 
@@ -134,7 +135,7 @@ describe('NbdStore faults @host', function () {
         written++;
         const b = Buffer.alloc(BLOCK);
         await s.read(off, [b]);
-        verify(b, off, 4);
+        verifyStamped(b, off, 4);
       }),
     );
     // Kill the server with I/O in flight (some writes done, most not), restart it once the
@@ -148,10 +149,10 @@ describe('NbdStore faults @host', function () {
     assert.ok(s.reconnectCount >= 1);
     const all = Buffer.alloc((N + 1) * BLOCK);
     await s.read(0, [all]);
-    verify(all.subarray(0, BLOCK), 0, 1);
-    verify(all.subarray(BLOCK), BLOCK, 4);
+    verifyStamped(all.subarray(0, BLOCK), 0, 1);
+    verifyStamped(all.subarray(BLOCK), BLOCK, 4);
     await s.flush();
-    verify(all.subarray(0, BLOCK), 0, 1);
+    verifyStamped(all.subarray(0, BLOCK), 0, 1);
   });
 
   it('requests time out with ETIMEDOUT while the server stays away, then work again', async () => {
@@ -193,7 +194,7 @@ describe('NbdStore faults @host', function () {
         assert.equal(s.info.structured, behaviour === 'trickle-structured');
         const bufs = Array.from({ length: 4 }, () => Buffer.alloc(2 * BLOCK));
         await Promise.all([...bufs.map((b, i) => s.read((2 * i + 1) * BLOCK, [b.subarray(0, 512), b.subarray(512)])), s.flush()]);
-        bufs.forEach((b, i) => verify(b, (2 * i + 1) * BLOCK, 5));
+        bufs.forEach((b, i) => verifyStamped(b, (2 * i + 1) * BLOCK, 5));
         assert.equal(s.reconnectCount, 0);
         await s.close();
         store = null;
@@ -216,7 +217,7 @@ describe('NbdStore faults @host', function () {
         store = await NbdStore.open(unixUri(sock), { reconnectMinMs: 10, structuredReplies: structured });
         const b = Buffer.alloc(8 * BLOCK);
         await store.read(8 * BLOCK, [b]);
-        verify(b, 8 * BLOCK, 5);
+        verifyStamped(b, 8 * BLOCK, 5);
         assert.equal(store.reconnectCount, behaviours.length - 1);
         assert.equal(fake.connections, behaviours.length);
         await store.close();

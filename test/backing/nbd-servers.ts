@@ -1,69 +1,15 @@
 /**
- * Real NBD servers for the NBD client tests (nbdkit, qemu-nbd) plus self-verifying data:
- * every 4 KiB block carries its block address and a generation, so a read proves it got the
- * right block of the right write.
+ * Real NBD servers for the NBD client tests (nbdkit, qemu-nbd) and what those tests share
+ * (block size, server processes, URIs). Self-verifying data: test/support/stamps.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpDir } from '../support/tmp';
 
 export const BLOCK = 4096;
 
-/** Fills `buf` (a whole number of blocks) with the stamp of blocks starting at `offset`. */
-export function stamp(buf: Uint8Array, offset: number, gen: number): void {
-  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  for (let b = 0; b < buf.byteLength; b += BLOCK) {
-    const addr = (offset + b) / BLOCK;
-    v.setUint32(b, addr);
-    v.setUint32(b + 4, gen);
-    for (let i = 8; i < BLOCK; i++) buf[b + i] = (addr * 31 + gen * 17 + i) & 255;
-  }
-}
-
-export function stamped(offset: number, length: number, gen: number): Buffer {
-  const b = Buffer.alloc(length);
-  stamp(b, offset, gen);
-  return b;
-}
-
-/** Throws naming the first block of `buf` that is not the stamp of (offset, gen). */
-export function verify(buf: Uint8Array, offset: number, gen: number): void {
-  const want = stamped(offset, buf.byteLength, gen);
-  for (let b = 0; b < buf.byteLength; b += BLOCK) {
-    if (Buffer.compare(want.subarray(b, b + BLOCK), buf.subarray(b, b + BLOCK)) !== 0) {
-      const v = new DataView(buf.buffer, buf.byteOffset + b, 8);
-      throw new Error(
-        `block ${(offset + b) / BLOCK} gen ${gen}: found block ${v.getUint32(0)} gen ${v.getUint32(4)}`,
-      );
-    }
-  }
-}
-
-/** Splits `buf` into views of the given sizes (the rest in the last one): a scatter list. */
-export function scatter(buf: Uint8Array, sizes: number[]): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let pos = 0;
-  for (const s of sizes) {
-    out.push(buf.subarray(pos, pos + s));
-    pos += s;
-  }
-  if (pos < buf.byteLength) out.push(buf.subarray(pos));
-  return out;
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
+/** Resolves after `ms` (the poll interval of waitFor below, e2e pacing). */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

@@ -7,15 +7,14 @@ import { NbdStore } from '../../src/backing/nbd/nbd-store';
 import { tmpDir } from '../support/tmp';
 import {
   BLOCK,
-  freePort,
-  scatter,
-  stamped,
   startNbdkit,
   startQemuNbd,
   unixUri,
-  verify,
   type ServerProcess,
 } from './nbd-servers';
+import { stamped, verifyStamped } from '../support/stamps';
+import { freePort } from '../support/net';
+import { splitAt } from '../support/scatter';
 
 const MiB = 1024 * 1024;
 
@@ -43,10 +42,10 @@ function basicSuite(name: string, open: () => Promise<NbdStore>): void {
 
     it('round-trips stamped blocks through scatter lists', async () => {
       const data = stamped(8 * BLOCK, 16 * BLOCK, 1);
-      await store.write(8 * BLOCK, scatter(data, [512, 3584, 3 * BLOCK, 100 * 512]));
+      await store.write(8 * BLOCK, splitAt(data, [512, 3584, 3 * BLOCK, 100 * 512]));
       const back = Buffer.alloc(16 * BLOCK);
-      await store.read(8 * BLOCK, scatter(back, [BLOCK, 512, 7 * 512, 5 * BLOCK]));
-      verify(back, 8 * BLOCK, 1);
+      await store.read(8 * BLOCK, splitAt(back, [BLOCK, 512, 7 * 512, 5 * BLOCK]));
+      verifyStamped(back, 8 * BLOCK, 1);
     });
 
     it('keeps 64 requests in flight and gets every block right', async () => {
@@ -58,15 +57,15 @@ function basicSuite(name: string, open: () => Promise<NbdStore>): void {
       await Promise.all(writes);
       const bufs = Array.from({ length: 64 }, () => Buffer.alloc(2 * BLOCK));
       await Promise.all(bufs.map((b, i) => store.read((100 + i * 3) * BLOCK, [b])));
-      bufs.forEach((b, i) => verify(b, (100 + i * 3) * BLOCK, 2));
+      bufs.forEach((b, i) => verifyStamped(b, (100 + i * 3) * BLOCK, 2));
     });
 
     it('moves requests larger than the maximum payload', async () => {
       const off = 4 * MiB;
       await store.write(off, [stamped(off, 3 * MiB, 3)]);
       const back = Buffer.alloc(3 * MiB);
-      await store.read(off, scatter(back, [MiB + BLOCK, 512]));
-      verify(back, off, 3);
+      await store.read(off, splitAt(back, [MiB + BLOCK, 512]));
+      verifyStamped(back, off, 3);
     });
 
     it('flushes, trims and writes zeroes (with and without unmap)', async () => {
@@ -78,7 +77,7 @@ function basicSuite(name: string, open: () => Promise<NbdStore>): void {
       const back = Buffer.alloc(64 * BLOCK, 0xff);
       await store.read(off, [back]);
       assert.ok(back.subarray(0, 32 * BLOCK).every((x) => x === 0));
-      verify(back.subarray(32 * BLOCK), off + 32 * BLOCK, 4);
+      verifyStamped(back.subarray(32 * BLOCK), off + 32 * BLOCK, 4);
       if (store.features.discard) await store.discard(off + 32 * BLOCK, 32 * BLOCK);
       await store.flush();
     });
@@ -135,7 +134,7 @@ describe('NbdStore on real servers @host', function () {
         await s.flush();
         const bufs = offs.map(() => Buffer.alloc(BLOCK));
         await Promise.all(offs.map((o, i) => s.read(o, [bufs[i]])));
-        bufs.forEach((b, i) => verify(b, offs[i], 9));
+        bufs.forEach((b, i) => verifyStamped(b, offs[i], 9));
       } finally {
         await s.close();
       }
@@ -241,7 +240,7 @@ describe('NbdStore on real servers @host', function () {
         const b = Buffer.alloc(8 * BLOCK);
         fs.readSync(fd, b, 0, b.length, off);
         fs.closeSync(fd);
-        verify(b, off, 7);
+        verifyStamped(b, off, 7);
       } finally {
         await s.close();
       }

@@ -1,13 +1,12 @@
 import * as assert from 'node:assert/strict';
 import { VhostError } from '../../src/native/errors';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { describeNbdAddress, parseNbdUri } from '../../src/backing/nbd/uri';
 import { isNbdUri, openBackingStore } from '../../src/backing/open';
 import { validateVolume } from '../../src/config/config';
 import { createIoEngine } from '../../src/io/index';
 import { silentLogger } from '../../src/util/logger';
+import { tmpDir } from '../support/tmp';
 
 function rejects(uri: string, pattern: RegExp): void {
   assert.throws(
@@ -84,7 +83,7 @@ describe('NBD URI parsing', () => {
       assert.ok(isNbdUri(uri), uri);
     }
     assert.ok(!isNbdUri('/var/lib/images/nbd.img') && !isNbdUri('nbd.img'));
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-nbds-'));
+    const dir = tmpDir('nbds');
     const cwd = process.cwd();
     const engine = createIoEngine('threadpool');
     try {

@@ -15,7 +15,8 @@ import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
 import { CephCluster } from '../support/ceph-cluster';
 import { tmpDir } from '../support/tmp';
-import { BLOCK, stamped, verify } from './nbd-servers';
+import { BLOCK } from './nbd-servers';
+import { stamped, verifyStamped } from '../support/stamps';
 
 const SECTORS = BLOCK / 512;
 
@@ -69,7 +70,7 @@ describe('daemon on an RBD image through the cache @host', function () {
       assert.equal(r.status, VIRTIO_BLK_S_OK);
       const data = Buffer.from(r.data as Uint8Array);
       if (gen === 'zero') assert.ok(data.every((x) => x === 0), `block ${blocks[i]} reads as zeros`);
-      else verify(data, (blocks[i] as number) * BLOCK, gen);
+      else verifyStamped(data, (blocks[i] as number) * BLOCK, gen);
     });
   }
 
@@ -89,7 +90,7 @@ describe('daemon on an RBD image through the cache @host', function () {
     const file = path.join(dir, 'export');
     await ceph.rbd('export', `${ceph.pool}/vol`, file);
     const img = fs.readFileSync(file);
-    for (const b of hot) verify(img.subarray(b * BLOCK, (b + 1) * BLOCK), b * BLOCK, 1);
+    for (const b of hot) verifyStamped(img.subarray(b * BLOCK, (b + 1) * BLOCK), b * BLOCK, 1);
     fs.rmSync(file);
 
     ceph.stopOsd();

@@ -12,7 +12,10 @@ import { RbdStore } from '../../src/backing/rbd/rbd-store';
 import { native } from '../../src/native/binding';
 import type { VhostError } from '../../src/native/errors';
 import { CephCluster } from '../support/ceph-cluster';
-import { BLOCK, freePort, scatter, stamped, verify } from './nbd-servers';
+import { BLOCK } from './nbd-servers';
+import { freePort } from '../support/net';
+import { splitAt } from '../support/scatter';
+import { stamped, verifyStamped } from '../support/stamps';
 
 const MiB = 1 << 20;
 
@@ -53,15 +56,15 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     assert.equal(store.kind, 'rbd');
     assert.deepEqual(store.features, { flush: true, discard: true, writeZeroes: true });
     const data = stamped(BLOCK * 3, 64 * BLOCK, 1);
-    await store.write(BLOCK * 3, scatter(data, [512, 4096, 100, 12_000]));
+    await store.write(BLOCK * 3, splitAt(data, [512, 4096, 100, 12_000]));
     await store.flush();
     const back = Buffer.alloc(64 * BLOCK);
-    await store.read(BLOCK * 3, scatter(back, [7, 4089, 8192]));
-    verify(back, BLOCK * 3, 1);
+    await store.read(BLOCK * 3, splitAt(back, [7, 4089, 8192]));
+    verifyStamped(back, BLOCK * 3, 1);
     // The data reached the cluster: the rbd tool sees it.
     const file = path.join(ceph.dir, 'export');
     await ceph.rbd('export', `${ceph.pool}/${name}`, file);
-    verify(fs.readFileSync(file).subarray(BLOCK * 3, BLOCK * 67), BLOCK * 3, 1);
+    verifyStamped(fs.readFileSync(file).subarray(BLOCK * 3, BLOCK * 67), BLOCK * 3, 1);
     // Write-zeroes (with and without unmap) reads back as zeros, neighbours intact; a discard
     // is advisory (librbd skips partial objects) but one of whole objects deallocates them.
     await store.writeZeroes(BLOCK * 20, BLOCK * 2, true);
@@ -71,9 +74,9 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     for (const [from, count] of [[20, 2], [30, 3]]) {
       assert.ok(back.subarray((from - 3) * BLOCK, (from - 3 + count) * BLOCK).every((b) => b === 0), `blocks ${from}+${count} are zero`);
     }
-    verify(back.subarray(0, 17 * BLOCK), BLOCK * 3, 1);
-    verify(back.subarray(22 * BLOCK - 3 * BLOCK, 30 * BLOCK - 3 * BLOCK), 22 * BLOCK, 1);
-    verify(back.subarray(33 * BLOCK - 3 * BLOCK), 33 * BLOCK, 1);
+    verifyStamped(back.subarray(0, 17 * BLOCK), BLOCK * 3, 1);
+    verifyStamped(back.subarray(22 * BLOCK - 3 * BLOCK, 30 * BLOCK - 3 * BLOCK), 22 * BLOCK, 1);
+    verifyStamped(back.subarray(33 * BLOCK - 3 * BLOCK), 33 * BLOCK, 1);
     const tail = stamped(4 * MiB, 4 * MiB, 3);
     await store.write(4 * MiB, [tail]);
     await store.discard(4 * MiB, 4 * MiB);
@@ -94,7 +97,7 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     assert.equal(store.pendingInLibrbd, 0);
     const bufs = blocks.map(() => Buffer.alloc(BLOCK));
     await Promise.all(blocks.map((b, i) => store.read(b * BLOCK, [bufs[i] as Buffer])));
-    blocks.forEach((b, i) => verify(bufs[i] as Buffer, b * BLOCK, 2));
+    blocks.forEach((b, i) => verifyStamped(bufs[i] as Buffer, b * BLOCK, 2));
   });
 
   it('rejects out-of-range requests before they reach librbd', async () => {
@@ -177,9 +180,9 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     assert.match(snap.identity, new RegExp(`^rbd:${ceph.fsid}:\\d+:${snap.info.imageId}@\\d+:${4 * MiB}$`));
     const buf = Buffer.alloc(16 * BLOCK);
     await snap.read(0, [buf]);
-    verify(buf, 0, 1);
+    verifyStamped(buf, 0, 1);
     await store.read(0, [buf]);
-    verify(buf, 0, 2);
+    verifyStamped(buf, 0, 2);
     await assert.rejects(snap.write(0, [buf]), (e: VhostError) => e.code === 'EROFS');
     await snap.close();
   });
@@ -230,8 +233,8 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     await Promise.all(writes);
     const buf = Buffer.alloc(32 * BLOCK);
     await store.read(0, [buf]);
-    verify(buf.subarray(0, 16 * BLOCK), 0, 2);
-    verify(buf.subarray(16 * BLOCK), 16 * BLOCK, 1);
+    verifyStamped(buf.subarray(0, 16 * BLOCK), 0, 2);
+    verifyStamped(buf.subarray(16 * BLOCK), 16 * BLOCK, 1);
   });
 
   it('times requests out while the OSD is stopped, forgets their buffers and recovers', async () => {
@@ -261,7 +264,7 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     assert.ok(readBuf.every((b) => b === 0xee), 'a timed-out read does not write into the caller buffer');
     const buf = Buffer.alloc(8 * BLOCK);
     await store.read(0, [buf]);
-    verify(buf, 0, 1);
+    verifyStamped(buf, 0, 1);
   });
 
   it('never lets a timed-out write land over a newer write of the same block', async () => {
@@ -281,7 +284,7 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     await until('librbd to finish the abandoned write', () => store.pendingInLibrbd === 0);
     const buf = Buffer.alloc(4 * BLOCK);
     await store.read(0, [buf]);
-    verify(buf, 0, 3);
+    verifyStamped(buf, 0, 3);
   });
 
   it('closes promptly while the cluster holds requests (the image is abandoned)', async () => {

@@ -15,7 +15,7 @@ describe('bench/modes', () => {
     for (const mode of ['randread', 'randwrite'] as const) {
       const { w, reqs } = run({ ...base, mode }, 200_000);
       assert.equal(w.blockSize, 512);
-      assert.equal(w.slots, 16384);
+      assert.equal(w.units, 16384);
       assert.equal(w.paced, false);
       const halves = [0, 0];
       for (const q of reqs) {
@@ -50,29 +50,29 @@ describe('bench/modes', () => {
     assert.deepEqual(rd.map((q) => [q.read, q.block, q.blocks]), [[true, 1, 1], [true, 2, 1], [true, 3, 1], [true, 4, 1], [true, 1, 1]]);
   });
 
-  it('zipf: hot slots follow Zipf(theta), scattered by a bijection', () => {
+  it('zipf: hot units follow Zipf(theta), scattered by a bijection', () => {
     const { w, reqs } = run({ ...base, mode: 'zipf', theta: 1.2 }, 500_000);
     assert.ok(reqs.every((q) => q.read));
     let norm = 0;
-    for (let k = 1; k <= w.slots; k++) norm += k ** -1.2;
-    const bySlot = new Map<number, number>();
+    for (let k = 1; k <= w.units; k++) norm += k ** -1.2;
+    const byUnit = new Map<number, number>();
     for (const q of reqs) {
-      const slot = (q.block - 2048) / 8;
-      bySlot.set(slot, (bySlot.get(slot) ?? 0) + 1);
+      const unit = (q.block - 2048) / 8;
+      byUnit.set(unit, (byUnit.get(unit) ?? 0) + 1);
     }
     for (const rank of [1, 2, 5]) {
-      const got = (bySlot.get(w.slotOfRank(rank)) ?? 0) / reqs.length;
+      const got = (byUnit.get(w.unitOfRank(rank)) ?? 0) / reqs.length;
       const p = rank ** -1.2 / norm;
       assert.ok(Math.abs(got / p - 1) < 0.03, `rank ${rank}: ${got} vs ${p}`);
     }
-    // scrambled: the hottest slots are far apart; and the scatter is a bijection
-    assert.ok(Math.abs(w.slotOfRank(2) - w.slotOfRank(1)) > 1);
+    // scrambled: the hottest units are far apart; and the scatter is a bijection
+    assert.ok(Math.abs(w.unitOfRank(2) - w.unitOfRank(1)) > 1);
     const small = new ModeWorkload({ mode: 'zipf', bs: 512, size: 512 * 1000, seed: 2 });
-    const image = new Set(Array.from({ length: 1000 }, (_, i) => small.slotOfRank(i + 1)));
+    const image = new Set(Array.from({ length: 1000 }, (_, i) => small.unitOfRank(i + 1)));
     assert.equal(image.size, 1000);
     const plain = new ModeWorkload({ mode: 'zipf', bs: 512, size: 512 * 1000, seed: 2, scramble: false });
-    assert.equal(plain.slotOfRank(1), 0);
-    assert.equal(plain.slotOfRank(7), 6);
+    assert.equal(plain.unitOfRank(1), 0);
+    assert.equal(plain.unitOfRank(7), 6);
   });
 
   it('paces at iops with evenly spaced times', () => {

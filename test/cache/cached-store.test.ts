@@ -1,12 +1,13 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
 import { BufferState, deviceBytesFor, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
-import { FaultyEngine, gate, MemStore, stamp } from './helpers';
+import { FaultyEngine, gate, MemStore } from './helpers';
+import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 const VOL = 64 * BS;
@@ -30,7 +31,7 @@ describe('cached store', () => {
 
   function block(offset: number, gen: number, len = BS): Uint8Array {
     const b = new Uint8Array(len);
-    stamp(b, offset, gen);
+    stampBytes(b, offset, gen);
     return b;
   }
 
@@ -46,10 +47,10 @@ describe('cached store', () => {
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-store-'));
+    dir = tmpDir('store');
     engine = new FaultyEngine(new FsEngine());
     mem = new MemStore(VOL);
-    stamp(mem.data, 0, 1);
+    stampBytes(mem.data, 0, 1);
   });
 
   afterEach(async () => {

@@ -165,12 +165,3 @@ export function drawSlots(m: CacheMap, perRow: number): string {
   }
   return rows.join('\n');
 }
-
-/** Block filled with a stamp of (volume byte offset, generation): 8-byte pattern repeated. */
-export function stamp(into: Uint8Array, offset: number, generation: number): void {
-  const dv = new DataView(into.buffer, into.byteOffset, into.byteLength);
-  for (let i = 0; i + 8 <= into.byteLength; i += 8) {
-    dv.setUint32(i, (offset + i) >>> 0, true);
-    dv.setUint32(i + 4, generation, true);
-  }
-}

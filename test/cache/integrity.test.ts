@@ -5,7 +5,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache, type CacheOptions } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
@@ -13,7 +12,9 @@ import { deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segme
 import { FsEngine } from '../../src/io/fs-engine';
 import { UringEngine } from '../../src/io/uring-engine';
 import type { IoEngine } from '../../src/io/io-engine';
-import { MemStore, stamp } from './helpers';
+import { MemStore } from './helpers';
+import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 /** Blocks cached by populate(): 6 of the 8 segments of 4 blocks. */
@@ -38,10 +39,10 @@ for (const [kind, makeEngine] of engines()) {
     const open = (o: Partial<CacheOptions> = {}) => Cache.open({ path: cachePath(), size, segmentSize: 16384, buffers: 2, engine, ...o });
 
     beforeEach(() => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-integrity-'));
+      dir = tmpDir('integrity');
       engine = makeEngine();
       mem = new MemStore(64 * BS);
-      stamp(mem.data, 0, 1);
+      stampBytes(mem.data, 0, 1);
     });
 
     afterEach(async () => {

@@ -1,6 +1,5 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { native } from '../../src/native/binding';
@@ -8,6 +7,7 @@ import { Cache } from '../../src/cache/cache';
 import { deviceBytesFor, SEGMENT_MAGIC, segmentOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { drawSlots, FaultyEngine } from './helpers';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 
@@ -24,7 +24,7 @@ describe('cache log', () => {
   let cache: Cache;
 
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-log-'));
+    dir = tmpDir('log');
     engine = new FaultyEngine(new FsEngine());
     // 4 segments of 4 blocks (16 KiB data + 4 KiB header), 3 RAM buffers: 16 slots.
     cache = await Cache.open({

@@ -1,13 +1,14 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache, type CacheOptions } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor, SUPERBLOCK_SIZE } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
-import { MemStore, stamp } from './helpers';
+import { MemStore } from './helpers';
+import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 const BLOCKS = 20;
@@ -22,7 +23,7 @@ describe('cache metadata and warm restart', () => {
     Cache.open({ path: cachePath(), size: deviceBytesFor(8, 4096, 16384), segmentSize: 16384, engine, ...o });
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-meta-'));
+    dir = tmpDir('meta');
   });
 
   afterEach(async () => {
@@ -65,7 +66,7 @@ describe('cache metadata and warm restart', () => {
 
   it('a clean close restores the map from the metadata area of the cache device (no file)', async () => {
     const mem = new MemStore(32 * BS);
-    stamp(mem.data, 0, 1);
+    stampBytes(mem.data, 0, 1);
     await populate(mem);
     assert.deepEqual(fs.readdirSync(dir), ['cache']);
     cache = await open();
@@ -79,7 +80,7 @@ describe('cache metadata and warm restart', () => {
   it('stays warm when only the device survives (a block device after a reboot: no file next to it)', async () => {
     // Issue 10 (4): `--cache /dev/nvme0n1p3` kept its metadata in /dev/nvme0n1p3.meta on devtmpfs.
     const mem = new MemStore(32 * BS);
-    stamp(mem.data, 0, 1);
+    stampBytes(mem.data, 0, 1);
     await populate(mem);
     const moved = path.join(dir, 'after-reboot');
     fs.copyFileSync(cachePath(), moved);
@@ -97,7 +98,7 @@ describe('cache metadata and warm restart', () => {
     let dev = attach();
     try {
       const mem = new MemStore(32 * BS);
-      stamp(mem.data, 0, 1);
+      stampBytes(mem.data, 0, 1);
       await populate(mem, { path: dev, size: undefined });
       execFileSync('losetup', ['--detach', dev]);
       // A reboot empties devtmpfs: nothing next to the device node survives.
@@ -119,12 +120,12 @@ describe('cache metadata and warm restart', () => {
     // metadata file) and rewrites the slots with other blocks; run 3 must not trust m1.
     const m1 = path.join(dir, 'm1');
     const mem = new MemStore(32 * BS);
-    stamp(mem.data, 0, 1);
+    stampBytes(mem.data, 0, 1);
     await populate(mem, { metadataPath: m1 });
     const link = path.join(dir, 'link');
     fs.symlinkSync(cachePath(), link);
     const other = new MemStore(32 * BS);
-    stamp(other.data, 0, 2);
+    stampBytes(other.data, 0, 2);
     cache = await open({ path: link, metadataPath: path.join(dir, 'm2') });
     assert.equal(cache.warm, false);
     const s = new CachedStore({ backing: other, cache, name: 'a' });
@@ -140,7 +141,7 @@ describe('cache metadata and warm restart', () => {
   it('a metadata file is accepted when it is the one bound to the device', async () => {
     const meta = path.join(dir, 'meta');
     const mem = new MemStore(32 * BS);
-    stamp(mem.data, 0, 1);
+    stampBytes(mem.data, 0, 1);
     await populate(mem, { metadataPath: meta });
     cache = await open({ metadataPath: meta });
     assert.equal(cache.warm, true);
@@ -150,14 +151,14 @@ describe('cache metadata and warm restart', () => {
 
   it('an old copy of the metadata area put back is refused (generation)', async () => {
     const mem = new MemStore(32 * BS);
-    stamp(mem.data, 0, 1);
+    stampBytes(mem.data, 0, 1);
     await populate(mem);
     cache = await open();
     const old = area();
     await cache.abort();
     // Another clean run caches other data in the same slots.
     const other = new MemStore(32 * BS);
-    stamp(other.data, 0, 2);
+    stampBytes(other.data, 0, 2);
     cache = await open();
     assert.equal(cache.warm, false, 'the aborted run left stale metadata');
     const s = new CachedStore({ backing: other, cache, name: 'a', mode: 'writethrough' });

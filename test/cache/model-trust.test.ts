@@ -15,29 +15,20 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
 import { deviceBytesFor, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { VhostError } from '../../src/native/errors';
-import { FaultyEngine, MemStore, rng, stamp } from './helpers';
+import { FaultyEngine, MemStore, rng } from './helpers';
+import { stampBytes } from '../support/stamps';
+import { splitRandomly } from '../support/scatter';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 /** Not a multiple of the block size: the tail block is never cached. */
 const VOL_SIZE = 96 * BS + 1536;
-
-function split(buf: Uint8Array, r: () => number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let at = 0;
-  while (at < buf.byteLength) {
-    const n = Math.min(buf.byteLength - at, 512 * (1 + Math.floor(r() * 6)));
-    out.push(buf.subarray(at, at + n));
-    at += n;
-  }
-  return out;
-}
 
 /**
  * A MemStore whose writes fail (ETIMEDOUT) at `failRate`, each failed write being applied at
@@ -107,14 +98,14 @@ class FlakyStore extends MemStore {
 
 async function runModel(seed: number, mode: CacheMode, steps: number, events = false): Promise<void> {
   const r = rng(seed);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-model-'));
+  const dir = tmpDir('model');
   const engine = new FaultyEngine(new FsEngine(), r);
   const models: Uint8Array[] = [];
   const backs = ['a', 'b'].map((id, v) => new FlakyStore(VOL_SIZE, id, r, (offset, data) => models[v].set(data, offset)));
   // Volume 1 is a store whose offline changes do not show in its identity.
   backs[1].changesVisible = false;
   for (const b of backs) {
-    stamp(b.data, 0, 0);
+    stampBytes(b.data, 0, 0);
     models.push(new Uint8Array(b.data));
   }
   let gen = 1;
@@ -144,7 +135,7 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
     const first = cached.length > 0 && r() < 0.7 ? Math.min(90, cached[Math.floor(r() * cached.length)]) : Math.floor(r() * 90);
     const n = 1 + Math.floor(r() * 6);
     const data = new Uint8Array(n * BS);
-    stamp(data, first * BS, gen++);
+    stampBytes(data, first * BS, gen++);
     backs[v].data.set(data, first * BS);
     models[v].set(data, first * BS);
     // A file's identity changes with any change (ctime); a block device's does not.
@@ -281,16 +272,16 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
         if (kind < 0.55) {
           const out = new Uint8Array(len);
           batch.push(
-            s.read(start, split(out, r)).then(() => {
+            s.read(start, splitRandomly(out, r)).then(() => {
               checks++;
               assert.deepEqual(out, model.subarray(start, end), `step ${step}: volume ${v} read [${start}, ${end})`);
             }),
           );
         } else if (kind < 0.85) {
           const data = new Uint8Array(len);
-          stamp(data, start, gen++);
+          stampBytes(data, start, gen++);
           batch.push(
-            s.write(start, split(data, r)).then(
+            s.write(start, splitRandomly(data, r)).then(
               () => model.set(data, start),
               (err: VhostError) => {
                 // Only injected backing failures; the store mirrored what it applied.

@@ -16,7 +16,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
@@ -25,7 +24,8 @@ import { ControlledStore } from '../support/controlled-store';
 import { HeldIo } from '../support/held-io';
 import { type Actor, explore, type Run, type RunResult } from '../support/interleavings';
 import { MemDevice } from '../support/mem-device';
-import { stamp } from './helpers';
+import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BS = 4096;
 const SECTOR = 512;
@@ -55,7 +55,7 @@ let generation = 100;
 
 function data(offset: number, len: number): Uint8Array {
   const d = new Uint8Array(len);
-  stamp(d, offset, generation++);
+  stampBytes(d, offset, generation++);
   return d;
 }
 
@@ -102,7 +102,7 @@ const evictor: ActorSpec = (env) => ({
 async function setup(mode: CacheMode, dir: string): Promise<{ env: Env; dev: MemDevice }> {
   const dev = new MemDevice(DEVICE);
   const backing = new ControlledStore(VOL);
-  stamp(backing.data, 0, 1);
+  stampBytes(backing.data, 0, 1);
   const cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, segmentSize: 16384, buffers: 2, engine: dev });
   const store = new CachedStore({ backing, cache, name: 'vol', mode: mode === 'none' ? 'writethrough' : mode });
   const other = cache.registerVolume('other', 'other-1', 64 * BS);
@@ -165,7 +165,7 @@ async function check(r: RunResult, env: Env, dev: MemDevice, snapshots: Uint8Arr
 }
 
 async function exploreScenario(s: Scenario, mode: CacheMode): Promise<number> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-races-'));
+  const dir = tmpDir('races');
   let current: { env: Env; dev: MemDevice; snapshots: Uint8Array[] } | null = null;
   try {
     return await explore(

@@ -20,6 +20,7 @@ import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { LATENCY_BUCKETS_S } from '../../src/metrics/request-latency';
 import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { tmpDir } from '../support/tmp';
+import { stamp } from '../support/stamps';
 
 const REPO = path.resolve(__dirname, '../../..');
 const BIN = path.join(REPO, 'bin', 'vhost-blk-cache');
@@ -138,7 +139,7 @@ async function exercise(socketPath: string, n: number): Promise<void> {
   try {
     const q = fe.ring(0);
     for (let blk = 0; blk < n; blk++) {
-      const data = Buffer.alloc(BLOCK, `b${blk};`);
+      const data = stamp('b', blk, 1);
       assert.equal((await q.write(blk * 8, data)).status, VIRTIO_BLK_S_OK);
       const r = await q.read(blk * 8, BLOCK);
       assert.equal(r.status, VIRTIO_BLK_S_OK);

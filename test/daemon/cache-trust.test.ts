@@ -12,7 +12,6 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { CachedStore } from '../../src/cache/cached-store';
 import { validateConfig, type DaemonConfig } from '../../src/config/config';
@@ -22,6 +21,7 @@ import type { VhostError } from '../../src/native/errors';
 import { silentLogger } from '../../src/util/logger';
 import { startQemuNbd, unixUri, type ServerProcess } from '../backing/nbd-servers';
 import { BLOCK, checkBlocks, range, readBlocks, stamp, writeBlocks } from './helpers';
+import { tmpDir } from '../support/tmp';
 
 const BLOCKS = range(64);
 
@@ -93,7 +93,7 @@ describe('cache trust: no stale data after changes made behind the cache (issue 
   }
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-trust-'));
+    dir = tmpDir('trust');
   });
 
   afterEach(async () => {

@@ -7,7 +7,6 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
@@ -16,15 +15,10 @@ import { createIoEngine } from '../../src/io';
 import { VhostError } from '../../src/native/errors';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { silentLogger } from '../../src/util/logger';
+import { stamped } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
 
 const BLOCK = 4096;
-
-function stamp(block: number, gen: number, len = BLOCK): Buffer {
-  const b = Buffer.alloc(len);
-  const tag = `blk${block}:gen${gen}:`;
-  for (let off = 0; off < len; off += tag.length) b.write(tag, off, 'latin1');
-  return b;
-}
 
 describe('daemon options (in-process, our front end)', function () {
   this.timeout(60_000);
@@ -34,7 +28,7 @@ describe('daemon options (in-process, our front end)', function () {
 
   beforeEach(() => {
     // O_DIRECT needs a real file system (os.tmpdir() here is ext4, not tmpfs).
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-options-'));
+    dir = tmpDir('options');
   });
 
   afterEach(async () => {
@@ -59,17 +53,17 @@ describe('daemon options (in-process, our front end)', function () {
   /** Writes blocks, reads them twice (miss, then hit), and checks the image file. */
   async function roundTrip(f: VhostUserFrontend, blocks: number, gen: number, len = BLOCK): Promise<void> {
     const q = f.ring(0);
-    for (let b = 0; b < blocks; b++) assert.equal((await q.write((b * len) / 512, stamp(b, gen, len))).status, VIRTIO_BLK_S_OK);
+    for (let b = 0; b < blocks; b++) assert.equal((await q.write((b * len) / 512, stamped(b * len, len, gen))).status, VIRTIO_BLK_S_OK);
     for (let pass = 0; pass < 2; pass++) {
       for (let b = 0; b < blocks; b++) {
         const r = await q.read((b * len) / 512, len);
         assert.equal(r.status, VIRTIO_BLK_S_OK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(b, gen, len)), `block ${b} pass ${pass}`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(b * len, len, gen)), `block ${b} pass ${pass}`);
       }
     }
     assert.equal((await q.flush()).status, VIRTIO_BLK_S_OK);
     const img = fs.readFileSync(path.join(dir, 'v.img'));
-    for (let b = 0; b < blocks; b++) assert.ok(img.subarray(b * len, (b + 1) * len).equals(stamp(b, gen, len)), `image block ${b}`);
+    for (let b = 0; b < blocks; b++) assert.ok(img.subarray(b * len, (b + 1) * len).equals(stamped(b * len, len, gen)), `image block ${b}`);
   }
 
   it('ioEngine threadpool serves and caches', async () => {
@@ -98,7 +92,7 @@ describe('daemon options (in-process, our front end)', function () {
     const q = f.ring(0);
     const small = Buffer.alloc(512, 0x77);
     assert.equal((await q.write(3, small)).status, VIRTIO_BLK_S_OK);
-    const want = stamp(0, 2);
+    const want = stamped(0, BLOCK, 2);
     small.copy(want, 1536);
     const r = await q.read(0, BLOCK);
     assert.ok(Buffer.from(r.data as Uint8Array).equals(want));
@@ -130,20 +124,20 @@ describe('daemon options (in-process, our front end)', function () {
     assert.ok(openFlags(path.join(dir, 'cache.img')).some((fl) => (fl & direct) !== 0), 'the log has an O_DIRECT descriptor');
     let q = f.ring(0);
     for (let b = 0; b < blocks; b += 16) {
-      const data = Buffer.concat(Array.from({ length: 16 }, (_, k) => stamp(b + k, 6)));
+      const data = Buffer.concat(Array.from({ length: 16 }, (_, k) => stamped((b + k) * BLOCK, BLOCK, 6)));
       assert.equal((await q.write(b * 8, data)).status, VIRTIO_BLK_S_OK);
     }
     const check = async (): Promise<void> => {
       for (let b = 0; b < blocks; b++) {
         const r = await q.read(b * 8, BLOCK);
         assert.equal(r.status, VIRTIO_BLK_S_OK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(b, 6)), `block ${b}`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(b * BLOCK, BLOCK, 6)), `block ${b}`);
       }
       // 512 bytes at an odd sector of blocks held on the device: an unaligned device read bounces.
       for (const b of [1, 100, 700]) {
         const r = await q.read(b * 8 + 3, 512);
         assert.equal(r.status, VIRTIO_BLK_S_OK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(b, 6).subarray(1536, 2048)), `block ${b} sector 3`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(b * BLOCK + 1536, 512, 6)), `block ${b} sector 3`);
       }
     };
     await check();
@@ -171,7 +165,7 @@ describe('daemon options (in-process, our front end)', function () {
     assert.equal((await q.write(1, Buffer.alloc(512))).status, VIRTIO_BLK_S_IOERR);
     assert.equal((await q.read(8, 512)).status, VIRTIO_BLK_S_IOERR);
     const r = await q.read(8, BLOCK);
-    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(1, 3)), 'the failed requests changed nothing');
+    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(BLOCK, BLOCK, 3)), 'the failed requests changed nothing');
   });
 
   for (const blockSize of ['16K', '64K']) {
@@ -180,10 +174,10 @@ describe('daemon options (in-process, our front end)', function () {
       await roundTrip(f, 32, 4);
       // Overwrite one 4 KiB piece of a cached cache block; neighbours must stay intact.
       const q = f.ring(0);
-      assert.equal((await q.write(5 * 8, stamp(5, 5))).status, VIRTIO_BLK_S_OK);
+      assert.equal((await q.write(5 * 8, stamped(5 * BLOCK, BLOCK, 5))).status, VIRTIO_BLK_S_OK);
       for (let b = 0; b < 32; b++) {
         const r = await q.read(b * 8, BLOCK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamp(b, b === 5 ? 5 : 4)), `block ${b}`);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(b * BLOCK, BLOCK, b === 5 ? 5 : 4)), `block ${b}`);
       }
       assert.ok((daemon!.stats().cache?.readHits ?? 0) > 0, 'the cache served hits');
     });

@@ -9,7 +9,6 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { validateConfig } from '../../src/config/config';
 import { Daemon } from '../../src/daemon/daemon';
@@ -17,6 +16,7 @@ import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { silentLogger } from '../../src/util/logger';
 import { rng } from '../cache/helpers';
 import { BLOCK, range, readBlocks, stamp, writeBlocks } from './helpers';
+import { tmpDir } from '../support/tmp';
 
 const BLOCKS = 256;
 const SIZE = BLOCKS * BLOCK;
@@ -27,7 +27,7 @@ const CHANGES: Change[] = ['dd', 'dd + touch -r', 'cp backup', 'rm + re-create',
 
 async function runSeed(seed: number): Promise<void> {
   const r = rng(seed);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-restart-'));
+  const dir = tmpDir('restart');
   const img = path.join(dir, 'a.img');
   const backup = path.join(dir, 'backup.img');
   const config = validateConfig({

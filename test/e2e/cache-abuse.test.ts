@@ -17,11 +17,11 @@
 import { strict as assert } from 'node:assert';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { one, report, tagged } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MODES = ['writethrough', 'writearound', 'readonly', 'none'];
 
@@ -99,7 +99,7 @@ describe('guests that try to break the cache @e2e', function () {
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-abuse-'));
+    dir = tmpDir('e2e-abuse');
   });
 
   afterEach(async () => {

@@ -13,13 +13,13 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startNbdkit, unixUri, type ServerProcess } from '../backing/nbd-servers';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, type FioVerifyJob } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const KILLS = 3;
@@ -33,7 +33,7 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
   prepareGuestImageBeforeAll();
 
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-inflight-'));
+    dir = tmpDir('e2e-inflight');
   });
 
   afterEach(async () => {

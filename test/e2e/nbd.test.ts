@@ -19,7 +19,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  freePort,
   startNbdkit,
   startQemuNbd,
   unixUri,
@@ -30,6 +29,7 @@ import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
 import { tmpDir } from '../support/tmp';
+import { freePort } from '../support/net';
 
 const MiB = 1 << 20;
 const IMAGE_BYTES = 256 * MiB;

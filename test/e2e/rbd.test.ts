@@ -9,12 +9,12 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { CephCluster } from '../support/ceph-cluster';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, runGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, seqText, sha256, type FioVerifyJob } from './vm/output';
+import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const IMAGE_BYTES = 256 * MiB;
@@ -29,7 +29,7 @@ describe('RBD backing store behind the cache in a real-QEMU guest @e2e', functio
   prepareGuestImageBeforeAll();
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-e2e-rbd-'));
+    dir = tmpDir('e2e-rbd');
     ceph = await CephCluster.start();
     await ceph.createImage('disk', IMAGE_BYTES);
   });

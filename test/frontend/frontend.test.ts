@@ -13,43 +13,18 @@ import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { writeBlkHeader } from '../../src/frontend/virtio-blk';
 import { type Qsd, startQsd } from '../support/qsd';
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/virtio-blk/spec';
+import { stamped, verifyStamped } from '../support/stamps';
 
 const BLOCK = 4096;
 const SECTORS_PER_BLOCK = BLOCK / 512;
 
-/** A 4 KiB block that names its own sector and generation. */
-function stamp(sector: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  for (let i = 0; i < BLOCK; i++) b[i] = (sector * 31 + gen * 7 + i) & 0xff;
-  b.write('VBCSTAMP', 0, 'latin1');
-  b.writeBigUInt64LE(BigInt(sector), 8);
-  b.writeUInt32LE(gen, 16);
-  return b;
-}
-
-/** Checks every 4 KiB block of `data` (starting at `sector`) against its stamp. */
-function verify(data: Buffer, sector: number, gen: number): void {
-  for (let off = 0; off < data.length; off += BLOCK) {
-    const s = sector + off / 512;
-    const block = data.subarray(off, off + BLOCK);
-    assert.equal(block.toString('latin1', 0, 8), 'VBCSTAMP', `block at sector ${s} has no stamp`);
-    assert.equal(block.readBigUInt64LE(8), BigInt(s), `block at sector ${s} carries another sector`);
-    assert.equal(block.readUInt32LE(16), gen, `block at sector ${s} has another generation`);
-    assert.ok(block.equals(stamp(s, gen)), `block at sector ${s} is corrupt`);
-  }
-}
-
-function stamps(sector: number, blocks: number, gen: number): Buffer {
-  return Buffer.concat(Array.from({ length: blocks }, (_x, i) => stamp(sector + i * SECTORS_PER_BLOCK, gen)));
-}
-
 async function writeVerify(q: DriverRing, sector: number, blocks: number, gen: number, segments = 1): Promise<void> {
-  const w = await q.write(sector, stamps(sector, blocks, gen), segments);
+  const w = await q.write(sector, stamped(sector * 512, blocks * BLOCK, gen), segments);
   assert.equal(w.status, VIRTIO_BLK_S_OK);
   const r = await q.read(sector, blocks * BLOCK, segments);
   assert.equal(r.status, VIRTIO_BLK_S_OK);
   assert.equal(r.len, blocks * BLOCK + 1, 'used length = data + status byte');
-  verify(r.data as Buffer, sector, gen);
+  verifyStamped(r.data as Buffer, sector * 512, gen);
 }
 
 describe('frontend: vhost-user front end against qemu-storage-daemon @host', function () {
@@ -97,21 +72,21 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
     // Overwrite with a new generation, many requests in flight at once.
     const sectors = Array.from({ length: 48 }, (_x, i) => ((i * 7919) % 4096) * SECTORS_PER_BLOCK);
     const unique = [...new Set(sectors)];
-    const ws = await Promise.all(unique.map((s) => q.write(s, stamp(s, 2))));
+    const ws = await Promise.all(unique.map((s) => q.write(s, stamped(s * 512, BLOCK, 2))));
     assert.ok(ws.every((w) => w.status === VIRTIO_BLK_S_OK));
     const rs = await Promise.all(unique.map((s) => q.read(s, BLOCK)));
-    rs.forEach((r, i) => verify(r.data as Buffer, unique[i], 2));
+    rs.forEach((r, i) => verifyStamped(r.data as Buffer, unique[i] * 512, 2));
     assert.equal((await q.flush()).status, VIRTIO_BLK_S_OK);
     const fd = fs.openSync(qsd.imagePath, 'r');
     try {
       for (const s of unique) {
         const b = Buffer.alloc(BLOCK);
         fs.readSync(fd, b, 0, BLOCK, s * 512);
-        verify(b, s, 2);
+        verifyStamped(b, s * 512, 2);
       }
       const b = Buffer.alloc(16 * BLOCK);
       fs.readSync(fd, b, 0, b.length, 2048 * 512);
-      verify(b.subarray(BLOCK), 2048 + SECTORS_PER_BLOCK, 1);
+      verifyStamped(b.subarray(BLOCK), (2048 + SECTORS_PER_BLOCK) * 512, 1);
     } finally {
       fs.closeSync(fd);
     }
@@ -126,7 +101,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
     assert.equal(wz.status, VIRTIO_BLK_S_OK);
     const r = await q.read(100 * 8, 4 * BLOCK);
     assert.ok((r.data as Buffer).subarray(0, BLOCK).equals(Buffer.alloc(BLOCK)), 'zeroed block reads as zeros');
-    verify((r.data as Buffer).subarray(BLOCK), 101 * 8, 3);
+    verifyStamped((r.data as Buffer).subarray(BLOCK), 101 * 8 * 512, 3);
     const d = await q.discard([{ sector: 101 * 8, sectors: 8 }]);
     assert.equal(d.status, VIRTIO_BLK_S_OK);
   });
@@ -142,7 +117,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
     await Promise.all(jobs);
     // Data written through one queue is read through the other.
     const r = await q1.read(0, 2 * BLOCK);
-    verify(r.data as Buffer, 0, 4);
+    verifyStamped(r.data as Buffer, 0, 4);
     assert.ok(q0.completed > 0 && q1.completed > 0);
     assert.deepEqual(await fe.stop(), [q0.availIndex, q1.availIndex]);
   });
@@ -178,7 +153,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
           req.type = VIRTIO_BLK_T_OUT;
           req.sector = (seq % blocks) * SECTORS_PER_BLOCK;
           req.len = BLOCK;
-          req.buf.bytes.set(stamp(req.sector, 7));
+          req.buf.bytes.set(stamped(req.sector * 512, BLOCK, 7));
         },
       });
       assert.equal(w.completed, count);
@@ -198,7 +173,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
         },
         onComplete(req, status) {
           assert.equal(status, VIRTIO_BLK_S_OK);
-          verify(Buffer.from(req.buf.bytes), req.sector, 7);
+          verifyStamped(Buffer.from(req.buf.bytes), req.sector * 512, 7);
           verified++;
         },
       });
@@ -214,7 +189,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
     const hdr = fe.memory.alloc(16);
     writeBlkHeader(fe.memory.view, hdr.addr, VIRTIO_BLK_T_OUT, 64);
     const data = fe.memory.alloc(BLOCK, 4096);
-    data.bytes.set(stamp(64, 8));
+    data.bytes.set(stamped(64 * 512, BLOCK, 8));
     const status = fe.memory.alloc(1);
     status.bytes[0] = 0xff;
     const used = await q.submitRaw({
@@ -229,7 +204,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
     assert.equal(status.bytes[0], VIRTIO_BLK_S_OK);
     assert.ok(used.len >= 1);
     const r = await q.read(64, BLOCK);
-    verify(r.data as Buffer, 64, 8);
+    verifyStamped(r.data as Buffer, 64 * 512, 8);
     assert.equal(q.freeDescriptors, q.size);
     for (const b of [hdr, data, status]) fe.memory.release(b);
   });
@@ -300,7 +275,7 @@ describe('frontend: vhost-user front end against qemu-storage-daemon @host', fun
     for (let i = 0; i < 3; i++) {
       fe = await VhostUserFrontend.open(qsd.socketPath, { queues: 1 + (i % 2) });
       const r = await fe.ring(0).read(512, 4 * BLOCK);
-      verify(r.data as Buffer, 512, 10);
+      verifyStamped(r.data as Buffer, 512 * 512, 10);
       fe.close();
     }
   });

@@ -18,18 +18,10 @@ import { DEFAULT_PROTOCOL_FEATURES, type FrontendOptions, VhostUserFrontend } fr
 import { VhostError } from '../../src/native/errors';
 import { startDevice, type TestDevice } from '../vhost/helpers';
 import { type Qsd, startQsd } from '../support/qsd';
+import { stamped } from '../support/stamps';
 
 const VIRTIO_BLK_S_OK = 0;
 const BLOCK = 4096;
-
-function pattern(sector: number, gen: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  for (let i = 0; i < BLOCK; i += 8) {
-    b.writeUInt32LE(sector * 512 + i, i);
-    b.writeUInt32LE(gen, i + 4);
-  }
-  return b;
-}
 
 /** Writes then reads back `n` blocks one request each, `depth` at a time. */
 async function roundTrips(q: DriverRing, n: number, gen: number, depth = 1, firstSector = 0): Promise<void> {
@@ -39,11 +31,11 @@ async function roundTrips(q: DriverRing, n: number, gen: number, depth = 1, firs
       const sector = firstSector + j * 8;
       batch.push(
         (async () => {
-          const w = await q.write(sector, pattern(sector, gen));
+          const w = await q.write(sector, stamped(sector * 512, BLOCK, gen));
           assert.equal(w.status, VIRTIO_BLK_S_OK);
           const r = await q.read(sector, BLOCK);
           assert.equal(r.status, VIRTIO_BLK_S_OK);
-          assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(sector, gen)), `sector ${sector} read back wrong`);
+          assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(sector * 512, BLOCK, gen)), `sector ${sector} read back wrong`);
         })(),
       );
     }
@@ -119,7 +111,7 @@ for (const peer of peers) {
       // Data written before every stop is still there.
       for (let round = 0; round < 4; round++) {
         const r = await q.read(round * 256, BLOCK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(round * 256, 10 + round)));
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(round * 256 * 512, BLOCK, 10 + round)));
       }
     });
   });
@@ -145,7 +137,7 @@ describe('our back end: SET_VRING_ENABLE, RESET_DEVICE, REM_MEM_REG (driven by o
     let done = false;
     const held = fe
       .ring(0)
-      .write(0, pattern(0, 5))
+      .write(0, stamped(0, BLOCK, 5))
       .then((r) => {
         done = true;
         return r;
@@ -187,7 +179,7 @@ describe('our back end: SET_VRING_ENABLE, RESET_DEVICE, REM_MEM_REG (driven by o
     await f.resume();
     await roundTrips(q, 4, 4, 2, 512);
     const r = await q.read(0, BLOCK);
-    assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 3)));
+    assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(0, BLOCK, 3)));
   });
 
   it('refuses REM_MEM_REG of a region not in the table and keeps serving', async () => {

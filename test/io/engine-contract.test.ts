@@ -12,18 +12,7 @@ import { UringEngine } from '../../src/io/uring-engine';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../src/backing/file-store';
 import { rejectsWithCode } from '../support/assert';
 import { tmpDir } from '../support/tmp';
-
-/** Views of `data` cut at the given sizes (the last one takes the rest). */
-function split(data: Uint8Array, sizes: number[]): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let pos = 0;
-  for (const s of sizes) {
-    out.push(data.subarray(pos, pos + s));
-    pos += s;
-  }
-  if (pos < data.length) out.push(data.subarray(pos));
-  return out;
-}
+import { splitAt } from '../support/scatter';
 
 const engines: [string, () => IoEngine][] = [
   ['io_uring', () => new UringEngine()],
@@ -57,9 +46,9 @@ for (const [name, make] of engines) {
 
     it('round-trips a scatter list of odd sizes, read back with a different split', async () => {
       const data = randomBytes(3 + 1000 + 4097 + 1 + 65535 + 17);
-      await engine.writev(fd, split(data, [3, 1000, 4097, 1, 65535]), 12345);
+      await engine.writev(fd, splitAt(data, [3, 1000, 4097, 1, 65535]), 12345);
       const back = new Uint8Array(data.length);
-      await engine.readv(fd, split(back, [7, 0, 70000, 5]), 12345);
+      await engine.readv(fd, splitAt(back, [7, 0, 70000, 5]), 12345);
       assert.deepEqual(Buffer.from(back), data);
       assert.equal(fs.fstatSync(fd).size, 12345 + data.length);
       // Bytes before the write read as zeros (a hole).
@@ -76,9 +65,9 @@ for (const [name, make] of engines) {
 
     it('round-trips scatter lists longer than IOV_MAX', async () => {
       const data = randomBytes(3000 * 3);
-      await engine.writev(fd, split(data, new Array<number>(2999).fill(3)), 0);
+      await engine.writev(fd, splitAt(data, new Array<number>(2999).fill(3)), 0);
       const back = new Uint8Array(data.length);
-      await engine.readv(fd, split(back, new Array<number>(1499).fill(6)), 0);
+      await engine.readv(fd, splitAt(back, new Array<number>(1499).fill(6)), 0);
       assert.deepEqual(Buffer.from(back), data);
     });
 
@@ -111,7 +100,7 @@ for (const [name, make] of engines) {
       const blocks = Array.from({ length: n }, () => randomBytes(4096 + 13));
       await Promise.all(blocks.map((blk, i) => engine.writev(fd, [blk], i * 8192)));
       const back = blocks.map((b) => new Uint8Array(b.length));
-      await Promise.all(back.map((b, i) => engine.readv(fd, split(b, [100, 4000]), i * 8192)));
+      await Promise.all(back.map((b, i) => engine.readv(fd, splitAt(b, [100, 4000]), i * 8192)));
       for (let i = 0; i < n; i++) assert.deepEqual(Buffer.from(back[i]), blocks[i], `block ${i}`);
     });
 

@@ -14,30 +14,12 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { freePort } from './net';
+import { tmpDir } from './tmp';
 
 const run = promisify(execFile);
-
-/** The Ceph packages the cluster needs (scripts/setup-tests.sh installs them). */
-export function cephInstalled(): boolean {
-  return ['/usr/bin/ceph-mon', '/usr/bin/ceph-osd', '/usr/bin/ceph', '/usr/bin/rbd', '/usr/bin/monmaptool'].every((f) =>
-    fs.existsSync(f),
-  );
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const live = new Set<CephCluster>();
 process.on('exit', () => {
@@ -67,7 +49,7 @@ export class CephCluster {
   }
 
   static async start(): Promise<CephCluster> {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-ceph-'));
+    const dir = tmpDir('ceph');
     const c = new CephCluster(dir, randomUUID(), await freePort());
     live.add(c);
     try {

@@ -7,7 +7,8 @@
  * hides.
  */
 import type { BackingStore } from '../../src/backing/backing-store';
-import { bytesOf, copyOut, type HeldIo } from './held-io';
+import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
+import type { HeldIo } from './held-io';
 
 export class ControlledStore implements BackingStore {
   readonly kind = 'controlled';
@@ -41,17 +42,11 @@ export class ControlledStore implements BackingStore {
 
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     this.reads++;
-    return this.op('read', 'read', offset, bytesOf(bufs), () => copyOut(this.data, offset, bufs));
+    return this.op('read', 'read', offset, iovLength(bufs), () => scatterIov(this.data, offset, bufs));
   }
 
   write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    return this.op('write', 'write', offset, bytesOf(bufs), () => {
-      let at = offset;
-      for (const b of bufs) {
-        this.data.set(b, at);
-        at += b.byteLength;
-      }
-    });
+    return this.op('write', 'write', offset, iovLength(bufs), () => gatherIov(bufs, this.data, offset));
   }
 
   discard(offset: number, length: number): Promise<void> {

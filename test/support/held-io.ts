@@ -69,29 +69,3 @@ export class HeldIo {
 export async function settle(): Promise<void> {
   for (let i = 0; i < 3; i++) await new Promise<void>((r) => setImmediate(r));
 }
-
-export function bytesOf(bufs: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const b of bufs) n += b.byteLength;
-  return n;
-}
-
-/** Copies image[offset..] into the scatter list bufs. */
-export function copyOut(image: Uint8Array, offset: number, bufs: readonly Uint8Array[]): void {
-  let at = offset;
-  for (const b of bufs) {
-    b.set(image.subarray(at, at + b.byteLength));
-    at += b.byteLength;
-  }
-}
-
-/** Gathers the scatter list bufs into one new array. */
-export function gatherAll(bufs: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(bytesOf(bufs));
-  let at = 0;
-  for (const b of bufs) {
-    out.set(b, at);
-    at += b.byteLength;
-  }
-  return out;
-}

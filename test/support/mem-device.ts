@@ -16,7 +16,8 @@
  */
 import type { IoEngine } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
-import { bytesOf, copyOut, type HeldIo } from './held-io';
+import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
+import type { HeldIo } from './held-io';
 
 export class MemDevice implements IoEngine {
   readonly kind = 'threadpool';
@@ -48,9 +49,9 @@ export class MemDevice implements IoEngine {
   readv(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
     if (this.frozen) return this.never();
     this.reads++;
-    const len = bytesOf(bufs);
+    const len = iovLength(bufs);
     if (this.readError?.(offset, len)) return Promise.reject(new VhostError('injected read error', 'EIO'));
-    const effect = () => copyOut(this.image, offset, bufs);
+    const effect = () => scatterIov(this.image, offset, bufs);
     if (this.io) return this.io.hold(`device read [${offset}, ${offset + len})`, 'read', offset, len, effect);
     effect();
     return Promise.resolve();
@@ -59,14 +60,10 @@ export class MemDevice implements IoEngine {
   writev(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
     if (this.frozen) return this.never();
     this.writes++;
-    const len = bytesOf(bufs);
+    const len = iovLength(bufs);
     if (this.writeError?.(offset, len)) return Promise.reject(new VhostError('injected write error', 'EIO'));
     const data = new Uint8Array(len);
-    let at = 0;
-    for (const b of bufs) {
-      data.set(b, at);
-      at += b.byteLength;
-    }
+    gatherIov(bufs, data);
     const effect = () => {
       this.image.set(data, offset);
       this.unflushed.push({ offset, data });

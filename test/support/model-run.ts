@@ -29,15 +29,17 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
-import { rng, stamp } from '../cache/helpers';
+import { rng } from '../cache/helpers';
 import { ControlledStore } from './controlled-store';
 import { HeldIo, settle } from './held-io';
 import { MemDevice } from './mem-device';
+import { stampBytes } from './stamps';
+import { splitRandomly } from './scatter';
+import { tmpDir } from './tmp';
 
 const SECTOR = 512;
 const BLOCKS = 96;
@@ -117,10 +119,10 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   const sched = rng((o.seed ^ 0x9e3779b9) >>> 0);
   const f = rng(o.faultSeed);
   const faults = o.faults !== false;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-model-'));
+  const dir = tmpDir('model');
   const cachePath = path.join(dir, 'cache');
   const backs = [new ControlledStore(VOL_SIZE, 'a'), new ControlledStore(VOL_SIZE, 'b')];
-  for (const b of backs) stamp(b.data, 0, 0);
+  for (const b of backs) stampBytes(b.data, 0, 0);
   const res: ModelResult = { ops: 0, reads: 0, checkedReads: 0, blockReads: 0, blockHits: 0, hitRate: 0, crashes: 0, restarts: 0, deviceErrors: 0 };
   let gen = 1;
   let readFail = 0;
@@ -242,17 +244,6 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     }
   };
 
-  const split = (buf: Uint8Array): Uint8Array[] => {
-    const out: Uint8Array[] = [];
-    let at = 0;
-    while (at < buf.byteLength) {
-      const n = Math.min(buf.byteLength - at, SECTOR * (1 + Math.floor(w() * 6)));
-      out.push(buf.subarray(at, at + n));
-      at += n;
-    }
-    return out;
-  };
-
   const issue = (inc: Incarnation, i: number): void => {
     const v = w() < 0.5 ? 0 : 1;
     const s = inc.stores[v];
@@ -274,7 +265,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
       const r: ReadRec = { v, start, end, snap: new Uint8Array(back.data.subarray(start, end)), concurrent: [] };
       for (const x of writesInFlight) if (x.v === v && x.start < end && x.end > start) r.concurrent.push(x);
       readsInFlight.add(r);
-      p = s.read(start, split(out)).then(() => {
+      p = s.read(start, splitRandomly(out, w)).then(() => {
         if (!readsInFlight.delete(r)) return; // crashed meanwhile: never answered
         checkRead(r, out, `op ${i}`);
       });
@@ -282,9 +273,9 @@ async function run(o: ModelOptions): Promise<ModelResult> {
       let x: WriteRec;
       if (kind < 0.88) {
         const data = new Uint8Array(len);
-        stamp(data, start, gen++);
+        stampBytes(data, start, gen++);
         x = { v, start, end, data };
-        p = s.write(start, split(data));
+        p = s.write(start, splitRandomly(data, w));
       } else if (kind < 0.94) {
         x = { v, start, end, data: null };
         p = s.discard(start, len);

@@ -35,7 +35,7 @@ import {
 } from '../../src/virtio-blk/spec';
 import { tmpDir } from '../support/tmp';
 
-export const DISK_BYTES = 8 << 20;
+const DISK_BYTES = 8 << 20;
 /** VIRTIO_BLK_F_SEG_MAX | BLK_SIZE | FLUSH. */
 export const BLK_FEATURES = (1n << BigInt(VIRTIO_BLK_F_SEG_MAX)) | (1n << BigInt(VIRTIO_BLK_F_BLK_SIZE)) | (1n << BigInt(VIRTIO_BLK_F_FLUSH));
 

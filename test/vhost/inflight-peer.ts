@@ -4,9 +4,9 @@
  * the parent (IPC) says which to complete, so the parent can SIGKILL it with requests in flight
  * and some completed out of order.
  *
- * IPC: -> {kind: 'ready'} once listening; -> {kind: 'requests', reqs: [{slot, sector, type}]}
- * per batch from the device; <- {complete: slot[]} completes those (one complete() call each,
- * in the given order) and answers -> {kind: 'completed', slots}.
+ * IPC: -> {kind: 'ready'} once listening; -> {kind: 'requests', reqs: [{tag, sector, type}]}
+ * per batch from the device; <- {complete: tag[]} completes those (one complete() call each,
+ * in the given order) and answers -> {kind: 'completed', tags}.
  */
 import { startDevice } from './helpers';
 
@@ -16,16 +16,16 @@ const send = process.send.bind(process);
 const t = startDevice({ socketPath, maxQueues: 1 });
 t.held = [];
 t.onBatch = (_queue, reqs) => {
-  send({ kind: 'requests', reqs: reqs.map((r) => ({ slot: r.tag, sector: r.sector, type: r.type })) });
+  send({ kind: 'requests', reqs: reqs.map((r) => ({ tag: r.tag, sector: r.sector, type: r.type })) });
 };
 process.on('message', (m: { complete: number[] }) => {
   const held = t.held ?? [];
-  for (const slot of m.complete) {
-    const i = held.findIndex((h) => h.req.tag === slot);
-    if (i < 0) throw new Error(`slot ${slot} is not held`);
+  for (const tag of m.complete) {
+    const i = held.findIndex((h) => h.req.tag === tag);
+    if (i < 0) throw new Error(`tag ${tag} is not held`);
     const [h] = held.splice(i, 1);
-    t.dev.complete(h.queue, 1, Uint32Array.of(slot, 0));
+    t.dev.complete(h.queue, 1, Uint32Array.of(tag, 0));
   }
-  send({ kind: 'completed', slots: m.complete });
+  send({ kind: 'completed', tags: m.complete });
 });
 void t.waitEvent((e) => e.type === 'listening').then(() => send({ kind: 'ready' }));

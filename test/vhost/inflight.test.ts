@@ -38,7 +38,7 @@ function queueBytes(queueSize: number): number {
 }
 
 interface PeerRequest {
-  slot: number;
+  tag: number;
   sector: number;
   type: number;
 }
@@ -82,9 +82,9 @@ class Peer {
     return this.until(() => this.seen.includes('ready'), 'peer listening');
   }
 
-  async complete(slots: number[]): Promise<void> {
+  async complete(tags: number[]): Promise<void> {
     const n = this.seen.filter((k) => k === 'completed').length;
-    this.child.send({ complete: slots });
+    this.child.send({ complete: tags });
     await this.until(() => this.seen.filter((k) => k === 'completed').length > n, 'completion');
   }
 
@@ -136,8 +136,8 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
     );
     await first.until(() => first.requests.length === 8, '8 requests popped');
     assert.deepEqual(first.requests.map((r) => r.sector), [0, 8, 16, 24, 32, 40, 48, 56]);
-    const slotOf = (sector: number): number => first.requests.find((r) => r.sector === sector)?.slot ?? -1;
-    for (const s of [40, 16, 56]) await first.complete([slotOf(s)]);
+    const tagOf = (sector: number): number => first.requests.find((r) => r.sector === sector)?.tag ?? -1;
+    for (const s of [40, 16, 56]) await first.complete([tagOf(s)]);
     await Promise.all([done[5], done[2], done[7]]);
     await first.kill();
     await fe.whenDisconnected();
@@ -152,7 +152,7 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
   }
 
   async function finish(fe: VhostUserFrontend, second: Peer, results: BlkResult[]): Promise<void> {
-    await second.complete(second.requests.map((r) => r.slot));
+    await second.complete(second.requests.map((r) => r.tag));
     await fe.ring(0).idle();
     assert.equal(results.length, 8);
     for (const r of results) assert.equal(r.status, VIRTIO_BLK_S_OK);
@@ -162,7 +162,7 @@ describe('vhost: inflight I/O tracking (INFLIGHT_SHMFD)', function () {
     const more = fe.ring(0).write(64 * 8, stampBlock(9));
     await second.until(() => second.requests.length === 6, 'a new request');
     assert.deepEqual(second.requests[5], { ...second.requests[5], sector: 512, type: VIRTIO_BLK_T_OUT });
-    await second.complete([second.requests[5].slot]);
+    await second.complete([second.requests[5].tag]);
     assert.equal((await more).status, VIRTIO_BLK_S_OK);
     assert.ok(fe.connected);
   }

@@ -127,7 +127,7 @@ describe('vhost: native VhostDevice socket and protocol', function () {
     fs.rmSync(path.dirname(base.socketPath), { recursive: true, force: true });
   });
 
-  it('answers feature, queue, slot and config queries', async function () {
+  it('answers feature, queue, memory-slot and config queries', async function () {
     t = startDevice({ maxQueues: 4 });
     const c = await RawClient.connect(t.path);
     await t.waitEvent((e) => e.type === 'connected');

@@ -83,7 +83,8 @@ interface Cmd extends NbdCommand {
   flushMark: number;
 }
 
-interface Slot {
+/** One wanted connection: the live connection or the state of its reconnection. */
+interface Connector {
   conn: NbdConnection | null;
   timer: NodeJS.Timeout | null;
   connecting: boolean;
@@ -131,7 +132,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   private maxPayload = P.DEFAULT_MAX_PAYLOAD;
   /** Largest TRIM / WRITE_ZEROES length: the 32-bit length field, aligned. */
   private maxZeroLength = 0;
-  private slots: Slot[] = [];
+  private connectors: Connector[] = [];
   private waiting: Cmd[] = [];
   private seq = 0;
   private liveOps = 0;
@@ -224,7 +225,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   }
 
   get connectionCount(): number {
-    return this.slots.filter((s) => s.conn?.usable).length;
+    return this.connectors.filter((s) => s.conn?.usable).length;
   }
 
   get reconnectCount(): number {
@@ -316,8 +317,8 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   }
 
   closed(conn: NbdConnection, reason: VhostError, unfinished: NbdCommand[]): void {
-    const slot = this.slots.find((s) => s.conn === conn);
-    if (slot) slot.conn = null;
+    const connector = this.connectors.find((s) => s.conn === conn);
+    if (connector) connector.conn = null;
     if (!this.shutDown) {
       this.lastProblem = reason;
       this.log.warn({ err: reason.message, code: reason.code, inFlight: unfinished.length }, 'NBD connection lost');
@@ -337,7 +338,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     if (back.length > 0) {
       this.waiting = back.concat(this.waiting).sort((a, b) => a.seq - b.seq);
     }
-    if (slot && !this.shutDown && !this.fatal) this.scheduleReconnect(slot);
+    if (connector && !this.shutDown && !this.fatal) this.scheduleReconnect(connector);
     this.pump();
   }
 
@@ -359,7 +360,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     this.minBlock = info.minBlock;
     this.maxPayload = info.maxPayload;
     this.maxZeroLength = Math.floor(0xffffffff / info.minBlock) * info.minBlock;
-    this.slots.push(this.newSlot(first));
+    this.connectors.push(this.newConnector(first));
     let n = this.wantConnections;
     if (n > 1 && (info.flags & P.NBD_FLAG_CAN_MULTI_CONN) === 0) {
       this.log.info({ wanted: n }, 'NBD server does not allow multiple connections; using one');
@@ -367,9 +368,9 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     }
     const more: Promise<void>[] = [];
     for (let i = 1; i < n; i++) {
-      const slot = this.newSlot(null);
-      this.slots.push(slot);
-      more.push(this.reconnect(slot));
+      const connector = this.newConnector(null);
+      this.connectors.push(connector);
+      more.push(this.reconnect(connector));
     }
     await Promise.all(more);
     this.log.info(
@@ -385,39 +386,39 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     );
   }
 
-  private newSlot(conn: NbdConnection | null): Slot {
+  private newConnector(conn: NbdConnection | null): Connector {
     return { conn, timer: null, connecting: false, backoffMs: this.reconnectMinMs, failures: 0, established: conn !== null };
   }
 
-  private scheduleReconnect(slot: Slot): void {
-    if (slot.timer || slot.connecting || slot.conn) return;
-    const delay = slot.backoffMs;
-    slot.backoffMs = Math.min(slot.backoffMs * 2, this.reconnectMaxMs);
-    slot.timer = setTimeout(() => {
-      slot.timer = null;
-      void this.reconnect(slot);
+  private scheduleReconnect(connector: Connector): void {
+    if (connector.timer || connector.connecting || connector.conn) return;
+    const delay = connector.backoffMs;
+    connector.backoffMs = Math.min(connector.backoffMs * 2, this.reconnectMaxMs);
+    connector.timer = setTimeout(() => {
+      connector.timer = null;
+      void this.reconnect(connector);
     }, delay);
   }
 
-  /** One connection attempt for `slot`; never rejects. */
-  private async reconnect(slot: Slot): Promise<void> {
+  /** One connection attempt for `connector`; never rejects. */
+  private async reconnect(connector: Connector): Promise<void> {
     if (this.shutDown || this.fatal) return;
-    slot.connecting = true;
+    connector.connecting = true;
     let conn: NbdConnection;
     try {
       conn = await NbdConnection.connect(this.connectOptions(), this);
     } catch (err) {
-      slot.connecting = false;
+      connector.connecting = false;
       const e = err instanceof VhostError ? err : new VhostError(String(err), 'EIO');
       this.lastProblem = e;
-      slot.failures++;
-      const fields = { err: e.message, code: e.code, attempt: slot.failures };
-      if (slot.failures === 1) this.log.warn(fields, 'NBD reconnect failed; retrying');
+      connector.failures++;
+      const fields = { err: e.message, code: e.code, attempt: connector.failures };
+      if (connector.failures === 1) this.log.warn(fields, 'NBD reconnect failed; retrying');
       else this.log.debug(fields, 'NBD reconnect failed; retrying');
-      if (!this.shutDown && !this.fatal) this.scheduleReconnect(slot);
+      if (!this.shutDown && !this.fatal) this.scheduleReconnect(connector);
       return;
     }
-    slot.connecting = false;
+    connector.connecting = false;
     if (this.shutDown || this.fatal) {
       void conn.disconnect();
       return;
@@ -446,11 +447,11 @@ export class NbdStore implements BackingStore, ConnectionHandler {
       this.minBlock = Math.max(this.minBlock, info.minBlock);
       this.maxPayload = Math.min(this.maxPayload, info.maxPayload);
     }
-    slot.conn = conn;
-    slot.backoffMs = this.reconnectMinMs;
-    if (slot.established) this.reconnects++;
-    slot.established = true;
-    slot.failures = 0;
+    connector.conn = conn;
+    connector.backoffMs = this.reconnectMinMs;
+    if (connector.established) this.reconnects++;
+    connector.established = true;
+    connector.failures = 0;
     this.log.info({ queued: this.waiting.length }, 'NBD connection established');
     this.pump();
   }
@@ -462,7 +463,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     const queued = this.waiting;
     this.waiting = [];
     for (const c of queued) this.finishCmd(c, err);
-    for (const s of this.slots) {
+    for (const s of this.connectors) {
       if (s.timer) clearTimeout(s.timer);
       s.timer = null;
       s.conn?.abort(err);
@@ -571,13 +572,13 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     const queued = this.waiting;
     if (queued.length === 0) return;
     let conns: NbdConnection[];
-    if (this.slots.length === 1) {
-      const only = this.slots[0].conn;
+    if (this.connectors.length === 1) {
+      const only = this.connectors[0].conn;
       if (!only?.usable) return;
       conns = [only];
     } else {
       conns = [];
-      for (const s of this.slots) if (s.conn?.usable) conns.push(s.conn);
+      for (const s of this.connectors) if (s.conn?.usable) conns.push(s.conn);
       if (conns.length === 0) return;
     }
     for (let q = 0; q < queued.length; q++) {
@@ -668,7 +669,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     if (this.liveOps > 0) await this.idleWaiters.wait();
     this.shutDown = true;
     const closing: Promise<void>[] = [];
-    for (const s of this.slots) {
+    for (const s of this.connectors) {
       if (s.timer) clearTimeout(s.timer);
       s.timer = null;
       if (s.conn) closing.push(s.conn.disconnect());

@@ -4,8 +4,8 @@
  * assertions, stop it with a signal (SIGTERM: drain, save the cache, exit 0), start it again
  * with the same arguments, and talk to its control socket (HTTP over a unix socket).
  */
-import * as http from 'node:http';
 import * as path from 'node:path';
+import { controlRequest, type ControlReply } from '../../../src/control/client';
 import type { DaemonStats } from '../../../src/control/daemon-api';
 import { VhostError } from '../../../src/native/errors';
 import { BackendProcess, type ExitStatus } from './child';
@@ -25,11 +25,6 @@ export interface DaemonOptions {
   control?: string;
   /** Time to wait for 'ready to accept connections'. Default 30 s. */
   readyTimeoutMs?: number;
-}
-
-export interface ControlResponse {
-  status: number;
-  body: string;
 }
 
 export const READY_MSG = 'ready to accept connections';
@@ -122,31 +117,10 @@ export class VbcDaemon {
   }
 
   /** One HTTP request to the control socket. */
-  request(method: string, urlPath: string, body?: unknown): Promise<ControlResponse> {
+  request(method: string, urlPath: string, body?: unknown): Promise<ControlReply> {
     const socketPath = this.opts.control;
     if (socketPath === undefined) return Promise.reject(new VhostError('daemon started without a control socket', 'EINVAL'));
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    return new Promise<ControlResponse>((resolve, reject) => {
-      const req = http.request(
-        {
-          socketPath,
-          method,
-          path: urlPath,
-          headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
-        },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => {
-            text += c;
-          });
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-          res.on('error', reject);
-        },
-      );
-      req.on('error', reject);
-      req.end(payload);
-    });
+    return controlRequest(socketPath, method, urlPath, body);
   }
 
   /** GET /stats, parsed; fails unless the answer is 200. */

@@ -89,7 +89,7 @@ export function repoRoot(): string {
   return dir;
 }
 
-export function guestImageDir(): string {
+function guestImageDir(): string {
   return process.env.VBC_VM_DIR ?? path.join(repoRoot(), '.vm');
 }
 
@@ -99,7 +99,7 @@ let imageReady: Promise<GuestImage> | undefined;
  * Runs prepare-guest.sh once per process (it is idempotent and returns at once when the image
  * is current; a first build downloads the kernel package and takes ~15 s).
  */
-export function ensureGuestImage(): Promise<GuestImage> {
+function ensureGuestImage(): Promise<GuestImage> {
   imageReady ??= (async () => {
     const script = path.join(repoRoot(), 'test', 'e2e', 'vm', 'prepare-guest.sh');
     const dir = guestImageDir();
@@ -145,7 +145,7 @@ function cpioEntry(name: string, mode: number, data: Buffer, ino: number): Buffe
 }
 
 /** A gzip'd newc archive holding /test.sh (mode 0755) followed by the trailer. */
-export function scriptArchive(script: string): Buffer {
+function scriptArchive(script: string): Buffer {
   const body = Buffer.from(script.endsWith('\n') ? script : script + '\n');
   return gzipSync(
     Buffer.concat([
