@@ -137,7 +137,7 @@ export interface VbcVolume {
 
 export interface VbcOptions {
   volumes: readonly VbcVolume[];
-  cache?: { path: string; size: number; blockSize?: number; segmentSize?: number };
+  cache?: { path: string; size: number; blockSize?: number; segmentSize?: number; direct?: boolean };
   control?: string;
   ioEngine?: 'auto' | 'io_uring' | 'threadpool';
   logLevel?: string;
@@ -168,6 +168,7 @@ function vbcArgv(o: VbcOptions): string[] {
       argv.push('--cache', o.cache.path, '--cache-size', String(o.cache.size));
       if (o.cache.blockSize !== undefined) argv.push('--cache-block-size', String(o.cache.blockSize));
       if (o.cache.segmentSize !== undefined) argv.push('--cache-segment-size', String(o.cache.segmentSize));
+      if (o.cache.direct !== undefined) argv.push(o.cache.direct ? '--cache-direct' : '--no-cache-direct');
     }
     if (o.control !== undefined) argv.push('--control', o.control);
     if (o.ioEngine !== undefined) argv.push('--io-engine', o.ioEngine);
@@ -294,7 +295,7 @@ export type CacheCounters = Pick<VolumeCounters, (typeof COUNTER_KEYS)[number]>;
 
 export interface CacheSnapshot
   extends CacheCounters,
-    Pick<CacheStats, 'wraps' | 'segmentsSkipped' | 'segmentReads' | 'segmentWrites' | 'readLatencyUs' | 'segmentReadLatencyUs' | 'segmentWriteLatencyUs'> {
+    Pick<CacheStats, 'blocks' | 'wraps' | 'segmentsSkipped' | 'segmentReads' | 'segmentWrites' | 'readLatencyUs' | 'segmentReadLatencyUs' | 'segmentWriteLatencyUs'> {
   volumes: Record<string, CacheCounters>;
 }
 

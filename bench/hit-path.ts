@@ -1,0 +1,141 @@
+/**
+ * Issue 16: what a cache hit costs against a pass-through read of the same bytes. Three daemons
+ * serve one page-cached image: A passes it through (no cache), B serves warm hits from a cache
+ * file read through the page cache, C from a cache file read with O_DIRECT (--cache-direct: the
+ * cache file's data comes from this machine's disk, the way an SSD cache works). Each is warmed
+ * until every block of the working set is cached, then 4 KiB random reads run at each depth and
+ * queue count, repetitions alternating A, B, C so drift hits all alike. Besides IOPS and latency
+ * it reports each daemon's CPU time per request (/proc/PID/stat), which the load of a shared
+ * machine disturbs far less than wall-clock figures.
+ *
+ * Targets (issue 16): depth 1, hit p50 <= pass-through p50 + 5 µs and hit p99 <= pass-through
+ * p99 in every repetition; depth 32, hit IOPS >= 1.0x pass-through.
+ *
+ * Run: node dist/bench/hit-path.js [--runtime S] [--reps N] [--ws MiB] [--depths 1,16,32] [--queues 1,2]
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, median, type Measurement } from '../src/bench/measure';
+import { benchDir, fetchStats, makeImage, startVbc, type Target } from '../src/bench/targets';
+
+const CLK_TCK_US = 10_000; // /proc/PID/stat times are in clock ticks of 10 ms (USER_HZ 100)
+
+/** CPU time (user + system) of a process so far, µs. */
+function cpuUs(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * CLK_TCK_US;
+}
+
+interface Rep {
+  m: Measurement;
+  cpuPerReq: number;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runtime: { type: 'string', default: '3' },
+      reps: { type: 'string', default: '5' },
+      ws: { type: 'string', default: '256' },
+      depths: { type: 'string', default: '1,16,32' },
+      queues: { type: 'string', default: '1,2' },
+      dir: { type: 'string' },
+    },
+  });
+  const runtime = Number(values.runtime);
+  const reps = Number(values.reps);
+  const ws = Number(values.ws) << 20;
+  const depths = values.depths.split(',').map(Number);
+  const queueCounts = values.queues.split(',').map(Number);
+  const maxQueues = Math.max(...queueCounts);
+  const loadBefore = machineNote();
+  const dir = benchDir(values.dir, 'hit-');
+  const image = path.join(dir, 'disk.img');
+  makeImage(image, ws, 'random');
+  fs.readFileSync(image); // in the page cache, for every daemon alike
+  const cacheSize = ws * 2;
+  const names = ['A pass-through', 'B warm hits, cache file via page cache', 'C warm hits, cache file with O_DIRECT'] as const;
+  const targets: Target[] = [];
+  try {
+    const sock = names.map((_, i) => path.join(dir, `t${i}.sock`));
+    const ctl = [path.join(dir, 'b.ctl'), path.join(dir, 'c.ctl')];
+    const vol = (i: number) => [{ name: 'vol0', socketPath: sock[i] as string, backing: image, numQueues: maxQueues }];
+    targets.push(await startVbc({ volumes: vol(0) }));
+    targets.push(await startVbc({ volumes: vol(1), cache: { path: path.join(dir, 'cache-b.img'), size: cacheSize, direct: false }, control: ctl[0] }));
+    targets.push(await startVbc({ volumes: vol(2), cache: { path: path.join(dir, 'cache-c.img'), size: cacheSize, direct: true }, control: ctl[1] }));
+    // Warm B and C: sequential passes until every block of the working set is cached.
+    const blocks = ws / 4096;
+    for (const [k, c] of ctl.entries()) {
+      for (let pass = 0; pass < 10; pass++) {
+        await measureMode({ sockets: [sock[k + 1] as string], mode: 'read', bs: 65536, depth: 4, queues: 1, runtime: 600, count: ws / 65536, size: ws, seed: 1 });
+        if (((await fetchStats(c)).cache?.blocks ?? 0) >= blocks) break;
+      }
+    }
+    const s0 = await Promise.all(ctl.map((c) => fetchStats(c)));
+    const rows: string[][] = [];
+    const verdicts: string[] = [];
+    for (const queues of queueCounts) {
+      for (const depth of depths) {
+        const res: Rep[][] = names.map(() => []);
+        for (let r = 0; r < reps; r++) {
+          for (const [i, t] of targets.entries()) {
+            const c0 = cpuUs(t.pid);
+            const m = await measureMode({ sockets: [sock[i] as string], mode: 'randread', bs: 4096, depth, queues, runtime, size: ws, seed: 3000 + r });
+            res[i]?.push({ m, cpuPerReq: (cpuUs(t.pid) - c0) / m.ops });
+          }
+        }
+        const a = res[0] as Rep[];
+        for (const [i, name] of names.entries()) {
+          const x = res[i] as Rep[];
+          const iops = median(x.map((y) => y.m.iops));
+          rows.push([
+            `${queues}`,
+            `${depth}`,
+            name,
+            fmtInt(iops),
+            i === 0 ? '-' : fmtRatio(iops, median(a.map((y) => y.m.iops))),
+            fmtNum(median(x.map((y) => y.m.lat.p50))),
+            fmtNum(median(x.map((y) => y.m.lat.p99))),
+            fmtNum(median(x.map((y) => y.cpuPerReq)), 2),
+            x.map((y) => `${fmtInt(y.m.iops)}/${fmtNum(y.m.lat.p50)}`).join(', '),
+          ]);
+        }
+        const b = res[1] as Rep[];
+        if (depth === 1) {
+          const p50ok = b.every((y, r) => y.m.lat.p50 <= (a[r] as Rep).m.lat.p50 + 5);
+          const p99ok = b.every((y, r) => y.m.lat.p99 <= (a[r] as Rep).m.lat.p99);
+          verdicts.push(`- ${queues} queue(s), depth 1, page-cached cache: hit p50 <= pass-through p50 + 5 µs in every rep: ${p50ok ? 'met' : 'NOT met'}; hit p99 <= pass-through p99 in every rep: ${p99ok ? 'met' : 'NOT met'}`);
+        }
+        if (depth === 32) {
+          const ratio = median(b.map((y) => y.m.iops)) / median(a.map((y) => y.m.iops));
+          verdicts.push(`- ${queues} queue(s), depth 32, page-cached cache: hit IOPS / pass-through ${ratio.toFixed(2)}x (target >= 1.0x): ${ratio >= 1 ? 'met' : 'NOT met'}`);
+        }
+      }
+    }
+    const s1 = await Promise.all(ctl.map((c) => fetchStats(c)));
+    process.stdout.write(`\n## Cache hits vs pass-through: 4 KiB random reads over ${ws >> 20} MiB, ${runtime} s x ${reps} reps (medians)\n\n`);
+    process.stdout.write(markdownTable(['queues', 'depth', 'daemon', 'IOPS', 'vs A', 'p50 µs', 'p99 µs', 'daemon CPU µs/req', 'IOPS/p50 per rep'], rows) + '\n\n');
+    process.stdout.write(verdicts.join('\n') + '\n');
+    for (const [k, c] of ['B', 'C'].entries()) {
+      const x = s0[k]?.cache;
+      const y = s1[k]?.cache;
+      if (x == null || y == null) continue;
+      const reads = y.reads - x.reads;
+      process.stdout.write(
+        `- ${c}: cached blocks after warm-up ${fmtInt(x.blocks)} of ${fmtInt(blocks)}; during the runs ${fmtInt(reads)} reads, hit rate ${fmtNum(((y.readHits - x.readHits) / Math.max(1, reads)) * 100, 2)} %, RAM hits ${fmtInt(y.ramHits - x.ramHits)}, device hits ${fmtInt(y.storageHits - x.storageHits)}\n`,
+      );
+    }
+    process.stdout.write(`\nMachine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\nCommands:\n\n`);
+    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
+    process.stdout.write(`    node dist/bench/hit-path.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depths ${depths.join(',')} --queues ${queueCounts.join(',')}\n`);
+  } finally {
+    for (const t of targets) await t.stop();
+    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});
