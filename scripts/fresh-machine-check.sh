@@ -72,6 +72,13 @@ mount_fresh() {
   done
   mount --bind "$ROOT/apt-archives" "$MNT/var/cache/apt/archives" && MOUNTS+=("$MNT/var/cache/apt/archives")
   cp -L /etc/resolv.conf "$MNT/etc/resolv.conf"
+  # The network as this host sees it: CAs it added (a TLS-intercepting proxy in a sandbox) are
+  # trusted in the root too, by the system store and by Node (NODE_EXTRA_CA_CERTS, as here).
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$MNT/usr/local/share/ca-certificates/"
+    chroot "$MNT" update-ca-certificates >/dev/null 2>&1
+  fi
+  [[ -z "${NODE_EXTRA_CA_CERTS:-}" ]] || echo "NODE_EXTRA_CA_CERTS=$NODE_EXTRA_CA_CERTS" >>"$MNT/etc/environment"
   # Sandbox stand-in for node-gyp's download of the headers (see the header comment).
   local v
   v="$(node -p 'process.version.slice(1)')"
