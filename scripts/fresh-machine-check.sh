@@ -129,7 +129,7 @@ start_demo() {
   say "npm install && npm start: $(($(date +%s) - start)) s until the daemon answered (or gave up)"
   kill -INT -- "-$pid" 2>/dev/null || true
   wait "$pid" || rc=$?
-  grep -q 'qemu-system-x86_64' "$log" && grep -q readHits "$LOGS/$user-stats.log" && [[ $rc -eq 0 || $rc -eq 130 ]] ||
+  grep -q 'qemu-system-x86_64' "$log" && grep -q "hit rate" "$LOGS/$user-stats.log" && [[ $rc -eq 0 || $rc -eq 130 ]] ||
     { say "npm install && npm start failed (exit $rc): see $log and $LOGS/$user-stats.log"; return 1; }
   say "npm install && npm start: the demo daemon served stats and stopped on Ctrl-C"
 }
