@@ -6,9 +6,10 @@
 #
 # - A Debian 12 root is built once with debootstrap in $FRESH_ROOT/base (default /work/fresh-root)
 #   with those packages and this host's Node install (the node binary, npm, its headers), and a
-#   user `dev` with password-less sudo. Each run mounts a throw-away overlay over it on
-#   $FRESH_ROOT/mnt (with /dev, /dev/pts, /dev/shm, /proc, /sys bound), so every run starts fresh;
-#   downloaded .deb files are kept in $FRESH_ROOT/apt-archives between runs.
+#   user `dev` with password-less sudo. Each step runs in a fresh copy of it, $FRESH_ROOT/run
+#   (a plain copy, not an overlay: the tests look at the file system, e.g. FS_IOC_GETVERSION),
+#   with /dev, /dev/pts, /dev/shm, /proc, /sys bound; downloaded .deb files are kept in
+#   $FRESH_ROOT/apt-archives between runs.
 # - The code checked is this repository's HEAD commit (git clone: uncommitted changes are not seen).
 # - Steps (logs and times in $FRESH_ROOT/logs/): `noapt` runs scripts/setup-tests.sh with apt-get
 #   hidden and expects it to name the missing tools; `root` runs, as root, `npm install && npm start`
@@ -24,7 +25,7 @@ set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${FRESH_ROOT:-/work/fresh-root}"
 MIRROR="${FRESH_MIRROR:-http://deb.debian.org/debian}"
-BASE="$ROOT/base" MNT="$ROOT/mnt" UPPER="$ROOT/upper" OVLWORK="$ROOT/ovlwork" LOGS="$ROOT/logs"
+BASE="$ROOT/base" MNT="$ROOT/run" LOGS="$ROOT/logs"
 STEPS=("${@:-all}")
 [[ " ${STEPS[*]} " == *" all "* ]] && STEPS=(noapt root user)
 say() { echo "fresh-machine-check: $*" >&2; }
@@ -64,8 +65,9 @@ cleanup() {
 trap cleanup EXIT
 
 mount_fresh() {
-  rm -rf "$UPPER" "$OVLWORK" && mkdir -p "$UPPER" "$OVLWORK" "$MNT" "$LOGS" "$ROOT/apt-archives"
-  mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$UPPER,workdir=$OVLWORK" "$MNT" && MOUNTS+=("$MNT")
+  if grep -q " $MNT/" /proc/mounts; then say "still mounted under $MNT (umount them first)"; exit 1; fi
+  rm -rf --one-file-system "$MNT" && mkdir -p "$LOGS" "$ROOT/apt-archives"
+  cp -a "$BASE" "$MNT"
   local d
   for d in dev dev/pts dev/shm proc sys; do
     mount --bind "/$d" "$MNT/$d" && MOUNTS+=("$MNT/$d")
