@@ -14,6 +14,8 @@
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A non-root login shell's PATH has no sbin, where ldconfig, mkfs.ext4 and losetup live.
+PATH="$PATH:/usr/sbin:/sbin"
 say() { echo "setup-tests: $*" >&2; }
 
 # tool|Debian package that provides it ("lib:" = a shared library, "static:" = a static binary,
@@ -48,7 +50,7 @@ present() {
     lib:*) ldconfig -p 2>/dev/null | grep -q "${tool#lib:} " ;;
     file:*) [[ -f "${tool#file:}" ]] ;;
     static:*) [[ -x "${tool#static:}" ]] && ! ldd "${tool#static:}" >/dev/null 2>&1 ;;
-    *) command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" || -x "/sbin/$tool" ]] ;;
+    *) command -v "$tool" >/dev/null 2>&1 ;;
   esac
 }
 

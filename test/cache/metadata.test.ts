@@ -91,7 +91,7 @@ describe('cache metadata and warm restart', () => {
     assert.equal(cache.stats().readHits, BLOCKS);
   });
 
-  it('a cache on a block device (loop) stays warm across a detach and re-attach (a reboot)', async () => {
+  it('a cache on a block device (loop) stays warm across a detach and re-attach (a reboot) @host', async () => {
     const image = path.join(dir, 'loop.img');
     fs.writeFileSync(image, Buffer.alloc(deviceBytesFor(8, 4096, 16384)));
     const attach = () => execFileSync('losetup', ['--find', '--show', image], { encoding: 'utf8' }).trim();

@@ -57,7 +57,7 @@ const peers: Peer[] = [
     },
   },
   {
-    name: 'qemu-storage-daemon',
+    name: 'qemu-storage-daemon @host',
     start: async () => {
       const q: Qsd = await startQsd({ numQueues: 2 });
       return { socket: q.socketPath, stop: () => q.stop() };

@@ -240,7 +240,7 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     assertUp();
   });
 
-  it('drops and logs a peer whose uid is not allowed; logs the credentials of allowed ones; chowns the socket', async () => {
+  it('drops and logs a peer whose uid is not allowed; logs the credentials of allowed ones; chowns the socket (needs root) @host', async () => {
     const uid = process.getuid?.() ?? 0;
     const d = await startDaemon({ allowUids: [uid + 4242], socketOwner: `${uid}:4243` });
     const st = fs.statSync(path.join(dir, 'a.sock'));
