@@ -9,7 +9,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "io/io_helpers.h"
@@ -165,6 +167,8 @@ class RbdOpenWorker : public RbdWorker {
     pool_id_ = rados_ioctx_get_id(h_.ioctx);
     r = rbd_get_size(h_.image, &size_);
     if (r < 0) return FailClean(-r, "rbd_get_size(" + name + ")");
+    r = ReadParent(name);
+    if (r < 0) return;
     // Completions must be routed to the eventfd before the first I/O is submitted.
     r = rbd_set_image_notification(h_.image, eventfd, EVENT_TYPE_EVENTFD);
     if (r < 0) return FailClean(-r, "rbd_set_image_notification(" + name + ")");
@@ -192,6 +196,19 @@ class RbdOpenWorker : public RbdWorker {
     info.Set("snapId", has_snap_ ? Napi::Number::New(env, static_cast<double>(snap_id_)) : env.Null());
     info.Set("poolId", Napi::Number::New(env, static_cast<double>(pool_id_)));
     info.Set("fsid", Napi::String::New(env, fsid_));
+    info.Set("objectSize", Napi::Number::New(env, static_cast<double>(object_size_)));
+    if (has_parent_) {
+      Napi::Object p = Napi::Object::New(env);
+      p.Set("poolId", Napi::Number::New(env, static_cast<double>(parent_pool_id_)));
+      p.Set("namespace", Napi::String::New(env, parent_namespace_));
+      p.Set("imageId", Napi::String::New(env, parent_image_id_));
+      p.Set("snapId", Napi::Number::New(env, static_cast<double>(parent_snap_id_)));
+      p.Set("overlap", Napi::Number::New(env, static_cast<double>(overlap_)));
+      p.Set("owned", Napi::Buffer<uint8_t>::Copy(env, owned_.data(), owned_.size()));
+      info.Set("parent", p);
+    } else {
+      info.Set("parent", env.Null());
+    }
     deferred_.Resolve(info);
   }
 
@@ -200,6 +217,121 @@ class RbdOpenWorker : public RbdWorker {
     ReleaseHandles(&h_);
     Fail(err, std::move(message));
   }
+
+  // A clone's parent (pool, namespace, image id, snapshot id), its overlap and which of the
+  // objects inside the overlap the clone has an object of its own for (an existing object hides
+  // the parent, even empty: a discarded one reads zeros). From the object map when it is valid
+  // (rbd_diff_iterate2 whole-object without the parent, which then reports every existing
+  // object); otherwise by stat-ing each object, since the diff without an object map reports
+  // data extents only and misses emptied objects; a snapshot of a clone without a valid object
+  // map counts every object as owned (no sharing). Returns < 0 after FailClean.
+  int ReadParent(const std::string& name) {
+    rbd_image_info_t st;
+    int r = rbd_stat(h_.image, &st, sizeof(st));
+    if (r < 0) {
+      FailClean(-r, "rbd_stat(" + name + ")");
+      return r;
+    }
+    object_size_ = st.obj_size;
+    rbd_linked_image_spec_t pimg;
+    rbd_snap_spec_t psnap;
+    r = rbd_get_parent(h_.image, &pimg, &psnap);
+    if (r == -ENOENT) return 0;
+    if (r < 0) {
+      FailClean(-r, "rbd_get_parent(" + name + ")");
+      return r;
+    }
+    has_parent_ = true;
+    parent_pool_id_ = pimg.pool_id;
+    parent_namespace_ = pimg.pool_namespace != nullptr ? pimg.pool_namespace : "";
+    parent_image_id_ = pimg.image_id != nullptr ? pimg.image_id : "";
+    parent_snap_id_ = psnap.id;
+    rbd_linked_image_spec_cleanup(&pimg);
+    rbd_snap_spec_cleanup(&psnap);
+    r = rbd_get_overlap(h_.image, &overlap_);
+    if (r < 0) {
+      FailClean(-r, "rbd_get_overlap(" + name + ")");
+      return r;
+    }
+    overlap_ = std::min(overlap_, size_);
+    if (overlap_ == 0 || object_size_ == 0) return 0;
+    owned_.assign((overlap_ + object_size_ - 1) / object_size_, 0);
+    uint64_t features = 0, flags = 0;
+    r = rbd_get_features(h_.image, &features);
+    if (r == 0) r = rbd_get_flags(h_.image, &flags);
+    if (r < 0) {
+      FailClean(-r, "rbd_get_features/flags(" + name + ")");
+      return r;
+    }
+    bool object_map = (features & RBD_FEATURE_FAST_DIFF) != 0 &&
+                      (flags & (RBD_FLAG_OBJECT_MAP_INVALID | RBD_FLAG_FAST_DIFF_INVALID)) == 0;
+    if (object_map) {
+      r = rbd_diff_iterate2(h_.image, nullptr, 0, overlap_, 0, 1, &RbdOpenWorker::OwnedExtent, this);
+    } else if (has_snap_) {
+      std::fill(owned_.begin(), owned_.end(), 1);
+    } else {
+      r = StatObjects();
+    }
+    if (r < 0) {
+      FailClean(-r, "finding the objects of clone " + name);
+      return r;
+    }
+    return 0;
+  }
+
+  // owned_[o] = 1 for every object o of the image that exists (any stat error but ENOENT
+  // counts as existing: owned is the safe side), kStatBatch stats in flight at a time.
+  int StatObjects() {
+    char prefix[128];
+    int r = rbd_get_block_name_prefix(h_.image, prefix, sizeof(prefix));
+    if (r < 0) return r;
+    int64_t data_pool = rbd_get_data_pool_id(h_.image);
+    rados_ioctx_t io = h_.ioctx;
+    rados_ioctx_t other = nullptr;
+    if (data_pool >= 0 && data_pool != pool_id_) {
+      r = rados_ioctx_create2(h_.cluster, data_pool, &other);
+      if (r < 0) return r;
+      io = other;
+    }
+    constexpr size_t kStatBatch = 64;
+    rados_completion_t comps[kStatBatch];
+    uint64_t sizes[kStatBatch];
+    time_t mtimes[kStatBatch];
+    for (size_t base = 0; base < owned_.size(); base += kStatBatch) {
+      size_t m = std::min(kStatBatch, owned_.size() - base);
+      for (size_t i = 0; i < m; ++i) {
+        char oid[sizeof(prefix) + 24];
+        snprintf(oid, sizeof(oid), "%s.%016llx", prefix, static_cast<unsigned long long>(base + i));
+        rados_aio_create_completion2(nullptr, nullptr, &comps[i]);
+        if (rados_aio_stat(io, oid, comps[i], &sizes[i], &mtimes[i]) < 0) {
+          rados_aio_release(comps[i]);
+          comps[i] = nullptr;
+        }
+      }
+      for (size_t i = 0; i < m; ++i) {
+        int rv = -EIO;
+        if (comps[i] != nullptr) {
+          rados_aio_wait_for_complete(comps[i]);
+          rv = rados_aio_get_return_value(comps[i]);
+          rados_aio_release(comps[i]);
+        }
+        owned_[base + i] = rv == -ENOENT ? 0 : 1;
+      }
+    }
+    if (other != nullptr) rados_ioctx_destroy(other);
+    return 0;
+  }
+
+  // rbd_diff_iterate2's callback: every reported extent marks its objects owned.
+  static int OwnedExtent(uint64_t off, size_t len, int, void* arg) {
+    auto* w = static_cast<RbdOpenWorker*>(arg);
+    if (len == 0) return 0;
+    uint64_t first = off / w->object_size_;
+    uint64_t last = std::min<uint64_t>((off + len - 1) / w->object_size_, w->owned_.size() - 1);
+    for (uint64_t o = first; o <= last && o < w->owned_.size(); ++o) w->owned_[o] = 1;
+    return 0;
+  }
+
   RbdImage* owner_;
   Napi::ObjectReference self_;  // keeps the JS object alive while opening
   RbdImage::Handles h_;
@@ -207,6 +339,11 @@ class RbdOpenWorker : public RbdWorker {
   int64_t pool_id_ = 0;
   bool has_snap_ = false;
   std::string image_id_, fsid_;
+  uint64_t object_size_ = 0, overlap_ = 0, parent_snap_id_ = 0;
+  int64_t parent_pool_id_ = 0;
+  bool has_parent_ = false;
+  std::string parent_namespace_, parent_image_id_;
+  std::vector<uint8_t> owned_;
 };
 
 namespace {
