@@ -27,6 +27,13 @@
  *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ;
  *   - only whole blocks inside the volume are cached; a trailing partial block passes through.
  *
+ * Shared parent blocks: a store with `sharing` (an RBD clone) has its blocks keyed through
+ * SharedKeys (shared-keys.ts, which states why a parent key is never stale): blocks it still
+ * reads from its parent are looked up and inserted under the parent's entry, shared by every
+ * clone of that parent; write-like operations make their units owned when they start, and
+ * invalidate the volume's key only (the parent's blocks stay right for everyone). Fences,
+ * failures and sample verification concern the volume's own blocks only.
+ *
  * Read-ahead (prefetch hooks, below read()): a read that continues a sequential stream (see
  * streams.ts) makes the next `readAhead` blocks be read from the backing store in one read
  * and inserted, once the stream is within readAhead / 2 of what was already requested. The
@@ -65,6 +72,7 @@ import { InFlightRanges, type Op } from './in-flight';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
+import { SharedKeys } from './shared-keys';
 import { gatherIov, iovLength, scatterIov } from '../util/iov';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
@@ -132,6 +140,8 @@ export class CachedStore implements BackingStore {
   private readonly inserting = new Set<Promise<unknown>>();
   private readonly readAhead: number;
   private readonly streams = new StreamDetector();
+  /** Keys of a store with a shared parent (null: every block is keyed by the volume). */
+  private readonly keys: SharedKeys | null = null;
   /** Orders failures, write completions and flush starts (see Unsettled, unflushed). */
   private clock = 0;
   private unsettled: Unsettled[] = [];
@@ -155,7 +165,7 @@ export class CachedStore implements BackingStore {
       try {
         s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
       } catch (err) {
-        s.cache.unregisterVolume(s.volume, '');
+        s.unregister('');
         throw err;
       }
     }
@@ -176,6 +186,16 @@ export class CachedStore implements BackingStore {
     this.cacheable = Math.floor(this.size / this.bs);
     this.readAhead = o.readAhead ?? DEFAULT_READ_AHEAD_BLOCKS;
     this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
+    const sharing = o.backing.sharing;
+    if (sharing !== undefined && sharing.sharedBytes >= this.bs) {
+      try {
+        this.keys = new SharedKeys(this.volume, o.cache.registerShared(sharing.parent), sharing, this.bs);
+      } catch (err) {
+        o.cache.unregisterVolume(this.volume, '');
+        throw err;
+      }
+      this.dropUnownedVolumeKeys(this.keys);
+    }
     this.trackUnflushed = o.backing.watch !== undefined;
     o.backing.watch?.({ fenced: () => this.onFenced(), writesMayBeLost: () => this.onWritesMayBeLost() });
   }
@@ -231,6 +251,34 @@ export class CachedStore implements BackingStore {
     Object.assign(c, counted);
     const dropped = mismatched > 0 ? this.cache.map.dropVolume(this.volume) : 0;
     return { checked, mismatched, dropped, ms: performance.now() - t0 };
+  }
+
+  /** Drops the volume's blocks in units that read the parent (SharedKeys' invariant). */
+  private dropUnownedVolumeKeys(keys: SharedKeys): void {
+    const map = this.cache.map;
+    const bda = map.bda;
+    for (let slot = 0; slot < bda.size; slot++) {
+      if (bda.isValid(slot) && bda.volumeOf(slot) === this.volume && !keys.volumeKeyValid(bda.blockOf(slot))) map.drop(slot);
+    }
+  }
+
+  private unregister(identity: string): void {
+    this.cache.unregisterVolume(this.volume, identity);
+    if (this.keys !== null) this.cache.unregisterShared(this.keys.parent);
+  }
+
+  /** Calls fn(key, k, n) for each run of blocks first + k .. first + k + n - 1 with one cache key. */
+  private keyRuns(first: number, count: number, fn: (key: number, k: number, n: number) => void): void {
+    if (this.keys === null) fn(this.volume, 0, count);
+    else this.keys.runs(first, count, fn);
+  }
+
+  /** Lookups of `n` blocks under the parent's key, `hits` found: counted in the volume's entry. */
+  private countShared(key: number, n: number, hits: number): void {
+    if (key === this.volume) return;
+    const c = this.cache.map.stats(this.volume);
+    c.sharedReads += n;
+    c.sharedHits += hits;
   }
 
   private onFenced(): void {
@@ -306,13 +354,13 @@ export class CachedStore implements BackingStore {
     this.ops.end(op);
   }
 
-  /** Inserts blocks first.. of data (private) unless op gets poisoned; ends op when done. */
-  private insertThenEnd(op: Op, first: number, data: Uint8Array, count: number): void {
+  /** Inserts blocks first.. of data (private) under `key` unless op gets poisoned; ends op when done. */
+  private insertThenEnd(op: Op, key: number, first: number, data: Uint8Array, count: number): void {
     if (count <= 0 || op.poisoned || this.fenced || this.cache.disabled) {
       this.end(op);
       return;
     }
-    const p = this.cache.insert(this.volume, first, data, count, () => !op.poisoned).finally(() => {
+    const p = this.cache.insert(key, first, data, count, () => !op.poisoned).finally(() => {
       this.end(op);
       this.inserting.delete(p);
     });
@@ -324,9 +372,22 @@ export class CachedStore implements BackingStore {
     if (len === 0) return Promise.resolve();
     if (this.readAhead > 0 && this.mode !== 'none' && !this.fenced) this.prefetchAfter(offset, len);
     if (this.mode !== 'none' && !this.fenced && offset + len <= this.cacheable * this.bs) {
-      const r = this.cache.readHit(this.volume, offset, len, bufs);
-      if (r === true) return Promise.resolve();
-      if (r !== false) return r.then((ok) => (ok ? undefined : this.readThrough(offset, len, bufs)));
+      const first = Math.floor(offset / this.bs);
+      const count = Math.floor((offset + len - 1) / this.bs) - first + 1;
+      // A read whose blocks have more than one key goes the way of a miss.
+      const key = this.keys === null ? this.volume : this.keys.keyOfRange(first, first + count - 1);
+      const r = key < 0 ? false : this.cache.readHit(key, offset, len, bufs);
+      if (r === true) {
+        this.countShared(key, count, count);
+        return Promise.resolve();
+      }
+      if (r !== false) {
+        return r.then((ok) => {
+          if (!ok) return this.readThrough(offset, len, bufs);
+          this.countShared(key, count, count);
+          return undefined;
+        });
+      }
     }
     return this.readThrough(offset, len, bufs);
   }
@@ -342,7 +403,7 @@ export class CachedStore implements BackingStore {
     if (from < 0 || this.cache.disabled) return;
     const to = this.streams.lastEnd;
     // Blocks already cached at the start of the window need no backing read.
-    while (from < to && this.cache.map.peek(this.volume, from) >= 0) from++;
+    while (from < to && this.cache.map.peek(this.keys?.keyOf(from) ?? this.volume, from) >= 0) from++;
     if (from < to) this.prefetch(from, to - from);
   }
 
@@ -356,11 +417,15 @@ export class CachedStore implements BackingStore {
     const op = this.begin(first, first + count - 1, false);
     const data: Uint8Array = Buffer.allocUnsafe(count * bs);
     const p = this.backing.read(first * bs, [data]).then(
-      () => {
-        if (op.poisoned || this.cache.disabled) return 0;
-        return this.cache.insert(this.volume, first, data, count, () => !op.poisoned, true);
+      async () => {
+        if (op.poisoned || this.cache.disabled) return;
+        const inserts: Promise<number>[] = [];
+        this.keyRuns(first, count, (key, k, n) => {
+          inserts.push(this.cache.insert(key, first + k, data.subarray(k * bs, (k + n) * bs), n, () => !op.poisoned, true));
+        });
+        await Promise.all(inserts);
       },
-      () => 0,
+      () => undefined,
     );
     const done = p.finally(() => {
       this.end(op);
@@ -389,7 +454,18 @@ export class CachedStore implements BackingStore {
     const hit = new Uint8Array(count);
     try {
       const cached = Math.min(count, this.cacheable - first);
-      const hits = await this.cache.readBlocks(this.volume, first, cached, tmp, hit);
+      const lookups: Promise<number>[] = [];
+      this.keyRuns(first, cached, (key, k, n) => {
+        const found = this.cache.readBlocks(key, first + k, n, tmp.subarray(k * bs, (k + n) * bs), hit.subarray(k, k + n));
+        lookups.push(
+          found.then((h) => {
+            this.countShared(key, n, h);
+            return h;
+          }),
+        );
+      });
+      let hits = 0;
+      for (const h of await Promise.all(lookups)) hits += h;
       if (hits === count) {
         scatterIov(tmp, offset - first * bs, bufs);
         return;
@@ -412,13 +488,16 @@ export class CachedStore implements BackingStore {
       }
       await Promise.all(reads);
       scatterIov(tmp, offset - first * bs, bufs);
-      for (const [k, e] of runs) {
-        const n = Math.min(e, cached - 1) - k + 1;
-        if (n <= 0) continue;
-        // Each run keeps its range registered until inserted; it inherits op's poisoning.
-        const runOp = this.begin(first + k, first + k + n - 1, false);
-        runOp.poisoned ||= op.poisoned;
-        this.insertThenEnd(runOp, first + k, tmp.subarray(k * bs, (k + n) * bs), n);
+      for (const [k0, e] of runs) {
+        const n0 = Math.min(e, cached - 1) - k0 + 1;
+        if (n0 <= 0) continue;
+        // Each run of one key keeps its range registered until inserted; it inherits op's poisoning.
+        this.keyRuns(first + k0, n0, (key, j, n) => {
+          const k = k0 + j;
+          const runOp = this.begin(first + k, first + k + n - 1, false);
+          runOp.poisoned ||= op.poisoned;
+          this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n);
+        });
       }
     } finally {
       this.end(op);
@@ -435,6 +514,7 @@ export class CachedStore implements BackingStore {
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
     const op = this.begin(first, last, true);
+    this.keys?.own(first, last);
     this.invalidate(first, last);
     if (this.mode !== 'writethrough' || this.cache.disabled) {
       try {
@@ -465,7 +545,8 @@ export class CachedStore implements BackingStore {
     const fullFirst = Math.ceil(offset / bs);
     const fullEnd = Math.min(Math.floor((offset + len) / bs), this.cacheable);
     const at = fullFirst * bs - offset;
-    this.insertThenEnd(op, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
+    // Owned since the write started: keyed by the volume.
+    this.insertThenEnd(op, this.volume, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
   }
 
   private invalidate(first: number, last: number): void {
@@ -479,6 +560,7 @@ export class CachedStore implements BackingStore {
     const first = Math.floor(offset / this.bs);
     const last = Math.floor((offset + length - 1) / this.bs);
     const op = this.begin(first, last, true);
+    this.keys?.own(first, last);
     this.invalidate(first, last);
     try {
       await fn();
@@ -538,7 +620,7 @@ export class CachedStore implements BackingStore {
       identity = await this.backing.currentIdentity();
     } finally {
       // Without the identity (stat failed) the next registration drops the blocks.
-      this.cache.unregisterVolume(this.volume, identity);
+      this.unregister(identity);
       await this.backing.close();
     }
   }
