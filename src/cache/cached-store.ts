@@ -98,6 +98,8 @@ export interface CachedStoreOptions {
   readAhead?: number;
   /** The operator guarantees nothing else writes the backing store: open() verifies no sample. */
   exclusive?: boolean;
+  /** Key the blocks a clone reads from its parent by the parent (default true; see the header). */
+  shareParent?: boolean;
 }
 
 /** What open() found by comparing a sample of the cached blocks with the backing store. */
@@ -187,7 +189,7 @@ export class CachedStore implements BackingStore {
     this.readAhead = o.readAhead ?? DEFAULT_READ_AHEAD_BLOCKS;
     this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
     const sharing = o.backing.sharing;
-    if (sharing !== undefined && sharing.sharedBytes >= this.bs) {
+    if (sharing !== undefined && o.shareParent !== false && sharing.sharedBytes >= this.bs) {
       try {
         this.keys = new SharedKeys(this.volume, o.cache.registerShared(sharing.parent), sharing, this.bs);
       } catch (err) {
