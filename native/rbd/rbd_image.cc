@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <cstdio>
 #include <cstring>
 
@@ -71,6 +73,33 @@ void WatchCallback(void* arg) {
   (void)r;  // EAGAIN only when the counter is saturated: already signalled
 }
 
+// Connections by key (client name, configuration file, mount timeout); an entry leaves the
+// map when its last user releases it.
+std::mutex g_clusters_mu;
+std::map<std::string, std::shared_ptr<RbdCluster>> g_clusters;
+
+// A user of the connection for key (created, not yet connected, when new).
+std::shared_ptr<RbdCluster> AcquireCluster(const std::string& key) {
+  std::lock_guard<std::mutex> lock(g_clusters_mu);
+  std::shared_ptr<RbdCluster>& c = g_clusters[key];
+  if (!c) c = std::make_shared<RbdCluster>();
+  ++c->users;
+  return c;
+}
+
+// The last user shuts the connection down (outside the map's lock: it blocks).
+void ReleaseCluster(const std::string& key, const std::shared_ptr<RbdCluster>& c) {
+  rados_t down = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_clusters_mu);
+    if (--c->users > 0) return;
+    g_clusters.erase(key);
+    down = c->cluster;
+    c->cluster = nullptr;
+  }
+  if (down != nullptr) rados_shutdown(down);
+}
+
 // Releases what an open attempt or a clean close holds (thread pool: these calls block).
 void ReleaseHandles(RbdImage::Handles* h) {
   if (h->watching) rbd_update_unwatch(h->image, h->watch_handle);
@@ -79,7 +108,8 @@ void ReleaseHandles(RbdImage::Handles* h) {
   h->image = nullptr;
   if (h->ioctx != nullptr) rados_ioctx_destroy(h->ioctx);
   h->ioctx = nullptr;
-  if (h->cluster != nullptr) rados_shutdown(h->cluster);
+  if (h->shared) ReleaseCluster(h->cluster_key, h->shared);
+  h->shared.reset();
   h->cluster = nullptr;
   delete h->watch;
   h->watch = nullptr;
@@ -119,23 +149,19 @@ class RbdOpenWorker : public RbdWorker {
 
   void Execute() override {
     std::string who = "client." + (id.empty() ? std::string("admin") : id);
-    int r = rados_create2(&h_.cluster, "ceph", who.c_str(), 0);
-    if (r < 0) return Fail(-r, "rados_create2(" + who + ")");
-    r = rados_conf_read_file(h_.cluster, conf.empty() ? nullptr : conf.c_str());
-    if (r < 0) {
-      return FailClean(-r, conf.empty() ? std::string("no Ceph configuration found (/etc/ceph/ceph.conf, $CEPH_CONF); give :conf=PATH")
-                                        : "cannot read the Ceph configuration " + conf);
-    }
-    rados_conf_parse_env(h_.cluster, nullptr);
     std::string t = std::to_string(mount_timeout_s);
-    rados_conf_set(h_.cluster, "client_mount_timeout", t.c_str());
-    r = rados_connect(h_.cluster);
-    if (r < 0) {
-      std::string m = "cannot connect to the Ceph cluster as " + who;
-      if (r == -ENOENT) m += ": no keyring for " + who + " (set keyring in the configuration, or :id=USER)";
-      else if (r == -ETIMEDOUT) m += ": no monitor answered within " + t + " s";
-      else if (r == -EACCES || r == -EPERM) m += ": authentication refused";
-      return FailClean(-r, m);
+    h_.cluster_key = who + '\0' + conf + '\0' + t;
+    h_.shared = AcquireCluster(h_.cluster_key);
+    int r = 0;
+    {
+      // One opener connects; the others wait for it and share the connection.
+      std::lock_guard<std::mutex> lock(h_.shared->connect_mu);
+      if (h_.shared->cluster == nullptr) {
+        std::string message;
+        r = Connect(who, t, &message);
+        if (r < 0) return FailClean(-r, message);
+      }
+      h_.cluster = h_.shared->cluster;
     }
     r = rados_ioctx_create(h_.cluster, pool.c_str(), &h_.ioctx);
     if (r < 0) return FailClean(-r, r == -ENOENT ? "RBD pool '" + pool + "' does not exist" : "cannot open RBD pool '" + pool + "'");
@@ -216,6 +242,38 @@ class RbdOpenWorker : public RbdWorker {
   void FailClean(int err, std::string message) {
     ReleaseHandles(&h_);
     Fail(err, std::move(message));
+  }
+
+  // Connects h_.shared (its connect_mu held): on success it holds the connection; on failure
+  // returns -errno with *message, the half-made handle shut down.
+  int Connect(const std::string& who, const std::string& timeout, std::string* message) {
+    rados_t c = nullptr;
+    int r = rados_create2(&c, "ceph", who.c_str(), 0);
+    if (r < 0) {
+      *message = "rados_create2(" + who + ")";
+      return r;
+    }
+    r = rados_conf_read_file(c, conf.empty() ? nullptr : conf.c_str());
+    if (r < 0) {
+      *message = conf.empty() ? std::string("no Ceph configuration found (/etc/ceph/ceph.conf, $CEPH_CONF); give :conf=PATH")
+                              : "cannot read the Ceph configuration " + conf;
+    } else {
+      rados_conf_parse_env(c, nullptr);
+      rados_conf_set(c, "client_mount_timeout", timeout.c_str());
+      r = rados_connect(c);
+      if (r < 0) {
+        *message = "cannot connect to the Ceph cluster as " + who;
+        if (r == -ENOENT) *message += ": no keyring for " + who + " (set keyring in the configuration, or :id=USER)";
+        else if (r == -ETIMEDOUT) *message += ": no monitor answered within " + timeout + " s";
+        else if (r == -EACCES || r == -EPERM) *message += ": authentication refused";
+      }
+    }
+    if (r < 0) {
+      rados_shutdown(c);
+      return r;
+    }
+    h_.shared->cluster = c;
+    return 0;
   }
 
   // A clone's parent (pool, namespace, image id, snapshot id), its overlap and which of the

@@ -72,7 +72,7 @@ import { InFlightRanges, type Op } from './in-flight';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
-import { SharedKeys } from './shared-keys';
+import { type ParentReads, parentReads, SharedKeys } from './shared-keys';
 import { gatherIov, iovLength, scatterIov } from '../util/iov';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
@@ -120,6 +120,9 @@ interface Unsettled {
   at: number;
 }
 
+/** Placeholder entry of a block keyed by the volume in a run offered to other clones (never pending). */
+const NOT_SHARED: Promise<Uint8Array | null> = Promise.resolve(null);
+
 /** Read-ahead window by default: 32 blocks (128 KiB at 4 KiB). */
 export const DEFAULT_READ_AHEAD_BLOCKS = 32;
 
@@ -144,6 +147,8 @@ export class CachedStore implements BackingStore {
   private readonly streams = new StreamDetector();
   /** Keys of a store with a shared parent (null: every block is keyed by the volume). */
   private readonly keys: SharedKeys | null = null;
+  /** Backing reads of parent-keyed blocks in flight, shared with the parent's other clones. */
+  private readonly parentReads: ParentReads | null = null;
   /** Orders failures, write completions and flush starts (see Unsettled, unflushed). */
   private clock = 0;
   private unsettled: Unsettled[] = [];
@@ -197,6 +202,7 @@ export class CachedStore implements BackingStore {
         throw err;
       }
       this.dropUnownedVolumeKeys(this.keys);
+      this.parentReads = parentReads(o.cache, this.keys.parent);
     }
     this.trackUnflushed = o.backing.watch !== undefined;
     o.backing.watch?.({ fenced: () => this.onFenced(), writesMayBeLost: () => this.onWritesMayBeLost() });
@@ -356,14 +362,19 @@ export class CachedStore implements BackingStore {
     this.ops.end(op);
   }
 
-  /** Inserts blocks first.. of data (private) under `key` unless op gets poisoned; ends op when done. */
-  private insertThenEnd(op: Op, key: number, first: number, data: Uint8Array, count: number): void {
+  /**
+   * Inserts blocks first.. of data (private) under `key` unless op gets poisoned; ends op and
+   * calls `done` when done.
+   */
+  private insertThenEnd(op: Op, key: number, first: number, data: Uint8Array, count: number, done?: () => void): void {
     if (count <= 0 || op.poisoned || this.fenced || this.cache.disabled) {
       this.end(op);
+      done?.();
       return;
     }
     const p = this.cache.insert(key, first, data, count, () => !op.poisoned).finally(() => {
       this.end(op);
+      done?.();
       this.inserting.delete(p);
     });
     this.inserting.add(p);
@@ -472,38 +483,116 @@ export class CachedStore implements BackingStore {
         scatterIov(tmp, offset - first * bs, bufs);
         return;
       }
+      // Parent-keyed misses another clone is reading right now: its data, not another read.
+      const borrowed = this.borrowParentReads(first, cached, tmp, hit);
       // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
       const reads: Promise<void>[] = [];
-      const runs: number[][] = [];
-      for (let k = 0; k < count; ) {
-        if (hit[k]) {
-          k++;
+      const runs: [k: number, e: number, shared: Promise<Uint8Array | null>[]][] = [];
+      const readRuns = (): void => {
+        for (let k = 0; k < count; ) {
+          if (hit[k]) {
+            k++;
+            continue;
+          }
+          let e = k;
+          while (e + 1 < count && !hit[e + 1]) e++;
+          const start = (first + k) * bs;
+          const end = Math.min((first + e + 1) * bs, this.size);
+          const read = this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]);
+          reads.push(read);
+          runs.push([k, e, this.shareParentRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs))]);
+          hit.fill(1, k, e + 1);
+          k = e + 1;
+        }
+      };
+      readRuns();
+      try {
+        await Promise.all(reads);
+        if (borrowed.length > 0) {
+          // A borrowed block whose reader failed or was poisoned (hit 0 again) is read here.
+          await Promise.all(borrowed);
+          reads.length = 0;
+          readRuns();
+          await Promise.all(reads);
+        }
+      } catch (err) {
+        for (const [k, , mine] of runs) this.parentReads?.end(first + k, mine);
+        throw err;
+      }
+      scatterIov(tmp, offset - first * bs, bufs);
+      for (const [k0, e, mine] of runs) {
+        const n0 = Math.min(e, cached - 1) - k0 + 1;
+        if (n0 <= 0) {
+          this.parentReads?.end(first + k0, mine);
           continue;
         }
-        let e = k;
-        while (e + 1 < count && !hit[e + 1]) e++;
-        const start = (first + k) * bs;
-        const end = Math.min((first + e + 1) * bs, this.size);
-        reads.push(this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]));
-        runs.push([k, e]);
-        k = e + 1;
-      }
-      await Promise.all(reads);
-      scatterIov(tmp, offset - first * bs, bufs);
-      for (const [k0, e] of runs) {
-        const n0 = Math.min(e, cached - 1) - k0 + 1;
-        if (n0 <= 0) continue;
         // Each run of one key keeps its range registered until inserted; it inherits op's poisoning.
+        let left = 0;
+        const done = (): void => {
+          if (--left === 0) this.parentReads?.end(first + k0, mine);
+        };
         this.keyRuns(first + k0, n0, (key, j, n) => {
           const k = k0 + j;
           const runOp = this.begin(first + k, first + k + n - 1, false);
           runOp.poisoned ||= op.poisoned;
-          this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n);
+          left++;
+          this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n, done);
         });
       }
     } finally {
       this.end(op);
     }
+  }
+
+  /**
+   * Marks (hit[k] = 1) the parent-keyed misses among blocks first .. first + cached - 1 that
+   * another clone is reading now, and returns promises that copy each one's data into tmp when
+   * it arrives, or set hit[k] back to 0 when that read fails or was poisoned.
+   */
+  private borrowParentReads(first: number, cached: number, tmp: Uint8Array, hit: Uint8Array): Promise<void>[] {
+    const out: Promise<void>[] = [];
+    const keys = this.keys;
+    const reads = this.parentReads;
+    if (keys === null || reads === null) return out;
+    const bs = this.bs;
+    for (let k = 0; k < cached; k++) {
+      if (hit[k] || keys.keyOf(first + k) !== keys.parent) continue;
+      const p = reads.get(first + k);
+      if (p === undefined) continue;
+      hit[k] = 1;
+      out.push(
+        p.then((d) => {
+          if (d === null) hit[k] = 0;
+          else tmp.set(d, k * bs);
+        }),
+      );
+    }
+    return out;
+  }
+
+  /**
+   * Offers the parent-keyed blocks of a backing read of n blocks from `first` (into `into`) to
+   * the parent's other clones while it is in flight; returns the entries to end.
+   */
+  private shareParentRead(op: Op, read: Promise<void>, first: number, n: number, into: Uint8Array): Promise<Uint8Array | null>[] {
+    const keys = this.keys;
+    const reads = this.parentReads;
+    if (keys === null || reads === null || n <= 0) return [];
+    const mine: Promise<Uint8Array | null>[] = [];
+    const data = read.then(
+      () => (op.poisoned ? null : into),
+      () => null,
+    );
+    // Entries for every block of the run (null for those not keyed by the parent).
+    keys.runs(first, n, (key, j, m) => {
+      if (key === keys.parent) {
+        const bs = this.bs;
+        mine.push(...reads.start(first + j, m, data.then((d) => (d === null ? null : d.subarray(j * bs, (j + m) * bs))), bs));
+      } else {
+        for (let i = 0; i < m; i++) mine.push(NOT_SHARED);
+      }
+    });
+    return mine;
   }
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {

@@ -80,3 +80,51 @@ export class SharedKeys {
     return this.keyOf(b) === this.volume;
   }
 }
+
+/**
+ * Backing reads of a parent's blocks in flight, shared by the clones of that parent (one per
+ * parent and cache: parentReads()). A clone missing a block another clone is reading from the
+ * backing store right now waits for that read and takes its data instead of reading the block
+ * again (a boot storm's clones miss the same blocks at the same moment). A read's data is
+ * handed out only when its operation was not poisoned, i.e. no write of the reading clone
+ * overlapped it: then its bytes are the parent's (see the header); otherwise null and the
+ * waiter reads the block itself. Entries stay until the reader's insertion is done, so the
+ * block is found either here or in the cache.
+ */
+export class ParentReads {
+  private readonly pending = new Map<number, Promise<Uint8Array | null>>();
+
+  /** The data of block b being read by some clone, if any. */
+  get(b: number): Promise<Uint8Array | null> | undefined {
+    return this.pending.get(b);
+  }
+
+  /** Blocks first .. first + n - 1 are being read; `data` resolves with their n blocks (or null). */
+  start(first: number, n: number, data: Promise<Uint8Array | null>, bs: number): Promise<Uint8Array | null>[] {
+    const mine: Promise<Uint8Array | null>[] = [];
+    for (let j = 0; j < n; j++) {
+      const p = data.then((d) => (d === null ? null : d.subarray(j * bs, (j + 1) * bs)));
+      this.pending.set(first + j, p);
+      mine.push(p);
+    }
+    return mine;
+  }
+
+  /** Forgets the entries start() returned (those another read replaced meanwhile stay). */
+  end(first: number, mine: readonly Promise<Uint8Array | null>[]): void {
+    mine.forEach((p, j) => {
+      if (this.pending.get(first + j) === p) this.pending.delete(first + j);
+    });
+  }
+}
+
+const registry = new WeakMap<object, Map<number, ParentReads>>();
+
+/** The ParentReads of parent id `parent` in `cache`. */
+export function parentReads(cache: object, parent: number): ParentReads {
+  let byParent = registry.get(cache);
+  if (byParent === undefined) registry.set(cache, (byParent = new Map()));
+  let r = byParent.get(parent);
+  if (r === undefined) byParent.set(parent, (r = new ParentReads()));
+  return r;
+}

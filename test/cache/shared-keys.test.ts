@@ -40,7 +40,7 @@ class CloneStore implements BackingStore {
   /** Bytes read from this clone's parent (not from its own units). */
   parentBytesRead = 0;
   /** Awaited by every operation before it takes effect (tests interleave them with it). */
-  delay: () => Promise<void> = () => Promise.resolve();
+  delay: (kind: 'read' | 'write') => Promise<void> = () => Promise.resolve();
 
   constructor(
     readonly name: string,
@@ -91,18 +91,18 @@ class CloneStore implements BackingStore {
   }
 
   async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    await this.delay();
+    await this.delay('read');
     scatterIov(this.content(offset, iovLength(bufs)), 0, bufs);
   }
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    await this.delay();
+    await this.delay('write');
     this.copyUp(offset, iovLength(bufs));
     gatherIov(bufs, this.own, offset);
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    await this.delay();
+    await this.delay('write');
     this.copyUp(offset, length);
     this.own.fill(0, offset, offset + length);
   }
@@ -215,6 +215,47 @@ describe('clones share their parent cached blocks', () => {
     release();
     await Promise.all([reading, ...writes]);
     a.delay = () => Promise.resolve();
+    await cache.log.quiesce();
+    assert.deepEqual(await readBack(cb, 0, 4 * BS), parent.subarray(0, 4 * BS));
+    assert.deepEqual(await readBack(ca, 0, 4 * BS), a.content(0, 4 * BS));
+  });
+
+  it('a clone missing blocks another clone is reading takes that read instead of reading them again', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    a.delay = () => held;
+    const ra = readBack(ca, 0, 8 * BS);
+    // Let a's lookup finish and its backing read start (it waits on `held`).
+    await new Promise((r) => setImmediate(r));
+    const rb = readBack(cb, 4 * BS, 8 * BS);
+    await new Promise((r) => setImmediate(r));
+    release();
+    assert.deepEqual(await ra, parent.subarray(0, 8 * BS));
+    assert.deepEqual(await rb, parent.subarray(4 * BS, 12 * BS));
+    // b read only blocks 8..11 itself.
+    assert.equal(b.parentBytesRead, 4 * BS);
+    assert.equal(a.parentBytesRead, 8 * BS);
+  });
+
+  it('a borrowed read poisoned by a write of the reading clone is read again by the borrower', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    // a's read is held; its write (block 1) lands on the store before the read takes its bytes.
+    a.delay = (kind) => (kind === 'read' ? held : Promise.resolve());
+    const ra = readBack(ca, 0, 4 * BS);
+    await new Promise((r) => setImmediate(r));
+    const rb = readBack(cb, 0, 4 * BS);
+    const w = new Uint8Array(BS);
+    stamp(w, BS, 8);
+    await ca.write(BS, [w]);
+    release();
+    await ra;
+    assert.deepEqual(await rb, parent.subarray(0, 4 * BS));
+    assert.equal(b.parentBytesRead, 4 * BS);
     await cache.log.quiesce();
     assert.deepEqual(await readBack(cb, 0, 4 * BS), parent.subarray(0, 4 * BS));
     assert.deepEqual(await readBack(ca, 0, 4 * BS), a.content(0, 4 * BS));
