@@ -100,6 +100,12 @@ void ReleaseCluster(const std::string& key, const std::shared_ptr<RbdCluster>& c
   if (down != nullptr) rados_shutdown(down);
 }
 
+// connections(): cluster connections open now (each shared by the images opened through it).
+Napi::Value JS_connections(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(g_clusters_mu);
+  return Napi::Number::New(info.Env(), static_cast<double>(g_clusters.size()));
+}
+
 // Releases what an open attempt or a clean close holds (thread pool: these calls block).
 void ReleaseHandles(RbdImage::Handles* h) {
   if (h->watching) rbd_update_unwatch(h->image, h->watch_handle);
@@ -742,6 +748,7 @@ Napi::Object InitRbd(Napi::Env env, Napi::Object exports) {
 #ifdef VBC_HAVE_RBD
   rbd.Set("available", Napi::Boolean::New(env, true));
   rbd.Set("RbdImage", RbdImage::DefineClass(env));
+  rbd.Set("connections", Napi::Function::New<JS_connections>(env, "connections"));
 #else
   rbd.Set("available", Napi::Boolean::New(env, false));
 #endif

@@ -415,8 +415,9 @@ export class CachedStore implements BackingStore {
     let from = this.streams.readAhead(first, end - first, this.readAhead, this.cacheable);
     if (from < 0 || this.cache.disabled) return;
     const to = this.streams.lastEnd;
-    // Blocks already cached at the start of the window need no backing read.
-    while (from < to && this.cache.map.peek(this.keys?.keyOf(from) ?? this.volume, from) >= 0) from++;
+    // Blocks already cached (or being read by another clone) at the start of the window need no
+    // backing read.
+    while (from < to && (this.cache.map.peek(this.keys?.keyOf(from) ?? this.volume, from) >= 0 || this.parentReadPending(from))) from++;
     if (from < to) this.prefetch(from, to - from);
   }
 
@@ -429,7 +430,9 @@ export class CachedStore implements BackingStore {
     const bs = this.bs;
     const op = this.begin(first, first + count - 1, false);
     const data: Uint8Array = Buffer.allocUnsafe(count * bs);
-    const p = this.backing.read(first * bs, [data]).then(
+    const read = this.backing.read(first * bs, [data]);
+    const shared = this.shareParentRead(op, read, first, count, data);
+    const p = read.then(
       async () => {
         if (op.poisoned || this.cache.disabled) return;
         const inserts: Promise<number>[] = [];
@@ -442,6 +445,7 @@ export class CachedStore implements BackingStore {
     );
     const done = p.finally(() => {
       this.end(op);
+      this.parentReads?.end(first, shared);
       this.inserting.delete(done);
     });
     this.inserting.add(done);
@@ -542,6 +546,11 @@ export class CachedStore implements BackingStore {
     } finally {
       this.end(op);
     }
+  }
+
+  /** Whether block b is keyed by the parent and some clone is reading it from the backing store. */
+  private parentReadPending(b: number): boolean {
+    return this.keys !== null && this.parentReads !== null && this.keys.keyOf(b) === this.keys.parent && this.parentReads.get(b) !== undefined;
   }
 
   /**

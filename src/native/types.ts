@@ -362,6 +362,8 @@ export interface NativeRbd {
   /** false when the addon was built without librbd's headers. */
   available: boolean;
   RbdImage?: new (onComplete: (count: number, headerChanged: boolean) => void) => NativeRbdImage;
+  /** Cluster connections open now: one per client name, configuration and mount timeout, shared by its images. */
+  connections?: () => number;
 }
 
 export interface NativeAddon {
