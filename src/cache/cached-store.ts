@@ -32,7 +32,10 @@
  * reads from its parent are looked up and inserted under the parent's entry, shared by every
  * clone of that parent; write-like operations make their units owned when they start, and
  * invalidate the volume's key only (the parent's blocks stay right for everyone). Fences,
- * failures and sample verification concern the volume's own blocks only.
+ * failures and sample verification concern the volume's own blocks only. Backing reads of
+ * parent-keyed blocks (misses and read-ahead) are offered to the parent's other clones while in
+ * flight (ParentReads): a clone missing such a block waits for that read instead of reading it
+ * again, and takes its data only when no write of the reading clone poisoned it.
  *
  * Read-ahead (prefetch hooks, below read()): a read that continues a sequential stream (see
  * streams.ts) makes the next `readAhead` blocks be read from the backing store in one read
