@@ -9,7 +9,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <cstdio>
 #include <cstring>
 
 #include "io/io_helpers.h"
@@ -69,6 +73,39 @@ void WatchCallback(void* arg) {
   (void)r;  // EAGAIN only when the counter is saturated: already signalled
 }
 
+// Connections by key (client name, configuration file, mount timeout); an entry leaves the
+// map when its last user releases it.
+std::mutex g_clusters_mu;
+std::map<std::string, std::shared_ptr<RbdCluster>> g_clusters;
+
+// A user of the connection for key (created, not yet connected, when new).
+std::shared_ptr<RbdCluster> AcquireCluster(const std::string& key) {
+  std::lock_guard<std::mutex> lock(g_clusters_mu);
+  std::shared_ptr<RbdCluster>& c = g_clusters[key];
+  if (!c) c = std::make_shared<RbdCluster>();
+  ++c->users;
+  return c;
+}
+
+// The last user shuts the connection down (outside the map's lock: it blocks).
+void ReleaseCluster(const std::string& key, const std::shared_ptr<RbdCluster>& c) {
+  rados_t down = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_clusters_mu);
+    if (--c->users > 0) return;
+    g_clusters.erase(key);
+    down = c->cluster;
+    c->cluster = nullptr;
+  }
+  if (down != nullptr) rados_shutdown(down);
+}
+
+// connections(): cluster connections open now (each shared by the images opened through it).
+Napi::Value JS_connections(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(g_clusters_mu);
+  return Napi::Number::New(info.Env(), static_cast<double>(g_clusters.size()));
+}
+
 // Releases what an open attempt or a clean close holds (thread pool: these calls block).
 void ReleaseHandles(RbdImage::Handles* h) {
   if (h->watching) rbd_update_unwatch(h->image, h->watch_handle);
@@ -77,7 +114,8 @@ void ReleaseHandles(RbdImage::Handles* h) {
   h->image = nullptr;
   if (h->ioctx != nullptr) rados_ioctx_destroy(h->ioctx);
   h->ioctx = nullptr;
-  if (h->cluster != nullptr) rados_shutdown(h->cluster);
+  if (h->shared) ReleaseCluster(h->cluster_key, h->shared);
+  h->shared.reset();
   h->cluster = nullptr;
   delete h->watch;
   h->watch = nullptr;
@@ -117,23 +155,19 @@ class RbdOpenWorker : public RbdWorker {
 
   void Execute() override {
     std::string who = "client." + (id.empty() ? std::string("admin") : id);
-    int r = rados_create2(&h_.cluster, "ceph", who.c_str(), 0);
-    if (r < 0) return Fail(-r, "rados_create2(" + who + ")");
-    r = rados_conf_read_file(h_.cluster, conf.empty() ? nullptr : conf.c_str());
-    if (r < 0) {
-      return FailClean(-r, conf.empty() ? std::string("no Ceph configuration found (/etc/ceph/ceph.conf, $CEPH_CONF); give :conf=PATH")
-                                        : "cannot read the Ceph configuration " + conf);
-    }
-    rados_conf_parse_env(h_.cluster, nullptr);
     std::string t = std::to_string(mount_timeout_s);
-    rados_conf_set(h_.cluster, "client_mount_timeout", t.c_str());
-    r = rados_connect(h_.cluster);
-    if (r < 0) {
-      std::string m = "cannot connect to the Ceph cluster as " + who;
-      if (r == -ENOENT) m += ": no keyring for " + who + " (set keyring in the configuration, or :id=USER)";
-      else if (r == -ETIMEDOUT) m += ": no monitor answered within " + t + " s";
-      else if (r == -EACCES || r == -EPERM) m += ": authentication refused";
-      return FailClean(-r, m);
+    h_.cluster_key = who + '\0' + conf + '\0' + t;
+    h_.shared = AcquireCluster(h_.cluster_key);
+    int r = 0;
+    {
+      // One opener connects; the others wait for it and share the connection.
+      std::lock_guard<std::mutex> lock(h_.shared->connect_mu);
+      if (h_.shared->cluster == nullptr) {
+        std::string message;
+        r = Connect(who, t, &message);
+        if (r < 0) return FailClean(-r, message);
+      }
+      h_.cluster = h_.shared->cluster;
     }
     r = rados_ioctx_create(h_.cluster, pool.c_str(), &h_.ioctx);
     if (r < 0) return FailClean(-r, r == -ENOENT ? "RBD pool '" + pool + "' does not exist" : "cannot open RBD pool '" + pool + "'");
@@ -165,6 +199,8 @@ class RbdOpenWorker : public RbdWorker {
     pool_id_ = rados_ioctx_get_id(h_.ioctx);
     r = rbd_get_size(h_.image, &size_);
     if (r < 0) return FailClean(-r, "rbd_get_size(" + name + ")");
+    r = ReadParent(name);
+    if (r < 0) return;
     // Completions must be routed to the eventfd before the first I/O is submitted.
     r = rbd_set_image_notification(h_.image, eventfd, EVENT_TYPE_EVENTFD);
     if (r < 0) return FailClean(-r, "rbd_set_image_notification(" + name + ")");
@@ -192,6 +228,19 @@ class RbdOpenWorker : public RbdWorker {
     info.Set("snapId", has_snap_ ? Napi::Number::New(env, static_cast<double>(snap_id_)) : env.Null());
     info.Set("poolId", Napi::Number::New(env, static_cast<double>(pool_id_)));
     info.Set("fsid", Napi::String::New(env, fsid_));
+    info.Set("objectSize", Napi::Number::New(env, static_cast<double>(object_size_)));
+    if (has_parent_) {
+      Napi::Object p = Napi::Object::New(env);
+      p.Set("poolId", Napi::Number::New(env, static_cast<double>(parent_pool_id_)));
+      p.Set("namespace", Napi::String::New(env, parent_namespace_));
+      p.Set("imageId", Napi::String::New(env, parent_image_id_));
+      p.Set("snapId", Napi::Number::New(env, static_cast<double>(parent_snap_id_)));
+      p.Set("overlap", Napi::Number::New(env, static_cast<double>(overlap_)));
+      p.Set("owned", Napi::Buffer<uint8_t>::Copy(env, owned_.data(), owned_.size()));
+      info.Set("parent", p);
+    } else {
+      info.Set("parent", env.Null());
+    }
     deferred_.Resolve(info);
   }
 
@@ -200,6 +249,153 @@ class RbdOpenWorker : public RbdWorker {
     ReleaseHandles(&h_);
     Fail(err, std::move(message));
   }
+
+  // Connects h_.shared (its connect_mu held): on success it holds the connection; on failure
+  // returns -errno with *message, the half-made handle shut down.
+  int Connect(const std::string& who, const std::string& timeout, std::string* message) {
+    rados_t c = nullptr;
+    int r = rados_create2(&c, "ceph", who.c_str(), 0);
+    if (r < 0) {
+      *message = "rados_create2(" + who + ")";
+      return r;
+    }
+    r = rados_conf_read_file(c, conf.empty() ? nullptr : conf.c_str());
+    if (r < 0) {
+      *message = conf.empty() ? std::string("no Ceph configuration found (/etc/ceph/ceph.conf, $CEPH_CONF); give :conf=PATH")
+                              : "cannot read the Ceph configuration " + conf;
+    } else {
+      rados_conf_parse_env(c, nullptr);
+      rados_conf_set(c, "client_mount_timeout", timeout.c_str());
+      r = rados_connect(c);
+      if (r < 0) {
+        *message = "cannot connect to the Ceph cluster as " + who;
+        if (r == -ENOENT) *message += ": no keyring for " + who + " (set keyring in the configuration, or :id=USER)";
+        else if (r == -ETIMEDOUT) *message += ": no monitor answered within " + timeout + " s";
+        else if (r == -EACCES || r == -EPERM) *message += ": authentication refused";
+      }
+    }
+    if (r < 0) {
+      rados_shutdown(c);
+      return r;
+    }
+    h_.shared->cluster = c;
+    return 0;
+  }
+
+  // A clone's parent (pool, namespace, image id, snapshot id), its overlap and which of the
+  // objects inside the overlap the clone has an object of its own for (an existing object hides
+  // the parent, even empty: a discarded one reads zeros). From the object map when it is valid
+  // (rbd_diff_iterate2 whole-object without the parent, which then reports every existing
+  // object); otherwise by stat-ing each object, since the diff without an object map reports
+  // data extents only and misses emptied objects; a snapshot of a clone without a valid object
+  // map counts every object as owned (no sharing). Returns < 0 after FailClean.
+  int ReadParent(const std::string& name) {
+    rbd_image_info_t st;
+    int r = rbd_stat(h_.image, &st, sizeof(st));
+    if (r < 0) {
+      FailClean(-r, "rbd_stat(" + name + ")");
+      return r;
+    }
+    object_size_ = st.obj_size;
+    rbd_linked_image_spec_t pimg;
+    rbd_snap_spec_t psnap;
+    r = rbd_get_parent(h_.image, &pimg, &psnap);
+    if (r == -ENOENT) return 0;
+    if (r < 0) {
+      FailClean(-r, "rbd_get_parent(" + name + ")");
+      return r;
+    }
+    has_parent_ = true;
+    parent_pool_id_ = pimg.pool_id;
+    parent_namespace_ = pimg.pool_namespace != nullptr ? pimg.pool_namespace : "";
+    parent_image_id_ = pimg.image_id != nullptr ? pimg.image_id : "";
+    parent_snap_id_ = psnap.id;
+    rbd_linked_image_spec_cleanup(&pimg);
+    rbd_snap_spec_cleanup(&psnap);
+    r = rbd_get_overlap(h_.image, &overlap_);
+    if (r < 0) {
+      FailClean(-r, "rbd_get_overlap(" + name + ")");
+      return r;
+    }
+    overlap_ = std::min(overlap_, size_);
+    if (overlap_ == 0 || object_size_ == 0) return 0;
+    owned_.assign((overlap_ + object_size_ - 1) / object_size_, 0);
+    uint64_t features = 0, flags = 0;
+    r = rbd_get_features(h_.image, &features);
+    if (r == 0) r = rbd_get_flags(h_.image, &flags);
+    if (r < 0) {
+      FailClean(-r, "rbd_get_features/flags(" + name + ")");
+      return r;
+    }
+    bool object_map = (features & RBD_FEATURE_FAST_DIFF) != 0 &&
+                      (flags & (RBD_FLAG_OBJECT_MAP_INVALID | RBD_FLAG_FAST_DIFF_INVALID)) == 0;
+    if (object_map) {
+      r = rbd_diff_iterate2(h_.image, nullptr, 0, overlap_, 0, 1, &RbdOpenWorker::OwnedExtent, this);
+    } else if (has_snap_) {
+      std::fill(owned_.begin(), owned_.end(), 1);
+    } else {
+      r = StatObjects();
+    }
+    if (r < 0) {
+      FailClean(-r, "finding the objects of clone " + name);
+      return r;
+    }
+    return 0;
+  }
+
+  // owned_[o] = 1 for every object o of the image that exists (any stat error but ENOENT
+  // counts as existing: owned is the safe side), kStatBatch stats in flight at a time.
+  int StatObjects() {
+    char prefix[128];
+    int r = rbd_get_block_name_prefix(h_.image, prefix, sizeof(prefix));
+    if (r < 0) return r;
+    int64_t data_pool = rbd_get_data_pool_id(h_.image);
+    rados_ioctx_t io = h_.ioctx;
+    rados_ioctx_t other = nullptr;
+    if (data_pool >= 0 && data_pool != pool_id_) {
+      r = rados_ioctx_create2(h_.cluster, data_pool, &other);
+      if (r < 0) return r;
+      io = other;
+    }
+    constexpr size_t kStatBatch = 64;
+    rados_completion_t comps[kStatBatch];
+    uint64_t sizes[kStatBatch];
+    time_t mtimes[kStatBatch];
+    for (size_t base = 0; base < owned_.size(); base += kStatBatch) {
+      size_t m = std::min(kStatBatch, owned_.size() - base);
+      for (size_t i = 0; i < m; ++i) {
+        char oid[sizeof(prefix) + 24];
+        snprintf(oid, sizeof(oid), "%s.%016llx", prefix, static_cast<unsigned long long>(base + i));
+        rados_aio_create_completion2(nullptr, nullptr, &comps[i]);
+        if (rados_aio_stat(io, oid, comps[i], &sizes[i], &mtimes[i]) < 0) {
+          rados_aio_release(comps[i]);
+          comps[i] = nullptr;
+        }
+      }
+      for (size_t i = 0; i < m; ++i) {
+        int rv = -EIO;
+        if (comps[i] != nullptr) {
+          rados_aio_wait_for_complete(comps[i]);
+          rv = rados_aio_get_return_value(comps[i]);
+          rados_aio_release(comps[i]);
+        }
+        owned_[base + i] = rv == -ENOENT ? 0 : 1;
+      }
+    }
+    if (other != nullptr) rados_ioctx_destroy(other);
+    return 0;
+  }
+
+  // rbd_diff_iterate2's callback: every reported extent marks its objects owned.
+  static int OwnedExtent(uint64_t off, size_t len, int, void* arg) {
+    auto* w = static_cast<RbdOpenWorker*>(arg);
+    if (len == 0) return 0;
+    uint64_t first = off / w->object_size_;
+    uint64_t last = std::min<uint64_t>((off + len - 1) / w->object_size_, w->owned_.size() - 1);
+    for (uint64_t o = first; o <= last && o < w->owned_.size(); ++o) w->owned_[o] = 1;
+    return 0;
+  }
+
   RbdImage* owner_;
   Napi::ObjectReference self_;  // keeps the JS object alive while opening
   RbdImage::Handles h_;
@@ -207,6 +403,11 @@ class RbdOpenWorker : public RbdWorker {
   int64_t pool_id_ = 0;
   bool has_snap_ = false;
   std::string image_id_, fsid_;
+  uint64_t object_size_ = 0, overlap_ = 0, parent_snap_id_ = 0;
+  int64_t parent_pool_id_ = 0;
+  bool has_parent_ = false;
+  std::string parent_namespace_, parent_image_id_;
+  std::vector<uint8_t> owned_;
 };
 
 namespace {
@@ -547,6 +748,7 @@ Napi::Object InitRbd(Napi::Env env, Napi::Object exports) {
 #ifdef VBC_HAVE_RBD
   rbd.Set("available", Napi::Boolean::New(env, true));
   rbd.Set("RbdImage", RbdImage::DefineClass(env));
+  rbd.Set("connections", Napi::Function::New<JS_connections>(env, "connections"));
 #else
   rbd.Set("available", Napi::Boolean::New(env, false));
 #endif

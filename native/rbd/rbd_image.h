@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,6 +36,16 @@ struct RbdWatchState {
   int eventfd = -1;
 };
 
+// One cluster connection (rados_t) shared by every image opened with the same client name,
+// configuration and mount timeout; shut down when its last image closes (rbd_image.cc:
+// AcquireCluster, ReleaseCluster). `users` is guarded by the registry's lock, `cluster` is
+// set once under connect_mu (the first opener connects, the others wait for it).
+struct RbdCluster {
+  std::mutex connect_mu;
+  rados_t cluster = nullptr;
+  size_t users = 0;
+};
+
 class RbdImage : public Napi::ObjectWrap<RbdImage> {
  public:
   static Napi::Function DefineClass(Napi::Env env);
@@ -43,7 +54,9 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
 
   // Handles of an open image, filled by the open worker on the thread pool.
   struct Handles {
-    rados_t cluster = nullptr;
+    std::string cluster_key;
+    std::shared_ptr<RbdCluster> shared;
+    rados_t cluster = nullptr;  // shared->cluster once connected
     rados_ioctx_t ioctx = nullptr;
     rbd_image_t image = nullptr;
     uint64_t watch_handle = 0;

@@ -44,6 +44,11 @@ export interface BackingStore {
    * connection dropped). Called synchronously when the store notices.
    */
   watch?(events: BackingEvents): void;
+  /**
+   * Optional, for stores that read an immutable parent where they have no data of their own
+   * (an RBD clone): the cache keys those blocks by the parent, shared by every clone of it.
+   */
+  readonly sharing?: SharedBlocks;
   readonly features: {
     flush: boolean;
     discard: boolean;
@@ -61,4 +66,19 @@ export interface BackingStore {
 export interface BackingEvents {
   fenced(): void;
   writesMayBeLost(): void;
+}
+
+/**
+ * Where a store reads its parent: bytes [0, sharedBytes) of a unit the store does not own read
+ * the parent's bytes at the same offset, and the parent's data never changes. Any write-like
+ * operation makes the units it touches owned (RBD copies up whole objects).
+ */
+export interface SharedBlocks {
+  /** Names the parent's data for good (RBD: cluster fsid, pool id, namespace, image id, snapshot id). */
+  readonly parent: string;
+  readonly sharedBytes: number;
+  /** Bytes per unit of ownership (RBD: the object size). */
+  readonly unitBytes: number;
+  /** One byte per unit covering [0, sharedBytes) as the store found it at open: 1 = owned. */
+  readonly owned: Uint8Array;
 }

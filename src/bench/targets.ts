@@ -133,6 +133,9 @@ export interface VbcVolume {
   backingLength?: number;
   cacheMode?: 'writethrough' | 'writearound' | 'readonly' | 'none';
   numQueues?: number;
+  /** The volume options of the same names (config file only). */
+  shareParent?: boolean;
+  traceReads?: string;
 }
 
 export interface VbcOptions {
@@ -158,7 +161,8 @@ export interface VbcTarget extends Target {
 /** Builds the argv of `vhost-blk-cache serve` for `o` (writes the config file for several volumes). */
 function vbcArgv(o: VbcOptions): string[] {
   const argv = [process.execPath, ...(o.nodeArgs ?? []), VBC_BIN, 'serve'];
-  if (o.volumes.length === 1 && o.volumes[0].name === 'vol0') {
+  const flagsOnly = (v: VbcVolume): boolean => v.name === 'vol0' && v.shareParent === undefined && v.traceReads === undefined;
+  if (o.volumes.length === 1 && flagsOnly(o.volumes[0])) {
     const v = o.volumes[0];
     argv.push('--socket-path', v.socketPath, '--backing', v.backing);
     if (v.size !== undefined) argv.push('--size', String(v.size));
@@ -186,6 +190,8 @@ function vbcArgv(o: VbcOptions): string[] {
         ...(v.backingLength !== undefined ? { backingLength: v.backingLength } : {}),
         ...(v.cacheMode !== undefined ? { cacheMode: v.cacheMode } : {}),
         ...(v.numQueues !== undefined ? { numQueues: v.numQueues } : {}),
+        ...(v.shareParent !== undefined ? { shareParent: v.shareParent } : {}),
+        ...(v.traceReads !== undefined ? { traceReads: v.traceReads } : {}),
       })),
     };
     const file = o.configPath ?? `${o.volumes[0].socketPath}.config.json`;

@@ -266,6 +266,8 @@ export class Cache {
   private readonly uuid: Uint8Array;
   private readonly volumes = new Map<string, VolumeRecord>();
   private readonly active = new Set<number>();
+  /** Shared parents' ids (registerShared) and how many volumes use each. */
+  private readonly sharedUsers = new Map<number, number>();
   private closing = false;
   private closed = false;
   /** readHit() scratch, used synchronously only: slots of the request's blocks, cursor. */
@@ -365,6 +367,18 @@ export class Cache {
     }
   }
 
+  /** A new entry in the volume table, with the lowest free id (holding no blocks). */
+  private newRecord(name: string, identity: string, sizeBytes: number, maxBytes: number): VolumeRecord {
+    const used = new Set([...this.volumes.values()].map((v) => v.id));
+    let id = 0;
+    while (used.has(id)) id++;
+    if (id >= MAX_VOLUMES) throw new VhostError('too many cached volumes', 'ENOSPC');
+    this.map.dropVolume(id);
+    const rec = { id, name, identity, sizeBytes, maxBytes };
+    this.volumes.set(name, rec);
+    return rec;
+  }
+
   /**
    * Registers (or re-registers after a restart) a volume by name and returns its id. A volume
    * whose identity or size changed since its blocks were cached loses them.
@@ -381,19 +395,37 @@ export class Cache {
       rec.identity = identity;
       rec.sizeBytes = sizeBytes;
     }
-    if (!rec) {
-      const used = new Set([...this.volumes.values()].map((v) => v.id));
-      let id = 0;
-      while (used.has(id)) id++;
-      if (id >= MAX_VOLUMES) throw new VhostError('too many cached volumes', 'ENOSPC');
-      this.map.dropVolume(id);
-      rec = { id, name, identity, sizeBytes, maxBytes };
-      this.volumes.set(name, rec);
-    }
+    rec ??= this.newRecord(name, identity, sizeBytes, maxBytes);
     rec.maxBytes = maxBytes;
     this.map.volumeCap[rec.id] = maxBytes > 0 ? Math.max(1, Math.floor(maxBytes / this.blockSize)) : 0;
     this.active.add(rec.id);
     return rec.id;
+  }
+
+  /**
+   * Registers a user of a shared parent's blocks (shared-keys.ts) and returns the parent's id.
+   * `parent` names data that never changes, so its entry (identity = name, size 0) is never
+   * dropped for a change; any number of volumes may use it at once. Release with
+   * unregisterShared.
+   */
+  registerShared(parent: string): number {
+    if (this.closing) throw new VhostError('cache is closed', 'ESHUTDOWN');
+    let rec = this.volumes.get(parent);
+    if (rec && rec.identity !== parent) throw new VhostError(`${parent}: a volume of that name exists`, 'EEXIST');
+    if (!rec) rec = this.newRecord(parent, parent, 0, 0);
+    this.sharedUsers.set(rec.id, (this.sharedUsers.get(rec.id) ?? 0) + 1);
+    this.active.add(rec.id);
+    return rec.id;
+  }
+
+  unregisterShared(id: number): void {
+    const n = (this.sharedUsers.get(id) ?? 1) - 1;
+    if (n > 0) {
+      this.sharedUsers.set(id, n);
+      return;
+    }
+    this.sharedUsers.delete(id);
+    this.active.delete(id);
   }
 
   /**

@@ -27,6 +27,16 @@
  *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ;
  *   - only whole blocks inside the volume are cached; a trailing partial block passes through.
  *
+ * Shared parent blocks: a store with `sharing` (an RBD clone) has its blocks keyed through
+ * SharedKeys (shared-keys.ts, which states why a parent key is never stale): blocks it still
+ * reads from its parent are looked up and inserted under the parent's entry, shared by every
+ * clone of that parent; write-like operations make their units owned when they start, and
+ * invalidate the volume's key only (the parent's blocks stay right for everyone). Fences,
+ * failures and sample verification concern the volume's own blocks only. Backing reads of
+ * parent-keyed blocks (misses and read-ahead) are offered to the parent's other clones while in
+ * flight (ParentReads): a clone missing such a block waits for that read instead of reading it
+ * again, and takes its data only when no write of the reading clone poisoned it.
+ *
  * Read-ahead (prefetch hooks, below read()): a read that continues a sequential stream (see
  * streams.ts) makes the next `readAhead` blocks be read from the backing store in one read
  * and inserted, once the stream is within readAhead / 2 of what was already requested. The
@@ -65,6 +75,7 @@ import { InFlightRanges, type Op } from './in-flight';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
+import { type ParentReads, parentReads, SharedKeys } from './shared-keys';
 import { gatherIov, iovLength, scatterIov } from '../util/iov';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
@@ -90,6 +101,8 @@ export interface CachedStoreOptions {
   readAhead?: number;
   /** The operator guarantees nothing else writes the backing store: open() verifies no sample. */
   exclusive?: boolean;
+  /** Key the blocks a clone reads from its parent by the parent (default true; see the header). */
+  shareParent?: boolean;
 }
 
 /** What open() found by comparing a sample of the cached blocks with the backing store. */
@@ -109,6 +122,9 @@ interface Unsettled {
   /** Value of the store's event clock when it failed. */
   at: number;
 }
+
+/** Placeholder entry of a block keyed by the volume in a run offered to other clones (never pending). */
+const NOT_SHARED: Promise<Uint8Array | null> = Promise.resolve(null);
 
 /** Read-ahead window by default: 32 blocks (128 KiB at 4 KiB). */
 export const DEFAULT_READ_AHEAD_BLOCKS = 32;
@@ -132,6 +148,10 @@ export class CachedStore implements BackingStore {
   private readonly inserting = new Set<Promise<unknown>>();
   private readonly readAhead: number;
   private readonly streams = new StreamDetector();
+  /** Keys of a store with a shared parent (null: every block is keyed by the volume). */
+  private readonly keys: SharedKeys | null = null;
+  /** Backing reads of parent-keyed blocks in flight, shared with the parent's other clones. */
+  private readonly parentReads: ParentReads | null = null;
   /** Orders failures, write completions and flush starts (see Unsettled, unflushed). */
   private clock = 0;
   private unsettled: Unsettled[] = [];
@@ -155,7 +175,7 @@ export class CachedStore implements BackingStore {
       try {
         s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
       } catch (err) {
-        s.cache.unregisterVolume(s.volume, '');
+        s.unregister('');
         throw err;
       }
     }
@@ -176,6 +196,17 @@ export class CachedStore implements BackingStore {
     this.cacheable = Math.floor(this.size / this.bs);
     this.readAhead = o.readAhead ?? DEFAULT_READ_AHEAD_BLOCKS;
     this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
+    const sharing = o.backing.sharing;
+    if (sharing !== undefined && o.shareParent !== false && sharing.sharedBytes >= this.bs) {
+      try {
+        this.keys = new SharedKeys(this.volume, o.cache.registerShared(sharing.parent), sharing, this.bs);
+      } catch (err) {
+        o.cache.unregisterVolume(this.volume, '');
+        throw err;
+      }
+      this.dropUnownedVolumeKeys(this.keys);
+      this.parentReads = parentReads(o.cache, this.keys.parent);
+    }
     this.trackUnflushed = o.backing.watch !== undefined;
     o.backing.watch?.({ fenced: () => this.onFenced(), writesMayBeLost: () => this.onWritesMayBeLost() });
   }
@@ -231,6 +262,34 @@ export class CachedStore implements BackingStore {
     Object.assign(c, counted);
     const dropped = mismatched > 0 ? this.cache.map.dropVolume(this.volume) : 0;
     return { checked, mismatched, dropped, ms: performance.now() - t0 };
+  }
+
+  /** Drops the volume's blocks in units that read the parent (SharedKeys' invariant). */
+  private dropUnownedVolumeKeys(keys: SharedKeys): void {
+    const map = this.cache.map;
+    const bda = map.bda;
+    for (let slot = 0; slot < bda.size; slot++) {
+      if (bda.isValid(slot) && bda.volumeOf(slot) === this.volume && !keys.volumeKeyValid(bda.blockOf(slot))) map.drop(slot);
+    }
+  }
+
+  private unregister(identity: string): void {
+    this.cache.unregisterVolume(this.volume, identity);
+    if (this.keys !== null) this.cache.unregisterShared(this.keys.parent);
+  }
+
+  /** Calls fn(key, k, n) for each run of blocks first + k .. first + k + n - 1 with one cache key. */
+  private keyRuns(first: number, count: number, fn: (key: number, k: number, n: number) => void): void {
+    if (this.keys === null) fn(this.volume, 0, count);
+    else this.keys.runs(first, count, fn);
+  }
+
+  /** Lookups of `n` blocks under the parent's key, `hits` found: counted in the volume's entry. */
+  private countShared(key: number, n: number, hits: number): void {
+    if (key === this.volume) return;
+    const c = this.cache.map.stats(this.volume);
+    c.sharedReads += n;
+    c.sharedHits += hits;
   }
 
   private onFenced(): void {
@@ -306,14 +365,19 @@ export class CachedStore implements BackingStore {
     this.ops.end(op);
   }
 
-  /** Inserts blocks first.. of data (private) unless op gets poisoned; ends op when done. */
-  private insertThenEnd(op: Op, first: number, data: Uint8Array, count: number): void {
+  /**
+   * Inserts blocks first.. of data (private) under `key` unless op gets poisoned; ends op and
+   * calls `done` when done.
+   */
+  private insertThenEnd(op: Op, key: number, first: number, data: Uint8Array, count: number, done?: () => void): void {
     if (count <= 0 || op.poisoned || this.fenced || this.cache.disabled) {
       this.end(op);
+      done?.();
       return;
     }
-    const p = this.cache.insert(this.volume, first, data, count, () => !op.poisoned).finally(() => {
+    const p = this.cache.insert(key, first, data, count, () => !op.poisoned).finally(() => {
       this.end(op);
+      done?.();
       this.inserting.delete(p);
     });
     this.inserting.add(p);
@@ -324,9 +388,22 @@ export class CachedStore implements BackingStore {
     if (len === 0) return Promise.resolve();
     if (this.readAhead > 0 && this.mode !== 'none' && !this.fenced) this.prefetchAfter(offset, len);
     if (this.mode !== 'none' && !this.fenced && offset + len <= this.cacheable * this.bs) {
-      const r = this.cache.readHit(this.volume, offset, len, bufs);
-      if (r === true) return Promise.resolve();
-      if (r !== false) return r.then((ok) => (ok ? undefined : this.readThrough(offset, len, bufs)));
+      const first = Math.floor(offset / this.bs);
+      const count = Math.floor((offset + len - 1) / this.bs) - first + 1;
+      // A read whose blocks have more than one key goes the way of a miss.
+      const key = this.keys === null ? this.volume : this.keys.keyOfRange(first, first + count - 1);
+      const r = key < 0 ? false : this.cache.readHit(key, offset, len, bufs);
+      if (r === true) {
+        this.countShared(key, count, count);
+        return Promise.resolve();
+      }
+      if (r !== false) {
+        return r.then((ok) => {
+          if (!ok) return this.readThrough(offset, len, bufs);
+          this.countShared(key, count, count);
+          return undefined;
+        });
+      }
     }
     return this.readThrough(offset, len, bufs);
   }
@@ -341,8 +418,9 @@ export class CachedStore implements BackingStore {
     let from = this.streams.readAhead(first, end - first, this.readAhead, this.cacheable);
     if (from < 0 || this.cache.disabled) return;
     const to = this.streams.lastEnd;
-    // Blocks already cached at the start of the window need no backing read.
-    while (from < to && this.cache.map.peek(this.volume, from) >= 0) from++;
+    // Blocks already cached (or being read by another clone) at the start of the window need no
+    // backing read.
+    while (from < to && (this.cache.map.peek(this.keys?.keyOf(from) ?? this.volume, from) >= 0 || this.parentReadPending(from))) from++;
     if (from < to) this.prefetch(from, to - from);
   }
 
@@ -355,15 +433,22 @@ export class CachedStore implements BackingStore {
     const bs = this.bs;
     const op = this.begin(first, first + count - 1, false);
     const data: Uint8Array = Buffer.allocUnsafe(count * bs);
-    const p = this.backing.read(first * bs, [data]).then(
-      () => {
-        if (op.poisoned || this.cache.disabled) return 0;
-        return this.cache.insert(this.volume, first, data, count, () => !op.poisoned, true);
+    const read = this.backing.read(first * bs, [data]);
+    const shared = this.shareParentRead(op, read, first, count, data);
+    const p = read.then(
+      async () => {
+        if (op.poisoned || this.cache.disabled) return;
+        const inserts: Promise<number>[] = [];
+        this.keyRuns(first, count, (key, k, n) => {
+          inserts.push(this.cache.insert(key, first + k, data.subarray(k * bs, (k + n) * bs), n, () => !op.poisoned, true));
+        });
+        await Promise.all(inserts);
       },
-      () => 0,
+      () => undefined,
     );
     const done = p.finally(() => {
       this.end(op);
+      this.parentReads?.end(first, shared);
       this.inserting.delete(done);
     });
     this.inserting.add(done);
@@ -389,40 +474,137 @@ export class CachedStore implements BackingStore {
     const hit = new Uint8Array(count);
     try {
       const cached = Math.min(count, this.cacheable - first);
-      const hits = await this.cache.readBlocks(this.volume, first, cached, tmp, hit);
+      const lookups: Promise<number>[] = [];
+      this.keyRuns(first, cached, (key, k, n) => {
+        const found = this.cache.readBlocks(key, first + k, n, tmp.subarray(k * bs, (k + n) * bs), hit.subarray(k, k + n));
+        lookups.push(
+          found.then((h) => {
+            this.countShared(key, n, h);
+            return h;
+          }),
+        );
+      });
+      let hits = 0;
+      for (const h of await Promise.all(lookups)) hits += h;
       if (hits === count) {
         scatterIov(tmp, offset - first * bs, bufs);
         return;
       }
+      // Parent-keyed misses another clone is reading right now: its data, not another read.
+      const borrowed = this.borrowParentReads(first, cached, tmp, hit);
       // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
       const reads: Promise<void>[] = [];
-      const runs: number[][] = [];
-      for (let k = 0; k < count; ) {
-        if (hit[k]) {
-          k++;
+      const runs: [k: number, e: number, shared: Promise<Uint8Array | null>[]][] = [];
+      const readRuns = (): void => {
+        for (let k = 0; k < count; ) {
+          if (hit[k]) {
+            k++;
+            continue;
+          }
+          let e = k;
+          while (e + 1 < count && !hit[e + 1]) e++;
+          const start = (first + k) * bs;
+          const end = Math.min((first + e + 1) * bs, this.size);
+          const read = this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]);
+          reads.push(read);
+          runs.push([k, e, this.shareParentRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs))]);
+          hit.fill(1, k, e + 1);
+          k = e + 1;
+        }
+      };
+      readRuns();
+      try {
+        await Promise.all(reads);
+        if (borrowed.length > 0) {
+          // A borrowed block whose reader failed or was poisoned (hit 0 again) is read here.
+          await Promise.all(borrowed);
+          reads.length = 0;
+          readRuns();
+          await Promise.all(reads);
+        }
+      } catch (err) {
+        for (const [k, , mine] of runs) this.parentReads?.end(first + k, mine);
+        throw err;
+      }
+      scatterIov(tmp, offset - first * bs, bufs);
+      for (const [k0, e, mine] of runs) {
+        const n0 = Math.min(e, cached - 1) - k0 + 1;
+        if (n0 <= 0) {
+          this.parentReads?.end(first + k0, mine);
           continue;
         }
-        let e = k;
-        while (e + 1 < count && !hit[e + 1]) e++;
-        const start = (first + k) * bs;
-        const end = Math.min((first + e + 1) * bs, this.size);
-        reads.push(this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]));
-        runs.push([k, e]);
-        k = e + 1;
-      }
-      await Promise.all(reads);
-      scatterIov(tmp, offset - first * bs, bufs);
-      for (const [k, e] of runs) {
-        const n = Math.min(e, cached - 1) - k + 1;
-        if (n <= 0) continue;
-        // Each run keeps its range registered until inserted; it inherits op's poisoning.
-        const runOp = this.begin(first + k, first + k + n - 1, false);
-        runOp.poisoned ||= op.poisoned;
-        this.insertThenEnd(runOp, first + k, tmp.subarray(k * bs, (k + n) * bs), n);
+        // Each run of one key keeps its range registered until inserted; it inherits op's poisoning.
+        let left = 0;
+        const done = (): void => {
+          if (--left === 0) this.parentReads?.end(first + k0, mine);
+        };
+        this.keyRuns(first + k0, n0, (key, j, n) => {
+          const k = k0 + j;
+          const runOp = this.begin(first + k, first + k + n - 1, false);
+          runOp.poisoned ||= op.poisoned;
+          left++;
+          this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n, done);
+        });
       }
     } finally {
       this.end(op);
     }
+  }
+
+  /** Whether block b is keyed by the parent and some clone is reading it from the backing store. */
+  private parentReadPending(b: number): boolean {
+    return this.keys !== null && this.parentReads !== null && this.keys.keyOf(b) === this.keys.parent && this.parentReads.get(b) !== undefined;
+  }
+
+  /**
+   * Marks (hit[k] = 1) the parent-keyed misses among blocks first .. first + cached - 1 that
+   * another clone is reading now, and returns promises that copy each one's data into tmp when
+   * it arrives, or set hit[k] back to 0 when that read fails or was poisoned.
+   */
+  private borrowParentReads(first: number, cached: number, tmp: Uint8Array, hit: Uint8Array): Promise<void>[] {
+    const out: Promise<void>[] = [];
+    const keys = this.keys;
+    const reads = this.parentReads;
+    if (keys === null || reads === null) return out;
+    const bs = this.bs;
+    for (let k = 0; k < cached; k++) {
+      if (hit[k] || keys.keyOf(first + k) !== keys.parent) continue;
+      const p = reads.get(first + k);
+      if (p === undefined) continue;
+      hit[k] = 1;
+      out.push(
+        p.then((d) => {
+          if (d === null) hit[k] = 0;
+          else tmp.set(d, k * bs);
+        }),
+      );
+    }
+    return out;
+  }
+
+  /**
+   * Offers the parent-keyed blocks of a backing read of n blocks from `first` (into `into`) to
+   * the parent's other clones while it is in flight; returns the entries to end.
+   */
+  private shareParentRead(op: Op, read: Promise<void>, first: number, n: number, into: Uint8Array): Promise<Uint8Array | null>[] {
+    const keys = this.keys;
+    const reads = this.parentReads;
+    if (keys === null || reads === null || n <= 0) return [];
+    const mine: Promise<Uint8Array | null>[] = [];
+    const data = read.then(
+      () => (op.poisoned ? null : into),
+      () => null,
+    );
+    // Entries for every block of the run (null for those not keyed by the parent).
+    keys.runs(first, n, (key, j, m) => {
+      if (key === keys.parent) {
+        const bs = this.bs;
+        mine.push(...reads.start(first + j, m, data.then((d) => (d === null ? null : d.subarray(j * bs, (j + m) * bs))), bs));
+      } else {
+        for (let i = 0; i < m; i++) mine.push(NOT_SHARED);
+      }
+    });
+    return mine;
   }
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
@@ -435,6 +617,7 @@ export class CachedStore implements BackingStore {
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
     const op = this.begin(first, last, true);
+    this.keys?.own(first, last);
     this.invalidate(first, last);
     if (this.mode !== 'writethrough' || this.cache.disabled) {
       try {
@@ -465,7 +648,8 @@ export class CachedStore implements BackingStore {
     const fullFirst = Math.ceil(offset / bs);
     const fullEnd = Math.min(Math.floor((offset + len) / bs), this.cacheable);
     const at = fullFirst * bs - offset;
-    this.insertThenEnd(op, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
+    // Owned since the write started: keyed by the volume.
+    this.insertThenEnd(op, this.volume, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
   }
 
   private invalidate(first: number, last: number): void {
@@ -479,6 +663,7 @@ export class CachedStore implements BackingStore {
     const first = Math.floor(offset / this.bs);
     const last = Math.floor((offset + length - 1) / this.bs);
     const op = this.begin(first, last, true);
+    this.keys?.own(first, last);
     this.invalidate(first, last);
     try {
       await fn();
@@ -538,7 +723,7 @@ export class CachedStore implements BackingStore {
       identity = await this.backing.currentIdentity();
     } finally {
       // Without the identity (stat failed) the next registration drops the blocks.
-      this.cache.unregisterVolume(this.volume, identity);
+      this.unregister(identity);
       await this.backing.close();
     }
   }

@@ -14,6 +14,10 @@
  *                   evicted or overwritten): they start with the full reuse counter
  *   prefetched      blocks inserted by read-ahead
  *   prefetchHits    of those, read at least once while cached (accuracy = prefetchHits / prefetched)
+ *   sharedReads     blocks of a clone looked up under its parent's key (shared-keys.ts); they are
+ *                   counted in the parent's entry (named after the parent) as reads too, and not
+ *                   in this volume's reads
+ *   sharedHits      of those, found in the cache
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           rounds of the log (segments entered / segments)
@@ -38,6 +42,8 @@ export interface VolumeCounters {
   ghostHits: number;
   prefetched: number;
   prefetchHits: number;
+  sharedReads: number;
+  sharedHits: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -82,6 +88,8 @@ export function newCounters(): VolumeCounters {
     ghostHits: 0,
     prefetched: 0,
     prefetchHits: 0,
+    sharedReads: 0,
+    sharedHits: 0,
   };
 }
 
@@ -98,6 +106,8 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.ghostHits += from.ghostHits;
   into.prefetched += from.prefetched;
   into.prefetchHits += from.prefetchHits;
+  into.sharedReads += from.sharedReads;
+  into.sharedHits += from.sharedHits;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {

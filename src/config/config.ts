@@ -50,6 +50,13 @@ export interface VolumeConfig {
    * a sample (files are always checked through their change stamp).
    */
   exclusive: boolean;
+  /**
+   * A clone (RBD) keys the blocks it still reads from its parent snapshot by the parent, so
+   * every clone of it shares them in the cache (default true; false: keyed by the volume).
+   */
+  shareParent: boolean;
+  /** Appends one line `R <offset> <length>` per guest read to this file (recording a trace). */
+  traceReads?: string;
 }
 
 export interface SocketOwner {
@@ -164,7 +171,7 @@ const WINDOW_ALIGNMENT = 4096;
 
 const VOLUME_KEYS = new Set([
   'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'backingOffset', 'backingLength', 'readOnly', 'cacheMode', 'cacheMaxBytes',
-  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive',
+  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive', 'shareParent', 'traceReads',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath', 'direct']);
 const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
@@ -267,6 +274,8 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     logicalBlockSize: lbs,
     direct: bool(raw, 'direct', field, false),
     exclusive: bool(raw, 'exclusive', field, false),
+    shareParent: bool(raw, 'shareParent', field, true),
+    ...(raw.traceReads !== undefined ? { traceReads: str(raw, 'traceReads', field, true) as string } : {}),
   };
 }
 

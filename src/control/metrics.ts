@@ -47,6 +47,8 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['invalidateHits', 'vbc_cache_invalidate_hits_total', 'invalidations that removed a cached block'],
   ['ramHits', 'vbc_cache_ram_hits_total', 'hits served from a RAM segment buffer'],
   ['storageHits', 'vbc_cache_storage_hits_total', 'hits read from the cache device'],
+  ['sharedReads', 'vbc_cache_shared_reads_total', "block reads of a clone looked up under its parent's key (also counted by the parent)"],
+  ['sharedHits', 'vbc_cache_shared_hits_total', "shared reads found in the cache"],
   ['checksumErrors', 'vbc_cache_checksum_errors_total', 'cache-device blocks that failed their CRC-32C check (served from the backing store)'],
 ];
 

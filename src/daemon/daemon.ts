@@ -15,6 +15,7 @@ import type { BackingStore } from '../backing/backing-store';
 import { Cache } from '../cache/cache';
 import { CachedStore } from '../cache/cached-store';
 import { openBackingStore } from '../backing/open';
+import { TraceStore } from '../backing/trace-store';
 import { WindowStore } from '../backing/window-store';
 import type { DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
@@ -124,6 +125,7 @@ export class Daemon implements ControlledDaemon {
             name: cfg.name,
             mode: cfg.cacheMode,
             exclusive: cfg.exclusive,
+            shareParent: cfg.shareParent,
             ...(cfg.cacheMaxBytes !== undefined ? { maxBytes: cfg.cacheMaxBytes } : {}),
           });
           const v = cached.verification;
@@ -134,6 +136,7 @@ export class Daemon implements ControlledDaemon {
           }
           store = cached;
         }
+        if (cfg.traceReads !== undefined) store = new TraceStore(store, cfg.traceReads);
       } catch (err) {
         await store.close();
         throw err;

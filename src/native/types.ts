@@ -295,6 +295,26 @@ export interface RbdImageInfo {
   poolId: number;
   /** The cluster's fsid. */
   fsid: string;
+  /** Bytes per RADOS object (a clone's unit of copy-up). */
+  objectSize: number;
+  /** A clone's parent snapshot, or null. */
+  parent: RbdParentInfo | null;
+}
+
+/** A clone's parent as librbd reports it at open (rbd_get_parent, rbd_get_overlap). */
+export interface RbdParentInfo {
+  poolId: number;
+  /** Pool namespace of the parent ('' for none). */
+  namespace: string;
+  imageId: string;
+  snapId: number;
+  /** Bytes from 0 that read the parent where the clone has no object of its own. */
+  overlap: number;
+  /**
+   * One byte per object inside the overlap: 1 when the clone has data of its own there (an
+   * extent rbd_diff_iterate2 reports without the parent), 0 when it still reads the parent.
+   */
+  owned: Uint8Array;
 }
 
 /**
@@ -342,6 +362,8 @@ export interface NativeRbd {
   /** false when the addon was built without librbd's headers. */
   available: boolean;
   RbdImage?: new (onComplete: (count: number, headerChanged: boolean) => void) => NativeRbdImage;
+  /** Cluster connections open now: one per client name, configuration and mount timeout, shared by its images. */
+  connections?: () => number;
 }
 
 export interface NativeAddon {

@@ -50,6 +50,30 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     return { name, store };
   }
 
+  it('shares one cluster connection between the images of one configuration until the last one closes', async () => {
+    const connections = (): number => (native.rbd.connections as () => number)();
+    const before = connections();
+    // A timeout no other test uses: its own connection key.
+    const opts = { backingTimeoutMs: 7_001 };
+    await ceph.createImage('shared-a', 1 << 20);
+    await ceph.createImage('shared-b', 1 << 20);
+    const a = await RbdStore.open(`rbd:${ceph.pool}/shared-a:conf=${ceph.conf}`, opts);
+    assert.equal(connections(), before + 1);
+    const b = await RbdStore.open(`rbd:${ceph.pool}/shared-b:conf=${ceph.conf}`, opts);
+    assert.equal(connections(), before + 1);
+    await a.write(0, [Buffer.alloc(4096, 1)]);
+    await b.write(0, [Buffer.alloc(4096, 2)]);
+    const out = Buffer.alloc(4096);
+    await a.read(0, [out]);
+    assert.ok(out.every((x) => x === 1));
+    await a.close();
+    assert.equal(connections(), before + 1);
+    await b.read(0, [out]);
+    assert.ok(out.every((x) => x === 2));
+    await b.close();
+    assert.equal(connections(), before);
+  });
+
   it('reads, writes (scatter lists), flushes, discards and writes zeroes', async () => {
     const { name, store } = await image(8 * MiB);
     assert.equal(store.size, 8 * MiB);

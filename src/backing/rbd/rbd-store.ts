@@ -8,6 +8,17 @@
  * a resize while the daemon was down never meets blocks cached for the old one. Writes made
  * by another client while the daemon was down are not detected (as for NBD).
  *
+ * A clone (an image with a parent snapshot) declares `sharing` for the cache: the parent
+ * snapshot (fsid, pool id, namespace, image id, snapshot id: never reused, and a snapshot never
+ * changes), the overlap, the object size and which objects of the overlap the clone has its own
+ * object for, as found at open (RbdParentInfo). Objects only become owned: a write, discard or
+ * write-zeroes makes librbd copy up or create the object; flatten copies up all of them (the
+ * next open finds no parent); a clone shrunk and grown again has a smaller overlap (found at the
+ * next open; a resize while open fences). Another client's writes while the daemon was down
+ * show up as owned objects at the next open, so they are never read under the parent's key.
+ * A clone of a clone is keyed by its immediate parent snapshot (the chain is not followed:
+ * clones of the same parent snapshot share; a grandparent's blocks are not shared with them).
+ *
  * Faults: every request is bounded by backingTimeoutMs from its submission; past it, it
  * rejects with ETIMEDOUT and is cancelled natively (librbd keeps retrying with its own buffer;
  * the caller's buffers are released), so an unreachable cluster (monitors or OSDs down) behaves
@@ -22,7 +33,7 @@ import { native } from '../../native/binding';
 import { RBD_CQE_RESULT, RBD_CQE_STRIDE, RBD_CQE_TAG, type NativeRbdImage, type RbdImageInfo } from '../../native/types';
 import { silentLogger, type Logger } from '../../util/logger';
 import { iovLength } from '../../util/iov';
-import type { BackingEvents, BackingStore } from '../backing-store';
+import type { BackingEvents, BackingStore, SharedBlocks } from '../backing-store';
 import { formatRbdSpec, parseRbdSpec, type RbdSpec } from './spec';
 
 export interface RbdStoreOptions {
@@ -71,6 +82,7 @@ export class RbdStore implements BackingStore {
   readonly changesVisible = false;
   readonly info: RbdImageInfo;
   readonly features: { flush: boolean; discard: boolean; writeZeroes: boolean };
+  readonly sharing?: SharedBlocks;
   private readonly img: NativeRbdImage;
   private readonly log: Logger;
   private readonly timeoutMs: number;
@@ -95,6 +107,15 @@ export class RbdStore implements BackingStore {
     this.location = `rbd:${info.fsid}:${info.poolId}:${info.imageId}@${info.snapId ?? 'head'}`;
     this.identity = `${this.location}:${info.size}`;
     this.features = { flush: true, discard: !readOnly, writeZeroes: !readOnly };
+    const p = info.parent;
+    if (p !== null && p.overlap > 0 && info.objectSize > 0) {
+      this.sharing = {
+        parent: `rbd-parent:${info.fsid}:${p.poolId}/${p.namespace}:${p.imageId}@${p.snapId}`,
+        sharedBytes: p.overlap,
+        unitBytes: info.objectSize,
+        owned: p.owned,
+      };
+    }
   }
 
   /**
@@ -143,7 +164,8 @@ export class RbdStore implements BackingStore {
       clearTimeout(timer);
     }
     store = new RbdStore(s, img, info, readOnly, timeoutMs, log);
-    log.info({ size: info.size, imageId: info.imageId, snapId: info.snapId, poolId: info.poolId, readOnly }, 'RBD image opened');
+    const parent = info.parent && { ...info.parent, owned: info.parent.owned.reduce((a, b) => a + b, 0) };
+    log.info({ size: info.size, imageId: info.imageId, snapId: info.snapId, poolId: info.poolId, readOnly, parent }, 'RBD image opened');
     return store;
   }
 

@@ -1,0 +1,130 @@
+/**
+ * Cache keys of a volume whose store reads an immutable parent (SharedBlocks, e.g. an RBD
+ * clone): block b is keyed by the parent's entry in the cache's volume table when the whole
+ * block lies in [0, sharedBytes) and no unit it touches is owned, by the volume otherwise.
+ *
+ * Why a parent key is never stale: the parent's data never changes, and a block is keyed by it
+ * only while the volume reads the parent there. Units only ever become owned: own() is called
+ * when a write-like operation starts (before anything is sent to the store), and a failed
+ * operation leaves its units owned (the volume's key is always right; the parent's only while
+ * unowned). Data read under a parent key while another block of the same unit is written is
+ * still the parent's (a copy-up copies the parent's unit); a write to the block itself poisons
+ * the read (CachedStore's in-flight ranges), so it inserts nothing.
+ *
+ * Invariant kept with the volume's keys: blocks of unowned shared units have no entry under the
+ * volume's key (CachedStore drops them when it opens: volumeKeyValid()), so a unit that becomes owned exposes nothing
+ * old under the volume's key.
+ */
+import type { SharedBlocks } from '../backing/backing-store';
+
+export class SharedKeys {
+  /** Blocks entirely inside [0, sharedBytes). */
+  readonly sharedBlocks: number;
+  private readonly owned: Uint8Array;
+  private readonly unitBytes: number;
+
+  /**
+   * @param volume  the volume's id in the cache
+   * @param parent  the parent's id in the cache (Cache.registerShared)
+   */
+  constructor(
+    readonly volume: number,
+    readonly parent: number,
+    sharing: SharedBlocks,
+    private readonly bs: number,
+  ) {
+    this.unitBytes = sharing.unitBytes;
+    this.sharedBlocks = Math.floor(sharing.sharedBytes / bs);
+    const units = Math.ceil(sharing.sharedBytes / sharing.unitBytes);
+    this.owned = new Uint8Array(units);
+    this.owned.set(sharing.owned.subarray(0, units));
+  }
+
+  /** The cache key of block b. */
+  keyOf(b: number): number {
+    if (b >= this.sharedBlocks) return this.volume;
+    const u0 = Math.floor((b * this.bs) / this.unitBytes);
+    const u1 = Math.floor(((b + 1) * this.bs - 1) / this.unitBytes);
+    for (let u = u0; u <= u1; u++) if (this.owned[u] !== 0) return this.volume;
+    return this.parent;
+  }
+
+  /** The key of blocks first..last when they all have one, else -1. */
+  keyOfRange(first: number, last: number): number {
+    const key = this.keyOf(first);
+    for (let b = first + 1; b <= last; b++) if (this.keyOf(b) !== key) return -1;
+    return key;
+  }
+
+  /** Calls fn(key, k, n) for each run of blocks first + k .. first + k + n - 1 with one key. */
+  runs(first: number, count: number, fn: (key: number, k: number, n: number) => void): void {
+    let k = 0;
+    while (k < count) {
+      const key = this.keyOf(first + k);
+      let n = 1;
+      while (k + n < count && this.keyOf(first + k + n) === key) n++;
+      fn(key, k, n);
+      k += n;
+    }
+  }
+
+  /** Blocks first..last are about to be written: the units they touch become owned. */
+  own(first: number, last: number): void {
+    const u0 = Math.floor((first * this.bs) / this.unitBytes);
+    const u1 = Math.min(Math.floor(((last + 1) * this.bs - 1) / this.unitBytes), this.owned.length - 1);
+    for (let u = u0; u <= u1; u++) this.owned[u] = 1;
+  }
+
+  /** Whether the volume's key of block b may hold data (see the invariant in the header). */
+  volumeKeyValid(b: number): boolean {
+    return this.keyOf(b) === this.volume;
+  }
+}
+
+/**
+ * Backing reads of a parent's blocks in flight, shared by the clones of that parent (one per
+ * parent and cache: parentReads()). A clone missing a block another clone is reading from the
+ * backing store right now waits for that read and takes its data instead of reading the block
+ * again (a boot storm's clones miss the same blocks at the same moment). A read's data is
+ * handed out only when its operation was not poisoned, i.e. no write of the reading clone
+ * overlapped it: then its bytes are the parent's (see the header); otherwise null and the
+ * waiter reads the block itself. Entries stay until the reader's insertion is done, so the
+ * block is found either here or in the cache.
+ */
+export class ParentReads {
+  private readonly pending = new Map<number, Promise<Uint8Array | null>>();
+
+  /** The data of block b being read by some clone, if any. */
+  get(b: number): Promise<Uint8Array | null> | undefined {
+    return this.pending.get(b);
+  }
+
+  /** Blocks first .. first + n - 1 are being read; `data` resolves with their n blocks (or null). */
+  start(first: number, n: number, data: Promise<Uint8Array | null>, bs: number): Promise<Uint8Array | null>[] {
+    const mine: Promise<Uint8Array | null>[] = [];
+    for (let j = 0; j < n; j++) {
+      const p = data.then((d) => (d === null ? null : d.subarray(j * bs, (j + 1) * bs)));
+      this.pending.set(first + j, p);
+      mine.push(p);
+    }
+    return mine;
+  }
+
+  /** Forgets the entries start() returned (those another read replaced meanwhile stay). */
+  end(first: number, mine: readonly Promise<Uint8Array | null>[]): void {
+    mine.forEach((p, j) => {
+      if (this.pending.get(first + j) === p) this.pending.delete(first + j);
+    });
+  }
+}
+
+const registry = new WeakMap<object, Map<number, ParentReads>>();
+
+/** The ParentReads of parent id `parent` in `cache`. */
+export function parentReads(cache: object, parent: number): ParentReads {
+  let byParent = registry.get(cache);
+  if (byParent === undefined) registry.set(cache, (byParent = new Map()));
+  let r = byParent.get(parent);
+  if (r === undefined) byParent.set(parent, (r = new ParentReads()));
+  return r;
+}

@@ -1,0 +1,347 @@
+/**
+ * Clones sharing their parent's cached blocks (SharedKeys through CachedStore), on in-memory
+ * clones with RBD's semantics (CloneStore: a unit not owned reads the parent inside the
+ * overlap; a write-like operation copies the unit up first): blocks read by one clone are hits
+ * for the other; writes, discards and write-zeroes to one clone never change what the other
+ * reads, racing reads included; a warm restart keeps the parent's blocks; a clone written
+ * offline (its owned units found at open) never reads old parent blocks; blocks the clone
+ * cached under its own key for a unit that reads the parent again are dropped at open.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { BackingStore, SharedBlocks } from '../../src/backing/backing-store';
+import { Cache } from '../../src/cache/cache';
+import { CachedStore } from '../../src/cache/cached-store';
+import { deviceBytesFor } from '../../src/cache/segment';
+import { FsEngine } from '../../src/io/fs-engine';
+import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
+import { rng, stamp } from './helpers';
+
+const BS = 4096;
+/** Unit of ownership (RBD: object): 4 blocks. */
+const UNIT = 4 * BS;
+/** The parent is 48 blocks; clones are 64 blocks with an overlap of 40 (the rest reads zeros). */
+const PARENT = 48 * BS;
+const OVERLAP = 40 * BS;
+const VOL = 64 * BS;
+const BLOCKS = VOL / BS;
+
+/** An RBD-like clone in memory: own units, copy-up on write, the parent below. */
+class CloneStore implements BackingStore {
+  readonly kind = 'clone';
+  readonly readOnly = false;
+  readonly changesVisible = false;
+  readonly features = { flush: true, discard: true, writeZeroes: true };
+  readonly size = VOL;
+  readonly own = new Uint8Array(VOL);
+  readonly owned = new Uint8Array(Math.ceil(OVERLAP / UNIT));
+  /** Bytes read from this clone's parent (not from its own units). */
+  parentBytesRead = 0;
+  /** Awaited by every operation before it takes effect (tests interleave them with it). */
+  delay: (kind: 'read' | 'write') => Promise<void> = () => Promise.resolve();
+
+  constructor(
+    readonly name: string,
+    readonly parent: Uint8Array,
+  ) {}
+
+  get location(): string {
+    return `clone:${this.name}`;
+  }
+  get identity(): string {
+    return this.location;
+  }
+  /** What the cache is told at open: a snapshot of the owned units, as librbd reports them. */
+  get sharing(): SharedBlocks {
+    return { parent: 'rbd-parent:test', sharedBytes: OVERLAP, unitBytes: UNIT, owned: this.owned.slice() };
+  }
+
+  currentIdentity(): Promise<string> {
+    return Promise.resolve(this.identity);
+  }
+
+  /** The clone's bytes now. */
+  content(offset: number, len: number): Uint8Array {
+    const out = new Uint8Array(len);
+    for (let i = 0; i < len; ) {
+      const at = offset + i;
+      const u = Math.floor(at / UNIT);
+      const n = Math.min(len - i, (u + 1) * UNIT - at);
+      if (at < OVERLAP && this.owned[u] === 0) {
+        const m = Math.max(0, Math.min(n, OVERLAP - at));
+        out.set(this.parent.subarray(at, at + m), i);
+        this.parentBytesRead += m;
+      } else {
+        out.set(this.own.subarray(at, at + n), i);
+      }
+      i += n;
+    }
+    return out;
+  }
+
+  private copyUp(offset: number, len: number): void {
+    for (let u = Math.floor(offset / UNIT); u <= Math.floor((offset + len - 1) / UNIT) && u < this.owned.length; u++) {
+      if (this.owned[u] !== 0) continue;
+      const end = Math.min((u + 1) * UNIT, OVERLAP);
+      this.own.set(this.parent.subarray(u * UNIT, end), u * UNIT);
+      this.owned[u] = 1;
+    }
+  }
+
+  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    await this.delay('read');
+    scatterIov(this.content(offset, iovLength(bufs)), 0, bufs);
+  }
+
+  async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    await this.delay('write');
+    this.copyUp(offset, iovLength(bufs));
+    gatherIov(bufs, this.own, offset);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.delay('write');
+    this.copyUp(offset, length);
+    this.own.fill(0, offset, offset + length);
+  }
+
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.discard(offset, length);
+  }
+
+  async flush(): Promise<void> {}
+  async close(): Promise<void> {}
+}
+
+describe('clones share their parent cached blocks', () => {
+  let dir: string;
+  let cache: Cache;
+  let parent: Uint8Array;
+  let a: CloneStore;
+  let b: CloneStore;
+
+  async function openCache(): Promise<void> {
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(16, 4096, 16384), segmentSize: 16384, buffers: 4, engine: new FsEngine() });
+  }
+
+  function cached(store: CloneStore): Promise<CachedStore> {
+    return CachedStore.open({ backing: store, cache, name: store.name, readAhead: 0, exclusive: true });
+  }
+
+  async function readBack(s: CachedStore, offset: number, len: number): Promise<Uint8Array> {
+    const out = new Uint8Array(len);
+    await s.read(offset, [out]);
+    return out;
+  }
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-shared-'));
+    parent = new Uint8Array(PARENT);
+    stamp(parent, 0, 1);
+    a = new CloneStore('a', parent);
+    b = new CloneStore('b', parent);
+    await openCache();
+  });
+
+  afterEach(async () => {
+    await cache.abort();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a block one clone read is a hit for the other, counted per volume and per parent', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    assert.deepEqual(await readBack(ca, 0, 16 * BS), parent.subarray(0, 16 * BS));
+    await cache.log.quiesce();
+    assert.deepEqual(await readBack(cb, 0, 8 * BS), parent.subarray(0, 8 * BS));
+    // An unaligned read spanning blocks takes the other path (readThrough).
+    assert.deepEqual(await readBack(cb, 8 * BS + 512, 4 * BS), parent.subarray(8 * BS + 512, 12 * BS + 512));
+    assert.equal(b.parentBytesRead, 0);
+    const st = cache.stats();
+    assert.equal(st.volumes.b.sharedReads, 13);
+    assert.equal(st.volumes.b.sharedHits, 13);
+    assert.equal(st.volumes.b.reads, 0);
+    assert.equal(st.volumes.a.sharedReads, 16);
+    assert.equal(st.volumes.a.sharedHits, 0);
+    const p = st.volumes['rbd-parent:test'];
+    assert.equal(p.reads, 29);
+    assert.equal(p.readHits, 13);
+    assert.equal(p.blocks, 16);
+    // Beyond the overlap each clone has its own blocks.
+    await readBack(ca, 40 * BS, 4 * BS);
+    await cache.log.quiesce();
+    await readBack(cb, 40 * BS, 4 * BS);
+    assert.equal(cache.stats().volumes.b.readHits, 0);
+  });
+
+  it('a write, discard or write-zeroes to one clone never changes what the other reads', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    await readBack(ca, 0, 32 * BS);
+    await cache.log.quiesce();
+    const w = new Uint8Array(BS);
+    stamp(w, 5 * BS, 7);
+    await ca.write(5 * BS, [w]);
+    await ca.discard(9 * BS, 2 * BS);
+    await ca.writeZeroes(16 * BS, UNIT, false);
+    await cache.log.quiesce();
+    for (const s of [ca, cb]) {
+      const store = s === ca ? a : b;
+      assert.deepEqual(await readBack(s, 0, 32 * BS), store.content(0, 32 * BS), `clone ${store.name}`);
+    }
+    assert.deepEqual(await readBack(cb, 0, 32 * BS), parent.subarray(0, 32 * BS));
+    // The rest of a's units 1, 2 and 4 (copied up) are a's own now; its unit 0 still shared.
+    const before = a.parentBytesRead;
+    await readBack(ca, 0, 4 * BS);
+    assert.equal(a.parentBytesRead, before);
+    assert.equal(cache.stats().volumes['rbd-parent:test'].invalidateHits, 0);
+  });
+
+  it('a read racing a write to another block of its unit inserts the parent data only', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    a.delay = () => held;
+    const reading = readBack(ca, 2 * BS, BS);
+    const w = new Uint8Array(BS);
+    stamp(w, 2 * BS, 9);
+    const w2 = new Uint8Array(BS);
+    stamp(w2, 3 * BS, 9);
+    // Block 3 (same unit) and block 2 itself: the read is poisoned; then block 1 alone.
+    const writes = [ca.write(3 * BS, [w2]), ca.write(2 * BS, [w])];
+    release();
+    await Promise.all([reading, ...writes]);
+    a.delay = () => Promise.resolve();
+    await cache.log.quiesce();
+    assert.deepEqual(await readBack(cb, 0, 4 * BS), parent.subarray(0, 4 * BS));
+    assert.deepEqual(await readBack(ca, 0, 4 * BS), a.content(0, 4 * BS));
+  });
+
+  it('a clone missing blocks another clone is reading takes that read instead of reading them again', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    a.delay = () => held;
+    const ra = readBack(ca, 0, 8 * BS);
+    // Let a's lookup finish and its backing read start (it waits on `held`).
+    await new Promise((r) => setImmediate(r));
+    const rb = readBack(cb, 4 * BS, 8 * BS);
+    await new Promise((r) => setImmediate(r));
+    release();
+    assert.deepEqual(await ra, parent.subarray(0, 8 * BS));
+    assert.deepEqual(await rb, parent.subarray(4 * BS, 12 * BS));
+    // b read only blocks 8..11 itself.
+    assert.equal(b.parentBytesRead, 4 * BS);
+    assert.equal(a.parentBytesRead, 8 * BS);
+  });
+
+  it('a borrowed read poisoned by a write of the reading clone is read again by the borrower', async () => {
+    const ca = await cached(a);
+    const cb = await cached(b);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    // a's read is held; its write (block 1) lands on the store before the read takes its bytes.
+    a.delay = (kind) => (kind === 'read' ? held : Promise.resolve());
+    const ra = readBack(ca, 0, 4 * BS);
+    await new Promise((r) => setImmediate(r));
+    const rb = readBack(cb, 0, 4 * BS);
+    const w = new Uint8Array(BS);
+    stamp(w, BS, 8);
+    await ca.write(BS, [w]);
+    release();
+    await ra;
+    assert.deepEqual(await rb, parent.subarray(0, 4 * BS));
+    assert.equal(b.parentBytesRead, 4 * BS);
+    await cache.log.quiesce();
+    assert.deepEqual(await readBack(cb, 0, 4 * BS), parent.subarray(0, 4 * BS));
+    assert.deepEqual(await readBack(ca, 0, 4 * BS), a.content(0, 4 * BS));
+  });
+
+  it('randomized: interleaved operations on two clones always read what each clone holds', async function () {
+    this.timeout(60_000);
+    const random = rng(15);
+    const clones = [a, b];
+    const stores = [await cached(a), await cached(b)];
+    for (const c of clones) c.delay = () => new Promise((r) => (random() < 0.5 ? setImmediate(r) : queueMicrotask(r)));
+    for (let round = 0; round < 300; round++) {
+      // Up to 4 operations at once, write-like ones on distinct blocks per clone.
+      const busy = [new Set<number>(), new Set<number>()];
+      const ops: Promise<unknown>[] = [];
+      for (let i = 0; i < 4; i++) {
+        const c = Math.floor(random() * 2);
+        const first = Math.floor(random() * BLOCKS);
+        const n = 1 + Math.floor(random() * Math.min(6, BLOCKS - first));
+        const kind = random();
+        const s = stores[c];
+        if (kind < 0.6) {
+          ops.push(readBack(s, first * BS, n * BS));
+          continue;
+        }
+        let free = true;
+        for (let k = first; k < first + n; k++) if (busy[c].has(k)) free = false;
+        if (!free) continue;
+        for (let k = first; k < first + n; k++) busy[c].add(k);
+        if (kind < 0.85) {
+          const d = new Uint8Array(n * BS);
+          stamp(d, first * BS, round + 2);
+          ops.push(s.write(first * BS, [d]));
+        } else if (kind < 0.93) {
+          ops.push(s.discard(first * BS, n * BS));
+        } else {
+          ops.push(s.writeZeroes(first * BS, n * BS, true));
+        }
+      }
+      await Promise.all(ops);
+      if (round % 10 === 0) await cache.log.quiesce();
+      const c = Math.floor(random() * 2);
+      const first = Math.floor(random() * BLOCKS);
+      const n = 1 + Math.floor(random() * Math.min(8, BLOCKS - first));
+      assert.deepEqual(await readBack(stores[c], first * BS, n * BS), clones[c].content(first * BS, n * BS), `round ${round}`);
+    }
+    for (let c = 0; c < 2; c++) assert.deepEqual(await readBack(stores[c], 0, VOL), clones[c].content(0, VOL));
+    const st = cache.stats();
+    assert.ok(st.volumes.a.sharedHits + st.volumes.b.sharedHits > 0);
+  });
+
+  it('a warm restart keeps the parent blocks; a clone written offline reads its own data', async () => {
+    let ca = await cached(a);
+    let cb = await cached(b);
+    await readBack(ca, 0, 32 * BS);
+    await cache.log.quiesce();
+    await ca.close();
+    await cb.close();
+    await cache.close();
+    // Offline: someone else writes a's block 6 (unit 1 is copied up).
+    const w = new Uint8Array(BS);
+    stamp(w, 6 * BS, 5);
+    await a.write(6 * BS, [w]);
+    await openCache();
+    assert.ok(cache.warm);
+    ca = await cached(a);
+    cb = await cached(b);
+    assert.deepEqual(await readBack(cb, 0, 32 * BS), parent.subarray(0, 32 * BS));
+    assert.equal(b.parentBytesRead, 0);
+    assert.equal(cache.stats().volumes.b.sharedHits, 32);
+    assert.deepEqual(await readBack(ca, 0, 32 * BS), a.content(0, 32 * BS));
+    assert.deepEqual((await readBack(ca, 6 * BS, BS)).subarray(0, BS), w);
+  });
+
+  it("blocks a clone cached under its own key for a unit that reads the parent again are dropped at open", async () => {
+    const ca = await cached(a);
+    const w = new Uint8Array(UNIT);
+    stamp(w, 0, 4);
+    await ca.write(0, [w]);
+    await cache.log.quiesce();
+    assert.equal(cache.stats().volumes.a.blocks, 4);
+    await ca.close();
+    // Offline, the unit goes back to reading the parent (as after an RBD snapshot rollback).
+    a.owned[0] = 0;
+    const again = await cached(a);
+    assert.equal(cache.stats().volumes.a.blocks, 0);
+    assert.deepEqual(await readBack(again, 0, UNIT), parent.subarray(0, UNIT));
+  });
+});
