@@ -36,7 +36,7 @@ export default {
   mochaOptions: { spec: target !== undefined ? SUITES[target] : [...new Set(Object.values(SUITES).flat())] },
   coverageAnalysis: 'perTest',
   concurrency: 1,
-  timeoutMS: 60000,
+  timeoutMS: 15000,
   ignorePatterns: ['.vm', 'data', 'reports', '.stryker-tmp*'],
   reporters: ['clear-text', 'progress', 'json'],
   jsonReporter: { fileName: `reports/mutation/${name}.json` },
