@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { BufferState, deviceBytesFor, slotOffset } from '../../src/cache/segment';
+import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore, stamp } from './helpers';
 
@@ -241,6 +241,13 @@ describe('cached store', () => {
     };
     const memReads = mem.reads;
     const storageHits = cache.stats().storageHits;
+    // Device writes of block b's segment, as issued.
+    const segWrites: number[] = [];
+    const writev = engine.writev.bind(engine);
+    engine.writev = (fd, bufs, offset) => {
+      if (offset === segmentOffset(cache.geometry, seg)) segWrites.push(offset);
+      return writev(fd, bufs, offset);
+    };
     const read = readBack(s, b * BS, BS);
     await reached.promise;
     // The direct read is issued and held. Make the hand evict everything and rewrite the
@@ -255,8 +262,10 @@ describe('cached store', () => {
     }
     assert.ok(buf !== null && buf.state === BufferState.Writing, 'the segment was not rewritten');
     assert.equal(cache.map.peek(s.volume, b), -1);
-    // The write of the segment waits for the direct read: the device still holds block b.
-    for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 5));
+    // The write of the segment waits for the direct read: not issued (a turn of the event loop
+    // later either), the device still holds block b.
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(segWrites, []);
     assert.equal(buf.state, BufferState.Writing);
     assert.deepEqual(deviceBlock(slot), mem.data.subarray(b * BS, (b + 1) * BS));
     held.resolve();
@@ -265,6 +274,7 @@ describe('cached store', () => {
     assert.equal(mem.reads, memReads + 1);
     assert.equal(cache.stats().storageHits, storageHits);
     assert.equal(await cache.log.flush(), true);
+    assert.equal(segWrites.length, 1, 'the held segment write went out once the read was done');
     assert.equal(Math.floor(slot / bps), seg);
     assert.deepEqual(deviceBlock(slot), data.subarray(0, BS));
   });
