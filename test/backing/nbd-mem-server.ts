@@ -57,6 +57,11 @@ export class MemNbdServer {
     return out;
   }
 
+  /** Writes received and held (holdWrites), neither applied nor answered yet. */
+  get heldWrites(): number {
+    return this.held.length;
+  }
+
   /** Applies the held writes (the server got to them after the client gave up). */
   releaseHeld(): void {
     this.holdWrites = false;
