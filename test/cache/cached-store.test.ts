@@ -279,6 +279,44 @@ describe('cached store', () => {
     assert.deepEqual(deviceBlock(slot), data.subarray(0, BS));
   });
 
+  it("a partial-hit read racing with a rewrite of its block's segment serves the block from the backing store", async () => {
+    const s = await open();
+    await readBack(s, 0, 32 * BS);
+    await settle();
+    await cache.log.flush();
+    // A cached block on the device only, followed by one the cache does not hold: a read of both
+    // takes Cache.readBlocks (a device read of the hit, then the miss from the backing store).
+    let b = 0;
+    while (cache.log.ramBuffer(cache.map.peek(s.volume, b)) !== null) b++;
+    assert.ok(b < 31);
+    await s.discard((b + 1) * BS, BS);
+    assert.equal(cache.map.peek(s.volume, b + 1), -1);
+    const slot = cache.map.peek(s.volume, b);
+    const held = gate();
+    const reached = gate();
+    engine.readHook = async (offset) => {
+      if (offset !== slotOffset(cache.geometry, slot)) return;
+      engine.readHook = null;
+      reached.resolve();
+      await held.promise;
+    };
+    const read = readBack(s, b * BS, 2 * BS);
+    await reached.promise;
+    // While the device read is held, another volume's blocks take every slot and the block's
+    // segment is written with them.
+    for (let i = 0; i < cache.geometry.slots; i++) cache.map.bda.unreference(i);
+    const other = cache.registerVolume('other', 'other-1', VOL);
+    const bps = cache.geometry.blocksPerSegment;
+    const data = new Uint8Array(bps * BS).fill(0x5a);
+    for (let i = 0; i < 4 * cache.geometry.segments && cache.map.peek(s.volume, b) !== -1; i++) {
+      assert.equal(await cache.insert(other, i * bps, data, bps, () => true), bps);
+    }
+    assert.equal(await cache.log.flush(), true);
+    assert.deepEqual(deviceBlock(slot), data.subarray(0, BS), "the slot holds the other volume's block");
+    held.resolve();
+    assert.deepEqual(await read, mem.data.subarray(b * BS, (b + 2) * BS));
+  });
+
   it('cache device errors fall back to the backing store; write errors turn the cache off', async () => {
     const s = await open();
     await readBack(s, 0, 40 * BS);
