@@ -2,7 +2,8 @@
 // docs/mutation.md). One file at a time, selected by VBC_MUTATE:
 //   VBC_MUTATE=src/cache/log.ts npm run test:mutation
 // Each file runs only the fast suites that cover it (SUITES). The exhaustive race suite
-// (races.test.js, minutes per mutant) is left out. `--incremental` reruns only the mutants whose
+// (races.test.js, minutes per mutant) is left out and the model suite runs a 1500-operation
+// slice (VBC_MODEL_OPS, inherited by the test runner processes). `--incremental` reruns only the mutants whose
 // code or covering tests changed since the last run of that file. Without VBC_MUTATE every file
 // is mutated against all those suites (hours).
 
@@ -23,6 +24,7 @@ const target = process.env.VBC_MUTATE;
 if (target !== undefined && !(target in SUITES)) {
   throw new Error(`VBC_MUTATE=${target}: not one of ${Object.keys(SUITES).join(', ')}`);
 }
+process.env.VBC_MODEL_OPS ??= '1500';
 const name = target !== undefined ? target.replace(/\W+/g, '-') : 'all';
 
 export default {
