@@ -26,7 +26,7 @@ describe('cached store randomized model (seeded)', function () {
       if (process.env.VBC_MODEL_STATS) console.log(mode, seed, faultSeed, JSON.stringify(r));
       assert.ok(r.checkedReads > OPS / 3, `only ${r.checkedReads} reads checked`);
       // The 6000-operation slice crashes and restarts in every run; a shorter one (the mutation
-      // runs, VBC_MODEL_OPS=1500) does at least one of the two.
+      // runs, VBC_MODEL_OPS=1000) does at least one of the two.
       if (OPS >= 6000) assert.ok(r.crashes > 0 && r.restarts > 0, `crashes ${r.crashes}, restarts ${r.restarts}`);
       else assert.ok(r.crashes + r.restarts > 0, `crashes ${r.crashes}, restarts ${r.restarts}`);
       if (mode === 'none') assert.equal(r.blockHits, 0);
