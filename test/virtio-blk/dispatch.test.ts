@@ -325,11 +325,15 @@ describe('virtio-blk dispatch: counters, store calls, latency and log lines', ()
     store.features.discard = false;
     store.features.writeZeroes = false;
     store.data.fill(7);
-    const st = await run(target(store), [
+    const { d, done, submit } = dispatcher(store);
+    submit([
       { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, 1)] },
       { type: VIRTIO_BLK_T_WRITE_ZEROES, sector: 0, segs: [range(0, 1)] },
     ]);
-    assert.deepEqual(st, [VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_S_UNSUPP]);
+    await d.drain();
+    assert.deepEqual([...done.values()], [VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_S_UNSUPP]);
+    assert.equal(d.stats.unsupported, 2);
+    assert.equal(d.stats.discards + d.stats.writeZeroes, 0);
     assert.equal(store.data[0], 7);
   });
 
