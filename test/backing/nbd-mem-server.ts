@@ -44,6 +44,11 @@ export class MemNbdServer extends NbdTestServer {
     return out;
   }
 
+  /** Writes received and held (holdWrites), neither applied nor answered yet. */
+  get heldWrites(): number {
+    return this.held.length;
+  }
+
   /** Applies the held writes (the server got to them after the client gave up). */
   releaseHeld(): void {
     this.holdWrites = false;

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
-import { BufferState, deviceBytesFor, slotOffset } from '../../src/cache/segment';
+import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore } from './helpers';
 import { stampBytes } from '../support/stamps';
@@ -242,6 +242,13 @@ describe('cached store', () => {
     };
     const memReads = mem.reads;
     const storageHits = cache.stats().storageHits;
+    // Device writes of block b's segment, as issued.
+    const segWrites: number[] = [];
+    const writev = engine.writev.bind(engine);
+    engine.writev = (fd, bufs, offset) => {
+      if (offset === segmentOffset(cache.geometry, seg)) segWrites.push(offset);
+      return writev(fd, bufs, offset);
+    };
     const read = readBack(s, b * BS, BS);
     await reached.promise;
     // The direct read is issued and held. Make the hand evict everything and rewrite the
@@ -256,8 +263,10 @@ describe('cached store', () => {
     }
     assert.ok(buf !== null && buf.state === BufferState.Writing, 'the segment was not rewritten');
     assert.equal(cache.map.peek(s.volume, b), -1);
-    // The write of the segment waits for the direct read: the device still holds block b.
-    for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 5));
+    // The write of the segment waits for the direct read: not issued (a turn of the event loop
+    // later either), the device still holds block b.
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(segWrites, []);
     assert.equal(buf.state, BufferState.Writing);
     assert.deepEqual(deviceBlock(slot), mem.data.subarray(b * BS, (b + 1) * BS));
     held.resolve();
@@ -266,8 +275,47 @@ describe('cached store', () => {
     assert.equal(mem.reads, memReads + 1);
     assert.equal(cache.stats().storageHits, storageHits);
     assert.equal(await cache.log.flush(), true);
+    assert.equal(segWrites.length, 1, 'the held segment write went out once the read was done');
     assert.equal(Math.floor(slot / bps), seg);
     assert.deepEqual(deviceBlock(slot), data.subarray(0, BS));
+  });
+
+  it("a partial-hit read racing with a rewrite of its block's segment serves the block from the backing store", async () => {
+    const s = await open();
+    await readBack(s, 0, 32 * BS);
+    await settle();
+    await cache.log.flush();
+    // A cached block on the device only, followed by one the cache does not hold: a read of both
+    // takes Cache.readBlocks (a device read of the hit, then the miss from the backing store).
+    let b = 0;
+    while (cache.log.ramBuffer(cache.map.peek(s.volume, b)) !== null) b++;
+    assert.ok(b < 31);
+    await s.discard((b + 1) * BS, BS);
+    assert.equal(cache.map.peek(s.volume, b + 1), -1);
+    const slot = cache.map.peek(s.volume, b);
+    const held = gate();
+    const reached = gate();
+    engine.readHook = async (offset) => {
+      if (offset !== slotOffset(cache.geometry, slot)) return;
+      engine.readHook = null;
+      reached.resolve();
+      await held.promise;
+    };
+    const read = readBack(s, b * BS, 2 * BS);
+    await reached.promise;
+    // While the device read is held, another volume's blocks take every slot and the block's
+    // segment is written with them.
+    for (let i = 0; i < cache.geometry.slots; i++) cache.map.bda.unreference(i);
+    const other = cache.registerVolume('other', 'other-1', VOL);
+    const bps = cache.geometry.blocksPerSegment;
+    const data = new Uint8Array(bps * BS).fill(0x5a);
+    for (let i = 0; i < 4 * cache.geometry.segments && cache.map.peek(s.volume, b) !== -1; i++) {
+      assert.equal(await cache.insert(other, i * bps, data, bps, () => true), bps);
+    }
+    assert.equal(await cache.log.flush(), true);
+    assert.deepEqual(deviceBlock(slot), data.subarray(0, BS), "the slot holds the other volume's block");
+    held.resolve();
+    assert.deepEqual(await read, mem.data.subarray(b * BS, (b + 2) * BS));
   });
 
   it('cache device errors fall back to the backing store; write errors turn the cache off', async () => {

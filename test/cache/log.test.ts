@@ -113,6 +113,22 @@ describe('cache log', () => {
     assert.equal(dv.getUint32(60, true), crc32(headerCopy));
   });
 
+  it('drops insertions beyond maxQueuedBlocks queued (counted), and takes them again once the queue drained', async () => {
+    await cache.abort();
+    cache = await Cache.open({ path: path.join(dir, 'cache2'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, maxQueuedBlocks: 8 });
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    // Not awaited: the first two fill the queue exactly, the third does not fit.
+    const a = cache.insert(vol, 0, blockData(0, 4), 4, () => true);
+    const b = cache.insert(vol, 4, blockData(4, 4), 4, () => true);
+    const c = cache.insert(vol, 8, blockData(8, 2), 2, () => true);
+    assert.deepEqual(await Promise.all([a, b, c]), [4, 4, 0]);
+    assert.equal(cache.stats().insertsDropped, 2);
+    assert.equal(cache.map.peek(vol, 8), -1);
+    // Drained: 8 fit again.
+    assert.equal(await cache.insert(vol, 8, blockData(8, 8), 8, () => true), 8);
+    assert.equal(cache.stats().insertsDropped, 2);
+  });
+
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     await cache.insert(vol, 0, blockData(0, 16), 16, () => true);

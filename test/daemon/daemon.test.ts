@@ -16,6 +16,7 @@ import { VhostError } from '../../src/native/errors';
 import { silentLogger } from '../../src/util/logger';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../../src/virtio-blk/spec';
 import { tmpDir } from '../support/tmp';
+import { waitFor } from '../support/wait';
 import { BLOCK, checkBlocks, range, stamp, writeBlocks } from './helpers';
 
 
@@ -174,7 +175,7 @@ describe('daemon with a failing network backing store @host', function () {
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--filter=error', 'memory', '16M', 'error-pread=EIO', `error-pread-file=${trigger}`, 'error-pread-rate=100%'], {
       stdio: 'ignore',
     });
-    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => fs.existsSync(sock), 'the nbdkit socket');
     const config = validateConfig({
       volumes: [{ name: 'n', socketPath: path.join(dir, 'n.sock'), backing: `nbd+unix:///?socket=${sock}` }],
     });

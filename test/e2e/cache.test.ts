@@ -94,7 +94,12 @@ umount /mnt
 
     const cold = await daemon.stats();
     assert.ok(cold.cache, 'the daemon has a cache');
-    assert.ok(cold.cache.insertions * 4096 >= 32 * MiB, `writethrough inserted the written blocks: ${JSON.stringify(cold.cache)}`);
+    // Every block written was inserted or dropped by the insertion back-pressure (which depends
+    // on how fast the cache device keeps up: counted, not guessed). The guest's I/O is over, so
+    // no block is dropped after this.
+    const dropped = cold.cache.insertsDropped;
+    assert.ok(cold.cache.insertions > 0, JSON.stringify(cold.cache));
+    assert.ok((cold.cache.insertions + dropped) * 4096 >= 32 * MiB, `writethrough inserted the written blocks: ${JSON.stringify(cold.cache)}`);
     assert.equal(cold.cache.writeErrors, 0);
 
     assert.equal(await daemon.stop('SIGTERM'), 0, 'SIGTERM: clean exit');
@@ -103,7 +108,7 @@ umount /mnt
     assert.equal(daemon.logsWith('cache loaded warm').length, 1, 'the restarted daemon loads the cache warm');
     const warmStart = await daemon.stats();
     assert.ok(warmStart.cache);
-    assert.ok(warmStart.cache.blocks * 4096 >= 32 * MiB, `the warm cache holds the data: ${warmStart.cache.blocks} blocks`);
+    assert.ok((warmStart.cache.blocks + dropped) * 4096 >= 32 * MiB, `the warm cache holds the data: ${warmStart.cache.blocks} blocks`);
     assert.equal(warmStart.cache.reads, 0, 'counters start at zero in the new process');
 
     const read = await runGuest({
@@ -131,10 +136,9 @@ umount /mnt
     assert.ok(vol, `per-volume cache statistics: ${JSON.stringify(c.volumes)}`);
     // Every block of big.bin was cached before the restart and RAM starts empty: the hits come
     // from the cache device.
-    assert.ok(c.readHits * 4096 >= 32 * MiB, `read hits cover big.bin: ${JSON.stringify(c)}`);
+    assert.ok((c.readHits + dropped) * 4096 >= 32 * MiB, `read hits cover big.bin: ${JSON.stringify(c)}`);
     assert.ok(c.storageHits > 0, `hits from the cache device: ${JSON.stringify(c)}`);
     assert.equal(c.readHits, c.ramHits + c.storageHits);
-    assert.ok(c.readHitRate > 0.5, `hit rate ${c.readHitRate}`);
     assert.equal(vol.readHits, c.readHits, 'the only volume has all the hits');
     assert.equal(c.readErrors, 0);
     const req = warm.volumes[0]?.requests;

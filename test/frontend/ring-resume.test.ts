@@ -4,6 +4,9 @@
  * an in-memory disk) and qemu-storage-daemon (the reference back end):
  *   - a queue started at a non-zero ring index, run across the 16-bit wrap (65535 -> 0);
  *   - GET_VRING_BASE after draining, then SET_VRING_BASE at that index and the ring resumed;
+ *   - (both) SET_VRING_ENABLE 0 then 1 on one queue while another serves; RESET_DEVICE (RESET_OWNER
+ *     where the peer does not offer it), SET_FEATURES and the rings set up again; ADD_MEM_REG of
+ *     a second region, REM_MEM_REG of it while stopped, resume, add it again;
  *   - (our back end) REM_MEM_REG of guest RAM while stopped, ADD_MEM_REG again, resume
  *     (qemu-storage-daemon 7.2 drops the connection at the resume after that: a libvhost-user
  *     REM_MEM_REG bug fixed in later QEMU); SET_VRING_ENABLE 0 holds a queue's requests while others are served, 1
@@ -13,6 +16,7 @@
  */
 import * as assert from 'node:assert/strict';
 import { encodeMemRegion, encodeU64, ProtocolFeature, bit, VhostUserRequest as R } from '../../src/frontend/protocol';
+import { GuestMemory } from '../../src/frontend/guest-memory';
 import { type DriverRing } from '../../src/frontend/ring-driver';
 import { DEFAULT_PROTOCOL_FEATURES, type FrontendOptions, VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { VhostError } from '../../src/native/errors';
@@ -112,6 +116,59 @@ for (const peer of peers) {
       for (let round = 0; round < 4; round++) {
         const r = await q.read(round * 256, BLOCK);
         assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(round * 256 * 512, BLOCK, 10 + round)));
+      }
+    });
+
+    it('SET_VRING_ENABLE 0 on one queue while the other serves, 1 again: the queue continues at its index', async () => {
+      const f = await open({ queues: 2, queueSize: 8, vringBase: 65534 });
+      await roundTrips(f.ring(0), 1, 20);
+      await f.setVringEnable(0, false);
+      await roundTrips(f.ring(1), 3, 21, 1, 64);
+      await f.setVringEnable(0, true);
+      await roundTrips(f.ring(0), 3, 22, 1, 128);
+      const r = await f.ring(1).read(0, BLOCK);
+      assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 20)), 'data written before the disable');
+      // Both queues started at 65534: queue 0 ran 8 requests, queue 1 7.
+      assert.deepEqual(await f.stop(), [(65534 + 8) & 0xffff, (65534 + 7) & 0xffff]);
+    });
+
+    it('resets the device (RESET_DEVICE when offered, else RESET_OWNER), then SET_FEATURES and the rings again at the same index', async () => {
+      const f = await open({
+        queues: 1,
+        vringBase: 65533,
+        protocolFeatures: DEFAULT_PROTOCOL_FEATURES | bit(ProtocolFeature.RESET_DEVICE),
+      });
+      await roundTrips(f.ring(0), 2, 23);
+      await f.ring(0).idle();
+      // The spec: RESET_OWNER only when RESET_DEVICE was not negotiated (qemu-storage-daemon 7.2
+      // does not offer it and panics on it).
+      await f.request((f.protocolFeatures & bit(ProtocolFeature.RESET_DEVICE)) !== 0n ? R.RESET_DEVICE : R.RESET_OWNER);
+      await f.request(R.SET_FEATURES, encodeU64(f.ackedFeatures));
+      await f.resume();
+      await roundTrips(f.ring(0), 3, 24, 1, 128);
+      const r = await f.ring(0).read(0, BLOCK);
+      assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 23)), 'data written before the reset');
+      assert.deepEqual(await f.stop(), [(65533 + 11) & 0xffff]);
+    });
+
+    it('ADD_MEM_REG of a second region, REM_MEM_REG of it while stopped, resume; add it again', async () => {
+      const f = await open({ queues: 1, vringBase: 400, memoryMessage: 'add-mem-reg' });
+      const extra = new GuestMemory(1 << 20, { userBase: 0x7e00_0000_0000n });
+      try {
+        const region = { guestAddr: 1n << 32n, size: BigInt(extra.size), userAddr: extra.userBase, mmapOffset: 0n };
+        await f.request(R.ADD_MEM_REG, encodeMemRegion(region), [extra.fd]);
+        await roundTrips(f.ring(0), 2, 25);
+        assert.deepEqual(await f.stop(), [404]);
+        await f.request(R.REM_MEM_REG, encodeMemRegion(region), [extra.fd]);
+        await f.resume();
+        await roundTrips(f.ring(0), 2, 26, 1, 128);
+        await f.request(R.ADD_MEM_REG, encodeMemRegion(region), [extra.fd]);
+        await roundTrips(f.ring(0), 1, 27, 1, 256);
+        const r = await f.ring(0).read(0, BLOCK);
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 25)), 'data written before the removal');
+        assert.deepEqual(await f.stop(), [411]);
+      } finally {
+        extra.close();
       }
     });
   });

@@ -191,10 +191,11 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
         if (!sock.write(chunk)) await new Promise((r) => sock.once('drain', r));
       }
     })();
-    const t0 = Date.now();
+    // Volume b keeps serving while the flood runs, until the daemon has taken 200 k messages
+    // (counted, however long that takes on this machine).
     let served = 0;
     let peakRss = rssBefore;
-    while (Date.now() - t0 < 3000) {
+    while (sent < 200_000 || served < 10) {
       await bServes(b);
       served++;
       peakRss = Math.max(peakRss, procUsage(d.pid as number).rssBytes);
@@ -202,8 +203,6 @@ describe('vhost: a hostile front end cannot stall, bloat or crash the daemon', f
     flooding = false;
     await flood;
     const growth = peakRss - rssBefore;
-    assert.ok(sent >= 100_000, `the flood sent ${sent} messages`);
-    assert.ok(served >= 10, `volume b served ${served} write+read pairs during the flood`);
     assert.ok(growth < 100 * 2 ** 20, `daemon RSS grew by ${(growth / 2 ** 20).toFixed(1)} MiB`);
     assertUp();
   });

@@ -4,6 +4,7 @@ import { silentLogger } from '../../src/util/logger';
 import { BlkDispatcher, parseRanges, type DispatchTarget } from '../../src/virtio-blk/dispatch';
 import { encodeBlkConfig, blkFeatures } from '../../src/virtio-blk/config';
 import { REQ_STRIDE } from '../../src/native/types';
+import { MAX_DISCARD_SECTORS, MAX_DISCARD_SEG } from '../../src/virtio-blk/config';
 import { MemStore } from '../cache/helpers';
 import {
   BLK_CONFIG_SIZE,
@@ -237,6 +238,236 @@ describe('virtio-blk dispatch back-pressure and log limits', () => {
     submit(d, bad);
     assert.equal(d.stats.rejected, 1000);
     assert.ok(lines.length <= 10, `${lines.length} log lines for 1000 rejected requests`);
+  });
+});
+
+describe('virtio-blk dispatch: counters, store calls, latency and log lines', () => {
+  /** A dispatcher over `store` whose answers land in `done` by tag (100 + i). */
+  function dispatcher(store: MemStore, log = silentLogger, over: Partial<DispatchTarget> = {}): { d: BlkDispatcher; done: Map<number, number>; submit: (reqs: Req[]) => void } {
+    const done = new Map<number, number>();
+    const d = new BlkDispatcher(target(store, over), (_q, tag, status) => done.set(tag, status), log);
+    let next = 100;
+    const submit = (reqs: Req[]): void => {
+      const table = new Float64Array(reqs.length * REQ_STRIDE);
+      const segs: Uint8Array[] = [];
+      reqs.forEach((r, i) => {
+        const len = r.segs.reduce((n, x) => n + x.byteLength, 0);
+        table.set([next++, r.type, r.sector, len, segs.length, r.segs.length], i * REQ_STRIDE);
+        segs.push(...r.segs);
+      });
+      d.handleBatch(0, reqs.length, segs, table);
+    };
+    return { d, done, submit };
+  }
+
+  it('counts every request by type, with the bytes moved, rejections and I/O errors', async () => {
+    const store = new MemStore(1 << 16);
+    let failNext = false;
+    store.readHook = async () => {
+      if (failNext) {
+        failNext = false;
+        throw new Error('injected');
+      }
+    };
+    const { d, done, submit } = dispatcher(store);
+    submit([
+      { type: VIRTIO_BLK_T_OUT, sector: 0, segs: [Buffer.alloc(1024)] },
+      { type: VIRTIO_BLK_T_OUT, sector: 8, segs: [Buffer.alloc(512)] },
+      { type: VIRTIO_BLK_T_IN, sector: 0, segs: [Buffer.alloc(2048)] },
+      { type: VIRTIO_BLK_T_FLUSH, sector: 0, segs: [] },
+      { type: VIRTIO_BLK_T_GET_ID, sector: 0, segs: [Buffer.alloc(20)] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, 1)] },
+      { type: VIRTIO_BLK_T_WRITE_ZEROES, sector: 0, segs: [range(4, 1)] },
+      { type: VIRTIO_BLK_T_WRITE_ZEROES, sector: 0, segs: [range(6, 1)] },
+      { type: 99, sector: 0, segs: [] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, 1, 2)] },
+      { type: VIRTIO_BLK_T_IN, sector: 1 << 20, segs: [Buffer.alloc(512)] },
+    ]);
+    await d.drain();
+    failNext = true;
+    submit([{ type: VIRTIO_BLK_T_IN, sector: 0, segs: [Buffer.alloc(512)] }]);
+    await d.drain();
+    assert.equal(done.size, 12);
+    assert.deepEqual(d.stats, {
+      reads: 2,
+      writes: 2,
+      flushes: 1,
+      discards: 1,
+      writeZeroes: 2,
+      getIds: 1,
+      unsupported: 2,
+      rejected: 1,
+      ioErrors: 1,
+      bytesRead: 2560,
+      bytesWritten: 1536,
+    });
+  });
+
+  it('hands each range to the store once, in bytes, with the unmap flag; skips empty ranges', async () => {
+    const store = new MemStore(1 << 20);
+    const calls: string[] = [];
+    store.discard = async (offset, length) => void calls.push(`discard ${offset} ${length}`);
+    Object.assign(store, { writeZeroes: async (offset: number, length: number, unmap: boolean) => void calls.push(`zeroes ${offset} ${length} ${unmap}`) });
+    const { d, done, submit } = dispatcher(store);
+    submit([
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [Buffer.concat([range(8, 2), range(100, 0), range(16, 1)])] },
+      { type: VIRTIO_BLK_T_WRITE_ZEROES, sector: 0, segs: [Buffer.concat([range(32, 1, 1), range(40, 3)])] },
+    ]);
+    await d.drain();
+    assert.deepEqual([...done.values()], [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK]);
+    // The two requests run concurrently; each one's ranges in order.
+    assert.deepEqual(calls.filter((c) => c.startsWith('discard')), ['discard 4096 1024', 'discard 8192 512']);
+    assert.deepEqual(calls.filter((c) => c.startsWith('zeroes')), ['zeroes 16384 512 true', 'zeroes 20480 1536 false']);
+  });
+
+  it('answers UNSUPP for DISCARD / WRITE_ZEROES the store does not support, without calling it', async () => {
+    const store = new MemStore(1 << 16);
+    store.features.discard = false;
+    store.features.writeZeroes = false;
+    store.data.fill(7);
+    const { d, done, submit } = dispatcher(store);
+    submit([
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, 1)] },
+      { type: VIRTIO_BLK_T_WRITE_ZEROES, sector: 0, segs: [range(0, 1)] },
+    ]);
+    await d.drain();
+    assert.deepEqual([...done.values()], [VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_S_UNSUPP]);
+    assert.equal(d.stats.unsupported, 2);
+    assert.equal(d.stats.discards + d.stats.writeZeroes, 0);
+    assert.equal(store.data[0], 7);
+  });
+
+  it('takes ranges up to the sector and segment limits, refuses one past them', async () => {
+    const max = MAX_DISCARD_SECTORS;
+    const store = new MemStore(1 << 16);
+    // A volume large enough that only the limit refuses (the store is never reached).
+    const calls: number[] = [];
+    store.discard = async (_offset, length) => void calls.push(length);
+    const big = { sizeBytes: 4 * max * 512 };
+    const st = await run(target(store, big), [
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, max)] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, max + 1)] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [Buffer.concat(Array.from({ length: MAX_DISCARD_SEG }, (_, i) => range(i * 8, 1)))] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [Buffer.concat(Array.from({ length: MAX_DISCARD_SEG + 1 }, (_, i) => range(i * 8, 1)))] },
+    ]);
+    assert.deepEqual(st, [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR]);
+    assert.deepEqual(calls, [max * 512, ...Array.from({ length: MAX_DISCARD_SEG }, () => 512)]);
+    // Sector numbers: up to 2^53 - 1 are parsed (and then checked against the capacity).
+    assert.deepEqual(parseRanges([range(2 ** 53 - 1, 1)], 16, 1), [{ sector: 2 ** 53 - 1, sectors: 1, flags: 0 }]);
+    const over = Buffer.alloc(16);
+    over.writeBigUInt64LE(2n ** 53n, 0);
+    assert.equal(parseRanges([over], 16, 1), null);
+  });
+
+  it('keeps FIFO under the byte cap: a request that would fit waits behind one that does not; zero-byte requests never wait', async () => {
+    const store = new MemStore(64 << 20);
+    const started: string[] = [];
+    const release: (() => void)[] = [];
+    store.writeHook = (offset, len) => {
+      started.push(`${offset / 512}+${len >> 20}M`);
+      return new Promise<void>((r) => release.push(r));
+    };
+    let flushed = 0;
+    store.flush = async () => void flushed++;
+    const MiB = 1 << 20;
+    const done = new Map<number, number>();
+    const d = new BlkDispatcher(target(store), (_q, tag, status) => done.set(tag, status), silentLogger, 4 * MiB);
+    const buf = Buffer.alloc(MiB);
+    const write = (sector: number, mib: number): Req => ({ type: VIRTIO_BLK_T_OUT, sector, segs: Array.from({ length: mib }, () => buf) });
+    const table = (reqs: Req[]): [Float64Array, Uint8Array[]] => {
+      const t = new Float64Array(reqs.length * REQ_STRIDE);
+      const segs: Uint8Array[] = [];
+      reqs.forEach((r, i) => {
+        t.set([100 + i, r.type, r.sector, r.segs.reduce((n, x) => n + x.byteLength, 0), segs.length, r.segs.length], i * REQ_STRIDE);
+        segs.push(...r.segs);
+      });
+      return [t, segs];
+    };
+    const [t, segs] = table([write(0, 3), write(8192, 2), write(16384, 1), { type: VIRTIO_BLK_T_FLUSH, sector: 0, segs: [] }]);
+    d.handleBatch(0, 4, segs, t);
+    await new Promise((r) => setImmediate(r));
+    // 3 MiB runs; 2 MiB does not fit and waits; 1 MiB would fit but queues behind it; the flush runs.
+    assert.deepEqual(started, ['0+3M']);
+    assert.equal(flushed, 1);
+    assert.equal(done.get(103), VIRTIO_BLK_S_OK);
+    let drained = false;
+    const drain = d.drain().then(() => (drained = true));
+    (release.shift() as () => void)();
+    while (started.length < 3) await new Promise((r) => setImmediate(r));
+    assert.deepEqual(started, ['0+3M', '8192+2M', '16384+1M']);
+    (release.shift() as () => void)();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(drained, false, 'drain() waits for the last request');
+    (release.shift() as () => void)();
+    await drain;
+    assert.equal(done.size, 4);
+    // Nothing in flight: drain() resolves at once, and a stopped dispatcher answers nothing more.
+    await d.drain();
+    d.stop();
+    d.handleBatch(0, 1, [buf], table([write(0, 1)])[0]);
+    await d.drain();
+    assert.equal(done.size, 4);
+    assert.equal(started.length, 3);
+  });
+
+  it('records each request latency from its batch arrival to its completion', async () => {
+    const store = new MemStore(1 << 16);
+    const { d, submit } = dispatcher(store);
+    const t0 = performance.now();
+    submit([
+      { type: VIRTIO_BLK_T_IN, sector: 0, segs: [Buffer.alloc(512)] },
+      { type: VIRTIO_BLK_T_OUT, sector: 0, segs: [Buffer.alloc(512)] },
+    ]);
+    await d.drain();
+    store.readHook = async () => {
+      throw new Error('injected');
+    };
+    submit([{ type: VIRTIO_BLK_T_IN, sector: 0, segs: [Buffer.alloc(512)] }]);
+    await d.drain();
+    const elapsed = (performance.now() - t0) / 1000;
+    const byType = new Map(d.latency.byType().map((l) => [l.type, l]));
+    assert.equal(byType.get('read')?.count, 2, 'failed requests are timed too');
+    assert.equal(byType.get('write')?.count, 1);
+    for (const l of byType.values()) assert.ok(l.sumSeconds >= 0 && l.sumSeconds <= elapsed, `${l.type}: ${l.sumSeconds} s of ${elapsed} s`);
+  });
+
+  it('logs each rejection with its reason and fields, and each I/O error with its operation', async () => {
+    const lines: { level: number; msg: string; [k: string]: unknown }[] = [];
+    const log = pino({ level: 'debug' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const store = new MemStore(1 << 16);
+    store.readHook = async () => {
+      throw Object.assign(new Error('disk on fire'), { code: 'EIO' });
+    };
+    const { d, submit } = dispatcher(store, log, { readOnly: true });
+    submit([
+      { type: VIRTIO_BLK_T_OUT, sector: 0, segs: [Buffer.alloc(512)] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(0, 1)] },
+      { type: VIRTIO_BLK_T_WRITE_ZEROES, sector: 0, segs: [range(0, 1)] },
+      { type: VIRTIO_BLK_T_IN, sector: 1000, segs: [Buffer.alloc(512)] },
+      { type: VIRTIO_BLK_T_IN, sector: 0, segs: [Buffer.alloc(512)] },
+      { type: 77, sector: 0, segs: [] },
+    ]);
+    await d.drain();
+    const { d: rw, submit: submitRw } = dispatcher(new MemStore(1 << 16), log);
+    submitRw([
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [Buffer.alloc(15)] },
+      { type: VIRTIO_BLK_T_DISCARD, sector: 0, segs: [range(1000, 1)] },
+    ]);
+    await rw.drain();
+    const pick = (l: (typeof lines)[number]): Record<string, unknown> => {
+      const { level, msg, queue, sector, dataLen, sectors, op, code, err, type } = l;
+      return Object.fromEntries(Object.entries({ level, msg, queue, sector, dataLen, sectors, op, code, err, type }).filter(([, v]) => v !== undefined));
+    };
+    assert.deepEqual(lines.map(pick), [
+      { level: 40, msg: 'request rejected: write to a read-only volume', queue: 0 },
+      { level: 40, msg: 'request rejected: discard on a read-only volume', queue: 0 },
+      { level: 40, msg: 'request rejected: write-zeroes on a read-only volume', queue: 0 },
+      { level: 40, msg: 'request rejected: request outside capacity or misaligned', queue: 0, sector: 1000, dataLen: 512 },
+      { level: 20, msg: 'unsupported request type', type: 77 },
+      { level: 50, msg: 'I/O failed: answered VIRTIO_BLK_S_IOERR', queue: 0, op: 'read', code: 'EIO', err: 'disk on fire' },
+      { level: 40, msg: 'request rejected: malformed range table', queue: 0, dataLen: 15 },
+      { level: 40, msg: 'request rejected: range outside capacity or misaligned', queue: 0, sector: 1000, sectors: 1 },
+    ]);
   });
 });
 
