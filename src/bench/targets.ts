@@ -65,7 +65,7 @@ export function canConnect(p: string): Promise<boolean> {
 }
 
 /** Spawns argv and waits for readiness (see the module comment). */
-async function spawnTarget(name: string, argv: readonly string[], opts: SpawnOptions): Promise<Target> {
+export async function spawnTarget(name: string, argv: readonly string[], opts: SpawnOptions): Promise<Target> {
   for (const s of opts.sockets) fs.rmSync(s, { force: true });
   const proc: ChildProcess = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
   let out = '';

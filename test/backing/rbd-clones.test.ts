@@ -19,7 +19,8 @@ import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
 import { CephCluster } from '../support/ceph-cluster';
 import { tmpDir } from '../support/tmp';
 import { waitFor } from '../support/wait';
-import { BLOCK, stamped, verify } from './nbd-servers';
+import { BLOCK } from './nbd-servers';
+import { stamped, verifyStamped } from '../support/stamps';
 
 const SECTORS = BLOCK / 512;
 const IMAGE = 16 << 20;
@@ -98,7 +99,7 @@ describe('RBD clones sharing their parent cached blocks @host', function () {
       const data = Buffer.from(r.data as Uint8Array);
       const gen = expected(c, b);
       if (gen === 0) assert.ok(data.every((x) => x === 0), `clone ${c + 1} block ${b} reads as zeros`);
-      else verify(data, b * BLOCK, gen);
+      else verifyStamped(data, b * BLOCK, gen);
     });
   }
 

@@ -17,7 +17,8 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
-import { rng, stamp } from './helpers';
+import { rng } from './helpers';
+import { stampBytes } from '../support/stamps';
 
 const BS = 4096;
 /** Unit of ownership (RBD: object): 4 blocks. */
@@ -139,7 +140,7 @@ describe('clones share their parent cached blocks', () => {
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-shared-'));
     parent = new Uint8Array(PARENT);
-    stamp(parent, 0, 1);
+    stampBytes(parent, 0, 1);
     a = new CloneStore('a', parent);
     b = new CloneStore('b', parent);
     await openCache();
@@ -182,7 +183,7 @@ describe('clones share their parent cached blocks', () => {
     await readBack(ca, 0, 32 * BS);
     await cache.log.quiesce();
     const w = new Uint8Array(BS);
-    stamp(w, 5 * BS, 7);
+    stampBytes(w, 5 * BS, 7);
     await ca.write(5 * BS, [w]);
     await ca.discard(9 * BS, 2 * BS);
     await ca.writeZeroes(16 * BS, UNIT, false);
@@ -207,9 +208,9 @@ describe('clones share their parent cached blocks', () => {
     a.delay = () => held;
     const reading = readBack(ca, 2 * BS, BS);
     const w = new Uint8Array(BS);
-    stamp(w, 2 * BS, 9);
+    stampBytes(w, 2 * BS, 9);
     const w2 = new Uint8Array(BS);
-    stamp(w2, 3 * BS, 9);
+    stampBytes(w2, 3 * BS, 9);
     // Block 3 (same unit) and block 2 itself: the read is poisoned; then block 1 alone.
     const writes = [ca.write(3 * BS, [w2]), ca.write(2 * BS, [w])];
     release();
@@ -250,7 +251,7 @@ describe('clones share their parent cached blocks', () => {
     await new Promise((r) => setImmediate(r));
     const rb = readBack(cb, 0, 4 * BS);
     const w = new Uint8Array(BS);
-    stamp(w, BS, 8);
+    stampBytes(w, BS, 8);
     await ca.write(BS, [w]);
     release();
     await ra;
@@ -287,7 +288,7 @@ describe('clones share their parent cached blocks', () => {
         for (let k = first; k < first + n; k++) busy[c].add(k);
         if (kind < 0.85) {
           const d = new Uint8Array(n * BS);
-          stamp(d, first * BS, round + 2);
+          stampBytes(d, first * BS, round + 2);
           ops.push(s.write(first * BS, [d]));
         } else if (kind < 0.93) {
           ops.push(s.discard(first * BS, n * BS));
@@ -317,7 +318,7 @@ describe('clones share their parent cached blocks', () => {
     await cache.close();
     // Offline: someone else writes a's block 6 (unit 1 is copied up).
     const w = new Uint8Array(BS);
-    stamp(w, 6 * BS, 5);
+    stampBytes(w, 6 * BS, 5);
     await a.write(6 * BS, [w]);
     await openCache();
     assert.ok(cache.warm);
@@ -333,7 +334,7 @@ describe('clones share their parent cached blocks', () => {
   it("blocks a clone cached under its own key for a unit that reads the parent again are dropped at open", async () => {
     const ca = await cached(a);
     const w = new Uint8Array(UNIT);
-    stamp(w, 0, 4);
+    stampBytes(w, 0, 4);
     await ca.write(0, [w]);
     await cache.log.quiesce();
     assert.equal(cache.stats().volumes.a.blocks, 4);

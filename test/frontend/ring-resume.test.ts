@@ -127,7 +127,7 @@ for (const peer of peers) {
       await f.setVringEnable(0, true);
       await roundTrips(f.ring(0), 3, 22, 1, 128);
       const r = await f.ring(1).read(0, BLOCK);
-      assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 20)), 'data written before the disable');
+      assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(0, BLOCK, 20)), 'data written before the disable');
       // Both queues started at 65534: queue 0 ran 8 requests, queue 1 7.
       assert.deepEqual(await f.stop(), [(65534 + 8) & 0xffff, (65534 + 7) & 0xffff]);
     });
@@ -147,7 +147,7 @@ for (const peer of peers) {
       await f.resume();
       await roundTrips(f.ring(0), 3, 24, 1, 128);
       const r = await f.ring(0).read(0, BLOCK);
-      assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 23)), 'data written before the reset');
+      assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(0, BLOCK, 23)), 'data written before the reset');
       assert.deepEqual(await f.stop(), [(65533 + 11) & 0xffff]);
     });
 
@@ -165,7 +165,7 @@ for (const peer of peers) {
         await f.request(R.ADD_MEM_REG, encodeMemRegion(region), [extra.fd]);
         await roundTrips(f.ring(0), 1, 27, 1, 256);
         const r = await f.ring(0).read(0, BLOCK);
-        assert.ok(Buffer.from(r.data as Uint8Array).equals(pattern(0, 25)), 'data written before the removal');
+        assert.ok(Buffer.from(r.data as Uint8Array).equals(stamped(0, BLOCK, 25)), 'data written before the removal');
         assert.deepEqual(await f.stop(), [411]);
       } finally {
         extra.close();

@@ -99,7 +99,7 @@ let imageReady: Promise<GuestImage> | undefined;
  * Runs prepare-guest.sh once per process (it is idempotent and returns at once when the image
  * is current; a first build downloads the kernel package and takes ~15 s).
  */
-function ensureGuestImage(): Promise<GuestImage> {
+export function ensureGuestImage(): Promise<GuestImage> {
   imageReady ??= (async () => {
     const script = path.join(repoRoot(), 'test', 'e2e', 'vm', 'prepare-guest.sh');
     const dir = guestImageDir();
