@@ -478,10 +478,12 @@ export class CachedStore implements BackingStore {
       this.keyRuns(first, cached, (key, k, n) => {
         const found = this.cache.readBlocks(key, first + k, n, tmp.subarray(k * bs, (k + n) * bs), hit.subarray(k, k + n));
         lookups.push(
-          found.then((h) => {
-            this.countShared(key, n, h);
-            return h;
-          }),
+          key === this.volume
+            ? found
+            : found.then((h) => {
+                this.countShared(key, n, h);
+                return h;
+              }),
         );
       });
       let hits = 0;
