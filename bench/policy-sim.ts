@@ -40,22 +40,69 @@ interface Policy {
 
 const SEGMENT_BLOCKS = 128;
 
+/** Segment header bytes of 128-block segments (segment.ts: 64 + 16 per block, in 4 KiB units). */
+const HEADER_BYTES = 4096;
+
+/**
+ * Device writes of the log (log.ts): a segment write is its header plus one write per run of
+ * slots that received a block while the hand was in it (the header merged with a run at slot 0).
+ */
+class WriteModel {
+  bytes = 0;
+  ios = 0;
+  /** Bytes the log would write if it wrote whole segments (header + every block). */
+  wholeBytes = 0;
+  private seg = -1;
+  private readonly put = new Uint8Array(SEGMENT_BLOCKS);
+
+  place(slot: number): void {
+    const seg = Math.floor(slot / SEGMENT_BLOCKS);
+    if (seg !== this.seg) this.flush(seg);
+    this.put[slot - seg * SEGMENT_BLOCKS] = 1;
+  }
+
+  /** Writes the current segment (if anything was put) and makes `next` the current one. */
+  flush(next = -1): void {
+    const put = this.put;
+    let blocks = 0;
+    let runs = 0;
+    for (let k = 0; k < put.length; k++) {
+      if (put[k] === 0) continue;
+      blocks++;
+      if (k !== 0 && put[k - 1] === 0) runs++;
+    }
+    if (blocks > 0) {
+      this.bytes += HEADER_BYTES + blocks * 4096;
+      this.ios += 1 + runs;
+      this.wholeBytes += HEADER_BYTES + SEGMENT_BLOCKS * 4096;
+    }
+    put.fill(0);
+    this.seg = next;
+  }
+}
+
 class LogPolicy implements Policy {
   readonly m: CacheMap;
+  readonly writes = new WriteModel();
   constructor(readonly name: string, slots: number, choice: SegmentChoice, ghost: boolean) {
     this.m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS, segmentChoice: choice, ghostEntries: ghost ? slots : 0 });
   }
   lookup(vol: number, block: number): boolean {
     return this.m.lookup(vol, block) >= 0;
   }
+  private place(vol: number, block: number, prefetched: boolean): void {
+    const slot = this.m.findVictim(vol);
+    this.writes.place(slot);
+    this.m.assign(slot, vol, block, prefetched);
+  }
   insert(vol: number, block: number): void {
-    this.m.assign(this.m.findVictim(vol), vol, block);
+    this.place(vol, block, false);
   }
   invalidate(vol: number, block: number): boolean {
     return this.m.invalidate(vol, block);
   }
   prefetch(vol: number, block: number): void {
-    this.m.assign(this.m.findVictim(vol), vol, block, true);
+    this.place(vol, block, true);
   }
   has(vol: number, block: number): boolean {
     return this.m.peek(vol, block) >= 0;
@@ -75,8 +122,14 @@ class LogPolicy implements Policy {
       prefetched += c.prefetched;
       used += c.prefetchHits;
     }
+    const w = this.writes;
+    w.flush();
+    const perInsert = (x: number): number => +(x / Math.max(1, ins)).toFixed(3);
     return {
       blocksPerSegmentFilled: +(ins / Math.max(1, this.m.segmentsCleaned - this.m.segmentsSkipped)).toFixed(1),
+      deviceBytesPerInsert: Math.round(perInsert(w.bytes)),
+      writeIosPerInsert: perInsert(w.ios),
+      wholeSegmentBytesPerInsert: Math.round(perInsert(w.wholeBytes)),
       carried: this.m.blocksCarried,
       ghostHits: ghost,
       prefetched,

@@ -9,6 +9,12 @@
  *     +------------------------- write failed (slots dropped) <-------------------------+
  *                                 write done --> Clean (kept for RAM hits until recycled)
  *
+ * Segment writes: only what changed is written: the header (always) and each run of slots that
+ * received a block since the buffer started filling, one write per run (the header and a run
+ * starting at the segment's first slot are contiguous: one write). Slots the hand carried
+ * forward or left alone hold the same bytes on the device already. A cleaning that refills a
+ * few holes thus writes those blocks and the header, not the whole segment (deviceWriteBytes).
+ *
  * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
  * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
  * is read first (one read) so those blocks are carried over into the rewrite. Their header
@@ -69,6 +75,8 @@ export class Log {
   disabled = false;
   segmentReads = 0;
   segmentWrites = 0;
+  /** Bytes written to the device by segment writes (headers + refilled runs). */
+  deviceWriteBytes = 0;
   readErrors = 0;
   writeErrors = 0;
   insertsDropped = 0;
@@ -93,6 +101,8 @@ export class Log {
   private readonly drainWaiters = new Map<number, () => void>();
   private readonly pool: SegmentBuffer[] = [];
   private current: SegmentBuffer | null = null;
+  /** Slots (by index in the segment) of `current` that received a block since it started filling. */
+  private readonly putSlots: Uint8Array;
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private useClock = 0;
@@ -109,6 +119,7 @@ export class Log {
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
     this.checksumLogged = new Uint8Array(this.g.segments);
+    this.putSlots = new Uint8Array(this.g.blocksPerSegment);
     const n = Math.max(2, Math.min(o.buffers, this.g.segments));
     for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
   }
@@ -244,6 +255,7 @@ export class Log {
           this.map.assign(victim, volume, first + k, prefetched);
           this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
+          this.putSlots[victim - seg * bps] = 1;
           n++;
         }
       } finally {
@@ -311,6 +323,7 @@ export class Log {
     const b = await this.acquire(seg);
     b.state = BufferState.Filling;
     b.dirty = false;
+    this.putSlots.fill(0);
     this.current = b;
     if (this.pool.length > 2) this.prefetch(this.map.upcomingSegment());
   }
@@ -403,28 +416,58 @@ export class Log {
     b.seal(this.map.bda, this.sequence, this.uuid);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
+    const runs = this.changedRanges();
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
-    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg);
-    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg));
+    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg, runs);
+    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs));
   }
 
-  /** The device write of a sealed buffer; never rejects. */
-  private write(b: SegmentBuffer, seg: number): Promise<void> {
+  /**
+   * Byte ranges [from, to) of the current buffer to write: the header, and each run of slots
+   * put since it started filling (the header merged with a run starting at slot 0).
+   */
+  private changedRanges(): number[] {
+    const { headerSize, blockSize } = this.g;
+    const put = this.putSlots;
+    const ranges = [0, headerSize];
+    for (let k = 0; k < put.length; k++) {
+      if (put[k] === 0) continue;
+      let end = k + 1;
+      while (end < put.length && put[end] !== 0) end++;
+      const from = headerSize + k * blockSize;
+      if (k === 0) ranges[1] = headerSize + end * blockSize;
+      else ranges.push(from, headerSize + end * blockSize);
+      k = end;
+    }
+    return ranges;
+  }
+
+  /** The device writes of a sealed buffer (byte ranges of it, see changedRanges); never rejects. */
+  private write(b: SegmentBuffer, seg: number, ranges: number[]): Promise<void> {
     const t = LatencyMeter.now();
-    return this.engine.writev(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
-      () => {
+    const at = segmentOffset(this.g, seg);
+    const writes: Promise<void>[] = [];
+    let bytes = 0;
+    for (let r = 0; r < ranges.length; r += 2) {
+      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r]));
+      bytes += ranges[r + 1] - ranges[r];
+    }
+    // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
+    return Promise.allSettled(writes).then((results) => {
+      const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+      if (failed === undefined) {
         this.segmentWriteLatency.record(t);
         this.segmentWrites++;
+        this.deviceWriteBytes += bytes;
         b.dirty = false;
         b.state = BufferState.Clean;
-      },
-      (err: Error) => {
-        const bps = this.g.blocksPerSegment;
-        this.map.dropSlots(seg * bps, (seg + 1) * bps);
-        b.state = BufferState.Free;
-        b.segment = -1;
-        this.fail(`cache segment ${seg} write failed: ${err.message}`);
-      },
-    );
+        return;
+      }
+      const bps = this.g.blocksPerSegment;
+      this.map.dropSlots(seg * bps, (seg + 1) * bps);
+      b.state = BufferState.Free;
+      b.segment = -1;
+      this.fail(`cache segment ${seg} write failed: ${(failed.reason as Error).message}`);
+    });
   }
 }

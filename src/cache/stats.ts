@@ -19,7 +19,10 @@
  *   wraps           rounds of the log (segments entered / segments)
  *   segmentsSkipped segments the hand passed without writing them (every block carried forward)
  *   segmentsCleaned segments the hand entered to refill (chosen by cleaning, cache-map.ts)
- *   blocksCarried   valid blocks kept in place by the hand (rewritten with their segment)
+ *   blocksCarried   valid blocks kept in place by the hand (not rewritten: a segment write
+ *                   writes its header and the runs of slots refilled, log.ts)
+ *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
+ *                   runs); per block inserted it is the log's write amplification
  *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
  */
@@ -54,6 +57,7 @@ export interface CacheStats extends VolumeStats {
   emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
+  deviceWriteBytes: number;
   readLatencyUs: number;
   segmentReadLatencyUs: number;
   segmentWriteLatencyUs: number;

@@ -83,6 +83,8 @@ describe('cache log', () => {
     for (const b of [1, 4, 5, 9]) cache.map.lookup(vol, b);
 
     const segReads = cache.stats().segmentReads;
+    const writesBefore = engine.writes;
+    const bytesBefore = cache.stats().deviceWriteBytes;
     assert.equal(await cache.insert(vol, 100, blockData(100, 3), 3, () => true), 3);
     assert.equal(
       drawSlots(cache.map, 4),
@@ -92,6 +94,9 @@ describe('cache log', () => {
     assert.equal(cache.stats().segmentReads, segReads);
     assert.equal(cache.stats().blocksCarried, 1);
     assert.equal(await cache.log.flush(), true);
+    // Only what changed is written: header + slot 8 (contiguous, one write), slots 10-11.
+    assert.equal(engine.writes - writesBefore, 2);
+    assert.equal(cache.stats().deviceWriteBytes - bytesBefore, 4096 + 3 * BS);
 
     // On the device, segment 2 = header (keys 100, 9, 101, 102) + data; block 9 survived.
     const raw = fs.readFileSync(cache.path);
