@@ -20,9 +20,10 @@
  * untouched): capacity lost to invalidation stays under EMPTY_TARGET. Otherwise it enters the
  * segment with the best LFS cost-benefit score, ((2 holes + cold) / (B + keep)) * age, where
  * keep = valid slots whose counter is non-zero (carried forward), cold = the other valid slots
- * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age = segments entered since it was last entered: segments holding one-touch blocks are
- * reused first, hot ones last. The price of few holes is more segment writes per block
- * inserted (a holes-only refill writes a whole segment for a few blocks).
+ * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age =
+ * segments entered since it was last entered: segments holding one-touch blocks are reused
+ * first, hot ones last. The price of few holes is more, smaller segment writes per block
+ * inserted (the log writes only the refilled runs and the header, log.ts).
  * SegmentChoice.Order (next segment in log order) is pblcache's CLOCK, kept as the simulator's
  * baseline. With the default of one segment the map is a plain CLOCK-with-counters.
  *

@@ -14,6 +14,8 @@
  *                   evicted or overwritten): they start with the full reuse counter
  *   prefetched      blocks inserted by read-ahead
  *   prefetchHits    of those, read at least once while cached (accuracy = prefetchHits / prefetched)
+ *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
+ *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           rounds of the log (segments entered / segments)
@@ -41,6 +43,7 @@ export interface VolumeCounters {
   ghostHits: number;
   prefetched: number;
   prefetchHits: number;
+  admissionsRefused: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -86,6 +89,7 @@ export function newCounters(): VolumeCounters {
     ghostHits: 0,
     prefetched: 0,
     prefetchHits: 0,
+    admissionsRefused: 0,
   };
 }
 
@@ -102,6 +106,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.ghostHits += from.ghostHits;
   into.prefetched += from.prefetched;
   into.prefetchHits += from.prefetchHits;
+  into.admissionsRefused += from.admissionsRefused;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {

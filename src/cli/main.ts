@@ -47,6 +47,7 @@ interface ServeFlags {
   cacheBlockSize?: string;
   cacheSegmentSize?: string;
   cacheMode?: string;
+  sequentialCutoff?: string;
   cacheMetadata?: string;
   control?: string;
   metricsListen?: string;
@@ -85,6 +86,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--cache-block-size <bytes>', 'cache block size, 4K..64K', String(DEFAULTS.cacheBlockSize))
     .option('--cache-segment-size <bytes>', 'log segment size', String(DEFAULTS.segmentSize))
     .addOption(new Option('--cache-mode <mode>', 'cache mode of the volume').choices([...CACHE_MODES]).default('writethrough'))
+    .option('--sequential-cutoff <bytes>', 'do not cache sequential streams longer than this (e.g. 4M; 0 = off)')
     .option('--cache-metadata <path>', 'metadata file for warm restarts (default: the metadata area of the cache device)')
     .option('--control <path>', 'control socket (HTTP over a unix socket)')
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) over TCP, e.g. 127.0.0.1:9100')
@@ -148,6 +150,7 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
     ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
     readOnly: f.readOnly === true,
     cacheMode: f.cacheMode ?? 'writethrough',
+    ...(f.sequentialCutoff !== undefined ? { sequentialCutoff: f.sequentialCutoff } : {}),
     serial: f.serial ?? f.name ?? 'vol0',
     numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
     queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
@@ -289,6 +292,7 @@ function addControlCommands(program: Command): void {
     .option('--exclusive')
     .addOption(new Option('--cache-mode <mode>').choices([...CACHE_MODES]))
     .option('--cache-max-bytes <bytes>')
+    .option('--sequential-cutoff <bytes>')
     .option('--serial <id>')
     .option('--num-queues <n>')
     .action(async (o: Record<string, string | boolean | undefined>) => {
@@ -297,7 +301,7 @@ function addControlCommands(program: Command): void {
         body = JSON.parse(o.json) as Record<string, unknown>;
       } else {
         body = {};
-        for (const k of ['name', 'socketPath', 'backing', 'size', 'cacheMode', 'cacheMaxBytes', 'serial']) {
+        for (const k of ['name', 'socketPath', 'backing', 'size', 'cacheMode', 'cacheMaxBytes', 'sequentialCutoff', 'serial']) {
           if (o[k] !== undefined) body[k] = o[k];
         }
         if (o.readOnly === true) body.readOnly = true;

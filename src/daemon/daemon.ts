@@ -155,6 +155,7 @@ export class Daemon implements ControlledDaemon {
             name: cfg.name,
             mode: cfg.cacheMode,
             exclusive: cfg.exclusive,
+            sequentialCutoff: cfg.sequentialCutoff,
             ...(cfg.cacheMaxBytes !== undefined ? { maxBytes: cfg.cacheMaxBytes } : {}),
           });
           const v = cached.verification;
