@@ -11,7 +11,8 @@
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
  *        [--read-ahead BLOCKS]
- *   --cutoff: sequential cut-off; read misses of a stream longer than BLOCKS are not inserted.
+ *   --cutoff: sequential cut-off; blocks of a read or write stream longer than BLOCKS are not
+ *   inserted (nor read ahead), as CachedStore's sequentialCutoff.
  *   --read-ahead: a read continuing a sequential stream makes the next BLOCKS blocks cached
  *   (inserted as prefetched; accuracy = prefetched blocks read later / prefetched blocks).
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
@@ -300,28 +301,30 @@ class Counters {
 }
 
 /**
- * Admission: blocks of a sequential stream past `cutoff` blocks are not inserted (0 = off).
- * Read-ahead: a read continuing a stream makes the next `readAhead` blocks cached (0 = off).
+ * Admission and read-ahead, as CachedStore does them: a read or write stream longer than
+ * `cutoff` blocks inserts nothing and gets no read-ahead (0 = off); a read continuing a stream
+ * makes the next `readAhead` blocks cached (0 = off).
  */
-const admission = { cutoff: 0, readAhead: 0, streams: new Map<number, StreamDetector>() };
+const admission = { cutoff: 0, readAhead: 0, reads: new Map<number, StreamDetector>(), writes: new Map<number, StreamDetector>() };
 
-function detector(vol: number): StreamDetector {
-  let d = admission.streams.get(vol);
+function detector(streams: Map<number, StreamDetector>, vol: number): StreamDetector {
+  let d = streams.get(vol);
   if (!d) {
     d = new StreamDetector();
-    admission.streams.set(vol, d);
+    streams.set(vol, d);
   }
   return d;
 }
 
-function streamLength(vol: number, first: number, count: number): number {
-  return detector(vol).observe(first, count);
-}
-
 function apply(p: Policy, r: Req, c: Counters): void {
   if (r.bypass) return;
-  const refuse = admission.cutoff > 0 && streamLength(r.vol, r.block, r.blocks) > admission.cutoff;
+  const { cutoff, readAhead } = admission;
   if (r.read) {
+    const d = detector(admission.reads, r.vol);
+    let from = -1;
+    if (readAhead > 0) from = d.readAhead(r.block, r.blocks, readAhead, Number.MAX_SAFE_INTEGER);
+    else d.observe(r.block, r.blocks);
+    const refuse = cutoff > 0 && d.lastRun > cutoff;
     const miss: number[] = [];
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.reads++;
@@ -330,20 +333,17 @@ function apply(p: Policy, r: Req, c: Counters): void {
     }
     if (refuse) c.refused += miss.length;
     else for (const b of miss) p.insert(r.vol, b);
-    if (admission.readAhead > 0 && p.prefetch && p.has) {
-      // The same decision as CachedStore's read-ahead.
-      const d = detector(r.vol);
-      let from = d.readAhead(r.block, r.blocks, admission.readAhead, Number.MAX_SAFE_INTEGER);
-      if (from >= 0) {
-        while (from < d.lastEnd && p.has(r.vol, from)) from++;
-        for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
-      }
+    if (!refuse && from >= 0 && p.prefetch && p.has) {
+      while (from < d.lastEnd && p.has(r.vol, from)) from++;
+      for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
     }
   } else {
+    const refuse = cutoff > 0 && detector(admission.writes, r.vol).observe(r.block, r.blocks) > cutoff;
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.writes++;
       if (p.invalidate(r.vol, b)) c.invalidateHits++;
-      p.insert(r.vol, b);
+      if (refuse) c.refused++;
+      else p.insert(r.vol, b);
     }
   }
 }
@@ -439,7 +439,6 @@ function main(): void {
   const ios = Number(opt('ios', '5000000'));
   admission.cutoff = Number(opt('cutoff', '0'));
   admission.readAhead = Number(opt('read-ahead', '0'));
-  if (admission.cutoff > 0 && admission.readAhead > 0) throw new Error('--cutoff and --read-ahead are exclusive');
   for (const name of policies) {
     const p = makePolicy(name, slots);
     const t = performance.now();
