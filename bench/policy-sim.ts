@@ -10,16 +10,17 @@
  *
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
- *        [--read-ahead BLOCKS]
+ *        [--read-ahead BLOCKS] [--empty-target FRACTION]
  *   --cutoff: sequential cut-off; blocks of a read or write stream longer than BLOCKS are not
  *   inserted (nor read ahead), as CachedStore's sequentialCutoff.
+ *   --empty-target: fraction of empty slots above which cleaning refills holes first.
  *   --read-ahead: a read continuing a sequential stream makes the next BLOCKS blocks cached
  *   (inserted as prefetched; accuracy = prefetched blocks read later / prefetched blocks).
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
  *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
  */
-import { CacheMap, SegmentChoice } from '../src/cache/cache-map';
+import { CacheMap, EMPTY_TARGET, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
 import { StreamDetector } from '../src/cache/streams';
@@ -86,7 +87,7 @@ class LogPolicy implements Policy {
   readonly m: CacheMap;
   readonly writes = new WriteModel();
   constructor(readonly name: string, slots: number, choice: SegmentChoice, ghost: boolean) {
-    this.m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS, segmentChoice: choice, ghostEntries: ghost ? slots : 0 });
+    this.m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS, segmentChoice: choice, ghostEntries: ghost ? slots : 0, emptyTarget: admission.emptyTarget });
   }
   lookup(vol: number, block: number): boolean {
     return this.m.lookup(vol, block) >= 0;
@@ -305,7 +306,7 @@ class Counters {
  * `cutoff` blocks inserts nothing and gets no read-ahead (0 = off); a read continuing a stream
  * makes the next `readAhead` blocks cached (0 = off).
  */
-const admission = { cutoff: 0, readAhead: 0, reads: new Map<number, StreamDetector>(), writes: new Map<number, StreamDetector>() };
+const admission = { cutoff: 0, readAhead: 0, emptyTarget: EMPTY_TARGET, reads: new Map<number, StreamDetector>(), writes: new Map<number, StreamDetector>() };
 
 function detector(streams: Map<number, StreamDetector>, vol: number): StreamDetector {
   let d = streams.get(vol);
@@ -439,6 +440,7 @@ function main(): void {
   const ios = Number(opt('ios', '5000000'));
   admission.cutoff = Number(opt('cutoff', '0'));
   admission.readAhead = Number(opt('read-ahead', '0'));
+  admission.emptyTarget = Number(opt('empty-target', String(EMPTY_TARGET)));
   for (const name of policies) {
     const p = makePolicy(name, slots);
     const t = performance.now();

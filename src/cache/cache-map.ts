@@ -70,6 +70,8 @@ export interface CacheMapOptions {
   segmentChoice?: SegmentChoice;
   /** Ghost history entries (default: one per slot; 0 = none). */
   ghostEntries?: number;
+  /** Fraction of empty slots above which holes are refilled first (default EMPTY_TARGET). */
+  emptyTarget?: number;
 }
 
 export class CacheMap {
@@ -80,6 +82,7 @@ export class CacheMap {
   readonly segmentBlocks: number;
   readonly segments: number;
   readonly segmentChoice: SegmentChoice;
+  readonly emptyTarget: number;
   /** Next slot the hand looks at. */
   hand = 0;
   /** Segments entered / segments (rounds of the log). */
@@ -120,6 +123,7 @@ export class CacheMap {
     this.segmentBlocks = Math.min(opts.segmentBlocks ?? this.slots, this.slots);
     this.segments = Math.ceil(this.slots / this.segmentBlocks);
     this.segmentChoice = opts.segmentChoice ?? SegmentChoice.Clean;
+    this.emptyTarget = opts.emptyTarget ?? EMPTY_TARGET;
     const ghost = opts.ghostEntries ?? this.slots;
     this.ghost = ghost > 0 ? new GhostHistory(ghost) : null;
     this.segKeep = new Uint16Array(this.segments);
@@ -211,7 +215,7 @@ export class CacheMap {
       const stamp = this.segStamp;
       const now = this.entered + 1;
       // Too many holes: refill the segment with the most (holes only); else cost-benefit.
-      const holesFirst = this.slots - this.map.size > Math.max(this.slots * EMPTY_TARGET, B);
+      const holesFirst = this.slots - this.map.size > Math.max(this.slots * this.emptyTarget, B);
       let mostHoles = 0;
       let holey = -1;
       let bestScore = -1;
