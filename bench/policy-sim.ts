@@ -46,20 +46,28 @@ const SEGMENT_BLOCKS = 128;
 const HEADER_BYTES = 4096;
 
 /**
- * Device writes of the log (log.ts): a segment write is its header plus one write per run of
- * slots that received a block while the hand was in it (the header merged with a run at slot 0).
+ * Device I/O of the log (log.ts): a segment write is its header plus one write per run of
+ * slots that received a block while the hand was in it (the header merged with a run at slot 0);
+ * a segment the hand enters while it holds valid blocks is read whole first (an upper bound:
+ * the log skips the read when the segment is still in a RAM buffer).
  */
 class WriteModel {
   bytes = 0;
   ios = 0;
   /** Bytes the log would write if it wrote whole segments (header + every block). */
   wholeBytes = 0;
+  readBytes = 0;
   private seg = -1;
   private readonly put = new Uint8Array(SEGMENT_BLOCKS);
 
-  place(slot: number): void {
+  /** The hand places a block in `slot` of map `m` (before assign()). */
+  place(m: CacheMap, slot: number): void {
     const seg = Math.floor(slot / SEGMENT_BLOCKS);
-    if (seg !== this.seg) this.flush(seg);
+    if (seg !== this.seg) {
+      this.flush(seg);
+      const first = seg * SEGMENT_BLOCKS;
+      if (m.bda.countValid(first, first + SEGMENT_BLOCKS) > 0) this.readBytes += HEADER_BYTES + SEGMENT_BLOCKS * 4096;
+    }
     this.put[slot - seg * SEGMENT_BLOCKS] = 1;
   }
 
@@ -94,7 +102,7 @@ class LogPolicy implements Policy {
   }
   private place(vol: number, block: number, prefetched: boolean): void {
     const slot = this.m.findVictim(vol);
-    this.writes.place(slot);
+    this.writes.place(this.m, slot);
     this.m.assign(slot, vol, block, prefetched);
   }
   insert(vol: number, block: number): void {
@@ -132,6 +140,7 @@ class LogPolicy implements Policy {
       deviceBytesPerInsert: Math.round(perInsert(w.bytes)),
       writeIosPerInsert: perInsert(w.ios),
       wholeSegmentBytesPerInsert: Math.round(perInsert(w.wholeBytes)),
+      deviceReadBytesPerInsert: Math.round(perInsert(w.readBytes)),
       carried: this.m.blocksCarried,
       ghostHits: ghost,
       prefetched,
