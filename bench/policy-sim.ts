@@ -48,8 +48,9 @@ const HEADER_BYTES = 4096;
 /**
  * Device I/O of the log (log.ts): a segment write is its header plus one write per run of
  * slots that received a block while the hand was in it (the header merged with a run at slot 0);
- * a segment the hand enters while it holds valid blocks is read whole first (an upper bound:
- * the log skips the read when the segment is still in a RAM buffer).
+ * a segment the hand enters while it holds valid blocks is read whole first, unless it is
+ * refilled holes only (an upper bound: the log also skips the read when the segment is still
+ * in a RAM buffer).
  */
 class WriteModel {
   bytes = 0;
@@ -66,7 +67,7 @@ class WriteModel {
     if (seg !== this.seg) {
       this.flush(seg);
       const first = seg * SEGMENT_BLOCKS;
-      if (m.bda.countValid(first, first + SEGMENT_BLOCKS) > 0) this.readBytes += HEADER_BYTES + SEGMENT_BLOCKS * 4096;
+      if (!m.refillingHoles && m.bda.countValid(first, first + SEGMENT_BLOCKS) > 0) this.readBytes += HEADER_BYTES + SEGMENT_BLOCKS * 4096;
     }
     this.put[slot - seg * SEGMENT_BLOCKS] = 1;
   }

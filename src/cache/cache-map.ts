@@ -114,6 +114,16 @@ export class CacheMap {
   private upcomingHolesOnly = false;
   /** The hand's current segment is being refilled holes only. */
   private holesOnly = false;
+
+  /** True while the hand refills only the holes of its segment (its valid slots stay untouched). */
+  get refillingHoles(): boolean {
+    return this.holesOnly;
+  }
+
+  /** True when the segment upcomingSegment() chose will be refilled holes only. */
+  get upcomingHolesOnlyRefill(): boolean {
+    return this.upcoming >= 0 && this.upcomingHolesOnly;
+  }
   private readonly counters: (VolumeCounters | undefined)[] = [];
 
   constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {

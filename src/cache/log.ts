@@ -17,7 +17,9 @@
  *
  * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
  * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
- * is read first (one read) so those blocks are carried over into the rewrite. Their header
+ * is read first (one read), so its buffer serves RAM hits of those blocks. A segment the map
+ * refills holes only (cache-map.ts) is not read: its buffer holds only the blocks put into it
+ * (`present`), hits of its other slots go to the device, whose bytes the refill leaves alone. Their header
  * entries and data CRC-32Cs are checked then (against the BDA); a block that does not check is
  * dropped (a data mismatch counts as a checksum error). The next
  * segment is read ahead as soon as the hand enters a segment (prefetch), if a buffer is free.
@@ -103,6 +105,8 @@ export class Log {
   private current: SegmentBuffer | null = null;
   /** Slots (by index in the segment) of `current` that received a block since it started filling. */
   private readonly putSlots: Uint8Array;
+  /** Buffers loaded without a read: 1 for each slot whose data the buffer holds. */
+  private readonly present = new Map<SegmentBuffer, Uint8Array>();
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private useClock = 0;
@@ -138,6 +142,7 @@ export class Log {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     for (const b of this.pool) {
       if (b.segment === seg && b.state !== BufferState.Free && b.state !== BufferState.Reading) {
+        if (this.present.get(b)?.[slot - seg * this.g.blocksPerSegment] === 0) return null;
         b.lastUse = ++this.useClock;
         return b;
       }
@@ -256,6 +261,8 @@ export class Log {
           this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
           this.putSlots[victim - seg * bps] = 1;
+          const present = this.present.get(cur);
+          if (present !== undefined) present[victim - seg * bps] = 1;
           n++;
         }
       } finally {
@@ -320,15 +327,19 @@ export class Log {
       if (prev.dirty) this.submit(prev);
       else prev.state = BufferState.Clean;
     }
-    const b = await this.acquire(seg);
+    const b = await this.acquire(seg, this.map.refillingHoles);
     b.state = BufferState.Filling;
     b.dirty = false;
     this.putSlots.fill(0);
     this.current = b;
-    if (this.pool.length > 2) this.prefetch(this.map.upcomingSegment());
+    if (this.pool.length > 2) {
+      const next = this.map.upcomingSegment();
+      if (!this.map.upcomingHolesOnlyRefill) this.prefetch(next);
+    }
   }
 
-  private async acquire(seg: number): Promise<SegmentBuffer> {
+  /** A buffer holding segment seg, loaded (holesOnly: without a device read) if none does. */
+  private async acquire(seg: number, holesOnly: boolean): Promise<SegmentBuffer> {
     for (;;) {
       const held = this.pool.find((x) => x.segment === seg && x.state !== BufferState.Free);
       if (held) {
@@ -338,7 +349,7 @@ export class Log {
       }
       const b = this.recyclable();
       if (b) {
-        this.load(b, seg);
+        this.load(b, seg, holesOnly);
         continue;
       }
       // Every buffer is Reading or Writing (the current one was released by the caller).
@@ -364,14 +375,24 @@ export class Log {
     if (b) this.load(b, seg);
   }
 
-  /** Makes b hold segment seg as on the device: Clean at once if no slot is valid, else read. */
-  private load(b: SegmentBuffer, seg: number): void {
+  /**
+   * Makes b hold segment seg as on the device: Clean at once if no slot is valid (or, with
+   * `unread`, holding none of the valid slots' data: see `present`), else read.
+   */
+  private load(b: SegmentBuffer, seg: number, unread = false): void {
     const bps = this.g.blocksPerSegment;
     const first = seg * bps;
     const bda = this.map.bda;
     b.segment = seg;
     b.dirty = false;
     b.lastUse = ++this.useClock;
+    this.present.delete(b);
+    if (unread && bda.countValid(first, first + bps) > 0) {
+      this.present.set(b, new Uint8Array(bps));
+      b.state = BufferState.Clean;
+      b.pending = Promise.resolve();
+      return;
+    }
     if (bda.countValid(first, first + bps) === 0) {
       b.clearEntries();
       b.state = BufferState.Clean;
