@@ -10,15 +10,17 @@
  *
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
- *        [--read-ahead BLOCKS]
- *   --cutoff: sequential cut-off; read misses of a stream longer than BLOCKS are not inserted.
+ *        [--read-ahead BLOCKS] [--empty-target FRACTION]
+ *   --cutoff: sequential cut-off; blocks of a read or write stream longer than BLOCKS are not
+ *   inserted (nor read ahead), as CachedStore's sequentialCutoff.
+ *   --empty-target: fraction of empty slots above which cleaning refills holes first.
  *   --read-ahead: a read continuing a sequential stream makes the next BLOCKS blocks cached
  *   (inserted as prefetched; accuracy = prefetched blocks read later / prefetched blocks).
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
  *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
  */
-import { CacheMap, SegmentChoice } from '../src/cache/cache-map';
+import { CacheMap, EMPTY_TARGET, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
 import { StreamDetector } from '../src/cache/streams';
@@ -40,22 +42,78 @@ interface Policy {
 
 const SEGMENT_BLOCKS = 128;
 
+/** Segment header bytes of 128-block segments (segment.ts: 64 + 16 per block, in 4 KiB units). */
+const HEADER_BYTES = 4096;
+
+/**
+ * Device I/O of the log (log.ts): a segment write is its header plus one write per run of
+ * slots that received a block while the hand was in it (the header merged with a run at slot 0);
+ * a segment the hand enters while it holds valid blocks is read whole first, unless it is
+ * refilled holes only (an upper bound: the log also skips the read when the segment is still
+ * in a RAM buffer).
+ */
+class WriteModel {
+  bytes = 0;
+  ios = 0;
+  /** Bytes the log would write if it wrote whole segments (header + every block). */
+  wholeBytes = 0;
+  readBytes = 0;
+  private seg = -1;
+  private readonly put = new Uint8Array(SEGMENT_BLOCKS);
+
+  /** The hand places a block in `slot` of map `m` (before assign()). */
+  place(m: CacheMap, slot: number): void {
+    const seg = Math.floor(slot / SEGMENT_BLOCKS);
+    if (seg !== this.seg) {
+      this.flush(seg);
+      const first = seg * SEGMENT_BLOCKS;
+      if (!m.refillingHoles && m.bda.countValid(first, first + SEGMENT_BLOCKS) > 0) this.readBytes += HEADER_BYTES + SEGMENT_BLOCKS * 4096;
+    }
+    this.put[slot - seg * SEGMENT_BLOCKS] = 1;
+  }
+
+  /** Writes the current segment (if anything was put) and makes `next` the current one. */
+  flush(next = -1): void {
+    const put = this.put;
+    let blocks = 0;
+    let runs = 0;
+    for (let k = 0; k < put.length; k++) {
+      if (put[k] === 0) continue;
+      blocks++;
+      if (k !== 0 && put[k - 1] === 0) runs++;
+    }
+    if (blocks > 0) {
+      this.bytes += HEADER_BYTES + blocks * 4096;
+      this.ios += 1 + runs;
+      this.wholeBytes += HEADER_BYTES + SEGMENT_BLOCKS * 4096;
+    }
+    put.fill(0);
+    this.seg = next;
+  }
+}
+
 class LogPolicy implements Policy {
   readonly m: CacheMap;
+  readonly writes = new WriteModel();
   constructor(readonly name: string, slots: number, choice: SegmentChoice, ghost: boolean) {
-    this.m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS, segmentChoice: choice, ghostEntries: ghost ? slots : 0 });
+    this.m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS, segmentChoice: choice, ghostEntries: ghost ? slots : 0, emptyTarget: admission.emptyTarget });
   }
   lookup(vol: number, block: number): boolean {
     return this.m.lookup(vol, block) >= 0;
   }
+  private place(vol: number, block: number, prefetched: boolean): void {
+    const slot = this.m.findVictim(vol);
+    this.writes.place(this.m, slot);
+    this.m.assign(slot, vol, block, prefetched);
+  }
   insert(vol: number, block: number): void {
-    this.m.assign(this.m.findVictim(vol), vol, block);
+    this.place(vol, block, false);
   }
   invalidate(vol: number, block: number): boolean {
     return this.m.invalidate(vol, block);
   }
   prefetch(vol: number, block: number): void {
-    this.m.assign(this.m.findVictim(vol), vol, block, true);
+    this.place(vol, block, true);
   }
   has(vol: number, block: number): boolean {
     return this.m.peek(vol, block) >= 0;
@@ -75,8 +133,15 @@ class LogPolicy implements Policy {
       prefetched += c.prefetched;
       used += c.prefetchHits;
     }
+    const w = this.writes;
+    w.flush();
+    const perInsert = (x: number): number => +(x / Math.max(1, ins)).toFixed(3);
     return {
       blocksPerSegmentFilled: +(ins / Math.max(1, this.m.segmentsCleaned - this.m.segmentsSkipped)).toFixed(1),
+      deviceBytesPerInsert: Math.round(perInsert(w.bytes)),
+      writeIosPerInsert: perInsert(w.ios),
+      wholeSegmentBytesPerInsert: Math.round(perInsert(w.wholeBytes)),
+      deviceReadBytesPerInsert: Math.round(perInsert(w.readBytes)),
       carried: this.m.blocksCarried,
       ghostHits: ghost,
       prefetched,
@@ -247,28 +312,30 @@ class Counters {
 }
 
 /**
- * Admission: blocks of a sequential stream past `cutoff` blocks are not inserted (0 = off).
- * Read-ahead: a read continuing a stream makes the next `readAhead` blocks cached (0 = off).
+ * Admission and read-ahead, as CachedStore does them: a read or write stream longer than
+ * `cutoff` blocks inserts nothing and gets no read-ahead (0 = off); a read continuing a stream
+ * makes the next `readAhead` blocks cached (0 = off).
  */
-const admission = { cutoff: 0, readAhead: 0, streams: new Map<number, StreamDetector>() };
+const admission = { cutoff: 0, readAhead: 0, emptyTarget: EMPTY_TARGET, reads: new Map<number, StreamDetector>(), writes: new Map<number, StreamDetector>() };
 
-function detector(vol: number): StreamDetector {
-  let d = admission.streams.get(vol);
+function detector(streams: Map<number, StreamDetector>, vol: number): StreamDetector {
+  let d = streams.get(vol);
   if (!d) {
     d = new StreamDetector();
-    admission.streams.set(vol, d);
+    streams.set(vol, d);
   }
   return d;
 }
 
-function streamLength(vol: number, first: number, count: number): number {
-  return detector(vol).observe(first, count);
-}
-
 function apply(p: Policy, r: Req, c: Counters): void {
   if (r.bypass) return;
-  const refuse = admission.cutoff > 0 && streamLength(r.vol, r.block, r.blocks) > admission.cutoff;
+  const { cutoff, readAhead } = admission;
   if (r.read) {
+    const d = detector(admission.reads, r.vol);
+    let from = -1;
+    if (readAhead > 0) from = d.readAhead(r.block, r.blocks, readAhead, Number.MAX_SAFE_INTEGER);
+    else d.observe(r.block, r.blocks);
+    const refuse = cutoff > 0 && d.lastRun > cutoff;
     const miss: number[] = [];
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.reads++;
@@ -277,20 +344,17 @@ function apply(p: Policy, r: Req, c: Counters): void {
     }
     if (refuse) c.refused += miss.length;
     else for (const b of miss) p.insert(r.vol, b);
-    if (admission.readAhead > 0 && p.prefetch && p.has) {
-      // The same decision as CachedStore's read-ahead.
-      const d = detector(r.vol);
-      let from = d.readAhead(r.block, r.blocks, admission.readAhead, Number.MAX_SAFE_INTEGER);
-      if (from >= 0) {
-        while (from < d.lastEnd && p.has(r.vol, from)) from++;
-        for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
-      }
+    if (!refuse && from >= 0 && p.prefetch && p.has) {
+      while (from < d.lastEnd && p.has(r.vol, from)) from++;
+      for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
     }
   } else {
+    const refuse = cutoff > 0 && detector(admission.writes, r.vol).observe(r.block, r.blocks) > cutoff;
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.writes++;
       if (p.invalidate(r.vol, b)) c.invalidateHits++;
-      p.insert(r.vol, b);
+      if (refuse) c.refused++;
+      else p.insert(r.vol, b);
     }
   }
 }
@@ -386,7 +450,7 @@ function main(): void {
   const ios = Number(opt('ios', '5000000'));
   admission.cutoff = Number(opt('cutoff', '0'));
   admission.readAhead = Number(opt('read-ahead', '0'));
-  if (admission.cutoff > 0 && admission.readAhead > 0) throw new Error('--cutoff and --read-ahead are exclusive');
+  admission.emptyTarget = Number(opt('empty-target', String(EMPTY_TARGET)));
   for (const name of policies) {
     const p = makePolicy(name, slots);
     const t = performance.now();

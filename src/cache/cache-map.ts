@@ -20,9 +20,10 @@
  * untouched): capacity lost to invalidation stays under EMPTY_TARGET. Otherwise it enters the
  * segment with the best LFS cost-benefit score, ((2 holes + cold) / (B + keep)) * age, where
  * keep = valid slots whose counter is non-zero (carried forward), cold = the other valid slots
- * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age = segments entered since it was last entered: segments holding one-touch blocks are
- * reused first, hot ones last. The price of few holes is more segment writes per block
- * inserted (a holes-only refill writes a whole segment for a few blocks).
+ * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age =
+ * segments entered since it was last entered: segments holding one-touch blocks are reused
+ * first, hot ones last. The price of few holes is more, smaller segment writes per block
+ * inserted (the log writes only the refilled runs and the header, log.ts).
  * SegmentChoice.Order (next segment in log order) is pblcache's CLOCK, kept as the simulator's
  * baseline. With the default of one segment the map is a plain CLOCK-with-counters.
  *
@@ -69,6 +70,8 @@ export interface CacheMapOptions {
   segmentChoice?: SegmentChoice;
   /** Ghost history entries (default: one per slot; 0 = none). */
   ghostEntries?: number;
+  /** Fraction of empty slots above which holes are refilled first (default EMPTY_TARGET). */
+  emptyTarget?: number;
 }
 
 export class CacheMap {
@@ -79,6 +82,7 @@ export class CacheMap {
   readonly segmentBlocks: number;
   readonly segments: number;
   readonly segmentChoice: SegmentChoice;
+  readonly emptyTarget: number;
   /** Next slot the hand looks at. */
   hand = 0;
   /** Segments entered / segments (rounds of the log). */
@@ -110,6 +114,16 @@ export class CacheMap {
   private upcomingHolesOnly = false;
   /** The hand's current segment is being refilled holes only. */
   private holesOnly = false;
+
+  /** True while the hand refills only the holes of its segment (its valid slots stay untouched). */
+  get refillingHoles(): boolean {
+    return this.holesOnly;
+  }
+
+  /** True when the segment upcomingSegment() chose will be refilled holes only. */
+  get upcomingHolesOnlyRefill(): boolean {
+    return this.upcoming >= 0 && this.upcomingHolesOnly;
+  }
   private readonly counters: (VolumeCounters | undefined)[] = [];
 
   constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
@@ -119,6 +133,7 @@ export class CacheMap {
     this.segmentBlocks = Math.min(opts.segmentBlocks ?? this.slots, this.slots);
     this.segments = Math.ceil(this.slots / this.segmentBlocks);
     this.segmentChoice = opts.segmentChoice ?? SegmentChoice.Clean;
+    this.emptyTarget = opts.emptyTarget ?? EMPTY_TARGET;
     const ghost = opts.ghostEntries ?? this.slots;
     this.ghost = ghost > 0 ? new GhostHistory(ghost) : null;
     this.segKeep = new Uint16Array(this.segments);
@@ -210,7 +225,7 @@ export class CacheMap {
       const stamp = this.segStamp;
       const now = this.entered + 1;
       // Too many holes: refill the segment with the most (holes only); else cost-benefit.
-      const holesFirst = this.slots - this.map.size > Math.max(this.slots * EMPTY_TARGET, B);
+      const holesFirst = this.slots - this.map.size > Math.max(this.slots * this.emptyTarget, B);
       let mostHoles = 0;
       let holey = -1;
       let bestScore = -1;

@@ -635,6 +635,7 @@ export class Cache {
       emptySlots: this.map.slots - this.map.map.size,
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,
+      deviceWriteBytes: log.deviceWriteBytes,
       readLatencyUs: log.readLatency.meanUs,
       segmentReadLatencyUs: log.segmentReadLatency.meanUs,
       segmentWriteLatencyUs: log.segmentWriteLatency.meanUs,

@@ -44,6 +44,12 @@
  * backing read, poisoned by any write-like operation overlapping it, inserting nothing then.
  * Its blocks are marked prefetched (accuracy in the stats: prefetchHits / prefetched).
  *
+ * Sequential cut-off (admission, bcache's sequential_cutoff): with `sequentialCutoff` set, a
+ * read whose stream (streams.ts) has grown past it inserts none of its misses and starts no
+ * read-ahead, and a writethrough write whose write stream has grown past it inserts nothing
+ * (it only invalidates, as in writearound): one-touch streams do not flush the hot set.
+ * Refused blocks are counted (admissionsRefused).
+ *
  * Failures: cache-device read errors fall back to the backing store (Cache.readBlocks reports
  * misses); cache write errors disable insertion (Cache.disabled). The guest only sees errors
  * of the backing store.
@@ -99,6 +105,8 @@ export interface CachedStoreOptions {
   maxBytes?: number;
   /** Sequential read-ahead window in cache blocks (0 = off; default DEFAULT_READ_AHEAD_BLOCKS). */
   readAhead?: number;
+  /** Sequential cut-off in bytes (0 = off, the default): streams longer than this are not cached. */
+  sequentialCutoff?: number;
   /** The operator guarantees nothing else writes the backing store: open() verifies no sample. */
   exclusive?: boolean;
   /** Key the blocks a clone reads from its parent by the parent (default true; see the header). */
@@ -152,6 +160,10 @@ export class CachedStore implements BackingStore {
   private readonly keys: SharedKeys | null = null;
   /** Backing reads of parent-keyed blocks in flight, shared with the parent's other clones. */
   private readonly parentReads: ParentReads | null = null;
+  /** Sequential cut-off in blocks (0 = off). */
+  private readonly cutoff: number;
+  /** Write streams, followed only when the cut-off is on. */
+  private readonly writeStreams: StreamDetector | null;
   /** Orders failures, write completions and flush starts (see Unsettled, unflushed). */
   private clock = 0;
   private unsettled: Unsettled[] = [];
@@ -195,6 +207,8 @@ export class CachedStore implements BackingStore {
     this.bs = o.cache.blockSize;
     this.cacheable = Math.floor(this.size / this.bs);
     this.readAhead = o.readAhead ?? DEFAULT_READ_AHEAD_BLOCKS;
+    this.cutoff = Math.ceil((o.sequentialCutoff ?? 0) / this.bs);
+    this.writeStreams = this.cutoff > 0 ? new StreamDetector() : null;
     this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
     const sharing = o.backing.sharing;
     if (sharing !== undefined && o.shareParent !== false && sharing.sharedBytes >= this.bs) {
@@ -386,8 +400,9 @@ export class CachedStore implements BackingStore {
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     const len = iovLength(bufs);
     if (len === 0) return Promise.resolve();
-    if (this.readAhead > 0 && this.mode !== 'none' && !this.fenced) this.prefetchAfter(offset, len);
-    if (this.mode !== 'none' && !this.fenced && offset + len <= this.cacheable * this.bs) {
+    const caching = this.mode !== 'none' && !this.fenced;
+    const admit = caching ? this.observeRead(offset, len) : true;
+    if (caching && offset + len <= this.cacheable * this.bs) {
       const first = Math.floor(offset / this.bs);
       const count = Math.floor((offset + len - 1) / this.bs) - first + 1;
       // A read whose blocks have more than one key goes the way of a miss.
@@ -399,24 +414,43 @@ export class CachedStore implements BackingStore {
       }
       if (r !== false) {
         return r.then((ok) => {
-          if (!ok) return this.readThrough(offset, len, bufs);
+          if (!ok) return this.readThrough(offset, len, bufs, admit);
           this.countShared(key, count, count);
           return undefined;
         });
       }
     }
-    return this.readThrough(offset, len, bufs);
+    return this.readThrough(offset, len, bufs, admit);
   }
 
-  // ---- Prefetch hooks (read-ahead) ----
+  // ---- Prefetch hooks (read-ahead) and admission (sequential cut-off) ----
 
-  /** Records a read in the stream detector; starts a read-ahead when a stream needs one. */
-  private prefetchAfter(offset: number, len: number): void {
+  /**
+   * Records a read in the stream detector; starts a read-ahead when a stream needs one.
+   * Returns false when the read's stream is past the sequential cut-off (insert nothing).
+   */
+  private observeRead(offset: number, len: number): boolean {
+    if (this.readAhead === 0 && this.cutoff === 0) return true;
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const end = Math.floor((offset + len - 1) / bs) + 1;
-    let from = this.streams.readAhead(first, end - first, this.readAhead, this.cacheable);
-    if (from < 0 || this.cache.disabled) return;
+    let from = -1;
+    if (this.readAhead > 0) from = this.streams.readAhead(first, end - first, this.readAhead, this.cacheable);
+    else this.streams.observe(first, end - first);
+    if (this.cutoff > 0 && this.streams.lastRun > this.cutoff) return false;
+    if (from >= 0 && !this.cache.disabled) this.prefetchFrom(from);
+    return true;
+  }
+
+  /** A writethrough write of blocks first..last: false when its stream is past the cut-off. */
+  private admitWrite(first: number, last: number): boolean {
+    if (this.writeStreams === null || this.writeStreams.observe(first, last - first + 1) <= this.cutoff) return true;
+    this.cache.map.stats(this.volume).admissionsRefused += last - first + 1;
+    return false;
+  }
+
+  /** Starts the read-ahead the stream detector asked for (from `from` to its lastEnd). */
+  private prefetchFrom(from: number): void {
     const to = this.streams.lastEnd;
     // Blocks already cached (or being read by another clone) at the start of the window need no
     // backing read.
@@ -458,7 +492,7 @@ export class CachedStore implements BackingStore {
    * A read not (entirely) served by Cache.readHit: hits and misses gathered in a private
    * buffer, misses read from the backing store and inserted, then copied to the guest.
    */
-  private async readThrough(offset: number, len: number, bufs: readonly Uint8Array[]): Promise<void> {
+  private async readThrough(offset: number, len: number, bufs: readonly Uint8Array[], admit = true): Promise<void> {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
@@ -532,6 +566,11 @@ export class CachedStore implements BackingStore {
       for (const [k0, e, mine] of runs) {
         const n0 = Math.min(e, cached - 1) - k0 + 1;
         if (n0 <= 0) {
+          this.parentReads?.end(first + k0, mine);
+          continue;
+        }
+        if (!admit) {
+          this.cache.map.stats(this.volume).admissionsRefused += n0;
           this.parentReads?.end(first + k0, mine);
           continue;
         }
@@ -621,7 +660,7 @@ export class CachedStore implements BackingStore {
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
     this.invalidate(first, last);
-    if (this.mode !== 'writethrough' || this.cache.disabled) {
+    if (this.mode !== 'writethrough' || this.cache.disabled || !this.admitWrite(first, last)) {
       try {
         await this.backing.write(offset, bufs);
         this.written(offset, len, first, last);

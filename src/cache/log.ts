@@ -9,9 +9,17 @@
  *     +------------------------- write failed (slots dropped) <-------------------------+
  *                                 write done --> Clean (kept for RAM hits until recycled)
  *
+ * Segment writes: only what changed is written: the header (always) and each run of slots that
+ * received a block since the buffer started filling, one write per run (the header and a run
+ * starting at the segment's first slot are contiguous: one write). Slots the hand carried
+ * forward or left alone hold the same bytes on the device already. A cleaning that refills a
+ * few holes thus writes those blocks and the header, not the whole segment (deviceWriteBytes).
+ *
  * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
  * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
- * is read first (one read) so those blocks are carried over into the rewrite. Their header
+ * is read first (one read), so its buffer serves RAM hits of those blocks. A segment the map
+ * refills holes only (cache-map.ts) is not read: its buffer holds only the blocks put into it
+ * (`present`), hits of its other slots go to the device, whose bytes the refill leaves alone. Their header
  * entries and data CRC-32Cs are checked then (against the BDA); a block that does not check is
  * dropped (a data mismatch counts as a checksum error). The next
  * segment is read ahead as soon as the hand enters a segment (prefetch), if a buffer is free.
@@ -73,6 +81,8 @@ export class Log {
   disabled = false;
   segmentReads = 0;
   segmentWrites = 0;
+  /** Bytes written to the device by segment writes (headers + refilled runs). */
+  deviceWriteBytes = 0;
   readErrors = 0;
   writeErrors = 0;
   insertsDropped = 0;
@@ -98,6 +108,10 @@ export class Log {
   private readonly drainWaiters = new Map<number, () => void>();
   private readonly pool: SegmentBuffer[] = [];
   private current: SegmentBuffer | null = null;
+  /** Slots (by index in the segment) of `current` that received a block since it started filling. */
+  private readonly putSlots: Uint8Array;
+  /** Buffers loaded without a read: 1 for each slot whose data the buffer holds. */
+  private readonly present = new Map<SegmentBuffer, Uint8Array>();
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private useClock = 0;
@@ -115,6 +129,7 @@ export class Log {
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
     this.checksumLogged = new Uint8Array(this.g.segments);
+    this.putSlots = new Uint8Array(this.g.blocksPerSegment);
     const n = Math.max(2, Math.min(o.buffers, this.g.segments));
     for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
   }
@@ -133,6 +148,7 @@ export class Log {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     for (const b of this.pool) {
       if (b.segment === seg && b.state !== BufferState.Free && b.state !== BufferState.Reading) {
+        if (this.present.get(b)?.[slot - seg * this.g.blocksPerSegment] === 0) return null;
         b.lastUse = ++this.useClock;
         return b;
       }
@@ -275,6 +291,9 @@ export class Log {
           this.map.assign(victim, volume, first + k, prefetched);
           this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
+          this.putSlots[victim - seg * bps] = 1;
+          const present = this.present.get(cur);
+          if (present !== undefined) present[victim - seg * bps] = 1;
           n++;
         }
       } finally {
@@ -339,14 +358,19 @@ export class Log {
       if (prev.dirty) this.submit(prev);
       else prev.state = BufferState.Clean;
     }
-    const b = await this.acquire(seg);
+    const b = await this.acquire(seg, this.map.refillingHoles);
     b.state = BufferState.Filling;
     b.dirty = false;
+    this.putSlots.fill(0);
     this.current = b;
-    if (this.pool.length > 2) this.prefetch(this.map.upcomingSegment());
+    if (this.pool.length > 2) {
+      const next = this.map.upcomingSegment();
+      if (!this.map.upcomingHolesOnlyRefill) this.prefetch(next);
+    }
   }
 
-  private async acquire(seg: number): Promise<SegmentBuffer> {
+  /** A buffer holding segment seg, loaded (holesOnly: without a device read) if none does. */
+  private async acquire(seg: number, holesOnly: boolean): Promise<SegmentBuffer> {
     for (;;) {
       const held = this.pool.find((x) => x.segment === seg && x.state !== BufferState.Free);
       if (held) {
@@ -356,7 +380,7 @@ export class Log {
       }
       const b = this.recyclable();
       if (b) {
-        this.load(b, seg);
+        this.load(b, seg, holesOnly);
         continue;
       }
       // Every buffer is Reading or Writing (the current one was released by the caller).
@@ -382,14 +406,24 @@ export class Log {
     if (b) this.load(b, seg);
   }
 
-  /** Makes b hold segment seg as on the device: Clean at once if no slot is valid, else read. */
-  private load(b: SegmentBuffer, seg: number): void {
+  /**
+   * Makes b hold segment seg as on the device: Clean at once if no slot is valid (or, with
+   * `unread`, holding none of the valid slots' data: see `present`), else read.
+   */
+  private load(b: SegmentBuffer, seg: number, unread = false): void {
     const bps = this.g.blocksPerSegment;
     const first = seg * bps;
     const bda = this.map.bda;
     b.segment = seg;
     b.dirty = false;
     b.lastUse = ++this.useClock;
+    this.present.delete(b);
+    if (unread && bda.countValid(first, first + bps) > 0) {
+      this.present.set(b, new Uint8Array(bps));
+      b.state = BufferState.Clean;
+      b.pending = Promise.resolve();
+      return;
+    }
     if (bda.countValid(first, first + bps) === 0) {
       b.clearEntries();
       b.state = BufferState.Clean;
@@ -434,28 +468,58 @@ export class Log {
     b.seal(this.map.bda, this.sequence, this.uuid);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
+    const runs = this.changedRanges();
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
-    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg);
-    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg));
+    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg, runs);
+    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs));
   }
 
-  /** The device write of a sealed buffer; never rejects. */
-  private write(b: SegmentBuffer, seg: number): Promise<void> {
+  /**
+   * Byte ranges [from, to) of the current buffer to write: the header, and each run of slots
+   * put since it started filling (the header merged with a run starting at slot 0).
+   */
+  private changedRanges(): number[] {
+    const { headerSize, blockSize } = this.g;
+    const put = this.putSlots;
+    const ranges = [0, headerSize];
+    for (let k = 0; k < put.length; k++) {
+      if (put[k] === 0) continue;
+      let end = k + 1;
+      while (end < put.length && put[end] !== 0) end++;
+      const from = headerSize + k * blockSize;
+      if (k === 0) ranges[1] = headerSize + end * blockSize;
+      else ranges.push(from, headerSize + end * blockSize);
+      k = end;
+    }
+    return ranges;
+  }
+
+  /** The device writes of a sealed buffer (byte ranges of it, see changedRanges); never rejects. */
+  private write(b: SegmentBuffer, seg: number, ranges: number[]): Promise<void> {
     const t = LatencyMeter.now();
-    return this.engine.writev(this.fd, [b.buf], segmentOffset(this.g, seg)).then(
-      () => {
+    const at = segmentOffset(this.g, seg);
+    const writes: Promise<void>[] = [];
+    let bytes = 0;
+    for (let r = 0; r < ranges.length; r += 2) {
+      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r]));
+      bytes += ranges[r + 1] - ranges[r];
+    }
+    // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
+    return Promise.allSettled(writes).then((results) => {
+      const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+      if (failed === undefined) {
         this.segmentWriteLatency.record(t);
         this.segmentWrites++;
+        this.deviceWriteBytes += bytes;
         b.dirty = false;
         b.state = BufferState.Clean;
-      },
-      (err: Error) => {
-        const bps = this.g.blocksPerSegment;
-        this.map.dropSlots(seg * bps, (seg + 1) * bps);
-        b.state = BufferState.Free;
-        b.segment = -1;
-        this.fail(`cache segment ${seg} write failed: ${err.message}`);
-      },
-    );
+        return;
+      }
+      const bps = this.g.blocksPerSegment;
+      this.map.dropSlots(seg * bps, (seg + 1) * bps);
+      b.state = BufferState.Free;
+      b.segment = -1;
+      this.fail(`cache segment ${seg} write failed: ${(failed.reason as Error).message}`);
+    });
   }
 }

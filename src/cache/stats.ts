@@ -18,12 +18,17 @@
  *                   counted in the parent's entry (named after the parent) as reads too, and not
  *                   in this volume's reads
  *   sharedHits      of those, found in the cache
+ *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
+ *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           rounds of the log (segments entered / segments)
  *   segmentsSkipped segments the hand passed without writing them (every block carried forward)
  *   segmentsCleaned segments the hand entered to refill (chosen by cleaning, cache-map.ts)
- *   blocksCarried   valid blocks kept in place by the hand (rewritten with their segment)
+ *   blocksCarried   valid blocks kept in place by the hand (not rewritten: a segment write
+ *                   writes its header and the runs of slots refilled, log.ts)
+ *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
+ *                   runs); per block inserted it is the log's write amplification
  *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
  */
@@ -44,6 +49,7 @@ export interface VolumeCounters {
   prefetchHits: number;
   sharedReads: number;
   sharedHits: number;
+  admissionsRefused: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -60,6 +66,7 @@ export interface CacheStats extends VolumeStats {
   emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
+  deviceWriteBytes: number;
   readLatencyUs: number;
   segmentReadLatencyUs: number;
   segmentWriteLatencyUs: number;
@@ -90,6 +97,7 @@ export function newCounters(): VolumeCounters {
     prefetchHits: 0,
     sharedReads: 0,
     sharedHits: 0,
+    admissionsRefused: 0,
   };
 }
 
@@ -108,6 +116,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.prefetchHits += from.prefetchHits;
   into.sharedReads += from.sharedReads;
   into.sharedHits += from.sharedHits;
+  into.admissionsRefused += from.admissionsRefused;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {

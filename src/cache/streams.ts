@@ -5,7 +5,7 @@
  * are followed this way (SPC-1 runs two sequential streams per BSU among far more random
  * requests); a random request only overwrites the one cell its continuation point hashes to, so
  * a stream survives about CELLS / (random requests between two of its requests) of them.
- * Used for admission (sequential cut-off) and read-ahead.
+ * Used for admission (sequential cut-off, cached-store.ts) and read-ahead.
  *
  * Each run also carries its read-ahead mark (blocks before it were already requested by
  * read-ahead): see readAhead().
@@ -32,6 +32,8 @@ export class StreamDetector {
   private readonly mark = new Float64Array(CELLS);
   /** Cell of the run the last observe() returned. */
   private current = 0;
+  /** Run length the last observe() (or readAhead()) returned. */
+  lastRun = 0;
 
   /**
    * Records a request of `count` blocks at `first`; returns the length in blocks of the run it
@@ -51,6 +53,7 @@ export class StreamDetector {
     this.length[c] = len;
     this.mark[c] = mark;
     this.current = c;
+    this.lastRun = len;
     return len;
   }
 

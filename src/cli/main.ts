@@ -47,6 +47,7 @@ interface ServeFlags {
   cacheBlockSize?: string;
   cacheSegmentSize?: string;
   cacheMode?: string;
+  sequentialCutoff?: string;
   cacheMetadata?: string;
   cacheDirect?: boolean;
   control?: string;
@@ -86,6 +87,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--cache-block-size <bytes>', 'cache block size, 4K..64K', String(DEFAULTS.cacheBlockSize))
     .option('--cache-segment-size <bytes>', 'log segment size', String(DEFAULTS.segmentSize))
     .addOption(new Option('--cache-mode <mode>', 'cache mode of the volume').choices([...CACHE_MODES]).default('writethrough'))
+    .option('--sequential-cutoff <bytes>', 'do not cache sequential streams longer than this (e.g. 4M; 0 = off)')
     .option('--cache-metadata <path>', 'metadata file for warm restarts (default: the metadata area of the cache device)')
     .option('--cache-direct', 'cache device I/O with O_DIRECT, bypassing the page cache (default for a block device)')
     .option('--no-cache-direct', 'cache device I/O through the page cache (default for a file)')
@@ -151,6 +153,7 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
     ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
     readOnly: f.readOnly === true,
     cacheMode: f.cacheMode ?? 'writethrough',
+    ...(f.sequentialCutoff !== undefined ? { sequentialCutoff: f.sequentialCutoff } : {}),
     serial: f.serial ?? f.name ?? 'vol0',
     numQueues: intFlag(f.numQueues ?? String(DEFAULTS.numQueues), '--num-queues'),
     queueSize: intFlag(f.queueSize ?? String(DEFAULTS.queueSize), '--queue-size'),
@@ -293,6 +296,7 @@ function addControlCommands(program: Command): void {
     .option('--exclusive')
     .addOption(new Option('--cache-mode <mode>').choices([...CACHE_MODES]))
     .option('--cache-max-bytes <bytes>')
+    .option('--sequential-cutoff <bytes>')
     .option('--serial <id>')
     .option('--num-queues <n>')
     .action(async (o: Record<string, string | boolean | undefined>) => {
@@ -301,7 +305,7 @@ function addControlCommands(program: Command): void {
         body = JSON.parse(o.json) as Record<string, unknown>;
       } else {
         body = {};
-        for (const k of ['name', 'socketPath', 'backing', 'size', 'cacheMode', 'cacheMaxBytes', 'serial']) {
+        for (const k of ['name', 'socketPath', 'backing', 'size', 'cacheMode', 'cacheMaxBytes', 'sequentialCutoff', 'serial']) {
           if (o[k] !== undefined) body[k] = o[k];
         }
         if (o.readOnly === true) body.readOnly = true;

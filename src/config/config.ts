@@ -39,6 +39,11 @@ export interface VolumeConfig {
   cacheMode: CacheMode;
   /** Cap on the share of the cache this volume may hold (bytes). */
   cacheMaxBytes?: number;
+  /**
+   * Sequential cut-off (bytes, bcache's sequential_cutoff): blocks of a read or write stream
+   * longer than this are not inserted into the cache, nor read ahead. 0 = off (default).
+   */
+  sequentialCutoff: number;
   serial: string;
   numQueues: number;
   queueSize: number;
@@ -171,7 +176,7 @@ const WINDOW_ALIGNMENT = 4096;
 
 const VOLUME_KEYS = new Set([
   'name', 'socketPath', 'fd', 'socketMode', 'socketOwner', 'allowUids', 'backing', 'size', 'backingOffset', 'backingLength', 'readOnly', 'cacheMode', 'cacheMaxBytes',
-  'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive', 'shareParent', 'traceReads',
+  'sequentialCutoff', 'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive', 'shareParent', 'traceReads',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath', 'direct']);
 const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
@@ -252,6 +257,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
   const backingOffset = window('backingOffset', 0);
   const backingLength = window('backingLength', WINDOW_ALIGNMENT);
   const cacheMaxBytes = raw.cacheMaxBytes === undefined ? undefined : parseSize(raw.cacheMaxBytes, `${field}.cacheMaxBytes`);
+  const sequentialCutoff = raw.sequentialCutoff === undefined ? 0 : parseSize(raw.sequentialCutoff, `${field}.sequentialCutoff`);
   const serial = str(raw, 'serial', field, false) ?? name;
   if (Buffer.byteLength(serial) > 20) fail(`${field}.serial`, 'at most 20 bytes (virtio-blk GET_ID)');
   return {
@@ -268,6 +274,7 @@ export function validateVolume(raw: unknown, field: string): VolumeConfig {
     readOnly: bool(raw, 'readOnly', field, false),
     cacheMode,
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
+    sequentialCutoff,
     serial,
     numQueues: int(raw, 'numQueues', field, DEFAULTS.numQueues, 1, LIMITS.maxQueues),
     queueSize,

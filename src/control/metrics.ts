@@ -42,6 +42,7 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['evictions', 'vbc_cache_evictions_total', 'blocks evicted by the log hand'],
   ['prefetched', 'vbc_cache_prefetched_total', 'blocks inserted by sequential read-ahead'],
   ['prefetchHits', 'vbc_cache_prefetch_hits_total', 'read-ahead blocks later read while cached'],
+  ['admissionsRefused', 'vbc_cache_admissions_refused_total', 'blocks not inserted by the sequential cut-off'],
   ['ghostHits', 'vbc_cache_ghost_hits_total', 'blocks inserted while in the ghost history (recently evicted or overwritten)'],
   ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
   ['invalidateHits', 'vbc_cache_invalidate_hits_total', 'invalidations that removed a cached block'],
@@ -161,7 +162,8 @@ export function createMetrics(source: ControlledDaemon): Metrics {
     });
   };
   cacheWide('counter', 'vbc_cache_segments_cleaned_total', 'log segments the hand entered to refill (chosen by cleaning)', (c) => c.segmentsCleaned);
-  cacheWide('counter', 'vbc_cache_blocks_carried_total', 'valid blocks kept in place and rewritten with their segment', (c) => c.blocksCarried);
+  cacheWide('counter', 'vbc_cache_blocks_carried_total', 'valid blocks kept in place by the hand (not rewritten)', (c) => c.blocksCarried);
+  cacheWide('counter', 'vbc_cache_device_write_bytes_total', 'bytes written to the cache device by segment writes (headers and refilled runs)', (c) => c.deviceWriteBytes);
   cacheWide('counter', 'vbc_cache_segments_skipped_total', 'segments passed with every block carried forward (not written)', (c) => c.segmentsSkipped);
   cacheWide('gauge', 'vbc_cache_empty_slots', 'cache slots holding no block', (c) => c.emptySlots);
   new Gauge({

@@ -126,6 +126,7 @@ export class Daemon implements ControlledDaemon {
             mode: cfg.cacheMode,
             exclusive: cfg.exclusive,
             shareParent: cfg.shareParent,
+            sequentialCutoff: cfg.sequentialCutoff,
             ...(cfg.cacheMaxBytes !== undefined ? { maxBytes: cfg.cacheMaxBytes } : {}),
           });
           const v = cached.verification;

@@ -18,7 +18,7 @@ describe('cached store', () => {
   let cache: Cache;
   let mem: MemStore;
 
-  async function open(mode: CacheMode = 'writethrough', readAhead?: number): Promise<CachedStore> {
+  async function open(mode: CacheMode = 'writethrough', readAhead?: number, sequentialCutoff?: number): Promise<CachedStore> {
     cache = await Cache.open({
       path: path.join(dir, 'cache'),
       size: deviceBytesFor(8, 4096, 16384),
@@ -26,7 +26,7 @@ describe('cached store', () => {
       buffers: 4,
       engine,
     });
-    return new CachedStore({ backing: mem, cache, name: 'vol', mode, readAhead });
+    return new CachedStore({ backing: mem, cache, name: 'vol', mode, readAhead, sequentialCutoff });
   }
 
   function block(offset: number, gen: number, len = BS): Uint8Array {
@@ -355,6 +355,37 @@ describe('cached store', () => {
     const st = cache.stats();
     assert.equal(st.prefetchHits, 8);
     assert.equal(st.volumes.vol.prefetched, 16);
+  });
+
+  it('sequential cut-off: reads and writes of a stream past it insert nothing and start no read-ahead; nothing stale is served', async () => {
+    // Cut-off 4 blocks, read-ahead on (32 blocks, it would start at a run of 16).
+    const s = await open('writethrough', undefined, 4 * BS);
+    for (let b = 0; b < 20; b++) assert.deepEqual(await readBack(s, b * BS, BS), mem.data.subarray(b * BS, (b + 1) * BS));
+    await settle();
+    const cached = (from: number, to: number): number[] => {
+      const r: number[] = [];
+      for (let b = from; b < to; b++) if (cache.map.peek(s.volume, b) >= 0) r.push(b);
+      return r;
+    };
+    assert.deepEqual(cached(0, 64), [0, 1, 2, 3]);
+    let st = cache.stats().volumes.vol;
+    assert.equal(st.prefetched, 0);
+    assert.equal(st.admissionsRefused, 16);
+    // Writes 40..47 one block at a time: the first 4 are inserted, the rest only invalidate.
+    await s.read(44 * BS, [new Uint8Array(BS)]);
+    await settle();
+    assert.deepEqual(cached(40, 48), [44]);
+    for (let b = 40; b < 48; b++) await s.write(b * BS, [block(b * BS, 2)]);
+    await settle();
+    assert.deepEqual(cached(40, 48), [40, 41, 42, 43]);
+    st = cache.stats().volumes.vol;
+    assert.equal(st.admissionsRefused, 20);
+    assert.equal(st.invalidateHits, 1);
+    for (let b = 40; b < 48; b++) assert.deepEqual(await readBack(s, b * BS, BS), block(b * BS, 2));
+    // A random read (a new stream) is admitted again.
+    await s.read(60 * BS, [new Uint8Array(BS)]);
+    await settle();
+    assert.deepEqual(cached(60, 61), [60]);
   });
 
   it('read-ahead racing a write never inserts the old data', async () => {

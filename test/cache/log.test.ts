@@ -83,6 +83,8 @@ describe('cache log', () => {
     for (const b of [1, 4, 5, 9]) cache.map.lookup(vol, b);
 
     const segReads = cache.stats().segmentReads;
+    const writesBefore = engine.writes;
+    const bytesBefore = cache.stats().deviceWriteBytes;
     assert.equal(await cache.insert(vol, 100, blockData(100, 3), 3, () => true), 3);
     assert.equal(
       drawSlots(cache.map, 4),
@@ -92,6 +94,9 @@ describe('cache log', () => {
     assert.equal(cache.stats().segmentReads, segReads);
     assert.equal(cache.stats().blocksCarried, 1);
     assert.equal(await cache.log.flush(), true);
+    // Only what changed is written: header + slot 8 (contiguous, one write), slots 10-11.
+    assert.equal(engine.writes - writesBefore, 2);
+    assert.equal(cache.stats().deviceWriteBytes - bytesBefore, 4096 + 3 * BS);
 
     // On the device, segment 2 = header (keys 100, 9, 101, 102) + data; block 9 survived.
     const raw = fs.readFileSync(cache.path);
@@ -127,6 +132,48 @@ describe('cache log', () => {
     // Drained: 8 fit again.
     assert.equal(await cache.insert(vol, 8, blockData(8, 8), 8, () => true), 8);
     assert.equal(cache.stats().insertsDropped, 2);
+  });
+
+  it('a holes-only refill reads nothing: hits of the untouched blocks come from the device, only the refilled run is written', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
+    assert.equal(await cache.log.flush(), true);
+    // 5 holes > one segment's worth (4): cleaning refills the holiest segment's holes first.
+    for (const b of [4, 5, 9, 13, 1]) cache.invalidate(vol, b, 1);
+    const reads0 = engine.reads;
+    assert.equal(await cache.insert(vol, 100, blockData(100, 4), 4, () => true), 4);
+    assert.equal(
+      drawSlots(cache.map, 4),
+      [' 100  101  102  103', '>..   ..   6    7', ' 8    ..   10   11', ' 12   ..   14   15'].join('\n'),
+    );
+    // Segment 0 was read (it held 0, 2, 3); segment 1, chosen for its holes, was not read ahead.
+    assert.equal(engine.reads - reads0, 1);
+    assert.equal(await cache.insert(vol, 104, blockData(104), 1, () => true), 1);
+    assert.equal(cache.map.refillingHoles, true);
+    assert.equal(
+      drawSlots(cache.map, 4),
+      [' 100  101  102  103', ' 104 >..   6    7', ' 8    ..   10   11', ' 12   ..   14   15'].join('\n'),
+    );
+    // 6 and 7 are not in segment 1's buffer: read from the device (one read), not from RAM.
+    const st0 = cache.stats();
+    const reads1 = engine.reads;
+    let r = await read(6, 2);
+    assert.equal(r.hits, 2);
+    assert.deepEqual(r.data, blockData(6, 2));
+    assert.equal(engine.reads - reads1, 1);
+    assert.equal(cache.stats().storageHits - st0.storageHits, 2);
+    assert.equal(cache.stats().ramHits, st0.ramHits);
+    // 104 is in the buffer.
+    r = await read(104, 1);
+    assert.deepEqual(r.data, blockData(104));
+    assert.equal(cache.stats().ramHits, st0.ramHits + 1);
+    // Written: header + slot 4 (one write); slots 5-7 of the device untouched.
+    const writes0 = engine.writes;
+    assert.equal(await cache.log.flush(), true);
+    assert.equal(engine.writes - writes0, 1);
+    const raw = fs.readFileSync(cache.path);
+    const seg1 = segmentOffset(cache.geometry, 1) + 4096;
+    assert.deepEqual(new Uint8Array(raw.subarray(seg1, seg1 + 4 * BS)), new Uint8Array([...blockData(104), ...blockData(5), ...blockData(6, 2)]));
   });
 
   it('drops blocks on a device read error and disables insertion on a write error', async () => {

@@ -124,7 +124,17 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
       engine,
     });
     stores = await Promise.all(
-      backs.map((b, i) => CachedStore.open({ backing: b, cache, name: `v${i}`, mode: modeNow, maxBytes: i === 1 ? 12 * BS : undefined })),
+      backs.map((b, i) =>
+        CachedStore.open({
+          backing: b,
+          cache,
+          name: `v${i}`,
+          mode: modeNow,
+          maxBytes: i === 1 ? 12 * BS : undefined,
+          // Volume 0 refuses streams past 3 blocks (requests of 4-6 blocks, continued runs).
+          sequentialCutoff: i === 0 ? 3 * BS : undefined,
+        }),
+      ),
     );
   };
   /**

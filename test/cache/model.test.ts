@@ -16,7 +16,8 @@ describe('cached store randomized model (seeded)', function () {
   const runs: [CacheMode, number, number][] = [
     ['writethrough', 1, 101],
     ['writethrough', 7, 107],
-    ['writearound', 3, 103],
+    // Fault seed 113: fault seed 103 stopped drawing a clean restart once holes-only refills read nothing.
+    ['writearound', 3, 113],
     ['readonly', 5, 105],
     ['none', 9, 109],
   ];

@@ -37,6 +37,12 @@ describe('config validation', () => {
     rejects({ volumes: [{ ...vol, serial: 'x'.repeat(21) }] }, /serial: at most 20 bytes/);
     rejects({ volumes: [{ name: 'a', backing: '/x' }] }, /give exactly one of socketPath and fd/);
     rejects({ volumes: [{ ...vol, exclusive: 'yes' }] }, /volumes\[0\]\.exclusive: must be true or false/);
+    rejects({ volumes: [{ ...vol, sequentialCutoff: '4X' }] }, /volumes\[0\]\.sequentialCutoff: must be a size/);
+  });
+
+  it('sequential cut-off: off by default, a size per volume', () => {
+    const c = validateConfig({ volumes: [{ name: 'a', socketPath: '/a', backing: '/x' }, { name: 'b', socketPath: '/b', backing: '/y', sequentialCutoff: '4M' }] });
+    assert.deepEqual(c.volumes.map((v) => v.sequentialCutoff), [0, 4 * 2 ** 20]);
   });
 
   it('accepts the example config of examples/', () => {
