@@ -145,6 +145,10 @@ describe('cache log', () => {
   });
 
   it('flush() waits for segment writes in flight and syncs the device; a failed sync fails it and disables insertion', async () => {
+    const lines: { msg: string; [k: string]: unknown }[] = [];
+    await cache.abort();
+    const logger = pino({ level: 'error' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    cache = await Cache.open({ path: path.join(dir, 'cache4'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     const release: (() => void)[] = [];
     const writev = engine.writev.bind(engine);
@@ -157,13 +161,17 @@ describe('cache log', () => {
       return failSync ? Promise.reject(new Error('sync failed')) : fdatasync(fd);
     };
     assert.equal(await cache.insert(vol, 0, blockData(0, 5), 5, () => true), 5);
-    let flushed = false;
-    const flush = cache.log.flush().then((ok) => (flushed = ok));
+    // Segment 0 is being written (the hand left it), segment 1 is filling.
     let quiet = false;
     const quiesce = cache.log.quiesce().then(() => (quiet = true));
+    while (release.length < 1) await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(quiet, false, 'quiesce() waits for the segment write in flight');
+    let flushed = false;
+    const flush = cache.log.flush().then((ok) => (flushed = ok));
     while (release.length < 2) await new Promise((r) => setImmediate(r));
     await new Promise((r) => setImmediate(r));
-    assert.equal(flushed || quiet, false, 'neither flush() nor quiesce() resolved with writes in flight');
+    assert.equal(flushed, false, 'flush() waits for the segment writes in flight');
     assert.equal(syncs, 0);
     for (const r of release.splice(0)) r();
     await Promise.all([flush, quiesce]);
@@ -175,6 +183,11 @@ describe('cache log', () => {
     assert.equal(await cache.log.flush(), false);
     assert.equal(cache.stats().disabled, true);
     assert.equal(cache.stats().writeErrors, 1);
+    // Logged when the cache was disabled.
+    assert.deepEqual(
+      lines.map((l) => [l.msg, l.writeErrors]),
+      [['cache device fdatasync failed: sync failed; cache disabled for new data (pass-through)', 1]],
+    );
   });
 
   it('counts segment reads and writes, and read-ahead failures (their blocks dropped, logged once each)', async () => {
