@@ -2,7 +2,8 @@
 // docs/mutation.md). One file at a time, selected by VBC_MUTATE:
 //   VBC_MUTATE=src/cache/log.ts npm run test:mutation
 // Each file runs only the fast suites that cover it (SUITES). The exhaustive race suite
-// (races.test.js, minutes per mutant) and the trust model (model-trust.test.js) are left out;
+// (races.test.js, minutes per mutant) is left out, and the trust model (model-trust.test.js)
+// everywhere but for cached-store.ts (its trust and failure paths have no other fast test);
 // the model suite runs its five seeded runs as 1000-operation slices (VBC_MODEL_OPS, inherited
 // by the test runner processes; its fixed-size block-size and reproducibility runs are skipped
 // by MODEL_GREP). `--incremental` reruns only the mutants whose
@@ -15,7 +16,7 @@ const cache = (names) => names.map((n) => `dist/test/cache/${n}.test.js`);
 
 /** The fast suites that exercise each file. */
 const SUITES = {
-  'src/cache/cached-store.ts': cache(['cached-store', 'in-flight', 'integrity', 'model']),
+  'src/cache/cached-store.ts': cache(['cached-store', 'in-flight', 'integrity', 'model', 'daemon-integrity', 'model-trust']),
   'src/cache/log.ts': cache(['log', 'metadata', 'cached-store', 'integrity', 'model']),
   'src/cache/cache-map.ts': cache(['cache-map', 'bda', 'cached-store', 'metadata', 'integrity', 'model']),
   'src/cache/in-flight.ts': cache(['in-flight', 'cached-store', 'model']),

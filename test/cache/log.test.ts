@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
+import pino from 'pino';
 import { native } from '../../src/native/binding';
 import { Cache } from '../../src/cache/cache';
 import { deviceBytesFor, SEGMENT_MAGIC, segmentOffset } from '../../src/cache/segment';
@@ -174,6 +175,91 @@ describe('cache log', () => {
     const raw = fs.readFileSync(cache.path);
     const seg1 = segmentOffset(cache.geometry, 1) + 4096;
     assert.deepEqual(new Uint8Array(raw.subarray(seg1, seg1 + 4 * BS)), new Uint8Array([...blockData(104), ...blockData(5), ...blockData(6, 2)]));
+  });
+
+  it('stops an insertion at the first block its accept() refuses, also when asked again after a segment change', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => false), 0);
+    // The first block enters a new segment: accept() is asked before and after the change.
+    let asked = 0;
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => ++asked < 2), 0);
+    assert.equal(asked, 2);
+    // Same segment now: asked once per block.
+    let left = 3;
+    assert.equal(await cache.insert(vol, 10, blockData(10, 6), 6, () => left-- > 0), 3);
+    assert.equal(cache.map.peek(vol, 0), -1);
+    assert.ok(cache.map.peek(vol, 12) >= 0 && cache.map.peek(vol, 13) === -1);
+  });
+
+  it('flush() waits for segment writes in flight and syncs the device; a failed sync fails it and disables insertion', async () => {
+    const lines: { msg: string; [k: string]: unknown }[] = [];
+    await cache.abort();
+    const logger = pino({ level: 'error' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    cache = await Cache.open({ path: path.join(dir, 'cache4'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    const release: (() => void)[] = [];
+    const writev = engine.writev.bind(engine);
+    engine.writev = (fd, bufs, offset) => new Promise<void>((r) => release.push(r)).then(() => writev(fd, bufs, offset));
+    let syncs = 0;
+    const fdatasync = engine.fdatasync.bind(engine);
+    let failSync = false;
+    engine.fdatasync = (fd) => {
+      syncs++;
+      return failSync ? Promise.reject(new Error('sync failed')) : fdatasync(fd);
+    };
+    assert.equal(await cache.insert(vol, 0, blockData(0, 5), 5, () => true), 5);
+    // Segment 0 is being written (the hand left it), segment 1 is filling.
+    let quiet = false;
+    const quiesce = cache.log.quiesce().then(() => (quiet = true));
+    while (release.length < 1) await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(quiet, false, 'quiesce() waits for the segment write in flight');
+    let flushed = false;
+    const flush = cache.log.flush().then((ok) => (flushed = ok));
+    while (release.length < 2) await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(flushed, false, 'flush() waits for the segment writes in flight');
+    assert.equal(syncs, 0);
+    for (const r of release.splice(0)) r();
+    await Promise.all([flush, quiesce]);
+    assert.equal(flushed, true);
+    assert.equal(syncs, 1);
+    assert.equal(cache.stats().segmentWrites, 2);
+    engine.writev = writev;
+    failSync = true;
+    assert.equal(await cache.log.flush(), false);
+    assert.equal(cache.stats().disabled, true);
+    assert.equal(cache.stats().writeErrors, 1);
+    // Logged when the cache was disabled.
+    assert.deepEqual(
+      lines.map((l) => [l.msg, l.writeErrors]),
+      [['cache device fdatasync failed: sync failed; cache disabled for new data (pass-through)', 1]],
+    );
+  });
+
+  it('counts segment reads and writes, and read-ahead failures (their blocks dropped, logged once each)', async () => {
+    const lines: { msg: string; [k: string]: unknown }[] = [];
+    await cache.abort();
+    const logger = pino({ level: 'warn' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    cache = await Cache.open({ path: path.join(dir, 'cache3'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
+    assert.equal(await cache.log.flush(), true);
+    assert.deepEqual([cache.stats().segmentWrites, cache.stats().segmentReads], [4, 0]);
+    // The hand is back at segment 0; inserting there makes the log read the next segment ahead
+    // (3 buffers): that read fails, and the segment's 4 blocks are dropped.
+    for (let b = 0; b < 16; b++) cache.map.lookup(vol, b);
+    const before = cache.map.volumeBlocks[vol];
+    engine.failReads = true;
+    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    await cache.log.quiesce();
+    engine.failReads = false;
+    const st = cache.stats();
+    assert.equal(st.readErrors, 1);
+    const failed = lines.filter((l) => /read-ahead failed/.test(l.msg));
+    assert.equal(failed.length, 1);
+    assert.equal(failed[0].dropped, 4);
+    assert.ok(cache.map.volumeBlocks[vol] <= before + 1 - 4, 'the unread segment lost its blocks');
   });
 
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
