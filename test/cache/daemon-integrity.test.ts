@@ -114,10 +114,16 @@ describe('daemon: corrupted cache device (our front end)', function () {
     assert.equal(daemon.cache?.warm, true);
     const corrupted = daemon.cache?.map.map.size ?? 0;
     assert.ok(corrupted > 1000);
+    // The blocks the guest reads back must all be caught. Read-ahead may have cached a few past
+    // them; a holes-only refill leaves those unread on the device (never served), so they may
+    // or may not be caught.
+    const bda = daemon.cache!.map.bda;
+    let read = 0;
+    for (let i = 0; i < bda.size; i++) if (bda.isValid(i) && bda.blockOf(i) < BLOCKS) read++;
     f = await connect();
     await checkAll(f, 1);
     const st = await cacheStats();
-    assert.equal(st.checksumErrors, corrupted, 'every corrupted block was caught');
+    assert.ok(st.checksumErrors >= read && st.checksumErrors <= corrupted, `every corrupted block read was caught: ${st.checksumErrors} of ${read} read (${corrupted} cached)`);
     assert.equal(st.readHits, 0);
   });
 });
