@@ -147,8 +147,9 @@ describe('cache log', () => {
       drawSlots(cache.map, 4),
       [' 100  101  102  103', '>..   ..   6    7', ' 8    ..   10   11', ' 12   ..   14   15'].join('\n'),
     );
-    // Segment 0 was read (it held 0, 2, 3); segment 1, chosen for its holes, was not read ahead.
-    assert.equal(engine.reads - reads0, 1);
+    // Segment 0 may be read (it held 0, 2, 3; the threadpool engine decides when that read-ahead
+    // runs); segment 1, chosen for its holes, is not read ahead.
+    assert.ok(engine.reads - reads0 <= 1);
     assert.equal(await cache.insert(vol, 104, blockData(104), 1, () => true), 1);
     assert.equal(cache.map.refillingHoles, true);
     assert.equal(
