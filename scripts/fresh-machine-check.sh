@@ -15,7 +15,7 @@
 #   hidden and expects it to name the missing tools; `root` runs, as root, `npm install && npm start`
 #   (until the daemon answers `stats` on its control socket, then Ctrl-C) and `npm test`; `user`
 #   runs, as `dev` (a login shell), `npm ci` and `npm run test:unit`, and `npm test` when
-#   FRESH_USER_FULL=1.
+#   FRESH_USER_FULL=1 (its loop-device and socket-owner tests need root and fail there).
 # - Where nodejs.org cannot be reached (a sandbox), node-gyp's header download is replaced by
 #   seeding its cache with this host's Node headers (the same files the download would give).
 # Needs root on the host (debootstrap, mount, chroot); the host's packages are not touched

@@ -166,9 +166,9 @@ function qemuArgs(image: GuestImage, initrd: string, token: string, opts: GuestO
     '-numa', 'node,memdev=mem',
     '-kernel', image.kernel,
     '-initrd', initrd,
-    // q35 under a loaded TCG host fails the kernel's IO-APIC timer check ("IO-APIC + timer
-    // doesn't work"): skip that check there.
-    '-append', `console=ttyS0 quiet panic=-1 vbc.token=${token}${opts.machine === 'q35' ? ' no_timer_check' : ''}`,
+    // Under a loaded TCG host the kernel's IO-APIC timer check fails ("IO-APIC + timer doesn't
+    // work", a panic at boot), on q35 and on the default i440FX alike: skip that check.
+    '-append', `console=ttyS0 quiet panic=-1 no_timer_check vbc.token=${token}`,
     '-nodefaults', '-display', 'none', '-serial', 'stdio', '-no-reboot',
   ];
   const reconnect = opts.reconnect === true ? 1 : opts.reconnect === false ? 0 : (opts.reconnect ?? 0);
