@@ -254,6 +254,8 @@ describe('cache log', () => {
     engine.failReads = true;
     assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
     await cache.log.quiesce();
+    // The read-ahead is issued by the insertion; the threadpool engine decides when it fails.
+    while (cache.stats().readErrors === 0) await new Promise((r) => setImmediate(r));
     engine.failReads = false;
     const st = cache.stats();
     assert.equal(st.readErrors, 1);
