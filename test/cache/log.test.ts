@@ -254,15 +254,17 @@ describe('cache log', () => {
     engine.failReads = true;
     assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
     await cache.log.quiesce();
-    // The read-ahead is issued by the insertion; the threadpool engine decides when it fails.
+    // The read-ahead is issued by the insertion; the threadpool engine decides when it fails,
+    // and on a loaded machine the next segment's read-ahead may be issued (and fail) too.
     while (cache.stats().readErrors === 0) await new Promise((r) => setImmediate(r));
     engine.failReads = false;
+    await cache.log.quiesce();
     const st = cache.stats();
-    assert.equal(st.readErrors, 1);
+    assert.ok(st.readErrors >= 1);
     const failed = lines.filter((l) => /read-ahead failed/.test(l.msg));
-    assert.equal(failed.length, 1);
-    assert.equal(failed[0].dropped, 4);
-    assert.ok(cache.map.volumeBlocks[vol] <= before + 1 - 4, 'the unread segment lost its blocks');
+    assert.equal(failed.length, st.readErrors, 'each failed read-ahead is logged once');
+    for (const f of failed) assert.equal(f.dropped, 4);
+    assert.ok(cache.map.volumeBlocks[vol] <= before + 1 - 4 * failed.length, 'the unread segments lost their blocks');
   });
 
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
