@@ -243,28 +243,40 @@ describe('cache log', () => {
     await cache.abort();
     const logger = pino({ level: 'warn' }, { write: (l: string) => lines.push(JSON.parse(l)) });
     cache = await Cache.open({ path: path.join(dir, 'cache3'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
-    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
     assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
     assert.equal(await cache.log.flush(), true);
     assert.deepEqual([cache.stats().segmentWrites, cache.stats().segmentReads], [4, 0]);
-    // The hand is back at segment 0; inserting there makes the log read the next segment ahead
-    // (3 buffers): that read fails, and the segment's 4 blocks are dropped.
+    // Reopened warm, no segment is in RAM: going round the log reads segments ahead (3
+    // buffers). Which insertion issues the first read depends on the policy's refill choices,
+    // so insert until one does, at most one lap.
+    await cache.close();
+    cache = await Cache.open({ path: path.join(dir, 'cache3'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(cache.map.volumeBlocks[vol], 16, 'warm after a clean close');
     for (let b = 0; b < 16; b++) cache.map.lookup(vol, b);
     const before = cache.map.volumeBlocks[vol];
+    const readsBefore = engine.reads;
     engine.failReads = true;
-    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    let inserted = 0;
+    for (let b = 100; engine.reads === readsBefore && b < 116; b++) {
+      inserted += await cache.insert(vol, b, blockData(b), 1, () => true);
+    }
     await cache.log.quiesce();
-    // The read-ahead is issued by the insertion; the threadpool engine decides when it fails,
-    // and on a loaded machine the next segment's read-ahead may be issued (and fail) too.
-    while (cache.stats().readErrors === 0) await new Promise((r) => setImmediate(r));
     engine.failReads = false;
+    const failedReads = engine.reads - readsBefore;
+    assert.ok(failedReads >= 1, 'a lap of insertions reads a segment ahead');
     await cache.log.quiesce();
     const st = cache.stats();
-    assert.ok(st.readErrors >= 1);
+    assert.equal(st.readErrors, failedReads, 'every failed device read is counted');
     const failed = lines.filter((l) => /read-ahead failed/.test(l.msg));
     assert.equal(failed.length, st.readErrors, 'each failed read-ahead is logged once');
-    for (const f of failed) assert.equal(f.dropped, 4);
-    assert.ok(cache.map.volumeBlocks[vol] <= before + 1 - 4 * failed.length, 'the unread segments lost their blocks');
+    let dropped = 0;
+    for (const f of failed) {
+      assert.ok((f.dropped as number) >= 1 && (f.dropped as number) <= 4, `a segment holds 1..4 valid blocks, dropped ${f.dropped}`);
+      dropped += f.dropped as number;
+    }
+    assert.ok(cache.map.volumeBlocks[vol] <= before + inserted - dropped, 'the unread segments lost their blocks');
   });
 
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
