@@ -19,9 +19,14 @@
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
  *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
+ *   boot: the recorded boot trace (bench/traces/boot-read.trace) replayed --boots N times
+ *   (default 2) on one volume, cache --slots (default 131072 = 512 MiB), [--cold-between] empty
+ *   cache between boots, [--history DEPTH] history prefetch (HistoryPrefetch, evaluation only).
  *   targets: every issue-12 target in one run (SPC-1 seeds 1-3 for clock, lru, arc, log and log
  *   with read-ahead, default 32 blocks; scan for the four), then a table of targets met or not.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { CacheMap, EMPTY_TARGET, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
@@ -549,6 +554,102 @@ function targets(ios: number, readAhead: number): void {
   for (const [t, r, met] of rows) console.log(`| ${t} | ${r} | ${met ? 'yes' : 'no'} |`);
 }
 
+/** The recorded guest boot trace (bench/traces/boot-read.trace: "R offset length" per read). */
+function bootTrace(): [first: number, count: number][] {
+  const file = path.resolve(__dirname, '..', '..', 'bench', 'traces', 'boot-read.trace');
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('R '))
+    .map((l) => {
+      const [, off, len] = l.split(' ').map(Number);
+      const first = Math.floor(off / 4096);
+      return [first, Math.ceil((off + len) / 4096) - first];
+    });
+}
+
+/**
+ * History prefetch in the spirit of Tombolo (Liu et al., MSST 2016), evaluated here only: a
+ * request that does not continue the previous one (a jump) records an edge from the previous
+ * jump's first block to its range; on a jump whose first block has an edge, the chain of the
+ * next `depth` recorded ranges is prefetched (blocks not cached), sequential read-ahead doing
+ * the rest of each range's stream.
+ */
+class HistoryPrefetch {
+  private readonly next = new Map<number, [number, number]>();
+  private lastJump = -1;
+  private prevEnd = -1;
+  constructor(private readonly depth: number) {}
+
+  /** Records request [first, first + count) and returns the ranges to prefetch for it. */
+  observe(first: number, count: number): [number, number][] {
+    const out: [number, number][] = [];
+    const jump = first !== this.prevEnd;
+    this.prevEnd = first + count;
+    if (!jump) return out;
+    if (this.lastJump >= 0) this.next.set(this.lastJump, [first, count]);
+    this.lastJump = first;
+    let at = first;
+    for (let d = 0; d < this.depth; d++) {
+      const e = this.next.get(at);
+      if (e === undefined || e[0] === first) break;
+      out.push(e);
+      at = e[0];
+    }
+    return out;
+  }
+}
+
+/**
+ * The boot trace replayed `boots` times on one volume (log policy, sequential read-ahead as
+ * --read-ahead, history prefetch of depth `history` when > 0); `coldBetween` empties the cache
+ * between boots (history kept: a second clone without sharing, or a cache lost in a crash).
+ * Per boot: requests, requests that waited for the backing store (some block neither cached
+ * nor prefetched when issued), blocks read from the backing store, prefetched blocks and their
+ * accuracy.
+ */
+function runBoot(slots: number, boots: number, history: number, coldBetween: boolean): Record<string, unknown> {
+  const trace = bootTrace();
+  let p = new LogPolicy('log', slots, SegmentChoice.Clean, true);
+  const hist = history > 0 ? new HistoryPrefetch(history) : null;
+  const perBoot: Record<string, number>[] = [];
+  for (let boot = 0; boot < boots; boot++) {
+    if (boot > 0 && coldBetween) p = new LogPolicy('log', slots, SegmentChoice.Clean, true);
+    admission.reads.clear();
+    const before = p.m.stats(1);
+    const pf0 = before.prefetched;
+    const used0 = before.prefetchHits;
+    let waits = 0;
+    let backing = 0;
+    let prefetched = 0;
+    const fetch = (first: number, count: number): void => {
+      for (let b = first; b < first + count; b++) {
+        if (p.has(1, b)) continue;
+        p.prefetch(1, b);
+        backing++;
+        prefetched++;
+      }
+    };
+    for (const [first, count] of trace) {
+      const d = detector(admission.reads, 1);
+      const from = admission.readAhead > 0 ? d.readAhead(first, count, admission.readAhead, Number.MAX_SAFE_INTEGER) : -1;
+      let missed = false;
+      for (let b = first; b < first + count; b++) {
+        if (p.lookup(1, b)) continue;
+        missed = true;
+        p.insert(1, b);
+        backing++;
+      }
+      if (missed) waits++;
+      if (from >= 0) fetch(from, d.lastEnd - from);
+      if (hist) for (const [f, n] of hist.observe(first, count)) fetch(f, n);
+    }
+    const after = p.m.stats(1);
+    perBoot.push({ requests: trace.length, waits, backingBlocks: backing, prefetched, accuracy: rate(after.prefetchHits - used0, after.prefetched - pf0) });
+  }
+  return { slots, history, coldBetween, boots: perBoot };
+}
+
 function main(): void {
   const args = process.argv.slice(2);
   const opt = (name: string, def: string): string => {
@@ -568,6 +669,11 @@ function main(): void {
   admission.cutoff = Number(opt('cutoff', '0'));
   admission.readAhead = Number(opt('read-ahead', '0'));
   admission.emptyTarget = Number(opt('empty-target', String(EMPTY_TARGET)));
+  if (workload === 'boot') {
+    const r = runBoot(Number(opt('slots', '131072')), Number(opt('boots', '2')), Number(opt('history', '0')), args.includes('--cold-between'));
+    console.log(JSON.stringify({ workload, readAhead: admission.readAhead, ...r }));
+    return;
+  }
   if (workload === 'targets') {
     targets(ios, Number(opt('read-ahead', '32')));
     return;
