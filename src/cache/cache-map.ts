@@ -47,11 +47,9 @@ export const MAX_COUNT = 3;
 const COUNT_MASK = MAX_COUNT * FLAG_REF;
 /**
  * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
- * segments with the most holes first. 1/256 (0.4 % empty): against 1/64, SPC-1 read hit +0.001 to
- * +0.002 on each of seeds 1-3 for 9 % more device bytes per inserted block (1.16x CLOCK's;
- * docs/benchmarks.md, issue 12 third pass).
+ * segments with the most holes first.
  */
-export const EMPTY_TARGET = 1 / 256;
+export const EMPTY_TARGET = 1 / 64;
 /**
  * Segments examined per segment choice (all of them up to this many; beyond, a window that
  * rotates over the log), so a choice costs O(CLEANING_WINDOW), not O(segments).
