@@ -1,0 +1,133 @@
+/**
+ * The log's buffers under reads and failures it races with: a block whose segment is being read
+ * ahead (buffer Reading) is served from the device, never from the half-loaded buffer; a failed
+ * segment write drops exactly that segment's blocks and every other cached block keeps serving
+ * its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Cache } from '../../src/cache/cache';
+import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { FsEngine } from '../../src/io/fs-engine';
+import { FaultyEngine, gate } from './helpers';
+import { tmpDir } from '../support/tmp';
+
+const BS = 4096;
+const SEGMENTS = 4;
+const BPS = 4;
+
+/** Block `b` of a volume: every byte = b + 1 (mod 256). */
+function blockData(b: number, n = 1): Uint8Array {
+  const d = new Uint8Array(n * BS);
+  for (let k = 0; k < n; k++) d.fill((b + k + 1) & 0xff, k * BS, (k + 1) * BS);
+  return d;
+}
+
+describe('cache log: reads racing read-ahead, failed segment writes', () => {
+  let dir: string;
+  let engine: FaultyEngine;
+  let cache: Cache;
+
+  function open(): Promise<Cache> {
+    return Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(SEGMENTS, BS, BPS * BS), segmentSize: BPS * BS, buffers: 3, engine });
+  }
+
+  /** A cache whose 16 slots hold blocks 0..15 of volume 'v', written, reopened warm (no segment in RAM). */
+  async function warmFull(): Promise<number> {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(cache.map.volumeBlocks[vol], 16);
+    return vol;
+  }
+
+  /** Reads block b of vol through the cache: its data when it is a hit, null on a miss. */
+  async function readCached(vol: number, b: number): Promise<Uint8Array | null> {
+    const out = new Uint8Array(BS);
+    const hit = new Uint8Array(1);
+    return (await cache.readBlocks(vol, b, 1, out, hit)) === 1 ? out : null;
+  }
+
+  beforeEach(() => {
+    dir = tmpDir('log-races');
+    engine = new FaultyEngine(new FsEngine());
+  });
+
+  afterEach(async () => {
+    await cache.abort();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a block whose segment is being read ahead is read from the device, not from the buffer being loaded', async () => {
+    const vol = await warmFull();
+    for (let b = 0; b < 16; b++) cache.map.lookup(vol, b);
+    const g = cache.geometry;
+    // Hold the first whole-segment read (a read-ahead or the load of the segment to refill).
+    const held = gate();
+    const reached = gate();
+    let segment = -1;
+    engine.readHook = async (offset, len) => {
+      if (len !== g.headerSize + BPS * BS) return;
+      engine.readHook = null;
+      segment = (offset - segmentOffset(g, 0)) / g.stride;
+      reached.resolve();
+      await held.promise;
+    };
+    const inserts: Promise<number>[] = [];
+    for (let b = 100; segment < 0 && b < 100 + 16; b++) {
+      inserts.push(cache.insert(vol, b, blockData(b), 1, () => true));
+      await Promise.race([inserts[inserts.length - 1], reached.promise]);
+    }
+    assert.ok(segment >= 0, 'a lap of insertions loads a segment that holds blocks');
+    // Every block the map still places in that segment reads its own data.
+    let checked = 0;
+    for (let slot = segment * BPS; slot < (segment + 1) * BPS; slot++) {
+      if (!cache.map.bda.isValid(slot)) continue;
+      const b = cache.map.bda.blockOf(slot);
+      assert.deepEqual(await readCached(vol, b), blockData(b), `block ${b} (slot ${slot}) while its segment is being read`);
+      checked++;
+    }
+    assert.ok(checked > 0, 'the segment read holds valid blocks');
+    held.resolve();
+    await Promise.all(inserts);
+  });
+
+  it('a failed segment write drops exactly that segment; every other cached block still reads its data', async () => {
+    const vol = await warmFull();
+    const g = cache.geometry;
+    // The hand moves on by one segment (written fine), so the failing write is not the first one.
+    assert.equal(await cache.insert(vol, 100, blockData(100, BPS), BPS, () => true), BPS);
+    assert.equal(await cache.log.flush(), true);
+    // Writes of segment data fail; which segments were written is recorded.
+    const failedSegments = new Set<number>();
+    const writev = engine.writev.bind(engine);
+    engine.writev = (_fd, _bufs, offset) => {
+      failedSegments.add(Math.floor((offset - segmentOffset(g, 0)) / g.stride));
+      return Promise.reject(new Error('injected segment write error'));
+    };
+    // The first failed segment write disables insertion: what it held is dropped.
+    await cache.insert(vol, 104, blockData(104, BPS), BPS, () => true);
+    assert.equal(await cache.log.flush(), false);
+    engine.writev = writev;
+    assert.equal(failedSegments.size, 1, `segments written: ${[...failedSegments].join(', ')}`);
+    assert.ok(!failedSegments.has(0), 'the failed segment is not the first one');
+    for (let slot = 0; slot < g.slots; slot++) {
+      const seg = Math.floor(slot / BPS);
+      if (failedSegments.has(seg)) assert.equal(cache.map.bda.isValid(slot), false, `slot ${slot} of failed segment ${seg} is dropped`);
+    }
+    let kept = 0;
+    for (const b of [...Array(16).keys(), 100, 101, 102, 103]) {
+      const d = await readCached(vol, b);
+      if (d === null) continue;
+      assert.deepEqual(d, blockData(b), `block ${b}`);
+      kept++;
+    }
+    for (let b = 104; b < 104 + BPS; b++) assert.equal(await readCached(vol, b), null, `block ${b} was never written`);
+    assert.equal(kept, (SEGMENTS - failedSegments.size) * BPS, 'the segments not rewritten keep all their blocks');
+    assert.equal(cache.stats().checksumErrors, 0);
+  });
+});
