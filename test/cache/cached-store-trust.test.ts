@@ -17,7 +17,7 @@ import { CachedStore, type CacheMode, MAX_UNFLUSHED_RANGES, VERIFY_SAMPLE_BLOCKS
 import { deviceBytesFor } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { VhostError } from '../../src/native/errors';
-import { gate, MemStore } from './helpers';
+import { FaultyEngine, gate, MemStore } from './helpers';
 import { stampBytes, stamped, stampGeneration } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
 
@@ -72,9 +72,10 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
   let dir: string;
   let cache: Cache;
   let mem: WatchedStore;
+  let engine: FaultyEngine;
 
   async function openCache(blocks = 256): Promise<Cache> {
-    cache = await Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(Math.ceil(blocks / 4) + 2, BS, 4 * BS), segmentSize: 4 * BS, engine: new FsEngine() });
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(Math.ceil(blocks / 4) + 2, BS, 4 * BS), segmentSize: 4 * BS, engine });
     return cache;
   }
 
@@ -111,6 +112,7 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
 
   beforeEach(() => {
     dir = tmpDir('store-trust');
+    engine = new FaultyEngine(new FsEngine());
     mem = new WatchedStore(2048 * BS);
     stampBytes(mem.data, 0, 1);
   });
@@ -451,13 +453,59 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
     });
   });
 
-  it('zero-length writes and discards reach the store and change nothing cached', async () => {
-    await openCache();
-    const s = store();
-    assert.ok(await cachedAfterRead(s, 0, 'before'));
-    await s.write(0, []);
-    await s.discard(0, 0);
-    await s.writeZeroes(0, 0, false);
-    assert.ok(await readsStore(s, 0, 'after'));
+  describe('what is cached', () => {
+    it('zero-length reads, writes and discards change nothing cached; reads of nothing read nothing', async () => {
+      await openCache();
+      const s = store();
+      assert.ok(await cachedAfterRead(s, 0, 'before'));
+      await s.write(0, []);
+      await s.discard(0, 0);
+      await s.writeZeroes(0, 0, false);
+      const reads = mem.reads;
+      await s.read(0, []);
+      await s.read(BS, [new Uint8Array(0)]);
+      assert.equal(mem.reads, reads);
+      assert.ok(await readsStore(s, 0, 'after'));
+      assert.equal(peek(s, 1), false);
+    });
+
+    it('a read-ahead skips the blocks already cached at the start of its window', async () => {
+      await openCache();
+      const s = store('writethrough', 8);
+      // Blocks 16 and 17 cached first (the first slots of the log).
+      await s.read(16 * BS, [new Uint8Array(2 * BS)]);
+      await s.drain();
+      await s.read(0, [new Uint8Array(15 * BS)]);
+      await s.drain();
+      // Block 15 continues the stream: the read-ahead window is 16..23, of which 18..23 are read.
+      const bytes = mem.bytesRead;
+      await readsStore(s, 15, 'stream');
+      assert.equal(mem.bytesRead - bytes, BS + 6 * BS);
+      assert.equal(cache.stats().volumes.vol.prefetched, 6);
+      for (let b = 16; b < 24; b++) assert.ok(peek(s, b), `block ${b} is cached`);
+    });
+
+    it("a read miss started while a writethrough write's insertion is pending is cached too", async () => {
+      await openCache();
+      const s = store();
+      await s.read(40 * BS, [new Uint8Array(BS)]);
+      await s.drain();
+      // Hold the log: a flush waits for the segment write of block 40, later insertions queue.
+      const release: (() => void)[] = [];
+      const writev = engine.writev.bind(engine);
+      engine.writev = (fd, bufs, offset) => new Promise<void>((r) => release.push(r)).then(() => writev(fd, bufs, offset));
+      const flushed = cache.log.flush();
+      // Blocks 1 and 2 are written whole (and inserted once the log moves), block 0 partly.
+      await s.write(BS / 2, [stamped(BS / 2, 2 * BS + BS / 2, 2)]);
+      const r = readBlock(s, 0);
+      while (release.length === 0) await new Promise((res) => setImmediate(res));
+      engine.writev = writev;
+      for (const go of release.splice(0)) go();
+      await r;
+      await flushed;
+      await s.drain();
+      await cache.log.quiesce();
+      for (const b of [0, 1, 2]) assert.ok(await readsStore(s, b, 'after the write'), `block ${b} is cached`);
+    });
   });
 });
