@@ -471,6 +471,8 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
 
     it('a read-ahead skips the blocks already cached at the start of its window', async () => {
       await openCache();
+      // Another volume registered first: this one's id is not 0.
+      cache.registerVolume('first', 'first-1', 512 * BS);
       const s = store('writethrough', 8);
       // Blocks 16 and 17 cached first (the first slots of the log).
       await s.read(16 * BS, [new Uint8Array(2 * BS)]);
