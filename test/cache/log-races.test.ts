@@ -96,6 +96,36 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     await Promise.all(inserts);
   });
 
+  it('going round a warm log reads the next segment ahead: its valid blocks are kept and served from RAM, its holes ignored', async () => {
+    const vol = await warmFull();
+    // Two holes (fewer than a segment's worth: the map refills by reading, not holes only).
+    for (const b of [1, 9]) cache.invalidate(vol, b, 1);
+    for (let b = 0; b < 16; b++) cache.map.lookup(vol, b);
+    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    await cache.log.quiesce();
+    // The segment the hand entered was read (it holds valid blocks), and the next one ahead.
+    assert.equal(cache.stats().segmentReads, 2);
+    const ramHits0 = cache.stats().ramHits;
+    const reads0 = engine.reads;
+    let inRam = 0;
+    for (let b = 0; b < 16; b++) {
+      const slot = cache.map.peek(vol, b);
+      if (slot < 0 || cache.log.ramBuffer(slot) === null) continue;
+      assert.deepEqual(await readCached(vol, b), blockData(b), `block ${b} from RAM`);
+      inRam++;
+    }
+    // Segment 0 (the hand's, minus block 1 and the evicted one) and the segment read ahead.
+    assert.ok(inRam >= 5, `${inRam} blocks in RAM`);
+    assert.equal(engine.reads, reads0, 'RAM hits read nothing from the device');
+    assert.equal(cache.stats().ramHits - ramHits0, inRam);
+    for (let b = 0; b < 16; b++) {
+      const d = await readCached(vol, b);
+      if (d !== null) assert.deepEqual(d, blockData(b), `block ${b}`);
+      else assert.ok(b === 1 || b === 9 || cache.map.peek(vol, b) < 0, `block ${b} was dropped`);
+    }
+    assert.equal(cache.stats().checksumErrors, 0);
+  });
+
   it('a failed segment write drops exactly that segment; every other cached block still reads its data', async () => {
     const vol = await warmFull();
     const g = cache.geometry;
