@@ -1,14 +1,16 @@
 /**
  * The log's buffers under reads and failures it races with: a block whose segment is being read
- * ahead (buffer Reading) is served from the device, never from the half-loaded buffer; a failed
- * segment write drops exactly that segment's blocks and every other cached block keeps serving
- * its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
+ * ahead (buffer Reading) is served from the device, never from the half-loaded buffer; going
+ * round a warm log reads the next segment ahead and keeps its valid blocks; device reads of a
+ * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
+ * read), in any segment and slot; a failed segment write drops exactly that segment's blocks and
+ * every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
-import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { BufferState, deviceBytesFor, segmentOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
 import { tmpDir } from '../support/tmp';
@@ -125,6 +127,69 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     }
     assert.equal(cache.stats().checksumErrors, 0);
   });
+
+  it('an aligned full hit of blocks on the device only is read straight into the guest buffers, one device read per run', async () => {
+    const vol = await warmFull();
+    const reads0 = engine.reads;
+    const out = new Uint8Array(4 * BS);
+    // Blocks 5..8: slots 5..7 (one run in segment 1) and slot 8 (segment 2): two runs.
+    const r = cache.readHit(vol, 5 * BS, 4 * BS, [out.subarray(0, 3 * BS), out.subarray(3 * BS)]);
+    assert.notEqual(r, false);
+    assert.equal(await r, true);
+    assert.deepEqual(out, blockData(5, 4));
+    assert.equal(engine.reads - reads0, 2);
+    const st = cache.stats();
+    assert.deepEqual([st.readHits, st.storageHits, st.ramHits], [4, 4, 0]);
+  });
+
+  for (const how of ['readSlots', 'readDirect'] as const) {
+    it(`${how}: a device read of a block in a later segment racing with that segment's rewrite reports it (direct reads hold the write back until the last one is done)`, async () => {
+      const vol = await warmFull();
+      const g = cache.geometry;
+      // Block 9: slot 9, segment 2 (neither the first segment nor its first slot).
+      const slot = cache.map.peek(vol, 9);
+      assert.equal(slot, 9);
+      const seg = Math.floor(slot / BPS);
+      // Device reads are held until released one by one (a direct read of slot 10 too).
+      const holds: (() => void)[] = [];
+      engine.readHook = () => new Promise<void>((r) => holds.push(r));
+      const segWrites: number[] = [];
+      const writev = engine.writev.bind(engine);
+      engine.writev = (fd, bufs, offset) => {
+        if (offset === segmentOffset(g, seg)) segWrites.push(offset);
+        return writev(fd, bufs, offset);
+      };
+      const out = new Uint8Array(BS);
+      const read = how === 'readSlots' ? cache.log.readSlots(slot, 1, out) : cache.log.readDirect(slot, [out], 1, vol, 9);
+      const other10 = how === 'readDirect' ? cache.log.readDirect(10, [new Uint8Array(BS)], 1, vol, 10) : Promise.resolve(false);
+      while (holds.length < (how === 'readDirect' ? 2 : 1)) await new Promise((r) => setImmediate(r));
+      engine.readHook = null;
+      // Another volume's blocks take every slot until segment 2's rewrite is submitted.
+      for (let i = 0; i < g.slots; i++) cache.map.bda.unreference(i);
+      const other = cache.registerVolume('other', 'other-1', 1 << 20);
+      const data = new Uint8Array(BPS * BS).fill(0x5a);
+      let buf = cache.log.ramBuffer(slot);
+      for (let i = 0; i < 4 * SEGMENTS && !(buf !== null && buf.state === BufferState.Writing); i++) {
+        assert.equal(await cache.insert(other, i * BPS, data, BPS, () => true), BPS);
+        buf = cache.log.ramBuffer(slot);
+      }
+      assert.ok(buf !== null && buf.state === BufferState.Writing, 'segment 2 is being rewritten');
+      await new Promise((r) => setImmediate(r));
+      if (how === 'readDirect') {
+        assert.deepEqual(segWrites, [], 'the rewrite waits for the direct reads');
+        // One of the two direct reads done: the write still waits for the other.
+        holds[1]();
+        assert.equal(await other10, false);
+        await new Promise((r) => setImmediate(r));
+        assert.deepEqual(segWrites, [], 'the rewrite waits for the last direct read');
+      }
+      holds[0]();
+      assert.equal(await read, false, 'the read reports the rewrite');
+      assert.equal(await cache.log.flush(), true);
+      assert.equal(segWrites.length, 1);
+      assert.equal(cache.stats().checksumErrors, 0);
+    });
+  }
 
   it('a failed segment write drops exactly that segment; every other cached block still reads its data', async () => {
     const vol = await warmFull();
