@@ -366,4 +366,13 @@ describe('clones share their parent cached blocks', () => {
       assert.equal(cache.stats().volumes.b.sharedHits, shares ? 1 : 0);
     });
   }
+
+  it("a clone whose parent's name is taken by a volume fails to open and leaves its own name free", async () => {
+    const taken = cache.registerVolume('rbd-parent:test', 'some-volume', VOL);
+    await assert.rejects(CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true }), /a volume of that name exists/);
+    cache.unregisterVolume(taken, 'some-volume');
+    cache.map.dropVolume(taken);
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true, shareParent: false });
+    assert.deepEqual(await readBack(ca, 0, BS), parent.subarray(0, BS));
+  });
 });
