@@ -427,6 +427,8 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
     });
 
     it('a backing read error during the comparison drops them too', async () => {
+      // Block 3 is all zeros: what a read into a fresh buffer that failed would hold.
+      mem.data.fill(0, 3 * BS, 4 * BS);
       const s = await warmWith(8, () => {
         mem.readHook = async (offset) => {
           if (offset === 3 * BS) throw new VhostError('injected read error', 'EIO');
@@ -443,6 +445,14 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       assert.equal(s.verification?.checked, VERIFY_SAMPLE_BLOCKS);
       assert.equal(mem.reads, VERIFY_SAMPLE_BLOCKS);
       assert.ok(peek(s, 0) && peek(s, VERIFY_SAMPLE_BLOCKS + 99));
+    });
+
+    it(`blocks past the first ${VERIFY_SAMPLE_BLOCKS} slots are sampled too: changes to them are caught`, async () => {
+      const n = VERIFY_SAMPLE_BLOCKS + 100;
+      // The last 100 blocks (the last slots filled) change offline.
+      const s = await warmWith(n, () => stampBytes(mem.data.subarray(VERIFY_SAMPLE_BLOCKS * BS, n * BS), VERIFY_SAMPLE_BLOCKS * BS, 7));
+      assert.ok((s.verification?.mismatched ?? 0) > 0, 'a changed block was in the sample');
+      assert.equal(s.verification?.dropped, n);
     });
 
     it('exclusive: nothing is compared (the operator guarantees no other writer)', async () => {
@@ -467,6 +477,8 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       assert.equal(mem.reads, reads);
       assert.ok(await readsStore(s, 0, 'after'));
       assert.equal(peek(s, 1), false);
+      // A volume without a shared parent counts no shared lookups.
+      assert.equal(cache.stats().volumes.vol.sharedReads, 0);
     });
 
     it('a read-ahead skips the blocks already cached at the start of its window', async () => {
