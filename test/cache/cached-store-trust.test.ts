@@ -499,6 +499,16 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       for (let b = 16; b < 24; b++) assert.ok(peek(s, b), `block ${b} is cached`);
     });
 
+    it('the sequential cut-off applies without read-ahead too', async () => {
+      await openCache();
+      const s = new CachedStore({ backing: mem, cache, name: 'vol', readAhead: 0, sequentialCutoff: 4 * BS });
+      for (let b = 0; b < 20; b++) await readsStore(s, b, 'stream');
+      const cached: number[] = [];
+      for (let b = 0; b < 20; b++) if (peek(s, b)) cached.push(b);
+      assert.deepEqual(cached, [0, 1, 2, 3]);
+      assert.equal(cache.stats().volumes.vol.admissionsRefused, 16);
+    });
+
     it("a read miss started while a writethrough write's insertion is pending is cached too", async () => {
       await openCache();
       const s = store();
