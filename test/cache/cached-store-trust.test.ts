@@ -147,6 +147,19 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       });
     }
 
+    it('two failures far apart hold their own blocks only, not the blocks between them', async () => {
+      await openCache();
+      const s = store('writearound');
+      mem.failWrites = true;
+      for (const b of [3, 7]) await assert.rejects(s.write(b * BS, [stamped(b * BS, BS, 2)]), (e: VhostError) => e.code === 'ETIMEDOUT');
+      mem.failWrites = false;
+      mem.applyLate();
+      assert.deepEqual(
+        [await cachedAfterRead(s, 3, 'failed'), await cachedAfterRead(s, 5, 'between'), await cachedAfterRead(s, 7, 'failed')],
+        [false, true, false],
+      );
+    });
+
     it('a write settles only the blocks it covers whole; the rest stay unsettled until a flush', async () => {
       await openCache();
       const s = store('writearound');
