@@ -512,6 +512,32 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       for (let b = 16; b < 24; b++) assert.ok(peek(s, b), `block ${b} is cached`);
     });
 
+    it('a backing read error fails the read, caches nothing, and the next read succeeds', async () => {
+      await openCache();
+      const s = store();
+      mem.readHook = async (offset) => {
+        if (offset === 2 * BS) throw new VhostError('injected read error', 'EIO');
+      };
+      // Blocks 0 and 1 are cached; the read of 0..3 then misses 2..3 and their read fails.
+      assert.ok(await cachedAfterRead(s, 0, 'before') && (await cachedAfterRead(s, 1, 'before')));
+      await assert.rejects(s.read(0, [new Uint8Array(4 * BS)]), (e: VhostError) => e.code === 'EIO');
+      await s.drain();
+      assert.equal(peek(s, 2), false);
+      mem.readHook = null;
+      assert.ok(await cachedAfterRead(s, 2, 'after the error'));
+    });
+
+    it('mode none reads the backing store even for blocks cached by an earlier run', async () => {
+      await openCache();
+      let s = store();
+      assert.ok(await cachedAfterRead(s, 4, 'writethrough'));
+      await s.close();
+      s = store('none');
+      const hits = cache.stats().readHits;
+      assert.equal(await readsStore(s, 4, 'mode none'), false);
+      assert.equal(cache.stats().readHits, hits);
+    });
+
     it('the sequential cut-off applies without read-ahead too', async () => {
       await openCache();
       const s = new CachedStore({ backing: mem, cache, name: 'vol', readAhead: 0, sequentialCutoff: 4 * BS });
