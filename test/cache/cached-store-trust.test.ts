@@ -546,6 +546,7 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       for (let b = 0; b < 20; b++) if (peek(s, b)) cached.push(b);
       assert.deepEqual(cached, [0, 1, 2, 3]);
       assert.equal(cache.stats().volumes.vol.admissionsRefused, 16);
+      assert.equal(cache.stats().volumes.vol.prefetched, 0, 'read-ahead is off');
     });
 
     it("a read miss started while a writethrough write's insertion is pending is cached too", async () => {
