@@ -193,14 +193,8 @@ export class CachedStore implements BackingStore {
    */
   static async open(o: CachedStoreOptions): Promise<CachedStore> {
     const s = new CachedStore(o);
-    if (!o.backing.changesVisible && o.exclusive !== true) {
-      try {
-        s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
-      } catch (err) {
-        s.unregister('');
-        throw err;
-      }
-    }
+    // verifySample never rejects: cache read errors are misses, backing read errors mismatches.
+    if (!o.backing.changesVisible && o.exclusive !== true) s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
     return s;
   }
 
@@ -519,7 +513,7 @@ export class CachedStore implements BackingStore {
    * A read not (entirely) served by Cache.readHit: hits and misses gathered in a private
    * buffer, misses read from the backing store and inserted, then copied to the guest.
    */
-  private async readThrough(offset: number, len: number, bufs: readonly Uint8Array[], admit = true): Promise<void> {
+  private async readThrough(offset: number, len: number, bufs: readonly Uint8Array[], admit: boolean): Promise<void> {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
