@@ -549,6 +549,76 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       assert.equal(cache.stats().volumes.vol.prefetched, 0, 'read-ahead is off');
     });
 
+    it('a writethrough write caches exactly the whole blocks it covers, with its data', async () => {
+      await openCache();
+      const s = store();
+      // Bytes [10 BS - 100, 13 BS + 100): blocks 10..12 whole, 9 and 13 partly.
+      await s.write(10 * BS - 100, [stamped(10 * BS - 100, 3 * BS + 200, 2)]);
+      await s.drain();
+      const cached: number[] = [];
+      for (let b = 0; b < 40; b++) if (peek(s, b)) cached.push(b);
+      assert.deepEqual(cached, [10, 11, 12]);
+      assert.equal(cache.stats().volumes.vol.blocks, 3);
+      for (let b = 8; b < 16; b++) assert.equal(await readsStore(s, b, 'after the write'), b >= 10 && b <= 12, `block ${b} served by the cache`);
+    });
+
+    it('a partial hit reads each run of missing blocks once from the backing store, then caches them', async () => {
+      await openCache();
+      const s = store();
+      for (const b of [2, 5, 6]) assert.ok(await cachedAfterRead(s, b, 'before'));
+      const reads = mem.reads;
+      const bytes = mem.bytesRead;
+      const st0 = { ...cache.stats().volumes.vol };
+      // Blocks 0..9: hits 2, 5, 6; missing runs 0..1, 3..4, 7..9.
+      const got = new Uint8Array(10 * BS);
+      await s.read(0, [got]);
+      assert.ok(Buffer.from(got).equals(mem.data.subarray(0, 10 * BS)), 'the partial hit returns the store data');
+      await s.drain();
+      assert.deepEqual([mem.reads - reads, mem.bytesRead - bytes], [3, 7 * BS]);
+      const st = cache.stats().volumes.vol;
+      assert.deepEqual([st.reads - st0.reads, st.readHits - st0.readHits, st.blocks], [10, 3, 10]);
+      for (let b = 0; b < 10; b++) assert.ok(peek(s, b), `block ${b} is cached`);
+      assert.ok(await readsStore(s, 9, 'read again'));
+    });
+
+    it('a volume ending in a partial block caches its whole blocks only; the tail is always read from the store', async () => {
+      mem = new WatchedStore(20 * BS + 512);
+      stampBytes(mem.data, 0, 1);
+      await openCache();
+      const s = store();
+      const all = async (what: string): Promise<void> => {
+        const got = new Uint8Array(mem.size);
+        await s.read(0, [got]);
+        assert.ok(Buffer.from(got).equals(mem.data), `${what}: the whole volume reads back`);
+        await s.drain();
+      };
+      await all('cold');
+      for (let b = 0; b < 20; b++) assert.ok(peek(s, b), `block ${b} is cached`);
+      assert.equal(peek(s, 20), false, 'the partial tail is not cached');
+      let reads = mem.reads;
+      await all('warm');
+      assert.equal(mem.reads - reads, 1, 'a warm read of the whole volume reads the tail only');
+      // The tail alone, and a read of the last whole block with the tail.
+      for (const [offset, len] of [
+        [20 * BS, 512],
+        [19 * BS, BS + 512],
+      ]) {
+        reads = mem.reads;
+        const got = new Uint8Array(len);
+        await s.read(offset, [got]);
+        assert.ok(Buffer.from(got).equals(mem.data.subarray(offset, offset + len)));
+        assert.equal(mem.reads - reads, 1);
+      }
+      // A write over the end invalidates the last whole block and caches it again; the tail is never cached.
+      await s.write(19 * BS, [stamped(19 * BS, BS + 512, 2)]);
+      await s.drain();
+      assert.ok(peek(s, 19) && !peek(s, 20));
+      await all('after the write');
+      await s.writeZeroes(19 * BS + 8, BS - 8 + 512, false);
+      assert.equal(peek(s, 19), false, 'a write-zeroes over the end invalidates the last whole block');
+      await all('after the write-zeroes');
+    });
+
     it("a read miss started while a writethrough write's insertion is pending is cached too", async () => {
       await openCache();
       const s = store();
