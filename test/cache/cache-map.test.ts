@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { CacheMap, SegmentChoice } from '../../src/cache/cache-map';
+import { CacheMap, CLEANING_WINDOW, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
 import { drawSlots } from './helpers';
 
 /** Inserts the way the log does: victim first, then assign. */
@@ -155,5 +155,103 @@ describe('cache map: re-insertion, large invalidations, warm load (mutation-foun
     const again = new CacheMap(8, undefined, m.bda, m.map.table);
     assert.deepEqual([again.volumeBlocks[0], again.volumeBlocks[1], again.volumeBlocks[2]], [3, 0, 1]);
     assert.equal(again.peek(2, 7), 3);
+  });
+});
+
+describe('cache map: read-ahead blocks, counters, segment choice over many segments, warm load', () => {
+  /** Inserts a read-ahead block the way the log does. */
+  function prefetch(m: CacheMap, volume: number, block: number): number {
+    const slot = m.findVictim(volume);
+    m.assign(slot, volume, block, true);
+    return slot;
+  }
+
+  it('a read-ahead block starts with one use, which its first hit takes; hits count up to MAX_COUNT', () => {
+    const m = new CacheMap(8);
+    prefetch(m, 0, 1);
+    insert(m, 0, 2);
+    assert.equal(drawSlots(m, 8), ' 1*   2   >..   ..   ..   ..   ..   ..');
+    assert.deepEqual([m.stats(0).prefetched, m.stats(0).prefetchHits, m.stats(0).insertions], [1, 0, 2]);
+    assert.equal(m.lookup(0, 1), 0);
+    assert.equal(drawSlots(m, 8), ' 1*   2   >..   ..   ..   ..   ..   ..', 'the first hit of a read-ahead block adds nothing');
+    assert.equal(m.stats(0).prefetchHits, 1);
+    for (let k = 0; k < MAX_COUNT + 2; k++) m.lookup(0, 1);
+    m.lookup(0, 2);
+    assert.equal(drawSlots(m, 8), ' 1*** 2*  >..   ..   ..   ..   ..   ..');
+    assert.equal(m.stats(0).prefetchHits, 1, 'only the first hit of a read-ahead block is a read-ahead hit');
+  });
+
+  it('an unread read-ahead block survives one pass of the hand, not two; one evicted recently comes back with the full counter', () => {
+    // A ghost history larger than the map: no key of this test forgets another.
+    const m = new CacheMap(4, { ghostEntries: 1024 });
+    prefetch(m, 0, 1);
+    for (const b of [2, 3, 4]) insert(m, 0, b);
+    // The hand passes 1 (its use taken) and evicts 2; then evicts 1.
+    assert.equal(insert(m, 0, 5), 1);
+    assert.equal(drawSlots(m, 4), ' 1    5   >3    4');
+    for (const b of [6, 7]) insert(m, 0, b);
+    assert.equal(insert(m, 0, 8), 0);
+    assert.equal(m.peek(0, 1), -1);
+    // 1 was evicted just now: read ahead again, it starts with the full counter.
+    prefetch(m, 0, 1);
+    assert.equal(drawSlots(m, 4), ' 8    1***>6    7');
+    assert.deepEqual([m.stats(0).prefetched, m.stats(0).ghostHits], [2, 1]);
+  });
+
+  it(`past ${CLEANING_WINDOW} segments each choice examines a window of ${CLEANING_WINDOW} that rotates over the log`, () => {
+    const S = CLEANING_WINDOW + 4;
+    const m = new CacheMap(2 * S, { segmentBlocks: 2 });
+    assert.equal(m.segments, S);
+    // An empty map: every choice refills holes, the first segment with the most holes in its window.
+    const entered: number[] = [];
+    assert.equal(m.refillingHoles, false, 'the first segment is the start, not a choice');
+    for (let b = 0; b < 12; b += 2) {
+      entered.push(m.segmentOf(insert(m, 0, b)));
+      insert(m, 0, b + 1);
+    }
+    assert.equal(m.refillingHoles, true);
+    assert.deepEqual(entered, [0, 1, CLEANING_WINDOW, CLEANING_WINDOW - 4, CLEANING_WINDOW - 8, CLEANING_WINDOW - 12]);
+    assert.deepEqual([m.segmentsCleaned, m.segmentsSkipped, m.wraps], [6, 0, 0]);
+    assert.equal(m.upcomingHolesOnlyRefill, false, 'nothing chosen yet');
+    assert.equal(m.segmentOf(m.hand), CLEANING_WINDOW - 16);
+    assert.equal(m.upcomingSegment(), CLEANING_WINDOW - 20);
+    assert.equal(m.upcomingHolesOnlyRefill, true);
+  });
+
+  it('holes are refilled first only past emptyTarget of the slots (and one segment)', () => {
+    for (const [emptyTarget, holesFirst] of [
+      [undefined, true],
+      [1 / 4, false],
+    ] as const) {
+      // 16 segments of 4: 64 slots; 6 holes: 4 in segment 9, 1 in segment 2, 1 in segment 5.
+      // Cost-benefit picks segment 2 (entered long ago, one hole).
+      const m = new CacheMap(64, { segmentBlocks: 4, emptyTarget });
+      for (let b = 0; b < 64; b++) insert(m, 0, b);
+      for (const b of [36, 37, 38, 39, 8]) m.invalidate(0, b);
+      m.invalidate(0, 20);
+      assert.equal(m.upcomingSegment(), holesFirst ? 9 : 2, `emptyTarget ${emptyTarget}`);
+      assert.equal(m.upcomingHolesOnlyRefill, holesFirst);
+    }
+  });
+
+  it('a map built from a saved BDA chooses segments by the holes and counters it holds', () => {
+    // 4 segments of 4, full; the hand in segment 0.
+    const full = (): CacheMap => {
+      const m = new CacheMap(16, { segmentBlocks: 4 });
+      for (let b = 0; b < 16; b++) insert(m, 0, b);
+      return m;
+    };
+    // Holes: 2 in segment 1, 3 in segment 2 (5 > one segment): segment 2's holes first.
+    let m = full();
+    for (const b of [4, 5, 8, 9, 10]) m.invalidate(0, b);
+    let again = new CacheMap(16, { segmentBlocks: 4 }, m.bda, m.map.table);
+    assert.equal(again.upcomingSegment(), 2);
+    assert.equal(again.upcomingHolesOnlyRefill, true);
+    // No holes; counters: segment 1 all hit, 2 half, 3 one block: 3 keeps least.
+    m = full();
+    for (const b of [4, 5, 6, 7, 8, 9, 12]) m.lookup(0, b);
+    again = new CacheMap(16, { segmentBlocks: 4 }, m.bda, m.map.table);
+    assert.equal(again.upcomingSegment(), 3);
+    assert.equal(again.upcomingHolesOnlyRefill, false);
   });
 });
