@@ -264,14 +264,10 @@ export class CacheMap {
     const flags = bda.flags;
     let i = this.hand;
     if (this.atCap(volume)) {
-      for (let n = 0; n < slots; n++) {
-        if ((flags[i] & FLAG_VALID) !== 0 && bda.volumeOf(i) === volume) {
-          this.hand = i;
-          return i;
-        }
-        i = i + 1 < slots ? i + 1 : 0;
-      }
-      i = this.hand;
+      // The volume holds cap (>= 1) blocks: the scan finds one.
+      while ((flags[i] & FLAG_VALID) === 0 || bda.volumeOf(i) !== volume) i = i + 1 < slots ? i + 1 : 0;
+      this.hand = i;
+      return i;
     }
     for (;;) {
       const f = flags[i];
