@@ -367,6 +367,31 @@ describe('clones share their parent cached blocks', () => {
     });
   }
 
+  it('a clone reading ahead inserts parent blocks under the parent key (hits for the other clone), the rest under its own', async () => {
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 8, exclusive: true });
+    const cb = await cached(b);
+    // A stream of 4-block reads from block 20: at 16 blocks it reads 36..43 ahead, across the overlap's end (block 40).
+    for (let k = 20; k < 36; k += 4) assert.deepEqual(await readBack(ca, k * BS, 4 * BS), parent.subarray(k * BS, (k + 4) * BS));
+    await ca.drain();
+    await cache.log.quiesce();
+    const keyed = (volume: number): number[] => {
+      const out: number[] = [];
+      for (let k = 30; k < 52; k++) if (cache.map.peek(volume, k) >= 0) out.push(k);
+      return out;
+    };
+    // One read ahead of 36..43: 36..39 under the parent's key, 40..43 (past the overlap) under a's.
+    assert.equal(a.parentBytesRead, 20 * BS);
+    assert.deepEqual(keyed(ca.volume), [40, 41, 42, 43]);
+    let st = cache.stats().volumes;
+    assert.deepEqual([st.a.prefetched, st['rbd-parent:test'].prefetched], [4, 4]);
+    // b finds 36..39 read ahead by a; a its own 40..43.
+    assert.deepEqual(await readBack(cb, 36 * BS, 4 * BS), parent.subarray(36 * BS, 40 * BS));
+    assert.equal(b.parentBytesRead, 0);
+    assert.deepEqual(await readBack(ca, 40 * BS, 4 * BS), a.own.subarray(40 * BS, 44 * BS));
+    st = cache.stats().volumes;
+    assert.deepEqual([st.b.sharedHits, st.a.readHits, st.a.prefetchHits, st['rbd-parent:test'].prefetchHits], [4, 4, 4, 4]);
+  });
+
   it("a clone whose parent's name is taken by a volume fails to open and leaves its own name free", async () => {
     const taken = cache.registerVolume('rbd-parent:test', 'some-volume', VOL);
     await assert.rejects(CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true }), /a volume of that name exists/);
