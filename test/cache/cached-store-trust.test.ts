@@ -526,6 +526,21 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       assert.equal(peek(s, 2), false);
       mem.readHook = null;
       assert.ok(await cachedAfterRead(s, 2, 'after the error'));
+      assert.equal(cache.stats().volumes.vol.readsJoined, 0, 'the failed read is not joined');
+    });
+
+    it('a finished backing read is not joined again: a block read, then dropped from the cache, is read from the store again', async () => {
+      await openCache();
+      // Cut-off at 2 blocks: the 4-block read of 20..23 inserts nothing.
+      const s = new CachedStore({ backing: mem, cache, name: 'vol', readAhead: 0, sequentialCutoff: 2 * BS });
+      await readsStore(s, 5, 'inserted');
+      await s.read(20 * BS, [new Uint8Array(4 * BS)]);
+      await s.drain();
+      assert.equal(cache.stats().volumes.vol.admissionsRefused, 4);
+      // Block 5 leaves the cache (as by an eviction); 21 was never inserted.
+      cache.map.drop(cache.map.peek(s.volume, 5));
+      for (const b of [5, 21]) assert.equal(await readsStore(s, b, 'read again'), false, `block ${b} is read from the store`);
+      assert.equal(cache.stats().volumes.vol.readsJoined, 0);
     });
 
     it('mode none reads the backing store even for blocks cached by an earlier run', async () => {
