@@ -1,5 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { CacheMap, CLEANING_WINDOW, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
+import { AddressMap } from '../../src/cache/address-map';
+import { BlockDescriptorArray } from '../../src/cache/bda';
 import { drawSlots } from './helpers';
 
 /** Inserts the way the log does: victim first, then assign. */
@@ -253,5 +255,37 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     again = new CacheMap(16, { segmentBlocks: 4 }, m.bda, m.map.table);
     assert.equal(again.upcomingSegment(), 3);
     assert.equal(again.upcomingHolesOnlyRefill, false);
+  });
+
+  it('hits count toward the blocks a segment keeps: cost-benefit prefers the segment whose blocks were hit least', () => {
+    const m = new CacheMap(16, { segmentBlocks: 4 });
+    for (let b = 0; b < 16; b++) insert(m, 0, b);
+    // Segment 1: every block hit; 2: block 8 hit three times (one block kept); 3: two blocks hit.
+    for (const b of [4, 5, 6, 7, 8, 8, 8, 12, 13]) m.lookup(0, b);
+    // Ages 4, 3, 2 (segments 1, 2, 3): scores 0, 3/5 x 3, 2/6 x 2.
+    assert.equal(m.upcomingSegment(), 2);
+  });
+
+  it('segment 0 can be the next one refilled holes only', () => {
+    const m = new CacheMap(16, { segmentBlocks: 4 });
+    for (let b = 0; b < 20; b++) insert(m, 0, b);
+    assert.equal(m.segmentOf(m.hand), 1);
+    // 5 holes: 4 in segment 0, 1 in the current segment.
+    for (const b of [16, 17, 18, 19, 5]) assert.ok(m.invalidate(0, b));
+    assert.equal(m.upcomingSegment(), 0);
+    assert.equal(m.upcomingHolesOnlyRefill, true);
+  });
+
+  it('options: the address map load factor; no ghost history with ghostEntries 0', () => {
+    assert.equal(new CacheMap(70, { loadFactor: 0.5 }).map.capacity, new AddressMap(new BlockDescriptorArray(70), 0.5).capacity);
+    assert.equal(new CacheMap(70).map.capacity, new AddressMap(new BlockDescriptorArray(70)).capacity);
+    assert.notEqual(new CacheMap(70, { loadFactor: 0.5 }).map.capacity, new CacheMap(70).map.capacity);
+    const m = new CacheMap(2, { ghostEntries: 0 });
+    assert.equal(m.ghost, null);
+    for (const b of [1, 2, 3]) insert(m, 0, b);
+    // 1 was evicted just now: without a history it comes back with no counter.
+    insert(m, 0, 1);
+    assert.equal(drawSlots(m, 2), '>3    1');
+    assert.equal(m.stats(0).ghostHits, 0);
   });
 });
