@@ -404,6 +404,6 @@ export class CacheMap {
   }
 
   get byteLength(): number {
-    return this.bda.byteLength + this.map.byteLength + (this.ghost?.byteLength ?? 0) + this.segKeep.byteLength + this.segStamp.byteLength;
+    return this.bda.byteLength + this.map.byteLength + (this.ghost?.byteLength ?? 0) + this.segKeep.byteLength + this.segValid.byteLength + this.segStamp.byteLength;
   }
 }

@@ -288,4 +288,14 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     assert.equal(drawSlots(m, 2), '>3    1');
     assert.equal(m.stats(0).ghostHits, 0);
   });
+
+  it('byteLength counts every structure: BDA, address map, ghost history and the three per-segment arrays', () => {
+    for (const ghostEntries of [undefined, 0]) {
+      const m = new CacheMap(64, { segmentBlocks: 16, ghostEntries });
+      const ghost = m.ghost === null ? 0 : m.ghost.byteLength;
+      // Per segment: blocks kept (Uint16), valid slots (Uint16), entry stamp (Float64).
+      assert.equal(m.byteLength, m.bda.byteLength + m.map.byteLength + ghost + m.segments * (2 + 2 + 8));
+    }
+    assert.ok(new CacheMap(64).ghost!.byteLength > 0);
+  });
 });
