@@ -364,6 +364,8 @@ describe('clones share their parent cached blocks', () => {
       assert.deepEqual(await readBack(cb, 0, BS), parent.subarray(0, BS));
       assert.equal(b.parentBytesRead, shares ? 0 : BS);
       assert.equal(cache.stats().volumes.b.sharedHits, shares ? 1 : 0);
+      // A clone that keys nothing by its parent registers no entry for it.
+      assert.equal('rbd-parent:test' in cache.stats().volumes, shares);
     });
   }
 
@@ -398,6 +400,13 @@ describe('clones share their parent cached blocks', () => {
     cache.unregisterVolume(taken, 'some-volume');
     cache.map.dropVolume(taken);
     const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true, shareParent: false });
+    assert.deepEqual(await readBack(ca, 0, BS), parent.subarray(0, BS));
+  });
+
+  it("a clone sharing less than one block with its parent opens even when the parent's name is taken (it keys nothing by the parent)", async () => {
+    cache.registerVolume('rbd-parent:test', 'some-volume', VOL);
+    Object.defineProperty(a, 'sharing', { value: { ...a.sharing, sharedBytes: BS - 512 } });
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true });
     assert.deepEqual(await readBack(ca, 0, BS), parent.subarray(0, BS));
   });
 });
