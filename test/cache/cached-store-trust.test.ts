@@ -11,6 +11,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import type { BackingEvents } from '../../src/backing/backing-store';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode, MAX_UNFLUSHED_RANGES, VERIFY_SAMPLE_BLOCKS } from '../../src/cache/cached-store';
@@ -417,15 +418,22 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       change();
       await openCache(n + 64);
       mem.reads = 0;
+      const t0 = performance.now();
       s = await CachedStore.open({ backing: mem, cache, name: 'vol', readAhead: 0, exclusive });
+      openMs = performance.now() - t0;
       return s;
     }
+
+    /** Wall time of warmWith's last open (the verification's reported duration is part of it). */
+    let openMs = 0;
 
     it('unchanged: every cached block is compared and kept; the comparison counts no guest read', async () => {
       const s = await warmWith(40, () => undefined);
       assert.equal(s.verification?.checked, 40);
       assert.equal(s.verification?.mismatched, 0);
       assert.equal(s.verification?.dropped, 0);
+      const ms = s.verification?.ms ?? -1;
+      assert.ok(ms >= 0 && ms <= openMs, `the comparison took ${ms} ms of an open of ${openMs} ms`);
       assert.equal(mem.reads, 40);
       const v = cache.stats().volumes.vol;
       assert.deepEqual([v.reads, v.readHits, v.ramHits, v.storageHits], [0, 0, 0, 0]);
@@ -467,6 +475,53 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       const s = await warmWith(n, () => stampBytes(mem.data.subarray(VERIFY_SAMPLE_BLOCKS * BS, (n - 1) * BS), VERIFY_SAMPLE_BLOCKS * BS, 7));
       assert.ok((s.verification?.mismatched ?? 0) > 0, 'a changed block was in the sample');
       assert.equal(s.verification?.dropped, n);
+    });
+
+    it('every block changed offline: the comparison stops at the first differences instead of reading them all', async () => {
+      const n = 256;
+      const s = await warmWith(n, () => stampBytes(mem.data.subarray(0, n * BS), 0, 9));
+      const v = s.verification;
+      assert.ok(v !== null && v.mismatched > 0);
+      // The comparisons in flight when the first difference shows finish; no other starts.
+      assert.equal(v.mismatched, v.checked);
+      assert.ok(v.checked < n, `${v.checked} of ${n} blocks compared`);
+      assert.equal(mem.reads, v.checked);
+      assert.equal(v.dropped, n);
+    });
+
+    it("only the volume's own blocks are compared, not another volume's cached under the same block numbers", async () => {
+      mem.changesVisible = false;
+      const other = new MemStore(mem.size, 'other-1');
+      await openCache(64);
+      const s0 = await CachedStore.open({ backing: mem, cache, name: 'vol', readAhead: 0 });
+      const o = await CachedStore.open({ backing: other, cache, name: 'other', readAhead: 0 });
+      for (const s of [s0, o]) {
+        await s.read(0, [new Uint8Array(8 * BS)]);
+        await s.drain();
+        await s.close();
+      }
+      await cache.close();
+      await openCache(64);
+      assert.equal(cache.map.volumeBlocks.reduce((a, b) => a + b, 0), 16);
+      mem.reads = 0;
+      const s = await CachedStore.open({ backing: mem, cache, name: 'vol', readAhead: 0 });
+      assert.equal(s.verification?.checked, 8);
+      assert.equal(mem.reads, 8);
+      assert.equal(s.verification?.dropped, 0);
+    });
+
+    it(`the sample holds ${VERIFY_SAMPLE_BLOCKS} blocks whatever the random draws (a draw of the last index replaces nothing)`, async () => {
+      const random = Math.random;
+      let s: CachedStore;
+      try {
+        // Every block past the first VERIFY_SAMPLE_BLOCKS draws the largest index it can.
+        Math.random = () => 1 - Number.EPSILON;
+        s = await warmWith(VERIFY_SAMPLE_BLOCKS + 8, () => undefined);
+      } finally {
+        Math.random = random;
+      }
+      assert.equal(s.verification?.checked, VERIFY_SAMPLE_BLOCKS);
+      assert.equal(mem.reads, VERIFY_SAMPLE_BLOCKS);
     });
 
     it('exclusive: nothing is compared (the operator guarantees no other writer)', async () => {
