@@ -230,6 +230,25 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       await s.flush();
       for (const b of [10, 11, 265, 608]) assert.ok(await cachedAfterRead(s, b, 'after the flush'), `block ${b} is cached after the flush`);
     });
+
+    it('a failure settled by a covering write leaves nothing held: merging hundreds of later failures does not reach back to it', async () => {
+      await openCache(512);
+      const s = store('writearound');
+      const timedOut = (e: VhostError): boolean => e.code === 'ETIMEDOUT';
+      mem.failWrites = true;
+      await assert.rejects(s.write(3 * BS, [stamped(3 * BS, BS, 2)]), timedOut);
+      mem.failWrites = false;
+      mem.applyLate();
+      // Covers block 3 exactly: nothing of the failure is left unsettled.
+      await s.write(3 * BS, [stamped(3 * BS, BS, 3)]);
+      mem.failWrites = true;
+      const failures = Array.from({ length: 300 }, (_, k) => s.write((100 + 2 * k) * BS, [stamped((100 + 2 * k) * BS, BS, 2)]));
+      for (const f of failures) await assert.rejects(f, timedOut);
+      mem.failWrites = false;
+      mem.applyLate();
+      for (const b of [3, 4, 50, 99]) assert.ok(await cachedAfterRead(s, b, 'settled or never failed'), `block ${b} is cached`);
+      for (const b of [100, 101]) assert.equal(await cachedAfterRead(s, b, 'unsettled'), false, `block ${b} is not cached`);
+    });
   });
 
   describe('a store that may lose acknowledged writes (writesMayBeLost)', () => {
