@@ -97,7 +97,7 @@ export const VERIFY_SAMPLE_BLOCKS = 1024;
 /** Reads of the sample in flight at once. */
 const VERIFY_PARALLEL = 32;
 /** Failed operations' ranges held one by one before they are merged (see failed()). */
-const MAX_UNSETTLED = 256;
+export const MAX_UNSETTLED = 256;
 /** Ranges written since the last flush that are tracked one by one (see the header). */
 export const MAX_UNFLUSHED_RANGES = 4096;
 

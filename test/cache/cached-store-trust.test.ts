@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { BackingEvents } from '../../src/backing/backing-store';
 import { Cache } from '../../src/cache/cache';
-import { CachedStore, type CacheMode, MAX_UNFLUSHED_RANGES, VERIFY_SAMPLE_BLOCKS } from '../../src/cache/cached-store';
+import { CachedStore, type CacheMode, MAX_UNFLUSHED_RANGES, MAX_UNSETTLED, VERIFY_SAMPLE_BLOCKS } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { VhostError } from '../../src/native/errors';
@@ -230,6 +230,23 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       await s.flush();
       for (const b of [10, 11, 265, 608]) assert.ok(await cachedAfterRead(s, b, 'after the flush'), `block ${b} is cached after the flush`);
     });
+
+    for (const [n, merged] of [
+      [MAX_UNSETTLED, false],
+      [MAX_UNSETTLED + 1, true],
+    ] as const) {
+      it(`${n} failures ${merged ? 'are merged: the blocks between them are held' : 'are held one by one: the blocks between them are not'}`, async () => {
+        await openCache(512);
+        const s = store('writearound');
+        mem.failWrites = true;
+        const failures = Array.from({ length: n }, (_, k) => s.write((10 + 2 * k) * BS, [stamped((10 + 2 * k) * BS, BS, 2)]));
+        for (const f of failures) await assert.rejects(f, (e: VhostError) => e.code === 'ETIMEDOUT');
+        mem.failWrites = false;
+        mem.applyLate();
+        assert.equal(await cachedAfterRead(s, 10, 'failed'), false);
+        assert.equal(await cachedAfterRead(s, 11, 'between two failures'), !merged);
+      });
+    }
 
     it('a failure settled by a covering write leaves nothing held: merging hundreds of later failures does not reach back to it', async () => {
       await openCache(512);
