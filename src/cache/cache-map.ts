@@ -172,19 +172,22 @@ export class CacheMap {
   /** Slot of (volume, block) and counts a use of it, or -1. Does not count statistics. */
   lookup(volume: number, block: number): number {
     const idx = this.map.get(volume, block);
-    if (idx >= 0) {
-      const flags = this.bda.flags;
-      if ((flags[idx] & FLAG_PREFETCHED) !== 0) {
-        // First read of a read-ahead block: uses up the counter it was inserted with.
-        flags[idx] &= ~FLAG_PREFETCHED;
-        this.stats(volume).prefetchHits++;
-        return idx;
-      }
-      const c = flags[idx] & COUNT_MASK;
-      if (c === 0) this.segKeep[this.segmentOf(idx)]++;
-      if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
-    }
+    if (idx >= 0) this.use(idx, volume);
     return idx;
+  }
+
+  /** Counts a use of a valid slot of `volume` (what lookup does once it found it). */
+  use(idx: number, volume: number): void {
+    const flags = this.bda.flags;
+    if ((flags[idx] & FLAG_PREFETCHED) !== 0) {
+      // First read of a read-ahead block: uses up the counter it was inserted with.
+      flags[idx] &= ~FLAG_PREFETCHED;
+      this.stats(volume).prefetchHits++;
+      return;
+    }
+    const c = flags[idx] & COUNT_MASK;
+    if (c === 0) this.segKeep[this.segmentOf(idx)]++;
+    if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
   }
 
   /** Slot of (volume, block) without touching its counter, or -1. */

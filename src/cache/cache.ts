@@ -549,12 +549,14 @@ export class Cache {
     if (this.hitSlots.length < count) this.hitSlots = new Int32Array(count);
     const slots = this.hitSlots;
     for (let k = 0; k < count; k++) {
-      const idx = this.map.lookup(volume, first + k);
+      const idx = this.map.peek(volume, first + k);
       if (idx < 0) return false;
       slots[k] = idx;
     }
     if (offset % bs !== 0 && this.log.ramBuffer(slots[0]) === null) return false;
     if ((offset + len) % bs !== 0 && this.log.ramBuffer(slots[count - 1]) === null) return false;
+    // Served here: one use of each block (a read that goes the way of a miss counts them there).
+    for (let k = 0; k < count; k++) this.map.use(slots[k], volume);
     const g = this.geometry;
     const bps = g.blocksPerSegment;
     const cursor = this.cursor;

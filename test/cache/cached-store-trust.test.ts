@@ -586,6 +586,22 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       assert.equal(cache.stats().volumes.vol.sharedReads, 0);
     });
 
+    it('a read counts one use of each cached block it reads, whether the others are cached or not', async () => {
+      await openCache();
+      const s = store();
+      for (const b of [0, 1]) assert.equal(await readsStore(s, b, 'first read'), false);
+      const uses = (): number[] => [0, 1].map((b) => cache.map.count(cache.map.peek(s.volume, b)));
+      assert.deepEqual(uses(), [0, 0]);
+      // Blocks 0 and 1 all hit: one use each.
+      await s.read(0, [new Uint8Array(2 * BS)]);
+      assert.deepEqual(uses(), [1, 1]);
+      // Blocks 0 and 1 hit, block 2 misses: one more use each.
+      await s.read(0, [new Uint8Array(3 * BS)]);
+      await s.drain();
+      assert.deepEqual(uses(), [2, 2]);
+      assert.equal(cache.map.count(cache.map.peek(s.volume, 2)), 0);
+    });
+
     it('a read-ahead skips the blocks already cached at the start of its window', async () => {
       await openCache();
       // Another volume registered first: this one's id is not 0.
