@@ -577,9 +577,15 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       await s.discard(0, 0);
       await s.writeZeroes(0, 0, false);
       const reads = mem.reads;
+      const lookups = cache.stats().volumes.vol.reads;
       await s.read(0, []);
       await s.read(BS, [new Uint8Array(0)]);
+      // Inside a block: block 0 cached, block 1 not.
+      await s.read(100, []);
+      await s.read(BS + 100, [new Uint8Array(0)]);
+      await s.drain();
       assert.equal(mem.reads, reads);
+      assert.equal(cache.stats().volumes.vol.reads, lookups);
       assert.ok(await readsStore(s, 0, 'after'));
       assert.equal(peek(s, 1), false);
       // A volume without a shared parent counts no shared lookups.
