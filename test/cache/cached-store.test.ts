@@ -222,6 +222,27 @@ describe('cached store', () => {
     assert.equal(st.storageHits - before.st.storageHits, 10 - ram);
   });
 
+  it('a block only on the device is read once, straight into the guest buffer, and counted once', async () => {
+    const s = await open();
+    await readBack(s, 0, 32 * BS);
+    await settle();
+    await cache.log.flush();
+    let b = 0;
+    while (cache.log.ramBuffer(cache.map.peek(s.volume, b)) !== null) b++;
+    assert.ok(b < 32);
+    const slot = cache.map.peek(s.volume, b);
+    const before = { mem: mem.reads, dev: engine.reads, st: cache.stats(), uses: cache.map.count(slot) };
+    assert.deepEqual(await readBack(s, b * BS, BS), mem.data.subarray(b * BS, (b + 1) * BS));
+    assert.equal(mem.reads, before.mem);
+    assert.equal(engine.reads - before.dev, 1);
+    const st = cache.stats();
+    assert.deepEqual(
+      [st.reads - before.st.reads, st.readHits - before.st.readHits, st.storageHits - before.st.storageHits, st.ramHits - before.st.ramHits],
+      [1, 1, 1, 0],
+    );
+    assert.equal(cache.map.count(slot), before.uses + 1);
+  });
+
   it('a direct hit read racing with a rewrite of its segment holds the write back, then falls back', async () => {
     const s = await open();
     await readBack(s, 0, 32 * BS);
