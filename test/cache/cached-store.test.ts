@@ -573,4 +573,28 @@ describe('cached store', () => {
     assert.deepEqual(await readBack(s, 20 * BS, BS), block(20 * BS, 3));
     assert.equal(cache.stats().prefetched, 0);
   });
+
+  it('a write right after a read-ahead window, while the read-ahead is in flight, does not stop its insertion', async () => {
+    const s = await open('writearound', 8);
+    await readBack(s, 0, 15 * BS);
+    const prefetchHeld = gate();
+    const releasePrefetch = gate();
+    mem.readHook = async (offset) => {
+      if (offset !== 16 * BS) return;
+      mem.readHook = null;
+      prefetchHeld.resolve();
+      await releasePrefetch.promise;
+    };
+    await readBack(s, 15 * BS, BS);
+    await prefetchHeld.promise;
+    // The read-ahead of 16..23 is held; blocks 24 and 25 are written meanwhile.
+    await s.write(24 * BS, [block(24 * BS, 3, 2 * BS)]);
+    releasePrefetch.resolve();
+    await s.drain();
+    await settle();
+    assert.equal(cache.stats().prefetched, 8);
+    for (let b = 16; b < 24; b++) assert.notEqual(cache.map.peek(s.volume, b), -1, `block ${b} is cached`);
+    assert.deepEqual(await readBack(s, 16 * BS, 8 * BS), mem.data.subarray(16 * BS, 24 * BS));
+    assert.equal(cache.stats().volumes.vol.prefetchHits, 8);
+  });
 });
