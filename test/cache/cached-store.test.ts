@@ -540,6 +540,26 @@ describe('cached store', () => {
     for (let b = 16; b < 24; b++) assert.equal(cache.map.peek(s.volume, b), -1, `block ${b} not cached`);
   });
 
+  it('a read missing a block before a hit and one a read-ahead is fetching registers only the block it reads: a later miss of the fetched block waits for the read-ahead', async () => {
+    const s = await open('writearound', 8);
+    await readBack(s, 0, 15 * BS);
+    await settle();
+    const ahead = holdRead(16 * BS);
+    await readBack(s, 15 * BS, BS);
+    await ahead.reached;
+    // Block 14 misses (dropped), 15 hits, 16 is being read ahead (held).
+    cache.map.drop(cache.map.peek(s.volume, 14));
+    const first = readBack(s, 14 * BS, 3 * BS);
+    await waitFor(() => cache.stats().volumes.vol.readsJoined === 1, 'the read to join the read-ahead for block 16');
+    const second = readBack(s, 16 * BS, BS);
+    await waitFor(() => cache.stats().volumes.vol.readsJoined === 2, 'the second read to join a read of block 16');
+    // Let the backing read of block 14 complete before the read-ahead does.
+    for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r));
+    ahead.release();
+    assert.deepEqual(await second, mem.data.subarray(16 * BS, 17 * BS));
+    assert.deepEqual(await first, mem.data.subarray(14 * BS, 17 * BS));
+  });
+
   it('read-ahead racing a write never inserts the old data', async () => {
     const s = await open('writearound', 8);
     await readBack(s, 0, 15 * BS);
