@@ -403,6 +403,21 @@ describe('clones share their parent cached blocks', () => {
     assert.deepEqual(await readBack(ca, 0, BS), parent.subarray(0, BS));
   });
 
+  it("a clone's missing run after a hit is inserted under its blocks' own keys: the other clone never reads a written block as the parent's", async () => {
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true, mode: 'writearound' });
+    const cb = await cached(b);
+    // Unit 2 (blocks 8..11) becomes a's own; block 7 (unit 1) still reads the parent, cached under its key.
+    await ca.write(8 * BS, [new Uint8Array(BS).fill(0xab)]);
+    assert.deepEqual(await readBack(ca, 7 * BS, BS), parent.subarray(7 * BS, 8 * BS));
+    await ca.drain();
+    await cache.log.quiesce();
+    // Block 7 hits (parent key), 8..9 miss (a's key).
+    assert.deepEqual(await readBack(ca, 7 * BS, 3 * BS), a.content(7 * BS, 3 * BS));
+    await ca.drain();
+    await cache.log.quiesce();
+    assert.deepEqual(await readBack(cb, 8 * BS, 2 * BS), parent.subarray(8 * BS, 10 * BS));
+  });
+
   it("a clone sharing less than one block with its parent opens even when the parent's name is taken (it keys nothing by the parent)", async () => {
     cache.registerVolume('rbd-parent:test', 'some-volume', VOL);
     Object.defineProperty(a, 'sharing', { value: { ...a.sharing, sharedBytes: BS - 512 } });
