@@ -739,9 +739,11 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
         assert.equal(mem.reads - reads, 1);
       }
       // A write over the end invalidates the last whole block and caches it again; the tail is never cached.
+      const invalidations = cache.stats().volumes.vol.invalidations;
       await s.write(19 * BS, [stamped(19 * BS, BS + 512, 2)]);
       await s.drain();
       assert.ok(peek(s, 19) && !peek(s, 20));
+      assert.equal(cache.stats().volumes.vol.invalidations - invalidations, 1, 'the tail is not counted as invalidated');
       await all('after the write');
       await s.writeZeroes(19 * BS + 8, BS - 8 + 512, false);
       assert.equal(peek(s, 19), false, 'a write-zeroes over the end invalidates the last whole block');
