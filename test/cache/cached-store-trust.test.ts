@@ -576,6 +576,9 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       await s.write(0, []);
       await s.discard(0, 0);
       await s.writeZeroes(0, 0, false);
+      // Inside block 0.
+      await s.discard(100, 0);
+      await s.writeZeroes(100, 0, false);
       const reads = mem.reads;
       const lookups = cache.stats().volumes.vol.reads;
       await s.read(0, []);
