@@ -577,6 +577,7 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       await s.discard(0, 0);
       await s.writeZeroes(0, 0, false);
       // Inside block 0.
+      await s.write(100, []);
       await s.discard(100, 0);
       await s.writeZeroes(100, 0, false);
       const reads = mem.reads;
