@@ -336,6 +336,28 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       assert.equal(peek(s, 110), false, 'written after the flush: dropped');
     });
 
+    it('an overflow of the written ranges during a flush is not forgotten by it: a later loss drops the blocks written during the flush', async () => {
+      await openCache();
+      const s = store();
+      const inFlush = gate();
+      const release = gate();
+      mem.flushHook = async () => {
+        mem.flushHook = null;
+        inFlush.resolve();
+        await release.promise;
+      };
+      const flushing = s.flush();
+      await inFlush.promise;
+      for (let k = 0; k <= MAX_UNFLUSHED_RANGES; k++) await s.discard((k % 512) * 512, 512);
+      release.resolve();
+      await flushing;
+      // Blocks 0..63 were discarded during the flush (maybe lost); the range after the overflow
+      // is sector (MAX_UNFLUSHED_RANGES % 512) (block 0 here). Block 1, read and cached again:
+      assert.ok(await cachedAfterRead(s, 1, 'discarded during the flush'));
+      mem.events!.writesMayBeLost();
+      assert.equal(peek(s, 1), false, 'written during the flush: dropped');
+    });
+
     it('a write acknowledged during a flush stays unflushed after it', async () => {
       await openCache();
       const s = store();
