@@ -248,6 +248,24 @@ describe('cached store: failed writes, lost writes, fencing, verification at a w
       });
     }
 
+    it(`a flush settles ${MAX_UNSETTLED} failures for good: one more failure later holds only its own block`, async () => {
+      await openCache(512);
+      const s = store('writearound');
+      const timedOut = (e: VhostError): boolean => e.code === 'ETIMEDOUT';
+      mem.failWrites = true;
+      const failures = Array.from({ length: MAX_UNSETTLED }, (_, k) => s.write((10 + 2 * k) * BS, [stamped((10 + 2 * k) * BS, BS, 2)]));
+      for (const f of failures) await assert.rejects(f, timedOut);
+      mem.failWrites = false;
+      mem.applyLate();
+      await s.flush();
+      mem.failWrites = true;
+      await assert.rejects(s.write(700 * BS, [stamped(700 * BS, BS, 2)]), timedOut);
+      mem.failWrites = false;
+      mem.applyLate();
+      for (const b of [10, 11, 699]) assert.ok(await cachedAfterRead(s, b, 'settled by the flush'), `block ${b} is cached`);
+      assert.equal(await cachedAfterRead(s, 700, 'failed after the flush'), false);
+    });
+
     it('a failure settled by a covering write leaves nothing held: merging hundreds of later failures does not reach back to it', async () => {
       await openCache(512);
       const s = store('writearound');
