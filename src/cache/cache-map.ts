@@ -3,16 +3,24 @@
  * replacement policy and the log write position (the hand): a new block always goes to the slot
  * the hand stops at, so blocks are written in log order and each segment fills sequentially.
  *
- * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one;
- * a block inserted while its key is in the ghost history (ghost.ts: evicted or overwritten
- * recently, i.e. reused: ARC's second list) starts at MAX_COUNT; a block inserted by read-ahead
- * at 1 (it must survive until its reader comes; its first hit does not add one); any other
- * at 0. To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a
- * non-zero counter is carried forward (kept in place, counter decremented: it is rewritten
- * with the segment), unless its volume is at or over its cap;
- * any other valid slot is evicted (its key goes to the ghost history). One-touch blocks (scans,
+ * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one
+ * (and sets FLAG_REUSED); a block inserted while its key is in the ghost history (ghost.ts:
+ * evicted or overwritten recently, i.e. reused: ARC's second list) starts at MAX_COUNT, reused;
+ * a block inserted by read-ahead at 1 (it must survive until its reader comes; its first hit
+ * does not add one); any other at 0. To insert, the hand scans its segment: an invalid slot is
+ * taken; a valid slot with a non-zero counter is carried forward (kept in place: it is rewritten
+ * with the segment), unless its volume is at or over its cap; any other valid slot is evicted
+ * (its key goes to the ghost history, as once-seen or reused). One-touch blocks (scans,
  * sequential streams) thus leave at the first cleaning of their segment while blocks hit
- * twice or more survive several: recency and frequency, adapted by the ghost history.
+ * twice or more survive several: recency and frequency.
+ *
+ * Adaptation (ARC's p, as a decay period): a carried block's counter is decremented on one in
+ * `decayPeriod` carries (1..DECAY_MAX; a credit counts the carries). A ghost hit of a block
+ * evicted once-seen means the recency side was too short: the period shrinks (counters decay
+ * faster, reused blocks leave sooner and leave room to new ones); of a block evicted after
+ * reuse, the frequency side was: the period grows. Each step is DECAY_STEP times ARC's
+ * weight, the ratio of the other kind's ghosts to this kind's (at least 1). Ghost hits of
+ * blocks a write invalidated (re-inserted by the write itself) do not adapt.
  *
  * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
  * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with
@@ -38,13 +46,17 @@
  * which segment comes next (to read it ahead); the hand will enter exactly that one.
  */
 import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
-import { BlockDescriptorArray, FLAG_PREFETCHED, FLAG_REF, FLAG_VALID, MAX_VOLUMES } from './bda';
-import { GhostHistory } from './ghost';
+import { BlockDescriptorArray, FLAG_PREFETCHED, FLAG_REF, FLAG_REUSED, FLAG_VALID, MAX_VOLUMES } from './bda';
+import { GhostHistory, GhostKind } from './ghost';
 import { newCounters, type VolumeCounters } from './stats';
 
 /** Largest reuse counter (bits 1..2 of the flags; FLAG_REF is its low bit). */
 export const MAX_COUNT = 3;
 const COUNT_MASK = MAX_COUNT * FLAG_REF;
+/** Longest decay period (carries per counter decrement). */
+export const DECAY_MAX = 16;
+/** Decay period change per ghost hit, times ARC's ghost-size ratio. */
+export const DECAY_STEP = 1 / 64;
 /**
  * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
  * segments with the most holes first.
@@ -93,6 +105,10 @@ export class CacheMap {
   blocksCarried = 0;
   /** Segments the hand left without placing a block in them (every slot carried forward). */
   segmentsSkipped = 0;
+  /** Carries per counter decrement (1..DECAY_MAX), adapted by ghost hits (ARC's p). */
+  decayPeriod = 1;
+  /** Carries since the last decrement. */
+  private decayCredit = 0;
   /** Blocks currently cached per volume id. */
   readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
   /** Per-volume cap in blocks; 0 = no cap. */
@@ -183,6 +199,7 @@ export class CacheMap {
       const c = flags[idx] & COUNT_MASK;
       if (c === 0) this.segKeep[this.segmentOf(idx)]++;
       if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
+      flags[idx] |= FLAG_REUSED;
     }
     return idx;
   }
@@ -282,8 +299,11 @@ export class CacheMap {
       }
       const c = f & COUNT_MASK;
       if (c === 0 || this.atCap(bda.volumeOf(i))) break;
-      flags[i] = f - FLAG_REF;
-      if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+      if (++this.decayCredit >= this.decayPeriod) {
+        this.decayCredit -= this.decayPeriod;
+        flags[i] = f - FLAG_REF;
+        if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+      }
       this.blocksCarried++;
       i = this.step(i);
     }
@@ -301,7 +321,7 @@ export class CacheMap {
     const { bda } = this;
     if (bda.isValid(slot)) {
       this.stats(bda.volumeOf(slot)).evictions++;
-      this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot]);
+      this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot], (bda.flags[slot] & FLAG_REUSED) !== 0 ? GhostKind.Reused : GhostKind.Once);
       this.drop(slot);
     }
     const old = this.map.get(volume, block);
@@ -309,10 +329,12 @@ export class CacheMap {
     bda.set(slot, volume, block);
     this.map.add(slot);
     this.segValid[this.segmentOf(slot)]++;
-    if (this.ghost?.take(bda.keyLo[slot], bda.keyHi[slot])) {
-      bda.flags[slot] |= COUNT_MASK;
+    const kind = this.ghost ? this.ghost.take(bda.keyLo[slot], bda.keyHi[slot]) : -1;
+    if (kind >= 0) {
+      bda.flags[slot] |= COUNT_MASK | FLAG_REUSED;
       this.segKeep[this.segmentOf(slot)]++;
       this.stats(volume).ghostHits++;
+      if (kind !== GhostKind.Invalidated) this.adapt(kind === GhostKind.Reused);
     }
     this.volumeBlocks[volume]++;
     this.stats(volume).insertions++;
@@ -329,6 +351,19 @@ export class CacheMap {
       this.placed = true;
       this.hand = this.step(slot);
     }
+  }
+
+  /**
+   * ARC's adaptation on a ghost hit of an evicted block: reused (frequency side too short)
+   * lengthens the decay period, once-seen (recency side too short) shortens it, by DECAY_STEP
+   * times the ratio of the other kind's ghosts to this kind's, at least DECAY_STEP.
+   */
+  private adapt(reused: boolean): void {
+    const n = this.ghost!.count;
+    const once = Math.max(1, n[GhostKind.Once]);
+    const again = Math.max(1, n[GhostKind.Reused]);
+    const d = reused ? DECAY_STEP * Math.max(1, once / again) : -DECAY_STEP * Math.max(1, again / once);
+    this.decayPeriod = Math.min(DECAY_MAX, Math.max(1, this.decayPeriod + d));
   }
 
   /** Invalidates a valid slot (no statistics). */
@@ -372,7 +407,7 @@ export class CacheMap {
       for (let b = first; b < first + count; b++) {
         const idx = this.map.get(volume, b);
         if (idx >= 0) {
-          this.ghost?.add(this.bda.keyLo[idx], this.bda.keyHi[idx]);
+          this.ghost?.add(this.bda.keyLo[idx], this.bda.keyHi[idx], GhostKind.Invalidated);
           this.drop(idx);
           hits++;
         }
@@ -408,6 +443,6 @@ export class CacheMap {
   }
 
   get byteLength(): number {
-    return this.bda.byteLength + this.map.byteLength + (this.ghost?.byteLength ?? 0) + this.segKeep.byteLength + this.segStamp.byteLength;
+    return this.bda.byteLength + this.map.byteLength + (this.ghost?.byteLength ?? 0) + this.segKeep.byteLength + this.segValid.byteLength + this.segStamp.byteLength;
   }
 }

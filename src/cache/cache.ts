@@ -659,6 +659,7 @@ export class Cache {
       segmentsSkipped: this.map.segmentsSkipped,
       segmentsCleaned: this.map.segmentsCleaned,
       blocksCarried: this.map.blocksCarried,
+      decayPeriod: this.map.decayPeriod,
       emptySlots: this.map.slots - this.map.map.size,
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,

@@ -29,6 +29,8 @@
  *   segmentsCleaned segments the hand entered to refill (chosen by cleaning, cache-map.ts)
  *   blocksCarried   valid blocks kept in place by the hand (not rewritten: a segment write
  *                   writes its header and the runs of slots refilled, log.ts)
+ *   decayPeriod     carries per reuse-counter decrement (1..DECAY_MAX), the policy's adaptation
+ *                   (ARC's p, cache-map.ts): high = frequency kept long, 1 = recency
  *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
  *                   runs); per block inserted it is the log's write amplification
  *   emptySlots      slots holding no block right now
@@ -66,6 +68,7 @@ export interface CacheStats extends VolumeStats {
   segmentsSkipped: number;
   segmentsCleaned: number;
   blocksCarried: number;
+  decayPeriod: number;
   emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
