@@ -47,6 +47,11 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     return vol;
   }
 
+  /** Log.readDirect of one block into out, as a promise of its ok (rejects on a device error). */
+  function readDirect(slot: number, out: Uint8Array, vol: number, block: number): Promise<boolean> {
+    return new Promise((resolve, reject) => cache.log.readDirect(slot, [out], 1, vol, block, (ok, err) => (err === null ? resolve(ok) : reject(err))));
+  }
+
   /** Reads block b of vol through the cache: its data when it is a hit, null on a miss. */
   async function readCached(vol: number, b: number): Promise<Uint8Array | null> {
     const out = new Uint8Array(BS);
@@ -160,8 +165,8 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
         return writev(fd, bufs, offset);
       };
       const out = new Uint8Array(BS);
-      const read = how === 'readSlots' ? cache.log.readSlots(slot, 1, out) : cache.log.readDirect(slot, [out], 1, vol, 9);
-      const other10 = how === 'readDirect' ? cache.log.readDirect(10, [new Uint8Array(BS)], 1, vol, 10) : Promise.resolve(false);
+      const read = how === 'readSlots' ? cache.log.readSlots(slot, 1, out) : readDirect(slot, out, vol, 9);
+      const other10 = how === 'readDirect' ? readDirect(10, new Uint8Array(BS), vol, 10) : Promise.resolve(false);
       while (holds.length < (how === 'readDirect' ? 2 : 1)) await new Promise((r) => setImmediate(r));
       engine.readHook = null;
       // Another volume's blocks take every slot until segment 2's rewrite is submitted.
