@@ -156,6 +156,31 @@ describe('cached store', () => {
     assert.deepEqual(await readBack(s, 0, BS), block(0, 9));
   });
 
+  for (const mode of ['writearound', 'writethrough'] as const) {
+    it(`${mode}: a read miss's insertion waits for a later loop turn; a write of its block meanwhile makes it place nothing`, async () => {
+      const s = await open(mode);
+      // The miss is answered before its insertion is placed; quiesce() waits for that insertion.
+      assert.deepEqual(await readBack(s, 6 * BS, BS), block(6 * BS, 1));
+      assert.ok(cache.map.peek(s.volume, 6) < 0, 'insertion deferred');
+      await settle();
+      assert.ok(cache.map.peek(s.volume, 6) >= 0, 'inserted by the time quiesce() resolves');
+      const reads = mem.reads;
+      assert.deepEqual(await readBack(s, 6 * BS, BS), block(6 * BS, 1));
+      assert.equal(mem.reads, reads, 'a hit');
+      // Another miss (its insertion would go into the same segment buffer, still filling) ...
+      assert.deepEqual(await readBack(s, 5 * BS, BS), block(5 * BS, 1));
+      assert.ok(cache.map.peek(s.volume, 5) < 0, 'insertion deferred');
+      // ... and, before its insertion's turn, the guest overwrites the block.
+      await s.write(5 * BS, [block(5 * BS, 7)]);
+      await settle();
+      const slot = cache.map.peek(s.volume, 5);
+      if (mode === 'writearound') assert.ok(slot < 0, 'the stale insertion placed nothing');
+      else assert.deepEqual(cache.log.ramBlock(slot), block(5 * BS, 7), "the write's own insertion");
+      assert.deepEqual(await readBack(s, 5 * BS, BS), block(5 * BS, 7));
+      assert.deepEqual(mem.data.subarray(5 * BS, 6 * BS), block(5 * BS, 7));
+    });
+  }
+
   it('a guest changing its buffer during a write cannot make cache and backing store differ', async () => {
     const s = await open();
     const held = gate();
@@ -184,14 +209,19 @@ describe('cached store', () => {
   }
 
   it('full hits go straight into the guest buffers: RAM and device hits, unaligned, one readv per run', async () => {
-    const s = await open();
-    await readBack(s, 0, 32 * BS);
+    const first = await open();
+    await readBack(first, 0, 32 * BS);
     await settle();
-    await cache.log.flush();
+    await first.close();
+    await cache.close();
+    // Reopened warm: blocks 0..31 on the device only; blocks 9 and 18 written again, into RAM.
+    const s = await open();
+    await s.write(9 * BS, [block(9 * BS, 5)]);
+    await s.write(18 * BS, [block(18 * BS, 5)]);
+    await settle();
     const bps = cache.geometry.blocksPerSegment;
-    // The request: blocks 9..18 (the log holds blocks 0..31 in slots 0..31; the last segments
-    // are still in RAM). Count the device runs (consecutive slots of one segment whose buffer
-    // is not in RAM) the read should issue.
+    // The request: blocks 9..18, its partial first and last blocks in RAM. Count the device
+    // runs (consecutive slots of one segment whose buffer does not hold them) it should issue.
     let runs = 0;
     let ram = 0;
     let prev = -2;
