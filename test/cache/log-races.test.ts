@@ -20,6 +20,11 @@ const SEGMENTS = 4;
 const BPS = 4;
 
 /** Block `b` of a volume: every byte = b + 1 (mod 256). */
+/** Log.readDirect (a callback on the hit path) as a promise: its ok flag, or its I/O error. */
+function readDirect(cache: Cache, slot: number, bufs: Uint8Array[], vol: number, block: number): Promise<boolean> {
+  return new Promise((resolve, reject) => cache.log.readDirect(slot, bufs, 1, vol, block, (ok, err) => (err === null ? resolve(ok) : reject(err))));
+}
+
 function blockData(b: number, n = 1): Uint8Array {
   const d = new Uint8Array(n * BS);
   for (let k = 0; k < n; k++) d.fill((b + k + 1) & 0xff, k * BS, (k + 1) * BS);
@@ -45,11 +50,6 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     vol = cache.registerVolume('v', 'id', 1 << 20);
     assert.equal(cache.map.volumeBlocks[vol], 16);
     return vol;
-  }
-
-  /** Log.readDirect of one block into out, as a promise of its ok (rejects on a device error). */
-  function readDirect(slot: number, out: Uint8Array, vol: number, block: number): Promise<boolean> {
-    return new Promise((resolve, reject) => cache.log.readDirect(slot, [out], 1, vol, block, (ok, err) => (err === null ? resolve(ok) : reject(err))));
   }
 
   /** Reads block b of vol through the cache: its data when it is a hit, null on a miss. */
@@ -165,8 +165,8 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
         return writev(fd, bufs, offset);
       };
       const out = new Uint8Array(BS);
-      const read = how === 'readSlots' ? cache.log.readSlots(slot, 1, out) : readDirect(slot, out, vol, 9);
-      const other10 = how === 'readDirect' ? readDirect(10, new Uint8Array(BS), vol, 10) : Promise.resolve(false);
+      const read = how === 'readSlots' ? cache.log.readSlots(slot, 1, out) : readDirect(cache, slot, [out], vol, 9);
+      const other10 = how === 'readDirect' ? readDirect(cache, 10, [new Uint8Array(BS)], vol, 10) : Promise.resolve(false);
       while (holds.length < (how === 'readDirect' ? 2 : 1)) await new Promise((r) => setImmediate(r));
       engine.readHook = null;
       // Another volume's blocks take every slot until segment 2's rewrite is submitted.
