@@ -64,6 +64,9 @@ import type { CacheMap } from './cache-map';
 import { BufferState, type Geometry, SegmentBuffer, segmentOffset, slotOffset } from './segment';
 import { LatencyMeter } from './stats';
 
+/** One device read of cached blocks in this many is timed (readLatency: a sampled mean, see LatencyMeter). */
+export const READ_LATENCY_SAMPLE = 16;
+
 /** Blocks' worth of queued insertion jobs started per loop turn (one job at least; see the header). */
 export const INSERT_BLOCKS_PER_TURN = 256;
 
@@ -103,7 +106,7 @@ export class Log {
   readErrors = 0;
   writeErrors = 0;
   insertsDropped = 0;
-  readonly readLatency = new LatencyMeter();
+  readonly readLatency = new LatencyMeter(READ_LATENCY_SAMPLE);
   readonly segmentReadLatency = new LatencyMeter();
   readonly segmentWriteLatency = new LatencyMeter();
 
@@ -185,7 +188,7 @@ export class Log {
   async readSlots(slot: number, count: number, into: Uint8Array): Promise<boolean> {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
-    const t = LatencyMeter.now();
+    const t = this.readLatency.start();
     const len = count * this.g.blockSize;
     await this.readAt(slotOffset(this.g, slot), len, [into.subarray(0, len)]);
     this.readLatency.record(t);
@@ -213,7 +216,7 @@ export class Log {
   ): void {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
-    const t = LatencyMeter.now();
+    const t = this.readLatency.start();
     this.directReaders[seg]++;
     const offset = slotOffset(this.g, slot);
     const read = (err: Error | null): void => {

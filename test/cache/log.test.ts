@@ -5,6 +5,7 @@ import { crc32 } from 'node:zlib';
 import pino from 'pino';
 import { native } from '../../src/native/binding';
 import { Cache } from '../../src/cache/cache';
+import { READ_LATENCY_SAMPLE } from '../../src/cache/log';
 import { deviceBytesFor, SEGMENT_MAGIC, segmentOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { drawSlots, FaultyEngine } from './helpers';
@@ -279,6 +280,16 @@ describe('cache log', () => {
       dropped += f.dropped as number;
     }
     assert.ok(cache.map.volumeBlocks[vol] <= before + inserted - dropped, 'the unread segments lost their blocks');
+  });
+
+  it('times one device read of cached blocks in READ_LATENCY_SAMPLE (a sampled mean latency)', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => true), 4);
+    assert.equal(await cache.log.flush(), true);
+    const out = new Uint8Array(BS);
+    for (let i = 0; i < 2 * READ_LATENCY_SAMPLE + 1; i++) assert.equal(await cache.log.readSlots(i % 4, 1, out), true);
+    assert.equal(cache.log.readLatency.samples, 2);
+    assert.ok(cache.stats().readLatencyUs > 0);
   });
 
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
