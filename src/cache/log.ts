@@ -48,10 +48,13 @@
  * (backpressure) and queues the job; its CRC-32Cs, the copies into the segment buffer, the map
  * updates and the sealing of segments run in the check phase of a later loop turn (setImmediate),
  * after the devices have answered and notified the requests completed in that turn, at most
- * INSERT_BLOCKS_PER_TURN blocks' worth of jobs per turn (at least one job). A job that had to
- * wait for a buffer (a segment write or read-ahead) resumes in a check phase too. The caller's
- * `accept` is asked when each block is placed, so an insertion made stale while it waited (a
- * write of its blocks poisoned it) places nothing; quiesce() and flush() wait for the queued jobs.
+ * INSERT_BLOCKS_PER_TURN blocks' worth of jobs per turn (at least one job). A job that has to
+ * wait for a buffer (all of them being written or read) goes on when one is free, in that
+ * completion's turn (yielding to a check phase there as well halved the insertion rate of a
+ * fast sequential warm-up: bench/read-join.ts dropped 55 % of its blocks by back-pressure).
+ * The caller's `accept` is asked when each block is placed, so an insertion made stale while it
+ * waited (a write of its blocks poisoned it) places nothing; quiesce() and flush() wait for the
+ * queued jobs.
  *
  * All insertions and flushes run one at a time (a promise chain), so the hand only moves
  * under that chain.
@@ -328,8 +331,6 @@ export class Log {
       const seg = Math.floor(victim / bps);
       if (this.current === null || this.current.segment !== seg) {
         await this.rotate(seg);
-        // rotate() may have waited for I/O: go on in a check phase, not in the completions' turn.
-        await checkPhase();
         if (this.disabled || !accept()) break;
       }
       const cur = this.current as SegmentBuffer | null;
