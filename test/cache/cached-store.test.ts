@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
-import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
+import { CachedStore, type CacheMode, MISS_BUFFERS } from '../../src/cache/cached-store';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore } from './helpers';
@@ -493,6 +493,58 @@ describe('cached store', () => {
     const st = cache.stats();
     assert.equal(st.insertions, insertions + 1 + 8 + 8);
     assert.equal(st.prefetched, 8);
+  });
+
+  /** Resolves in a later check phase than every setImmediate scheduled so far. */
+  const nextCheck = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+  it("a miss's pooled buffer comes back only after its joined read copied out of it and its insertion settled", async () => {
+    const s = await open('writearound');
+    const len = 7 * BS;
+    const a = holdRead(10 * BS);
+    const missA = readBack(s, 10 * BS, len);
+    await a.reached;
+    // B joins A's read of block 12 (and copies it out of A's buffer when it arrives).
+    const missB = readBack(s, 12 * BS, BS);
+    await waitFor(() => cache.stats().volumes.vol.readsJoined === 1, 'the read to join');
+    const pooled = MISS_BUFFERS.pooledBytes;
+    a.release();
+    assert.deepEqual(await missA, mem.data.subarray(10 * BS, 17 * BS));
+    assert.deepEqual(await missB, mem.data.subarray(12 * BS, 13 * BS));
+    // A's insertion is placed in a check phase; its buffer may only go back in a later one.
+    await nextCheck();
+    assert.ok(MISS_BUFFERS.pooledBytes - pooled < len, "A's buffer is still held");
+    await settle();
+    await nextCheck();
+    assert.ok(MISS_BUFFERS.pooledBytes - pooled >= len, "A's buffer is back");
+    for (let b = 10; b < 17; b++) assert.deepEqual(cache.log.ramBlock(cache.map.peek(s.volume, b)), mem.data.subarray(b * BS, (b + 1) * BS));
+    // Reused: the next miss of that length gets it back, and its own data.
+    assert.deepEqual(await readBack(s, 30 * BS, len), mem.data.subarray(30 * BS, 37 * BS));
+  });
+
+  it("a miss whose first backing read fails keeps its pooled buffer until its other reads settled", async () => {
+    const s = await open('writethrough');
+    await s.write(22 * BS, [block(22 * BS, 2, 2 * BS)]);
+    await settle();
+    await nextCheck();
+    const len = 9 * BS;
+    // Blocks 20..28: 22 and 23 are hits, so two backing reads, 20..21 (fails) and 24..28 (held).
+    const b = holdRead(24 * BS);
+    const prev = mem.readHook;
+    mem.readHook = async (o, n) => {
+      await prev?.(o, n);
+      if (o === 20 * BS) throw new Error('injected backing read failure');
+    };
+    const pooled = MISS_BUFFERS.pooledBytes;
+    await assert.rejects(readBack(s, 20 * BS, len), /injected/);
+    await b.reached;
+    await nextCheck();
+    await nextCheck();
+    assert.ok(MISS_BUFFERS.pooledBytes - pooled < len, 'held while the read of 24..28 still writes into it');
+    b.release();
+    await waitFor(() => MISS_BUFFERS.pooledBytes - pooled >= len, 'the buffer back once that read settled');
+    mem.readHook = null;
+    assert.deepEqual(await readBack(s, 20 * BS, len), Uint8Array.from([...mem.data.subarray(20 * BS, 22 * BS), ...block(22 * BS, 2, 2 * BS), ...mem.data.subarray(24 * BS, 29 * BS)]));
   });
 
   it('a read joining a read-ahead never takes data older than a write that started before it', async () => {
