@@ -24,7 +24,10 @@
  *     path below, which overwrites every byte. It registers no operation: it inserts nothing;
  *   - read misses are read from the backing store into a private buffer, then copied to the
  *     guest; writes that insert copy the guest data once and write the backing store and the
- *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ;
+ *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ.
+ *     A miss's buffer is pooled (MISS_BUFFERS) and goes back only once nothing writes into it
+ *     or reads from it any more: its backing reads and joins settled, the misses that joined
+ *     its reads have copied their blocks, its insertions settled (readThrough);
  *   - only whole blocks inside the volume are cached; a trailing partial block passes through.
  *
  * Shared parent blocks: a store with `sharing` (an RBD clone) has its blocks keyed through
@@ -91,6 +94,7 @@ import type { Cache } from './cache';
 import { parentReads, PendingReads } from './pending-reads';
 import { SharedKeys } from './shared-keys';
 import { gatherIov, iovLength, scatterIov } from '../util/iov';
+import { BufferPool, type Lease } from '../util/buffer-pool';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
 export const VERIFY_SAMPLE_BLOCKS = 1024;
@@ -100,6 +104,20 @@ const VERIFY_PARALLEL = 32;
 const MAX_UNSETTLED = 256;
 /** Ranges written since the last flush that are tracked one by one (see the header). */
 export const MAX_UNFLUSHED_RANGES = 4096;
+/** Free miss buffers kept for reuse (all volumes of the process), and the longest one pooled. */
+export const MISS_POOL_BYTES = 16 << 20;
+export const MISS_POOL_MAX_LENGTH = 1 << 20;
+/** The private buffers of readThrough (see there for who holds one and until when); exported for tests. */
+export const MISS_BUFFERS = new BufferPool(MISS_POOL_BYTES, MISS_POOL_MAX_LENGTH);
+
+/** `shared` of a run of readThrough that also holds its buffer until called (once). */
+function holding(lease: Lease, shared: () => void): () => void {
+  lease.hold();
+  return () => {
+    shared();
+    lease.release();
+  };
+}
 
 export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
 
@@ -530,9 +548,15 @@ export class CachedStore implements BackingStore {
     const count = last - first + 1;
     const op = this.begin(first, last, false);
     // Every byte that reaches the guest or the cache is written first: hits by readBlocks,
-    // the rest (misses, failed hits) by the backing store reads below.
-    const tmp: Uint8Array = Buffer.allocUnsafe(count * bs);
+    // the rest (misses, failed hits) by the backing store reads below. The buffer is pooled:
+    // this call holds it until nothing it started writes into it any more (`writers`, all
+    // settled), and each backing read's run until that run's `shared` is called (its blocks'
+    // insertion settled or given up; other misses may copy out of it until then).
+    const lease = MISS_BUFFERS.take(count * bs);
+    const tmp = lease.buf;
     const hit = new Uint8Array(count);
+    const writers: Promise<unknown>[] = [];
+    let settled = false;
     try {
       const cached = Math.min(count, this.cacheable - first);
       const lookups: Promise<number>[] = [];
@@ -547,14 +571,17 @@ export class CachedStore implements BackingStore {
               }),
         );
       });
+      writers.push(...lookups);
       let hits = 0;
       for (const h of await Promise.all(lookups)) hits += h;
       if (hits === count) {
+        settled = true;
         scatterIov(tmp, offset - first * bs, bufs);
         return;
       }
       // Misses another read is fetching right now: its data, not another read.
       const joined = this.joinReads(first, cached, tmp, hit);
+      writers.push(...joined);
       // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
       const reads: Promise<void>[] = [];
       const runs: [k: number, e: number, shared: () => void][] = [];
@@ -570,7 +597,8 @@ export class CachedStore implements BackingStore {
           const end = Math.min((first + e + 1) * bs, this.size);
           const read = this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]);
           reads.push(read);
-          runs.push([k, e, this.shareRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs))]);
+          writers.push(read);
+          runs.push([k, e, holding(lease, this.shareRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs)))]);
           hit.fill(1, k, e + 1);
           k = e + 1;
         }
@@ -589,6 +617,7 @@ export class CachedStore implements BackingStore {
         for (const [, , shared] of runs) shared();
         throw err;
       }
+      settled = true;
       scatterIov(tmp, offset - first * bs, bufs);
       for (const [k0, e, shared] of runs) {
         const n0 = Math.min(e, cached - 1) - k0 + 1;
@@ -616,6 +645,9 @@ export class CachedStore implements BackingStore {
       }
     } finally {
       this.end(op);
+      // On an error some reads or joins may still be writing into tmp: wait for them.
+      if (settled) lease.release();
+      else void Promise.allSettled(writers).then(() => lease.release());
     }
   }
 

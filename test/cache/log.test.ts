@@ -5,6 +5,7 @@ import { crc32 } from 'node:zlib';
 import pino from 'pino';
 import { native } from '../../src/native/binding';
 import { Cache } from '../../src/cache/cache';
+import { READ_LATENCY_SAMPLE } from '../../src/cache/log';
 import { deviceBytesFor, SEGMENT_MAGIC, segmentOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { drawSlots, FaultyEngine } from './helpers';
@@ -244,9 +245,11 @@ describe('cache log', () => {
     const logger = pino({ level: 'warn' }, { write: (l: string) => lines.push(JSON.parse(l)) });
     cache = await Cache.open({ path: path.join(dir, 'cache3'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
     let vol = cache.registerVolume('v', 'id', 1 << 20);
+    const opened = engine.reads;
     assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
     assert.equal(await cache.log.flush(), true);
-    assert.deepEqual([cache.stats().segmentWrites, cache.stats().segmentReads], [4, 0]);
+    // Every device read since the open was a segment read ahead (the lap comes back to segment 0).
+    assert.deepEqual([cache.stats().segmentWrites, cache.stats().segmentReads], [4, engine.reads - opened]);
     // Reopened warm, no segment is in RAM: going round the log reads segments ahead (3
     // buffers). Which insertion issues the first read depends on the policy's refill choices,
     // so insert until one does, at most one lap.
@@ -279,14 +282,31 @@ describe('cache log', () => {
     assert.ok(cache.map.volumeBlocks[vol] <= before + inserted - dropped, 'the unread segments lost their blocks');
   });
 
+  it('times one device read of cached blocks in READ_LATENCY_SAMPLE (a sampled mean latency)', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => true), 4);
+    assert.equal(await cache.log.flush(), true);
+    const out = new Uint8Array(BS);
+    for (let i = 0; i < 2 * READ_LATENCY_SAMPLE + 1; i++) assert.equal(await cache.log.readSlots(i % 4, 1, out), true);
+    assert.equal(cache.log.readLatency.samples, 2);
+    assert.ok(cache.stats().readLatencyUs > 0);
+  });
+
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
     await cache.log.flush();
+    // The hand is back at segment 0 (the log is full), so segment 0 is read ahead and may be
+    // served from RAM: wait for that, then read two blocks of a segment no buffer holds.
+    await cache.log.quiesce();
+    const onDevice = [...Array(16).keys()].filter((b) => cache.log.ramBuffer(cache.map.peek(vol, b)) === null);
+    assert.equal(onDevice.length, 4, 'one segment of the four is not in RAM');
+    const first = onDevice[0];
     engine.failReads = true;
-    const r = await read(0, 2);
+    const r = await read(first, 2);
     assert.equal(r.hits, 0);
-    assert.equal(cache.map.peek(vol, 0), -1);
+    assert.equal(cache.map.peek(vol, first), -1);
+    assert.equal(cache.map.peek(vol, first + 1), -1);
     assert.equal(cache.stats().readErrors, 1);
     engine.failReads = false;
     engine.failWrites = true;
