@@ -125,6 +125,12 @@ export class CacheMap {
     return this.upcoming >= 0 && this.upcomingHolesOnly;
   }
   private readonly counters: (VolumeCounters | undefined)[] = [];
+  /**
+   * Called with each slot drop() invalidates, before its key is cleared (the log tracks
+   * header entries that may still be valid on the device: dropped.ts), `evicted` when assign()
+   * refills it; not by dropVolume().
+   */
+  onDrop: ((slot: number, evicted: boolean) => void) | null = null;
 
   constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
     this.bda = bda ?? new BlockDescriptorArray(slots);
@@ -302,7 +308,7 @@ export class CacheMap {
     if (bda.isValid(slot)) {
       this.stats(bda.volumeOf(slot)).evictions++;
       this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot]);
-      this.drop(slot);
+      this.drop(slot, false, true);
     }
     const old = this.map.get(volume, block);
     if (old >= 0) this.drop(old);
@@ -331,10 +337,11 @@ export class CacheMap {
     }
   }
 
-  /** Invalidates a valid slot (no statistics). */
-  drop(slot: number): void {
+  /** Invalidates a valid slot (no statistics); `untracked`: onDrop is not called. */
+  drop(slot: number, untracked = false, evicted = false): void {
     const { bda } = this;
     if (!bda.isValid(slot)) return;
+    if (!untracked) this.onDrop?.(slot, evicted);
     const seg = this.segmentOf(slot);
     if ((bda.flags[slot] & COUNT_MASK) !== 0) this.segKeep[seg]--;
     this.segValid[seg]--;
@@ -382,13 +389,16 @@ export class CacheMap {
     return hits;
   }
 
-  /** Drops every block of a volume (its identity changed). Returns how many. */
+  /**
+   * Drops every block of a volume (its identity changed). Returns how many. onDrop is not
+   * called: the cache makes them all invalid at once (the volume's epoch, volume-table.ts).
+   */
   dropVolume(volume: number): number {
     if (this.volumeBlocks[volume] === 0) return 0;
     let n = 0;
     for (let i = 0; i < this.slots; i++) {
       if (this.bda.isValid(i) && this.bda.volumeOf(i) === volume) {
-        this.drop(i);
+        this.drop(i, true);
         n++;
       }
     }

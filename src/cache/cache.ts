@@ -8,18 +8,28 @@
  * any process, gets EBUSY) and size it; read the superblock (device offset 0)
  * and format it (fresh uuid, generation 0) if it is missing, of another geometry, or the file
  * had to be resized; load the metadata (device area, or the --cache-metadata file) if it is
- * bound to the superblock's uuid and generation and matches the geometry and map size; then
+ * bound to the superblock's uuid and generation and matches the geometry and map size; else,
+ * after an unclean stop, rebuild the index from the segment headers (recovery.ts, which states
+ * the invariant that makes this safe) with the durable volume table (volume-table.ts); then
  * bump the generation in the superblock and fdatasync BEFORE returning. From then on the
- * metadata on disk is stale: a crash leaves a cache that opens cold. close() drains
- * insertions, writes buffered segments, fdatasyncs the device and saves the metadata with the
- * current generation. abort() stops without saving (what a crash leaves).
+ * metadata on disk is stale: a crash leaves a cache that opens by recovery. A superblock whose
+ * volume table cannot be read (and no metadata) is formatted again (new uuid: no old header is
+ * trusted). close() drains insertions, writes buffered segments, fdatasyncs the device, saves
+ * the volume table and the metadata with the current generation. abort() stops without
+ * saving (what a crash leaves).
+ *
+ * The volume table is saved (and synced) whenever an id is assigned, a volume's blocks are all
+ * dropped (its epoch is raised: the volume's writes wait for that save, pendingTable) or its
+ * recorded identity changes. Records are never removed, so an id assigned now is unknown to
+ * every table on the device, and recovery skips entries of unknown ids: a new id's blocks need
+ * not wait for its save.
  *
  * Every block read from the cache device is read exactly (end of device = error) and checked
  * against its CRC-32C in the BDA; a failed read or a mismatch is a miss: counted (readErrors,
  * checksumErrors), the slot dropped, the caller reads the backing store. Blocks copied from a
  * RAM segment buffer are not checked (they are the bytes inserted or already checked).
  *
- * Superblock (4 KiB, little endian, version 2): u32 magic 0x44434256 ('VBCD'), u32 version,
+ * Superblock (4 KiB, little endian, version 3): u32 magic 0x44434256 ('VBCD'), u32 version,
  * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
  * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
  * zero (offset 60), zeros. Full format: docs/cache-format.md.
@@ -37,11 +47,15 @@ import { MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import { CacheMap } from './cache-map';
 import { Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
+import { recoverIndex } from './recovery';
 import { computeGeometry, type Geometry, SEGMENT_ALIGNMENT, SUPERBLOCK_SIZE } from './segment';
+import { VolumeTable, type VolumeTableState } from './volume-table';
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
-export const SUPERBLOCK_VERSION = 2;
+/** Saves of the volume table tried after a write error before giving up (raiseFloor). */
+const FLOOR_ATTEMPTS = 5;
+export const SUPERBLOCK_VERSION = 3;
 
 export interface CacheOptions {
   /** Cache device: a block device or a file (created when `size` is given). */
@@ -257,6 +271,8 @@ export class Cache {
   readonly generation: number;
   /** True when this open loaded valid metadata (warm start). */
   readonly warm: boolean;
+  /** What recovery from the segment headers found (null: no recovery ran). */
+  readonly recovery: { entries: number; skipped: number; rewritten: number; ms: number } | null;
   readonly map: CacheMap;
   readonly log: Log;
   private readonly fd: number;
@@ -265,6 +281,11 @@ export class Cache {
   private readonly logger: Logger;
   private readonly uuid: Uint8Array;
   private readonly volumes = new Map<string, VolumeRecord>();
+  private readonly table: VolumeTable;
+  /** Header sectors sealed below this are never recovered (volume-table.ts). */
+  private floor: number;
+  /** Volume ids whose table change is not durable yet: the save their writes and inserts wait for. */
+  private readonly pendingTable = new Map<number, Promise<void>>();
   private readonly active = new Set<number>();
   /** Shared parents' ids (registerShared) and how many volumes use each. */
   private readonly sharedUsers = new Map<number, number>();
@@ -283,8 +304,11 @@ export class Cache {
     place: MetadataPlace;
     map: CacheMap;
     sequence: number;
+    floor: number;
     volumes: VolumeRecord[];
     warm: boolean;
+    table: VolumeTable;
+    recovery: Cache['recovery'];
   }) {
     this.path = a.o.path;
     this.metadataPlace = a.place;
@@ -297,6 +321,9 @@ export class Cache {
     this.uuid = a.sb.uuid;
     this.map = a.map;
     this.warm = a.warm;
+    this.recovery = a.recovery;
+    this.floor = a.floor;
+    this.table = a.table;
     for (const v of a.volumes) this.volumes.set(v.name, v);
     this.log = new Log({
       fd: a.logIo.fd,
@@ -309,7 +336,71 @@ export class Cache {
       buffers: a.o.buffers ?? 8,
       maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
       logger: this.logger,
+      onDisabled: () => this.raiseFloor(),
     });
+  }
+
+  /** What the volume table saves. */
+  private tableState(): VolumeTableState {
+    return { floor: this.floor, volumes: [...this.volumes.values()] };
+  }
+
+  /**
+   * After a write error: nothing written so far may be recovered. Saves the volume table with
+   * the floor above every sequence number used; a failed save is retried (FLOOR_ATTEMPTS), then
+   * given up with an error log (the device then refuses every write: see docs/cache-format.md).
+   */
+  private async raiseFloor(): Promise<void> {
+    this.floor = this.log.sequence + 1;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.table.save();
+        return;
+      } catch (err) {
+        if (attempt >= FLOOR_ATTEMPTS) {
+          this.logger.error({ err: (err as Error).message }, 'cache volume table not saved after a write error: remove or reformat the cache device before the next start');
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 10 * 2 ** attempt));
+      }
+    }
+  }
+
+  /**
+   * Saves the volume table; a failed save is a cache-device write error (the log is disabled).
+   * Never rejects.
+   */
+  private saveTable(): Promise<void> {
+    return this.table.save().catch((err: Error) => this.log.writeFailed(`cache volume table write failed: ${err.message}`));
+  }
+
+  /** Drops every block of volume `rec` at once: raises its epoch (durable before its next write). */
+  private dropAll(rec: VolumeRecord): number {
+    const n = this.map.dropVolume(rec.id);
+    rec.epoch = this.log.sequence + 1;
+    const id = rec.id;
+    const p = this.saveTable();
+    this.pendingTable.set(id, p);
+    void p.then(() => {
+      if (this.pendingTable.get(id) === p) this.pendingTable.delete(id);
+    });
+    return n;
+  }
+
+  /** Drops every block of volume id `id` (see dropAll). Returns how many were cached. */
+  dropVolume(id: number): number {
+    for (const rec of this.volumes.values()) if (rec.id === id) return this.dropAll(rec);
+    return this.map.dropVolume(id);
+  }
+
+  /** Records the backing identity of a quiet volume (saved when it changed), for recovery. */
+  recordIdentity(id: number, identity: string): void {
+    for (const rec of this.volumes.values()) {
+      if (rec.id !== id || rec.identity === identity || !this.active.has(id)) continue;
+      rec.identity = identity;
+      // Nothing waits for it: an identity recorded late only makes the volume cold after a crash.
+      void this.saveTable();
+    }
   }
 
   static async open(o: CacheOptions): Promise<Cache> {
@@ -327,39 +418,79 @@ export class Cache {
       const raw = new Uint8Array(SUPERBLOCK_SIZE);
       await o.engine.readv(fd, [raw], 0, true);
       let sb = resized ? null : parseSuperblock(raw, g);
+      const place: MetadataPlace =
+        o.metadataPath !== undefined
+          ? { file: o.metadataPath }
+          : { fd, engine: o.engine, offset: g.metadataOffset, bytes: g.metadataBytes };
+      const tableCapacity = AddressMap.capacityFor(g.slots, loadFactor);
+      let loaded: Awaited<ReturnType<typeof loadMetadata>> = { ok: false, reason: 'cache device formatted' };
+      let saved: VolumeTableState | null = null;
+      if (sb) {
+        loaded = await loadMetadata(place, sb, { geometry: g, tableCapacity });
+        saved = await new VolumeTable(o.engine, fd, g.tableOffset, sb.uuid, () => ({ floor: 0, volumes: [] })).load();
+        // Neither: nothing on the device can be interpreted safely.
+        if (!loaded.ok && saved === null) sb = null;
+      }
       if (!sb) {
         // A file that had to be resized may have lost blocks: its content is not trusted.
         sb = { uuid: new Uint8Array(randomBytes(16)), generation: 0 };
         logger.info({ path: o.path, slots: g.slots, segments: g.segments, resized }, 'cache device formatted');
       }
-      const place: MetadataPlace =
-        o.metadataPath !== undefined
-          ? { file: o.metadataPath }
-          : { fd, engine: o.engine, offset: SUPERBLOCK_SIZE, bytes: g.metadataBytes };
-      const tableCapacity = AddressMap.capacityFor(g.slots, loadFactor);
-      const loaded = await loadMetadata(place, sb, { geometry: g, tableCapacity });
-      // From now on the metadata on disk is stale: a crash means a cold start.
+      // From now on the metadata on disk is stale: a crash means recovery from the headers.
       sb = { uuid: sb.uuid, generation: sb.generation + 1 };
       await o.engine.writev(fd, [superblock(g, sb)], 0);
       await o.engine.fdatasync(fd);
-      // Sequence numbers stay increasing across cold starts: never below microseconds since 1970.
-      const floor = Date.now() * 1000;
+      // Sequence numbers stay increasing across starts: never below microseconds since 1970.
+      const clock = Date.now() * 1000;
       let map: CacheMap;
-      let sequence = floor;
+      let sequence = clock;
       let volumes: VolumeRecord[] = [];
+      let floor = 0;
+      let recovered: Awaited<ReturnType<typeof recoverIndex>> | null = null;
+      const mapOptions = { loadFactor, segmentBlocks: g.blocksPerSegment };
       if (loaded.ok) {
         const st = loaded.state;
-        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment }, st.bda, st.table);
+        map = new CacheMap(g.slots, mapOptions, st.bda, st.table);
         map.hand = st.hand;
         map.wraps = st.wraps;
-        sequence = Math.max(st.sequence, floor);
+        sequence = Math.max(st.sequence, clock);
         volumes = st.volumes;
+        floor = st.floor;
         logger.info({ path: o.path, metadata: describePlace(place), blocks: map.map.size }, 'cache warm start');
+      } else if (saved !== null) {
+        recovered = await recoverIndex({ engine: o.engine, fd, geometry: g, uuid: sb.uuid, floor: saved.floor, volumes: saved.volumes, tableCapacity });
+        map = new CacheMap(g.slots, mapOptions, recovered.bda, recovered.table);
+        map.hand = recovered.hand;
+        sequence = Math.max(recovered.sequence, clock);
+        volumes = saved.volumes;
+        floor = saved.floor;
+        logger.info(
+          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, rewrite: recovered.rewrite.length, ms: Math.round(recovered.ms) },
+          'cache recovered from the segment headers',
+        );
       } else {
-        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment });
+        map = new CacheMap(g.slots, mapOptions);
+        // Nothing written before this start is ever recovered.
+        floor = sequence + 1;
         logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
-      return new Cache({ o, fd, logIo, g, sb, place, map, sequence, volumes, warm: loaded.ok });
+      const holder: { cache: Cache | null } = { cache: null };
+      const table = new VolumeTable(o.engine, fd, g.tableOffset, sb.uuid, () => (holder.cache as Cache).tableState());
+      if (saved !== null) await table.load();
+      const recovery = recovered === null ? null : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, ms: recovered.ms };
+      const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, floor, volumes, warm: loaded.ok, table, recovery });
+      holder.cache = cache;
+      try {
+        await table.save();
+        // Headers naming entries the index does not hold are rewritten before anything else.
+        if (recovered !== null && recovered.rewrite.length > 0) await cache.log.rewrite(recovered.rewrite);
+        if (cache.log.disabled) throw new VhostError(`${o.path}: cache device write failed at open`, 'EIO');
+      } catch (err) {
+        cache.closing = true;
+        await cache.log.quiesce();
+        throw err;
+      }
+      return cache;
     } catch (err) {
       if (logIo !== undefined && logIo.fd !== fd) fs.closeSync(logIo.fd);
       fs.closeSync(fd);
@@ -367,15 +498,19 @@ export class Cache {
     }
   }
 
-  /** A new entry in the volume table, with the lowest free id (holding no blocks). */
+  /**
+   * A new entry in the volume table, with the lowest free id (holding no blocks: its epoch
+   * starts after every sequence number used), saved before its first write or insertion.
+   */
   private newRecord(name: string, identity: string, sizeBytes: number, maxBytes: number): VolumeRecord {
     const used = new Set([...this.volumes.values()].map((v) => v.id));
     let id = 0;
     while (used.has(id)) id++;
     if (id >= MAX_VOLUMES) throw new VhostError('too many cached volumes', 'ENOSPC');
     this.map.dropVolume(id);
-    const rec = { id, name, identity, sizeBytes, maxBytes };
+    const rec = { id, name, identity, sizeBytes, maxBytes, epoch: this.log.sequence + 1 };
     this.volumes.set(name, rec);
+    void this.saveTable();
     return rec;
   }
 
@@ -390,10 +525,10 @@ export class Cache {
     let rec = this.volumes.get(name);
     if (rec && this.active.has(rec.id)) throw new VhostError(`volume ${name} is already registered`, 'EEXIST');
     if (rec && (rec.identity !== identity || rec.sizeBytes !== sizeBytes)) {
-      const dropped = this.map.dropVolume(rec.id);
-      this.logger.info({ volume: name, dropped }, 'volume identity changed; its cached blocks are dropped');
       rec.identity = identity;
       rec.sizeBytes = sizeBytes;
+      const dropped = this.dropAll(rec);
+      this.logger.info({ volume: name, dropped }, 'volume identity changed; its cached blocks are dropped');
     }
     rec ??= this.newRecord(name, identity, sizeBytes, maxBytes);
     rec.maxBytes = maxBytes;
@@ -433,7 +568,7 @@ export class Cache {
    * identity: `identity` is its backing store's identity now (after the final flush).
    */
   unregisterVolume(id: number, identity: string): void {
-    for (const rec of this.volumes.values()) if (rec.id === id) rec.identity = identity;
+    this.recordIdentity(id, identity);
     this.active.delete(id);
   }
 
@@ -606,15 +741,26 @@ export class Cache {
     for (let j = 0; j < n; j++) if (this.holds(slot + j, volume, block + j)) this.map.drop(slot + j);
   }
 
-  /** See Log.insert(); nothing is inserted once closing or disabled. */
+  /**
+   * See Log.insert(); nothing is inserted once closing or disabled.
+   */
   insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
     return this.log.insert(volume, first, data, count, accept, prefetched);
   }
 
-  /** Invalidates blocks first .. first + count - 1 of a volume; returns how many were cached. */
-  invalidate(volume: number, first: number, count: number): number {
-    return this.map.invalidateRange(volume, first, count);
+  /**
+   * Invalidates blocks first .. first + count - 1 of a volume (at once, in RAM). Null when no
+   * header entry on the device may name them any more; else a promise that resolves once they
+   * are durably invalid (and the volume table durable): the caller issues its backing write
+   * only then (recovery.ts, the invariant). Never rejects.
+   */
+  invalidate(volume: number, first: number, count: number): Promise<void> | null {
+    this.map.invalidateRange(volume, first, count);
+    const kill = this.log.killFor(volume, first, count);
+    const pending = this.pendingTable.get(volume);
+    if (pending === undefined) return kill;
+    return Promise.all([pending, kill]).then(() => this.log.killFor(volume, first, count) ?? undefined);
   }
 
   stats(): CacheStats {
@@ -636,6 +782,8 @@ export class Cache {
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,
       deviceWriteBytes: log.deviceWriteBytes,
+      headerRewrites: log.headerRewrites,
+      rewriteBatches: log.rewriteBatches,
       readLatencyUs: log.readLatency.meanUs,
       segmentReadLatencyUs: log.segmentReadLatency.meanUs,
       segmentWriteLatencyUs: log.segmentWriteLatency.meanUs,
@@ -651,7 +799,9 @@ export class Cache {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
-    const ok = await this.log.flush();
+    let ok = await this.log.flush();
+    await this.log.quiesce();
+    if (ok && !this.log.disabled) ok = await this.table.save().then(() => true, (err: Error) => (this.log.writeFailed(`cache volume table write failed: ${err.message}`), false));
     try {
       if (ok && !this.log.disabled) {
         await saveMetadata(
@@ -662,6 +812,7 @@ export class Cache {
             hand: this.map.hand,
             wraps: this.map.wraps,
             sequence: this.log.sequence,
+            floor: this.floor,
             volumes: [...this.volumes.values()],
             bda: this.map.bda,
             table: this.map.map.table,
@@ -677,11 +828,18 @@ export class Cache {
     }
   }
 
+  /** Waits until no insertion, segment or header write, or volume table save is in flight. */
+  async quiesce(): Promise<void> {
+    await this.table.idle();
+    await this.log.quiesce();
+  }
+
   /** Stops like a crash: waits for I/O in flight, writes nothing more, saves no metadata. */
   async abort(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
     await this.log.quiesce();
+    await this.table.idle();
     this.closed = true;
     this.closeFds();
   }

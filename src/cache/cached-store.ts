@@ -11,7 +11,9 @@
  *
  * Consistency (no stale data, ever):
  *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
- *     partial) synchronously when it starts, before the backing store is touched;
+ *     partial) synchronously when it starts, and issues its backing write only once no segment
+ *     header on the cache device names those blocks any more (Cache.invalidate: durable, so a
+ *     crash never brings them back; recovery.ts) — at once when none did;
  *   - every operation is registered in `ops` for its block range until it is completely done,
  *     including its cache insertion. A write-like operation starting marks every overlapping
  *     registered operation `poisoned`; an operation starting while an overlapping write-like
@@ -70,9 +72,10 @@
  *     is served nothing from the cache again;
  *   - when the last flush failed (the final one at close included), close() drops the
  *     volume's blocks, so the metadata saved after it holds none of them;
- *   - close() records the backing store's identity taken after the final flush; the next
- *     registration compares it with the identity at open (Cache.registerVolume) and drops the
- *     blocks on any difference. For stores whose changes are invisible (block devices, NBD),
+ *   - close() records the backing store's identity taken after the final flush, and so does a
+ *     volume whose identity shows changes (files) once its writes have been quiet for
+ *     IDENTITY_QUIET_MS (for a start after a crash); the next registration compares it with
+ *     the identity at open (Cache.registerVolume) and drops the blocks on any difference. For stores whose changes are invisible (block devices, NBD),
  *     open() first verifies a sample of the cached blocks against the backing store and drops
  *     all of them on a mismatch, unless the operator declared exclusive ownership.
  */
@@ -134,6 +137,9 @@ interface Unsettled {
 /** Placeholder entry of a block keyed by the volume in a run offered to other clones (never pending). */
 const NOT_SHARED: Promise<Uint8Array | null> = Promise.resolve(null);
 
+/** Quiet time after a volume's last write before its backing identity is recorded again. */
+export const IDENTITY_QUIET_MS = 200;
+
 /** Read-ahead window by default: 32 blocks (128 KiB at 4 KiB). */
 export const DEFAULT_READ_AHEAD_BLOCKS = 32;
 
@@ -174,6 +180,11 @@ export class CachedStore implements BackingStore {
   private readonly trackUnflushed: boolean;
   private fenced = false;
   private flushFailed = false;
+  /** Write-like operations in flight, and started so far (identity recording, see the header). */
+  private writing = 0;
+  private writesStarted = 0;
+  private identityTimer: NodeJS.Timeout | null = null;
+  private closed = false;
   /** Set by open() when it verified a sample. */
   verification: SampleVerification | null = null;
 
@@ -274,7 +285,7 @@ export class CachedStore implements BackingStore {
       }),
     );
     Object.assign(c, counted);
-    const dropped = mismatched > 0 ? this.cache.map.dropVolume(this.volume) : 0;
+    const dropped = mismatched > 0 ? this.cache.dropVolume(this.volume) : 0;
     return { checked, mismatched, dropped, ms: performance.now() - t0 };
   }
 
@@ -309,13 +320,13 @@ export class CachedStore implements BackingStore {
   private onFenced(): void {
     this.fenced = true;
     this.ops.poisonAll();
-    this.cache.map.dropVolume(this.volume);
+    this.cache.dropVolume(this.volume);
   }
 
   private onWritesMayBeLost(): void {
     this.ops.poisonAll();
-    if (this.unflushedOverflowAt > 0) this.cache.map.dropVolume(this.volume);
-    else for (const [first, last] of this.unflushed) this.invalidate(first, last);
+    if (this.unflushedOverflowAt > 0) this.cache.dropVolume(this.volume);
+    else for (const [first, last] of this.unflushed) void this.invalidate(first, last);
   }
 
   /**
@@ -354,7 +365,7 @@ export class CachedStore implements BackingStore {
    * MAX_UNSETTLED failures (a long outage) they are merged into one hold over their span.
    */
   private failed(first: number, last: number): void {
-    this.invalidate(first, last);
+    void this.invalidate(first, last);
     const at = ++this.clock;
     if (this.unsettled.length >= MAX_UNSETTLED) {
       for (const u of this.unsettled) {
@@ -659,21 +670,35 @@ export class CachedStore implements BackingStore {
     const last = Math.floor((offset + len - 1) / bs);
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
-    this.invalidate(first, last);
-    if (this.mode !== 'writethrough' || this.cache.disabled || !this.admitWrite(first, last)) {
-      try {
-        await this.backing.write(offset, bufs);
-        this.written(offset, len, first, last);
-      } catch (err) {
-        this.failed(first, last);
-        throw err;
-      } finally {
-        this.end(op);
+    this.writeStarted();
+    try {
+      const killing = this.invalidate(first, last);
+      // The data written to the backing store and inserted: one private copy taken now.
+      const copy = this.mode === 'writethrough' ? new Uint8Array(len) : null;
+      if (copy !== null) gatherIov(bufs, copy);
+      if (killing !== null) await killing;
+      if (copy === null || this.cache.disabled || !this.admitWrite(first, last)) {
+        try {
+          await this.backing.write(offset, bufs);
+          this.written(offset, len, first, last);
+        } catch (err) {
+          this.failed(first, last);
+          throw err;
+        } finally {
+          this.end(op);
+        }
+        return;
       }
-      return;
+      await this.writeThrough(op, offset, copy, first, last);
+    } finally {
+      this.writeEnded();
     }
-    const copy = new Uint8Array(len);
-    gatherIov(bufs, copy);
+  }
+
+  /** The backing write of a writethrough write (its blocks already invalid), then insertion. */
+  private async writeThrough(op: Op, offset: number, copy: Uint8Array, first: number, last: number): Promise<void> {
+    const bs = this.bs;
+    const len = copy.byteLength;
     try {
       await this.backing.write(offset, [copy]);
     } catch (err) {
@@ -693,9 +718,35 @@ export class CachedStore implements BackingStore {
     this.insertThenEnd(op, this.volume, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
   }
 
-  private invalidate(first: number, last: number): void {
-    if (first >= this.cacheable) return;
-    this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  /** Invalidates blocks first..last: null, or a promise of their durable invalidation (Cache.invalidate). */
+  private invalidate(first: number, last: number): Promise<void> | null {
+    if (first >= this.cacheable) return null;
+    return this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  }
+
+  private writeStarted(): void {
+    this.writing++;
+    this.writesStarted++;
+  }
+
+  /** Once writes are quiet for IDENTITY_QUIET_MS, a store whose identity shows changes records it. */
+  private writeEnded(): void {
+    if (--this.writing > 0 || !this.changesVisible || this.closed) return;
+    if (this.identityTimer !== null) clearTimeout(this.identityTimer);
+    this.identityTimer = setTimeout(() => void this.recordIdentity(), IDENTITY_QUIET_MS);
+    this.identityTimer.unref();
+  }
+
+  private async recordIdentity(): Promise<void> {
+    this.identityTimer = null;
+    const started = this.writesStarted;
+    let identity: string;
+    try {
+      identity = await this.backing.currentIdentity();
+    } catch {
+      return;
+    }
+    if (this.writing === 0 && this.writesStarted === started && !this.closed) this.cache.recordIdentity(this.volume, identity);
   }
 
   /** Discard and write-zeroes: invalidate when starting, then the backing store. */
@@ -705,8 +756,10 @@ export class CachedStore implements BackingStore {
     const last = Math.floor((offset + length - 1) / this.bs);
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
-    this.invalidate(first, last);
+    this.writeStarted();
     try {
+      const killing = this.invalidate(first, last);
+      if (killing !== null) await killing;
       await fn();
       this.written(offset, length, first, last);
     } catch (err) {
@@ -714,6 +767,7 @@ export class CachedStore implements BackingStore {
       throw err;
     } finally {
       this.end(op);
+      this.writeEnded();
     }
   }
 
@@ -757,8 +811,10 @@ export class CachedStore implements BackingStore {
    * now (after the final flush); closes the backing store.
    */
   async close(): Promise<void> {
+    this.closed = true;
+    if (this.identityTimer !== null) clearTimeout(this.identityTimer);
     await this.drain();
-    if (this.flushFailed || this.fenced) this.cache.map.dropVolume(this.volume);
+    if (this.flushFailed || this.fenced) this.cache.dropVolume(this.volume);
     let identity = '';
     try {
       identity = await this.backing.currentIdentity();

@@ -46,13 +46,30 @@
  *
  * All insertions and flushes run one at a time (a promise chain), so the hand only moves
  * under that chain.
+ *
+ * Durable invalidation (the invariant of recovery.ts): a slot dropped from the map keeps its
+ * header entry on the device until a header of its segment sealed later is durable
+ * (dropped.ts). killFor() finds the segments whose headers still name the blocks a write is
+ * about to change and rewrites them: each header is sealed again from the BDA (a new sequence
+ * number, every sector) and written, then one fdatasync; all the rewrites asked for in one JS
+ * turn, and while a batch runs, form one batch (group commit). Every device write of a segment
+ * (segment writes and header rewrites) is chained per segment (onSegment), so a rewrite never
+ * lands before a write of that segment issued earlier, nor races a later one. Drops not caused
+ * by a write (failed reads, checksums, moved blocks) start a rewrite in the background, so the
+ * set stays small; evictions wait for their segment's own write, then for an fdatasync (one is
+ * started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
+ *
+ * After a write error nothing is sealed any more: `onDisabled` raises the volume table's floor
+ * (volume-table.ts) above every sequence number used, so no header written so far is
+ * recovered; killFor() then resolves once that is durable.
  */
 import { readDirectIo } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
 import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
-import { BufferState, type Geometry, SegmentBuffer, segmentOffset, slotOffset } from './segment';
+import { type Dropped, DroppedEntries } from './dropped';
+import { BufferState, checkHeaderSectors, entryOffset, entrySector, type Geometry, sealHeader, SEGMENT_ALIGNMENT, SegmentBuffer, segmentOffset, slotOffset } from './segment';
 import { LatencyMeter } from './stats';
 
 export interface LogOptions {
@@ -72,6 +89,21 @@ export interface LogOptions {
   /** Insertions queued beyond this many blocks are not cached (backpressure). */
   maxQueuedBlocks: number;
   logger: Logger;
+  /**
+   * Called once, at the first write error: makes durable that nothing written so far is
+   * recovered (the volume table's floor); resolves when done or given up (never rejects).
+   */
+  onDisabled: () => Promise<void>;
+}
+
+/** Evicted entries awaiting an fdatasync, in segments' worth, beyond which one is started. */
+export const MAX_UNSYNCED_SEGMENTS = 4;
+
+/** Header rewrites asked for and not started yet, and their waiters. */
+interface RewriteBatch {
+  segs: Set<number>;
+  done: Promise<void>;
+  resolve: () => void;
 }
 
 export class Log {
@@ -81,8 +113,13 @@ export class Log {
   disabled = false;
   segmentReads = 0;
   segmentWrites = 0;
-  /** Bytes written to the device by segment writes (headers + refilled runs). */
+  /** Bytes written to the device by segment writes (headers + refilled runs) and header rewrites. */
   deviceWriteBytes = 0;
+  /** Header rewrites (durable invalidations) and the fdatasyncs of their batches. */
+  headerRewrites = 0;
+  rewriteBatches = 0;
+  /** Entries that may still be valid on the device for keys no longer in the map. */
+  readonly dropped: DroppedEntries;
   readErrors = 0;
   writeErrors = 0;
   insertsDropped = 0;
@@ -102,6 +139,9 @@ export class Log {
   private readonly checksumLogged: Uint8Array;
   /** checkBlocks() result: bad[k] = 1 when block k did not match. */
   private bad = new Uint8Array(64);
+  /** checkHeaderSectors() scratch. */
+  private readonly sectorSeqs: Float64Array;
+  private readonly sectorCrcs: Uint32Array;
   /** Direct reads in flight per segment. */
   private readonly directReaders: Uint32Array;
   /** Deferred segment writes waiting for directReaders[segment] to reach 0, by segment. */
@@ -115,6 +155,15 @@ export class Log {
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private useClock = 0;
+  /** Per segment: the last device write of it issued (segment write or header rewrite). */
+  private readonly segTail = new Map<number, Promise<void>>();
+  private nextBatch: RewriteBatch | null = null;
+  private batchRunning: Promise<void> | null = null;
+  private batchQueued = false;
+  /** Entries covered by written headers, forgotten at the next successful fdatasync. */
+  private awaitingSync: Dropped[] = [];
+  private readonly onDisabled: () => Promise<void>;
+  private floorDone: Promise<void> | null = null;
 
   constructor(o: LogOptions) {
     this.g = o.geometry;
@@ -126,10 +175,15 @@ export class Log {
     this.sequence = o.sequence;
     this.logger = o.logger;
     this.maxQueued = o.maxQueuedBlocks;
+    this.onDisabled = o.onDisabled;
+    this.dropped = new DroppedEntries(this.g.blocksPerSegment);
+    this.map.onDrop = (slot, evicted) => this.slotDropped(slot, evicted);
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
     this.checksumLogged = new Uint8Array(this.g.segments);
     this.putSlots = new Uint8Array(this.g.blocksPerSegment);
+    this.sectorSeqs = new Float64Array(this.g.headerSectors);
+    this.sectorCrcs = new Uint32Array(this.g.headerSectors);
     const n = Math.max(2, Math.min(o.buffers, this.g.segments));
     for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
   }
@@ -304,8 +358,10 @@ export class Log {
   }
 
   /**
-   * Writes the partly filled segment (if any) and waits for every write, then fdatasync.
-   * Resolves false if anything failed (insertion is then disabled).
+   * Writes the partly filled segment (if any) and waits for every write, rewrites the headers
+   * still naming dropped entries (so the device names exactly the map's blocks: the metadata
+   * saved at a clean close), then fdatasync. Resolves false if anything failed (insertion is
+   * then disabled).
    */
   flush(): Promise<boolean> {
     return this.serialize(async () => {
@@ -316,14 +372,10 @@ export class Log {
         else cur.state = BufferState.Clean;
       }
       await Promise.all(this.pool.map((b) => b.pending));
+      const uncovered = this.dropped.uncovered();
+      if (uncovered.length > 0) await this.rewrite(uncovered);
       if (this.disabled) return false;
-      try {
-        await this.engine.fdatasync(this.fd);
-      } catch (err) {
-        this.fail(`cache device fdatasync failed: ${(err as Error).message}`);
-        return false;
-      }
-      return true;
+      return this.sync();
     });
   }
 
@@ -331,6 +383,9 @@ export class Log {
   async quiesce(): Promise<void> {
     await this.tail;
     await Promise.all(this.pool.map((b) => b.pending));
+    while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.done);
+    await Promise.all([...this.segTail.values()]);
+    await this.floorDone;
   }
 
   private serialize<T>(fn: () => Promise<T>): Promise<T> {
@@ -347,7 +402,130 @@ export class Log {
     if (!this.disabled) {
       this.disabled = true;
       this.logger.error({ writeErrors: this.writeErrors }, `${msg}; cache disabled for new data (pass-through)`);
+      this.floorDone = this.onDisabled();
     }
+  }
+
+  /** A cache-device write outside the log failed (the volume table): as a segment write error. */
+  writeFailed(msg: string): void {
+    this.fail(msg);
+  }
+
+  /** Resolves once nothing written before the write error can be recovered (see onDisabled). */
+  private floorDurable(): Promise<void> {
+    return this.floorDone ?? Promise.resolve();
+  }
+
+  // ---- Durable invalidation (see the file comment) ----
+
+  /**
+   * The map dropped `slot` (its key still in the BDA): its header entry may still be valid. An
+   * eviction is covered by the write of the segment being filled (the slot received a block:
+   * it is written); any other drop starts a header rewrite in the background.
+   */
+  private slotDropped(slot: number, evicted: boolean): void {
+    const bda = this.map.bda;
+    this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot));
+    if (!evicted) void this.rewrite([Math.floor(slot / this.g.blocksPerSegment)]);
+  }
+
+  /**
+   * Makes durably invalid every header entry that may still be valid on the device for blocks
+   * first .. first + count - 1 of `volume` (the caller dropped them from the map first). Null
+   * when there is none; else resolves when done (never rejects).
+   */
+  killFor(volume: number, first: number, count: number): Promise<void> | null {
+    if (this.disabled) return this.floorDurable();
+    const segs = new Set<number>();
+    this.dropped.segmentsOf(volume, first, count, segs);
+    return segs.size === 0 ? null : this.rewrite(segs);
+  }
+
+  /** Rewrites the headers of `segs` (sealed from the BDA) then fdatasync; never rejects. */
+  rewrite(segs: Iterable<number>): Promise<void> {
+    if (this.disabled) return this.floorDurable();
+    if (this.nextBatch === null) {
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => (resolve = r));
+      this.nextBatch = { segs: new Set(), done, resolve };
+    }
+    for (const s of segs) this.nextBatch.segs.add(s);
+    const done = this.nextBatch.done;
+    this.startBatch();
+    return done;
+  }
+
+  /** Starts the next batch once the running one is done, after this JS turn's requests. */
+  private startBatch(): void {
+    if (this.batchRunning !== null || this.batchQueued || this.nextBatch === null) return;
+    this.batchQueued = true;
+    queueMicrotask(() => {
+      this.batchQueued = false;
+      const b = this.nextBatch;
+      if (b === null || this.batchRunning !== null) return;
+      this.nextBatch = null;
+      this.batchRunning = this.runBatch(b).finally(() => {
+        this.batchRunning = null;
+        this.startBatch();
+      });
+    });
+  }
+
+  private async runBatch(b: RewriteBatch): Promise<void> {
+    this.rewriteBatches++;
+    await Promise.all([...b.segs].map((seg) => this.onSegment(seg, () => this.writeHeader(seg))));
+    if (!this.disabled) await this.sync();
+    if (this.disabled) await this.floorDurable();
+    b.resolve();
+  }
+
+  /** fdatasync; forgets the dropped entries whose covering header was written before it. */
+  private async sync(): Promise<boolean> {
+    const written = this.awaitingSync;
+    this.awaitingSync = [];
+    try {
+      await this.engine.fdatasync(this.fd);
+    } catch (err) {
+      this.fail(`cache device fdatasync failed: ${(err as Error).message}`);
+      return false;
+    }
+    this.dropped.forget(written);
+    return true;
+  }
+
+  /** Runs fn as the next device write of segment seg, after the ones issued before; never rejects. */
+  private onSegment(seg: number, fn: () => Promise<void>): Promise<void> {
+    const prev = this.segTail.get(seg);
+    const p = (prev === undefined ? fn() : prev.then(fn)).catch(() => undefined);
+    this.segTail.set(seg, p);
+    void p.then(() => {
+      if (this.segTail.get(seg) === p) this.segTail.delete(seg);
+    });
+    return p;
+  }
+
+  /** One header rewrite of seg, sealed from the BDA now (see the file comment); never rejects. */
+  private async writeHeader(seg: number): Promise<void> {
+    if (this.disabled) return;
+    const h = native.alignedBuffer(this.g.headerSize, SEGMENT_ALIGNMENT);
+    sealHeader(h, this.g, seg, this.map.bda, ++this.sequence, this.uuid);
+    const covered = this.dropped.seal(seg);
+    try {
+      await this.engine.writev(this.fd, [h], segmentOffset(this.g, seg));
+    } catch (err) {
+      if (covered !== null) this.dropped.uncover(seg, covered);
+      this.fail(`cache segment ${seg} header write failed: ${(err as Error).message}`);
+      return;
+    }
+    this.headerRewrites++;
+    this.deviceWriteBytes += this.g.headerSize;
+    if (covered !== null) this.written(covered);
+  }
+
+  /** Entries whose covering header is written: forgotten at the next fdatasync (started when many). */
+  private written(covered: Dropped[]): void {
+    for (const d of covered) this.awaitingSync.push(d);
+    if (this.awaitingSync.length >= MAX_UNSYNCED_SEGMENTS * this.g.blocksPerSegment) void this.rewrite([]);
   }
 
   /** Hand moved into segment `seg`: write out the current one, make `seg` the current one. */
@@ -436,18 +614,29 @@ export class Log {
       () => {
         this.segmentReadLatency.record(t);
         this.segmentReads++;
-        const intact = b.headerIntact(this.uuid);
+        checkHeaderSectors(b.buf, this.g, seg, this.uuid, this.sectorSeqs, this.sectorCrcs);
+        const view = new DataView(b.buf.buffer, b.buf.byteOffset, this.g.headerSize);
         const bad = this.checkBlocks(first, b.data, bps);
         let dropped = 0;
         for (let k = 0; k < bps; k++) {
           const i = first + k;
           if (!bda.isValid(i)) continue;
+          const e = entryOffset(k);
+          const intact = this.sectorSeqs[entrySector(k)] >= 0;
           if (intact && bad !== null && bad[k] !== 0) this.checksumMismatch(i, bda.volumeOf(i), bda.blockOf(i));
-          else if (intact && b.entryMatches(k, bda.keyLo[i], bda.keyHi[i], bda.crc[i])) continue;
+          else if (
+            intact &&
+            (view.getUint32(e + 12, true) & 1) !== 0 &&
+            view.getUint32(e, true) === bda.keyLo[i] &&
+            view.getUint32(e + 4, true) === bda.keyHi[i] &&
+            view.getUint32(e + 8, true) === bda.crc[i]
+          ) {
+            continue;
+          }
           this.map.drop(i);
           dropped++;
         }
-        if (dropped > 0) this.logger.warn({ segment: seg, dropped, intact }, 'cache segment read-ahead: blocks failed their checks');
+        if (dropped > 0) this.logger.warn({ segment: seg, dropped }, 'cache segment read-ahead: blocks failed their checks');
         b.state = BufferState.Clean;
       },
       (err: Error) => {
@@ -462,16 +651,28 @@ export class Log {
 
   private submit(b: SegmentBuffer): void {
     const seg = b.segment;
+    const bps = this.g.blocksPerSegment;
+    if (this.disabled) {
+      // Nothing is sealed after a write error (see the file comment): the new blocks are lost.
+      this.map.dropSlots(seg * bps, (seg + 1) * bps);
+      b.state = BufferState.Free;
+      b.segment = -1;
+      return;
+    }
     this.sequence++;
     this.segGen[seg]++;
     this.checksumLogged[seg] = 0;
     b.seal(this.map.bda, this.sequence, this.uuid);
+    const covered = this.dropped.seal(seg);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
     const runs = this.changedRanges();
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
-    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg, runs);
-    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs));
+    b.pending = this.onSegment(seg, () =>
+      this.directReaders[seg] === 0
+        ? this.write(b, seg, runs, covered)
+        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered)),
+    );
   }
 
   /**
@@ -495,7 +696,7 @@ export class Log {
   }
 
   /** The device writes of a sealed buffer (byte ranges of it, see changedRanges); never rejects. */
-  private write(b: SegmentBuffer, seg: number, ranges: number[]): Promise<void> {
+  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
     const writes: Promise<void>[] = [];
@@ -513,8 +714,10 @@ export class Log {
         this.deviceWriteBytes += bytes;
         b.dirty = false;
         b.state = BufferState.Clean;
+        if (covered !== null) this.written(covered);
         return;
       }
+      if (covered !== null) this.dropped.uncover(seg, covered);
       const bps = this.g.blocksPerSegment;
       this.map.dropSlots(seg * bps, (seg + 1) * bps);
       b.state = BufferState.Free;

@@ -28,7 +28,9 @@
  *   blocksCarried   valid blocks kept in place by the hand (not rewritten: a segment write
  *                   writes its header and the runs of slots refilled, log.ts)
  *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
- *                   runs); per block inserted it is the log's write amplification
+ *                   runs) and header rewrites; per block inserted it is the log's write amplification
+ *   headerRewrites  segment headers rewritten to make invalidations durable (log.ts), in
+ *   rewriteBatches  batches of one fdatasync each
  *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
  */
@@ -67,6 +69,8 @@ export interface CacheStats extends VolumeStats {
   segmentReads: number;
   segmentWrites: number;
   deviceWriteBytes: number;
+  headerRewrites: number;
+  rewriteBatches: number;
   readLatencyUs: number;
   segmentReadLatencyUs: number;
   segmentWriteLatencyUs: number;
