@@ -45,11 +45,10 @@
  * highest sequence number.
  */
 import type { IoEngine } from '../io/io-engine';
-import { native } from '../native/binding';
 import { AddressMap } from './address-map';
-import { BlockDescriptorArray, FLAG_VALID, packHi } from './bda';
+import { BlockDescriptorArray, FLAG_VALID } from './bda';
 import type { VolumeRecord } from './metadata';
-import { checkHeaderSectors, entryOffset, entrySector, type Geometry, SEGMENT_ALIGNMENT, segmentOffset } from './segment';
+import { checkHeaderSectors, entryOffset, entrySector, type Geometry, segmentOffset } from './segment';
 
 /** Segment headers read per batch (their reads are in flight together). */
 const READ_BATCH = 256;
@@ -82,93 +81,137 @@ export interface Recovered {
 export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
   const t0 = performance.now();
   const g = o.geometry;
-  const bps = g.blocksPerSegment;
-  const bda = new BlockDescriptorArray(g.slots);
-  const index = new AddressMap(bda, 0.5, new Int32Array(o.tableCapacity).fill(-1));
-  const epoch = new Float64Array(65536).fill(Infinity);
-  const limit = new Float64Array(65536);
-  for (const v of o.volumes) {
-    epoch[v.id] = v.epoch;
-    limit[v.id] = v.sizeBytes === 0 ? 2 ** 48 : Math.ceil(v.sizeBytes / g.blockSize);
-  }
-  const segSeq = new Float64Array(g.segments).fill(-1);
-  const rewrite = new Set<number>();
-  const seqs = new Float64Array(g.headerSectors);
-  const crcs = new Uint32Array(g.headerSectors);
   const H = g.headerSize;
-  const buf = native.alignedBuffer(READ_BATCH * H, SEGMENT_ALIGNMENT);
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  let entries = 0;
-  let skipped = 0;
-  let best = -1;
-  let bestSeq = -1;
+  const scan = new HeaderScan(o);
+  const buf = new Uint8Array(READ_BATCH * H);
   for (let from = 0; from < g.segments; from += READ_BATCH) {
     const n = Math.min(READ_BATCH, g.segments - from);
-    await Promise.all(Array.from({ length: n }, (_, j) => o.engine.readv(o.fd, [buf.subarray(j * H, (j + 1) * H)], segmentOffset(g, from + j), true)));
-    for (let j = 0; j < n; j++) {
-      const seg = from + j;
-      const h = buf.subarray(j * H, (j + 1) * H);
-      checkHeaderSectors(h, g, seg, o.uuid, seqs, crcs);
-      let top = -1;
-      for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= o.floor && seqs[k] > top) top = seqs[k];
-      if (top < 0) continue;
-      segSeq[seg] = top;
-      if (top > bestSeq) {
-        bestSeq = top;
-        best = seg;
-      }
-      const first = seg * bps;
-      for (let k = 0; k < bps; k++) {
-        const e = j * H + entryOffset(k);
-        if ((view.getUint32(e + 12, true) & 1) === 0) continue;
-        const sector = seqs[entrySector(k)];
-        // Valid in an intact sector of an older write of this header (torn): not recovered.
-        if (sector !== top) {
-          if (sector >= o.floor) {
-            skipped++;
-            rewrite.add(seg);
-          }
-          continue;
-        }
-        const lo = view.getUint32(e, true);
-        const hi = view.getUint32(e + 4, true);
-        const id = hi >>> 16;
-        const block = (hi & 0xffff) * 2 ** 32 + lo;
-        if (top < epoch[id] || block >= limit[id]) {
-          skipped++;
-          continue;
-        }
-        const other = index.get(id, block);
-        if (other >= 0) {
-          skipped++;
-          const otherSeg = Math.floor(other / bps);
-          if (segSeq[otherSeg] > top) {
-            rewrite.add(seg);
-            continue;
-          }
-          rewrite.add(otherSeg);
-          index.remove(other);
-          bda.clear(other);
-          entries--;
-        }
-        const slot = first + k;
-        bda.keyLo[slot] = lo;
-        bda.keyHi[slot] = packHi(id, block);
-        bda.crc[slot] = view.getUint32(e + 8, true);
-        bda.flags[slot] = FLAG_VALID;
-        index.add(slot);
-        entries++;
-      }
-    }
+    const reads: Promise<void>[] = [];
+    for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, [buf.subarray(j * H, (j + 1) * H)], segmentOffset(g, from + j), true));
+    await Promise.all(reads);
+    for (let j = 0; j < n; j++) scan.segment(from + j, buf, j * H);
   }
   return {
-    bda,
-    table: index.table,
-    hand: best < 0 ? 0 : ((best + 1) % g.segments) * bps,
-    sequence: Math.max(0, bestSeq),
-    rewrite: [...rewrite],
-    entries,
-    skipped,
+    bda: scan.bda,
+    table: scan.index.table,
+    hand: scan.best < 0 ? 0 : ((scan.best + 1) % g.segments) * g.blocksPerSegment,
+    sequence: Math.max(0, scan.bestSeq),
+    rewrite: [...scan.rewrite],
+    entries: scan.entries,
+    skipped: scan.skipped,
     ms: performance.now() - t0,
   };
+}
+
+/** The index being rebuilt, one header at a time (see the file comment). */
+class HeaderScan {
+  readonly bda: BlockDescriptorArray;
+  readonly index: AddressMap;
+  readonly rewrite = new Set<number>();
+  entries = 0;
+  skipped = 0;
+  best = -1;
+  bestSeq = -1;
+  private readonly g: Geometry;
+  private readonly uuid: Uint8Array;
+  private readonly floor: number;
+  /** Per volume id: its epoch (Infinity: unknown id) and its size in blocks. */
+  private readonly epoch = new Float64Array(65536).fill(Infinity);
+  private readonly limit = new Float64Array(65536);
+  /** Per segment: the sequence number of its header's newest intact sectors (-1: none). */
+  private readonly segSeq: Float64Array;
+  private readonly seqs: Float64Array;
+  private readonly crcs: Uint32Array;
+  /** Per slot of a segment: its entry's first 32-bit word in the header, its sector. */
+  private readonly entryWord: Int32Array;
+  private readonly entrySector: Int32Array;
+
+  constructor(o: RecoveryInput) {
+    this.g = o.geometry;
+    this.uuid = o.uuid;
+    this.floor = o.floor;
+    this.bda = new BlockDescriptorArray(this.g.slots);
+    this.index = new AddressMap(this.bda, 0.5, new Int32Array(o.tableCapacity).fill(-1));
+    for (const v of o.volumes) {
+      this.epoch[v.id] = v.epoch;
+      this.limit[v.id] = v.sizeBytes === 0 ? 2 ** 48 : Math.ceil(v.sizeBytes / this.g.blockSize);
+    }
+    this.segSeq = new Float64Array(this.g.segments).fill(-1);
+    this.seqs = new Float64Array(this.g.headerSectors);
+    this.crcs = new Uint32Array(this.g.headerSectors);
+    const bps = this.g.blocksPerSegment;
+    this.entryWord = new Int32Array(bps);
+    this.entrySector = new Int32Array(bps);
+    for (let k = 0; k < bps; k++) {
+      this.entryWord[k] = entryOffset(k) >>> 2;
+      this.entrySector[k] = entrySector(k);
+    }
+  }
+
+  /** The header of segment `seg`, at byte `at` of buf. */
+  segment(seg: number, buf: Uint8Array, at: number): void {
+    const { g, seqs, floor } = this;
+    checkHeaderSectors(buf.subarray(at, at + g.headerSize), g, seg, this.uuid, seqs, this.crcs);
+    let top = -1;
+    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor && seqs[k] > top) top = seqs[k];
+    if (top < 0) return;
+    this.segSeq[seg] = top;
+    if (top > this.bestSeq) {
+      this.bestSeq = top;
+      this.best = seg;
+    }
+    // Entries are 16-byte aligned, little endian (the host's order: metadata.ts refuses others).
+    const words = new Uint32Array(buf.buffer, buf.byteOffset + at, g.headerSize >>> 2);
+    const { keyLo, keyHi, crc, flags } = this.bda;
+    const { epoch, limit, entryWord, entrySector, index } = this;
+    const bps = g.blocksPerSegment;
+    const first = seg * bps;
+    for (let k = 0; k < bps; k++) {
+      const e = entryWord[k];
+      if ((words[e + 3] & 1) === 0) continue;
+      const sector = seqs[entrySector[k]];
+      // Valid in an intact sector of an older write of this header (torn): not recovered.
+      if (sector !== top) {
+        if (sector >= floor) {
+          this.skipped++;
+          this.rewrite.add(seg);
+        }
+        continue;
+      }
+      const lo = words[e];
+      const hi = words[e + 1];
+      const id = hi >>> 16;
+      if (top < epoch[id] || (hi & 0xffff) * 2 ** 32 + lo >= limit[id]) {
+        this.skipped++;
+        continue;
+      }
+      const slot = first + k;
+      keyLo[slot] = lo;
+      keyHi[slot] = hi;
+      const other = index.addUnlessPresent(slot);
+      if (other >= 0 && !this.newer(other, slot, top)) continue;
+      if (other < 0) this.entries++;
+      crc[slot] = words[e + 2];
+      flags[slot] = FLAG_VALID;
+    }
+  }
+
+  /**
+   * The key of `slot` (sealed at seq) is held by `other` already: true when slot's entry is
+   * the newer one (it replaces other in the index). Either way the loser's header is rewritten.
+   */
+  private newer(other: number, slot: number, seq: number): boolean {
+    this.skipped++;
+    const bps = this.g.blocksPerSegment;
+    const otherSeg = Math.floor(other / bps);
+    if (this.segSeq[otherSeg] > seq) {
+      this.rewrite.add(Math.floor(slot / bps));
+      return false;
+    }
+    this.rewrite.add(otherSeg);
+    this.index.remove(other);
+    this.bda.flags[other] = 0;
+    this.index.add(slot);
+    return true;
+  }
 }
