@@ -90,6 +90,11 @@ export interface CacheOptions {
 export interface VolumeOptions {
   /** Cap on this volume's share of the cache, in bytes (hard cap; 0/undefined = none). */
   maxBytes?: number;
+  /**
+   * The store may lose writes it acknowledged and were not flushed when its connection drops
+   * (NBD: the crash of the daemon dropped it): its blocks recovered after a crash are dropped.
+   */
+  unflushedWritesMayBeLost?: boolean;
 }
 
 function deviceBytes(file: string, fd: number): number {
@@ -284,6 +289,8 @@ export class Cache {
   private readonly table: VolumeTable;
   /** Header sectors sealed below this are never recovered (volume-table.ts). */
   private floor: number;
+  /** Ids whose blocks were recovered after a crash and that were not registered since. */
+  private readonly recoveredIds = new Set<number>();
   /** Volume ids whose table change is not durable yet: the save their writes and inserts wait for. */
   private readonly pendingTable = new Map<number, Promise<void>>();
   private readonly active = new Set<number>();
@@ -324,7 +331,10 @@ export class Cache {
     this.recovery = a.recovery;
     this.floor = a.floor;
     this.table = a.table;
-    for (const v of a.volumes) this.volumes.set(v.name, v);
+    for (const v of a.volumes) {
+      this.volumes.set(v.name, v);
+      if (a.recovery !== null) this.recoveredIds.add(v.id);
+    }
     this.log = new Log({
       fd: a.logIo.fd,
       alignment: a.logIo.alignment,
@@ -529,6 +539,10 @@ export class Cache {
       rec.sizeBytes = sizeBytes;
       const dropped = this.dropAll(rec);
       this.logger.info({ volume: name, dropped }, 'volume identity changed; its cached blocks are dropped');
+    }
+    if (rec && this.recoveredIds.delete(rec.id) && opts.unflushedWritesMayBeLost === true) {
+      const dropped = this.dropAll(rec);
+      this.logger.info({ volume: name, dropped }, 'volume may have lost unflushed writes in the crash; its recovered blocks are dropped');
     }
     rec ??= this.newRecord(name, identity, sizeBytes, maxBytes);
     rec.maxBytes = maxBytes;

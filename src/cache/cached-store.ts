@@ -220,7 +220,10 @@ export class CachedStore implements BackingStore {
     this.readAhead = o.readAhead ?? DEFAULT_READ_AHEAD_BLOCKS;
     this.cutoff = Math.ceil((o.sequentialCutoff ?? 0) / this.bs);
     this.writeStreams = this.cutoff > 0 ? new StreamDetector() : null;
-    this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
+    this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, {
+      maxBytes: o.maxBytes,
+      unflushedWritesMayBeLost: o.backing.watch !== undefined,
+    });
     const sharing = o.backing.sharing;
     if (sharing !== undefined && o.shareParent !== false && sharing.sharedBytes >= this.bs) {
       try {

@@ -20,13 +20,16 @@
  *      so 1. finds them; a volume shrink or identity change drops all of its blocks through 4.
  *   3. Every device write of a segment is chained after the ones issued before it (Log
  *      onSegment): a header rewrite never lands before a segment write still in flight.
- *   4. Volume ids are reused: the volume table (volume-table.ts) is saved and synced before any
- *      segment holding a new id's blocks is written (inserts wait for it) and before any write
- *      of a volume whose blocks were all dropped; entries sealed before the id's epoch are not
- *      recovered, entries of ids the table does not know neither.
+ *   4. Volume ids are reused and volumes lose all their blocks at once: the volume table
+ *      (volume-table.ts) gives each id an epoch, raised (and saved, synced) whenever all of a
+ *      volume's blocks are dropped, before that volume's next write is issued; entries sealed
+ *      before their id's epoch are not recovered. Records are never removed, so a new id is
+ *      unknown to every table on the device and its entries are skipped until its record is
+ *      saved (its blocks need not wait).
  *   5. Changes behind our back while stopped: a volume is kept only if its backing identity
  *      equals the one last recorded (cache.ts registerVolume; cached-store.ts records it when
- *      the volume is quiet), else all its blocks go (4.). Never sampled for this.
+ *      the volume is quiet), else all its blocks go (4.). Never sampled for this. A store
+ *      that may lose unflushed writes with its connection (NBD) loses its recovered blocks.
  *   6. Torn writes: header sectors are self-describing (CRC-32C, sequence number; segment.ts),
  *      only the sectors of a segment's highest sequence number are used (a mix is detected and
  *      that header rewritten before the cache opens); data is checked against the entry's
