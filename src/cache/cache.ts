@@ -49,7 +49,7 @@ import { Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
 import { recoverIndex } from './recovery';
 import { computeGeometry, type Geometry, SEGMENT_ALIGNMENT, SUPERBLOCK_SIZE } from './segment';
-import { VolumeTable, type VolumeTableState } from './volume-table';
+import { VolumeTable, type VolumeTableSnapshot, type VolumeTableState } from './volume-table';
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
@@ -298,6 +298,7 @@ export class Cache {
   private readonly sharedUsers = new Map<number, number>();
   private closing = false;
   private closed = false;
+  private overflowLogged = false;
   /** readHit() scratch, used synchronously only: slots of the request's blocks, cursor. */
   private hitSlots = new Int32Array(64);
   private readonly cursor = new IovCursor();
@@ -351,8 +352,14 @@ export class Cache {
   }
 
   /** What the volume table saves. */
-  private tableState(): VolumeTableState {
-    return { floor: this.floor, volumes: [...this.volumes.values()] };
+  private tableState(): VolumeTableSnapshot {
+    return { floor: this.floor, volumes: [...this.volumes.values()], sequence: this.log.sequence };
+  }
+
+  private tableOverflow(): void {
+    if (this.overflowLogged) return;
+    this.overflowLogged = true;
+    this.logger.warn({ volumes: this.volumes.size }, 'volume table too large for its area: a start after a crash recovers nothing (cold)');
   }
 
   /**
@@ -437,7 +444,7 @@ export class Cache {
       let saved: VolumeTableState | null = null;
       if (sb) {
         loaded = await loadMetadata(place, sb, { geometry: g, tableCapacity });
-        saved = await new VolumeTable(o.engine, fd, g.tableOffset, sb.uuid, () => ({ floor: 0, volumes: [] })).load();
+        saved = await new VolumeTable(o.engine, fd, g.tableOffset, sb.uuid, () => ({ floor: 0, volumes: [], sequence: 0 })).load();
         // Neither: nothing on the device can be interpreted safely.
         if (!loaded.ok && saved === null) sb = null;
       }
@@ -485,7 +492,14 @@ export class Cache {
         logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
       const holder: { cache: Cache | null } = { cache: null };
-      const table = new VolumeTable(o.engine, fd, g.tableOffset, sb.uuid, () => (holder.cache as Cache).tableState());
+      const table = new VolumeTable(
+        o.engine,
+        fd,
+        g.tableOffset,
+        sb.uuid,
+        () => (holder.cache as Cache).tableState(),
+        () => (holder.cache as Cache).tableOverflow(),
+      );
       if (saved !== null) await table.load();
       const recovery = recovered === null ? null : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, ms: recovered.ms };
       const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, floor, volumes, warm: loaded.ok, table, recovery });

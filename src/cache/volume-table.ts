@@ -4,11 +4,13 @@
  * (recovery.ts) can tell which segment header entries still belong to whom.
  *
  * Area (device offset Geometry.tableOffset, VOLUME_TABLE_AREA bytes): two copies of
- * VOLUME_TABLE_COPY bytes. A save writes the copy the previous save did not (counter % 2) and
+ * VOLUME_TABLE_COPY (128 KiB) bytes, room for ~600 volume records. A table that does not fit is
+ * saved without its records and with the floor above every sequence number used: nothing is
+ * recovered after a crash (cold, never stale), logged by the caller once. A save writes the copy the previous save did not (counter % 2) and
  * fdatasyncs, so a crash in the middle of a save leaves the other, complete copy; a load takes
  * the intact copy of this device (uuid) with the higher counter. Copy layout (little endian):
  *   0  u32 magic 0x54434256 ('VBCT')     4  u32 version 3
- *   8  u32 J = JSON length (<= METADATA_JSON_MAX)   12 u32 zero
+ *   8  u32 J = JSON length (<= VOLUME_TABLE_COPY - 64)   12 u32 zero
  *   16 f64 save counter                   24 16 bytes device uuid
  *   40 20 bytes zero                      60 u32 CRC-32C of bytes [0, 64 + J) with this field zero
  *   64 JSON: { floor, volumes: VolumeRecord[] }
@@ -24,20 +26,26 @@
  */
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
-import { METADATA_JSON_MAX, type VolumeRecord } from './metadata';
+import type { VolumeRecord } from './metadata';
 
 export const VOLUME_TABLE_MAGIC = 0x54434256;
 export const VOLUME_TABLE_VERSION = 3;
 const HEADER = 64;
 const CRC_AT = 60;
 /** Bytes of one copy of the table. */
-export const VOLUME_TABLE_COPY = Math.ceil((HEADER + METADATA_JSON_MAX) / 4096) * 4096;
+export const VOLUME_TABLE_COPY = 128 * 1024;
+const JSON_MAX = VOLUME_TABLE_COPY - HEADER;
 /** Bytes of the volume table area (two copies). */
 export const VOLUME_TABLE_AREA = 2 * VOLUME_TABLE_COPY;
 
 export interface VolumeTableState {
   floor: number;
   volumes: VolumeRecord[];
+}
+
+/** What the cache hands to a save: the table, and the last sequence number used. */
+export interface VolumeTableSnapshot extends VolumeTableState {
+  sequence: number;
 }
 
 export class VolumeTable {
@@ -52,7 +60,9 @@ export class VolumeTable {
     private readonly offset: number,
     private readonly uuid: Uint8Array,
     /** The state to save, read when a save starts. */
-    private readonly snapshot: () => VolumeTableState,
+    private readonly snapshot: () => VolumeTableSnapshot,
+    /** Called when a table too large for its copy is saved without its records. */
+    private readonly onOverflow: () => void = () => {},
   ) {}
 
   /** The newest intact copy of this device, or null (sets the counter after it). */
@@ -74,7 +84,7 @@ export class VolumeTable {
     const dv = new DataView(head.buffer);
     if (dv.getUint32(0, true) !== VOLUME_TABLE_MAGIC || dv.getUint32(4, true) !== VOLUME_TABLE_VERSION) return null;
     const len = dv.getUint32(8, true);
-    if (len > METADATA_JSON_MAX) return null;
+    if (len > JSON_MAX) return null;
     for (let i = 0; i < 16; i++) if (head[24 + i] !== this.uuid[i]) return null;
     const json = new Uint8Array(len);
     await this.engine.readv(this.fd, [json], at + HEADER, true);
@@ -104,8 +114,12 @@ export class VolumeTable {
   }
 
   private async write(): Promise<void> {
-    const json = Buffer.from(JSON.stringify(this.snapshot()), 'utf8');
-    if (json.length > METADATA_JSON_MAX) throw new Error(`volume table of ${json.length} bytes exceeds its area`);
+    const { floor, volumes, sequence } = this.snapshot();
+    let json = Buffer.from(JSON.stringify({ floor, volumes }), 'utf8');
+    if (json.length > JSON_MAX) {
+      this.onOverflow();
+      json = Buffer.from(JSON.stringify({ floor: Math.max(floor, sequence + 1), volumes: [] }), 'utf8');
+    }
     const buf = new Uint8Array(Math.ceil((HEADER + json.length) / 4096) * 4096);
     const dv = new DataView(buf.buffer);
     const counter = this.counter++;

@@ -31,7 +31,7 @@ describe('daemon: corrupted cache device (our front end)', function () {
   beforeEach(() => {
     dir = tmpDir('daemon-crc');
     config = validateConfig({
-      cache: { path: path.join(dir, 'cache.img'), size: '11M' },
+      cache: { path: path.join(dir, 'cache.img'), size: '8M' },
       control: path.join(dir, 'control.sock'),
       volumes: [{ name: 'a', socketPath: path.join(dir, 'a.sock'), backing: path.join(dir, 'a.img'), size: '16M' }],
     });
