@@ -58,7 +58,8 @@ export class AddressMap {
     return this.entries;
   }
 
-  private home(lo: number, hi: number): number {
+  /** Table position where the search for a key starts. */
+  home(lo: number, hi: number): number {
     return (hashKey(lo, hi) >>> 1) % this.capacity;
   }
 
