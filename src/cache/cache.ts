@@ -53,8 +53,10 @@ import { VolumeTable, type VolumeTableSnapshot, type VolumeTableState } from './
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
-/** Saves of the volume table tried after a write error before giving up (raiseFloor). */
-const FLOOR_ATTEMPTS = 5;
+/** Saves of the floor tried after a write error before giving up (raiseFloor). */
+const FLOOR_ATTEMPTS = 20;
+/** Longest wait between two saves of the floor (raiseFloor): ~4 s of attempts in all. */
+const FLOOR_RETRY_MAX_MS = 250;
 export const SUPERBLOCK_VERSION = 3;
 
 export interface CacheOptions {
@@ -364,8 +366,10 @@ export class Cache {
 
   /**
    * After a write error: nothing written so far may be recovered. Saves the volume table with
-   * the floor above every sequence number used; a failed save is retried (FLOOR_ATTEMPTS), then
-   * given up with an error log (the device then refuses every write: see docs/cache-format.md).
+   * the floor above every sequence number used; the volumes' writes wait for it, since a start
+   * after a crash would otherwise recover blocks they made stale. A failed save is retried
+   * (FLOOR_ATTEMPTS, backoff up to FLOOR_RETRY_MAX_MS), then given up with an error log: a
+   * device refusing every write must not stall the guests for ever (docs/cache-format.md).
    */
   private async raiseFloor(): Promise<void> {
     this.floor = this.log.sequence + 1;
@@ -378,7 +382,7 @@ export class Cache {
           this.logger.error({ err: (err as Error).message }, 'cache volume table not saved after a write error: remove or reformat the cache device before the next start');
           return;
         }
-        await new Promise((r) => setTimeout(r, 10 * 2 ** attempt));
+        await new Promise((r) => setTimeout(r, Math.min(FLOOR_RETRY_MAX_MS, 10 * 2 ** attempt)));
       }
     }
   }

@@ -231,8 +231,9 @@ describe('cache log', () => {
     assert.equal(await cache.log.flush(), false);
     assert.equal(cache.stats().disabled, true);
     assert.equal(cache.stats().writeErrors, 1);
+    // The floor (nothing written before is recovered) is retried, then given up.
     await cache.quiesce();
-    // Logged when the cache was disabled.
+    // Logged when the cache was disabled, and when the floor could not be saved.
     assert.deepEqual(
       lines.map((l) => [l.msg, l.writeErrors]),
       [
