@@ -56,7 +56,7 @@ async function main(): Promise<void> {
   const base = 1_000_000;
   for (let s = 0; s < g.segments; s++) {
     const h = new Uint8Array(g.headerSize);
-    sealHeader(h, g, s, bda, base + s, uuid);
+    sealHeader(h, g, s, bda, base + s, uuid, null);
     dev.put(segmentOffset(g, s), h);
   }
   const volumes = [0, 1, 2, 3].map((id) => ({ id, name: `v${id}`, identity: `id${id}`, sizeBytes: 2 ** 40, maxBytes: 0, epoch: 0 }));

@@ -13,6 +13,14 @@
  *   flags  Uint8Array(N)   bit 0 VALID (the slot holds the block named by the key)
  *                          bits 1..2   reuse counter (cache-map.ts; bit 1 = FLAG_REF)
  *                          bit 3 PREFETCHED (inserted by read-ahead, not read since)
+ *                          bit 4 DIRTY (write-back: newer than the backing store, never evicted
+ *                                before it is destaged)
+ *                          bit 5 SHADOW (slot not valid: it held a dirty block that a newer
+ *                                write-back copy replaced, not durable yet; headers still name
+ *                                it, marked superseded, and the slot is not reused)
+ *                          bit 6 RESERVED (slot not valid: it held a dirty block whose header
+ *                                entry may still be valid on the device; not reused until a
+ *                                header sealed after the drop is durable, log.ts)
  *
  * 13 bytes per slot. With the address map (address-map.ts: one Int32 per table entry at a
  * load factor of 0.7, ~5.7 bytes per slot) the whole index costs ~18.7 bytes per cache block.
@@ -24,6 +32,12 @@ export const FLAG_VALID = 1;
 export const FLAG_REF = 2;
 /** Inserted by read-ahead and not read since (bit 3; bits 1..2 are the reuse counter). */
 export const FLAG_PREFETCHED = 8;
+/** Write-back data not destaged yet (bit 4). */
+export const FLAG_DIRTY = 16;
+/** Invalid slot whose superseded dirty entry headers keep naming (bit 5; see the file comment). */
+export const FLAG_SHADOW = 32;
+/** Invalid slot kept out of reuse until its dropped dirty entry is durably gone (bit 6). */
+export const FLAG_RESERVED = 64;
 
 export const MAX_VOLUMES = 0x10000;
 export const MAX_BLOCK_NUMBER = 2 ** 48 - 1;
@@ -86,6 +100,10 @@ export class BlockDescriptorArray {
 
   clear(i: number): void {
     this.flags[i] = 0;
+  }
+
+  isDirty(i: number): boolean {
+    return (this.flags[i] & FLAG_DIRTY) !== 0;
   }
 
   reference(i: number): void {

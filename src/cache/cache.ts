@@ -29,6 +29,14 @@
  * checksumErrors), the slot dropped, the caller reads the backing store. Blocks copied from a
  * RAM segment buffer are not checked (they are the bytes inserted or already checked).
  *
+ * Write-back: insertDirty() + commit() (log.ts: the group commit) put a volume's write-back
+ * blocks in the log, durable when commit() resolves true; destage.ts writes them back and
+ * markClean() records it (header rewrites, batched). A dirty block is never dropped for a read
+ * error or checksum mismatch (readBlocks then fails with EIO: the backing store is older), and
+ * dropping all of a volume's blocks (identity or size changed, fenced, failed flush...) keeps
+ * its dirty ones (only the clean ones are dropped, one by one, each durably before the next
+ * write of its key: recovery.ts 2.).
+ *
  * Superblock (4 KiB, little endian, version 3): u32 magic 0x44434256 ('VBCD'), u32 version,
  * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
  * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
@@ -36,6 +44,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { crc32 } from 'node:zlib';
 import { directAlignment } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
@@ -57,6 +66,8 @@ export const SUPERBLOCK_MAGIC = 0x44434256;
 const FLOOR_ATTEMPTS = 20;
 /** Longest wait between two saves of the floor (raiseFloor): ~4 s of attempts in all. */
 const FLOOR_RETRY_MAX_MS = 250;
+/** Reads of a dirty block tried before a read fails with EIO (a segment rewritten meanwhile is retried). */
+const DIRTY_READ_ATTEMPTS = 3;
 export const SUPERBLOCK_VERSION = 3;
 
 export interface CacheOptions {
@@ -291,6 +302,8 @@ export class Cache {
   private readonly table: VolumeTable;
   /** Header sectors sealed below this are never recovered (volume-table.ts). */
   private floor: number;
+  /** Dirty slots being destaged that still hold what they held when picked (watchDestage). */
+  private readonly destaging = new Set<number>();
   /** Ids whose blocks were recovered after a crash and that were not registered since. */
   private readonly recoveredIds = new Set<number>();
   /** Volume ids whose table change is not durable yet: the save their writes and inserts wait for. */
@@ -351,6 +364,7 @@ export class Cache {
       logger: this.logger,
       onDisabled: () => this.raiseFloor(),
     });
+    this.map.onClean = (slot) => void this.destaging.delete(slot);
   }
 
   /** What the volume table saves. */
@@ -395,8 +409,12 @@ export class Cache {
     return this.table.save().catch((err: Error) => this.log.writeFailed(`cache volume table write failed: ${err.message}`));
   }
 
-  /** Drops every block of volume `rec` at once: raises its epoch (durable before its next write). */
+  /**
+   * Drops every block of volume `rec` at once: raises its epoch (durable before its next write).
+   * A volume holding dirty blocks keeps them: its clean blocks are dropped one by one instead.
+   */
   private dropAll(rec: VolumeRecord): number {
+    if (this.map.dirtyBlocks(rec.id) > 0) return this.dropClean(rec.id);
     const n = this.map.dropVolume(rec.id);
     rec.epoch = this.log.sequence + 1;
     const id = rec.id;
@@ -405,6 +423,20 @@ export class Cache {
     void p.then(() => {
       if (this.pendingTable.get(id) === p) this.pendingTable.delete(id);
     });
+    return n;
+  }
+
+  /** Drops the clean blocks of volume id `id` (tracked drops: killed before their keys' next writes). */
+  private dropClean(id: number): number {
+    const bda = this.map.bda;
+    let n = 0;
+    for (let i = 0; i < bda.size; i++) {
+      if (bda.isValid(i) && !bda.isDirty(i) && bda.volumeOf(i) === id) {
+        this.map.drop(i);
+        n++;
+      }
+    }
+    this.logger.warn({ volume: id, dirty: this.map.dirtyBlocks(id), dropped: n }, 'volume blocks dropped but its write-back (dirty) blocks are kept: they are newer than its backing store');
     return n;
   }
 
@@ -617,6 +649,22 @@ export class Cache {
    * Returns the number of hits.
    */
   async readBlocks(volume: number, first: number, count: number, out: Uint8Array, hit: Uint8Array): Promise<number> {
+    let hits = await this.readBlocksOnce(volume, first, count, out, hit);
+    const bs = this.blockSize;
+    for (let k = 0; k < count && hits < count; k++) {
+      // A dirty block missed (read error, checksum, segment rewritten meanwhile) must not be
+      // served by the backing store, which is older: read again, else fail.
+      for (let attempt = 1; hit[k] === 0; attempt++) {
+        const idx = this.map.peek(volume, first + k);
+        if (idx < 0 || !this.map.bda.isDirty(idx)) break;
+        if (attempt > DIRTY_READ_ATTEMPTS) throw new VhostError(`cache: write-back block ${first + k} of volume ${volume} unreadable on the cache device`, 'EIO');
+        hits += await this.readBlocksOnce(volume, first + k, 1, out.subarray(k * bs, (k + 1) * bs), hit.subarray(k, k + 1));
+      }
+    }
+    return hits;
+  }
+
+  private async readBlocksOnce(volume: number, first: number, count: number, out: Uint8Array, hit: Uint8Array): Promise<number> {
     const bs = this.blockSize;
     const bps = this.geometry.blocksPerSegment;
     const c = this.map.stats(volume);
@@ -770,7 +818,7 @@ export class Cache {
   private deviceReadFailed(err: Error, volume: number, slot: number, block: number, n: number): void {
     this.log.readErrors++;
     this.logger.warn({ err: err.message, slot, blocks: n }, 'cache device read failed; using the backing store');
-    for (let j = 0; j < n; j++) if (this.holds(slot + j, volume, block + j)) this.map.drop(slot + j);
+    for (let j = 0; j < n; j++) if (this.holds(slot + j, volume, block + j) && !this.map.bda.isDirty(slot + j)) this.map.drop(slot + j);
   }
 
   /**
@@ -782,6 +830,53 @@ export class Cache {
   }
 
   /**
+   * Inserts write-back blocks first .. first + count - 1 of a volume (dirty: never evicted
+   * before markClean). Resolves with the number inserted (count, or 0 once disabled or
+   * closing); durable once a commit() asked for afterwards resolves true.
+   */
+  insertDirty(volume: number, first: number, data: Uint8Array, count: number): Promise<number> {
+    if (this.disabled) return Promise.resolve(0);
+    return this.log.insert(volume, first, data, count, () => true, false, true);
+  }
+
+  /** Makes every block inserted so far durable (group commit); false after a write error. */
+  commit(): Promise<boolean> {
+    return this.log.commit();
+  }
+
+  /**
+   * Dirty slots a destage is about to read and write back: each stays watched until
+   * markClean() or until it stops being dirty (dropped: superseded by a newer copy, discarded),
+   * so a slot refilled meanwhile is never marked clean.
+   */
+  watchDestage(slots: readonly number[]): void {
+    for (const slot of slots) this.destaging.add(slot);
+  }
+
+  /** Stops watching slots (their destage failed: they stay dirty). */
+  unwatch(slots: readonly number[]): void {
+    for (const slot of slots) this.destaging.delete(slot);
+  }
+
+  /**
+   * Watched slots whose data the backing store now holds (written and flushed): those still
+   * holding it are marked clean, durably (batched header rewrites); every one stops being
+   * watched. Resolves with how many were marked; never rejects.
+   */
+  async markClean(slots: readonly number[]): Promise<number> {
+    const segs = new Set<number>();
+    let n = 0;
+    for (const slot of slots) {
+      if (!this.destaging.delete(slot)) continue;
+      this.map.markClean(slot);
+      segs.add(Math.floor(slot / this.geometry.blocksPerSegment));
+      n++;
+    }
+    if (segs.size > 0) await this.log.rewrite(segs);
+    return n;
+  }
+
+  /**
    * Invalidates blocks first .. first + count - 1 of a volume (at once, in RAM). Null when no
    * header entry on the device may name them any more; else a promise that resolves once they
    * are durably invalid (and the volume table durable): the caller issues its backing write
@@ -789,10 +884,27 @@ export class Cache {
    */
   invalidate(volume: number, first: number, count: number): Promise<void> | null {
     this.map.invalidateRange(volume, first, count);
+    return this.killDropped(volume, first, count);
+  }
+
+  /**
+   * Makes durably invalid every header entry that may still name blocks first .. first +
+   * count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a write,
+   * or a destage: destage.ts). Null when there is none; never rejects.
+   */
+  killDropped(volume: number, first: number, count: number): Promise<void> | null {
     const kill = this.log.killFor(volume, first, count);
     const pending = this.pendingTable.get(volume);
     if (pending === undefined) return kill;
     return Promise.all([pending, kill]).then(() => this.log.killFor(volume, first, count) ?? undefined);
+  }
+
+  /** A volume's dirty blocks and the age of its oldest one (ms). */
+  private dirtyOf(id: number): { blocks: number; oldestMs: number } {
+    const m = this.map.dirty.get(id);
+    if (m === undefined || m.size === 0) return { blocks: 0, oldestMs: 0 };
+    const oldest = m.values().next().value as number;
+    return { blocks: m.size, oldestMs: performance.now() - oldest };
   }
 
   stats(): CacheStats {
@@ -801,11 +913,13 @@ export class Cache {
     for (const v of this.volumes.values()) {
       const c = this.map.stats(v.id);
       addCounters(total, c);
-      volumes[v.name] = withRate(c, this.map.volumeBlocks[v.id]);
+      volumes[v.name] = withRate(c, this.map.volumeBlocks[v.id], this.dirtyOf(v.id));
     }
     const log = this.log;
     return {
-      ...withRate(total, this.map.map.size),
+      ...withRate(total, this.map.map.size, { blocks: this.map.dirtyTotal, oldestMs: Math.max(0, ...[...this.volumes.values()].map((v) => this.dirtyOf(v.id).oldestMs)) }),
+      commits: log.commits,
+      commitLatencyUs: log.commitLatency.meanUs,
       wraps: this.map.wraps,
       segmentsSkipped: this.map.segmentsSkipped,
       segmentsCleaned: this.map.segmentsCleaned,

@@ -32,7 +32,7 @@ export class DroppedEntries {
 
   constructor(private readonly blocksPerSegment: number) {}
 
-  add(slot: number, volume: number, block: number): void {
+  add(slot: number, volume: number, block: number): Dropped {
     const d: Dropped = { slot, volume, block };
     let blocks = this.byVolume.get(volume);
     if (blocks === undefined) this.byVolume.set(volume, (blocks = new Map()));
@@ -41,6 +41,7 @@ export class DroppedEntries {
     else list.push(d);
     this.uncover(Math.floor(slot / this.blocksPerSegment), [d]);
     this.size++;
+    return d;
   }
 
   /** Adds to `out` the segments holding an entry for blocks first .. first + count - 1 of volume. */

@@ -59,6 +59,21 @@
  * set stays small; evictions wait for their segment's own write, then for an fdatasync (one is
  * started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
  *
+ * Write-back (dirty blocks, the group commit): insert(..., dirty) puts write-back blocks into
+ * the segment being filled like any other; commit() then makes every block inserted before it
+ * durable: the buffered segment is submitted, and a segment write holding dirty blocks writes
+ * its data runs, fdatasync, then its header (so a durable entry never names data that is not on
+ * the device), then fdatasync. The commits asked for while one waits in the chain share it: one
+ * device write set + two fdatasyncs per batch of requests. A dirty block replaced by a newer
+ * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
+ * meanwhile names it, marked superseded (a torn write of the new copy's header can then never
+ * leave neither copy on the device), until the commit that made the new copy durable; then it
+ * becomes RESERVED like any other dropped dirty slot: not reused until a header sealed after
+ * its drop is durable, so no slot whose entry may still name acknowledged data is refilled.
+ * A header rewrite of the segment being filled names only the slots whose data is on the device
+ * (not those put since it was last submitted). Device read failures and checksum mismatches of
+ * dirty blocks never drop them (the backing store is older): their reads fail instead.
+ *
  * After a write error nothing is sealed any more: `onDisabled` raises the volume table's floor
  * (volume-table.ts) above every sequence number used, so no header written so far is
  * recovered; killFor() then resolves once that is durable.
@@ -69,6 +84,7 @@ import { native } from '../native/binding';
 import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
 import { type Dropped, DroppedEntries } from './dropped';
+import { FLAG_RESERVED, FLAG_SHADOW } from './bda';
 import { BufferState, checkHeaderSectors, entryOffset, entrySector, type Geometry, sealHeader, SEGMENT_ALIGNMENT, SegmentBuffer, segmentOffset, slotOffset } from './segment';
 import { LatencyMeter } from './stats';
 
@@ -164,6 +180,17 @@ export class Log {
   private awaitingSync: Dropped[] = [];
   private readonly onDisabled: () => Promise<void>;
   private floorDone: Promise<void> | null = null;
+  /** Slots made SHADOW since the last commit started (released when it is durable). */
+  private shadows: number[] = [];
+  /** RESERVED slots -> the dropped entry whose durable cover releases them. */
+  private readonly reserved = new Map<number, Dropped>();
+  /** The commit waiting in the chain, shared by every caller until it starts. */
+  private commitNext: Promise<boolean> | null = null;
+  /** Device writes completed since the last fdatasync started. */
+  private unsynced = 0;
+  /** Commits run, and the mean latency of a commit (from the request to durable). */
+  commits = 0;
+  readonly commitLatency = new LatencyMeter();
 
   constructor(o: LogOptions) {
     this.g = o.geometry;
@@ -177,7 +204,7 @@ export class Log {
     this.maxQueued = o.maxQueuedBlocks;
     this.onDisabled = o.onDisabled;
     this.dropped = new DroppedEntries(this.g.blocksPerSegment);
-    this.map.onDrop = (slot, evicted) => this.slotDropped(slot, evicted);
+    this.map.onDrop = (slot, evicted, superseded) => this.slotDropped(slot, evicted, superseded);
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
     this.checksumLogged = new Uint8Array(this.g.segments);
@@ -284,7 +311,8 @@ export class Log {
     const bda = this.map.bda;
     if (!bda.isValid(slot) || bda.volumeOf(slot) !== volume || bda.blockOf(slot) !== block) return;
     this.checksumMismatch(slot, volume, block);
-    this.map.drop(slot);
+    // A dirty block is the only copy of its data: kept, its reads fail (see the file comment).
+    if (!bda.isDirty(slot)) this.map.drop(slot);
   }
 
   /**
@@ -316,11 +344,12 @@ export class Log {
    * modified by the caller until this settles). `accept` is asked before each block is placed;
    * false stops the insertion (e.g. a write raced with the read that produced the data).
    * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
-   * (marked in the map until first read).
+   * (marked in the map until first read). `dirty`: write-back data (never refused for the
+   * backlog; durable once a commit() asked for after it resolves true).
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false, dirty = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    if (this.queued + count > this.maxQueued) {
+    if (!dirty && this.queued + count > this.maxQueued) {
       this.insertsDropped += count;
       return Promise.resolve(0);
     }
@@ -342,9 +371,10 @@ export class Log {
           }
           const cur = this.current as SegmentBuffer | null;
           if (cur === null) break;
-          this.map.assign(victim, volume, first + k, prefetched);
+          this.map.assign(victim, volume, first + k, prefetched, dirty);
           this.map.bda.crc[victim] = crcs[k];
           cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
+          if (dirty) cur.holdsDirty = true;
           this.putSlots[victim - seg * bps] = 1;
           const present = this.present.get(cur);
           if (present !== undefined) present[victim - seg * bps] = 1;
@@ -365,18 +395,75 @@ export class Log {
    */
   flush(): Promise<boolean> {
     return this.serialize(async () => {
-      const cur = this.current;
-      if (cur) {
-        this.current = null;
-        if (cur.dirty) this.submit(cur);
-        else cur.state = BufferState.Clean;
+      const shadows = this.shadows;
+      this.shadows = [];
+      await this.submitCurrent();
+      if (this.disabled) return false;
+      if (shadows.length > 0) {
+        // Their newer copies durable first, then their entries go with the rewrites below.
+        if (this.unsynced > 0 && !(await this.sync())) return false;
+        this.releaseShadows(shadows);
       }
-      await Promise.all(this.pool.map((b) => b.pending));
       const uncovered = this.dropped.uncovered();
       if (uncovered.length > 0) await this.rewrite(uncovered);
       if (this.disabled) return false;
       return this.sync();
     });
+  }
+
+  /**
+   * Makes every block inserted before this call durable (see the file comment); the calls made
+   * before the commit starts share it. Resolves false when a write failed (never rejects).
+   */
+  commit(): Promise<boolean> {
+    if (this.commitNext !== null) return this.commitNext;
+    const t = LatencyMeter.now();
+    const p = this.serialize(async () => {
+      this.commitNext = null;
+      const ok = await this.commitNow();
+      this.commits++;
+      this.commitLatency.record(t);
+      return ok;
+    });
+    this.commitNext = p;
+    return p;
+  }
+
+  /** commit()'s work, run in the chain: submit the buffered segment, wait, fdatasync, release shadows. */
+  private async commitNow(): Promise<boolean> {
+    const shadows = this.shadows;
+    this.shadows = [];
+    await this.submitCurrent();
+    if (this.disabled) return false;
+    if (this.unsynced > 0 && !(await this.sync())) return false;
+    this.releaseShadows(shadows);
+    return true;
+  }
+
+  /** Submits the segment being filled (if it received blocks) and waits for every segment write. */
+  private async submitCurrent(): Promise<void> {
+    const cur = this.current;
+    if (cur) {
+      this.current = null;
+      if (cur.dirty) this.submit(cur);
+      else cur.state = BufferState.Clean;
+    }
+    await Promise.all(this.pool.map((b) => b.pending));
+  }
+
+  /** The newer copies of these SHADOW slots are durable: they become RESERVED (dropped entries). */
+  private releaseShadows(slots: number[]): void {
+    if (slots.length === 0) return;
+    const bda = this.map.bda;
+    const segs = new Set<number>();
+    for (const slot of slots) {
+      if (bda.flags[slot] !== FLAG_SHADOW) continue;
+      bda.flags[slot] = FLAG_RESERVED;
+      this.reserved.set(slot, this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot)));
+      segs.add(Math.floor(slot / this.g.blocksPerSegment));
+    }
+    // Rewritten in the background, so the slots are free again soon.
+    if (segs.size > 0) void this.rewrite(segs);
   }
 
   /** Waits until no insertion, read-ahead or write is in flight (nothing is flushed). */
@@ -423,9 +510,15 @@ export class Log {
    * eviction is covered by the write of the segment being filled (the slot received a block:
    * it is written); any other drop starts a header rewrite in the background.
    */
-  private slotDropped(slot: number, evicted: boolean): void {
+  private slotDropped(slot: number, evicted: boolean, superseded: boolean): void {
     const bda = this.map.bda;
-    this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot));
+    if (superseded) {
+      // Named by every header until the newer copy is durable (commit).
+      this.shadows.push(slot);
+      return;
+    }
+    const d = this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot));
+    if (bda.isDirty(slot)) this.reserved.set(slot, d);
     if (!evicted) void this.rewrite([Math.floor(slot / this.g.blocksPerSegment)]);
   }
 
@@ -483,6 +576,7 @@ export class Log {
   private async sync(): Promise<boolean> {
     const written = this.awaitingSync;
     this.awaitingSync = [];
+    this.unsynced = 0;
     try {
       await this.engine.fdatasync(this.fd);
     } catch (err) {
@@ -490,6 +584,14 @@ export class Log {
       return false;
     }
     this.dropped.forget(written);
+    if (this.reserved.size > 0) {
+      const flags = this.map.bda.flags;
+      for (const d of written) {
+        if (this.reserved.get(d.slot) !== d) continue;
+        this.reserved.delete(d.slot);
+        if (flags[d.slot] === FLAG_RESERVED) flags[d.slot] = 0;
+      }
+    }
     return true;
   }
 
@@ -508,7 +610,9 @@ export class Log {
   private async writeHeader(seg: number): Promise<void> {
     if (this.disabled) return;
     const h = native.alignedBuffer(this.g.headerSize, SEGMENT_ALIGNMENT);
-    sealHeader(h, this.g, seg, this.map.bda, ++this.sequence, this.uuid);
+    // The segment being filled: the blocks put since it was submitted are not on the device.
+    const filling = this.current !== null && this.current.segment === seg ? this.putSlots : null;
+    sealHeader(h, this.g, seg, this.map.bda, ++this.sequence, this.uuid, filling);
     const covered = this.dropped.seal(seg);
     try {
       await this.engine.writev(this.fd, [h], segmentOffset(this.g, seg));
@@ -518,6 +622,7 @@ export class Log {
       return;
     }
     this.headerRewrites++;
+    this.unsynced++;
     this.deviceWriteBytes += this.g.headerSize;
     if (covered !== null) this.written(covered);
   }
@@ -539,6 +644,7 @@ export class Log {
     const b = await this.acquire(seg, this.map.refillingHoles);
     b.state = BufferState.Filling;
     b.dirty = false;
+    b.holdsDirty = false;
     this.putSlots.fill(0);
     this.current = b;
     if (this.pool.length > 2) {
@@ -594,6 +700,7 @@ export class Log {
     const bda = this.map.bda;
     b.segment = seg;
     b.dirty = false;
+    b.holdsDirty = false;
     b.lastUse = ++this.useClock;
     this.present.delete(b);
     if (unread && bda.countValid(first, first + bps) > 0) {
@@ -623,6 +730,12 @@ export class Log {
           if (!bda.isValid(i)) continue;
           const e = entryOffset(k);
           const intact = this.sectorSeqs[entrySector(k)] >= 0;
+          if (bad !== null && bad[k] !== 0 && bda.isDirty(i)) {
+            // Kept (the only copy); its reads go to the device and fail their check.
+            this.checksumMismatch(i, bda.volumeOf(i), bda.blockOf(i));
+            this.notPresent(b, k);
+            continue;
+          }
           if (intact && bad !== null && bad[k] !== 0) this.checksumMismatch(i, bda.volumeOf(i), bda.blockOf(i));
           else if (
             intact &&
@@ -644,9 +757,18 @@ export class Log {
         const dropped = this.map.dropSlots(first, first + bps);
         this.logger.warn({ segment: seg, dropped, err: err.message }, 'cache segment read-ahead failed; its blocks are dropped');
         b.clearEntries();
+        // Dirty blocks stay (dropSlots): their reads go to the device.
+        for (let k = 0; k < bps; k++) if (bda.isValid(first + k)) this.notPresent(b, k);
         b.state = BufferState.Clean;
       },
     );
+  }
+
+  /** Block k of b's segment is not held by b: its reads go to the device. */
+  private notPresent(b: SegmentBuffer, k: number): void {
+    let present = this.present.get(b);
+    if (present === undefined) this.present.set(b, (present = new Uint8Array(this.g.blocksPerSegment).fill(1)));
+    present[k] = 0;
   }
 
   private submit(b: SegmentBuffer): void {
@@ -699,20 +821,40 @@ export class Log {
   private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
-    const writes: Promise<void>[] = [];
     let bytes = 0;
-    for (let r = 0; r < ranges.length; r += 2) {
-      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r]));
-      bytes += ranges[r + 1] - ranges[r];
+    for (let r = 0; r < ranges.length; r += 2) bytes += ranges[r + 1] - ranges[r];
+    const writeRanges = (rs: number[]): Promise<void>[] => {
+      const writes: Promise<void>[] = [];
+      for (let r = 0; r < rs.length; r += 2) if (rs[r + 1] > rs[r]) writes.push(this.engine.writev(this.fd, [b.buf.subarray(rs[r], rs[r + 1])], at + rs[r]));
+      return writes;
+    };
+    let done: Promise<PromiseSettledResult<void>[]>;
+    if (b.holdsDirty) {
+      // Data runs, fdatasync, then the header: its entries never name data not on the device.
+      const H = this.g.headerSize;
+      const data = [H, ranges[1], ...ranges.slice(2)];
+      done = Promise.allSettled(writeRanges(data)).then(async (results) => {
+        if (results.some((x) => x.status === 'rejected')) return results;
+        try {
+          await this.engine.fdatasync(this.fd);
+        } catch (err) {
+          return [{ status: 'rejected', reason: err } as PromiseRejectedResult];
+        }
+        return Promise.allSettled(writeRanges([0, H]));
+      });
+    } else {
+      done = Promise.allSettled(writeRanges(ranges));
     }
     // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
-    return Promise.allSettled(writes).then((results) => {
+    return done.then((results) => {
       const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
       if (failed === undefined) {
+        this.unsynced++;
         this.segmentWriteLatency.record(t);
         this.segmentWrites++;
         this.deviceWriteBytes += bytes;
         b.dirty = false;
+        b.holdsDirty = false;
         b.state = BufferState.Clean;
         if (covered !== null) this.written(covered);
         return;

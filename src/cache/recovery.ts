@@ -37,10 +37,28 @@
  *   7. A cache-device write error: nothing is sealed any more and the floor is raised above
  *      every sequence number used (Log.fail); writes wait until that is durable.
  *
+ * Write-back (dirty entries: data newer than the backing store, acknowledged once durable):
+ *   8. A dirty entry is the newest data of its key unless a newer entry of the key exists:
+ *      a newer write-back copy is sealed with a higher sequence number, and the older copy stays
+ *      named (superseded) until the newer one is durable (log.ts SHADOW), so a crash leaves at
+ *      least one of them; a write-through write or discard of a dirty block kills it like 1.
+ *   9. A destage (the backing write of dirty data) is a backing write like 1.: the dropped
+ *      entries of its keys are made durably invalid before it is issued; a dirty entry whose
+ *      "clean" mark was lost is destaged again (the same data).
+ *  10. A segment write holding dirty blocks writes its data, fdatasync, then its header: a
+ *      durable dirty entry never names data that is not on the device. A slot whose dirty entry
+ *      may still be valid is never refilled (SHADOW, RESERVED).
+ *  11. Torn headers: a header is rewritten in place (group commits, clean marks, kills) while it
+ *      names acknowledged dirty blocks, so a dirty entry of an intact sector of an OLDER write
+ *      of the header is recovered too (with that sector's sequence number): it was the last
+ *      durable state of that sector, and 8.-10. make it right unless a newer entry of the key
+ *      exists, which wins. Clean entries of older sectors are not recovered (as in 6.).
+ *
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
- * intact sectors of the highest sequence number (>= floor); each valid entry of a known volume
- * id, sealed at or after its epoch and inside the volume, goes to its slot; a key found twice
- * keeps the entry of the higher sequence number. Segments whose headers name entries not
+ * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
+ * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
+ * inside the volume, goes to its slot; a key found twice keeps the entry of the higher sequence
+ * number, a superseded one losing to any other. Segments whose headers name entries not
  * recovered for another reason than floor or epoch (older sectors of a torn header, the loser
  * of a duplicate) are returned in `rewrite`: the caller rewrites them from the rebuilt index
  * (and syncs) before the cache is used, so every entry still valid on the device is in the
@@ -49,9 +67,9 @@
  */
 import type { IoEngine } from '../io/io-engine';
 import { AddressMap } from './address-map';
-import { BlockDescriptorArray, FLAG_VALID } from './bda';
+import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID } from './bda';
 import type { VolumeRecord } from './metadata';
-import { checkHeaderSectors, entryOffset, entrySector, type Geometry, segmentOffset } from './segment';
+import { checkHeaderSectors, ENTRY_DIRTY, ENTRY_SUPERSEDED, entryOffset, entrySector, type Geometry, segmentOffset } from './segment';
 
 /** Segment headers read per batch (their reads are in flight together). */
 const READ_BATCH = 256;
@@ -126,6 +144,10 @@ class HeaderScan {
   private readonly segSeq: Float64Array;
   private readonly seqs: Float64Array;
   private readonly crcs: Uint32Array;
+  /** Slots recovered from an older sector than their segment's newest (11.): its sequence number. */
+  private readonly olderSector = new Map<number, number>();
+  /** Slots recovered from a superseded entry (they lose to any other entry of their key). */
+  private readonly superseded = new Set<number>();
   /** Per slot of a segment: its entry's first 32-bit word in the header, its sector. */
   private readonly entryWord: Int32Array;
   private readonly entrySector: Int32Array;
@@ -172,20 +194,22 @@ class HeaderScan {
     const first = seg * bps;
     for (let k = 0; k < bps; k++) {
       const e = entryWord[k];
-      if ((words[e + 3] & 1) === 0) continue;
+      const ef = words[e + 3];
+      if ((ef & 1) === 0) continue;
       const sector = seqs[entrySector[k]];
-      // Valid in an intact sector of an older write of this header (torn): not recovered.
+      // Valid in an intact sector of an older write of this header (torn): only a dirty entry
+      // is recovered (11.), and the header is rewritten.
       if (sector !== top) {
-        if (sector >= floor) {
-          this.skipped++;
-          this.rewrite.add(seg);
+        if (sector >= floor) this.rewrite.add(seg);
+        if (sector < floor || (ef & ENTRY_DIRTY) === 0) {
+          if (sector >= floor) this.skipped++;
+          continue;
         }
-        continue;
       }
       const lo = words[e];
       const hi = words[e + 1];
       const id = hi >>> 16;
-      if (top < epoch[id] || (hi & 0xffff) * 2 ** 32 + lo >= limit[id]) {
+      if (sector < epoch[id] || (hi & 0xffff) * 2 ** 32 + lo >= limit[id]) {
         this.skipped++;
         continue;
       }
@@ -193,7 +217,9 @@ class HeaderScan {
       keyLo[slot] = lo;
       keyHi[slot] = hi;
       crc[slot] = words[e + 2];
-      flags[slot] = FLAG_VALID;
+      flags[slot] = (ef & ENTRY_DIRTY) !== 0 ? FLAG_VALID | FLAG_DIRTY : FLAG_VALID;
+      if (sector !== top) this.olderSector.set(slot, sector);
+      if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.add(slot);
       this.entries++;
     }
   }
@@ -221,6 +247,9 @@ class HeaderScan {
     const order = new Int32Array(this.entries);
     for (let i = 0; i < slots; i++) if ((flags[i] & FLAG_VALID) !== 0) order[counts[bucket[i]]++] = i;
     const bps = this.g.blocksPerSegment;
+    // The rank of an entry among those of its key: its sequence number; a superseded one loses
+    // to any other (sequence numbers are below 2^52).
+    const rank = (slot: number): number => (this.olderSector.get(slot) ?? this.segSeq[Math.floor(slot / bps)]) - (this.superseded.has(slot) ? 2 ** 52 : 0);
     for (let j = 0; j < order.length; j++) {
       const slot = order[j];
       const other = index.addUnlessPresent(slot);
@@ -230,7 +259,7 @@ class HeaderScan {
       this.entries--;
       const seg = Math.floor(slot / bps);
       const otherSeg = Math.floor(other / bps);
-      if (this.segSeq[otherSeg] >= this.segSeq[seg]) {
+      if (rank(other) >= rank(slot)) {
         flags[slot] = 0;
         this.rewrite.add(seg);
         continue;

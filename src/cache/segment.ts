@@ -18,7 +18,9 @@
  *   28 16 bytes device uuid (superblock)   44 u32 zero
  *   48 ENTRIES_PER_SECTOR entries of 16 bytes for slots k * ENTRIES_PER_SECTOR..:
  *        u32 block number bits 0..31, u32 volume id << 16 | block number bits 32..47,
- *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid)
+ *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid, bit 1: dirty, i.e. write-back
+ *        data newer than the backing store, bit 2: superseded, i.e. an older dirty copy kept
+ *        named until the newer copy is durable: it loses to any other entry of its key)
  *   496 zero                                508 u32 CRC-32C of bytes [0, 508)
  * Every header write (a segment write, or a header rewrite that invalidates entries, log.ts)
  * seals all sectors from the BDA with a new sequence number.
@@ -28,7 +30,7 @@
  */
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
-import type { BlockDescriptorArray } from './bda';
+import { type BlockDescriptorArray, FLAG_DIRTY, FLAG_SHADOW, FLAG_VALID } from './bda';
 import { metadataAreaBytes } from './metadata';
 import { VOLUME_TABLE_AREA } from './volume-table';
 
@@ -42,6 +44,10 @@ export const SUPERBLOCK_SIZE = 4096;
  */
 export const SEGMENT_ALIGNMENT = 4096;
 const ENTRY_SIZE = 16;
+/** Header entry flags. */
+export const ENTRY_VALID = 1;
+export const ENTRY_DIRTY = 2;
+export const ENTRY_SUPERSEDED = 4;
 /** Bytes of a header sector: written whole or not at all by a crash. */
 export const HEADER_SECTOR = 512;
 const SECTOR_ENTRIES_AT = 48;
@@ -169,6 +175,8 @@ export class SegmentBuffer {
   segment = -1;
   /** Set when a block was put since the buffer started filling. */
   dirty = false;
+  /** Set when a write-back (dirty) block was put since the buffer started filling. */
+  holdsDirty = false;
   /** The read-ahead or write in flight (never rejects). */
   pending: Promise<void> = Promise.resolve();
   /** Use stamp for choosing which clean buffer to recycle. */
@@ -203,15 +211,17 @@ export class SegmentBuffer {
 
   /** Writes the header of segment `segment` from the BDA state (keys, CRC-32Cs) of its slots. */
   seal(bda: BlockDescriptorArray, seq: number, uuid: Uint8Array): void {
-    sealHeader(this.buf, this.g, this.segment, bda, seq, uuid);
+    sealHeader(this.buf, this.g, this.segment, bda, seq, uuid, null);
   }
 }
 
 /**
  * Writes into out[0, headerSize) the header of segment `seg` (every sector, sequence `seq`)
- * from the BDA state (keys, CRC-32Cs, valid flags) of its slots.
+ * from the BDA state (keys, CRC-32Cs, valid and dirty flags) of its slots; SHADOW slots are
+ * named dirty and superseded. `unwritten` (by slot of the segment, 1 = its data is not on the
+ * device yet): those slots are sealed as not valid.
  */
-export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: BlockDescriptorArray, seq: number, uuid: Uint8Array): void {
+export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: BlockDescriptorArray, seq: number, uuid: Uint8Array, unwritten: Uint8Array | null): void {
   const view = new DataView(out.buffer, out.byteOffset, g.headerSize);
   out.fill(0, 0, g.headerSize);
   const first = seg * g.blocksPerSegment;
@@ -230,12 +240,14 @@ export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: Block
     const to = Math.min(g.blocksPerSegment, from + ENTRIES_PER_SECTOR);
     for (let j = from; j < to; j++) {
       const i = first + j;
-      if (!bda.isValid(i)) continue;
+      const f = bda.flags[i];
+      if ((f & (FLAG_VALID | FLAG_SHADOW)) === 0 || (unwritten !== null && unwritten[j] !== 0)) continue;
       const e = at + SECTOR_ENTRIES_AT + (j - from) * ENTRY_SIZE;
       view.setUint32(e, bda.keyLo[i], true);
       view.setUint32(e + 4, bda.keyHi[i], true);
       view.setUint32(e + 8, bda.crc[i], true);
-      view.setUint32(e + 12, 1, true);
+      const shadow = (f & FLAG_SHADOW) !== 0;
+      view.setUint32(e + 12, ENTRY_VALID | (shadow || (f & FLAG_DIRTY) !== 0 ? ENTRY_DIRTY : 0) | (shadow ? ENTRY_SUPERSEDED : 0), true);
     }
     view.setUint32(at + SECTOR_CRC_AT, native.crc32c(out.subarray(at, at + SECTOR_CRC_AT)), true);
   }

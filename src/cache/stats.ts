@@ -20,6 +20,10 @@
  *   sharedHits      of those, found in the cache
  *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
  *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
+ *   destaged        write-back blocks written to the backing store and marked clean
+ *   destageErrors   destage rounds that failed (retried)
+ *   flushes, flushUs guest flushes of a write-back volume and their total latency (µs)
+ *   dirtyBlocks     write-back blocks not destaged yet; oldestDirtyMs: age of the oldest
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           rounds of the log (segments entered / segments)
@@ -52,12 +56,21 @@ export interface VolumeCounters {
   sharedReads: number;
   sharedHits: number;
   admissionsRefused: number;
+  destaged: number;
+  destageErrors: number;
+  flushes: number;
+  flushUs: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
   readHitRate: number;
   /** Blocks of this volume currently in the cache. */
   blocks: number;
+  /** Write-back blocks not destaged yet, and the age of the oldest (ms; 0: none). */
+  dirtyBlocks: number;
+  oldestDirtyMs: number;
+  /** Mean latency of the guest flushes counted in `flushes` (µs). */
+  flushLatencyUs: number;
 }
 
 export interface CacheStats extends VolumeStats {
@@ -74,6 +87,9 @@ export interface CacheStats extends VolumeStats {
   readLatencyUs: number;
   segmentReadLatencyUs: number;
   segmentWriteLatencyUs: number;
+  /** Write-back group commits (one device write set + fdatasyncs each) and their mean latency. */
+  commits: number;
+  commitLatencyUs: number;
   /** Cache-device read failures (served from the backing store instead). */
   readErrors: number;
   /** Cache-device write failures (the first one disables caching). */
@@ -102,6 +118,10 @@ export function newCounters(): VolumeCounters {
     sharedReads: 0,
     sharedHits: 0,
     admissionsRefused: 0,
+    destaged: 0,
+    destageErrors: 0,
+    flushes: 0,
+    flushUs: 0,
   };
 }
 
@@ -121,10 +141,21 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.sharedReads += from.sharedReads;
   into.sharedHits += from.sharedHits;
   into.admissionsRefused += from.admissionsRefused;
+  into.destaged += from.destaged;
+  into.destageErrors += from.destageErrors;
+  into.flushes += from.flushes;
+  into.flushUs += from.flushUs;
 }
 
-export function withRate(c: VolumeCounters, blocks: number): VolumeStats {
-  return { ...c, readHitRate: c.reads === 0 ? 0 : c.readHits / c.reads, blocks };
+export function withRate(c: VolumeCounters, blocks: number, dirty: { blocks: number; oldestMs: number } = { blocks: 0, oldestMs: 0 }): VolumeStats {
+  return {
+    ...c,
+    readHitRate: c.reads === 0 ? 0 : c.readHits / c.reads,
+    blocks,
+    dirtyBlocks: dirty.blocks,
+    oldestDirtyMs: dirty.oldestMs,
+    flushLatencyUs: c.flushes === 0 ? 0 : c.flushUs / c.flushes,
+  };
 }
 
 /** Mean latency of timed operations. */
