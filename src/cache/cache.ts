@@ -302,6 +302,8 @@ export class Cache {
   private readonly table: VolumeTable;
   /** Header sectors sealed below this are never recovered (volume-table.ts). */
   private floor: number;
+  /** Destage everything of one volume (registered by its CachedStore): run after a write error. */
+  private readonly drainers = new Set<() => Promise<void>>();
   /** Dirty slots being destaged that still hold what they held when picked (watchDestage). */
   private readonly destaging = new Set<number>();
   /** Ids whose blocks were recovered after a crash and that were not registered since. */
@@ -386,6 +388,15 @@ export class Cache {
    * device refusing every write must not stall the guests for ever (docs/cache-format.md).
    */
   private async raiseFloor(): Promise<void> {
+    if (this.map.dirtyTotal > 0) {
+      // Write-back blocks exist only here: written back first (the floor would drop them).
+      this.logger.error(
+        { dirty: this.dirtyByName() },
+        'cache device write failed with write-back blocks not destaged: new writes go to the backing store (write-through) while they are destaged; they are lost if the process stops before',
+      );
+      await Promise.allSettled([...this.drainers].map((d) => d()));
+      if (this.map.dirtyTotal > 0) this.logger.error({ dirty: this.dirtyByName() }, 'write-back blocks could not be destaged after the cache device write error: they are lost at the next start');
+    }
     this.floor = this.log.sequence + 1;
     for (let attempt = 1; ; attempt++) {
       try {
@@ -860,10 +871,10 @@ export class Cache {
 
   /**
    * Watched slots whose data the backing store now holds (written and flushed): those still
-   * holding it are marked clean, durably (batched header rewrites); every one stops being
-   * watched. Resolves with how many were marked; never rejects.
+   * holding it are marked clean, made durable by header rewrites started now (batched); every
+   * one stops being watched. Returns how many were marked.
    */
-  async markClean(slots: readonly number[]): Promise<number> {
+  markClean(slots: readonly number[]): number {
     const segs = new Set<number>();
     let n = 0;
     for (const slot of slots) {
@@ -872,7 +883,9 @@ export class Cache {
       segs.add(Math.floor(slot / this.geometry.blocksPerSegment));
       n++;
     }
-    if (segs.size > 0) await this.log.rewrite(segs);
+    // Not awaited: a lost clean mark only destages the same data again (recovery.ts 9.), and
+    // after a write error the rewrite waits for the floor, which waits for the destage.
+    if (segs.size > 0) void this.log.rewrite(segs);
     return n;
   }
 
@@ -892,11 +905,30 @@ export class Cache {
    * count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a write,
    * or a destage: destage.ts). Null when there is none; never rejects.
    */
-  killDropped(volume: number, first: number, count: number): Promise<void> | null {
+  killDropped(volume: number, first: number, count: number, destage = false): Promise<void> | null {
+    // After a write error no header changes any more: the dirty entries being destaged outrank
+    // every older one of their keys (recovery.ts 8.), and the floor waits for the destage.
+    if (destage && this.log.disabled) return null;
     const kill = this.log.killFor(volume, first, count);
     const pending = this.pendingTable.get(volume);
     if (pending === undefined) return kill;
     return Promise.all([pending, kill]).then(() => this.log.killFor(volume, first, count) ?? undefined);
+  }
+
+  /** Dirty blocks by volume name (volumes holding some). */
+  private dirtyByName(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const rec of this.volumes.values()) {
+      const n = this.map.dirtyBlocks(rec.id);
+      if (n > 0) out[rec.name] = n;
+    }
+    return out;
+  }
+
+  /** Registers what destages a volume's dirty blocks (see raiseFloor); returns its removal. */
+  addDrainer(drain: () => Promise<void>): () => void {
+    this.drainers.add(drain);
+    return () => void this.drainers.delete(drain);
   }
 
   /** A volume's dirty blocks and the age of its oldest one (ms). */

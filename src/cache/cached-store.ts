@@ -102,6 +102,7 @@
  *     all of them on a mismatch, unless the operator declared exclusive ownership.
  */
 import { performance } from 'node:perf_hooks';
+import type { CacheMode } from '../config/config';
 import { InFlightRanges, type Op, RangeLocks } from './in-flight';
 import { DEFAULT_DIRTY_LIMIT, DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK, Destager } from './destage';
 import { silentLogger, type Logger } from '../util/logger';
@@ -120,7 +121,7 @@ const MAX_UNSETTLED = 256;
 /** Ranges written since the last flush that are tracked one by one (see the header). */
 export const MAX_UNFLUSHED_RANGES = 4096;
 
-export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none' | 'writeback';
+export type { CacheMode };
 
 export interface CachedStoreOptions {
   backing: BackingStore;
@@ -230,6 +231,7 @@ export class CachedStore implements BackingStore {
   private directWrites = 0;
   private directFlushed = 0;
   private readonly flushOnStop: boolean;
+  private readonly removeDrainer: () => void;
 
   /**
    * Registers the volume in the cache and, for a store whose changes are invisible (block
@@ -294,6 +296,7 @@ export class CachedStore implements BackingStore {
       logger: o.logger ?? silentLogger,
     });
     this.flushOnStop = o.flushOnStop === true;
+    this.removeDrainer = o.cache.addDrainer(() => this.destager.drain());
     if (this.destager.dirty > 0) {
       if (this.mode === 'writeback') this.destager.kick();
       else {
@@ -988,6 +991,7 @@ export class CachedStore implements BackingStore {
     this.closed = true;
     if (this.identityTimer !== null) clearTimeout(this.identityTimer);
     await this.destager.close();
+    this.removeDrainer();
     await this.drain();
     if (this.flushFailed || this.fenced) this.cache.dropVolume(this.volume);
     let identity = '';

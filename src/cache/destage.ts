@@ -8,7 +8,7 @@
  * their data from the cache (a dirty block unreadable there is logged and left dirty), make the
  * dropped entries of their keys durably invalid (Cache.killDropped: a destage is a backing write,
  * recovery.ts 9.), write the runs, flush the backing store, then mark the still-watched slots
- * clean (Cache.markClean: durable, batched). Rounds never overlap, so two backing writes of one
+ * clean (Cache.markClean: header rewrites, batched, not waited for). Rounds never overlap, so two backing writes of one
  * block are never in flight together and a later round's data lands last.
  *
  * Pace (per volume, in blocks, from the volume's dirty limit L):
@@ -85,6 +85,8 @@ export class Destager {
   /** When rounds started failing (0: the last one succeeded). */
   private failingSince = 0;
   private lastError: Error | null = null;
+  /** Runs of the last round that could not be read from the cache. */
+  private unreadable = 0;
   /** Called at the end of the next round (drain()). */
   private roundEnds: (() => void)[] = [];
 
@@ -155,8 +157,12 @@ export class Destager {
           throw new VhostError(`cache: destaging failed for ${this.o.timeoutMs} ms: ${this.lastError?.message ?? ''}`, 'EIO');
         }
         const ended = new Promise<void>((r) => this.roundEnds.push(r));
+        const before = this.destaged;
         this.poke();
         await ended;
+        if (this.destaged === before && this.failingSince === 0 && this.unreadable > 0) {
+          throw new VhostError(`cache: ${this.dirty} write-back blocks could not be destaged: unreadable on the cache device`, 'EIO');
+        }
       }
     } finally {
       this.drains--;
@@ -276,6 +282,7 @@ export class Destager {
       else runs.push([picked[j][0], j, 1]);
     }
     this.rounds++;
+    this.unreadable = 0;
     try {
       const c = cache.map.stats(volume);
       const counted = { reads: c.reads, readHits: c.readHits, ramHits: c.ramHits, storageHits: c.storageHits };
@@ -286,6 +293,7 @@ export class Destager {
             await cache.readBlocks(volume, first, n, buf, new Uint8Array(n));
           } catch (err) {
             this.errors++;
+            this.unreadable++;
             this.o.logger.error({ volume, first, blocks: n, err: (err as Error).message }, 'cache: write-back blocks unreadable on the cache device: not destaged (their reads fail)');
             return null;
           }
@@ -296,7 +304,7 @@ export class Destager {
       Object.assign(c, counted);
       const kills: Promise<void>[] = [];
       for (const [first, , n] of runs) {
-        const k = cache.killDropped(volume, first, n);
+        const k = cache.killDropped(volume, first, n, true);
         if (k !== null) kills.push(k);
       }
       await Promise.all(kills);
@@ -306,7 +314,7 @@ export class Destager {
       runs.forEach(([, at, n], j) => {
         if (data[j] !== null) for (let k = 0; k < n; k++) done.push(slots[at + k]);
       });
-      const marked = await cache.markClean(done);
+      const marked = cache.markClean(done);
       this.destaged += marked;
       c.destaged += marked;
       this.cursor = picked[picked.length - 1][0] + 1;

@@ -10,8 +10,8 @@ import { VhostError } from '../native/errors';
 
 const LIMITS = native.limits;
 
-export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
-export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none'];
+export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none' | 'writeback';
+export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none', 'writeback'];
 export type IoEnginePreference = 'auto' | 'io_uring' | 'threadpool';
 
 export interface VolumeConfig {

@@ -31,7 +31,6 @@ const BS = 4096;
 const SECTOR = 512;
 const BLOCKS = 40;
 const HOT = 12;
-const DEVICE = deviceBytesFor(10, BS, 4 * BS);
 
 /** An operation in flight at a crash: its sectors may hold its data (null: zeros) or the old. */
 interface Pending {
@@ -68,11 +67,16 @@ interface Run {
   crashes: number;
   recoveredDirty: number;
   destaged: number;
-  waitedForRoom: number;
+  turns: number;
   sectorsChecked: number;
 }
 
-async function crashRun(seed: number, steps: number): Promise<Run> {
+/**
+ * `bps` blocks per segment: 4 (one header sector: headers are never torn) or 32 (two sectors:
+ * a torn header keeps dirty entries only in its older sector; commits rewrite it in place).
+ */
+async function crashRun(seed: number, steps: number, bps: number): Promise<Run> {
+  const DEVICE = deviceBytesFor(bps === 4 ? 10 : 4, BS, bps * BS);
   const r = rng(seed);
   const dir = tmpDir('wbcrash');
   const cachePath = path.join(dir, 'cache');
@@ -80,13 +84,13 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
   backs.forEach((b, v) => stampBytes(b.data, 0, v));
   const model = backs.map((b) => new Uint8Array(b.data));
   let gen = 10;
-  const run: Run = { crashes: 0, recoveredDirty: 0, destaged: 0, waitedForRoom: 0, sectorsChecked: 0 };
+  const run: Run = { crashes: 0, recoveredDirty: 0, destaged: 0, turns: 0, sectorsChecked: 0 };
   let dev = new MemDevice(DEVICE);
   let cache!: Cache;
   let stores: CachedStore[] = [];
   let views: (BackingStore & { dead: boolean })[] = [];
   const open = async (): Promise<void> => {
-    cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev });
+    cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: bps * BS, buffers: 3, engine: dev });
     views = backs.map((b) => incarnationStore(b));
     stores = views.map(
       (b, v) => new CachedStore({ backing: b, cache, name: `v${v}`, mode: 'writeback', readAhead: 0, dirtyLimitBlocks: v === 0 ? 8 : 5, maxBytes: v === 1 ? 12 * BS : undefined }),
@@ -175,7 +179,7 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
       let done = false;
       void Promise.all(ops).finally(() => (done = true));
       while (!done && !dev.frozen) {
-        run.waitedForRoom++;
+        run.turns++;
         await new Promise((res) => setImmediate(res));
       }
       if (done) await Promise.all(ops);
@@ -200,9 +204,15 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
 
 describe('write-back: crashes at every step of the write and destage paths (seeded crash-point model)', function () {
   this.timeout(600000);
-  for (const seed of [1, 2, 3, 4]) {
-    it(`seed ${seed}: 800 batches, every sector checked against the newest acknowledged data after each crash`, async () => {
-      const res = await crashRun(seed, 800);
+  for (const [seed, bps] of [
+    [1, 4],
+    [2, 4],
+    [3, 32],
+    [4, 32],
+    [5, 32],
+  ]) {
+    it(`seed ${seed}, ${bps} blocks per segment: 800 batches, every sector checked against the newest acknowledged data after each crash`, async () => {
+      const res = await crashRun(seed, 800, bps);
       if (process.env.VBC_MODEL_STATS) console.log(seed, JSON.stringify(res));
       assert.ok(res.crashes >= 10, `only ${res.crashes} crashes`);
       // Dirty blocks come back after crashes, and the destager wrote blocks back meanwhile.
