@@ -743,9 +743,11 @@ export class Cache {
       return ok;
     };
     if (runs.length === 1) {
-      // One reaction after the read's: check, count (the common case of a device hit).
+      // One promise, settled from the read's completion (the common case of a device hit).
       const r = runs[0];
-      return this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block).then(counted, (err: Error) => this.runFailed(err, volume, r));
+      return new Promise<boolean>((resolve) => {
+        this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => resolve(err === null ? counted(ok) : this.runFailed(err, volume, r)));
+      });
     }
     const reads = runs.map((r) => this.readRun(volume, r));
     return Promise.all(reads).then((oks) => counted(oks.every(Boolean)));
@@ -753,7 +755,9 @@ export class Cache {
 
   /** One direct run of readHit: read and check; false on failure (counted, dropped). */
   private readRun(volume: number, r: DirectRun): Promise<boolean> {
-    return this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block).catch((err: Error) => this.runFailed(err, volume, r));
+    return new Promise<boolean>((resolve) => {
+      this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => resolve(err === null ? ok : this.runFailed(err, volume, r)));
+    });
   }
 
   private runFailed(err: Error, volume: number, r: DirectRun): false {

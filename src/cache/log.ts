@@ -229,32 +229,42 @@ export class Log {
    * Reads `blocks` whole blocks of slots slot.. (held for `volume`'s blocks block..) from the
    * device into `bufs` (their total length; the range must stay inside the slot's segment) while
    * holding back any write of that segment (see directReaders), and checks them against their
-   * CRC-32Cs in the same step. Resolves true when the data is what the slots held when the read
-   * was issued and every block matched; false when a write of the segment was issued meanwhile
-   * (bufs then hold those older bytes, never newer ones) or a block did not match (each such block
-   * still held is counted and dropped: checksumFailed). Rejects with the engine's VhostError on
-   * I/O failure.
+   * CRC-32Cs in the same step. Calls done(true, null) when the data is what the slots held when
+   * the read was issued and every block matched; done(false, null) when a write of the segment
+   * was issued meanwhile (bufs then hold those older bytes, never newer ones) or a block did not
+   * match (each such block still held is counted and dropped: checksumFailed); done(false, err)
+   * with the engine's VhostError on I/O failure. A callback, not a promise: this is the path of
+   * every device hit.
    */
-  readDirect(slot: number, bufs: readonly Uint8Array[], blocks: number, volume: number, block: number): Promise<boolean> {
+  readDirect(
+    slot: number,
+    bufs: readonly Uint8Array[],
+    blocks: number,
+    volume: number,
+    block: number,
+    done: (ok: boolean, err: Error | null) => void,
+  ): void {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
     this.directReaders[seg]++;
-    return this.readAt(slotOffset(this.g, slot), blocks * this.g.blockSize, bufs).then(
-      () => {
-        this.readLatency.record(t);
+    const offset = slotOffset(this.g, slot);
+    const read = (err: Error | null): void => {
+      if (err !== null) {
         this.directDone(seg);
-        if (this.segGen[seg] !== gen) return false;
-        const bad = this.checkBlocks(slot, bufs, blocks);
-        if (bad === null) return true;
-        for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
-        return false;
-      },
-      (err: Error) => {
-        this.directDone(seg);
-        throw err;
-      },
-    );
+        done(false, err);
+        return;
+      }
+      this.readLatency.record(t);
+      this.directDone(seg);
+      if (this.segGen[seg] !== gen) return done(false, null);
+      const bad = this.checkBlocks(slot, bufs, blocks);
+      if (bad === null) return done(true, null);
+      for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
+      done(false, null);
+    };
+    if (this.alignment === 1) this.engine.readvThen(this.fd, bufs, offset, true, read);
+    else readDirectIo(this.engine, this.fd, offset, blocks * this.g.blockSize, bufs, this.alignment, true).then(() => read(null), read);
   }
 
   /** An exact device read of len bytes (bufs' total) at offset, any buffers (see alignment). */
@@ -610,7 +620,7 @@ export class Log {
     }
     b.state = BufferState.Reading;
     const t = LatencyMeter.now();
-    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg), true).then(
+    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg), true, true).then(
       () => {
         this.segmentReadLatency.record(t);
         this.segmentReads++;
@@ -702,7 +712,7 @@ export class Log {
     const writes: Promise<void>[] = [];
     let bytes = 0;
     for (let r = 0; r < ranges.length; r += 2) {
-      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r]));
+      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r], true));
       bytes += ranges[r + 1] - ranges[r];
     }
     // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.

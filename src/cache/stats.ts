@@ -18,6 +18,8 @@
  *                   counted in the parent's entry (named after the parent) as reads too, and not
  *                   in this volume's reads
  *   sharedHits      of those, found in the cache
+ *   readsJoined     blocks of read misses taken from a backing read of them already in flight
+ *                   (a read-ahead or another miss: pending-reads.ts) instead of read again
  *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
  *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
@@ -52,6 +54,7 @@ export interface VolumeCounters {
   sharedReads: number;
   sharedHits: number;
   admissionsRefused: number;
+  readsJoined: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
@@ -102,6 +105,7 @@ export function newCounters(): VolumeCounters {
     sharedReads: 0,
     sharedHits: 0,
     admissionsRefused: 0,
+    readsJoined: 0,
   };
 }
 
@@ -121,6 +125,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.sharedReads += from.sharedReads;
   into.sharedHits += from.sharedHits;
   into.admissionsRefused += from.admissionsRefused;
+  into.readsJoined += from.readsJoined;
 }
 
 export function withRate(c: VolumeCounters, blocks: number): VolumeStats {
