@@ -13,7 +13,9 @@
  *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
  *     partial) synchronously when it starts, and issues its backing write only once no segment
  *     header on the cache device names those blocks any more (Cache.invalidate: durable, so a
- *     crash never brings them back; recovery.ts) — at once when none did;
+ *     crash never brings them back; recovery.ts) — at once when none did; when that cannot be
+ *     made durable (a cache device refusing every write after a write error) it fails with EIO
+ *     and is never issued;
  *   - every operation is registered in `ops` for its block range until it is completely done,
  *     including its cache insertion. A write-like operation starting marks every overlapping
  *     registered operation `poisoned`; an operation starting while an overlapping write-like
@@ -341,7 +343,7 @@ export class CachedStore implements BackingStore {
     this.ops.poisonAll();
     this.ownReads.clear();
     if (this.unflushedOverflowAt > 0) this.cache.dropVolume(this.volume);
-    else for (const [first, last] of this.unflushed) void this.invalidate(first, last);
+    else for (const [first, last] of this.unflushed) this.invalidateLater(first, last);
   }
 
   /**
@@ -380,7 +382,7 @@ export class CachedStore implements BackingStore {
    * MAX_UNSETTLED failures (a long outage) they are merged into one hold over their span.
    */
   private failed(first: number, last: number): void {
-    void this.invalidate(first, last);
+    this.invalidateLater(first, last);
     const at = ++this.clock;
     if (this.unsettled.length >= MAX_UNSETTLED) {
       for (const u of this.unsettled) {
@@ -713,7 +715,15 @@ export class CachedStore implements BackingStore {
       // The data written to the backing store and inserted: one private copy taken now.
       const copy = this.mode === 'writethrough' ? new Uint8Array(len) : null;
       if (copy !== null) gatherIov(bufs, copy);
-      if (killing !== null) await killing;
+      if (killing !== null) {
+        try {
+          await killing;
+        } catch (err) {
+          // Not made durably invalid: the write is not issued (Cache.invalidate).
+          this.end(op);
+          throw err;
+        }
+      }
       if (copy === null || this.cache.disabled || !this.admitWrite(first, last)) {
         try {
           await this.backing.write(offset, bufs);
@@ -755,10 +765,19 @@ export class CachedStore implements BackingStore {
     this.insertThenEnd(op, this.volume, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
   }
 
-  /** Invalidates blocks first..last: null, or a promise of their durable invalidation (Cache.invalidate). */
+  /**
+   * Invalidates blocks first..last: null, or a promise of their durable invalidation, which
+   * rejects (EIO) when that cannot be made durable: the write must then not be issued
+   * (Cache.invalidate).
+   */
   private invalidate(first: number, last: number): Promise<void> | null {
     if (first >= this.cacheable) return null;
     return this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  }
+
+  /** Invalidates blocks first..last after a write that may have landed (nothing waits for it). */
+  private invalidateLater(first: number, last: number): void {
+    this.invalidate(first, last)?.catch(() => undefined);
   }
 
   private writeStarted(): void {

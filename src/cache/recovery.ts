@@ -34,8 +34,16 @@
  *      only the sectors of a segment's highest sequence number are used (a mix is detected and
  *      that header rewritten before the cache opens); data is checked against the entry's
  *      CRC-32C on every device read (a torn block is a miss), never read here.
- *   7. A cache-device write error: nothing is sealed any more and the floor is raised above
- *      every sequence number used (Log.fail); writes wait until that is durable.
+ *   7. A cache-device write error: nothing is sealed any more, and the writes made from then
+ *      on kill nothing on the device, so before any of them is issued it must be durable that
+ *      nothing sealed so far is recovered: the volume table saved with the floor above every
+ *      sequence number used or, if the device refuses that, the superblock retired (zeros:
+ *      the next start formats the device). Every write while the cache is disabled waits for
+ *      one of them (Log.killFor, cache.ts retire); if the device refuses both for a whole round
+ *      of attempts (~4 s), the writes waiting fail with EIO and are never issued, and the next
+ *      write tries again. Which of the two landed does not matter: both mean "cold". The volume
+ *      table's saves are group commits that never report a save whose snapshot predates the
+ *      request (volume-table.ts), so "floor saved" means the raised floor is on the device.
  *
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
  * intact sectors of the highest sequence number (>= floor); each valid entry of a known volume

@@ -231,15 +231,15 @@ describe('cache log', () => {
     assert.equal(await cache.log.flush(), false);
     assert.equal(cache.stats().disabled, true);
     assert.equal(cache.stats().writeErrors, 1);
-    // The floor (nothing written before is recovered) is retried, then given up.
+    // The floor (nothing written before is recovered) and the superblock retirement are
+    // retried for a round, then given up.
     await cache.quiesce();
-    // Logged when the cache was disabled, and when the floor could not be saved.
+    // Logged when the cache was disabled, and when neither could be made durable.
     assert.deepEqual(
       lines.map((l) => [l.msg, l.writeErrors]),
       [
         ['cache device fdatasync failed: sync failed; cache disabled for new data (pass-through)', 1],
-        // Nothing written before may be recovered: the volume table's floor could not be saved either.
-        ['cache volume table not saved after a write error: remove or reformat the cache device before the next start', undefined],
+        ['cache device refuses writes after a write error: writes of blocks it may hold fail (EIO) until it accepts one; remove or reformat it', undefined],
       ],
     );
   });
