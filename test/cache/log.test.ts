@@ -289,10 +289,17 @@ describe('cache log', () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
     await cache.log.flush();
+    // The hand is back at segment 0 (the log is full), so segment 0 is read ahead and may be
+    // served from RAM: wait for that, then read two blocks of a segment no buffer holds.
+    await cache.log.quiesce();
+    const onDevice = [...Array(16).keys()].filter((b) => cache.log.ramBuffer(cache.map.peek(vol, b)) === null);
+    assert.equal(onDevice.length, 4, 'one segment of the four is not in RAM');
+    const first = onDevice[0];
     engine.failReads = true;
-    const r = await read(0, 2);
+    const r = await read(first, 2);
     assert.equal(r.hits, 0);
-    assert.equal(cache.map.peek(vol, 0), -1);
+    assert.equal(cache.map.peek(vol, first), -1);
+    assert.equal(cache.map.peek(vol, first + 1), -1);
     assert.equal(cache.stats().readErrors, 1);
     engine.failReads = false;
     engine.failWrites = true;
