@@ -16,16 +16,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, median, type Measurement } from '../src/bench/measure';
+import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, median, type Measurement, processCpuUs } from '../src/bench/measure';
 import { benchDir, fetchStats, makeImage, startVbc, type Target } from '../src/bench/targets';
-
-const CLK_TCK_US = 10_000; // /proc/PID/stat times are in clock ticks of 10 ms (USER_HZ 100)
-
-/** CPU time (user + system) of a process so far, µs. */
-function cpuUs(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) * CLK_TCK_US;
-}
 
 interface Rep {
   m: Measurement;
@@ -80,9 +72,9 @@ async function main(): Promise<void> {
         const res: Rep[][] = names.map(() => []);
         for (let r = 0; r < reps; r++) {
           for (const [i, t] of targets.entries()) {
-            const c0 = cpuUs(t.pid);
+            const c0 = processCpuUs(t.pid);
             const m = await measureMode({ sockets: [sock[i] as string], mode: 'randread', bs: 4096, depth, queues, runtime, size: ws, seed: 3000 + r });
-            res[i]?.push({ m, cpuPerReq: (cpuUs(t.pid) - c0) / m.ops });
+            res[i]?.push({ m, cpuPerReq: (processCpuUs(t.pid) - c0) / m.ops });
           }
         }
         const a = res[0] as Rep[];

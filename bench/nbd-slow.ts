@@ -11,13 +11,16 @@
  * repetition starts our daemon on new cache files for the cold passes, then pre-reads and runs
  * the warm pass.
  * Targets: warm >= 20x qsd, cold >= 0.9x qsd.
+ * Besides IOPS it reports CPU time per request of the serving daemon (ours or qsd), of nbdkit and
+ * of the front end (this process): on a shared machine these say where the time goes when
+ * wall-clock figures do not.
  *
  * Run: node dist/bench/nbd-slow.js [--runtime S] [--reps N] [--ws MiB]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, median, medianOf, processCpuUs } from '../src/bench/measure';
 import { benchDir, fetchStats, startNbdkit, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
 
 async function main(): Promise<void> {
@@ -52,7 +55,20 @@ async function main(): Promise<void> {
     commands.push(qsd.command);
     await measureMode({ sockets: [sock.qsd], mode: 'write', bs: 65536, depth: 16, queues: 1, runtime: 600, count: ws / 65536, size: ws, seed: 1 });
 
-    const res: Record<'qsd' | 'qsdFirst' | 'first' | 'cold' | 'warm', Measurement[]> = { qsd: [], qsdFirst: [], first: [], cold: [], warm: [] };
+    type Pass = 'qsd' | 'qsdFirst' | 'first' | 'cold' | 'warm';
+    const res: Record<Pass, Measurement[]> = { qsd: [], qsdFirst: [], first: [], cold: [], warm: [] };
+    /** CPU µs per request of [daemon, nbdkit, front end] in each rep. */
+    const cpu: Record<Pass, number[][]> = { qsd: [], qsdFirst: [], first: [], cold: [], warm: [] };
+    let daemonPid = qsd.pid;
+    const timed = async (k: Pass, f: () => Promise<Measurement>): Promise<Measurement> => {
+      const pids = [daemonPid, nbd.pid];
+      const c0 = pids.map(processCpuUs);
+      const s0 = process.cpuUsage();
+      const m = await f();
+      const self = process.cpuUsage(s0);
+      cpu[k].push([...pids.map((p, i) => (processCpuUs(p) - (c0[i] as number)) / m.ops), (self.user + self.system) / m.ops]);
+      return m;
+    };
     const hit: Record<'first' | 'cold' | 'warm', (number | null)[]> = { first: [], cold: [], warm: [] };
     const randread = { mode: 'randread' as const, bs: 4096, depth, queues: 1, runtime, size: ws };
     // The first `firstCount` random reads of a fresh cache are nearly all misses (few repeats).
@@ -65,16 +81,18 @@ async function main(): Promise<void> {
         control,
       });
       if (commands.length < 3) commands.push(ours.command);
+      daemonPid = ours.pid;
       try {
         await body();
       } finally {
         await ours.stop();
         fs.rmSync(cacheFile, { force: true });
+        daemonPid = qsd.pid;
       }
     };
-    const delta = async (f: () => Promise<Measurement>): Promise<[Measurement, number | null]> => {
+    const delta = async (k: Pass, f: () => Promise<Measurement>): Promise<[Measurement, number | null]> => {
       const a = await fetchStats(control);
-      const m = await f();
+      const m = await timed(k, f);
       const b = await fetchStats(control);
       return [m, a.cache !== null && b.cache !== null ? statsDelta(a.cache, b.cache).readHitRate : null];
     };
@@ -84,17 +102,17 @@ async function main(): Promise<void> {
     };
     for (let r = 0; r < reps; r++) {
       const seed = 4000 + r;
-      res.qsd.push(await measureMode({ ...randread, sockets: [sock.qsd], seed }));
-      res.qsdFirst.push(await measureMode({ ...randread, sockets: [sock.qsd], seed: seed + 50, count: firstCount }));
+      res.qsd.push(await timed('qsd', () => measureMode({ ...randread, sockets: [sock.qsd], seed })));
+      res.qsdFirst.push(await timed('qsdFirst', () => measureMode({ ...randread, sockets: [sock.qsd], seed: seed + 50, count: firstCount })));
       await withOurs(r, 'first', async () => {
         // Warm up the daemon (JIT, NBD connection, cache log) on a range outside the working set.
         await measureMode({ ...randread, sockets: [sock.ours], seed: seed + 70, count: firstCount, offset: 2 * ws });
-        push('first', await delta(() => measureMode({ ...randread, sockets: [sock.ours], seed: seed + 50, count: firstCount })));
+        push('first', await delta('first', () => measureMode({ ...randread, sockets: [sock.ours], seed: seed + 50, count: firstCount })));
       });
       await withOurs(r, 'run', async () => {
-        push('cold', await delta(() => measureMode({ ...randread, sockets: [sock.ours], seed })));
+        push('cold', await delta('cold', () => measureMode({ ...randread, sockets: [sock.ours], seed })));
         await measureMode({ sockets: [sock.ours], mode: 'read', bs: 65536, depth: 16, queues: 1, runtime: 600, count: ws / 65536, size: ws, seed: 1 });
-        push('warm', await delta(() => measureMode({ ...randread, sockets: [sock.ours], seed: seed + 100 })));
+        push('warm', await delta('warm', () => measureMode({ ...randread, sockets: [sock.ours], seed: seed + 100 })));
       });
       process.stderr.write(
         `rep ${r}: qsd ${fmtInt(res.qsd[r].iops)} qsd-first ${fmtInt(res.qsdFirst[r].iops)} first ${fmtInt(res.first[r].iops)} ` +
@@ -109,18 +127,19 @@ async function main(): Promise<void> {
       `\n## Slow NBD backing (nbdkit memory, delay filter rdelay=1ms wdelay=1ms): 4 KiB random reads, depth ${depth}, ` +
         `working set ${ws >> 20} MiB, cache ${(2 * ws) >> 20} MiB, ${runtime} s x ${reps} reps (medians)\n\n`,
     );
-    const row = (name: string, m: Measurement, base: Measurement, hits: string, per: Measurement[]): (string | number)[] => [
-      name, fmtInt(m.iops), fmtRatio(m.iops, base.iops), fmtNum(m.lat.p50), fmtNum(m.lat.p99), hits, per.map((x) => fmtInt(x.iops)).join(', '),
+    const cpuCells = (k: Pass): string[] => [0, 1, 2].map((i) => fmtNum(median(cpu[k].map((c) => c[i] as number)), 1));
+    const row = (k: Pass, name: string, m: Measurement, base: Measurement, hits: string, per: Measurement[]): (string | number)[] => [
+      name, fmtInt(m.iops), fmtRatio(m.iops, base.iops), fmtNum(m.lat.p50), fmtNum(m.lat.p99), hits, ...cpuCells(k), per.map((x) => fmtInt(x.iops)).join(', '),
     ];
     process.stdout.write(
       markdownTable(
-        ['target', 'IOPS', 'vs qsd (same pass)', 'p50 µs', 'p99 µs', 'hit rate', 'IOPS per rep'],
+        ['target', 'IOPS', 'vs qsd (same pass)', 'p50 µs', 'p99 µs', 'hit rate', 'daemon CPU µs/req', 'nbdkit CPU µs/req', 'front end CPU µs/req', 'IOPS per rep'],
         [
-          row(`qemu-storage-daemon (NBD), ${runtime} s`, med.qsd, med.qsd, '-', res.qsd),
-          row(`qemu-storage-daemon (NBD), first ${firstCount} reads`, med.qsdFirst, med.qsdFirst, '-', res.qsdFirst),
-          row(`vhost-blk-cache cold, first ${firstCount} reads of a fresh cache`, med.first, med.qsdFirst, hitStr(hit.first), res.first),
-          row(`vhost-blk-cache cold, ${runtime} s from a fresh cache (warms up)`, med.cold, med.qsd, hitStr(hit.cold), res.cold),
-          row(`vhost-blk-cache warm, ${runtime} s`, med.warm, med.qsd, hitStr(hit.warm), res.warm),
+          row('qsd', `qemu-storage-daemon (NBD), ${runtime} s`, med.qsd, med.qsd, '-', res.qsd),
+          row('qsdFirst', `qemu-storage-daemon (NBD), first ${firstCount} reads`, med.qsdFirst, med.qsdFirst, '-', res.qsdFirst),
+          row('first', `vhost-blk-cache cold, first ${firstCount} reads of a fresh cache`, med.first, med.qsdFirst, hitStr(hit.first), res.first),
+          row('cold', `vhost-blk-cache cold, ${runtime} s from a fresh cache (warms up)`, med.cold, med.qsd, hitStr(hit.cold), res.cold),
+          row('warm', `vhost-blk-cache warm, ${runtime} s`, med.warm, med.qsd, hitStr(hit.warm), res.warm),
         ],
       ) + '\n\n',
     );

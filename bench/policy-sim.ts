@@ -8,7 +8,7 @@
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
  * misses; a write invalidates every block then inserts it.
  *
- * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan [--ios N] [--seed S]
+ * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan|targets [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
  *        [--read-ahead BLOCKS] [--empty-target FRACTION]
  *   --cutoff: sequential cut-off; blocks of a read or write stream longer than BLOCKS are not
@@ -19,7 +19,14 @@
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
  *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
+ *   boot: the recorded boot trace (bench/traces/boot-read.trace) replayed --boots N times
+ *   (default 2) on one volume, cache --slots (default 131072 = 512 MiB), [--cold-between] empty
+ *   cache between boots, [--history DEPTH] history prefetch (HistoryPrefetch, evaluation only).
+ *   targets: every issue-12 target in one run (SPC-1 seeds 1-3 for clock, lru, arc, log and log
+ *   with read-ahead, default 32 blocks; scan for the four), then a table of targets met or not.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { CacheMap, EMPTY_TARGET, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
@@ -153,22 +160,88 @@ class LogPolicy implements Policy {
 
 const key = (vol: number, block: number): number => vol * 2 ** 40 + block;
 
-/** Exact LRU (a Map in recency order). A write is an access. */
+/**
+ * Keys in recency order (least recent first) with O(1) has / delete / push / shift: a Map from
+ * key to node and a doubly linked list over typed arrays (a Map alone would evict with
+ * keys().next(), which skips every deleted entry at the front of V8's ordered table: quadratic).
+ */
+class RecencyList {
+  private readonly index = new Map<number, number>();
+  private readonly keys: Float64Array;
+  private readonly prev: Int32Array;
+  private readonly next: Int32Array;
+  private head = -1;
+  private tail = -1;
+  private free: number[] = [];
+
+  constructor(capacity: number) {
+    this.keys = new Float64Array(capacity);
+    this.prev = new Int32Array(capacity);
+    this.next = new Int32Array(capacity);
+    for (let i = capacity - 1; i >= 0; i--) this.free.push(i);
+  }
+
+  get size(): number {
+    return this.index.size;
+  }
+
+  has(k: number): boolean {
+    return this.index.has(k);
+  }
+
+  /** Appends k as the most recent (it must not be present). */
+  push(k: number): void {
+    const n = this.free.pop();
+    if (n === undefined) throw new Error('RecencyList over capacity');
+    this.keys[n] = k;
+    this.prev[n] = this.tail;
+    this.next[n] = -1;
+    if (this.tail >= 0) this.next[this.tail] = n;
+    else this.head = n;
+    this.tail = n;
+    this.index.set(k, n);
+  }
+
+  delete(k: number): boolean {
+    const n = this.index.get(k);
+    if (n === undefined) return false;
+    this.index.delete(k);
+    const p = this.prev[n];
+    const x = this.next[n];
+    if (p >= 0) this.next[p] = x;
+    else this.head = x;
+    if (x >= 0) this.prev[x] = p;
+    else this.tail = p;
+    this.free.push(n);
+    return true;
+  }
+
+  /** Removes and returns the least recent key. */
+  shift(): number {
+    const k = this.keys[this.head];
+    this.delete(k);
+    return k;
+  }
+}
+
+/** Exact LRU. A write is an access. */
 class LruPolicy implements Policy {
   readonly name = 'lru';
-  private readonly q = new Map<number, true>();
-  constructor(private readonly slots: number) {}
+  private readonly q: RecencyList;
+  constructor(private readonly slots: number) {
+    this.q = new RecencyList(slots);
+  }
   lookup(vol: number, block: number): boolean {
     const k = key(vol, block);
     if (!this.q.delete(k)) return false;
-    this.q.set(k, true);
+    this.q.push(k);
     return true;
   }
   insert(vol: number, block: number): void {
     const k = key(vol, block);
     this.q.delete(k);
-    if (this.q.size >= this.slots) this.q.delete(this.q.keys().next().value as number);
-    this.q.set(k, true);
+    if (this.q.size >= this.slots) this.q.shift();
+    this.q.push(k);
   }
   invalidate(vol: number, block: number): boolean {
     return this.q.delete(key(vol, block));
@@ -187,19 +260,24 @@ class LruPolicy implements Policy {
  */
 class ArcPolicy implements Policy {
   readonly name = 'arc';
-  private readonly t1 = new Map<number, true>();
-  private readonly t2 = new Map<number, true>();
-  private readonly b1 = new Map<number, true>();
-  private readonly b2 = new Map<number, true>();
+  private readonly t1: RecencyList;
+  private readonly t2: RecencyList;
+  private readonly b1: RecencyList;
+  private readonly b2: RecencyList;
   private p = 0;
   /** Key invalidated by the write in progress (its insert is a hit). */
   private rewritten = -1;
-  constructor(private readonly c: number) {}
+  constructor(private readonly c: number) {
+    this.t1 = new RecencyList(c + 1);
+    this.t2 = new RecencyList(c + 1);
+    this.b1 = new RecencyList(c + 1);
+    this.b2 = new RecencyList(2 * c + 1);
+  }
 
   lookup(vol: number, block: number): boolean {
     const k = key(vol, block);
     if (this.t1.delete(k) || this.t2.delete(k)) {
-      this.t2.set(k, true);
+      this.t2.push(k);
       return true;
     }
     return false;
@@ -216,19 +294,9 @@ class ArcPolicy implements Policy {
 
   private replace(inB2: boolean): void {
     const { t1, t2 } = this;
-    if (t1.size > 0 && (t1.size > this.p || (inB2 && t1.size === this.p))) {
-      const k = t1.keys().next().value as number;
-      t1.delete(k);
-      this.b1.set(k, true);
-    } else if (t2.size > 0) {
-      const k = t2.keys().next().value as number;
-      t2.delete(k);
-      this.b2.set(k, true);
-    } else {
-      const k = t1.keys().next().value as number;
-      t1.delete(k);
-      this.b1.set(k, true);
-    }
+    if (t1.size > 0 && (t1.size > this.p || (inB2 && t1.size === this.p))) this.b1.push(t1.shift());
+    else if (t2.size > 0) this.b2.push(t2.shift());
+    else this.b1.push(t1.shift());
   }
 
   insert(vol: number, block: number): void {
@@ -243,32 +311,32 @@ class ArcPolicy implements Policy {
       this.p = Math.min(c, this.p + Math.max(b2.size / b1.size, 1));
       this.replace(false);
       b1.delete(k);
-      t2.set(k, true);
+      t2.push(k);
       return;
     }
     if (b2.has(k)) {
       this.p = Math.max(0, this.p - Math.max(b1.size / b2.size, 1));
       this.replace(true);
       b2.delete(k);
-      t2.set(k, true);
+      t2.push(k);
       return;
     }
     const l1 = t1.size + b1.size;
     if (l1 === c) {
       if (t1.size < c) {
-        b1.delete(b1.keys().next().value as number);
+        b1.shift();
         this.replace(false);
       } else {
-        t1.delete(t1.keys().next().value as number);
+        t1.shift();
       }
     } else {
       const total = l1 + t2.size + b2.size;
       if (total >= c) {
-        if (total === 2 * c) b2.delete(b2.keys().next().value as number);
+        if (total === 2 * c) b2.shift();
         if (t1.size + t2.size >= c) this.replace(false);
       }
     }
-    t1.set(k, true);
+    t1.push(k);
   }
 
   emptySlots(): number {
@@ -432,6 +500,156 @@ function runScan(p: Policy, slots: number, seed: number): Record<string, unknown
   return { before: +before.toFixed(4), after: +after.toFixed(4), ratio: +(after / before).toFixed(3) };
 }
 
+/** One simulation: a fresh policy (and fresh stream detectors) driven by one workload. */
+function simulate(workload: string, name: string, slots: number, ios: number, seed: number): Record<string, unknown> {
+  admission.reads.clear();
+  admission.writes.clear();
+  const p = makePolicy(name, slots);
+  const t = performance.now();
+  let r: Record<string, unknown>;
+  if (workload === 'spc1') r = runSpc1(p, ios, seed);
+  else if (workload === 'zipf') r = runZipf(p, slots, ios, seed);
+  else if (workload === 'scan') r = runScan(p, slots, seed);
+  else throw new Error(`unknown workload ${workload}`);
+  const seconds = +((performance.now() - t) / 1000).toFixed(1);
+  return { workload, policy: p.name, readAhead: admission.readAhead, slots, ios: workload === 'scan' ? undefined : ios, seed, ...r, ...p.extra(), seconds };
+}
+
+const mean = (xs: number[]): number => +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(4);
+
+/**
+ * Every policy target of issue 12 in one run: SPC-1 (medium configuration, seeds 1-3) for
+ * clock, exact LRU, ARC and log, log with read-ahead `readAhead`; the scan test for the four.
+ * Prints each run (JSON lines), then the targets met or not.
+ */
+function targets(ios: number, readAhead: number): void {
+  const slots = Math.floor(209715 / SEGMENT_BLOCKS) * SEGMENT_BLOCKS;
+  const seeds = [1, 2, 3];
+  const spc1: Record<string, Record<string, number>[]> = {};
+  const run = (workload: string, name: string, seed: number, n: number, ra: number): Record<string, number> => {
+    admission.readAhead = ra;
+    const r = simulate(workload, name, workload === 'spc1' ? slots : 65536, n, seed);
+    console.log(JSON.stringify(r));
+    return r as Record<string, number>;
+  };
+  for (const seed of seeds) {
+    for (const name of ['clock', 'lru', 'arc', 'log']) (spc1[name] ??= []).push(run('spc1', name, seed, ios, 0));
+    (spc1.logRa ??= []).push(run('spc1', 'log', seed, ios, readAhead));
+  }
+  const scan: Record<string, number> = {};
+  for (const name of ['clock', 'lru', 'arc', 'log']) scan[name] = run('scan', name, 1, 0, 0).ratio;
+  const col = (name: string, k: string): number[] => spc1[name].map((r) => r[k]);
+  const log = spc1.log;
+  const arc = spc1.arc;
+  const ra = spc1.logRa;
+  const rows: [string, string, boolean][] = [
+    ['SPC-1 read hit >= 0.46 and >= ARC (each seed)', `log ${col('log', 'readHit').join(' / ')}; ARC ${col('arc', 'readHit').join(' / ')}; LRU ${col('lru', 'readHit').join(' / ')}; clock ${col('clock', 'readHit').join(' / ')}`, log.every((r, i) => r.readHit >= 0.46 && r.readHit >= arc[i].readHit)],
+    ['SPC-1 invalidate hit >= 0.87', `log ${col('log', 'invalidateHit').join(' / ')}; ARC ${col('arc', 'invalidateHit').join(' / ')}`, log.every((r) => r.invalidateHit >= 0.87)],
+    ['empty slots <= 2 %', `log ${col('log', 'empty').join(' / ')}`, log.every((r) => r.empty <= 0.02)],
+    [`read-ahead ${readAhead}: read hit >= 0.60, accuracy >= 0.9`, `${col('logRa', 'readHit').join(' / ')}; accuracy ${col('logRa', 'prefetchAccuracy').join(' / ')}`, ra.every((r) => r.readHit >= 0.6 && r.prefetchAccuracy >= 0.9)],
+    ['scan: hit after >= 0.8x before', `log ${scan.log}; ARC ${scan.arc}; LRU ${scan.lru}; clock ${scan.clock}`, scan.log >= 0.8],
+  ];
+  console.log(`\nSPC-1 means over seeds ${seeds.join(', ')} (${ios} I/Os): ` + ['clock', 'lru', 'arc', 'log', 'logRa'].map((n) => `${n} ${mean(col(n, 'readHit'))} / ${mean(col(n, 'invalidateHit'))}`).join('; '));
+  console.log('| target | result | met |\n| --- | --- | --- |');
+  for (const [t, r, met] of rows) console.log(`| ${t} | ${r} | ${met ? 'yes' : 'no'} |`);
+}
+
+/** The recorded guest boot trace (bench/traces/boot-read.trace: "R offset length" per read). */
+function bootTrace(): [first: number, count: number][] {
+  const file = path.resolve(__dirname, '..', '..', 'bench', 'traces', 'boot-read.trace');
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('R '))
+    .map((l) => {
+      const [, off, len] = l.split(' ').map(Number);
+      const first = Math.floor(off / 4096);
+      return [first, Math.ceil((off + len) / 4096) - first];
+    });
+}
+
+/**
+ * History prefetch in the spirit of Tombolo (Liu et al., MSST 2016), evaluated here only: a
+ * request that does not continue the previous one (a jump) records an edge from the previous
+ * jump's first block to its range; on a jump whose first block has an edge, the chain of the
+ * next `depth` recorded ranges is prefetched (blocks not cached), sequential read-ahead doing
+ * the rest of each range's stream.
+ */
+class HistoryPrefetch {
+  private readonly next = new Map<number, [number, number]>();
+  private lastJump = -1;
+  private prevEnd = -1;
+  constructor(private readonly depth: number) {}
+
+  /** Records request [first, first + count) and returns the ranges to prefetch for it. */
+  observe(first: number, count: number): [number, number][] {
+    const out: [number, number][] = [];
+    const jump = first !== this.prevEnd;
+    this.prevEnd = first + count;
+    if (!jump) return out;
+    if (this.lastJump >= 0) this.next.set(this.lastJump, [first, count]);
+    this.lastJump = first;
+    let at = first;
+    for (let d = 0; d < this.depth; d++) {
+      const e = this.next.get(at);
+      if (e === undefined || e[0] === first) break;
+      out.push(e);
+      at = e[0];
+    }
+    return out;
+  }
+}
+
+/**
+ * The boot trace replayed `boots` times on one volume (log policy, sequential read-ahead as
+ * --read-ahead, history prefetch of depth `history` when > 0); `coldBetween` empties the cache
+ * between boots (history kept: a second clone without sharing, or a cache lost in a crash).
+ * Per boot: requests, requests that waited for the backing store (some block neither cached
+ * nor prefetched when issued), blocks read from the backing store, prefetched blocks and their
+ * accuracy.
+ */
+function runBoot(slots: number, boots: number, history: number, coldBetween: boolean): Record<string, unknown> {
+  const trace = bootTrace();
+  let p = new LogPolicy('log', slots, SegmentChoice.Clean, true);
+  const hist = history > 0 ? new HistoryPrefetch(history) : null;
+  const perBoot: Record<string, number>[] = [];
+  for (let boot = 0; boot < boots; boot++) {
+    if (boot > 0 && coldBetween) p = new LogPolicy('log', slots, SegmentChoice.Clean, true);
+    admission.reads.clear();
+    const before = p.m.stats(1);
+    const pf0 = before.prefetched;
+    const used0 = before.prefetchHits;
+    let waits = 0;
+    let backing = 0;
+    let prefetched = 0;
+    const fetch = (first: number, count: number): void => {
+      for (let b = first; b < first + count; b++) {
+        if (p.has(1, b)) continue;
+        p.prefetch(1, b);
+        backing++;
+        prefetched++;
+      }
+    };
+    for (const [first, count] of trace) {
+      const d = detector(admission.reads, 1);
+      const from = admission.readAhead > 0 ? d.readAhead(first, count, admission.readAhead, Number.MAX_SAFE_INTEGER) : -1;
+      let missed = false;
+      for (let b = first; b < first + count; b++) {
+        if (p.lookup(1, b)) continue;
+        missed = true;
+        p.insert(1, b);
+        backing++;
+      }
+      if (missed) waits++;
+      if (from >= 0) fetch(from, d.lastEnd - from);
+      if (hist) for (const [f, n] of hist.observe(first, count)) fetch(f, n);
+    }
+    const after = p.m.stats(1);
+    perBoot.push({ requests: trace.length, waits, backingBlocks: backing, prefetched, accuracy: rate(after.prefetchHits - used0, after.prefetched - pf0) });
+  }
+  return { slots, history, coldBetween, boots: perBoot };
+}
+
 function main(): void {
   const args = process.argv.slice(2);
   const opt = (name: string, def: string): string => {
@@ -451,17 +669,16 @@ function main(): void {
   admission.cutoff = Number(opt('cutoff', '0'));
   admission.readAhead = Number(opt('read-ahead', '0'));
   admission.emptyTarget = Number(opt('empty-target', String(EMPTY_TARGET)));
-  for (const name of policies) {
-    const p = makePolicy(name, slots);
-    const t = performance.now();
-    let r: Record<string, unknown>;
-    if (workload === 'spc1') r = runSpc1(p, ios, seed);
-    else if (workload === 'zipf') r = runZipf(p, slots, ios, seed);
-    else if (workload === 'scan') r = runScan(p, slots, seed);
-    else throw new Error(`unknown workload ${workload}`);
-    const seconds = +((performance.now() - t) / 1000).toFixed(1);
-    console.log(JSON.stringify({ workload, policy: p.name, slots, ios: workload === 'scan' ? undefined : ios, seed, ...r, ...p.extra(), seconds }));
+  if (workload === 'boot') {
+    const r = runBoot(Number(opt('slots', '131072')), Number(opt('boots', '2')), Number(opt('history', '0')), args.includes('--cold-between'));
+    console.log(JSON.stringify({ workload, readAhead: admission.readAhead, ...r }));
+    return;
   }
+  if (workload === 'targets') {
+    targets(ios, Number(opt('read-ahead', '32')));
+    return;
+  }
+  for (const name of policies) console.log(JSON.stringify(simulate(workload, name, slots, ios, seed)));
 }
 
 main();

@@ -7,7 +7,7 @@
  * address map (recoverIndex), then adopting them (CacheMap), wall and CPU time.
  * Run: node dist/bench/recovery.js [blocks]
  */
-import type { IoEngine } from '../src/io/io-engine';
+import { type IoEngine, readvThenOf } from '../src/io/io-engine';
 import { VhostError } from '../src/native/errors';
 import { AddressMap } from '../src/cache/address-map';
 import { BlockDescriptorArray } from '../src/cache/bda';
@@ -27,6 +27,9 @@ class HeaderDevice implements IoEngine {
     if (src === undefined || bufs.length !== 1) bufs.forEach((b) => b.fill(0));
     else bufs[0].set(src.subarray(0, bufs[0].byteLength));
     return Promise.resolve();
+  }
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, exact, done);
   }
   writev(): Promise<void> {
     return Promise.reject(new VhostError('read-only bench device', 'EROFS'));

@@ -378,8 +378,11 @@ void IoRing::CommitSqe() {
 Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[1].IsArray()) {
-    ThrowError(env, "EINVAL", "prepReadv/prepWritev(fd, bufs: Uint8Array[], offset, tag)");
+    ThrowError(env, "EINVAL", "prepReadv/prepWritev(fd, bufs: Uint8Array[], offset, tag[, background])");
   }
+  // Background: a kernel worker runs it (IOSQE_ASYNC), never io_uring_enter itself, so a large
+  // copy cannot delay the completions submitted in the same call.
+  bool background = info.Length() >= 5 && info[4].ToBoolean().Value();
   int32_t fd = ToFd(env, info[0]);
   uint64_t offset = ToU64(env, info[2], "offset");
   uint32_t tag = ToTag(env, info[3]);
@@ -401,6 +404,7 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   sqe->addr = reinterpret_cast<uint64_t>(iov.data());
   sqe->len = count;
   sqe->user_data = tag;
+  if (background) sqe->flags = IOSQE_ASYNC;
   CommitSqe();
   return env.Undefined();
 }

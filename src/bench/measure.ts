@@ -2,6 +2,7 @@
  * Helpers shared by the benchmark scripts (bench/*.ts) and the `bench` command: one fio-like
  * measurement through our front end, repetitions, medians and markdown tables.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { Device, Engine, type EngineResult } from './engine';
 import { type ModeName, ModeWorkload } from './modes';
@@ -38,6 +39,17 @@ export interface Measurement {
 }
 
 const NS_PER_US = 1000;
+/** /proc/PID/stat times are in clock ticks of 10 ms (USER_HZ 100). */
+const CLK_TCK_US = 10_000;
+
+/**
+ * CPU time (user + system) of a process so far, µs (10 ms resolution: measure runs that cost
+ * a second or more of CPU). On a shared machine CPU time per request is steadier than IOPS.
+ */
+export function processCpuUs(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * CLK_TCK_US;
+}
 
 export function toMeasurement(results: readonly EngineResult[]): Measurement {
   const first = results[0];

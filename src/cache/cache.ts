@@ -62,10 +62,10 @@ import { VolumeTable, type VolumeTableSnapshot, type VolumeTableState } from './
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
-/** Saves of the floor tried after a write error before giving up (raiseFloor). */
-const FLOOR_ATTEMPTS = 20;
-/** Longest wait between two saves of the floor (raiseFloor): ~4 s of attempts in all. */
-const FLOOR_RETRY_MAX_MS = 250;
+/** Attempts of one round of retire() (after a write error) before it gives up. */
+const RETIRE_ATTEMPTS = 20;
+/** Longest wait between two attempts of retire(): ~4 s of attempts per round. */
+const RETIRE_RETRY_MAX_MS = 250;
 /** Reads of a dirty block tried before a read fails with EIO (a segment rewritten meanwhile is retried). */
 const DIRTY_READ_ATTEMPTS = 3;
 export const SUPERBLOCK_VERSION = 3;
@@ -294,6 +294,7 @@ export class Cache {
   readonly map: CacheMap;
   readonly log: Log;
   private readonly fd: number;
+  private readonly engine: IoEngine;
   /** The log's descriptor: fd, or an O_DIRECT one of the same device (closed with fd). */
   private readonly logFd: number;
   private readonly logger: Logger;
@@ -340,6 +341,7 @@ export class Cache {
     this.generation = a.sb.generation;
     this.logger = a.o.logger ?? silentLogger;
     this.fd = a.fd;
+    this.engine = a.o.engine;
     this.logFd = a.logIo.fd;
     this.geometry = a.g;
     this.blockSize = a.g.blockSize;
@@ -364,7 +366,7 @@ export class Cache {
       buffers: a.o.buffers ?? 8,
       maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
       logger: this.logger,
-      onDisabled: () => this.raiseFloor(),
+      onDisabled: () => this.retire(),
     });
     this.map.onClean = (slot) => void this.destaging.delete(slot);
   }
@@ -381,13 +383,20 @@ export class Cache {
   }
 
   /**
-   * After a write error: nothing written so far may be recovered. Saves the volume table with
-   * the floor above every sequence number used; the volumes' writes wait for it, since a start
-   * after a crash would otherwise recover blocks they made stale. A failed save is retried
-   * (FLOOR_ATTEMPTS, backoff up to FLOOR_RETRY_MAX_MS), then given up with an error log: a
-   * device refusing every write must not stall the guests for ever (docs/cache-format.md).
+   * After a write error (Log onDisabled): makes durable that nothing written so far is
+   * recovered, since the volumes' writes made while the cache is disabled kill nothing on the
+   * device (recovery.ts, rule 7). Each attempt saves the volume table with the floor above every
+   * sequence number used and, if that fails, retires the superblock (zeros: the next start
+   * formats the device, so no header of before is trusted). Resolves true once either is
+   * durable; false after RETIRE_ATTEMPTS failed attempts (backoff up to RETIRE_RETRY_MAX_MS),
+   * logged: the writes waiting for it then fail with EIO and are never issued (Log.killFor), and
+   * the next write tries again. A cache closing stops the attempts (false). Never rejects.
+   * Write-back blocks exist only on this device and the floor (or a retired superblock) drops
+   * them at the next start: they are destaged first (every volume's drainer), what is dirty
+   * logged before and after; the writes waiting for this round wait for that destage too, so a
+   * destage never lands after a newer write of its blocks.
    */
-  private async raiseFloor(): Promise<void> {
+  private async retire(): Promise<boolean> {
     if (this.map.dirtyTotal > 0) {
       // Write-back blocks exist only here: written back first (the floor would drop them).
       this.logger.error(
@@ -398,18 +407,30 @@ export class Cache {
       if (this.map.dirtyTotal > 0) this.logger.error({ dirty: this.dirtyByName() }, 'write-back blocks could not be destaged after the cache device write error: they are lost at the next start');
     }
     this.floor = this.log.sequence + 1;
-    for (let attempt = 1; ; attempt++) {
+    let err: Error | null = null;
+    for (let attempt = 1; attempt <= RETIRE_ATTEMPTS; attempt++) {
+      if (attempt > 1) await new Promise((r) => setTimeout(r, Math.min(RETIRE_RETRY_MAX_MS, 10 * 2 ** attempt)));
+      if (this.closing) return false;
       try {
         await this.table.save();
-        return;
-      } catch (err) {
-        if (attempt >= FLOOR_ATTEMPTS) {
-          this.logger.error({ err: (err as Error).message }, 'cache volume table not saved after a write error: remove or reformat the cache device before the next start');
-          return;
-        }
-        await new Promise((r) => setTimeout(r, Math.min(FLOOR_RETRY_MAX_MS, 10 * 2 ** attempt)));
+        return true;
+      } catch (e) {
+        err = e as Error;
+      }
+      try {
+        await this.engine.writev(this.fd, [new Uint8Array(SUPERBLOCK_SIZE)], 0);
+        await this.engine.fdatasync(this.fd);
+        this.logger.warn({ path: this.path }, 'cache superblock retired after a write error (volume table not saved): the next start formats the device');
+        return true;
+      } catch (e) {
+        err = e as Error;
       }
     }
+    this.logger.error(
+      { path: this.path, err: err?.message },
+      'cache device refuses writes after a write error: writes of blocks it may hold fail (EIO) until it accepts one; remove or reformat it',
+    );
+    return false;
   }
 
   /**
@@ -802,9 +823,11 @@ export class Cache {
       return ok;
     };
     if (runs.length === 1) {
-      // One reaction after the read's: check, count (the common case of a device hit).
+      // One promise, settled from the read's completion (the common case of a device hit).
       const r = runs[0];
-      return this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block).then(counted, (err: Error) => this.runFailed(err, volume, r));
+      return new Promise<boolean>((resolve) => {
+        this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => resolve(err === null ? counted(ok) : this.runFailed(err, volume, r)));
+      });
     }
     const reads = runs.map((r) => this.readRun(volume, r));
     return Promise.all(reads).then((oks) => counted(oks.every(Boolean)));
@@ -812,7 +835,9 @@ export class Cache {
 
   /** One direct run of readHit: read and check; false on failure (counted, dropped). */
   private readRun(volume: number, r: DirectRun): Promise<boolean> {
-    return this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block).catch((err: Error) => this.runFailed(err, volume, r));
+    return new Promise<boolean>((resolve) => {
+      this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => resolve(err === null ? ok : this.runFailed(err, volume, r)));
+    });
   }
 
   private runFailed(err: Error, volume: number, r: DirectRun): false {
@@ -893,7 +918,9 @@ export class Cache {
    * Invalidates blocks first .. first + count - 1 of a volume (at once, in RAM). Null when no
    * header entry on the device may name them any more; else a promise that resolves once they
    * are durably invalid (and the volume table durable): the caller issues its backing write
-   * only then (recovery.ts, the invariant). Never rejects.
+   * only then (recovery.ts, the invariant). Rejects (EIO) when, after a cache-device write
+   * error, the device refuses to record that nothing is recoverable (retire): the caller must
+   * then fail its write without issuing it.
    */
   invalidate(volume: number, first: number, count: number): Promise<void> | null {
     this.map.invalidateRange(volume, first, count);

@@ -35,7 +35,9 @@
  *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
  *     partial) synchronously when it starts, and issues its backing write only once no segment
  *     header on the cache device names those blocks any more (Cache.invalidate: durable, so a
- *     crash never brings them back; recovery.ts) — at once when none did;
+ *     crash never brings them back; recovery.ts) — at once when none did; when that cannot be
+ *     made durable (a cache device refusing every write after a write error) it fails with EIO
+ *     and is never issued;
  *   - every operation is registered in `ops` for its block range until it is completely done,
  *     including its cache insertion. A write-like operation starting marks every overlapping
  *     registered operation `poisoned`; an operation starting while an overlapping write-like
@@ -56,10 +58,17 @@
  * reads from its parent are looked up and inserted under the parent's entry, shared by every
  * clone of that parent; write-like operations make their units owned when they start, and
  * invalidate the volume's key only (the parent's blocks stay right for everyone). Fences,
- * failures and sample verification concern the volume's own blocks only. Backing reads of
- * parent-keyed blocks (misses and read-ahead) are offered to the parent's other clones while in
- * flight (ParentReads): a clone missing such a block waits for that read instead of reading it
- * again, and takes its data only when no write of the reading clone poisoned it.
+ * failures and sample verification concern the volume's own blocks only.
+ *
+ * Backing reads in flight are joined, not repeated (pending-reads.ts): every backing read of
+ * cacheable blocks (misses and read-ahead) registers its blocks while in flight, in the
+ * volume's registry or, for parent-keyed blocks, the parent's (shared by its clones); a miss
+ * of a registered block waits for that read and takes its data (readsJoined) instead of
+ * reading the block again, and only the reader inserts it; a read-ahead skips registered
+ * blocks. A reader's data is handed out only when no write-like operation overlapping it
+ * started before it completed (its operation is not poisoned), and a write-like operation
+ * forgets the registered entries of the volume's blocks it covers when it starts, so a read
+ * starting after a write never takes data read before it.
  *
  * Read-ahead (prefetch hooks, below read()): a read that continues a sequential stream (see
  * streams.ts) makes the next `readAhead` blocks be read from the backing store in one read
@@ -109,7 +118,8 @@ import { silentLogger, type Logger } from '../util/logger';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
-import { type ParentReads, parentReads, SharedKeys } from './shared-keys';
+import { parentReads, PendingReads } from './pending-reads';
+import { SharedKeys } from './shared-keys';
 import { gatherIov, iovLength, scatterIov, sliceIov } from '../util/iov';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
@@ -169,8 +179,8 @@ interface Unsettled {
   at: number;
 }
 
-/** Placeholder entry of a block keyed by the volume in a run offered to other clones (never pending). */
-const NOT_SHARED: Promise<Uint8Array | null> = Promise.resolve(null);
+/** Forgets nothing (an empty read registers no block). */
+const NOTHING = (): void => undefined;
 
 /** Quiet time after a volume's last write before its backing identity is recorded again. */
 export const IDENTITY_QUIET_MS = 200;
@@ -200,7 +210,9 @@ export class CachedStore implements BackingStore {
   /** Keys of a store with a shared parent (null: every block is keyed by the volume). */
   private readonly keys: SharedKeys | null = null;
   /** Backing reads of parent-keyed blocks in flight, shared with the parent's other clones. */
-  private readonly parentReads: ParentReads | null = null;
+  private readonly parentReads: PendingReads | null = null;
+  /** Backing reads of blocks keyed by the volume in flight. */
+  private readonly ownReads = new PendingReads();
   /** Sequential cut-off in blocks (0 = off). */
   private readonly cutoff: number;
   /** Write streams, followed only when the cut-off is on. */
@@ -402,13 +414,15 @@ export class CachedStore implements BackingStore {
   private onFenced(): void {
     this.fenced = true;
     this.ops.poisonAll();
+    this.ownReads.clear();
     this.cache.dropVolume(this.volume);
   }
 
   private onWritesMayBeLost(): void {
     this.ops.poisonAll();
+    this.ownReads.clear();
     if (this.unflushedOverflowAt > 0) this.cache.dropVolume(this.volume);
-    else for (const [first, last] of this.unflushed) void this.invalidate(first, last);
+    else for (const [first, last] of this.unflushed) this.invalidateLater(first, last);
   }
 
   /**
@@ -447,7 +461,7 @@ export class CachedStore implements BackingStore {
    * MAX_UNSETTLED failures (a long outage) they are merged into one hold over their span.
    */
   private failed(first: number, last: number): void {
-    void this.invalidate(first, last);
+    this.invalidateLater(first, last);
     const at = ++this.clock;
     if (this.unsettled.length >= MAX_UNSETTLED) {
       for (const u of this.unsettled) {
@@ -464,7 +478,9 @@ export class CachedStore implements BackingStore {
     return this.backing.currentIdentity();
   }
 
+  /** Registers an operation on blocks first..last; a write-like one forgets their reads in flight. */
   private begin(first: number, last: number, write: boolean): Op {
+    if (write) this.ownReads.forget(first, last);
     return this.ops.begin(first, last, write);
   }
 
@@ -544,13 +560,26 @@ export class CachedStore implements BackingStore {
     return false;
   }
 
-  /** Starts the read-ahead the stream detector asked for (from `from` to its lastEnd). */
+  /**
+   * Starts the read-ahead the stream detector asked for (from `from` to its lastEnd): one
+   * backing read per run of blocks neither cached nor being read.
+   */
   private prefetchFrom(from: number): void {
     const to = this.streams.lastEnd;
-    // Blocks already cached (or being read by another clone) at the start of the window need no
-    // backing read.
-    while (from < to && (this.cache.map.peek(this.keys?.keyOf(from) ?? this.volume, from) >= 0 || this.parentReadPending(from))) from++;
-    if (from < to) this.prefetch(from, to - from);
+    const needed = (b: number): boolean => {
+      const key = this.keyOf(b);
+      return this.cache.map.peek(key, b) < 0 && this.readsOf(key).get(b) === undefined;
+    };
+    for (let b = from; b < to; ) {
+      if (!needed(b)) {
+        b++;
+        continue;
+      }
+      let e = b + 1;
+      while (e < to && needed(e)) e++;
+      this.prefetch(b, e - b);
+      b = e;
+    }
   }
 
   /**
@@ -563,7 +592,7 @@ export class CachedStore implements BackingStore {
     const op = this.begin(first, first + count - 1, false);
     const data: Uint8Array = Buffer.allocUnsafe(count * bs);
     const read = this.backing.read(first * bs, [data]);
-    const shared = this.shareParentRead(op, read, first, count, data);
+    const shared = this.shareRead(op, read, first, count, data);
     const p = read.then(
       async () => {
         if (op.poisoned || this.cache.disabled) return;
@@ -577,7 +606,7 @@ export class CachedStore implements BackingStore {
     );
     const done = p.finally(() => {
       this.end(op);
-      this.parentReads?.end(first, shared);
+      shared();
       this.inserting.delete(done);
     });
     this.inserting.add(done);
@@ -621,11 +650,11 @@ export class CachedStore implements BackingStore {
         scatterIov(tmp, offset - first * bs, bufs);
         return;
       }
-      // Parent-keyed misses another clone is reading right now: its data, not another read.
-      const borrowed = this.borrowParentReads(first, cached, tmp, hit);
+      // Misses another read is fetching right now: its data, not another read.
+      const joined = this.joinReads(first, cached, tmp, hit);
       // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
       const reads: Promise<void>[] = [];
-      const runs: [k: number, e: number, shared: Promise<Uint8Array | null>[]][] = [];
+      const runs: [k: number, e: number, shared: () => void][] = [];
       const readRuns = (): void => {
         for (let k = 0; k < count; ) {
           if (hit[k]) {
@@ -638,7 +667,7 @@ export class CachedStore implements BackingStore {
           const end = Math.min((first + e + 1) * bs, this.size);
           const read = this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]);
           reads.push(read);
-          runs.push([k, e, this.shareParentRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs))]);
+          runs.push([k, e, this.shareRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs))]);
           hit.fill(1, k, e + 1);
           k = e + 1;
         }
@@ -646,33 +675,33 @@ export class CachedStore implements BackingStore {
       readRuns();
       try {
         await Promise.all(reads);
-        if (borrowed.length > 0) {
-          // A borrowed block whose reader failed or was poisoned (hit 0 again) is read here.
-          await Promise.all(borrowed);
+        if (joined.length > 0) {
+          // A joined block whose reader failed or was poisoned (hit 0 again) is read here.
+          await Promise.all(joined);
           reads.length = 0;
           readRuns();
           await Promise.all(reads);
         }
       } catch (err) {
-        for (const [k, , mine] of runs) this.parentReads?.end(first + k, mine);
+        for (const [, , shared] of runs) shared();
         throw err;
       }
       scatterIov(tmp, offset - first * bs, bufs);
-      for (const [k0, e, mine] of runs) {
+      for (const [k0, e, shared] of runs) {
         const n0 = Math.min(e, cached - 1) - k0 + 1;
         if (n0 <= 0) {
-          this.parentReads?.end(first + k0, mine);
+          shared();
           continue;
         }
         if (!admit) {
           this.cache.map.stats(this.volume).admissionsRefused += n0;
-          this.parentReads?.end(first + k0, mine);
+          shared();
           continue;
         }
         // Each run of one key keeps its range registered until inserted; it inherits op's poisoning.
         let left = 0;
         const done = (): void => {
-          if (--left === 0) this.parentReads?.end(first + k0, mine);
+          if (--left === 0) shared();
         };
         this.keyRuns(first + k0, n0, (key, j, n) => {
           const k = k0 + j;
@@ -687,27 +716,31 @@ export class CachedStore implements BackingStore {
     }
   }
 
-  /** Whether block b is keyed by the parent and some clone is reading it from the backing store. */
-  private parentReadPending(b: number): boolean {
-    return this.keys !== null && this.parentReads !== null && this.keys.keyOf(b) === this.keys.parent && this.parentReads.get(b) !== undefined;
+  /** The cache key of block b. */
+  private keyOf(b: number): number {
+    return this.keys === null ? this.volume : this.keys.keyOf(b);
+  }
+
+  /** The registry of backing reads in flight of blocks keyed by `key`. */
+  private readsOf(key: number): PendingReads {
+    return key === this.volume || this.parentReads === null ? this.ownReads : this.parentReads;
   }
 
   /**
-   * Marks (hit[k] = 1) the parent-keyed misses among blocks first .. first + cached - 1 that
-   * another clone is reading now, and returns promises that copy each one's data into tmp when
-   * it arrives, or set hit[k] back to 0 when that read fails or was poisoned.
+   * Marks (hit[k] = 1) the misses among blocks first .. first + cached - 1 that another read is
+   * fetching now, and returns promises that copy each one's data into tmp when it arrives, or
+   * set hit[k] back to 0 when that read fails or was poisoned.
    */
-  private borrowParentReads(first: number, cached: number, tmp: Uint8Array, hit: Uint8Array): Promise<void>[] {
+  private joinReads(first: number, cached: number, tmp: Uint8Array, hit: Uint8Array): Promise<void>[] {
     const out: Promise<void>[] = [];
-    const keys = this.keys;
-    const reads = this.parentReads;
-    if (keys === null || reads === null) return out;
     const bs = this.bs;
+    let n = 0;
     for (let k = 0; k < cached; k++) {
-      if (hit[k] || keys.keyOf(first + k) !== keys.parent) continue;
-      const p = reads.get(first + k);
+      if (hit[k]) continue;
+      const p = this.readsOf(this.keyOf(first + k)).get(first + k);
       if (p === undefined) continue;
       hit[k] = 1;
+      n++;
       out.push(
         p.then((d) => {
           if (d === null) hit[k] = 0;
@@ -715,32 +748,35 @@ export class CachedStore implements BackingStore {
         }),
       );
     }
+    if (n > 0) this.cache.map.stats(this.volume).readsJoined += n;
     return out;
   }
 
   /**
-   * Offers the parent-keyed blocks of a backing read of n blocks from `first` (into `into`) to
-   * the parent's other clones while it is in flight; returns the entries to end.
+   * Registers the blocks of a backing read of n blocks from `first` (into `into`) as in flight
+   * (each in its key's registry) so that other misses join it; returns the function that
+   * forgets them.
    */
-  private shareParentRead(op: Op, read: Promise<void>, first: number, n: number, into: Uint8Array): Promise<Uint8Array | null>[] {
-    const keys = this.keys;
-    const reads = this.parentReads;
-    if (keys === null || reads === null || n <= 0) return [];
-    const mine: Promise<Uint8Array | null>[] = [];
+  private shareRead(op: Op, read: Promise<void>, first: number, n: number, into: Uint8Array): () => void {
+    if (n <= 0) return NOTHING;
     const data = read.then(
       () => (op.poisoned ? null : into),
       () => null,
     );
-    // Entries for every block of the run (null for those not keyed by the parent).
-    keys.runs(first, n, (key, j, m) => {
-      if (key === keys.parent) {
-        const bs = this.bs;
-        mine.push(...reads.start(first + j, m, data.then((d) => (d === null ? null : d.subarray(j * bs, (j + m) * bs))), bs));
-      } else {
-        for (let i = 0; i < m; i++) mine.push(NOT_SHARED);
-      }
+    const bs = this.bs;
+    if (this.keys === null) {
+      const mine = this.ownReads.start(first, n, data, bs);
+      return () => this.ownReads.end(first, mine);
+    }
+    const ends: (() => void)[] = [];
+    this.keys.runs(first, n, (key, j, m) => {
+      const reads = this.readsOf(key);
+      const mine = reads.start(first + j, m, data.then((d) => (d === null ? null : d.subarray(j * bs, (j + m) * bs))), bs);
+      ends.push(() => reads.end(first + j, mine));
     });
-    return mine;
+    return () => {
+      for (const end of ends) end();
+    };
   }
 
   async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
@@ -762,7 +798,15 @@ export class CachedStore implements BackingStore {
       // The data written to the backing store and inserted: one private copy taken now.
       const copy = this.mode === 'writethrough' ? new Uint8Array(len) : null;
       if (copy !== null) gatherIov(bufs, copy);
-      if (killing !== null) await killing;
+      if (killing !== null) {
+        try {
+          await killing;
+        } catch (err) {
+          // Not made durably invalid: the write is not issued (Cache.invalidate).
+          this.end(op);
+          throw err;
+        }
+      }
       if (copy === null || this.cache.disabled || !this.admitWrite(first, last)) {
         try {
           await this.backing.write(offset, bufs);
@@ -839,7 +883,13 @@ export class CachedStore implements BackingStore {
     // The cache cannot take it (write error, closing): written through, its blocks invalid first.
     const killing = this.invalidate(first, last);
     if (killing !== null) await killing;
-    await this.backing.write(first * bs, [data]);
+    try {
+      await this.backing.write(first * bs, [data]);
+    } catch (err) {
+      this.failed(first, last);
+      throw err;
+    }
+    this.written(first * bs, n * bs, first, last);
     this.directWrites++;
   }
 
@@ -872,10 +922,19 @@ export class CachedStore implements BackingStore {
     this.insertThenEnd(op, this.volume, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
   }
 
-  /** Invalidates blocks first..last: null, or a promise of their durable invalidation (Cache.invalidate). */
+  /**
+   * Invalidates blocks first..last: null, or a promise of their durable invalidation, which
+   * rejects (EIO) when that cannot be made durable: the write must then not be issued
+   * (Cache.invalidate).
+   */
   private invalidate(first: number, last: number): Promise<void> | null {
     if (first >= this.cacheable) return null;
     return this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  }
+
+  /** Invalidates blocks first..last after a write that may have landed (nothing waits for it). */
+  private invalidateLater(first: number, last: number): void {
+    this.invalidate(first, last)?.catch(() => undefined);
   }
 
   private writeStarted(): void {

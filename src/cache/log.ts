@@ -74,13 +74,16 @@
  * (not those put since it was last submitted). Device read failures and checksum mismatches of
  * dirty blocks never drop them (the backing store is older): their reads fail instead.
  *
- * After a write error nothing is sealed any more: `onDisabled` raises the volume table's floor
- * (volume-table.ts) above every sequence number used, so no header written so far is
- * recovered; killFor() then resolves once that is durable.
+ * After a write error nothing is sealed any more: `onDisabled` makes durable that no header
+ * written so far is recovered (the volume table's floor above every sequence number used, or
+ * failing that a retired superblock: cache.ts retire). killFor() then resolves once that is
+ * durable, and rejects (EIO: the write is never issued) while it cannot be made durable; each
+ * later killFor tries again (one attempt round at a time).
  */
 import { readDirectIo } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
+import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
 import { type Dropped, DroppedEntries } from './dropped';
@@ -106,10 +109,11 @@ export interface LogOptions {
   maxQueuedBlocks: number;
   logger: Logger;
   /**
-   * Called once, at the first write error: makes durable that nothing written so far is
-   * recovered (the volume table's floor); resolves when done or given up (never rejects).
+   * Called at the first write error, and again by each killFor() after a round that gave up:
+   * makes durable that nothing written so far is recovered; resolves true when it is, false
+   * when that round gave up (never rejects).
    */
-  onDisabled: () => Promise<void>;
+  onDisabled: () => Promise<boolean>;
 }
 
 /** Evicted entries awaiting an fdatasync, in segments' worth, beyond which one is started. */
@@ -118,8 +122,9 @@ export const MAX_UNSYNCED_SEGMENTS = 4;
 /** Header rewrites asked for and not started yet, and their waiters. */
 interface RewriteBatch {
   segs: Set<number>;
-  done: Promise<void>;
-  resolve: () => void;
+  /** True when the headers were rewritten and synced, or nothing is recoverable any more. */
+  done: Promise<boolean>;
+  resolve: (ok: boolean) => void;
 }
 
 export class Log {
@@ -178,8 +183,10 @@ export class Log {
   private batchQueued = false;
   /** Entries covered by written headers, forgotten at the next successful fdatasync. */
   private awaitingSync: Dropped[] = [];
-  private readonly onDisabled: () => Promise<void>;
-  private floorDone: Promise<void> | null = null;
+  private readonly onDisabled: () => Promise<boolean>;
+  /** The onDisabled() round in flight, and whether one succeeded (then for good). */
+  private floorRound: Promise<boolean> | null = null;
+  private floorSafe = false;
   /** Slots made SHADOW since the last commit started (released when it is durable). */
   private shadows: number[] = [];
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
@@ -256,32 +263,42 @@ export class Log {
    * Reads `blocks` whole blocks of slots slot.. (held for `volume`'s blocks block..) from the
    * device into `bufs` (their total length; the range must stay inside the slot's segment) while
    * holding back any write of that segment (see directReaders), and checks them against their
-   * CRC-32Cs in the same step. Resolves true when the data is what the slots held when the read
-   * was issued and every block matched; false when a write of the segment was issued meanwhile
-   * (bufs then hold those older bytes, never newer ones) or a block did not match (each such block
-   * still held is counted and dropped: checksumFailed). Rejects with the engine's VhostError on
-   * I/O failure.
+   * CRC-32Cs in the same step. Calls done(true, null) when the data is what the slots held when
+   * the read was issued and every block matched; done(false, null) when a write of the segment
+   * was issued meanwhile (bufs then hold those older bytes, never newer ones) or a block did not
+   * match (each such block still held is counted and dropped: checksumFailed); done(false, err)
+   * with the engine's VhostError on I/O failure. A callback, not a promise: this is the path of
+   * every device hit.
    */
-  readDirect(slot: number, bufs: readonly Uint8Array[], blocks: number, volume: number, block: number): Promise<boolean> {
+  readDirect(
+    slot: number,
+    bufs: readonly Uint8Array[],
+    blocks: number,
+    volume: number,
+    block: number,
+    done: (ok: boolean, err: Error | null) => void,
+  ): void {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
     const t = LatencyMeter.now();
     this.directReaders[seg]++;
-    return this.readAt(slotOffset(this.g, slot), blocks * this.g.blockSize, bufs).then(
-      () => {
-        this.readLatency.record(t);
+    const offset = slotOffset(this.g, slot);
+    const read = (err: Error | null): void => {
+      if (err !== null) {
         this.directDone(seg);
-        if (this.segGen[seg] !== gen) return false;
-        const bad = this.checkBlocks(slot, bufs, blocks);
-        if (bad === null) return true;
-        for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
-        return false;
-      },
-      (err: Error) => {
-        this.directDone(seg);
-        throw err;
-      },
-    );
+        done(false, err);
+        return;
+      }
+      this.readLatency.record(t);
+      this.directDone(seg);
+      if (this.segGen[seg] !== gen) return done(false, null);
+      const bad = this.checkBlocks(slot, bufs, blocks);
+      if (bad === null) return done(true, null);
+      for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
+      done(false, null);
+    };
+    if (this.alignment === 1) this.engine.readvThen(this.fd, bufs, offset, true, read);
+    else readDirectIo(this.engine, this.fd, offset, blocks * this.g.blockSize, bufs, this.alignment, true).then(() => read(null), read);
   }
 
   /** An exact device read of len bytes (bufs' total) at offset, any buffers (see alignment). */
@@ -405,6 +422,7 @@ export class Log {
         this.releaseShadows(shadows);
       }
       const uncovered = this.dropped.uncovered();
+      if (this.disabled) return false;
       if (uncovered.length > 0) await this.rewrite(uncovered);
       if (this.disabled) return false;
       return this.sync();
@@ -472,7 +490,7 @@ export class Log {
     await Promise.all(this.pool.map((b) => b.pending));
     while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.done);
     await Promise.all([...this.segTail.values()]);
-    await this.floorDone;
+    await this.floorRound;
   }
 
   private serialize<T>(fn: () => Promise<T>): Promise<T> {
@@ -489,7 +507,7 @@ export class Log {
     if (!this.disabled) {
       this.disabled = true;
       this.logger.error({ writeErrors: this.writeErrors }, `${msg}; cache disabled for new data (pass-through)`);
-      this.floorDone = this.onDisabled();
+      void this.floorDurable(true);
     }
   }
 
@@ -498,9 +516,20 @@ export class Log {
     this.fail(msg);
   }
 
-  /** Resolves once nothing written before the write error can be recovered (see onDisabled). */
-  private floorDurable(): Promise<void> {
-    return this.floorDone ?? Promise.resolve();
+  /**
+   * After a write error: true once nothing written before it can be recovered, false when the
+   * attempt round (onDisabled) gave up. With `retry` (a write waits for it) a round is started
+   * if none runs; without, only the round running (if any) is waited for. Never rejects.
+   */
+  private floorDurable(retry: boolean): Promise<boolean> {
+    if (this.floorSafe) return Promise.resolve(true);
+    if (this.floorRound === null && !retry) return Promise.resolve(false);
+    this.floorRound ??= this.onDisabled().then((ok) => {
+      this.floorRound = null;
+      if (ok) this.floorSafe = true;
+      return ok;
+    });
+    return this.floorRound;
   }
 
   // ---- Durable invalidation (see the file comment) ----
@@ -525,21 +554,34 @@ export class Log {
   /**
    * Makes durably invalid every header entry that may still be valid on the device for blocks
    * first .. first + count - 1 of `volume` (the caller dropped them from the map first). Null
-   * when there is none; else resolves when done (never rejects).
+   * when there is none; else resolves when done. After a write error: waits until nothing
+   * written before it can be recovered, and rejects with EIO if that cannot be made durable
+   * (the caller must not issue its write: see the file comment).
    */
   killFor(volume: number, first: number, count: number): Promise<void> | null {
-    if (this.disabled) return this.floorDurable();
-    const segs = new Set<number>();
-    this.dropped.segmentsOf(volume, first, count, segs);
-    return segs.size === 0 ? null : this.rewrite(segs);
+    let done: Promise<boolean>;
+    if (this.disabled) done = this.floorDurable(true);
+    else {
+      const segs = new Set<number>();
+      this.dropped.segmentsOf(volume, first, count, segs);
+      if (segs.size === 0) return null;
+      done = this.rewrite(segs);
+    }
+    return done.then((ok) => {
+      if (!ok) throw new VhostError('cache device refuses writes: the write is not issued (a start after a crash could bring back blocks it makes stale)', 'EIO');
+    });
   }
 
-  /** Rewrites the headers of `segs` (sealed from the BDA) then fdatasync; never rejects. */
-  rewrite(segs: Iterable<number>): Promise<void> {
-    if (this.disabled) return this.floorDurable();
+  /**
+   * Rewrites the headers of `segs` (sealed from the BDA) then fdatasync. Resolves true when
+   * done, or when a write error meanwhile made nothing recoverable (floorDurable); false when
+   * neither could be made durable. Never rejects.
+   */
+  rewrite(segs: Iterable<number>): Promise<boolean> {
+    if (this.disabled) return this.floorDurable(false);
     if (this.nextBatch === null) {
-      let resolve!: () => void;
-      const done = new Promise<void>((r) => (resolve = r));
+      let resolve!: (ok: boolean) => void;
+      const done = new Promise<boolean>((r) => (resolve = r));
       this.nextBatch = { segs: new Set(), done, resolve };
     }
     for (const s of segs) this.nextBatch.segs.add(s);
@@ -568,8 +610,7 @@ export class Log {
     this.rewriteBatches++;
     await Promise.all([...b.segs].map((seg) => this.onSegment(seg, () => this.writeHeader(seg))));
     if (!this.disabled) await this.sync();
-    if (this.disabled) await this.floorDurable();
-    b.resolve();
+    b.resolve(this.disabled ? await this.floorDurable(false) : true);
   }
 
   /** fdatasync; forgets the dropped entries whose covering header was written before it. */
@@ -717,7 +758,7 @@ export class Log {
     }
     b.state = BufferState.Reading;
     const t = LatencyMeter.now();
-    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg), true).then(
+    b.pending = this.engine.readv(this.fd, [b.buf], segmentOffset(this.g, seg), true, true).then(
       () => {
         this.segmentReadLatency.record(t);
         this.segmentReads++;
@@ -825,7 +866,7 @@ export class Log {
     for (let r = 0; r < ranges.length; r += 2) bytes += ranges[r + 1] - ranges[r];
     const writeRanges = (rs: number[]): Promise<void>[] => {
       const writes: Promise<void>[] = [];
-      for (let r = 0; r < rs.length; r += 2) if (rs[r + 1] > rs[r]) writes.push(this.engine.writev(this.fd, [b.buf.subarray(rs[r], rs[r + 1])], at + rs[r]));
+      for (let r = 0; r < rs.length; r += 2) if (rs[r + 1] > rs[r]) writes.push(this.engine.writev(this.fd, [b.buf.subarray(rs[r], rs[r + 1])], at + rs[r], true));
       return writes;
     };
     let done: Promise<PromiseSettledResult<void>[]>;

@@ -34,8 +34,16 @@
  *      only the sectors of a segment's highest sequence number are used (a mix is detected and
  *      that header rewritten before the cache opens); data is checked against the entry's
  *      CRC-32C on every device read (a torn block is a miss), never read here.
- *   7. A cache-device write error: nothing is sealed any more and the floor is raised above
- *      every sequence number used (Log.fail); writes wait until that is durable.
+ *   7. A cache-device write error: nothing is sealed any more, and the writes made from then
+ *      on kill nothing on the device, so before any of them is issued it must be durable that
+ *      nothing sealed so far is recovered: the volume table saved with the floor above every
+ *      sequence number used or, if the device refuses that, the superblock retired (zeros:
+ *      the next start formats the device). Every write while the cache is disabled waits for
+ *      one of them (Log.killFor, cache.ts retire); if the device refuses both for a whole round
+ *      of attempts (~4 s), the writes waiting fail with EIO and are never issued, and the next
+ *      write tries again. Which of the two landed does not matter: both mean "cold". The volume
+ *      table's saves are group commits that never report a save whose snapshot predates the
+ *      request (volume-table.ts), so "floor saved" means the raised floor is on the device.
  *
  * Write-back (dirty entries: data newer than the backing store, acknowledged once durable):
  *   8. A dirty entry is the newest data of its key unless a newer entry of the key exists:
@@ -53,6 +61,10 @@
  *      of the header is recovered too (with that sector's sequence number): it was the last
  *      durable state of that sector, and 8.-10. make it right unless a newer entry of the key
  *      exists, which wins. Clean entries of older sectors are not recovered (as in 6.).
+ *  12. A cache-device write error (7.) with dirty blocks: the floor (or a retired superblock)
+ *      would drop them, so they are destaged first (cache.ts retire); the writes waiting for
+ *      7. wait for that destage too (never overtaken by it). What cannot be destaged is logged
+ *      and lost at the next start (README: the data-loss window).
  *
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
  * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older

@@ -18,6 +18,8 @@
  *                   counted in the parent's entry (named after the parent) as reads too, and not
  *                   in this volume's reads
  *   sharedHits      of those, found in the cache
+ *   readsJoined     blocks of read misses taken from a backing read of them already in flight
+ *                   (a read-ahead or another miss: pending-reads.ts) instead of read again
  *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
  *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
  *   destaged        write-back blocks written to the backing store and marked clean
@@ -56,6 +58,7 @@ export interface VolumeCounters {
   sharedReads: number;
   sharedHits: number;
   admissionsRefused: number;
+  readsJoined: number;
   destaged: number;
   destageErrors: number;
   flushes: number;
@@ -118,6 +121,7 @@ export function newCounters(): VolumeCounters {
     sharedReads: 0,
     sharedHits: 0,
     admissionsRefused: 0,
+    readsJoined: 0,
     destaged: 0,
     destageErrors: 0,
     flushes: 0,
@@ -141,6 +145,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.sharedReads += from.sharedReads;
   into.sharedHits += from.sharedHits;
   into.admissionsRefused += from.admissionsRefused;
+  into.readsJoined += from.readsJoined;
   into.destaged += from.destaged;
   into.destageErrors += from.destageErrors;
   into.flushes += from.flushes;

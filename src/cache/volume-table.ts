@@ -21,8 +21,12 @@
  * (set when the id is assigned, and raised whenever all of the volume's blocks are dropped):
  * entries of that id sealed before it are not recovered.
  *
- * Saves run one at a time; a save asked for while one runs is done once after it, with the
- * state of that moment (group commit). A failed save rejects its waiters.
+ * Saves run one at a time. A save asked for while one runs waits for the next save, which starts
+ * once the running one is over and reads the state then (group commit: every save asked for
+ * meanwhile shares it): a save resolves only once a snapshot taken after it was asked for is
+ * durable (never on a save already running, whose snapshot may predate the change its caller
+ * made). A failed save rejects its waiters and does not advance the save counter: the next save
+ * writes the same copy again, so the other copy still holds the last durable save.
  */
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
@@ -49,8 +53,9 @@ export interface VolumeTableSnapshot extends VolumeTableState {
 }
 
 export class VolumeTable {
-  /** Saves so far (the next one goes to copy counter % 2). */
+  /** Successful saves so far (the next one goes to copy counter % 2). */
   private counter = 0;
+  /** The save writing now (its snapshot taken), and the one that starts after it. */
   private running: Promise<void> | null = null;
   private next: Promise<void> | null = null;
 
@@ -97,15 +102,26 @@ export class VolumeTable {
 
   /** Saves the state durably (see the file comment); resolves once it is on the device. */
   save(): Promise<void> {
-    if (this.running === null) {
-      this.running = this.write().finally(() => (this.running = null));
-      return this.running;
-    }
-    this.next ??= this.running.then(
-      () => this.save(),
-      () => this.save(),
-    ).finally(() => (this.next = null));
-    return this.next;
+    if (this.next !== null) return this.next;
+    if (this.running === null) return this.start();
+    const next = this.running.then(
+      () => undefined,
+      () => undefined,
+    ).then(() => {
+      this.next = null;
+      return this.start();
+    });
+    this.next = next;
+    return next;
+  }
+
+  /** Starts a save now (the snapshot is read synchronously by write()). */
+  private start(): Promise<void> {
+    const p = this.write().finally(() => {
+      if (this.running === p) this.running = null;
+    });
+    this.running = p;
+    return p;
   }
 
   /** Waits for the saves in flight (their failures included). */
@@ -122,7 +138,7 @@ export class VolumeTable {
     }
     const buf = new Uint8Array(Math.ceil((HEADER + json.length) / 4096) * 4096);
     const dv = new DataView(buf.buffer);
-    const counter = this.counter++;
+    const counter = this.counter;
     dv.setUint32(0, VOLUME_TABLE_MAGIC, true);
     dv.setUint32(4, VOLUME_TABLE_VERSION, true);
     dv.setUint32(8, json.length, true);
@@ -132,5 +148,6 @@ export class VolumeTable {
     dv.setUint32(CRC_AT, native.crc32c(buf.subarray(0, HEADER + json.length)), true);
     await this.engine.writev(this.fd, [buf], this.offset + (counter % 2) * VOLUME_TABLE_COPY);
     await this.engine.fdatasync(this.fd);
+    this.counter = counter + 1;
   }
 }

@@ -43,6 +43,7 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['prefetched', 'vbc_cache_prefetched_total', 'blocks inserted by sequential read-ahead'],
   ['prefetchHits', 'vbc_cache_prefetch_hits_total', 'read-ahead blocks later read while cached'],
   ['admissionsRefused', 'vbc_cache_admissions_refused_total', 'blocks not inserted by the sequential cut-off'],
+  ['readsJoined', 'vbc_cache_reads_joined_total', 'blocks of read misses taken from a backing read of them in flight (read-ahead or another miss) instead of read again'],
   ['ghostHits', 'vbc_cache_ghost_hits_total', 'blocks inserted while in the ghost history (recently evicted or overwritten)'],
   ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
   ['invalidateHits', 'vbc_cache_invalidate_hits_total', 'invalidations that removed a cached block'],

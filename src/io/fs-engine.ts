@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { sliceIov } from '../util/iov';
-import type { IoEngine } from './io-engine';
+import { type IoEngine, readvThenOf } from './io-engine';
 
 function ioError(err: unknown, what: string): VhostError {
   const e = err as NodeJS.ErrnoException;
@@ -51,6 +51,10 @@ export class FsEngine implements IoEngine {
       pos += n;
       rest = sliceIov(rest, n);
     }
+  }
+
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, exact, done);
   }
 
   async writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {

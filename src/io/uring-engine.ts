@@ -11,6 +11,9 @@
  *
  * Short transfers are continued under the same tag; a read that reaches end of file fills the
  * rest with zeros (an exact read rejects with EIO instead). A negative result rejects with VhostError(code = errno name).
+ *
+ * readvThen() is readv() with a callback instead of a promise (the cache-hit path: no promise,
+ * no reaction job per read); the callback runs from the completion handler, never from the call.
  */
 import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
@@ -39,9 +42,12 @@ interface PendingOp {
   offset: number;
   /** READ only: end of file rejects instead of reading as zeros. */
   exact: boolean;
+  /** READ/WRITE: run by a kernel worker (IOSQE_ASYNC), never inline in the submit. */
+  background: boolean;
   /** FALLOCATE only. */
   mode: number;
   length: number;
+  /** Settles the op: the promise's resolve/reject, or readvThen's callback. */
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -58,6 +64,9 @@ function errnoError(op: PendingOp, res: number): VhostError {
   const msg = entry?.[1] ?? 'unknown error';
   return new VhostError(`${OP_NAMES[op.kind]} fd ${op.fd}: ${msg}`, code);
 }
+
+/** Placeholder settler of an op not handed out yet. */
+function unset(): void {}
 
 export interface UringEngineOptions {
   /** Submission queue entries (default 256); the completion queue gets twice as many. */
@@ -95,12 +104,27 @@ export class UringEngine implements IoEngine {
     return this.ops.length - this.freeTags.length;
   }
 
-  readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact = false): Promise<void> {
-    return this.start(OP_READ, fd, bufs, offset, 0, 0, exact);
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact = false, background = false): Promise<void> {
+    return this.start(OP_READ, fd, bufs, offset, 0, 0, exact, background);
   }
 
-  writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
-    return this.start(OP_WRITE, fd, bufs, offset, 0, 0);
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
+    const op = this.newOp(OP_READ, fd, bufs, offset, 0, 0, exact, false);
+    if (op === null) {
+      queueMicrotask(() => done(null));
+      return;
+    }
+    if (op instanceof Error) {
+      queueMicrotask(() => done(op));
+      return;
+    }
+    op.resolve = () => done(null);
+    op.reject = done;
+    this.enqueue(op);
+  }
+
+  writev(fd: number, bufs: readonly Uint8Array[], offset: number, background = false): Promise<void> {
+    return this.start(OP_WRITE, fd, bufs, offset, 0, 0, false, background);
   }
 
   fdatasync(fd: number): Promise<void> {
@@ -136,8 +160,30 @@ export class UringEngine implements IoEngine {
     mode: number,
     length: number,
     exact = false,
+    background = false,
   ): Promise<void> {
-    if (this.closed) return Promise.reject(new VhostError('io engine closed', 'ESHUTDOWN'));
+    const op = this.newOp(kind, fd, bufs, offset, mode, length, exact, background);
+    if (op === null) return Promise.resolve();
+    if (op instanceof Error) return Promise.reject(op);
+    return new Promise<void>((resolve, reject) => {
+      op.resolve = resolve;
+      op.reject = reject;
+      this.enqueue(op);
+    });
+  }
+
+  /** The op of a call (settlers unset), null when it transfers nothing, or the error of a closed engine. */
+  private newOp(
+    kind: OpKind,
+    fd: number,
+    bufs: readonly Uint8Array[],
+    offset: number,
+    mode: number,
+    length: number,
+    exact: boolean,
+    background: boolean,
+  ): PendingOp | VhostError | null {
+    if (this.closed) return new VhostError('io engine closed', 'ESHUTDOWN');
     let rest: readonly Uint8Array[] = [];
     let left = 0;
     if (kind === OP_READ || kind === OP_WRITE) {
@@ -147,15 +193,16 @@ export class UringEngine implements IoEngine {
         left += b.byteLength;
         if (b.byteLength === 0) empty = true;
       }
-      if (left === 0) return Promise.resolve();
+      if (left === 0) return null;
       rest = empty ? sliceIov(bufs, 0) : bufs;
     }
-    return new Promise<void>((resolve, reject) => {
-      const op: PendingOp = { kind, fd, bufs: rest, left, offset, exact, mode, length, resolve, reject };
-      const tag = this.freeTags.pop() ?? this.ops.length;
-      this.ops[tag] = op;
-      this.queue(tag, op);
-    });
+    return { kind, fd, bufs: rest, left, offset, exact, background, mode, length, resolve: unset, reject: unset };
+  }
+
+  private enqueue(op: PendingOp): void {
+    const tag = this.freeTags.pop() ?? this.ops.length;
+    this.ops[tag] = op;
+    this.queue(tag, op);
   }
 
   /** Queues the SQE of `op` (again, for a continuation) and schedules the flush. */
@@ -163,10 +210,10 @@ export class UringEngine implements IoEngine {
     try {
       switch (op.kind) {
         case OP_READ:
-          this.ring.prepReadv(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag);
+          this.ring.prepReadv(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag, op.background);
           break;
         case OP_WRITE:
-          this.ring.prepWritev(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag);
+          this.ring.prepWritev(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag, op.background);
           break;
         case OP_FDATASYNC:
           this.ring.prepFdatasync(op.fd, tag);

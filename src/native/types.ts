@@ -230,10 +230,14 @@ export interface NativeIoRing {
   readonly inflight: number;
   /** true once close() was called. */
   readonly closed: boolean;
-  /** IORING_OP_READV of `bufs` (at most 1024 views) from fd at offset. */
-  prepReadv(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number): void;
-  /** IORING_OP_WRITEV of `bufs` (at most 1024 views) to fd at offset. */
-  prepWritev(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number): void;
+  /**
+   * IORING_OP_READV of `bufs` (at most 1024 views) from fd at offset. `background`: IOSQE_ASYNC,
+   * a kernel worker runs it, never submit() itself (a large copy then cannot delay the
+   * completions submit() returns).
+   */
+  prepReadv(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
+  /** IORING_OP_WRITEV of `bufs` (at most 1024 views) to fd at offset; `background` as prepReadv. */
+  prepWritev(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
   /** IORING_OP_FSYNC with IORING_FSYNC_DATASYNC. */
   prepFdatasync(fd: number, tag: number): void;
   /** IORING_OP_FALLOCATE: fallocate(fd, mode, offset, length). */

@@ -8,6 +8,7 @@ import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore } from './helpers';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
+import { waitFor } from '../support/wait';
 
 const BS = 4096;
 const VOL = 64 * BS;
@@ -386,6 +387,136 @@ describe('cached store', () => {
     await s.read(60 * BS, [new Uint8Array(BS)]);
     await settle();
     assert.deepEqual(cached(60, 61), [60]);
+  });
+
+  /** Holds the first backing read at `offset` until the returned release() is called. */
+  function holdRead(offset: number): { reached: Promise<void>; release: () => void } {
+    const reached = gate();
+    const held = gate();
+    const prev = mem.readHook;
+    mem.readHook = async (o, len) => {
+      await prev?.(o, len);
+      if (o !== offset) return;
+      mem.readHook = prev;
+      reached.resolve();
+      await held.promise;
+    };
+    return { reached: reached.promise, release: held.resolve };
+  }
+
+  /** Records the backing reads as [first block, blocks]. */
+  function recordReads(): number[][] {
+    const seen: number[][] = [];
+    const prev = mem.readHook;
+    mem.readHook = async (o, len) => {
+      seen.push([o / BS, len / BS]);
+      await prev?.(o, len);
+    };
+    return seen;
+  }
+
+  it('a read miss of blocks a read-ahead is fetching waits for that read: read once, inserted once', async () => {
+    const s = await open('writethrough', 8);
+    await readBack(s, 0, 15 * BS);
+    await settle();
+    const ahead = holdRead(16 * BS);
+    // Block 15 continues the stream: blocks 16..23 are read ahead (held in flight).
+    await readBack(s, 15 * BS, BS);
+    await ahead.reached;
+    await settle();
+    const reads = recordReads();
+    const insertions = cache.stats().insertions;
+    // A random read of blocks 18..21 (a new stream: no read-ahead of its own).
+    const r = readBack(s, 18 * BS, 4 * BS);
+    ahead.release();
+    assert.deepEqual(await r, mem.data.subarray(18 * BS, 22 * BS));
+    await s.drain();
+    await settle();
+    assert.deepEqual(reads, []);
+    const st = cache.stats();
+    assert.equal(st.insertions, insertions + 8);
+    assert.equal(st.prefetched, 8);
+    assert.equal(st.volumes.vol.readsJoined, 4);
+    for (let b = 16; b < 24; b++) assert.ok(cache.map.peek(s.volume, b) >= 0, `block ${b} cached`);
+  });
+
+  it('a read-ahead skips blocks a read miss is fetching', async () => {
+    const s = await open('writethrough', 16);
+    await readBack(s, 0, 15 * BS);
+    await settle();
+    // A read of blocks 16..23 (a new stream) is held in flight.
+    const miss = holdRead(16 * BS);
+    const r = readBack(s, 16 * BS, 8 * BS);
+    await miss.reached;
+    const reads = recordReads();
+    const insertions = cache.stats().insertions;
+    // Block 15 continues the stream 0..14: the read-ahead window 16..31 reads 24..31 only.
+    assert.deepEqual(await readBack(s, 15 * BS, BS), mem.data.subarray(15 * BS, 16 * BS));
+    miss.release();
+    assert.deepEqual(await r, mem.data.subarray(16 * BS, 24 * BS));
+    await s.drain();
+    await settle();
+    assert.deepEqual(reads, [
+      [24, 8],
+      [15, 1],
+    ]);
+    const st = cache.stats();
+    assert.equal(st.insertions, insertions + 1 + 8 + 8);
+    assert.equal(st.prefetched, 8);
+  });
+
+  it('a read joining a read-ahead never takes data older than a write that started before it', async () => {
+    const s = await open('writearound', 8);
+    await readBack(s, 0, 15 * BS);
+    await settle();
+    // The read-ahead of 16..23 reads the old data, then its insertion is held.
+    const insertHeld = gate();
+    const releaseInsert = gate();
+    const insert = cache.insert.bind(cache);
+    cache.insert = (volume, first, data, count, accept, prefetched) => {
+      if (!prefetched) return insert(volume, first, data, count, accept, prefetched);
+      insertHeld.resolve();
+      return releaseInsert.promise.then(() => insert(volume, first, data, count, accept, prefetched));
+    };
+    await readBack(s, 15 * BS, BS);
+    await insertHeld.promise;
+    // Block 20 is written (completely) while the read-ahead still holds its old data.
+    await s.write(20 * BS, [block(20 * BS, 3)]);
+    assert.deepEqual(await readBack(s, 20 * BS, BS), block(20 * BS, 3));
+    // A read joining the read-ahead for blocks it still holds (19, 21) gets them.
+    assert.deepEqual(await readBack(s, 19 * BS, 3 * BS), mem.data.subarray(19 * BS, 22 * BS));
+    releaseInsert.resolve();
+    await s.drain();
+    await settle();
+    // The poisoned read-ahead inserted nothing; block 20 is cached with the written data.
+    assert.equal(cache.stats().prefetched, 0);
+    assert.ok(cache.map.peek(s.volume, 20) >= 0);
+    assert.deepEqual(await readBack(s, 20 * BS, BS), block(20 * BS, 3));
+  });
+
+  it('a read joining a read-ahead that a write poisons reads the blocks itself', async () => {
+    const s = await open('writearound', 8);
+    await readBack(s, 0, 15 * BS);
+    await settle();
+    const ahead = holdRead(16 * BS);
+    await readBack(s, 15 * BS, BS);
+    await ahead.reached;
+    // A read of 18..21 joins the read-ahead; then block 20 is written while both are in flight.
+    const joined = readBack(s, 18 * BS, 4 * BS);
+    await waitFor(() => cache.stats().volumes.vol.readsJoined === 4, 'the read to join the read-ahead');
+    await s.write(20 * BS, [block(20 * BS, 4)]);
+    const reads = recordReads();
+    ahead.release();
+    const got = await joined;
+    await s.drain();
+    await settle();
+    // The read-ahead was poisoned: the joined read read its blocks itself (the written data or
+    // the old, both are allowed for a read concurrent with the write), and nothing was inserted.
+    assert.deepEqual(reads, [[18, 4]]);
+    assert.deepEqual(got.subarray(0, 2 * BS), mem.data.subarray(18 * BS, 20 * BS));
+    assert.equal(cache.stats().prefetched, 0);
+    assert.deepEqual(await readBack(s, 20 * BS, BS), block(20 * BS, 4));
+    for (let b = 16; b < 24; b++) assert.equal(cache.map.peek(s.volume, b), -1, `block ${b} not cached`);
   });
 
   it('read-ahead racing a write never inserts the old data', async () => {

@@ -1,6 +1,6 @@
 /** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing. */
 import type { BackingStore } from '../../src/backing/backing-store';
-import type { IoEngine } from '../../src/io/io-engine';
+import { type IoEngine, readvThenOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import type { CacheMap } from '../../src/cache/cache-map';
@@ -119,6 +119,10 @@ export class FaultyEngine implements IoEngine {
       return hook(offset, iovLength(bufs)).then(() => this.inner.readv(fd, bufs, offset, exact));
     }
     return this.inner.readv(fd, bufs, offset, exact);
+  }
+
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, exact, done);
   }
 
   writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {

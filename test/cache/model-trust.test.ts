@@ -168,11 +168,12 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
     prefetched: 0,
     prefetchHits: 0,
     ghostHits: 0,
+    readsJoined: 0,
     restarts: 0,
   };
   const account = () => {
     const st = cache.stats();
-    const keys = ['readHits', 'ramHits', 'storageHits', 'evictions', 'wraps', 'readErrors', 'writeErrors', 'checksumErrors', 'prefetched', 'prefetchHits', 'ghostHits'] as const;
+    const keys = ['readHits', 'ramHits', 'storageHits', 'evictions', 'wraps', 'readErrors', 'writeErrors', 'checksumErrors', 'prefetched', 'prefetchHits', 'ghostHits', 'readsJoined'] as const;
     for (const k of keys) {
       totals[k] += st[k];
     }
@@ -328,6 +329,9 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
     // ... and the ghost history. (Read-ahead runs in most runs, but whether its insertions
     // survive the injected errors and racing writes depends on timing: not asserted here.)
     assert.ok(totals.ghostHits > 0, 'ghost history never exercised');
+    // Misses joined backing reads in flight (a read-ahead's or another miss's, pending-reads.ts):
+    // every read above was checked against the model with them.
+    assert.ok(totals.readsJoined > 0, 'no read joined a backing read in flight');
     assert.ok(st.volumes.v1.blocks <= 12, 'volume cap exceeded');
   } finally {
     await cache!.abort();

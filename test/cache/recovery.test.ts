@@ -2,15 +2,18 @@
  * Recovery from the segment headers (recovery.ts), case by case, on a simulated device
  * (mem-device.ts) whose bytes the tests edit between a crash and the next start: the newest
  * of two entries of a key wins, a torn header counts only its newest sectors, entries sealed
- * before a volume's epoch stay dropped, and a volume whose backing identity changed while the
- * cache was down loses its blocks.
+ * before a volume's epoch stay dropped, a volume whose backing identity changed while the
+ * cache was down loses its blocks, and after a cache-device write error no block of before
+ * comes back (a write waits until the device says so durably, or fails without being issued).
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
+import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor, HEADER_SECTOR, segmentOffset } from '../../src/cache/segment';
-import { drawSlots } from './helpers';
+import { VOLUME_TABLE_AREA } from '../../src/cache/volume-table';
+import { drawSlots, MemStore } from './helpers';
 import { MemDevice } from '../support/mem-device';
 import { tmpDir } from '../support/tmp';
 
@@ -147,5 +150,59 @@ describe('cache recovery from the segment headers', () => {
     await cache.invalidate(a, 9, 1);
     await crash();
     assert.deepEqual(cache.recovery && [cache.recovery.entries, cache.recovery.skipped], [2, 2]);
+  });
+
+  describe('after a cache-device write error (the cache disabled)', () => {
+    let back: MemStore;
+    let store: CachedStore;
+    const openStore = async () => {
+      store = await CachedStore.open({ backing: back, cache, name: 'a', mode: 'writearound' });
+    };
+    /** Volume a with blocks 0-1 cached, their header durable. */
+    const cachedTwo = async () => {
+      await open();
+      back = new MemStore(1 << 20, 'id-a');
+      back.data.set(blocks(0, 2));
+      await openStore();
+      await store.read(0, [new Uint8Array(2 * BS)]);
+      await cache.quiesce();
+      assert.equal(await cache.log.flush(), true);
+      assert.ok(cache.map.lookup(store.volume, 0) >= 0, 'block 0 cached');
+    };
+    /** After a crash, block 0 as the guest reads it must be the backing store's. */
+    const block0AfterCrash = async (image?: Uint8Array) => {
+      await crash(image);
+      await openStore();
+      const out = new Uint8Array(BS);
+      await store.read(0, [out]);
+      assert.deepEqual(out, back.data.subarray(0, BS));
+    };
+
+    it('the volume table refusing writes: a write waits until the superblock is retired, so no block of before is recovered', async () => {
+      await cachedTwo();
+      const table = cache.geometry.tableOffset;
+      dev.writeError = (offset) => offset >= table && offset < table + VOLUME_TABLE_AREA;
+      cache.log.writeFailed('injected write error');
+      // What a crash leaves at the moment the backing write is issued (durable bytes only).
+      let atWrite: Uint8Array | null = null;
+      back.writeHook = async () => void (atWrite ??= dev.crashImage(() => 0));
+      await store.write(0, [blocks(0, 1, 7)]);
+      assert.deepEqual(back.data.subarray(0, BS), blocks(0, 1, 7));
+      dev.writeError = null;
+      await block0AfterCrash(atWrite ?? undefined);
+      assert.equal(cache.recovery, null, 'the retired device was formatted');
+    });
+
+    it('a device refusing every write: a write of a cached block fails (EIO) without being issued; once it accepts one, writes go on', async () => {
+      await cachedTwo();
+      dev.writeError = () => true;
+      cache.log.writeFailed('injected write error');
+      await assert.rejects(store.write(0, [blocks(0, 1, 7)]), { code: 'EIO' });
+      assert.deepEqual(back.data.subarray(0, BS), blocks(0, 1), 'the backing write was not issued');
+      dev.writeError = null;
+      await store.write(0, [blocks(0, 1, 8)]);
+      assert.deepEqual(back.data.subarray(0, BS), blocks(0, 1, 8));
+      await block0AfterCrash();
+    });
   });
 });

@@ -345,4 +345,34 @@ describe('clones share their parent cached blocks', () => {
     assert.equal(cache.stats().volumes.a.blocks, 0);
     assert.deepEqual(await readBack(again, 0, UNIT), parent.subarray(0, UNIT));
   });
+
+  for (const [what, sharedBytes, shareParent, shares] of [
+    ['shareParent: false', OVERLAP, false, false],
+    ['less than one block shared', BS - 512, true, false],
+    ['exactly one block shared', BS, true, true],
+  ] as const) {
+    it(`${what}: the other clone's read of block 0 ${shares ? 'hits the block one clone read' : 'is its own miss'}`, async () => {
+      const open = (c: CloneStore): Promise<CachedStore> => {
+        const sharing: SharedBlocks = { ...c.sharing, sharedBytes };
+        Object.defineProperty(c, 'sharing', { value: sharing });
+        return CachedStore.open({ backing: c, cache, name: c.name, readAhead: 0, exclusive: true, shareParent });
+      };
+      const ca = await open(a);
+      const cb = await open(b);
+      assert.deepEqual(await readBack(ca, 0, BS), parent.subarray(0, BS));
+      await cache.log.quiesce();
+      assert.deepEqual(await readBack(cb, 0, BS), parent.subarray(0, BS));
+      assert.equal(b.parentBytesRead, shares ? 0 : BS);
+      assert.equal(cache.stats().volumes.b.sharedHits, shares ? 1 : 0);
+    });
+  }
+
+  it("a clone whose parent's name is taken by a volume fails to open and leaves its own name free", async () => {
+    const taken = cache.registerVolume('rbd-parent:test', 'some-volume', VOL);
+    await assert.rejects(CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true }), /a volume of that name exists/);
+    cache.unregisterVolume(taken, 'some-volume');
+    cache.map.dropVolume(taken);
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true, shareParent: false });
+    assert.deepEqual(await readBack(ca, 0, BS), parent.subarray(0, BS));
+  });
 });

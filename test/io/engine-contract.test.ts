@@ -95,6 +95,40 @@ for (const [name, make] of engines) {
       await assert.rejects(engine.readv(fd, [new Uint8Array(4096)], 1 << 20, true), { code: 'EIO' });
     });
 
+    it('background reads and writes round-trip like the others (a segment of the cache log)', async () => {
+      const data = randomBytes(512 * 1024);
+      await engine.writev(fd, splitAt(data, [4096, 65536]), 8192, true);
+      const back = new Uint8Array(data.length);
+      await engine.readv(fd, [back], 8192, true, true);
+      assert.deepEqual(Buffer.from(back), data);
+      await assert.rejects(engine.readv(fd, [new Uint8Array(4096)], 1 << 20, true, true), { code: 'EIO' });
+    });
+
+    it('readvThen reports to its callback once, never from the call itself', async () => {
+      const data = randomBytes(10000);
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const readThen = (bufs: Uint8Array[], offset: number, exact: boolean): Promise<Error | null> =>
+        new Promise((resolve) => {
+          let returned = false;
+          let calls = 0;
+          engine.readvThen(fd, bufs, offset, exact, (err) => {
+            calls++;
+            assert.ok(returned, 'callback ran inside readvThen');
+            // A second call would come later than this one: checked after a macrotask.
+            setImmediate(() => resolve(calls === 1 ? err : new Error(`callback called ${calls} times`)));
+          });
+          returned = true;
+        });
+      const a = new Uint8Array(3000);
+      const b = new Uint8Array(7000);
+      assert.equal(await readThen([a, b], 0, true), null);
+      assert.deepEqual(Buffer.concat([a, b]), data);
+      assert.equal(await readThen([], 0, true), null);
+      const past = await readThen([new Uint8Array(4096)], 8192, true);
+      assert.ok(past instanceof VhostError);
+      assert.equal(past.code, 'EIO');
+    });
+
     it('runs concurrent operations on distinct ranges, each settling with its own data', async () => {
       const n = 64;
       const blocks = Array.from({ length: n }, () => randomBytes(4096 + 13));

@@ -227,6 +227,8 @@ describe('UringEngine specifics', () => {
     await p;
     await rejectsWithCode(engine.readv(fd, [new Uint8Array(16)], 0), 'ESHUTDOWN');
     await rejectsWithCode(engine.fdatasync(fd), 'ESHUTDOWN');
+    const err = await new Promise<Error | null>((resolve) => engine.readvThen(fd, [new Uint8Array(16)], 0, false, resolve));
+    assert.equal((err as VhostError | null)?.code, 'ESHUTDOWN');
   });
 
   it('createIoEngine honours the preference', () => {
