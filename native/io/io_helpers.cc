@@ -198,6 +198,15 @@ Napi::Value JS_lockExclusive(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// unlock(fd): flock(LOCK_UN), before the owner closes fd. Closing alone drops the lock only
+// when the last reference to the open file goes, and an io_uring worker may still hold one for
+// a moment after its completion was read: a restart right after close would then see EBUSY.
+Napi::Value JS_unlock(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (flock(fd, LOCK_UN) != 0) ThrowErrno(info.Env(), "flock", errno);
+  return info.Env().Undefined();
+}
+
 // sendUnixDatagram(path, data): one datagram to a unix datagram socket, never blocking (for
 // sd_notify: Node has no AF_UNIX SOCK_DGRAM). A leading '@' names an abstract socket.
 Napi::Value JS_sendUnixDatagram(const Napi::CallbackInfo& info) {
@@ -245,6 +254,7 @@ void RegisterIoHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, JS_fallocate, "fallocate"));
   exports.Set("inodeGeneration", Napi::Function::New(env, JS_inodeGeneration, "inodeGeneration"));
   exports.Set("lockExclusive", Napi::Function::New(env, JS_lockExclusive, "lockExclusive"));
+  exports.Set("unlock", Napi::Function::New(env, JS_unlock, "unlock"));
   exports.Set("sendUnixDatagram", Napi::Function::New(env, JS_sendUnixDatagram, "sendUnixDatagram"));
   exports.Set("alignedBuffer", Napi::Function::New(env, JS_alignedBuffer, "alignedBuffer"));
   exports.Set("isDirectIoAligned", Napi::Function::New(env, JS_isDirectIoAligned, "isDirectIoAligned"));

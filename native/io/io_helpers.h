@@ -23,7 +23,7 @@ struct ByteView {
 ByteView Uint8ArrayElement(napi_env env, napi_value arr, uint32_t i);
 
 // Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, inodeGeneration,
-// lockExclusive, sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.
+// lockExclusive, unlock, sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.
 void RegisterIoHelpers(Napi::Env env, Napi::Object exports);
 
 }  // namespace vbc

@@ -45,6 +45,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { crc32 } from 'node:zlib';
 import { directAlignment } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
@@ -98,6 +99,8 @@ export interface CacheOptions {
    * cache): default on for a block device, off for a file (a file system may not support it).
    */
   direct?: boolean;
+  /** How long to wait for a held device lock before EBUSY (default LOCK_WAIT_MS). */
+  lockWaitMs?: number;
 }
 
 export interface VolumeOptions {
@@ -144,7 +147,7 @@ function openLogIo(file: string, fd: number, direct: boolean): { fd: number; ali
 }
 
 /**
- * Opens the device and takes an exclusive flock on it, held until close()/abort() closes the fd
+ * Opens the device and takes an exclusive flock on it, held until close()/abort() unlocks it
  * (the kernel drops it if the process dies), so no second Cache, in this process or another,
  * can open a live cache: it gets EBUSY. `resized` when a regular file had to be created or
  * resized to `size` (only after the lock is held).
@@ -172,6 +175,26 @@ function openDevice(file: string, size: number | undefined): { fd: number; bytes
   } catch (err) {
     fs.closeSync(fd);
     throw err;
+  }
+}
+
+/**
+ * How long an open waits for the device lock: a daemon killed with I/O in flight, or a cache
+ * closed just now, holds it until the kernel drops the last reference to the open file, which
+ * an io_uring worker can hold a little after the owner is gone.
+ */
+export const LOCK_WAIT_MS = 2000;
+
+/** openDevice, retried every 20 ms for up to waitMs while the lock is held (EBUSY). */
+async function openDeviceWaiting(file: string, size: number | undefined, waitMs: number): Promise<ReturnType<typeof openDevice>> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return openDevice(file, size);
+    } catch (err) {
+      if ((err as VhostError).code !== 'EBUSY' || Date.now() >= deadline) throw err;
+    }
+    await sleep(20); // polling interval: flock has no wait-with-timeout
   }
 }
 
@@ -494,7 +517,7 @@ export class Cache {
     if (!(loadFactor >= MIN_LOAD_FACTOR && loadFactor < 1)) {
       throw new VhostError(`load factor ${loadFactor}: must be in [${MIN_LOAD_FACTOR}, 1)`, 'EINVAL');
     }
-    const { fd, bytes, resized, block } = openDevice(o.path, o.size);
+    const { fd, bytes, resized, block } = await openDeviceWaiting(o.path, o.size, o.lockWaitMs ?? LOCK_WAIT_MS);
     let logIo: { fd: number; alignment: number } | undefined;
     try {
       logIo = openLogIo(o.path, fd, o.direct ?? block);
@@ -1051,6 +1074,7 @@ export class Cache {
 
   private closeFds(): void {
     if (this.logFd !== this.fd) fs.closeSync(this.logFd);
+    native.unlock(this.fd);
     fs.closeSync(this.fd);
   }
 }

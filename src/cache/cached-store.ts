@@ -85,7 +85,8 @@
  *
  * Failures: cache-device read errors fall back to the backing store (Cache.readBlocks reports
  * misses); cache write errors disable insertion (Cache.disabled). The guest only sees errors
- * of the backing store.
+ * of the backing store, but one: a write fails with EIO, unissued, while a disabled cache
+ * device refuses to record that nothing on it is recoverable (Cache.invalidate; see above).
  *
  * Backing store failures and changes (no stale data after them either):
  *   - a write-like operation that fails (an error or a timeout: the store may still apply it

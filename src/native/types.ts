@@ -381,6 +381,8 @@ export interface NativeAddon {
   inodeGeneration(fd: number): number | null;
   /** flock(LOCK_EX | LOCK_NB); throws EAGAIN (EWOULDBLOCK) while another process holds it. */
   lockExclusive(fd: number): void;
+  /** flock(LOCK_UN): releases the lock now, whoever else still holds a reference to the file. */
+  unlock(fd: number): void;
   /** One datagram to a unix datagram socket (sd_notify), non-blocking; '@name' is abstract. */
   sendUnixDatagram(path: string, data: Uint8Array): void;
   /** BLKSSZGET: logical block size of the block device open as fd. */

@@ -1,7 +1,9 @@
 /**
  * The cache device lock: Cache.open takes an exclusive flock on the device, so a second open of a
  * live cache — another Cache in this process, or another process — is refused with EBUSY, and
- * the lock goes with the cache (close, abort) or with the process holding it (kill).
+ * the lock goes with the cache (close, abort) or with the process holding it (kill). An open
+ * waits up to lockWaitMs for a held lock (a holder just closed or killed may keep the open file
+ * referenced from an io_uring worker for a moment), and close releases the lock itself.
  */
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
@@ -38,16 +40,59 @@ describe('cache device lock', () => {
   it('refuses a second Cache on the same device in this process, under any name, until the first closes', async () => {
     const first = await open();
     fs.symlinkSync(cachePath(), path.join(dir, 'alias'));
-    await rejectsWithCode(Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine }), 'EBUSY');
-    await rejectsWithCode(Cache.open({ path: path.join(dir, 'alias'), segmentSize: 16384, engine }), 'EBUSY');
+    await rejectsWithCode(Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine, lockWaitMs: 0 }), 'EBUSY');
+    await rejectsWithCode(Cache.open({ path: path.join(dir, 'alias'), segmentSize: 16384, engine, lockWaitMs: 0 }), 'EBUSY');
     // a refused open of another size does not resize the live device
-    await rejectsWithCode(Cache.open({ path: cachePath(), size: 2 * SIZE, segmentSize: 16384, engine }), 'EBUSY');
+    await rejectsWithCode(Cache.open({ path: cachePath(), size: 2 * SIZE, segmentSize: 16384, engine, lockWaitMs: 0 }), 'EBUSY');
     assert.equal(fs.statSync(cachePath()).size, SIZE);
     await first.close();
     const second = await open();
     assert.equal(second.warm, true, 'the cache the refused opens left alone loads warm');
     await second.abort();
     await open(path.join(dir, 'alias'));
+  });
+
+  it('waits for a lock released within lockWaitMs, and gives EBUSY after it', async () => {
+    const first = await open();
+    const waiting = Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine, lockWaitMs: 60_000 });
+    let settled = false;
+    void waiting.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await new Promise((r) => setTimeout(r, 100)); // the waiting open polls the lock meanwhile
+    assert.equal(settled, false, 'the open waits while the lock is held');
+    await first.close();
+    const second = await waiting;
+    held.push(second);
+    assert.equal(second.warm, true, 'it opens the closed cache warm');
+    const t = Date.now();
+    await rejectsWithCode(Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine, lockWaitMs: 200 }), 'EBUSY');
+    assert.ok(Date.now() - t >= 200, 'EBUSY only once the wait is over');
+  });
+
+  it('close releases the lock even while another reference to the open file lives on', async () => {
+    const first = await open();
+    // Another process inherits the device's open file (as an io_uring worker may hold it for a
+    // moment after its completion): closing our fd alone would leave the lock with that file.
+    const fd = fs
+      .readdirSync('/proc/self/fd')
+      .map(Number)
+      .find((n) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${n}`) === fs.realpathSync(cachePath());
+        } catch {
+          return false;
+        }
+      });
+    assert.ok(fd !== undefined, 'the cache device is open');
+    const holder = spawn(process.execPath, ['-e', 'setInterval(() => undefined, 60000)'], { stdio: ['ignore', 'ignore', 'ignore', fd] });
+    try {
+      await first.close();
+      held.push(await Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine, lockWaitMs: 0 }));
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   it('refuses a Cache while another process holds the device, and frees it when that process dies', async () => {
@@ -67,7 +112,7 @@ describe('cache device lock', () => {
         });
         child.on('exit', (code) => reject(new Error(`holder exited (${code}) before opening: ${stderr}`)));
       });
-      await rejectsWithCode(Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine }), 'EBUSY');
+      await rejectsWithCode(Cache.open({ path: cachePath(), size: SIZE, segmentSize: 16384, engine, lockWaitMs: 0 }), 'EBUSY');
       const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
       child.kill('SIGKILL');
       await exited;

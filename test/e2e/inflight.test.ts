@@ -36,7 +36,11 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
     dir = tmpDir('e2e-inflight');
   });
 
-  afterEach(async () => {
+  afterEach(async function () {
+    if (this.currentTest?.state === 'failed' && server !== undefined) {
+      const p = server.proc;
+      console.log(`      nbdkit: exit ${p.exitCode} signal ${p.signalCode}; stderr: ${server.stderr.trim() || '(none)'}`);
+    }
     if (daemon?.running) await daemon.stop('SIGKILL');
     daemon = undefined;
     await server?.stop('SIGKILL');

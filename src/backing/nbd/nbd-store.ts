@@ -33,6 +33,7 @@
  * is lost while such unflushed writes exist (a cache then drops what it holds of them).
  */
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { VhostError } from '../../native/errors';
 import { silentLogger, type Logger } from '../../util/logger';
 import { IdleWaiters } from '../../util/idle-waiters';
@@ -100,6 +101,8 @@ type Part = Pick<NbdCommand, 'type' | 'flags' | 'offset' | 'length' | 'bufs'>;
 const ZERO_CHUNK = 1024 * 1024;
 /** See the file comment (connection choice). */
 const TURN_SLACK = 4;
+/** Errors of a first connect that a server starting up or overloaded gives: tried again. */
+const RETRY_FIRST_CONNECT = new Set(['ECONNREFUSED', 'ECONNRESET', 'EAGAIN', 'EPIPE']);
 let zeroBuffer: Uint8Array | null = null;
 
 /** The export a URI names, whatever its spelling (socket path resolved, host in lower case). */
@@ -353,8 +356,28 @@ export class NbdStore implements BackingStore, ConnectionHandler {
     };
   }
 
+  /**
+   * The first connection. A server that refuses it (not listening yet, its backlog full, reset
+   * during the handshake) is tried again with the reconnect backoff until connectTimeoutMs has
+   * passed since the first try; any other error (no such socket or host, no such export, a
+   * protocol error) rejects at once.
+   */
   private async connectFirst(): Promise<void> {
-    const first = await NbdConnection.connect(this.connectOptions(), this);
+    const deadline = performance.now() + this.connectTimeoutMs;
+    let backoffMs = this.reconnectMinMs;
+    let first: NbdConnection;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        first = await NbdConnection.connect(this.connectOptions(), this);
+        break;
+      } catch (err) {
+        const code = (err as VhostError).code;
+        if (!RETRY_FIRST_CONNECT.has(code ?? '') || performance.now() + backoffMs >= deadline) throw err;
+        if (attempt === 1) this.log.warn({ err: (err as Error).message, code }, 'NBD server refused the first connection; retrying');
+      }
+      await sleep(backoffMs); // reconnect backoff
+      backoffMs = Math.min(backoffMs * 2, this.reconnectMaxMs);
+    }
     const info = first.info;
     this.infoValue = info;
     this.minBlock = info.minBlock;
