@@ -35,6 +35,13 @@
  * SegmentChoice.Order (next segment in log order) is pblcache's CLOCK, kept as the simulator's
  * baseline. With the default of one segment the map is a plain CLOCK-with-counters.
  *
+ * Write-back (dirty) blocks are never evicted: the hand carries them forward without touching
+ * their counter, and passes slots pinned for write-back (SHADOW, RESERVED: bda.ts) as if they
+ * were valid. The dirty blocks of each volume are kept in `dirty` (slot -> time made dirty, in
+ * that order, so the first entry is the oldest) for destaging (destage.ts). The writes of the
+ * volumes keep the dirty and pinned slots well under the slot count (destage.ts, DIRTY_LIMIT),
+ * so the hand always finds a slot.
+ *
  * Per-volume caps are hard: while a volume holds `cap` blocks, its next insert evicts one of its
  * own blocks (the first one at or after the hand in slot order, whatever its counter); slots of
  * other volumes passed on the way are left untouched.
@@ -46,8 +53,9 @@
  * which segment comes next (to read it ahead); the hand will enter exactly that one.
  */
 import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
-import { BlockDescriptorArray, FLAG_PREFETCHED, FLAG_REF, FLAG_REUSED, FLAG_VALID, MAX_VOLUMES } from './bda';
+import { BlockDescriptorArray, FLAG_DIRTY, FLAG_PREFETCHED, FLAG_REF, FLAG_RESERVED, FLAG_REUSED, FLAG_SHADOW, FLAG_VALID, MAX_VOLUMES } from './bda';
 import { GhostHistory, GhostKind } from './ghost';
+import { performance } from 'node:perf_hooks';
 import { newCounters, type VolumeCounters } from './stats';
 
 /** Largest reuse counter (bits 1..2 of the flags; FLAG_REF is its low bit). */
@@ -57,6 +65,8 @@ const COUNT_MASK = MAX_COUNT * FLAG_REF;
 export const DECAY_MAX = 16;
 /** Decay period change per ghost hit, times ARC's ghost-size ratio. */
 export const DECAY_STEP = 1 / 64;
+/** A slot the hand may not take: dirty, or pinned for write-back (bda.ts). */
+const KEEP_MASK = FLAG_DIRTY | FLAG_SHADOW | FLAG_RESERVED;
 /**
  * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
  * segments with the most holes first.
@@ -113,6 +123,10 @@ export class CacheMap {
   readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
   /** Per-volume cap in blocks; 0 = no cap. */
   readonly volumeCap = new Float64Array(MAX_VOLUMES);
+  /** Per volume id: its dirty slots -> performance.now() when made dirty (oldest first). */
+  readonly dirty = new Map<number, Map<number, number>>();
+  /** Dirty blocks of every volume. */
+  dirtyTotal = 0;
   /** Per segment: valid slots whose counter is non-zero. */
   private readonly segKeep: Uint16Array;
   /** Per segment: valid slots. */
@@ -141,6 +155,15 @@ export class CacheMap {
     return this.upcoming >= 0 && this.upcomingHolesOnly;
   }
   private readonly counters: (VolumeCounters | undefined)[] = [];
+  /**
+   * Called with each slot drop() invalidates, before its key is cleared (the log tracks
+   * header entries that may still be valid on the device: dropped.ts), `evicted` when assign()
+   * refills it, `superseded` when a dirty slot is replaced by a newer copy of its key (it
+   * becomes SHADOW); not by dropVolume().
+   */
+  onDrop: ((slot: number, evicted: boolean, superseded: boolean) => void) | null = null;
+  /** Called with each dirty slot that stops being dirty (dropped or marked clean). */
+  onClean: ((slot: number) => void) | null = null;
 
   constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
     this.bda = bda ?? new BlockDescriptorArray(slots);
@@ -162,6 +185,7 @@ export class CacheMap {
         this.volumeBlocks[this.bda.volumeOf(i)]++;
         this.segValid[this.segmentOf(i)]++;
         if ((flags[i] & COUNT_MASK) !== 0) this.segKeep[this.segmentOf(i)]++;
+        if ((flags[i] & FLAG_DIRTY) !== 0) this.addDirty(i, this.bda.volumeOf(i));
       }
     }
   }
@@ -282,7 +306,7 @@ export class CacheMap {
     let i = this.hand;
     if (this.atCap(volume)) {
       for (let n = 0; n < slots; n++) {
-        if ((flags[i] & FLAG_VALID) !== 0 && bda.volumeOf(i) === volume) {
+        if ((flags[i] & (FLAG_VALID | KEEP_MASK)) === FLAG_VALID && bda.volumeOf(i) === volume) {
           this.hand = i;
           return i;
         }
@@ -292,8 +316,8 @@ export class CacheMap {
     }
     for (;;) {
       const f = flags[i];
-      if ((f & FLAG_VALID) === 0) break;
-      if (this.holesOnly) {
+      if ((f & (FLAG_VALID | KEEP_MASK)) === 0) break;
+      if (this.holesOnly || (f & KEEP_MASK) !== 0) {
         i = this.step(i);
         continue;
       }
@@ -315,18 +339,22 @@ export class CacheMap {
    * Puts (volume, block) into `slot` (normally the one findVictim returned): evicts what the
    * slot held (its key joins the ghost history), drops any other slot holding the same key,
    * moves the hand past the slot. `prefetched`: inserted by read-ahead (counted, marked until
-   * its first hit).
+   * its first hit). `dirty`: write-back data (a dirty copy it replaces becomes SHADOW).
    */
-  assign(slot: number, volume: number, block: number, prefetched = false): void {
+  assign(slot: number, volume: number, block: number, prefetched = false, dirty = false): void {
     const { bda } = this;
     if (bda.isValid(slot)) {
       this.stats(bda.volumeOf(slot)).evictions++;
       this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot], (bda.flags[slot] & FLAG_REUSED) !== 0 ? GhostKind.Reused : GhostKind.Once);
-      this.drop(slot);
+      this.drop(slot, false, true);
     }
     const old = this.map.get(volume, block);
-    if (old >= 0) this.drop(old);
+    if (old >= 0) this.drop(old, false, false, dirty);
     bda.set(slot, volume, block);
+    if (dirty) {
+      bda.flags[slot] |= FLAG_DIRTY;
+      this.addDirty(slot, volume);
+    }
     this.map.add(slot);
     this.segValid[this.segmentOf(slot)]++;
     const kind = this.ghost ? this.ghost.take(bda.keyLo[slot], bda.keyHi[slot]) : -1;
@@ -366,16 +394,52 @@ export class CacheMap {
     this.decayPeriod = Math.min(DECAY_MAX, Math.max(1, this.decayPeriod + d));
   }
 
-  /** Invalidates a valid slot (no statistics). */
-  drop(slot: number): void {
+  /**
+   * Invalidates a valid slot (no statistics); `untracked`: onDrop is not called. A dirty slot
+   * stays pinned (bda.ts): SHADOW when `superseded` by a newer dirty copy, else RESERVED (not
+   * when untracked: its volume's epoch makes its entries invalid).
+   */
+  drop(slot: number, untracked = false, evicted = false, superseded = false): void {
     const { bda } = this;
     if (!bda.isValid(slot)) return;
+    const dirty = bda.isDirty(slot);
+    superseded &&= dirty;
+    if (!untracked) this.onDrop?.(slot, evicted, superseded);
     const seg = this.segmentOf(slot);
     if ((bda.flags[slot] & COUNT_MASK) !== 0) this.segKeep[seg]--;
     this.segValid[seg]--;
     this.map.remove(slot);
-    this.volumeBlocks[bda.volumeOf(slot)]--;
+    const volume = bda.volumeOf(slot);
+    this.volumeBlocks[volume]--;
     bda.clear(slot);
+    if (!dirty) return;
+    this.removeDirty(slot, volume);
+    if (!untracked) bda.flags[slot] = superseded ? FLAG_SHADOW : FLAG_RESERVED;
+  }
+
+  private addDirty(slot: number, volume: number): void {
+    let m = this.dirty.get(volume);
+    if (m === undefined) this.dirty.set(volume, (m = new Map()));
+    m.set(slot, performance.now());
+    this.dirtyTotal++;
+  }
+
+  private removeDirty(slot: number, volume: number): void {
+    if (this.dirty.get(volume)?.delete(slot) === true) this.dirtyTotal--;
+    this.onClean?.(slot);
+  }
+
+  /** Dirty blocks of a volume. */
+  dirtyBlocks(volume: number): number {
+    return this.dirty.get(volume)?.size ?? 0;
+  }
+
+  /** Slot `slot` (valid, dirty) now matches the backing store: clean, evictable again. */
+  markClean(slot: number): void {
+    const { bda } = this;
+    if (!bda.isValid(slot) || !bda.isDirty(slot)) return;
+    bda.flags[slot] &= ~FLAG_DIRTY;
+    this.removeDirty(slot, bda.volumeOf(slot));
   }
 
   /** Invalidates (volume, block) if cached; counts an invalidation. Returns true on a hit. */
@@ -417,24 +481,31 @@ export class CacheMap {
     return hits;
   }
 
-  /** Drops every block of a volume (its identity changed). Returns how many. */
+  /**
+   * Drops every block of a volume (its identity changed). Returns how many. onDrop is not
+   * called: the cache makes them all invalid at once (the volume's epoch, volume-table.ts).
+   */
   dropVolume(volume: number): number {
     if (this.volumeBlocks[volume] === 0) return 0;
     let n = 0;
     for (let i = 0; i < this.slots; i++) {
       if (this.bda.isValid(i) && this.bda.volumeOf(i) === volume) {
-        this.drop(i);
+        this.drop(i, true);
         n++;
       }
     }
     return n;
   }
 
-  /** Drops every valid slot in [from, to) (their data on the cache device is lost). */
+  /**
+   * Drops every valid slot in [from, to) but the dirty ones (their data on the cache device is
+   * lost or unreadable; a dirty block is the only copy of its data: it stays, and its reads
+   * fail rather than fall back to the older backing store).
+   */
   dropSlots(from: number, to: number): number {
     let n = 0;
     for (let i = from; i < to; i++) {
-      if (this.bda.isValid(i)) {
+      if (this.bda.isValid(i) && !this.bda.isDirty(i)) {
         this.drop(i);
         n++;
       }
