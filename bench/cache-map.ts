@@ -1,17 +1,19 @@
 /**
  * Cache map throughput and RAM per cache block (BDA + address map), at 1 M and 16 M blocks.
- * Run: node --expose-gc dist/bench/cache-map.js [blocks...]
+ * Run: node --expose-gc dist/bench/cache-map.js [--load-factor F] [blocks...]
+ *   --load-factor: the address map's (default DEFAULT_LOAD_FACTOR, address-map.ts).
  */
+import { DEFAULT_LOAD_FACTOR } from '../src/cache/address-map';
 import { CacheMap } from '../src/cache/cache-map';
 
 function gc(): void {
   (globalThis as { gc?: () => void }).gc?.();
 }
 
-function run(slots: number): void {
+function run(slots: number, loadFactor: number): void {
   gc();
   const m0 = process.memoryUsage();
-  const map = new CacheMap(slots);
+  const map = new CacheMap(slots, { loadFactor });
   gc();
   const m1 = process.memoryUsage();
   const perBlock = (m1.arrayBuffers - m0.arrayBuffers) / slots;
@@ -42,6 +44,7 @@ function run(slots: number): void {
   console.log(
     JSON.stringify({
       blocks: slots,
+      loadFactor,
       ramBytesPerBlock: +perBlock.toFixed(2),
       heapBytesPerBlock: +heapPerBlock.toFixed(3),
       structureBytesPerBlock: +(map.byteLength / slots).toFixed(2),
@@ -54,5 +57,8 @@ function run(slots: number): void {
   );
 }
 
-const sizes = process.argv.slice(2).map(Number);
-for (const n of sizes.length > 0 ? sizes : [1 << 20, 1 << 24]) run(n);
+const args = process.argv.slice(2);
+const lf = args.indexOf('--load-factor');
+const loadFactor = lf >= 0 ? Number(args.splice(lf, 2)[1]) : DEFAULT_LOAD_FACTOR;
+const sizes = args.map(Number);
+for (const n of sizes.length > 0 ? sizes : [1 << 20, 1 << 24]) run(n, loadFactor);

@@ -24,7 +24,8 @@ async function main(): Promise<void> {
     hand: map.hand,
     wraps: map.wraps,
     sequence: 1,
-    volumes: [0, 1, 2, 3].map((id) => ({ id, name: `v${id}`, identity: `id${id}`, sizeBytes: 2 ** 40, maxBytes: 0 })),
+    floor: 0,
+    volumes: [0, 1, 2, 3].map((id) => ({ id, name: `v${id}`, identity: `id${id}`, sizeBytes: 2 ** 40, maxBytes: 0, epoch: 0 })),
     bda: map.bda,
     table: map.map.table,
   };

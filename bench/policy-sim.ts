@@ -8,7 +8,7 @@
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
  * misses; a write invalidates every block then inserts it.
  *
- * Run: node dist/bench/policy-sim.js --workload spc1|zipf|scan|targets [--ios N] [--seed S]
+ * Run: node dist/bench/policy-sim.js --workload spc1|zipf|shift|scan|targets [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
  *        [--read-ahead BLOCKS] [--empty-target FRACTION]
  *   --cutoff: sequential cut-off; blocks of a read or write stream longer than BLOCKS are not
@@ -17,7 +17,8 @@
  *   --read-ahead: a read continuing a sequential stream makes the next BLOCKS blocks cached
  *   (inserted as prefetched; accuracy = prefetched blocks read later / prefetched blocks).
  *   spc1: medium configuration (ASU1 = ASU2 = 4 GiB), cache 10 % of ASU1+ASU2, BSU 32.
- *   zipf: zipf(0.9) reads over 10x the cache. scan: zipf(0.9) warmed, one sequential pass over
+ *   zipf: zipf(0.9) reads over 10x the cache. shift: the same, its hot set moved to other blocks
+ *   every 2x the cache reads (recency). scan: zipf(0.9) warmed, one sequential pass over
  *   2x the cache, zipf again; reports the hit rate in a window before and after the pass.
  *   boot: the recorded boot trace (bench/traces/boot-read.trace) replayed --boots N times
  *   (default 2) on one volume, cache --slots (default 131072 = 512 MiB), [--cold-between] empty
@@ -154,6 +155,7 @@ class LogPolicy implements Policy {
       prefetched,
       prefetchAccuracy: rate(used, prefetched),
       segmentsSkipped: this.m.segmentsSkipped,
+      decayPeriod: +this.m.decayPeriod.toFixed(2),
     };
   }
 }
@@ -485,6 +487,21 @@ function runZipf(p: Policy, slots: number, ios: number, seed: number): Record<st
   return { readHit: rate(c.readHits, c.reads), empty: rate(p.emptySlots() * 1e4, 1e4) };
 }
 
+/**
+ * Recency test: zipf(0.9) reads over 10x the cache whose hot set moves to other blocks every
+ * `2 x slots` reads (a phase's blocks never come back), so blocks frequent in one phase are
+ * dead weight in the next.
+ */
+function runShift(p: Policy, slots: number, ios: number, seed: number): Record<string, unknown> {
+  const z = zipfSource(10 * slots, 0.9, new Rng(seed, 7));
+  const c = new Counters();
+  for (let i = 0; i < ios; i++) {
+    const salt = Math.imul(Math.floor(i / (2 * slots)) + 1, 0x85ebca6b);
+    apply(p, { read: true, vol: 1, block: (z() ^ salt) >>> 0, blocks: 1, bypass: false }, c);
+  }
+  return { readHit: rate(c.readHits, c.reads), empty: rate(p.emptySlots() * 1e4, 1e4) };
+}
+
 function runScan(p: Policy, slots: number, seed: number): Record<string, unknown> {
   const z = zipfSource(10 * slots, 0.9, new Rng(seed, 7));
   const zipf = (n: number): number => {
@@ -510,6 +527,7 @@ function simulate(workload: string, name: string, slots: number, ios: number, se
   if (workload === 'spc1') r = runSpc1(p, ios, seed);
   else if (workload === 'zipf') r = runZipf(p, slots, ios, seed);
   else if (workload === 'scan') r = runScan(p, slots, seed);
+  else if (workload === 'shift') r = runShift(p, slots, ios, seed);
   else throw new Error(`unknown workload ${workload}`);
   const seconds = +((performance.now() - t) / 1000).toFixed(1);
   return { workload, policy: p.name, readAhead: admission.readAhead, slots, ios: workload === 'scan' ? undefined : ios, seed, ...r, ...p.extra(), seconds };

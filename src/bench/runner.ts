@@ -34,6 +34,7 @@ import { MODE_NAMES, type ModeName, ModeWorkload } from './modes';
 import { Progress } from './progress';
 import { asuSizesForTotal, deriveAsuSizes, SPC1_BLOCK_SIZE, Spc1Workload, type AsuSizes } from './spc1';
 import type { PeriodSample } from './stats';
+import { CACHE_MODES, type CacheMode } from '../config/config';
 import {
   benchDir,
   type CacheDelta,
@@ -60,7 +61,7 @@ export interface BenchOptions {
   size?: number;
   cache?: string;
   cacheSize?: number;
-  cacheMode?: 'writethrough' | 'writearound' | 'readonly' | 'none';
+  cacheMode?: CacheMode;
   workload: 'fio' | 'spc1';
   mode: ModeName;
   bs: number;
@@ -552,7 +553,7 @@ export function addBenchCommand(program: Command, parseSize: (v: string, flag: s
     .option('--size <bytes>', 'size of the backing file to create')
     .option('--cache <path>', 'cache file of the daemon started here')
     .option('--cache-size <bytes>', 'its size', '256M')
-    .addOption(new Option('--cache-mode <mode>', 'cache mode of the volumes').choices(['writethrough', 'writearound', 'readonly', 'none']).default('writethrough'))
+    .addOption(new Option('--cache-mode <mode>', 'cache mode of the volumes').choices([...CACHE_MODES]).default('writethrough'))
     .addOption(new Option('--workload <name>', 'workload').choices(['fio', 'spc1']).default('fio'))
     .addOption(new Option('--mode <mode>', 'fio-like mode').choices([...MODE_NAMES]).default('randread'))
     .option('--bs <bytes>', 'transfer size', '4K')

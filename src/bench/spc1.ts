@@ -135,8 +135,11 @@ class UniformState implements StreamState {
 
 /**
  * Hierarchical reuse random walk over a binary tree of 2^levels leaves of 8 blocks.
- * State: the current leaf; per leaf a read counter (next block offset to read, 0..7, starting at 0);
- * a pending repeat write (block, or -1).
+ * State: the current leaf; per leaf a read counter (next block offset to read, 0..7, starting at 0),
+ * shared by every stream walking the same hot spot (spc1.c keeps one leaf-state array per hot
+ * spot and generator context, indexed by the leaf's place in the region; pblio runs one context),
+ * so a stream's read continues where any stream last read that leaf, and a write of "the block
+ * last read" takes the block the last reader of the leaf read; a pending repeat write (block, or -1).
  * Per request: a write with a pending repeat re-writes that block and clears it. Otherwise the walk
  * climbs from level 6 while below the top, each step with probability 0.44, and jumps to a uniform
  * leaf of the 2^h-leaf group holding the current leaf (writes round that leaf down to a multiple
@@ -147,11 +150,14 @@ class UniformState implements StreamState {
 class HotSpotState implements StreamState {
   private readonly leaves: number;
   private leaf: number;
-  private readonly counters = new Map<number, number>();
   private repeatBlock = -1;
+  /** Leaves of the region before the tree's first (the key of a leaf's counter is its leaf in the region). */
+  private readonly leafBase: number;
 
-  constructor(readonly layout: HotSpotLayout, rng: Rng) {
+  /** `counters`: read counters of the hot spot's leaves by leaf of the region, shared by its streams. */
+  constructor(readonly layout: HotSpotLayout, rng: Rng, private readonly counters: Map<number, number>) {
     this.leaves = 2 ** layout.levels;
+    this.leafBase = (layout.treeStart - layout.regionStart) / HRRW_LEAF_BLOCKS;
     this.leaf = Math.floor(rng.int(this.leaves * HRRW_LEAF_BLOCKS) / HRRW_LEAF_BLOCKS);
   }
 
@@ -168,11 +174,11 @@ class HotSpotState implements StreamState {
     let leaf = this.leaf - (this.leaf % group) + rng.int(group);
     if (!read) leaf -= leaf % HRRW_WRITE_LEAF_ALIGN;
     this.leaf = leaf;
-    const counter = this.counters.get(leaf) ?? 0;
+    const counter = this.counters.get(this.leafBase + leaf) ?? 0;
     let offset: number;
     if (read) {
       offset = counter;
-      this.counters.set(leaf, (counter + 1) & 7);
+      this.counters.set(this.leafBase + leaf, (counter + 1) & 7);
     } else {
       offset = rng.chance(HRRW_RANDOM_WRITE_PROBABILITY) ? rng.int(HRRW_LEAF_BLOCKS) : (counter + 7) & 7;
     }
@@ -218,6 +224,8 @@ export class Spc1Workload implements Workload {
   /** Stream instances, index bsu * 8 + (stream - 1). */
   private readonly states: StreamState[] = [];
   private readonly deviceSize: [number, number, number];
+  /** Per hot-spot stream kind: its leaves' read counters, shared by the BSUs' streams. */
+  private readonly leafCounters = new Map<number, Map<number, number>>();
   private clock = 0;
 
   constructor(opts: Spc1Options) {
@@ -292,7 +300,12 @@ export class Spc1Workload implements Workload {
         while (2 ** (levels + 1) <= fit) levels++;
         const slackLeaves = fit - 2 ** levels;
         const treeStart = regionStart + this.rng.int(slackLeaves + 1) * HRRW_LEAF_BLOCKS;
-        return new HotSpotState({ treeStart, levels, regionStart, regionBlocks }, this.rng);
+        let counters = this.leafCounters.get(spec.stream);
+        if (!counters) {
+          counters = new Map();
+          this.leafCounters.set(spec.stream, counters);
+        }
+        return new HotSpotState({ treeStart, levels, regionStart, regionBlocks }, this.rng, counters);
       }
     }
   }

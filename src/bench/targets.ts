@@ -15,6 +15,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { CacheStats, VolumeCounters } from '../cache/stats';
+import type { CacheMode } from '../config/config';
 import { controlJson } from '../control/client';
 import { VhostError } from '../native/errors';
 
@@ -131,7 +132,7 @@ export interface VbcVolume {
   /** A window of the backing store (bytes), as the config's backingOffset / backingLength. */
   backingOffset?: number;
   backingLength?: number;
-  cacheMode?: 'writethrough' | 'writearound' | 'readonly' | 'none';
+  cacheMode?: CacheMode;
   numQueues?: number;
   /** The volume options of the same names (config file only). */
   shareParent?: boolean;

@@ -58,7 +58,8 @@ export class AddressMap {
     return this.entries;
   }
 
-  private home(lo: number, hi: number): number {
+  /** Table position where the search for a key starts. */
+  home(lo: number, hi: number): number {
     return (hashKey(lo, hi) >>> 1) % this.capacity;
   }
 
@@ -90,6 +91,27 @@ export class AddressMap {
     while (table[p] !== EMPTY) p = p + 1 === capacity ? 0 : p + 1;
     table[p] = idx;
     this.entries++;
+  }
+
+  /**
+   * Adds BDA index `idx` (its key already written in the BDA) unless the key is in the map:
+   * returns -1 when added, else the index holding the key (nothing changed). One probe.
+   */
+  addUnlessPresent(idx: number): number {
+    const { table, capacity, bda } = this;
+    const lo = bda.keyLo[idx];
+    const hi = bda.keyHi[idx];
+    let p = this.home(lo, hi);
+    for (;;) {
+      const cur = table[p];
+      if (cur === EMPTY) {
+        table[p] = idx;
+        this.entries++;
+        return -1;
+      }
+      if (bda.keyLo[cur] === lo && bda.keyHi[cur] === hi) return cur;
+      p = p + 1 === capacity ? 0 : p + 1;
+    }
   }
 
   /** Removes the entry of BDA index `idx` (its key still in the BDA). Returns false if absent. */

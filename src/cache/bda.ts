@@ -13,9 +13,20 @@
  *   flags  Uint8Array(N)   bit 0 VALID (the slot holds the block named by the key)
  *                          bits 1..2   reuse counter (cache-map.ts; bit 1 = FLAG_REF)
  *                          bit 3 PREFETCHED (inserted by read-ahead, not read since)
+ *                          bit 4 REUSED (hit, or re-inserted from the ghost history, since it
+ *                                was inserted: which ghost kind its eviction leaves, cache-map.ts)
+ *                          bit 5 DIRTY (write-back: newer than the backing store, never evicted
+ *                                before it is destaged)
+ *                          bit 6 SHADOW (slot not valid: it held a dirty block that a newer
+ *                                write-back copy replaced, not durable yet; headers still name
+ *                                it, marked superseded, and the slot is not reused)
+ *                          bit 7 RESERVED (slot not valid: it held a dirty block whose header
+ *                                entry may still be valid on the device; not reused until a
+ *                                header sealed after the drop is durable, log.ts)
  *
  * 13 bytes per slot. With the address map (address-map.ts: one Int32 per table entry at a
- * load factor of 0.7, ~5.7 bytes per slot) the whole index costs ~18.7 bytes per cache block.
+ * load factor of 0.7, ~5.7 bytes per slot) and the ghost history (ghost.ts, 1 byte per slot)
+ * the whole index costs ~19.8 bytes per cache block.
  * The key of an invalid slot is meaningless. Block numbers are < 2^48 (1 EiB at 4 KiB).
  */
 import { VhostError } from '../native/errors';
@@ -24,6 +35,14 @@ export const FLAG_VALID = 1;
 export const FLAG_REF = 2;
 /** Inserted by read-ahead and not read since (bit 3; bits 1..2 are the reuse counter). */
 export const FLAG_PREFETCHED = 8;
+/** Hit (or re-inserted from the ghost history) since it was inserted (bit 4). */
+export const FLAG_REUSED = 16;
+/** Write-back data not destaged yet (bit 5). */
+export const FLAG_DIRTY = 32;
+/** Invalid slot whose superseded dirty entry headers keep naming (bit 6; see the file comment). */
+export const FLAG_SHADOW = 64;
+/** Invalid slot kept out of reuse until its dropped dirty entry is durably gone (bit 7). */
+export const FLAG_RESERVED = 128;
 
 export const MAX_VOLUMES = 0x10000;
 export const MAX_BLOCK_NUMBER = 2 ** 48 - 1;
@@ -86,6 +105,10 @@ export class BlockDescriptorArray {
 
   clear(i: number): void {
     this.flags[i] = 0;
+  }
+
+  isDirty(i: number): boolean {
+    return (this.flags[i] & FLAG_DIRTY) !== 0;
   }
 
   reference(i: number): void {

@@ -3,16 +3,24 @@
  * replacement policy and the log write position (the hand): a new block always goes to the slot
  * the hand stops at, so blocks are written in log order and each segment fills sequentially.
  *
- * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one;
- * a block inserted while its key is in the ghost history (ghost.ts: evicted or overwritten
- * recently, i.e. reused: ARC's second list) starts at MAX_COUNT; a block inserted by read-ahead
- * at 1 (it must survive until its reader comes; its first hit does not add one); any other
- * at 0. To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a
- * non-zero counter is carried forward (kept in place, counter decremented: it is rewritten
- * with the segment), unless its volume is at or over its cap;
- * any other valid slot is evicted (its key goes to the ghost history). One-touch blocks (scans,
+ * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one
+ * (and sets FLAG_REUSED); a block inserted while its key is in the ghost history (ghost.ts:
+ * evicted or overwritten recently, i.e. reused: ARC's second list) starts at MAX_COUNT, reused;
+ * a block inserted by read-ahead at 1 (it must survive until its reader comes; its first hit
+ * does not add one); any other at 0. To insert, the hand scans its segment: an invalid slot is
+ * taken; a valid slot with a non-zero counter is carried forward (kept in place: it is rewritten
+ * with the segment), unless its volume is at or over its cap; any other valid slot is evicted
+ * (its key goes to the ghost history, as once-seen or reused). One-touch blocks (scans,
  * sequential streams) thus leave at the first cleaning of their segment while blocks hit
- * twice or more survive several: recency and frequency, adapted by the ghost history.
+ * twice or more survive several: recency and frequency.
+ *
+ * Adaptation (ARC's p, as a decay period): a carried block's counter is decremented on one in
+ * `decayPeriod` carries (1..DECAY_MAX; a credit counts the carries). A ghost hit of a block
+ * evicted once-seen means the recency side was too short: the period shrinks (counters decay
+ * faster, reused blocks leave sooner and leave room to new ones); of a block evicted after
+ * reuse, the frequency side was: the period grows. Each step is DECAY_STEP times ARC's
+ * weight, the ratio of the other kind's ghosts to this kind's (at least 1). Ghost hits of
+ * blocks a write invalidated (re-inserted by the write itself) do not adapt.
  *
  * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
  * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with
@@ -27,6 +35,13 @@
  * SegmentChoice.Order (next segment in log order) is pblcache's CLOCK, kept as the simulator's
  * baseline. With the default of one segment the map is a plain CLOCK-with-counters.
  *
+ * Write-back (dirty) blocks are never evicted: the hand carries them forward without touching
+ * their counter, and passes slots pinned for write-back (SHADOW, RESERVED: bda.ts) as if they
+ * were valid. The dirty blocks of each volume are kept in `dirty` (slot -> time made dirty, in
+ * that order, so the first entry is the oldest) for destaging (destage.ts). The writes of the
+ * volumes keep the dirty and pinned slots well under the slot count (destage.ts, DIRTY_LIMIT),
+ * so the hand always finds a slot.
+ *
  * Per-volume caps are hard: while a volume holds `cap` blocks, its next insert evicts one of its
  * own blocks (the first one at or after the hand in slot order, whatever its counter); slots of
  * other volumes passed on the way are left untouched.
@@ -38,13 +53,20 @@
  * which segment comes next (to read it ahead); the hand will enter exactly that one.
  */
 import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
-import { BlockDescriptorArray, FLAG_PREFETCHED, FLAG_REF, FLAG_VALID, MAX_VOLUMES } from './bda';
-import { GhostHistory } from './ghost';
+import { BlockDescriptorArray, FLAG_DIRTY, FLAG_PREFETCHED, FLAG_REF, FLAG_RESERVED, FLAG_REUSED, FLAG_SHADOW, FLAG_VALID, MAX_VOLUMES } from './bda';
+import { GhostHistory, GhostKind } from './ghost';
+import { performance } from 'node:perf_hooks';
 import { newCounters, type VolumeCounters } from './stats';
 
 /** Largest reuse counter (bits 1..2 of the flags; FLAG_REF is its low bit). */
 export const MAX_COUNT = 3;
 const COUNT_MASK = MAX_COUNT * FLAG_REF;
+/** Longest decay period (carries per counter decrement). */
+export const DECAY_MAX = 16;
+/** Decay period change per ghost hit, times ARC's ghost-size ratio. */
+export const DECAY_STEP = 1 / 64;
+/** A slot the hand may not take: dirty, or pinned for write-back (bda.ts). */
+const KEEP_MASK = FLAG_DIRTY | FLAG_SHADOW | FLAG_RESERVED;
 /**
  * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
  * segments with the most holes first.
@@ -93,10 +115,18 @@ export class CacheMap {
   blocksCarried = 0;
   /** Segments the hand left without placing a block in them (every slot carried forward). */
   segmentsSkipped = 0;
+  /** Carries per counter decrement (1..DECAY_MAX), adapted by ghost hits (ARC's p). */
+  decayPeriod = 1;
+  /** Carries since the last decrement. */
+  private decayCredit = 0;
   /** Blocks currently cached per volume id. */
   readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
   /** Per-volume cap in blocks; 0 = no cap. */
   readonly volumeCap = new Float64Array(MAX_VOLUMES);
+  /** Per volume id: its dirty slots -> performance.now() when made dirty (oldest first). */
+  readonly dirty = new Map<number, Map<number, number>>();
+  /** Dirty blocks of every volume. */
+  dirtyTotal = 0;
   /** Per segment: valid slots whose counter is non-zero. */
   private readonly segKeep: Uint16Array;
   /** Per segment: valid slots. */
@@ -125,6 +155,15 @@ export class CacheMap {
     return this.upcoming >= 0 && this.upcomingHolesOnly;
   }
   private readonly counters: (VolumeCounters | undefined)[] = [];
+  /**
+   * Called with each slot drop() invalidates, before its key is cleared (the log tracks
+   * header entries that may still be valid on the device: dropped.ts), `evicted` when assign()
+   * refills it, `superseded` when a dirty slot is replaced by a newer copy of its key (it
+   * becomes SHADOW); not by dropVolume().
+   */
+  onDrop: ((slot: number, evicted: boolean, superseded: boolean) => void) | null = null;
+  /** Called with each dirty slot that stops being dirty (dropped or marked clean). */
+  onClean: ((slot: number) => void) | null = null;
 
   constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
     this.bda = bda ?? new BlockDescriptorArray(slots);
@@ -146,6 +185,7 @@ export class CacheMap {
         this.volumeBlocks[this.bda.volumeOf(i)]++;
         this.segValid[this.segmentOf(i)]++;
         if ((flags[i] & COUNT_MASK) !== 0) this.segKeep[this.segmentOf(i)]++;
+        if ((flags[i] & FLAG_DIRTY) !== 0) this.addDirty(i, this.bda.volumeOf(i));
       }
     }
   }
@@ -188,6 +228,7 @@ export class CacheMap {
     const c = flags[idx] & COUNT_MASK;
     if (c === 0) this.segKeep[this.segmentOf(idx)]++;
     if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
+    flags[idx] |= FLAG_REUSED;
   }
 
   /** Slot of (volume, block) without touching its counter, or -1. */
@@ -267,22 +308,29 @@ export class CacheMap {
     const flags = bda.flags;
     let i = this.hand;
     if (this.atCap(volume)) {
-      // The volume holds cap (>= 1) blocks: the scan finds one.
-      while ((flags[i] & FLAG_VALID) === 0 || bda.volumeOf(i) !== volume) i = i + 1 < slots ? i + 1 : 0;
-      this.hand = i;
-      return i;
+      for (let n = 0; n < slots; n++) {
+        if ((flags[i] & (FLAG_VALID | KEEP_MASK)) === FLAG_VALID && bda.volumeOf(i) === volume) {
+          this.hand = i;
+          return i;
+        }
+        i = i + 1 < slots ? i + 1 : 0;
+      }
+      i = this.hand;
     }
     for (;;) {
       const f = flags[i];
-      if ((f & FLAG_VALID) === 0) break;
-      if (this.holesOnly) {
+      if ((f & (FLAG_VALID | KEEP_MASK)) === 0) break;
+      if (this.holesOnly || (f & KEEP_MASK) !== 0) {
         i = this.step(i);
         continue;
       }
       const c = f & COUNT_MASK;
       if (c === 0 || this.atCap(bda.volumeOf(i))) break;
-      flags[i] = f - FLAG_REF;
-      if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+      if (++this.decayCredit >= this.decayPeriod) {
+        this.decayCredit -= this.decayPeriod;
+        flags[i] = f - FLAG_REF;
+        if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+      }
       this.blocksCarried++;
       i = this.step(i);
     }
@@ -294,24 +342,30 @@ export class CacheMap {
    * Puts (volume, block) into `slot` (normally the one findVictim returned): evicts what the
    * slot held (its key joins the ghost history), drops any other slot holding the same key,
    * moves the hand past the slot. `prefetched`: inserted by read-ahead (counted, marked until
-   * its first hit).
+   * its first hit). `dirty`: write-back data (a dirty copy it replaces becomes SHADOW).
    */
-  assign(slot: number, volume: number, block: number, prefetched = false): void {
+  assign(slot: number, volume: number, block: number, prefetched = false, dirty = false): void {
     const { bda } = this;
     if (bda.isValid(slot)) {
       this.stats(bda.volumeOf(slot)).evictions++;
-      this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot]);
-      this.drop(slot);
+      this.ghost?.add(bda.keyLo[slot], bda.keyHi[slot], (bda.flags[slot] & FLAG_REUSED) !== 0 ? GhostKind.Reused : GhostKind.Once);
+      this.drop(slot, false, true);
     }
     const old = this.map.get(volume, block);
-    if (old >= 0) this.drop(old);
+    if (old >= 0) this.drop(old, false, false, dirty);
     bda.set(slot, volume, block);
+    if (dirty) {
+      bda.flags[slot] |= FLAG_DIRTY;
+      this.addDirty(slot, volume);
+    }
     this.map.add(slot);
     this.segValid[this.segmentOf(slot)]++;
-    if (this.ghost?.take(bda.keyLo[slot], bda.keyHi[slot])) {
-      bda.flags[slot] |= COUNT_MASK;
+    const kind = this.ghost ? this.ghost.take(bda.keyLo[slot], bda.keyHi[slot]) : -1;
+    if (kind >= 0) {
+      bda.flags[slot] |= COUNT_MASK | FLAG_REUSED;
       this.segKeep[this.segmentOf(slot)]++;
       this.stats(volume).ghostHits++;
+      if (kind !== GhostKind.Invalidated) this.adapt(kind === GhostKind.Reused);
     }
     this.volumeBlocks[volume]++;
     this.stats(volume).insertions++;
@@ -330,16 +384,65 @@ export class CacheMap {
     }
   }
 
-  /** Invalidates a valid slot (no statistics). */
-  drop(slot: number): void {
+  /**
+   * ARC's adaptation on a ghost hit of an evicted block: reused (frequency side too short)
+   * lengthens the decay period, once-seen (recency side too short) shortens it, by DECAY_STEP
+   * times the ratio of the other kind's ghosts to this kind's, at least DECAY_STEP.
+   */
+  private adapt(reused: boolean): void {
+    const n = this.ghost!.count;
+    const once = Math.max(1, n[GhostKind.Once]);
+    const again = Math.max(1, n[GhostKind.Reused]);
+    const d = reused ? DECAY_STEP * Math.max(1, once / again) : -DECAY_STEP * Math.max(1, again / once);
+    this.decayPeriod = Math.min(DECAY_MAX, Math.max(1, this.decayPeriod + d));
+  }
+
+  /**
+   * Invalidates a valid slot (no statistics); `untracked`: onDrop is not called. A dirty slot
+   * stays pinned (bda.ts): SHADOW when `superseded` by a newer dirty copy, else RESERVED (not
+   * when untracked: its volume's epoch makes its entries invalid).
+   */
+  drop(slot: number, untracked = false, evicted = false, superseded = false): void {
     const { bda } = this;
     if (!bda.isValid(slot)) return;
+    const dirty = bda.isDirty(slot);
+    superseded &&= dirty;
+    if (!untracked) this.onDrop?.(slot, evicted, superseded);
     const seg = this.segmentOf(slot);
     if ((bda.flags[slot] & COUNT_MASK) !== 0) this.segKeep[seg]--;
     this.segValid[seg]--;
     this.map.remove(slot);
-    this.volumeBlocks[bda.volumeOf(slot)]--;
+    const volume = bda.volumeOf(slot);
+    this.volumeBlocks[volume]--;
     bda.clear(slot);
+    if (!dirty) return;
+    this.removeDirty(slot, volume);
+    if (!untracked) bda.flags[slot] = superseded ? FLAG_SHADOW : FLAG_RESERVED;
+  }
+
+  private addDirty(slot: number, volume: number): void {
+    let m = this.dirty.get(volume);
+    if (m === undefined) this.dirty.set(volume, (m = new Map()));
+    m.set(slot, performance.now());
+    this.dirtyTotal++;
+  }
+
+  private removeDirty(slot: number, volume: number): void {
+    if (this.dirty.get(volume)?.delete(slot) === true) this.dirtyTotal--;
+    this.onClean?.(slot);
+  }
+
+  /** Dirty blocks of a volume. */
+  dirtyBlocks(volume: number): number {
+    return this.dirty.get(volume)?.size ?? 0;
+  }
+
+  /** Slot `slot` (valid, dirty) now matches the backing store: clean, evictable again. */
+  markClean(slot: number): void {
+    const { bda } = this;
+    if (!bda.isValid(slot) || !bda.isDirty(slot)) return;
+    bda.flags[slot] &= ~FLAG_DIRTY;
+    this.removeDirty(slot, bda.volumeOf(slot));
   }
 
   /** Invalidates (volume, block) if cached; counts an invalidation. Returns true on a hit. */
@@ -371,7 +474,7 @@ export class CacheMap {
       for (let b = first; b < first + count; b++) {
         const idx = this.map.get(volume, b);
         if (idx >= 0) {
-          this.ghost?.add(this.bda.keyLo[idx], this.bda.keyHi[idx]);
+          this.ghost?.add(this.bda.keyLo[idx], this.bda.keyHi[idx], GhostKind.Invalidated);
           this.drop(idx);
           hits++;
         }
@@ -381,24 +484,31 @@ export class CacheMap {
     return hits;
   }
 
-  /** Drops every block of a volume (its identity changed). Returns how many. */
+  /**
+   * Drops every block of a volume (its identity changed). Returns how many. onDrop is not
+   * called: the cache makes them all invalid at once (the volume's epoch, volume-table.ts).
+   */
   dropVolume(volume: number): number {
     if (this.volumeBlocks[volume] === 0) return 0;
     let n = 0;
     for (let i = 0; i < this.slots; i++) {
       if (this.bda.isValid(i) && this.bda.volumeOf(i) === volume) {
-        this.drop(i);
+        this.drop(i, true);
         n++;
       }
     }
     return n;
   }
 
-  /** Drops every valid slot in [from, to) (their data on the cache device is lost). */
+  /**
+   * Drops every valid slot in [from, to) but the dirty ones (their data on the cache device is
+   * lost or unreadable; a dirty block is the only copy of its data: it stays, and its reads
+   * fail rather than fall back to the older backing store).
+   */
   dropSlots(from: number, to: number): number {
     let n = 0;
     for (let i = from; i < to; i++) {
-      if (this.bda.isValid(i)) {
+      if (this.bda.isValid(i) && !this.bda.isDirty(i)) {
         this.drop(i);
         n++;
       }

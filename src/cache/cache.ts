@@ -8,24 +8,43 @@
  * any process, gets EBUSY) and size it; read the superblock (device offset 0)
  * and format it (fresh uuid, generation 0) if it is missing, of another geometry, or the file
  * had to be resized; load the metadata (device area, or the --cache-metadata file) if it is
- * bound to the superblock's uuid and generation and matches the geometry and map size; then
+ * bound to the superblock's uuid and generation and matches the geometry and map size; else,
+ * after an unclean stop, rebuild the index from the segment headers (recovery.ts, which states
+ * the invariant that makes this safe) with the durable volume table (volume-table.ts); then
  * bump the generation in the superblock and fdatasync BEFORE returning. From then on the
- * metadata on disk is stale: a crash leaves a cache that opens cold. close() drains
- * insertions, writes buffered segments, fdatasyncs the device and saves the metadata with the
- * current generation. abort() stops without saving (what a crash leaves).
+ * metadata on disk is stale: a crash leaves a cache that opens by recovery. A superblock whose
+ * volume table cannot be read (and no metadata) is formatted again (new uuid: no old header is
+ * trusted). close() drains insertions, writes buffered segments, fdatasyncs the device, saves
+ * the volume table and the metadata with the current generation. abort() stops without
+ * saving (what a crash leaves).
+ *
+ * The volume table is saved (and synced) whenever an id is assigned, a volume's blocks are all
+ * dropped (its epoch is raised: the volume's writes wait for that save, pendingTable) or its
+ * recorded identity changes. Records are never removed, so an id assigned now is unknown to
+ * every table on the device, and recovery skips entries of unknown ids: a new id's blocks need
+ * not wait for its save.
  *
  * Every block read from the cache device is read exactly (end of device = error) and checked
  * against its CRC-32C in the BDA; a failed read or a mismatch is a miss: counted (readErrors,
  * checksumErrors), the slot dropped, the caller reads the backing store. Blocks copied from a
  * RAM segment buffer are not checked (they are the bytes inserted or already checked).
  *
- * Superblock (4 KiB, little endian, version 2): u32 magic 0x44434256 ('VBCD'), u32 version,
+ * Write-back: insertDirty() + commit() (log.ts: the group commit) put a volume's write-back
+ * blocks in the log, durable when commit() resolves true; destage.ts writes them back and
+ * markClean() records it (header rewrites, batched). A dirty block is never dropped for a read
+ * error or checksum mismatch (readBlocks then fails with EIO: the backing store is older), and
+ * dropping all of a volume's blocks (identity or size changed, fenced, failed flush...) keeps
+ * its dirty ones (only the clean ones are dropped, one by one, each durably before the next
+ * write of its key: recovery.ts 2.).
+ *
+ * Superblock (4 KiB, little endian, version 3): u32 magic 0x44434256 ('VBCD'), u32 version,
  * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
  * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
  * zero (offset 60), zeros. Full format: docs/cache-format.md.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { crc32 } from 'node:zlib';
 import { directAlignment } from '../io/direct-io';
@@ -38,11 +57,19 @@ import { MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import { CacheMap } from './cache-map';
 import { Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
+import { recoverIndex } from './recovery';
 import { computeGeometry, type Geometry, SEGMENT_ALIGNMENT, SUPERBLOCK_SIZE } from './segment';
+import { VolumeTable, type VolumeTableSnapshot, type VolumeTableState } from './volume-table';
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
 
 export const SUPERBLOCK_MAGIC = 0x44434256;
-export const SUPERBLOCK_VERSION = 2;
+/** Attempts of one round of retire() (after a write error) before it gives up. */
+const RETIRE_ATTEMPTS = 20;
+/** Longest wait between two attempts of retire(): ~4 s of attempts per round. */
+const RETIRE_RETRY_MAX_MS = 250;
+/** Reads of a dirty block tried before a read fails with EIO (a segment rewritten meanwhile is retried). */
+const DIRTY_READ_ATTEMPTS = 3;
+export const SUPERBLOCK_VERSION = 3;
 
 export interface CacheOptions {
   /** Cache device: a block device or a file (created when `size` is given). */
@@ -79,6 +106,11 @@ export interface CacheOptions {
 export interface VolumeOptions {
   /** Cap on this volume's share of the cache, in bytes (hard cap; 0/undefined = none). */
   maxBytes?: number;
+  /**
+   * The store may lose writes it acknowledged and were not flushed when its connection drops
+   * (NBD: the crash of the daemon dropped it): its blocks recovered after a crash are dropped.
+   */
+  unflushedWritesMayBeLost?: boolean;
 }
 
 function deviceBytes(file: string, fd: number): number {
@@ -280,19 +312,34 @@ export class Cache {
   readonly generation: number;
   /** True when this open loaded valid metadata (warm start). */
   readonly warm: boolean;
+  /** What recovery from the segment headers found (null: no recovery ran). */
+  readonly recovery: { entries: number; skipped: number; rewritten: number; ms: number } | null;
   readonly map: CacheMap;
   readonly log: Log;
   private readonly fd: number;
+  private readonly engine: IoEngine;
   /** The log's descriptor: fd, or an O_DIRECT one of the same device (closed with fd). */
   private readonly logFd: number;
   private readonly logger: Logger;
   private readonly uuid: Uint8Array;
   private readonly volumes = new Map<string, VolumeRecord>();
+  private readonly table: VolumeTable;
+  /** Header sectors sealed below this are never recovered (volume-table.ts). */
+  private floor: number;
+  /** Destage everything of one volume (registered by its CachedStore): run after a write error. */
+  private readonly drainers = new Set<() => Promise<void>>();
+  /** Dirty slots being destaged that still hold what they held when picked (watchDestage). */
+  private readonly destaging = new Set<number>();
+  /** Ids whose blocks were recovered after a crash and that were not registered since. */
+  private readonly recoveredIds = new Set<number>();
+  /** Volume ids whose table change is not durable yet: the save their writes and inserts wait for. */
+  private readonly pendingTable = new Map<number, Promise<void>>();
   private readonly active = new Set<number>();
   /** Shared parents' ids (registerShared) and how many volumes use each. */
   private readonly sharedUsers = new Map<number, number>();
   private closing = false;
   private closed = false;
+  private overflowLogged = false;
   /** readHit() scratch, used synchronously only: slots of the request's blocks, cursor. */
   private hitSlots = new Int32Array(64);
   private readonly cursor = new IovCursor();
@@ -306,21 +353,31 @@ export class Cache {
     place: MetadataPlace;
     map: CacheMap;
     sequence: number;
+    floor: number;
     volumes: VolumeRecord[];
     warm: boolean;
+    table: VolumeTable;
+    recovery: Cache['recovery'];
   }) {
     this.path = a.o.path;
     this.metadataPlace = a.place;
     this.generation = a.sb.generation;
     this.logger = a.o.logger ?? silentLogger;
     this.fd = a.fd;
+    this.engine = a.o.engine;
     this.logFd = a.logIo.fd;
     this.geometry = a.g;
     this.blockSize = a.g.blockSize;
     this.uuid = a.sb.uuid;
     this.map = a.map;
     this.warm = a.warm;
-    for (const v of a.volumes) this.volumes.set(v.name, v);
+    this.recovery = a.recovery;
+    this.floor = a.floor;
+    this.table = a.table;
+    for (const v of a.volumes) {
+      this.volumes.set(v.name, v);
+      if (a.recovery !== null) this.recoveredIds.add(v.id);
+    }
     this.log = new Log({
       fd: a.logIo.fd,
       alignment: a.logIo.alignment,
@@ -332,7 +389,126 @@ export class Cache {
       buffers: a.o.buffers ?? 8,
       maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
       logger: this.logger,
+      onDisabled: () => this.retire(),
     });
+    this.map.onClean = (slot) => void this.destaging.delete(slot);
+  }
+
+  /** What the volume table saves. */
+  private tableState(): VolumeTableSnapshot {
+    return { floor: this.floor, volumes: [...this.volumes.values()], sequence: this.log.sequence };
+  }
+
+  private tableOverflow(): void {
+    if (this.overflowLogged) return;
+    this.overflowLogged = true;
+    this.logger.warn({ volumes: this.volumes.size }, 'volume table too large for its area: a start after a crash recovers nothing (cold)');
+  }
+
+  /**
+   * After a write error (Log onDisabled): makes durable that nothing written so far is
+   * recovered, since the volumes' writes made while the cache is disabled kill nothing on the
+   * device (recovery.ts, rule 7). Each attempt saves the volume table with the floor above every
+   * sequence number used and, if that fails, retires the superblock (zeros: the next start
+   * formats the device, so no header of before is trusted). Resolves true once either is
+   * durable; false after RETIRE_ATTEMPTS failed attempts (backoff up to RETIRE_RETRY_MAX_MS),
+   * logged: the writes waiting for it then fail with EIO and are never issued (Log.killFor), and
+   * the next write tries again. A cache closing stops the attempts (false). Never rejects.
+   * Write-back blocks exist only on this device and the floor (or a retired superblock) drops
+   * them at the next start: they are destaged first (every volume's drainer), what is dirty
+   * logged before and after; the writes waiting for this round wait for that destage too, so a
+   * destage never lands after a newer write of its blocks.
+   */
+  private async retire(): Promise<boolean> {
+    if (this.map.dirtyTotal > 0) {
+      // Write-back blocks exist only here: written back first (the floor would drop them).
+      this.logger.error(
+        { dirty: this.dirtyByName() },
+        'cache device write failed with write-back blocks not destaged: new writes go to the backing store (write-through) while they are destaged; they are lost if the process stops before',
+      );
+      await Promise.allSettled([...this.drainers].map((d) => d()));
+      if (this.map.dirtyTotal > 0) this.logger.error({ dirty: this.dirtyByName() }, 'write-back blocks could not be destaged after the cache device write error: they are lost at the next start');
+    }
+    this.floor = this.log.sequence + 1;
+    let err: Error | null = null;
+    for (let attempt = 1; attempt <= RETIRE_ATTEMPTS; attempt++) {
+      if (attempt > 1) await new Promise((r) => setTimeout(r, Math.min(RETIRE_RETRY_MAX_MS, 10 * 2 ** attempt)));
+      if (this.closing) return false;
+      try {
+        await this.table.save();
+        return true;
+      } catch (e) {
+        err = e as Error;
+      }
+      try {
+        await this.engine.writev(this.fd, [new Uint8Array(SUPERBLOCK_SIZE)], 0);
+        await this.engine.fdatasync(this.fd);
+        this.logger.warn({ path: this.path }, 'cache superblock retired after a write error (volume table not saved): the next start formats the device');
+        return true;
+      } catch (e) {
+        err = e as Error;
+      }
+    }
+    this.logger.error(
+      { path: this.path, err: err?.message },
+      'cache device refuses writes after a write error: writes of blocks it may hold fail (EIO) until it accepts one; remove or reformat it',
+    );
+    return false;
+  }
+
+  /**
+   * Saves the volume table; a failed save is a cache-device write error (the log is disabled).
+   * Never rejects.
+   */
+  private saveTable(): Promise<void> {
+    return this.table.save().catch((err: Error) => this.log.writeFailed(`cache volume table write failed: ${err.message}`));
+  }
+
+  /**
+   * Drops every block of volume `rec` at once: raises its epoch (durable before its next write).
+   * A volume holding dirty blocks keeps them: its clean blocks are dropped one by one instead.
+   */
+  private dropAll(rec: VolumeRecord): number {
+    if (this.map.dirtyBlocks(rec.id) > 0) return this.dropClean(rec.id);
+    const n = this.map.dropVolume(rec.id);
+    rec.epoch = this.log.sequence + 1;
+    const id = rec.id;
+    const p = this.saveTable();
+    this.pendingTable.set(id, p);
+    void p.then(() => {
+      if (this.pendingTable.get(id) === p) this.pendingTable.delete(id);
+    });
+    return n;
+  }
+
+  /** Drops the clean blocks of volume id `id` (tracked drops: killed before their keys' next writes). */
+  private dropClean(id: number): number {
+    const bda = this.map.bda;
+    let n = 0;
+    for (let i = 0; i < bda.size; i++) {
+      if (bda.isValid(i) && !bda.isDirty(i) && bda.volumeOf(i) === id) {
+        this.map.drop(i);
+        n++;
+      }
+    }
+    this.logger.warn({ volume: id, dirty: this.map.dirtyBlocks(id), dropped: n }, 'volume blocks dropped but its write-back (dirty) blocks are kept: they are newer than its backing store');
+    return n;
+  }
+
+  /** Drops every block of volume id `id` (see dropAll). Returns how many were cached. */
+  dropVolume(id: number): number {
+    for (const rec of this.volumes.values()) if (rec.id === id) return this.dropAll(rec);
+    return this.map.dropVolume(id);
+  }
+
+  /** Records the backing identity of a quiet volume (saved when it changed), for recovery. */
+  recordIdentity(id: number, identity: string): void {
+    for (const rec of this.volumes.values()) {
+      if (rec.id !== id || rec.identity === identity || !this.active.has(id)) continue;
+      rec.identity = identity;
+      // Nothing waits for it: an identity recorded late only makes the volume cold after a crash.
+      void this.saveTable();
+    }
   }
 
   static async open(o: CacheOptions): Promise<Cache> {
@@ -350,39 +526,86 @@ export class Cache {
       const raw = new Uint8Array(SUPERBLOCK_SIZE);
       await o.engine.readv(fd, [raw], 0, true);
       let sb = resized ? null : parseSuperblock(raw, g);
+      const place: MetadataPlace =
+        o.metadataPath !== undefined
+          ? { file: o.metadataPath }
+          : { fd, engine: o.engine, offset: g.metadataOffset, bytes: g.metadataBytes };
+      const tableCapacity = AddressMap.capacityFor(g.slots, loadFactor);
+      let loaded: Awaited<ReturnType<typeof loadMetadata>> = { ok: false, reason: 'cache device formatted' };
+      let saved: VolumeTableState | null = null;
+      if (sb) {
+        loaded = await loadMetadata(place, sb, { geometry: g, tableCapacity });
+        saved = await new VolumeTable(o.engine, fd, g.tableOffset, sb.uuid, () => ({ floor: 0, volumes: [], sequence: 0 })).load();
+        // Neither: nothing on the device can be interpreted safely.
+        if (!loaded.ok && saved === null) sb = null;
+      }
       if (!sb) {
         // A file that had to be resized may have lost blocks: its content is not trusted.
         sb = { uuid: new Uint8Array(randomBytes(16)), generation: 0 };
         logger.info({ path: o.path, slots: g.slots, segments: g.segments, resized }, 'cache device formatted');
       }
-      const place: MetadataPlace =
-        o.metadataPath !== undefined
-          ? { file: o.metadataPath }
-          : { fd, engine: o.engine, offset: SUPERBLOCK_SIZE, bytes: g.metadataBytes };
-      const tableCapacity = AddressMap.capacityFor(g.slots, loadFactor);
-      const loaded = await loadMetadata(place, sb, { geometry: g, tableCapacity });
-      // From now on the metadata on disk is stale: a crash means a cold start.
+      // From now on the metadata on disk is stale: a crash means recovery from the headers.
       sb = { uuid: sb.uuid, generation: sb.generation + 1 };
       await o.engine.writev(fd, [superblock(g, sb)], 0);
       await o.engine.fdatasync(fd);
-      // Sequence numbers stay increasing across cold starts: never below microseconds since 1970.
-      const floor = Date.now() * 1000;
+      // Sequence numbers stay increasing across starts: never below microseconds since 1970.
+      const clock = Date.now() * 1000;
       let map: CacheMap;
-      let sequence = floor;
+      let sequence = clock;
       let volumes: VolumeRecord[] = [];
+      let floor = 0;
+      let recovered: Awaited<ReturnType<typeof recoverIndex>> | null = null;
+      const mapOptions = { loadFactor, segmentBlocks: g.blocksPerSegment };
       if (loaded.ok) {
         const st = loaded.state;
-        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment }, st.bda, st.table);
+        map = new CacheMap(g.slots, mapOptions, st.bda, st.table);
         map.hand = st.hand;
         map.wraps = st.wraps;
-        sequence = Math.max(st.sequence, floor);
+        sequence = Math.max(st.sequence, clock);
         volumes = st.volumes;
+        floor = st.floor;
         logger.info({ path: o.path, metadata: describePlace(place), blocks: map.map.size }, 'cache warm start');
+      } else if (saved !== null) {
+        recovered = await recoverIndex({ engine: o.engine, fd, geometry: g, uuid: sb.uuid, floor: saved.floor, volumes: saved.volumes, tableCapacity });
+        map = new CacheMap(g.slots, mapOptions, recovered.bda, recovered.table);
+        map.hand = recovered.hand;
+        sequence = Math.max(recovered.sequence, clock);
+        volumes = saved.volumes;
+        floor = saved.floor;
+        logger.info(
+          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, rewrite: recovered.rewrite.length, ms: Math.round(recovered.ms) },
+          'cache recovered from the segment headers',
+        );
       } else {
-        map = new CacheMap(g.slots, { loadFactor, segmentBlocks: g.blocksPerSegment });
+        map = new CacheMap(g.slots, mapOptions);
+        // Nothing written before this start is ever recovered.
+        floor = sequence + 1;
         logger.info({ path: o.path, metadata: describePlace(place), reason: loaded.reason }, 'cache cold start');
       }
-      return new Cache({ o, fd, logIo, g, sb, place, map, sequence, volumes, warm: loaded.ok });
+      const holder: { cache: Cache | null } = { cache: null };
+      const table = new VolumeTable(
+        o.engine,
+        fd,
+        g.tableOffset,
+        sb.uuid,
+        () => (holder.cache as Cache).tableState(),
+        () => (holder.cache as Cache).tableOverflow(),
+      );
+      if (saved !== null) await table.load();
+      const recovery = recovered === null ? null : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, ms: recovered.ms };
+      const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, floor, volumes, warm: loaded.ok, table, recovery });
+      holder.cache = cache;
+      try {
+        await table.save();
+        // Headers naming entries the index does not hold are rewritten before anything else.
+        if (recovered !== null && recovered.rewrite.length > 0) await cache.log.rewrite(recovered.rewrite);
+        if (cache.log.disabled) throw new VhostError(`${o.path}: cache device write failed at open`, 'EIO');
+      } catch (err) {
+        cache.closing = true;
+        await cache.log.quiesce();
+        throw err;
+      }
+      return cache;
     } catch (err) {
       if (logIo !== undefined && logIo.fd !== fd) fs.closeSync(logIo.fd);
       fs.closeSync(fd);
@@ -390,15 +613,19 @@ export class Cache {
     }
   }
 
-  /** A new entry in the volume table, with the lowest free id (holding no blocks). */
+  /**
+   * A new entry in the volume table, with the lowest free id (holding no blocks: its epoch
+   * starts after every sequence number used), saved before its first write or insertion.
+   */
   private newRecord(name: string, identity: string, sizeBytes: number, maxBytes: number): VolumeRecord {
     const used = new Set([...this.volumes.values()].map((v) => v.id));
     let id = 0;
     while (used.has(id)) id++;
     if (id >= MAX_VOLUMES) throw new VhostError('too many cached volumes', 'ENOSPC');
     this.map.dropVolume(id);
-    const rec = { id, name, identity, sizeBytes, maxBytes };
+    const rec = { id, name, identity, sizeBytes, maxBytes, epoch: this.log.sequence + 1 };
     this.volumes.set(name, rec);
+    void this.saveTable();
     return rec;
   }
 
@@ -413,10 +640,14 @@ export class Cache {
     let rec = this.volumes.get(name);
     if (rec && this.active.has(rec.id)) throw new VhostError(`volume ${name} is already registered`, 'EEXIST');
     if (rec && (rec.identity !== identity || rec.sizeBytes !== sizeBytes)) {
-      const dropped = this.map.dropVolume(rec.id);
-      this.logger.info({ volume: name, dropped }, 'volume identity changed; its cached blocks are dropped');
       rec.identity = identity;
       rec.sizeBytes = sizeBytes;
+      const dropped = this.dropAll(rec);
+      this.logger.info({ volume: name, dropped }, 'volume identity changed; its cached blocks are dropped');
+    }
+    if (rec && this.recoveredIds.delete(rec.id) && opts.unflushedWritesMayBeLost === true) {
+      const dropped = this.dropAll(rec);
+      this.logger.info({ volume: name, dropped }, 'volume may have lost unflushed writes in the crash; its recovered blocks are dropped');
     }
     rec ??= this.newRecord(name, identity, sizeBytes, maxBytes);
     rec.maxBytes = maxBytes;
@@ -456,7 +687,7 @@ export class Cache {
    * identity: `identity` is its backing store's identity now (after the final flush).
    */
   unregisterVolume(id: number, identity: string): void {
-    for (const rec of this.volumes.values()) if (rec.id === id) rec.identity = identity;
+    this.recordIdentity(id, identity);
     this.active.delete(id);
   }
 
@@ -473,6 +704,22 @@ export class Cache {
    * Returns the number of hits.
    */
   async readBlocks(volume: number, first: number, count: number, out: Uint8Array, hit: Uint8Array): Promise<number> {
+    let hits = await this.readBlocksOnce(volume, first, count, out, hit);
+    const bs = this.blockSize;
+    for (let k = 0; k < count && hits < count; k++) {
+      // A dirty block missed (read error, checksum, segment rewritten meanwhile) must not be
+      // served by the backing store, which is older: read again, else fail.
+      for (let attempt = 1; hit[k] === 0; attempt++) {
+        const idx = this.map.peek(volume, first + k);
+        if (idx < 0 || !this.map.bda.isDirty(idx)) break;
+        if (attempt > DIRTY_READ_ATTEMPTS) throw new VhostError(`cache: write-back block ${first + k} of volume ${volume} unreadable on the cache device`, 'EIO');
+        hits += await this.readBlocksOnce(volume, first + k, 1, out.subarray(k * bs, (k + 1) * bs), hit.subarray(k, k + 1));
+      }
+    }
+    return hits;
+  }
+
+  private async readBlocksOnce(volume: number, first: number, count: number, out: Uint8Array, hit: Uint8Array): Promise<number> {
     const bs = this.blockSize;
     const bps = this.geometry.blocksPerSegment;
     const c = this.map.stats(volume);
@@ -632,18 +879,116 @@ export class Cache {
   private deviceReadFailed(err: Error, volume: number, slot: number, block: number, n: number): void {
     this.log.readErrors++;
     this.logger.warn({ err: err.message, slot, blocks: n }, 'cache device read failed; using the backing store');
-    for (let j = 0; j < n; j++) if (this.holds(slot + j, volume, block + j)) this.map.drop(slot + j);
+    for (let j = 0; j < n; j++) if (this.holds(slot + j, volume, block + j) && !this.map.bda.isDirty(slot + j)) this.map.drop(slot + j);
   }
 
-  /** See Log.insert(); nothing is inserted once closing or disabled. */
+  /**
+   * See Log.insert(); nothing is inserted once closing or disabled.
+   */
   insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
     return this.log.insert(volume, first, data, count, accept, prefetched);
   }
 
-  /** Invalidates blocks first .. first + count - 1 of a volume; returns how many were cached. */
-  invalidate(volume: number, first: number, count: number): number {
-    return this.map.invalidateRange(volume, first, count);
+  /**
+   * Inserts write-back blocks first .. first + count - 1 of a volume (dirty: never evicted
+   * before markClean). Resolves with the number inserted (count, or 0 once disabled or
+   * closing); durable once a commit() asked for afterwards resolves true.
+   */
+  insertDirty(volume: number, first: number, data: Uint8Array, count: number): Promise<number> {
+    if (this.disabled) return Promise.resolve(0);
+    return this.log.insert(volume, first, data, count, () => true, false, true);
+  }
+
+  /** Makes every block inserted so far durable (group commit); false after a write error. */
+  commit(): Promise<boolean> {
+    return this.log.commit();
+  }
+
+  /**
+   * Dirty slots a destage is about to read and write back: each stays watched until
+   * markClean() or until it stops being dirty (dropped: superseded by a newer copy, discarded),
+   * so a slot refilled meanwhile is never marked clean.
+   */
+  watchDestage(slots: readonly number[]): void {
+    for (const slot of slots) this.destaging.add(slot);
+  }
+
+  /** Stops watching slots (their destage failed: they stay dirty). */
+  unwatch(slots: readonly number[]): void {
+    for (const slot of slots) this.destaging.delete(slot);
+  }
+
+  /**
+   * Watched slots whose data the backing store now holds (written and flushed): those still
+   * holding it are marked clean, made durable by header rewrites started now (batched); every
+   * one stops being watched. Returns how many were marked.
+   */
+  markClean(slots: readonly number[]): number {
+    const segs = new Set<number>();
+    let n = 0;
+    for (const slot of slots) {
+      if (!this.destaging.delete(slot)) continue;
+      this.map.markClean(slot);
+      segs.add(Math.floor(slot / this.geometry.blocksPerSegment));
+      n++;
+    }
+    // Not awaited: a lost clean mark only destages the same data again (recovery.ts 9.), and
+    // after a write error the rewrite waits for the floor, which waits for the destage.
+    if (segs.size > 0) void this.log.rewrite(segs);
+    return n;
+  }
+
+  /**
+   * Invalidates blocks first .. first + count - 1 of a volume (at once, in RAM). Null when no
+   * header entry on the device may name them any more; else a promise that resolves once they
+   * are durably invalid (and the volume table durable): the caller issues its backing write
+   * only then (recovery.ts, the invariant). Rejects (EIO) when, after a cache-device write
+   * error, the device refuses to record that nothing is recoverable (retire): the caller must
+   * then fail its write without issuing it.
+   */
+  invalidate(volume: number, first: number, count: number): Promise<void> | null {
+    this.map.invalidateRange(volume, first, count);
+    return this.killDropped(volume, first, count);
+  }
+
+  /**
+   * Makes durably invalid every header entry that may still name blocks first .. first +
+   * count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a write,
+   * or a destage: destage.ts). Null when there is none; never rejects.
+   */
+  killDropped(volume: number, first: number, count: number, destage = false): Promise<void> | null {
+    // After a write error no header changes any more: the dirty entries being destaged outrank
+    // every older one of their keys (recovery.ts 8.), and the floor waits for the destage.
+    if (destage && this.log.disabled) return null;
+    const kill = this.log.killFor(volume, first, count);
+    const pending = this.pendingTable.get(volume);
+    if (pending === undefined) return kill;
+    return Promise.all([pending, kill]).then(() => this.log.killFor(volume, first, count) ?? undefined);
+  }
+
+  /** Dirty blocks by volume name (volumes holding some). */
+  private dirtyByName(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const rec of this.volumes.values()) {
+      const n = this.map.dirtyBlocks(rec.id);
+      if (n > 0) out[rec.name] = n;
+    }
+    return out;
+  }
+
+  /** Registers what destages a volume's dirty blocks (see raiseFloor); returns its removal. */
+  addDrainer(drain: () => Promise<void>): () => void {
+    this.drainers.add(drain);
+    return () => void this.drainers.delete(drain);
+  }
+
+  /** A volume's dirty blocks and the age of its oldest one (ms). */
+  private dirtyOf(id: number): { blocks: number; oldestMs: number } {
+    const m = this.map.dirty.get(id);
+    if (m === undefined || m.size === 0) return { blocks: 0, oldestMs: 0 };
+    const oldest = m.values().next().value as number;
+    return { blocks: m.size, oldestMs: performance.now() - oldest };
   }
 
   stats(): CacheStats {
@@ -652,19 +997,24 @@ export class Cache {
     for (const v of this.volumes.values()) {
       const c = this.map.stats(v.id);
       addCounters(total, c);
-      volumes[v.name] = withRate(c, this.map.volumeBlocks[v.id]);
+      volumes[v.name] = withRate(c, this.map.volumeBlocks[v.id], this.dirtyOf(v.id));
     }
     const log = this.log;
     return {
-      ...withRate(total, this.map.map.size),
+      ...withRate(total, this.map.map.size, { blocks: this.map.dirtyTotal, oldestMs: Math.max(0, ...[...this.volumes.values()].map((v) => this.dirtyOf(v.id).oldestMs)) }),
+      commits: log.commits,
+      commitLatencyUs: log.commitLatency.meanUs,
       wraps: this.map.wraps,
       segmentsSkipped: this.map.segmentsSkipped,
       segmentsCleaned: this.map.segmentsCleaned,
       blocksCarried: this.map.blocksCarried,
+      decayPeriod: this.map.decayPeriod,
       emptySlots: this.map.slots - this.map.map.size,
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,
       deviceWriteBytes: log.deviceWriteBytes,
+      headerRewrites: log.headerRewrites,
+      rewriteBatches: log.rewriteBatches,
       readLatencyUs: log.readLatency.meanUs,
       segmentReadLatencyUs: log.segmentReadLatency.meanUs,
       segmentWriteLatencyUs: log.segmentWriteLatency.meanUs,
@@ -680,7 +1030,9 @@ export class Cache {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
-    const ok = await this.log.flush();
+    let ok = await this.log.flush();
+    await this.log.quiesce();
+    if (ok && !this.log.disabled) ok = await this.table.save().then(() => true, (err: Error) => (this.log.writeFailed(`cache volume table write failed: ${err.message}`), false));
     try {
       if (ok && !this.log.disabled) {
         await saveMetadata(
@@ -691,6 +1043,7 @@ export class Cache {
             hand: this.map.hand,
             wraps: this.map.wraps,
             sequence: this.log.sequence,
+            floor: this.floor,
             volumes: [...this.volumes.values()],
             bda: this.map.bda,
             table: this.map.map.table,
@@ -706,11 +1059,18 @@ export class Cache {
     }
   }
 
+  /** Waits until no insertion, segment or header write, or volume table save is in flight. */
+  async quiesce(): Promise<void> {
+    await this.table.idle();
+    await this.log.quiesce();
+  }
+
   /** Stops like a crash: waits for I/O in flight, writes nothing more, saves no metadata. */
   async abort(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
     await this.log.quiesce();
+    await this.table.idle();
     this.closed = true;
     this.closeFds();
   }

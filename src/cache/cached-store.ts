@@ -8,10 +8,36 @@
  *                           'readonly' names the intent of a cache for read-mostly volumes.)
  *   none                    reads pass through; writes still invalidate, so a later cached
  *                           run never serves blocks made stale while caching was off.
+ *   writeback               writes go to the cache only, as dirty blocks, and are acknowledged
+ *                           once durable there (Cache.insertDirty + commit: group commit);
+ *                           destage.ts writes them back in the background. Reads see them (cache
+ *                           hits; a dirty block the cache device cannot return fails the read,
+ *                           never falls back to the older backing store).
+ *
+ * Write-back rules (on top of the ones below):
+ *   - write-back writes and discards/write-zeroes of a volume take their block range in FIFO
+ *     order (RangeLocks): a write covering part of a block merges it with the block's current
+ *     data (the cache's copy, dirty or clean, else the backing store's) into a whole dirty block;
+ *   - a discard or write-zeroes first destages the dirty blocks it touches (its partial blocks
+ *     keep their other bytes), then goes the write-through way (invalidate durably, then the
+ *     backing store);
+ *   - bytes past the last whole block of the volume are written to the backing store directly;
+ *     a guest flush then flushes the backing store too, else it completes at once (every
+ *     acknowledged write-back write is durable in the log already);
+ *   - writes wait while the volume is at its dirty limit (Destager.room), at most
+ *     backingTimeoutMs; a write the cache cannot take (cache-device write error, closing) is
+ *     written through instead (its blocks invalidated durably first);
+ *   - a volume opened in another mode with dirty blocks in the cache (from a write-back run)
+ *     destages them all before its first write or discard; close() destages everything first
+ *     with `flushOnStop`.
  *
  * Consistency (no stale data, ever):
  *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
- *     partial) synchronously when it starts, before the backing store is touched;
+ *     partial) synchronously when it starts, and issues its backing write only once no segment
+ *     header on the cache device names those blocks any more (Cache.invalidate: durable, so a
+ *     crash never brings them back; recovery.ts) — at once when none did; when that cannot be
+ *     made durable (a cache device refusing every write after a write error) it fails with EIO
+ *     and is never issued;
  *   - every operation is registered in `ops` for its block range until it is completely done,
  *     including its cache insertion. A write-like operation starting marks every overlapping
  *     registered operation `poisoned`; an operation starting while an overlapping write-like
@@ -24,7 +50,10 @@
  *     path below, which overwrites every byte. It registers no operation: it inserts nothing;
  *   - read misses are read from the backing store into a private buffer, then copied to the
  *     guest; writes that insert copy the guest data once and write the backing store and the
- *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ;
+ *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ.
+ *     A miss's buffer is pooled (MISS_BUFFERS) and goes back only once nothing writes into it
+ *     or reads from it any more: its backing reads and joins settled, the misses that joined
+ *     its reads have copied their blocks, its insertions settled (readThrough);
  *   - only whole blocks inside the volume are cached; a trailing partial block passes through.
  *
  * Shared parent blocks: a store with `sharing` (an RBD clone) has its blocks keyed through
@@ -59,7 +88,8 @@
  *
  * Failures: cache-device read errors fall back to the backing store (Cache.readBlocks reports
  * misses); cache write errors disable insertion (Cache.disabled). The guest only sees errors
- * of the backing store.
+ * of the backing store, but one: a write fails with EIO, unissued, while a disabled cache
+ * device refuses to record that nothing on it is recoverable (Cache.invalidate; see above).
  *
  * Backing store failures and changes (no stale data after them either):
  *   - a write-like operation that fails (an error or a timeout: the store may still apply it
@@ -77,20 +107,25 @@
  *     is served nothing from the cache again;
  *   - when the last flush failed (the final one at close included), close() drops the
  *     volume's blocks, so the metadata saved after it holds none of them;
- *   - close() records the backing store's identity taken after the final flush; the next
- *     registration compares it with the identity at open (Cache.registerVolume) and drops the
- *     blocks on any difference. For stores whose changes are invisible (block devices, NBD),
+ *   - close() records the backing store's identity taken after the final flush, and so does a
+ *     volume whose identity shows changes (files) once its writes have been quiet for
+ *     IDENTITY_QUIET_MS (for a start after a crash); the next registration compares it with
+ *     the identity at open (Cache.registerVolume) and drops the blocks on any difference. For stores whose changes are invisible (block devices, NBD),
  *     open() first verifies a sample of the cached blocks against the backing store and drops
  *     all of them on a mismatch, unless the operator declared exclusive ownership.
  */
 import { performance } from 'node:perf_hooks';
-import { InFlightRanges, type Op } from './in-flight';
+import type { CacheMode } from '../config/config';
+import { InFlightRanges, type Op, RangeLocks } from './in-flight';
+import { DEFAULT_DIRTY_LIMIT, DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK, Destager } from './destage';
+import { silentLogger, type Logger } from '../util/logger';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
 import type { Cache } from './cache';
 import { parentReads, PendingReads } from './pending-reads';
 import { SharedKeys } from './shared-keys';
-import { gatherIov, iovLength, scatterIov } from '../util/iov';
+import { gatherIov, iovLength, scatterIov, sliceIov } from '../util/iov';
+import { BufferPool, type Lease } from '../util/buffer-pool';
 
 /** Cached blocks read back and compared at a warm start of a store with invisible changes. */
 export const VERIFY_SAMPLE_BLOCKS = 1024;
@@ -100,8 +135,22 @@ const VERIFY_PARALLEL = 32;
 export const MAX_UNSETTLED = 256;
 /** Ranges written since the last flush that are tracked one by one (see the header). */
 export const MAX_UNFLUSHED_RANGES = 4096;
+/** Free miss buffers kept for reuse (all volumes of the process), and the longest one pooled. */
+export const MISS_POOL_BYTES = 16 << 20;
+export const MISS_POOL_MAX_LENGTH = 1 << 20;
+/** The private buffers of readThrough (see there for who holds one and until when); exported for tests. */
+export const MISS_BUFFERS = new BufferPool(MISS_POOL_BYTES, MISS_POOL_MAX_LENGTH);
 
-export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
+/** `shared` of a run of readThrough that also holds its buffer until called (once). */
+function holding(lease: Lease, shared: () => void): () => void {
+  lease.hold();
+  return () => {
+    shared();
+    lease.release();
+  };
+}
+
+export type { CacheMode };
 
 export interface CachedStoreOptions {
   backing: BackingStore;
@@ -119,6 +168,16 @@ export interface CachedStoreOptions {
   exclusive?: boolean;
   /** Key the blocks a clone reads from its parent by the parent (default true; see the header). */
   shareParent?: boolean;
+  /** Write-back: dirty blocks beyond which writes wait (default DEFAULT_DIRTY_LIMIT of the cap or cache). */
+  dirtyLimitBlocks?: number;
+  /** Write-back watermarks, shares of the dirty limit (defaults DEFAULT_HIGH/LOW_WATERMARK). */
+  highWatermark?: number;
+  lowWatermark?: number;
+  /** How long write-back writes wait for room and a drain waits through failures (default 60 s). */
+  backingTimeoutMs?: number;
+  /** close() destages every dirty block first. */
+  flushOnStop?: boolean;
+  logger?: Logger;
 }
 
 /** What open() found by comparing a sample of the cached blocks with the backing store. */
@@ -141,6 +200,9 @@ interface Unsettled {
 
 /** Forgets nothing (an empty read registers no block). */
 const NOTHING = (): void => undefined;
+
+/** Quiet time after a volume's last write before its backing identity is recorded again. */
+export const IDENTITY_QUIET_MS = 200;
 
 /** Read-ahead window by default: 32 blocks (128 KiB at 4 KiB). */
 export const DEFAULT_READ_AHEAD_BLOCKS = 32;
@@ -184,8 +246,23 @@ export class CachedStore implements BackingStore {
   private readonly trackUnflushed: boolean;
   private fenced = false;
   private flushFailed = false;
+  /** Write-like operations in flight, and started so far (identity recording, see the header). */
+  private writing = 0;
+  private writesStarted = 0;
+  private identityTimer: NodeJS.Timeout | null = null;
+  private closed = false;
   /** Set by open() when it verified a sample. */
   verification: SampleVerification | null = null;
+  /** Writes back this volume's dirty blocks (write-back mode, or left by an earlier write-back run). */
+  readonly destager: Destager;
+  private readonly locks = new RangeLocks();
+  /** Dirty blocks found at registration in another mode: destaged before the first write. */
+  private settling: Promise<void> | null = null;
+  /** Backing writes issued directly by write-back writes, and that many when last flushed. */
+  private directWrites = 0;
+  private directFlushed = 0;
+  private readonly flushOnStop: boolean;
+  private readonly removeDrainer: () => void;
 
   /**
    * Registers the volume in the cache and, for a store whose changes are invisible (block
@@ -213,7 +290,10 @@ export class CachedStore implements BackingStore {
     this.readAhead = o.readAhead ?? DEFAULT_READ_AHEAD_BLOCKS;
     this.cutoff = Math.ceil((o.sequentialCutoff ?? 0) / this.bs);
     this.writeStreams = this.cutoff > 0 ? new StreamDetector() : null;
-    this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, { maxBytes: o.maxBytes });
+    this.volume = o.cache.registerVolume(o.name, o.backing.identity, o.backing.size, {
+      maxBytes: o.maxBytes,
+      unflushedWritesMayBeLost: o.backing.watch !== undefined,
+    });
     const sharing = o.backing.sharing;
     if (sharing !== undefined && o.shareParent !== false && sharing.sharedBytes >= this.bs) {
       try {
@@ -227,6 +307,39 @@ export class CachedStore implements BackingStore {
     }
     this.trackUnflushed = o.backing.watch !== undefined;
     o.backing.watch?.({ fenced: () => this.onFenced(), writesMayBeLost: () => this.onWritesMayBeLost() });
+    const cap = o.maxBytes !== undefined && o.maxBytes > 0 ? Math.floor(o.maxBytes / this.bs) : o.cache.map.slots;
+    const limit = Math.max(1, o.dirtyLimitBlocks ?? Math.floor(DEFAULT_DIRTY_LIMIT * cap));
+    this.destager = new Destager({
+      cache: o.cache,
+      volume: this.volume,
+      backing: o.backing,
+      limit,
+      high: Math.max(1, Math.floor(limit * (o.highWatermark ?? DEFAULT_HIGH_WATERMARK))),
+      low: Math.floor(limit * (o.lowWatermark ?? DEFAULT_LOW_WATERMARK)),
+      timeoutMs: o.backingTimeoutMs ?? 60_000,
+      busy: () => this.ops.size > 0 || this.writing > 0,
+      logger: o.logger ?? silentLogger,
+    });
+    this.flushOnStop = o.flushOnStop === true;
+    this.removeDrainer = o.cache.addDrainer(() => this.destager.drain());
+    if (this.destager.dirty > 0) {
+      if (this.mode === 'writeback') this.destager.kick();
+      else {
+        const settling = this.destager.drain();
+        this.settling = settling;
+        void settling.then(
+          () => {
+            if (this.settling === settling) this.settling = null;
+          },
+          () => undefined,
+        );
+      }
+    }
+  }
+
+  /** Writes back every dirty block of the volume (the flush command); see Destager.drain. */
+  flushCache(): Promise<void> {
+    return this.destager.drain();
   }
 
   /**
@@ -240,7 +353,8 @@ export class CachedStore implements BackingStore {
     const sample: number[] = [];
     let seen = 0;
     for (let slot = 0; slot < bda.size; slot++) {
-      if (!bda.isValid(slot) || bda.volumeOf(slot) !== this.volume) continue;
+      // Dirty blocks are newer than the backing store by design: not compared.
+      if (!bda.isValid(slot) || bda.isDirty(slot) || bda.volumeOf(slot) !== this.volume) continue;
       seen++;
       if (sample.length < n) sample.push(bda.blockOf(slot));
       else {
@@ -278,7 +392,7 @@ export class CachedStore implements BackingStore {
       }),
     );
     Object.assign(c, counted);
-    const dropped = mismatched > 0 ? this.cache.map.dropVolume(this.volume) : 0;
+    const dropped = mismatched > 0 ? this.cache.dropVolume(this.volume) : 0;
     return { checked, mismatched, dropped, ms: performance.now() - t0 };
   }
 
@@ -314,14 +428,14 @@ export class CachedStore implements BackingStore {
     this.fenced = true;
     this.ops.poisonAll();
     this.ownReads.clear();
-    this.cache.map.dropVolume(this.volume);
+    this.cache.dropVolume(this.volume);
   }
 
   private onWritesMayBeLost(): void {
     this.ops.poisonAll();
     this.ownReads.clear();
-    if (this.unflushedOverflowAt > 0) this.cache.map.dropVolume(this.volume);
-    else for (const [first, last] of this.unflushed) this.invalidate(first, last);
+    if (this.unflushedOverflowAt > 0) this.cache.dropVolume(this.volume);
+    else for (const [first, last] of this.unflushed) this.invalidateLater(first, last);
   }
 
   /**
@@ -360,7 +474,7 @@ export class CachedStore implements BackingStore {
    * MAX_UNSETTLED failures (a long outage) they are merged into one hold over their span.
    */
   private failed(first: number, last: number): void {
-    this.invalidate(first, last);
+    this.invalidateLater(first, last);
     const at = ++this.clock;
     if (this.unsettled.length >= MAX_UNSETTLED) {
       for (const u of this.unsettled) {
@@ -408,6 +522,8 @@ export class CachedStore implements BackingStore {
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     const len = iovLength(bufs);
     if (len === 0) return Promise.resolve();
+    // Mode none reads the backing store: not before the dirty blocks left by write-back are there.
+    if (this.settling !== null && this.mode === 'none') return this.settling.then(() => this.read(offset, bufs));
     const caching = this.mode !== 'none' && !this.fenced;
     const admit = caching ? this.observeRead(offset, len) : true;
     if (caching && offset + len <= this.cacheable * this.bs) {
@@ -524,9 +640,15 @@ export class CachedStore implements BackingStore {
     const count = last - first + 1;
     const op = this.begin(first, last, false);
     // Every byte that reaches the guest or the cache is written first: hits by readBlocks,
-    // the rest (misses, failed hits) by the backing store reads below.
-    const tmp: Uint8Array = Buffer.allocUnsafe(count * bs);
+    // the rest (misses, failed hits) by the backing store reads below. The buffer is pooled:
+    // this call holds it until nothing it started writes into it any more (`writers`, all
+    // settled), and each backing read's run until that run's `shared` is called (its blocks'
+    // insertion settled or given up; other misses may copy out of it until then).
+    const lease = MISS_BUFFERS.take(count * bs);
+    const tmp = lease.buf;
     const hit = new Uint8Array(count);
+    const writers: Promise<unknown>[] = [];
+    let settled = false;
     try {
       const cached = Math.min(count, this.cacheable - first);
       const lookups: Promise<number>[] = [];
@@ -541,14 +663,17 @@ export class CachedStore implements BackingStore {
               }),
         );
       });
+      writers.push(...lookups);
       let hits = 0;
       for (const h of await Promise.all(lookups)) hits += h;
       if (hits === count) {
+        settled = true;
         scatterIov(tmp, offset - first * bs, bufs);
         return;
       }
       // Misses another read is fetching right now: its data, not another read.
       const joined = this.joinReads(first, cached, tmp, hit);
+      writers.push(...joined);
       // Missing runs [k, e] (the uncacheable tail counts as missing), clipped to the volume end.
       const reads: Promise<void>[] = [];
       const runs: [k: number, e: number, shared: () => void][] = [];
@@ -564,7 +689,8 @@ export class CachedStore implements BackingStore {
           const end = Math.min((first + e + 1) * bs, this.size);
           const read = this.backing.read(start, [tmp.subarray(k * bs, k * bs + (end - start))]);
           reads.push(read);
-          runs.push([k, e, this.shareRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs))]);
+          writers.push(read);
+          runs.push([k, e, holding(lease, this.shareRead(op, read, first + k, Math.min(e, cached - 1) - k + 1, tmp.subarray(k * bs)))]);
           hit.fill(1, k, e + 1);
           k = e + 1;
         }
@@ -583,6 +709,7 @@ export class CachedStore implements BackingStore {
         for (const [, , shared] of runs) shared();
         throw err;
       }
+      settled = true;
       scatterIov(tmp, offset - first * bs, bufs);
       for (const [k0, e, shared] of runs) {
         const n0 = Math.min(e, cached - 1) - k0 + 1;
@@ -610,6 +737,9 @@ export class CachedStore implements BackingStore {
       }
     } finally {
       this.end(op);
+      // On an error some reads or joins may still be writing into tmp: wait for them.
+      if (settled) lease.release();
+      else void Promise.allSettled(writers).then(() => lease.release());
     }
   }
 
@@ -682,26 +812,124 @@ export class CachedStore implements BackingStore {
       await this.backing.write(offset, bufs);
       return;
     }
+    if (this.mode === 'writeback' && !this.fenced) return this.writeBack(offset, bufs, len);
+    if (this.settling !== null) await this.settling;
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
-    this.invalidate(first, last);
-    if (this.mode !== 'writethrough' || this.cache.disabled || !this.admitWrite(first, last)) {
-      try {
-        await this.backing.write(offset, bufs);
-        this.written(offset, len, first, last);
-      } catch (err) {
-        this.failed(first, last);
-        throw err;
-      } finally {
-        this.end(op);
+    this.writeStarted();
+    try {
+      const killing = this.invalidate(first, last);
+      // The data written to the backing store and inserted: one private copy taken now.
+      const copy = this.mode === 'writethrough' ? new Uint8Array(len) : null;
+      if (copy !== null) gatherIov(bufs, copy);
+      if (killing !== null) {
+        try {
+          await killing;
+        } catch (err) {
+          // Not made durably invalid: the write is not issued (Cache.invalidate).
+          this.end(op);
+          throw err;
+        }
       }
-      return;
+      if (copy === null || this.cache.disabled || !this.admitWrite(first, last)) {
+        try {
+          await this.backing.write(offset, bufs);
+          this.written(offset, len, first, last);
+        } catch (err) {
+          this.failed(first, last);
+          throw err;
+        } finally {
+          this.end(op);
+        }
+        return;
+      }
+      await this.writeThrough(op, offset, copy, first, last);
+    } finally {
+      this.writeEnded();
     }
-    const copy = new Uint8Array(len);
-    gatherIov(bufs, copy);
+  }
+
+  /** A write-back write (see the header). */
+  private async writeBack(offset: number, bufs: readonly Uint8Array[], len: number): Promise<void> {
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + len - 1) / bs);
+    const release = await this.locks.take(first, last);
+    const op = this.begin(first, last, true);
+    this.keys?.own(first, last);
+    this.writeStarted();
+    const end = offset + len;
+    const tailFrom = this.cacheable * bs;
+    let tailFailed = false;
+    try {
+      // Bytes past the last whole block: written directly.
+      let direct: Promise<void> | null = null;
+      if (end > tailFrom) {
+        const from = Math.max(offset, tailFrom);
+        const tail = new Uint8Array(end - from);
+        gatherIov(sliceIov(bufs, from - offset), tail);
+        direct = this.backing.write(from, [tail]).catch((err: Error) => {
+          tailFailed = true;
+          throw err;
+        });
+      }
+      const cacheLast = Math.min(last, this.cacheable - 1);
+      if (first <= cacheLast) await this.writeBackBlocks(offset, bufs, first, cacheLast);
+      if (direct !== null) {
+        await direct;
+        this.directWrites++;
+        this.written(tailFrom, end - tailFrom, this.cacheable, last);
+      }
+    } catch (err) {
+      if (tailFailed) this.failed(this.cacheable, last);
+      throw err;
+    } finally {
+      this.end(op);
+      release();
+      this.writeEnded();
+      this.destager.kick();
+    }
+  }
+
+  /** The whole blocks first..last of a write-back write (partial ones merged), dirty in the cache. */
+  private async writeBackBlocks(offset: number, bufs: readonly Uint8Array[], first: number, last: number): Promise<void> {
+    const bs = this.bs;
+    const n = last - first + 1;
+    const data = new Uint8Array(n * bs);
+    const from = Math.max(offset, first * bs);
+    const to = Math.min(offset + iovLength(bufs), (last + 1) * bs);
+    if (from > first * bs) await this.currentBlock(first, data.subarray(0, bs));
+    if (to < (last + 1) * bs && (last !== first || from === first * bs)) await this.currentBlock(last, data.subarray((n - 1) * bs));
+    gatherIov(sliceIov(bufs, from - offset, to - from), data, from - first * bs);
+    await this.destager.room(n);
+    const inserted = await this.cache.insertDirty(this.volume, first, data, n);
+    if (inserted === n && (await this.cache.commit())) return;
+    // The cache cannot take it (write error, closing): written through, its blocks invalid first.
+    const killing = this.invalidate(first, last);
+    if (killing !== null) await killing;
+    try {
+      await this.backing.write(first * bs, [data]);
+    } catch (err) {
+      this.failed(first, last);
+      throw err;
+    }
+    this.written(first * bs, n * bs, first, last);
+    this.directWrites++;
+  }
+
+  /** Block b's current data into `into`: the cache's copy, else the backing store's. */
+  private async currentBlock(b: number, into: Uint8Array): Promise<void> {
+    if ((await this.cache.readBlocks(this.volume, b, 1, into, new Uint8Array(1))) === 1) return;
+    await this.backing.read(b * this.bs, [into]);
+  }
+
+  /** The backing write of a writethrough write (its blocks already invalid), then insertion. */
+  private async writeThrough(op: Op, offset: number, copy: Uint8Array, first: number, last: number): Promise<void> {
+    const bs = this.bs;
+    const len = copy.byteLength;
     try {
       await this.backing.write(offset, [copy]);
     } catch (err) {
@@ -721,20 +949,61 @@ export class CachedStore implements BackingStore {
     this.insertThenEnd(op, this.volume, fullFirst, copy.subarray(at, at + (fullEnd - fullFirst) * bs), fullEnd - fullFirst);
   }
 
-  private invalidate(first: number, last: number): void {
-    if (first >= this.cacheable) return;
-    this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  /**
+   * Invalidates blocks first..last: null, or a promise of their durable invalidation, which
+   * rejects (EIO) when that cannot be made durable: the write must then not be issued
+   * (Cache.invalidate).
+   */
+  private invalidate(first: number, last: number): Promise<void> | null {
+    if (first >= this.cacheable) return null;
+    return this.cache.invalidate(this.volume, first, Math.min(last, this.cacheable - 1) - first + 1);
+  }
+
+  /** Invalidates blocks first..last after a write that may have landed (nothing waits for it). */
+  private invalidateLater(first: number, last: number): void {
+    this.invalidate(first, last)?.catch(() => undefined);
+  }
+
+  private writeStarted(): void {
+    this.writing++;
+    this.writesStarted++;
+  }
+
+  /** Once writes are quiet for IDENTITY_QUIET_MS, a store whose identity shows changes records it. */
+  private writeEnded(): void {
+    if (--this.writing > 0 || !this.changesVisible || this.closed) return;
+    if (this.identityTimer !== null) clearTimeout(this.identityTimer);
+    this.identityTimer = setTimeout(() => void this.recordIdentity(), IDENTITY_QUIET_MS);
+    this.identityTimer.unref();
+  }
+
+  private async recordIdentity(): Promise<void> {
+    this.identityTimer = null;
+    const started = this.writesStarted;
+    let identity: string;
+    try {
+      identity = await this.backing.currentIdentity();
+    } catch {
+      return;
+    }
+    if (this.writing === 0 && this.writesStarted === started && !this.closed) this.cache.recordIdentity(this.volume, identity);
   }
 
   /** Discard and write-zeroes: invalidate when starting, then the backing store. */
   private async zap(offset: number, length: number, fn: () => Promise<void>): Promise<void> {
     if (length === 0) return fn();
+    if (this.settling !== null) await this.settling;
     const first = Math.floor(offset / this.bs);
     const last = Math.floor((offset + length - 1) / this.bs);
+    const release = this.mode === 'writeback' ? await this.locks.take(first, last) : null;
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
-    this.invalidate(first, last);
+    this.writeStarted();
     try {
+      // Dirty blocks it touches go to the backing store first (their other bytes stay).
+      if (this.destager.dirty > 0) await this.destager.destageRange(first, last);
+      const killing = this.invalidate(first, last);
+      if (killing !== null) await killing;
       await fn();
       this.written(offset, length, first, last);
     } catch (err) {
@@ -742,6 +1011,8 @@ export class CachedStore implements BackingStore {
       throw err;
     } finally {
       this.end(op);
+      release?.();
+      this.writeEnded();
     }
   }
 
@@ -755,6 +1026,23 @@ export class CachedStore implements BackingStore {
 
   /** A successful flush settles the failures before it and forgets the writes before it. */
   async flush(): Promise<void> {
+    if (this.mode === 'writeback') {
+      // Every acknowledged write-back write is durable in the log already.
+      const t = performance.now();
+      const direct = this.directWrites;
+      if (direct !== this.directFlushed || this.unsettled.length > 0 || this.flushFailed) {
+        await this.flushBacking();
+        this.directFlushed = direct;
+      }
+      const c = this.cache.map.stats(this.volume);
+      c.flushes++;
+      c.flushUs += (performance.now() - t) * 1000;
+      return;
+    }
+    await this.flushBacking();
+  }
+
+  private async flushBacking(): Promise<void> {
     const mark = this.clock;
     try {
       await this.backing.flush();
@@ -785,8 +1073,13 @@ export class CachedStore implements BackingStore {
    * now (after the final flush); closes the backing store.
    */
   async close(): Promise<void> {
+    if (this.flushOnStop && this.destager.dirty > 0) await this.destager.drain();
+    this.closed = true;
+    if (this.identityTimer !== null) clearTimeout(this.identityTimer);
+    await this.destager.close();
+    this.removeDrainer();
     await this.drain();
-    if (this.flushFailed || this.fenced) this.cache.map.dropVolume(this.volume);
+    if (this.flushFailed || this.fenced) this.cache.dropVolume(this.volume);
     let identity = '';
     try {
       identity = await this.backing.currentIdentity();

@@ -1,42 +1,73 @@
 /**
- * Ghost history: compact fingerprints of keys recently evicted from the cache, so that a key
- * coming back soon after its eviction is recognised as reused (ARC's B1/B2, CLOCK-Pro's
- * non-resident cold pages) without keeping its key.
+ * Ghost history: compact fingerprints of keys recently evicted from the cache (or invalidated
+ * by a write), so that a key coming back soon is recognised as reused (ARC's B1/B2, CLOCK-Pro's
+ * non-resident cold pages) without keeping its key, and of which kind it was when it left:
+ *
+ *   GhostKind.Once        evicted, never hit while cached (ARC's B1: a ghost hit means the
+ *                         recency side was too short)
+ *   GhostKind.Reused      evicted after at least one hit (ARC's B2: the frequency side was too
+ *                         short)
+ *   GhostKind.Invalidated dropped by a write (its re-insertion is the write's own, not a miss
+ *                         the policy caused: no adaptation)
  *
  * Memory layout: one Uint8Array of `size` entries (1 byte per cache block when size = slots).
- * A key hashes to one entry (its home) and an 8-bit fingerprint (never 0, 0 = empty); adding a
- * key overwrites whatever the entry held, so the history forgets old keys at the rate new ones
- * are added (about the last `size` evictions are remembered). A hit clears the entry. False
- * positives: a foreign key with the same home and fingerprint, about (fill / 255) per probe.
+ * A key hashes to one entry (its home) and a fingerprint of 85 values; the entry holds
+ * 1 + 3 * fingerprint + kind (never 0, 0 = empty). Adding a key overwrites whatever the entry
+ * held, so the history forgets old keys at the rate new ones are added (about the last `size`
+ * evictions are remembered). A hit clears the entry. False positives: a foreign key with the
+ * same home, fingerprint and any kind, about (fill / 85) per probe. `count[kind]` is the
+ * number of entries of each kind (ARC's |B1| and |B2|).
  */
 import { hashKey } from './address-map';
 
+export enum GhostKind {
+  Once = 0,
+  Reused = 1,
+  Invalidated = 2,
+}
+const KINDS = 3;
+const FINGERPRINTS = 85;
+
 export class GhostHistory {
   readonly fp: Uint8Array;
+  /** Entries per GhostKind. */
+  readonly count = new Float64Array(KINDS);
   hits = 0;
 
   constructor(size: number) {
     this.fp = new Uint8Array(Math.max(1, size));
   }
 
-  private static fingerprint(h: number): number {
-    return ((Math.imul(h, 0x9e3779b1) >>> 24) % 255) + 1;
+  private static entry(h: number, kind: GhostKind): number {
+    return 1 + KINDS * ((Math.imul(h, 0x9e3779b1) >>> 24) % FINGERPRINTS) + kind;
   }
 
-  /** Remembers an evicted key (packed halves, as in the BDA). */
-  add(lo: number, hi: number): void {
-    const h = hashKey(lo, hi ^ 0x5bd1e995);
-    this.fp[(h >>> 0) % this.fp.length] = GhostHistory.fingerprint(h);
+  private static hash(lo: number, hi: number): number {
+    return hashKey(lo, hi ^ 0x5bd1e995);
   }
 
-  /** True (and forgets it) when the key was evicted recently. */
-  take(lo: number, hi: number): boolean {
-    const h = hashKey(lo, hi ^ 0x5bd1e995);
+  /** Remembers a key that left the cache (packed halves, as in the BDA). */
+  add(lo: number, hi: number, kind: GhostKind): void {
+    const h = GhostHistory.hash(lo, hi);
     const p = (h >>> 0) % this.fp.length;
-    if (this.fp[p] !== GhostHistory.fingerprint(h)) return false;
+    const old = this.fp[p];
+    if (old !== 0) this.count[(old - 1) % KINDS]--;
+    this.fp[p] = GhostHistory.entry(h, kind);
+    this.count[kind]++;
+  }
+
+  /** The kind the key left with (and forgets it), or -1 when it is not remembered. */
+  take(lo: number, hi: number): GhostKind | -1 {
+    const h = GhostHistory.hash(lo, hi);
+    const p = (h >>> 0) % this.fp.length;
+    const e = this.fp[p];
+    if (e === 0) return -1;
+    const kind = (e - 1) % KINDS;
+    if (e !== GhostHistory.entry(h, kind)) return -1;
     this.fp[p] = 0;
+    this.count[kind]--;
     this.hits++;
-    return true;
+    return kind;
   }
 
   get byteLength(): number {

@@ -72,3 +72,26 @@ export class InFlightRanges {
     }
   }
 }
+
+/**
+ * Block ranges taken in FIFO order: a taker waits until every overlapping range taken before it
+ * is released (write-back writes and discards of one volume: a partial-block write merges with
+ * the block's current data, so overlapping ones must not interleave).
+ */
+export class RangeLocks {
+  private readonly held = new Set<{ first: number; last: number; released: Promise<void> }>();
+
+  /** Takes [first, last] (inclusive) once the overlapping earlier takers released; returns the release. */
+  async take(first: number, last: number): Promise<() => void> {
+    const before: Promise<void>[] = [];
+    for (const h of this.held) if (h.first <= last && h.last >= first) before.push(h.released);
+    let release!: () => void;
+    const entry = { first, last, released: new Promise<void>((r) => (release = r)) };
+    this.held.add(entry);
+    if (before.length > 0) await Promise.all(before);
+    return () => {
+      this.held.delete(entry);
+      release();
+    };
+  }
+}

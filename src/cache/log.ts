@@ -44,16 +44,75 @@
  * blocks; a write error drops them and disables insertion for good (pass-through), with one
  * log line. Device read errors of cached blocks reject readSlots() with the engine's error.
  *
+ * Insertion work is deferred off the requests' path: insert() only counts the blocks
+ * (backpressure) and queues the job; its CRC-32Cs, the copies into the segment buffer, the map
+ * updates and the sealing of segments run in the check phase of a later loop turn (setImmediate),
+ * after the devices have answered and notified the requests completed in that turn, at most
+ * INSERT_BLOCKS_PER_TURN blocks' worth of jobs per turn (at least one job). A job that has to
+ * wait for a buffer (all of them being written or read) goes on when one is free, in that
+ * completion's turn (yielding to a check phase there as well halved the insertion rate of a
+ * fast sequential warm-up: bench/read-join.ts dropped 55 % of its blocks by back-pressure).
+ * The caller's `accept` is asked when each block is placed, so an insertion made stale while it
+ * waited (a write of its blocks poisoned it) places nothing; quiesce() and flush() wait for the
+ * queued jobs.
+ *
  * All insertions and flushes run one at a time (a promise chain), so the hand only moves
  * under that chain.
+ *
+ * Durable invalidation (the invariant of recovery.ts): a slot dropped from the map keeps its
+ * header entry on the device until a header of its segment sealed later is durable
+ * (dropped.ts). killFor() finds the segments whose headers still name the blocks a write is
+ * about to change and rewrites them: each header is sealed again from the BDA (a new sequence
+ * number, every sector) and written, then one fdatasync; all the rewrites asked for in one JS
+ * turn, and while a batch runs, form one batch (group commit). Every device write of a segment
+ * (segment writes and header rewrites) is chained per segment (onSegment), so a rewrite never
+ * lands before a write of that segment issued earlier, nor races a later one. Drops not caused
+ * by a write (failed reads, checksums, moved blocks) start a rewrite in the background, so the
+ * set stays small; evictions wait for their segment's own write, then for an fdatasync (one is
+ * started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
+ *
+ * Write-back (dirty blocks, the group commit): insert(..., dirty) puts write-back blocks into
+ * the segment being filled like any other; commit() then makes every block inserted before it
+ * durable: the buffered segment is submitted, and a segment write holding dirty blocks writes
+ * its data runs, fdatasync, then its header (so a durable entry never names data that is not on
+ * the device), then fdatasync. The commits asked for while one waits in the chain share it: one
+ * device write set + two fdatasyncs per batch of requests. A dirty block replaced by a newer
+ * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
+ * meanwhile names it, marked superseded (a torn write of the new copy's header can then never
+ * leave neither copy on the device), until the commit that made the new copy durable; then it
+ * becomes RESERVED like any other dropped dirty slot: not reused until a header sealed after
+ * its drop is durable, so no slot whose entry may still name acknowledged data is refilled.
+ * A header rewrite of the segment being filled names only the slots whose data is on the device
+ * (not those put since it was last submitted). Device read failures and checksum mismatches of
+ * dirty blocks never drop them (the backing store is older): their reads fail instead.
+ *
+ * After a write error nothing is sealed any more: `onDisabled` makes durable that no header
+ * written so far is recovered (the volume table's floor above every sequence number used, or
+ * failing that a retired superblock: cache.ts retire). killFor() then resolves once that is
+ * durable, and rejects (EIO: the write is never issued) while it cannot be made durable; each
+ * later killFor tries again (one attempt round at a time).
  */
 import { readDirectIo } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
+import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
-import { BufferState, type Geometry, SegmentBuffer, segmentOffset, slotOffset } from './segment';
+import { type Dropped, DroppedEntries } from './dropped';
+import { FLAG_RESERVED, FLAG_SHADOW } from './bda';
+import { BufferState, checkHeaderSectors, entryOffset, entrySector, type Geometry, sealHeader, SEGMENT_ALIGNMENT, SegmentBuffer, segmentOffset, slotOffset } from './segment';
 import { LatencyMeter } from './stats';
+
+/** One device read of cached blocks in this many is timed (readLatency: a sampled mean, see LatencyMeter). */
+export const READ_LATENCY_SAMPLE = 16;
+
+/** Blocks' worth of queued insertion jobs started per loop turn (one job at least; see the header). */
+export const INSERT_BLOCKS_PER_TURN = 256;
+
+/** Resolves in the check phase of the loop turn (setImmediate). */
+function checkPhase(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
 export interface LogOptions {
   fd: number;
@@ -72,6 +131,23 @@ export interface LogOptions {
   /** Insertions queued beyond this many blocks are not cached (backpressure). */
   maxQueuedBlocks: number;
   logger: Logger;
+  /**
+   * Called at the first write error, and again by each killFor() after a round that gave up:
+   * makes durable that nothing written so far is recovered; resolves true when it is, false
+   * when that round gave up (never rejects).
+   */
+  onDisabled: () => Promise<boolean>;
+}
+
+/** Evicted entries awaiting an fdatasync, in segments' worth, beyond which one is started. */
+export const MAX_UNSYNCED_SEGMENTS = 4;
+
+/** Header rewrites asked for and not started yet, and their waiters. */
+interface RewriteBatch {
+  segs: Set<number>;
+  /** True when the headers were rewritten and synced, or nothing is recoverable any more. */
+  done: Promise<boolean>;
+  resolve: (ok: boolean) => void;
 }
 
 export class Log {
@@ -81,12 +157,17 @@ export class Log {
   disabled = false;
   segmentReads = 0;
   segmentWrites = 0;
-  /** Bytes written to the device by segment writes (headers + refilled runs). */
+  /** Bytes written to the device by segment writes (headers + refilled runs) and header rewrites. */
   deviceWriteBytes = 0;
+  /** Header rewrites (durable invalidations) and the fdatasyncs of their batches. */
+  headerRewrites = 0;
+  rewriteBatches = 0;
+  /** Entries that may still be valid on the device for keys no longer in the map. */
+  readonly dropped: DroppedEntries;
   readErrors = 0;
   writeErrors = 0;
   insertsDropped = 0;
-  readonly readLatency = new LatencyMeter();
+  readonly readLatency = new LatencyMeter(READ_LATENCY_SAMPLE);
   readonly segmentReadLatency = new LatencyMeter();
   readonly segmentWriteLatency = new LatencyMeter();
 
@@ -102,6 +183,9 @@ export class Log {
   private readonly checksumLogged: Uint8Array;
   /** checkBlocks() result: bad[k] = 1 when block k did not match. */
   private bad = new Uint8Array(64);
+  /** checkHeaderSectors() scratch. */
+  private readonly sectorSeqs: Float64Array;
+  private readonly sectorCrcs: Uint32Array;
   /** Direct reads in flight per segment. */
   private readonly directReaders: Uint32Array;
   /** Deferred segment writes waiting for directReaders[segment] to reach 0, by segment. */
@@ -113,8 +197,34 @@ export class Log {
   /** Buffers loaded without a read: 1 for each slot whose data the buffer holds. */
   private readonly present = new Map<SegmentBuffer, Uint8Array>();
   private tail: Promise<void> = Promise.resolve();
+  /** Jobs waiting for a loop turn's check phase (see the header), oldest first. */
+  private deferred: { blocks: number; start: () => void }[] = [];
+  private turnScheduled = false;
+  private readonly runTurn = (): void => this.startDeferred();
   private queued = 0;
   private useClock = 0;
+  /** Per segment: the last device write of it issued (segment write or header rewrite). */
+  private readonly segTail = new Map<number, Promise<void>>();
+  private nextBatch: RewriteBatch | null = null;
+  private batchRunning: Promise<void> | null = null;
+  private batchQueued = false;
+  /** Entries covered by written headers, forgotten at the next successful fdatasync. */
+  private awaitingSync: Dropped[] = [];
+  private readonly onDisabled: () => Promise<boolean>;
+  /** The onDisabled() round in flight, and whether one succeeded (then for good). */
+  private floorRound: Promise<boolean> | null = null;
+  private floorSafe = false;
+  /** Slots made SHADOW since the last commit started (released when it is durable). */
+  private shadows: number[] = [];
+  /** RESERVED slots -> the dropped entry whose durable cover releases them. */
+  private readonly reserved = new Map<number, Dropped>();
+  /** The commit waiting in the chain, shared by every caller until it starts. */
+  private commitNext: Promise<boolean> | null = null;
+  /** Device writes completed since the last fdatasync started. */
+  private unsynced = 0;
+  /** Commits run, and the mean latency of a commit (from the request to durable). */
+  commits = 0;
+  readonly commitLatency = new LatencyMeter();
 
   constructor(o: LogOptions) {
     this.g = o.geometry;
@@ -126,10 +236,15 @@ export class Log {
     this.sequence = o.sequence;
     this.logger = o.logger;
     this.maxQueued = o.maxQueuedBlocks;
+    this.onDisabled = o.onDisabled;
+    this.dropped = new DroppedEntries(this.g.blocksPerSegment);
+    this.map.onDrop = (slot, evicted, superseded) => this.slotDropped(slot, evicted, superseded);
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
     this.checksumLogged = new Uint8Array(this.g.segments);
     this.putSlots = new Uint8Array(this.g.blocksPerSegment);
+    this.sectorSeqs = new Float64Array(this.g.headerSectors);
+    this.sectorCrcs = new Uint32Array(this.g.headerSectors);
     const n = Math.max(2, Math.min(o.buffers, this.g.segments));
     for (let i = 0; i < n; i++) this.pool.push(new SegmentBuffer(this.g));
   }
@@ -164,7 +279,7 @@ export class Log {
   async readSlots(slot: number, count: number, into: Uint8Array): Promise<boolean> {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
-    const t = LatencyMeter.now();
+    const t = this.readLatency.start();
     const len = count * this.g.blockSize;
     await this.readAt(slotOffset(this.g, slot), len, [into.subarray(0, len)]);
     this.readLatency.record(t);
@@ -192,7 +307,7 @@ export class Log {
   ): void {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
     const gen = this.segGen[seg];
-    const t = LatencyMeter.now();
+    const t = this.readLatency.start();
     this.directReaders[seg]++;
     const offset = slotOffset(this.g, slot);
     const read = (err: Error | null): void => {
@@ -240,7 +355,8 @@ export class Log {
     const bda = this.map.bda;
     if (!bda.isValid(slot) || bda.volumeOf(slot) !== volume || bda.blockOf(slot) !== block) return;
     this.checksumMismatch(slot, volume, block);
-    this.map.drop(slot);
+    // A dirty block is the only copy of its data: kept, its reads fail (see the file comment).
+    if (!bda.isDirty(slot)) this.map.drop(slot);
   }
 
   /**
@@ -269,78 +385,180 @@ export class Log {
 
   /**
    * Appends blocks first .. first + count - 1 of `volume` (data: count blocks, contiguous, not
-   * modified by the caller until this settles). `accept` is asked before each block is placed;
-   * false stops the insertion (e.g. a write raced with the read that produced the data).
+   * modified by the caller until this settles), in a later loop turn (see the header). `accept`
+   * is asked when each block is placed; false stops the insertion (e.g. a write raced with the
+   * read that produced the data, or started while the insertion waited for its turn).
    * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
-   * (marked in the map until first read).
+   * (marked in the map until first read). `dirty`: write-back data (never refused for the
+   * backlog; durable once a commit() asked for after it resolves true).
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false, dirty = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    if (this.queued + count > this.maxQueued) {
+    if (!dirty && this.queued + count > this.maxQueued) {
       this.insertsDropped += count;
       return Promise.resolve(0);
     }
     this.queued += count;
+    return this.defer(count, async () => {
+      try {
+        return await this.place(volume, first, data, count, accept, prefetched, dirty);
+      } finally {
+        this.queued -= count;
+      }
+    });
+  }
+
+  /** The work of insert(), run in the chain in a check phase. */
+  private async place(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty: boolean): Promise<number> {
     const bs = this.g.blockSize;
     const bps = this.g.blocksPerSegment;
     const crcs = new Uint32Array(count);
     native.crc32cBlocks(data.subarray(0, count * bs), bs, crcs, 0);
-    return this.serialize(async () => {
-      let n = 0;
-      try {
-        for (let k = 0; k < count; k++) {
-          if (this.disabled || !accept()) break;
-          const victim = this.map.findVictim(volume);
-          const seg = Math.floor(victim / bps);
-          if (this.current === null || this.current.segment !== seg) {
-            await this.rotate(seg);
-            if (this.disabled || !accept()) break;
-          }
-          const cur = this.current as SegmentBuffer | null;
-          if (cur === null) break;
-          this.map.assign(victim, volume, first + k, prefetched);
-          this.map.bda.crc[victim] = crcs[k];
-          cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
-          this.putSlots[victim - seg * bps] = 1;
-          const present = this.present.get(cur);
-          if (present !== undefined) present[victim - seg * bps] = 1;
-          n++;
-        }
-      } finally {
-        this.queued -= count;
+    let n = 0;
+    for (let k = 0; k < count; k++) {
+      if (this.disabled || !accept()) break;
+      const victim = this.map.findVictim(volume);
+      const seg = Math.floor(victim / bps);
+      if (this.current === null || this.current.segment !== seg) {
+        await this.rotate(seg);
+        if (this.disabled || !accept()) break;
       }
-      return n;
+      const cur = this.current as SegmentBuffer | null;
+      if (cur === null) break;
+      this.map.assign(victim, volume, first + k, prefetched, dirty);
+      this.map.bda.crc[victim] = crcs[k];
+      cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
+      if (dirty) cur.holdsDirty = true;
+      this.putSlots[victim - seg * bps] = 1;
+      const present = this.present.get(cur);
+      if (present !== undefined) present[victim - seg * bps] = 1;
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * Writes the partly filled segment (if any) and waits for every write, rewrites the headers
+   * still naming dropped entries (so the device names exactly the map's blocks: the metadata
+   * saved at a clean close), then fdatasync. Resolves false if anything failed (insertion is
+   * then disabled).
+   */
+  flush(): Promise<boolean> {
+    return this.afterQueued(async () => {
+      const shadows = this.shadows;
+      this.shadows = [];
+      await this.submitCurrent();
+      if (this.disabled) return false;
+      if (shadows.length > 0) {
+        // Their newer copies durable first, then their entries go with the rewrites below.
+        if (this.unsynced > 0 && !(await this.sync())) return false;
+        this.releaseShadows(shadows);
+      }
+      const uncovered = this.dropped.uncovered();
+      if (this.disabled) return false;
+      if (uncovered.length > 0) await this.rewrite(uncovered);
+      if (this.disabled) return false;
+      return this.sync();
     });
   }
 
   /**
-   * Writes the partly filled segment (if any) and waits for every write, then fdatasync.
-   * Resolves false if anything failed (insertion is then disabled).
+   * Makes every block inserted before this call durable (see the file comment); the calls made
+   * before the commit starts share it. Resolves false when a write failed (never rejects).
    */
-  flush(): Promise<boolean> {
-    return this.serialize(async () => {
-      const cur = this.current;
-      if (cur) {
-        this.current = null;
-        if (cur.dirty) this.submit(cur);
-        else cur.state = BufferState.Clean;
-      }
-      await Promise.all(this.pool.map((b) => b.pending));
-      if (this.disabled) return false;
-      try {
-        await this.engine.fdatasync(this.fd);
-      } catch (err) {
-        this.fail(`cache device fdatasync failed: ${(err as Error).message}`);
-        return false;
-      }
-      return true;
+  commit(): Promise<boolean> {
+    if (this.commitNext !== null) return this.commitNext;
+    const t = LatencyMeter.now();
+    const p = this.afterQueued(async () => {
+      this.commitNext = null;
+      const ok = await this.commitNow();
+      this.commits++;
+      this.commitLatency.record(t);
+      return ok;
     });
+    this.commitNext = p;
+    return p;
+  }
+
+  /** commit()'s work, run in the chain: submit the buffered segment, wait, fdatasync, release shadows. */
+  private async commitNow(): Promise<boolean> {
+    const shadows = this.shadows;
+    this.shadows = [];
+    await this.submitCurrent();
+    if (this.disabled) return false;
+    if (this.unsynced > 0 && !(await this.sync())) return false;
+    this.releaseShadows(shadows);
+    return true;
+  }
+
+  /** Submits the segment being filled (if it received blocks) and waits for every segment write. */
+  private async submitCurrent(): Promise<void> {
+    const cur = this.current;
+    if (cur) {
+      this.current = null;
+      if (cur.dirty) this.submit(cur);
+      else cur.state = BufferState.Clean;
+    }
+    await Promise.all(this.pool.map((b) => b.pending));
+  }
+
+  /** The newer copies of these SHADOW slots are durable: they become RESERVED (dropped entries). */
+  private releaseShadows(slots: number[]): void {
+    if (slots.length === 0) return;
+    const bda = this.map.bda;
+    const segs = new Set<number>();
+    for (const slot of slots) {
+      if (bda.flags[slot] !== FLAG_SHADOW) continue;
+      bda.flags[slot] = FLAG_RESERVED;
+      this.reserved.set(slot, this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot)));
+      segs.add(Math.floor(slot / this.g.blocksPerSegment));
+    }
+    // Rewritten in the background, so the slots are free again soon.
+    if (segs.size > 0) void this.rewrite(segs);
   }
 
   /** Waits until no insertion, read-ahead or write is in flight (nothing is flushed). */
   async quiesce(): Promise<void> {
+    // Queued insertions enter the chain first (the turn that starts them was scheduled before).
+    while (this.deferred.length > 0) await checkPhase();
     await this.tail;
     await Promise.all(this.pool.map((b) => b.pending));
+    while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.done);
+    await Promise.all([...this.segTail.values()]);
+    await this.floorRound;
+  }
+
+  /** Runs fn in the chain after every insertion queued so far, deferred ones included. */
+  private afterQueued<T>(fn: () => Promise<T>): Promise<T> {
+    return this.deferred.length > 0 ? this.defer(0, fn) : this.serialize(fn);
+  }
+
+  /** Queues fn (a job of `blocks` blocks) to enter the chain in a later check phase (see the header). */
+  private defer<T>(blocks: number, fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.deferred.push({ blocks, start: () => this.serialize(fn).then(resolve, reject) });
+      if (!this.turnScheduled) {
+        this.turnScheduled = true;
+        setImmediate(this.runTurn);
+      }
+    });
+  }
+
+  /** One turn's share of the queued jobs into the chain (at least one); the rest waits a turn. */
+  private startDeferred(): void {
+    this.turnScheduled = false;
+    const jobs = this.deferred;
+    let budget = INSERT_BLOCKS_PER_TURN;
+    let i = 0;
+    while (i < jobs.length && (i === 0 || jobs[i].blocks <= budget)) {
+      budget -= jobs[i].blocks;
+      jobs[i++].start();
+    }
+    this.deferred = i === jobs.length ? [] : jobs.slice(i);
+    if (this.deferred.length > 0) {
+      this.turnScheduled = true;
+      setImmediate(this.runTurn);
+    }
   }
 
   private serialize<T>(fn: () => Promise<T>): Promise<T> {
@@ -357,7 +575,171 @@ export class Log {
     if (!this.disabled) {
       this.disabled = true;
       this.logger.error({ writeErrors: this.writeErrors }, `${msg}; cache disabled for new data (pass-through)`);
+      void this.floorDurable(true);
     }
+  }
+
+  /** A cache-device write outside the log failed (the volume table): as a segment write error. */
+  writeFailed(msg: string): void {
+    this.fail(msg);
+  }
+
+  /**
+   * After a write error: true once nothing written before it can be recovered, false when the
+   * attempt round (onDisabled) gave up. With `retry` (a write waits for it) a round is started
+   * if none runs; without, only the round running (if any) is waited for. Never rejects.
+   */
+  private floorDurable(retry: boolean): Promise<boolean> {
+    if (this.floorSafe) return Promise.resolve(true);
+    if (this.floorRound === null && !retry) return Promise.resolve(false);
+    this.floorRound ??= this.onDisabled().then((ok) => {
+      this.floorRound = null;
+      if (ok) this.floorSafe = true;
+      return ok;
+    });
+    return this.floorRound;
+  }
+
+  // ---- Durable invalidation (see the file comment) ----
+
+  /**
+   * The map dropped `slot` (its key still in the BDA): its header entry may still be valid. An
+   * eviction is covered by the write of the segment being filled (the slot received a block:
+   * it is written); any other drop starts a header rewrite in the background.
+   */
+  private slotDropped(slot: number, evicted: boolean, superseded: boolean): void {
+    const bda = this.map.bda;
+    if (superseded) {
+      // Named by every header until the newer copy is durable (commit).
+      this.shadows.push(slot);
+      return;
+    }
+    const d = this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot));
+    if (bda.isDirty(slot)) this.reserved.set(slot, d);
+    if (!evicted) void this.rewrite([Math.floor(slot / this.g.blocksPerSegment)]);
+  }
+
+  /**
+   * Makes durably invalid every header entry that may still be valid on the device for blocks
+   * first .. first + count - 1 of `volume` (the caller dropped them from the map first). Null
+   * when there is none; else resolves when done. After a write error: waits until nothing
+   * written before it can be recovered, and rejects with EIO if that cannot be made durable
+   * (the caller must not issue its write: see the file comment).
+   */
+  killFor(volume: number, first: number, count: number): Promise<void> | null {
+    let done: Promise<boolean>;
+    if (this.disabled) done = this.floorDurable(true);
+    else {
+      const segs = new Set<number>();
+      this.dropped.segmentsOf(volume, first, count, segs);
+      if (segs.size === 0) return null;
+      done = this.rewrite(segs);
+    }
+    return done.then((ok) => {
+      if (!ok) throw new VhostError('cache device refuses writes: the write is not issued (a start after a crash could bring back blocks it makes stale)', 'EIO');
+    });
+  }
+
+  /**
+   * Rewrites the headers of `segs` (sealed from the BDA) then fdatasync. Resolves true when
+   * done, or when a write error meanwhile made nothing recoverable (floorDurable); false when
+   * neither could be made durable. Never rejects.
+   */
+  rewrite(segs: Iterable<number>): Promise<boolean> {
+    if (this.disabled) return this.floorDurable(false);
+    if (this.nextBatch === null) {
+      let resolve!: (ok: boolean) => void;
+      const done = new Promise<boolean>((r) => (resolve = r));
+      this.nextBatch = { segs: new Set(), done, resolve };
+    }
+    for (const s of segs) this.nextBatch.segs.add(s);
+    const done = this.nextBatch.done;
+    this.startBatch();
+    return done;
+  }
+
+  /** Starts the next batch once the running one is done, after this JS turn's requests. */
+  private startBatch(): void {
+    if (this.batchRunning !== null || this.batchQueued || this.nextBatch === null) return;
+    this.batchQueued = true;
+    queueMicrotask(() => {
+      this.batchQueued = false;
+      const b = this.nextBatch;
+      if (b === null || this.batchRunning !== null) return;
+      this.nextBatch = null;
+      this.batchRunning = this.runBatch(b).finally(() => {
+        this.batchRunning = null;
+        this.startBatch();
+      });
+    });
+  }
+
+  private async runBatch(b: RewriteBatch): Promise<void> {
+    this.rewriteBatches++;
+    await Promise.all([...b.segs].map((seg) => this.onSegment(seg, () => this.writeHeader(seg))));
+    if (!this.disabled) await this.sync();
+    b.resolve(this.disabled ? await this.floorDurable(false) : true);
+  }
+
+  /** fdatasync; forgets the dropped entries whose covering header was written before it. */
+  private async sync(): Promise<boolean> {
+    const written = this.awaitingSync;
+    this.awaitingSync = [];
+    this.unsynced = 0;
+    try {
+      await this.engine.fdatasync(this.fd);
+    } catch (err) {
+      this.fail(`cache device fdatasync failed: ${(err as Error).message}`);
+      return false;
+    }
+    this.dropped.forget(written);
+    if (this.reserved.size > 0) {
+      const flags = this.map.bda.flags;
+      for (const d of written) {
+        if (this.reserved.get(d.slot) !== d) continue;
+        this.reserved.delete(d.slot);
+        if (flags[d.slot] === FLAG_RESERVED) flags[d.slot] = 0;
+      }
+    }
+    return true;
+  }
+
+  /** Runs fn as the next device write of segment seg, after the ones issued before; never rejects. */
+  private onSegment(seg: number, fn: () => Promise<void>): Promise<void> {
+    const prev = this.segTail.get(seg);
+    const p = (prev === undefined ? fn() : prev.then(fn)).catch(() => undefined);
+    this.segTail.set(seg, p);
+    void p.then(() => {
+      if (this.segTail.get(seg) === p) this.segTail.delete(seg);
+    });
+    return p;
+  }
+
+  /** One header rewrite of seg, sealed from the BDA now (see the file comment); never rejects. */
+  private async writeHeader(seg: number): Promise<void> {
+    if (this.disabled) return;
+    const h = native.alignedBuffer(this.g.headerSize, SEGMENT_ALIGNMENT);
+    // The segment being filled: the blocks put since it was submitted are not on the device.
+    const filling = this.current !== null && this.current.segment === seg ? this.putSlots : null;
+    sealHeader(h, this.g, seg, this.map.bda, ++this.sequence, this.uuid, filling);
+    const covered = this.dropped.seal(seg);
+    try {
+      await this.engine.writev(this.fd, [h], segmentOffset(this.g, seg));
+    } catch (err) {
+      if (covered !== null) this.dropped.uncover(seg, covered);
+      this.fail(`cache segment ${seg} header write failed: ${(err as Error).message}`);
+      return;
+    }
+    this.headerRewrites++;
+    this.unsynced++;
+    this.deviceWriteBytes += this.g.headerSize;
+    if (covered !== null) this.written(covered);
+  }
+
+  /** Entries whose covering header is written: forgotten at the next fdatasync (started when many). */
+  private written(covered: Dropped[]): void {
+    for (const d of covered) this.awaitingSync.push(d);
+    if (this.awaitingSync.length >= MAX_UNSYNCED_SEGMENTS * this.g.blocksPerSegment) void this.rewrite([]);
   }
 
   /** Hand moved into segment `seg`: write out the current one, make `seg` the current one. */
@@ -371,6 +753,7 @@ export class Log {
     const b = await this.acquire(seg, this.map.refillingHoles);
     b.state = BufferState.Filling;
     b.dirty = false;
+    b.holdsDirty = false;
     this.putSlots.fill(0);
     this.current = b;
     if (this.pool.length > 2) {
@@ -426,6 +809,7 @@ export class Log {
     const bda = this.map.bda;
     b.segment = seg;
     b.dirty = false;
+    b.holdsDirty = false;
     b.lastUse = ++this.useClock;
     this.present.delete(b);
     if (unread && bda.countValid(first, first + bps) > 0) {
@@ -446,18 +830,35 @@ export class Log {
       () => {
         this.segmentReadLatency.record(t);
         this.segmentReads++;
-        const intact = b.headerIntact(this.uuid);
+        checkHeaderSectors(b.buf, this.g, seg, this.uuid, this.sectorSeqs, this.sectorCrcs);
+        const view = new DataView(b.buf.buffer, b.buf.byteOffset, this.g.headerSize);
         const bad = this.checkBlocks(first, b.data, bps);
         let dropped = 0;
         for (let k = 0; k < bps; k++) {
           const i = first + k;
           if (!bda.isValid(i)) continue;
+          const e = entryOffset(k);
+          const intact = this.sectorSeqs[entrySector(k)] >= 0;
+          if (bad !== null && bad[k] !== 0 && bda.isDirty(i)) {
+            // Kept (the only copy); its reads go to the device and fail their check.
+            this.checksumMismatch(i, bda.volumeOf(i), bda.blockOf(i));
+            this.notPresent(b, k);
+            continue;
+          }
           if (intact && bad !== null && bad[k] !== 0) this.checksumMismatch(i, bda.volumeOf(i), bda.blockOf(i));
-          else if (intact && b.entryMatches(k, bda.keyLo[i], bda.keyHi[i], bda.crc[i])) continue;
+          else if (
+            intact &&
+            (view.getUint32(e + 12, true) & 1) !== 0 &&
+            view.getUint32(e, true) === bda.keyLo[i] &&
+            view.getUint32(e + 4, true) === bda.keyHi[i] &&
+            view.getUint32(e + 8, true) === bda.crc[i]
+          ) {
+            continue;
+          }
           this.map.drop(i);
           dropped++;
         }
-        if (dropped > 0) this.logger.warn({ segment: seg, dropped, intact }, 'cache segment read-ahead: blocks failed their checks');
+        if (dropped > 0) this.logger.warn({ segment: seg, dropped }, 'cache segment read-ahead: blocks failed their checks');
         b.state = BufferState.Clean;
       },
       (err: Error) => {
@@ -465,23 +866,44 @@ export class Log {
         const dropped = this.map.dropSlots(first, first + bps);
         this.logger.warn({ segment: seg, dropped, err: err.message }, 'cache segment read-ahead failed; its blocks are dropped');
         b.clearEntries();
+        // Dirty blocks stay (dropSlots): their reads go to the device.
+        for (let k = 0; k < bps; k++) if (bda.isValid(first + k)) this.notPresent(b, k);
         b.state = BufferState.Clean;
       },
     );
   }
 
+  /** Block k of b's segment is not held by b: its reads go to the device. */
+  private notPresent(b: SegmentBuffer, k: number): void {
+    let present = this.present.get(b);
+    if (present === undefined) this.present.set(b, (present = new Uint8Array(this.g.blocksPerSegment).fill(1)));
+    present[k] = 0;
+  }
+
   private submit(b: SegmentBuffer): void {
     const seg = b.segment;
+    const bps = this.g.blocksPerSegment;
+    if (this.disabled) {
+      // Nothing is sealed after a write error (see the file comment): the new blocks are lost.
+      this.map.dropSlots(seg * bps, (seg + 1) * bps);
+      b.state = BufferState.Free;
+      b.segment = -1;
+      return;
+    }
     this.sequence++;
     this.segGen[seg]++;
     this.checksumLogged[seg] = 0;
     b.seal(this.map.bda, this.sequence, this.uuid);
+    const covered = this.dropped.seal(seg);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
     const runs = this.changedRanges();
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
-    if (this.directReaders[seg] === 0) b.pending = this.write(b, seg, runs);
-    else b.pending = new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs));
+    b.pending = this.onSegment(seg, () =>
+      this.directReaders[seg] === 0
+        ? this.write(b, seg, runs, covered)
+        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered)),
+    );
   }
 
   /**
@@ -505,26 +927,48 @@ export class Log {
   }
 
   /** The device writes of a sealed buffer (byte ranges of it, see changedRanges); never rejects. */
-  private write(b: SegmentBuffer, seg: number, ranges: number[]): Promise<void> {
+  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
-    const writes: Promise<void>[] = [];
     let bytes = 0;
-    for (let r = 0; r < ranges.length; r += 2) {
-      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r], true));
-      bytes += ranges[r + 1] - ranges[r];
+    for (let r = 0; r < ranges.length; r += 2) bytes += ranges[r + 1] - ranges[r];
+    const writeRanges = (rs: number[]): Promise<void>[] => {
+      const writes: Promise<void>[] = [];
+      for (let r = 0; r < rs.length; r += 2) if (rs[r + 1] > rs[r]) writes.push(this.engine.writev(this.fd, [b.buf.subarray(rs[r], rs[r + 1])], at + rs[r], true));
+      return writes;
+    };
+    let done: Promise<PromiseSettledResult<void>[]>;
+    if (b.holdsDirty) {
+      // Data runs, fdatasync, then the header: its entries never name data not on the device.
+      const H = this.g.headerSize;
+      const data = [H, ranges[1], ...ranges.slice(2)];
+      done = Promise.allSettled(writeRanges(data)).then(async (results) => {
+        if (results.some((x) => x.status === 'rejected')) return results;
+        try {
+          await this.engine.fdatasync(this.fd);
+        } catch (err) {
+          return [{ status: 'rejected', reason: err } as PromiseRejectedResult];
+        }
+        return Promise.allSettled(writeRanges([0, H]));
+      });
+    } else {
+      done = Promise.allSettled(writeRanges(ranges));
     }
     // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
-    return Promise.allSettled(writes).then((results) => {
+    return done.then((results) => {
       const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
       if (failed === undefined) {
+        this.unsynced++;
         this.segmentWriteLatency.record(t);
         this.segmentWrites++;
         this.deviceWriteBytes += bytes;
         b.dirty = false;
+        b.holdsDirty = false;
         b.state = BufferState.Clean;
+        if (covered !== null) this.written(covered);
         return;
       }
+      if (covered !== null) this.dropped.uncover(seg, covered);
       const bps = this.g.blocksPerSegment;
       this.map.dropSlots(seg * bps, (seg + 1) * bps);
       b.state = BufferState.Free;

@@ -10,7 +10,7 @@
  * records as little endian; a big-endian host refuses the metadata):
  *
  *   0   u32 magic 0x4d434256 ('VBCM')
- *   4   u32 format version (2)
+ *   4   u32 format version (3)
  *   8   u32 1 (little-endian arrays)
  *   12  u32 J = byte length of the JSON document (at most METADATA_JSON_MAX)
  *   16  f64 L = total length in bytes
@@ -43,7 +43,7 @@ import { BlockDescriptorArray } from './bda';
 import type { Geometry } from './segment';
 
 export const METADATA_MAGIC = 0x4d434256;
-export const METADATA_VERSION = 2;
+export const METADATA_VERSION = 3;
 /** Room for the JSON document (the volume table) in the metadata area. */
 export const METADATA_JSON_MAX = 1024 * 1024;
 const HEADER = 64;
@@ -72,6 +72,11 @@ export interface VolumeRecord {
   sizeBytes: number;
   /** Cap in bytes, 0 = none. */
   maxBytes: number;
+  /**
+   * Sequence number from which segment header entries of this id hold this volume's current
+   * blocks (volume-table.ts): set when the id is assigned and whenever all its blocks are dropped.
+   */
+  epoch: number;
 }
 
 export interface MetadataDoc {
@@ -80,6 +85,8 @@ export interface MetadataDoc {
   hand: number;
   wraps: number;
   sequence: number;
+  /** Header sectors sealed below this sequence number are never recovered (volume-table.ts). */
+  floor: number;
   volumes: VolumeRecord[];
 }
 
@@ -175,6 +182,7 @@ function toDoc(st: MetadataDoc): MetadataDoc {
     hand: st.hand,
     wraps: st.wraps,
     sequence: st.sequence,
+    floor: st.floor,
     volumes: st.volumes,
   };
 }

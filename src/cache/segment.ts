@@ -1,35 +1,41 @@
 /**
- * Log geometry and segments (on-device format: docs/cache-format.md).
+ * Log geometry and segments (on-device format version 3: docs/cache-format.md).
  *
- * Device layout: a 4 KiB superblock at offset 0, the metadata area (metadata.ts; sized for the
- * index of this many slots), then `segments` segments of `stride` bytes from `dataOffset`.
- * A segment is a header of `headerSize` bytes (a multiple of 4 KiB) followed by
- * `blocksPerSegment` cache blocks. Slot i (= BDA index i) is block i % blocksPerSegment of
- * segment floor(i / blocksPerSegment).
+ * Device layout: a 4 KiB superblock at offset 0, the volume table area (volume-table.ts: two
+ * copies), the metadata area (metadata.ts; sized for the index of this many slots), then
+ * `segments` segments of `stride` bytes from `dataOffset`. A segment is a header of
+ * `headerSize` bytes (a multiple of 4 KiB) followed by `blocksPerSegment` cache blocks. Slot i
+ * (= BDA index i) is block i % blocksPerSegment of segment floor(i / blocksPerSegment).
  *
- * Segment header (little endian; CRC-32 = zlib/IEEE 802.3 polynomial):
- *   0  u32 magic 0x53434256 ('VBCS')      4  u16 format version (1)   6 u16 0
- *   8  u32 headerSize                      12 u32 blockSize
- *   16 u32 blocksPerSegment                20 u32 segment index
- *   24 u32 sequence low 32 bits            28 u32 sequence high bits
- *   32 16 bytes device uuid (from the superblock)
- *   48 u32 valid blocks in the segment     52..59 zero
- *   60 u32 CRC-32 of bytes [0, headerSize) computed with this field zero
- *   64 blocksPerSegment entries of 16 bytes:
+ * Segment header: ceil(blocksPerSegment / ENTRIES_PER_SECTOR) self-describing sectors of
+ * HEADER_SECTOR (512) bytes, then zeros up to headerSize. A sector is written whole or not at
+ * all by any disk (512 B is the smallest atomic unit), so a header torn by a crash is a mix of
+ * whole sectors of different writes, each recognised by its own CRC and sequence number.
+ * Sector k (little endian):
+ *   0  u32 magic 0x53434256 ('VBCS')       4  u16 format version (3)   6 u16 sector index k
+ *   8  u32 segment index                   12 u32 blocksPerSegment     16 u32 blockSize
+ *   20 u32 sequence low 32 bits            24 u32 sequence high bits
+ *   28 16 bytes device uuid (superblock)   44 u32 zero
+ *   48 ENTRIES_PER_SECTOR entries of 16 bytes for slots k * ENTRIES_PER_SECTOR..:
  *        u32 block number bits 0..31, u32 volume id << 16 | block number bits 32..47,
- *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid)
+ *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid, bit 1: dirty, i.e. write-back
+ *        data newer than the backing store, bit 2: superseded, i.e. an older dirty copy kept
+ *        named until the newer copy is durable: it loses to any other entry of its key)
+ *   496 zero                                508 u32 CRC-32C of bytes [0, 508)
+ * Every header write (a segment write, or a header rewrite that invalidates entries, log.ts)
+ * seals all sectors from the BDA with a new sequence number.
  *
  * SegmentBuffer is one RAM buffer of the log's pool: header + data, contiguous, so a segment
  * is written (and read ahead) with one I/O.
  */
-import { crc32 } from 'node:zlib';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
-import type { BlockDescriptorArray } from './bda';
+import { type BlockDescriptorArray, FLAG_DIRTY, FLAG_SHADOW, FLAG_VALID } from './bda';
 import { metadataAreaBytes } from './metadata';
+import { VOLUME_TABLE_AREA } from './volume-table';
 
 export const SEGMENT_MAGIC = 0x53434256;
-export const SEGMENT_VERSION = 2;
+export const SEGMENT_VERSION = 3;
 export const SUPERBLOCK_SIZE = 4096;
 /**
  * Address alignment of segment buffers, and the largest O_DIRECT alignment the log accepts:
@@ -38,8 +44,25 @@ export const SUPERBLOCK_SIZE = 4096;
  */
 export const SEGMENT_ALIGNMENT = 4096;
 const ENTRY_SIZE = 16;
-const ENTRIES_AT = 64;
-const CRC_AT = 60;
+/** Header entry flags. */
+export const ENTRY_VALID = 1;
+export const ENTRY_DIRTY = 2;
+export const ENTRY_SUPERSEDED = 4;
+/** Bytes of a header sector: written whole or not at all by a crash. */
+export const HEADER_SECTOR = 512;
+const SECTOR_ENTRIES_AT = 48;
+const SECTOR_CRC_AT = HEADER_SECTOR - 4;
+/** Header entries per sector. */
+export const ENTRIES_PER_SECTOR = Math.floor((SECTOR_CRC_AT - SECTOR_ENTRIES_AT) / ENTRY_SIZE);
+/**
+ * CRC-32C of a whole sector whose last 4 bytes hold the CRC-32C of the rest (little endian):
+ * the same for every content (the CRC residue), so one crc32cBlocks call checks many sectors.
+ */
+const SECTOR_RESIDUE = (() => {
+  const s = new Uint8Array(HEADER_SECTOR);
+  new DataView(s.buffer).setUint32(SECTOR_CRC_AT, native.crc32c(s.subarray(0, SECTOR_CRC_AT)), true);
+  return native.crc32c(s);
+})();
 
 export interface Geometry {
   blockSize: number;
@@ -48,9 +71,15 @@ export interface Geometry {
   headerSize: number;
   /** headerSize + segmentSize. */
   stride: number;
-  /** Bytes of the metadata area (at SUPERBLOCK_SIZE). */
+  /** Header sectors holding entries (the rest of the header is zeros). */
+  headerSectors: number;
+  /** Device offset of the volume table area (SUPERBLOCK_SIZE) and its bytes (both copies). */
+  tableOffset: number;
+  tableBytes: number;
+  /** Device offset of the metadata area (after the volume table area) and its bytes. */
+  metadataOffset: number;
   metadataBytes: number;
-  /** Device offset of segment 0: SUPERBLOCK_SIZE + metadataBytes. */
+  /** Device offset of segment 0: SUPERBLOCK_SIZE + tableBytes + metadataBytes. */
   dataOffset: number;
   segments: number;
   /** segments * blocksPerSegment. */
@@ -60,7 +89,7 @@ export interface Geometry {
 }
 
 /** Blocks per segment, header size and stride of segments of this shape; throws EINVAL. */
-function segmentShape(blockSize: number, segmentSize: number): { blocksPerSegment: number; headerSize: number; stride: number } {
+function segmentShape(blockSize: number, segmentSize: number): { blocksPerSegment: number; headerSectors: number; headerSize: number; stride: number } {
   const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
   if (!pow2(blockSize) || blockSize < 4096 || blockSize > 65536) {
     throw new VhostError(`cache block size ${blockSize}: must be a power of two in 4-64 KiB`, 'EINVAL');
@@ -72,14 +101,15 @@ function segmentShape(blockSize: number, segmentSize: number): { blocksPerSegmen
   if (blocksPerSegment > 4096) {
     throw new VhostError(`segment size ${segmentSize}: more than 4096 blocks per segment`, 'EINVAL');
   }
-  const headerSize = Math.ceil((ENTRIES_AT + ENTRY_SIZE * blocksPerSegment) / 4096) * 4096;
-  return { blocksPerSegment, headerSize, stride: headerSize + segmentSize };
+  const headerSectors = Math.ceil(blocksPerSegment / ENTRIES_PER_SECTOR);
+  const headerSize = Math.ceil((headerSectors * HEADER_SECTOR) / 4096) * 4096;
+  return { blocksPerSegment, headerSectors, headerSize, stride: headerSize + segmentSize };
 }
 
 /** Geometry for a device of `deviceBytes`; throws EINVAL on unusable parameters. */
 export function computeGeometry(deviceBytes: number, blockSize: number, segmentSize: number): Geometry {
-  const { blocksPerSegment, headerSize, stride } = segmentShape(blockSize, segmentSize);
-  const used = (n: number) => SUPERBLOCK_SIZE + metadataAreaBytes(n * blocksPerSegment) + n * stride;
+  const { blocksPerSegment, headerSectors, headerSize, stride } = segmentShape(blockSize, segmentSize);
+  const used = (n: number) => SUPERBLOCK_SIZE + VOLUME_TABLE_AREA + metadataAreaBytes(n * blocksPerSegment) + n * stride;
   // The metadata area grows by less than a segment's stride per segment: start from an upper
   // bound and step down until it all fits.
   let segments = Math.max(0, Math.floor((deviceBytes - used(0)) / stride));
@@ -94,10 +124,14 @@ export function computeGeometry(deviceBytes: number, blockSize: number, segmentS
     blockSize,
     segmentSize,
     blocksPerSegment,
+    headerSectors,
     headerSize,
     stride,
+    tableOffset: SUPERBLOCK_SIZE,
+    tableBytes: VOLUME_TABLE_AREA,
+    metadataOffset: SUPERBLOCK_SIZE + VOLUME_TABLE_AREA,
     metadataBytes,
-    dataOffset: SUPERBLOCK_SIZE + metadataBytes,
+    dataOffset: SUPERBLOCK_SIZE + VOLUME_TABLE_AREA + metadataBytes,
     segments,
     slots,
     usedBytes: used(segments),
@@ -107,7 +141,7 @@ export function computeGeometry(deviceBytes: number, blockSize: number, segmentS
 /** Device bytes that hold exactly `segments` segments of this size (e.g. to size a cache file). */
 export function deviceBytesFor(segments: number, blockSize = 4096, segmentSize = 512 * 1024): number {
   const { blocksPerSegment, stride } = segmentShape(blockSize, segmentSize);
-  return SUPERBLOCK_SIZE + metadataAreaBytes(segments * blocksPerSegment) + segments * stride;
+  return SUPERBLOCK_SIZE + VOLUME_TABLE_AREA + metadataAreaBytes(segments * blocksPerSegment) + segments * stride;
 }
 
 /** Device offset of segment s (its header). */
@@ -136,12 +170,13 @@ export const enum BufferState {
 
 export class SegmentBuffer {
   readonly buf: Uint8Array;
-  private readonly view: DataView;
   private readonly g: Geometry;
   state = BufferState.Free;
   segment = -1;
   /** Set when a block was put since the buffer started filling. */
   dirty = false;
+  /** Set when a write-back (dirty) block was put since the buffer started filling. */
+  holdsDirty = false;
   /** The read-ahead or write in flight (never rejects). */
   pending: Promise<void> = Promise.resolve();
   /** Use stamp for choosing which clean buffer to recycle. */
@@ -150,7 +185,6 @@ export class SegmentBuffer {
   constructor(g: Geometry) {
     this.g = g;
     this.buf = native.alignedBuffer(g.stride, SEGMENT_ALIGNMENT);
-    this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
   }
 
   /** The data of block k (0 <= k < blocksPerSegment) of the segment held. */
@@ -177,61 +211,77 @@ export class SegmentBuffer {
 
   /** Writes the header of segment `segment` from the BDA state (keys, CRC-32Cs) of its slots. */
   seal(bda: BlockDescriptorArray, seq: number, uuid: Uint8Array): void {
-    const { view, g } = this;
-    const first = this.segment * g.blocksPerSegment;
-    this.buf.fill(0, 0, ENTRIES_AT);
-    view.setUint32(0, SEGMENT_MAGIC, true);
-    view.setUint16(4, SEGMENT_VERSION, true);
-    view.setUint32(8, g.headerSize, true);
-    view.setUint32(12, g.blockSize, true);
-    view.setUint32(16, g.blocksPerSegment, true);
-    view.setUint32(20, this.segment, true);
-    view.setUint32(24, seq >>> 0, true);
-    view.setUint32(28, Math.floor(seq / 2 ** 32), true);
-    this.buf.set(uuid, 32);
-    let valid = 0;
-    for (let k = 0; k < g.blocksPerSegment; k++) {
-      const e = ENTRIES_AT + k * ENTRY_SIZE;
-      if (bda.isValid(first + k)) {
-        view.setUint32(e, bda.keyLo[first + k], true);
-        view.setUint32(e + 4, bda.keyHi[first + k], true);
-        view.setUint32(e + 8, bda.crc[first + k], true);
-        view.setUint32(e + 12, 1, true);
-        valid++;
-      } else {
-        view.setUint32(e, 0, true);
-        view.setUint32(e + 4, 0, true);
-        view.setUint32(e + 8, 0, true);
-        view.setUint32(e + 12, 0, true);
-      }
+    sealHeader(this.buf, this.g, this.segment, bda, seq, uuid, null);
+  }
+}
+
+/**
+ * Writes into out[0, headerSize) the header of segment `seg` (every sector, sequence `seq`)
+ * from the BDA state (keys, CRC-32Cs, valid and dirty flags) of its slots; SHADOW slots are
+ * named dirty and superseded. `unwritten` (by slot of the segment, 1 = its data is not on the
+ * device yet): those slots are sealed as not valid.
+ */
+export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: BlockDescriptorArray, seq: number, uuid: Uint8Array, unwritten: Uint8Array | null): void {
+  const view = new DataView(out.buffer, out.byteOffset, g.headerSize);
+  out.fill(0, 0, g.headerSize);
+  const first = seg * g.blocksPerSegment;
+  for (let k = 0; k < g.headerSectors; k++) {
+    const at = k * HEADER_SECTOR;
+    view.setUint32(at, SEGMENT_MAGIC, true);
+    view.setUint16(at + 4, SEGMENT_VERSION, true);
+    view.setUint16(at + 6, k, true);
+    view.setUint32(at + 8, seg, true);
+    view.setUint32(at + 12, g.blocksPerSegment, true);
+    view.setUint32(at + 16, g.blockSize, true);
+    view.setUint32(at + 20, seq >>> 0, true);
+    view.setUint32(at + 24, Math.floor(seq / 2 ** 32), true);
+    out.set(uuid, at + 28);
+    const from = k * ENTRIES_PER_SECTOR;
+    const to = Math.min(g.blocksPerSegment, from + ENTRIES_PER_SECTOR);
+    for (let j = from; j < to; j++) {
+      const i = first + j;
+      const f = bda.flags[i];
+      if ((f & (FLAG_VALID | FLAG_SHADOW)) === 0 || (unwritten !== null && unwritten[j] !== 0)) continue;
+      const e = at + SECTOR_ENTRIES_AT + (j - from) * ENTRY_SIZE;
+      view.setUint32(e, bda.keyLo[i], true);
+      view.setUint32(e + 4, bda.keyHi[i], true);
+      view.setUint32(e + 8, bda.crc[i], true);
+      const shadow = (f & FLAG_SHADOW) !== 0;
+      view.setUint32(e + 12, ENTRY_VALID | (shadow || (f & FLAG_DIRTY) !== 0 ? ENTRY_DIRTY : 0) | (shadow ? ENTRY_SUPERSEDED : 0), true);
     }
-    view.setUint32(48, valid, true);
-    view.setUint32(CRC_AT, crc32(this.buf.subarray(0, g.headerSize)), true);
+    view.setUint32(at + SECTOR_CRC_AT, native.crc32c(out.subarray(at, at + SECTOR_CRC_AT)), true);
   }
+}
 
-  /**
-   * After a read-ahead: true when the header is intact and belongs to this segment of this
-   * device. Zeroes the CRC field while checking (seal() rewrites it).
-   */
-  headerIntact(uuid: Uint8Array): boolean {
-    const { view, g } = this;
-    if (view.getUint32(0, true) !== SEGMENT_MAGIC || view.getUint16(4, true) !== SEGMENT_VERSION) return false;
-    if (view.getUint32(8, true) !== g.headerSize || view.getUint32(12, true) !== g.blockSize) return false;
-    if (view.getUint32(16, true) !== g.blocksPerSegment || view.getUint32(20, true) !== this.segment) return false;
-    for (let i = 0; i < 16; i++) if (this.buf[32 + i] !== uuid[i]) return false;
-    const stored = view.getUint32(CRC_AT, true);
-    view.setUint32(CRC_AT, 0, true);
-    return crc32(this.buf.subarray(0, g.headerSize)) === stored;
+/**
+ * Checks the sectors of a header read from the device (h = its headerSize bytes) of segment
+ * `seg`: seqs[k] = sector k's sequence number when it is intact (CRC), of this format,
+ * geometry, segment and device, else -1. `crcs`: scratch of at least headerSectors.
+ */
+export function checkHeaderSectors(h: Uint8Array, g: Geometry, seg: number, uuid: Uint8Array, seqs: Float64Array, crcs: Uint32Array): void {
+  native.crc32cBlocks(h.subarray(0, g.headerSectors * HEADER_SECTOR), HEADER_SECTOR, crcs, 0);
+  const view = new DataView(h.buffer, h.byteOffset, g.headerSize);
+  for (let k = 0; k < g.headerSectors; k++) {
+    seqs[k] = -1;
+    const at = k * HEADER_SECTOR;
+    if (crcs[k] !== SECTOR_RESIDUE || view.getUint32(at, true) !== SEGMENT_MAGIC) continue;
+    if (view.getUint16(at + 4, true) !== SEGMENT_VERSION || view.getUint16(at + 6, true) !== k) continue;
+    if (view.getUint32(at + 8, true) !== seg || view.getUint32(at + 12, true) !== g.blocksPerSegment) continue;
+    if (view.getUint32(at + 16, true) !== g.blockSize) continue;
+    let same = true;
+    for (let i = 0; i < 16 && same; i++) same = h[at + 28 + i] === uuid[i];
+    if (!same) continue;
+    seqs[k] = view.getUint32(at + 20, true) + view.getUint32(at + 24, true) * 2 ** 32;
   }
+}
 
-  /**
-   * After a read-ahead with an intact header: true when entry k is valid and names the key and
-   * CRC-32C (the data itself is checked against the CRC by the caller, in one batch).
-   */
-  entryMatches(k: number, lo: number, hi: number, crc: number): boolean {
-    const e = ENTRIES_AT + k * ENTRY_SIZE;
-    const v = this.view;
-    if ((v.getUint32(e + 12, true) & 1) === 0) return false;
-    return v.getUint32(e, true) === lo && v.getUint32(e + 4, true) === hi && v.getUint32(e + 8, true) === crc;
-  }
+/** Byte offset in a header of slot k's entry (k < blocksPerSegment). */
+export function entryOffset(k: number): number {
+  const sector = Math.floor(k / ENTRIES_PER_SECTOR);
+  return sector * HEADER_SECTOR + SECTOR_ENTRIES_AT + (k - sector * ENTRIES_PER_SECTOR) * ENTRY_SIZE;
+}
+
+/** The header sector holding slot k's entry. */
+export function entrySector(k: number): number {
+  return Math.floor(k / ENTRIES_PER_SECTOR);
 }

@@ -22,6 +22,10 @@
  *                   (a read-ahead or another miss: pending-reads.ts) instead of read again
  *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
  *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
+ *   destaged        write-back blocks written to the backing store and marked clean
+ *   destageErrors   destage rounds that failed (retried)
+ *   flushes, flushUs guest flushes of a write-back volume and their total latency (µs)
+ *   dirtyBlocks     write-back blocks not destaged yet; oldestDirtyMs: age of the oldest
  *   checksumErrors  blocks read from the cache device (hits, read-ahead) whose data did not
  *                   match their CRC-32C: dropped, served from the backing store
  *   wraps           rounds of the log (segments entered / segments)
@@ -29,10 +33,15 @@
  *   segmentsCleaned segments the hand entered to refill (chosen by cleaning, cache-map.ts)
  *   blocksCarried   valid blocks kept in place by the hand (not rewritten: a segment write
  *                   writes its header and the runs of slots refilled, log.ts)
+ *   decayPeriod     carries per reuse-counter decrement (1..DECAY_MAX), the policy's adaptation
+ *                   (ARC's p, cache-map.ts): high = frequency kept long, 1 = recency
  *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
- *                   runs); per block inserted it is the log's write amplification
+ *                   runs) and header rewrites; per block inserted it is the log's write amplification
+ *   headerRewrites  segment headers rewritten to make invalidations durable (log.ts), in
+ *   rewriteBatches  batches of one fdatasync each
  *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
+ *                   (readLatencyUs from one read of cached blocks in READ_LATENCY_SAMPLE, log.ts)
  */
 import { performance } from 'node:perf_hooks';
 
@@ -53,12 +62,21 @@ export interface VolumeCounters {
   sharedHits: number;
   admissionsRefused: number;
   readsJoined: number;
+  destaged: number;
+  destageErrors: number;
+  flushes: number;
+  flushUs: number;
 }
 
 export interface VolumeStats extends VolumeCounters {
   readHitRate: number;
   /** Blocks of this volume currently in the cache. */
   blocks: number;
+  /** Write-back blocks not destaged yet, and the age of the oldest (ms; 0: none). */
+  dirtyBlocks: number;
+  oldestDirtyMs: number;
+  /** Mean latency of the guest flushes counted in `flushes` (µs). */
+  flushLatencyUs: number;
 }
 
 export interface CacheStats extends VolumeStats {
@@ -66,13 +84,19 @@ export interface CacheStats extends VolumeStats {
   segmentsSkipped: number;
   segmentsCleaned: number;
   blocksCarried: number;
+  decayPeriod: number;
   emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
   deviceWriteBytes: number;
+  headerRewrites: number;
+  rewriteBatches: number;
   readLatencyUs: number;
   segmentReadLatencyUs: number;
   segmentWriteLatencyUs: number;
+  /** Write-back group commits (one device write set + fdatasyncs each) and their mean latency. */
+  commits: number;
+  commitLatencyUs: number;
   /** Cache-device read failures (served from the backing store instead). */
   readErrors: number;
   /** Cache-device write failures (the first one disables caching). */
@@ -102,6 +126,10 @@ export function newCounters(): VolumeCounters {
     sharedHits: 0,
     admissionsRefused: 0,
     readsJoined: 0,
+    destaged: 0,
+    destageErrors: 0,
+    flushes: 0,
+    flushUs: 0,
   };
 }
 
@@ -122,22 +150,50 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.sharedHits += from.sharedHits;
   into.admissionsRefused += from.admissionsRefused;
   into.readsJoined += from.readsJoined;
+  into.destaged += from.destaged;
+  into.destageErrors += from.destageErrors;
+  into.flushes += from.flushes;
+  into.flushUs += from.flushUs;
 }
 
-export function withRate(c: VolumeCounters, blocks: number): VolumeStats {
-  return { ...c, readHitRate: c.reads === 0 ? 0 : c.readHits / c.reads, blocks };
+export function withRate(c: VolumeCounters, blocks: number, dirty: { blocks: number; oldestMs: number } = { blocks: 0, oldestMs: 0 }): VolumeStats {
+  return {
+    ...c,
+    readHitRate: c.reads === 0 ? 0 : c.readHits / c.reads,
+    blocks,
+    dirtyBlocks: dirty.blocks,
+    oldestDirtyMs: dirty.oldestMs,
+    flushLatencyUs: c.flushes === 0 ? 0 : c.flushUs / c.flushes,
+  };
 }
 
-/** Mean latency of timed operations. */
+/** Returned by LatencyMeter.start() for an operation that is not timed (see `every`). */
+export const NOT_TIMED = -1;
+
+/**
+ * Mean latency of timed operations. With `every` > 1 only one operation in `every` is timed
+ * (start() reads the clock for it and returns NOT_TIMED for the others, whose record() does
+ * nothing): the same mean, estimated from a sample, at a fraction of the clock reads.
+ */
 export class LatencyMeter {
   private count = 0;
   private totalMs = 0;
+  private calls = 0;
+
+  constructor(private readonly every = 1) {}
 
   static now(): number {
     return performance.now();
   }
 
+  /** The start time of an operation to record(), or NOT_TIMED. */
+  start(): number {
+    if (this.every > 1 && ++this.calls % this.every !== 0) return NOT_TIMED;
+    return performance.now();
+  }
+
   record(startMs: number): void {
+    if (startMs === NOT_TIMED) return;
     this.count++;
     this.totalMs += performance.now() - startMs;
   }

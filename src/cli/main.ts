@@ -54,6 +54,7 @@ interface ServeFlags {
   metricsListen?: string;
   ioEngine?: string;
   backingTimeout?: string;
+  flushOnStop?: boolean;
   logLevel: string;
   logFile?: string;
   logFormat?: LogFormat;
@@ -95,6 +96,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) over TCP, e.g. 127.0.0.1:9100')
     .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
+    .option('--flush-on-stop', 'a clean stop writes every write-back block back to its backing store first')
     .addOption(
       new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     )
@@ -181,6 +183,7 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
     ...(f.metricsListen !== undefined ? { metricsListen: f.metricsListen } : {}),
     ioEngine: f.ioEngine ?? 'auto',
     backingTimeoutMs: Math.round(timeout * 1000),
+    flushOnStop: f.flushOnStop === true,
   });
 }
 
@@ -315,10 +318,15 @@ function addControlCommands(program: Command): void {
       print(await controlJson(String(o.control), 'POST', '/volumes', body));
     });
   program
+    .command('flush <volume>')
+    .description("write a write-back volume's dirty blocks back to its backing store (waits until done)")
+    .addOption(control)
+    .action(async (name: string, o: { control: string }) => print(await controlJson(o.control, 'POST', `/volumes/${encodeURIComponent(name)}/flush`)));
+  program
     .command('remove-volume <name>')
     .description('remove a volume from a running daemon')
     .addOption(control)
-    .option('--force', 'remove it even while a front end is connected')
+    .option('--force', 'remove it even while a front end is connected or write-back blocks are not written back (they stay in the cache)')
     .action(async (name: string, o: { control: string; force?: boolean }) =>
       print(await controlJson(o.control, 'DELETE', `/volumes/${encodeURIComponent(name)}${o.force === true ? '?force=1' : ''}`)),
     );

@@ -10,8 +10,8 @@ import { VhostError } from '../native/errors';
 
 const LIMITS = native.limits;
 
-export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none';
-export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none'];
+export type CacheMode = 'writethrough' | 'writearound' | 'readonly' | 'none' | 'writeback';
+export const CACHE_MODES: readonly CacheMode[] = ['writethrough', 'writearound', 'readonly', 'none', 'writeback'];
 export type IoEnginePreference = 'auto' | 'io_uring' | 'threadpool';
 
 export interface VolumeConfig {
@@ -98,8 +98,10 @@ export interface DaemonConfig {
   /** Prometheus endpoint (GET /metrics over TCP); off when absent. */
   metricsListen?: ListenAddress;
   ioEngine: IoEnginePreference;
-  /** How long a request may wait for an unreachable network backing store. */
+  /** How long a request may wait for an unreachable network backing store (and a write-back write for room). */
   backingTimeoutMs: number;
+  /** A clean stop destages every write-back volume first. */
+  flushOnStop: boolean;
 }
 
 export const DEFAULTS = {
@@ -179,7 +181,7 @@ const VOLUME_KEYS = new Set([
   'sequentialCutoff', 'serial', 'numQueues', 'queueSize', 'logicalBlockSize', 'direct', 'exclusive', 'shareParent', 'traceReads',
 ]);
 const CACHE_KEYS = new Set(['path', 'size', 'blockSize', 'segmentSize', 'metadataPath', 'direct']);
-const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs']);
+const TOP_KEYS = new Set(['cache', 'volumes', 'control', 'metricsListen', 'ioEngine', 'backingTimeoutMs', 'flushOnStop']);
 
 function checkKeys(o: Record<string, unknown>, allowed: Set<string>, field: string): void {
   for (const k of Object.keys(o)) if (!allowed.has(k)) fail(`${field}.${k}`, 'unknown field');
@@ -343,5 +345,6 @@ export function validateConfig(raw: unknown): DaemonConfig {
     ...(raw.metricsListen !== undefined ? { metricsListen: parseListenAddress(raw.metricsListen, 'config.metricsListen') } : {}),
     ioEngine,
     backingTimeoutMs: int(raw, 'backingTimeoutMs', 'config', DEFAULTS.backingTimeoutMs, 100, 24 * 3600 * 1000),
+    flushOnStop: bool(raw, 'flushOnStop', 'config', false),
   };
 }

@@ -29,6 +29,11 @@ export interface ControlledDaemon {
   volumeNames(): string[];
   getVolume(name: string): ControlledVolume | undefined;
   addVolume(cfg: VolumeConfig): Promise<ControlledVolume>;
-  /** Refused (EBUSY) while a front end is connected unless forced. */
+  /**
+   * Refused (EBUSY) while a front end is connected, or while the volume holds write-back blocks
+   * not destaged (the refusal says how many), unless forced.
+   */
   removeVolume(name: string, force?: boolean): Promise<void>;
+  /** Destages every write-back block of the volume; resolves with how many were written back. */
+  flushVolume(name: string): Promise<{ destaged: number }>;
 }

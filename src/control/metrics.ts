@@ -52,6 +52,9 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['sharedReads', 'vbc_cache_shared_reads_total', "block reads of a clone looked up under its parent's key (also counted by the parent)"],
   ['sharedHits', 'vbc_cache_shared_hits_total', "shared reads found in the cache"],
   ['checksumErrors', 'vbc_cache_checksum_errors_total', 'cache-device blocks that failed their CRC-32C check (served from the backing store)'],
+  ['destaged', 'vbc_cache_destaged_blocks_total', 'write-back blocks written back to the backing store (their rate: the destage rate)'],
+  ['destageErrors', 'vbc_cache_destage_errors_total', 'write-back destage rounds that failed (retried)'],
+  ['flushes', 'vbc_cache_writeback_flushes_total', 'guest flushes of write-back volumes'],
 ];
 
 type Sample = [volume: string, value: number];
@@ -143,6 +146,9 @@ export function createMetrics(source: ControlledDaemon): Metrics {
   for (const [key, name, help] of REQUEST_COUNTERS) perVolume('counter', name, help, requestSamples(key));
   for (const [key, name, help] of CACHE_COUNTERS) perVolume('counter', name, help, cacheSamples(key));
   perVolume('gauge', 'vbc_cache_blocks', 'cache blocks held per volume', cacheSamples('blocks'));
+  perVolume('gauge', 'vbc_cache_dirty_blocks', 'write-back blocks not destaged yet', cacheSamples('dirtyBlocks'));
+  perVolume('gauge', 'vbc_cache_oldest_dirty_seconds', 'age of the oldest write-back block not destaged yet', () => cacheSamples('oldestDirtyMs')().map(([v, ms]) => [v, ms / 1000]));
+  perVolume('gauge', 'vbc_cache_writeback_flush_latency_seconds', 'mean latency of the guest flushes of a write-back volume', () => cacheSamples('flushLatencyUs')().map(([v, us]) => [v, us / 1e6]));
   perVolume('gauge', 'vbc_volume_connected', '1 while a front end is connected to the volume', () =>
     daemon.stats().volumes.map((v) => [v.name, v.connected ? 1 : 0]),
   );
@@ -166,6 +172,7 @@ export function createMetrics(source: ControlledDaemon): Metrics {
   cacheWide('counter', 'vbc_cache_blocks_carried_total', 'valid blocks kept in place by the hand (not rewritten)', (c) => c.blocksCarried);
   cacheWide('counter', 'vbc_cache_device_write_bytes_total', 'bytes written to the cache device by segment writes (headers and refilled runs)', (c) => c.deviceWriteBytes);
   cacheWide('counter', 'vbc_cache_segments_skipped_total', 'segments passed with every block carried forward (not written)', (c) => c.segmentsSkipped);
+  cacheWide('gauge', 'vbc_cache_decay_period', 'carries per reuse-counter decrement, adapted by ghost hits (high: frequency, 1: recency)', (c) => c.decayPeriod);
   cacheWide('gauge', 'vbc_cache_empty_slots', 'cache slots holding no block', (c) => c.emptySlots);
   new Gauge({
     name: 'vbc_cache_disabled',

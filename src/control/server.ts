@@ -111,6 +111,13 @@ export class ControlServer {
         log.info({ volume: vol.name }, 'volume added through the control socket');
         return send(res, 201, vol.config);
       }
+      const f = /^POST \/volumes\/([^/]+)\/flush$/.exec(route);
+      if (f !== null) {
+        const name = decodeURIComponent(f[1] as string);
+        const r = await daemon.flushVolume(name);
+        log.info({ volume: name, ...r }, 'volume destaged through the control socket');
+        return send(res, 200, { flushed: name, ...r });
+      }
       const m = /^DELETE \/volumes\/([^/]+)$/.exec(route);
       if (m !== null) {
         const name = decodeURIComponent(m[1] as string);

@@ -39,6 +39,8 @@ interface Claim {
 
 export class Daemon implements ControlledDaemon {
   private readonly volumes = new Map<string, Volume>();
+  /** The cached stores of the volumes (write-back destaging: flush, removal). */
+  private readonly cached = new Map<string, CachedStore>();
   private readonly pending = new Set<string>();
   /** Backing store location -> the volumes (open or opening) using it. */
   private readonly claims = new Map<string, Claim[]>();
@@ -124,6 +126,9 @@ export class Daemon implements ControlledDaemon {
             cache: this.cache,
             name: cfg.name,
             mode: cfg.cacheMode,
+            backingTimeoutMs: this.config.backingTimeoutMs,
+            flushOnStop: this.config.flushOnStop,
+            logger: this.log.child({ volume: cfg.name }),
             exclusive: cfg.exclusive,
             shareParent: cfg.shareParent,
             sequentialCutoff: cfg.sequentialCutoff,
@@ -136,6 +141,7 @@ export class Daemon implements ControlledDaemon {
             else this.log.info(fields, 'sample of cached blocks verified against the backing store');
           }
           store = cached;
+          this.cached.set(cfg.name, cached);
         }
         if (cfg.traceReads !== undefined) store = new TraceStore(store, cfg.traceReads);
       } catch (err) {
@@ -174,14 +180,28 @@ export class Daemon implements ControlledDaemon {
     else this.claims.delete(location);
   }
 
-  /** Removes a volume; refused while a front end is connected unless forced. */
+  /**
+   * Removes a volume; refused while a front end is connected, or while it holds write-back
+   * blocks not destaged, unless forced (a forced removal still tries to destage them first;
+   * what stays dirty is kept in the cache for the volume's next registration).
+   */
   async removeVolume(name: string, force = false): Promise<void> {
     const vol = this.volumes.get(name);
     if (vol === undefined) throw new VhostError(`no volume named ${name}`, 'ENOENT');
     if (vol.connected && !force) {
       throw new VhostError(`volume ${name} has a connected front end (use force to remove it anyway)`, 'EBUSY');
     }
+    const cached = this.cached.get(name);
+    const dirty = cached?.destager.dirty ?? 0;
+    if (dirty > 0 && !force) {
+      const bytes = dirty * (this.cache?.blockSize ?? 0);
+      throw new VhostError(`volume ${name} holds ${dirty} write-back blocks (${bytes} bytes) not written back to its backing store: run \`vhost-blk-cache flush ${name}\` first, or use force`, 'EBUSY');
+    }
+    if (cached !== undefined && dirty > 0) {
+      await cached.flushCache().catch((err: Error) => this.log.error({ volume: name, dirty: cached.destager.dirty, err: err.message }, 'forced removal: write-back blocks not destaged stay in the cache'));
+    }
     this.volumes.delete(name);
+    this.cached.delete(name);
     try {
       await vol.close();
     } finally {
@@ -193,6 +213,15 @@ export class Daemon implements ControlledDaemon {
     for (const [location, list] of this.claims) {
       for (const c of list) if (c.name === name) this.release(location, c);
     }
+  }
+
+  async flushVolume(name: string): Promise<{ destaged: number }> {
+    if (!this.volumes.has(name)) throw new VhostError(`no volume named ${name}`, 'ENOENT');
+    const cached = this.cached.get(name);
+    if (cached === undefined) return { destaged: 0 };
+    const before = cached.destager.destaged;
+    await cached.flushCache();
+    return { destaged: cached.destager.destaged - before };
   }
 
   stats(): DaemonStats {
@@ -215,6 +244,7 @@ export class Daemon implements ControlledDaemon {
     if (this.metrics !== null) await this.metrics.close();
     const vols = [...this.volumes.values()];
     this.volumes.clear();
+    this.cached.clear();
     const results = await Promise.allSettled(vols.map((v) => v.close()));
     for (const r of results) {
       if (r.status === 'rejected') this.log.error({ err: (r.reason as Error).message }, 'volume close failed');

@@ -87,6 +87,54 @@ export async function startNbdkit(spec: NbdkitSpec): Promise<ServerProcess> {
   return s;
 }
 
+/**
+ * nbdkit on a Unix socket, started again whenever it exits, for tests that SIGKILL its client
+ * with requests in flight: nbdkit 1.32 then sometimes aborts (connections.c raw_send_socket:
+ * assertion `sock >= 0`, a worker thread replying on a connection its reader thread has just
+ * closed). The file plugin keeps no state of its own, so the new server serves the same data.
+ * Each new server listens on a fresh path renamed over the socket once it is ready, so a client
+ * connecting meanwhile finds the dead server's socket (ECONNREFUSED, which our NBD client
+ * retries) and never a missing one. `exits` says how each server ended.
+ */
+export class RestartingNbdkit {
+  readonly exits: string[] = [];
+  private server: ServerProcess | undefined;
+  private restarting: Promise<void> = Promise.resolve();
+  private stopped = false;
+
+  private constructor(private readonly spec: NbdkitSpec & { socket: string }) {}
+
+  static async start(spec: NbdkitSpec & { socket: string }): Promise<RestartingNbdkit> {
+    const r = new RestartingNbdkit(spec);
+    await r.launch();
+    return r;
+  }
+
+  /** The current server's stderr. */
+  get stderr(): string {
+    return this.server?.stderr ?? '';
+  }
+
+  private async launch(): Promise<void> {
+    const fresh = `${this.spec.socket}.${this.exits.length}`;
+    const s = await startNbdkit({ ...this.spec, socket: fresh });
+    fs.renameSync(fresh, this.spec.socket);
+    this.server = s;
+    s.proc.once('exit', (code, signal) => {
+      if (this.stopped) return;
+      const last = s.stderr.trim().split('\n').pop() ?? '';
+      this.exits.push(`exit ${code} signal ${signal}: ${last}`);
+      this.restarting = this.launch();
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.restarting;
+    await this.server?.stop('SIGKILL');
+  }
+}
+
 /** Starts qemu-nbd on a raw file, persistent, over a Unix socket. */
 export async function startQemuNbd(file: string, socket: string, exportName: string, extra: string[] = []): Promise<ServerProcess> {
   const dir = tmpDir('qemu-nbd');

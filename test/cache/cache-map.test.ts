@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { CacheMap, CLEANING_WINDOW, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
+import { CacheMap, CLEANING_WINDOW, DECAY_STEP, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
 import { AddressMap } from '../../src/cache/address-map';
-import { BlockDescriptorArray } from '../../src/cache/bda';
+import { BlockDescriptorArray, packHi, packLo } from '../../src/cache/bda';
+import { GhostHistory, GhostKind } from '../../src/cache/ghost';
 import { drawSlots } from './helpers';
 
 /** Inserts the way the log does: victim first, then assign. */
@@ -297,5 +298,82 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
       assert.equal(m.byteLength, m.bda.byteLength + m.map.byteLength + ghost + m.segments * (2 + 2 + 8));
     }
     assert.ok(new CacheMap(64).ghost!.byteLength > 0);
+  });
+});
+
+describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
+  it('decrements a carried block\'s counter on one carry in decayPeriod', () => {
+    const m = new CacheMap(4);
+    for (let b = 0; b < 4; b++) insert(m, 0, b);
+    for (let b = 0; b < 4; b++) {
+      m.lookup(0, b);
+      m.lookup(0, b);
+    }
+    assert.equal(drawSlots(m, 4), '>0**  1**  2**  3**');
+    m.decayPeriod = 2;
+    // Carries 0 (kept at 2), 1 (-> 1), 2 (kept), 3 (-> 1), 0 (kept), 1 (-> 0), 2, 3 (-> 0),
+    // 0 (kept): 1 is the first block at 0. With a period of 1 every carry decrements and 0
+    // would go first.
+    assert.equal(insert(m, 0, 9), 1);
+    assert.equal(drawSlots(m, 4), ' 0**  9   >2**  3');
+    assert.equal(m.blocksCarried, 9);
+  });
+
+  it('lengthens the period when a block evicted after reuse comes back and shortens it for a once-seen one', () => {
+    const m = new CacheMap(2, { ghostEntries: 4096 });
+    insert(m, 0, 10);
+    insert(m, 0, 11);
+    m.lookup(0, 10);
+    // 10 is carried (its counter decays to 0), 11 (never hit) is evicted once-seen.
+    assert.equal(insert(m, 0, 12), 1);
+    // 10 goes now, as reused (it was hit).
+    assert.equal(insert(m, 0, 13), 0);
+    assert.deepEqual([...m.ghost!.count], [1, 1, 0]);
+    assert.equal(m.decayPeriod, 1);
+    // A reused block back: the frequency side was too short. Its slot's block (12, once-seen)
+    // left first, so ARC's weight is once / reused = 2 / max(1, 0).
+    assert.equal(insert(m, 0, 10), 1);
+    assert.equal(m.decayPeriod, 1 + 2 * DECAY_STEP);
+    assert.equal(drawSlots(m, 2), '>13   10***');
+    assert.deepEqual([...m.ghost!.count], [2, 0, 0]);
+    // A once-seen block back: shorter, by DECAY_STEP x max(1, reused / once).
+    m.decayPeriod = 2;
+    assert.equal(insert(m, 0, 11), 0);
+    assert.equal(m.decayPeriod, 2 - DECAY_STEP);
+    assert.equal(m.stats(0).ghostHits, 2);
+    // Never below 1.
+    m.decayPeriod = 1;
+    insert(m, 0, 13);
+    assert.equal(m.stats(0).ghostHits, 3);
+    assert.equal(m.decayPeriod, 1);
+  });
+
+  it('a write\'s own re-insertion of the block it invalidated is a ghost hit that does not adapt', () => {
+    // 16 slots: a one-block invalidation probes the map (and leaves a ghost entry).
+    const m = new CacheMap(16, { ghostEntries: 4096 });
+    for (let b = 0; b < 4; b++) insert(m, 0, b);
+    m.decayPeriod = 2;
+    assert.equal(m.invalidate(0, 1), true);
+    assert.deepEqual([...m.ghost!.count], [0, 0, 1]);
+    assert.equal(insert(m, 0, 1), 4);
+    assert.equal(m.stats(0).ghostHits, 1);
+    assert.equal(m.count(4), 3);
+    assert.equal(m.decayPeriod, 2);
+  });
+
+  it('ghost history: remembers the kind a key left with and counts the entries of each kind', () => {
+    const g = new GhostHistory(1);
+    const key = (b: number): [number, number] => [packLo(b), packHi(1, b)];
+    g.add(...key(5), GhostKind.Once);
+    assert.deepEqual([...g.count], [1, 0, 0]);
+    // One entry: a second key overwrites the first (and its count).
+    g.add(...key(6), GhostKind.Reused);
+    assert.deepEqual([...g.count], [0, 1, 0]);
+    assert.equal(g.take(...key(5)), -1);
+    assert.equal(g.take(...key(6)), GhostKind.Reused);
+    assert.equal(g.take(...key(6)), -1);
+    assert.deepEqual([...g.count], [0, 0, 0]);
+    g.add(...key(7), GhostKind.Invalidated);
+    assert.equal(g.take(...key(7)), GhostKind.Invalidated);
   });
 });

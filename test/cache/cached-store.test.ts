@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
-import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
+import { CachedStore, type CacheMode, MISS_BUFFERS } from '../../src/cache/cached-store';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate, MemStore } from './helpers';
@@ -156,6 +156,31 @@ describe('cached store', () => {
     assert.deepEqual(await readBack(s, 0, BS), block(0, 9));
   });
 
+  for (const mode of ['writearound', 'writethrough'] as const) {
+    it(`${mode}: a read miss's insertion waits for a later loop turn; a write of its block meanwhile makes it place nothing`, async () => {
+      const s = await open(mode);
+      // The miss is answered before its insertion is placed; quiesce() waits for that insertion.
+      assert.deepEqual(await readBack(s, 6 * BS, BS), block(6 * BS, 1));
+      assert.ok(cache.map.peek(s.volume, 6) < 0, 'insertion deferred');
+      await settle();
+      assert.ok(cache.map.peek(s.volume, 6) >= 0, 'inserted by the time quiesce() resolves');
+      const reads = mem.reads;
+      assert.deepEqual(await readBack(s, 6 * BS, BS), block(6 * BS, 1));
+      assert.equal(mem.reads, reads, 'a hit');
+      // Another miss (its insertion would go into the same segment buffer, still filling) ...
+      assert.deepEqual(await readBack(s, 5 * BS, BS), block(5 * BS, 1));
+      assert.ok(cache.map.peek(s.volume, 5) < 0, 'insertion deferred');
+      // ... and, before its insertion's turn, the guest overwrites the block.
+      await s.write(5 * BS, [block(5 * BS, 7)]);
+      await settle();
+      const slot = cache.map.peek(s.volume, 5);
+      if (mode === 'writearound') assert.ok(slot < 0, 'the stale insertion placed nothing');
+      else assert.deepEqual(cache.log.ramBlock(slot), block(5 * BS, 7), "the write's own insertion");
+      assert.deepEqual(await readBack(s, 5 * BS, BS), block(5 * BS, 7));
+      assert.deepEqual(mem.data.subarray(5 * BS, 6 * BS), block(5 * BS, 7));
+    });
+  }
+
   it('a guest changing its buffer during a write cannot make cache and backing store differ', async () => {
     const s = await open();
     const held = gate();
@@ -184,14 +209,19 @@ describe('cached store', () => {
   }
 
   it('full hits go straight into the guest buffers: RAM and device hits, unaligned, one readv per run', async () => {
-    const s = await open();
-    await readBack(s, 0, 32 * BS);
+    const first = await open();
+    await readBack(first, 0, 32 * BS);
     await settle();
-    await cache.log.flush();
+    await first.close();
+    await cache.close();
+    // Reopened warm: blocks 0..31 on the device only; blocks 9 and 18 written again, into RAM.
+    const s = await open();
+    await s.write(9 * BS, [block(9 * BS, 5)]);
+    await s.write(18 * BS, [block(18 * BS, 5)]);
+    await settle();
     const bps = cache.geometry.blocksPerSegment;
-    // The request: blocks 9..18 (the log holds blocks 0..31 in slots 0..31; the last segments
-    // are still in RAM). Count the device runs (consecutive slots of one segment whose buffer
-    // is not in RAM) the read should issue.
+    // The request: blocks 9..18, its partial first and last blocks in RAM. Count the device
+    // runs (consecutive slots of one segment whose buffer does not hold them) it should issue.
     let runs = 0;
     let ram = 0;
     let prev = -2;
@@ -486,6 +516,58 @@ describe('cached store', () => {
     assert.equal(st.prefetched, 8);
   });
 
+  /** Resolves in a later check phase than every setImmediate scheduled so far. */
+  const nextCheck = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+  it("a miss's pooled buffer comes back only after its joined read copied out of it and its insertion settled", async () => {
+    const s = await open('writearound');
+    const len = 7 * BS;
+    const a = holdRead(10 * BS);
+    const missA = readBack(s, 10 * BS, len);
+    await a.reached;
+    // B joins A's read of block 12 (and copies it out of A's buffer when it arrives).
+    const missB = readBack(s, 12 * BS, BS);
+    await waitFor(() => cache.stats().volumes.vol.readsJoined === 1, 'the read to join');
+    const pooled = MISS_BUFFERS.pooledBytes;
+    a.release();
+    assert.deepEqual(await missA, mem.data.subarray(10 * BS, 17 * BS));
+    assert.deepEqual(await missB, mem.data.subarray(12 * BS, 13 * BS));
+    // A's insertion is placed in a check phase; its buffer may only go back in a later one.
+    await nextCheck();
+    assert.ok(MISS_BUFFERS.pooledBytes - pooled < len, "A's buffer is still held");
+    await settle();
+    await nextCheck();
+    assert.ok(MISS_BUFFERS.pooledBytes - pooled >= len, "A's buffer is back");
+    for (let b = 10; b < 17; b++) assert.deepEqual(cache.log.ramBlock(cache.map.peek(s.volume, b)), mem.data.subarray(b * BS, (b + 1) * BS));
+    // Reused: the next miss of that length gets it back, and its own data.
+    assert.deepEqual(await readBack(s, 30 * BS, len), mem.data.subarray(30 * BS, 37 * BS));
+  });
+
+  it("a miss whose first backing read fails keeps its pooled buffer until its other reads settled", async () => {
+    const s = await open('writethrough');
+    await s.write(22 * BS, [block(22 * BS, 2, 2 * BS)]);
+    await settle();
+    await nextCheck();
+    const len = 9 * BS;
+    // Blocks 20..28: 22 and 23 are hits, so two backing reads, 20..21 (fails) and 24..28 (held).
+    const b = holdRead(24 * BS);
+    const prev = mem.readHook;
+    mem.readHook = async (o, n) => {
+      await prev?.(o, n);
+      if (o === 20 * BS) throw new Error('injected backing read failure');
+    };
+    const pooled = MISS_BUFFERS.pooledBytes;
+    await assert.rejects(readBack(s, 20 * BS, len), /injected/);
+    await b.reached;
+    await nextCheck();
+    await nextCheck();
+    assert.ok(MISS_BUFFERS.pooledBytes - pooled < len, 'held while the read of 24..28 still writes into it');
+    b.release();
+    await waitFor(() => MISS_BUFFERS.pooledBytes - pooled >= len, 'the buffer back once that read settled');
+    mem.readHook = null;
+    assert.deepEqual(await readBack(s, 20 * BS, len), Uint8Array.from([...mem.data.subarray(20 * BS, 22 * BS), ...block(22 * BS, 2, 2 * BS), ...mem.data.subarray(24 * BS, 29 * BS)]));
+  });
+
   it('a read joining a read-ahead never takes data older than a write that started before it', async () => {
     const s = await open('writearound', 8);
     await readBack(s, 0, 15 * BS);
@@ -547,6 +629,8 @@ describe('cached store', () => {
     const ahead = holdRead(16 * BS);
     await readBack(s, 15 * BS, BS);
     await ahead.reached;
+    // Block 15's insertion runs in a later loop turn (log.ts): wait for it.
+    await waitFor(() => cache.map.peek(s.volume, 15) >= 0, 'block 15 to be inserted');
     // Block 14 misses (dropped), 15 hits, 16 is being read ahead (held).
     cache.map.drop(cache.map.peek(s.volume, 14));
     const first = readBack(s, 14 * BS, 3 * BS);

@@ -4,6 +4,7 @@ import { type IoEngine, readvThenOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import type { CacheMap } from '../../src/cache/cache-map';
+import { FLAG_RESERVED, FLAG_SHADOW } from '../../src/cache/bda';
 
 /** mulberry32: deterministic 32-bit PRNG. */
 export function rng(seed: number): () => number {
@@ -151,17 +152,19 @@ export class FaultyEngine implements IoEngine {
 
 /**
  * Draws the slots of a cache map, `perRow` slots per line: `..` = invalid, otherwise the block
- * number (volume 0) or `v:block`, `*` = REF bit set; `>` marks the hand.
+ * number (volume 0) or `v:block`, `*` = REF bit set, `d` = dirty (write-back); `S` / `R` = a
+ * SHADOW / RESERVED slot (bda.ts); `>` marks the hand.
  */
 export function drawSlots(m: CacheMap, perRow: number): string {
   const rows: string[] = [];
   for (let r = 0; r < m.slots; r += perRow) {
     const cells: string[] = [];
     for (let i = r; i < Math.min(r + perRow, m.slots); i++) {
-      let c = '..';
+      const f = m.bda.flags[i];
+      let c = (f & FLAG_SHADOW) !== 0 ? 'S' : (f & FLAG_RESERVED) !== 0 ? 'R' : '..';
       if (m.bda.isValid(i)) {
         const v = m.bda.volumeOf(i);
-        c = (v === 0 ? '' : `${v}:`) + String(m.bda.blockOf(i)) + '*'.repeat(m.count(i));
+        c = (v === 0 ? '' : `${v}:`) + String(m.bda.blockOf(i)) + '*'.repeat(m.count(i)) + (m.bda.isDirty(i) ? 'd' : '');
       }
       cells.push((i === m.hand ? '>' : ' ') + c.padEnd(4));
     }

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache, type CacheOptions } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
-import { deviceBytesFor, SUPERBLOCK_SIZE } from '../../src/cache/segment';
+import { computeGeometry, deviceBytesFor } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { MemStore } from './helpers';
 import { stampBytes } from '../support/stamps';
@@ -57,7 +57,7 @@ describe('cache metadata and warm restart', () => {
     try {
       const g = (cache as Cache).geometry;
       const b = Buffer.alloc(g.metadataBytes);
-      fs.readSync(fd, b, 0, b.length, SUPERBLOCK_SIZE);
+      fs.readSync(fd, b, 0, b.length, g.metadataOffset);
       return b;
     } finally {
       fs.closeSync(fd);
@@ -156,8 +156,8 @@ describe('cache metadata and warm restart', () => {
     cache = await open();
     const old = area();
     await cache.abort();
-    // Another clean run caches other data in the same slots.
-    const other = new MemStore(32 * BS);
+    // Another clean run caches other data in the same slots (its store changed: another identity).
+    const other = new MemStore(32 * BS, 'mem-2');
     stampBytes(other.data, 0, 2);
     cache = await open();
     assert.equal(cache.warm, false, 'the aborted run left stale metadata');
@@ -167,22 +167,26 @@ describe('cache metadata and warm restart', () => {
     await s.close();
     await cache.close();
     const fd = fs.openSync(cachePath(), 'r+');
-    fs.writeSync(fd, old, 0, old.length, SUPERBLOCK_SIZE);
+    fs.writeSync(fd, old, 0, old.length, (cache as Cache).geometry.metadataOffset);
     fs.closeSync(fd);
     cache = await open();
     assert.equal(cache.warm, false);
     assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
   });
 
-  it('a crash (no clean close) after a warm start leaves a cold cache', async () => {
+  it('a crash (no clean close) after a warm start: the index is recovered from the segment headers', async () => {
     const mem = new MemStore(32 * BS);
+    stampBytes(mem.data, 0, 1);
     await populate(mem);
     cache = await open();
     assert.equal(cache.warm, true);
     await cache.abort();
     cache = await open();
-    assert.equal(cache.warm, false);
-    assert.equal(cache.map.map.size, 0);
+    assert.equal(cache.warm, false, 'the metadata is stale');
+    assert.deepEqual(cache.recovery && { entries: cache.recovery.entries, skipped: cache.recovery.skipped }, { entries: BLOCKS, skipped: 0 });
+    assert.equal(cache.map.map.size, BLOCKS);
+    assert.deepEqual(await readAll(mem), mem.data.subarray(0, BLOCKS * BS));
+    assert.equal(cache.stats().readHits, BLOCKS);
   });
 
   it('a changed identity drops the volume; a changed geometry or corrupt metadata means cold', async () => {
@@ -198,9 +202,10 @@ describe('cache metadata and warm restart', () => {
     await populate(mem);
     const fd = fs.openSync(cachePath(), 'r+');
     const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, SUPERBLOCK_SIZE + 200);
+    const at = computeGeometry(deviceBytesFor(8, 4096, 16384), 4096, 16384).metadataOffset + 200;
+    fs.readSync(fd, b, 0, 1, at);
     b[0] ^= 1;
-    fs.writeSync(fd, b, 0, 1, SUPERBLOCK_SIZE + 200);
+    fs.writeSync(fd, b, 0, 1, at);
     fs.closeSync(fd);
     cache = await open();
     assert.equal(cache.warm, false);

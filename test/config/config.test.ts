@@ -24,6 +24,13 @@ describe('config validation', () => {
     assert.equal(c.volumes[0]?.serial, 'vm1');
     assert.equal(c.volumes[0]?.exclusive, false);
     assert.equal(c.backingTimeoutMs, 60000);
+    assert.equal(c.flushOnStop, false);
+  });
+
+  it('accepts cacheMode writeback and flushOnStop', () => {
+    const c = validateConfig({ volumes: [{ ...vol, cacheMode: 'writeback' }], flushOnStop: true });
+    assert.equal(c.volumes[0]?.cacheMode, 'writeback');
+    assert.equal(c.flushOnStop, true);
   });
 
   it('names the bad field', () => {

@@ -68,6 +68,8 @@ describe('daemon (in-process, our front end)', function () {
     assert.match(metrics, /vbc_write_requests_total\{volume="b"\} 64/);
     assert.match(metrics, /vbc_cache_read_hits_total\{volume="a"\} [1-9]/);
     assert.match(metrics, /vbc_cache_blocks\{volume="b"\} [1-9]/);
+    // No eviction yet: the policy's decay period is still its initial 1.
+    assert.match(metrics, /^vbc_cache_decay_period 1$/m);
   });
 
   it('drops only the volume whose front end misbehaves and serves its next connection', async () => {

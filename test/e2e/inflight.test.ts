@@ -15,7 +15,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startNbdkit, unixUri, type ServerProcess } from '../backing/nbd-servers';
+import { RestartingNbdkit, unixUri } from '../backing/nbd-servers';
 import { VbcDaemon } from './vm/daemon';
 import { prepareGuestImageBeforeAll, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, type FioVerifyJob } from './vm/output';
@@ -28,7 +28,7 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
   this.timeout(600_000);
   let dir: string;
   let daemon: VbcDaemon | undefined;
-  let server: ServerProcess | undefined;
+  let server: RestartingNbdkit | undefined;
 
   prepareGuestImageBeforeAll();
 
@@ -38,12 +38,11 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
 
   afterEach(async function () {
     if (this.currentTest?.state === 'failed' && server !== undefined) {
-      const p = server.proc;
-      console.log(`      nbdkit: exit ${p.exitCode} signal ${p.signalCode}; stderr: ${server.stderr.trim() || '(none)'}`);
+      console.log(`      nbdkit exits: ${server.exits.join('; ') || '(none)'}; stderr: ${server.stderr.trim() || '(none)'}`);
     }
     if (daemon?.running) await daemon.stop('SIGKILL');
     daemon = undefined;
-    await server?.stop('SIGKILL');
+    await server?.stop();
     server = undefined;
     fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -56,7 +55,7 @@ describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) 
     fs.writeFileSync(image, '');
     fs.truncateSync(image, 128 * MiB);
     const nbdSocket = path.join(dir, 'nbd.sock');
-    server = await startNbdkit({ socket: nbdSocket, plugin: 'file', args: [`file=${image}`, 'wdelay=20ms'], filters: ['delay'] });
+    server = await RestartingNbdkit.start({ socket: nbdSocket, plugin: 'file', args: [`file=${image}`, 'wdelay=20ms'], filters: ['delay'] });
     daemon = await VbcDaemon.start({
       control,
       args: ['--socket-path', socketPath, '--backing', unixUri(nbdSocket), '--control', control, '--log-level', 'info'],
@@ -107,7 +106,7 @@ echo "io-errors $(dmesg | grep -ci 'i/o error')"
       assert.equal(one(r.output, 'io-errors'), '0', 'no I/O error in the guest kernel log');
       const recovered = daemon.runs.flatMap((run) => run.filter((l) => l.msg === 'inflight requests recovered'));
       const resubmitted = recovered.reduce((n, l) => n + Number(l.resubmit), 0);
-      console.log(`      [e2e] inflight: ${recovered.length} recoveries, ${resubmitted} requests resubmitted over ${KILLS} kills`);
+      console.log(`      [e2e] inflight: ${recovered.length} recoveries, ${resubmitted} requests resubmitted over ${KILLS} kills; nbdkit restarts: ${server.exits.length}`);
       assert.ok(resubmitted > 0, 'at least one kill left requests in flight that the next run resubmitted');
     } finally {
       await guest.kill();

@@ -1,0 +1,120 @@
+/**
+ * Issue 13: write-back over a slow network backing store: nbdkit's memory plugin behind the
+ * delay filter (rdelay=1ms wdelay=1ms), 4 KiB random writes at depth 16 over a working set far
+ * below the dirty limit (half the cache), compared on the same writes:
+ *   qsd           qemu-storage-daemon serving the NBD export over vhost-user-blk
+ *   writethrough  our daemon, --cache-mode writethrough (every write waits for the backing store)
+ *   writeback     our daemon, --cache-mode writeback (acknowledged once durable in the cache log)
+ * Each repetition starts our daemon on a new cache file per mode. After the write-back pass the
+ * flush command destages everything (its time and the blocks written back are reported).
+ * Target (issue 13): write-back >= 10x qsd IOPS while the dirty limit is not reached.
+ *
+ * Run: node dist/bench/writeback-nbd.js [--runtime S] [--reps N] [--ws MiB]
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
+import { controlJson } from '../src/control/client';
+import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { benchDir, startNbdkit, startQsd, startVbc, type Target } from '../src/bench/targets';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runtime: { type: 'string', default: '5' },
+      reps: { type: 'string', default: '3' },
+      ws: { type: 'string', default: '32' },
+      depth: { type: 'string', default: '16' },
+      dir: { type: 'string' },
+    },
+  });
+  const runtime = Number(values.runtime);
+  const reps = Number(values.reps);
+  const ws = Number(values.ws) << 20;
+  const depth = Number(values.depth);
+  const cacheSize = 8 * ws;
+  const loadBefore = machineNote();
+  const dir = benchDir(values.dir);
+  const nbdSock = path.join(dir, 'nbd.sock');
+  const uri = `nbd+unix:///?socket=${nbdSock}`;
+  const control = path.join(dir, 'control.sock');
+  const sock = { ours: path.join(dir, 'vbc.sock'), qsd: path.join(dir, 'qsd.sock') };
+  const commands: string[] = [];
+  const stopAll: Target[] = [];
+  try {
+    const nbd = await startNbdkit({ socket: nbdSock, size: 2 * ws, readDelayMs: 1, writeDelayMs: 1 });
+    stopAll.push(nbd);
+    commands.push(nbd.command);
+    const qsd = await startQsd({ socketPath: sock.qsd, nbd: { socket: nbdSock }, numQueues: 1 });
+    stopAll.push(qsd);
+    commands.push(qsd.command);
+    const randwrite = { mode: 'randwrite' as const, bs: 4096, depth, queues: 1, runtime, size: ws };
+    const res: Record<'qsd' | 'writethrough' | 'writeback', Measurement[]> = { qsd: [], writethrough: [], writeback: [] };
+    const destage: { ms: number; blocks: number }[] = [];
+    const commits: { commits: number; us: number; dirty: number; destaged: number }[] = [];
+    for (let r = 0; r < reps; r++) {
+      const seed = 7000 + r;
+      res.qsd.push(await measureMode({ ...randwrite, sockets: [sock.qsd], seed }));
+      for (const mode of ['writethrough', 'writeback'] as const) {
+        const cacheFile = path.join(dir, `cache${r}-${mode}.img`);
+        const ours = await startVbc({
+          volumes: [{ name: 'vol0', socketPath: sock.ours, backing: uri, numQueues: 1, cacheMode: mode }],
+          cache: { path: cacheFile, size: cacheSize },
+          control,
+        });
+        if (commands.length < 4) commands.push(ours.command);
+        try {
+          // Warm-up (JIT, NBD connections) outside the measured range.
+          await measureMode({ ...randwrite, sockets: [sock.ours], seed: seed + 50, count: 2000, offset: ws, size: ws });
+          res[mode].push(await measureMode({ ...randwrite, sockets: [sock.ours], seed }));
+          if (mode === 'writeback') {
+            const st = (await controlJson(control, 'GET', '/stats')) as { cache: { commits: number; commitLatencyUs: number; volumes: Record<string, { dirtyBlocks: number; destaged: number }> } };
+            commits.push({ commits: st.cache.commits, us: st.cache.commitLatencyUs, dirty: st.cache.volumes.vol0.dirtyBlocks, destaged: st.cache.volumes.vol0.destaged });
+            const t = performance.now();
+            const f = (await controlJson(control, 'POST', '/volumes/vol0/flush')) as { destaged: number };
+            destage.push({ ms: performance.now() - t, blocks: f.destaged });
+          }
+        } finally {
+          await ours.stop();
+          fs.rmSync(cacheFile, { force: true });
+        }
+      }
+      process.stderr.write(`rep ${r}: qsd ${fmtInt(res.qsd[r].iops)} writethrough ${fmtInt(res.writethrough[r].iops)} writeback ${fmtInt(res.writeback[r].iops)}\n`);
+    }
+    const med = { qsd: medianOf(res.qsd), writethrough: medianOf(res.writethrough), writeback: medianOf(res.writeback) };
+    process.stdout.write(
+      `\n## Write-back over a slow NBD backing (nbdkit memory, delay filter rdelay=1ms wdelay=1ms): 4 KiB random writes, depth ${depth}, ` +
+        `working set ${ws >> 20} MiB, cache ${cacheSize >> 20} MiB (dirty limit ${cacheSize >> 21} MiB), ${runtime} s x ${reps} reps (medians)\n\n`,
+    );
+    const row = (name: string, m: Measurement, per: Measurement[]): (string | number)[] => [
+      name, fmtInt(m.iops), fmtRatio(m.iops, med.qsd.iops), fmtNum(m.lat.mean), fmtNum(m.lat.p50), fmtNum(m.lat.p99), per.map((x) => fmtInt(x.iops)).join(', '),
+    ];
+    process.stdout.write(
+      markdownTable(
+        ['target', 'IOPS', 'vs qsd', 'mean µs', 'p50 µs', 'p99 µs', 'IOPS per rep'],
+        [row('qemu-storage-daemon (NBD)', med.qsd, res.qsd), row('vhost-blk-cache writethrough', med.writethrough, res.writethrough), row('vhost-blk-cache writeback', med.writeback, res.writeback)],
+      ) + '\n\n',
+    );
+    const ratio = med.writeback.iops / med.qsd.iops;
+    process.stdout.write(`- writeback / qsd IOPS: ${ratio.toFixed(2)}x (target >= 10x): ${ratio >= 10 ? 'met' : 'NOT met'}\n`);
+    process.stdout.write(`- writeback mean latency / writethrough: ${(med.writeback.lat.mean / med.writethrough.lat.mean).toFixed(3)}x\n`);
+    process.stdout.write(
+      `- write-back group commits per pass (warm-up included): ${commits.map((c) => `${fmtInt(c.commits)} commits, mean ${fmtNum(c.us)} µs`).join('; ')}; ` +
+        `dirty at the end of the pass / destaged during it: ${commits.map((c) => `${c.dirty} / ${fmtInt(c.destaged)}`).join(', ')}\n`,
+    );
+    process.stdout.write(`- flush command after each write-back pass: ${destage.map((d) => `${d.blocks} blocks in ${Math.round(d.ms)} ms`).join(', ')}\n\n`);
+    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
+    process.stdout.write('Commands:\n\n');
+    for (const c of commands) process.stdout.write(`    ${c}\n`);
+    process.stdout.write(`    node dist/bench/writeback-nbd.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depth ${depth}\n`);
+  } finally {
+    for (const t of stopAll.reverse()) await t.stop();
+    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+void main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

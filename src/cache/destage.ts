@@ -1,0 +1,340 @@
+/**
+ * Destaging of one write-back volume: its dirty blocks (cache-map.ts `dirty`) are written to the
+ * backing store in the background, in address order (an elevator: each round continues after
+ * the last block of the previous one, wrapping), coalesced into runs of consecutive blocks.
+ *
+ * A round: pick up to ROUND_BLOCKS dirty blocks from the cursor on, watch their slots
+ * (Cache.watchDestage: a slot superseded or discarded meanwhile stops being watched), read
+ * their data from the cache (a dirty block unreadable there is logged and left dirty), make the
+ * dropped entries of their keys durably invalid (Cache.killDropped: a destage is a backing write,
+ * recovery.ts 9.), write the runs, flush the backing store, then mark the still-watched slots
+ * clean (Cache.markClean: header rewrites, batched, not waited for). Rounds never overlap, so two backing writes of one
+ * block are never in flight together and a later round's data lands last.
+ *
+ * Pace (per volume, in blocks, from the volume's dirty limit L):
+ *   - writes wait (room()) while the volume holds L dirty blocks or the cache holds
+ *     MAX_DIRTY_FRACTION of its slots dirty, at most `timeoutMs` (then ETIMEDOUT): the hand
+ *     always finds a slot that is not dirty;
+ *   - at or above the high watermark (and until the low one), or while a drain() or room()
+ *     waits, rounds run back to back;
+ *   - otherwise a round starts when the volume has no guest request in flight (checked every
+ *     IDLE_POLL_MS), or after YIELD_MAX_MS at the latest: destaging yields to guest I/O.
+ * A round that fails (backing store down) is retried after a backoff doubling from
+ * RETRY_MIN_MS to RETRY_MAX_MS; writes keep going into the log until the limit, then wait.
+ */
+import type { BackingStore } from '../backing/backing-store';
+import { VhostError } from '../native/errors';
+import type { Logger } from '../util/logger';
+import type { Cache } from './cache';
+
+/** Dirty blocks picked per round. */
+export const ROUND_BLOCKS = 256;
+/** Longest backing write of a round, in blocks. */
+export const RUN_BLOCKS = 64;
+/** Share of the cache's slots that may be dirty at once (all volumes). */
+export const MAX_DIRTY_FRACTION = 0.75;
+/** Default dirty limit of a volume: this share of its cap (or of the cache). */
+export const DEFAULT_DIRTY_LIMIT = 0.5;
+/** Default watermarks, as shares of the dirty limit. */
+export const DEFAULT_HIGH_WATERMARK = 0.5;
+export const DEFAULT_LOW_WATERMARK = 0.25;
+const IDLE_POLL_MS = 2;
+const YIELD_MAX_MS = 50;
+const RETRY_MIN_MS = 10;
+const RETRY_MAX_MS = 1000;
+
+export interface DestageOptions {
+  cache: Cache;
+  volume: number;
+  backing: BackingStore;
+  /** Dirty blocks of this volume beyond which writes wait. */
+  limit: number;
+  /** Watermarks in blocks (low <= high <= limit). */
+  high: number;
+  low: number;
+  /** How long room() and drain() wait through failures before they reject. */
+  timeoutMs: number;
+  /** Guest requests of the volume in flight. */
+  busy: () => boolean;
+  logger: Logger;
+}
+
+interface Waiter {
+  need: number;
+  resolve: () => void;
+}
+
+export class Destager {
+  /** Blocks written back and marked clean, rounds run, rounds failed. */
+  destaged = 0;
+  rounds = 0;
+  errors = 0;
+  private readonly o: DestageOptions;
+  private cursor = 0;
+  private running: Promise<void> | null = null;
+  /** The round in flight (rounds never overlap). */
+  private round: Promise<void> = Promise.resolve();
+  private urgent = false;
+  private drains = 0;
+  private readonly waiters = new Set<Waiter>();
+  private closed = false;
+  private timer: NodeJS.Timeout | null = null;
+  private wake: (() => void) | null = null;
+  /** Ends the current wait of the loop, whatever it is (close()). */
+  private sleepDone: (() => void) | null = null;
+  /** When rounds started failing (0: the last one succeeded). */
+  private failingSince = 0;
+  private lastError: Error | null = null;
+  /** Runs of the last round that could not be read from the cache. */
+  private unreadable = 0;
+  /** Called at the end of the next round (drain()). */
+  private roundEnds: (() => void)[] = [];
+
+  constructor(o: DestageOptions) {
+    this.o = o;
+  }
+
+  get dirty(): number {
+    return this.o.cache.map.dirtyBlocks(this.o.volume);
+  }
+
+  /** Starts the background loop if dirty blocks wait and it is not running. */
+  kick(): void {
+    if (this.running !== null || this.closed || this.dirty === 0) return;
+    this.running = this.loop().finally(() => {
+      this.running = null;
+      if (this.dirty > 0 && !this.closed && (this.urgent || this.drains > 0 || this.waiters.size > 0)) this.kick();
+    });
+  }
+
+  /**
+   * Resolves when `n` more dirty blocks fit (the volume's limit and the cache's); the volume
+   * holding none always fits. Rejects with ETIMEDOUT after timeoutMs.
+   */
+  room(n: number): Promise<void> {
+    if (this.fits(n)) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = { need: n, resolve: () => undefined };
+      const timer = setTimeout(() => {
+        this.waiters.delete(w);
+        reject(new VhostError(`cache: write-back limit reached and the backing store did not take the dirty blocks within ${this.o.timeoutMs} ms`, 'ETIMEDOUT'));
+      }, this.o.timeoutMs);
+      w.resolve = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.waiters.add(w);
+      this.urgent = true;
+      this.poke();
+    });
+  }
+
+  private fits(n: number): boolean {
+    const map = this.o.cache.map;
+    const dirty = this.dirty;
+    if (dirty === 0) return true;
+    return dirty + n <= this.o.limit && map.dirtyTotal + n <= MAX_DIRTY_FRACTION * map.slots;
+  }
+
+  private release(): void {
+    for (const w of this.waiters) {
+      if (!this.fits(w.need)) continue;
+      this.waiters.delete(w);
+      w.resolve();
+    }
+  }
+
+  /**
+   * Writes back every block dirty now or made dirty before it ends (the flush command, a mode
+   * switch, a removal, --flush-on-stop). Rejects when rounds kept failing for timeoutMs.
+   */
+  async drain(): Promise<void> {
+    this.drains++;
+    try {
+      while (this.dirty > 0) {
+        if (this.closed) throw new VhostError('cache: volume closed while destaging', 'ESHUTDOWN');
+        if (this.failingSince > 0 && performance.now() - this.failingSince > this.o.timeoutMs) {
+          throw new VhostError(`cache: destaging failed for ${this.o.timeoutMs} ms: ${this.lastError?.message ?? ''}`, 'EIO');
+        }
+        const ended = new Promise<void>((r) => this.roundEnds.push(r));
+        const before = this.destaged;
+        this.poke();
+        await ended;
+        if (this.destaged === before && this.failingSince === 0 && this.unreadable > 0) {
+          throw new VhostError(`cache: ${this.dirty} write-back blocks could not be destaged: unreadable on the cache device`, 'EIO');
+        }
+      }
+    } finally {
+      this.drains--;
+    }
+  }
+
+  /** Resolves when no round is in flight. */
+  async idle(): Promise<void> {
+    await this.round;
+  }
+
+  /** Writes back the dirty blocks of [first, last] now (before a discard of them); rejects on failure. */
+  async destageRange(first: number, last: number): Promise<void> {
+    for (;;) {
+      await this.round;
+      const picked = this.pick(first, last);
+      if (picked.length === 0) return;
+      const r = this.runRound(picked);
+      this.round = r.catch(() => undefined);
+      await r;
+    }
+  }
+
+  /** Stops the loop (rounds in flight finish); room() waiters reject. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.sleepDone?.();
+    await this.running;
+    await this.round;
+  }
+
+  /** Ends a wait of the loop at once. */
+  private poke(): void {
+    if (this.wake !== null) this.wake();
+    else this.kick();
+  }
+
+  /** Waits ms; `wakeable`: poke() ends the wait at once (a yield, not a backoff). */
+  private sleep(ms: number, wakeable: boolean): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        if (this.timer !== null) clearTimeout(this.timer);
+        this.timer = null;
+        this.wake = null;
+        this.sleepDone = null;
+        resolve();
+      };
+      this.sleepDone = done;
+      if (wakeable) this.wake = done;
+      this.timer = setTimeout(done, ms);
+      this.timer.unref();
+    });
+  }
+
+  private async loop(): Promise<void> {
+    let backoff = RETRY_MIN_MS;
+    while (!this.closed && this.dirty > 0) {
+      const dirty = this.dirty;
+      if (dirty >= this.o.high) this.urgent = true;
+      else if (dirty <= this.o.low) this.urgent = false;
+      const pressing = this.urgent || this.drains > 0 || this.waiters.size > 0;
+      if (!pressing) {
+        // Yield to guest I/O: wait until the volume is idle, or YIELD_MAX_MS.
+        for (let waited = 0; waited < YIELD_MAX_MS && this.o.busy() && !this.closed; waited += IDLE_POLL_MS) await this.sleep(IDLE_POLL_MS, true);
+        if (this.closed) break;
+      }
+      const picked = this.pick(0, Infinity);
+      if (picked.length === 0) break;
+      const r = this.runRound(picked);
+      this.round = r.catch(() => undefined);
+      try {
+        await r;
+        backoff = RETRY_MIN_MS;
+      } catch {
+        if (this.closed) break;
+        await this.sleep(backoff, false);
+        backoff = Math.min(RETRY_MAX_MS, 2 * backoff);
+      }
+    }
+    // Waiters of a closed volume never get room.
+    if (this.closed) for (const w of this.waiters) w.resolve();
+  }
+
+  /**
+   * Up to ROUND_BLOCKS dirty [block, slot] pairs of blocks in [first, last], in block order
+   * from the cursor on (wrapping).
+   */
+  private pick(first: number, last: number): number[][] {
+    const m = this.o.cache.map.dirty.get(this.o.volume);
+    if (m === undefined || m.size === 0) return [];
+    const bda = this.o.cache.map.bda;
+    const all: number[][] = [];
+    for (const slot of m.keys()) {
+      const b = bda.blockOf(slot);
+      if (b >= first && b <= last) all.push([b, slot]);
+    }
+    all.sort((x, y) => x[0] - y[0]);
+    let from = all.findIndex((p) => p[0] >= this.cursor);
+    if (from < 0) from = 0;
+    const out: number[][] = [];
+    for (let j = 0; j < all.length && out.length < ROUND_BLOCKS; j++) out.push(all[(from + j) % all.length]);
+    out.sort((x, y) => x[0] - y[0]);
+    return out;
+  }
+
+  /** One round over `picked` (see the file comment); rejects when the backing store failed. */
+  private async runRound(picked: number[][]): Promise<void> {
+    const { cache, volume, backing } = this.o;
+    const bs = cache.blockSize;
+    const slots = picked.map((p) => p[1]);
+    cache.watchDestage(slots);
+    // Runs of consecutive blocks: [first block, index in picked, count].
+    const runs: number[][] = [];
+    for (let j = 0; j < picked.length; j++) {
+      const r = runs[runs.length - 1];
+      if (r !== undefined && r[0] + r[2] === picked[j][0] && r[2] < RUN_BLOCKS) r[2]++;
+      else runs.push([picked[j][0], j, 1]);
+    }
+    this.rounds++;
+    this.unreadable = 0;
+    try {
+      const c = cache.map.stats(volume);
+      const counted = { reads: c.reads, readHits: c.readHits, ramHits: c.ramHits, storageHits: c.storageHits };
+      const data = await Promise.all(
+        runs.map(async ([first, , n]) => {
+          const buf = new Uint8Array(n * bs);
+          try {
+            await cache.readBlocks(volume, first, n, buf, new Uint8Array(n));
+          } catch (err) {
+            this.errors++;
+            this.unreadable++;
+            this.o.logger.error({ volume, first, blocks: n, err: (err as Error).message }, 'cache: write-back blocks unreadable on the cache device: not destaged (their reads fail)');
+            return null;
+          }
+          return buf;
+        }),
+      );
+      // Destaging is not guest reading: the volume's hit counters stay as they were.
+      Object.assign(c, counted);
+      const kills: Promise<void>[] = [];
+      for (const [first, , n] of runs) {
+        const k = cache.killDropped(volume, first, n, true);
+        if (k !== null) kills.push(k);
+      }
+      await Promise.all(kills);
+      await Promise.all(runs.map(([first], j) => (data[j] === null ? undefined : backing.write(first * bs, [data[j] as Uint8Array]))));
+      await backing.flush();
+      const done: number[] = [];
+      runs.forEach(([, at, n], j) => {
+        if (data[j] !== null) for (let k = 0; k < n; k++) done.push(slots[at + k]);
+      });
+      const marked = cache.markClean(done);
+      this.destaged += marked;
+      c.destaged += marked;
+      this.cursor = picked[picked.length - 1][0] + 1;
+      this.failingSince = 0;
+      this.lastError = null;
+    } catch (err) {
+      this.errors++;
+      cache.map.stats(volume).destageErrors++;
+      if (this.failingSince === 0) {
+        this.failingSince = performance.now();
+        this.o.logger.warn({ volume, dirty: this.dirty, err: (err as Error).message }, 'cache: destaging failed (backing store down?); retrying, writes continue into the cache up to the dirty limit');
+      }
+      this.lastError = err as Error;
+      throw err;
+    } finally {
+      cache.unwatch(slots);
+      this.release();
+      const ends = this.roundEnds;
+      this.roundEnds = [];
+      for (const end of ends) end();
+    }
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Header entries that may still say "valid" on the cache device for keys that left the RAM map
+ * (cache-map.ts drop: an eviction, an invalidation, a failed read or checksum, a block moved to
+ * another slot). recovery.ts would bring such an entry back after a crash, so a write to its
+ * key must first make it durably invalid (log.ts rewrites the segment's header from the BDA,
+ * then fdatasync); this set is how the write path finds them.
+ *
+ * An entry is added when its slot is dropped; it is *covered* by the next header of its segment
+ * sealed from the BDA (which no longer names it: seal()), and forgotten once that header is
+ * written and an fdatasync after it succeeded (forget()). A failed header write uncovers its
+ * entries again. Entries of a volume whose every block was dropped through its epoch
+ * (volume-table.ts) may stay until then: they only cost a needless header rewrite.
+ *
+ * RAM: one object (~80 bytes with its map and list slots) per entry. Entries live until their
+ * segment's next sealed header is durable: evictions until the segment being filled is written
+ * and synced (log.ts syncs once MAX_UNSYNCED_SEGMENTS segments' worth await it), every other
+ * drop until the header rewrite the log starts for it at once (background): a few segments'
+ * worth of entries, e.g. ~50 KiB at 128 blocks per segment.
+ */
+
+export interface Dropped {
+  slot: number;
+  volume: number;
+  block: number;
+}
+
+export class DroppedEntries {
+  private readonly byVolume = new Map<number, Map<number, Dropped[]>>();
+  /** Entries not yet covered by a sealed header, by segment. */
+  private readonly bySegment = new Map<number, Dropped[]>();
+  size = 0;
+
+  constructor(private readonly blocksPerSegment: number) {}
+
+  add(slot: number, volume: number, block: number): Dropped {
+    const d: Dropped = { slot, volume, block };
+    let blocks = this.byVolume.get(volume);
+    if (blocks === undefined) this.byVolume.set(volume, (blocks = new Map()));
+    const list = blocks.get(block);
+    if (list === undefined) blocks.set(block, [d]);
+    else list.push(d);
+    this.uncover(Math.floor(slot / this.blocksPerSegment), [d]);
+    this.size++;
+    return d;
+  }
+
+  /** Adds to `out` the segments holding an entry for blocks first .. first + count - 1 of volume. */
+  segmentsOf(volume: number, first: number, count: number, out: Set<number>): void {
+    const blocks = this.byVolume.get(volume);
+    if (blocks === undefined) return;
+    const add = (list: Dropped[]) => {
+      for (const d of list) out.add(Math.floor(d.slot / this.blocksPerSegment));
+    };
+    if (count <= blocks.size) {
+      for (let b = first; b < first + count; b++) {
+        const list = blocks.get(b);
+        if (list !== undefined) add(list);
+      }
+      return;
+    }
+    for (const [b, list] of blocks) if (b >= first && b < first + count) add(list);
+  }
+
+  /** Segments holding entries no sealed header covers yet. */
+  uncovered(): number[] {
+    return [...this.bySegment.keys()];
+  }
+
+  /** A header of `seg` is sealed from the BDA now: the entries it covers (null: none). */
+  seal(seg: number): Dropped[] | null {
+    const list = this.bySegment.get(seg);
+    if (list === undefined) return null;
+    this.bySegment.delete(seg);
+    return list;
+  }
+
+  /** The header that covered `list` was not written: they wait for another one. */
+  uncover(seg: number, list: Dropped[]): void {
+    const cur = this.bySegment.get(seg);
+    if (cur === undefined) this.bySegment.set(seg, list.slice());
+    else cur.push(...list);
+  }
+
+  /** The header that covered these entries is durable: they are gone from the device. */
+  forget(list: readonly Dropped[]): void {
+    for (const d of list) {
+      const blocks = this.byVolume.get(d.volume);
+      const same = blocks?.get(d.block);
+      if (blocks === undefined || same === undefined) continue;
+      const i = same.indexOf(d);
+      if (i < 0) continue;
+      same.splice(i, 1);
+      this.size--;
+      if (same.length === 0) blocks.delete(d.block);
+      if (blocks.size === 0) this.byVolume.delete(d.volume);
+    }
+  }
+}

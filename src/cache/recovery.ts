@@ -1,0 +1,285 @@
+/**
+ * Recovery: after an unclean stop (crash, kill -9, power cut: the metadata of the last clean
+ * close is stale) the cache index is rebuilt from the segment headers on the device, so the
+ * cache starts warm.
+ *
+ * THE INVARIANT (kept by log.ts, cache.ts and cached-store.ts; this file relies on it):
+ *   At every instant, for every key K (volume id, block) and every header entry that may be on
+ *   the device (durable, or written and not yet synced) saying "slot s holds K, valid", with a
+ *   sequence number >= the volume table's floor and >= the epoch of K's volume id: either the
+ *   data the guest would read for K equals what slot s holds (checked against the entry's
+ *   CRC-32C), or K's backing write has not been issued yet.
+ * How each way of breaking it is ruled out:
+ *   1. A guest write, discard or write-zeroes (every mode, `none` included) drops K from the map
+ *      and, before its backing write is issued, rewrites the headers of every segment that may
+ *      still name K (Log.killFor), then fdatasync: batched, one device write set + one
+ *      fdatasync per batch.
+ *   2. Keys leaving the map without a write (evicted when the slot is refilled, read-ahead or
+ *      device read errors, checksum drops, a block moved to another slot) are remembered with
+ *      their slot (dropped.ts) until a header of their segment sealed after the drop is durable,
+ *      so 1. finds them; a volume shrink or identity change drops all of its blocks through 4.
+ *   3. Every device write of a segment is chained after the ones issued before it (Log
+ *      onSegment): a header rewrite never lands before a segment write still in flight.
+ *   4. Volume ids are reused and volumes lose all their blocks at once: the volume table
+ *      (volume-table.ts) gives each id an epoch, raised (and saved, synced) whenever all of a
+ *      volume's blocks are dropped, before that volume's next write is issued; entries sealed
+ *      before their id's epoch are not recovered. Records are never removed, so a new id is
+ *      unknown to every table on the device and its entries are skipped until its record is
+ *      saved (its blocks need not wait).
+ *   5. Changes behind our back while stopped: a volume is kept only if its backing identity
+ *      equals the one last recorded (cache.ts registerVolume; cached-store.ts records it when
+ *      the volume is quiet), else all its blocks go (4.). Never sampled for this. A store
+ *      that may lose unflushed writes with its connection (NBD) loses its recovered blocks.
+ *   6. Torn writes: header sectors are self-describing (CRC-32C, sequence number; segment.ts),
+ *      only the sectors of a segment's highest sequence number are used (a mix is detected and
+ *      that header rewritten before the cache opens); data is checked against the entry's
+ *      CRC-32C on every device read (a torn block is a miss), never read here.
+ *   7. A cache-device write error: nothing is sealed any more, and the writes made from then
+ *      on kill nothing on the device, so before any of them is issued it must be durable that
+ *      nothing sealed so far is recovered: the volume table saved with the floor above every
+ *      sequence number used or, if the device refuses that, the superblock retired (zeros:
+ *      the next start formats the device). Every write while the cache is disabled waits for
+ *      one of them (Log.killFor, cache.ts retire); if the device refuses both for a whole round
+ *      of attempts (~4 s), the writes waiting fail with EIO and are never issued, and the next
+ *      write tries again. Which of the two landed does not matter: both mean "cold". The volume
+ *      table's saves are group commits that never report a save whose snapshot predates the
+ *      request (volume-table.ts), so "floor saved" means the raised floor is on the device.
+ *
+ * Write-back (dirty entries: data newer than the backing store, acknowledged once durable):
+ *   8. A dirty entry is the newest data of its key unless a newer entry of the key exists:
+ *      a newer write-back copy is sealed with a higher sequence number, and the older copy stays
+ *      named (superseded) until the newer one is durable (log.ts SHADOW), so a crash leaves at
+ *      least one of them; a write-through write or discard of a dirty block kills it like 1.
+ *   9. A destage (the backing write of dirty data) is a backing write like 1.: the dropped
+ *      entries of its keys are made durably invalid before it is issued; a dirty entry whose
+ *      "clean" mark was lost is destaged again (the same data).
+ *  10. A segment write holding dirty blocks writes its data, fdatasync, then its header: a
+ *      durable dirty entry never names data that is not on the device. A slot whose dirty entry
+ *      may still be valid is never refilled (SHADOW, RESERVED).
+ *  11. Torn headers: a header is rewritten in place (group commits, clean marks, kills) while it
+ *      names acknowledged dirty blocks, so a dirty entry of an intact sector of an OLDER write
+ *      of the header is recovered too (with that sector's sequence number): it was the last
+ *      durable state of that sector, and 8.-10. make it right unless a newer entry of the key
+ *      exists, which wins. Clean entries of older sectors are not recovered (as in 6.).
+ *  12. A cache-device write error (7.) with dirty blocks: the floor (or a retired superblock)
+ *      would drop them, so they are destaged first (cache.ts retire); the writes waiting for
+ *      7. wait for that destage too (never overtaken by it). What cannot be destaged is logged
+ *      and lost at the next start (README: the data-loss window).
+ *
+ * Algorithm: read every segment header (batches of reads in flight); per segment keep the
+ * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
+ * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
+ * inside the volume, goes to its slot; a key found twice keeps the entry of the higher sequence
+ * number, a superseded one losing to any other. Segments whose headers name entries not
+ * recovered for another reason than floor or epoch (older sectors of a torn header, the loser
+ * of a duplicate) are returned in `rewrite`: the caller rewrites them from the rebuilt index
+ * (and syncs) before the cache is used, so every entry still valid on the device is in the
+ * index again (the invariant's starting point). The hand restarts after the segment of the
+ * highest sequence number.
+ */
+import type { IoEngine } from '../io/io-engine';
+import { AddressMap } from './address-map';
+import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID } from './bda';
+import type { VolumeRecord } from './metadata';
+import { checkHeaderSectors, ENTRY_DIRTY, ENTRY_SUPERSEDED, entryOffset, entrySector, type Geometry, segmentOffset } from './segment';
+
+/** Segment headers read per batch (their reads are in flight together). */
+const READ_BATCH = 256;
+
+export interface RecoveryInput {
+  engine: IoEngine;
+  fd: number;
+  geometry: Geometry;
+  uuid: Uint8Array;
+  floor: number;
+  volumes: readonly VolumeRecord[];
+  tableCapacity: number;
+}
+
+export interface Recovered {
+  bda: BlockDescriptorArray;
+  table: Int32Array;
+  /** First slot of the segment after the one with the highest sequence number. */
+  hand: number;
+  /** Highest sequence number found (0: none). */
+  sequence: number;
+  /** Segments whose headers must be rewritten before use (see the file comment). */
+  rewrite: number[];
+  /** Entries recovered, and entries seen but not recovered (floor, epoch, torn, duplicate). */
+  entries: number;
+  skipped: number;
+  ms: number;
+}
+
+export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
+  const t0 = performance.now();
+  const g = o.geometry;
+  const H = g.headerSize;
+  const scan = new HeaderScan(o);
+  const buf = new Uint8Array(READ_BATCH * H);
+  for (let from = 0; from < g.segments; from += READ_BATCH) {
+    const n = Math.min(READ_BATCH, g.segments - from);
+    const reads: Promise<void>[] = [];
+    for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, [buf.subarray(j * H, (j + 1) * H)], segmentOffset(g, from + j), true));
+    await Promise.all(reads);
+    for (let j = 0; j < n; j++) scan.segment(from + j, buf, j * H);
+  }
+  scan.index_();
+  return {
+    bda: scan.bda,
+    table: scan.index.table,
+    hand: scan.best < 0 ? 0 : ((scan.best + 1) % g.segments) * g.blocksPerSegment,
+    sequence: Math.max(0, scan.bestSeq),
+    rewrite: [...scan.rewrite],
+    entries: scan.entries,
+    skipped: scan.skipped,
+    ms: performance.now() - t0,
+  };
+}
+
+/** The index being rebuilt, one header at a time (see the file comment). */
+class HeaderScan {
+  readonly bda: BlockDescriptorArray;
+  readonly index: AddressMap;
+  readonly rewrite = new Set<number>();
+  entries = 0;
+  skipped = 0;
+  best = -1;
+  bestSeq = -1;
+  private readonly g: Geometry;
+  private readonly uuid: Uint8Array;
+  private readonly floor: number;
+  /** Per volume id: its epoch (Infinity: unknown id) and its size in blocks. */
+  private readonly epoch = new Float64Array(65536).fill(Infinity);
+  private readonly limit = new Float64Array(65536);
+  /** Per segment: the sequence number of its header's newest intact sectors (-1: none). */
+  private readonly segSeq: Float64Array;
+  private readonly seqs: Float64Array;
+  private readonly crcs: Uint32Array;
+  /** Slots recovered from an older sector than their segment's newest (11.): its sequence number. */
+  private readonly olderSector = new Map<number, number>();
+  /** Slots recovered from a superseded entry (they lose to any other entry of their key). */
+  private readonly superseded = new Set<number>();
+  /** Per slot of a segment: its entry's first 32-bit word in the header, its sector. */
+  private readonly entryWord: Int32Array;
+  private readonly entrySector: Int32Array;
+
+  constructor(o: RecoveryInput) {
+    this.g = o.geometry;
+    this.uuid = o.uuid;
+    this.floor = o.floor;
+    this.bda = new BlockDescriptorArray(this.g.slots);
+    this.index = new AddressMap(this.bda, 0.5, new Int32Array(o.tableCapacity).fill(-1));
+    for (const v of o.volumes) {
+      this.epoch[v.id] = v.epoch;
+      this.limit[v.id] = v.sizeBytes === 0 ? 2 ** 48 : Math.ceil(v.sizeBytes / this.g.blockSize);
+    }
+    this.segSeq = new Float64Array(this.g.segments).fill(-1);
+    this.seqs = new Float64Array(this.g.headerSectors);
+    this.crcs = new Uint32Array(this.g.headerSectors);
+    const bps = this.g.blocksPerSegment;
+    this.entryWord = new Int32Array(bps);
+    this.entrySector = new Int32Array(bps);
+    for (let k = 0; k < bps; k++) {
+      this.entryWord[k] = entryOffset(k) >>> 2;
+      this.entrySector[k] = entrySector(k);
+    }
+  }
+
+  /** The header of segment `seg`, at byte `at` of buf. */
+  segment(seg: number, buf: Uint8Array, at: number): void {
+    const { g, seqs, floor } = this;
+    checkHeaderSectors(buf.subarray(at, at + g.headerSize), g, seg, this.uuid, seqs, this.crcs);
+    let top = -1;
+    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor && seqs[k] > top) top = seqs[k];
+    if (top < 0) return;
+    this.segSeq[seg] = top;
+    if (top > this.bestSeq) {
+      this.bestSeq = top;
+      this.best = seg;
+    }
+    // Entries are 16-byte aligned, little endian (the host's order: metadata.ts refuses others).
+    const words = new Uint32Array(buf.buffer, buf.byteOffset + at, g.headerSize >>> 2);
+    const { keyLo, keyHi, crc, flags } = this.bda;
+    const { epoch, limit, entryWord, entrySector } = this;
+    const bps = g.blocksPerSegment;
+    const first = seg * bps;
+    for (let k = 0; k < bps; k++) {
+      const e = entryWord[k];
+      const ef = words[e + 3];
+      if ((ef & 1) === 0) continue;
+      const sector = seqs[entrySector[k]];
+      // Valid in an intact sector of an older write of this header (torn): only a dirty entry
+      // is recovered (11.), and the header is rewritten.
+      if (sector !== top) {
+        if (sector >= floor) this.rewrite.add(seg);
+        if (sector < floor || (ef & ENTRY_DIRTY) === 0) {
+          if (sector >= floor) this.skipped++;
+          continue;
+        }
+      }
+      const lo = words[e];
+      const hi = words[e + 1];
+      const id = hi >>> 16;
+      if (sector < epoch[id] || (hi & 0xffff) * 2 ** 32 + lo >= limit[id]) {
+        this.skipped++;
+        continue;
+      }
+      const slot = first + k;
+      keyLo[slot] = lo;
+      keyHi[slot] = hi;
+      crc[slot] = words[e + 2];
+      flags[slot] = (ef & ENTRY_DIRTY) !== 0 ? FLAG_VALID | FLAG_DIRTY : FLAG_VALID;
+      if (sector !== top) this.olderSector.set(slot, sector);
+      if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.add(slot);
+      this.entries++;
+    }
+  }
+
+  /**
+   * Builds the address map of the entries found, in the order of their home positions (the
+   * table fills nearly sequentially instead of one cache miss per entry); a key found twice
+   * keeps the entry of the newer header, and the other header is rewritten.
+   */
+  index_(): void {
+    const { bda, index } = this;
+    const { keyLo, keyHi, flags } = bda;
+    const slots = bda.size;
+    const BUCKETS = 1 << 16;
+    const cap = index.capacity;
+    const bucket = new Uint32Array(slots);
+    const counts = new Uint32Array(BUCKETS + 1);
+    for (let i = 0; i < slots; i++) {
+      if ((flags[i] & FLAG_VALID) === 0) continue;
+      const b = Math.floor((index.home(keyLo[i], keyHi[i]) * BUCKETS) / cap);
+      bucket[i] = b;
+      counts[b + 1]++;
+    }
+    for (let b = 0; b < BUCKETS; b++) counts[b + 1] += counts[b];
+    const order = new Int32Array(this.entries);
+    for (let i = 0; i < slots; i++) if ((flags[i] & FLAG_VALID) !== 0) order[counts[bucket[i]]++] = i;
+    const bps = this.g.blocksPerSegment;
+    // The rank of an entry among those of its key: its sequence number; a superseded one loses
+    // to any other (sequence numbers are below 2^52).
+    const rank = (slot: number): number => (this.olderSector.get(slot) ?? this.segSeq[Math.floor(slot / bps)]) - (this.superseded.has(slot) ? 2 ** 52 : 0);
+    for (let j = 0; j < order.length; j++) {
+      const slot = order[j];
+      const other = index.addUnlessPresent(slot);
+      if (other < 0) continue;
+      // The key is named twice: the entry of the newer header stays.
+      this.skipped++;
+      this.entries--;
+      const seg = Math.floor(slot / bps);
+      const otherSeg = Math.floor(other / bps);
+      if (rank(other) >= rank(slot)) {
+        flags[slot] = 0;
+        this.rewrite.add(seg);
+        continue;
+      }
+      this.rewrite.add(otherSeg);
+      index.remove(other);
+      flags[other] = 0;
+      index.add(slot);
+    }
+  }
+}

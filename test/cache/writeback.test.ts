@@ -1,0 +1,226 @@
+/**
+ * Write-back mechanisms one at a time (the crash-point model is writeback-crash.test.ts):
+ * dirty blocks never evicted (slot drawings), destage order and coalescing, acknowledged means
+ * durable (a guest flush waits for nothing more), a backing store down then up, a cache-device
+ * write error.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Cache } from '../../src/cache/cache';
+import { CacheMap } from '../../src/cache/cache-map';
+import { CachedStore } from '../../src/cache/cached-store';
+import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { VhostError } from '../../src/native/errors';
+import { drawSlots, gate, MemStore } from './helpers';
+import { MemDevice } from '../support/mem-device';
+import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
+import { waitFor } from '../support/wait';
+
+const BS = 4096;
+
+function insert(m: CacheMap, block: number, dirty = false): number {
+  const slot = m.findVictim(0);
+  m.assign(slot, 0, block, false, dirty);
+  return slot;
+}
+
+describe('write-back: dirty blocks in the cache map', () => {
+  it('are carried forward, never evicted; a superseded or dropped dirty slot is not reused', () => {
+    const m = new CacheMap(8);
+    for (let b = 10; b <= 15; b++) insert(m, b, b === 11 || b === 13);
+    insert(m, 16);
+    insert(m, 17);
+    assert.equal(drawSlots(m, 8), '>10   11d  12   13d  14   15   16   17');
+    // 10 evicted; 11 is dirty: passed without eviction (its counter untouched), 12 evicted.
+    assert.equal(insert(m, 18), 0);
+    assert.equal(insert(m, 19), 2);
+    assert.equal(drawSlots(m, 8), ' 18   11d  19  >13d  14   15   16   17');
+    // A newer dirty copy of 11: the old slot stays SHADOW (S) until the log releases it.
+    assert.equal(insert(m, 11, true), 4);
+    // Dropping dirty 13 (a discard) leaves its slot RESERVED (R).
+    m.invalidate(0, 13);
+    assert.equal(drawSlots(m, 8), ' 18   S    19   R    11d >15   16   17');
+    assert.equal(m.dirtyBlocks(0), 1);
+    // A full round: the hand takes none of S, R, 11d.
+    for (let b = 20; b < 26; b++) assert.ok(![1, 3, 4].includes(insert(m, b)));
+    assert.equal(drawSlots(m, 8), ' 23   S    24   R    11d  25  >21   22');
+    assert.equal(m.lookup(0, 11), 4);
+    m.markClean(4);
+    assert.equal(m.dirtyBlocks(0), 0);
+    // Clean again: evicted like any block once its counter (one lookup) is used up.
+    let evicted = false;
+    for (let b = 30; b < 40 && !evicted; b++) evicted = insert(m, b) === 4;
+    assert.ok(evicted, 'a cleaned block is evictable again');
+  });
+});
+
+describe('write-back volume', function () {
+  this.timeout(60000);
+  let dir: string;
+  let dev: MemDevice;
+  let cache: Cache;
+  let back: MemStore;
+  let store: CachedStore;
+  /** Backing writes held by a test until it ends. */
+  let blocked: ReturnType<typeof gate>;
+  const DEVICE = deviceBytesFor(8, BS, 8 * BS);
+  const open = async (o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean } = {}): Promise<void> => {
+    dev = new MemDevice(DEVICE, o.image);
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
+    store = new CachedStore({
+      backing: back, cache, name: 'v', mode: 'writeback', readAhead: 0, dirtyLimitBlocks: o.limit ?? 32, backingTimeoutMs: 20000, flushOnStop: o.flushOnStop,
+    });
+  };
+  const block = (b: number, gen: number): Uint8Array => {
+    const d = new Uint8Array(BS);
+    stampBytes(d, b * BS, gen);
+    return d;
+  };
+
+  beforeEach(() => {
+    dir = tmpDir('wb');
+    back = new MemStore(64 * BS);
+    blocked = gate();
+  });
+  afterEach(async () => {
+    back.writeHook = null;
+    blocked.resolve();
+    await store.destager.close();
+    if (!dev.frozen) await cache.abort();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('destages in address order, coalescing runs of consecutive blocks', async () => {
+    await open();
+    const writes: number[][] = [];
+    const held = gate();
+    back.writeHook = async (offset, len) => {
+      writes.push([offset / BS, len / BS]);
+      await held.promise;
+    };
+    // The first write starts a round holding block 9 alone; the others wait for the next one.
+    for (const b of [9, 3, 4, 5, 20, 1, 2, 10]) await store.write(b * BS, [block(b, 1)]);
+    await waitFor(() => writes.length === 1, 'the first destage');
+    held.resolve();
+    await store.flushCache();
+    assert.deepEqual(writes, [
+      [9, 1],
+      [1, 5],
+      [10, 1],
+      [20, 1],
+    ]);
+    for (const b of [9, 3, 4, 5, 20, 1, 2, 10]) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), block(b, 1));
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 0);
+    assert.equal(cache.stats().volumes.v.destaged, 8);
+  });
+
+  it('acknowledges a write once it is durable in the log: a guest flush then waits for nothing, a crash keeps it', async () => {
+    await open();
+    let flushes = 0;
+    back.flush = async () => void flushes++;
+    // The backing store never takes a destage: the data exists only in the cache.
+    back.writeHook = () => blocked.promise;
+    const data = [block(0, 7), block(1, 7), block(5, 7)];
+    await Promise.all([store.write(0, [data[0]]), store.write(BS, [data[1]]), store.write(5 * BS, [data[2]])]);
+    await store.flush();
+    assert.equal(flushes, 0, 'the backing store was not flushed');
+    assert.equal(cache.stats().volumes.v.flushes, 1);
+    // A power cut now: every write not followed by an fdatasync is lost.
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    back.writeHook = null;
+    await open({ image: dev.crashImage(() => 0) });
+    assert.equal(cache.map.dirtyBlocks(store.volume), 3, 'the dirty blocks came back dirty');
+    for (const [i, b] of [0, 1, 5].entries()) {
+      const out = new Uint8Array(BS);
+      await store.read(b * BS, [out]);
+      assert.deepEqual(out, data[i], `block ${b}`);
+    }
+    await store.flushCache();
+    for (const [i, b] of [0, 1, 5].entries()) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), data[i]);
+  });
+
+  it('merges a partial-block write with the dirty copy of the block', async () => {
+    await open();
+    back.writeHook = () => blocked.promise;
+    const whole = block(3, 2);
+    await store.write(3 * BS, [whole]);
+    const part = new Uint8Array(1024).fill(0xab);
+    await store.write(3 * BS + 512, [part]);
+    const want = new Uint8Array(whole);
+    want.set(part, 512);
+    const out = new Uint8Array(BS);
+    await store.read(3 * BS, [out]);
+    assert.deepEqual(out, want);
+  });
+
+  it('absorbs a backing store that is down up to the dirty limit, then waits; destaging resumes when it is back', async () => {
+    await open({ limit: 4 });
+    let down = true;
+    back.writeHook = async () => {
+      if (down) throw new VhostError('backing store down', 'EIO');
+    };
+    for (let b = 0; b < 4; b++) await store.write(b * BS, [block(b, 3)]);
+    let fifth = false;
+    const waiting = store.write(10 * BS, [block(10, 3)]).then(() => (fifth = true));
+    await waitFor(() => store.destager.errors >= 3, 'destage attempts while the backing store is down');
+    assert.equal(fifth, false, 'the write past the dirty limit waits');
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 4);
+    down = false;
+    await waiting;
+    await store.flushCache();
+    for (const b of [0, 1, 2, 3, 10]) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), block(b, 3), `block ${b}`);
+  });
+
+  for (const flushOnStop of [false, true]) {
+    it(`close() ${flushOnStop ? 'with flushOnStop destages every dirty block first' : 'without flushOnStop leaves the dirty blocks in the cache'}`, async () => {
+      await open({ flushOnStop });
+      let down = true;
+      back.writeHook = async () => {
+        if (down) throw new VhostError('backing store down', 'EIO');
+      };
+      for (let b = 0; b < 3; b++) await store.write(b * BS, [block(b, 5)]);
+      await waitFor(() => store.destager.errors >= 1, 'a destage attempt while the backing store is down');
+      const closing = store.close();
+      down = false;
+      await closing;
+      for (let b = 0; b < 3; b++) {
+        const on = back.data.subarray(b * BS, (b + 1) * BS);
+        if (flushOnStop) assert.deepEqual(on, block(b, 5), `block ${b}`);
+        else assert.notDeepEqual(on, block(b, 5), `block ${b}`);
+      }
+      assert.equal(cache.map.dirtyBlocks(store.volume), flushOnStop ? 0 : 3);
+    });
+  }
+
+  it('after a cache-device write error, writes go to the backing store and the dirty blocks are destaged', async () => {
+    await open();
+    const held = gate();
+    back.writeHook = () => held.promise;
+    for (let b = 0; b < 3; b++) await store.write(b * BS, [block(b, 4)]);
+    // The segments refuse writes; the volume table takes the raised floor.
+    const segments = segmentOffset(cache.geometry, 0);
+    dev.writeError = (offset) => offset >= segments;
+    // Written through (its commit failed), acknowledged once on the backing store, after the
+    // floor is durable, which waits for the dirty blocks to be destaged (the floor drops them).
+    const late = store.write(7 * BS, [block(7, 4)]);
+    held.resolve();
+    await late;
+    assert.equal(cache.stats().disabled, true);
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 0, 'destaged before the write through');
+    for (const b of [0, 1, 2, 7]) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), block(b, 4), `block ${b}`);
+    // A crash now: the floor drops every entry, and the guest reads the newest data.
+    const image = dev.crashImage(() => 0);
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    await store.destager.close();
+    await open({ image });
+    for (const b of [0, 1, 2, 7]) {
+      const out = new Uint8Array(BS);
+      await store.read(b * BS, [out]);
+      assert.deepEqual(out, block(b, 4), `block ${b} after the crash`);
+    }
+  });
+});
