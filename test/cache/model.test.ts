@@ -14,7 +14,8 @@ const OPS = Number(process.env.VBC_MODEL_OPS ?? 6000);
 describe('cached store randomized model (seeded)', function () {
   this.timeout(300000);
   const runs: [CacheMode, number, number][] = [
-    ['writethrough', 1, 101],
+    // Fault seed 102: with write-back's commits and deferred insertions, 101 drew no clean restart.
+    ['writethrough', 1, 102],
     ['writethrough', 7, 107],
     // Fault seed 113: fault seed 103 stopped drawing a clean restart once holes-only refills read nothing.
     ['writearound', 3, 113],
