@@ -299,9 +299,10 @@ export class CacheMap {
   }
 
   /**
-   * Moves the hand to the slot the next block of `volume` must go to and returns it. Slots
-   * carried forward on the way have their counter decremented. The slot is not changed: call
-   * assign() with it.
+   * Moves the hand to the slot the next block of `volume` must go to and returns it, or -1 when
+   * every slot is pinned for write-back (dirty, SHADOW or RESERVED: free again only once header
+   * writes complete, so nothing can be placed now). Slots carried forward on the way have their
+   * counter decremented. The slot is not changed: call assign() with it.
    */
   findVictim(volume: number): number {
     const { bda, slots } = this;
@@ -317,10 +318,22 @@ export class CacheMap {
       }
       i = this.hand;
     }
+    // Slots passed over: a holes-only refill that went a whole circle without a free slot (the
+    // segment choice counts pinned write-back slots as holes) takes valid blocks again; a whole
+    // circle of pinned slots in a row means no slot can be taken now (-1).
+    let passed = 0;
+    let pinned = 0;
     for (;;) {
       const f = flags[i];
       if ((f & (FLAG_VALID | KEEP_MASK)) === 0) break;
-      if (this.holesOnly || (f & KEEP_MASK) !== 0) {
+      if ((f & KEEP_MASK) !== 0) {
+        if (++pinned > slots) return -1;
+        i = this.step(i);
+        continue;
+      }
+      pinned = 0;
+      if (this.holesOnly && passed < slots) {
+        passed++;
         i = this.step(i);
         continue;
       }

@@ -418,6 +418,7 @@ export class Log {
     for (let k = 0; k < count; k++) {
       if (this.disabled || !accept()) break;
       const victim = this.map.findVictim(volume);
+      if (victim < 0) break; // every slot pinned: fewer blocks inserted (write-back writes go through)
       const seg = Math.floor(victim / bps);
       if (this.current === null || this.current.segment !== seg) {
         await this.rotate(seg);

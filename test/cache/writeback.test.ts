@@ -56,6 +56,21 @@ describe('write-back: dirty blocks in the cache map', () => {
   });
 });
 
+describe('write-back: a map whose every slot is pinned', () => {
+  it('findVictim answers -1 (nothing can be placed until headers release a slot), also in a holes-only refill', () => {
+    // 4 segments of 2: dirty blocks everywhere, then two of them dropped (RESERVED) and two
+    // superseded (SHADOW): the segment choice counts those as holes, yet none can be taken.
+    const m = new CacheMap(8, { segmentBlocks: 2 });
+    for (let b = 0; b < 8; b++) insert(m, b, true);
+    m.invalidate(0, 2);
+    m.invalidate(0, 3);
+    assert.equal(m.findVictim(0), -1);
+    // The log then inserts fewer blocks; nothing in the map changed.
+    assert.equal(m.dirtyBlocks(0), 6);
+    assert.equal(drawSlots(m, 8).replace('>', ' ').replace(/ +/g, ' ').trim(), '0d 1d R R 4d 5d 6d 7d');
+  });
+});
+
 describe('write-back volume', function () {
   this.timeout(60000);
   let dir: string;
