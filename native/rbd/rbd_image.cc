@@ -266,6 +266,9 @@ class RbdOpenWorker : public RbdWorker {
     } else {
       rados_conf_parse_env(c, nullptr);
       rados_conf_set(c, "client_mount_timeout", timeout.c_str());
+      // We are the cache: librbd's own (writearound by default since Octopus) would ack a write
+      // before the cluster has it and hold a second copy of the data in RAM.
+      rados_conf_set(c, "rbd_cache", "false");
       r = rados_connect(c);
       if (r < 0) {
         *message = "cannot connect to the Ceph cluster as " + who;

@@ -274,10 +274,11 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
         store.flush(),
       ]);
       const waited = Date.now() - t0;
-      for (const r of results) {
-        assert.equal(r.status, 'rejected');
-        assert.equal((r.reason as VhostError).code, 'ETIMEDOUT');
-      }
+      results.forEach((r, i) => {
+        const what = ['read', 'write', 'flush'][i];
+        assert.equal(r.status, 'rejected', `the ${what} completed while the OSD was stopped`);
+        assert.equal((r.reason as VhostError).code, 'ETIMEDOUT', what);
+      });
       assert.ok(waited >= 1400, `waited ${waited} ms`);
       assert.equal(store.pendingInLibrbd, 3, 'librbd still holds the timed-out requests');
     } finally {
