@@ -218,8 +218,11 @@ export class Log {
   private shadows: number[] = [];
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
   private readonly reserved = new Map<number, Dropped>();
-  /** The commit waiting in the chain, shared by every caller until it starts. */
+  /** The commit waiting in the chain, shared by callers until it starts or an insertion is queued. */
   private commitNext: Promise<boolean> | null = null;
+  /** Insertions queued so far, and their count when commitNext was asked for. */
+  private inserts = 0;
+  private commitNextAfter = 0;
   /** Device writes completed since the last fdatasync started. */
   private unsynced = 0;
   /** Commits run, and the mean latency of a commit (from the request to durable). */
@@ -399,6 +402,7 @@ export class Log {
       return Promise.resolve(0);
     }
     this.queued += count;
+    this.inserts++;
     return this.defer(count, async () => {
       try {
         return await this.place(volume, first, data, count, accept, prefetched, dirty);
@@ -465,19 +469,21 @@ export class Log {
 
   /**
    * Makes every block inserted before this call durable (see the file comment); the calls made
-   * before the commit starts share it. Resolves false when a write failed (never rejects).
+   * before the commit starts share it, unless an insertion was queued in between (it would run
+   * after that commit). Resolves false when a write failed (never rejects).
    */
   commit(): Promise<boolean> {
-    if (this.commitNext !== null) return this.commitNext;
+    if (this.commitNext !== null && this.commitNextAfter === this.inserts) return this.commitNext;
     const t = LatencyMeter.now();
     const p = this.afterQueued(async () => {
-      this.commitNext = null;
+      if (this.commitNext === p) this.commitNext = null;
       const ok = await this.commitNow();
       this.commits++;
       this.commitLatency.record(t);
       return ok;
     });
     this.commitNext = p;
+    this.commitNextAfter = this.inserts;
     return p;
   }
 
