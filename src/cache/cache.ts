@@ -37,7 +37,7 @@
  * its dirty ones (only the clean ones are dropped, one by one, each durably before the next
  * write of its key: recovery.ts 2.).
  *
- * Superblock (4 KiB, little endian, version 3): u32 magic 0x44434256 ('VBCD'), u32 version,
+ * Superblock (4 KiB, little endian, version 4): u32 magic 0x44434256 ('VBCD'), u32 version,
  * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
  * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
  * zero (offset 60), zeros. Full format: docs/cache-format.md.
@@ -69,7 +69,7 @@ const RETIRE_ATTEMPTS = 20;
 const RETIRE_RETRY_MAX_MS = 250;
 /** Reads of a dirty block tried before a read fails with EIO (a segment rewritten meanwhile is retried). */
 const DIRTY_READ_ATTEMPTS = 3;
-export const SUPERBLOCK_VERSION = 3;
+export const SUPERBLOCK_VERSION = 4;
 
 export interface CacheOptions {
   /** Cache device: a block device or a file (created when `size` is given). */
@@ -313,7 +313,7 @@ export class Cache {
   /** True when this open loaded valid metadata (warm start). */
   readonly warm: boolean;
   /** What recovery from the segment headers found (null: no recovery ran). */
-  readonly recovery: { entries: number; skipped: number; rewritten: number; ms: number } | null;
+  readonly recovery: { entries: number; skipped: number; rewritten: number; verified: number; torn: number; ms: number } | null;
   readonly map: CacheMap;
   readonly log: Log;
   private readonly fd: number;
@@ -353,6 +353,8 @@ export class Cache {
     place: MetadataPlace;
     map: CacheMap;
     sequence: number;
+    /** The durable mark the log starts from (Log: LogOptions.synced). */
+    synced: number;
     floor: number;
     volumes: VolumeRecord[];
     warm: boolean;
@@ -386,6 +388,7 @@ export class Cache {
       map: a.map,
       uuid: a.sb.uuid,
       sequence: a.sequence,
+      synced: a.synced,
       buffers: a.o.buffers ?? 8,
       maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
       logger: this.logger,
@@ -573,7 +576,7 @@ export class Cache {
         volumes = saved.volumes;
         floor = saved.floor;
         logger.info(
-          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, rewrite: recovered.rewrite.length, ms: Math.round(recovered.ms) },
+          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, verified: recovered.verified, torn: recovered.torn, rewrite: recovered.rewrite.length, ms: Math.round(recovered.ms) },
           'cache recovered from the segment headers',
         );
       } else {
@@ -592,8 +595,12 @@ export class Cache {
         () => (holder.cache as Cache).tableOverflow(),
       );
       if (saved !== null) await table.load();
-      const recovery = recovered === null ? null : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, ms: recovered.ms };
-      const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, floor, volumes, warm: loaded.ok, table, recovery });
+      const recovery =
+        recovered === null
+          ? null
+          : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, verified: recovered.verified, torn: recovered.torn, ms: recovered.ms };
+      const synced = recovered === null ? sequence : recovered.mark;
+      const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, synced, floor, volumes, warm: loaded.ok, table, recovery });
       holder.cache = cache;
       try {
         await table.save();

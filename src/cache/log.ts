@@ -73,10 +73,14 @@
  *
  * Write-back (dirty blocks, the group commit): insert(..., dirty) puts write-back blocks into
  * the segment being filled like any other; commit() then makes every block inserted before it
- * durable: the buffered segment is submitted, and a segment write holding dirty blocks writes
- * its data runs, fdatasync, then its header (so a durable entry never names data that is not on
- * the device), then fdatasync. The commits asked for while one waits in the chain share it: one
- * device write set + two fdatasyncs per batch of requests. A dirty block replaced by a newer
+ * durable: the buffered segment is submitted (its data runs and its header in one submission,
+ * like every segment write), then one fdatasync. The commits asked for while one waits in the
+ * chain share it (unless an insertion was queued in between): one device write set + one
+ * fdatasync per batch of requests. A header may thus land before its data (a crash between the
+ * two): every header sector carries the durable mark (`synced`: each write sealed at or below
+ * it completed before an fdatasync that completed), and recovery.ts checks the data of the
+ * dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
+ * block was never acknowledged: its entry is dropped, the older copy it superseded wins). A dirty block replaced by a newer
  * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
  * meanwhile names it, marked superseded (a torn write of the new copy's header can then never
  * leave neither copy on the device), until the commit that made the new copy durable; then it
@@ -126,6 +130,11 @@ export interface LogOptions {
   uuid: Uint8Array;
   /** Last sequence number used; the next segment write uses sequence + 1. */
   sequence: number;
+  /**
+   * The durable mark to start from (see the file comment): the highest mark recovery found
+   * after a crash (the headers it rewrites must not vouch for data it dropped), else `sequence`.
+   */
+  synced: number;
   /** RAM segment buffers (>= 2). */
   buffers: number;
   /** Insertions queued beyond this many blocks are not cached (backpressure). */
@@ -225,6 +234,10 @@ export class Log {
   private commitNextAfter = 0;
   /** Device writes completed since the last fdatasync started. */
   private unsynced = 0;
+  /** The durable mark sealed into headers (see the file comment). */
+  private synced: number;
+  /** Sequence numbers of the device writes sealed and not completed yet. */
+  private readonly inFlight = new Set<number>();
   /** Commits run, and the mean latency of a commit (from the request to durable). */
   commits = 0;
   readonly commitLatency = new LatencyMeter();
@@ -237,6 +250,7 @@ export class Log {
     this.map = o.map;
     this.uuid = o.uuid;
     this.sequence = o.sequence;
+    this.synced = o.synced;
     this.logger = o.logger;
     this.maxQueued = o.maxQueuedBlocks;
     this.onDisabled = o.onDisabled;
@@ -433,7 +447,6 @@ export class Log {
       this.map.assign(victim, volume, first + k, prefetched, dirty);
       this.map.bda.crc[victim] = crcs[k];
       cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
-      if (dirty) cur.holdsDirty = true;
       this.putSlots[victim - seg * bps] = 1;
       const present = this.present.get(cur);
       if (present !== undefined) present[victim - seg * bps] = 1;
@@ -688,17 +701,23 @@ export class Log {
     b.resolve(this.disabled ? await this.floorDurable(false) : true);
   }
 
-  /** fdatasync; forgets the dropped entries whose covering header was written before it. */
+  /**
+   * fdatasync; forgets the dropped entries whose covering header was written before it, and
+   * raises the durable mark to below the oldest write still in flight.
+   */
   private async sync(): Promise<boolean> {
     const written = this.awaitingSync;
     this.awaitingSync = [];
     this.unsynced = 0;
+    let mark = this.sequence;
+    for (const seq of this.inFlight) mark = Math.min(mark, seq - 1);
     try {
       await this.engine.fdatasync(this.fd);
     } catch (err) {
       this.fail(`cache device fdatasync failed: ${(err as Error).message}`);
       return false;
     }
+    this.synced = Math.max(this.synced, mark);
     this.dropped.forget(written);
     if (this.reserved.size > 0) {
       const flags = this.map.bda.flags;
@@ -728,14 +747,18 @@ export class Log {
     const h = native.alignedBuffer(this.g.headerSize, SEGMENT_ALIGNMENT);
     // The segment being filled: the blocks put since it was submitted are not on the device.
     const filling = this.current !== null && this.current.segment === seg ? this.putSlots : null;
-    sealHeader(h, this.g, seg, this.map.bda, ++this.sequence, this.uuid, filling);
+    const seq = ++this.sequence;
+    sealHeader(h, this.g, seg, this.map.bda, seq, this.synced, this.uuid, filling);
     const covered = this.dropped.seal(seg);
+    this.inFlight.add(seq);
     try {
       await this.engine.writev(this.fd, [h], segmentOffset(this.g, seg));
     } catch (err) {
       if (covered !== null) this.dropped.uncover(seg, covered);
       this.fail(`cache segment ${seg} header write failed: ${(err as Error).message}`);
       return;
+    } finally {
+      this.inFlight.delete(seq);
     }
     this.headerRewrites++;
     this.unsynced++;
@@ -760,7 +783,6 @@ export class Log {
     const b = await this.acquire(seg, this.map.refillingHoles);
     b.state = BufferState.Filling;
     b.dirty = false;
-    b.holdsDirty = false;
     this.putSlots.fill(0);
     this.current = b;
     if (this.pool.length > 2) {
@@ -816,7 +838,6 @@ export class Log {
     const bda = this.map.bda;
     b.segment = seg;
     b.dirty = false;
-    b.holdsDirty = false;
     b.lastUse = ++this.useClock;
     this.present.delete(b);
     if (unread && bda.countValid(first, first + bps) > 0) {
@@ -897,10 +918,11 @@ export class Log {
       b.segment = -1;
       return;
     }
-    this.sequence++;
+    const seq = ++this.sequence;
     this.segGen[seg]++;
     this.checksumLogged[seg] = 0;
-    b.seal(this.map.bda, this.sequence, this.uuid);
+    b.seal(this.map.bda, seq, this.synced, this.uuid);
+    this.inFlight.add(seq);
     const covered = this.dropped.seal(seg);
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
@@ -910,7 +932,7 @@ export class Log {
       this.directReaders[seg] === 0
         ? this.write(b, seg, runs, covered)
         : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered)),
-    );
+    ).finally(() => this.inFlight.delete(seq));
   }
 
   /**
@@ -933,36 +955,21 @@ export class Log {
     return ranges;
   }
 
-  /** The device writes of a sealed buffer (byte ranges of it, see changedRanges); never rejects. */
+  /**
+   * The device writes of a sealed buffer (byte ranges of it, see changedRanges), issued together
+   * (one submission: the header may land before the data, see the file comment); never rejects.
+   */
   private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
     let bytes = 0;
-    for (let r = 0; r < ranges.length; r += 2) bytes += ranges[r + 1] - ranges[r];
-    const writeRanges = (rs: number[]): Promise<void>[] => {
-      const writes: Promise<void>[] = [];
-      for (let r = 0; r < rs.length; r += 2) if (rs[r + 1] > rs[r]) writes.push(this.engine.writev(this.fd, [b.buf.subarray(rs[r], rs[r + 1])], at + rs[r], true));
-      return writes;
-    };
-    let done: Promise<PromiseSettledResult<void>[]>;
-    if (b.holdsDirty) {
-      // Data runs, fdatasync, then the header: its entries never name data not on the device.
-      const H = this.g.headerSize;
-      const data = [H, ranges[1], ...ranges.slice(2)];
-      done = Promise.allSettled(writeRanges(data)).then(async (results) => {
-        if (results.some((x) => x.status === 'rejected')) return results;
-        try {
-          await this.engine.fdatasync(this.fd);
-        } catch (err) {
-          return [{ status: 'rejected', reason: err } as PromiseRejectedResult];
-        }
-        return Promise.allSettled(writeRanges([0, H]));
-      });
-    } else {
-      done = Promise.allSettled(writeRanges(ranges));
+    const writes: Promise<void>[] = [];
+    for (let r = 0; r < ranges.length; r += 2) {
+      bytes += ranges[r + 1] - ranges[r];
+      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r], true));
     }
     // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
-    return done.then((results) => {
+    return Promise.allSettled(writes).then((results) => {
       const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
       if (failed === undefined) {
         this.unsynced++;
@@ -970,7 +977,6 @@ export class Log {
         this.segmentWrites++;
         this.deviceWriteBytes += bytes;
         b.dirty = false;
-        b.holdsDirty = false;
         b.state = BufferState.Clean;
         if (covered !== null) this.written(covered);
         return;

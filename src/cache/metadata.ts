@@ -10,7 +10,7 @@
  * records as little endian; a big-endian host refuses the metadata):
  *
  *   0   u32 magic 0x4d434256 ('VBCM')
- *   4   u32 format version (3)
+ *   4   u32 format version (4)
  *   8   u32 1 (little-endian arrays)
  *   12  u32 J = byte length of the JSON document (at most METADATA_JSON_MAX)
  *   16  f64 L = total length in bytes
@@ -43,7 +43,7 @@ import { BlockDescriptorArray } from './bda';
 import type { Geometry } from './segment';
 
 export const METADATA_MAGIC = 0x4d434256;
-export const METADATA_VERSION = 3;
+export const METADATA_VERSION = 4;
 /** Room for the JSON document (the volume table) in the metadata area. */
 export const METADATA_JSON_MAX = 1024 * 1024;
 const HEADER = 64;

@@ -53,9 +53,18 @@
  *   9. A destage (the backing write of dirty data) is a backing write like 1.: the dropped
  *      entries of its keys are made durably invalid before it is issued; a dirty entry whose
  *      "clean" mark was lost is destaged again (the same data).
- *  10. A segment write holding dirty blocks writes its data, fdatasync, then its header: a
- *      durable dirty entry never names data that is not on the device. A slot whose dirty entry
- *      may still be valid is never refilled (SHADOW, RESERVED).
+ *  10. A segment write issues its data runs and its header together (one fdatasync per group
+ *      commit, log.ts), so a header may be on the device over data that is not (torn, or never
+ *      written). Every header sector carries the durable mark M (every write sealed at or below
+ *      M completed before an fdatasync that completed before the sector was sealed): the data
+ *      of each dirty entry sealed above the highest mark found is read and checked against the
+ *      entry's CRC-32C here; one that does not match is dropped (its write was never
+ *      acknowledged: the commit's fdatasync had not completed) and its header rewritten, so the
+ *      older copy it superseded (8.) wins, or the backing store's data. Entries at or below the
+ *      mark are not read (their data was durable before the mark was). Clean entries are never
+ *      read: their CRC-32C is checked on every device read (6.). A slot whose dirty entry may
+ *      still be valid is never refilled (SHADOW, RESERVED). The log restarts from the mark
+ *      found, so the headers rewritten at open do not vouch for data dropped here.
  *  11. Torn headers: a header is rewritten in place (group commits, clean marks, kills) while it
  *      names acknowledged dirty blocks, so a dirty entry of an intact sector of an OLDER write
  *      of the header is recovered too (with that sector's sequence number): it was the last
@@ -69,10 +78,11 @@
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
  * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
  * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
- * inside the volume, goes to its slot; a key found twice keeps the entry of the higher sequence
- * number, a superseded one losing to any other. Segments whose headers name entries not
+ * inside the volume, goes to its slot; the dirty ones sealed above the durable mark are checked
+ * against their data (10.); a key found twice keeps the entry of the higher sequence number, a
+ * superseded one losing to any other. Segments whose headers name entries not
  * recovered for another reason than floor or epoch (older sectors of a torn header, the loser
- * of a duplicate) are returned in `rewrite`: the caller rewrites them from the rebuilt index
+ * of a duplicate, data that does not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index
  * (and syncs) before the cache is used, so every entry still valid on the device is in the
  * index again (the invariant's starting point). The hand restarts after the segment of the
  * highest sequence number.
@@ -81,9 +91,10 @@ import type { IoEngine } from '../io/io-engine';
 import { AddressMap } from './address-map';
 import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID } from './bda';
 import type { VolumeRecord } from './metadata';
-import { checkHeaderSectors, ENTRY_DIRTY, ENTRY_SUPERSEDED, entryOffset, entrySector, type Geometry, segmentOffset } from './segment';
+import { native } from '../native/binding';
+import { checkHeaderSectors, ENTRY_DIRTY, ENTRY_SUPERSEDED, entryOffset, entrySector, type Geometry, sectorMark, segmentOffset, slotOffset } from './segment';
 
-/** Segment headers read per batch (their reads are in flight together). */
+/** Segment headers (or runs of dirty blocks to check, 10.) read per batch (in flight together). */
 const READ_BATCH = 256;
 
 export interface RecoveryInput {
@@ -103,6 +114,11 @@ export interface Recovered {
   hand: number;
   /** Highest sequence number found (0: none). */
   sequence: number;
+  /** Highest durable mark found (0: none; 10.). */
+  mark: number;
+  /** Dirty entries above the mark whose data was read and checked, and those dropped (torn). */
+  verified: number;
+  torn: number;
   /** Segments whose headers must be rewritten before use (see the file comment). */
   rewrite: number[];
   /** Entries recovered, and entries seen but not recovered (floor, epoch, torn, duplicate). */
@@ -124,12 +140,16 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
     await Promise.all(reads);
     for (let j = 0; j < n; j++) scan.segment(from + j, buf, j * H);
   }
+  await scan.verify(o.engine, o.fd);
   scan.index_();
   return {
     bda: scan.bda,
     table: scan.index.table,
     hand: scan.best < 0 ? 0 : ((scan.best + 1) % g.segments) * g.blocksPerSegment,
     sequence: Math.max(0, scan.bestSeq),
+    mark: scan.mark,
+    verified: scan.verified,
+    torn: scan.torn,
     rewrite: [...scan.rewrite],
     entries: scan.entries,
     skipped: scan.skipped,
@@ -146,6 +166,9 @@ class HeaderScan {
   skipped = 0;
   best = -1;
   bestSeq = -1;
+  mark = 0;
+  verified = 0;
+  torn = 0;
   private readonly g: Geometry;
   private readonly uuid: Uint8Array;
   private readonly floor: number;
@@ -193,6 +216,8 @@ class HeaderScan {
     let top = -1;
     for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor && seqs[k] > top) top = seqs[k];
     if (top < 0) return;
+    const h = buf.subarray(at, at + g.headerSize);
+    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor) this.mark = Math.max(this.mark, sectorMark(h, k));
     this.segSeq[seg] = top;
     if (top > this.bestSeq) {
       this.bestSeq = top;
@@ -236,6 +261,55 @@ class HeaderScan {
     }
   }
 
+  /** The sequence number of the entry recovered in `slot` (its sector's). */
+  private sealedAt(slot: number): number {
+    return this.olderSector.get(slot) ?? this.segSeq[Math.floor(slot / this.g.blocksPerSegment)];
+  }
+
+  /**
+   * Reads the data of every dirty entry sealed above the durable mark (runs of adjacent slots,
+   * READ_BATCH reads in flight) and drops those whose CRC-32C does not match (10.).
+   */
+  async verify(engine: IoEngine, fd: number): Promise<void> {
+    const { g, bda, mark } = this;
+    const bps = g.blocksPerSegment;
+    const bs = g.blockSize;
+    const runs: number[] = [];
+    for (let seg = 0; seg < g.segments; seg++) {
+      if (this.segSeq[seg] <= mark) continue;
+      for (let k = 0; k < bps; k++) {
+        const slot = seg * bps + k;
+        if ((bda.flags[slot] & FLAG_DIRTY) === 0 || this.sealedAt(slot) <= mark) continue;
+        if (runs.length > 0 && runs[runs.length - 2] + runs[runs.length - 1] === slot && k > 0) runs[runs.length - 1]++;
+        else runs.push(slot, 1);
+      }
+    }
+    const bad = new Uint8Array(bps);
+    for (let r = 0; r < runs.length; r += 2 * READ_BATCH) {
+      const batch = runs.slice(r, r + 2 * READ_BATCH);
+      const bufs: Uint8Array[] = [];
+      for (let j = 0; j < batch.length; j += 2) bufs.push(new Uint8Array(batch[j + 1] * bs));
+      await Promise.all(bufs.map((b, j) => engine.readv(fd, [b], slotOffset(g, batch[2 * j]), true)));
+      for (let j = 0; j < bufs.length; j++) {
+        const first = batch[2 * j];
+        const n = batch[2 * j + 1];
+        this.verified += n;
+        if (native.crc32cCheck(bufs[j], bs, bda.crc, first, bad) === 0) continue;
+        for (let i = 0; i < n; i++) {
+          if (bad[i] === 0) continue;
+          const slot = first + i;
+          bda.flags[slot] = 0;
+          this.olderSector.delete(slot);
+          this.superseded.delete(slot);
+          this.entries--;
+          this.skipped++;
+          this.torn++;
+          this.rewrite.add(Math.floor(slot / bps));
+        }
+      }
+    }
+  }
+
   /**
    * Builds the address map of the entries found, in the order of their home positions (the
    * table fills nearly sequentially instead of one cache miss per entry); a key found twice
@@ -261,7 +335,7 @@ class HeaderScan {
     const bps = this.g.blocksPerSegment;
     // The rank of an entry among those of its key: its sequence number; a superseded one loses
     // to any other (sequence numbers are below 2^52).
-    const rank = (slot: number): number => (this.olderSector.get(slot) ?? this.segSeq[Math.floor(slot / bps)]) - (this.superseded.has(slot) ? 2 ** 52 : 0);
+    const rank = (slot: number): number => this.sealedAt(slot) - (this.superseded.has(slot) ? 2 ** 52 : 0);
     for (let j = 0; j < order.length; j++) {
       const slot = order[j];
       const other = index.addUnlessPresent(slot);

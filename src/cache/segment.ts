@@ -1,5 +1,5 @@
 /**
- * Log geometry and segments (on-device format version 3: docs/cache-format.md).
+ * Log geometry and segments (on-device format version 4: docs/cache-format.md).
  *
  * Device layout: a 4 KiB superblock at offset 0, the volume table area (volume-table.ts: two
  * copies), the metadata area (metadata.ts; sized for the index of this many slots), then
@@ -12,7 +12,7 @@
  * all by any disk (512 B is the smallest atomic unit), so a header torn by a crash is a mix of
  * whole sectors of different writes, each recognised by its own CRC and sequence number.
  * Sector k (little endian):
- *   0  u32 magic 0x53434256 ('VBCS')       4  u16 format version (3)   6 u16 sector index k
+ *   0  u32 magic 0x53434256 ('VBCS')       4  u16 format version (4)   6 u16 sector index k
  *   8  u32 segment index                   12 u32 blocksPerSegment     16 u32 blockSize
  *   20 u32 sequence low 32 bits            24 u32 sequence high bits
  *   28 16 bytes device uuid (superblock)   44 u32 zero
@@ -21,9 +21,13 @@
  *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid, bit 1: dirty, i.e. write-back
  *        data newer than the backing store, bit 2: superseded, i.e. an older dirty copy kept
  *        named until the newer copy is durable: it loses to any other entry of its key)
- *   496 zero                                508 u32 CRC-32C of bytes [0, 508)
+ *   496 u32 durable mark low 32 bits       500 u32 durable mark high bits
+ *   504 u32 zero                            508 u32 CRC-32C of bytes [0, 508)
  * Every header write (a segment write, or a header rewrite that invalidates entries, log.ts)
- * seals all sectors from the BDA with a new sequence number.
+ * seals all sectors from the BDA with a new sequence number. The durable mark: every device
+ * write sealed with a sequence number <= it had completed before an fdatasync that completed
+ * before this sector was sealed (its data is on the device as written); recovery.ts reads the
+ * data of dirty entries sealed above the highest mark found and checks it.
  *
  * SegmentBuffer is one RAM buffer of the log's pool: header + data, contiguous, so a segment
  * is written (and read ahead) with one I/O.
@@ -35,7 +39,7 @@ import { metadataAreaBytes } from './metadata';
 import { VOLUME_TABLE_AREA } from './volume-table';
 
 export const SEGMENT_MAGIC = 0x53434256;
-export const SEGMENT_VERSION = 3;
+export const SEGMENT_VERSION = 4;
 export const SUPERBLOCK_SIZE = 4096;
 /**
  * Address alignment of segment buffers, and the largest O_DIRECT alignment the log accepts:
@@ -51,6 +55,7 @@ export const ENTRY_SUPERSEDED = 4;
 /** Bytes of a header sector: written whole or not at all by a crash. */
 export const HEADER_SECTOR = 512;
 const SECTOR_ENTRIES_AT = 48;
+const SECTOR_MARK_AT = 496;
 const SECTOR_CRC_AT = HEADER_SECTOR - 4;
 /** Header entries per sector. */
 export const ENTRIES_PER_SECTOR = Math.floor((SECTOR_CRC_AT - SECTOR_ENTRIES_AT) / ENTRY_SIZE);
@@ -175,8 +180,6 @@ export class SegmentBuffer {
   segment = -1;
   /** Set when a block was put since the buffer started filling. */
   dirty = false;
-  /** Set when a write-back (dirty) block was put since the buffer started filling. */
-  holdsDirty = false;
   /** The read-ahead or write in flight (never rejects). */
   pending: Promise<void> = Promise.resolve();
   /** Use stamp for choosing which clean buffer to recycle. */
@@ -210,18 +213,18 @@ export class SegmentBuffer {
   }
 
   /** Writes the header of segment `segment` from the BDA state (keys, CRC-32Cs) of its slots. */
-  seal(bda: BlockDescriptorArray, seq: number, uuid: Uint8Array): void {
-    sealHeader(this.buf, this.g, this.segment, bda, seq, uuid, null);
+  seal(bda: BlockDescriptorArray, seq: number, mark: number, uuid: Uint8Array): void {
+    sealHeader(this.buf, this.g, this.segment, bda, seq, mark, uuid, null);
   }
 }
 
 /**
- * Writes into out[0, headerSize) the header of segment `seg` (every sector, sequence `seq`)
- * from the BDA state (keys, CRC-32Cs, valid and dirty flags) of its slots; SHADOW slots are
- * named dirty and superseded. `unwritten` (by slot of the segment, 1 = its data is not on the
- * device yet): those slots are sealed as not valid.
+ * Writes into out[0, headerSize) the header of segment `seg` (every sector, sequence `seq`,
+ * durable mark `mark`) from the BDA state (keys, CRC-32Cs, valid and dirty flags) of its slots;
+ * SHADOW slots are named dirty and superseded. `unwritten` (by slot of the segment, 1 = its
+ * data is not on the device yet): those slots are sealed as not valid.
  */
-export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: BlockDescriptorArray, seq: number, uuid: Uint8Array, unwritten: Uint8Array | null): void {
+export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: BlockDescriptorArray, seq: number, mark: number, uuid: Uint8Array, unwritten: Uint8Array | null): void {
   const view = new DataView(out.buffer, out.byteOffset, g.headerSize);
   out.fill(0, 0, g.headerSize);
   const first = seg * g.blocksPerSegment;
@@ -236,6 +239,8 @@ export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: Block
     view.setUint32(at + 20, seq >>> 0, true);
     view.setUint32(at + 24, Math.floor(seq / 2 ** 32), true);
     out.set(uuid, at + 28);
+    view.setUint32(at + SECTOR_MARK_AT, mark >>> 0, true);
+    view.setUint32(at + SECTOR_MARK_AT + 4, Math.floor(mark / 2 ** 32), true);
     const from = k * ENTRIES_PER_SECTOR;
     const to = Math.min(g.blocksPerSegment, from + ENTRIES_PER_SECTOR);
     for (let j = from; j < to; j++) {
@@ -273,6 +278,12 @@ export function checkHeaderSectors(h: Uint8Array, g: Geometry, seg: number, uuid
     if (!same) continue;
     seqs[k] = view.getUint32(at + 20, true) + view.getUint32(at + 24, true) * 2 ** 32;
   }
+}
+
+/** The durable mark of sector k of a header (h: at least up to that sector). */
+export function sectorMark(h: Uint8Array, k: number): number {
+  const view = new DataView(h.buffer, h.byteOffset + k * HEADER_SECTOR + SECTOR_MARK_AT, 8);
+  return view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
 }
 
 /** Byte offset in a header of slot k's entry (k < blocksPerSegment). */

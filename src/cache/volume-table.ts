@@ -9,7 +9,7 @@
  * recovered after a crash (cold, never stale), logged by the caller once. A save writes the copy the previous save did not (counter % 2) and
  * fdatasyncs, so a crash in the middle of a save leaves the other, complete copy; a load takes
  * the intact copy of this device (uuid) with the higher counter. Copy layout (little endian):
- *   0  u32 magic 0x54434256 ('VBCT')     4  u32 version 3
+ *   0  u32 magic 0x54434256 ('VBCT')     4  u32 version 4
  *   8  u32 J = JSON length (<= VOLUME_TABLE_COPY - 64)   12 u32 zero
  *   16 f64 save counter                   24 16 bytes device uuid
  *   40 20 bytes zero                      60 u32 CRC-32C of bytes [0, 64 + J) with this field zero
@@ -33,7 +33,7 @@ import { native } from '../native/binding';
 import type { VolumeRecord } from './metadata';
 
 export const VOLUME_TABLE_MAGIC = 0x54434256;
-export const VOLUME_TABLE_VERSION = 3;
+export const VOLUME_TABLE_VERSION = 4;
 const HEADER = 64;
 const CRC_AT = 60;
 /** Bytes of one copy of the table. */

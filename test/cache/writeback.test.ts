@@ -13,6 +13,7 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
 import { VhostError } from '../../src/native/errors';
 import { drawSlots, gate, MemStore } from './helpers';
+import { HeldIo } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
@@ -289,5 +290,38 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.equal(await cache.readBlocks(v, 1, 2, out, new Uint8Array(2)), 2);
     assert.deepEqual(out.subarray(0, BS), a);
     assert.deepEqual(out.subarray(BS), b);
+  });
+
+  it('a header on the device over data that never landed: recovery drops the newer dirty entry, the older acknowledged copy wins', async () => {
+    await open();
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    const older = block(3, 1);
+    assert.equal(await cache.insertDirty(v, 3, older, 1), 1);
+    assert.equal(await cache.commit(), true);
+    // The newer copy goes to the next slot of the same segment: the commit writes the header
+    // and the data run as two writes (one submission); the device takes the header only.
+    const io = new HeldIo();
+    dev.io = io;
+    assert.equal(await cache.insertDirty(v, 3, block(3, 2), 1), 1);
+    let acknowledged = false;
+    void cache.commit().then(() => (acknowledged = true));
+    await waitFor(() => io.pending.filter((h) => h.kind === 'write').length === 2, 'the header and data writes of the commit');
+    const header = io.pending.find((h) => h.offset === segmentOffset(cache.geometry, 0));
+    assert.ok(header !== undefined, 'the commit rewrites the header of segment 0');
+    header.effect();
+    assert.equal(acknowledged, false);
+    // A power cut keeping every unflushed write that took effect: the header, not the data.
+    const image = dev.crashImage(() => 0.9);
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    await open(image);
+    assert.deepEqual(cache.recovery && [cache.recovery.verified, cache.recovery.torn], [2, 1], 'both entries of the new header were checked against their data, the newer one dropped');
+    assert.equal(cache.registerVolume('v', 'mem-1', 64 * BS), v);
+    assert.equal(cache.map.dirtyBlocks(v), 1);
+    const out = new Uint8Array(BS);
+    assert.equal(await cache.readBlocks(v, 3, 1, out, new Uint8Array(1)), 1);
+    assert.deepEqual(out, older, 'block 3 is the acknowledged copy');
+    assert.equal(cache.stats().volumes.v.checksumErrors, 0);
   });
 });
