@@ -5,8 +5,11 @@
  *   qsd           qemu-storage-daemon serving the NBD export over vhost-user-blk
  *   writethrough  our daemon, --cache-mode writethrough (every write waits for the backing store)
  *   writeback     our daemon, --cache-mode writeback (acknowledged once durable in the cache log)
- * Each repetition starts our daemon on a new cache file per mode. After the write-back pass the
- * flush command destages everything (its time and the blocks written back are reported).
+ * Each repetition starts our daemon on a new cache file per mode. After each measured pass, a
+ * FLUSH probe on the same target: FLUSH_ROUNDS rounds of depth - 1 random 4 KiB writes and one
+ * FLUSH issued together; the FLUSH latencies (p50/p99 per rep, medians over reps) are reported.
+ * After the write-back pass the flush command destages everything (its time and the blocks
+ * written back are reported).
  * Target (issue 13): write-back >= 10x qsd IOPS while the dirty limit is not reached.
  *
  * Run: node dist/bench/writeback-nbd.js [--runtime S] [--reps N] [--ws MiB]
@@ -16,8 +19,39 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { controlJson } from '../src/control/client';
-import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { Device } from '../src/bench/engine';
+import { Rng } from '../src/bench/rng';
+import { LatencyHistogram } from '../src/metrics/latency-histogram';
+import { VIRTIO_BLK_S_OK } from '../src/virtio-blk/spec';
+import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, type Measurement, median, medianOf } from '../src/bench/measure';
 import { benchDir, startNbdkit, startQsd, startVbc, type Target } from '../src/bench/targets';
+
+/** Rounds of the FLUSH probe (each: depth - 1 writes and one FLUSH in flight together). */
+const FLUSH_ROUNDS = 300;
+
+/** FLUSH latency (µs) under random 4 KiB writes at `depth` (see the file comment): p50, p99. */
+async function flushProbe(socketPath: string, ws: number, depth: number, seed: number): Promise<{ p50: number; p99: number }> {
+  const d = await Device.open({ socketPath, queues: 1, depth, maxLen: 4096 });
+  try {
+    const ring = d.fe.ring(0);
+    const rng = new Rng(seed);
+    const data = new Uint8Array(4096).fill(seed & 0xff);
+    const hist = new LatencyHistogram();
+    for (let r = 0; r < FLUSH_ROUNDS; r++) {
+      const ops: Promise<unknown>[] = [];
+      for (let k = 1; k < depth; k++) ops.push(ring.write(rng.int(ws / 4096) * 8, data));
+      const t = performance.now();
+      ops.push(ring.flush().then((res) => {
+        if (res.status !== VIRTIO_BLK_S_OK) throw new Error(`FLUSH failed: status ${res.status}`);
+        hist.record((performance.now() - t) * 1e6);
+      }));
+      await Promise.all(ops);
+    }
+    return { p50: hist.percentile(50) / 1000, p99: hist.percentile(99) / 1000 };
+  } finally {
+    await d.close();
+  }
+}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -52,10 +86,12 @@ async function main(): Promise<void> {
     const randwrite = { mode: 'randwrite' as const, bs: 4096, depth, queues: 1, runtime, size: ws };
     const res: Record<'qsd' | 'writethrough' | 'writeback', Measurement[]> = { qsd: [], writethrough: [], writeback: [] };
     const destage: { ms: number; blocks: number }[] = [];
+    const flushLat: Record<'qsd' | 'writethrough' | 'writeback', { p50: number; p99: number }[]> = { qsd: [], writethrough: [], writeback: [] };
     const commits: { commits: number; us: number; dirty: number; destaged: number }[] = [];
     for (let r = 0; r < reps; r++) {
       const seed = 7000 + r;
       res.qsd.push(await measureMode({ ...randwrite, sockets: [sock.qsd], seed }));
+      flushLat.qsd.push(await flushProbe(sock.qsd, ws, depth, seed));
       for (const mode of ['writethrough', 'writeback'] as const) {
         const cacheFile = path.join(dir, `cache${r}-${mode}.img`);
         const ours = await startVbc({
@@ -75,6 +111,7 @@ async function main(): Promise<void> {
             const f = (await controlJson(control, 'POST', '/volumes/vol0/flush')) as { destaged: number };
             destage.push({ ms: performance.now() - t, blocks: f.destaged });
           }
+          flushLat[mode].push(await flushProbe(sock.ours, ws, depth, seed));
         } finally {
           await ours.stop();
           fs.rmSync(cacheFile, { force: true });
@@ -87,13 +124,21 @@ async function main(): Promise<void> {
       `\n## Write-back over a slow NBD backing (nbdkit memory, delay filter rdelay=1ms wdelay=1ms): 4 KiB random writes, depth ${depth}, ` +
         `working set ${ws >> 20} MiB, cache ${cacheSize >> 20} MiB (dirty limit ${cacheSize >> 21} MiB), ${runtime} s x ${reps} reps (medians)\n\n`,
     );
-    const row = (name: string, m: Measurement, per: Measurement[]): (string | number)[] => [
-      name, fmtInt(m.iops), fmtRatio(m.iops, med.qsd.iops), fmtNum(m.lat.mean), fmtNum(m.lat.p50), fmtNum(m.lat.p99), per.map((x) => fmtInt(x.iops)).join(', '),
+    const row = (name: string, k: keyof typeof res): (string | number)[] => [
+      name,
+      fmtInt(med[k].iops),
+      fmtRatio(med[k].iops, med.qsd.iops),
+      fmtNum(med[k].lat.mean),
+      fmtNum(med[k].lat.p50),
+      fmtNum(med[k].lat.p99),
+      fmtNum(median(flushLat[k].map((x) => x.p50))),
+      fmtNum(median(flushLat[k].map((x) => x.p99))),
+      res[k].map((x) => fmtInt(x.iops)).join(', '),
     ];
     process.stdout.write(
       markdownTable(
-        ['target', 'IOPS', 'vs qsd', 'mean µs', 'p50 µs', 'p99 µs', 'IOPS per rep'],
-        [row('qemu-storage-daemon (NBD)', med.qsd, res.qsd), row('vhost-blk-cache writethrough', med.writethrough, res.writethrough), row('vhost-blk-cache writeback', med.writeback, res.writeback)],
+        ['target', 'IOPS', 'vs qsd', 'mean µs', 'p50 µs', 'p99 µs', 'FLUSH p50 µs', 'FLUSH p99 µs', 'IOPS per rep'],
+        [row('qemu-storage-daemon (NBD)', 'qsd'), row('vhost-blk-cache writethrough', 'writethrough'), row('vhost-blk-cache writeback', 'writeback')],
       ) + '\n\n',
     );
     const ratio = med.writeback.iops / med.qsd.iops;

@@ -1,6 +1,6 @@
 /**
  * Crash-point model of write-back (cached-store.ts writeback, log.ts group commit, destage.ts,
- * recovery.ts 8.-11.): seeded batches of concurrent reads, writes (whole and partial blocks),
+ * recovery.ts 8.-13.): seeded batches of concurrent reads, writes (whole and partial blocks),
  * discards and write-zeroes on two write-back volumes sharing a small cache on a simulated
  * device that loses unflushed writes and tears them at 512-byte sectors (mem-device.ts), while
  * the destager writes dirty blocks back in the background (small dirty limits, so it runs all
@@ -8,7 +8,9 @@
  * stops at one of the next few device writes (a group commit's data or header write, a header
  * rewrite that kills or marks clean, a volume table save), nothing more completes, the dead
  * process's backing store takes no more writes, and the device keeps its durable bytes plus any
- * subset or torn prefix of the unflushed writes. After each crash the cache recovers from the
+ * subset or torn prefix of the unflushed writes: a commit's header and data runs are unflushed
+ * together, so a header that landed over data that did not is among the crash points (counted:
+ * recovery's `torn`, asserted to occur). After each crash the cache recovers from the
  * segment headers and every sector of both volumes is read through the cache: it must hold
  * the newest ACKNOWLEDGED data (the model), or the data of an operation that was in flight at
  * the crash (never older data, never zeros instead of it). The backing store is not the truth
@@ -66,6 +68,8 @@ function incarnationStore(back: MemStore): BackingStore & { dead: boolean } {
 interface Run {
   crashes: number;
   recoveredDirty: number;
+  /** Dirty entries recovery dropped: a header on the device over data that was not. */
+  torn: number;
   destaged: number;
   turns: number;
   sectorsChecked: number;
@@ -84,7 +88,7 @@ async function crashRun(seed: number, steps: number, bps: number): Promise<Run> 
   backs.forEach((b, v) => stampBytes(b.data, 0, v));
   const model = backs.map((b) => new Uint8Array(b.data));
   let gen = 10;
-  const run: Run = { crashes: 0, recoveredDirty: 0, destaged: 0, turns: 0, sectorsChecked: 0 };
+  const run: Run = { crashes: 0, recoveredDirty: 0, torn: 0, destaged: 0, turns: 0, sectorsChecked: 0 };
   let dev = new MemDevice(DEVICE);
   let cache!: Cache;
   let stores: CachedStore[] = [];
@@ -119,6 +123,7 @@ async function crashRun(seed: number, steps: number, bps: number): Promise<Run> 
     await open();
     assert.ok(cache.recovery !== null, `step ${step}: no recovery after a crash`);
     run.recoveredDirty += cache.map.dirtyTotal;
+    run.torn += cache.recovery.torn;
     for (let v = 0; v < 2; v++) {
       const out = new Uint8Array(BLOCKS * BS);
       await stores[v].read(0, [out]);
@@ -217,6 +222,7 @@ describe('write-back: crashes at every step of the write and destage paths (seed
       assert.ok(res.crashes >= 10, `only ${res.crashes} crashes`);
       // Dirty blocks come back after crashes, and the destager wrote blocks back meanwhile.
       assert.ok(res.recoveredDirty > 0, 'no dirty block recovered');
+      assert.ok(res.torn > 0, 'no crash left a header over dirty data that did not land');
       assert.ok(res.destaged > 0, 'nothing destaged');
     });
   }
