@@ -33,7 +33,8 @@
  *   6. Torn writes: header sectors are self-describing (CRC-32C, sequence number; segment.ts),
  *      only the sectors of a segment's highest sequence number are used (a mix is detected and
  *      that header rewritten before the cache opens); data is checked against the entry's
- *      CRC-32C on every device read (a torn block is a miss), never read here.
+ *      CRC-32C on every device read (a torn block is a miss), read here only for the
+ *      dirty entries above the durable mark (10.).
  *   7. A cache-device write error: nothing is sealed any more, and the writes made from then
  *      on kill nothing on the device, so before any of them is issued it must be durable that
  *      nothing sealed so far is recovered: the volume table saved with the floor above every

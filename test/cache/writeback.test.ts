@@ -292,6 +292,22 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.deepEqual(out.subarray(BS), b);
   });
 
+  it('a commit is one submission of the segment write (header and data runs) and one fdatasync', async () => {
+    await open();
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    assert.equal(await cache.insertDirty(v, 0, block(0, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    // Slots 1-4 of segment 0: dirty blocks 1 and 2, a clean block, dirty block 4.
+    const inserts = [cache.insertDirty(v, 1, new Uint8Array([...block(1, 2), ...block(2, 2)]), 2), cache.insert(v, 40, block(40, 2), 1, () => true), cache.insertDirty(v, 4, block(4, 2), 1)];
+    const [writes, syncs] = [dev.writes, dev.fdatasyncs];
+    assert.equal(await cache.commit(), true);
+    assert.deepEqual(await Promise.all(inserts), [2, 1, 1]);
+    assert.equal(dev.fdatasyncs - syncs, 1, 'one fdatasync per commit');
+    assert.equal(dev.writes - writes, 2, 'the header, and the run of slots 1-4');
+    assert.equal(dev.unflushedWrites, 0);
+  });
+
   it('a header on the device over data that never landed: recovery drops the newer dirty entry, the older acknowledged copy wins', async () => {
     await open();
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);

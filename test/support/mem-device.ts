@@ -34,6 +34,7 @@ export class MemDevice implements IoEngine {
   writeError: ((offset: number, length: number) => boolean) | null = null;
   reads = 0;
   writes = 0;
+  fdatasyncs = 0;
 
   constructor(size: number, from?: Uint8Array) {
     this.image = new Uint8Array(size);
@@ -91,6 +92,7 @@ export class MemDevice implements IoEngine {
 
   fdatasync(): Promise<void> {
     if (this.frozen) return this.never();
+    this.fdatasyncs++;
     this.durable = new Uint8Array(this.image);
     this.unflushed = [];
     return Promise.resolve();
