@@ -8,6 +8,8 @@
  * Each repetition starts our daemon on a new cache file per mode. After each measured pass, a
  * FLUSH probe on the same target: FLUSH_ROUNDS rounds of depth - 1 random 4 KiB writes and one
  * FLUSH issued together; the FLUSH latencies (p50/p99 per rep, medians over reps) are reported.
+ * CPU per write: the serving process's CPU time (user + system) over the measured pass / its
+ * writes (our daemon's includes its destaging).
  * After the write-back pass the flush command destages everything (its time and the blocks
  * written back are reported).
  * Target (issue 13): write-back >= 10x qsd IOPS while the dirty limit is not reached.
@@ -23,7 +25,7 @@ import { Device } from '../src/bench/engine';
 import { Rng } from '../src/bench/rng';
 import { LatencyHistogram } from '../src/metrics/latency-histogram';
 import { VIRTIO_BLK_S_OK } from '../src/virtio-blk/spec';
-import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, type Measurement, median, medianOf } from '../src/bench/measure';
+import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, type Measurement, median, medianOf, processCpuUs } from '../src/bench/measure';
 import { benchDir, startNbdkit, startQsd, startVbc, type Target } from '../src/bench/targets';
 
 /** Rounds of the FLUSH probe (each: depth - 1 writes and one FLUSH in flight together). */
@@ -86,11 +88,19 @@ async function main(): Promise<void> {
     const randwrite = { mode: 'randwrite' as const, bs: 4096, depth, queues: 1, runtime, size: ws };
     const res: Record<'qsd' | 'writethrough' | 'writeback', Measurement[]> = { qsd: [], writethrough: [], writeback: [] };
     const destage: { ms: number; blocks: number }[] = [];
+    const cpuPerWrite: Record<'qsd' | 'writethrough' | 'writeback', number[]> = { qsd: [], writethrough: [], writeback: [] };
+    /** The measured pass on `socket`, with the CPU of process `pid` per write. */
+    const measured = async (k: keyof typeof cpuPerWrite, socket: string, pid: number, seed: number): Promise<Measurement> => {
+      const cpu0 = processCpuUs(pid);
+      const m = await measureMode({ ...randwrite, sockets: [socket], seed });
+      cpuPerWrite[k].push((processCpuUs(pid) - cpu0) / m.ops);
+      return m;
+    };
     const flushLat: Record<'qsd' | 'writethrough' | 'writeback', { p50: number; p99: number }[]> = { qsd: [], writethrough: [], writeback: [] };
     const commits: { commits: number; us: number; dirty: number; destaged: number }[] = [];
     for (let r = 0; r < reps; r++) {
       const seed = 7000 + r;
-      res.qsd.push(await measureMode({ ...randwrite, sockets: [sock.qsd], seed }));
+      res.qsd.push(await measured('qsd', sock.qsd, qsd.pid, seed));
       flushLat.qsd.push(await flushProbe(sock.qsd, ws, depth, seed));
       for (const mode of ['writethrough', 'writeback'] as const) {
         const cacheFile = path.join(dir, `cache${r}-${mode}.img`);
@@ -103,7 +113,7 @@ async function main(): Promise<void> {
         try {
           // Warm-up (JIT, NBD connections) outside the measured range.
           await measureMode({ ...randwrite, sockets: [sock.ours], seed: seed + 50, count: 2000, offset: ws, size: ws });
-          res[mode].push(await measureMode({ ...randwrite, sockets: [sock.ours], seed }));
+          res[mode].push(await measured(mode, sock.ours, ours.pid, seed));
           if (mode === 'writeback') {
             const st = (await controlJson(control, 'GET', '/stats')) as { cache: { commits: number; commitLatencyUs: number; volumes: Record<string, { dirtyBlocks: number; destaged: number }> } };
             commits.push({ commits: st.cache.commits, us: st.cache.commitLatencyUs, dirty: st.cache.volumes.vol0.dirtyBlocks, destaged: st.cache.volumes.vol0.destaged });
@@ -133,11 +143,12 @@ async function main(): Promise<void> {
       fmtNum(med[k].lat.p99),
       fmtNum(median(flushLat[k].map((x) => x.p50))),
       fmtNum(median(flushLat[k].map((x) => x.p99))),
+      fmtNum(median(cpuPerWrite[k])),
       res[k].map((x) => fmtInt(x.iops)).join(', '),
     ];
     process.stdout.write(
       markdownTable(
-        ['target', 'IOPS', 'vs qsd', 'mean µs', 'p50 µs', 'p99 µs', 'FLUSH p50 µs', 'FLUSH p99 µs', 'IOPS per rep'],
+        ['target', 'IOPS', 'vs qsd', 'mean µs', 'p50 µs', 'p99 µs', 'FLUSH p50 µs', 'FLUSH p99 µs', 'CPU µs/write', 'IOPS per rep'],
         [row('qemu-storage-daemon (NBD)', 'qsd'), row('vhost-blk-cache writethrough', 'writethrough'), row('vhost-blk-cache writeback', 'writeback')],
       ) + '\n\n',
     );
