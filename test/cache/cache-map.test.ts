@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { CacheMap, CLEANING_WINDOW, DECAY_STEP, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
 import { AddressMap } from '../../src/cache/address-map';
-import { BlockDescriptorArray, packHi, packLo } from '../../src/cache/bda';
+import { BlockDescriptorArray } from '../../src/cache/bda';
 import { GhostHistory, GhostKind } from '../../src/cache/ghost';
 import { drawSlots } from './helpers';
 
@@ -363,7 +363,7 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
 
   it('ghost history: remembers the kind a key left with and counts the entries of each kind', () => {
     const g = new GhostHistory(1);
-    const key = (b: number): [number, number] => [packLo(b), packHi(1, b)];
+    const key = (b: number): [number, number] => [b, 1];
     g.add(...key(5), GhostKind.Once);
     assert.deepEqual([...g.count], [1, 0, 0]);
     // One entry: a second key overwrites the first (and its count).
