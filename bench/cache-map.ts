@@ -1,7 +1,10 @@
 /**
- * Cache map throughput and RAM per cache block (BDA + address map), at 1 M and 16 M blocks.
- * Run: node --expose-gc dist/bench/cache-map.js [--load-factor F] [blocks...]
+ * Cache map throughput and RAM per cache block (the whole index: BDA, address map, ghost
+ * history, per-segment and per-volume counters), at 1 M and 16 M blocks: measured as the array
+ * buffers allocated, and by part from the typed arrays (CacheMap.ramParts).
+ * Run: node --expose-gc dist/bench/cache-map.js [--load-factor F] [--segment-blocks N] [blocks...]
  *   --load-factor: the address map's (default DEFAULT_LOAD_FACTOR, address-map.ts).
+ *   --segment-blocks: blocks per log segment (default 128, the daemon's: 512 KiB of 4 KiB).
  */
 import { DEFAULT_LOAD_FACTOR } from '../src/cache/address-map';
 import { CacheMap } from '../src/cache/cache-map';
@@ -10,10 +13,10 @@ function gc(): void {
   (globalThis as { gc?: () => void }).gc?.();
 }
 
-function run(slots: number, loadFactor: number): void {
+function run(slots: number, loadFactor: number, segmentBlocks: number): void {
   gc();
   const m0 = process.memoryUsage();
-  const map = new CacheMap(slots, { loadFactor });
+  const map = new CacheMap(slots, { loadFactor, segmentBlocks });
   gc();
   const m1 = process.memoryUsage();
   const perBlock = (m1.arrayBuffers - m0.arrayBuffers) / slots;
@@ -45,9 +48,11 @@ function run(slots: number, loadFactor: number): void {
     JSON.stringify({
       blocks: slots,
       loadFactor,
+      segmentBlocks: map.segmentBlocks,
       ramBytesPerBlock: +perBlock.toFixed(2),
       heapBytesPerBlock: +heapPerBlock.toFixed(3),
       structureBytesPerBlock: +(map.byteLength / slots).toFixed(2),
+      partsBytesPerBlock: Object.fromEntries(Object.entries(map.ramParts()).map(([k, v]) => [k, +(v / slots).toFixed(3)])),
       fillInsertsPerSec: Math.round(slots / (fillMs / 1000)),
       lookupsPerSec: Math.round(lookups / (lookupMs / 1000)),
       lookupHitRate: +(hits / lookups).toFixed(3),
@@ -60,5 +65,7 @@ function run(slots: number, loadFactor: number): void {
 const args = process.argv.slice(2);
 const lf = args.indexOf('--load-factor');
 const loadFactor = lf >= 0 ? Number(args.splice(lf, 2)[1]) : DEFAULT_LOAD_FACTOR;
+const sb = args.indexOf('--segment-blocks');
+const segmentBlocks = sb >= 0 ? Number(args.splice(sb, 2)[1]) : 128;
 const sizes = args.map(Number);
-for (const n of sizes.length > 0 ? sizes : [1 << 20, 1 << 24]) run(n, loadFactor);
+for (const n of sizes.length > 0 ? sizes : [1 << 20, 1 << 24]) run(n, loadFactor, segmentBlocks);

@@ -8,34 +8,24 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
-import { benchDir, fetchStats, makeImage, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fetchStats, makeImage, startQsd, startVbc, statsDelta } from '../src/bench/targets';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '5' },
-      reps: { type: 'string', default: '3' },
-      ws: { type: 'string', default: '128' },
-      queues: { type: 'string', default: '1' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const ws = Number(values.ws) << 20;
-  const queues = Number(values.queues);
+  const args = parseBenchArgs({ runtime: 5, reps: 3, ws: 128, queues: 1 });
+  const { num } = args;
+  const { runtime, reps, queues } = num;
+  const ws = num.ws * 2 ** 20;
   const imageSize = 2 * ws;
   const cacheSize = ws + (ws >> 1);
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir);
+  const run = openBench(args);
+  const { dir, targets } = run;
   const image = path.join(dir, 'disk.img');
   makeImage(image, imageSize, 'random');
   fs.readFileSync(image);
   const control = path.join(dir, 'control.sock');
   const sock = { ours: path.join(dir, 'vbc.sock'), qsd: path.join(dir, 'qsd.sock') };
-  const targets: Target[] = [];
   try {
     targets.push(
       await startVbc({
@@ -80,17 +70,10 @@ async function main(): Promise<void> {
       );
     }
     process.stdout.write(`- pre-read pass: ours ${fmtInt(warm.ours.mibps)} MiB/s, qsd ${fmtInt(warm.qsd.mibps)} MiB/s\n\n`);
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
-    process.stdout.write('Commands:\n\n');
-    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    node dist/bench/cache-warm.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --queues ${queues}\n`);
+    run.report();
   } finally {
-    for (const t of targets) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

@@ -15,9 +15,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, median, type Measurement, processCpuUs } from '../src/bench/measure';
-import { benchDir, fetchStats, makeImage, startVbc, type Target } from '../src/bench/targets';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, median, type Measurement, processCpuUs } from '../src/bench/measure';
+import { fetchStats, makeImage, startVbc } from '../src/bench/targets';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
 
 interface Rep {
   m: Measurement;
@@ -25,30 +25,20 @@ interface Rep {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '3' },
-      reps: { type: 'string', default: '5' },
-      ws: { type: 'string', default: '256' },
-      depths: { type: 'string', default: '1,16,32' },
-      queues: { type: 'string', default: '1,2' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const ws = Number(values.ws) << 20;
-  const depths = values.depths.split(',').map(Number);
-  const queueCounts = values.queues.split(',').map(Number);
+  const args = parseBenchArgs({ runtime: 3, reps: 5, ws: 256 }, { depths: { type: 'string', default: '1,16,32' }, queues: { type: 'string', default: '1,2' } });
+  const { num, values } = args;
+  const { runtime, reps } = num;
+  const ws = num.ws * 2 ** 20;
+  const depths = String(values.depths).split(',').map(Number);
+  const queueCounts = String(values.queues).split(',').map(Number);
   const maxQueues = Math.max(...queueCounts);
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir, 'hit-');
+  const run = openBench(args, 'hit-');
+  const { dir, targets } = run;
   const image = path.join(dir, 'disk.img');
   makeImage(image, ws, 'random');
   fs.readFileSync(image); // in the page cache, for every daemon alike
   const cacheSize = ws * 2;
   const names = ['A pass-through', 'B warm hits, cache file via page cache', 'C warm hits, cache file with O_DIRECT'] as const;
-  const targets: Target[] = [];
   try {
     const sock = names.map((_, i) => path.join(dir, `t${i}.sock`));
     const ctl = [path.join(dir, 'b.ctl'), path.join(dir, 'c.ctl')];
@@ -118,16 +108,10 @@ async function main(): Promise<void> {
         `- ${c}: cached blocks after warm-up ${fmtInt(x.blocks)} of ${fmtInt(blocks)}; during the runs ${fmtInt(reads)} reads, hit rate ${fmtNum(((y.readHits - x.readHits) / Math.max(1, reads)) * 100, 2)} %, RAM hits ${fmtInt(y.ramHits - x.ramHits)}, device hits ${fmtInt(y.storageHits - x.storageHits)}\n`,
       );
     }
-    process.stdout.write(`\nMachine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\nCommands:\n\n`);
-    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    node dist/bench/hit-path.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depths ${depths.join(',')} --queues ${queueCounts.join(',')}\n`);
+    run.report();
   } finally {
-    for (const t of targets) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

@@ -16,9 +16,9 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, machineNote, markdownTable, measureMode, median, type Measurement, processCpuUs } from '../src/bench/measure';
-import { benchDir, fetchStats, makeImage, startNbdkit, startVbc, type Target } from '../src/bench/targets';
+import { fmtInt, fmtNum, markdownTable, measureMode, median, type Measurement, processCpuUs } from '../src/bench/measure';
+import { fetchStats, makeImage, startNbdkit, startVbc } from '../src/bench/targets';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
 
 const HOT_BYTES = 32 << 20;
 const COLD_BYTES = 4 * 2 ** 30;
@@ -37,37 +37,25 @@ function missStream(sock: string, depth: number, runtime: number, seed: number):
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '3' },
-      reps: { type: 'string', default: '3' },
-      depth: { type: 'string', default: '4' },
-      'miss-depth': { type: 'string', default: '16' },
-      'nbd-delay': { type: 'string', default: '1' },
-      'miss-stream': { type: 'string' },
-      seed: { type: 'string', default: '1' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const missDepth = Number(values['miss-depth']);
-  if (values['miss-stream'] !== undefined) {
-    const m = await measureMode({ sockets: [values['miss-stream']], mode: 'randread', bs: MISS_BS, depth: missDepth, queues: 1, runtime, size: COLD_BYTES, seed: Number(values.seed) });
+  const args = parseBenchArgs({ runtime: 3, reps: 3, depth: 4, 'miss-depth': 16, 'nbd-delay': 1, seed: 1 }, { 'miss-stream': { type: 'string' } });
+  const { num, values } = args;
+  const { runtime, reps, depth } = num;
+  const missDepth = num['miss-depth'];
+  const missStreamSocket = values['miss-stream'];
+  if (typeof missStreamSocket === 'string') {
+    const m = await measureMode({ sockets: [missStreamSocket], mode: 'randread', bs: MISS_BS, depth: missDepth, queues: 1, runtime, size: COLD_BYTES, seed: num.seed });
     process.stdout.write(JSON.stringify(m));
     return;
   }
-  const reps = Number(values.reps);
-  const depth = Number(values.depth);
-  const delay = Number(values['nbd-delay']);
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir, 'hum-');
+  const delay = num['nbd-delay'];
+  const run = openBench(args, 'hum-');
+  const { dir, targets } = run;
   const image = path.join(dir, 'hot.img');
   makeImage(image, HOT_BYTES, 'random');
   fs.readFileSync(image); // in the page cache
   const nbdSock = path.join(dir, 'nbd.sock');
   const control = path.join(dir, 'control.sock');
   const sock = { hot: path.join(dir, 'hot.sock'), cold: path.join(dir, 'cold.sock') };
-  const targets: Target[] = [];
   try {
     const nbd = await startNbdkit({ socket: nbdSock, size: COLD_BYTES, readDelayMs: delay, writeDelayMs: delay });
     targets.push(nbd);
@@ -127,16 +115,10 @@ async function main(): Promise<void> {
     const p99a = median(alone.map((m) => m.lat.p99));
     const p99m = median(mixed.map((m) => m.lat.p99));
     process.stdout.write(`- median hit p99: alone ${fmtNum(p99a)} µs, with misses ${fmtNum(p99m)} µs (target: with <= alone): ${p99m <= p99a ? 'met' : 'NOT met'}\n\n`);
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\nCommands:\n\n`);
-    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    node dist/bench/hits-under-misses.js --runtime ${runtime} --reps ${reps} --depth ${depth} --miss-depth ${missDepth} --nbd-delay ${delay}\n`);
+    run.report();
   } finally {
-    for (const t of targets.reverse()) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

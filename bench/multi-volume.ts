@@ -7,30 +7,20 @@
  *
  * Run: node dist/bench/multi-volume.js [--runtime S] [--reps N] [--ws MiB-per-volume]
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
-import { benchDir, fetchStats, makeImage, startVbc, statsDelta, type Target, type VbcVolume } from '../src/bench/targets';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fetchStats, makeImage, startVbc, statsDelta, type VbcVolume } from '../src/bench/targets';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
 
 const COUNTS = [1, 2, 4];
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '5' },
-      reps: { type: 'string', default: '3' },
-      ws: { type: 'string', default: '32' },
-      depth: { type: 'string', default: '32' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const ws = Number(values.ws) << 20;
-  const depth = Number(values.depth);
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir);
+  const args = parseBenchArgs({ runtime: 5, reps: 3, ws: 32, depth: 32 });
+  const { num } = args;
+  const { runtime, reps, depth } = num;
+  const ws = num.ws * 2 ** 20;
+  const run = openBench(args);
+  const { dir, targets } = run;
   const volumes: VbcVolume[] = [0, 1, 2, 3].map((i) => {
     const backing = path.join(dir, `disk${i}.img`);
     makeImage(backing, 2 * ws, 'random');
@@ -38,7 +28,6 @@ async function main(): Promise<void> {
   });
   const control = path.join(dir, 'control.sock');
   const cacheSize = 4 * ws + 2 * ws;
-  const targets: Target[] = [];
   try {
     targets.push(
       await startVbc({ volumes, cache: { path: path.join(dir, 'cache.img'), size: cacheSize }, control, configPath: path.join(dir, 'config.json') }),
@@ -78,18 +67,10 @@ async function main(): Promise<void> {
     const four = med.get(4)?.iops ?? 0;
     process.stdout.write(`- 4 volumes / 1 volume: ${fmtRatio(four, one)} (target >= 1.00x): ${four >= one ? 'met' : 'NOT met'}\n`);
     if (d !== null) process.stdout.write(`- cache during the measured passes: reads ${fmtInt(d.reads)}, hit rate ${fmtNum((d.readHitRate ?? 0) * 100)} %\n`);
-    process.stdout.write(`\nMachine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
-    process.stdout.write('\nCommands:\n\n');
-    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    # ${path.join(dir, 'config.json')}: ${JSON.stringify(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')))}\n`);
-    process.stdout.write(`    node dist/bench/multi-volume.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depth ${depth}\n`);
+    run.report();
   } finally {
-    for (const t of targets) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

@@ -19,40 +19,24 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, median, medianOf, processCpuUs } from '../src/bench/measure';
-import { benchDir, fetchStats, startNbdkit, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, median, medianOf, processCpuUs } from '../src/bench/measure';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
+import { fetchStats, startSlowNbd, startVbc, statsDelta } from '../src/bench/targets';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '5' },
-      reps: { type: 'string', default: '3' },
-      ws: { type: 'string', default: '64' },
-      depth: { type: 'string', default: '16' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const ws = Number(values.ws) << 20;
-  const depth = Number(values.depth);
+  const args = parseBenchArgs({ runtime: 5, reps: 3, ws: 64, depth: 16 });
+  const { num } = args;
+  const { runtime, reps, depth } = num;
+  const ws = num.ws * 2 ** 20;
   const exportSize = 4 * ws;
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir);
-  const nbdSock = path.join(dir, 'nbd.sock');
-  const uri = `nbd+unix:///?socket=${nbdSock}`;
+  const run = openBench(args);
+  const { dir, targets } = run;
   const control = path.join(dir, 'control.sock');
   const sock = { ours: path.join(dir, 'vbc.sock'), qsd: path.join(dir, 'qsd.sock') };
-  const commands: string[] = [];
-  const stopAll: Target[] = [];
   try {
-    const nbd = await startNbdkit({ socket: nbdSock, size: exportSize, readDelayMs: 1, writeDelayMs: 1 });
-    stopAll.push(nbd);
-    commands.push(nbd.command);
-    const qsd = await startQsd({ socketPath: sock.qsd, nbd: { socket: nbdSock }, numQueues: 1 });
-    stopAll.push(qsd);
-    commands.push(qsd.command);
+    const slow = await startSlowNbd({ dir, size: exportSize, delayMs: 1, qsdSocket: sock.qsd });
+    targets.push(...slow.targets);
+    const { nbd, qsd, uri } = slow;
     await measureMode({ sockets: [sock.qsd], mode: 'write', bs: 65536, depth: 16, queues: 1, runtime: 600, count: ws / 65536, size: ws, seed: 1 });
 
     type Pass = 'qsd' | 'qsdFirst' | 'first' | 'cold' | 'warm';
@@ -80,7 +64,7 @@ async function main(): Promise<void> {
         cache: { path: cacheFile, size: 2 * ws },
         control,
       });
-      if (commands.length < 3) commands.push(ours.command);
+      if (run.commands.length === 0) run.commands.push(ours.command);
       daemonPid = ours.pid;
       try {
         await body();
@@ -147,17 +131,10 @@ async function main(): Promise<void> {
     const rc = med.first.iops / med.qsdFirst.iops;
     process.stdout.write(`- warm / qsd: ${rw.toFixed(2)}x (target >= 20x): ${rw >= 20 ? 'met' : 'NOT met'}\n`);
     process.stdout.write(`- cold (first ${firstCount} reads, nearly all misses) / qsd on the same reads: ${rc.toFixed(2)}x (target >= 0.9x): ${rc >= 0.9 ? 'met' : 'NOT met'}\n\n`);
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
-    process.stdout.write('Commands:\n\n');
-    for (const c of commands) process.stdout.write(`    ${c}\n`);
-    process.stdout.write(`    node dist/bench/nbd-slow.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depth ${depth}\n`);
+    run.report();
   } finally {
-    for (const t of stopAll.reverse()) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

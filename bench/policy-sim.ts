@@ -8,7 +8,7 @@
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
  * misses; a write invalidates every block then inserts it.
  *
- * Run: node dist/bench/policy-sim.js --workload spc1|zipf|shift|scan|targets [--ios N] [--seed S]
+ * Run: node dist/bench/policy-sim.js --workload spc1|zipf|shift|scan|targets|ram [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
  *        [--read-ahead BLOCKS] [--empty-target FRACTION]
  *   --cutoff: sequential cut-off; blocks of a read or write stream longer than BLOCKS are not
@@ -24,7 +24,8 @@
  *   (default 2) on one volume, cache --slots (default 131072 = 512 MiB), [--cold-between] empty
  *   cache between boots, [--history DEPTH] history prefetch (HistoryPrefetch, evaluation only).
  *   targets: every issue-12 target in one run (SPC-1 seeds 1-3 for clock, lru, arc, log and log
- *   with read-ahead, default 32 blocks; scan for the four), then a table of targets met or not.
+ *   with read-ahead, default 32 blocks; scan for the four; RAM per block of the index at 16 M
+ *   blocks, by part), then a table of targets met or not. --workload ram: the RAM figure alone.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -156,6 +157,7 @@ class LogPolicy implements Policy {
       prefetchAccuracy: rate(used, prefetched),
       segmentsSkipped: this.m.segmentsSkipped,
       decayPeriod: +this.m.decayPeriod.toFixed(2),
+      ramBytesPerBlock: +(this.m.byteLength / this.m.slots).toFixed(2),
     };
   }
 }
@@ -533,6 +535,19 @@ function simulate(workload: string, name: string, slots: number, ios: number, se
   return { workload, policy: p.name, readAhead: admission.readAhead, slots, ios: workload === 'scan' ? undefined : ios, seed, ...r, ...p.extra(), seconds };
 }
 
+/** Blocks of the RAM target (16 M blocks: a 64 GiB cache of 4 KiB blocks). */
+const RAM_TARGET_BLOCKS = 2 ** 24;
+
+/**
+ * RAM per cache block of the index of a cache of `slots` slots in 128-block segments, by part,
+ * from the typed arrays (CacheMap.ramParts) and in total.
+ */
+function ramPerBlock(slots: number): { parts: Record<string, number>; total: number } {
+  const m = new CacheMap(slots, { segmentBlocks: SEGMENT_BLOCKS });
+  const parts = Object.fromEntries(Object.entries(m.ramParts()).map(([k, v]) => [k, +(v / slots).toFixed(3)]));
+  return { parts, total: +(m.byteLength / slots).toFixed(3) };
+}
+
 const mean = (xs: number[]): number => +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(4);
 
 /**
@@ -560,12 +575,15 @@ function targets(ios: number, readAhead: number): void {
   const log = spc1.log;
   const arc = spc1.arc;
   const ra = spc1.logRa;
+  const ram = ramPerBlock(RAM_TARGET_BLOCKS);
+  console.log(JSON.stringify({ ram: RAM_TARGET_BLOCKS, bytesPerBlock: ram.parts, total: ram.total }));
   const rows: [string, string, boolean][] = [
     ['SPC-1 read hit >= 0.46 and >= ARC (each seed)', `log ${col('log', 'readHit').join(' / ')}; ARC ${col('arc', 'readHit').join(' / ')}; LRU ${col('lru', 'readHit').join(' / ')}; clock ${col('clock', 'readHit').join(' / ')}`, log.every((r, i) => r.readHit >= 0.46 && r.readHit >= arc[i].readHit)],
     ['SPC-1 invalidate hit >= 0.87', `log ${col('log', 'invalidateHit').join(' / ')}; ARC ${col('arc', 'invalidateHit').join(' / ')}`, log.every((r) => r.invalidateHit >= 0.87)],
     ['empty slots <= 2 %', `log ${col('log', 'empty').join(' / ')}`, log.every((r) => r.empty <= 0.02)],
     [`read-ahead ${readAhead}: read hit >= 0.60, accuracy >= 0.9`, `${col('logRa', 'readHit').join(' / ')}; accuracy ${col('logRa', 'prefetchAccuracy').join(' / ')}`, ra.every((r) => r.readHit >= 0.6 && r.prefetchAccuracy >= 0.9)],
     ['scan: hit after >= 0.8x before', `log ${scan.log}; ARC ${scan.arc}; LRU ${scan.lru}; clock ${scan.clock}`, scan.log >= 0.8],
+    [`RAM <= 16 B per cache block at ${RAM_TARGET_BLOCKS} blocks`, `${ram.total} B: ` + Object.entries(ram.parts).map(([k, v]) => `${k} ${v}`).join(', '), ram.total <= 16],
   ];
   console.log(`\nSPC-1 means over seeds ${seeds.join(', ')} (${ios} I/Os): ` + ['clock', 'lru', 'arc', 'log', 'logRa'].map((n) => `${n} ${mean(col(n, 'readHit'))} / ${mean(col(n, 'invalidateHit'))}`).join('; '));
   console.log('| target | result | met |\n| --- | --- | --- |');
@@ -690,6 +708,11 @@ function main(): void {
   if (workload === 'boot') {
     const r = runBoot(Number(opt('slots', '131072')), Number(opt('boots', '2')), Number(opt('history', '0')), args.includes('--cold-between'));
     console.log(JSON.stringify({ workload, readAhead: admission.readAhead, ...r }));
+    return;
+  }
+  if (workload === 'ram') {
+    const ram = ramPerBlock(Number(opt('slots', String(RAM_TARGET_BLOCKS))));
+    console.log(JSON.stringify({ workload, bytesPerBlock: ram.parts, total: ram.total }));
     return;
   }
   if (workload === 'targets') {

@@ -10,33 +10,25 @@
  * at once; repetitions alternate ours / qsd. The warm daemon starts after the write passes
  * (one writer at a time: its cache never sees another writer's changes).
  *
- * Run: node dist/bench/rbd-vs-qsd.js [--runtime S] [--reps N] [--size MiB]
+ * Run: node dist/bench/rbd-vs-qsd.js [--runtime S] [--reps N] [--size MiB] [--dir DIR]
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, medianOf, type Measurement } from '../src/bench/measure';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, medianOf, type Measurement } from '../src/bench/measure';
 import type { ModeName } from '../src/bench/modes';
-import { benchDir, fetchStats, startQsd, startVbc, statsDelta, type Target } from '../src/bench/targets';
+import { fetchStats, startQsd, startVbc, statsDelta } from '../src/bench/targets';
 import { CephCluster } from '../test/support/ceph-cluster';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
 
 const DEPTH = 16;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '4' },
-      reps: { type: 'string', default: '3' },
-      size: { type: 'string', default: '128' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const size = Number(values.size) << 20;
-  const loadBefore = machineNote();
-  const dir = benchDir(undefined, 'rbd-');
+  const args = parseBenchArgs({ runtime: 4, reps: 3, size: 128 });
+  const { num } = args;
+  const { runtime, reps } = num;
+  const size = num.size * 2 ** 20;
+  const run = openBench(args, 'rbd-');
+  const { dir, targets } = run;
   const ceph = await CephCluster.start();
-  const targets: Target[] = [];
   try {
     await ceph.rbd('create', '--image-feature', 'layering', '--size', `${size >> 20}M`, `${ceph.pool}/bench`);
     await ceph.rbd('bench', '--io-type', 'write', '--io-pattern', 'seq', '--io-size', '4M', '--io-total', `${size >> 20}M`, `${ceph.pool}/bench`);
@@ -101,17 +93,11 @@ async function main(): Promise<void> {
       process.stdout.write(`- warm passes: cache reads ${fmtInt(d.reads)}, hit rate ${fmtNum((d.readHitRate ?? 0) * 100)} %\n`);
     }
     process.stdout.write(`- pre-read pass (fills the cache): ${fmtInt(pre.mibps)} MiB/s\n\n`);
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\nCommands:\n\n`);
-    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    node dist/bench/rbd-vs-qsd.js --runtime ${runtime} --reps ${reps} --size ${size >> 20}\n`);
+    run.report();
   } finally {
-    for (const t of targets) await t.stop();
+    await run.close();
     await ceph.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

@@ -9,30 +9,22 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmtInt, machineNote, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, medianOf } from '../src/bench/measure';
 import type { ModeName } from '../src/bench/modes';
-import { benchDir, makeImage, startQsd, startVbc, type Target } from '../src/bench/targets';
+import { makeImage, startQsd, startVbc } from '../src/bench/targets';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '4' },
-      reps: { type: 'string', default: '3' },
-      size: { type: 'string', default: '256' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const size = Number(values.size) << 20;
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir);
+  const args = parseBenchArgs({ runtime: 4, reps: 3, size: 256 });
+  const { num } = args;
+  const { runtime, reps } = num;
+  const size = num.size * 2 ** 20;
+  const run = openBench(args);
+  const { dir, targets } = run;
   const image = path.join(dir, 'disk.img');
   makeImage(image, size, 'random');
   fs.readFileSync(image); // into the page cache
 
-  const targets: Target[] = [];
   try {
     const ours = await startVbc({ volumes: [{ name: 'vol0', socketPath: path.join(dir, 'vbc.sock'), backing: image, numQueues: 2 }] });
     targets.push(ours);
@@ -79,17 +71,10 @@ async function main(): Promise<void> {
       ) + '\n\n',
     );
     process.stdout.write(verdicts.map((v) => `- ${v}`).join('\n') + '\n\n');
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
-    process.stdout.write(`Image: ${image} (${size >> 20} MiB, random data, page-cached)\n\nCommands:\n\n`);
-    for (const t of targets) process.stdout.write(`    ${t.command}\n`);
-    process.stdout.write(`    node dist/bench/vhost-vs-qsd.js --runtime ${runtime} --reps ${reps} --size ${size >> 20}\n`);
+    run.report();
   } finally {
-    for (const t of targets) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

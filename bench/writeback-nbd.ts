@@ -18,15 +18,15 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { controlJson } from '../src/control/client';
 import { Device } from '../src/bench/engine';
+import { fmtInt, fmtNum, fmtRatio, markdownTable, measureMode, type Measurement, median, medianOf, processCpuUs } from '../src/bench/measure';
 import { Rng } from '../src/bench/rng';
 import { LatencyHistogram } from '../src/metrics/latency-histogram';
 import { VIRTIO_BLK_S_OK } from '../src/virtio-blk/spec';
-import { fmtInt, fmtNum, fmtRatio, machineNote, markdownTable, measureMode, type Measurement, median, medianOf, processCpuUs } from '../src/bench/measure';
-import { benchDir, startNbdkit, startQsd, startVbc, type Target } from '../src/bench/targets';
+import { benchMain, openBench, parseBenchArgs } from '../src/bench/cli';
+import { startSlowNbd, startVbc } from '../src/bench/targets';
 
 /** Rounds of the FLUSH probe (each: depth - 1 writes and one FLUSH in flight together). */
 const FLUSH_ROUNDS = 300;
@@ -43,10 +43,12 @@ async function flushProbe(socketPath: string, ws: number, depth: number, seed: n
       const ops: Promise<unknown>[] = [];
       for (let k = 1; k < depth; k++) ops.push(ring.write(rng.int(ws / 4096) * 8, data));
       const t = performance.now();
-      ops.push(ring.flush().then((res) => {
-        if (res.status !== VIRTIO_BLK_S_OK) throw new Error(`FLUSH failed: status ${res.status}`);
-        hist.record((performance.now() - t) * 1e6);
-      }));
+      ops.push(
+        ring.flush().then((res) => {
+          if (res.status !== VIRTIO_BLK_S_OK) throw new Error(`FLUSH failed: status ${res.status}`);
+          hist.record((performance.now() - t) * 1e6);
+        }),
+      );
       await Promise.all(ops);
     }
     return { p50: hist.percentile(50) / 1000, p99: hist.percentile(99) / 1000 };
@@ -56,35 +58,19 @@ async function flushProbe(socketPath: string, ws: number, depth: number, seed: n
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      runtime: { type: 'string', default: '5' },
-      reps: { type: 'string', default: '3' },
-      ws: { type: 'string', default: '32' },
-      depth: { type: 'string', default: '16' },
-      dir: { type: 'string' },
-    },
-  });
-  const runtime = Number(values.runtime);
-  const reps = Number(values.reps);
-  const ws = Number(values.ws) << 20;
-  const depth = Number(values.depth);
+  const args = parseBenchArgs({ runtime: 5, reps: 3, ws: 32, depth: 16 });
+  const { num } = args;
+  const { runtime, reps, depth } = num;
+  const ws = num.ws * 2 ** 20;
   const cacheSize = 8 * ws;
-  const loadBefore = machineNote();
-  const dir = benchDir(values.dir);
-  const nbdSock = path.join(dir, 'nbd.sock');
-  const uri = `nbd+unix:///?socket=${nbdSock}`;
+  const run = openBench(args);
+  const { dir, targets } = run;
   const control = path.join(dir, 'control.sock');
   const sock = { ours: path.join(dir, 'vbc.sock'), qsd: path.join(dir, 'qsd.sock') };
-  const commands: string[] = [];
-  const stopAll: Target[] = [];
   try {
-    const nbd = await startNbdkit({ socket: nbdSock, size: 2 * ws, readDelayMs: 1, writeDelayMs: 1 });
-    stopAll.push(nbd);
-    commands.push(nbd.command);
-    const qsd = await startQsd({ socketPath: sock.qsd, nbd: { socket: nbdSock }, numQueues: 1 });
-    stopAll.push(qsd);
-    commands.push(qsd.command);
+    const slow = await startSlowNbd({ dir, size: 2 * ws, delayMs: 1, qsdSocket: sock.qsd });
+    targets.push(...slow.targets);
+    const { uri } = slow;
     const randwrite = { mode: 'randwrite' as const, bs: 4096, depth, queues: 1, runtime, size: ws };
     const res: Record<'qsd' | 'writethrough' | 'writeback', Measurement[]> = { qsd: [], writethrough: [], writeback: [] };
     const destage: { ms: number; blocks: number }[] = [];
@@ -100,7 +86,7 @@ async function main(): Promise<void> {
     const commits: { commits: number; us: number; dirty: number; destaged: number }[] = [];
     for (let r = 0; r < reps; r++) {
       const seed = 7000 + r;
-      res.qsd.push(await measured('qsd', sock.qsd, qsd.pid, seed));
+      res.qsd.push(await measured('qsd', sock.qsd, slow.qsd.pid, seed));
       flushLat.qsd.push(await flushProbe(sock.qsd, ws, depth, seed));
       for (const mode of ['writethrough', 'writeback'] as const) {
         const cacheFile = path.join(dir, `cache${r}-${mode}.img`);
@@ -109,7 +95,7 @@ async function main(): Promise<void> {
           cache: { path: cacheFile, size: cacheSize },
           control,
         });
-        if (commands.length < 4) commands.push(ours.command);
+        if (run.commands.length < 2) run.commands.push(ours.command);
         try {
           // Warm-up (JIT, NBD connections) outside the measured range.
           await measureMode({ ...randwrite, sockets: [sock.ours], seed: seed + 50, count: 2000, offset: ws, size: ws });
@@ -160,17 +146,10 @@ async function main(): Promise<void> {
         `dirty at the end of the pass / destaged during it: ${commits.map((c) => `${c.dirty} / ${fmtInt(c.destaged)}`).join(', ')}\n`,
     );
     process.stdout.write(`- flush command after each write-back pass: ${destage.map((d) => `${d.blocks} blocks in ${Math.round(d.ms)} ms`).join(', ')}\n\n`);
-    process.stdout.write(`Machine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\n`);
-    process.stdout.write('Commands:\n\n');
-    for (const c of commands) process.stdout.write(`    ${c}\n`);
-    process.stdout.write(`    node dist/bench/writeback-nbd.js --runtime ${runtime} --reps ${reps} --ws ${ws >> 20} --depth ${depth}\n`);
+    run.report();
   } finally {
-    for (const t of stopAll.reverse()) await t.stop();
-    if (values.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    await run.close();
   }
 }
 
-void main().catch((err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+benchMain(main);

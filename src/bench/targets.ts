@@ -281,6 +281,31 @@ export async function startNbdkit(o: NbdkitOptions): Promise<Target> {
 }
 
 /**
+ * The slow network store the NBD benchmarks share: nbdkit's memory plugin of `size` bytes behind
+ * the delay filter (`delayMs` per read and per write), and qemu-storage-daemon serving it over
+ * vhost-user-blk at `qsdSocket` (the reference). `targets` lists both for stopping (in reverse).
+ */
+export interface SlowNbd {
+  nbd: Target;
+  qsd: Target;
+  /** The export's URI for our daemon's --backing. */
+  uri: string;
+  targets: Target[];
+}
+
+export async function startSlowNbd(o: { dir: string; size: number; delayMs: number; qsdSocket: string }): Promise<SlowNbd> {
+  const socket = path.join(o.dir, 'nbd.sock');
+  const nbd = await startNbdkit({ socket, size: o.size, readDelayMs: o.delayMs, writeDelayMs: o.delayMs });
+  try {
+    const qsd = await startQsd({ socketPath: o.qsdSocket, nbd: { socket }, numQueues: 1 });
+    return { nbd, qsd, uri: `nbd+unix:///?socket=${socket}`, targets: [nbd, qsd] };
+  } catch (err) {
+    await nbd.stop();
+    throw err;
+  }
+}
+
+/**
  * The directory a benchmark works in: `given` (created when missing), else a new one under the
  * OS temp dir named vbc-bench-<tag>XXXXXX (the caller removes it).
  */

@@ -1,25 +1,33 @@
 /**
  * Address map: (volume id, block number) -> BDA index.
  *
- * Memory layout: one Int32Array `table` of `capacity` entries, each -1 (empty) or the index of
- * a valid BDA slot. Nothing else is stored: the key of an entry is read back from the BDA and
- * its home position is recomputed from that key, so the map costs 4 / loadFactor bytes per
- * cache block (5.7 B at the default 0.7). capacity = ceil(slots / loadFactor) + 1, never a
- * power of two requirement: home = (hash >>> 1) % capacity (integer modulo, both operands in
- * int31 range).
+ * Memory layout: one Int32Array `table` of `capacity` entries, each EMPTY (-1) or a valid BDA
+ * slot with its displacement: entry = (displacement << slotBits) | slot, where slotBits is the
+ * bit length of the slot count (so a slot index never has all its bits set and -1 is never an
+ * entry) and the displacement (distance from the key's home position, wrapping at capacity)
+ * takes the 32 - slotBits bits left, saturating at distMax (= "distMax or more": the exact value
+ * is then recomputed from the key). No key is stored: it is read back from the BDA. The map
+ * costs 4 / loadFactor bytes per cache block (4.71 B at the default 0.85).
+ * capacity = ceil(slots / loadFactor) + 1, home = (hash >>> 1) % capacity.
  *
- * Open addressing, linear probing (i + 1, wrapping at capacity), deletion by backward shift
- * (no tombstones): after a removal, later entries of the same probe run that may legally sit
- * in the hole are moved into it, so a lookup can always stop at the first empty entry.
+ * Open addressing, linear probing with Robin Hood insertion (an entry displaced less than the
+ * one being placed gives up its position and is placed further on; ties keep their place), so
+ * along any probe run the displacements never drop by more than one from one entry to the next
+ * unless a new run starts: a lookup stops at an empty entry or at an entry displaced less than
+ * the key would be there, and compares keys (a BDA read) only for entries of its own home.
+ * Deletion by backward shift (no tombstones): the entries after the removed one move back by
+ * one, displacement minus one, until an empty entry or one at its home. Inserting and removing
+ * read no key unless a displacement saturated, so a high load factor costs probe length in a
+ * table read sequentially, not random reads of the BDA.
  */
-import { BlockDescriptorArray, packHi, packLo } from './bda';
+import type { BlockDescriptorArray } from './bda';
 
-export const DEFAULT_LOAD_FACTOR = 0.7;
+export const DEFAULT_LOAD_FACTOR = 0.85;
 /** Lowest load factor a cache may use: the on-device metadata area is sized for its table. */
 export const MIN_LOAD_FACTOR = 0.5;
 const EMPTY = -1;
 
-/** 32-bit hash of a packed key (murmur3 finalizer over both halves). */
+/** 32-bit hash of a key (block number, volume id) (murmur3 finalizer over both). */
 export function hashKey(lo: number, hi: number): number {
   let h = (lo ^ Math.imul(hi, 0x9e3779b1)) | 0;
   h ^= h >>> 16;
@@ -33,13 +41,24 @@ export function hashKey(lo: number, hi: number): number {
 export class AddressMap {
   readonly table: Int32Array;
   readonly capacity: number;
+  /** Low bits of an entry holding its slot. */
+  readonly slotBits: number;
+  /** Largest displacement an entry records exactly (the field's all-ones value means "or more"). */
+  readonly distMax: number;
+  private readonly slotMask: number;
   private readonly bda: BlockDescriptorArray;
   private entries = 0;
 
-  /** `table` (same capacity) is adopted as is, e.g. loaded from metadata. */
-  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array) {
+  /**
+   * `table` (same capacity) is adopted as is, e.g. loaded from metadata. `distBits` narrows
+   * the displacement field below the 32 - slotBits bits available (tests: saturation).
+   */
+  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array, distBits = 32) {
     this.bda = bda;
     this.capacity = table?.length ?? AddressMap.capacityFor(bda.size, loadFactor);
+    this.slotBits = 32 - Math.clz32(bda.size);
+    this.slotMask = 2 ** this.slotBits - 1;
+    this.distMax = 2 ** Math.min(distBits, 32 - this.slotBits) - 1;
     if (table) {
       this.table = table;
       let n = 0;
@@ -63,22 +82,72 @@ export class AddressMap {
     return (hashKey(lo, hi) >>> 1) % this.capacity;
   }
 
-  /** Table position holding (volume, block), or -1. */
+  /** Slot held by a (non-empty) entry. */
+  slotOf(e: number): number {
+    return e & this.slotMask;
+  }
+
+  /** Displacement of entry `e` at position p, exact (recomputed from its key when saturated). */
+  distanceAt(p: number, e: number): number {
+    const d = e >>> this.slotBits;
+    if (d < this.distMax) return d;
+    const s = e & this.slotMask;
+    const h = this.home(this.bda.keyLo[s], this.bda.keyHi[s]);
+    return p >= h ? p - h : p + this.capacity - h;
+  }
+
+  private entry(slot: number, d: number): number {
+    return (Math.min(d, this.distMax) << this.slotBits) | slot;
+  }
+
+  /** Table position holding key (lo, hi), or -1. */
   private position(lo: number, hi: number): number {
-    const { table, capacity, bda } = this;
+    const { table, capacity, slotBits, slotMask, distMax } = this;
+    const { keyLo, keyHi } = this.bda;
     let p = this.home(lo, hi);
-    for (;;) {
-      const idx = table[p];
-      if (idx === EMPTY) return -1;
-      if (bda.keyLo[idx] === lo && bda.keyHi[idx] === hi) return p;
+    for (let d = 0; ; d++) {
+      const e = table[p];
+      if (e === EMPTY) return -1;
+      let ed = e >>> slotBits;
+      if (ed === distMax && d >= distMax) ed = this.distanceAt(p, e);
+      if (ed < d) return -1;
+      if (ed === d) {
+        const s = e & slotMask;
+        if (keyLo[s] === lo && keyHi[s] === hi) return p;
+      }
       p = p + 1 === capacity ? 0 : p + 1;
     }
   }
 
   /** BDA index of (volume, block), or -1. */
   get(volume: number, block: number): number {
-    const p = this.position(packLo(block), packHi(volume, block));
-    return p < 0 ? -1 : this.table[p];
+    const p = this.position(block, volume);
+    return p < 0 ? -1 : this.table[p] & this.slotMask;
+  }
+
+  /**
+   * Places slot `cur` at position p where it is displaced by d (p on its probe run, the key not
+   * in the map), moving the entries it displaces further on.
+   */
+  private place(cur: number, p: number, d: number): void {
+    const { table, capacity, slotBits, distMax } = this;
+    for (;;) {
+      const e = table[p];
+      if (e === EMPTY) {
+        table[p] = this.entry(cur, d);
+        this.entries++;
+        return;
+      }
+      let ed = e >>> slotBits;
+      if (ed === distMax && d >= distMax) ed = this.distanceAt(p, e);
+      if (ed < d) {
+        table[p] = this.entry(cur, d);
+        cur = e & this.slotMask;
+        d = ed;
+      }
+      p = p + 1 === capacity ? 0 : p + 1;
+      d++;
+    }
   }
 
   /**
@@ -86,11 +155,7 @@ export class AddressMap {
    * map (callers remove the previous slot of a key first).
    */
   add(idx: number): void {
-    const { table, capacity } = this;
-    let p = this.home(this.bda.keyLo[idx], this.bda.keyHi[idx]);
-    while (table[p] !== EMPTY) p = p + 1 === capacity ? 0 : p + 1;
-    table[p] = idx;
-    this.entries++;
+    this.place(idx, this.home(this.bda.keyLo[idx], this.bda.keyHi[idx]), 0);
   }
 
   /**
@@ -98,44 +163,50 @@ export class AddressMap {
    * returns -1 when added, else the index holding the key (nothing changed). One probe.
    */
   addUnlessPresent(idx: number): number {
-    const { table, capacity, bda } = this;
-    const lo = bda.keyLo[idx];
-    const hi = bda.keyHi[idx];
+    const { table, capacity, slotBits, slotMask, distMax } = this;
+    const { keyLo, keyHi } = this.bda;
+    const lo = keyLo[idx];
+    const hi = keyHi[idx];
     let p = this.home(lo, hi);
-    for (;;) {
-      const cur = table[p];
-      if (cur === EMPTY) {
-        table[p] = idx;
-        this.entries++;
+    for (let d = 0; ; d++) {
+      const e = table[p];
+      let ed = e === EMPTY ? -1 : e >>> slotBits;
+      if (ed === distMax && d >= distMax) ed = this.distanceAt(p, e);
+      // Empty, or an entry displaced less than the key would be: the key is not further on.
+      if (ed < d) {
+        this.place(idx, p, d);
         return -1;
       }
-      if (bda.keyLo[cur] === lo && bda.keyHi[cur] === hi) return cur;
+      if (ed === d) {
+        const s = e & slotMask;
+        if (keyLo[s] === lo && keyHi[s] === hi) return s;
+      }
       p = p + 1 === capacity ? 0 : p + 1;
     }
   }
 
   /** Removes the entry of BDA index `idx` (its key still in the BDA). Returns false if absent. */
   remove(idx: number): boolean {
-    const { table, capacity, bda } = this;
-    let hole = this.home(bda.keyLo[idx], bda.keyHi[idx]);
-    for (;;) {
-      const cur = table[hole];
-      if (cur === EMPTY) return false;
-      if (cur === idx) break;
+    const { table, capacity, slotBits, slotMask, distMax } = this;
+    let hole = this.home(this.bda.keyLo[idx], this.bda.keyHi[idx]);
+    for (let d = 0; ; d++) {
+      const e = table[hole];
+      if (e === EMPTY) return false;
+      if ((e & slotMask) === idx) break;
+      let ed = e >>> slotBits;
+      if (ed === distMax && d >= distMax) ed = this.distanceAt(hole, e);
+      if (ed < d) return false;
       hole = hole + 1 === capacity ? 0 : hole + 1;
     }
-    // Backward shift: pull later entries of the run whose home is not in (hole, j].
-    let j = hole;
+    // Backward shift: the entries after the hole move back by one until one sits at its home.
     for (;;) {
-      j = j + 1 === capacity ? 0 : j + 1;
+      const j = hole + 1 === capacity ? 0 : hole + 1;
       const e = table[j];
       if (e === EMPTY) break;
-      const k = this.home(bda.keyLo[e], bda.keyHi[e]);
-      const stays = hole <= j ? k > hole && k <= j : k > hole || k <= j;
-      if (!stays) {
-        table[hole] = e;
-        hole = j;
-      }
+      const ed = this.distanceAt(j, e);
+      if (ed === 0) break;
+      table[hole] = this.entry(e & slotMask, ed - 1);
+      hole = j;
     }
     table[hole] = EMPTY;
     this.entries--;

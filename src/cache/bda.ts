@@ -5,9 +5,8 @@
  *
  * Memory layout (structure of arrays, N = number of slots):
  *
- *   keyLo  Uint32Array(N)  bits 0..31 of the volume block number
- *   keyHi  Uint32Array(N)  bits 16..31: volume id (0..65535)
- *                          bits  0..15: bits 32..47 of the volume block number
+ *   keyLo  Uint32Array(N)  the volume block number (in cache blocks, < 2^32)
+ *   keyHi  Uint8Array(N)   the volume id (< MAX_VOLUMES = 256)
  *   crc    Uint32Array(N)  CRC-32C of the block's data, checked on every hit read from the
  *                          cache device (and on read-ahead)
  *   flags  Uint8Array(N)   bit 0 VALID (the slot holds the block named by the key)
@@ -24,10 +23,13 @@
  *                                entry may still be valid on the device; not reused until a
  *                                header sealed after the drop is durable, log.ts)
  *
- * 13 bytes per slot. With the address map (address-map.ts: one Int32 per table entry at a
- * load factor of 0.7, ~5.7 bytes per slot) and the ghost history (ghost.ts, 1 byte per slot)
- * the whole index costs ~19.8 bytes per cache block.
- * The key of an invalid slot is meaningless. Block numbers are < 2^48 (1 EiB at 4 KiB).
+ * 10 bytes per slot. The 40-bit key is what limits a cache: at most MAX_VOLUMES volume ids
+ * (every volume name ever registered with the cache, and every shared parent, keeps its id:
+ * cache.ts) and volumes of at most 2^32 cache blocks (16 TiB at the default 4 KiB cache
+ * block, 256 TiB at 64 KiB); src/config checks what it can know, Cache.registerVolume the rest.
+ * Segment headers on the device keep their 64-bit key (segment.ts), so the limits are RAM's
+ * only. The whole index per cache block: CacheMap.ramParts() (cache-map.ts).
+ * The key of an invalid slot is meaningless (but a SHADOW slot keeps its key).
  */
 import { VhostError } from '../native/errors';
 
@@ -44,23 +46,29 @@ export const FLAG_SHADOW = 64;
 /** Invalid slot kept out of reuse until its dropped dirty entry is durably gone (bit 7). */
 export const FLAG_RESERVED = 128;
 
-export const MAX_VOLUMES = 0x10000;
-export const MAX_BLOCK_NUMBER = 2 ** 48 - 1;
-const TWO32 = 2 ** 32;
+/** Volume ids a cache can key (keyHi is one byte). */
+export const MAX_VOLUMES = 0x100;
+/** Largest block number a cache can key (keyLo is 32 bits). */
+export const MAX_BLOCK_NUMBER = 2 ** 32 - 1;
 
-/** Packs a volume id and the high 16 bits of a block number into keyHi. */
-export function packHi(volume: number, block: number): number {
-  return ((volume << 16) | Math.floor(block / TWO32)) >>> 0;
+/** Largest volume (bytes) a cache of `blockSize`-byte blocks can key. */
+export function maxVolumeBytes(blockSize: number): number {
+  return (MAX_BLOCK_NUMBER + 1) * blockSize;
 }
 
-export function packLo(block: number): number {
-  return block >>> 0;
+/** Why a cache cannot key one more volume id (the error Cache.registerVolume and src/config give). */
+export const TOO_MANY_VOLUMES = `a cache keys at most ${MAX_VOLUMES} volumes (each volume name ever registered with it, and each shared parent image, keeps its id)`;
+
+/** Why a cache of `blockSize`-byte blocks cannot key a volume of `bytes` (or '' when it can). */
+export function volumeTooLarge(bytes: number, blockSize: number): string {
+  const max = maxVolumeBytes(blockSize);
+  return bytes <= max ? '' : `${bytes} bytes exceed the ${max / 2 ** 40} TiB a cache of ${blockSize}-byte blocks keys per volume (2^32 blocks; a larger cache blockSize raises it)`;
 }
 
 export class BlockDescriptorArray {
   readonly size: number;
   readonly keyLo: Uint32Array;
-  readonly keyHi: Uint32Array;
+  readonly keyHi: Uint8Array;
   readonly crc: Uint32Array;
   readonly flags: Uint8Array;
 
@@ -70,7 +78,7 @@ export class BlockDescriptorArray {
     }
     this.size = size;
     this.keyLo = new Uint32Array(size);
-    this.keyHi = new Uint32Array(size);
+    this.keyHi = new Uint8Array(size);
     this.crc = new Uint32Array(size);
     this.flags = new Uint8Array(size);
   }
@@ -84,22 +92,20 @@ export class BlockDescriptorArray {
   }
 
   volumeOf(i: number): number {
-    return this.keyHi[i] >>> 16;
+    return this.keyHi[i];
   }
 
   blockOf(i: number): number {
-    return (this.keyHi[i] & 0xffff) * TWO32 + this.keyLo[i];
+    return this.keyLo[i];
   }
 
-  /** True when slot i is valid and holds (volume, block) given as packed halves. */
-  matches(i: number, lo: number, hi: number): boolean {
-    return this.keyLo[i] === lo && this.keyHi[i] === hi && (this.flags[i] & FLAG_VALID) !== 0;
-  }
-
-  /** Makes slot i hold (volume, block), valid, reference bit clear (the caller sets crc[i]). */
+  /**
+   * Makes slot i hold (volume, block), valid, reference bit clear (the caller sets crc[i]).
+   * volume < MAX_VOLUMES and block <= MAX_BLOCK_NUMBER (registered volumes only: cache.ts).
+   */
   set(i: number, volume: number, block: number): void {
-    this.keyLo[i] = packLo(block);
-    this.keyHi[i] = packHi(volume, block);
+    this.keyLo[i] = block;
+    this.keyHi[i] = volume;
     this.flags[i] = FLAG_VALID;
   }
 

@@ -529,7 +529,27 @@ export class CacheMap {
     return n;
   }
 
+  /**
+   * RAM of the index by part, in bytes, from the typed arrays themselves: BDA keys (keyLo +
+   * keyHi), CRC-32Cs and flags, the address map, the ghost history, the per-segment counters,
+   * the per-volume counters (fixed, MAX_VOLUMES entries). Not counted: the write-back dirty
+   * lists (a Map per volume, bounded by destage.ts) and per-volume objects (stats, streams).
+   */
+  ramParts(): { keys: number; crc: number; flags: number; addressMap: number; ghost: number; segments: number; volumes: number } {
+    const { bda } = this;
+    return {
+      keys: bda.keyLo.byteLength + bda.keyHi.byteLength,
+      crc: bda.crc.byteLength,
+      flags: bda.flags.byteLength,
+      addressMap: this.map.byteLength,
+      ghost: this.ghost?.byteLength ?? 0,
+      segments: this.segKeep.byteLength + this.segValid.byteLength + this.segStamp.byteLength,
+      volumes: this.volumeBlocks.byteLength + this.volumeCap.byteLength,
+    };
+  }
+
+  /** Bytes of RAM of the index (the sum of ramParts()). */
   get byteLength(): number {
-    return this.bda.byteLength + this.map.byteLength + (this.ghost?.byteLength ?? 0) + this.segKeep.byteLength + this.segValid.byteLength + this.segStamp.byteLength;
+    return Object.values(this.ramParts()).reduce((a, b) => a + b, 0);
   }
 }

@@ -53,7 +53,7 @@ import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { type Logger, silentLogger } from '../util/logger';
 import { AddressMap, DEFAULT_LOAD_FACTOR, MIN_LOAD_FACTOR } from './address-map';
-import { MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
+import { MAX_VOLUMES, TOO_MANY_VOLUMES, volumeTooLarge } from './bda';
 import { CacheMap } from './cache-map';
 import { Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
@@ -573,7 +573,10 @@ export class Cache {
         map = new CacheMap(g.slots, mapOptions, recovered.bda, recovered.table);
         map.hand = recovered.hand;
         sequence = Math.max(recovered.sequence, clock);
-        volumes = saved.volumes;
+        // Records of ids above what the BDA keys (written by an older version): forgotten, their
+        // entries were not recovered and such ids are never assigned again (invariant 4 holds).
+        volumes = saved.volumes.filter((v) => v.id < MAX_VOLUMES);
+        if (volumes.length < saved.volumes.length) logger.warn({ path: o.path, forgotten: saved.volumes.length - volumes.length }, `volume records forgotten: ${TOO_MANY_VOLUMES}`);
         floor = saved.floor;
         logger.info(
           { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, verified: recovered.verified, torn: recovered.torn, rewrite: recovered.rewrite.length, ms: Math.round(recovered.ms) },
@@ -628,7 +631,7 @@ export class Cache {
     const used = new Set([...this.volumes.values()].map((v) => v.id));
     let id = 0;
     while (used.has(id)) id++;
-    if (id >= MAX_VOLUMES) throw new VhostError('too many cached volumes', 'ENOSPC');
+    if (id >= MAX_VOLUMES) throw new VhostError(`${name}: ${TOO_MANY_VOLUMES}`, 'ENOSPC');
     this.map.dropVolume(id);
     const rec = { id, name, identity, sizeBytes, maxBytes, epoch: this.log.sequence + 1 };
     this.volumes.set(name, rec);
@@ -642,7 +645,8 @@ export class Cache {
    */
   registerVolume(name: string, identity: string, sizeBytes: number, opts: VolumeOptions = {}): number {
     if (this.closing) throw new VhostError('cache is closed', 'ESHUTDOWN');
-    if (sizeBytes / this.blockSize > MAX_BLOCK_NUMBER) throw new VhostError(`volume ${name} too large for the cache`, 'EFBIG');
+    const tooLarge = volumeTooLarge(sizeBytes, this.blockSize);
+    if (tooLarge !== '') throw new VhostError(`volume ${name}: ${tooLarge}`, 'EFBIG');
     const maxBytes = opts.maxBytes ?? 0;
     let rec = this.volumes.get(name);
     if (rec && this.active.has(rec.id)) throw new VhostError(`volume ${name} is already registered`, 'EEXIST');

@@ -104,7 +104,7 @@ import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
 import { type Dropped, DroppedEntries } from './dropped';
 import { FLAG_RESERVED, FLAG_SHADOW } from './bda';
-import { BufferState, checkHeaderSectors, entryOffset, entrySector, type Geometry, sealHeader, SEGMENT_ALIGNMENT, SegmentBuffer, segmentOffset, slotOffset } from './segment';
+import { BufferState, checkHeaderSectors, entryKeyHi, entryOffset, entrySector, type Geometry, sealHeader, SEGMENT_ALIGNMENT, SegmentBuffer, segmentOffset, slotOffset } from './segment';
 import { LatencyMeter } from './stats';
 
 /** One device read of cached blocks in this many is timed (readLatency: a sampled mean, see LatencyMeter). */
@@ -878,7 +878,7 @@ export class Log {
             intact &&
             (view.getUint32(e + 12, true) & 1) !== 0 &&
             view.getUint32(e, true) === bda.keyLo[i] &&
-            view.getUint32(e + 4, true) === bda.keyHi[i] &&
+            view.getUint32(e + 4, true) === entryKeyHi(bda.keyHi[i]) &&
             view.getUint32(e + 8, true) === bda.crc[i]
           ) {
             continue;

@@ -21,10 +21,14 @@
  *   64  JSON (utf-8): MetadataDoc (geometry, table capacity, hand, wraps, sequence, volume
  *       table), zero-padded to a multiple of 8
  *   ..  keyLo  Uint32Array(slots)    BDA (bda.ts)
- *   ..  keyHi  Uint32Array(slots)
  *   ..  crc    Uint32Array(slots)
+ *   ..  keyHi  Uint8Array(slots)
  *   ..  flags  Uint8Array(slots), zero-padded to a multiple of 4
- *   ..  table  Int32Array(capacity)  address map (address-map.ts)
+ *   ..  table  Int32Array(capacity)  address map (address-map.ts: slot and displacement bits)
+ *
+ * Version 4 (40-bit BDA keys, Robin Hood address map entries) replaced 3 (64-bit keys, plain
+ * slot entries): a version 3 copy is refused like any other, and the cache recovers its index
+ * from the segment headers (their format did not change).
  *
  * Binding (cache.ts): the superblock holds the device uuid and a generation that is bumped
  * (and made durable) at every open, before the cache can change. close() writes the metadata
@@ -53,15 +57,17 @@ const pad = (n: number, a: number) => Math.ceil(n / a) * a;
 
 /** Bytes of the arrays after the JSON for `slots` slots and an address map of `capacity`. */
 function arrayBytes(slots: number, capacity: number): number {
-  return 12 * slots + pad(slots, 4) + 4 * capacity;
+  return 8 * slots + pad(2 * slots, 4) + 4 * capacity;
 }
 
 /**
  * Size of the on-device metadata area for a cache of `slots` slots: the header, the largest
- * JSON document, the BDA and the address map at the lowest load factor, in whole 4 KiB.
+ * JSON document, 13 bytes per slot and the address map at the lowest load factor, in whole
+ * 4 KiB. 13 bytes per slot was version 3's BDA (version 4 needs 10): the area is part of the
+ * device geometry, so it keeps its size and devices formatted before keep their layout.
  */
 export function metadataAreaBytes(slots: number): number {
-  return pad(HEADER + METADATA_JSON_MAX + arrayBytes(slots, AddressMap.capacityFor(slots, MIN_LOAD_FACTOR)), 4096);
+  return pad(HEADER + METADATA_JSON_MAX + 12 * slots + pad(slots, 4) + 4 * AddressMap.capacityFor(slots, MIN_LOAD_FACTOR), 4096);
 }
 
 export interface VolumeRecord {
@@ -144,8 +150,8 @@ export async function saveMetadata(place: MetadataPlace, st: MetadataState, bind
   dv.setUint32(40, bind.generation >>> 0, true);
   dv.setUint32(44, Math.floor(bind.generation / 2 ** 32), true);
   head.set(json, HEADER);
-  const flagPad = new Uint8Array(pad(slots, 4) - slots);
-  const parts = [head, bytes(st.bda.keyLo), bytes(st.bda.keyHi), bytes(st.bda.crc), st.bda.flags, flagPad, bytes(st.table)];
+  const flagPad = new Uint8Array(pad(2 * slots, 4) - 2 * slots);
+  const parts = [head, bytes(st.bda.keyLo), bytes(st.bda.crc), st.bda.keyHi, st.bda.flags, flagPad, bytes(st.table)];
   let crc = 0;
   for (const p of parts) crc = native.crc32c(p, crc);
   dv.setUint32(CRC_AT, crc, true);
@@ -270,8 +276,8 @@ export async function loadMetadata(
     if (jsonEnd + arrayBytes(slots, doc.tableCapacity) !== total) return { ok: false, reason: 'length mismatch' };
     const bda = new BlockDescriptorArray(slots);
     const table = new Int32Array(doc.tableCapacity);
-    const flagPad = new Uint8Array(pad(slots, 4) - slots);
-    const parts = [bytes(bda.keyLo), bytes(bda.keyHi), bytes(bda.crc), bda.flags, flagPad, bytes(table)];
+    const flagPad = new Uint8Array(pad(2 * slots, 4) - 2 * slots);
+    const parts = [bytes(bda.keyLo), bytes(bda.crc), bda.keyHi, bda.flags, flagPad, bytes(table)];
     const stored = dv.getUint32(CRC_AT, true);
     new DataView(head.buffer).setUint32(CRC_AT, 0, true);
     let crc = native.crc32c(head, 0);

@@ -79,9 +79,9 @@
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
  * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
  * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
- * inside the volume, goes to its slot; the dirty ones sealed above the durable mark are checked
- * against their data (10.); a key found twice keeps the entry of the higher sequence number, a
- * superseded one losing to any other. Segments whose headers name entries not
+ * inside the volume (and of a key the BDA can hold, bda.ts), goes to its slot; the dirty ones
+ * sealed above the durable mark are checked against their data (10.); a key found twice keeps
+ * the entry of the higher sequence number, a superseded one losing to any other. Segments whose headers name entries not
  * recovered for another reason than floor or epoch (older sectors of a torn header, the loser
  * of a duplicate, data that does not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index
  * (and syncs) before the cache is used, so every entry still valid on the device is in the
@@ -90,7 +90,7 @@
  */
 import type { IoEngine } from '../io/io-engine';
 import { AddressMap } from './address-map';
-import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID } from './bda';
+import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID, MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import type { VolumeRecord } from './metadata';
 import { native } from '../native/binding';
 import { checkHeaderSectors, ENTRY_DIRTY, ENTRY_SUPERSEDED, entryOffset, entrySector, type Geometry, sectorMark, segmentOffset, slotOffset } from './segment';
@@ -173,7 +173,10 @@ class HeaderScan {
   private readonly g: Geometry;
   private readonly uuid: Uint8Array;
   private readonly floor: number;
-  /** Per volume id: its epoch (Infinity: unknown id) and its size in blocks. */
+  /**
+   * Per volume id of an entry (16 bits on the device): its epoch (Infinity: unknown id, or an
+   * id the BDA cannot hold) and its size in blocks (at most what the BDA can hold).
+   */
   private readonly epoch = new Float64Array(65536).fill(Infinity);
   private readonly limit = new Float64Array(65536);
   /** Per segment: the sequence number of its header's newest intact sectors (-1: none). */
@@ -195,8 +198,9 @@ class HeaderScan {
     this.bda = new BlockDescriptorArray(this.g.slots);
     this.index = new AddressMap(this.bda, 0.5, new Int32Array(o.tableCapacity).fill(-1));
     for (const v of o.volumes) {
+      if (v.id >= MAX_VOLUMES) continue;
       this.epoch[v.id] = v.epoch;
-      this.limit[v.id] = v.sizeBytes === 0 ? 2 ** 48 : Math.ceil(v.sizeBytes / this.g.blockSize);
+      this.limit[v.id] = Math.min(MAX_BLOCK_NUMBER + 1, v.sizeBytes === 0 ? Infinity : Math.ceil(v.sizeBytes / this.g.blockSize));
     }
     this.segSeq = new Float64Array(this.g.segments).fill(-1);
     this.seqs = new Float64Array(this.g.headerSectors);
@@ -253,7 +257,7 @@ class HeaderScan {
       }
       const slot = first + k;
       keyLo[slot] = lo;
-      keyHi[slot] = hi;
+      keyHi[slot] = id;
       crc[slot] = words[e + 2];
       flags[slot] = (ef & ENTRY_DIRTY) !== 0 ? FLAG_VALID | FLAG_DIRTY : FLAG_VALID;
       if (sector !== top) this.olderSector.set(slot, sector);

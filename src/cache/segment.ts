@@ -52,6 +52,14 @@ const ENTRY_SIZE = 16;
 export const ENTRY_VALID = 1;
 export const ENTRY_DIRTY = 2;
 export const ENTRY_SUPERSEDED = 4;
+/**
+ * An entry's second key word for volume id `volume` (the BDA's keyHi): the block number's bits
+ * 32..47 are always zero in entries this version writes (bda.ts MAX_BLOCK_NUMBER); recovery
+ * skips entries of older versions that hold keys the BDA cannot.
+ */
+export function entryKeyHi(volume: number): number {
+  return volume * 0x10000;
+}
 /** Bytes of a header sector: written whole or not at all by a crash. */
 export const HEADER_SECTOR = 512;
 const SECTOR_ENTRIES_AT = 48;
@@ -249,7 +257,7 @@ export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: Block
       if ((f & (FLAG_VALID | FLAG_SHADOW)) === 0 || (unwritten !== null && unwritten[j] !== 0)) continue;
       const e = at + SECTOR_ENTRIES_AT + (j - from) * ENTRY_SIZE;
       view.setUint32(e, bda.keyLo[i], true);
-      view.setUint32(e + 4, bda.keyHi[i], true);
+      view.setUint32(e + 4, entryKeyHi(bda.keyHi[i]), true);
       view.setUint32(e + 8, bda.crc[i], true);
       const shadow = (f & FLAG_SHADOW) !== 0;
       view.setUint32(e + 12, ENTRY_VALID | (shadow || (f & FLAG_DIRTY) !== 0 ? ENTRY_DIRTY : 0) | (shadow ? ENTRY_SUPERSEDED : 0), true);

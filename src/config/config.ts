@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { parseRbdSpec, isRbdSpec } from '../backing/rbd/spec';
 import { VhostError } from '../native/errors';
+import { MAX_VOLUMES, TOO_MANY_VOLUMES, volumeTooLarge } from '../cache/bda';
 
 const LIMITS = native.limits;
 
@@ -312,6 +313,22 @@ function validateCache(raw: unknown, field: string): CacheConfig {
   };
 }
 
+/**
+ * What a cache can key (bda.ts): every volume takes a volume id (a cache keys MAX_VOLUMES), and
+ * a volume whose size the config gives (size, backingLength) must fit the key's block numbers.
+ * Sizes known only when the store opens, and shared parents, are checked by the cache then.
+ */
+function checkCacheKeys(volumes: VolumeConfig[], cache: CacheConfig): void {
+  if (volumes.length > MAX_VOLUMES) fail('config.volumes', `${volumes.length} volumes with a cache: ${TOO_MANY_VOLUMES}`);
+  volumes.forEach((v, i) => {
+    for (const key of ['size', 'backingLength'] as const) {
+      const bytes = v[key];
+      const why = bytes === undefined ? '' : volumeTooLarge(bytes, cache.blockSize);
+      if (why !== '') fail(`config.volumes[${i}].${key}`, why);
+    }
+  });
+}
+
 /** Parses HOST:PORT (`127.0.0.1:9100`, `[::1]:9100`, `localhost:9100`; port 0 = any free port). */
 export function parseListenAddress(v: unknown, field: string): ListenAddress {
   const m = typeof v === 'string' ? /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(v) : null;
@@ -338,8 +355,10 @@ export function validateConfig(raw: unknown): DaemonConfig {
   const ioEngine = (raw.ioEngine ?? 'auto') as IoEnginePreference;
   if (!['auto', 'io_uring', 'threadpool'].includes(ioEngine)) fail('config.ioEngine', `must be auto, io_uring or threadpool, got ${JSON.stringify(raw.ioEngine)}`);
   const control = str(raw, 'control', 'config', false);
+  const cache = raw.cache === undefined || raw.cache === null ? null : validateCache(raw.cache, 'config.cache');
+  if (cache !== null) checkCacheKeys(volumes, cache);
   return {
-    cache: raw.cache === undefined || raw.cache === null ? null : validateCache(raw.cache, 'config.cache'),
+    cache,
     volumes,
     ...(control !== undefined ? { control } : {}),
     ...(raw.metricsListen !== undefined ? { metricsListen: parseListenAddress(raw.metricsListen, 'config.metricsListen') } : {}),

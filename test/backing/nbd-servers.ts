@@ -128,8 +128,14 @@ export class RestartingNbdkit {
     });
   }
 
+  /** Sends `signal` to the current server (SIGSTOP/SIGCONT: an outage; SIGKILL: a restart follows). */
+  signal(signal: NodeJS.Signals): void {
+    this.server?.proc.kill(signal);
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
+    this.server?.proc.kill('SIGCONT');
     await this.restarting;
     await this.server?.stop('SIGKILL');
   }

@@ -1,17 +1,17 @@
 import { strict as assert } from 'node:assert';
 import { AddressMap } from '../../src/cache/address-map';
-import { BlockDescriptorArray, MAX_BLOCK_NUMBER } from '../../src/cache/bda';
+import { BlockDescriptorArray, MAX_BLOCK_NUMBER, MAX_VOLUMES } from '../../src/cache/bda';
 import { rng } from './helpers';
 
 describe('cache BDA', () => {
-  it('packs volume id and 48-bit block numbers, valid and REF flags', () => {
+  it('keys a volume id below MAX_VOLUMES and 32-bit block numbers in 10 bytes per slot; valid and REF flags', () => {
     const bda = new BlockDescriptorArray(4);
-    bda.set(0, 65535, MAX_BLOCK_NUMBER);
-    bda.set(1, 7, 2 ** 32 + 5);
-    assert.equal(bda.volumeOf(0), 65535);
-    assert.equal(bda.blockOf(0), MAX_BLOCK_NUMBER);
+    bda.set(0, MAX_VOLUMES - 1, MAX_BLOCK_NUMBER);
+    bda.set(1, 7, 5);
+    assert.equal(bda.volumeOf(0), 255);
+    assert.equal(bda.blockOf(0), 2 ** 32 - 1);
     assert.equal(bda.volumeOf(1), 7);
-    assert.equal(bda.blockOf(1), 2 ** 32 + 5);
+    assert.equal(bda.blockOf(1), 5);
     assert.equal(bda.isValid(1), true);
     assert.equal(bda.isReferenced(1), false);
     bda.reference(1);
@@ -21,92 +21,221 @@ describe('cache BDA', () => {
     assert.equal(bda.countValid(0, 4), 2);
     bda.clear(0);
     assert.equal(bda.isValid(0), false);
-    assert.equal(bda.byteLength, 4 * 13);
+    assert.equal(bda.byteLength, 4 * 10);
   });
 });
 
-describe('cache address map', () => {
-  it('draws a probe run and repairs it by backward shift on removal', () => {
-    // Three slots whose keys share a home position, in a tiny table.
-    const bda = new BlockDescriptorArray(8);
-    const map = new AddressMap(bda, 0.7);
-    const cap = map.capacity;
-    const home = (v: number, b: number) => {
-      bda.set(7, v, b);
-      const m = new AddressMap(bda, 0.7);
-      m.add(7);
-      return m.table.indexOf(7);
-    };
-    // Find three blocks of volume 1 with the same home.
-    const byHome = new Map<number, number[]>();
-    let colliding: number[] = [];
-    for (let b = 0; colliding.length < 3; b++) {
-      const h = home(1, b);
-      const l = byHome.get(h) ?? [];
-      l.push(b);
-      byHome.set(h, l);
-      if (l.length === 3) colliding = l;
-    }
-    bda.clear(7);
-    const h = home(1, colliding[0]);
-    bda.clear(7);
-    colliding.forEach((b, i) => {
-      bda.set(i, 1, b);
-      map.add(i);
-    });
-    const draw = () => {
-      const cells: string[] = [];
-      for (let k = 0; k < 3; k++) cells.push(String(map.table[(h + k) % cap]));
-      return cells.join(' ');
-    };
-    // Slots 0, 1, 2 sit one after the other from their common home.
-    assert.equal(draw(), '0 1 2');
-    assert.equal(map.remove(0), true);
-    bda.clear(0);
-    // Backward shift: 1 and 2 move up; no tombstone is left behind.
-    assert.equal(draw(), '1 2 -1');
-    assert.equal(map.get(1, colliding[2]), 2);
-    assert.equal(map.get(1, colliding[0]), -1);
-    assert.equal(map.size, 2);
-  });
+/** Blocks of volume 1 whose keys have home position `home` in `map`, the first `n` from `from`. */
+function blocksWithHome(map: AddressMap, home: number, n: number, from = 0): number[] {
+  const out: number[] = [];
+  for (let b = from; out.length < n; b++) if (map.home(b, 1) === home) out.push(b);
+  return out;
+}
 
-  it('agrees with a Map under random adds and removes (seeded)', () => {
-    const n = 5000;
-    const bda = new BlockDescriptorArray(n);
-    const map = new AddressMap(bda, 0.7);
-    const model = new Map<string, number>();
-    const free: number[] = [];
-    for (let i = n - 1; i >= 0; i--) free.push(i);
-    const r = rng(42);
-    for (let step = 0; step < 60000; step++) {
-      const v = Math.floor(r() * 3);
-      const b = Math.floor(r() * 8000) * (v === 2 ? 2 ** 20 : 1);
-      const key = `${v}/${b}`;
-      const have = model.get(key);
-      assert.equal(map.get(v, b), have ?? -1);
-      if (have !== undefined && r() < 0.5) {
-        assert.equal(map.remove(have), true);
-        bda.clear(have);
-        model.delete(key);
-        free.push(have);
-      } else if (have === undefined && free.length > 0) {
-        const idx = free.pop() as number;
-        bda.set(idx, v, b);
-        map.add(idx);
-        model.set(key, idx);
+/**
+ * Checks every entry of the table against the BDA: it names a valid slot of its own key, once;
+ * its displacement field is min(distance from its home, distMax); every position from its home
+ * up to it holds an entry displaced at least as far as it would be there (Robin Hood: what
+ * lets a lookup stop early). Returns the table drawn as `slot/displacement` cells ('.' empty).
+ */
+function checkTable(map: AddressMap, bda: BlockDescriptorArray): string {
+  const { table, capacity: cap } = map;
+  const seen = new Set<number>();
+  const cells: string[] = [];
+  for (let p = 0; p < cap; p++) {
+    const e = table[p];
+    if (e === -1) {
+      cells.push('.');
+      continue;
+    }
+    const s = map.slotOf(e);
+    assert.ok(s < bda.size && bda.isValid(s), `position ${p}: slot ${s} not valid`);
+    assert.ok(!seen.has(s), `slot ${s} twice`);
+    seen.add(s);
+    const h = map.home(bda.keyLo[s], bda.keyHi[s]);
+    const d = (p - h + cap) % cap;
+    assert.equal(e >>> map.slotBits, Math.min(d, map.distMax), `position ${p}: displacement field`);
+    assert.equal(map.distanceAt(p, e), d);
+    for (let k = 0; k < d; k++) {
+      const q = (h + k) % cap;
+      assert.notEqual(table[q], -1, `hole at ${q} inside the run of slot ${s}`);
+      assert.ok(map.distanceAt(q, table[q]) >= k, `position ${q} displaced less than slot ${s} would be there`);
+    }
+    cells.push(`${s}/${d}`);
+  }
+  assert.equal(map.size, seen.size);
+  return cells.join(' ');
+}
+
+describe('cache address map', () => {
+  for (const distBits of [32, 1]) {
+    it(`draws Robin Hood placement and backward-shift removal across the end of the table (displacement field of ${distBits === 32 ? 'all spare' : distBits} bits)`, () => {
+      const bda = new BlockDescriptorArray(6);
+      const map = new AddressMap(bda, 0.85, undefined, distBits);
+      assert.equal(map.capacity, 9);
+      // Keys A, B, C with home 7, D with home 8, E with home 0: runs across the end of the table.
+      const [a, b, c] = blocksWithHome(map, 7, 3);
+      const [d] = blocksWithHome(map, 8, 1);
+      const [e] = blocksWithHome(map, 0, 1);
+      const put = (slot: number, block: number) => {
+        bda.set(slot, 1, block);
+        map.add(slot);
+      };
+      // Cells: slot/displacement, position 0 first.
+      put(0, d);
+      put(1, e);
+      put(2, a);
+      assert.equal(checkTable(map, bda), '1/0 . . . . . . 2/0 0/0');
+      // B (home 7) passes A (as displaced as B would be there) and takes 8 from D (richer), D
+      // takes 0 from E, E goes to 1.
+      put(3, b);
+      assert.equal(checkTable(map, bda), '0/1 1/1 . . . . . 2/0 3/1');
+      // C takes 0 from D (displaced 1 < 2), D takes 1 from E, E goes to 2.
+      put(4, c);
+      assert.equal(checkTable(map, bda), '4/2 0/2 1/2 . . . . 2/0 3/1');
+      assert.equal(map.get(1, e), 1);
+      assert.equal(map.get(1, c), 4);
+      // A leaves: everything after it moves back by one, until the empty position 3.
+      assert.equal(map.remove(2), true);
+      bda.clear(2);
+      assert.equal(checkTable(map, bda), '0/1 1/1 . . . . . 3/0 4/1');
+      // The lookup of A stops at E (home 0, displaced 1 at position 1, where A would be 3).
+      assert.equal(map.get(1, a), -1);
+      assert.equal(map.remove(0), true);
+      bda.clear(0);
+      // E is back home; the shift stops at the empty position 1.
+      assert.equal(checkTable(map, bda), '1/0 . . . . . . 3/0 4/1');
+      assert.equal(map.remove(0), false);
+      assert.equal(map.size, 3);
+    });
+
+    it(`agrees with a model in every reachable state of a full small table (displacement field of ${distBits === 32 ? 'all spare' : distBits} bits)`, () => {
+      // 7 slots, 9 positions; 10 keys whose homes pile up at the end of the table and wrap.
+      const slots = 7;
+      const bda = new BlockDescriptorArray(slots);
+      const probe = new AddressMap(bda, 0.99, undefined, distBits);
+      assert.equal(probe.capacity, 9);
+      const homes = [8, 8, 8, 7, 0, 0, 1, 7, 4, 8];
+      const used = new Map<number, number>();
+      const keys = homes.map((h) => {
+        const b = blocksWithHome(probe, h, 1, used.get(h) ?? 0)[0];
+        used.set(h, b + 1);
+        return b;
+      });
+      // A state: which key each slot holds (-1: none) and the table; explored once per table.
+      type State = { holder: number[]; table: Int32Array };
+      const seen = new Set<string>();
+      const todo: State[] = [{ holder: new Array<number>(slots).fill(-1), table: new Int32Array(9).fill(-1) }];
+      let transitions = 0;
+      while (todo.length > 0) {
+        const st = todo.pop() as State;
+        for (let op = 0; op < 2 * keys.length; op++) {
+          const k = op % keys.length;
+          const holder = st.holder.slice();
+          for (let s = 0; s < slots; s++) {
+            if (holder[s] >= 0) bda.set(s, 1, keys[holder[s]]);
+            else bda.clear(s);
+          }
+          const map = new AddressMap(bda, 0.99, st.table.slice(), distBits);
+          const at = holder.indexOf(k);
+          if (op < keys.length) {
+            // Add key k: present -> addUnlessPresent names its slot and changes nothing.
+            const free = holder.indexOf(-1);
+            if (at >= 0) {
+              if (free < 0) continue;
+              bda.set(free, 1, keys[k]);
+              assert.equal(map.addUnlessPresent(free), at);
+              bda.clear(free);
+              assert.deepEqual(map.table, st.table);
+              continue;
+            }
+            if (free < 0) continue;
+            bda.set(free, 1, keys[k]);
+            if (op % 2 === 0) map.add(free);
+            else assert.equal(map.addUnlessPresent(free), -1);
+            holder[free] = k;
+          } else {
+            // Remove key k: absent -> false, nothing changed.
+            if (at < 0) {
+              for (let s = 0; s < slots; s++) {
+                if (holder[s] >= 0) continue;
+                bda.set(s, 1, keys[k]);
+                assert.equal(map.remove(s), false);
+                bda.clear(s);
+                break;
+              }
+              assert.deepEqual(map.table, st.table);
+              continue;
+            }
+            assert.equal(map.remove(at), true);
+            bda.clear(at);
+            holder[at] = -1;
+          }
+          transitions++;
+          checkTable(map, bda);
+          keys.forEach((b, j) => assert.equal(map.get(1, b), holder.indexOf(j), `key ${j}`));
+          // The same layout of keys with other slot numbers behaves alike: one state.
+          const id = Array.from(map.table, (x) => (x === -1 ? '.' : holder[map.slotOf(x)])).join(',');
+          if (!seen.has(id)) {
+            seen.add(id);
+            todo.push({ holder, table: map.table.slice() });
+          }
+        }
+      }
+      // Every layout Robin Hood placement reaches with these homes, each left by every operation.
+      assert.equal(seen.size, 4820);
+      assert.equal(transitions, 43554);
+    });
+  }
+
+  it('agrees with a Map under random adds and removes at high load (seeded), saturated displacements included', () => {
+    for (const [lf, distBits] of [
+      [0.85, 32],
+      [0.97, 32],
+      [0.9, 2],
+    ]) {
+      const n = 5000;
+      const bda = new BlockDescriptorArray(n);
+      const map = new AddressMap(bda, lf, undefined, distBits);
+      const model = new Map<string, number>();
+      const free: number[] = [];
+      for (let i = n - 1; i >= 0; i--) free.push(i);
+      const r = rng(42);
+      for (let step = 0; step < 60000; step++) {
+        const v = Math.floor(r() * 3) * 127;
+        const b = Math.floor(r() * 8000) * (v === 254 ? 2 ** 19 : 1);
+        const key = `${v}/${b}`;
+        const have = model.get(key);
+        assert.equal(map.get(v, b), have ?? -1);
+        if (have !== undefined && r() < 0.3) {
+          assert.equal(map.remove(have), true);
+          bda.clear(have);
+          model.delete(key);
+          free.push(have);
+        } else if (have === undefined && free.length > 0) {
+          const idx = free.pop() as number;
+          bda.set(idx, v, b);
+          map.add(idx);
+          model.set(key, idx);
+        }
+      }
+      assert.equal(free.length, 0, 'the table was filled');
+      checkTable(map, bda);
+      for (const [key, idx] of model) {
+        const [v, b] = key.split('/').map(Number);
+        assert.equal(map.get(v, b), idx);
       }
     }
-    assert.equal(map.size, model.size);
-    for (const [key, idx] of model) {
-      const [v, b] = key.split('/').map(Number);
-      assert.equal(map.get(v, b), idx);
-    }
   });
 
-  it('costs 4 / loadFactor bytes per block', () => {
+  it('costs 4 / loadFactor bytes per block; entries hold the slot in the bit length of the slot count', () => {
     const bda = new BlockDescriptorArray(1000);
-    const map = new AddressMap(bda, 0.7);
-    assert.equal(map.capacity, Math.ceil(1000 / 0.7) + 1);
+    const map = new AddressMap(bda, 0.85);
+    assert.equal(map.capacity, Math.ceil(1000 / 0.85) + 1);
     assert.equal(map.byteLength, 4 * map.capacity);
+    assert.equal(map.slotBits, 10);
+    assert.equal(map.distMax, 2 ** 22 - 1);
+    // 2^24 slots need 25 bits (slot 2^24 - 1 must differ from an empty entry's low bits).
+    assert.equal(32 - Math.clz32(2 ** 24), 25);
   });
 });

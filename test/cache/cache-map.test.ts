@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { CacheMap, CLEANING_WINDOW, DECAY_STEP, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
 import { AddressMap } from '../../src/cache/address-map';
-import { BlockDescriptorArray, packHi, packLo } from '../../src/cache/bda';
+import { BlockDescriptorArray, MAX_VOLUMES } from '../../src/cache/bda';
 import { GhostHistory, GhostKind } from '../../src/cache/ghost';
 import { drawSlots } from './helpers';
 
@@ -290,12 +290,16 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     assert.equal(m.stats(0).ghostHits, 0);
   });
 
-  it('byteLength counts every structure: BDA, address map, ghost history and the three per-segment arrays', () => {
+  it('byteLength counts every structure: BDA, address map, ghost history, the three per-segment and two per-volume arrays', () => {
     for (const ghostEntries of [undefined, 0]) {
       const m = new CacheMap(64, { segmentBlocks: 16, ghostEntries });
       const ghost = m.ghost === null ? 0 : m.ghost.byteLength;
-      // Per segment: blocks kept (Uint16), valid slots (Uint16), entry stamp (Float64).
-      assert.equal(m.byteLength, m.bda.byteLength + m.map.byteLength + ghost + m.segments * (2 + 2 + 8));
+      // Per segment: blocks kept (Uint16), valid slots (Uint16), entry stamp (Float64); per
+      // volume id: blocks (Uint32), cap (Float64).
+      const parts = { keys: 64 * 5, crc: 64 * 4, flags: 64, addressMap: m.map.byteLength, ghost, segments: m.segments * (2 + 2 + 8), volumes: MAX_VOLUMES * (4 + 8) };
+      assert.deepEqual(m.ramParts(), parts);
+      assert.equal(m.bda.byteLength, parts.keys + parts.crc + parts.flags);
+      assert.equal(m.byteLength, m.bda.byteLength + m.map.byteLength + ghost + parts.segments + parts.volumes);
     }
     assert.ok(new CacheMap(64).ghost!.byteLength > 0);
   });
@@ -363,7 +367,7 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
 
   it('ghost history: remembers the kind a key left with and counts the entries of each kind', () => {
     const g = new GhostHistory(1);
-    const key = (b: number): [number, number] => [packLo(b), packHi(1, b)];
+    const key = (b: number): [number, number] => [b, 1];
     g.add(...key(5), GhostKind.Once);
     assert.deepEqual([...g.count], [1, 0, 0]);
     // One entry: a second key overwrites the first (and its count).

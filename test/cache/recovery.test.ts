@@ -11,8 +11,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
-import { deviceBytesFor, HEADER_SECTOR, segmentOffset } from '../../src/cache/segment';
-import { VOLUME_TABLE_AREA } from '../../src/cache/volume-table';
+import { deviceBytesFor, entryOffset, HEADER_SECTOR, segmentOffset } from '../../src/cache/segment';
+import { VOLUME_TABLE_AREA, VOLUME_TABLE_COPY } from '../../src/cache/volume-table';
+import { native } from '../../src/native/binding';
 import { drawSlots, MemStore } from './helpers';
 import { MemDevice } from '../support/mem-device';
 import { tmpDir } from '../support/tmp';
@@ -150,6 +151,64 @@ describe('cache recovery from the segment headers', () => {
     await cache.invalidate(a, 9, 1);
     await crash();
     assert.deepEqual(cache.recovery && [cache.recovery.entries, cache.recovery.skipped], [2, 2]);
+  });
+
+  it('a device written before the 40-bit RAM key: entries of a volume id over 255 or a block over 2^32 - 1 and the record of that id are not recovered', async () => {
+    await open();
+    const a = cache.registerVolume('a', 'id-a', 1 << 20);
+    const b = cache.registerVolume('b', 'id-b', 1 << 20);
+    assert.equal(await cache.insert(a, 0, blocks(0, 3), 3, () => true), 3);
+    assert.equal(await cache.insert(b, 0, blocks(0, 2), 2, () => true), 2);
+    assert.equal(await cache.log.flush(), true);
+    const g = cache.geometry;
+    const image = new Uint8Array(dev.image);
+    const view = new DataView(image.buffer);
+    // What an older version could have written: b as volume id 300 (header entries and volume
+    // table record), a's block 2 as block 2^32 + 2 (in a volume the record says is 32 TiB).
+    const hdr = segmentOffset(g, 0);
+    view.setUint32(hdr + entryOffset(2) + 4, 1, true);
+    view.setUint32(hdr + entryOffset(3) + 4, 300 << 16, true);
+    view.setUint32(hdr + HEADER_SECTOR - 4, native.crc32c(image.subarray(hdr, hdr + HEADER_SECTOR - 4)), true);
+    const hdr1 = segmentOffset(g, 1);
+    view.setUint32(hdr1 + entryOffset(0) + 4, 300 << 16, true);
+    view.setUint32(hdr1 + HEADER_SECTOR - 4, native.crc32c(image.subarray(hdr1, hdr1 + HEADER_SECTOR - 4)), true);
+    for (let c = 0; c < 2; c++) {
+      const at = g.tableOffset + c * VOLUME_TABLE_COPY;
+      const len = view.getUint32(at + 8, true);
+      const doc = JSON.parse(Buffer.from(image.subarray(at + 64, at + 64 + len)).toString('utf8')) as { volumes: { name: string; id: number; sizeBytes: number }[] };
+      for (const r of doc.volumes) {
+        if (r.name === 'b') r.id = 300;
+        if (r.name === 'a') r.sizeBytes = 2 ** 45;
+      }
+      const json = Buffer.from(JSON.stringify(doc), 'utf8');
+      image.fill(0, at + 64, at + VOLUME_TABLE_COPY);
+      image.set(json, at + 64);
+      view.setUint32(at + 8, json.length, true);
+      view.setUint32(at + 60, 0, true);
+      view.setUint32(at + 60, native.crc32c(image.subarray(at, at + 64 + json.length)), true);
+    }
+    await crash(image);
+    assert.deepEqual(cache.recovery && [cache.recovery.entries, cache.recovery.skipped], [2, 3]);
+    assert.equal(drawSlots(cache.map, 4), [' 0    1    ..   ..', ' ..   ..   ..   ..', '>..   ..   ..   ..', ' ..   ..   ..   ..'].join('\n'));
+    // a is too large for the cache now; b's record is forgotten: it gets the lowest free id, cold.
+    assert.throws(() => cache.registerVolume('a', 'id-a', 2 ** 45), /volume a: 35184372088832 bytes exceed the 16 TiB a cache of 4096-byte blocks keys per volume/);
+    assert.equal(cache.registerVolume('b', 'id-b', 1 << 20), 1);
+    assert.equal(cache.map.volumeBlocks[1], 0);
+  });
+
+  it('keys at most 256 volume ids (ENOSPC beyond) and volumes of at most 2^32 blocks (EFBIG beyond)', async () => {
+    await open();
+    assert.equal(cache.registerVolume('16 TiB', 'id', 2 ** 32 * BS), 0);
+    assert.throws(
+      () => cache.registerVolume('16 TiB + 1 block', 'id', 2 ** 32 * BS + BS),
+      (err: Error & { code?: string }) => err.code === 'EFBIG' && /^volume 16 TiB \+ 1 block: 17592186048512 bytes exceed the 16 TiB/.test(err.message),
+    );
+    for (let i = 1; i < 256; i++) assert.equal(cache.registerVolume(`v${i}`, `id-${i}`, 1 << 20), i);
+    assert.throws(
+      () => cache.registerVolume('one more', 'id', 1 << 20),
+      (err: Error & { code?: string }) => err.code === 'ENOSPC' && /^one more: a cache keys at most 256 volumes/.test(err.message),
+    );
+    assert.throws(() => cache.registerShared('parent'), /parent: a cache keys at most 256 volumes/);
   });
 
   describe('after a cache-device write error (the cache disabled)', () => {

@@ -47,6 +47,21 @@ describe('config validation', () => {
     rejects({ volumes: [{ ...vol, sequentialCutoff: '4X' }] }, /volumes\[0\]\.sequentialCutoff: must be a size/);
   });
 
+  it('refuses what the cache cannot key: more than 256 volumes, a volume over 2^32 cache blocks', () => {
+    const vols = (n: number) => Array.from({ length: n }, (_, i) => ({ name: `v${i}`, socketPath: `/tmp/v${i}.sock`, backing: `/tmp/v${i}.img` }));
+    const cache = { path: '/c' };
+    assert.equal(validateConfig({ volumes: vols(256), cache }).volumes.length, 256);
+    // Without a cache nothing is keyed.
+    assert.equal(validateConfig({ volumes: vols(257) }).volumes.length, 257);
+    rejects({ volumes: vols(257), cache }, /^config\.volumes: 257 volumes with a cache: a cache keys at most 256 volumes/);
+    const tib16 = 2 ** 32 * 4096;
+    assert.equal(validateConfig({ volumes: [{ ...vol, size: tib16 }], cache }).volumes[0]?.size, tib16);
+    rejects({ volumes: [{ ...vol, size: tib16 + 4096 }], cache }, /^config\.volumes\[0\]\.size: 17592186048512 bytes exceed the 16 TiB a cache of 4096-byte blocks keys per volume/);
+    rejects({ volumes: [vol, { ...vol, name: 'b', socketPath: '/b', backingLength: '17T' }], cache }, /^config\.volumes\[1\]\.backingLength: .* 16 TiB/);
+    // A larger cache block keys a larger volume.
+    assert.equal(validateConfig({ volumes: [{ ...vol, size: '17T' }], cache: { ...cache, blockSize: '8k' } }).cache?.blockSize, 8192);
+  });
+
   it('sequential cut-off: off by default, a size per volume', () => {
     const c = validateConfig({ volumes: [{ name: 'a', socketPath: '/a', backing: '/x' }, { name: 'b', socketPath: '/b', backing: '/y', sequentialCutoff: '4M' }] });
     assert.deepEqual(c.volumes.map((v) => v.sequentialCutoff), [0, 4 * 2 ** 20]);

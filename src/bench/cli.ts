@@ -1,0 +1,88 @@
+/**
+ * The frame every side-by-side benchmark (bench/*.ts) shares, written once:
+ * - parseBenchArgs(): --runtime S, --reps N and the benchmark's own numeric options (sizes in
+ *   MiB, depths) checked to be positive numbers, --dir DIR (default: a new temporary folder), and
+ *   the effective command line to print (every option with its value, defaults included);
+ * - openBench(): the working folder, the targets to stop (last started first) and the commands
+ *   to print; report() prints the machine's load at start and end and the commands, close()
+ *   stops the targets and removes a temporary folder;
+ * - benchMain(): runs main(), prints a failure's stack and sets the exit code.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { machineNote } from './measure';
+import { benchDir, type Target } from './targets';
+
+type ExtraOptions = NonNullable<ParseArgsConfig['options']>;
+
+export interface BenchArgs<K extends string> {
+  /** Each numeric option, checked. */
+  num: Record<K | 'runtime' | 'reps', number>;
+  /** --dir, when given. */
+  dir: string | undefined;
+  /** The benchmark's other options as parseArgs returns them. */
+  values: Record<string, string | boolean | (string | boolean)[] | undefined>;
+  /** `node dist/bench/NAME.js` with every numeric option and every defaulted one, as run. */
+  command: string;
+}
+
+export function parseBenchArgs<K extends string>(
+  defaults: Record<K, number> & { runtime: number; reps: number },
+  extra: ExtraOptions = {},
+  argv: readonly string[] = process.argv.slice(2),
+): BenchArgs<K> {
+  const options: ExtraOptions = { ...extra, dir: { type: 'string' } };
+  for (const [name, def] of Object.entries<number>(defaults)) options[name] = { type: 'string', default: String(def) };
+  const { values } = parseArgs({ args: [...argv], options });
+  const num = {} as Record<K | 'runtime' | 'reps', number>;
+  for (const name of Object.keys(defaults) as (K | 'runtime' | 'reps')[]) {
+    const n = Number(values[name]);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, not '${String(values[name])}'`);
+    num[name] = n;
+  }
+  const shown = Object.keys(options).filter((k) => options[k]?.default !== undefined || (k === 'dir' && values.dir !== undefined));
+  const script = path.basename(process.argv[1] ?? 'bench.js');
+  const command = [`node dist/bench/${script}`, ...shown.map((k) => `--${k} ${String(values[k])}`)].join(' ');
+  return { num, dir: values.dir as string | undefined, values, command };
+}
+
+export interface BenchRun {
+  readonly dir: string;
+  /** Long-lived targets: their commands are printed by report(); close() stops them, last first. */
+  readonly targets: Target[];
+  /** Further command lines report() prints (e.g. one daemon started per repetition). */
+  readonly commands: string[];
+  /** Prints the load at start and now, then the commands (targets', then `commands`, then the benchmark's). */
+  report(): void;
+  /** Stops the targets and removes the folder unless --dir named it. */
+  close(): Promise<void>;
+}
+
+export function openBench(args: BenchArgs<string>, tag = ''): BenchRun {
+  const loadBefore = machineNote();
+  const dir = benchDir(args.dir, tag);
+  const targets: Target[] = [];
+  const commands: string[] = [];
+  return {
+    dir,
+    targets,
+    commands,
+    report(): void {
+      process.stdout.write(`\nMachine at start: ${loadBefore}\nMachine at end:   ${machineNote()}\n\nCommands:\n\n`);
+      for (const c of [...targets.map((t) => t.command), ...commands, args.command]) process.stdout.write(`    ${c}\n`);
+    },
+    async close(): Promise<void> {
+      for (const t of [...targets].reverse()) await t.stop();
+      if (args.dir === undefined) fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Runs a benchmark's main(); a failure prints its stack and sets the exit code. */
+export function benchMain(main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  });
+}
