@@ -27,8 +27,8 @@
  *   ..  table  Int32Array(capacity)  address map (address-map.ts: slot and displacement bits)
  *
  * Version 4 (40-bit BDA keys, Robin Hood address map entries) replaced 3 (64-bit keys, plain
- * slot entries): a version 3 copy is refused like any other, and the cache recovers its index
- * from the segment headers (their format did not change).
+ * slot entries): a version 3 copy is never read, since a version 3 device is formatted at open
+ * (format 4 also added the durable mark to the segment headers: segment.ts, recovery.ts 10.).
  *
  * Binding (cache.ts): the superblock holds the device uuid and a generation that is bumped
  * (and made durable) at every open, before the cache can change. close() writes the metadata
