@@ -4,8 +4,10 @@
  * the last block of the previous one, wrapping), coalesced into runs of consecutive blocks.
  *
  * A round: pick up to ROUND_BLOCKS dirty blocks from the cursor on, watch their slots
- * (Cache.watchDestage: a slot superseded or discarded meanwhile stops being watched), read
- * their data from the cache (a dirty block unreadable there is logged and left dirty), make the
+ * (Cache.watchDestage: a slot superseded or discarded meanwhile stops being watched), wait for
+ * a log commit (Cache.commit: a dirty block picked while its write still waits for the commit
+ * that acknowledges it is never written back before that commit, so the backing store never
+ * holds data a crash would roll back in the cache: recovery.ts 9.), read their data from the cache (a dirty block unreadable there is logged and left dirty), make the
  * dropped entries of their keys durably invalid (Cache.killDropped: a destage is a backing write,
  * recovery.ts 9.), write the runs, flush the backing store, then mark the still-watched slots
  * clean (Cache.markClean: header rewrites, batched, not waited for). Rounds never overlap, so two backing writes of one
@@ -284,6 +286,8 @@ export class Destager {
     this.rounds++;
     this.unreadable = 0;
     try {
+      // Resolves false only after a cache-device write error: the blocks are destaged all the same.
+      await cache.commit();
       const c = cache.map.stats(volume);
       const counted = { reads: c.reads, readHits: c.readHits, ramHits: c.ramHits, storageHits: c.storageHits };
       const data = await Promise.all(

@@ -52,8 +52,10 @@
  *      named (superseded) until the newer one is durable (log.ts SHADOW), so a crash leaves at
  *      least one of them; a write-through write or discard of a dirty block kills it like 1.
  *   9. A destage (the backing write of dirty data) is a backing write like 1.: the dropped
- *      entries of its keys are made durably invalid before it is issued; a dirty entry whose
- *      "clean" mark was lost is destaged again (the same data).
+ *      entries of its keys are made durably invalid before it is issued, and it waits for a
+ *      log commit first, so the data it writes back is durable in the log (a crash never
+ *      recovers an older copy than the backing store holds); a dirty entry whose "clean" mark
+ *      was lost is destaged again (the same data).
  *  10. A segment write issues its data runs and its header together (one fdatasync per group
  *      commit, log.ts), so a header may be on the device over data that is not (torn, or never
  *      written). Every header sector carries the durable mark M (every write sealed at or below

@@ -158,6 +158,35 @@ describe('write-back volume', function () {
     for (const [i, b] of [0, 1, 5].entries()) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), data[i]);
   });
 
+  it('never destages a block before the commit that makes its write durable (the backing store never holds an unacknowledged write)', async () => {
+    await open();
+    const sync = gate();
+    dev.syncGate = sync.promise;
+    let acked = false;
+    const early: number[] = [];
+    back.writeHook = async (offset, len) => {
+      if (!acked && offset <= 5 * BS && offset + len > 5 * BS) early.push(offset / BS);
+    };
+    // Block 5's first write: placed in the log as a dirty block, its commit's fdatasync held.
+    const w = store.write(5 * BS, [block(5, 1)]).then(() => void (acked = true));
+    let drained: Promise<void>;
+    try {
+      await waitFor(() => cache.map.dirtyBlocks(store.volume) === 1, 'block 5 dirty in the map');
+      drained = store.flushCache();
+      await waitFor(() => store.destager.rounds > 0, 'a destage round');
+      for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r)); // the round's reads and backing writes complete on microtasks
+      assert.equal(acked, false, 'the write waits for its commit');
+      assert.deepEqual(early, [], 'no backing write of block 5 before its write was acknowledged');
+    } finally {
+      sync.resolve();
+      dev.syncGate = null;
+    }
+    await w;
+    await drained;
+    assert.deepEqual(back.data.subarray(5 * BS, 6 * BS), block(5, 1));
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 0);
+  });
+
   it('merges a partial-block write with the dirty copy of the block', async () => {
     await open();
     back.writeHook = () => blocked.promise;

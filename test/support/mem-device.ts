@@ -10,7 +10,8 @@
  *     frozen write still counts as unflushed;
  *   - `io` (held-io.ts): operations complete when the test says, capturing/applying bytes at
  *     the effect step;
- *   - `readError`/`writeError`: called per operation; returning true fails it with EIO.
+ *   - `readError`/`writeError`: called per operation; returning true fails it with EIO;
+ *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves.
  * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
  * function of its inputs (no thread pool ordering).
  */
@@ -32,6 +33,7 @@ export class MemDevice implements IoEngine {
   private onFrozen!: () => void;
   readError: ((offset: number, length: number) => boolean) | null = null;
   writeError: ((offset: number, length: number) => boolean) | null = null;
+  syncGate: Promise<void> | null = null;
   reads = 0;
   writes = 0;
   fdatasyncs = 0;
@@ -93,8 +95,12 @@ export class MemDevice implements IoEngine {
   fdatasync(): Promise<void> {
     if (this.frozen) return this.never();
     this.fdatasyncs++;
-    this.durable = new Uint8Array(this.image);
-    this.unflushed = [];
+    const effect = (): void => {
+      this.durable = new Uint8Array(this.image);
+      this.unflushed = [];
+    };
+    if (this.syncGate !== null) return this.syncGate.then(effect);
+    effect();
     return Promise.resolve();
   }
 
