@@ -245,6 +245,8 @@ export class CacheMap {
   private step(i: number): number {
     const next = i + 1;
     if (next < this.slots && next % this.segmentBlocks !== 0) return next;
+    // The segment left is i's (findVictim moves the hand only once it stops).
+    this.hand = i;
     const seg = this.upcomingSegment();
     this.upcoming = -1;
     this.holesOnly = this.upcomingHolesOnly;

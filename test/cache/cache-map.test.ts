@@ -127,6 +127,16 @@ describe('cache map CLOCK', () => {
     assert.equal(m.segmentsSkipped, 1);
     assert.equal(m.blocksCarried, 4);
   });
+
+  it('goes on in log order past several segments in a row whose blocks are all carried forward', () => {
+    const m = new CacheMap(12, { segmentBlocks: 4, segmentChoice: SegmentChoice.Order });
+    for (let b = 0; b < 12; b++) insert(m, 0, b);
+    for (let b = 0; b < 12; b++) m.lookup(0, b);
+    // Segments 0, 1 and 2 carried (counters used up), then 0 again: block 0 evicted.
+    assert.equal(insert(m, 0, 20), 0);
+    assert.equal(drawSlots(m, 4), [' 20  >1    2    3', ' 4    5    6    7', ' 8    9    10   11'].join('\n'));
+    assert.deepEqual([m.segmentsSkipped, m.blocksCarried], [3, 12]);
+  });
 });
 
 describe('cache map: re-insertion, large invalidations, warm load (mutation-found gaps)', () => {
