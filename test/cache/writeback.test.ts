@@ -71,6 +71,23 @@ describe('write-back: a map whose every slot is pinned', () => {
   });
 });
 
+describe('write-back: a map whose segment choice goes round pinned segments', () => {
+  it('the hand goes on in log order to a slot it can take instead of answering -1', () => {
+    // 4 segments of 2. Cost-benefit scores segments 1-3 (dirty blocks count as cold, SHADOW
+    // and RESERVED slots as holes) above segment 0, which holds the only slot that can be taken.
+    const m = new CacheMap(8, { segmentBlocks: 2 });
+    for (const [b, dirty] of [[6, false], [14, false], [1, false], [2, true], [14, true]] as const) insert(m, b, dirty);
+    m.lookup(0, 6);
+    insert(m, 3, true);
+    m.invalidate(0, 3);
+    for (const [b, dirty] of [[9, true], [15, true], [9, true], [11, false]] as const) insert(m, b, dirty);
+    assert.equal(drawSlots(m, 2), [' 6*   11', ' 9d   2d', '>14d  R', ' S    15d'].join('\n'));
+    // 6 is carried forward (its use taken), 11 evicted.
+    assert.equal(m.findVictim(0), 1);
+    assert.equal(drawSlots(m, 2), [' 6   >11', ' 9d   2d', ' 14d  R', ' S    15d'].join('\n'));
+  });
+});
+
 describe('write-back volume', function () {
   this.timeout(60000);
   let dir: string;
