@@ -522,6 +522,38 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     assert.equal(drawSlots(m, 2), [' 0*   1*', ' 10   11', ' 12  >5'].join('\n'));
   });
 
+  it('a read-ahead block counts once among the blocks its segment keeps, also when back from the ghost history', () => {
+    for (const recent of [false, true]) {
+      const full = new CacheMap(6, { segmentBlocks: 2 });
+      for (let b = 0; b < 6; b++) put(full, 0, b);
+      full.lookup(0, 0);
+      full.lookup(0, 1);
+      // Warm start, the hand in segment 2; block 20 read ahead (left the cache recently or not).
+      const m = new CacheMap(6, { segmentBlocks: 2, ghostEntries: 4096 }, full.bda, full.map.table);
+      m.hand = 4;
+      if (recent) m.ghost!.add(packLo(20), packHi(0, 20), GhostKind.Once);
+      const slot = m.findVictim(0);
+      m.assign(slot, 0, 20, true);
+      for (const b of [21, 22, 23]) put(m, 0, b);
+      // Segment 2 keeps one block of two: it scores above segment 0 (both kept) and comes next.
+      assert.equal(drawSlots(m, 2), [' 0*   1*', ' 22   23', recent ? '>20*** 21' : '>20*  21'].join('\n'), `recently evicted: ${recent}`);
+    }
+  });
+
+  it('adapts the decay period by the ratio of the other kind\'s ghosts to this kind\'s', () => {
+    const m = new CacheMap(8, { ghostEntries: 4096 });
+    const ghost = (b: number, kind: GhostKind): void => m.ghost!.add(packLo(b), packHi(0, b), kind);
+    m.decayPeriod = 4;
+    // Back once-seen, with 1 once-seen and 2 reused ghosts left: shorter by 2 steps.
+    for (const [b, kind] of [[10, GhostKind.Once], [11, GhostKind.Once], [12, GhostKind.Reused], [13, GhostKind.Reused]] as const) ghost(b, kind);
+    put(m, 0, 10);
+    assert.equal(m.decayPeriod, 4 - 2 * DECAY_STEP);
+    // Back reused, with 2 once-seen and 2 reused left: longer by one step.
+    for (const [b, kind] of [[14, GhostKind.Once], [15, GhostKind.Reused]] as const) ghost(b, kind);
+    put(m, 0, 12);
+    assert.equal(m.decayPeriod, 4 - DECAY_STEP);
+  });
+
   it('a last segment shorter than the others: the hand leaves it at the end of the log; segmentBlocks is clipped to the slots', () => {
     const m = new CacheMap(10, { segmentBlocks: 4, segmentChoice: SegmentChoice.Order });
     assert.deepEqual([m.segments, m.segmentOf(9)], [3, 2]);
