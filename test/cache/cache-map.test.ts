@@ -540,6 +540,19 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     }
   });
 
+  it('a kept block dropped no longer counts among the blocks its segment keeps', () => {
+    const full = new CacheMap(8, { segmentBlocks: 2 });
+    for (let b = 0; b < 8; b++) put(full, 0, b);
+    for (const b of [0, 1, 4, 5, 6]) full.lookup(0, b);
+    const m = new CacheMap(8, { segmentBlocks: 2 }, full.bda, full.map.table);
+    m.hand = 2;
+    assert.ok(m.invalidate(0, 4));
+    assert.equal(drawSlots(m, 2), [' 0*   1*', '>2    3', ' ..   5*', ' 6*   7'].join('\n'));
+    // As old as each other: segment 2 scores (2 x 1 hole + 0 cold) / (2 + 1 kept) = 2/3,
+    // segment 3 (1 cold) / (2 + 1 kept) = 1/3, segment 0 nothing.
+    assert.equal(m.upcomingSegment(), 2);
+  });
+
   it('adapts the decay period by the ratio of the other kind\'s ghosts to this kind\'s', () => {
     const m = new CacheMap(8, { ghostEntries: 4096 });
     const ghost = (b: number, kind: GhostKind): void => m.ghost!.add(packLo(b), packHi(0, b), kind);
