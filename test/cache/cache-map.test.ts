@@ -553,6 +553,16 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     assert.equal(m.upcomingSegment(), 2);
   });
 
+  it('an invalidation of up to a quarter of the slots (a write) leaves ghosts of its blocks; a larger one (a discard, a BDA scan) does not', () => {
+    const m = new CacheMap(16, { ghostEntries: 4096 });
+    for (let b = 0; b < 12; b++) put(m, 0, b);
+    assert.equal(m.invalidateRange(0, 0, 4), 4);
+    assert.equal(m.invalidateRange(0, 4, 5), 5);
+    for (const b of [0, 4]) put(m, 0, b);
+    // 0 is back with the full counter (a ghost of a write's block); 4 as a new block.
+    assert.deepEqual([m.count(m.peek(0, 0)), m.count(m.peek(0, 4)), m.stats(0).ghostHits], [MAX_COUNT, 0, 1]);
+  });
+
   it('adapts the decay period by the ratio of the other kind\'s ghosts to this kind\'s', () => {
     const m = new CacheMap(8, { ghostEntries: 4096 });
     const ghost = (b: number, kind: GhostKind): void => m.ghost!.add(packLo(b), packHi(0, b), kind);
