@@ -174,6 +174,17 @@ describe('write-back volume', function () {
     for (const [i, b] of [0, 1, 5].entries()) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), data[i]);
   });
 
+  it('flush() releases a dirty copy superseded since the last commit: its slot, SHADOW until then, is free once its entry is durably gone', async () => {
+    await open();
+    back.writeHook = () => blocked.promise;
+    for (const gen of [1, 2]) assert.equal(await cache.log.insert(store.volume, 30, block(30, gen), 1, () => true, false, true), 1);
+    assert.equal(drawSlots(cache.map, 8).split('S').length - 1, 1, 'the first copy\'s slot is SHADOW');
+    assert.equal(await cache.log.flush(), true);
+    await cache.log.quiesce();
+    assert.doesNotMatch(drawSlots(cache.map, 8), /[SR]/);
+    assert.equal(cache.map.dirtyBlocks(store.volume), 1);
+  });
+
   it('merges a partial-block write with the dirty copy of the block', async () => {
     await open();
     back.writeHook = () => blocked.promise;
