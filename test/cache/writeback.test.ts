@@ -185,6 +185,18 @@ describe('write-back volume', function () {
     assert.equal(cache.map.dirtyBlocks(store.volume), 1);
   });
 
+  it('a commit releases the dirty copies superseded before it: their slots are free once their entries are durably gone', async () => {
+    await open();
+    back.writeHook = () => blocked.promise;
+    // Blocks 30 and 31 in slots 0 and 1, then newer copies of 31 and 30.
+    for (const [b, gen] of [[30, 1], [31, 1], [31, 2], [30, 2]]) assert.equal(await cache.log.insert(store.volume, b, block(b, gen), 1, () => true, false, true), 1);
+    const firstRow = (): string => drawSlots(cache.map, 8).split('\n')[0];
+    assert.equal(firstRow(), ' S    S    31d  30d >..   ..   ..   ..');
+    assert.equal(await cache.log.commit(), true);
+    await cache.log.quiesce();
+    assert.equal(firstRow(), ' ..   ..   31d  30d >..   ..   ..   ..');
+  });
+
   it('merges a partial-block write with the dirty copy of the block', async () => {
     await open();
     back.writeHook = () => blocked.promise;
