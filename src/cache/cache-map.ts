@@ -245,6 +245,8 @@ export class CacheMap {
   private step(i: number): number {
     const next = i + 1;
     if (next < this.slots && next % this.segmentBlocks !== 0) return next;
+    // The segment left is i's (findVictim moves the hand only once it stops).
+    this.hand = i;
     const seg = this.upcomingSegment();
     this.upcoming = -1;
     this.holesOnly = this.upcomingHolesOnly;
@@ -319,15 +321,21 @@ export class CacheMap {
       i = this.hand;
     }
     // Slots passed over: a holes-only refill that went a whole circle without a free slot (the
-    // segment choice counts pinned write-back slots as holes) takes valid blocks again; a whole
-    // circle of pinned slots in a row means no slot can be taken now (-1).
+    // segment choice counts pinned write-back slots as holes) takes valid blocks again. Past a
+    // log's worth of pinned slots in a row the segment choice may be going round pinned
+    // segments only (it scores them as holes or cold blocks): the hand goes on in log order,
+    // which passes every slot within one more log's worth; then no slot can be taken now (-1).
     let passed = 0;
     let pinned = 0;
     for (;;) {
       const f = flags[i];
       if ((f & (FLAG_VALID | KEEP_MASK)) === 0) break;
       if ((f & KEEP_MASK) !== 0) {
-        if (++pinned > slots) return -1;
+        if (++pinned > 2 * slots) return -1;
+        if (pinned > slots && this.upcoming < 0) {
+          this.upcoming = (this.segmentOf(i) + 1) % this.segments;
+          this.upcomingHolesOnly = false;
+        }
         i = this.step(i);
         continue;
       }

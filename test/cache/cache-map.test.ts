@@ -127,6 +127,16 @@ describe('cache map CLOCK', () => {
     assert.equal(m.segmentsSkipped, 1);
     assert.equal(m.blocksCarried, 4);
   });
+
+  it('goes on in log order past several segments in a row whose blocks are all carried forward', () => {
+    const m = new CacheMap(12, { segmentBlocks: 4, segmentChoice: SegmentChoice.Order });
+    for (let b = 0; b < 12; b++) insert(m, 0, b);
+    for (let b = 0; b < 12; b++) m.lookup(0, b);
+    // Segments 0, 1 and 2 carried (counters used up), then 0 again: block 0 evicted.
+    assert.equal(insert(m, 0, 20), 0);
+    assert.equal(drawSlots(m, 4), [' 20  >1    2    3', ' 4    5    6    7', ' 8    9    10   11'].join('\n'));
+    assert.deepEqual([m.segmentsSkipped, m.blocksCarried], [3, 12]);
+  });
 });
 
 describe('cache map: re-insertion, large invalidations, warm load (mutation-found gaps)', () => {
@@ -379,5 +389,250 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
     assert.deepEqual([...g.count], [0, 0, 0]);
     g.add(...key(7), GhostKind.Invalidated);
     assert.equal(g.take(...key(7)), GhostKind.Invalidated);
+  });
+});
+
+describe('cache map: write-back accounting, drop notifications, segment edge cases (mutation-found gaps)', () => {
+  function put(m: CacheMap, volume: number, block: number, dirty = false): number {
+    const slot = m.findVictim(volume);
+    m.assign(slot, volume, block, false, dirty);
+    return slot;
+  }
+
+  it('counts dirty blocks per volume; markClean of a dirty slot reports it once; a map rebuilt from the BDA finds them again', () => {
+    const m = new CacheMap(8);
+    const cleaned: number[] = [];
+    m.onClean = (slot) => cleaned.push(slot);
+    put(m, 0, 0, true);
+    put(m, 0, 1);
+    put(m, 0, 2, true);
+    put(m, 1, 0, true);
+    assert.equal(drawSlots(m, 8), ' 0d   1    2d   1:0d>..   ..   ..   ..');
+    assert.deepEqual([m.dirtyBlocks(0), m.dirtyBlocks(1), m.dirtyBlocks(2), m.dirtyTotal], [2, 1, 0, 3]);
+    // Not dirty, or not valid: nothing to clean.
+    m.markClean(1);
+    m.markClean(5);
+    assert.deepEqual(cleaned, []);
+    m.markClean(0);
+    m.markClean(0);
+    assert.deepEqual(cleaned, [0]);
+    assert.deepEqual([m.dirtyBlocks(0), m.dirtyTotal], [1, 2]);
+    assert.equal(drawSlots(m, 8), ' 0    1    2d   1:0d>..   ..   ..   ..');
+    const again = new CacheMap(8, undefined, m.bda, m.map.table);
+    assert.deepEqual([again.dirtyBlocks(0), again.dirtyBlocks(1), again.dirtyTotal], [1, 1, 2]);
+    assert.deepEqual([...again.dirty.get(0)!.keys(), ...again.dirty.get(1)!.keys()], [2, 3]);
+  });
+
+  it('tells onDrop why each slot goes: evicted, superseded dirty copy (SHADOW), dropped (RESERVED if dirty); not for a dropped volume', () => {
+    const m = new CacheMap(8);
+    const drops: [number, boolean, boolean][] = [];
+    m.onDrop = (slot, evicted, superseded) => drops.push([slot, evicted, superseded]);
+    const cleaned: number[] = [];
+    m.onClean = (slot) => cleaned.push(slot);
+    for (let b = 0; b < 4; b++) put(m, 0, b, b >= 2);
+    // A clean block replaced by a dirty copy: a plain drop, not a superseded dirty one.
+    assert.equal(put(m, 0, 0, true), 4);
+    // A dirty block replaced by a newer dirty copy: superseded, its slot SHADOW.
+    assert.equal(put(m, 0, 2, true), 5);
+    // A write drops dirty block 3: RESERVED.
+    assert.ok(m.invalidate(0, 3));
+    assert.equal(drawSlots(m, 8), ' ..   1    S    R    0d   2d  >..   ..');
+    assert.deepEqual(drops, [
+      [0, false, false],
+      [2, false, true],
+      [3, false, false],
+    ]);
+    assert.deepEqual(cleaned, [2, 3]);
+    assert.deepEqual([m.dirtyBlocks(0), m.dirtyTotal], [2, 2]);
+    // Filling the last two slots and going round: block 1 (clean, no counter) is evicted.
+    put(m, 0, 6);
+    put(m, 0, 7);
+    assert.equal(put(m, 0, 8), 0);
+    assert.equal(put(m, 0, 9), 1);
+    assert.deepEqual(drops.slice(3), [[1, true, false]]);
+    // A volume dropped at once (its epoch): no notification, every slot free (dirty ones too).
+    drops.length = 0;
+    assert.equal(m.dropVolume(0), 6);
+    assert.deepEqual(drops, []);
+    assert.equal(drawSlots(m, 8).replace('>', ' '), ' ..   ..   S    R    ..   ..   ..   ..');
+    assert.equal(m.dirtyTotal, 0);
+  });
+
+  it('a failed device range drops its clean blocks only (a dirty block is the only copy of its data)', () => {
+    const m = new CacheMap(8);
+    for (let b = 0; b < 6; b++) put(m, 0, b, b % 2 === 1);
+    assert.equal(m.dropSlots(0, 4), 2);
+    assert.equal(drawSlots(m, 8), ' ..   1d   ..   3d   4    5d  >..   ..');
+    assert.equal(m.volumeBlocks[0], 4);
+  });
+
+  it('a volume at its cap evicts its own clean blocks only; with only dirty ones it grows past the cap', () => {
+    const m = new CacheMap(8);
+    m.volumeCap[1] = 2;
+    put(m, 1, 0, true);
+    put(m, 1, 1);
+    put(m, 0, 5);
+    assert.equal(put(m, 1, 2), 1, 'its clean block, not the dirty one before it');
+    assert.equal(put(m, 1, 3, true), 1);
+    assert.equal(drawSlots(m, 8), ' 1:0d 1:3d>5    ..   ..   ..   ..   ..');
+    // Both its blocks are dirty: the hand goes on as for any volume (5 has no counter: evicted).
+    assert.equal(put(m, 1, 4), 2);
+    assert.equal(m.volumeBlocks[1], 3);
+  });
+
+  it('a volume at its cap finds its one block just behind the hand (the search wraps round the log)', () => {
+    const m = new CacheMap(8);
+    for (let b = 0; b < 3; b++) put(m, 0, b);
+    put(m, 1, 0);
+    m.volumeCap[1] = 1;
+    assert.equal(put(m, 1, 1), 3);
+    assert.equal(drawSlots(m, 8), ' 0    1    2    1:1 >..   ..   ..   ..');
+  });
+
+  it('passes pinned slots many times over while it carries a block whose counter decays: the pinned count restarts at each block', () => {
+    const m = new CacheMap(4);
+    for (let b = 0; b < 3; b++) put(m, 0, b, true);
+    put(m, 0, 3);
+    for (let k = 0; k < MAX_COUNT; k++) m.lookup(0, 3);
+    assert.equal(drawSlots(m, 4), '>0d   1d   2d   3***');
+    // Three rounds carry 3 (counter 3, 2, 1) past 3 pinned slots each; the fourth evicts it.
+    assert.equal(m.findVictim(0), 3);
+    assert.equal(m.blocksCarried, MAX_COUNT);
+  });
+
+  it('a holes-only refill whose holes are all pinned passes a log\'s worth of valid blocks, then takes one', () => {
+    const m = new CacheMap(6, { segmentBlocks: 2 });
+    for (const [b, dirty] of [[4, false], [7, true], [0, true], [7, false], [6, true], [6, true], [0, false]] as const) put(m, 0, b, dirty);
+    assert.equal(drawSlots(m, 2), [' 0   >R', ' R    7', ' S    6d'].join('\n'));
+    // 3 holes (more than one segment's worth): every choice refills holes only, and every hole
+    // is pinned. The hand passes 7, 0, 7, 0, 7, 0 (6 slots' worth), then takes 7.
+    assert.equal(put(m, 0, 4), 3);
+    assert.equal(m.refillingHoles, true);
+    // 4 was evicted before: back with the full counter.
+    assert.equal(drawSlots(m, 2), ['>0    R', ' R    4***', ' S    6d'].join('\n'));
+  });
+
+  it('a counter that decays to 0 as the hand carries its block makes its segment cheaper to clean', () => {
+    const full = new CacheMap(6, { segmentBlocks: 2 });
+    for (let b = 0; b < 6; b++) put(full, 0, b);
+    for (const b of [0, 1, 4, 5]) full.lookup(0, b);
+    // Warm start, the hand in segment 2: segments 0 and 2 hot, 1 cold.
+    const m = new CacheMap(6, { segmentBlocks: 2 }, full.bda, full.map.table);
+    m.hand = 4;
+    assert.equal(drawSlots(m, 2), [' 0*   1*', ' 2    3', '>4*   5*'].join('\n'));
+    // 4 and 5 are carried (counters down to 0), segment 1 refilled; then segment 2, cold now,
+    // scores above segment 0 (still hot).
+    for (const b of [10, 11, 12]) put(m, 0, b);
+    assert.equal(drawSlots(m, 2), [' 0*   1*', ' 10   11', ' 12  >5'].join('\n'));
+  });
+
+  it('a read-ahead block counts once among the blocks its segment keeps, also when back from the ghost history', () => {
+    for (const recent of [false, true]) {
+      const full = new CacheMap(6, { segmentBlocks: 2 });
+      for (let b = 0; b < 6; b++) put(full, 0, b);
+      full.lookup(0, 0);
+      full.lookup(0, 1);
+      // Warm start, the hand in segment 2; block 20 read ahead (left the cache recently or not).
+      const m = new CacheMap(6, { segmentBlocks: 2, ghostEntries: 4096 }, full.bda, full.map.table);
+      m.hand = 4;
+      if (recent) m.ghost!.add(20, 0, GhostKind.Once);
+      const slot = m.findVictim(0);
+      m.assign(slot, 0, 20, true);
+      for (const b of [21, 22, 23]) put(m, 0, b);
+      // Segment 2 keeps one block of two: it scores above segment 0 (both kept) and comes next.
+      assert.equal(drawSlots(m, 2), [' 0*   1*', ' 22   23', recent ? '>20*** 21' : '>20*  21'].join('\n'), `recently evicted: ${recent}`);
+    }
+  });
+
+  it('a kept block dropped no longer counts among the blocks its segment keeps', () => {
+    const full = new CacheMap(8, { segmentBlocks: 2 });
+    for (let b = 0; b < 8; b++) put(full, 0, b);
+    for (const b of [0, 1, 4, 5, 6]) full.lookup(0, b);
+    const m = new CacheMap(8, { segmentBlocks: 2 }, full.bda, full.map.table);
+    m.hand = 2;
+    assert.ok(m.invalidate(0, 4));
+    assert.equal(drawSlots(m, 2), [' 0*   1*', '>2    3', ' ..   5*', ' 6*   7'].join('\n'));
+    // As old as each other: segment 2 scores (2 x 1 hole + 0 cold) / (2 + 1 kept) = 2/3,
+    // segment 3 (1 cold) / (2 + 1 kept) = 1/3, segment 0 nothing.
+    assert.equal(m.upcomingSegment(), 2);
+  });
+
+  it('an invalidation of up to a quarter of the slots (a write) leaves ghosts of its blocks; a larger one (a discard, a BDA scan) does not', () => {
+    const m = new CacheMap(16, { ghostEntries: 4096 });
+    for (let b = 0; b < 12; b++) put(m, 0, b);
+    assert.equal(m.invalidateRange(0, 0, 4), 4);
+    assert.equal(m.invalidateRange(0, 4, 5), 5);
+    for (const b of [0, 4]) put(m, 0, b);
+    // 0 is back with the full counter (a ghost of a write's block); 4 as a new block.
+    assert.deepEqual([m.count(m.peek(0, 0)), m.count(m.peek(0, 4)), m.stats(0).ghostHits], [MAX_COUNT, 0, 1]);
+  });
+
+  it('adapts the decay period by the ratio of the other kind\'s ghosts to this kind\'s', () => {
+    const m = new CacheMap(8, { ghostEntries: 4096 });
+    const ghost = (b: number, kind: GhostKind): void => m.ghost!.add(b, 0, kind);
+    m.decayPeriod = 4;
+    // Back once-seen, with 1 once-seen and 2 reused ghosts left: shorter by 2 steps.
+    for (const [b, kind] of [[10, GhostKind.Once], [11, GhostKind.Once], [12, GhostKind.Reused], [13, GhostKind.Reused]] as const) ghost(b, kind);
+    put(m, 0, 10);
+    assert.equal(m.decayPeriod, 4 - 2 * DECAY_STEP);
+    // Back reused, with 2 once-seen and 2 reused left: longer by one step.
+    for (const [b, kind] of [[14, GhostKind.Once], [15, GhostKind.Reused]] as const) ghost(b, kind);
+    put(m, 0, 12);
+    assert.equal(m.decayPeriod, 4 - DECAY_STEP);
+  });
+
+  it('a last segment shorter than the others: the hand leaves it at the end of the log; segmentBlocks is clipped to the slots', () => {
+    const m = new CacheMap(10, { segmentBlocks: 4, segmentChoice: SegmentChoice.Order });
+    assert.deepEqual([m.segments, m.segmentOf(9)], [3, 2]);
+    for (let b = 0; b < 10; b++) assert.equal(put(m, 0, b), b);
+    assert.equal(m.hand, 0);
+    assert.deepEqual([m.wraps, m.segmentsCleaned], [1, 3]);
+    const one = new CacheMap(4, { segmentBlocks: 16 });
+    assert.deepEqual([one.segmentBlocks, one.segments], [4, 1]);
+  });
+
+  it('with two segments the hand alternates (no holes-only refill); holes first needs strictly more than the threshold', () => {
+    const two = new CacheMap(8, { segmentBlocks: 4 });
+    for (let b = 0; b < 8; b++) put(two, 0, b);
+    for (const b of [0, 1, 4, 5, 6]) two.invalidate(0, b);
+    assert.equal(two.upcomingSegment(), 1);
+    assert.equal(two.upcomingHolesOnlyRefill, false);
+    // 16 segments of 4: holes first takes more than max(64 / 64, 4) = 4 holes; 4 are not enough.
+    const m = new CacheMap(64, { segmentBlocks: 4 });
+    for (let b = 0; b < 64; b++) put(m, 0, b);
+    for (const b of [36, 37, 38, 39]) m.invalidate(0, b);
+    // Cost-benefit: segment 9 (4 holes, entered 8 segments ago) scores 2 x 8, as much as
+    // segment 1 (full, entered 16 ago) 1 x 16: the first in the window wins.
+    assert.equal(m.upcomingSegment(), 1);
+    assert.equal(m.upcomingHolesOnlyRefill, false);
+  });
+
+  it('a warm start (map rebuilt from the BDA, hand restored): equal scores go to the first segment of the window; one whose blocks are all carried is skipped', () => {
+    const full = new CacheMap(16, { segmentBlocks: 4 });
+    for (let b = 0; b < 16; b++) put(full, 0, b);
+    // No counters, no holes, every segment as old: segment 1 (the first other than the hand's).
+    let m = new CacheMap(16, { segmentBlocks: 4 }, full.bda, full.map.table);
+    assert.equal(m.upcomingSegment(), 1);
+    // Every block hit: all scores 0; from segment 2, the window's first is 0, not the next one.
+    for (let b = 0; b < 16; b++) full.lookup(0, b);
+    m = new CacheMap(16, { segmentBlocks: 4 }, full.bda, full.map.table);
+    m.hand = 8;
+    assert.equal(m.upcomingSegment(), 0);
+    // In log order from segment 0: every segment is carried forward (each counts as skipped,
+    // the first one too), then block 0 goes.
+    m = new CacheMap(16, { segmentBlocks: 4, segmentChoice: SegmentChoice.Order }, full.bda, full.map.table);
+    assert.equal(m.findVictim(0), 0);
+    assert.deepEqual([m.segmentsSkipped, m.blocksCarried], [4, 16]);
+  });
+
+  it(`the cleaning window wraps past the last segment: holes there are found (${CLEANING_WINDOW + 4} segments)`, () => {
+    const S = CLEANING_WINDOW + 4;
+    const m = new CacheMap(2 * S, { segmentBlocks: 2 });
+    for (let b = 0; b < 2 * S + 2; b++) put(m, 0, b);
+    // The next window starts at segment CLEANING_WINDOW and wraps: segments S-4..S-1, 0.. .
+    // 130 holes (more than 1/64 of the slots) in segments 100..164, all in the wrapped part.
+    for (let s = 200; s < 330; s++) assert.ok(m.invalidate(0, m.bda.blockOf(s)));
+    assert.equal(m.upcomingSegment(), 100);
+    assert.equal(m.upcomingHolesOnlyRefill, true);
   });
 });

@@ -72,6 +72,23 @@ describe('write-back: a map whose every slot is pinned', () => {
   });
 });
 
+describe('write-back: a map whose segment choice goes round pinned segments', () => {
+  it('the hand goes on in log order to a slot it can take instead of answering -1', () => {
+    // 4 segments of 2. Cost-benefit scores segments 1-3 (dirty blocks count as cold, SHADOW
+    // and RESERVED slots as holes) above segment 0, which holds the only slot that can be taken.
+    const m = new CacheMap(8, { segmentBlocks: 2 });
+    for (const [b, dirty] of [[6, false], [14, false], [1, false], [2, true], [14, true]] as const) insert(m, b, dirty);
+    m.lookup(0, 6);
+    insert(m, 3, true);
+    m.invalidate(0, 3);
+    for (const [b, dirty] of [[9, true], [15, true], [9, true], [11, false]] as const) insert(m, b, dirty);
+    assert.equal(drawSlots(m, 2), [' 6*   11', ' 9d   2d', '>14d  R', ' S    15d'].join('\n'));
+    // 6 is carried forward (its use taken), 11 evicted.
+    assert.equal(m.findVictim(0), 1);
+    assert.equal(drawSlots(m, 2), [' 6   >11', ' 9d   2d', ' 14d  R', ' S    15d'].join('\n'));
+  });
+});
+
 describe('write-back volume', function () {
   this.timeout(60000);
   let dir: string;
@@ -185,6 +202,29 @@ describe('write-back volume', function () {
     await drained;
     assert.deepEqual(back.data.subarray(5 * BS, 6 * BS), block(5, 1));
     assert.equal(cache.stats().volumes.v.dirtyBlocks, 0);
+  });
+
+  it('flush() releases a dirty copy superseded since the last commit: its slot, SHADOW until then, is free once its entry is durably gone', async () => {
+    await open();
+    back.writeHook = () => blocked.promise;
+    for (const gen of [1, 2]) assert.equal(await cache.log.insert(store.volume, 30, block(30, gen), 1, () => true, false, true), 1);
+    assert.equal(drawSlots(cache.map, 8).split('S').length - 1, 1, 'the first copy\'s slot is SHADOW');
+    assert.equal(await cache.log.flush(), true);
+    await cache.log.quiesce();
+    assert.doesNotMatch(drawSlots(cache.map, 8), /[SR]/);
+    assert.equal(cache.map.dirtyBlocks(store.volume), 1);
+  });
+
+  it('a commit releases the dirty copies superseded before it: their slots are free once their entries are durably gone', async () => {
+    await open();
+    back.writeHook = () => blocked.promise;
+    // Blocks 30 and 31 in slots 0 and 1, then newer copies of 31 and 30.
+    for (const [b, gen] of [[30, 1], [31, 1], [31, 2], [30, 2]]) assert.equal(await cache.log.insert(store.volume, b, block(b, gen), 1, () => true, false, true), 1);
+    const firstRow = (): string => drawSlots(cache.map, 8).split('\n')[0];
+    assert.equal(firstRow(), ' S    S    31d  30d >..   ..   ..   ..');
+    assert.equal(await cache.log.commit(), true);
+    await cache.log.quiesce();
+    assert.equal(firstRow(), ' ..   ..   31d  30d >..   ..   ..   ..');
   });
 
   it('merges a partial-block write with the dirty copy of the block', async () => {
