@@ -12,54 +12,32 @@
  * error and every block must verify.
  */
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RestartingNbdkit, unixUri } from '../backing/nbd-servers';
 import { VbcDaemon } from './vm/daemon';
+import { NbdkitFixture } from './vm/nbd-fixture';
 import { prepareGuestImageBeforeAll, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, type FioVerifyJob } from './vm/output';
-import { tmpDir } from '../support/tmp';
 
 const MiB = 1 << 20;
 const KILLS = 3;
 
 describe('SIGKILL restarts of the daemon under a running guest (INFLIGHT_SHMFD) @e2e', function () {
   this.timeout(600_000);
-  let dir: string;
-  let daemon: VbcDaemon | undefined;
-  let server: RestartingNbdkit | undefined;
+  const fx = new NbdkitFixture('e2e-inflight');
 
   prepareGuestImageBeforeAll();
 
-  beforeEach(() => {
-    dir = tmpDir('e2e-inflight');
-  });
-
-  afterEach(async function () {
-    if (this.currentTest?.state === 'failed' && server !== undefined) {
-      console.log(`      nbdkit exits: ${server.exits.join('; ') || '(none)'}; stderr: ${server.stderr.trim() || '(none)'}`);
-    }
-    if (daemon?.running) await daemon.stop('SIGKILL');
-    daemon = undefined;
-    await server?.stop();
-    server = undefined;
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-
   it(`fio crc32c verify survives ${KILLS} SIGKILL restarts with requests in flight`, async () => {
     const started = Date.now();
-    const socketPath = path.join(dir, 'vhost.sock');
-    const control = path.join(dir, 'control.sock');
-    const image = path.join(dir, 'disk.img');
-    fs.writeFileSync(image, '');
-    fs.truncateSync(image, 128 * MiB);
-    const nbdSocket = path.join(dir, 'nbd.sock');
-    server = await RestartingNbdkit.start({ socket: nbdSocket, plugin: 'file', args: [`file=${image}`, 'wdelay=20ms'], filters: ['delay'] });
-    daemon = await VbcDaemon.start({
+    const socketPath = path.join(fx.dir, 'vhost.sock');
+    const control = path.join(fx.dir, 'control.sock');
+    const { uri, server } = await fx.serve(128 * MiB, 'wdelay=20ms');
+    const daemon = await VbcDaemon.start({
       control,
-      args: ['--socket-path', socketPath, '--backing', unixUri(nbdSocket), '--control', control, '--log-level', 'info'],
+      args: ['--socket-path', socketPath, '--backing', uri, '--control', control, '--log-level', 'info'],
     });
+    fx.daemon = daemon;
     const job: FioVerifyJob = { label: 'fio-crash', device: '/dev/vda', size: 80 * MiB };
     const guest = await startGuest({
       disks: [{ socketPath }],

@@ -23,9 +23,8 @@ import { promisify } from 'node:util';
 import type { DaemonStats } from '../../src/control/daemon-api';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
-import { RestartingNbdkit, unixUri } from '../backing/nbd-servers';
-import { tmpDir } from '../support/tmp';
 import { VbcDaemon } from './vm/daemon';
+import { NbdkitFixture } from './vm/nbd-fixture';
 import { prepareGuestImageBeforeAll, repoRoot, startGuest } from './vm/guest';
 import { checkFioVerify, fioVerifyScript, one, report, type FioVerifyJob } from './vm/output';
 
@@ -40,46 +39,29 @@ const run = promisify(execFile);
 
 describe('write-back under a running guest: NBD outage, NBD restart, daemon SIGKILLs @e2e', function () {
   this.timeout(600_000);
-  let dir: string;
-  let daemon: VbcDaemon | undefined;
-  let server: RestartingNbdkit | undefined;
+  const fx = new NbdkitFixture('e2e-writeback');
   let fe: VhostUserFrontend | undefined;
 
   prepareGuestImageBeforeAll();
 
-  beforeEach(() => {
-    dir = tmpDir('e2e-writeback');
-  });
-
-  afterEach(async function () {
-    if (this.currentTest?.state === 'failed' && server !== undefined) {
-      console.log(`      nbdkit exits: ${server.exits.join('; ') || '(none)'}; stderr: ${server.stderr.trim() || '(none)'}`);
-    }
+  afterEach(() => {
     fe?.close();
     fe = undefined;
-    if (daemon?.running) await daemon.stop('SIGKILL');
-    daemon = undefined;
-    await server?.stop();
-    server = undefined;
-    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it(`every pass verifies through ${KILLS} daemon SIGKILLs and NBD outages; the flushed backing file equals what the guest reads`, async () => {
     const started = Date.now();
-    const socketPath = path.join(dir, 'vhost.sock');
-    const control = path.join(dir, 'control.sock');
-    const image = path.join(dir, 'disk.img');
-    fs.writeFileSync(image, '');
-    fs.truncateSync(image, 64 * MiB);
-    const nbdSocket = path.join(dir, 'nbd.sock');
-    server = await RestartingNbdkit.start({ socket: nbdSocket, plugin: 'file', args: [`file=${image}`, 'wdelay=5ms'], filters: ['delay'] });
-    daemon = await VbcDaemon.start({
+    const socketPath = path.join(fx.dir, 'vhost.sock');
+    const control = path.join(fx.dir, 'control.sock');
+    const { image, uri, server } = await fx.serve(64 * MiB, 'wdelay=5ms');
+    const daemon = await VbcDaemon.start({
       control,
       args: [
-        '--socket-path', socketPath, '--backing', unixUri(nbdSocket), '--control', control, '--log-level', 'info',
-        '--cache', path.join(dir, 'cache.img'), '--cache-size', String(128 * MiB), '--cache-mode', 'writeback', '--backing-timeout', '60',
+        '--socket-path', socketPath, '--backing', uri, '--control', control, '--log-level', 'info',
+        '--cache', path.join(fx.dir, 'cache.img'), '--cache-size', String(128 * MiB), '--cache-mode', 'writeback', '--backing-timeout', '60',
       ],
     });
+    fx.daemon = daemon;
     const jobs: FioVerifyJob[] = Array.from({ length: PASSES }, (_, i) => ({ label: `wb${i + 1}`, device: '/dev/vda', size: REGION, pattern: `"wb${i + 1}"%o` }));
     const guest = await startGuest({
       disks: [{ socketPath }],
@@ -101,7 +83,7 @@ echo "io-errors $(dmesg | grep -ci 'i/o error')"
     const writesServed = async (from: number, n: number, what: string): Promise<number> => {
       const deadline = Date.now() + 120_000;
       for (;;) {
-        const w = vol(await daemon!.stats()).writes;
+        const w = vol(await daemon.stats()).writes;
         if (w >= from + n) return w;
         assert.ok(Date.now() < deadline, `the guest keeps writing: ${what} (${w - from} of ${n})`);
         await sleep(100); // polling interval of the condition above
@@ -173,7 +155,6 @@ echo "io-errors $(dmesg | grep -ci 'i/o error')"
     assert.equal(vol(await daemon.stats()).dirty, 0, `flush left no dirty block (destaged ${flushed.destaged})`);
     assert.equal(await daemon.stop('SIGTERM'), 0);
     await server.stop();
-    server = undefined;
     const backing = fs.readFileSync(image).subarray(0, REGION);
     assert.ok(backing.equals(seen), 'the backing file holds what the guest reads');
     assert.ok(seen.includes(Buffer.from(`wb${PASSES}`)), 'the last pass is what is there');
