@@ -21,8 +21,11 @@ export interface BackingStore {
   /**
    * Identity of the data when the store was opened, compared by the cache with the one
    * recorded at the last clean close (currentIdentity()): any difference drops the volume's
-   * cached blocks. Files: location, inode generation, birth time and the change stamp (ctime,
-   * mtime, size); block devices and NBD exports: location and size only.
+   * cached blocks. Written `OBJECT#STAMP` (identityObject()): OBJECT names which file or image
+   * this is (files: location, inode generation, birth time; block devices, NBD exports and
+   * RBD images: their location), STAMP its last change (files: ctime, mtime and size; others:
+   * size). Write-back blocks not yet written back survive a changed stamp (our own destaging
+   * changes it) but never a changed object (cache.ts registerVolume).
    */
   readonly identity: string;
   /**
@@ -81,4 +84,24 @@ export interface SharedBlocks {
   readonly unitBytes: number;
   /** One byte per unit covering [0, sharedBytes) as the store found it at open: 1 = owned. */
   readonly owned: Uint8Array;
+}
+
+/** Separates an identity's object from its change stamp (the stamp never contains it). */
+const IDENTITY_STAMP = '#';
+
+/** An identity made of the object it names and that object's change stamp (see BackingStore.identity). */
+export function makeIdentity(object: string, stamp: string): string {
+  return `${object}${IDENTITY_STAMP}${stamp}`;
+}
+
+/** The object part of an identity: which file or image, whatever its content. */
+export function identityObject(identity: string): string {
+  const at = identity.lastIndexOf(IDENTITY_STAMP);
+  return at < 0 ? identity : identity.slice(0, at);
+}
+
+/** The same identity with `suffix` added to its object part (e.g. a window of the store). */
+export function identityWithin(identity: string, suffix: string): string {
+  const at = identity.lastIndexOf(IDENTITY_STAMP);
+  return at < 0 ? identity + suffix : makeIdentity(identity.slice(0, at) + suffix, identity.slice(at + 1));
 }

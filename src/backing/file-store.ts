@@ -20,7 +20,7 @@ import { directAlignment, isDirectAligned, readDirectIo } from '../io/direct-io'
 import { IdleWaiters } from '../util/idle-waiters';
 import { gatherIov, iovLength } from '../util/iov';
 import type { IoEngine } from '../io/io-engine';
-import type { BackingStore } from './backing-store';
+import { type BackingStore, makeIdentity } from './backing-store';
 
 /** fallocate(2) modes (linux/falloc.h). */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -58,7 +58,7 @@ const TIMESTAMP_SETTLE_MS = 25;
  */
 function fileIdentity(st: fs.BigIntStats, generation: number | null): string {
   const gen = generation === null ? '-' : String(generation);
-  return `file:${st.dev}:${st.ino}:gen=${gen}:birth=${st.birthtimeNs}:ctime=${st.ctimeNs}:mtime=${st.mtimeNs}:size=${st.size}`;
+  return makeIdentity(`file:${st.dev}:${st.ino}:gen=${gen}:birth=${st.birthtimeNs}`, `ctime=${st.ctimeNs}:mtime=${st.mtimeNs}:size=${st.size}`);
 }
 
 function fstatBig(fd: number): Promise<fs.BigIntStats> {
@@ -187,7 +187,7 @@ export class FileStore implements BackingStore {
         logicalBlockSize = native.logicalBlockSize(fd);
         alignment = directAlignment(fd, st);
         location = `block:${st.rdev}`;
-        identity = `${location}:${size}`;
+        identity = makeIdentity(location, `size=${size}`);
       } else if (st.isFile()) {
         kind = 'file';
         size = Number(st.size);

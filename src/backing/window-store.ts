@@ -7,7 +7,7 @@
  * are one location only when their ranges overlap (`overlaps`); `identity` adds the window to the
  * inner store's identity, so cached blocks never move between windows.
  */
-import type { BackingEvents, BackingStore } from './backing-store';
+import { type BackingEvents, type BackingStore, identityWithin } from './backing-store';
 
 export class WindowStore implements BackingStore {
   readonly kind: string;
@@ -25,13 +25,13 @@ export class WindowStore implements BackingStore {
     this.kind = inner.kind;
     this.readOnly = inner.readOnly;
     this.location = inner.location;
-    this.identity = `${inner.identity}@${offset}+${size}`;
+    this.identity = identityWithin(inner.identity, `@${offset}+${size}`);
     this.changesVisible = inner.changesVisible;
     this.features = inner.features;
   }
 
   async currentIdentity(): Promise<string> {
-    return `${await this.inner.currentIdentity()}@${this.offset}+${this.size}`;
+    return identityWithin(await this.inner.currentIdentity(), `@${this.offset}+${this.size}`);
   }
 
   watch(events: BackingEvents): void {

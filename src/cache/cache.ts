@@ -47,6 +47,7 @@ import * as fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { crc32 } from 'node:zlib';
+import { identityObject } from '../backing/backing-store';
 import { directAlignment } from '../io/direct-io';
 import type { IoEngine } from '../io/io-engine';
 import { native } from '../native/binding';
@@ -651,6 +652,16 @@ export class Cache {
     let rec = this.volumes.get(name);
     if (rec && this.active.has(rec.id)) throw new VhostError(`volume ${name} is already registered`, 'EEXIST');
     if (rec && (rec.identity !== identity || rec.sizeBytes !== sizeBytes)) {
+      // Blocks not yet written back belong to the object they were written to: never to
+      // another file or image that took the volume's name (they would be destaged into it).
+      const dirty = this.map.dirtyBlocks(rec.id);
+      if (dirty > 0 && identityObject(rec.identity) !== identityObject(identity)) {
+        throw new VhostError(
+          `volume ${name}: ${dirty} write-back blocks not yet written back belong to another backing store ` +
+            `(${identityObject(rec.identity)}, now ${identityObject(identity)}); put that one back and flush the volume`,
+          'EBUSY',
+        );
+      }
       rec.identity = identity;
       rec.sizeBytes = sizeBytes;
       const dropped = this.dropAll(rec);

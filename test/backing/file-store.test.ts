@@ -52,7 +52,7 @@ for (const [engineName, makeEngine] of engines) {
         assert.equal(st.blocks, 0);
         assert.equal(st.mode & 0o777, 0o600, 'a created image is readable by its owner only');
         assert.equal(store.location, `file:${st.dev}:${st.ino}`);
-        assert.match(store.identity, new RegExp(`^file:${st.dev}:${st.ino}:gen=\\d+:birth=\\d+:ctime=\\d+:mtime=\\d+:size=${64 << 20}$`));
+        assert.match(store.identity, new RegExp(`^file:${st.dev}:${st.ino}:gen=\\d+:birth=\\d+#ctime=\\d+:mtime=\\d+:size=${64 << 20}$`));
         assert.equal(store.changesVisible, true);
         assert.deepEqual(store.features, { flush: true, discard: true, writeZeroes: true });
         const buf = new Uint8Array(4096).fill(1);
@@ -322,7 +322,7 @@ describe('FileStore on a loop block device @host', () => {
         assert.equal(store.kind, 'block');
         assert.equal(store.size, 16 << 20);
         assert.equal(store.logicalBlockSize, 512);
-        assert.equal(store.identity, `block:${st.rdev}:${16 << 20}`);
+        assert.equal(store.identity, `block:${st.rdev}#size=${16 << 20}`);
         assert.equal(store.location, `block:${st.rdev}`);
         assert.equal(store.changesVisible, false);
         const data = randomBytes(3000);

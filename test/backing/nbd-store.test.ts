@@ -116,7 +116,7 @@ describe('NbdStore on real servers @host', function () {
         assert.equal(s.readOnly, false);
         assert.deepEqual(s.features, { flush: true, discard: true, writeZeroes: true });
         assert.equal(s.location, `nbd:unix:${sock}:""`);
-        assert.equal(s.identity, `${s.location}:${64 * MiB}`);
+        assert.equal(s.identity, `${s.location}#size=${64 * MiB}`);
         assert.equal(s.changesVisible, false);
         assert.equal(s.info.structured, true);
       } finally {

@@ -201,7 +201,7 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     assert.equal(snap.readOnly, true);
     assert.deepEqual(snap.features, { flush: true, discard: false, writeZeroes: false });
     assert.notEqual(snap.identity, store.identity);
-    assert.match(snap.identity, new RegExp(`^rbd:${ceph.fsid}:\\d+:${snap.info.imageId}@\\d+:${4 * MiB}$`));
+    assert.match(snap.identity, new RegExp(`^rbd:${ceph.fsid}:\\d+:${snap.info.imageId}@\\d+#size=${4 * MiB}$`));
     const buf = Buffer.alloc(16 * BLOCK);
     await snap.read(0, [buf]);
     verifyStamped(buf, 0, 1);

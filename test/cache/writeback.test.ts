@@ -361,6 +361,27 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.deepEqual(out.subarray(BS), b);
   });
 
+  it('dirty blocks stay with the backing object they were written to: a volume now backed by another file is refused, a changed stamp keeps them', async () => {
+    await open();
+    const file = 'file:1:2:gen=3:birth=4';
+    const v = cache.registerVolume('v', `${file}#ctime=1:mtime=1:size=262144`, 64 * BS);
+    await cache.quiesce();
+    assert.equal(await cache.insertDirty(v, 1, block(1, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    cache.unregisterVolume(v, `${file}#ctime=2:mtime=2:size=262144`);
+    // The file deleted and re-created under the volume's name (another birth time, maybe the same inode).
+    assert.throws(
+      () => cache.registerVolume('v', 'file:1:2:gen=3:birth=9#ctime=3:mtime=3:size=262144', 64 * BS),
+      (e: VhostError) => e.code === 'EBUSY' && /1 write-back blocks not yet written back belong to another backing store/.test(e.message),
+    );
+    // The same file, changed since (destaging changes its stamp): the dirty block stays, and is read.
+    assert.equal(cache.registerVolume('v', `${file}#ctime=5:mtime=5:size=262144`, 64 * BS), v);
+    assert.equal(cache.map.dirtyBlocks(v), 1);
+    const out = new Uint8Array(BS);
+    assert.equal(await cache.readBlocks(v, 1, 1, out, new Uint8Array(1)), 1);
+    assert.deepEqual(out, block(1, 1));
+  });
+
   it('a commit is one submission of the segment write (header and data runs) and one fdatasync', async () => {
     await open();
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);

@@ -38,7 +38,7 @@ import { VhostError } from '../../native/errors';
 import { silentLogger, type Logger } from '../../util/logger';
 import { IdleWaiters } from '../../util/idle-waiters';
 import { iovLength, sliceIov } from '../../util/iov';
-import type { BackingEvents, BackingStore } from '../backing-store';
+import { type BackingEvents, type BackingStore, makeIdentity } from '../backing-store';
 import { NbdConnection, type ConnectionHandler, type ExportInfo, type NbdCommand } from './client';
 import * as P from './protocol';
 import { describeNbdAddress, parseNbdUri, type NbdAddress } from './uri';
@@ -196,7 +196,7 @@ export class NbdStore implements BackingStore, ConnectionHandler {
   }
 
   get identity(): string {
-    return `${this.location}:${this.info.size}`;
+    return makeIdentity(this.location, `size=${this.info.size}`);
   }
 
   currentIdentity(): Promise<string> {

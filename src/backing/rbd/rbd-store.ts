@@ -33,7 +33,7 @@ import { native } from '../../native/binding';
 import { RBD_CQE_RESULT, RBD_CQE_STRIDE, RBD_CQE_TAG, type NativeRbdImage, type RbdImageInfo } from '../../native/types';
 import { silentLogger, type Logger } from '../../util/logger';
 import { iovLength } from '../../util/iov';
-import type { BackingEvents, BackingStore, SharedBlocks } from '../backing-store';
+import { type BackingEvents, type BackingStore, makeIdentity, type SharedBlocks } from '../backing-store';
 import { formatRbdSpec, parseRbdSpec, type RbdSpec } from './spec';
 
 export interface RbdStoreOptions {
@@ -105,7 +105,7 @@ export class RbdStore implements BackingStore {
     this.timeoutMs = timeoutMs;
     this.log = log;
     this.location = `rbd:${info.fsid}:${info.poolId}:${info.imageId}@${info.snapId ?? 'head'}`;
-    this.identity = `${this.location}:${info.size}`;
+    this.identity = makeIdentity(this.location, `size=${info.size}`);
     this.features = { flush: true, discard: !readOnly, writeZeroes: !readOnly };
     const p = info.parent;
     if (p !== null && p.overlap > 0 && info.objectSize > 0) {
