@@ -197,6 +197,10 @@ class RbdOpenWorker : public RbdWorker {
     if (r < 0) return FailClean(-r, "rados_cluster_fsid");
     fsid_.assign(fsid, static_cast<size_t>(r));
     pool_id_ = rados_ioctx_get_id(h_.ioctx);
+    char cache_conf[16] = {0};
+    r = rados_conf_get(h_.cluster, "rbd_cache", cache_conf, sizeof(cache_conf) - 1);
+    if (r < 0) return FailClean(-r, "rados_conf_get(rbd_cache)");
+    librbd_cache_ = cache_conf;
     r = rbd_get_size(h_.image, &size_);
     if (r < 0) return FailClean(-r, "rbd_get_size(" + name + ")");
     r = ReadParent(name);
@@ -229,6 +233,7 @@ class RbdOpenWorker : public RbdWorker {
     info.Set("poolId", Napi::Number::New(env, static_cast<double>(pool_id_)));
     info.Set("fsid", Napi::String::New(env, fsid_));
     info.Set("objectSize", Napi::Number::New(env, static_cast<double>(object_size_)));
+    info.Set("librbdCache", Napi::String::New(env, librbd_cache_));
     if (has_parent_) {
       Napi::Object p = Napi::Object::New(env);
       p.Set("poolId", Napi::Number::New(env, static_cast<double>(parent_pool_id_)));
@@ -405,7 +410,7 @@ class RbdOpenWorker : public RbdWorker {
   uint64_t size_ = 0, snap_id_ = 0;
   int64_t pool_id_ = 0;
   bool has_snap_ = false;
-  std::string image_id_, fsid_;
+  std::string image_id_, fsid_, librbd_cache_;
   uint64_t object_size_ = 0, overlap_ = 0, parent_snap_id_ = 0;
   int64_t parent_pool_id_ = 0;
   bool has_parent_ = false;

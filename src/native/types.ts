@@ -301,6 +301,8 @@ export interface RbdImageInfo {
   fsid: string;
   /** Bytes per RADOS object (a clone's unit of copy-up). */
   objectSize: number;
+  /** librbd's own cache setting as the image was opened with it ('false': we set it off). */
+  librbdCache: string;
   /** A clone's parent snapshot, or null. */
   parent: RbdParentInfo | null;
 }

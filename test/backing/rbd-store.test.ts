@@ -50,6 +50,16 @@ describe('RbdStore on a single-node Ceph cluster @host', function () {
     return { name, store };
   }
 
+  it("opens images with librbd's own cache off, whatever the configuration says", async () => {
+    const conf = path.join(path.dirname(ceph.conf), 'rbd-cache-on.conf');
+    fs.writeFileSync(conf, fs.readFileSync(ceph.conf, 'utf8').replace('[global]', '[global]\nrbd_cache = true'));
+    const name = `img${n++}`;
+    await ceph.createImage(name, MiB);
+    const store = await RbdStore.open(`rbd:${ceph.pool}/${name}:conf=${conf}`);
+    stores.push(store);
+    assert.equal(store.info.librbdCache, 'false');
+  });
+
   it('shares one cluster connection between the images of one configuration until the last one closes', async () => {
     const connections = (): number => (native.rbd.connections as () => number)();
     const before = connections();
