@@ -94,14 +94,19 @@ export function makeIdentity(object: string, stamp: string): string {
   return `${object}${IDENTITY_STAMP}${stamp}`;
 }
 
+/** [object, stamp] of an identity (stamp null when it has none). */
+function splitIdentity(identity: string): [string, string | null] {
+  const at = identity.lastIndexOf(IDENTITY_STAMP);
+  return at < 0 ? [identity, null] : [identity.slice(0, at), identity.slice(at + 1)];
+}
+
 /** The object part of an identity: which file or image, whatever its content. */
 export function identityObject(identity: string): string {
-  const at = identity.lastIndexOf(IDENTITY_STAMP);
-  return at < 0 ? identity : identity.slice(0, at);
+  return splitIdentity(identity)[0];
 }
 
 /** The same identity with `suffix` added to its object part (e.g. a window of the store). */
 export function identityWithin(identity: string, suffix: string): string {
-  const at = identity.lastIndexOf(IDENTITY_STAMP);
-  return at < 0 ? identity + suffix : makeIdentity(identity.slice(0, at) + suffix, identity.slice(at + 1));
+  const [object, stamp] = splitIdentity(identity);
+  return stamp === null ? object + suffix : makeIdentity(object + suffix, stamp);
 }

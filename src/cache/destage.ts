@@ -7,7 +7,8 @@
  * (Cache.watchDestage: a slot superseded or discarded meanwhile stops being watched), wait for
  * a log commit (Cache.commit: a dirty block picked while its write still waits for the commit
  * that acknowledges it is never written back before that commit, so the backing store never
- * holds data a crash would roll back in the cache: recovery.ts 9.), read their data from the cache (a dirty block unreadable there is logged and left dirty), make the
+ * holds data a crash would roll back in the cache: recovery.ts 9.), read their data from the
+ * cache (a dirty block unreadable there is logged and left dirty), make the
  * dropped entries of their keys durably invalid (Cache.killDropped: a destage is a backing write,
  * recovery.ts 9.), write the runs, flush the backing store, then mark the still-watched slots
  * clean (Cache.markClean: header rewrites, batched, not waited for). Rounds never overlap, so two backing writes of one
