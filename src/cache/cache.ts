@@ -199,18 +199,40 @@ async function openDeviceWaiting(file: string, size: number | undefined, waitMs:
   }
 }
 
+/** Bytes of zeros per write, and writes in flight, when a new cache file is filled. */
+const ZERO_FILL_CHUNK = 1 << 20;
+const ZERO_FILL_DEPTH = 4;
+
 /**
- * Allocates every block of a cache file that was created or resized (it is sparse): a full file
- * system then fails here, at open, never as a segment write error later, and segment writes do
- * not allocate. A file system without fallocate keeps the file sparse.
+ * Allocates and writes every block of a cache file that was created or resized (it is sparse).
+ * fallocate first, so a full file system fails here, at open, never as a segment write error
+ * later (a file system without fallocate skips it). Then zeros over the whole file, made
+ * durable: fallocate leaves unwritten extents, and the first write into one makes every
+ * fdatasync commit the file system's journal (ext4 on this machine: 3.9 ms instead of 55 us),
+ * which is what a write-back commit waits for. A written file is what a block device is.
  */
 async function preallocate(engine: IoEngine, fd: number, bytes: number, file: string): Promise<void> {
   try {
     await engine.fallocate(fd, 0, 0, bytes);
   } catch (err) {
     const code = (err as VhostError).code;
-    if (code === 'EOPNOTSUPP') return;
-    throw new VhostError(`${file}: cannot allocate ${bytes} bytes for the cache (${code})`, code ?? 'EIO');
+    if (code !== 'EOPNOTSUPP') throw new VhostError(`${file}: cannot allocate ${bytes} bytes for the cache (${code})`, code ?? 'EIO');
+  }
+  const zeros = new Uint8Array(Math.min(ZERO_FILL_CHUNK, bytes));
+  let next = 0;
+  const writer = async (): Promise<void> => {
+    while (next < bytes) {
+      const at = next;
+      next += zeros.byteLength;
+      await engine.writev(fd, [zeros.subarray(0, Math.min(zeros.byteLength, bytes - at))], at);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: ZERO_FILL_DEPTH }, writer));
+    await engine.fdatasync(fd);
+  } catch (err) {
+    const code = (err as VhostError).code;
+    throw new VhostError(`${file}: cannot write the new cache file (${code})`, code ?? 'EIO');
   }
 }
 

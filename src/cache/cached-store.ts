@@ -223,6 +223,8 @@ export class CachedStore implements BackingStore {
   /** Blocks entirely inside the volume (the only ones cached). */
   private readonly cacheable: number;
   private readonly ops = new InFlightRanges();
+  /** Operations begun so far (destaging waits for a quiet volume: Destager untilQuiet). */
+  private opsStarted = 0;
   private readonly inserting = new Set<Promise<unknown>>();
   private readonly readAhead: number;
   private readonly streams = new StreamDetector();
@@ -318,6 +320,7 @@ export class CachedStore implements BackingStore {
       low: Math.floor(limit * (o.lowWatermark ?? DEFAULT_LOW_WATERMARK)),
       timeoutMs: o.backingTimeoutMs ?? 60_000,
       busy: () => this.ops.size > 0 || this.writing > 0,
+      started: () => this.opsStarted,
       logger: o.logger ?? silentLogger,
     });
     this.flushOnStop = o.flushOnStop === true;
@@ -494,6 +497,7 @@ export class CachedStore implements BackingStore {
   /** Registers an operation on blocks first..last; a write-like one forgets their reads in flight. */
   private begin(first: number, last: number, write: boolean): Op {
     if (write) this.ownReads.forget(first, last);
+    this.opsStarted++;
     return this.ops.begin(first, last, write);
   }
 

@@ -20,8 +20,11 @@
  *     always finds a slot that is not dirty;
  *   - at or above the high watermark (and until the low one), or while a drain() or room()
  *     waits, rounds run back to back;
- *   - otherwise a round starts when the volume has no guest request in flight (checked every
- *     IDLE_POLL_MS), or after YIELD_MAX_MS at the latest: destaging yields to guest I/O.
+ *   - otherwise a round starts once the volume has been quiet for QUIET_MS (no guest request
+ *     started and none in flight), or after YIELD_MAX_MS at the latest (a trickle of one round
+ *     a second under a steady load): destaging yields to guest I/O, and blocks rewritten while
+ *     dirty are written back once (Open CAS and dm-writecache likewise write back below their
+ *     high watermark only when idle or old).
  * A round that fails (backing store down) is retried after a backoff doubling from
  * RETRY_MIN_MS to RETRY_MAX_MS; writes keep going into the log until the limit, then wait.
  */
@@ -41,8 +44,10 @@ export const DEFAULT_DIRTY_LIMIT = 0.5;
 /** Default watermarks, as shares of the dirty limit. */
 export const DEFAULT_HIGH_WATERMARK = 0.5;
 export const DEFAULT_LOW_WATERMARK = 0.25;
-const IDLE_POLL_MS = 2;
-const YIELD_MAX_MS = 50;
+/** A volume is quiet when no guest request started or ran for this long. */
+const QUIET_MS = 10;
+/** Longest wait for a quiet volume below the high watermark. */
+const YIELD_MAX_MS = 1000;
 const RETRY_MIN_MS = 10;
 const RETRY_MAX_MS = 1000;
 
@@ -59,6 +64,8 @@ export interface DestageOptions {
   timeoutMs: number;
   /** Guest requests of the volume in flight. */
   busy: () => boolean;
+  /** Guest requests of the volume started so far (a counter). */
+  started: () => number;
   logger: Logger;
 }
 
@@ -226,10 +233,8 @@ export class Destager {
       const dirty = this.dirty;
       if (dirty >= this.o.high) this.urgent = true;
       else if (dirty <= this.o.low) this.urgent = false;
-      const pressing = this.urgent || this.drains > 0 || this.waiters.size > 0;
-      if (!pressing) {
-        // Yield to guest I/O: wait until the volume is idle, or YIELD_MAX_MS.
-        for (let waited = 0; waited < YIELD_MAX_MS && this.o.busy() && !this.closed; waited += IDLE_POLL_MS) await this.sleep(IDLE_POLL_MS, true);
+      if (!this.pressing()) {
+        await this.untilQuiet();
         if (this.closed) break;
       }
       const picked = this.pick(0, Infinity);
@@ -247,6 +252,25 @@ export class Destager {
     }
     // Waiters of a closed volume never get room.
     if (this.closed) for (const w of this.waiters) w.resolve();
+  }
+
+  private pressing(): boolean {
+    return this.urgent || this.drains > 0 || this.waiters.size > 0;
+  }
+
+  /**
+   * Yield to guest I/O: resolves once the volume has been quiet for QUIET_MS, after YIELD_MAX_MS,
+   * or when destaging becomes pressing (poke()) or the volume closes.
+   */
+  private async untilQuiet(): Promise<void> {
+    const deadline = performance.now() + YIELD_MAX_MS;
+    for (;;) {
+      const seen = this.o.started();
+      const wasBusy = this.o.busy();
+      await this.sleep(QUIET_MS, true);
+      if (this.closed || this.pressing() || performance.now() >= deadline) return;
+      if (!wasBusy && !this.o.busy() && this.o.started() === seen) return;
+    }
   }
 
   /**

@@ -133,9 +133,10 @@ describe('write-back volume', function () {
       writes.push([offset / BS, len / BS]);
       await held.promise;
     };
-    // The first write starts a round holding block 9 alone; the others wait for the next one.
-    for (const b of [9, 3, 4, 5, 20, 1, 2, 10]) await store.write(b * BS, [block(b, 1)]);
+    // Block 9 alone, then the volume is quiet: a round holds it; the others wait for the next one.
+    await store.write(9 * BS, [block(9, 1)]);
     await waitFor(() => writes.length === 1, 'the first destage');
+    for (const b of [3, 4, 5, 20, 1, 2, 10]) await store.write(b * BS, [block(b, 1)]);
     held.resolve();
     await store.flushCache();
     assert.deepEqual(writes, [
