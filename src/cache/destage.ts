@@ -26,7 +26,8 @@
  *     latest; and while guest requests are in flight a round issues no further backing write
  *     until they are done (or YIELD_MAX_MS passed: then one more), so a guest miss queues
  *     behind at most the writes already in flight, never behind the rest of the round;
- *   - destageRange() rounds (a guest request waits for them) never yield.
+ *   - destageRange() rounds (a guest request waits for them) never yield, and while one waits
+ *     for the round in flight that round is pressed too.
  * A round that fails (backing store down) is retried after a backoff doubling from
  * RETRY_MIN_MS to RETRY_MAX_MS; writes keep going into the log until the limit, then wait.
  */
@@ -88,6 +89,8 @@ export class Destager {
   private round: Promise<void> = Promise.resolve();
   private urgent = false;
   private drains = 0;
+  /** destageRange() calls waiting for the round in flight. */
+  private rangeWaits = 0;
   private readonly waiters = new Set<Waiter>();
   private closed = false;
   private timer: NodeJS.Timeout | null = null;
@@ -116,7 +119,7 @@ export class Destager {
 
   /** Rounds run back to back and never yield (see the file comment). */
   private get pressed(): boolean {
-    return this.urgent || this.drains > 0 || this.waiters.size > 0;
+    return this.urgent || this.drains > 0 || this.waiters.size > 0 || this.rangeWaits > 0;
   }
 
   /** The volume has no guest request in flight any more: a yielding destage goes on. */
@@ -218,13 +221,32 @@ export class Destager {
   }
 
   /**
+   * Resolves when no round is in flight and none started since: the caller starts its round in
+   * the same turn, so rounds (the loop's and destageRange's) never overlap.
+   */
+  private async roundFree(): Promise<void> {
+    for (;;) {
+      const r = this.round;
+      await r;
+      if (this.round === r) return;
+    }
+  }
+
+  /**
    * Writes back the dirty blocks of [first, last] now (before a discard of them, or a write
    * outside write-back); rejects on failure, or (EIO) when some are unreadable on the cache
    * device. Waits for nothing when none of them is dirty.
    */
   async destageRange(first: number, last: number): Promise<void> {
     while (this.pick(first, last).length > 0) {
-      await this.round;
+      this.rangeWaits++;
+      // The round in flight stops yielding.
+      this.guestIdle();
+      try {
+        await this.roundFree();
+      } finally {
+        this.rangeWaits--;
+      }
       const picked = this.pick(first, last);
       if (picked.length === 0) return;
       const before = this.destaged;
@@ -278,6 +300,8 @@ export class Destager {
         await this.untilIdle();
         if (this.closed) break;
       }
+      await this.roundFree();
+      if (this.closed) break;
       const picked = this.pick(0, Infinity);
       if (picked.length === 0) break;
       const r = this.runRound(picked, true);
