@@ -496,6 +496,11 @@ export class Cache {
    */
   private dropAll(rec: VolumeRecord): number {
     if (this.map.dirtyBlocks(rec.id) > 0) return this.dropClean(rec.id);
+    return this.dropEvery(rec);
+  }
+
+  /** Drops every block of volume `rec`, dirty ones included, by raising its epoch (see dropAll). */
+  private dropEvery(rec: VolumeRecord): number {
     const n = this.map.dropVolume(rec.id);
     rec.epoch = this.log.sequence + 1;
     const id = rec.id;
@@ -680,7 +685,8 @@ export class Cache {
       if (dirty > 0 && identityObject(rec.identity) !== identityObject(identity)) {
         throw new VhostError(
           `volume ${name}: ${dirty} write-back blocks not yet written back belong to another backing store ` +
-            `(${identityObject(rec.identity)}, now ${identityObject(identity)}); put that one back and flush the volume`,
+            `(${identityObject(rec.identity)}, now ${identityObject(identity)}); put that one back and flush the volume, ` +
+            'or discard them (--discard-dirty: their data is lost)',
           'EBUSY',
         );
       }
@@ -698,6 +704,33 @@ export class Cache {
     this.map.volumeCap[rec.id] = maxBytes > 0 ? Math.max(1, Math.floor(maxBytes / this.blockSize)) : 0;
     this.active.add(rec.id);
     return rec.id;
+  }
+
+  /**
+   * The operator's way out of registerVolume's EBUSY refusal (serve --discard-dirty, add-volume
+   * --discard-dirty): when the unregistered volume `name` holds write-back blocks not written
+   * back that belong to another backing object than `identity`'s, they are discarded with all
+   * its other blocks (logged, with how many), the record takes the new identity and size, and
+   * this resolves once that is durable (the volume table saved: a crash after it never brings
+   * them back). Dirty blocks of the same object are newer data of it: never discarded (0).
+   * Resolves with how many write-back blocks were discarded.
+   */
+  async discardOrphanedDirty(name: string, identity: string, sizeBytes: number): Promise<number> {
+    if (this.closing) throw new VhostError('cache is closed', 'ESHUTDOWN');
+    const rec = this.volumes.get(name);
+    if (rec === undefined || this.active.has(rec.id)) return 0;
+    const dirty = this.map.dirtyBlocks(rec.id);
+    if (dirty === 0 || identityObject(rec.identity) === identityObject(identity)) return 0;
+    const old = identityObject(rec.identity);
+    rec.identity = identity;
+    rec.sizeBytes = sizeBytes;
+    const dropped = this.dropEvery(rec);
+    await this.pendingTable.get(rec.id);
+    this.logger.warn(
+      { volume: name, discardedDirty: dirty, dropped, was: old, now: identityObject(identity) },
+      `volume ${name}: ${dirty} write-back blocks not written back to ${old} discarded at the operator's request; its data is now that of ${identityObject(identity)}`,
+    );
+    return dirty;
   }
 
   /**

@@ -27,9 +27,26 @@
  *   - writes wait while the volume is at its dirty limit (Destager.room), at most
  *     backingTimeoutMs; a write the cache cannot take (cache-device write error, closing) is
  *     written through instead (its blocks invalidated durably first);
- *   - a volume opened in another mode with dirty blocks in the cache (from a write-back run)
- *     destages them all before its first write or discard; close() destages everything first
- *     with `flushOnStop`.
+ *   - close() destages everything first with `flushOnStop`.
+ *
+ * Mode switches at run time (setMode), and a volume opened in another mode with dirty blocks
+ * in the cache (from a write-back run), which is a switch out of write-back at open:
+ *   - out of write-back: the new mode applies at once to new requests; the dirty blocks (and
+ *     those of the write-back writes still in flight) are destaged in the background, and
+ *     setMode resolves once none is left (Destager.drain: it rejects after backingTimeoutMs of
+ *     failures, the blocks staying dirty, served and destaged). Meanwhile every write, discard
+ *     and write-zeroes takes its range lock (after the write-back ones in flight: FIFO) and
+ *     first destages the dirty blocks it touches (Destager.destageRange), so a block's dirty
+ *     data reaches the backing store before a newer write of it and is never lost under a
+ *     partial write; reads see dirty blocks as hits (mode none reads them from the cache too,
+ *     inserting nothing, while any is left);
+ *   - into write-back: at once. Outside write-back, a write-like operation that starts while no
+ *     block is dirty and no range is locked takes no lock (`unlocked`); the write-back writes
+ *     and discards first wait for those in flight at the switch (`entered`), so no backing
+ *     write of the old mode is in flight under a block that is merged or destaged. The next
+ *     guest flush flushes the backing store (the old mode's writes are not flushed yet);
+ *   - between the other modes nothing is invalidated: their cached blocks all match the
+ *     backing store, and writes in every mode invalidate what they overlap.
  *
  * Consistency (no stale data, ever):
  *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
@@ -116,6 +133,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { CacheMode } from '../config/config';
+import { VhostError } from '../native/errors';
 import { InFlightRanges, type Op, RangeLocks } from './in-flight';
 import { DEFAULT_DIRTY_LIMIT, DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK, Destager } from './destage';
 import { silentLogger, type Logger } from '../util/logger';
@@ -177,6 +195,13 @@ export interface CachedStoreOptions {
   backingTimeoutMs?: number;
   /** close() destages every dirty block first. */
   flushOnStop?: boolean;
+  /** Longest a yielding destage waits for the guest to go idle (default destage.ts YIELD_MAX_MS). */
+  yieldMaxMs?: number;
+  /**
+   * open() discards the write-back blocks the cache holds for another backing object of this
+   * volume's name (Cache.discardOrphanedDirty) instead of being refused with EBUSY.
+   */
+  discardDirty?: boolean;
   logger?: Logger;
 }
 
@@ -215,7 +240,6 @@ export class CachedStore implements BackingStore {
   readonly identity: string;
   readonly changesVisible: boolean;
   readonly features: BackingStore['features'];
-  readonly mode: CacheMode;
   readonly volume: number;
   private readonly backing: BackingStore;
   private readonly cache: Cache;
@@ -255,11 +279,22 @@ export class CachedStore implements BackingStore {
   private closed = false;
   /** Set by open() when it verified a sample. */
   verification: SampleVerification | null = null;
+  /** Write-back blocks of another backing object open() discarded (`discardDirty`). */
+  discardedDirty = 0;
   /** Writes back this volume's dirty blocks (write-back mode, or left by an earlier write-back run). */
   readonly destager: Destager;
   private readonly locks = new RangeLocks();
-  /** Dirty blocks found at registration in another mode: destaged before the first write. */
-  private settling: Promise<void> | null = null;
+  private currentMode: CacheMode;
+  /** Name of the volume (messages). */
+  private readonly name: string;
+  private readonly log: Logger;
+  /** A switch out of write-back destaging (see the header). */
+  private switching: Promise<void> | null = null;
+  /** Write-like operations in flight that took no range lock, and who waits for none to be. */
+  private unlocked = 0;
+  private unlockedIdle: (() => void)[] = [];
+  /** Write-back writes wait for this: the unlocked operations in flight when write-back was entered. */
+  private entered: Promise<void> | null = null;
   /** Backing writes issued directly by write-back writes, and that many when last flushed. */
   private directWrites = 0;
   private directFlushed = 0;
@@ -271,7 +306,9 @@ export class CachedStore implements BackingStore {
    * device, NBD) that is not declared exclusive, verifies a sample of its cached blocks.
    */
   static async open(o: CachedStoreOptions): Promise<CachedStore> {
+    const discarded = o.discardDirty === true ? await o.cache.discardOrphanedDirty(o.name, o.backing.identity, o.backing.size) : 0;
     const s = new CachedStore(o);
+    s.discardedDirty = discarded;
     // verifySample never rejects: cache read errors are misses, backing read errors mismatches.
     if (!o.backing.changesVisible && o.exclusive !== true) s.verification = await s.verifySample(VERIFY_SAMPLE_BLOCKS);
     return s;
@@ -280,7 +317,9 @@ export class CachedStore implements BackingStore {
   constructor(o: CachedStoreOptions) {
     this.backing = o.backing;
     this.cache = o.cache;
-    this.mode = o.mode ?? 'writethrough';
+    this.currentMode = o.mode ?? 'writethrough';
+    this.name = o.name;
+    this.log = o.logger ?? silentLogger;
     this.size = o.backing.size;
     this.readOnly = o.backing.readOnly;
     this.location = o.backing.location;
@@ -319,26 +358,121 @@ export class CachedStore implements BackingStore {
       high: Math.max(1, Math.floor(limit * (o.highWatermark ?? DEFAULT_HIGH_WATERMARK))),
       low: Math.floor(limit * (o.lowWatermark ?? DEFAULT_LOW_WATERMARK)),
       timeoutMs: o.backingTimeoutMs ?? 60_000,
-      busy: () => this.ops.size > 0 || this.writing > 0,
+      busy: () => this.busy,
       started: () => this.opsStarted,
-      logger: o.logger ?? silentLogger,
+      ...(o.yieldMaxMs !== undefined ? { yieldMaxMs: o.yieldMaxMs } : {}),
+      logger: this.log,
     });
     this.flushOnStop = o.flushOnStop === true;
     this.removeDrainer = o.cache.addDrainer(() => this.destager.drain());
     if (this.destager.dirty > 0) {
       if (this.mode === 'writeback') this.destager.kick();
       else {
-        const settling = this.destager.drain();
-        this.settling = settling;
-        void settling.then(
-          () => {
-            if (this.settling === settling) this.settling = null;
-          },
-          () => undefined,
+        this.leaveWriteback().catch((err: Error) =>
+          this.log.error({ volume: o.name, dirty: this.destager.dirty, err: err.message }, 'cache: write-back blocks left by an earlier run not all destaged yet (served from the cache, destaging goes on)'),
         );
       }
     }
   }
+
+  get mode(): CacheMode {
+    return this.currentMode;
+  }
+
+  /** Guest requests in flight that may reach the backing store (destaging yields to them). */
+  private get busy(): boolean {
+    return this.ops.size > 0 || this.writing > 0;
+  }
+
+  /**
+   * Switches the cache mode (see the header). Out of write-back it resolves once no block is
+   * dirty; a second switch while one is destaging is refused (EBUSY).
+   */
+  async setMode(mode: CacheMode): Promise<void> {
+    if (this.closed) throw new VhostError(`volume ${this.name} is closed`, 'ESHUTDOWN');
+    if (this.switching !== null) {
+      throw new VhostError(`volume ${this.name}: a switch out of write-back is still destaging ${this.destager.dirty} blocks; try again once it is done`, 'EBUSY');
+    }
+    const from = this.currentMode;
+    this.currentMode = mode;
+    if (mode === 'writeback') {
+      if (from === 'writeback') return;
+      // The old mode's writes are not flushed on the backing store yet: the next guest flush does it.
+      this.directWrites++;
+      if (this.unlocked > 0) {
+        const entered = new Promise<void>((resolve) => this.unlockedIdle.push(resolve));
+        this.entered = entered;
+        void entered.then(() => {
+          if (this.entered === entered) this.entered = null;
+        });
+      }
+      this.destager.kick();
+      return;
+    }
+    if (this.destager.dirty === 0 && this.locks.idle) return;
+    try {
+      await this.leaveWriteback();
+    } catch (err) {
+      throw new VhostError(
+        `volume ${this.name}: now in mode ${mode}, but ${this.destager.dirty} write-back blocks are not written back yet (they stay in the cache, are served and keep being destaged): ${(err as Error).message}`,
+        (err as VhostError).code ?? 'EIO',
+      );
+    }
+  }
+
+  /** Destages every dirty block, those of the write-back writes in flight included. */
+  private leaveWriteback(): Promise<void> {
+    const p = (async (): Promise<void> => {
+      await this.locks.released();
+      await this.destager.drain();
+    })();
+    this.switching = p;
+    const done = (): void => {
+      if (this.switching === p) this.switching = null;
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  /**
+   * The range lock of a write-like operation on blocks first..last (see the header): in
+   * write-back (after `entered`) always; otherwise while blocks are dirty or ranges locked,
+   * destaging the dirty blocks of the range first when `destage`; else none (counted in
+   * `unlocked`, returned at once: no wait on the common path). Returns its release.
+   */
+  private takeRange(first: number, last: number, destage: boolean): (() => void) | Promise<() => void> {
+    if (this.currentMode !== 'writeback' && this.destager.dirty === 0 && this.locks.idle) {
+      this.unlocked++;
+      return this.unlockedEnd;
+    }
+    return this.lockRange(first, last, destage);
+  }
+
+  private async lockRange(first: number, last: number, destage: boolean): Promise<() => void> {
+    let release: () => void;
+    if (this.currentMode === 'writeback') {
+      // Its range is taken (FIFO) before the wait, so no later write of another mode goes unlocked.
+      const taking = this.locks.take(first, last);
+      if (this.entered !== null) await this.entered;
+      release = await taking;
+    } else release = await this.locks.take(first, last);
+    if (destage && this.destager.dirty > 0) {
+      try {
+        await this.destager.destageRange(first, last);
+      } catch (err) {
+        release();
+        throw err;
+      }
+    }
+    return release;
+  }
+
+  private readonly unlockedEnd = (): void => {
+    if (--this.unlocked > 0) return;
+    const idle = this.unlockedIdle;
+    this.unlockedIdle = [];
+    for (const resolve of idle) resolve();
+  };
 
   /** Writes back every dirty block of the volume (the flush command); see Destager.drain. */
   flushCache(): Promise<void> {
@@ -503,6 +637,7 @@ export class CachedStore implements BackingStore {
 
   private end(op: Op): void {
     this.ops.end(op);
+    if (!this.busy) this.destager.guestIdle();
   }
 
   /**
@@ -526,10 +661,9 @@ export class CachedStore implements BackingStore {
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     const len = iovLength(bufs);
     if (len === 0) return Promise.resolve();
-    // Mode none reads the backing store: not before the dirty blocks left by write-back are there.
-    if (this.settling !== null && this.mode === 'none') return this.settling.then(() => this.read(offset, bufs));
-    const caching = this.mode !== 'none' && !this.fenced;
-    const admit = caching ? this.observeRead(offset, len) : true;
+    // Mode none reads the backing store, but the dirty blocks left by write-back from the cache.
+    const caching = (this.mode !== 'none' || this.destager.dirty > 0) && !this.fenced;
+    const admit = caching && this.mode !== 'none' ? this.observeRead(offset, len) : false;
     if (caching && offset + len <= this.cacheable * this.bs) {
       const first = Math.floor(offset / this.bs);
       const count = Math.floor((offset + len - 1) / this.bs) - first + 1;
@@ -637,7 +771,7 @@ export class CachedStore implements BackingStore {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
-    if (this.mode === 'none' || this.fenced || first >= this.cacheable) {
+    if ((this.mode === 'none' && this.destager.dirty === 0) || this.fenced || first >= this.cacheable) {
       await this.backing.read(offset, bufs);
       return;
     }
@@ -722,7 +856,7 @@ export class CachedStore implements BackingStore {
           continue;
         }
         if (!admit) {
-          this.cache.map.stats(this.volume).admissionsRefused += n0;
+          if (this.mode !== 'none') this.cache.map.stats(this.volume).admissionsRefused += n0;
           shared();
           continue;
         }
@@ -817,10 +951,20 @@ export class CachedStore implements BackingStore {
       return;
     }
     if (this.mode === 'writeback' && !this.fenced) return this.writeBack(offset, bufs, len);
-    if (this.settling !== null) await this.settling;
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
+    const taken = this.takeRange(first, last, true);
+    const release = typeof taken === 'function' ? taken : await taken;
+    try {
+      await this.writeOther(offset, bufs, len, first, last);
+    } finally {
+      release();
+    }
+  }
+
+  /** A write outside write-back (its range lock, if any, taken). */
+  private async writeOther(offset: number, bufs: readonly Uint8Array[], len: number, first: number, last: number): Promise<void> {
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
     this.writeStarted();
@@ -861,7 +1005,7 @@ export class CachedStore implements BackingStore {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + len - 1) / bs);
-    const release = await this.locks.take(first, last);
+    const release = await this.takeRange(first, last, false);
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
     this.writeStarted();
@@ -975,7 +1119,9 @@ export class CachedStore implements BackingStore {
 
   /** Once writes are quiet for IDENTITY_QUIET_MS, a store whose identity shows changes records it. */
   private writeEnded(): void {
-    if (--this.writing > 0 || !this.changesVisible || this.closed) return;
+    if (--this.writing > 0) return;
+    if (!this.busy) this.destager.guestIdle();
+    if (!this.changesVisible || this.closed) return;
     if (this.identityTimer !== null) clearTimeout(this.identityTimer);
     this.identityTimer = setTimeout(() => void this.recordIdentity(), IDENTITY_QUIET_MS);
     this.identityTimer.unref();
@@ -996,16 +1142,15 @@ export class CachedStore implements BackingStore {
   /** Discard and write-zeroes: invalidate when starting, then the backing store. */
   private async zap(offset: number, length: number, fn: () => Promise<void>): Promise<void> {
     if (length === 0) return fn();
-    if (this.settling !== null) await this.settling;
     const first = Math.floor(offset / this.bs);
     const last = Math.floor((offset + length - 1) / this.bs);
-    const release = this.mode === 'writeback' ? await this.locks.take(first, last) : null;
+    // Dirty blocks it touches go to the backing store first (their other bytes stay).
+    const taken = this.takeRange(first, last, true);
+    const release = typeof taken === 'function' ? taken : await taken;
     const op = this.begin(first, last, true);
     this.keys?.own(first, last);
     this.writeStarted();
     try {
-      // Dirty blocks it touches go to the backing store first (their other bytes stay).
-      if (this.destager.dirty > 0) await this.destager.destageRange(first, last);
       const killing = this.invalidate(first, last);
       if (killing !== null) await killing;
       await fn();
@@ -1015,7 +1160,7 @@ export class CachedStore implements BackingStore {
       throw err;
     } finally {
       this.end(op);
-      release?.();
+      release();
       this.writeEnded();
     }
   }

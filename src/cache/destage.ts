@@ -18,13 +18,19 @@
  *   - writes wait (room()) while the volume holds L dirty blocks or the cache holds
  *     MAX_DIRTY_FRACTION of its slots dirty, at most `timeoutMs` (then ETIMEDOUT): the hand
  *     always finds a slot that is not dirty;
- *   - at or above the high watermark (and until the low one), or while a drain() or room()
- *     waits, rounds run back to back;
- *   - otherwise a round starts once the volume has been quiet for QUIET_MS (no guest request
- *     started and none in flight), or after YIELD_MAX_MS at the latest (a trickle of one round
- *     a second under a steady load): destaging yields to guest I/O, and blocks rewritten while
- *     dirty are written back once (Open CAS and dm-writecache likewise write back below their
- *     high watermark only when idle or old).
+ *   - destaging is PRESSED at or above the high watermark (and until the low one), or while a
+ *     drain() or room() waits: rounds run back to back, each with up to WRITES_IN_FLIGHT
+ *     backing writes in flight;
+ *   - otherwise it yields to guest I/O: a round starts once the volume has been quiet for
+ *     QUIET_MS (no guest request started, none in flight; guestIdle(), called by the volume,
+ *     ends a wait for the guest), or after ROUND_WAIT_MAX_MS at the latest (a trickle of one
+ *     round a second under a steady load, so a block rewritten while dirty is written back
+ *     once: Open CAS and dm-writecache likewise write back below their high watermark when
+ *     idle); and while guest requests are in flight a round issues no further backing write
+ *     until they are done (or YIELD_MAX_MS passed: then one more), so a guest miss queues
+ *     behind at most the writes already in flight, never behind the rest of the round;
+ *   - destageRange() rounds (a guest request waits for them) never yield, and while one waits
+ *     for the round in flight that round is pressed too.
  * A round that fails (backing store down) is retried after a backoff doubling from
  * RETRY_MIN_MS to RETRY_MAX_MS; writes keep going into the log until the limit, then wait.
  */
@@ -44,10 +50,14 @@ export const DEFAULT_DIRTY_LIMIT = 0.5;
 /** Default watermarks, as shares of the dirty limit. */
 export const DEFAULT_HIGH_WATERMARK = 0.5;
 export const DEFAULT_LOW_WATERMARK = 0.25;
-/** A volume is quiet when no guest request started or ran for this long. */
+/** Backing writes of one round in flight at once. */
+export const WRITES_IN_FLIGHT = 32;
+/** Longest a yielding destage waits for the guest's requests to finish (starvation guard). */
+export const YIELD_MAX_MS = 50;
+/** A volume is quiet (a round that is not pressed may start) after this long without a request. */
 const QUIET_MS = 10;
-/** Longest wait for a quiet volume below the high watermark. */
-const YIELD_MAX_MS = 1000;
+/** Longest a round that is not pressed waits for a quiet volume (a trickle under steady load). */
+const ROUND_WAIT_MAX_MS = 1000;
 const RETRY_MIN_MS = 10;
 const RETRY_MAX_MS = 1000;
 
@@ -62,10 +72,12 @@ export interface DestageOptions {
   low: number;
   /** How long room() and drain() wait through failures before they reject. */
   timeoutMs: number;
-  /** Guest requests of the volume in flight. */
+  /** Guest requests of the volume in flight (the volume calls guestIdle() when they end). */
   busy: () => boolean;
   /** Guest requests of the volume started so far (a counter). */
   started: () => number;
+  /** Longest wait for the guest to go idle (default YIELD_MAX_MS). */
+  yieldMaxMs?: number;
   logger: Logger;
 }
 
@@ -86,10 +98,11 @@ export class Destager {
   private round: Promise<void> = Promise.resolve();
   private urgent = false;
   private drains = 0;
+  /** destageRange() calls waiting for the round in flight. */
+  private rangeWaits = 0;
   private readonly waiters = new Set<Waiter>();
   private closed = false;
   private timer: NodeJS.Timeout | null = null;
-  private wake: (() => void) | null = null;
   /** Ends the current wait of the loop, whatever it is (close()). */
   private sleepDone: (() => void) | null = null;
   /** When rounds started failing (0: the last one succeeded). */
@@ -99,6 +112,11 @@ export class Destager {
   private unreadable = 0;
   /** Called at the end of the next round (drain()). */
   private roundEnds: (() => void)[] = [];
+  /** Waits that end when the guest goes idle, something presses, or the destager closes. */
+  private readonly idleWaits = new Set<() => void>();
+  /** Backing writes of rounds in flight now, and the most seen at once. */
+  writesInFlight = 0;
+  maxWritesInFlight = 0;
 
   constructor(o: DestageOptions) {
     this.o = o;
@@ -108,12 +126,37 @@ export class Destager {
     return this.o.cache.map.dirtyBlocks(this.o.volume);
   }
 
+  /** Rounds run back to back and never yield (see the file comment). */
+  private get pressed(): boolean {
+    return this.urgent || this.drains > 0 || this.waiters.size > 0 || this.rangeWaits > 0;
+  }
+
+  /** The volume has no guest request in flight any more: a yielding destage goes on. */
+  guestIdle(): void {
+    if (this.idleWaits.size === 0) return;
+    for (const end of [...this.idleWaits]) end();
+  }
+
+  /** Resolves when guestIdle(), poke() or close() is called, or after `ms`. */
+  private untilIdle(ms = this.o.yieldMaxMs ?? YIELD_MAX_MS): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const end = (): void => {
+        clearTimeout(timer);
+        this.idleWaits.delete(end);
+        resolve();
+      };
+      const timer = setTimeout(end, ms);
+      timer.unref();
+      this.idleWaits.add(end);
+    });
+  }
+
   /** Starts the background loop if dirty blocks wait and it is not running. */
   kick(): void {
     if (this.running !== null || this.closed || this.dirty === 0) return;
     this.running = this.loop().finally(() => {
       this.running = null;
-      if (this.dirty > 0 && !this.closed && (this.urgent || this.drains > 0 || this.waiters.size > 0)) this.kick();
+      if (this.dirty > 0 && !this.closed && this.pressed) this.kick();
     });
   }
 
@@ -156,14 +199,16 @@ export class Destager {
 
   /**
    * Writes back every block dirty now or made dirty before it ends (the flush command, a mode
-   * switch, a removal, --flush-on-stop). Rejects when rounds kept failing for timeoutMs.
+   * switch, a removal, --flush-on-stop). Rejects when rounds kept failing for timeoutMs since it
+   * started (failures before it, while nobody waited, do not count: it tries again).
    */
   async drain(): Promise<void> {
     this.drains++;
+    const started = performance.now();
     try {
       while (this.dirty > 0) {
         if (this.closed) throw new VhostError('cache: volume closed while destaging', 'ESHUTDOWN');
-        if (this.failingSince > 0 && performance.now() - this.failingSince > this.o.timeoutMs) {
+        if (this.failingSince > 0 && performance.now() - Math.max(this.failingSince, started) > this.o.timeoutMs) {
           throw new VhostError(`cache: destaging failed for ${this.o.timeoutMs} ms: ${this.lastError?.message ?? ''}`, 'EIO');
         }
         const ended = new Promise<void>((r) => this.roundEnds.push(r));
@@ -184,15 +229,42 @@ export class Destager {
     await this.round;
   }
 
-  /** Writes back the dirty blocks of [first, last] now (before a discard of them); rejects on failure. */
-  async destageRange(first: number, last: number): Promise<void> {
+  /**
+   * Resolves when no round is in flight and none started since: the caller starts its round in
+   * the same turn, so rounds (the loop's and destageRange's) never overlap.
+   */
+  private async roundFree(): Promise<void> {
     for (;;) {
-      await this.round;
+      const r = this.round;
+      await r;
+      if (this.round === r) return;
+    }
+  }
+
+  /**
+   * Writes back the dirty blocks of [first, last] now (before a discard of them, or a write
+   * outside write-back); rejects on failure, or (EIO) when some are unreadable on the cache
+   * device. Waits for nothing when none of them is dirty.
+   */
+  async destageRange(first: number, last: number): Promise<void> {
+    while (this.pick(first, last).length > 0) {
+      this.rangeWaits++;
+      // The round in flight stops yielding.
+      this.guestIdle();
+      try {
+        await this.roundFree();
+      } finally {
+        this.rangeWaits--;
+      }
       const picked = this.pick(first, last);
       if (picked.length === 0) return;
-      const r = this.runRound(picked);
+      const before = this.destaged;
+      const r = this.runRound(picked, false);
       this.round = r.catch(() => undefined);
       await r;
+      if (this.destaged === before) {
+        throw new VhostError(`cache: ${picked.length} write-back blocks could not be destaged: unreadable on the cache device`, 'EIO');
+      }
     }
   }
 
@@ -200,28 +272,27 @@ export class Destager {
   async close(): Promise<void> {
     this.closed = true;
     this.sleepDone?.();
+    this.guestIdle();
     await this.running;
     await this.round;
   }
 
-  /** Ends a wait of the loop at once. */
+  /** Destaging is pressed now: a yielding wait ends at once, the loop runs. */
   private poke(): void {
-    if (this.wake !== null) this.wake();
-    else this.kick();
+    this.guestIdle();
+    this.kick();
   }
 
-  /** Waits ms; `wakeable`: poke() ends the wait at once (a yield, not a backoff). */
-  private sleep(ms: number, wakeable: boolean): Promise<void> {
+  /** Waits ms (a backoff; close() ends it). */
+  private backoff(ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
       const done = (): void => {
         if (this.timer !== null) clearTimeout(this.timer);
         this.timer = null;
-        this.wake = null;
         this.sleepDone = null;
         resolve();
       };
       this.sleepDone = done;
-      if (wakeable) this.wake = done;
       this.timer = setTimeout(done, ms);
       this.timer.unref();
     });
@@ -233,20 +304,22 @@ export class Destager {
       const dirty = this.dirty;
       if (dirty >= this.o.high) this.urgent = true;
       else if (dirty <= this.o.low) this.urgent = false;
-      if (!this.pressing()) {
+      if (!this.pressed) {
         await this.untilQuiet();
         if (this.closed) break;
       }
+      await this.roundFree();
+      if (this.closed) break;
       const picked = this.pick(0, Infinity);
       if (picked.length === 0) break;
-      const r = this.runRound(picked);
+      const r = this.runRound(picked, true);
       this.round = r.catch(() => undefined);
       try {
         await r;
         backoff = RETRY_MIN_MS;
       } catch {
         if (this.closed) break;
-        await this.sleep(backoff, false);
+        await this.backoff(backoff);
         backoff = Math.min(RETRY_MAX_MS, 2 * backoff);
       }
     }
@@ -254,22 +327,23 @@ export class Destager {
     if (this.closed) for (const w of this.waiters) w.resolve();
   }
 
-  private pressing(): boolean {
-    return this.urgent || this.drains > 0 || this.waiters.size > 0;
-  }
-
   /**
-   * Yield to guest I/O: resolves once the volume has been quiet for QUIET_MS, after YIELD_MAX_MS,
-   * or when destaging becomes pressing (poke()) or the volume closes.
+   * Before a round that is not pressed: resolves once the volume has been quiet for QUIET_MS (no
+   * guest request started, none in flight), after ROUND_WAIT_MAX_MS, or when destaging is
+   * pressed or closed. Event-driven: guestIdle() ends a wait for the guest.
    */
   private async untilQuiet(): Promise<void> {
-    const deadline = performance.now() + YIELD_MAX_MS;
+    const deadline = performance.now() + ROUND_WAIT_MAX_MS;
     for (;;) {
+      const left = deadline - performance.now();
+      if (this.closed || this.pressed || left <= 0) return;
       const seen = this.o.started();
-      const wasBusy = this.o.busy();
-      await this.sleep(QUIET_MS, true);
-      if (this.closed || this.pressing() || performance.now() >= deadline) return;
-      if (!wasBusy && !this.o.busy() && this.o.started() === seen) return;
+      if (this.o.busy()) {
+        await this.untilIdle(left);
+        continue;
+      }
+      await this.untilIdle(Math.min(QUIET_MS, left));
+      if (!this.o.busy() && this.o.started() === seen) return;
     }
   }
 
@@ -295,8 +369,57 @@ export class Destager {
     return out;
   }
 
-  /** One round over `picked` (see the file comment); rejects when the backing store failed. */
-  private async runRound(picked: number[][]): Promise<void> {
+  /**
+   * Runs `writes`, at most WRITES_IN_FLIGHT at once; `yielding`: while the guest has requests in
+   * flight and nothing presses, the next one waits for the guest to go idle (or YIELD_MAX_MS).
+   * Rejects with the first failure, once none is in flight any more.
+   */
+  private issue(writes: (() => Promise<void>)[], yielding: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let next = 0;
+      let inFlight = 0;
+      let failed: Error | null = null;
+      let waiting = false;
+      let waited = false;
+      const pump = (): void => {
+        while (failed === null && next < writes.length && inFlight < WRITES_IN_FLIGHT && !waiting) {
+          if (yielding && !waited && !this.pressed && this.o.busy() && !this.closed) {
+            waiting = true;
+            void this.untilIdle().then(() => {
+              waiting = false;
+              waited = true;
+              pump();
+            });
+            return;
+          }
+          waited = false;
+          const write = writes[next++] as () => Promise<void>;
+          inFlight++;
+          this.writesInFlight++;
+          this.maxWritesInFlight = Math.max(this.maxWritesInFlight, this.writesInFlight);
+          write()
+            .catch((err: Error) => {
+              failed ??= err;
+            })
+            .finally(() => {
+              inFlight--;
+              this.writesInFlight--;
+              pump();
+            });
+        }
+        if (inFlight > 0 || waiting) return;
+        if (failed !== null) reject(failed);
+        else if (next === writes.length) resolve();
+      };
+      pump();
+    });
+  }
+
+  /**
+   * One round over `picked` (see the file comment); rejects when the backing store failed.
+   * `yielding`: its writes yield to guest I/O unless destaging is pressed.
+   */
+  private async runRound(picked: number[][], yielding: boolean): Promise<void> {
     const { cache, volume, backing } = this.o;
     const bs = cache.blockSize;
     const slots = picked.map((p) => p[1]);
@@ -337,7 +460,12 @@ export class Destager {
         if (k !== null) kills.push(k);
       }
       await Promise.all(kills);
-      await Promise.all(runs.map(([first], j) => (data[j] === null ? undefined : backing.write(first * bs, [data[j] as Uint8Array]))));
+      const writes: (() => Promise<void>)[] = [];
+      runs.forEach(([first], j) => {
+        const d = data[j];
+        if (d !== null) writes.push(() => backing.write(first * bs, [d]));
+      });
+      await this.issue(writes, yielding);
       await backing.flush();
       const done: number[] = [];
       runs.forEach(([, at, n], j) => {

@@ -76,10 +76,21 @@ export class InFlightRanges {
 /**
  * Block ranges taken in FIFO order: a taker waits until every overlapping range taken before it
  * is released (write-back writes and discards of one volume: a partial-block write merges with
- * the block's current data, so overlapping ones must not interleave).
+ * the block's current data, so overlapping ones must not interleave; and, while a volume out of
+ * write-back still holds dirty blocks, its other writes: cached-store.ts, mode switches).
  */
 export class RangeLocks {
   private readonly held = new Set<{ first: number; last: number; released: Promise<void> }>();
+
+  /** No range is held or waited for. */
+  get idle(): boolean {
+    return this.held.size === 0;
+  }
+
+  /** Resolves once every range held or waited for now is released. */
+  async released(): Promise<void> {
+    await Promise.all([...this.held].map((h) => h.released));
+  }
 
   /** Takes [first, last] (inclusive) once the overlapping earlier takers released; returns the release. */
   async take(first: number, last: number): Promise<() => void> {

@@ -55,6 +55,7 @@ interface ServeFlags {
   ioEngine?: string;
   backingTimeout?: string;
   flushOnStop?: boolean;
+  discardDirty?: string[];
   logLevel: string;
   logFile?: string;
   logFormat?: LogFormat;
@@ -97,6 +98,11 @@ function addServeOptions(cmd: Command): Command {
     .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
     .option('--flush-on-stop', 'a clean stop writes every write-back block back to its backing store first')
+    .option(
+      '--discard-dirty <volume>',
+      "discard the write-back blocks the cache holds for another backing file or image of this volume's name (their data is lost; refused without it); repeatable",
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
     .addOption(
       new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     )
@@ -123,6 +129,12 @@ function intFlag(v: string, flag: string): number {
 export function configFromFlags(f: ServeFlags, activated: ActivatedSockets = new Map()): DaemonConfig {
   const config = configFromFlagsOnly(f, activated.get(f.name ?? 'vol0'));
   applyActivatedSockets(config, activated);
+  if (f.discardDirty !== undefined) {
+    for (const name of f.discardDirty) {
+      if (!config.volumes.some((v) => v.name === name)) throw new Error(`--discard-dirty: no volume named ${JSON.stringify(name)}`);
+    }
+    config.discardDirty = f.discardDirty;
+  }
   return config;
 }
 
@@ -302,6 +314,7 @@ function addControlCommands(program: Command): void {
     .option('--sequential-cutoff <bytes>')
     .option('--serial <id>')
     .option('--num-queues <n>')
+    .option('--discard-dirty', "discard the write-back blocks the cache holds for another backing file or image of this volume's name (their data is lost; refused without it)")
     .action(async (o: Record<string, string | boolean | undefined>) => {
       let body: Record<string, unknown>;
       if (typeof o.json === 'string') {
@@ -315,13 +328,20 @@ function addControlCommands(program: Command): void {
         if (o.exclusive === true) body.exclusive = true;
         if (o.numQueues !== undefined) body.numQueues = intFlag(String(o.numQueues), '--num-queues');
       }
-      print(await controlJson(String(o.control), 'POST', '/volumes', body));
+      print(await controlJson(String(o.control), 'POST', `/volumes${o.discardDirty === true ? '?discardDirty=1' : ''}`, body));
     });
   program
     .command('flush <volume>')
     .description("write a write-back volume's dirty blocks back to its backing store (waits until done)")
     .addOption(control)
     .action(async (name: string, o: { control: string }) => print(await controlJson(o.control, 'POST', `/volumes/${encodeURIComponent(name)}/flush`)));
+  program
+    .command('set-cache-mode <volume> <mode>')
+    .description(`switch a volume's cache mode (${CACHE_MODES.join(', ')}); out of writeback it waits until every dirty block is written back`)
+    .addOption(control)
+    .action(async (name: string, mode: string, o: { control: string }) =>
+      print(await controlJson(o.control, 'POST', `/volumes/${encodeURIComponent(name)}/cache-mode`, { mode })),
+    );
   program
     .command('remove-volume <name>')
     .description('remove a volume from a running daemon')

@@ -103,6 +103,11 @@ export interface DaemonConfig {
   backingTimeoutMs: number;
   /** A clean stop destages every write-back volume first. */
   flushOnStop: boolean;
+  /**
+   * Volumes whose write-back blocks written to another backing object are discarded at start
+   * (serve --discard-dirty NAME; never from a config file: an operator's one-time decision).
+   */
+  discardDirty?: string[];
 }
 
 export const DEFAULTS = {

@@ -4,7 +4,12 @@
  *   GET    /stats            JSON: totals, cache, per-volume statistics
  *   GET    /metrics          Prometheus text format (prom-client)
  *   GET    /volumes          JSON: the volumes and their configuration
- *   POST   /volumes          body: a volume object as in the config file; adds it at runtime
+ *   POST   /volumes          body: a volume object as in the config file; adds it at runtime;
+ *                            ?discardDirty=1 discards write-back blocks the cache holds for
+ *                            another backing object of that name (answered: discardedDirty)
+ *   POST   /volumes/NAME/flush       destages the volume's write-back blocks (waits until done)
+ *   POST   /volumes/NAME/cache-mode  body {"mode": MODE}: switches the cache mode; out of
+ *                                    write-back it answers once every dirty block is destaged
  *   DELETE /volumes/NAME     removes a volume; ?force=1 even with a connected front end
  *
  * Errors answer JSON {error, code} with 400 (bad input), 404, 409 (busy/exists) or 500.
@@ -12,7 +17,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
-import { validateVolume } from '../config/config';
+import { CACHE_MODES, type CacheMode, validateVolume } from '../config/config';
 import type { ControlledDaemon } from './daemon-api';
 import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
@@ -75,6 +80,21 @@ function readBody(req: http.IncomingMessage): Promise<string> {
   });
 }
 
+/** A boolean query parameter (`?force=1`, `?force=true`). */
+function flag(url: URL, name: string): boolean {
+  const v = url.searchParams.get(name);
+  return v === '1' || v === 'true';
+}
+
+async function readJson(req: http.IncomingMessage): Promise<unknown> {
+  const body = await readBody(req);
+  try {
+    return JSON.parse(body) as unknown;
+  } catch (err) {
+    throw new VhostError(`body is not JSON: ${(err as Error).message}`, 'EINVAL');
+  }
+}
+
 export class ControlServer {
   private constructor(
     private readonly server: http.Server,
@@ -101,15 +121,10 @@ export class ControlServer {
         return send(res, 200, daemon.volumeNames().map((n) => daemon.getVolume(n)?.config));
       }
       if (route === 'POST /volumes') {
-        let raw: unknown;
-        try {
-          raw = JSON.parse(await readBody(req));
-        } catch (err) {
-          throw new VhostError(`body is not JSON: ${(err as Error).message}`, 'EINVAL');
-        }
-        const vol = await daemon.addVolume(validateVolume(raw, 'volume'));
+        const discardDirty = flag(url, 'discardDirty');
+        const vol = await daemon.addVolume(validateVolume(await readJson(req), 'volume'), { discardDirty });
         log.info({ volume: vol.name }, 'volume added through the control socket');
-        return send(res, 201, vol.config);
+        return send(res, 201, discardDirty ? { ...vol.config, discardedDirty: vol.discardedDirty } : vol.config);
       }
       const f = /^POST \/volumes\/([^/]+)\/flush$/.exec(route);
       if (f !== null) {
@@ -118,10 +133,19 @@ export class ControlServer {
         log.info({ volume: name, ...r }, 'volume destaged through the control socket');
         return send(res, 200, { flushed: name, ...r });
       }
+      const c = /^POST \/volumes\/([^/]+)\/cache-mode$/.exec(route);
+      if (c !== null) {
+        const name = decodeURIComponent(c[1] as string);
+        const mode = ((await readJson(req)) as { mode?: unknown } | null)?.mode;
+        if (!CACHE_MODES.includes(mode as CacheMode)) throw new VhostError(`mode: must be one of ${CACHE_MODES.join(', ')}, got ${JSON.stringify(mode)}`, 'EINVAL');
+        const r = await daemon.setCacheMode(name, mode as CacheMode);
+        log.info({ volume: name, mode, ...r }, 'cache mode switched through the control socket');
+        return send(res, 200, { volume: name, mode, ...r });
+      }
       const m = /^DELETE \/volumes\/([^/]+)$/.exec(route);
       if (m !== null) {
         const name = decodeURIComponent(m[1] as string);
-        const force = url.searchParams.get('force') === '1' || url.searchParams.get('force') === 'true';
+        const force = flag(url, 'force');
         await daemon.removeVolume(name, force);
         log.info({ volume: name, force }, 'volume removed through the control socket');
         return send(res, 200, { removed: name });

@@ -17,7 +17,7 @@ import { CachedStore } from '../cache/cached-store';
 import { openBackingStore } from '../backing/open';
 import { TraceStore } from '../backing/trace-store';
 import { WindowStore } from '../backing/window-store';
-import type { DaemonConfig, VolumeConfig } from '../config/config';
+import type { CacheMode, DaemonConfig, VolumeConfig } from '../config/config';
 import { createIoEngine } from '../io/index';
 import type { IoEngine } from '../io/io-engine';
 import type { ControlledDaemon, DaemonStats } from '../control/daemon-api';
@@ -80,7 +80,7 @@ export class Daemon implements ControlledDaemon {
     }
     const d = new Daemon(config, engine, cache, log);
     try {
-      for (const v of config.volumes) await d.addVolume(v);
+      for (const v of config.volumes) await d.addVolume(v, { discardDirty: config.discardDirty?.includes(v.name) === true });
       if (config.control !== undefined) d.control = await ControlServer.start(config.control, d, log);
       if (config.metricsListen !== undefined) d.metrics = await MetricsServer.start(config.metricsListen, d, log);
     } catch (err) {
@@ -99,7 +99,7 @@ export class Daemon implements ControlledDaemon {
     return this.volumes.get(name);
   }
 
-  async addVolume(cfg: VolumeConfig): Promise<Volume> {
+  async addVolume(cfg: VolumeConfig, opts: { discardDirty?: boolean } = {}): Promise<Volume> {
     if (this.stopping !== null) throw new VhostError('daemon is shutting down', 'ESHUTDOWN');
     if (this.volumes.has(cfg.name) || this.pending.has(cfg.name)) {
       throw new VhostError(`volume ${cfg.name} already exists`, 'EEXIST');
@@ -132,6 +132,7 @@ export class Daemon implements ControlledDaemon {
             exclusive: cfg.exclusive,
             shareParent: cfg.shareParent,
             sequentialCutoff: cfg.sequentialCutoff,
+            discardDirty: opts.discardDirty === true,
             ...(cfg.cacheMaxBytes !== undefined ? { maxBytes: cfg.cacheMaxBytes } : {}),
           });
           const v = cached.verification;
@@ -149,6 +150,7 @@ export class Daemon implements ControlledDaemon {
         throw err;
       }
       const vol = Volume.open(cfg, store, this.log);
+      vol.discardedDirty = this.cached.get(cfg.name)?.discardedDirty ?? 0;
       this.volumes.set(cfg.name, vol);
       return vol;
     } catch (err) {
@@ -222,6 +224,22 @@ export class Daemon implements ControlledDaemon {
     const before = cached.destager.destaged;
     await cached.flushCache();
     return { destaged: cached.destager.destaged - before };
+  }
+
+  async setCacheMode(name: string, mode: CacheMode): Promise<{ from: CacheMode; destaged: number }> {
+    const vol = this.volumes.get(name);
+    if (vol === undefined) throw new VhostError(`no volume named ${name}`, 'ENOENT');
+    const cached = this.cached.get(name);
+    if (cached === undefined) throw new VhostError(`volume ${name}: the daemon runs without a cache (--cache): no cache mode to switch`, 'EINVAL');
+    const from = cached.mode;
+    const before = cached.destager.destaged;
+    const switching = cached.setMode(mode);
+    // Unless refused, the new mode applies from here on, whatever the destaging does.
+    if (cached.mode !== mode) return switching.then(() => ({ from, destaged: 0 }));
+    vol.config.cacheMode = mode;
+    this.log.info({ volume: name, from, to: mode, dirty: cached.destager.dirty }, 'cache mode switched');
+    await switching;
+    return { from, destaged: cached.destager.destaged - before };
   }
 
   stats(): DaemonStats {

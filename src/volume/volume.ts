@@ -36,6 +36,8 @@ export class Volume implements DispatchTarget {
   readonly readOnly: boolean;
   readonly serial: string;
   writeback = true;
+  /** Write-back blocks of another backing object discarded when it was added (daemon.ts). */
+  discardedDirty = 0;
   private readonly dispatcher: BlkDispatcher;
   private readonly export: VhostExport;
   private readonly geometry: BlkGeometry;

@@ -1,7 +1,7 @@
 /**
  * The operator's surface, each through the real command (bin/vhost-blk-cache) in a child
  * process: --print-capabilities, serve with stats / stats --json / stats --watch / volumes /
- * add-volume / remove-volume, flush of a write-back volume over a paused NBD store, Prometheus metrics scraped over TCP, demo, SIGHUP log reopen,
+ * add-volume / remove-volume, set-cache-mode, flush of a write-back volume over a paused NBD store, Prometheus metrics scraped over TCP, demo, SIGHUP log reopen,
  * --log-format, --fd, systemd socket activation and sd_notify, and bench with no arguments.
  *
  * Inherited sockets and the sd_notify receiver use python3 (node-gyp's own requirement, so present
@@ -411,6 +411,42 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
       const missing = await cli(['remove-volume', 'vm2', '--control', ctl]);
       assert.equal(missing.code, 1);
       assert.match(missing.stderr, /no volume named vm2/);
+    });
+
+    it('set-cache-mode switches a volume into writeback at once and out of it once its blocks are written back; /stats and volumes show the mode', async () => {
+      const sw = async (mode: string): Promise<CliResult> => cli(['set-cache-mode', 'vol0', mode, '--control', ctl]);
+      const into = await sw('writeback');
+      assert.equal(into.code, 0, into.stderr);
+      assert.deepEqual(JSON.parse(into.stdout), { volume: 'vol0', mode: 'writeback', from: 'writethrough', destaged: 0 });
+      const n = 8;
+      const fe = await VhostUserFrontend.open(path.join(dir, 'vol0.sock'), { queues: 1, queueSize: 64, memorySize: 8 << 20 });
+      try {
+        const q = fe.ring(0);
+        const w = await Promise.all(Array.from({ length: n }, (_, k) => q.write((100 + k) * 8, stamp('sw', 100 + k, 1))));
+        for (const r of w) assert.equal(r.status, VIRTIO_BLK_S_OK);
+        await fe.stop();
+      } finally {
+        fe.close();
+      }
+      const out = await sw('writethrough');
+      assert.equal(out.code, 0, out.stderr);
+      const res = JSON.parse(out.stdout) as { volume: string; mode: string; from: string; destaged: number };
+      assert.deepEqual({ ...res, destaged: 0 }, { volume: 'vol0', mode: 'writethrough', from: 'writeback', destaged: 0 });
+      // Those the background destaging had not written back yet, the switch did.
+      assert.ok(res.destaged <= n, `${res.destaged} destaged`);
+      const img = fs.readFileSync(path.join(dir, 'vol0.img'));
+      for (let k = 0; k < n; k++) assert.ok(img.subarray((100 + k) * BLOCK, (101 + k) * BLOCK).equals(stamp('sw', 100 + k, 1)), `block ${100 + k} on the backing file`);
+      const stats = JSON.parse((await cli(['stats', '--json', '--control', ctl])).stdout) as DaemonStats;
+      assert.equal(stats.cache?.volumes.vol0?.dirtyBlocks, 0);
+      assert.equal(stats.volumes.find((v) => v.name === 'vol0')?.cacheMode, 'writethrough');
+      const vols = JSON.parse((await cli(['volumes', '--control', ctl])).stdout) as { name: string; cacheMode: string }[];
+      assert.equal(vols.find((v) => v.name === 'vol0')?.cacheMode, 'writethrough');
+      const bad = await sw('fast');
+      assert.equal(bad.code, 1);
+      assert.match(bad.stderr, /mode: must be one of writethrough, writearound, readonly, none, writeback, got "fast"/);
+      const missing = await cli(['set-cache-mode', 'vm9', 'none', '--control', ctl]);
+      assert.equal(missing.code, 1);
+      assert.match(missing.stderr, /no volume named vm9/);
     });
 
     it('--metrics-listen serves Prometheus text over TCP with per-volume, per-type latency histograms', async () => {

@@ -33,6 +33,14 @@ describe('config validation', () => {
     assert.equal(c.flushOnStop, true);
   });
 
+  it('--discard-dirty names volumes of the command line only: an unknown name is refused, a config file cannot carry it', () => {
+    const c = configFromFlags({ socketPath: '/tmp/s', backing: '/tmp/f', name: 'vm1', discardDirty: ['vm1'], logLevel: 'info', cache: '/tmp/c', cacheSize: '64M' });
+    assert.deepEqual(c.discardDirty, ['vm1']);
+    assert.equal(configFromFlags({ socketPath: '/tmp/s', backing: '/tmp/f', logLevel: 'info' }).discardDirty, undefined);
+    assert.throws(() => configFromFlags({ socketPath: '/tmp/s', backing: '/tmp/f', name: 'vm1', discardDirty: ['vm2'], logLevel: 'info' }), /--discard-dirty: no volume named "vm2"/);
+    assert.throws(() => validateConfig({ volumes: [vol], discardDirty: ['a'] }), /config\.discardDirty: unknown field/);
+  });
+
   it('names the bad field', () => {
     rejects({ volumes: [vol, { ...vol, name: 'vm2', logicalBlockSize: 1000 }] }, /^config\.volumes\[1\]\.logicalBlockSize: must be/);
     rejects({ volumes: [{ ...vol, cacheMode: 'fast' }] }, /volumes\[0\]\.cacheMode: must be one of/);
