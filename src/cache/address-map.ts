@@ -20,12 +20,18 @@
  * read no key unless a displacement saturated, so a high load factor costs probe length in a
  * table read sequentially, not random reads of the BDA.
  */
-import type { BlockDescriptorArray } from './bda';
+import { type BlockDescriptorArray, FLAG_VALID } from './bda';
 
 export const DEFAULT_LOAD_FACTOR = 0.85;
 /** Lowest load factor a cache may use: the on-device metadata area is sized for its table. */
 export const MIN_LOAD_FACTOR = 0.5;
 const EMPTY = -1;
+/**
+ * log2 of the homes per range of addAll's sort: a range's arrays (~1 MiB) stay in the CPU
+ * cache, and a home's offset in its range fits 16 bits.
+ */
+const BUILD_BITS = 16;
+const BUILD_SPAN = 2 ** BUILD_BITS;
 
 /** 32-bit hash of a key (block number, volume id) (murmur3 finalizer over both). */
 export function hashKey(lo: number, hi: number): number {
@@ -182,6 +188,117 @@ export class AddressMap {
         if (keyLo[s] === lo && keyHi[s] === hi) return s;
       }
       p = p + 1 === capacity ? 0 : p + 1;
+    }
+  }
+
+  /**
+   * Adds every valid BDA index (its key written in the BDA) to an EMPTY map in one pass over
+   * the table, in table order: the indexes are sorted by home (one pass sending them to ranges
+   * of BUILD_SPAN homes, then a counting sort of each range, which fits the CPU cache), then
+   * each is placed at the later of its home and the position after the previous one. Entries
+   * ascending by home with no gap inside a run are the Robin Hood layout, so nothing is
+   * displaced and no key is read again: keys are compared only between entries of the same
+   * home whose 32-bit hashes are equal. A key met twice: `pick(a, b)` (a: the index in the map,
+   * b: the other) returns the index that stays; the other is left out of the map (the caller
+   * clears it). Indexes that would run past the end of the table (a run at the end, rare) are
+   * added one by one afterwards, wrapping. Reads the BDA twice in slot order (hashing each key
+   * twice costs less than storing the hashes); temporary RAM: 10 bytes per valid index.
+   */
+  addValid(pick: (a: number, b: number) => number): void {
+    if (this.entries !== 0) throw new Error('AddressMap.addValid: the map is not empty');
+    const { table, capacity, slotBits, distMax } = this;
+    const { keyLo, keyHi, flags, size } = this.bda;
+    const ranges = Math.ceil(capacity / BUILD_SPAN);
+    // The start of each range's indexes in bySlot/byHash/byHome (+1).
+    const start = new Int32Array(ranges + 1);
+    for (let s = 0; s < size; s++) {
+      if ((flags[s] & FLAG_VALID) === 0) continue;
+      start[(((hashKey(keyLo[s], keyHi[s]) >>> 1) % capacity) >>> BUILD_BITS) + 1]++;
+    }
+    let widest = 0;
+    for (let r = 0; r < ranges; r++) {
+      widest = Math.max(widest, start[r + 1]);
+      start[r + 1] += start[r];
+    }
+    const n = start[ranges];
+    const bySlot = new Int32Array(n);
+    const byHash = new Int32Array(n);
+    /** Home - first home of its range. */
+    const byHome = new Uint16Array(n);
+    const fill = start.slice(0, ranges);
+    for (let s = 0; s < size; s++) {
+      if ((flags[s] & FLAG_VALID) === 0) continue;
+      const h = hashKey(keyLo[s], keyHi[s]);
+      const home = (h >>> 1) % capacity;
+      const at = fill[home >>> BUILD_BITS]++;
+      bySlot[at] = s;
+      byHash[at] = h;
+      byHome[at] = home & (BUILD_SPAN - 1);
+    }
+    // One range at a time: its indexes sorted by home (homeAt: first of each home, +1), then
+    // placed in that order.
+    const homeAt = new Int32Array(BUILD_SPAN + 1);
+    const rSlot = new Int32Array(widest);
+    const rHash = new Int32Array(widest);
+    /** Table position - first home of the range, of each of the range's indexes (-1: not placed). */
+    const rPos = new Int32Array(widest);
+    const late: number[] = [];
+    let next = 0;
+    for (let r = 0; r < ranges; r++) {
+      const from = start[r];
+      const to = start[r + 1];
+      if (from === to) continue;
+      const base = r * BUILD_SPAN;
+      homeAt.fill(0);
+      for (let j = from; j < to; j++) homeAt[byHome[j] + 1]++;
+      for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
+      for (let j = from; j < to; j++) {
+        const at = homeAt[byHome[j]]++;
+        rSlot[at] = bySlot[j];
+        rHash[at] = byHash[j];
+      }
+      // homeAt[k] is now the end of home base + k's indexes.
+      const m = to - from;
+      let i = 0;
+      for (let k = 0; i < m; k++) {
+        const home = base + k;
+        const first = i;
+        for (; i < homeAt[k]; i++) {
+          const s = rSlot[i];
+          const h = rHash[i];
+          let twin = -1;
+          for (let q = first; q < i && twin < 0; q++) {
+            if (rHash[q] === h && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
+          }
+          if (twin >= 0) {
+            rPos[i] = -1;
+            if (pick(rSlot[twin], s) === s) {
+              const p = base + rPos[twin];
+              table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+              rSlot[twin] = s;
+            }
+            continue;
+          }
+          const p = next > home ? next : home;
+          if (p >= capacity) {
+            // Past the end: this index and every later one (homes only grow) wrap, one by one.
+            rPos[i] = -1;
+            late.push(s);
+            continue;
+          }
+          table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+          rPos[i] = p - base;
+          next = p + 1;
+          this.entries++;
+        }
+      }
+    }
+    for (const s of late) {
+      const other = this.addUnlessPresent(s);
+      if (other >= 0 && pick(other, s) === s) {
+        this.remove(other);
+        this.add(s);
+      }
     }
   }
 
