@@ -206,94 +206,16 @@ export class AddressMap {
    */
   addValid(pick: (a: number, b: number) => number): void {
     if (this.entries !== 0) throw new Error('AddressMap.addValid: the map is not empty');
-    const { table, capacity, slotBits, distMax } = this;
-    const { keyLo, keyHi, flags, size } = this.bda;
-    const ranges = Math.ceil(capacity / BUILD_SPAN);
-    // The start of each range's indexes in bySlot/byHash/byHome (+1).
-    const start = new Int32Array(ranges + 1);
-    for (let s = 0; s < size; s++) {
-      if ((flags[s] & FLAG_VALID) === 0) continue;
-      start[(((hashKey(keyLo[s], keyHi[s]) >>> 1) % capacity) >>> BUILD_BITS) + 1]++;
+    const { start, widest } = rangeStarts(this.bda, this.capacity);
+    const { bySlot, byHash, byHome } = byRange(this.bda, this.capacity, start);
+    const build = new RangeBuilder(this, this.bda, widest, pick);
+    for (let r = 0; r + 1 < start.length; r++) {
+      if (start[r] === start[r + 1]) continue;
+      build.sort(bySlot, byHash, byHome, start[r], start[r + 1]);
+      build.place(r * BUILD_SPAN, start[r + 1] - start[r]);
     }
-    let widest = 0;
-    for (let r = 0; r < ranges; r++) {
-      widest = Math.max(widest, start[r + 1]);
-      start[r + 1] += start[r];
-    }
-    const n = start[ranges];
-    const bySlot = new Int32Array(n);
-    const byHash = new Int32Array(n);
-    /** Home - first home of its range. */
-    const byHome = new Uint16Array(n);
-    const fill = start.slice(0, ranges);
-    for (let s = 0; s < size; s++) {
-      if ((flags[s] & FLAG_VALID) === 0) continue;
-      const h = hashKey(keyLo[s], keyHi[s]);
-      const home = (h >>> 1) % capacity;
-      const at = fill[home >>> BUILD_BITS]++;
-      bySlot[at] = s;
-      byHash[at] = h;
-      byHome[at] = home & (BUILD_SPAN - 1);
-    }
-    // One range at a time: its indexes sorted by home (homeAt: first of each home, +1), then
-    // placed in that order.
-    const homeAt = new Int32Array(BUILD_SPAN + 1);
-    const rSlot = new Int32Array(widest);
-    const rHash = new Int32Array(widest);
-    /** Table position - first home of the range, of each of the range's indexes (-1: not placed). */
-    const rPos = new Int32Array(widest);
-    const late: number[] = [];
-    let next = 0;
-    for (let r = 0; r < ranges; r++) {
-      const from = start[r];
-      const to = start[r + 1];
-      if (from === to) continue;
-      const base = r * BUILD_SPAN;
-      homeAt.fill(0);
-      for (let j = from; j < to; j++) homeAt[byHome[j] + 1]++;
-      for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
-      for (let j = from; j < to; j++) {
-        const at = homeAt[byHome[j]]++;
-        rSlot[at] = bySlot[j];
-        rHash[at] = byHash[j];
-      }
-      // homeAt[k] is now the end of home base + k's indexes.
-      const m = to - from;
-      let i = 0;
-      for (let k = 0; i < m; k++) {
-        const home = base + k;
-        const first = i;
-        for (; i < homeAt[k]; i++) {
-          const s = rSlot[i];
-          const h = rHash[i];
-          let twin = -1;
-          for (let q = first; q < i && twin < 0; q++) {
-            if (rHash[q] === h && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
-          }
-          if (twin >= 0) {
-            rPos[i] = -1;
-            if (pick(rSlot[twin], s) === s) {
-              const p = base + rPos[twin];
-              table[p] = (Math.min(p - home, distMax) << slotBits) | s;
-              rSlot[twin] = s;
-            }
-            continue;
-          }
-          const p = next > home ? next : home;
-          if (p >= capacity) {
-            // Past the end: this index and every later one (homes only grow) wrap, one by one.
-            rPos[i] = -1;
-            late.push(s);
-            continue;
-          }
-          table[p] = (Math.min(p - home, distMax) << slotBits) | s;
-          rPos[i] = p - base;
-          next = p + 1;
-          this.entries++;
-        }
-      }
-    }
-    for (const s of late) {
+    this.entries = build.placed;
+    for (const s of build.late) {
       const other = this.addUnlessPresent(s);
       if (other >= 0 && pick(other, s) === s) {
         this.remove(other);
@@ -337,5 +259,137 @@ export class AddressMap {
 
   get byteLength(): number {
     return this.table.byteLength;
+  }
+}
+
+// addValid's passes, each a function of its own (optimized on its own).
+
+/** Per range of BUILD_SPAN homes: the start of its valid indexes in range order (+ the end), and the most in one range. */
+function rangeStarts(bda: BlockDescriptorArray, capacity: number): { start: Int32Array; widest: number } {
+  const { keyLo, keyHi, flags, size } = bda;
+  const ranges = Math.ceil(capacity / BUILD_SPAN);
+  const start = new Int32Array(ranges + 1);
+  for (let s = 0; s < size; s++) {
+    if ((flags[s] & FLAG_VALID) === 0) continue;
+    start[(((hashKey(keyLo[s], keyHi[s]) >>> 1) % capacity) >>> BUILD_BITS) + 1]++;
+  }
+  let widest = 0;
+  for (let r = 0; r < ranges; r++) {
+    widest = Math.max(widest, start[r + 1]);
+    start[r + 1] += start[r];
+  }
+  return { start, widest };
+}
+
+/** The valid indexes in range order: each one's slot, hash, and home - its range's first home. */
+function byRange(bda: BlockDescriptorArray, capacity: number, start: Int32Array): { bySlot: Int32Array; byHash: Int32Array; byHome: Uint16Array } {
+  const { keyLo, keyHi, flags, size } = bda;
+  const n = start[start.length - 1];
+  const bySlot = new Int32Array(n);
+  const byHash = new Int32Array(n);
+  const byHome = new Uint16Array(n);
+  const fill = start.slice(0, start.length - 1);
+  for (let s = 0; s < size; s++) {
+    if ((flags[s] & FLAG_VALID) === 0) continue;
+    const h = hashKey(keyLo[s], keyHi[s]);
+    const home = (h >>> 1) % capacity;
+    const at = fill[home >>> BUILD_BITS]++;
+    bySlot[at] = s;
+    byHash[at] = h;
+    byHome[at] = home & (BUILD_SPAN - 1);
+  }
+  return { bySlot, byHash, byHome };
+}
+
+/** One range at a time: its indexes sorted by home, then placed into the table in that order. */
+class RangeBuilder {
+  /** Entries placed; indexes that ran past the end of the table. */
+  placed = 0;
+  readonly late: number[] = [];
+  /** First table position after the last entry placed. */
+  private next = 0;
+  private readonly table: Int32Array;
+  private readonly capacity: number;
+  private readonly slotBits: number;
+  private readonly distMax: number;
+  private readonly keyLo: Uint32Array;
+  private readonly keyHi: Uint8Array;
+  /** After sort(): the end of each home's indexes in rSlot/rHash, by home - the range's first. */
+  private readonly homeAt = new Int32Array(BUILD_SPAN + 1);
+  private readonly rSlot: Int32Array;
+  private readonly rHash: Int32Array;
+  /** Table position - the range's first home of each of its indexes (-1: not placed). */
+  private readonly rPos: Int32Array;
+
+  constructor(
+    map: AddressMap,
+    bda: BlockDescriptorArray,
+    widest: number,
+    private readonly pick: (a: number, b: number) => number,
+  ) {
+    this.table = map.table;
+    this.capacity = map.capacity;
+    this.slotBits = map.slotBits;
+    this.distMax = map.distMax;
+    this.keyLo = bda.keyLo;
+    this.keyHi = bda.keyHi;
+    this.rSlot = new Int32Array(widest);
+    this.rHash = new Int32Array(widest);
+    this.rPos = new Int32Array(widest);
+  }
+
+  /** Counting sort by home of the range's indexes [from, to) of the byRange arrays. */
+  sort(bySlot: Int32Array, byHash: Int32Array, byHome: Uint16Array, from: number, to: number): void {
+    const { homeAt, rSlot, rHash } = this;
+    homeAt.fill(0);
+    for (let j = from; j < to; j++) homeAt[byHome[j] + 1]++;
+    for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
+    for (let j = from; j < to; j++) {
+      const at = homeAt[byHome[j]]++;
+      rSlot[at] = bySlot[j];
+      rHash[at] = byHash[j];
+    }
+  }
+
+  /** Places the m indexes sorted, of the range whose first home is `base`. */
+  place(base: number, m: number): void {
+    const { table, capacity, slotBits, distMax, keyLo, keyHi, homeAt, rSlot, rHash, rPos } = this;
+    let next = this.next;
+    let placed = 0;
+    let i = 0;
+    for (let k = 0; i < m; k++) {
+      const home = base + k;
+      const first = i;
+      for (; i < homeAt[k]; i++) {
+        const s = rSlot[i];
+        const h = rHash[i];
+        let twin = -1;
+        for (let q = first; q < i && twin < 0; q++) {
+          if (rHash[q] === h && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
+        }
+        if (twin >= 0) {
+          rPos[i] = -1;
+          if (this.pick(rSlot[twin], s) === s) {
+            const p = base + rPos[twin];
+            table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+            rSlot[twin] = s;
+          }
+          continue;
+        }
+        const p = next > home ? next : home;
+        if (p >= capacity) {
+          // Past the end: this index and every later one (homes only grow) wrap, one by one.
+          rPos[i] = -1;
+          this.late.push(s);
+          continue;
+        }
+        table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+        rPos[i] = p - base;
+        next = p + 1;
+        placed++;
+      }
+    }
+    this.next = next;
+    this.placed += placed;
   }
 }

@@ -81,14 +81,16 @@
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
  * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
  * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
- * inside the volume (and of a key the BDA can hold, bda.ts), goes to its slot; the dirty ones
- * sealed above the durable mark are checked against their data (10.); a key found twice keeps
- * the entry of the higher sequence number, a superseded one losing to any other. Segments whose headers name entries not
- * recovered for another reason than floor or epoch (older sectors of a torn header, the loser
- * of a duplicate, data that does not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index
- * (and syncs) before the cache is used, so every entry still valid on the device is in the
- * index again (the invariant's starting point). The hand restarts after the segment of the
- * highest sequence number.
+ * inside the volume (and of a key the BDA can hold, bda.ts), goes to its slot (the BDA only:
+ * no lookup per entry); the dirty ones sealed above the durable mark are checked against their
+ * data (10.); then the address map is built in one pass in table order (AddressMap.addValid),
+ * where a key found twice keeps the entry of the higher sequence number, a superseded one
+ * losing to any other. Segments whose headers name entries not recovered for another reason
+ * than floor or epoch (older sectors of a torn header, the loser of a duplicate, data that does
+ * not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index (and
+ * syncs) before the cache is used, so every entry still valid on the device is in the index
+ * again (the invariant's starting point). The hand restarts after the segment of the highest
+ * sequence number.
  */
 import type { IoEngine } from '../io/io-engine';
 import { AddressMap } from './address-map';
