@@ -27,7 +27,7 @@ export const DEFAULT_LOAD_FACTOR = 0.85;
 export const MIN_LOAD_FACTOR = 0.5;
 const EMPTY = -1;
 /**
- * log2 of the homes per range of addAll's sort: a range's arrays (~1 MiB) stay in the CPU
+ * log2 of the homes per range of addValid's sort: a range's arrays (~1 MiB) stay in the CPU
  * cache, and a home's offset in its range fits 16 bits.
  */
 const BUILD_BITS = 16;
