@@ -56,16 +56,17 @@ export class AddressMap {
   private entries = 0;
 
   /**
-   * `table` (same capacity) is adopted as is, e.g. loaded from metadata. `distBits` narrows
-   * the displacement field below the 32 - slotBits bits available (tests: saturation).
+   * `table` (same capacity) is adopted as is, e.g. loaded from metadata; a number is the
+   * capacity of a new empty table (loadFactor is then unused). `distBits` narrows the
+   * displacement field below the 32 - slotBits bits available (tests: saturation).
    */
-  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array, distBits = 32) {
+  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array | number, distBits = 32) {
     this.bda = bda;
-    this.capacity = table?.length ?? AddressMap.capacityFor(bda.size, loadFactor);
+    this.capacity = typeof table === 'number' ? table : (table?.length ?? AddressMap.capacityFor(bda.size, loadFactor));
     this.slotBits = 32 - Math.clz32(bda.size);
     this.slotMask = 2 ** this.slotBits - 1;
     this.distMax = 2 ** Math.min(distBits, 32 - this.slotBits) - 1;
-    if (table) {
+    if (table instanceof Int32Array) {
       this.table = table;
       let n = 0;
       for (let i = 0; i < table.length; i++) if (table[i] !== EMPTY) n++;

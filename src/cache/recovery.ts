@@ -202,7 +202,7 @@ class HeaderScan {
     this.uuid = o.uuid;
     this.floor = o.floor;
     this.bda = new BlockDescriptorArray(this.g.slots);
-    this.index = new AddressMap(this.bda, 0.5, new Int32Array(o.tableCapacity).fill(-1));
+    this.index = new AddressMap(this.bda, undefined, o.tableCapacity);
     for (const v of o.volumes) {
       if (v.id >= MAX_VOLUMES) continue;
       this.epoch[v.id] = v.epoch;
