@@ -20,12 +20,18 @@
  * read no key unless a displacement saturated, so a high load factor costs probe length in a
  * table read sequentially, not random reads of the BDA.
  */
-import type { BlockDescriptorArray } from './bda';
+import { type BlockDescriptorArray, FLAG_VALID } from './bda';
 
 export const DEFAULT_LOAD_FACTOR = 0.85;
 /** Lowest load factor a cache may use: the on-device metadata area is sized for its table. */
 export const MIN_LOAD_FACTOR = 0.5;
 const EMPTY = -1;
+/**
+ * log2 of the homes per range of addValid's sort: a range's arrays (~1 MiB) stay in the CPU
+ * cache, and a home's offset in its range fits 16 bits.
+ */
+const BUILD_BITS = 16;
+const BUILD_SPAN = 2 ** BUILD_BITS;
 
 /** 32-bit hash of a key (block number, volume id) (murmur3 finalizer over both). */
 export function hashKey(lo: number, hi: number): number {
@@ -50,16 +56,17 @@ export class AddressMap {
   private entries = 0;
 
   /**
-   * `table` (same capacity) is adopted as is, e.g. loaded from metadata. `distBits` narrows
-   * the displacement field below the 32 - slotBits bits available (tests: saturation).
+   * `table` (same capacity) is adopted as is, e.g. loaded from metadata; a number is the
+   * capacity of a new empty table (loadFactor is then unused). `distBits` narrows the
+   * displacement field below the 32 - slotBits bits available (tests: saturation).
    */
-  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array, distBits = 32) {
+  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array | number, distBits = 32) {
     this.bda = bda;
-    this.capacity = table?.length ?? AddressMap.capacityFor(bda.size, loadFactor);
+    this.capacity = typeof table === 'number' ? table : (table?.length ?? AddressMap.capacityFor(bda.size, loadFactor));
     this.slotBits = 32 - Math.clz32(bda.size);
     this.slotMask = 2 ** this.slotBits - 1;
     this.distMax = 2 ** Math.min(distBits, 32 - this.slotBits) - 1;
-    if (table) {
+    if (table instanceof Int32Array) {
       this.table = table;
       let n = 0;
       for (let i = 0; i < table.length; i++) if (table[i] !== EMPTY) n++;
@@ -185,6 +192,39 @@ export class AddressMap {
     }
   }
 
+  /**
+   * Adds every valid BDA index (its key written in the BDA) to an EMPTY map in one pass over
+   * the table, in table order: the indexes are sorted by home (one pass sending them to ranges
+   * of BUILD_SPAN homes, then a counting sort of each range, which fits the CPU cache), then
+   * each is placed at the later of its home and the position after the previous one. Entries
+   * ascending by home with no gap inside a run are the Robin Hood layout, so nothing is
+   * displaced and no key is read again: keys are compared only between entries of the same
+   * home whose 32-bit hashes are equal. A key met twice: `pick(a, b)` (a: the index in the map,
+   * b: the other) returns the index that stays; the other is left out of the map (the caller
+   * clears it). Indexes that would run past the end of the table (a run at the end, rare) are
+   * added one by one afterwards, wrapping. Reads the BDA twice in slot order (hashing each key
+   * twice costs less than storing the hashes); temporary RAM: 10 bytes per valid index.
+   */
+  addValid(pick: (a: number, b: number) => number): void {
+    if (this.entries !== 0) throw new Error('AddressMap.addValid: the map is not empty');
+    const { start, widest } = rangeStarts(this.bda, this.capacity);
+    const { bySlot, byHash, byHome } = byRange(this.bda, this.capacity, start);
+    const build = new RangeBuilder(this, this.bda, widest, pick);
+    for (let r = 0; r + 1 < start.length; r++) {
+      if (start[r] === start[r + 1]) continue;
+      build.sort(bySlot, byHash, byHome, start[r], start[r + 1]);
+      build.place(r * BUILD_SPAN, start[r + 1] - start[r]);
+    }
+    this.entries = build.placed;
+    for (const s of build.late) {
+      const other = this.addUnlessPresent(s);
+      if (other >= 0 && pick(other, s) === s) {
+        this.remove(other);
+        this.add(s);
+      }
+    }
+  }
+
   /** Removes the entry of BDA index `idx` (its key still in the BDA). Returns false if absent. */
   remove(idx: number): boolean {
     const { table, capacity, slotBits, slotMask, distMax } = this;
@@ -220,5 +260,137 @@ export class AddressMap {
 
   get byteLength(): number {
     return this.table.byteLength;
+  }
+}
+
+// addValid's passes, each a function of its own (optimized on its own).
+
+/** Per range of BUILD_SPAN homes: the start of its valid indexes in range order (+ the end), and the most in one range. */
+function rangeStarts(bda: BlockDescriptorArray, capacity: number): { start: Int32Array; widest: number } {
+  const { keyLo, keyHi, flags, size } = bda;
+  const ranges = Math.ceil(capacity / BUILD_SPAN);
+  const start = new Int32Array(ranges + 1);
+  for (let s = 0; s < size; s++) {
+    if ((flags[s] & FLAG_VALID) === 0) continue;
+    start[(((hashKey(keyLo[s], keyHi[s]) >>> 1) % capacity) >>> BUILD_BITS) + 1]++;
+  }
+  let widest = 0;
+  for (let r = 0; r < ranges; r++) {
+    widest = Math.max(widest, start[r + 1]);
+    start[r + 1] += start[r];
+  }
+  return { start, widest };
+}
+
+/** The valid indexes in range order: each one's slot, hash, and home - its range's first home. */
+function byRange(bda: BlockDescriptorArray, capacity: number, start: Int32Array): { bySlot: Int32Array; byHash: Int32Array; byHome: Uint16Array } {
+  const { keyLo, keyHi, flags, size } = bda;
+  const n = start[start.length - 1];
+  const bySlot = new Int32Array(n);
+  const byHash = new Int32Array(n);
+  const byHome = new Uint16Array(n);
+  const fill = start.slice(0, start.length - 1);
+  for (let s = 0; s < size; s++) {
+    if ((flags[s] & FLAG_VALID) === 0) continue;
+    const h = hashKey(keyLo[s], keyHi[s]);
+    const home = (h >>> 1) % capacity;
+    const at = fill[home >>> BUILD_BITS]++;
+    bySlot[at] = s;
+    byHash[at] = h;
+    byHome[at] = home & (BUILD_SPAN - 1);
+  }
+  return { bySlot, byHash, byHome };
+}
+
+/** One range at a time: its indexes sorted by home, then placed into the table in that order. */
+class RangeBuilder {
+  /** Entries placed; indexes that ran past the end of the table. */
+  placed = 0;
+  readonly late: number[] = [];
+  /** First table position after the last entry placed. */
+  private next = 0;
+  private readonly table: Int32Array;
+  private readonly capacity: number;
+  private readonly slotBits: number;
+  private readonly distMax: number;
+  private readonly keyLo: Uint32Array;
+  private readonly keyHi: Uint8Array;
+  /** After sort(): the end of each home's indexes in rSlot/rHash, by home - the range's first. */
+  private readonly homeAt = new Int32Array(BUILD_SPAN + 1);
+  private readonly rSlot: Int32Array;
+  private readonly rHash: Int32Array;
+  /** Table position - the range's first home of each of its indexes (-1: not placed). */
+  private readonly rPos: Int32Array;
+
+  constructor(
+    map: AddressMap,
+    bda: BlockDescriptorArray,
+    widest: number,
+    private readonly pick: (a: number, b: number) => number,
+  ) {
+    this.table = map.table;
+    this.capacity = map.capacity;
+    this.slotBits = map.slotBits;
+    this.distMax = map.distMax;
+    this.keyLo = bda.keyLo;
+    this.keyHi = bda.keyHi;
+    this.rSlot = new Int32Array(widest);
+    this.rHash = new Int32Array(widest);
+    this.rPos = new Int32Array(widest);
+  }
+
+  /** Counting sort by home of the range's indexes [from, to) of the byRange arrays. */
+  sort(bySlot: Int32Array, byHash: Int32Array, byHome: Uint16Array, from: number, to: number): void {
+    const { homeAt, rSlot, rHash } = this;
+    homeAt.fill(0);
+    for (let j = from; j < to; j++) homeAt[byHome[j] + 1]++;
+    for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
+    for (let j = from; j < to; j++) {
+      const at = homeAt[byHome[j]]++;
+      rSlot[at] = bySlot[j];
+      rHash[at] = byHash[j];
+    }
+  }
+
+  /** Places the m indexes sorted, of the range whose first home is `base`. */
+  place(base: number, m: number): void {
+    const { table, capacity, slotBits, distMax, keyLo, keyHi, homeAt, rSlot, rHash, rPos } = this;
+    let next = this.next;
+    let placed = 0;
+    let i = 0;
+    for (let k = 0; i < m; k++) {
+      const home = base + k;
+      const first = i;
+      for (; i < homeAt[k]; i++) {
+        const s = rSlot[i];
+        const h = rHash[i];
+        let twin = -1;
+        for (let q = first; q < i && twin < 0; q++) {
+          if (rHash[q] === h && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
+        }
+        if (twin >= 0) {
+          rPos[i] = -1;
+          if (this.pick(rSlot[twin], s) === s) {
+            const p = base + rPos[twin];
+            table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+            rSlot[twin] = s;
+          }
+          continue;
+        }
+        const p = next > home ? next : home;
+        if (p >= capacity) {
+          // Past the end: this index and every later one (homes only grow) wrap, one by one.
+          rPos[i] = -1;
+          this.late.push(s);
+          continue;
+        }
+        table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+        rPos[i] = p - base;
+        next = p + 1;
+        placed++;
+      }
+    }
+    this.next = next;
+    this.placed += placed;
   }
 }

@@ -179,13 +179,22 @@ export class CacheMap {
     this.segValid = new Uint16Array(this.segments);
     this.segStamp = new Float64Array(this.segments);
     if (bda) {
-      const flags = this.bda.flags;
-      for (let i = 0; i < this.slots; i++) {
-        if ((flags[i] & FLAG_VALID) === 0) continue;
-        this.volumeBlocks[this.bda.volumeOf(i)]++;
-        this.segValid[this.segmentOf(i)]++;
-        if ((flags[i] & COUNT_MASK) !== 0) this.segKeep[this.segmentOf(i)]++;
-        if ((flags[i] & FLAG_DIRTY) !== 0) this.addDirty(i, this.bda.volumeOf(i));
+      const { flags, keyHi } = this.bda;
+      const { volumeBlocks, segValid, segKeep } = this;
+      for (let seg = 0, i = 0; seg < this.segments; seg++) {
+        const end = Math.min(i + this.segmentBlocks, this.slots);
+        let valid = 0;
+        let keep = 0;
+        for (; i < end; i++) {
+          const f = flags[i];
+          if ((f & FLAG_VALID) === 0) continue;
+          volumeBlocks[keyHi[i]]++;
+          valid++;
+          if ((f & COUNT_MASK) !== 0) keep++;
+          if ((f & FLAG_DIRTY) !== 0) this.addDirty(i, keyHi[i]);
+        }
+        segValid[seg] = valid;
+        segKeep[seg] = keep;
       }
     }
   }

@@ -81,21 +81,28 @@
  * Algorithm: read every segment header (batches of reads in flight); per segment keep the
  * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
  * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
- * inside the volume (and of a key the BDA can hold, bda.ts), goes to its slot; the dirty ones
- * sealed above the durable mark are checked against their data (10.); a key found twice keeps
- * the entry of the higher sequence number, a superseded one losing to any other. Segments whose headers name entries not
- * recovered for another reason than floor or epoch (older sectors of a torn header, the loser
- * of a duplicate, data that does not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index
- * (and syncs) before the cache is used, so every entry still valid on the device is in the
- * index again (the invariant's starting point). The hand restarts after the segment of the
- * highest sequence number.
+ * inside the volume (and of a key the BDA can hold, bda.ts), goes to its slot (the BDA only:
+ * no lookup per entry); the dirty ones sealed above the durable mark are checked against their
+ * data (10.); then the address map is built in one pass in table order (AddressMap.addValid),
+ * where a key found twice keeps the entry of the higher sequence number, a superseded one
+ * losing to any other. Segments whose headers name entries not recovered for another reason
+ * than floor or epoch (older sectors of a torn header, the loser of a duplicate, data that does
+ * not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index (and
+ * syncs) before the cache is used, so every entry still valid on the device is in the index
+ * again (the invariant's starting point). The hand restarts after the segment of the highest
+ * sequence number.
  */
 import type { IoEngine } from '../io/io-engine';
 import { AddressMap } from './address-map';
 import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID, MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import type { VolumeRecord } from './metadata';
 import { native } from '../native/binding';
-import { checkHeaderSectors, ENTRY_DIRTY, ENTRY_SUPERSEDED, entryOffset, entrySector, type Geometry, sectorMark, segmentOffset, slotOffset } from './segment';
+import { checkHeaderSectors, ENTRIES_PER_SECTOR, ENTRY_DIRTY, ENTRY_SUPERSEDED, ENTRY_VALID, entryOffset, type Geometry, sectorMark, segmentOffset, slotOffset } from './segment';
+
+/** The first 32-bit word of the first entry of header sector k. */
+function entryWord(k: number): number {
+  return entryOffset(k * ENTRIES_PER_SECTOR) >>> 2;
+}
 
 /** Segment headers (or runs of dirty blocks to check, 10.) read per batch (in flight together). */
 const READ_BATCH = 256;
@@ -189,16 +196,13 @@ class HeaderScan {
   private readonly olderSector = new Map<number, number>();
   /** Slots recovered from a superseded entry (they lose to any other entry of their key). */
   private readonly superseded = new Set<number>();
-  /** Per slot of a segment: its entry's first 32-bit word in the header, its sector. */
-  private readonly entryWord: Int32Array;
-  private readonly entrySector: Int32Array;
 
   constructor(o: RecoveryInput) {
     this.g = o.geometry;
     this.uuid = o.uuid;
     this.floor = o.floor;
     this.bda = new BlockDescriptorArray(this.g.slots);
-    this.index = new AddressMap(this.bda, 0.5, new Int32Array(o.tableCapacity).fill(-1));
+    this.index = new AddressMap(this.bda, undefined, o.tableCapacity);
     for (const v of o.volumes) {
       if (v.id >= MAX_VOLUMES) continue;
       this.epoch[v.id] = v.epoch;
@@ -207,65 +211,70 @@ class HeaderScan {
     this.segSeq = new Float64Array(this.g.segments).fill(-1);
     this.seqs = new Float64Array(this.g.headerSectors);
     this.crcs = new Uint32Array(this.g.headerSectors);
-    const bps = this.g.blocksPerSegment;
-    this.entryWord = new Int32Array(bps);
-    this.entrySector = new Int32Array(bps);
-    for (let k = 0; k < bps; k++) {
-      this.entryWord[k] = entryOffset(k) >>> 2;
-      this.entrySector[k] = entrySector(k);
-    }
   }
 
-  /** The header of segment `seg`, at byte `at` of buf. */
+  /** The header of segment `seg`, at byte `at` of buf (4-byte aligned). */
   segment(seg: number, buf: Uint8Array, at: number): void {
     const { g, seqs, floor } = this;
-    checkHeaderSectors(buf.subarray(at, at + g.headerSize), g, seg, this.uuid, seqs, this.crcs);
+    const h = buf.subarray(at, at + g.headerSize);
+    checkHeaderSectors(h, g, seg, this.uuid, seqs, this.crcs);
     let top = -1;
     for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor && seqs[k] > top) top = seqs[k];
     if (top < 0) return;
-    const h = buf.subarray(at, at + g.headerSize);
-    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor) this.mark = Math.max(this.mark, sectorMark(h, k));
+    // Entries are 16-byte aligned, little endian (the host's order: metadata.ts refuses others).
+    const words = new Uint32Array(buf.buffer, buf.byteOffset + at, g.headerSize >>> 2);
+    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor) this.mark = Math.max(this.mark, sectorMark(words, k));
     this.segSeq[seg] = top;
     if (top > this.bestSeq) {
       this.bestSeq = top;
       this.best = seg;
     }
-    // Entries are 16-byte aligned, little endian (the host's order: metadata.ts refuses others).
-    const words = new Uint32Array(buf.buffer, buf.byteOffset + at, g.headerSize >>> 2);
     const { keyLo, keyHi, crc, flags } = this.bda;
-    const { epoch, limit, entryWord, entrySector } = this;
+    const { epoch, limit } = this;
     const bps = g.blocksPerSegment;
-    const first = seg * bps;
-    for (let k = 0; k < bps; k++) {
-      const e = entryWord[k];
-      const ef = words[e + 3];
-      if ((ef & 1) === 0) continue;
-      const sector = seqs[entrySector[k]];
-      // Valid in an intact sector of an older write of this header (torn): only a dirty entry
-      // is recovered (11.), and the header is rewritten.
-      if (sector !== top) {
-        if (sector >= floor) this.rewrite.add(seg);
-        if (sector < floor || (ef & ENTRY_DIRTY) === 0) {
-          if (sector >= floor) this.skipped++;
-          continue;
-        }
-      }
-      const lo = words[e];
-      const hi = words[e + 1];
-      const id = hi >>> 16;
-      if (sector < epoch[id] || (hi & 0xffff) * 2 ** 32 + lo >= limit[id]) {
-        this.skipped++;
+    let slot = seg * bps;
+    let entries = 0;
+    let skipped = 0;
+    for (let k = 0; k < g.headerSectors; k++) {
+      const sector = seqs[k];
+      if (sector < floor) {
+        slot += Math.min(ENTRIES_PER_SECTOR, bps - k * ENTRIES_PER_SECTOR);
         continue;
       }
-      const slot = first + k;
-      keyLo[slot] = lo;
-      keyHi[slot] = id;
-      crc[slot] = words[e + 2];
-      flags[slot] = (ef & ENTRY_DIRTY) !== 0 ? FLAG_VALID | FLAG_DIRTY : FLAG_VALID;
-      if (sector !== top) this.olderSector.set(slot, sector);
-      if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.add(slot);
-      this.entries++;
+      // An intact sector of an older write of this header (torn): only its dirty entries are
+      // recovered (11.), and the header is rewritten.
+      const older = sector !== top;
+      const end = entryWord(k) + 4 * Math.min(ENTRIES_PER_SECTOR, bps - k * ENTRIES_PER_SECTOR);
+      for (let e = entryWord(k); e < end; e += 4, slot++) {
+        const ef = words[e + 3];
+        if ((ef & ENTRY_VALID) === 0) continue;
+        if (older) {
+          this.rewrite.add(seg);
+          if ((ef & ENTRY_DIRTY) === 0) {
+            skipped++;
+            continue;
+          }
+        }
+        const lo = words[e];
+        const hi = words[e + 1];
+        const id = hi >>> 16;
+        // Before its id's epoch (or an unknown id), past the volume's end or a block number
+        // of 2^32 or more (bda.ts): not recovered.
+        if (sector < epoch[id] || (hi & 0xffff) !== 0 || lo >= limit[id]) {
+          skipped++;
+          continue;
+        }
+        keyLo[slot] = lo;
+        keyHi[slot] = id;
+        crc[slot] = words[e + 2];
+        flags[slot] = (ef & ENTRY_DIRTY) !== 0 ? FLAG_VALID | FLAG_DIRTY : FLAG_VALID;
+        if (older) this.olderSector.set(slot, sector);
+        if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.add(slot);
+        entries++;
+      }
     }
+    this.entries += entries;
+    this.skipped += skipped;
   }
 
   /** The sequence number of the entry recovered in `slot` (its sector's). */
@@ -318,49 +327,24 @@ class HeaderScan {
   }
 
   /**
-   * Builds the address map of the entries found, in the order of their home positions (the
-   * table fills nearly sequentially instead of one cache miss per entry); a key found twice
-   * keeps the entry of the newer header, and the other header is rewritten.
+   * Builds the address map of the entries found in one pass over the table (AddressMap.addValid:
+   * no key is read unless two entries share a home and a hash); a key found twice keeps the
+   * entry of the newer header, a superseded one losing to any other, and the other header is
+   * rewritten.
    */
   index_(): void {
-    const { bda, index } = this;
-    const { keyLo, keyHi, flags } = bda;
-    const slots = bda.size;
-    const BUCKETS = 1 << 16;
-    const cap = index.capacity;
-    const bucket = new Uint32Array(slots);
-    const counts = new Uint32Array(BUCKETS + 1);
-    for (let i = 0; i < slots; i++) {
-      if ((flags[i] & FLAG_VALID) === 0) continue;
-      const b = Math.floor((index.home(keyLo[i], keyHi[i]) * BUCKETS) / cap);
-      bucket[i] = b;
-      counts[b + 1]++;
-    }
-    for (let b = 0; b < BUCKETS; b++) counts[b + 1] += counts[b];
-    const order = new Int32Array(this.entries);
-    for (let i = 0; i < slots; i++) if ((flags[i] & FLAG_VALID) !== 0) order[counts[bucket[i]]++] = i;
+    const flags = this.bda.flags;
     const bps = this.g.blocksPerSegment;
     // The rank of an entry among those of its key: its sequence number; a superseded one loses
     // to any other (sequence numbers are below 2^52).
     const rank = (slot: number): number => this.sealedAt(slot) - (this.superseded.has(slot) ? 2 ** 52 : 0);
-    for (let j = 0; j < order.length; j++) {
-      const slot = order[j];
-      const other = index.addUnlessPresent(slot);
-      if (other < 0) continue;
-      // The key is named twice: the entry of the newer header stays.
+    this.index.addValid((a, b) => {
+      const [keep, drop] = rank(a) >= rank(b) ? [a, b] : [b, a];
       this.skipped++;
       this.entries--;
-      const seg = Math.floor(slot / bps);
-      const otherSeg = Math.floor(other / bps);
-      if (rank(other) >= rank(slot)) {
-        flags[slot] = 0;
-        this.rewrite.add(seg);
-        continue;
-      }
-      this.rewrite.add(otherSeg);
-      index.remove(other);
-      flags[other] = 0;
-      index.add(slot);
-    }
+      flags[drop] = 0;
+      this.rewrite.add(Math.floor(drop / bps));
+      return keep;
+    });
   }
 }

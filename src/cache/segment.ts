@@ -288,10 +288,10 @@ export function checkHeaderSectors(h: Uint8Array, g: Geometry, seg: number, uuid
   }
 }
 
-/** The durable mark of sector k of a header (h: at least up to that sector). */
-export function sectorMark(h: Uint8Array, k: number): number {
-  const view = new DataView(h.buffer, h.byteOffset + k * HEADER_SECTOR + SECTOR_MARK_AT, 8);
-  return view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
+/** The durable mark of sector k of a header (words: the header as 32-bit words, little endian). */
+export function sectorMark(words: Uint32Array, k: number): number {
+  const at = (k * HEADER_SECTOR + SECTOR_MARK_AT) >>> 2;
+  return words[at] + words[at + 1] * 2 ** 32;
 }
 
 /** Byte offset in a header of slot k's entry (k < blocksPerSegment). */

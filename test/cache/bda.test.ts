@@ -228,6 +228,87 @@ describe('cache address map', () => {
     }
   });
 
+  it('addValid builds a valid Robin Hood table in one pass: the key of every valid slot found, a key met twice keeps the slot pick() chose, runs wrap past the end, later adds and removes agree with a Map', () => {
+    const r = rng(7);
+    let wrapped = 0;
+    for (let trial = 0; trial < 330; trial++) {
+      // Small tables whose keys pile up at the end (runs wrap), then larger random ones.
+      const small = trial < 300;
+      const n = small ? 2 + Math.floor(r() * 14) : 3000 + Math.floor(r() * 3000);
+      const lf = [0.5, 0.85, 0.99][trial % 3];
+      const distBits = trial % 4 === 0 ? 2 : 32;
+      const bda = new BlockDescriptorArray(n);
+      const map = new AddressMap(bda, lf, undefined, distBits);
+      const cap = map.capacity;
+      // A pool of keys fewer than the slots: some keys are met twice or more.
+      const pool: [number, number][] = [];
+      const poolSize = Math.max(1, Math.floor(n * (0.5 + r() * 0.6)));
+      for (let i = 0; i < poolSize; i++) {
+        if (small && r() < 0.7) {
+          const home = [cap - 1, cap - 2, 0, 1][Math.floor(r() * 4)];
+          pool.push([1, blocksWithHome(map, home, 1, Math.floor(r() * 1000))[0]]);
+        } else {
+          pool.push([Math.floor(r() * 3) * 127, Math.floor(r() * 2 ** 32)]);
+        }
+      }
+      const rank = Array.from({ length: n }, () => r());
+      for (let i = 0; i < n; i++) {
+        const [v, b] = pool[Math.floor(r() * pool.length)];
+        bda.set(i, v, b);
+      }
+      // Some slots not valid: not added.
+      for (let i = 0; i < n; i++) if (r() < 0.1) bda.clear(i);
+      const winner = new Map<string, number>();
+      for (let i = 0; i < n; i++) {
+        if (!bda.isValid(i)) continue;
+        const key = `${bda.keyHi[i]}/${bda.keyLo[i]}`;
+        const w = winner.get(key);
+        if (w === undefined || rank[i] > rank[w]) winner.set(key, i);
+      }
+      let picks = 0;
+      const valid = bda.countValid(0, n);
+      map.addValid((a, b) => {
+        picks++;
+        assert.equal(`${bda.keyHi[a]}/${bda.keyLo[a]}`, `${bda.keyHi[b]}/${bda.keyLo[b]}`, 'pick() of two keys');
+        const [keep, drop] = rank[a] >= rank[b] ? [a, b] : [b, a];
+        bda.clear(drop);
+        return keep;
+      });
+      assert.equal(picks, valid - winner.size);
+      assert.equal(map.size, winner.size);
+      if (map.table[0] !== -1 && map.distanceAt(0, map.table[0]) > 0) wrapped++;
+      checkTable(map, bda);
+      const model = new Map<string, number>();
+      for (const [key, slot] of winner) {
+        const [v, b] = key.split('/').map(Number);
+        assert.equal(map.get(v, b), slot, `key ${key}`);
+        model.set(key, slot);
+      }
+      // The layout takes further adds and removes.
+      const free: number[] = [];
+      for (let i = 0; i < n; i++) if (!bda.isValid(i)) free.push(i);
+      for (let step = 0; step < (small ? 40 : 4000); step++) {
+        const [v, b] = r() < 0.5 ? pool[Math.floor(r() * pool.length)] : [1, Math.floor(r() * 2 ** 32)];
+        const key = `${v}/${b}`;
+        const have = model.get(key);
+        assert.equal(map.get(v, b), have ?? -1);
+        if (have !== undefined && r() < 0.5) {
+          assert.equal(map.remove(have), true);
+          bda.clear(have);
+          model.delete(key);
+          free.push(have);
+        } else if (have === undefined && free.length > 0) {
+          const idx = free.pop() as number;
+          bda.set(idx, v, b);
+          map.add(idx);
+          model.set(key, idx);
+        }
+      }
+      checkTable(map, bda);
+    }
+    assert.ok(wrapped > 20, `runs wrapped past the end in ${wrapped} tables`);
+  });
+
   it('costs 4 / loadFactor bytes per block; entries hold the slot in the bit length of the slot count', () => {
     const bda = new BlockDescriptorArray(1000);
     const map = new AddressMap(bda, 0.85);
