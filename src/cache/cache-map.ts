@@ -13,8 +13,9 @@
  * To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a
  * non-zero counter is carried forward (kept in place: it is rewritten with the segment), unless
  * its volume is at or over its cap; any other valid slot is evicted (its key goes to the ghost
- * history, as once-seen or reused). One-touch blocks (scans, sequential streams) thus leave at the first cleaning of their segment while blocks hit
- * twice or more survive several: recency and frequency.
+ * history, as once-seen or reused). One-touch blocks (scans, sequential streams) thus leave at
+ * the first cleaning of their segment while blocks hit twice or more survive several: recency
+ * and frequency.
  *
  * Adaptation (ARC's p, as a decay period): a carried block's counter is decremented on one in
  * `decayPeriod` carries (1..DECAY_MAX; a credit counts the carries), and a counter at MAX_COUNT
