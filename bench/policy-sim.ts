@@ -2,8 +2,9 @@
  * Trace-driven policy simulator (no I/O): the cache map (address map, BDA, reuse counters,
  * ghost history) and its slot choices exactly as the log uses them (findVictim + assign), or
  * the exact LRU / ARC references, driven by a workload generator. Reports per 4 KiB block:
- * read hit rate, invalidate hit rate, empty slots at the end, and for the log policies the
- * blocks placed per segment filled (device write efficiency).
+ * read hit rate, invalidate hit rate, empty slots at the end (SPC-1: also per stream kind), and
+ * for the log policies the blocks placed per segment filled (device write efficiency) and the
+ * valid blocks by reuse counter.
  *
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
  * misses; a write invalidates every block then inserts it.
