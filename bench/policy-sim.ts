@@ -2,8 +2,9 @@
  * Trace-driven policy simulator (no I/O): the cache map (address map, BDA, reuse counters,
  * ghost history) and its slot choices exactly as the log uses them (findVictim + assign), or
  * the exact LRU / ARC references, driven by a workload generator. Reports per 4 KiB block:
- * read hit rate, invalidate hit rate, empty slots at the end, and for the log policies the
- * blocks placed per segment filled (device write efficiency).
+ * read hit rate, invalidate hit rate, empty slots at the end (SPC-1: also per stream kind), and
+ * for the log policies the blocks placed per segment filled (device write efficiency) and the
+ * valid blocks by reuse counter.
  *
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
  * misses; a write invalidates every block then inserts it.
@@ -29,7 +30,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CacheMap, EMPTY_TARGET, SegmentChoice } from '../src/cache/cache-map';
+import { CacheMap, EMPTY_TARGET, MAX_COUNT, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
 import { StreamDetector } from '../src/cache/streams';
@@ -46,7 +47,7 @@ interface Policy {
   /** True when the block was cached (it no longer is). */
   invalidate(vol: number, block: number): boolean;
   emptySlots(): number;
-  extra(): Record<string, number>;
+  extra(): Record<string, unknown>;
 }
 
 const SEGMENT_BLOCKS = 128;
@@ -130,7 +131,13 @@ class LogPolicy implements Policy {
   emptySlots(): number {
     return (this.m.slots - this.m.map.size) / this.m.slots;
   }
-  extra(): Record<string, number> {
+  /** Valid blocks at the end by reuse counter (0..MAX_COUNT): counter 0 is the once-seen side. */
+  private validByCount(): number[] {
+    const n = new Array<number>(MAX_COUNT + 1).fill(0);
+    for (let i = 0; i < this.m.slots; i++) if (this.m.bda.isValid(i)) n[this.m.count(i)]++;
+    return n;
+  }
+  extra(): Record<string, unknown> {
     let ins = 0;
     let ghost = 0;
     let prefetched = 0;
@@ -157,6 +164,7 @@ class LogPolicy implements Policy {
       prefetchAccuracy: rate(used, prefetched),
       segmentsSkipped: this.m.segmentsSkipped,
       decayPeriod: +this.m.decayPeriod.toFixed(2),
+      validByCount: this.validByCount(),
       ramBytesPerBlock: +(this.m.byteLength / this.m.slots).toFixed(2),
     };
   }
@@ -253,7 +261,7 @@ class LruPolicy implements Policy {
   emptySlots(): number {
     return (this.slots - this.q.size) / this.slots;
   }
-  extra(): Record<string, number> {
+  extra(): Record<string, unknown> {
     return {};
   }
 }
@@ -346,8 +354,8 @@ class ArcPolicy implements Policy {
   emptySlots(): number {
     return (this.c - this.t1.size - this.t2.size) / this.c;
   }
-  extra(): Record<string, number> {
-    return { p: Math.round(this.p) };
+  extra(): Record<string, unknown> {
+    return { p: Math.round(this.p), t1: this.t1.size, t2: this.t2.size, b1: this.b1.size, b2: this.b2.size };
   }
 }
 
@@ -373,7 +381,12 @@ interface Req {
   block: number;
   blocks: number;
   bypass: boolean;
+  /** SPC-1 stream kind (1..8), 0 for the other workloads. */
+  stream: number;
 }
+
+/** SPC-1 stream kinds (spc1.ts SPC1_STREAMS: 1..8). */
+const STREAMS = 9;
 
 class Counters {
   reads = 0;
@@ -381,6 +394,11 @@ class Counters {
   writes = 0;
   invalidateHits = 0;
   refused = 0;
+  /** Per stream kind: read blocks, read hits, written blocks, invalidate hits. */
+  readonly streamReads = new Float64Array(STREAMS);
+  readonly streamReadHits = new Float64Array(STREAMS);
+  readonly streamWrites = new Float64Array(STREAMS);
+  readonly streamInvalidateHits = new Float64Array(STREAMS);
 }
 
 /**
@@ -411,8 +429,11 @@ function apply(p: Policy, r: Req, c: Counters): void {
     const miss: number[] = [];
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.reads++;
-      if (p.lookup(r.vol, b)) c.readHits++;
-      else miss.push(b);
+      c.streamReads[r.stream]++;
+      if (p.lookup(r.vol, b)) {
+        c.readHits++;
+        c.streamReadHits[r.stream]++;
+      } else miss.push(b);
     }
     if (refuse) c.refused += miss.length;
     else for (const b of miss) p.insert(r.vol, b);
@@ -424,7 +445,11 @@ function apply(p: Policy, r: Req, c: Counters): void {
     const refuse = cutoff > 0 && detector(admission.writes, r.vol).observe(r.block, r.blocks) > cutoff;
     for (let b = r.block; b < r.block + r.blocks; b++) {
       c.writes++;
-      if (p.invalidate(r.vol, b)) c.invalidateHits++;
+      c.streamWrites[r.stream]++;
+      if (p.invalidate(r.vol, b)) {
+        c.invalidateHits++;
+        c.streamInvalidateHits[r.stream]++;
+      }
       if (refuse) c.refused++;
       else p.insert(r.vol, b);
     }
@@ -436,7 +461,7 @@ function spc1Source(seed: number): () => Req {
   const w = new Spc1Workload({ asu1Blocks: asu, asu2Blocks: asu, asu3Blocks: Math.ceil(asu / 4.5), bsu: 32, seed, paced: false });
   return () => {
     const r = w.next();
-    return { read: r.read, vol: r.asu, block: r.block, blocks: r.blocks, bypass: r.bypassCache };
+    return { read: r.read, vol: r.asu, block: r.block, blocks: r.blocks, bypass: r.bypassCache, stream: r.stream };
   };
 }
 
@@ -479,13 +504,36 @@ function runSpc1(p: Policy, ios: number, seed: number): Record<string, unknown> 
     invalidateHitSteady: rate(w.invalidateHits, w.writes),
     empty: rate(p.emptySlots() * 1e4, 1e4),
     refused: c.refused + w.refused,
+    ...byStream(c, w),
   };
+}
+
+/**
+ * Per SPC-1 stream kind over the whole run (counters c + w): its share of the read blocks, its
+ * read hit rate, its invalidate hit rate (kinds with reads or writes only; ASU3's stream 8
+ * bypasses).
+ */
+function byStream(c: Counters, w: Counters): Record<string, Record<string, number>> {
+  const readShare: Record<string, number> = {};
+  const readHit: Record<string, number> = {};
+  const invalidateHit: Record<string, number> = {};
+  const reads = c.reads + w.reads;
+  for (let s = 1; s < STREAMS; s++) {
+    const r = c.streamReads[s] + w.streamReads[s];
+    const wr = c.streamWrites[s] + w.streamWrites[s];
+    if (r > 0) {
+      readShare[s] = rate(r, reads);
+      readHit[s] = rate(c.streamReadHits[s] + w.streamReadHits[s], r);
+    }
+    if (wr > 0) invalidateHit[s] = rate(c.streamInvalidateHits[s] + w.streamInvalidateHits[s], wr);
+  }
+  return { readShareByStream: readShare, readHitByStream: readHit, invalidateHitByStream: invalidateHit };
 }
 
 function runZipf(p: Policy, slots: number, ios: number, seed: number): Record<string, unknown> {
   const z = zipfSource(10 * slots, 0.9, new Rng(seed, 7));
   const c = new Counters();
-  for (let i = 0; i < ios; i++) apply(p, { read: true, vol: 1, block: z(), blocks: 1, bypass: false }, c);
+  for (let i = 0; i < ios; i++) apply(p, { read: true, vol: 1, block: z(), blocks: 1, bypass: false, stream: 0 }, c);
   return { readHit: rate(c.readHits, c.reads), empty: rate(p.emptySlots() * 1e4, 1e4) };
 }
 
@@ -499,7 +547,7 @@ function runShift(p: Policy, slots: number, ios: number, seed: number): Record<s
   const c = new Counters();
   for (let i = 0; i < ios; i++) {
     const salt = Math.imul(Math.floor(i / (2 * slots)) + 1, 0x85ebca6b);
-    apply(p, { read: true, vol: 1, block: (z() ^ salt) >>> 0, blocks: 1, bypass: false }, c);
+    apply(p, { read: true, vol: 1, block: (z() ^ salt) >>> 0, blocks: 1, bypass: false, stream: 0 }, c);
   }
   return { readHit: rate(c.readHits, c.reads), empty: rate(p.emptySlots() * 1e4, 1e4) };
 }
@@ -508,13 +556,13 @@ function runScan(p: Policy, slots: number, seed: number): Record<string, unknown
   const z = zipfSource(10 * slots, 0.9, new Rng(seed, 7));
   const zipf = (n: number): number => {
     const c = new Counters();
-    for (let i = 0; i < n; i++) apply(p, { read: true, vol: 1, block: z(), blocks: 1, bypass: false }, c);
+    for (let i = 0; i < n; i++) apply(p, { read: true, vol: 1, block: z(), blocks: 1, bypass: false, stream: 0 }, c);
     return c.readHits / c.reads;
   };
   zipf(10 * slots);
   const before = zipf(slots);
   const scan = new Counters();
-  for (let b = 0; b < 2 * slots; b += 8) apply(p, { read: true, vol: 2, block: b, blocks: 8, bypass: false }, scan);
+  for (let b = 0; b < 2 * slots; b += 8) apply(p, { read: true, vol: 2, block: b, blocks: 8, bypass: false, stream: 0 }, scan);
   const after = zipf(slots);
   return { before: +before.toFixed(4), after: +after.toFixed(4), ratio: +(after / before).toFixed(3) };
 }

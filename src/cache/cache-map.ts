@@ -5,19 +5,24 @@
  *
  * Policy (per slot, bits 1..2 of the BDA flags): a reuse counter 0..MAX_COUNT. A hit adds one
  * (and sets FLAG_REUSED); a block inserted while its key is in the ghost history (ghost.ts:
- * evicted or overwritten recently, i.e. reused: ARC's second list) starts at MAX_COUNT, reused;
- * a block inserted by read-ahead at 1 (it must survive until its reader comes; its first hit
- * does not add one); any other at 0. To insert, the hand scans its segment: an invalid slot is
- * taken; a valid slot with a non-zero counter is carried forward (kept in place: it is rewritten
- * with the segment), unless its volume is at or over its cap; any other valid slot is evicted
- * (its key goes to the ghost history, as once-seen or reused). One-touch blocks (scans,
- * sequential streams) thus leave at the first cleaning of their segment while blocks hit
- * twice or more survive several: recency and frequency.
+ * evicted recently, i.e. reused: ARC's second list) starts at GHOST_COUNT, reused, as if hit
+ * once; a block a write invalidated and re-inserted (its ghost kind Invalidated) keeps its
+ * standing at MAX_COUNT, reused (a rewritten block is the likeliest to be read or written
+ * again: ARC counts a write to a cached block as a hit); a block inserted by read-ahead at 1
+ * (it must survive until its reader comes; its first hit does not add one); any other at 0.
+ * To insert, the hand scans its segment: an invalid slot is taken; a valid slot with a
+ * non-zero counter is carried forward (kept in place: it is rewritten with the segment), unless
+ * its volume is at or over its cap; any other valid slot is evicted (its key goes to the ghost
+ * history, as once-seen or reused). One-touch blocks (scans, sequential streams) thus leave at
+ * the first cleaning of their segment while blocks hit twice or more survive several: recency
+ * and frequency.
  *
  * Adaptation (ARC's p, as a decay period): a carried block's counter is decremented on one in
- * `decayPeriod` carries (1..DECAY_MAX; a credit counts the carries). A ghost hit of a block
- * evicted once-seen means the recency side was too short: the period shrinks (counters decay
- * faster, reused blocks leave sooner and leave room to new ones); of a block evicted after
+ * `decayPeriod` carries (1..DECAY_MAX; a credit counts the carries), and a counter at MAX_COUNT
+ * on one in TOP_DECAY of those turns (a second credit): the top level holds TOP_DECAY times
+ * longer, which gives the 2-bit counter the range of a wider one at the top. A ghost hit of a
+ * block evicted once-seen means the recency side was too short: the period shrinks (counters
+ * decay faster, reused blocks leave sooner and leave room to new ones); of a block evicted after
  * reuse, the frequency side was: the period grows. Each step is DECAY_STEP times ARC's
  * weight, the ratio of the other kind's ghosts to this kind's (at least 1). Ghost hits of
  * blocks a write invalidated (re-inserted by the write itself) do not adapt.
@@ -65,6 +70,10 @@ const COUNT_MASK = MAX_COUNT * FLAG_REF;
 export const DECAY_MAX = 16;
 /** Decay period change per ghost hit, times ARC's ghost-size ratio. */
 export const DECAY_STEP = 1 / 64;
+/** Counter of a block back from the ghost history (evicted once-seen or reused): one hit's. */
+export const GHOST_COUNT = 1;
+/** A counter at MAX_COUNT is decremented on one in TOP_DECAY of its carried block's turns. */
+export const TOP_DECAY = 8;
 /** A slot the hand may not take: dirty, or pinned for write-back (bda.ts). */
 const KEEP_MASK = FLAG_DIRTY | FLAG_SHADOW | FLAG_RESERVED;
 /**
@@ -119,6 +128,8 @@ export class CacheMap {
   decayPeriod = 1;
   /** Carries since the last decrement. */
   private decayCredit = 0;
+  /** Decrement turns of blocks at MAX_COUNT since the last one taken. */
+  private topCredit = 0;
   /** Blocks currently cached per volume id. */
   readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
   /** Per-volume cap in blocks; 0 = no cap. */
@@ -358,8 +369,11 @@ export class CacheMap {
       if (c === 0 || this.atCap(bda.volumeOf(i))) break;
       if (++this.decayCredit >= this.decayPeriod) {
         this.decayCredit -= this.decayPeriod;
-        flags[i] = f - FLAG_REF;
-        if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+        if (c !== COUNT_MASK || ++this.topCredit >= TOP_DECAY) {
+          if (c === COUNT_MASK) this.topCredit = 0;
+          flags[i] = f - FLAG_REF;
+          if (c === FLAG_REF) this.segKeep[this.segmentOf(i)]--;
+        }
       }
       this.blocksCarried++;
       i = this.step(i);
@@ -392,7 +406,7 @@ export class CacheMap {
     this.segValid[this.segmentOf(slot)]++;
     const kind = this.ghost ? this.ghost.take(bda.keyLo[slot], bda.keyHi[slot]) : -1;
     if (kind >= 0) {
-      bda.flags[slot] |= COUNT_MASK | FLAG_REUSED;
+      bda.flags[slot] |= (kind === GhostKind.Invalidated ? COUNT_MASK : GHOST_COUNT * FLAG_REF) | FLAG_REUSED;
       this.segKeep[this.segmentOf(slot)]++;
       this.stats(volume).ghostHits++;
       if (kind !== GhostKind.Invalidated) this.adapt(kind === GhostKind.Reused);

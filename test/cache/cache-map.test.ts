@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { CacheMap, CLEANING_WINDOW, DECAY_STEP, MAX_COUNT, SegmentChoice } from '../../src/cache/cache-map';
+import { CacheMap, CLEANING_WINDOW, DECAY_STEP, GHOST_COUNT, MAX_COUNT, SegmentChoice, TOP_DECAY } from '../../src/cache/cache-map';
 import { AddressMap } from '../../src/cache/address-map';
 import { BlockDescriptorArray, MAX_VOLUMES } from '../../src/cache/bda';
 import { GhostHistory, GhostKind } from '../../src/cache/ghost';
@@ -109,9 +109,9 @@ describe('cache map CLOCK', () => {
     // 11 is left as it is; 2 holes are few: cost-benefit picks segment 1 (oldest, nothing to
     // carry) over 3 (younger) and 0 (young, one block to carry).
     assert.equal(insert(m, 0, 25), 4);
-    // 4 was evicted just now: it comes back with the full counter (ghost history).
+    // 4 was evicted just now: it comes back with one hit's counter (ghost history).
     assert.equal(insert(m, 0, 4), 5);
-    assert.equal(drawSlots(m, 4), [' 0    1*   20   21', ' 25   4***>6    7', ' 22   23   24   11', ' 12   ..   ..   15'].join('\n'));
+    assert.equal(drawSlots(m, 4), [' 0    1*   20   21', ' 25   4*  >6    7', ' 22   23   24   11', ' 12   ..   ..   15'].join('\n'));
     assert.equal(m.blocksCarried, 2);
     assert.equal(m.stats(0).ghostHits, 1);
     assert.equal(m.stats(0).evictions, 4);
@@ -194,7 +194,7 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     assert.equal(m.stats(0).prefetchHits, 1, 'only the first hit of a read-ahead block is a read-ahead hit');
   });
 
-  it('an unread read-ahead block survives one pass of the hand, not two; one evicted recently comes back with the full counter', () => {
+  it('an unread read-ahead block survives one pass of the hand, not two; one evicted recently comes back with one hit\'s counter', () => {
     // A ghost history larger than the map: no key of this test forgets another.
     const m = new CacheMap(4, { ghostEntries: 1024 });
     prefetch(m, 0, 1);
@@ -205,9 +205,9 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     for (const b of [6, 7]) insert(m, 0, b);
     assert.equal(insert(m, 0, 8), 0);
     assert.equal(m.peek(0, 1), -1);
-    // 1 was evicted just now: read ahead again, it starts with the full counter.
+    // 1 was evicted just now: read ahead again, it starts with one hit's counter (GHOST_COUNT).
     prefetch(m, 0, 1);
-    assert.equal(drawSlots(m, 4), ' 8    1***>6    7');
+    assert.equal(drawSlots(m, 4), ' 8    1*  >6    7');
     assert.deepEqual([m.stats(0).prefetched, m.stats(0).ghostHits], [2, 1]);
   });
 
@@ -316,6 +316,27 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
 });
 
 describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
+  it('a block back from the ghost history starts at one hit\'s counter, one a write re-inserted at the top, which holds TOP_DECAY carries', () => {
+    const m = new CacheMap(8, { ghostEntries: 4096 });
+    for (let b = 0; b < 4; b++) insert(m, 0, b);
+    // A write of 1: invalidated, then re-inserted by the write itself at the top.
+    assert.equal(m.invalidate(0, 1), true);
+    assert.equal(insert(m, 0, 1), 4);
+    for (const b of [5, 6, 7]) insert(m, 0, b);
+    // 0 evicted once-seen by 8; back at once (a miss of a recently evicted block): one hit's counter.
+    assert.equal(insert(m, 0, 8), 0);
+    assert.equal(insert(m, 0, 0), 1);
+    assert.deepEqual([m.count(1), m.count(4)], [GHOST_COUNT, MAX_COUNT]);
+    assert.equal(drawSlots(m, 8), ' 8    0*  >2    3    1*** 5    6    7');
+    // The hand evicts 2 and 3, carries 1 (at the top: no decrement on its first turn), evicts 5.
+    for (const b of [9, 10, 11]) insert(m, 0, b);
+    assert.equal(drawSlots(m, 8), ' 8    0*   9    10   1*** 11  >6    7');
+    // A second round: 0 (counter 1) decays at its first carry, 1 is still at the top.
+    for (const b of [12, 13, 14, 15, 16, 17]) insert(m, 0, b);
+    assert.equal(drawSlots(m, 8), ' 14   0    15   16   1*** 17  >12   13');
+    assert.equal(m.blocksCarried, 3);
+  });
+
   it('decrements a carried block\'s counter on one carry in decayPeriod', () => {
     const m = new CacheMap(4);
     for (let b = 0; b < 4; b++) insert(m, 0, b);
@@ -348,7 +369,7 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
     // left first, so ARC's weight is once / reused = 2 / max(1, 0).
     assert.equal(insert(m, 0, 10), 1);
     assert.equal(m.decayPeriod, 1 + 2 * DECAY_STEP);
-    assert.equal(drawSlots(m, 2), '>13   10***');
+    assert.equal(drawSlots(m, 2), '>13   10*');
     assert.deepEqual([...m.ghost!.count], [2, 0, 0]);
     // A once-seen block back: shorter, by DECAY_STEP x max(1, reused / once).
     m.decayPeriod = 2;
@@ -495,9 +516,10 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     put(m, 0, 3);
     for (let k = 0; k < MAX_COUNT; k++) m.lookup(0, 3);
     assert.equal(drawSlots(m, 4), '>0d   1d   2d   3***');
-    // Three rounds carry 3 (counter 3, 2, 1) past 3 pinned slots each; the fourth evicts it.
+    // Ten rounds carry 3 past 3 pinned slots each (counter 3 for TOP_DECAY rounds, then 2, 1);
+    // the eleventh evicts it.
     assert.equal(m.findVictim(0), 3);
-    assert.equal(m.blocksCarried, MAX_COUNT);
+    assert.equal(m.blocksCarried, TOP_DECAY + MAX_COUNT - 1);
   });
 
   it('a holes-only refill whose holes are all pinned passes a log\'s worth of valid blocks, then takes one', () => {
@@ -508,8 +530,8 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     // is pinned. The hand passes 7, 0, 7, 0, 7, 0 (6 slots' worth), then takes 7.
     assert.equal(put(m, 0, 4), 3);
     assert.equal(m.refillingHoles, true);
-    // 4 was evicted before: back with the full counter.
-    assert.equal(drawSlots(m, 2), ['>0    R', ' R    4***', ' S    6d'].join('\n'));
+    // 4 was evicted before: back with one hit's counter.
+    assert.equal(drawSlots(m, 2), ['>0    R', ' R    4*', ' S    6d'].join('\n'));
   });
 
   it('a counter that decays to 0 as the hand carries its block makes its segment cheaper to clean', () => {
@@ -540,7 +562,7 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
       m.assign(slot, 0, 20, true);
       for (const b of [21, 22, 23]) put(m, 0, b);
       // Segment 2 keeps one block of two: it scores above segment 0 (both kept) and comes next.
-      assert.equal(drawSlots(m, 2), [' 0*   1*', ' 22   23', recent ? '>20*** 21' : '>20*  21'].join('\n'), `recently evicted: ${recent}`);
+      assert.equal(drawSlots(m, 2), [' 0*   1*', ' 22   23', '>20*  21'].join('\n'), `recently evicted: ${recent}`);
     }
   });
 
