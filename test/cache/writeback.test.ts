@@ -469,6 +469,48 @@ describe('write-back: the log group commit (Log.commit)', function () {
     });
   }
 
+  // Write errors during a commit or a flush with write-back blocks: it resolves false (nothing
+  // is acknowledged) and the log is disabled. `superseded`: a newer dirty copy of block 30
+  // since the last commit (the flush syncs, then rewrites the older copy's header).
+  for (const [what, how, superseded, fault] of [
+    ['its segment write fails', 'commit', false, 'segment'],
+    ['its fdatasync fails', 'commit', false, 'sync'],
+    ['its segment write fails', 'flush', false, 'segment'],
+    ['its fdatasync before the superseded copy is released fails', 'flush', true, 'sync'],
+    ['the header rewrite releasing the superseded copy fails', 'flush', true, 'rewrite'],
+    ['another device write fails while it waits for its fdatasync', 'flush', true, 'elsewhere'],
+  ] as const) {
+    it(`${how}() with write-back blocks resolves false and disables the log when ${what}`, async () => {
+      await open();
+      const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+      await cache.quiesce();
+      assert.equal(await cache.insertDirty(v, 30, block(30, 1), 1), 1);
+      assert.equal(await cache.commit(), true);
+      assert.equal(cache.stats().commits, 1);
+      assert.equal(await cache.insertDirty(v, superseded ? 30 : 31, block(30, 2), 1), 1);
+      const syncs = dev.fdatasyncs;
+      const held = gate();
+      if (fault === 'segment') dev.writeError = (offset) => offset >= segmentOffset(cache.geometry, 0);
+      if (fault === 'rewrite') dev.writeError = (offset, len) => offset >= segmentOffset(cache.geometry, 0) && len === cache.geometry.headerSize && dev.fdatasyncs > syncs;
+      if (fault === 'sync') {
+        const failed = Promise.reject(new VhostError('injected fdatasync error', 'EIO'));
+        failed.catch(() => undefined);
+        dev.syncGate = failed;
+      }
+      if (fault === 'elsewhere') dev.syncGate = held.promise;
+      const done = how === 'commit' ? cache.commit() : cache.log.flush();
+      if (fault === 'elsewhere') {
+        await waitFor(() => dev.fdatasyncs > syncs, 'the flush waiting for its fdatasync');
+        cache.log.writeFailed('injected volume table write error');
+        held.resolve();
+      }
+      assert.equal(await done, false);
+      dev.syncGate = null;
+      assert.equal(cache.stats().disabled, true);
+      assert.equal(cache.stats().commits, how === 'commit' ? 2 : 1, 'commits run');
+    });
+  }
+
   it('a header on the device over data that never landed: recovery drops the newer dirty entry, the older acknowledged copy wins', async () => {
     await open();
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);
