@@ -3,14 +3,15 @@
  * ahead (buffer Reading) is served from the device, never from the half-loaded buffer; going
  * round a warm log reads the next segment ahead and keeps its valid blocks; device reads of a
  * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
- * read), in any segment and slot; a failed segment write drops exactly that segment's blocks and
+ * read), in any segment and slot; a direct hit drops exactly its blocks that do not check; a
+ * failed segment write drops exactly that segment's blocks and
  * every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
-import { BufferState, deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
 import { tmpDir } from '../support/tmp';
@@ -145,6 +146,32 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(engine.reads - reads0, 2);
     const st = cache.stats();
     assert.deepEqual([st.readHits, st.storageHits, st.ramHits], [4, 4, 0]);
+  });
+
+  it('a direct hit whose run holds blocks that do not check: false, exactly those blocks counted and dropped, the rest still cached', async () => {
+    const vol = await warmFull();
+    /** Flips a byte of slot `slot`'s data on the device (behind the cache's back). */
+    const corrupt = (slot: number): void => {
+      const fd = fs.openSync(path.join(dir, 'cache'), 'r+');
+      const at = slotOffset(cache.geometry, slot) + 1234;
+      const one = Buffer.alloc(1);
+      fs.readSync(fd, one, 0, 1, at);
+      one[0] ^= 0x5a;
+      fs.writeSync(fd, one, 0, 1, at);
+      fs.closeSync(fd);
+    };
+    // Slots = blocks. Block 3, the last of a run of 4 (slots 0..3), then block 6, the middle of
+    // a run of 3 (slots 5..7): the second check's result must not see the first's.
+    for (const [from, n, bad, errors] of [[0, 4, 3, 1], [5, 3, 6, 2]] as const) {
+      corrupt(bad);
+      const out = new Uint8Array(n * BS);
+      assert.equal(await cache.readHit(vol, from * BS, n * BS, [out]), false, `blocks ${from}..${from + n - 1}`);
+      assert.equal(cache.stats().checksumErrors, errors);
+    }
+    const cached = [];
+    for (let b = 0; b < 16; b++) if (cache.map.peek(vol, b) >= 0) cached.push(b);
+    assert.deepEqual(cached, [0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    for (const b of [2, 5, 7, 8]) assert.deepEqual(await readCached(vol, b), blockData(b));
   });
 
   for (const how of ['readSlots', 'readDirect'] as const) {
