@@ -3,7 +3,8 @@
  * ahead (buffer Reading) is served from the device, never from the half-loaded buffer; going
  * round a warm log reads the next segment ahead and keeps its valid blocks; device reads of a
  * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
- * read), in any segment and slot; a direct hit drops exactly its blocks that do not check; a
+ * read), in any segment and slot; a direct hit drops exactly its blocks that do not check (a
+ * write-back block is kept: the only copy of its data); a
  * failed segment write drops exactly that segment's blocks and
  * every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
@@ -58,6 +59,17 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     const out = new Uint8Array(BS);
     const hit = new Uint8Array(1);
     return (await cache.readBlocks(vol, b, 1, out, hit)) === 1 ? out : null;
+  }
+
+  /** Flips a byte of slot `slot`'s data on the device (behind the cache's back). */
+  function corrupt(slot: number): void {
+    const fd = fs.openSync(path.join(dir, 'cache'), 'r+');
+    const at = slotOffset(cache.geometry, slot) + 1234;
+    const one = Buffer.alloc(1);
+    fs.readSync(fd, one, 0, 1, at);
+    one[0] ^= 0x5a;
+    fs.writeSync(fd, one, 0, 1, at);
+    fs.closeSync(fd);
   }
 
   beforeEach(() => {
@@ -150,16 +162,6 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
 
   it('a direct hit whose run holds blocks that do not check: false, exactly those blocks counted and dropped, the rest still cached', async () => {
     const vol = await warmFull();
-    /** Flips a byte of slot `slot`'s data on the device (behind the cache's back). */
-    const corrupt = (slot: number): void => {
-      const fd = fs.openSync(path.join(dir, 'cache'), 'r+');
-      const at = slotOffset(cache.geometry, slot) + 1234;
-      const one = Buffer.alloc(1);
-      fs.readSync(fd, one, 0, 1, at);
-      one[0] ^= 0x5a;
-      fs.writeSync(fd, one, 0, 1, at);
-      fs.closeSync(fd);
-    };
     // Slots = blocks. Block 3, the last of a run of 4 (slots 0..3), then block 6, the middle of
     // a run of 3 (slots 5..7): the second check's result must not see the first's.
     for (const [from, n, bad, errors] of [[0, 4, 3, 1], [5, 3, 6, 2]] as const) {
@@ -172,6 +174,21 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     for (let b = 0; b < 16; b++) if (cache.map.peek(vol, b) >= 0) cached.push(b);
     assert.deepEqual(cached, [0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
     for (const b of [2, 5, 7, 8]) assert.deepEqual(await readCached(vol, b), blockData(b));
+  });
+
+  it('a direct hit of a write-back block that does not check: false, counted, the block kept (the only copy of its data)', async () => {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 4), 4), 4);
+    assert.equal(await cache.commit(), true);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    corrupt(cache.map.peek(vol, 2));
+    assert.equal(await cache.readHit(vol, 0, 4 * BS, [new Uint8Array(4 * BS)]), false);
+    assert.equal(cache.stats().checksumErrors, 1);
+    assert.equal(cache.map.dirtyBlocks(vol), 4);
+    assert.deepEqual(await readCached(vol, 3), blockData(3));
   });
 
   for (const how of ['readSlots', 'readDirect'] as const) {
