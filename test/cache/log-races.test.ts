@@ -4,9 +4,9 @@
  * round a warm log reads the next segment ahead and keeps its valid blocks; device reads of a
  * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
  * read), in any segment and slot; a direct hit drops exactly its blocks that do not check (a
- * write-back block is kept: the only copy of its data); a
- * failed segment write drops exactly that segment's blocks and
- * every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
+ * write-back block is kept: the only copy of its data); a device read whose slot was given to
+ * another block meanwhile (not written yet) is a miss, not a checksum error; a failed segment
+ * write drops exactly that segment's blocks and every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -16,6 +16,7 @@ import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../sr
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
 import { tmpDir } from '../support/tmp';
+import { waitFor } from '../support/wait';
 
 const BS = 4096;
 const SEGMENTS = 4;
@@ -190,6 +191,33 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(cache.map.dirtyBlocks(vol), 4);
     assert.deepEqual(await readCached(vol, 3), blockData(3));
   });
+
+  for (const other of ['another volume', 'another block'] as const) {
+    it(`a device read whose slot the hand gave to ${other} meanwhile (the segment not written yet) is a miss, never a checksum error: the new block stays`, async () => {
+      const vol = await warmFull();
+      const w = cache.registerVolume('w', 'id-w', 1 << 20);
+      // Hold the device reads of runs of 4 blocks (not the whole-segment read of the insertion).
+      const held = gate();
+      let waiting = 0;
+      engine.readHook = async (_offset, len) => {
+        if (len !== 4 * BS) return;
+        waiting++;
+        await held.promise;
+      };
+      const out = new Uint8Array(16 * BS);
+      const reading = cache.readBlocks(vol, 0, 16, out, new Uint8Array(16));
+      await waitFor(() => waiting === 4, 'the four device reads');
+      // The hand's slot (every counter is 0 after the warm start) receives the new block.
+      const slot = cache.map.hand;
+      const [nv, nb] = other === 'another volume' ? [w, slot] : [vol, 100];
+      assert.equal(await cache.insert(nv, nb, blockData(nb + 50), 1, () => true), 1);
+      assert.equal(cache.map.peek(nv, nb), slot);
+      held.resolve();
+      assert.equal(await reading, 15);
+      assert.equal(cache.stats().checksumErrors, 0);
+      assert.deepEqual(await readCached(nv, nb), blockData(nb + 50));
+    });
+  }
 
   for (const how of ['readSlots', 'readDirect'] as const) {
     it(`${how}: a device read of a block in a later segment racing with that segment's rewrite reports it (direct reads hold the write back until the last one is done)`, async () => {
