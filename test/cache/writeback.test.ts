@@ -470,6 +470,29 @@ describe('write-back: the log group commit (Log.commit)', function () {
     });
   }
 
+  it('quiesce() waits for a header rewrite batch until its fdatasync is done (no I/O in flight once it resolves)', async () => {
+    await open();
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    assert.equal(await cache.insert(v, 5, block(5, 1), 1, () => true), 1);
+    assert.equal(await cache.commit(), true);
+    const held = gate();
+    dev.syncGate = held.promise;
+    const syncs = dev.fdatasyncs;
+    // Invalidating block 5 rewrites its segment's header, then syncs (held).
+    const killed = cache.invalidate(v, 5, 1);
+    assert.ok(killed !== null);
+    await waitFor(() => dev.fdatasyncs > syncs, "the rewrite batch's fdatasync");
+    let quiet = false;
+    const quiescing = cache.log.quiesce().then(() => (quiet = true));
+    await settle();
+    assert.equal(quiet, false, 'quiesce() waits for the fdatasync in flight');
+    held.resolve();
+    dev.syncGate = null;
+    await quiescing;
+    await killed;
+  });
+
   // Write errors during a commit or a flush with write-back blocks: it resolves false (nothing
   // is acknowledged) and the log is disabled. `superseded`: a newer dirty copy of block 30
   // since the last commit (the flush syncs, then rewrites the older copy's header).
