@@ -5,7 +5,8 @@
  * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
  * read), in any segment and slot; a direct hit drops exactly its blocks that do not check (a
  * write-back block is kept: the only copy of its data); a device read whose slot was given to
- * another block meanwhile (not written yet) is a miss, not a checksum error; a failed segment
+ * another block meanwhile (not written yet) is a miss, not a checksum error; a run of 256 blocks
+ * (1 MiB segments) is checked whole; a failed segment
  * write drops exactly that segment's blocks and every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
 import { strict as assert } from 'node:assert';
@@ -218,6 +219,19 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
       assert.deepEqual(await readCached(nv, nb), blockData(nb + 50));
     });
   }
+
+  it('1 MiB segments: a device read of a run of 256 blocks checks every block (the check scratch grows past 128 entries)', async () => {
+    const o = { path: path.join(dir, 'cache'), size: deviceBytesFor(2, BS, 256 * BS), segmentSize: 256 * BS, buffers: 2, engine };
+    cache = await Cache.open(o);
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 256), 256, () => true), 256);
+    await cache.close();
+    cache = await Cache.open(o);
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    const out = new Uint8Array(256 * BS);
+    assert.equal(await cache.readBlocks(vol, 0, 256, out, new Uint8Array(256)), 256);
+    assert.deepEqual(out, blockData(0, 256));
+  });
 
   for (const how of ['readSlots', 'readDirect'] as const) {
     it(`${how}: a device read of a block in a later segment racing with that segment's rewrite reports it (direct reads hold the write back until the last one is done)`, async () => {
