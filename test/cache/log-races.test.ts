@@ -5,7 +5,8 @@
  * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
  * read), in any segment and slot; a direct hit drops exactly its blocks that do not check (a
  * write-back block is kept: the only copy of its data); a device read whose slot was given to
- * another block meanwhile (not written yet) is a miss, not a checksum error; a run of 256 blocks
+ * another block meanwhile (not written yet) is a miss, not a checksum error; read-ahead keeps a
+ * write-back block that does not check (its reads fail); a run of 256 blocks
  * (1 MiB segments) is checked whole; a failed segment
  * write drops exactly that segment's blocks and every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
@@ -191,6 +192,28 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(cache.stats().checksumErrors, 1);
     assert.equal(cache.map.dirtyBlocks(vol), 4);
     assert.deepEqual(await readCached(vol, 3), blockData(3));
+  });
+
+  it('read-ahead of a segment keeps a write-back block that does not check (counted; its reads fail, never the older backing store)', async () => {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    // Segment 0: write-back blocks 0..1, clean blocks 2..3.
+    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 2), 2), 2);
+    assert.equal(await cache.insert(vol, 2, blockData(2, 2), 2, () => true), 2);
+    assert.equal(await cache.commit(), true);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    corrupt(cache.map.peek(vol, 1));
+    // A lap of insertions: the hand comes back to segment 0 (its clean slots), which is read first.
+    const reads = cache.log.segmentReads;
+    assert.equal(await cache.insert(vol, 100, blockData(100, 14), 14, () => true), 14);
+    await cache.log.quiesce();
+    assert.ok(cache.log.segmentReads > reads, 'segments read ahead');
+    assert.equal(cache.stats().checksumErrors, 1);
+    assert.equal(cache.map.dirtyBlocks(vol), 2, 'both write-back blocks kept');
+    await assert.rejects(cache.readBlocks(vol, 1, 1, new Uint8Array(BS), new Uint8Array(1)), /unreadable/);
+    assert.deepEqual(await readCached(vol, 0), blockData(0));
   });
 
   for (const other of ['another volume', 'another block'] as const) {
