@@ -6,7 +6,8 @@
  * read), in any segment and slot; a direct hit drops exactly its blocks that do not check (a
  * write-back block is kept: the only copy of its data); a device read whose slot was given to
  * another block meanwhile (not written yet) is a miss, not a checksum error; read-ahead keeps a
- * write-back block that does not check (its reads fail); a run of 256 blocks
+ * write-back block that does not check (its reads fail), and after a failed read-ahead the
+ * write-back blocks are read from the device, never from the buffer; a run of 256 blocks
  * (1 MiB segments) is checked whole; a failed segment
  * write drops exactly that segment's blocks and every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
@@ -17,6 +18,7 @@ import { Cache } from '../../src/cache/cache';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
+import { VhostError } from '../../src/native/errors';
 import { tmpDir } from '../support/tmp';
 import { waitFor } from '../support/wait';
 
@@ -214,6 +216,27 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(cache.map.dirtyBlocks(vol), 2, 'both write-back blocks kept');
     await assert.rejects(cache.readBlocks(vol, 1, 1, new Uint8Array(BS), new Uint8Array(1)), /unreadable/);
     assert.deepEqual(await readCached(vol, 0), blockData(0));
+  });
+
+  it('a failed read-ahead keeps the write-back blocks of its segment, read from the device afterwards (never from the buffer)', async () => {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 2), 2), 2);
+    assert.equal(await cache.insert(vol, 2, blockData(2, 2), 2, () => true), 2);
+    assert.equal(await cache.commit(), true);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    const g = cache.geometry;
+    engine.readHook = async (_offset, len) => {
+      if (len === g.headerSize + BPS * BS) throw new VhostError('injected read-ahead error', 'EIO');
+    };
+    assert.equal(await cache.insert(vol, 100, blockData(100, 14), 14, () => true), 14);
+    await cache.log.quiesce();
+    engine.readHook = null;
+    assert.ok(cache.log.readErrors > 0, 'read-ahead failed');
+    assert.equal(cache.map.dirtyBlocks(vol), 2);
+    for (const b of [0, 1]) assert.deepEqual(await readCached(vol, b), blockData(b), `block ${b}`);
   });
 
   for (const other of ['another volume', 'another block'] as const) {
