@@ -3,7 +3,9 @@
  * clones with RBD's semantics (CloneStore: a unit not owned reads the parent inside the
  * overlap; a write-like operation copies the unit up first): blocks read by one clone are hits
  * for the other; writes, discards and write-zeroes to one clone never change what the other
- * reads, racing reads included; a warm restart keeps the parent's blocks; a clone written
+ * reads, racing reads included; a miss of blocks of both keys inserts each run under its key,
+ * is joined per key, and a clone's own block never takes the parent's bytes of another clone's
+ * read; a warm restart keeps the parent's blocks; a clone written
  * offline (its owned units found at open) never reads old parent blocks; blocks the clone
  * cached under its own key for a unit that reads the parent again are dropped at open.
  */
