@@ -3,17 +3,24 @@
  * ahead (buffer Reading) is served from the device, never from the half-loaded buffer; going
  * round a warm log reads the next segment ahead and keeps its valid blocks; device reads of a
  * segment racing its rewrite report it (readSlots, readDirect: the rewrite waits for a direct
- * read), in any segment and slot; a failed segment write drops exactly that segment's blocks and
- * every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
+ * read), in any segment and slot; a direct hit drops exactly its blocks that do not check (a
+ * write-back block is kept: the only copy of its data); a device read whose slot was given to
+ * another block meanwhile (not written yet) is a miss, not a checksum error; read-ahead keeps a
+ * write-back block that does not check (its reads fail), and after a failed read-ahead the
+ * write-back blocks are read from the device, never from the buffer; a run of 256 blocks
+ * (1 MiB segments) is checked whole; a failed segment
+ * write drops exactly that segment's blocks and every other cached block keeps serving its data. Blocks carry their number in every byte (blockData), so a wrong block shows.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
-import { BufferState, deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
+import { VhostError } from '../../src/native/errors';
 import { tmpDir } from '../support/tmp';
+import { waitFor } from '../support/wait';
 
 const BS = 4096;
 const SEGMENTS = 4;
@@ -57,6 +64,17 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     const out = new Uint8Array(BS);
     const hit = new Uint8Array(1);
     return (await cache.readBlocks(vol, b, 1, out, hit)) === 1 ? out : null;
+  }
+
+  /** Flips a byte of slot `slot`'s data on the device (behind the cache's back). */
+  function corrupt(slot: number): void {
+    const fd = fs.openSync(path.join(dir, 'cache'), 'r+');
+    const at = slotOffset(cache.geometry, slot) + 1234;
+    const one = Buffer.alloc(1);
+    fs.readSync(fd, one, 0, 1, at);
+    one[0] ^= 0x5a;
+    fs.writeSync(fd, one, 0, 1, at);
+    fs.closeSync(fd);
   }
 
   beforeEach(() => {
@@ -145,6 +163,120 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(engine.reads - reads0, 2);
     const st = cache.stats();
     assert.deepEqual([st.readHits, st.storageHits, st.ramHits], [4, 4, 0]);
+  });
+
+  it('a direct hit whose run holds blocks that do not check: false, exactly those blocks counted and dropped, the rest still cached', async () => {
+    const vol = await warmFull();
+    // Slots = blocks. Block 3, the last of a run of 4 (slots 0..3), then block 6, the middle of
+    // a run of 3 (slots 5..7): the second check's result must not see the first's.
+    for (const [from, n, bad, errors] of [[0, 4, 3, 1], [5, 3, 6, 2]] as const) {
+      corrupt(bad);
+      const out = new Uint8Array(n * BS);
+      assert.equal(await cache.readHit(vol, from * BS, n * BS, [out]), false, `blocks ${from}..${from + n - 1}`);
+      assert.equal(cache.stats().checksumErrors, errors);
+    }
+    const cached = [];
+    for (let b = 0; b < 16; b++) if (cache.map.peek(vol, b) >= 0) cached.push(b);
+    assert.deepEqual(cached, [0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    for (const b of [2, 5, 7, 8]) assert.deepEqual(await readCached(vol, b), blockData(b));
+  });
+
+  it('a direct hit of a write-back block that does not check: false, counted, the block kept (the only copy of its data)', async () => {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 4), 4), 4);
+    assert.equal(await cache.commit(), true);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    corrupt(cache.map.peek(vol, 2));
+    assert.equal(await cache.readHit(vol, 0, 4 * BS, [new Uint8Array(4 * BS)]), false);
+    assert.equal(cache.stats().checksumErrors, 1);
+    assert.equal(cache.map.dirtyBlocks(vol), 4);
+    assert.deepEqual(await readCached(vol, 3), blockData(3));
+  });
+
+  it('read-ahead of a segment keeps a write-back block that does not check (counted; its reads fail, never the older backing store)', async () => {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    // Segment 0: write-back blocks 0..1, clean blocks 2..3.
+    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 2), 2), 2);
+    assert.equal(await cache.insert(vol, 2, blockData(2, 2), 2, () => true), 2);
+    assert.equal(await cache.commit(), true);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    corrupt(cache.map.peek(vol, 1));
+    // A lap of insertions: the hand comes back to segment 0 (its clean slots), which is read first.
+    const reads = cache.log.segmentReads;
+    assert.equal(await cache.insert(vol, 100, blockData(100, 14), 14, () => true), 14);
+    await cache.log.quiesce();
+    assert.ok(cache.log.segmentReads > reads, 'segments read ahead');
+    assert.equal(cache.stats().checksumErrors, 1);
+    assert.equal(cache.map.dirtyBlocks(vol), 2, 'both write-back blocks kept');
+    await assert.rejects(cache.readBlocks(vol, 1, 1, new Uint8Array(BS), new Uint8Array(1)), /unreadable/);
+    assert.deepEqual(await readCached(vol, 0), blockData(0));
+  });
+
+  it('a failed read-ahead keeps the write-back blocks of its segment, read from the device afterwards (never from the buffer)', async () => {
+    cache = await open();
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 2), 2), 2);
+    assert.equal(await cache.insert(vol, 2, blockData(2, 2), 2, () => true), 2);
+    assert.equal(await cache.commit(), true);
+    await cache.close();
+    cache = await open();
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    const g = cache.geometry;
+    engine.readHook = async (_offset, len) => {
+      if (len === g.headerSize + BPS * BS) throw new VhostError('injected read-ahead error', 'EIO');
+    };
+    assert.equal(await cache.insert(vol, 100, blockData(100, 14), 14, () => true), 14);
+    await cache.log.quiesce();
+    engine.readHook = null;
+    assert.ok(cache.log.readErrors > 0, 'read-ahead failed');
+    assert.equal(cache.map.dirtyBlocks(vol), 2);
+    for (const b of [0, 1]) assert.deepEqual(await readCached(vol, b), blockData(b), `block ${b}`);
+  });
+
+  for (const other of ['another volume', 'another block'] as const) {
+    it(`a device read whose slot the hand gave to ${other} meanwhile (the segment not written yet) is a miss, never a checksum error: the new block stays`, async () => {
+      const vol = await warmFull();
+      const w = cache.registerVolume('w', 'id-w', 1 << 20);
+      // Hold the device reads of runs of 4 blocks (not the whole-segment read of the insertion).
+      const held = gate();
+      let waiting = 0;
+      engine.readHook = async (_offset, len) => {
+        if (len !== 4 * BS) return;
+        waiting++;
+        await held.promise;
+      };
+      const out = new Uint8Array(16 * BS);
+      const reading = cache.readBlocks(vol, 0, 16, out, new Uint8Array(16));
+      await waitFor(() => waiting === 4, 'the four device reads');
+      // The hand's slot (every counter is 0 after the warm start) receives the new block.
+      const slot = cache.map.hand;
+      const [nv, nb] = other === 'another volume' ? [w, slot] : [vol, 100];
+      assert.equal(await cache.insert(nv, nb, blockData(nb + 50), 1, () => true), 1);
+      assert.equal(cache.map.peek(nv, nb), slot);
+      held.resolve();
+      assert.equal(await reading, 15);
+      assert.equal(cache.stats().checksumErrors, 0);
+      assert.deepEqual(await readCached(nv, nb), blockData(nb + 50));
+    });
+  }
+
+  it('1 MiB segments: a device read of a run of 256 blocks checks every block (the check scratch grows past 128 entries)', async () => {
+    const o = { path: path.join(dir, 'cache'), size: deviceBytesFor(2, BS, 256 * BS), segmentSize: 256 * BS, buffers: 2, engine };
+    cache = await Cache.open(o);
+    let vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 256), 256, () => true), 256);
+    await cache.close();
+    cache = await Cache.open(o);
+    vol = cache.registerVolume('v', 'id', 1 << 20);
+    const out = new Uint8Array(256 * BS);
+    assert.equal(await cache.readBlocks(vol, 0, 256, out, new Uint8Array(256)), 256);
+    assert.deepEqual(out, blockData(0, 256));
   });
 
   for (const how of ['readSlots', 'readDirect'] as const) {

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import pino from 'pino';
 import { native } from '../../src/native/binding';
 import { Cache } from '../../src/cache/cache';
-import { READ_LATENCY_SAMPLE } from '../../src/cache/log';
+import { INSERT_BLOCKS_PER_TURN, READ_LATENCY_SAMPLE } from '../../src/cache/log';
 import { deviceBytesFor, entryOffset, HEADER_SECTOR, SEGMENT_MAGIC, segmentOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { drawSlots, FaultyEngine } from './helpers';
@@ -116,6 +116,26 @@ describe('cache log', () => {
     assert.deepEqual(new Uint8Array(seg2.subarray(4096 + BS, 4096 + 2 * BS)), blockData(9));
     // One header sector (4 entries), its CRC-32C in its last 4 bytes.
     assert.equal(dv.getUint32(HEADER_SECTOR - 4, true), native.crc32c(seg2.subarray(0, HEADER_SECTOR - 4)));
+  });
+
+  it('insertions queued in one turn beyond INSERT_BLOCKS_PER_TURN blocks start in later turns, each once, in order', async () => {
+    await cache.abort();
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, maxQueuedBlocks: 4 * INSERT_BLOCKS_PER_TURN });
+    const v = cache.registerVolume('v', 'id', 1 << 30);
+    // The first job takes all but 50 blocks of the turn's budget: the second (100 blocks) waits a turn.
+    const n = INSERT_BLOCKS_PER_TURN - 50;
+    const inserts = [cache.insert(v, 0, blockData(0, n), n, () => true), cache.insert(v, 1000, blockData(1000, 100), 100, () => true)];
+    assert.deepEqual(await Promise.all(inserts), [n, 100]);
+    await cache.log.quiesce();
+    // 16 slots, all holding blocks of the second job (it ran last), each its own data.
+    const cached = [...Array(1100).keys()].filter((b) => cache.map.peek(v, b) >= 0);
+    assert.equal(cached.length, 16);
+    for (const b of cached) {
+      const out = new Uint8Array(BS);
+      assert.ok(b >= 1000, `block ${b} of the first job`);
+      assert.equal(await cache.readBlocks(v, b, 1, out, new Uint8Array(1)), 1);
+      assert.deepEqual(out, blockData(b));
+    }
   });
 
   it('drops insertions beyond maxQueuedBlocks queued (counted), and takes them again once the queue drained', async () => {

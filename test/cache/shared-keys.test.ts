@@ -3,7 +3,9 @@
  * clones with RBD's semantics (CloneStore: a unit not owned reads the parent inside the
  * overlap; a write-like operation copies the unit up first): blocks read by one clone are hits
  * for the other; writes, discards and write-zeroes to one clone never change what the other
- * reads, racing reads included; a warm restart keeps the parent's blocks; a clone written
+ * reads, racing reads included; a miss of blocks of both keys inserts each run under its key,
+ * is joined per key, and a clone's own block never takes the parent's bytes of another clone's
+ * read; a warm restart keeps the parent's blocks; a clone written
  * offline (its owned units found at open) never reads old parent blocks; blocks the clone
  * cached under its own key for a unit that reads the parent again are dropped at open.
  */
@@ -19,6 +21,7 @@ import { FsEngine } from '../../src/io/fs-engine';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import { rng } from './helpers';
 import { stampBytes } from '../support/stamps';
+import { waitFor } from '../support/wait';
 
 const BS = 4096;
 /** Unit of ownership (RBD: object): 4 blocks. */
@@ -416,6 +419,75 @@ describe('clones share their parent cached blocks', () => {
     await ca.drain();
     await cache.log.quiesce();
     assert.deepEqual(await readBack(cb, 8 * BS, 2 * BS), parent.subarray(8 * BS, 10 * BS));
+  });
+
+  it("a clone's miss of blocks of two keys: each key's run inserted under its key, joined by a read of the second run, a racing write poisons its run", async () => {
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true, mode: 'writearound' });
+    const cb = await cached(b);
+    // Unit 2 (blocks 8..11) becomes a's own: blocks 6..9 are two key runs, the parent's 6..7, a's 8..9.
+    const w8 = new Uint8Array(BS);
+    stampBytes(w8, 8 * BS, 3);
+    await ca.write(8 * BS, [w8]);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let reads = 0;
+    a.delay = (kind) => (kind === 'read' ? (reads++, held) : Promise.resolve());
+    const whole = readBack(ca, 6 * BS, 4 * BS);
+    await waitFor(() => reads === 1, "a's backing read of blocks 6..9");
+    // Blocks 8..9 are being read (the second key run of that read): taken from it.
+    const joined = readBack(ca, 8 * BS, 2 * BS);
+    release();
+    assert.deepEqual(await whole, a.content(6 * BS, 4 * BS));
+    assert.deepEqual(await joined, a.content(8 * BS, 2 * BS));
+    assert.equal(reads, 1, 'blocks 8..9 read once');
+    assert.equal(cache.stats().volumes.a.readsJoined, 2);
+    a.delay = (kind) => (kind === 'read' && reads++, Promise.resolve());
+    await ca.drain();
+    await cache.log.quiesce();
+    // 6..7 cached under the parent's key (hits for b), 8..9 under a's.
+    assert.deepEqual(await readBack(cb, 6 * BS, 2 * BS), parent.subarray(6 * BS, 8 * BS));
+    assert.equal(b.parentBytesRead, 0);
+    assert.deepEqual(await readBack(ca, 6 * BS, 4 * BS), a.content(6 * BS, 4 * BS));
+    assert.equal(reads, 1, 'blocks 6..9 all hits');
+    // Block 9 invalidated (a write), read again after hits 6..8, and a write lands before that
+    // read's insertion of 9 is placed (insertions wait for a check phase): a write of block 9
+    // poisons it, a write of block 5 (another unit) does not.
+    for (const [gen, target, inserted] of [[4, 9, false], [5, 5, true]] as const) {
+      await ca.write(9 * BS, [new Uint8Array(BS).fill(gen)]);
+      assert.deepEqual(await readBack(ca, 6 * BS, 4 * BS), a.content(6 * BS, 4 * BS));
+      const w = new Uint8Array(BS);
+      stampBytes(w, target * BS, gen);
+      await ca.write(target * BS, [w]);
+      await ca.drain();
+      await cache.log.quiesce();
+      const before: number = reads;
+      assert.deepEqual(await readBack(ca, 9 * BS, BS), a.content(9 * BS, BS), `block 9 after the write of block ${target}`);
+      assert.equal(reads - before, inserted ? 0 : 1, `block 9 ${inserted ? 'inserted' : 'not inserted'} by the read the write of ${target} raced`);
+      assert.deepEqual(await readBack(ca, 0, 12 * BS), a.content(0, 12 * BS));
+    }
+  });
+
+  it("a clone's miss of its own block never takes the other clone's read of the parent's block of that number", async () => {
+    const ca = await CachedStore.open({ backing: a, cache, name: a.name, readAhead: 0, exclusive: true, mode: 'writearound' });
+    const cb = await cached(b);
+    const w8 = new Uint8Array(BS);
+    stampBytes(w8, 8 * BS, 3);
+    await ca.write(8 * BS, [w8]);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let reads = 0;
+    b.delay = (kind) => (kind === 'read' ? (reads++, held) : Promise.resolve());
+    // b reads the parent's blocks 8..9; a then misses 7 (the parent's) and 8..9 (its own).
+    const rb = readBack(cb, 8 * BS, 2 * BS);
+    await waitFor(() => reads === 1, "b's backing read of blocks 8..9");
+    let aReads = 0;
+    a.delay = (kind) => (kind === 'read' && aReads++, Promise.resolve());
+    const ra = readBack(ca, 7 * BS, 3 * BS);
+    // a's backing read is issued once its misses were looked up among the reads in flight.
+    await waitFor(() => aReads === 1, "a's backing read");
+    release();
+    assert.deepEqual(await ra, a.content(7 * BS, 3 * BS));
+    assert.deepEqual(await rb, parent.subarray(8 * BS, 10 * BS));
   });
 
   it("a clone sharing less than one block with its parent opens even when the parent's name is taken (it keys nothing by the parent)", async () => {

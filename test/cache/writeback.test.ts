@@ -13,7 +13,7 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
 import { VhostError } from '../../src/native/errors';
 import { drawSlots, gate, MemStore } from './helpers';
-import { HeldIo } from '../support/held-io';
+import { HeldIo, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
@@ -211,7 +211,8 @@ describe('write-back volume', function () {
     for (const gen of [1, 2]) assert.equal(await cache.log.insert(store.volume, 30, block(30, gen), 1, () => true, false, true), 1);
     assert.equal(drawSlots(cache.map, 8).split('S').length - 1, 1, 'the first copy\'s slot is SHADOW');
     assert.equal(await cache.log.flush(), true);
-    await cache.log.quiesce();
+    // Done when it resolves: the header naming the older copy rewritten and synced.
+    assert.equal(dev.unflushedWrites, 0);
     assert.doesNotMatch(drawSlots(cache.map, 8), /[SR]/);
     assert.equal(cache.map.dirtyBlocks(store.volume), 1);
   });
@@ -398,6 +399,142 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.equal(dev.writes - writes, 2, 'the header, and the run of slots 1-4');
     assert.equal(dev.unflushedWrites, 0);
   });
+
+  /**
+   * Every state a power cut can leave now (each unflushed write kept or lost, in order): `check`
+   * runs on a cache recovered from each.
+   */
+  let crashes = 0;
+  const crashStates = async (check: (c: Cache) => Promise<void>): Promise<number> => {
+    const n = dev.unflushedWrites;
+    for (let mask = 0; mask < 1 << n; mask++) {
+      let i = 0;
+      const image = dev.crashImage(() => ((mask >> i++) & 1 ? 0.9 : 0));
+      // A file of the device's size (the device is `image`; a file of another size is formatted).
+      const file = path.join(dir, `crash-${crashes++}`);
+      fs.closeSync(fs.openSync(file, 'w'));
+      fs.truncateSync(file, DEVICE);
+      const c = await Cache.open({ path: file, size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: new MemDevice(DEVICE, image) });
+      try {
+        await check(c);
+      } finally {
+        await c.abort();
+      }
+    }
+    return 1 << n;
+  };
+
+  for (const how of ['flush', 'commit'] as const) {
+    it(`${how}() with a dirty copy superseded since the last commit: a crash at any point of it recovers the older or the newer copy, never neither`, async () => {
+      await open();
+      const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+      await cache.quiesce();
+      const older = block(30, 1);
+      const newer = block(30, 2);
+      assert.equal(await cache.insertDirty(v, 30, older, 1), 1);
+      assert.equal(await cache.commit(), true);
+      // The newer copy supersedes the older (SHADOW) in the buffered segment; every device write
+      // of the flush or commit (segment write, header rewrite releasing the older entry) held.
+      const io = new HeldIo();
+      dev.io = io;
+      assert.equal(await cache.insertDirty(v, 30, newer, 1), 1);
+      let done = false;
+      const flushed = (how === 'flush' ? cache.log.flush() : cache.commit()).then((ok) => ((done = true), ok));
+      let states = 0;
+      let sawNewer = false;
+      const check = async (c: Cache): Promise<void> => {
+        assert.equal(c.registerVolume('v', 'mem-1', 64 * BS), v);
+        const out = new Uint8Array(BS);
+        assert.equal(await c.readBlocks(v, 30, 1, out, new Uint8Array(1)), 1, 'block 30 recovered from the cache (the backing store never had it)');
+        if (Buffer.compare(out, newer) === 0) sawNewer = true;
+        else assert.deepEqual(out, older, 'block 30 is one of its two copies');
+      };
+      try {
+        for (;;) {
+          await waitFor(() => done || io.pending.length > 0, `the next device write of the ${how}`);
+          // A commit's rewrite releasing the older entry runs in the background: after it resolves.
+          await settle();
+          const h = io.pending[0];
+          if (h === undefined) break;
+          h.effect();
+          states += await crashStates(check);
+          h.complete();
+          await settle();
+        }
+      } finally {
+        dev.io = null;
+        await io.drain();
+      }
+      assert.equal(await flushed, true);
+      assert.ok(states >= 8 && sawNewer, `crash states checked: ${states}, the newer copy among them`);
+      assert.equal(cache.map.dirtyBlocks(v), 1);
+    });
+  }
+
+  it('quiesce() waits for a header rewrite batch until its fdatasync is done (no I/O in flight once it resolves)', async () => {
+    await open();
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    assert.equal(await cache.insert(v, 5, block(5, 1), 1, () => true), 1);
+    assert.equal(await cache.commit(), true);
+    const held = gate();
+    dev.syncGate = held.promise;
+    const syncs = dev.fdatasyncs;
+    // Invalidating block 5 rewrites its segment's header, then syncs (held).
+    const killed = cache.invalidate(v, 5, 1);
+    assert.ok(killed !== null);
+    await waitFor(() => dev.fdatasyncs > syncs, "the rewrite batch's fdatasync");
+    let quiet = false;
+    const quiescing = cache.log.quiesce().then(() => (quiet = true));
+    await settle();
+    assert.equal(quiet, false, 'quiesce() waits for the fdatasync in flight');
+    held.resolve();
+    dev.syncGate = null;
+    await quiescing;
+    await killed;
+  });
+
+  // Write errors during a commit or a flush with write-back blocks: it resolves false (nothing
+  // is acknowledged) and the log is disabled. `superseded`: a newer dirty copy of block 30
+  // since the last commit (the flush syncs, then rewrites the older copy's header).
+  for (const [what, how, superseded, fault] of [
+    ['its segment write fails', 'commit', false, 'segment'],
+    ['its fdatasync fails', 'commit', false, 'sync'],
+    ['its segment write fails', 'flush', false, 'segment'],
+    ['its fdatasync before the superseded copy is released fails', 'flush', true, 'sync'],
+    ['the header rewrite releasing the superseded copy fails', 'flush', true, 'rewrite'],
+    ['another device write fails while it waits for its fdatasync', 'flush', true, 'elsewhere'],
+  ] as const) {
+    it(`${how}() with write-back blocks resolves false and disables the log when ${what}`, async () => {
+      await open();
+      const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+      await cache.quiesce();
+      assert.equal(await cache.insertDirty(v, 30, block(30, 1), 1), 1);
+      assert.equal(await cache.commit(), true);
+      assert.equal(cache.stats().commits, 1);
+      assert.equal(await cache.insertDirty(v, superseded ? 30 : 31, block(30, 2), 1), 1);
+      const syncs = dev.fdatasyncs;
+      const held = gate();
+      if (fault === 'segment') dev.writeError = (offset) => offset >= segmentOffset(cache.geometry, 0);
+      if (fault === 'rewrite') dev.writeError = (offset, len) => offset >= segmentOffset(cache.geometry, 0) && len === cache.geometry.headerSize && dev.fdatasyncs > syncs;
+      if (fault === 'sync') {
+        const failed = Promise.reject(new VhostError('injected fdatasync error', 'EIO'));
+        failed.catch(() => undefined);
+        dev.syncGate = failed;
+      }
+      if (fault === 'elsewhere') dev.syncGate = held.promise;
+      const done = how === 'commit' ? cache.commit() : cache.log.flush();
+      if (fault === 'elsewhere') {
+        await waitFor(() => dev.fdatasyncs > syncs, 'the flush waiting for its fdatasync');
+        cache.log.writeFailed('injected volume table write error');
+        held.resolve();
+      }
+      assert.equal(await done, false);
+      dev.syncGate = null;
+      assert.equal(cache.stats().disabled, true);
+      assert.equal(cache.stats().commits, how === 'commit' ? 2 : 1, 'commits run');
+    });
+  }
 
   it('a header on the device over data that never landed: recovery drops the newer dirty entry, the older acknowledged copy wins', async () => {
     await open();
