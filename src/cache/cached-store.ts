@@ -197,6 +197,9 @@ export interface CachedStoreOptions {
   flushOnStop?: boolean;
   /** Longest a yielding destage waits for the guest to go idle (default destage.ts YIELD_MAX_MS). */
   yieldMaxMs?: number;
+  /** How long a volume must be quiet before a round below the high watermark, and the longest wait for it (destage.ts QUIET_MS, ROUND_WAIT_MAX_MS). */
+  quietMs?: number;
+  roundWaitMaxMs?: number;
   /**
    * open() discards the write-back blocks the cache holds for another backing object of this
    * volume's name (Cache.discardOrphanedDirty) instead of being refused with EBUSY.
@@ -361,6 +364,8 @@ export class CachedStore implements BackingStore {
       busy: () => this.busy,
       started: () => this.opsStarted,
       ...(o.yieldMaxMs !== undefined ? { yieldMaxMs: o.yieldMaxMs } : {}),
+      ...(o.quietMs !== undefined ? { quietMs: o.quietMs } : {}),
+      ...(o.roundWaitMaxMs !== undefined ? { roundWaitMaxMs: o.roundWaitMaxMs } : {}),
       logger: this.log,
     });
     this.flushOnStop = o.flushOnStop === true;

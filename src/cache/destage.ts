@@ -78,6 +78,9 @@ export interface DestageOptions {
   started: () => number;
   /** Longest wait for the guest to go idle (default YIELD_MAX_MS). */
   yieldMaxMs?: number;
+  /** A round that is not pressed waits for this long a quiet volume, at most for roundWaitMaxMs (defaults QUIET_MS, ROUND_WAIT_MAX_MS). */
+  quietMs?: number;
+  roundWaitMaxMs?: number;
   logger: Logger;
 }
 
@@ -333,7 +336,8 @@ export class Destager {
    * pressed or closed. Event-driven: guestIdle() ends a wait for the guest.
    */
   private async untilQuiet(): Promise<void> {
-    const deadline = performance.now() + ROUND_WAIT_MAX_MS;
+    const deadline = performance.now() + (this.o.roundWaitMaxMs ?? ROUND_WAIT_MAX_MS);
+    const quiet = this.o.quietMs ?? QUIET_MS;
     for (;;) {
       const left = deadline - performance.now();
       if (this.closed || this.pressed || left <= 0) return;
@@ -342,7 +346,7 @@ export class Destager {
         await this.untilIdle(left);
         continue;
       }
-      await this.untilIdle(Math.min(QUIET_MS, left));
+      await this.untilIdle(Math.min(quiet, left));
       if (!this.o.busy() && this.o.started() === seen) return;
     }
   }

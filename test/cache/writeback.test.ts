@@ -99,11 +99,12 @@ describe('write-back volume', function () {
   /** Backing writes held by a test until it ends. */
   let blocked: ReturnType<typeof gate>;
   const DEVICE = deviceBytesFor(8, BS, 8 * BS);
-  const open = async (o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean } = {}): Promise<void> => {
+  const open = async (o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean; quietMs?: number } = {}): Promise<void> => {
     dev = new MemDevice(DEVICE, o.image);
     cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
     store = new CachedStore({
       backing: back, cache, name: 'v', mode: 'writeback', readAhead: 0, dirtyLimitBlocks: o.limit ?? 32, backingTimeoutMs: 20000, flushOnStop: o.flushOnStop,
+      ...(o.quietMs !== undefined ? { quietMs: o.quietMs, roundWaitMaxMs: o.quietMs } : {}),
     });
   };
   const block = (b: number, gen: number): Uint8Array => {
@@ -123,6 +124,27 @@ describe('write-back volume', function () {
     await store.destager.close();
     if (!dev.frozen) await cache.abort();
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('below the high watermark no round starts between requests (the volume is never quiet): a block rewritten 20 times is written back once, by the flush', async () => {
+    // The volume is quiet only after an hour without a request: no round may start on its own.
+    await open({ quietMs: 3_600_000 });
+    const writes: number[] = [];
+    back.writeHook = async (offset, len) => void writes.push(offset / BS, len / BS);
+    const out = new Uint8Array(BS);
+    for (let gen = 1; gen <= 20; gen++) {
+      await store.write(3 * BS, [block(3, gen)]);
+      await store.read(3 * BS, [out]);
+      assert.deepEqual(out, block(3, gen));
+      // Loop turns with nothing in flight: a rule that starts a round whenever the volume has
+      // no request in flight would start one here.
+      await settle();
+    }
+    assert.deepEqual(writes, [], 'a destage write was issued while the volume was not quiet');
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 1);
+    await store.flushCache();
+    assert.deepEqual(writes, [3, 1]);
+    assert.deepEqual(back.data.subarray(3 * BS, 4 * BS), block(3, 20));
   });
 
   it('destages in address order, coalescing runs of consecutive blocks', async () => {
