@@ -33,6 +33,27 @@ function blocksWithHome(map: AddressMap, home: number, n: number, from = 0): num
 }
 
 /**
+ * One step of a map checked against a Map model: the lookup of (v, b) must agree; a present key
+ * is removed when `remove` (its slot freed), an absent one added in a free slot.
+ */
+function modelStep(map: AddressMap, bda: BlockDescriptorArray, model: Map<string, number>, free: number[], v: number, b: number, remove: boolean): void {
+  const key = `${v}/${b}`;
+  const have = model.get(key);
+  assert.equal(map.get(v, b), have ?? -1);
+  if (have !== undefined && remove) {
+    assert.equal(map.remove(have), true);
+    bda.clear(have);
+    model.delete(key);
+    free.push(have);
+  } else if (have === undefined && free.length > 0) {
+    const idx = free.pop() as number;
+    bda.set(idx, v, b);
+    map.add(idx);
+    model.set(key, idx);
+  }
+}
+
+/**
  * Checks every entry of the table against the BDA: it names a valid slot of its own key, once;
  * its displacement field is min(distance from its home, distMax); every position from its home
  * up to it holds an entry displaced at least as far as it would be there (Robin Hood: what
@@ -204,20 +225,7 @@ describe('cache address map', () => {
       for (let step = 0; step < 60000; step++) {
         const v = Math.floor(r() * 3) * 127;
         const b = Math.floor(r() * 8000) * (v === 254 ? 2 ** 19 : 1);
-        const key = `${v}/${b}`;
-        const have = model.get(key);
-        assert.equal(map.get(v, b), have ?? -1);
-        if (have !== undefined && r() < 0.3) {
-          assert.equal(map.remove(have), true);
-          bda.clear(have);
-          model.delete(key);
-          free.push(have);
-        } else if (have === undefined && free.length > 0) {
-          const idx = free.pop() as number;
-          bda.set(idx, v, b);
-          map.add(idx);
-          model.set(key, idx);
-        }
+        modelStep(map, bda, model, free, v, b, model.has(`${v}/${b}`) && r() < 0.3);
       }
       assert.equal(free.length, 0, 'the table was filled');
       checkTable(map, bda);
@@ -289,20 +297,7 @@ describe('cache address map', () => {
       for (let i = 0; i < n; i++) if (!bda.isValid(i)) free.push(i);
       for (let step = 0; step < (small ? 40 : 4000); step++) {
         const [v, b] = r() < 0.5 ? pool[Math.floor(r() * pool.length)] : [1, Math.floor(r() * 2 ** 32)];
-        const key = `${v}/${b}`;
-        const have = model.get(key);
-        assert.equal(map.get(v, b), have ?? -1);
-        if (have !== undefined && r() < 0.5) {
-          assert.equal(map.remove(have), true);
-          bda.clear(have);
-          model.delete(key);
-          free.push(have);
-        } else if (have === undefined && free.length > 0) {
-          const idx = free.pop() as number;
-          bda.set(idx, v, b);
-          map.add(idx);
-          model.set(key, idx);
-        }
+        modelStep(map, bda, model, free, v, b, model.has(`${v}/${b}`) && r() < 0.5);
       }
       checkTable(map, bda);
     }
