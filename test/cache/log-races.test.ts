@@ -196,16 +196,20 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.deepEqual(await readCached(vol, 3), blockData(3));
   });
 
-  it('read-ahead of a segment keeps a write-back block that does not check (counted; its reads fail, never the older backing store)', async () => {
+  /** Segment 0 holding write-back blocks 0..1 and clean blocks 2..3, committed; the cache reopened (warm). */
+  const reopenWithMixedSegment = async (): Promise<number> => {
     cache = await open();
-    let vol = cache.registerVolume('v', 'id', 1 << 20);
-    // Segment 0: write-back blocks 0..1, clean blocks 2..3.
-    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 2), 2), 2);
-    assert.equal(await cache.insert(vol, 2, blockData(2, 2), 2, () => true), 2);
+    const first = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insertDirty(first, 0, blockData(0, 2), 2), 2);
+    assert.equal(await cache.insert(first, 2, blockData(2, 2), 2, () => true), 2);
     assert.equal(await cache.commit(), true);
     await cache.close();
     cache = await open();
-    vol = cache.registerVolume('v', 'id', 1 << 20);
+    return cache.registerVolume('v', 'id', 1 << 20);
+  };
+
+  it('read-ahead of a segment keeps a write-back block that does not check (counted; its reads fail, never the older backing store)', async () => {
+    const vol = await reopenWithMixedSegment();
     corrupt(cache.map.peek(vol, 1));
     // A lap of insertions: the hand comes back to segment 0 (its clean slots), which is read first.
     const reads = cache.log.segmentReads;
@@ -219,14 +223,7 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
   });
 
   it('a failed read-ahead keeps the write-back blocks of its segment, read from the device afterwards (never from the buffer)', async () => {
-    cache = await open();
-    let vol = cache.registerVolume('v', 'id', 1 << 20);
-    assert.equal(await cache.insertDirty(vol, 0, blockData(0, 2), 2), 2);
-    assert.equal(await cache.insert(vol, 2, blockData(2, 2), 2, () => true), 2);
-    assert.equal(await cache.commit(), true);
-    await cache.close();
-    cache = await open();
-    vol = cache.registerVolume('v', 'id', 1 << 20);
+    const vol = await reopenWithMixedSegment();
     const g = cache.geometry;
     engine.readHook = async (_offset, len) => {
       if (len === g.headerSize + BPS * BS) throw new VhostError('injected read-ahead error', 'EIO');
