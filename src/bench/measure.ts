@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { Device, Engine, type EngineResult } from './engine';
 import { type ModeName, ModeWorkload } from './modes';
-import type { LatencySummary } from '../metrics/latency-histogram';
+import type { LatencyHistogram, LatencySummary } from '../metrics/latency-histogram';
 
 export interface ModeMeasureOptions {
   /** vhost-user sockets; with several, each gets its own engine running the same mode (seed + i). */
@@ -51,6 +51,21 @@ export function processCpuUs(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * CLK_TCK_US;
 }
 
+/** A histogram of nanoseconds as a summary in µs. */
+export function summaryUs(hist: LatencyHistogram): LatencySummary {
+  const h = hist.summary();
+  return {
+    count: h.count,
+    min: h.min / NS_PER_US,
+    max: h.max / NS_PER_US,
+    mean: h.mean / NS_PER_US,
+    p50: h.p50 / NS_PER_US,
+    p90: h.p90 / NS_PER_US,
+    p99: h.p99 / NS_PER_US,
+    p999: h.p999 / NS_PER_US,
+  };
+}
+
 export function toMeasurement(results: readonly EngineResult[]): Measurement {
   const first = results[0];
   const hist = first.meter.total;
@@ -58,23 +73,13 @@ export function toMeasurement(results: readonly EngineResult[]): Measurement {
   const ops = results.reduce((s, r) => s + r.ops, 0);
   const bytes = results.reduce((s, r) => s + r.bytes, 0);
   const seconds = Math.max(...results.map((r) => r.seconds));
-  const h = hist.summary();
   return {
     ops,
     errors: results.reduce((s, r) => s + r.errors, 0),
     seconds,
     iops: ops / seconds,
     mibps: bytes / seconds / (1 << 20),
-    lat: {
-      count: h.count,
-      min: h.min / NS_PER_US,
-      max: h.max / NS_PER_US,
-      mean: h.mean / NS_PER_US,
-      p50: h.p50 / NS_PER_US,
-      p90: h.p90 / NS_PER_US,
-      p99: h.p99 / NS_PER_US,
-      p999: h.p999 / NS_PER_US,
-    },
+    lat: summaryUs(hist),
   };
 }
 

@@ -29,7 +29,7 @@ import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { renderChart } from './chart';
 import { Device, Engine, type EngineResult, type Route } from './engine';
-import { fmtInt, fmtNum, fmtRatio, type Measurement, toMeasurement } from './measure';
+import { fmtInt, fmtNum, fmtRatio, type Measurement, summaryUs, toMeasurement } from './measure';
 import { MODE_NAMES, type ModeName, ModeWorkload } from './modes';
 import { Progress } from './progress';
 import { asuSizesForTotal, deriveAsuSizes, SPC1_BLOCK_SIZE, Spc1Workload, type AsuSizes } from './spc1';
@@ -98,8 +98,10 @@ export interface RunSummary {
   mibps: number;
   /** Requests due but not issued when the run ended (paced runs that fell behind). */
   unissued: number;
-  /** µs. */
+  /** µs: every request, reads only, writes (and other requests) only. */
   latency: Measurement['lat'];
+  readLatency: Measurement['lat'];
+  writeLatency: Measurement['lat'];
   cache: CacheDelta | null;
   periods: (PeriodSample & { cache?: CacheDelta | null })[];
 }
@@ -353,6 +355,8 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
       mibps: m.mibps,
       unissued: r.unissued,
       latency: m.lat,
+      readLatency: summaryUs(r.meter.readTotal),
+      writeLatency: summaryUs(r.meter.writeTotal),
       cache,
       periods,
     };
@@ -435,12 +439,19 @@ const cacheRows: Row[] = [
   ['Mean segment read latency (µs)', (r) => fmtNum(r.cache?.segmentReadLatencyUs ?? null)],
   ['Mean segment write latency (µs)', (r) => fmtNum(r.cache?.segmentWriteLatencyUs ?? null)],
 ];
+/** "mean / p50 / p99" in ms of a summary in µs. */
+function latencyCell(l: Measurement['lat']): string {
+  return l.count === 0 ? '-' : [l.mean, l.p50, l.p99].map((v) => (v / 1000).toFixed(3)).join(' / ');
+}
+
 const rows: Row[] = [
   ['Avg IOPS', (r) => fmtNum(r.iops), (r) => r.iops],
   ['Avg latency (ms)', (r) => (r.latency.mean / 1000).toFixed(3), (r) => r.latency.mean],
   ['p50 latency (ms)', (r) => (r.latency.p50 / 1000).toFixed(3), (r) => r.latency.p50],
   ['p99 latency (ms)', (r) => (r.latency.p99 / 1000).toFixed(3), (r) => r.latency.p99],
   ['p99.9 latency (ms)', (r) => (r.latency.p999 / 1000).toFixed(3), (r) => r.latency.p999],
+  ['Reads: mean / p50 / p99 (ms)', (r) => latencyCell(r.readLatency)],
+  ['Writes: mean / p50 / p99 (ms)', (r) => latencyCell(r.writeLatency)],
   ['MiB/s', (r) => fmtNum(r.mibps), (r) => r.mibps],
   ['Requests (reads / writes)', (r) => `${fmtInt(r.ops)} (${fmtInt(r.reads)} / ${fmtInt(r.writes)})`],
   ['Errors', (r) => fmtInt(r.errors)],

@@ -30,6 +30,9 @@ const NS_PER_MS = 1e6;
 export class PeriodMeter {
   /** Latencies (ns) of every request of the closed periods. */
   readonly total = new LatencyHistogram();
+  /** Latencies (ns) of every read, and of every other request, since the start (open period included). */
+  readonly readTotal = new LatencyHistogram();
+  readonly writeTotal = new LatencyHistogram();
   private readonly period = new LatencyHistogram();
   private reads = 0;
   private writes = 0;
@@ -43,8 +46,13 @@ export class PeriodMeter {
   /** One completed request with its latency in nanoseconds. */
   record(latencyNs: number, read: boolean): void {
     this.period.record(latencyNs);
-    if (read) this.reads++;
-    else this.writes++;
+    if (read) {
+      this.reads++;
+      this.readTotal.record(latencyNs);
+    } else {
+      this.writes++;
+      this.writeTotal.record(latencyNs);
+    }
   }
 
   /** Closes the period ending at `t` seconds; `readHitRate` comes from the cache statistics. */

@@ -42,6 +42,9 @@ describe('bench runner', function () {
     assert.equal(r.errors, 0);
     assert.ok(r.seconds > 1.5 && r.seconds <= 2.01, `seconds ${r.seconds}`);
     assert.ok(r.iops > 0 && r.latency.p50 > 0 && r.latency.p50 <= r.latency.p99 && r.latency.p99 <= r.latency.p999);
+    assert.equal(r.readLatency.count, r.reads);
+    assert.equal(r.writeLatency.count, r.writes);
+    assert.ok(r.readLatency.p50 > 0 && r.writeLatency.p50 > 0 && r.readLatency.max <= r.latency.max);
     assert.ok(r.cache !== null, 'cache statistics');
     const c = r.cache;
     assert.ok(c.reads > 0 && c.readHits <= c.reads);

@@ -107,5 +107,11 @@ describe('bench/stats: PeriodMeter', () => {
     assert.equal(s3.meanLatencyMs, 2);
     assert.equal(m.total.count, 1001);
     assert.equal(m.total.max, 2_000_000);
+    // Reads and writes apart over the whole run: reads are the i % 4 != 0 of 1..1000 us plus 2 ms.
+    assert.equal(m.readTotal.count, 751);
+    assert.equal(m.readTotal.max, 2_000_000);
+    assert.equal(m.writeTotal.count, 250);
+    assert.equal(m.writeTotal.min, 4000);
+    assert.ok(Math.abs(m.writeTotal.mean - 502_000) < 1e-6, `${m.writeTotal.mean}`);
   });
 });
