@@ -351,26 +351,12 @@ export class Destager {
     }
   }
 
-  /**
-   * Up to ROUND_BLOCKS dirty [block, slot] pairs of blocks in [first, last], in block order
-   * from the cursor on (wrapping).
-   */
+  /** Up to ROUND_BLOCKS dirty [block, slot] pairs of blocks in [first, last] (pickRound). */
   private pick(first: number, last: number): number[][] {
     const m = this.o.cache.map.dirty.get(this.o.volume);
     if (m === undefined || m.size === 0) return [];
     const bda = this.o.cache.map.bda;
-    const all: number[][] = [];
-    for (const slot of m.keys()) {
-      const b = bda.blockOf(slot);
-      if (b >= first && b <= last) all.push([b, slot]);
-    }
-    all.sort((x, y) => x[0] - y[0]);
-    let from = all.findIndex((p) => p[0] >= this.cursor);
-    if (from < 0) from = 0;
-    const out: number[][] = [];
-    for (let j = 0; j < all.length && out.length < ROUND_BLOCKS; j++) out.push(all[(from + j) % all.length]);
-    out.sort((x, y) => x[0] - y[0]);
-    return out;
+    return pickRound(m, (slot) => bda.blockOf(slot), first, last, this.cursor, ROUND_BLOCKS);
   }
 
   /**
@@ -498,4 +484,67 @@ export class Destager {
       for (const end of ends) end();
     }
   }
+}
+
+/**
+ * The next round of an elevator: of the slots of `dirty` (its keys, each a distinct block,
+ * blockOf) whose blocks lie in [first, last], the `max` whose blocks come first from `cursor`
+ * on, wrapping past the end to the lowest; returned as [block, slot] pairs in block order.
+ * One pass over `dirty` keeping the `max` nearest blocks in a bounded max-heap (distance from
+ * the cursor, wrapping), so a round over tens of thousands of dirty blocks costs a fraction of
+ * a millisecond. (The first version sorted every dirty block as an array of pairs with a
+ * comparator: 6-9 ms of CPU per round at 9,000 dirty blocks, 25-30 ms at 30,000, each a stall
+ * of the event loop serving the guests.)
+ */
+export function pickRound(
+  dirty: ReadonlyMap<number, unknown>,
+  blockOf: (slot: number) => number,
+  first: number,
+  last: number,
+  cursor: number,
+  max: number,
+): number[][] {
+  const cap = Math.min(max, dirty.size);
+  if (cap <= 0) return [];
+  // Distance from the cursor: blocks behind it come after every block at or past it.
+  const behind = 2 ** 53 - cursor;
+  const dist = new Float64Array(cap);
+  const slotOf = new Float64Array(cap);
+  let n = 0;
+  for (const slot of dirty.keys()) {
+    const b = blockOf(slot);
+    if (b < first || b > last) continue;
+    const d = b >= cursor ? b - cursor : b + behind;
+    if (n < cap) {
+      // Sift up into the max-heap.
+      let i = n++;
+      while (i > 0) {
+        const parent = (i - 1) >> 1;
+        if (dist[parent] >= d) break;
+        dist[i] = dist[parent];
+        slotOf[i] = slotOf[parent];
+        i = parent;
+      }
+      dist[i] = d;
+      slotOf[i] = slot;
+    } else if (d < dist[0]) {
+      // Replace the farthest taken so far and sift down.
+      let i = 0;
+      for (;;) {
+        let c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && dist[c + 1] > dist[c]) c++;
+        if (dist[c] <= d) break;
+        dist[i] = dist[c];
+        slotOf[i] = slotOf[c];
+        i = c;
+      }
+      dist[i] = d;
+      slotOf[i] = slot;
+    }
+  }
+  const out: number[][] = [];
+  for (let i = 0; i < n; i++) out.push([blockOf(slotOf[i]), slotOf[i]]);
+  out.sort((x, y) => x[0] - y[0]);
+  return out;
 }
