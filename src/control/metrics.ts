@@ -2,13 +2,14 @@
  * Prometheus metrics (prom-client), computed from the daemon's statistics at scrape time so the
  * hot path never touches prom-client. Per-volume series carry a `volume` label; the request
  * latency histogram `vbc_request_latency_seconds` also a `type` label (read, write, flush,
- * discard, write-zeroes).
+ * discard, write-zeroes). Plus prom-client's default process_* and nodejs_* series (CPU, memory,
+ * file descriptors, GC, event-loop delay).
  *
  * Served on the control socket (GET /metrics) and, with --metrics-listen HOST:PORT, over TCP by
  * MetricsServer (GET /metrics only).
  */
 import * as http from 'node:http';
-import { Counter, Gauge, Histogram, type MetricObjectWithValues, type MetricValueWithName, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, type MetricObjectWithValues, type MetricValueWithName, Registry } from 'prom-client';
 import type { CacheStats, VolumeStats as CacheVolumeStats } from '../cache/stats';
 import type { ListenAddress } from '../config/config';
 import { LATENCY_BUCKETS_S, type TypeLatency } from '../metrics/request-latency';
@@ -109,6 +110,9 @@ class RecordedLatencyHistogram extends Histogram<LatencyLabel> {
 
 export function createMetrics(source: ControlledDaemon): Metrics {
   const registry = new Registry();
+  // prom-client's process and Node.js series (CPU, memory, open fds, GC pauses, event-loop delay
+  // percentiles: a stalled loop is a stalled guest), under their standard names.
+  collectDefaultMetrics({ register: registry });
   // One Daemon.stats() per scrape: every metric's collect() runs in the same turn.
   let snapshot: DaemonStats | null = null;
   const daemon = {

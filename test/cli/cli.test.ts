@@ -472,6 +472,10 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
         assert.ok(sum > 0 && sum < 32 * 10, `sum ${sum}`);
       }
       assert.equal(value('vbc_request_latency_seconds_count', { volume: 'vol0', type: 'discard' }), 0);
+      // The process and Node.js series: CPU spent (the 32 reads took some), the event-loop delay.
+      assert.ok(value('process_cpu_seconds_total', {}) > 0);
+      const lag = value('nodejs_eventloop_lag_p99_seconds', {});
+      assert.ok(lag > 0 && lag < 60, `event-loop delay p99 ${lag} s`);
       assert.equal((await httpGet(`http://127.0.0.1:${m[1]}/stats`)).status, 404, 'only /metrics over TCP');
     });
   });
