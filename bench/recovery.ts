@@ -81,7 +81,7 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     const rec = await recoverIndex({ engine: dev, fd: -1, geometry: g, uuid, floor: 0, volumes, tableCapacity });
     const t1 = performance.now();
-    const map = new CacheMap(g.slots, { segmentBlocks: g.blocksPerSegment }, rec.bda, rec.table);
+    const map = new CacheMap(g.slots, { segmentBlocks: g.blocksPerSegment }, rec.bda, rec.index);
     const t2 = performance.now();
     const cpu = process.cpuUsage(cpu0);
     if (rec.entries !== g.slots || map.map.size !== g.slots || map.peek(1, 3) !== 5) throw new Error(`recovered ${rec.entries} of ${g.slots}`);
