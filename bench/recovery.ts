@@ -9,7 +9,7 @@
  * address map (recoverIndex), then adopting them (CacheMap), wall and CPU time.
  * Run: node dist/bench/recovery.js [blocks]
  */
-import { type IoEngine, readvThenOf } from '../src/io/io-engine';
+import type { IoEngine } from '../src/io/io-engine';
 import { VhostError } from '../src/native/errors';
 import { AddressMap } from '../src/cache/address-map';
 import { BlockDescriptorArray, FLAG_DIRTY } from '../src/cache/bda';
@@ -36,15 +36,20 @@ class HeaderDevice implements IoEngine {
   header(s: number): Uint8Array {
     return this.headers.subarray(s * this.g.headerSize, (s + 1) * this.g.headerSize);
   }
+  /** A read done at once (a copy), reported as a device's would be: later. */
   readv(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+    this.copy(bufs, offset);
+    return Promise.resolve();
+  }
+  readvThen(_fd: number, bufs: readonly Uint8Array[], offset: number, _exact: boolean, done: (err: Error | null) => void): void {
+    this.copy(bufs, offset);
+    queueMicrotask(() => done(null));
+  }
+  private copy(bufs: readonly Uint8Array[], offset: number): void {
     const { g } = this;
     const s = (offset - g.dataOffset) / g.stride;
     if (bufs.length !== 1 || !Number.isInteger(s) || s < 0 || s >= g.segments || bufs[0].byteLength > g.headerSize) bufs.forEach((b) => b.fill(0));
     else bufs[0].set(this.headers.subarray(s * g.headerSize, s * g.headerSize + bufs[0].byteLength));
-    return Promise.resolve();
-  }
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
-    readvThenOf(this, fd, bufs, offset, exact, done);
   }
   writev(): Promise<void> {
     return Promise.reject(new VhostError('read-only bench device', 'EROFS'));

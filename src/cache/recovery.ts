@@ -151,11 +151,10 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
   const words = new Uint32Array(buf.buffer);
   const sectors = H / HEADER_SECTOR;
   const crcs = new Uint32Array(READ_BATCH * sectors);
+  const views = Array.from({ length: READ_BATCH }, (_, j) => [buf.subarray(j * H, (j + 1) * H)]);
   for (let from = 0; from < g.segments; from += READ_BATCH) {
     const n = Math.min(READ_BATCH, g.segments - from);
-    const reads: Promise<void>[] = [];
-    for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, [buf.subarray(j * H, (j + 1) * H)], segmentOffset(g, from + j), true));
-    await Promise.all(reads);
+    await readHeaders(o, views, from, n);
     // Every sector of the batch in one call (the zero sectors after the entries too).
     native.crc32cBlocks(buf.subarray(0, n * H), HEADER_SECTOR, crcs, 0);
     for (let j = 0; j < n; j++) scan.segment(from + j, words, (j * H) >>> 2, crcs, j * sectors);
@@ -175,6 +174,24 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
     skipped: scan.skipped,
     ms: performance.now() - t0,
   };
+}
+
+/**
+ * Reads the headers of segments [from, from + n) into views[0..n), all in flight together
+ * (readvThen: no promise per read); rejects with the first error once every read is done.
+ */
+function readHeaders(o: RecoveryInput, views: Uint8Array[][], from: number, n: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let left = n;
+    let first: Error | null = null;
+    const done = (err: Error | null): void => {
+      if (err !== null && first === null) first = err;
+      if (--left > 0) return;
+      if (first === null) resolve();
+      else reject(first);
+    };
+    for (let j = 0; j < n; j++) o.engine.readvThen(o.fd, views[j], segmentOffset(o.geometry, from + j), true, done);
+  });
 }
 
 /** The index being rebuilt, one header at a time (see the file comment). */
