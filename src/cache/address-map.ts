@@ -258,7 +258,7 @@ export class AddressMap {
  * later of its home and the position after the previous one: entries ascending by home with
  * no gap inside a run are the Robin Hood layout, so nothing is displaced and no key is read,
  * except to compare two indexes of the same home and the same hash bits (a key met twice).
- * RAM: 8 bytes per index the builder is sized for, plus ~1.5 MiB for a range.
+ * RAM: 8 bytes per index the builder is sized for, plus ~1 MiB for the range being placed.
  */
 export class MapBuilder {
   /** Indexes placed one by one after the pass (range region full, or past the table's end). */
