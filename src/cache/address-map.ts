@@ -20,14 +20,14 @@
  * read no key unless a displacement saturated, so a high load factor costs probe length in a
  * table read sequentially, not random reads of the BDA.
  */
-import { type BlockDescriptorArray, FLAG_VALID } from './bda';
+import type { BlockDescriptorArray } from './bda';
 
 export const DEFAULT_LOAD_FACTOR = 0.85;
 /** Lowest load factor a cache may use: the on-device metadata area is sized for its table. */
 export const MIN_LOAD_FACTOR = 0.5;
 const EMPTY = -1;
 /**
- * log2 of the homes per range of addValid's sort: a range's arrays (~1 MiB) stay in the CPU
+ * log2 of the homes per range of MapBuilder's sort: a range's arrays (~1 MiB) stay in the CPU
  * cache, and a home's offset in its range fits 16 bits.
  */
 const BUILD_BITS = 16;
@@ -193,30 +193,16 @@ export class AddressMap {
   }
 
   /**
-   * Adds every valid BDA index (its key written in the BDA) to an EMPTY map in one pass over
-   * the table, in table order: the indexes are sorted by home (one pass sending them to ranges
-   * of BUILD_SPAN homes, then a counting sort of each range, which fits the CPU cache), then
-   * each is placed at the later of its home and the position after the previous one. Entries
-   * ascending by home with no gap inside a run are the Robin Hood layout, so nothing is
-   * displaced and no key is read again: keys are compared only between entries of the same
-   * home whose 32-bit hashes are equal. A key met twice: `pick(a, b)` (a: the index in the map,
-   * b: the other) returns the index that stays; the other is left out of the map (the caller
-   * clears it). Indexes that would run past the end of the table (a run at the end, rare) are
-   * added one by one afterwards, wrapping. Reads the BDA twice in slot order (hashing each key
-   * twice costs less than storing the hashes); temporary RAM: 10 bytes per valid index.
+   * Places every slot added to `b` (built over this map) into this EMPTY map, in one pass in
+   * table order (MapBuilder.place); a key met twice: `pick(a, b)` (a: the index in the map, b:
+   * the other) returns the index that stays, the other is left out of the map (the caller
+   * clears it). Indexes whose range overflowed or that would run past the end of the table
+   * (rare) are then added one by one, wrapping.
    */
-  addValid(pick: (a: number, b: number) => number): void {
-    if (this.entries !== 0) throw new Error('AddressMap.addValid: the map is not empty');
-    const { start, widest } = rangeStarts(this.bda, this.capacity);
-    const { bySlot, byHash, byHome } = byRange(this.bda, this.capacity, start);
-    const build = new RangeBuilder(this, this.bda, widest, pick);
-    for (let r = 0; r + 1 < start.length; r++) {
-      if (start[r] === start[r + 1]) continue;
-      build.sort(bySlot, byHash, byHome, start[r], start[r + 1]);
-      build.place(r * BUILD_SPAN, start[r + 1] - start[r]);
-    }
-    this.entries = build.placed;
-    for (const s of build.late) {
+  addBuilt(b: MapBuilder, pick: (a: number, b: number) => number): void {
+    if (this.entries !== 0) throw new Error('AddressMap.addBuilt: the map is not empty');
+    this.entries = b.place(pick);
+    for (const s of b.late) {
       const other = this.addUnlessPresent(s);
       if (other >= 0 && pick(other, s) === s) {
         this.remove(other);
@@ -263,119 +249,101 @@ export class AddressMap {
   }
 }
 
-// addValid's passes, each a function of its own (optimized on its own).
-
-/** Per range of BUILD_SPAN homes: the start of its valid indexes in range order (+ the end), and the most in one range. */
-function rangeStarts(bda: BlockDescriptorArray, capacity: number): { start: Int32Array; widest: number } {
-  const { keyLo, keyHi, flags, size } = bda;
-  const ranges = Math.ceil(capacity / BUILD_SPAN);
-  const start = new Int32Array(ranges + 1);
-  for (let s = 0; s < size; s++) {
-    if ((flags[s] & FLAG_VALID) === 0) continue;
-    start[(((hashKey(keyLo[s], keyHi[s]) >>> 1) % capacity) >>> BUILD_BITS) + 1]++;
-  }
-  let widest = 0;
-  for (let r = 0; r < ranges; r++) {
-    widest = Math.max(widest, start[r + 1]);
-    start[r + 1] += start[r];
-  }
-  return { start, widest };
-}
-
-/** The valid indexes in range order: each one's slot, hash, and home - its range's first home. */
-function byRange(bda: BlockDescriptorArray, capacity: number, start: Int32Array): { bySlot: Int32Array; byHash: Int32Array; byHome: Uint16Array } {
-  const { keyLo, keyHi, flags, size } = bda;
-  const n = start[start.length - 1];
-  const bySlot = new Int32Array(n);
-  const byHash = new Int32Array(n);
-  const byHome = new Uint16Array(n);
-  const fill = start.slice(0, start.length - 1);
-  for (let s = 0; s < size; s++) {
-    if ((flags[s] & FLAG_VALID) === 0) continue;
-    const h = hashKey(keyLo[s], keyHi[s]);
-    const home = (h >>> 1) % capacity;
-    const at = fill[home >>> BUILD_BITS]++;
-    bySlot[at] = s;
-    byHash[at] = h;
-    byHome[at] = home & (BUILD_SPAN - 1);
-  }
-  return { bySlot, byHash, byHome };
-}
-
-/** One range at a time: its indexes sorted by home, then placed into the table in that order. */
-class RangeBuilder {
-  /** Entries placed; indexes that ran past the end of the table. */
-  placed = 0;
+/**
+ * Many keys added to an EMPTY map at once (recovery.ts), at the cost of a few sequential
+ * passes: add() hashes each key once and sends (slot, home, hash bits) to the region of its
+ * range of BUILD_SPAN homes (regions sized for the expected count of a range plus 8 standard
+ * deviations; an index over its region's room waits in `late`); AddressMap.addBuilt() then
+ * sorts each range by home (counting sort, in the CPU cache) and places each index at the
+ * later of its home and the position after the previous one: entries ascending by home with
+ * no gap inside a run are the Robin Hood layout, so nothing is displaced and no key is read,
+ * except to compare two indexes of the same home and the same hash bits (a key met twice).
+ * RAM: 8 bytes per index the builder is sized for, plus ~1 MiB for the range being placed.
+ */
+export class MapBuilder {
+  /** Indexes placed one by one after the pass (range region full, or past the table's end). */
   readonly late: number[] = [];
-  /** First table position after the last entry placed. */
-  private next = 0;
-  private readonly table: Int32Array;
+  private readonly map: AddressMap;
+  private readonly bda: BlockDescriptorArray;
   private readonly capacity: number;
-  private readonly slotBits: number;
-  private readonly distMax: number;
-  private readonly keyLo: Uint32Array;
-  private readonly keyHi: Uint8Array;
-  /** After sort(): the end of each home's indexes in rSlot/rHash, by home - the range's first. */
-  private readonly homeAt = new Int32Array(BUILD_SPAN + 1);
-  private readonly rSlot: Int32Array;
-  private readonly rHash: Int32Array;
-  /** Table position - the range's first home of each of its indexes (-1: not placed). */
-  private readonly rPos: Int32Array;
+  /** Indexes a range's region holds. */
+  private readonly room: number;
+  /** Per range r: the next free position of its region [r * room, (r + 1) * room). */
+  private readonly fill: Int32Array;
+  private readonly bySlot: Int32Array;
+  /** (home - its range's first home) << 16 | the hash's high 16 bits (equal home and bits: compare keys). */
+  private readonly byKey: Uint32Array;
 
-  constructor(
-    map: AddressMap,
-    bda: BlockDescriptorArray,
-    widest: number,
-    private readonly pick: (a: number, b: number) => number,
-  ) {
-    this.table = map.table;
+  /** For `map` (over `bda`), room for `most` add() calls. */
+  constructor(map: AddressMap, bda: BlockDescriptorArray, most: number) {
+    this.map = map;
+    this.bda = bda;
     this.capacity = map.capacity;
-    this.slotBits = map.slotBits;
-    this.distMax = map.distMax;
-    this.keyLo = bda.keyLo;
-    this.keyHi = bda.keyHi;
-    this.rSlot = new Int32Array(widest);
-    this.rHash = new Int32Array(widest);
-    this.rPos = new Int32Array(widest);
+    const ranges = Math.ceil(this.capacity / BUILD_SPAN);
+    const mean = (most * Math.min(BUILD_SPAN, this.capacity)) / this.capacity;
+    this.room = Math.max(1, Math.min(most, Math.ceil(mean + 8 * Math.sqrt(mean) + 32)));
+    this.fill = new Int32Array(ranges);
+    for (let r = 0; r < ranges; r++) this.fill[r] = r * this.room;
+    this.bySlot = new Int32Array(ranges * this.room);
+    this.byKey = new Uint32Array(ranges * this.room);
   }
 
-  /** Counting sort by home of the range's indexes [from, to) of the byRange arrays. */
-  sort(bySlot: Int32Array, byHash: Int32Array, byHome: Uint16Array, from: number, to: number): void {
-    const { homeAt, rSlot, rHash } = this;
-    homeAt.fill(0);
-    for (let j = from; j < to; j++) homeAt[byHome[j] + 1]++;
-    for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
-    for (let j = from; j < to; j++) {
-      const at = homeAt[byHome[j]]++;
-      rSlot[at] = bySlot[j];
-      rHash[at] = byHash[j];
+  /** Adds index `slot` holding key (lo = block, hi = volume); the key is also in the BDA. */
+  add(slot: number, lo: number, hi: number): void {
+    const h = hashKey(lo, hi);
+    const home = (h >>> 1) % this.capacity;
+    const r = home >>> BUILD_BITS;
+    const at = this.fill[r];
+    if (at === (r + 1) * this.room) {
+      this.late.push(slot);
+      return;
     }
+    this.fill[r] = at + 1;
+    this.bySlot[at] = slot;
+    this.byKey[at] = ((home & (BUILD_SPAN - 1)) << 16) | (h >>> 16);
   }
 
-  /** Places the m indexes sorted, of the range whose first home is `base`. */
-  place(base: number, m: number): void {
-    const { table, capacity, slotBits, distMax, keyLo, keyHi, homeAt, rSlot, rHash, rPos } = this;
-    let next = this.next;
+  /** The pass of AddressMap.addBuilt(): returns the entries placed (the rest are in `late`). */
+  place(pick: (a: number, b: number) => number): number {
+    const { table, slotBits, distMax } = this.map;
+    const { keyLo, keyHi } = this.bda;
+    const { capacity, room, fill, bySlot, byKey } = this;
+    const homeAt = new Int32Array(BUILD_SPAN + 1);
+    const rSlot = new Int32Array(room);
+    const rKey = new Uint32Array(room);
+    /** Table position of each sorted index (-1: not placed). */
+    const rPos = new Int32Array(room);
+    let next = 0;
     let placed = 0;
-    let i = 0;
-    for (let k = 0; i < m; k++) {
-      const home = base + k;
-      const first = i;
-      for (; i < homeAt[k]; i++) {
+    for (let r = 0; r < fill.length; r++) {
+      const from = r * room;
+      const m = fill[r] - from;
+      if (m === 0) continue;
+      sortByHome(bySlot, byKey, from, m, homeAt, rSlot, rKey);
+      const base = r * BUILD_SPAN;
+      let group = -1;
+      let first = 0;
+      for (let i = 0; i < m; i++) {
         const s = rSlot[i];
-        const h = rHash[i];
-        let twin = -1;
-        for (let q = first; q < i && twin < 0; q++) {
-          if (rHash[q] === h && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
-        }
-        if (twin >= 0) {
-          rPos[i] = -1;
-          if (this.pick(rSlot[twin], s) === s) {
-            const p = base + rPos[twin];
-            table[p] = (Math.min(p - home, distMax) << slotBits) | s;
-            rSlot[twin] = s;
+        const key = rKey[i];
+        const home = base + (key >>> 16);
+        if (key >>> 16 !== group) {
+          group = key >>> 16;
+          first = i;
+        } else {
+          let twin = -1;
+          for (let q = first; q < i && twin < 0; q++) {
+            if (rKey[q] === key && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
           }
-          continue;
+          if (twin >= 0) {
+            rPos[i] = -1;
+            if (pick(rSlot[twin], s) === s) {
+              const p = rPos[twin];
+              table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+              rSlot[twin] = s;
+            }
+            continue;
+          }
         }
         const p = next > home ? next : home;
         if (p >= capacity) {
@@ -385,12 +353,25 @@ class RangeBuilder {
           continue;
         }
         table[p] = (Math.min(p - home, distMax) << slotBits) | s;
-        rPos[i] = p - base;
+        rPos[i] = p;
         next = p + 1;
         placed++;
       }
     }
-    this.next = next;
-    this.placed += placed;
+    return placed;
+  }
+}
+
+/** Counting sort by home of the m indexes of a range at bySlot/byKey[from..]: into rSlot/rKey. */
+function sortByHome(bySlot: Int32Array, byKey: Uint32Array, from: number, m: number, homeAt: Int32Array, rSlot: Int32Array, rKey: Uint32Array): void {
+  homeAt.fill(0);
+  const to = from + m;
+  for (let j = from; j < to; j++) homeAt[(byKey[j] >>> 16) + 1]++;
+  for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
+  for (let j = from; j < to; j++) {
+    const key = byKey[j];
+    const at = homeAt[key >>> 16]++;
+    rSlot[at] = bySlot[j];
+    rKey[at] = key;
   }
 }

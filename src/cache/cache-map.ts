@@ -105,6 +105,20 @@ export interface CacheMapOptions {
   emptyTarget?: number;
 }
 
+/**
+ * An index rebuilt and counted by its builder (recovery.ts), adopted without a pass over the
+ * slots: the address map of the BDA's valid slots, every counter zero.
+ */
+export interface CountedIndex {
+  map: AddressMap;
+  /** Valid slots per segment. */
+  segValid: Uint16Array;
+  /** Valid slots per volume id (MAX_VOLUMES). */
+  volumeBlocks: Uint32Array;
+  /** The valid dirty slots, ascending. */
+  dirty: readonly number[];
+}
+
 export class CacheMap {
   readonly bda: BlockDescriptorArray;
   readonly map: AddressMap;
@@ -176,10 +190,14 @@ export class CacheMap {
   /** Called with each dirty slot that stops being dirty (dropped or marked clean). */
   onClean: ((slot: number) => void) | null = null;
 
-  constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, table?: Int32Array) {
+  /**
+   * `bda` and `index` adopt an index: a saved address-map table (metadata.ts: counted here, one
+   * pass over the slots), or one rebuilt and counted by recovery (recovery.ts: no pass).
+   */
+  constructor(slots: number, opts: CacheMapOptions = {}, bda?: BlockDescriptorArray, index?: Int32Array | CountedIndex) {
     this.bda = bda ?? new BlockDescriptorArray(slots);
     this.slots = this.bda.size;
-    this.map = new AddressMap(this.bda, opts.loadFactor ?? DEFAULT_LOAD_FACTOR, table);
+    this.map = index instanceof Int32Array || index === undefined ? new AddressMap(this.bda, opts.loadFactor ?? DEFAULT_LOAD_FACTOR, index) : index.map;
     this.segmentBlocks = Math.min(opts.segmentBlocks ?? this.slots, this.slots);
     this.segments = Math.ceil(this.slots / this.segmentBlocks);
     this.segmentChoice = opts.segmentChoice ?? SegmentChoice.Clean;
@@ -189,7 +207,12 @@ export class CacheMap {
     this.segKeep = new Uint16Array(this.segments);
     this.segValid = new Uint16Array(this.segments);
     this.segStamp = new Float64Array(this.segments);
-    if (bda) {
+    if (bda && index !== undefined && !(index instanceof Int32Array)) {
+      if (index.segValid.length !== this.segments) throw new Error('CacheMap: counts of another geometry');
+      this.segValid.set(index.segValid);
+      this.volumeBlocks.set(index.volumeBlocks);
+      for (const i of index.dirty) this.addDirty(i, this.bda.keyHi[i]);
+    } else if (bda) {
       const { flags, keyHi } = this.bda;
       const { volumeBlocks, segValid, segKeep } = this;
       for (let seg = 0, i = 0; seg < this.segments; seg++) {

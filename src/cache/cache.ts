@@ -598,7 +598,7 @@ export class Cache {
         logger.info({ path: o.path, metadata: describePlace(place), blocks: map.map.size }, 'cache warm start');
       } else if (saved !== null) {
         recovered = await recoverIndex({ engine: o.engine, fd, geometry: g, uuid: sb.uuid, floor: saved.floor, volumes: saved.volumes, tableCapacity });
-        map = new CacheMap(g.slots, mapOptions, recovered.bda, recovered.table);
+        map = new CacheMap(g.slots, mapOptions, recovered.bda, recovered.index);
         map.hand = recovered.hand;
         sequence = Math.max(recovered.sequence, clock);
         // Records of ids above what the BDA keys (written by an older version): forgotten, their

@@ -78,14 +78,17 @@
  *      7. wait for that destage too (never overtaken by it). What cannot be destaged is logged
  *      and lost at the next start (README: the data-loss window).
  *
- * Algorithm: read every segment header (batches of reads in flight); per segment keep the
- * intact sectors of the highest sequence number (>= floor), and the dirty entries of its older
- * intact sectors (11.); each valid entry of a known volume id, sealed at or after its epoch and
- * inside the volume (and of a key the BDA can hold, bda.ts), goes to its slot (the BDA only:
- * no lookup per entry); the dirty ones sealed above the durable mark are checked against their
- * data (10.); then the address map is built in one pass in table order (AddressMap.addValid),
- * where a key found twice keeps the entry of the higher sequence number, a superseded one
- * losing to any other. Segments whose headers name entries not recovered for another reason
+ * Algorithm: read every segment header (batches of reads in flight, the CRC-32C of every
+ * sector of a batch in one call); per segment keep the intact sectors of the highest sequence
+ * number (>= floor), and the dirty entries of its older intact sectors (11.); each valid entry
+ * of a known volume id, sealed at or after its epoch and inside the volume (and of a key the
+ * BDA can hold, bda.ts), goes to its slot (the BDA only: no lookup per entry), is counted (per
+ * segment, per volume: CacheMap adopts the counts) and, when clean, handed to the map builder
+ * (address-map.ts MapBuilder: hashed once, sent to its range of homes); the dirty ones sealed
+ * above the durable mark are checked against their data (10.), and those left go to the
+ * builder too; then the address map is built in one pass in table order
+ * (AddressMap.addBuilt), where a key found twice keeps the entry of the higher sequence
+ * number, a superseded one losing to any other. Segments whose headers name entries not recovered for another reason
  * than floor or epoch (older sectors of a torn header, the loser of a duplicate, data that does
  * not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index (and
  * syncs) before the cache is used, so every entry still valid on the device is in the index
@@ -93,11 +96,12 @@
  * sequence number.
  */
 import type { IoEngine } from '../io/io-engine';
-import { AddressMap } from './address-map';
+import { AddressMap, MapBuilder } from './address-map';
 import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID, MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
+import type { CountedIndex } from './cache-map';
 import type { VolumeRecord } from './metadata';
 import { native } from '../native/binding';
-import { checkHeaderSectors, ENTRIES_PER_SECTOR, ENTRY_DIRTY, ENTRY_SUPERSEDED, ENTRY_VALID, entryOffset, type Geometry, sectorMark, segmentOffset, slotOffset } from './segment';
+import { checkSectors, ENTRIES_PER_SECTOR, ENTRY_DIRTY, ENTRY_SUPERSEDED, ENTRY_VALID, entryOffset, type Geometry, HEADER_SECTOR, sectorMark, segmentOffset, slotOffset, uuidWords } from './segment';
 
 /** The first 32-bit word of the first entry of header sector k. */
 function entryWord(k: number): number {
@@ -119,7 +123,8 @@ export interface RecoveryInput {
 
 export interface Recovered {
   bda: BlockDescriptorArray;
-  table: Int32Array;
+  /** The address map of the entries recovered, and their counts (CacheMap adopts them as they are). */
+  index: CountedIndex;
   /** First slot of the segment after the one with the highest sequence number. */
   hand: number;
   /** Highest sequence number found (0: none). */
@@ -143,18 +148,22 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
   const H = g.headerSize;
   const scan = new HeaderScan(o);
   const buf = new Uint8Array(READ_BATCH * H);
+  const words = new Uint32Array(buf.buffer);
+  const sectors = H / HEADER_SECTOR;
+  const crcs = new Uint32Array(READ_BATCH * sectors);
+  const views = Array.from({ length: READ_BATCH }, (_, j) => [buf.subarray(j * H, (j + 1) * H)]);
   for (let from = 0; from < g.segments; from += READ_BATCH) {
     const n = Math.min(READ_BATCH, g.segments - from);
-    const reads: Promise<void>[] = [];
-    for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, [buf.subarray(j * H, (j + 1) * H)], segmentOffset(g, from + j), true));
-    await Promise.all(reads);
-    for (let j = 0; j < n; j++) scan.segment(from + j, buf, j * H);
+    await readHeaders(o, views, from, n);
+    // Every sector of the batch in one call (the zero sectors after the entries too).
+    native.crc32cBlocks(buf.subarray(0, n * H), HEADER_SECTOR, crcs, 0);
+    for (let j = 0; j < n; j++) scan.segment(from + j, words, (j * H) >>> 2, crcs, j * sectors);
   }
   await scan.verify(o.engine, o.fd);
   scan.index_();
   return {
     bda: scan.bda,
-    table: scan.index.table,
+    index: { map: scan.map, segValid: scan.segValid, volumeBlocks: scan.volumeBlocks, dirty: scan.dirtyValid() },
     hand: scan.best < 0 ? 0 : ((scan.best + 1) % g.segments) * g.blocksPerSegment,
     sequence: Math.max(0, scan.bestSeq),
     mark: scan.mark,
@@ -167,11 +176,32 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
   };
 }
 
+/**
+ * Reads the headers of segments [from, from + n) into views[0..n), all in flight together
+ * (readvThen: no promise per read); rejects with the first error once every read is done.
+ */
+function readHeaders(o: RecoveryInput, views: Uint8Array[][], from: number, n: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let left = n;
+    let first: Error | null = null;
+    const done = (err: Error | null): void => {
+      if (err !== null && first === null) first = err;
+      if (--left > 0) return;
+      if (first === null) resolve();
+      else reject(first);
+    };
+    for (let j = 0; j < n; j++) o.engine.readvThen(o.fd, views[j], segmentOffset(o.geometry, from + j), true, done);
+  });
+}
+
 /** The index being rebuilt, one header at a time (see the file comment). */
 class HeaderScan {
   readonly bda: BlockDescriptorArray;
-  readonly index: AddressMap;
+  readonly map: AddressMap;
   readonly rewrite = new Set<number>();
+  /** Entries recovered per segment and per volume id (CacheMap's counts). */
+  readonly segValid: Uint16Array;
+  readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
   entries = 0;
   skipped = 0;
   best = -1;
@@ -180,8 +210,12 @@ class HeaderScan {
   verified = 0;
   torn = 0;
   private readonly g: Geometry;
-  private readonly uuid: Uint8Array;
+  private readonly uuid: Uint32Array;
   private readonly floor: number;
+  /** Clean entries go to the map builder as they are found; dirty ones once checked (verify). */
+  private readonly builder: MapBuilder;
+  /** Slots of the dirty entries recovered, ascending (some dropped by verify: flags 0). */
+  private readonly dirty: number[] = [];
   /**
    * Per volume id of an entry (16 bits on the device): its epoch (Infinity: unknown id, or an
    * id the BDA cannot hold) and its size in blocks (at most what the BDA can hold).
@@ -191,7 +225,6 @@ class HeaderScan {
   /** Per segment: the sequence number of its header's newest intact sectors (-1: none). */
   private readonly segSeq: Float64Array;
   private readonly seqs: Float64Array;
-  private readonly crcs: Uint32Array;
   /** Slots recovered from an older sector than their segment's newest (11.): its sequence number. */
   private readonly olderSector = new Map<number, number>();
   /** Slots recovered from a superseded entry (they lose to any other entry of their key). */
@@ -199,38 +232,40 @@ class HeaderScan {
 
   constructor(o: RecoveryInput) {
     this.g = o.geometry;
-    this.uuid = o.uuid;
+    this.uuid = uuidWords(o.uuid);
     this.floor = o.floor;
     this.bda = new BlockDescriptorArray(this.g.slots);
-    this.index = new AddressMap(this.bda, undefined, o.tableCapacity);
+    this.map = new AddressMap(this.bda, undefined, o.tableCapacity);
+    this.builder = new MapBuilder(this.map, this.bda, this.g.slots);
     for (const v of o.volumes) {
       if (v.id >= MAX_VOLUMES) continue;
       this.epoch[v.id] = v.epoch;
       this.limit[v.id] = Math.min(MAX_BLOCK_NUMBER + 1, v.sizeBytes === 0 ? Infinity : Math.ceil(v.sizeBytes / this.g.blockSize));
     }
+    this.segValid = new Uint16Array(this.g.segments);
     this.segSeq = new Float64Array(this.g.segments).fill(-1);
     this.seqs = new Float64Array(this.g.headerSectors);
-    this.crcs = new Uint32Array(this.g.headerSectors);
   }
 
-  /** The header of segment `seg`, at byte `at` of buf (4-byte aligned). */
-  segment(seg: number, buf: Uint8Array, at: number): void {
+  /**
+   * The header of segment `seg`, at word `at` of `words`; crcs[crcAt + k]: the CRC-32C of its
+   * sector k.
+   */
+  segment(seg: number, words: Uint32Array, at: number, crcs: Uint32Array, crcAt: number): void {
     const { g, seqs, floor } = this;
-    const h = buf.subarray(at, at + g.headerSize);
-    checkHeaderSectors(h, g, seg, this.uuid, seqs, this.crcs);
+    checkSectors(words, at, crcs, crcAt, g, seg, this.uuid, seqs);
     let top = -1;
     for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor && seqs[k] > top) top = seqs[k];
     if (top < 0) return;
     // Entries are 16-byte aligned, little endian (the host's order: metadata.ts refuses others).
-    const words = new Uint32Array(buf.buffer, buf.byteOffset + at, g.headerSize >>> 2);
-    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor) this.mark = Math.max(this.mark, sectorMark(words, k));
+    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor) this.mark = Math.max(this.mark, sectorMark(words, at, k));
     this.segSeq[seg] = top;
     if (top > this.bestSeq) {
       this.bestSeq = top;
       this.best = seg;
     }
     const { keyLo, keyHi, crc, flags } = this.bda;
-    const { epoch, limit } = this;
+    const { epoch, limit, builder, volumeBlocks } = this;
     const bps = g.blocksPerSegment;
     let slot = seg * bps;
     let entries = 0;
@@ -244,8 +279,8 @@ class HeaderScan {
       // An intact sector of an older write of this header (torn): only its dirty entries are
       // recovered (11.), and the header is rewritten.
       const older = sector !== top;
-      const end = entryWord(k) + 4 * Math.min(ENTRIES_PER_SECTOR, bps - k * ENTRIES_PER_SECTOR);
-      for (let e = entryWord(k); e < end; e += 4, slot++) {
+      const end = at + entryWord(k) + 4 * Math.min(ENTRIES_PER_SECTOR, bps - k * ENTRIES_PER_SECTOR);
+      for (let e = at + entryWord(k); e < end; e += 4, slot++) {
         const ef = words[e + 3];
         if ((ef & ENTRY_VALID) === 0) continue;
         if (older) {
@@ -267,12 +302,20 @@ class HeaderScan {
         keyLo[slot] = lo;
         keyHi[slot] = id;
         crc[slot] = words[e + 2];
-        flags[slot] = (ef & ENTRY_DIRTY) !== 0 ? FLAG_VALID | FLAG_DIRTY : FLAG_VALID;
+        volumeBlocks[id]++;
+        entries++;
+        if ((ef & ENTRY_DIRTY) === 0) {
+          flags[slot] = FLAG_VALID;
+          builder.add(slot, lo, id);
+        } else {
+          flags[slot] = FLAG_VALID | FLAG_DIRTY;
+          this.dirty.push(slot);
+        }
         if (older) this.olderSector.set(slot, sector);
         if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.add(slot);
-        entries++;
       }
     }
+    this.segValid[seg] = entries;
     this.entries += entries;
     this.skipped += skipped;
   }
@@ -282,23 +325,31 @@ class HeaderScan {
     return this.olderSector.get(slot) ?? this.segSeq[Math.floor(slot / this.g.blocksPerSegment)];
   }
 
+  /** Leaves out the entry recovered in `slot` (flags 0, counts); its header is rewritten. */
+  private drop(slot: number): void {
+    const seg = Math.floor(slot / this.g.blocksPerSegment);
+    this.bda.flags[slot] = 0;
+    this.segValid[seg]--;
+    this.volumeBlocks[this.bda.keyHi[slot]]--;
+    this.entries--;
+    this.skipped++;
+    this.rewrite.add(seg);
+  }
+
   /**
    * Reads the data of every dirty entry sealed above the durable mark (runs of adjacent slots,
-   * READ_BATCH reads in flight) and drops those whose CRC-32C does not match (10.).
+   * READ_BATCH reads in flight) and drops those whose CRC-32C does not match (10.); then adds
+   * the dirty entries left to the map builder.
    */
   async verify(engine: IoEngine, fd: number): Promise<void> {
     const { g, bda, mark } = this;
     const bps = g.blocksPerSegment;
     const bs = g.blockSize;
     const runs: number[] = [];
-    for (let seg = 0; seg < g.segments; seg++) {
-      if (this.segSeq[seg] <= mark) continue;
-      for (let k = 0; k < bps; k++) {
-        const slot = seg * bps + k;
-        if ((bda.flags[slot] & FLAG_DIRTY) === 0 || this.sealedAt(slot) <= mark) continue;
-        if (runs.length > 0 && runs[runs.length - 2] + runs[runs.length - 1] === slot && k > 0) runs[runs.length - 1]++;
-        else runs.push(slot, 1);
-      }
+    for (const slot of this.dirty) {
+      if (this.sealedAt(slot) <= mark) continue;
+      if (runs.length > 0 && runs[runs.length - 2] + runs[runs.length - 1] === slot && slot % bps !== 0) runs[runs.length - 1]++;
+      else runs.push(slot, 1);
     }
     const bad = new Uint8Array(bps);
     for (let r = 0; r < runs.length; r += 2 * READ_BATCH) {
@@ -313,38 +364,35 @@ class HeaderScan {
         if (native.crc32cCheck(bufs[j], bs, bda.crc, first, bad) === 0) continue;
         for (let i = 0; i < n; i++) {
           if (bad[i] === 0) continue;
-          const slot = first + i;
-          bda.flags[slot] = 0;
-          this.olderSector.delete(slot);
-          this.superseded.delete(slot);
-          this.entries--;
-          this.skipped++;
+          this.drop(first + i);
+          this.olderSector.delete(first + i);
+          this.superseded.delete(first + i);
           this.torn++;
-          this.rewrite.add(Math.floor(slot / bps));
         }
       }
     }
+    for (const slot of this.dirty) if ((bda.flags[slot] & FLAG_VALID) !== 0) this.builder.add(slot, bda.keyLo[slot], bda.keyHi[slot]);
   }
 
   /**
-   * Builds the address map of the entries found in one pass over the table (AddressMap.addValid:
-   * no key is read unless two entries share a home and a hash); a key found twice keeps the
+   * Builds the address map of the entries found (AddressMap.addBuilt: one pass in table order,
+   * no key read unless two entries share a home and hash bits); a key found twice keeps the
    * entry of the newer header, a superseded one losing to any other, and the other header is
    * rewritten.
    */
   index_(): void {
-    const flags = this.bda.flags;
-    const bps = this.g.blocksPerSegment;
     // The rank of an entry among those of its key: its sequence number; a superseded one loses
     // to any other (sequence numbers are below 2^52).
     const rank = (slot: number): number => this.sealedAt(slot) - (this.superseded.has(slot) ? 2 ** 52 : 0);
-    this.index.addValid((a, b) => {
+    this.map.addBuilt(this.builder, (a, b) => {
       const [keep, drop] = rank(a) >= rank(b) ? [a, b] : [b, a];
-      this.skipped++;
-      this.entries--;
-      flags[drop] = 0;
-      this.rewrite.add(Math.floor(drop / bps));
+      this.drop(drop);
       return keep;
     });
+  }
+
+  /** The dirty slots still recovered, ascending. */
+  dirtyValid(): number[] {
+    return this.dirty.filter((slot) => (this.bda.flags[slot] & FLAG_VALID) !== 0);
   }
 }

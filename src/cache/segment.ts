@@ -267,31 +267,44 @@ export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: Block
 }
 
 /**
- * Checks the sectors of a header read from the device (h = its headerSize bytes) of segment
- * `seg`: seqs[k] = sector k's sequence number when it is intact (CRC), of this format,
- * geometry, segment and device, else -1. `crcs`: scratch of at least headerSectors.
+ * Checks the sectors of a header read from the device (h = its headerSize bytes, 4-byte
+ * aligned) of segment `seg`: seqs[k] = sector k's sequence number when it is intact (CRC), of
+ * this format, geometry, segment and device, else -1. `crcs`: scratch of at least headerSectors.
  */
 export function checkHeaderSectors(h: Uint8Array, g: Geometry, seg: number, uuid: Uint8Array, seqs: Float64Array, crcs: Uint32Array): void {
   native.crc32cBlocks(h.subarray(0, g.headerSectors * HEADER_SECTOR), HEADER_SECTOR, crcs, 0);
-  const view = new DataView(h.buffer, h.byteOffset, g.headerSize);
-  for (let k = 0; k < g.headerSectors; k++) {
+  const words = new Uint32Array(h.buffer, h.byteOffset, g.headerSize >>> 2);
+  checkSectors(words, 0, crcs, 0, g, seg, uuidWords(uuid), seqs);
+}
+
+/** The device uuid as the 4 words a header sector holds it in (checkSectors). */
+export function uuidWords(uuid: Uint8Array): Uint32Array {
+  return new Uint32Array(uuid.slice(0, 16).buffer);
+}
+
+/** Words of a header sector. */
+const SECTOR_WORDS = HEADER_SECTOR >>> 2;
+
+/**
+ * checkHeaderSectors on 32-bit words (little endian host, metadata.ts): the header starts at
+ * word `at` of `words`, crcs[crcAt + k] is the CRC-32C of its whole sector k (crc32cBlocks over
+ * many headers at once: recovery.ts), `uuid` from uuidWords().
+ */
+export function checkSectors(words: Uint32Array, at: number, crcs: Uint32Array, crcAt: number, g: Geometry, seg: number, uuid: Uint32Array, seqs: Float64Array): void {
+  const { blocksPerSegment, blockSize } = g;
+  for (let k = 0, w = at; k < g.headerSectors; k++, w += SECTOR_WORDS) {
     seqs[k] = -1;
-    const at = k * HEADER_SECTOR;
-    if (crcs[k] !== SECTOR_RESIDUE || view.getUint32(at, true) !== SEGMENT_MAGIC) continue;
-    if (view.getUint16(at + 4, true) !== SEGMENT_VERSION || view.getUint16(at + 6, true) !== k) continue;
-    if (view.getUint32(at + 8, true) !== seg || view.getUint32(at + 12, true) !== g.blocksPerSegment) continue;
-    if (view.getUint32(at + 16, true) !== g.blockSize) continue;
-    let same = true;
-    for (let i = 0; i < 16 && same; i++) same = h[at + 28 + i] === uuid[i];
-    if (!same) continue;
-    seqs[k] = view.getUint32(at + 20, true) + view.getUint32(at + 24, true) * 2 ** 32;
+    if (crcs[crcAt + k] !== SECTOR_RESIDUE || words[w] !== SEGMENT_MAGIC || words[w + 1] !== (SEGMENT_VERSION | (k << 16)) >>> 0) continue;
+    if (words[w + 2] !== seg || words[w + 3] !== blocksPerSegment || words[w + 4] !== blockSize) continue;
+    if (words[w + 7] !== uuid[0] || words[w + 8] !== uuid[1] || words[w + 9] !== uuid[2] || words[w + 10] !== uuid[3]) continue;
+    seqs[k] = words[w + 5] + words[w + 6] * 2 ** 32;
   }
 }
 
-/** The durable mark of sector k of a header (words: the header as 32-bit words, little endian). */
-export function sectorMark(words: Uint32Array, k: number): number {
-  const at = (k * HEADER_SECTOR + SECTOR_MARK_AT) >>> 2;
-  return words[at] + words[at + 1] * 2 ** 32;
+/** The durable mark of sector k of the header at word `at` of `words` (little endian). */
+export function sectorMark(words: Uint32Array, at: number, k: number): number {
+  const w = at + ((k * HEADER_SECTOR + SECTOR_MARK_AT) >>> 2);
+  return words[w] + words[w + 1] * 2 ** 32;
 }
 
 /** Byte offset in a header of slot k's entry (k < blocksPerSegment). */

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { AddressMap } from '../../src/cache/address-map';
+import { AddressMap, MapBuilder } from '../../src/cache/address-map';
 import { BlockDescriptorArray, MAX_BLOCK_NUMBER, MAX_VOLUMES } from '../../src/cache/bda';
 import { rng } from './helpers';
 
@@ -236,18 +236,22 @@ describe('cache address map', () => {
     }
   });
 
-  it('addValid builds a valid Robin Hood table in one pass: the key of every valid slot found, a key met twice keeps the slot pick() chose, runs wrap past the end, later adds and removes agree with a Map', () => {
+  it('MapBuilder + addBuilt build a valid Robin Hood table in one pass: the key of every valid slot found, a key met twice keeps the slot pick() chose, runs wrap past the end, a builder sized too small places the rest one by one, later adds and removes agree with a Map', () => {
     const r = rng(7);
     let wrapped = 0;
-    for (let trial = 0; trial < 330; trial++) {
-      // Small tables whose keys pile up at the end (runs wrap), then larger random ones.
+    let late = 0;
+    let ranges = 0;
+    for (let trial = 0; trial < 336; trial++) {
+      // Small tables whose keys pile up at the end (runs wrap), then larger random ones, then
+      // tables of several ranges of 2^16 homes (runs cross from one range into the next).
       const small = trial < 300;
-      const n = small ? 2 + Math.floor(r() * 14) : 3000 + Math.floor(r() * 3000);
+      const n = small ? 2 + Math.floor(r() * 14) : trial < 330 ? 3000 + Math.floor(r() * 3000) : 70000 + Math.floor(r() * 20000);
       const lf = [0.5, 0.85, 0.99][trial % 3];
       const distBits = trial % 4 === 0 ? 2 : 32;
       const bda = new BlockDescriptorArray(n);
       const map = new AddressMap(bda, lf, undefined, distBits);
       const cap = map.capacity;
+      if (cap > 2 ** 16) ranges++;
       // A pool of keys fewer than the slots: some keys are met twice or more.
       const pool: [number, number][] = [];
       const poolSize = Math.max(1, Math.floor(n * (0.5 + r() * 0.6)));
@@ -275,7 +279,11 @@ describe('cache address map', () => {
       }
       let picks = 0;
       const valid = bda.countValid(0, n);
-      map.addValid((a, b) => {
+      // Every fifth builder is sized for half the slots: ranges overflow, the rest go late.
+      const builder = new MapBuilder(map, bda, trial % 5 === 4 ? Math.ceil(n / 2) : n);
+      for (let i = 0; i < n; i++) if (bda.isValid(i)) builder.add(i, bda.keyLo[i], bda.keyHi[i]);
+      if (trial % 5 === 4) late += builder.late.length;
+      map.addBuilt(builder, (a, b) => {
         picks++;
         assert.equal(`${bda.keyHi[a]}/${bda.keyLo[a]}`, `${bda.keyHi[b]}/${bda.keyLo[b]}`, 'pick() of two keys');
         const [keep, drop] = rank[a] >= rank[b] ? [a, b] : [b, a];
@@ -302,6 +310,8 @@ describe('cache address map', () => {
       checkTable(map, bda);
     }
     assert.ok(wrapped > 20, `runs wrapped past the end in ${wrapped} tables`);
+    assert.ok(late > 1000, `${late} indexes over their range's room placed one by one`);
+    assert.equal(ranges, 6, 'tables of 2 or more ranges');
   });
 
   it('costs 4 / loadFactor bytes per block; entries hold the slot in the bit length of the slot count', () => {

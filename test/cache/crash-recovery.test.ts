@@ -24,7 +24,7 @@ import { Cache } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import type { VhostError } from '../../src/native/errors';
-import { MemStore, rng } from './helpers';
+import { assertCountsAgree, MemStore, rng } from './helpers';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
@@ -100,6 +100,7 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
     await open();
     // A disabled run may have retired the superblock (the device is formatted: cold).
     assert.ok(cache.recovery !== null || disabled, `step ${step}: no recovery after a crash`);
+    if (cache.recovery !== null) assertCountsAgree(cache.map, `step ${step}`);
     // A write completed while disabled waited until that was durable.
     if (wroteDisabled) assert.equal(cache.map.map.size, 0, `step ${step}: blocks recovered after a write error`);
     run.recovered += cache.recovery?.entries ?? 0;

@@ -1,9 +1,10 @@
-/** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing. */
+/** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing, recovered counts. */
+import { strict as assert } from 'node:assert';
 import type { BackingStore } from '../../src/backing/backing-store';
 import { type IoEngine, readvThenOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
-import type { CacheMap } from '../../src/cache/cache-map';
+import { CacheMap } from '../../src/cache/cache-map';
 import { FLAG_RESERVED, FLAG_SHADOW } from '../../src/cache/bda';
 
 /** mulberry32: deterministic 32-bit PRNG. */
@@ -171,4 +172,20 @@ export function drawSlots(m: CacheMap, perRow: number): string {
     rows.push(cells.join('').trimEnd());
   }
   return rows.join('\n');
+}
+
+/**
+ * Asserts that a map adopted with the counts of its builder (recovery.ts) counts what a map
+ * counting its BDA and table finds: entries, valid slots per segment and per volume, the dirty
+ * slots of each volume (in slot order).
+ */
+export function assertCountsAgree(m: CacheMap, at: string): void {
+  const counted = new CacheMap(m.slots, { segmentBlocks: m.segmentBlocks, ghostEntries: 0 }, m.bda, m.map.table);
+  const segValid = (x: CacheMap) => [...(x as unknown as { segValid: Uint16Array }).segValid];
+  assert.equal(m.map.size, counted.map.size, `${at}: address map entries`);
+  assert.deepEqual(segValid(m), segValid(counted), `${at}: valid slots per segment`);
+  assert.deepEqual([...m.volumeBlocks], [...counted.volumeBlocks], `${at}: blocks per volume`);
+  const dirty = (x: CacheMap) => [...x.dirty].map(([v, slots]) => [v, [...slots.keys()]]).filter(([, slots]) => (slots as number[]).length > 0);
+  assert.deepEqual(dirty(m), dirty(counted), `${at}: dirty slots per volume`);
+  assert.equal(m.dirtyTotal, counted.dirtyTotal, `${at}: dirty blocks`);
 }

@@ -69,6 +69,25 @@ describe('cache recovery from the segment headers', () => {
     assert.deepEqual(out, blocks(0, 6));
   });
 
+  it('a segment header read failing during recovery fails the open (EIO); the next open recovers every block', async () => {
+    await open();
+    const v = cache.registerVolume('a', 'id-a', 1 << 20);
+    assert.equal(await cache.insert(v, 0, blocks(0, 6), 6, () => true), 6);
+    assert.equal(await cache.log.flush(), true);
+    const header1 = segmentOffset(cache.geometry, 1);
+    await cache.abort();
+    dev = new MemDevice(size(), dev.image);
+    let failures = 0;
+    dev.readError = (offset) => offset === header1 && failures++ === 0;
+    await assert.rejects(open(), (err: Error & { code?: string }) => err.code === 'EIO');
+    assert.equal(failures, 1);
+    await open();
+    assert.deepEqual(cache.recovery && [cache.recovery.entries, cache.recovery.skipped], [6, 0]);
+    const out = new Uint8Array(6 * BS);
+    assert.equal(await cache.readBlocks(v, 0, 6, out, new Uint8Array(6)), 6);
+    assert.deepEqual(out, blocks(0, 6));
+  });
+
   it('a key named by two headers keeps the newer entry; the older header is rewritten before use', async () => {
     await open();
     const v = cache.registerVolume('a', 'id-a', 1 << 20);

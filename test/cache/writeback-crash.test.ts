@@ -24,7 +24,7 @@ import type { BackingStore } from '../../src/backing/backing-store';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
-import { MemStore, rng } from './helpers';
+import { assertCountsAgree, MemStore, rng } from './helpers';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
@@ -122,6 +122,7 @@ async function crashRun(seed: number, steps: number, bps: number): Promise<Run> 
     dev = new MemDevice(DEVICE, dev.crashImage(r));
     await open();
     assert.ok(cache.recovery !== null, `step ${step}: no recovery after a crash`);
+    assertCountsAgree(cache.map, `step ${step}`);
     run.recoveredDirty += cache.map.dirtyTotal;
     run.torn += cache.recovery.torn;
     for (let v = 0; v < 2; v++) {
