@@ -674,17 +674,21 @@ export class CachedStore implements BackingStore {
       const count = Math.floor((offset + len - 1) / this.bs) - first + 1;
       // A read whose blocks have more than one key goes the way of a miss.
       const key = this.keys === null ? this.volume : this.keys.keyOfRange(first, first + count - 1);
-      const r = key < 0 ? false : this.cache.readHit(key, offset, len, bufs);
-      if (r === true) {
-        this.countShared(key, count, count);
-        return Promise.resolve();
-      }
-      if (r !== false) {
-        return r.then((ok) => {
-          if (!ok) return this.readThrough(offset, len, bufs, admit);
-          this.countShared(key, count, count);
-          return undefined;
+      if (key >= 0) {
+        // One promise per hit, settled from the device read's completion.
+        let served: boolean | null = false;
+        const p = new Promise<void>((resolve, reject) => {
+          served = this.cache.readHit(key, offset, len, bufs, (ok) => {
+            if (!ok) return void this.readThrough(offset, len, bufs, admit).then(resolve, reject);
+            this.countShared(key, count, count);
+            resolve();
+          });
         });
+        if (served === null) return p;
+        if (served) {
+          this.countShared(key, count, count);
+          return Promise.resolve();
+        }
       }
     }
     return this.readThrough(offset, len, bufs, admit);
