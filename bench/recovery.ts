@@ -9,7 +9,7 @@
  * address map (recoverIndex), then adopting them (CacheMap), wall and CPU time.
  * Run: node dist/bench/recovery.js [blocks]
  */
-import { type IoEngine, readvThenOf } from '../src/io/io-engine';
+import { type IoEngine, readvCheckedOf } from '../src/io/io-engine';
 import { VhostError } from '../src/native/errors';
 import { AddressMap } from '../src/cache/address-map';
 import { BlockDescriptorArray, FLAG_DIRTY } from '../src/cache/bda';
@@ -34,8 +34,8 @@ class HeaderDevice implements IoEngine {
     else bufs[0].set(src.subarray(0, bufs[0].byteLength));
     return Promise.resolve();
   }
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
-    readvThenOf(this, fd, bufs, offset, exact, done);
+  readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
+    readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }
   writev(): Promise<void> {
     return Promise.reject(new VhostError('read-only bench device', 'EROFS'));
