@@ -54,7 +54,7 @@ interface PendingOp {
   resolve: () => void;
   reject: (err: Error) => void;
   then: ((err: Error | null, ok: boolean) => void) | null;
-  /** readvChecked only: the caller's views, block size (0: not checked), CRC-32Cs and index of the first. */
+  /** readvChecked only: the views asked for (bufs before any continuation), block size (0: not checked), CRC-32Cs and index of the first. */
   whole: readonly Uint8Array[];
   blockSize: number;
   crcs: Uint32Array | null;
@@ -149,7 +149,6 @@ export class UringEngine implements IoEngine {
       return;
     }
     op.then = done;
-    op.whole = op.bufs;
     op.blockSize = blockSize;
     op.crcs = crcs;
     op.at = at;
