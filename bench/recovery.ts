@@ -9,7 +9,7 @@
  * address map (recoverIndex), then adopting them (CacheMap), wall and CPU time.
  * Run: node dist/bench/recovery.js [blocks]
  */
-import type { IoEngine } from '../src/io/io-engine';
+import { type IoEngine, readvCheckedOf } from '../src/io/io-engine';
 import { VhostError } from '../src/native/errors';
 import { AddressMap } from '../src/cache/address-map';
 import { BlockDescriptorArray, FLAG_DIRTY } from '../src/cache/bda';
@@ -41,9 +41,8 @@ class HeaderDevice implements IoEngine {
     this.copy(bufs, offset);
     return Promise.resolve();
   }
-  readvThen(_fd: number, bufs: readonly Uint8Array[], offset: number, _exact: boolean, done: (err: Error | null) => void): void {
-    this.copy(bufs, offset);
-    queueMicrotask(() => done(null));
+  readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
+    readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }
   private copy(bufs: readonly Uint8Array[], offset: number): void {
     const { g } = this;

@@ -10,7 +10,11 @@
 //                                            bad[j] = 1 when block j's CRC != crcs[at + j]
 //
 // The SSE4.2 crc32 instruction is used where the CPU has it (checked once at load with
-// __builtin_cpu_supports); otherwise slicing-by-8 tables. Buffers are only read.
+// __builtin_cpu_supports); otherwise slicing-by-8 tables. Buffers are only read. The block
+// check is written once (Crc32cCheckBlocks, crc32c.h): crc32cCheck and the io_uring ring's
+// checked reads (io_ring.cc) both use it.
+#include "io/crc32c.h"
+
 #include <napi.h>
 
 #include <cstdint>
@@ -204,16 +208,16 @@ Napi::Value JS_crc32cCheck(const Napi::CallbackInfo& info) {
   // Every view and the total length are validated before anything is computed.
   // Scatter lists of guest requests are short: no heap allocation up to kInline views.
   constexpr uint32_t kInline = 16;
-  Bytes inline_views[kInline];
-  std::vector<Bytes> more;
-  Bytes* views = inline_views;
+  iovec inline_views[kInline];
+  std::vector<iovec> more;
+  iovec* views = inline_views;
   uint32_t count = 1;
   size_t total = 0;
   napi_typedarray_type type;
   void* data = nullptr;
   if (napi_get_typedarray_info(env, info[0], &type, &total, &data, nullptr, nullptr) == napi_ok) {
     if (type != napi_uint8_array) ThrowError(env, "EINVAL", "bufs must be a Uint8Array or an array of them");
-    views[0] = {static_cast<const uint8_t*>(data), total};
+    views[0] = {data, total};
   } else {
     if (napi_get_array_length(env, info[0], &count) != napi_ok) {
       ThrowError(env, "EINVAL", "bufs must be a Uint8Array or an array of them");
@@ -225,34 +229,43 @@ Napi::Value JS_crc32cCheck(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < count; ++i) {
       napi_value el;
       napi_get_element(env, info[0], i, &el);
-      views[i] = ArgBytes(env, el, "bufs[i]");
-      total += views[i].length;
+      Bytes b = ArgBytes(env, el, "bufs[i]");
+      views[i] = {const_cast<uint8_t*>(b.data), b.length};
+      total += b.length;
     }
   }
   if (total % bs != 0) ThrowError(env, "EINVAL", "bufs must hold whole blocks");
   size_t n = total / bs;
   if (at > crcLen || n > crcLen - at || n > badLen) ThrowError(env, "ERANGE", "crcs or bad too short");
+  return Napi::Number::New(env, Crc32cCheckBlocks(views, count, bs, crcs + at, bad));
+}
+
+}  // namespace
+
+uint32_t Crc32cCheckBlocks(const iovec* views, size_t count, uint32_t block_size, const uint32_t* crcs, uint8_t* bad) {
   // A block split over views is gathered into `scratch` first, so every block is one
   // contiguous buffer for the interleaved loop (a serial chain would cost 3x).
   alignas(64) static thread_local uint8_t gather[65536];
   std::vector<uint8_t> big;  // blocks over 64 KiB (not used by the cache)
   uint8_t* scratch = nullptr;
+  const size_t bs = block_size;
   uint32_t mismatches = 0;
   size_t block = 0;
   size_t inBlock = 0;
   auto finish = [&](const uint8_t* p) {
-    bool wrong = ~Update(~0u, p, bs) != crcs[at + block];
-    bad[block] = wrong ? 1 : 0;
+    bool wrong = ~Update(~0u, p, bs) != crcs[block];
+    if (bad != nullptr) bad[block] = wrong ? 1 : 0;
     mismatches += wrong ? 1 : 0;
     ++block;
   };
-  for (uint32_t v = 0; v < count; ++v) {
-    Bytes b = views[v];
-    while (b.length > 0) {
-      if (inBlock == 0 && b.length >= bs) {
-        finish(b.data);
-        b.data += bs;
-        b.length -= bs;
+  for (size_t v = 0; v < count; ++v) {
+    const uint8_t* data = static_cast<const uint8_t*>(views[v].iov_base);
+    size_t length = views[v].iov_len;
+    while (length > 0) {
+      if (inBlock == 0 && length >= bs) {
+        finish(data);
+        data += bs;
+        length -= bs;
         continue;
       }
       if (scratch == nullptr) {
@@ -263,10 +276,10 @@ Napi::Value JS_crc32cCheck(const Napi::CallbackInfo& info) {
           scratch = big.data();
         }
       }
-      size_t k = bs - inBlock < b.length ? bs - inBlock : b.length;
-      std::memcpy(scratch + inBlock, b.data, k);
-      b.data += k;
-      b.length -= k;
+      size_t k = bs - inBlock < length ? bs - inBlock : length;
+      std::memcpy(scratch + inBlock, data, k);
+      data += k;
+      length -= k;
       inBlock += k;
       if (inBlock == bs) {
         finish(scratch);
@@ -274,10 +287,8 @@ Napi::Value JS_crc32cCheck(const Napi::CallbackInfo& info) {
       }
     }
   }
-  return Napi::Number::New(env, mismatches);
+  return mismatches;
 }
-
-}  // namespace
 
 void RegisterCrc32c(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New(env, JS_crc32c, "crc32c"));

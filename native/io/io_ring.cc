@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "io/crc32c.h"
 #include "io/io_helpers.h"
 #include "js/errors.h"
 
@@ -184,8 +185,9 @@ unsigned KernelRing::Reap(int32_t* out, unsigned cap) {
   unsigned n = 0;
   while (head != tail && n < cap) {
     const io_uring_cqe& cqe = cqes_[head & cq_mask_];
-    out[2 * n] = static_cast<int32_t>(cqe.user_data);
-    out[2 * n + 1] = cqe.res;
+    out[kCqeStride * n] = static_cast<int32_t>(cqe.user_data);
+    out[kCqeStride * n + 1] = cqe.res;
+    out[kCqeStride * n + 2] = kCheckNone;
     ++head;
     ++n;
   }
@@ -261,8 +263,8 @@ IoRing::IoRing(const Napi::CallbackInfo& info) : ObjectWrap<IoRing>(info) {
 
   iovs_.resize(ring_.sq_entries());
   completions_cap_ = ring_.cq_entries();
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, completions_cap_ * 2 * sizeof(int32_t));
-  Napi::Int32Array arr = Napi::Int32Array::New(env, completions_cap_ * 2, ab, 0);
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, completions_cap_ * kCqeStride * sizeof(int32_t));
+  Napi::Int32Array arr = Napi::Int32Array::New(env, completions_cap_ * kCqeStride, ab, 0);
   completions_ = static_cast<int32_t*>(ab.Data());
   completions_ref_ = Napi::Persistent(arr);
   on_complete_ = Napi::Persistent(cb.As<Napi::Function>());
@@ -292,7 +294,7 @@ void IoRing::CleanupHook(void* arg) {
 }
 
 void IoRing::DrainSync() {
-  int32_t scratch[64];
+  int32_t scratch[32 * kCqeStride];
   if (ring_.Unsubmitted() > 0) ring_.Enter(ring_.Unsubmitted(), 0, 0);
   while (inflight_ > 0) {
     unsigned n = ring_.Reap(scratch, 32);
@@ -378,7 +380,7 @@ void IoRing::CommitSqe() {
 Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[1].IsArray()) {
-    ThrowError(env, "EINVAL", "prepReadv/prepWritev(fd, bufs: Uint8Array[], offset, tag[, background])");
+    ThrowError(env, "EINVAL", "prepReadv/prepWritev(fd, bufs: Uint8Array[], offset, tag[, background[, blockSize, crcs, at]])");
   }
   // Background: a kernel worker runs it (IOSQE_ASYNC), never io_uring_enter itself, so a large
   // copy cannot delay the completions submitted in the same call.
@@ -390,13 +392,46 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   uint32_t count = 0;
   napi_get_array_length(env, arr, &count);
   if (count > IOV_MAX) ThrowError(env, "EINVAL", "more than IOV_MAX buffers");
+  // A checked read (see the header): blockSize, the CRC-32C array and the index of the first
+  // block's CRC.
+  uint32_t block_size = 0;
+  const uint32_t* crcs = nullptr;
+  size_t crcs_len = 0;
+  uint64_t at = 0;
+  if (info.Length() >= 8 && opcode == IORING_OP_READV) {
+    block_size = static_cast<uint32_t>(ToU64(env, info[5], "blockSize"));
+    napi_typedarray_type type;
+    void* data = nullptr;
+    if (napi_get_typedarray_info(env, info[6], &type, &crcs_len, &data, nullptr, nullptr) != napi_ok || type != napi_uint32_array) {
+      ThrowError(env, "EINVAL", "crcs must be a Uint32Array");
+    }
+    crcs = static_cast<const uint32_t*>(data);
+    at = ToU64(env, info[7], "at");
+    if (block_size == 0) ThrowError(env, "EINVAL", "blockSize must be > 0");
+    if (tag >= kMaxCheckedTag) ThrowError(env, "EINVAL", "checked reads need a tag below 2^20");
+  }
   io_uring_sqe* sqe = AcquireSqe(env);
   std::vector<iovec>& iov = iovs_[ring_.NextSqeIndex()];
   iov.resize(count);
+  size_t total = 0;
   for (uint32_t i = 0; i < count; ++i) {
     const ByteView v = Uint8ArrayElement(env, arr, i);
     iov[i].iov_base = v.data;
     iov[i].iov_len = v.length;
+    total += v.length;
+  }
+  // Any earlier op of this tag has completed: its check (if any) was consumed when reaped.
+  if (tag < checks_.size()) checks_[tag].active = false;
+  if (block_size != 0) {
+    size_t n = total / block_size;
+    if (total % block_size != 0 || at > crcs_len || n > crcs_len - at) ThrowError(env, "EINVAL", "a checked read must hold whole blocks with a CRC each");
+    if (tag >= checks_.size()) checks_.resize(tag + 1);
+    ReadCheck& c = checks_[tag];
+    c.active = true;
+    c.block_size = block_size;
+    c.total = total;
+    c.views.assign(iov.begin(), iov.end());
+    c.crcs.assign(crcs + at, crcs + at + n);
   }
   sqe->opcode = opcode;
   sqe->fd = fd;
@@ -475,10 +510,24 @@ void IoRing::SubmitToKernel(Napi::Env env, bool getevents) {
 
 bool IoRing::MoreToReap() const { return !ring_.CqEmpty() || ring_.CqOverflow(); }
 
+void IoRing::CheckReads(unsigned from, unsigned to) {
+  for (unsigned i = from; i < to; ++i) {
+    int32_t* t = completions_ + kCqeStride * i;
+    uint32_t tag = static_cast<uint32_t>(t[0]);
+    if (tag >= checks_.size() || !checks_[tag].active) continue;
+    ReadCheck& c = checks_[tag];
+    c.active = false;
+    if (t[1] < 0 || static_cast<size_t>(t[1]) != c.total) continue;  // failed or short: not checked
+    uint32_t bad = Crc32cCheckBlocks(c.views.data(), c.views.size(), c.block_size, c.crcs.data(), nullptr);
+    t[2] = bad == 0 ? kCheckOk : kCheckBad;
+  }
+}
+
 unsigned IoRing::ReapAll() {
   unsigned n = 0;
   for (;;) {
-    unsigned got = ring_.Reap(completions_ + 2 * n, completions_cap_ - n);
+    unsigned got = ring_.Reap(completions_ + kCqeStride * n, completions_cap_ - n);
+    CheckReads(n, n + got);
     n += got;
     if (n == completions_cap_ || !ring_.CqOverflow()) break;
     // The CQ is empty now and the kernel holds more: let it move them in.

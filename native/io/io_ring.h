@@ -1,10 +1,16 @@
 // IoRing: an io_uring instance driven from the Node main thread, with raw syscalls (no
 // liburing). JS queues SQEs with prep*(…, tag), hands them to the kernel with submit() (one
-// io_uring_enter), and receives completions as [tag, result] pairs in a shared Int32Array:
+// io_uring_enter), and receives completions as [tag, result, check] triples in a shared
+// Int32Array (kCqeStride; src/native/types.ts CQE_*):
 //   - submit() reaps every CQE already posted (page-cache hits complete inline) and returns
 //     how many pairs it wrote; the caller handles them before calling into the ring again.
 //   - CQEs posted later wake an eventfd (IORING_REGISTER_EVENTFD) watched by uv_poll on the
 //     Node loop; the poll callback reaps and calls onComplete(count) inside a callback scope.
+// Checked reads: prepReadv(…, blockSize, crcs, at) also checks the bytes read, as whole blocks,
+// against the CRC-32Cs crcs[at + j] copied at prep time, when its CQE is reaped and the read
+// transferred every byte (check = kCheckOk or kCheckBad); a short read is not checked
+// (kCheckNone: the caller continues it and checks the whole). Cache hits thus cost no JS
+// crossing for their check.
 // Lifetime: while operations are in flight (queued or submitted, not yet reaped) the JS object
 // is strongly referenced and the poll handle keeps the loop alive; close() stops nothing in
 // flight: the ring is torn down (fd closed, rings unmapped) once the last completion is
@@ -21,6 +27,15 @@
 #include <vector>
 
 namespace vbc {
+
+// Completion triples: [tag, result, check].
+constexpr unsigned kCqeStride = 3;
+// The check field of a completion.
+constexpr int32_t kCheckNone = 0;  // no check asked for, or a short read (not checked)
+constexpr int32_t kCheckOk = 1;    // every block matched its CRC-32C
+constexpr int32_t kCheckBad = 2;   // some block did not
+// Checked reads take tags below this (their checks are kept in a vector indexed by tag).
+constexpr uint32_t kMaxCheckedTag = 1u << 20;
 
 // The kernel side of one io_uring: the fd, the mmapped SQ/CQ rings and the SQE array.
 // Single-threaded user (the Node main thread); the kernel is the other party.
@@ -53,7 +68,8 @@ class KernelRing {
   int Enter(unsigned to_submit, unsigned min_complete, unsigned flags);
   // true when the kernel holds completions that did not fit the CQ (IORING_SQ_CQ_OVERFLOW).
   bool CqOverflow() const;
-  // Copies at most `cap` CQEs into out as [user_data, res] pairs and frees their CQ entries.
+  // Copies at most `cap` CQEs into out as [user_data, res, kCheckNone] triples and frees their
+  // CQ entries.
   unsigned Reap(int32_t* out, unsigned cap);
   bool CqEmpty() const;
 
@@ -134,6 +150,18 @@ class IoRing : public Napi::ObjectWrap<IoRing> {
   // IORING_FEAT_SUBMIT_STABLE the kernel is done with them once it consumed the SQE, which is
   // before the SQE can be reused.
   std::vector<std::vector<iovec>> iovs_;
+  // The check of a checked read in flight, by tag (see the file comment): its views, the total
+  // bytes and the CRC-32Cs expected, copied at prep time. Vectors keep their capacity.
+  struct ReadCheck {
+    bool active = false;
+    uint32_t block_size = 0;
+    size_t total = 0;
+    std::vector<iovec> views;
+    std::vector<uint32_t> crcs;
+  };
+  std::vector<ReadCheck> checks_;
+  // Runs the checks of the completions out[from .. to) (triples) that have one.
+  void CheckReads(unsigned from, unsigned to);
   uint64_t inflight_ = 0;  // committed SQEs whose CQE has not been reaped
   bool open_ = false;
   bool closing_ = false;

@@ -58,6 +58,12 @@ export interface BackingStore {
     writeZeroes: boolean;
   };
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void>;
+  /**
+   * Optional: read() reporting to a callback (null or the VhostError) instead of a promise,
+   * called exactly once (maybe from this call), never throwing out of it; done must not throw.
+   * The dispatcher uses it when present: a cache hit then settles without a promise.
+   */
+  readThen?(offset: number, bufs: readonly Uint8Array[], done: (err: Error | null) => void): void;
   write(offset: number, bufs: readonly Uint8Array[]): Promise<void>;
   flush(): Promise<void>;
   discard(offset: number, length: number): Promise<void>;

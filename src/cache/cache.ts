@@ -859,14 +859,16 @@ export class Cache {
    *     come from the device: its CRC-32C can only be checked on the whole block;
    *   - otherwise RAM hits are copied and each run of device hits (consecutive blocks in
    *     consecutive slots of one segment) is read by one Log.readDirect into its part of bufs
-   *     and checked against the blocks' CRC-32Cs; returns a promise of true when every run
-   *     read the blocks its slots held when it was issued and they check (counted), of false
-   *     when a run failed, did not check or its segment was rewritten meanwhile: bufs then
-   *     hold unspecified bytes of this volume's request and the caller must serve the whole
-   *     request another way (read and checksum errors are counted; failed blocks dropped).
-   * Never rejects.
+   *     and checked against the blocks' CRC-32Cs; returns null and calls done once, later:
+   *     done(true) when every run read the blocks its slots held when it was issued and they
+   *     check (counted), done(false) when a run failed, did not check or its segment was
+   *     rewritten meanwhile: bufs then hold unspecified bytes of this volume's request and the
+   *     caller must serve the whole request another way (read and checksum errors are
+   *     counted; failed blocks dropped).
+   * done is called only for null, never from this call, and must not throw. The common case,
+   * whole blocks in one device run, builds no run list and reads into `bufs` as they are.
    */
-  readHit(volume: number, offset: number, len: number, bufs: readonly Uint8Array[]): boolean | Promise<boolean> {
+  readHit(volume: number, offset: number, len: number, bufs: readonly Uint8Array[], done: (ok: boolean) => void): boolean | null {
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
     const count = Math.floor((offset + len - 1) / bs) - first + 1;
@@ -881,6 +883,20 @@ export class Cache {
     if ((offset + len) % bs !== 0 && this.log.ramBuffer(slots[count - 1]) === null) return false;
     // Served here: one use of each block (a read that goes the way of a miss counts them there).
     for (let k = 0; k < count; k++) this.map.use(slots[k], volume);
+    const c = this.map.stats(volume);
+    if (this.oneDeviceRun(slots, count) && offset % bs === 0 && len % bs === 0) {
+      const slot = slots[0];
+      this.log.readDirect(slot, bufs, count, volume, first, (ok, err) => {
+        if (err !== null) ok = this.runFailed(err, volume, slot, first, count);
+        else if (ok) {
+          c.reads += count;
+          c.readHits += count;
+          c.storageHits += count;
+        }
+        done(ok);
+      });
+      return null;
+    }
     const g = this.geometry;
     const bps = g.blocksPerSegment;
     const cursor = this.cursor;
@@ -908,42 +924,42 @@ export class Cache {
       }
       cursor.views(n, run.views);
     }
-    const c = this.map.stats(volume);
     if (runs === null) {
       c.reads += count;
       c.readHits += count;
       c.ramHits += count;
       return true;
     }
-    const counted = (ok: boolean): boolean => {
-      if (ok) {
-        c.reads += count;
-        c.readHits += count;
-        c.ramHits += ram;
-        c.storageHits += count - ram;
-      }
-      return ok;
-    };
-    if (runs.length === 1) {
-      // One promise, settled from the read's completion (the common case of a device hit).
-      const r = runs[0];
-      return new Promise<boolean>((resolve) => {
-        this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => resolve(err === null ? counted(ok) : this.runFailed(err, volume, r)));
+    let left = runs.length;
+    let good = true;
+    for (const r of runs) {
+      this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => {
+        if (err !== null) ok = this.runFailed(err, volume, r.slot, r.block, r.blocks);
+        good &&= ok;
+        if (--left !== 0) return;
+        if (good) {
+          c.reads += count;
+          c.readHits += count;
+          c.ramHits += ram;
+          c.storageHits += count - ram;
+        }
+        done(good);
       });
     }
-    const reads = runs.map((r) => this.readRun(volume, r));
-    return Promise.all(reads).then((oks) => counted(oks.every(Boolean)));
+    return null;
   }
 
-  /** One direct run of readHit: read and check; false on failure (counted, dropped). */
-  private readRun(volume: number, r: DirectRun): Promise<boolean> {
-    return new Promise<boolean>((resolve) => {
-      this.log.readDirect(r.slot, r.views, r.blocks, volume, r.block, (ok, err) => resolve(err === null ? ok : this.runFailed(err, volume, r)));
-    });
+  /** Whether slots[0 .. count - 1] are consecutive slots of one segment, none in a RAM buffer. */
+  private oneDeviceRun(slots: Int32Array, count: number): boolean {
+    const s = slots[0];
+    if (Math.floor(s / this.geometry.blocksPerSegment) !== Math.floor((s + count - 1) / this.geometry.blocksPerSegment)) return false;
+    for (let k = 0; k < count; k++) if (slots[k] !== s + k || this.log.ramBuffer(s + k) !== null) return false;
+    return true;
   }
 
-  private runFailed(err: Error, volume: number, r: DirectRun): false {
-    this.deviceReadFailed(err, volume, r.slot, r.block, r.blocks);
+  /** A direct run of readHit failed: counted, its blocks dropped. */
+  private runFailed(err: Error, volume: number, slot: number, block: number, blocks: number): false {
+    this.deviceReadFailed(err, volume, slot, block, blocks);
     return false;
   }
 

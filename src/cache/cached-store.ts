@@ -664,30 +664,52 @@ export class CachedStore implements BackingStore {
   }
 
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.readThen(offset, bufs, (err) => (err === null ? resolve() : reject(err))));
+  }
+
+  /**
+   * read() with a callback (BackingStore.readThen): a device hit settles from its read's
+   * completion, a RAM hit at once.
+   */
+  readThen(offset: number, bufs: readonly Uint8Array[], done: (err: Error | null) => void): void {
     const len = iovLength(bufs);
-    if (len === 0) return Promise.resolve();
-    // Mode none reads the backing store, but the dirty blocks left by write-back from the cache.
-    const caching = (this.mode !== 'none' || this.destager.dirty > 0) && !this.fenced;
-    const admit = caching && this.mode !== 'none' ? this.observeRead(offset, len) : false;
-    if (caching && offset + len <= this.cacheable * this.bs) {
-      const first = Math.floor(offset / this.bs);
-      const count = Math.floor((offset + len - 1) / this.bs) - first + 1;
-      // A read whose blocks have more than one key goes the way of a miss.
-      const key = this.keys === null ? this.volume : this.keys.keyOfRange(first, first + count - 1);
-      const r = key < 0 ? false : this.cache.readHit(key, offset, len, bufs);
-      if (r === true) {
-        this.countShared(key, count, count);
-        return Promise.resolve();
+    if (len === 0) return done(null);
+    let admit = false;
+    let served: boolean | null = false;
+    let key = -1;
+    let count = 0;
+    try {
+      // Mode none reads the backing store, but the dirty blocks left by write-back from the cache.
+      const caching = (this.mode !== 'none' || this.destager.dirty > 0) && !this.fenced;
+      admit = caching && this.mode !== 'none' ? this.observeRead(offset, len) : false;
+      if (caching && offset + len <= this.cacheable * this.bs) {
+        const first = Math.floor(offset / this.bs);
+        count = Math.floor((offset + len - 1) / this.bs) - first + 1;
+        // A read whose blocks have more than one key goes the way of a miss.
+        key = this.keys === null ? this.volume : this.keys.keyOfRange(first, first + count - 1);
+        const n = count;
+        const k = key;
+        if (k >= 0) {
+          served = this.cache.readHit(k, offset, len, bufs, (ok) => {
+            if (!ok) return this.readMiss(offset, len, bufs, admit, done);
+            this.countShared(k, n, n);
+            done(null);
+          });
+        }
       }
-      if (r !== false) {
-        return r.then((ok) => {
-          if (!ok) return this.readThrough(offset, len, bufs, admit);
-          this.countShared(key, count, count);
-          return undefined;
-        });
-      }
+    } catch (err) {
+      return done(err as Error);
     }
-    return this.readThrough(offset, len, bufs, admit);
+    if (served === null) return;
+    if (served) {
+      this.countShared(key, count, count);
+      return done(null);
+    }
+    this.readMiss(offset, len, bufs, admit, done);
+  }
+
+  private readMiss(offset: number, len: number, bufs: readonly Uint8Array[], admit: boolean, done: (err: Error | null) => void): void {
+    this.readThrough(offset, len, bufs, admit).then(() => done(null), done);
   }
 
   // ---- Prefetch hooks (read-ahead) and admission (sequential cut-off) ----

@@ -177,21 +177,14 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
 }
 
 /**
- * Reads the headers of segments [from, from + n) into views[0..n), all in flight together
- * (readvThen: no promise per read); rejects with the first error once every read is done.
+ * Reads the headers of segments [from, from + n) into views[0..n), all in flight together;
+ * rejects with the first error once every read is done.
  */
-function readHeaders(o: RecoveryInput, views: Uint8Array[][], from: number, n: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let left = n;
-    let first: Error | null = null;
-    const done = (err: Error | null): void => {
-      if (err !== null && first === null) first = err;
-      if (--left > 0) return;
-      if (first === null) resolve();
-      else reject(first);
-    };
-    for (let j = 0; j < n; j++) o.engine.readvThen(o.fd, views[j], segmentOffset(o.geometry, from + j), true, done);
-  });
+async function readHeaders(o: RecoveryInput, views: Uint8Array[][], from: number, n: number): Promise<void> {
+  const reads: Promise<void>[] = [];
+  for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, views[j], segmentOffset(o.geometry, from + j), true));
+  const failed = (await Promise.allSettled(reads)).find((r) => r.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
 }
 
 /** The index being rebuilt, one header at a time (see the file comment). */

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { sliceIov } from '../util/iov';
-import { type IoEngine, readvThenOf } from './io-engine';
+import { type IoEngine, readvCheckedOf } from './io-engine';
 
 function ioError(err: unknown, what: string): VhostError {
   const e = err as NodeJS.ErrnoException;
@@ -53,8 +53,8 @@ export class FsEngine implements IoEngine {
     }
   }
 
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
-    readvThenOf(this, fd, bufs, offset, exact, done);
+  readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
+    readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }
 
   async writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {

@@ -7,6 +7,9 @@
  * code is the errno name ('EIO', 'ENOSPC', ...). The caller keeps `bufs` untouched until the
  * promise settles. Offsets and lengths are byte numbers < 2^53.
  */
+import { native } from '../native/binding';
+import { iovLength } from '../util/iov';
+
 export interface IoEngine {
   readonly kind: 'io_uring' | 'threadpool';
   /**
@@ -18,11 +21,24 @@ export interface IoEngine {
    */
   readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact?: boolean, background?: boolean): Promise<void>;
   /**
-   * readv() reporting to a callback (null or the VhostError), called exactly once and never
-   * before readvThen returns (done must not throw): the hot read paths settle without a promise
-   * per read.
+   * An exact readv() of whole blocks (bufs' total a multiple of blockSize) that also checks
+   * block j against its CRC-32C crcs[at + j], reporting to a callback instead of a promise (the
+   * cache-hit path): done(null, true) when every block matched, done(null, false) when some did
+   * not (the caller finds which), done(err, false) with the VhostError of a failed read. done
+   * is called exactly once, never before readvChecked returns, and must not throw. The CRCs
+   * are read when the read is issued (io_uring: checked natively as the completion is reaped,
+   * no JS call) or when it completes (other engines, and an io_uring read the kernel returned
+   * short): callers must hold them fixed or not depend on which (Log.readDirect).
    */
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void;
+  readvChecked(
+    fd: number,
+    bufs: readonly Uint8Array[],
+    offset: number,
+    blockSize: number,
+    crcs: Uint32Array,
+    at: number,
+    done: (err: Error | null, ok: boolean) => void,
+  ): void;
   /** Writes every byte of bufs to fd at offset (short writes are continued); `background` as readv. */
   writev(fd: number, bufs: readonly Uint8Array[], offset: number, background?: boolean): Promise<void>;
   fdatasync(fd: number): Promise<void>;
@@ -34,14 +50,30 @@ export interface IoEngine {
   close(): void;
 }
 
-/** readvThen() of an engine whose reads are promises (the thread pool engine, test engines). */
-export function readvThenOf(
+/** Whether every whole block of bufs matches its CRC-32C crcs[at + j] (one native call). */
+export function blocksMatch(bufs: readonly Uint8Array[], blockSize: number, crcs: Uint32Array, at: number): boolean {
+  const blocks = iovLength(bufs) / blockSize;
+  if (bad.length < blocks) bad = new Uint8Array(blocks);
+  // A single view is passed as such: the native side then skips reading an array.
+  return native.crc32cCheck(bufs.length === 1 ? (bufs[0] as Uint8Array) : bufs, blockSize, crcs, at, bad) === 0;
+}
+
+/** blocksMatch() scratch: which blocks did not match (not read by anyone). */
+let bad = new Uint8Array(16);
+
+/** readvChecked() of an engine whose reads are promises (the thread pool engine, test engines). */
+export function readvCheckedOf(
   engine: Pick<IoEngine, 'readv'>,
   fd: number,
   bufs: readonly Uint8Array[],
   offset: number,
-  exact: boolean,
-  done: (err: Error | null) => void,
+  blockSize: number,
+  crcs: Uint32Array,
+  at: number,
+  done: (err: Error | null, ok: boolean) => void,
 ): void {
-  engine.readv(fd, bufs, offset, exact).then(() => done(null), done);
+  engine.readv(fd, bufs, offset, true).then(
+    () => done(null, blocksMatch(bufs, blockSize, crcs, at)),
+    (err: Error) => done(err, false),
+  );
 }

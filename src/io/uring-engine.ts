@@ -12,16 +12,19 @@
  * Short transfers are continued under the same tag; a read that reaches end of file fills the
  * rest with zeros (an exact read rejects with EIO instead). A negative result rejects with VhostError(code = errno name).
  *
- * readvThen() is readv() with a callback instead of a promise (the cache-hit path: no promise,
- * no reaction job per read); the callback runs from the completion handler, never from the call.
+ * readvChecked() is an exact readv() with a callback instead of a promise (the cache-hit path:
+ * no promise, no reaction job per read) whose blocks are checked against their CRC-32Cs by the
+ * ring as it reaps the completion (IoRing checked reads: no JS call for the check); only a read
+ * the kernel returned short, and so continued, is checked here, once complete. The callback runs
+ * from the completion handler, never from the call.
  */
 import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
 import { native } from '../native/binding';
-import { CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
+import { CQE_CHECK, CQE_CHECK_NONE, CQE_CHECK_OK, CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
 import { sliceIov } from '../util/iov';
 import { endOfFile } from './fs-engine';
-import type { IoEngine } from './io-engine';
+import { blocksMatch, type IoEngine } from './io-engine';
 
 /** Views per READV/WRITEV SQE; longer scatter lists continue like a short transfer. */
 const IOV_MAX = 1024;
@@ -47,9 +50,15 @@ interface PendingOp {
   /** FALLOCATE only. */
   mode: number;
   length: number;
-  /** Settles the op: the promise's resolve/reject, or readvThen's callback. */
+  /** Settles the op: the promise's resolve/reject, or (when set) readvChecked's callback. */
   resolve: () => void;
   reject: (err: Error) => void;
+  then: ((err: Error | null, ok: boolean) => void) | null;
+  /** readvChecked only: the views asked for (bufs before any continuation), block size (0: not checked), CRC-32Cs and index of the first. */
+  whole: readonly Uint8Array[];
+  blockSize: number;
+  crcs: Uint32Array | null;
+  at: number;
 }
 
 const errnoMap = getSystemErrorMap();
@@ -67,6 +76,19 @@ function errnoError(op: PendingOp, res: number): VhostError {
 
 /** Placeholder settler of an op not handed out yet. */
 function unset(): void {}
+
+/** Settles op as done; `check` is the CQE check field of its last completion. */
+function succeed(op: PendingOp, check: number): void {
+  if (op.then === null) return op.resolve();
+  // Checked by the ring unless the read was continued (then its last part alone came back).
+  const ok = check !== CQE_CHECK_NONE ? check === CQE_CHECK_OK : blocksMatch(op.whole, op.blockSize, op.crcs as Uint32Array, op.at);
+  op.then(null, ok);
+}
+
+function fail(op: PendingOp, err: Error): void {
+  if (op.then !== null) op.then(err, false);
+  else op.reject(err);
+}
 
 export interface UringEngineOptions {
   /** Submission queue entries (default 256); the completion queue gets twice as many. */
@@ -108,18 +130,28 @@ export class UringEngine implements IoEngine {
     return this.start(OP_READ, fd, bufs, offset, 0, 0, exact, background);
   }
 
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
-    const op = this.newOp(OP_READ, fd, bufs, offset, 0, 0, exact, false);
+  readvChecked(
+    fd: number,
+    bufs: readonly Uint8Array[],
+    offset: number,
+    blockSize: number,
+    crcs: Uint32Array,
+    at: number,
+    done: (err: Error | null, ok: boolean) => void,
+  ): void {
+    const op = this.newOp(OP_READ, fd, bufs, offset, 0, 0, true, false);
     if (op === null) {
-      queueMicrotask(() => done(null));
+      queueMicrotask(() => done(null, true));
       return;
     }
     if (op instanceof Error) {
-      queueMicrotask(() => done(op));
+      queueMicrotask(() => done(op, false));
       return;
     }
-    op.resolve = () => done(null);
-    op.reject = done;
+    op.then = done;
+    op.blockSize = blockSize;
+    op.crcs = crcs;
+    op.at = at;
     this.enqueue(op);
   }
 
@@ -196,7 +228,7 @@ export class UringEngine implements IoEngine {
       if (left === 0) return null;
       rest = empty ? sliceIov(bufs, 0) : bufs;
     }
-    return { kind, fd, bufs: rest, left, offset, exact, background, mode, length, resolve: unset, reject: unset };
+    return { kind, fd, bufs: rest, left, offset, exact, background, mode, length, resolve: unset, reject: unset, then: null, whole: rest, blockSize: 0, crcs: null, at: 0 };
   }
 
   private enqueue(op: PendingOp): void {
@@ -210,7 +242,10 @@ export class UringEngine implements IoEngine {
     try {
       switch (op.kind) {
         case OP_READ:
-          this.ring.prepReadv(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag, op.background);
+          if (op.bufs.length > IOV_MAX) this.ring.prepReadv(op.fd, op.bufs.slice(0, IOV_MAX), op.offset, tag, op.background);
+          // The ring checks a checked read's blocks unless it is a continuation (succeed()).
+          else if (op.blockSize !== 0 && op.bufs === op.whole) this.ring.prepReadv(op.fd, op.bufs, op.offset, tag, false, op.blockSize, op.crcs as Uint32Array, op.at);
+          else this.ring.prepReadv(op.fd, op.bufs, op.offset, tag, op.background);
           break;
         case OP_WRITE:
           this.ring.prepWritev(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag, op.background);
@@ -224,7 +259,7 @@ export class UringEngine implements IoEngine {
       }
     } catch (err) {
       this.release(tag);
-      op.reject(err instanceof VhostError ? err : new VhostError(String(err), 'EINVAL'));
+      fail(op, err instanceof VhostError ? err : new VhostError(String(err), 'EINVAL'));
       return;
     }
     if (!this.flushQueued) {
@@ -249,11 +284,11 @@ export class UringEngine implements IoEngine {
     const c = this.ring.completions;
     for (let i = 0; i < count; i++) {
       const base = i * CQE_STRIDE;
-      this.complete(c[base + CQE_TAG], c[base + CQE_RESULT]);
+      this.complete(c[base + CQE_TAG], c[base + CQE_RESULT], c[base + CQE_CHECK]);
     }
   }
 
-  private complete(tag: number, res: number): void {
+  private complete(tag: number, res: number, check: number): void {
     const op = this.ops[tag];
     if (op === undefined) return;
     if (res < 0) {
@@ -262,23 +297,23 @@ export class UringEngine implements IoEngine {
         return;
       }
       this.release(tag);
-      op.reject(errnoError(op, res));
+      fail(op, errnoError(op, res));
       return;
     }
     if (op.kind === OP_READ || op.kind === OP_WRITE) {
       if (res === 0) {
         this.release(tag);
         if (op.kind === OP_WRITE) {
-          op.reject(new VhostError(`writev fd ${op.fd}: no progress`, 'EIO'));
+          fail(op, new VhostError(`writev fd ${op.fd}: no progress`, 'EIO'));
           return;
         }
         if (op.exact) {
-          op.reject(endOfFile(op.fd, op.offset));
+          fail(op, endOfFile(op.fd, op.offset));
           return;
         }
         // End of file: what is left reads as zeros.
         for (const b of op.bufs) b.fill(0);
-        op.resolve();
+        succeed(op, CQE_CHECK_NONE);
         return;
       }
       if (res < op.left) {
@@ -291,7 +326,7 @@ export class UringEngine implements IoEngine {
       }
     }
     this.release(tag);
-    op.resolve();
+    succeed(op, check);
   }
 
   private release(tag: number): void {

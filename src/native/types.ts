@@ -180,24 +180,30 @@ export interface NativeFrontendChannel {
 }
 
 /**
- * Layout of IoRing.completions (an Int32Array owned by native, reused for every reap): pair i
- * occupies [i * CQE_STRIDE, (i + 1) * CQE_STRIDE):
+ * Layout of IoRing.completions (an Int32Array owned by native, reused for every reap): entry i
+ * occupies [i * CQE_STRIDE, (i + 1) * CQE_STRIDE) (native/io/io_ring.h, kCqeStride):
  *   +0 tag     the tag given to prep*()
  *   +1 result  the CQE result: bytes transferred (READV/WRITEV), 0 (FSYNC/FALLOCATE), or
  *              -errno on failure
- * It holds cqEntries pairs. Pairs are valid until the next call into the ring (submit() or
+ *   +2 check   of a checked read (prepReadv with blockSize, crcs, at) that transferred every
+ *              byte: CQE_CHECK_OK or CQE_CHECK_BAD; CQE_CHECK_NONE otherwise
+ * It holds cqEntries entries. Entries are valid until the next call into the ring (submit() or
  * the next onComplete): handle them first.
  */
 export const CQE_TAG = 0;
 export const CQE_RESULT = 1;
-export const CQE_STRIDE = 2;
+export const CQE_CHECK = 2;
+export const CQE_STRIDE = 3;
+export const CQE_CHECK_NONE = 0;
+export const CQE_CHECK_OK = 1;
+export const CQE_CHECK_BAD = 2;
 
 export interface IoRingOptions {
   /** Submission queue entries (1..4096, rounded up to a power of two; default 256). The
    * completion queue gets twice as many. */
   entries?: number;
   /**
-   * Completions that arrived asynchronously (eventfd wake-up on the Node loop): `count` pairs
+   * Completions that arrived asynchronously (eventfd wake-up on the Node loop): `count` entries
    * are in `completions`. Called inside a callback scope (microtasks run after it). A
    * submit() made while it runs (directly or from its microtasks) queues and submits but
    * reaps nothing; those completions come with the next onComplete call of the same wake-up.
@@ -233,9 +239,12 @@ export interface NativeIoRing {
   /**
    * IORING_OP_READV of `bufs` (at most 1024 views) from fd at offset. `background`: IOSQE_ASYNC,
    * a kernel worker runs it, never submit() itself (a large copy then cannot delay the
-   * completions submit() returns).
+   * completions submit() returns). With blockSize, crcs and at, a checked read: bufs must hold
+   * whole blocks, and when the read transferred every byte its completion's check field says
+   * whether each block j matched crcs[at + j] as copied here (a CRC-32C check run natively as
+   * the completion is reaped; tags below 2^20 only).
    */
-  prepReadv(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
+  prepReadv(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean, blockSize?: number, crcs?: Uint32Array, at?: number): void;
   /** IORING_OP_WRITEV of `bufs` (at most 1024 views) to fd at offset; `background` as prepReadv. */
   prepWritev(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
   /** IORING_OP_FSYNC with IORING_FSYNC_DATASYNC. */
@@ -245,7 +254,7 @@ export interface NativeIoRing {
   /**
    * One io_uring_enter for every queued SQE (none when nothing is queued), then reaps every
    * completion already posted (inline completions, e.g. page-cache hits) into `completions`
-   * and returns how many pairs it wrote (0 inside onComplete, see IoRingOptions). Throws the
+   * and returns how many entries it wrote (0 inside onComplete, see IoRingOptions). Throws the
    * errno of io_uring_enter when the ring itself fails.
    */
   submit(): number;

@@ -1,7 +1,7 @@
 /** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing, recovered counts. */
 import { strict as assert } from 'node:assert';
 import type { BackingStore } from '../../src/backing/backing-store';
-import { type IoEngine, readvThenOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import { CacheMap } from '../../src/cache/cache-map';
@@ -122,8 +122,8 @@ export class FaultyEngine implements IoEngine {
     return this.inner.readv(fd, bufs, offset, exact);
   }
 
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
-    readvThenOf(this, fd, bufs, offset, exact, done);
+  readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
+    readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }
 
   writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {

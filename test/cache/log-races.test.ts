@@ -26,12 +26,23 @@ const BS = 4096;
 const SEGMENTS = 4;
 const BPS = 4;
 
-/** Block `b` of a volume: every byte = b + 1 (mod 256). */
 /** Log.readDirect (a callback on the hit path) as a promise: its ok flag, or its I/O error. */
 function readDirect(cache: Cache, slot: number, bufs: Uint8Array[], vol: number, block: number): Promise<boolean> {
   return new Promise((resolve, reject) => cache.log.readDirect(slot, bufs, 1, vol, block, (ok, err) => (err === null ? resolve(ok) : reject(err))));
 }
 
+/**
+ * Cache.readHit as a promise of its outcome: its return value when it served or refused the
+ * read at once (`device` false), else what its callback reported (`device` true).
+ */
+function readHit(cache: Cache, vol: number, offset: number, len: number, bufs: Uint8Array[]): Promise<{ device: boolean; ok: boolean }> {
+  return new Promise((resolve) => {
+    const r = cache.readHit(vol, offset, len, bufs, (ok) => resolve({ device: true, ok }));
+    if (r !== null) resolve({ device: false, ok: r });
+  });
+}
+
+/** Block `b` of a volume: every byte = b + 1 (mod 256). */
 function blockData(b: number, n = 1): Uint8Array {
   const d = new Uint8Array(n * BS);
   for (let k = 0; k < n; k++) d.fill((b + k + 1) & 0xff, k * BS, (k + 1) * BS);
@@ -156,9 +167,7 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     const reads0 = engine.reads;
     const out = new Uint8Array(4 * BS);
     // Blocks 5..8: slots 5..7 (one run in segment 1) and slot 8 (segment 2): two runs.
-    const r = cache.readHit(vol, 5 * BS, 4 * BS, [out.subarray(0, 3 * BS), out.subarray(3 * BS)]);
-    assert.notEqual(r, false);
-    assert.equal(await r, true);
+    assert.deepEqual(await readHit(cache, vol, 5 * BS, 4 * BS, [out.subarray(0, 3 * BS), out.subarray(3 * BS)]), { device: true, ok: true });
     assert.deepEqual(out, blockData(5, 4));
     assert.equal(engine.reads - reads0, 2);
     const st = cache.stats();
@@ -172,7 +181,7 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     for (const [from, n, bad, errors] of [[0, 4, 3, 1], [5, 3, 6, 2]] as const) {
       corrupt(bad);
       const out = new Uint8Array(n * BS);
-      assert.equal(await cache.readHit(vol, from * BS, n * BS, [out]), false, `blocks ${from}..${from + n - 1}`);
+      assert.deepEqual(await readHit(cache, vol, from * BS, n * BS, [out]), { device: true, ok: false }, `blocks ${from}..${from + n - 1}`);
       assert.equal(cache.stats().checksumErrors, errors);
     }
     const cached = [];
@@ -190,7 +199,7 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     cache = await open();
     vol = cache.registerVolume('v', 'id', 1 << 20);
     corrupt(cache.map.peek(vol, 2));
-    assert.equal(await cache.readHit(vol, 0, 4 * BS, [new Uint8Array(4 * BS)]), false);
+    assert.deepEqual(await readHit(cache, vol, 0, 4 * BS, [new Uint8Array(4 * BS)]), { device: true, ok: false });
     assert.equal(cache.stats().checksumErrors, 1);
     assert.equal(cache.map.dirtyBlocks(vol), 4);
     assert.deepEqual(await readCached(vol, 3), blockData(3));

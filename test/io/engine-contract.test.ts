@@ -5,6 +5,7 @@ import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { native } from '../../src/native/binding';
 import { VhostError } from '../../src/native/errors';
 import { FsEngine } from '../../src/io/fs-engine';
 import type { IoEngine } from '../../src/io/io-engine';
@@ -104,29 +105,48 @@ for (const [name, make] of engines) {
       await assert.rejects(engine.readv(fd, [new Uint8Array(4096)], 1 << 20, true, true), { code: 'EIO' });
     });
 
-    it('readvThen reports to its callback once, never from the call itself', async () => {
-      const data = randomBytes(10000);
+    it('readvChecked reports to its callback once, never from the call itself, whether every block matched its CRC-32C', async () => {
+      const BS = 4096;
+      const data = randomBytes(130 * BS);
       fs.writeSync(fd, data, 0, data.length, 0);
-      const readThen = (bufs: Uint8Array[], offset: number, exact: boolean): Promise<Error | null> =>
+      const crcs = new Uint32Array(140);
+      for (let j = 0; j < 130; j++) crcs[j + 5] = native.crc32c(data.subarray(j * BS, (j + 1) * BS));
+      const readChecked = (bufs: Uint8Array[], offset: number, at: number): Promise<[Error | null, boolean]> =>
         new Promise((resolve) => {
           let returned = false;
           let calls = 0;
-          engine.readvThen(fd, bufs, offset, exact, (err) => {
+          engine.readvChecked(fd, bufs, offset, BS, crcs, at, (err, ok) => {
             calls++;
-            assert.ok(returned, 'callback ran inside readvThen');
+            assert.ok(returned, 'callback ran inside readvChecked');
             // A second call would come later than this one: checked after a macrotask.
-            setImmediate(() => resolve(calls === 1 ? err : new Error(`callback called ${calls} times`)));
+            setImmediate(() => resolve(calls === 1 ? [err, ok] : [new Error(`callback called ${calls} times`), false]));
           });
           returned = true;
         });
+      // Two blocks over two views, the second block split between them.
       const a = new Uint8Array(3000);
-      const b = new Uint8Array(7000);
-      assert.equal(await readThen([a, b], 0, true), null);
-      assert.deepEqual(Buffer.concat([a, b]), data);
-      assert.equal(await readThen([], 0, true), null);
-      const past = await readThen([new Uint8Array(4096)], 8192, true);
+      const b = new Uint8Array(2 * BS - 3000);
+      assert.deepEqual(await readChecked([a, b], BS, 6), [null, true]);
+      assert.deepEqual(Buffer.concat([a, b]), data.subarray(BS, 3 * BS));
+      // The same blocks against the wrong CRC-32Cs (shifted by one block): no match.
+      assert.deepEqual(await readChecked([a, b], BS, 5), [null, false]);
+      // One block that does not match, the other does.
+      crcs[7] ^= 1;
+      assert.deepEqual(await readChecked([new Uint8Array(2 * BS)], BS, 6), [null, false]);
+      crcs[7] ^= 1;
+      // More views than one io_uring SQE takes (1024): the read is continued, then checked as a whole.
+      const views = splitAt(new Uint8Array(130 * BS), new Array<number>(1031).fill(512));
+      assert.equal(views.length, 1032);
+      assert.deepEqual(await readChecked(views, 0, 5), [null, true]);
+      assert.deepEqual(Buffer.concat(views), data);
+      crcs[5 + 129] ^= 1;
+      assert.deepEqual(await readChecked(views, 0, 5), [null, false], 'the last block, read by the continuation');
+      crcs[5 + 129] ^= 1;
+      assert.deepEqual(await readChecked([], 0, 5), [null, true]);
+      const [past, ok] = await readChecked([new Uint8Array(BS)], data.length, 5);
       assert.ok(past instanceof VhostError);
       assert.equal(past.code, 'EIO');
+      assert.equal(ok, false);
     });
 
     it('runs concurrent operations on distinct ranges, each settling with its own data', async () => {

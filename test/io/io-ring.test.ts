@@ -227,7 +227,7 @@ describe('UringEngine specifics', () => {
     await p;
     await rejectsWithCode(engine.readv(fd, [new Uint8Array(16)], 0), 'ESHUTDOWN');
     await rejectsWithCode(engine.fdatasync(fd), 'ESHUTDOWN');
-    const err = await new Promise<Error | null>((resolve) => engine.readvThen(fd, [new Uint8Array(16)], 0, false, resolve));
+    const err = await new Promise<Error | null>((resolve) => engine.readvChecked(fd, [new Uint8Array(4096)], 0, 4096, new Uint32Array(1), 0, resolve));
     assert.equal((err as VhostError | null)?.code, 'ESHUTDOWN');
   });
 

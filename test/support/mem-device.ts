@@ -15,7 +15,7 @@
  * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
  * function of its inputs (no thread pool ordering).
  */
-import { type IoEngine, readvThenOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import type { HeldIo } from './held-io';
@@ -60,8 +60,8 @@ export class MemDevice implements IoEngine {
     return Promise.resolve();
   }
 
-  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, exact: boolean, done: (err: Error | null) => void): void {
-    readvThenOf(this, fd, bufs, offset, exact, done);
+  readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
+    readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }
 
   writev(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {

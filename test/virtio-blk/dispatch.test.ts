@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import pino from 'pino';
+import { VhostError } from '../../src/native/errors';
 import { silentLogger } from '../../src/util/logger';
 import { BlkDispatcher, parseRanges, type DispatchTarget } from '../../src/virtio-blk/dispatch';
 import { encodeBlkConfig, blkFeatures } from '../../src/virtio-blk/config';
@@ -215,6 +216,42 @@ describe('virtio-blk dispatch back-pressure and log limits', () => {
     assert.deepEqual([...done.values()], [0, 0, 0, 0, 0].map(() => VIRTIO_BLK_S_OK));
     assert.equal(done.size, 5);
     assert.equal(d.inflightByteCount, 0);
+  });
+
+  it('starts reads of a store with readThen through it when they fit (answered once, synchronously or later, errors IOERR), through read() when they wait', async () => {
+    /** A MemStore with readThen: block 0 settles at once, block 1 fails, others after a macrotask. */
+    class CallbackStore extends MemStore {
+      readonly via: string[] = [];
+      readThen(offset: number, bufs: readonly Uint8Array[], done: (err: Error | null) => void): void {
+        this.via.push(`then ${offset / 4096}`);
+        if (offset === 0) return done(null);
+        if (offset === 4096) return done(new VhostError('device gone', 'EIO'));
+        this.read(offset, bufs).then(() => setImmediate(() => done(null)), done);
+      }
+      override read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+        if (this.via.at(-1) !== `then ${offset / 4096}`) this.via.push(`read ${offset / 4096}`);
+        return super.read(offset, bufs);
+      }
+    }
+    const store = new CallbackStore(1 << 20);
+    store.data.fill(7, 2 * 4096, 3 * 4096);
+    const answers = new Map<number, number[]>();
+    const cap = 3 * 4096;
+    const d = new BlkDispatcher(target(store), (_q, tag, status) => answers.set(tag, [...(answers.get(tag) ?? []), status]), silentLogger, cap);
+    const read = (block: number, n = 1): Req => ({ type: VIRTIO_BLK_T_IN, sector: block * 8, segs: [Buffer.alloc(4096 * n)] });
+    const reqs = [read(0), read(1), read(2), read(3, 2), read(4)];
+    submit(d, reqs);
+    // Blocks 0 and 1 settled inside handleBatch (their bytes left the cap); block 2 holds 4 KiB,
+    // so the 8 KiB read of blocks 3..4 fits, and block 4 waits behind the cap.
+    assert.deepEqual(answers.get(100), [VIRTIO_BLK_S_OK], 'answered from within readThen');
+    assert.deepEqual(answers.get(101), [VIRTIO_BLK_S_IOERR]);
+    assert.equal(d.inflightCount, 3);
+    await d.drain();
+    assert.deepEqual([...answers.entries()].sort((a, b) => a[0] - b[0]), [100, 101, 102, 103, 104].map((t, i) => [t, [i === 1 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK]]));
+    assert.deepEqual(store.via, ['then 0', 'then 1', 'then 2', 'then 3', 'read 4'], 'the waiting read went through read()');
+    assert.deepEqual(reqs[2]?.segs[0], Buffer.alloc(4096, 7));
+    assert.deepEqual([d.stats.reads, d.stats.ioErrors, d.inflightByteCount], [5, 1, 0]);
+    assert.equal(d.latency.byType().find((l) => l.type === 'read')?.count, 5, 'each read timed once');
   });
 
   it('refuses a DISCARD table over the segment limit without gathering it', () => {
