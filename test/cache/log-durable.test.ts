@@ -1,0 +1,142 @@
+/**
+ * Durable invalidation and the durable mark (log.ts: killFor, the header rewrite batches, sync,
+ * the per-segment write chain, writeHeader, the fdatasync started when many evicted entries
+ * await one), each checked by what a power cut leaves: a device that loses unflushed writes
+ * (mem-device.ts), writes held and completed in the order the test chooses (held-io.ts), then
+ * recovery from the segment headers. Each test states the guarantee it checks: a block whose
+ * header entry was killed never comes back, an acknowledged write-back block always does, a
+ * block whose data never reached the device is not recovered, nothing of before a write error
+ * is recovered.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Cache } from '../../src/cache/cache';
+import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { HeldIo } from '../support/held-io';
+import { MemDevice } from '../support/mem-device';
+import { stampBytes } from '../support/stamps';
+import { tmpDir } from '../support/tmp';
+import { waitFor } from '../support/wait';
+
+const BS = 4096;
+/** Blocks per segment (8 segments). */
+const BPS = 8;
+const DEVICE = deviceBytesFor(8, BS, BPS * BS);
+
+describe('cache log: durable invalidation and the durable mark, checked after power cuts', function () {
+  this.timeout(60000);
+  let dir: string;
+  let dev: MemDevice;
+  let cache: Cache;
+  let v: number;
+  const open = async (image?: Uint8Array, size = DEVICE): Promise<void> => {
+    dev = new MemDevice(size, image);
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev });
+    v = cache.registerVolume('v', 'mem-1', 256 * BS);
+    await cache.quiesce();
+  };
+  /** A power cut now, `kept` choosing what survives of the unflushed writes; then a start that recovers. */
+  const crashAndRecover = async (kept: () => number): Promise<void> => {
+    const image = dev.crashImage(kept);
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    await open(image, image.byteLength);
+  };
+  const block = (b: number, gen: number): Uint8Array => {
+    const d = new Uint8Array(BS);
+    stampBytes(d, b * BS, gen);
+    return d;
+  };
+  const insertClean = async (first: number, n: number, gen = 1): Promise<void> => {
+    const data = new Uint8Array(n * BS);
+    for (let k = 0; k < n; k++) data.set(block(first + k, gen), k * BS);
+    assert.equal(await cache.insert(v, first, data, n, () => true), n);
+  };
+  /** Block b as the cache serves it now, or null on a miss. */
+  const cached = async (b: number): Promise<Uint8Array | null> => {
+    const out = new Uint8Array(BS);
+    return (await cache.readBlocks(v, b, 1, out, new Uint8Array(1))) === 1 ? out : null;
+  };
+
+  beforeEach(async () => {
+    dir = tmpDir('logdurable');
+    await open();
+  });
+  afterEach(async () => {
+    if (!dev.frozen) await cache.abort();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a kill rewrites the header once and syncs once (counted: headerRewrites, rewriteBatches, deviceWriteBytes); the killed block never comes back', async () => {
+    await insertClean(40, 3);
+    assert.equal(await cache.log.flush(), true);
+    const before = cache.stats();
+    const [writes, syncs] = [dev.writes, dev.fdatasyncs];
+    const killed = cache.invalidate(v, 41, 1);
+    assert.ok(killed !== null, 'block 41 is named by the header of segment 0');
+    await killed;
+    const after = cache.stats();
+    assert.deepEqual(
+      [after.headerRewrites - before.headerRewrites, after.rewriteBatches - before.rewriteBatches, after.deviceWriteBytes - before.deviceWriteBytes],
+      [1, 1, cache.geometry.headerSize],
+    );
+    assert.deepEqual([dev.writes - writes, dev.fdatasyncs - syncs], [1, 1]);
+    await crashAndRecover(() => 0);
+    assert.equal(await cached(41), null, 'the killed block is not recovered');
+    assert.deepEqual(await cached(40), block(40, 1));
+    assert.deepEqual(await cached(42), block(42, 1));
+  });
+
+  it('the durable mark stays below a segment write still in flight when a rewrite batch syncs: a header landed over data that did not is caught, the acknowledged copy wins', async () => {
+    // Segment 0: clean blocks 40..47; segment 1: block 3, write-back, committed.
+    await insertClean(40, BPS);
+    const older = block(3, 1);
+    assert.equal(await cache.insertDirty(v, 3, older, 1), 1);
+    assert.equal(await cache.commit(), true);
+    const io = new HeldIo();
+    dev.io = io;
+    // A newer copy of block 3 and its commit: the segment write of segment 1 (header, data) held.
+    assert.equal(await cache.insertDirty(v, 3, block(3, 2), 1), 1);
+    let acknowledged = false;
+    void cache.commit().then(() => (acknowledged = true));
+    await waitFor(() => io.pending.length === 2, 'the header and data writes of the commit');
+    const [commitHeader] = io.pending;
+    assert.equal(commitHeader.offset, segmentOffset(cache.geometry, 1));
+    // A kill in segment 0 meanwhile: its header rewrite, then the batch's fdatasync.
+    const killed = cache.invalidate(v, 40, 1);
+    assert.ok(killed !== null);
+    await waitFor(() => io.pending.length === 3, 'the header rewrite of segment 0');
+    io.pending[2].complete();
+    await killed;
+    // A later rewrite seals the mark that fdatasync raised into its header.
+    const killed2 = cache.invalidate(v, 41, 1);
+    await waitFor(() => io.pending.length === 3, 'the second header rewrite of segment 0');
+    io.pending[2].effect();
+    // The commit's header lands, its data does not.
+    commitHeader.effect();
+    assert.equal(acknowledged, false);
+    void killed2;
+    await crashAndRecover(() => 0.9);
+    assert.ok(cache.recovery !== null);
+    assert.equal(cache.recovery.torn, 1, 'the newer copy, sealed above the durable mark, was checked and dropped');
+    assert.deepEqual(await cached(3), older, 'block 3 is the acknowledged copy');
+    assert.equal(cache.stats().volumes.v.checksumErrors, 0);
+  });
+
+  it('recovery reads the data of only the write-back blocks sealed after the last durable mark (the mark rises with each fdatasync, past header rewrites too)', async () => {
+    // Segment 0: write-back blocks 0..7, committed; block 7 then discarded (its header
+    // rewritten); segment 1: block 8, committed after.
+    const first = new Uint8Array(BPS * BS);
+    for (let k = 0; k < BPS; k++) first.set(block(k, 1), k * BS);
+    assert.equal(await cache.insertDirty(v, 0, first, BPS), BPS);
+    assert.equal(await cache.commit(), true);
+    await cache.invalidate(v, 7, 1);
+    assert.equal(await cache.insertDirty(v, 8, block(8, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    await crashAndRecover(() => 0);
+    assert.ok(cache.recovery !== null);
+    assert.deepEqual([cache.recovery.verified, cache.recovery.torn], [1, 0], 'only block 8 was sealed above the mark its header carries');
+    for (let b = 0; b <= 8; b++) assert.deepEqual(await cached(b), b === 7 ? null : block(b, 1), `block ${b}`);
+  });
+});
