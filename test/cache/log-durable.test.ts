@@ -12,8 +12,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
+import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
-import { HeldIo } from '../support/held-io';
+import { drawSlots } from './helpers';
+import { HeldIo, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
@@ -138,5 +140,111 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.ok(cache.recovery !== null);
     assert.deepEqual([cache.recovery.verified, cache.recovery.torn], [1, 0], 'only block 8 was sealed above the mark its header carries');
     for (let b = 0; b <= 8; b++) assert.deepEqual(await cached(b), b === 7 ? null : block(b, 1), `block ${b}`);
+  });
+  it('a header rewrite of another segment while one is being filled names every block of its own segment: an acknowledged write-back block survives the crash', async () => {
+    // Segment 0: write-back block 3 (slot 0) and clean 40..46, committed; the hand then fills
+    // segment 1 (block 50 in its slot 0, not written yet).
+    assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
+    await insertClean(40, BPS - 1);
+    assert.equal(await cache.commit(), true);
+    await insertClean(50, 1);
+    assert.ok(drawSlots(cache.map, BPS).split('\n')[1].startsWith(' 50  >'), 'segment 1 is being filled, block 50 in its slot 0');
+    await cache.invalidate(v, 40, 1);
+    await crashAndRecover(() => 0);
+    assert.deepEqual(await cached(3), block(3, 1), 'the committed write-back block is recovered');
+    assert.equal(await cached(40), null);
+  });
+
+  it('a header rewrite of the segment being filled does not name the blocks put since it was written: a crash recovers none of them', async () => {
+    await insertClean(40, 2);
+    assert.equal(await cache.log.flush(), true);
+    // The hand goes on in segment 0: block 42 is put into slot 2, not written yet.
+    await insertClean(42, 1);
+    await cache.invalidate(v, 40, 1);
+    await crashAndRecover(() => 0);
+    assert.equal(cache.map.peek(v, 42), -1, 'block 42 (its data never written) is not recovered');
+    assert.deepEqual(await cached(41), block(41, 1));
+    assert.equal(await cached(40), null);
+    assert.equal(cache.stats().volumes.v.checksumErrors, 0);
+  });
+
+  it('after a write error of a rewrite batch, nothing is sealed any more: a crash recovers no block of before (the floor is above every header written)', async () => {
+    await insertClean(40, BPS);
+    await insertClean(50, 2);
+    assert.equal(await cache.log.flush(), true);
+    // Block 52 is put into segment 1 and its commit's segment write held.
+    await insertClean(52, 1);
+    const io = new HeldIo();
+    dev.io = io;
+    const committed = cache.commit();
+    await waitFor(() => io.pending.length === 2, 'the segment write of segment 1');
+    // A rewrite batch of segments 1 (waiting for that write) and 0 (its header write fails).
+    const seg0 = segmentOffset(cache.geometry, 0);
+    dev.writeError = (offset) => offset === seg0;
+    const kills = [cache.invalidate(v, 51, 1), cache.invalidate(v, 40, 1)];
+    await io.drain();
+    dev.writeError = null;
+    dev.io = null;
+    assert.equal(await committed, false);
+    for (const k of kills) await k;
+    assert.equal(cache.stats().disabled, true);
+    await crashAndRecover(() => 0.9);
+    assert.equal(cache.map.volumeBlocks[v], 0, 'no block of before the write error is recovered');
+  });
+
+  it('the device writes of a segment are issued one after the other: a commit\'s segment write waits for the header rewrite before it, whatever order the device completes writes in', async () => {
+    await insertClean(40, 2);
+    assert.equal(await cache.log.flush(), true);
+    const io = new HeldIo();
+    dev.io = io;
+    // Write-back block 3 into slot 2, committed (held); a kill of block 40 meanwhile: its header
+    // rewrite waits for that segment write.
+    assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
+    const first = cache.commit();
+    await waitFor(() => io.pending.length === 2, 'the segment write of the commit');
+    const killed = cache.invalidate(v, 40, 1);
+    await settle();
+    assert.equal(io.pending.length, 2, 'the header rewrite waits for the segment write');
+    for (const h of io.pending.slice()) h.complete();
+    await waitFor(() => io.pending.length === 1, 'the header rewrite');
+    // Block 4 into slot 3 and its commit while the rewrite is in flight.
+    assert.equal(await cache.insertDirty(v, 4, block(4, 1), 1), 1);
+    const second = cache.commit();
+    await settle();
+    assert.equal(io.pending.length, 1, 'the second segment write waits for the header rewrite');
+    // The device completes the newest write first.
+    let acknowledged = false;
+    void second.then((ok) => (acknowledged = ok));
+    while (!acknowledged || io.pending.length > 0) {
+      await settle();
+      io.pending.at(-1)?.complete();
+    }
+    dev.io = null;
+    assert.equal(await first, true);
+    await killed;
+    await crashAndRecover(() => 0);
+    assert.deepEqual(await cached(3), block(3, 1));
+    assert.deepEqual(await cached(4), block(4, 1), 'the acknowledged write-back block 4 is recovered');
+    assert.equal(await cached(40), null);
+  });
+
+  it(`evicted entries are forgotten by an fdatasync started once MAX_UNSYNCED_SEGMENTS (${MAX_UNSYNCED_SEGMENTS}) segments' worth of them are written`, async () => {
+    const slots = cache.geometry.slots;
+    await insertClean(1000, slots);
+    assert.equal(await cache.log.flush(), true);
+    await cache.quiesce();
+    assert.equal(cache.log.dropped.size, 0);
+    const batches = cache.stats().rewriteBatches;
+    // A lap of new blocks evicts the old ones, segment by segment.
+    const evicting = MAX_UNSYNCED_SEGMENTS * BPS;
+    for (let b = 0; b < evicting; b++) await insertClean(b, 1);
+    await cache.quiesce();
+    assert.equal(cache.stats().rewriteBatches, batches, 'the last segment is still being filled: nothing synced');
+    assert.equal(cache.log.dropped.size, evicting);
+    // The next block moves the hand on: the segment is written, the fdatasync follows.
+    await insertClean(evicting, 1);
+    await cache.quiesce();
+    assert.equal(cache.stats().rewriteBatches, batches + 1);
+    assert.equal(cache.log.dropped.size, 1, 'only the entry evicted into the segment being filled is left');
   });
 });
