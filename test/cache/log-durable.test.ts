@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
-import { drawSlots } from './helpers';
+import { drawSlots, gate } from './helpers';
 import { HeldIo, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
@@ -38,13 +38,14 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     v = cache.registerVolume('v', 'mem-1', 256 * BS);
     await cache.quiesce();
   };
-  /** A power cut now, `kept` choosing what survives of the unflushed writes; then a start that recovers. */
-  const crashAndRecover = async (kept: () => number): Promise<void> => {
-    const image = dev.crashImage(kept);
+  /** The process stops; a start on the device holding `image` recovers. */
+  const restartOn = async (image: Uint8Array): Promise<void> => {
     dev.freeze();
     fs.closeSync((cache as unknown as { fd: number }).fd);
     await open(image, image.byteLength);
   };
+  /** A power cut now, `kept` choosing what survives of the unflushed writes; then a start that recovers. */
+  const crashAndRecover = (kept: () => number): Promise<void> => restartOn(dev.crashImage(kept));
   const block = (b: number, gen: number): Uint8Array => {
     const d = new Uint8Array(BS);
     stampBytes(d, b * BS, gen);
@@ -246,5 +247,41 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     await cache.quiesce();
     assert.equal(cache.stats().rewriteBatches, batches + 1);
     assert.equal(cache.log.dropped.size, 1, 'only the entry evicted into the segment being filled is left');
+  });
+  it('a commit resolves only once its segment write is durable, also when a rewrite batch\'s fdatasync started after that write completed is still in flight', async () => {
+    // Segment 0: clean blocks 40..47; block 48 in segment 1, the one being filled.
+    await insertClean(40, BPS + 1);
+    assert.equal(await cache.log.flush(), true);
+    const io = new HeldIo();
+    dev.io = io;
+    const data = block(49, 1);
+    assert.equal(await cache.insertDirty(v, 49, data, 1), 1);
+    // The power cut at the moment the commit is acknowledged.
+    let atAck: Uint8Array | null = null;
+    const committed = cache.commit().then((ok) => {
+      if (ok) atAck = dev.crashImage(() => 0);
+      return ok;
+    });
+    await waitFor(() => io.pending.length === 2, 'the segment write of the commit');
+    // A kill in segment 0: its header rewrite held too.
+    const killed = cache.invalidate(v, 40, 1);
+    await waitFor(() => io.pending.length === 3, 'the header rewrite of segment 0');
+    // fdatasyncs held; the header rewrite completes, then the segment write: the batch's
+    // fdatasync starts after the segment write completed.
+    const held = gate();
+    dev.syncGate = held.promise;
+    const [header, data1, rewrite] = io.pending.slice();
+    rewrite.complete();
+    header.complete();
+    data1.complete();
+    await settle();
+    held.resolve();
+    dev.syncGate = null;
+    dev.io = null;
+    assert.equal(await committed, true);
+    await killed;
+    assert.ok(atAck !== null);
+    await restartOn(atAck);
+    assert.deepEqual(await cached(49), data, 'the acknowledged write-back block is on the device');
   });
 });
