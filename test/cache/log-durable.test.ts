@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import type { VhostError } from '../../src/native/errors';
 import { drawSlots, gate } from './helpers';
 import { HeldIo, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
@@ -283,5 +284,43 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.ok(atAck !== null);
     await restartOn(atAck);
     assert.deepEqual(await cached(49), data, 'the acknowledged write-back block is on the device');
+  });
+  it('after a write error the segment being filled is dropped, never written: its blocks are not served, a crash recovers nothing of before', async () => {
+    await insertClean(40, BPS);
+    // Block 50 is put into segment 1, being filled (segment 0 written when the hand left it).
+    await insertClean(50, 1);
+    // A header rewrite of segment 0 fails: the log is disabled; the kill resolves once the
+    // floor is durable (the volume table accepts writes).
+    const seg0 = segmentOffset(cache.geometry, 0);
+    dev.writeError = (offset) => offset === seg0;
+    await cache.invalidate(v, 40, 1);
+    dev.writeError = null;
+    assert.equal(cache.stats().disabled, true);
+    const writes = dev.writes;
+    assert.equal(await cache.log.flush(), false);
+    assert.equal(dev.writes, writes, 'nothing is written after the error');
+    assert.equal(cache.map.peek(v, 50), -1, 'block 50 (never written) is dropped');
+    assert.equal(await cached(50), null);
+    await crashAndRecover(() => 0.9);
+    assert.equal(cache.map.volumeBlocks[v], 0, 'no block of before the write error is recovered');
+  });
+
+  it('after a volume table write error: a kill waits for the floor to be durable, later kills write nothing more; a device refusing every write fails the kill with EIO (the write must not be issued)', async () => {
+    await insertClean(40, 3);
+    assert.equal(await cache.log.flush(), true);
+    cache.log.writeFailed('injected volume table write error');
+    assert.equal(cache.stats().disabled, true);
+    await cache.invalidate(v, 40, 1);
+    const writes = dev.writes;
+    await cache.invalidate(v, 41, 1);
+    assert.equal(dev.writes, writes, 'the floor is durable already: the second kill writes nothing');
+    await crashAndRecover(() => 0.9);
+    assert.equal(cache.map.volumeBlocks[v], 0, 'no block of before the write error is recovered');
+    // Now a device that refuses every write (the floor round gives up after its attempts).
+    await insertClean(40, 1);
+    assert.equal(await cache.log.flush(), true);
+    dev.writeError = () => true;
+    cache.log.writeFailed('injected volume table write error');
+    await assert.rejects(cache.invalidate(v, 40, 1) ?? Promise.resolve(), (e: VhostError) => e.code === 'EIO' && /the write is not issued/.test(e.message));
   });
 });
