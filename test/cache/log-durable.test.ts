@@ -11,6 +11,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import pino from 'pino';
 import { Cache } from '../../src/cache/cache';
 import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
@@ -33,9 +34,13 @@ describe('cache log: durable invalidation and the durable mark, checked after po
   let dev: MemDevice;
   let cache: Cache;
   let v: number;
+  /** Error lines logged. */
+  let errors: string[];
   const open = async (image?: Uint8Array, size = DEVICE): Promise<void> => {
     dev = new MemDevice(size, image);
-    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev });
+    errors = [];
+    const logger = pino({ level: 'error' }, { write: (l: string) => void errors.push(JSON.parse(l).msg) });
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, logger });
     v = cache.registerVolume('v', 'mem-1', 256 * BS);
     await cache.quiesce();
   };
@@ -190,6 +195,7 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.equal(await committed, false);
     for (const k of kills) await k;
     assert.equal(cache.stats().disabled, true);
+    assert.deepEqual(errors, ['cache segment 0 header write failed: injected write error; cache disabled for new data (pass-through)']);
     await crashAndRecover(() => 0.9);
     assert.equal(cache.map.volumeBlocks[v], 0, 'no block of before the write error is recovered');
   });
@@ -322,5 +328,14 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     dev.writeError = () => true;
     cache.log.writeFailed('injected volume table write error');
     await assert.rejects(cache.invalidate(v, 40, 1) ?? Promise.resolve(), (e: VhostError) => e.code === 'EIO' && /the write is not issued/.test(e.message));
+  });
+  it('a failed segment write drops its blocks, disables the log and is logged once (which segment, the error)', async () => {
+    await insertClean(40, 2);
+    dev.writeError = (offset) => offset === segmentOffset(cache.geometry, 0);
+    assert.equal(await cache.log.flush(), false);
+    dev.writeError = null;
+    assert.equal(cache.stats().disabled, true);
+    assert.equal(await cached(40), null);
+    assert.deepEqual(errors, ['cache segment 0 write failed: injected write error; cache disabled for new data (pass-through)']);
   });
 });
