@@ -236,8 +236,11 @@ export class Log {
   private commitNextAfter = 0;
   /** Device writes completed since the last fdatasync started. */
   private unsynced = 0;
-  /** The last fdatasync started, while in flight: it makes durable every write completed before it started. */
-  private syncing: Promise<boolean> | null = null;
+  /**
+   * The last fdatasync started (settled or not): it makes durable every write completed before
+   * it started. False only when it failed, which disabled the log.
+   */
+  private syncing: Promise<boolean> = Promise.resolve(true);
   /** The durable mark sealed into headers (see the file comment). */
   private synced: number;
   /** Sequence numbers of the device writes sealed and not completed yet. */
@@ -517,11 +520,10 @@ export class Log {
 
   /**
    * Every device write completed so far made durable: an fdatasync if one completed since the
-   * last fdatasync started, else the one in flight (if any) waited for.
+   * last fdatasync started, else that one waited for (it may still be in flight).
    */
   private durableNow(): Promise<boolean> {
-    if (this.unsynced > 0) return this.sync();
-    return this.syncing ?? Promise.resolve(true);
+    return this.unsynced > 0 ? this.sync() : this.syncing;
   }
 
   /** Submits the segment being filled (if it received blocks) and waits for every segment write. */
@@ -716,16 +718,12 @@ export class Log {
 
   /**
    * fdatasync; forgets the dropped entries whose covering header was written before it, and
-   * raises the durable mark to below the oldest write still in flight. Kept as `syncing` while
-   * in flight (durableNow).
+   * raises the durable mark to below the oldest write still in flight. Kept as `syncing`
+   * (durableNow).
    */
   private sync(): Promise<boolean> {
-    const p = this.syncWritten();
-    this.syncing = p;
-    void p.then(() => {
-      if (this.syncing === p) this.syncing = null;
-    });
-    return p;
+    this.syncing = this.syncWritten();
+    return this.syncing;
   }
 
   /** sync()'s work. */
