@@ -153,6 +153,29 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(cache.stats().checksumErrors, 0);
   });
 
+  it('read-ahead drops the clean blocks that do not check: counted, one warning naming the segment and how many', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const vol = await warmFull(pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) }));
+    for (const b of [1, 9]) cache.invalidate(vol, b, 1);
+    for (let b = 0; b < 16; b++) cache.map.lookup(vol, b);
+    // Slots = blocks: one that does not check in each of segments 1-3 (which one is read ahead
+    // once the hand enters segment 0 is the policy's choice).
+    for (const b of [6, 10, 14]) corrupt(b);
+    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    await cache.log.quiesce();
+    assert.equal(cache.stats().segmentReads, 2);
+    const ahead = [1, 2, 3].filter((seg) => cache.log.ramBuffer(seg * BPS) !== null);
+    assert.equal(ahead.length, 1, 'one segment read ahead');
+    assert.deepEqual(
+      lines.filter((l) => /read-ahead/.test(l.msg as string)).map((l) => [l.msg, l.segment, l.dropped]),
+      [['cache segment read-ahead: blocks failed their checks', ahead[0], 1]],
+    );
+    assert.equal(cache.stats().checksumErrors, 1);
+    const bad = [6, 10, 14][ahead[0] - 1];
+    assert.equal(cache.map.peek(vol, bad), -1, `block ${bad} dropped`);
+    assert.deepEqual(await readCached(vol, bad + 1), blockData(bad + 1));
+  });
+
   it('an aligned full hit of blocks on the device only is read straight into the guest buffers, one device read per run', async () => {
     const vol = await warmFull();
     const reads0 = engine.reads;
