@@ -476,7 +476,7 @@ export class Log {
       if (this.disabled) return false;
       if (shadows.length > 0) {
         // Their newer copies durable first, then their entries go with the rewrites below.
-        if (!(await this.durableNow())) return false;
+        if (this.unsynced > 0 && !(await this.sync())) return false;
         this.releaseShadows(shadows);
       }
       const uncovered = this.dropped.uncovered();
