@@ -330,6 +330,23 @@ describe('cache log', () => {
     assert.deepEqual(out, blockData(1, 2));
   });
 
+  it('a segment buffer served a RAM hit lately is kept when another segment needs a buffer (the least recently used one is recycled)', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
+    assert.equal(await cache.log.flush(), true);
+    await cache.log.quiesce();
+    // Segments 1..3 are held (written last); RAM hits of block 8 (segment 2, written before 3).
+    const ramHits = cache.stats().ramHits;
+    for (let i = 0; i < 10; i++) assert.deepEqual((await read(8, 1)).data, blockData(8));
+    assert.equal(cache.stats().ramHits - ramHits, 10);
+    // The hand comes back to segment 0: a buffer is recycled to read it (and one for the segment
+    // read ahead after it).
+    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    await cache.log.quiesce();
+    const inRam = [0, 1, 2, 3].filter((seg) => cache.log.ramBuffer(seg * 4) !== null);
+    assert.ok(inRam.includes(2), `segment 2 (its RAM hits the latest use) kept: ${inRam}`);
+  });
+
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
