@@ -347,6 +347,19 @@ describe('cache log', () => {
     assert.ok(inRam.includes(2), `segment 2 (its RAM hits the latest use) kept: ${inRam}`);
   });
 
+  it('an insertion refused right after the hand entered a new segment writes nothing for that segment', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => true), 4);
+    assert.equal(await cache.log.flush(), true);
+    const writes = cache.stats().segmentWrites;
+    // The next block enters segment 1; accept() says no once the hand is there.
+    let asked = 0;
+    assert.equal(await cache.insert(vol, 10, blockData(10), 1, () => ++asked < 2), 0);
+    assert.equal(asked, 2);
+    assert.equal(await cache.log.flush(), true);
+    assert.equal(cache.stats().segmentWrites, writes, 'no segment write: no block was put');
+  });
+
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
