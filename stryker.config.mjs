@@ -17,7 +17,7 @@ const cache = (names) => names.map((n) => `dist/test/cache/${n}.test.js`);
 /** The fast suites that exercise each file. */
 const SUITES = {
   'src/cache/cached-store.ts': cache(['cached-store', 'cached-store-trust', 'shared-keys', 'in-flight', 'integrity', 'model', 'daemon-integrity', 'model-trust']),
-  'src/cache/log.ts': cache(['log', 'log-races', 'writeback', 'metadata', 'cached-store', 'integrity', 'model']),
+  'src/cache/log.ts': cache(['log', 'log-races', 'log-durable', 'writeback', 'metadata', 'cached-store', 'integrity', 'model']),
   'src/cache/cache-map.ts': cache(['cache-map', 'writeback', 'bda', 'cached-store', 'metadata', 'integrity', 'model']),
   'src/cache/in-flight.ts': cache(['in-flight', 'cached-store', 'model']),
   'src/virtio-blk/dispatch.ts': ['dist/test/virtio-blk/dispatch.test.js'],

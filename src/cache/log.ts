@@ -74,7 +74,9 @@
  * Write-back (dirty blocks, the group commit): insert(..., dirty) puts write-back blocks into
  * the segment being filled like any other; commit() then makes every block inserted before it
  * durable: the buffered segment is submitted (its data runs and its header in one submission,
- * like every segment write), then one fdatasync. The commits asked for while one waits in the
+ * like every segment write), then one fdatasync (or, when no write completed since the last one
+ * started, that one is waited for: a rewrite batch's fdatasync may have started after the
+ * commit's writes completed). The commits asked for while one waits in the
  * chain share it (unless an insertion was queued in between): one device write set + one
  * fdatasync per batch of requests. A header may thus land before its data (a crash between the
  * two): every header sector carries the durable mark (`synced`: each write sealed at or below
@@ -234,6 +236,11 @@ export class Log {
   private commitNextAfter = 0;
   /** Device writes completed since the last fdatasync started. */
   private unsynced = 0;
+  /**
+   * The last fdatasync started (settled or not): it makes durable every write completed before
+   * it started. False only when it failed, which disabled the log.
+   */
+  private syncing: Promise<boolean> = Promise.resolve(true);
   /** The durable mark sealed into headers (see the file comment). */
   private synced: number;
   /** Sequence numbers of the device writes sealed and not completed yet. */
@@ -514,9 +521,17 @@ export class Log {
     this.shadows = [];
     await this.submitCurrent();
     if (this.disabled) return false;
-    if (this.unsynced > 0 && !(await this.sync())) return false;
+    if (!(await this.durableNow())) return false;
     this.releaseShadows(shadows);
     return true;
+  }
+
+  /**
+   * Every device write completed so far made durable: an fdatasync if one completed since the
+   * last fdatasync started, else that one waited for (it may still be in flight).
+   */
+  private durableNow(): Promise<boolean> {
+    return this.unsynced > 0 ? this.sync() : this.syncing;
   }
 
   /** Submits the segment being filled (if it received blocks) and waits for every segment write. */
@@ -711,9 +726,16 @@ export class Log {
 
   /**
    * fdatasync; forgets the dropped entries whose covering header was written before it, and
-   * raises the durable mark to below the oldest write still in flight.
+   * raises the durable mark to below the oldest write still in flight. Kept as `syncing`
+   * (durableNow).
    */
-  private async sync(): Promise<boolean> {
+  private sync(): Promise<boolean> {
+    this.syncing = this.syncWritten();
+    return this.syncing;
+  }
+
+  /** sync()'s work. */
+  private async syncWritten(): Promise<boolean> {
     const written = this.awaitingSync;
     this.awaitingSync = [];
     this.unsynced = 0;

@@ -14,11 +14,13 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import pino from 'pino';
 import { Cache } from '../../src/cache/cache';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
 import { VhostError } from '../../src/native/errors';
+import type { Logger } from '../../src/util/logger';
 import { tmpDir } from '../support/tmp';
 import { waitFor } from '../support/wait';
 
@@ -54,17 +56,17 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
   let engine: FaultyEngine;
   let cache: Cache;
 
-  function open(): Promise<Cache> {
-    return Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(SEGMENTS, BS, BPS * BS), segmentSize: BPS * BS, buffers: 3, engine });
+  function open(logger?: Logger): Promise<Cache> {
+    return Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(SEGMENTS, BS, BPS * BS), segmentSize: BPS * BS, buffers: 3, engine, logger });
   }
 
   /** A cache whose 16 slots hold blocks 0..15 of volume 'v', written, reopened warm (no segment in RAM). */
-  async function warmFull(): Promise<number> {
-    cache = await open();
+  async function warmFull(logger?: Logger): Promise<number> {
+    cache = await open(logger);
     let vol = cache.registerVolume('v', 'id', 1 << 20);
     assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
     await cache.close();
-    cache = await open();
+    cache = await open(logger);
     vol = cache.registerVolume('v', 'id', 1 << 20);
     assert.equal(cache.map.volumeBlocks[vol], 16);
     return vol;
@@ -162,6 +164,29 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(cache.stats().checksumErrors, 0);
   });
 
+  it('read-ahead drops the clean blocks that do not check: counted, one warning naming the segment and how many', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const vol = await warmFull(pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) }));
+    for (const b of [1, 9]) cache.invalidate(vol, b, 1);
+    for (let b = 0; b < 16; b++) cache.map.lookup(vol, b);
+    // Slots = blocks: one that does not check in each of segments 1-3 (which one is read ahead
+    // once the hand enters segment 0 is the policy's choice).
+    for (const b of [6, 10, 14]) corrupt(b);
+    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    await cache.log.quiesce();
+    assert.equal(cache.stats().segmentReads, 2);
+    const ahead = [1, 2, 3].filter((seg) => cache.log.ramBuffer(seg * BPS) !== null);
+    assert.equal(ahead.length, 1, 'one segment read ahead');
+    assert.deepEqual(
+      lines.filter((l) => /read-ahead/.test(l.msg as string)).map((l) => [l.msg, l.segment, l.dropped]),
+      [['cache segment read-ahead: blocks failed their checks', ahead[0], 1]],
+    );
+    assert.equal(cache.stats().checksumErrors, 1);
+    const bad = [6, 10, 14][ahead[0] - 1];
+    assert.equal(cache.map.peek(vol, bad), -1, `block ${bad} dropped`);
+    assert.deepEqual(await readCached(vol, bad + 1), blockData(bad + 1));
+  });
+
   it('an aligned full hit of blocks on the device only is read straight into the guest buffers, one device read per run', async () => {
     const vol = await warmFull();
     const reads0 = engine.reads;
@@ -172,6 +197,26 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     assert.equal(engine.reads - reads0, 2);
     const st = cache.stats();
     assert.deepEqual([st.readHits, st.storageHits, st.ramHits], [4, 4, 0]);
+  });
+
+  it('checksum mismatches: each counted, one error line per segment naming the block (further ones in that segment counted, not logged)', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const vol = await warmFull(pino({ level: 'error' }, { write: (l: string) => void lines.push(JSON.parse(l)) }));
+    // Slots = blocks: 1 and 2 in segment 0, 5 in segment 1.
+    for (const b of [1, 2, 5]) corrupt(b);
+    for (const b of [1, 2, 5]) assert.equal(await readCached(vol, b), null, `block ${b} is a miss`);
+    assert.equal(cache.stats().checksumErrors, 3);
+    const logged = lines.filter((l) => /failed its CRC-32C check/.test(l.msg as string));
+    assert.deepEqual(
+      logged.map((l) => [l.msg, l.segment, l.slot, l.volume, l.block]),
+      [1, 5].map((b) => [
+        'cache device block failed its CRC-32C check; dropped, served from the backing store (further mismatches in this segment are counted, not logged)',
+        Math.floor(b / BPS),
+        b,
+        vol,
+        b,
+      ]),
+    );
   });
 
   it('a direct hit whose run holds blocks that do not check: false, exactly those blocks counted and dropped, the rest still cached', async () => {

@@ -318,6 +318,48 @@ describe('cache log', () => {
     assert.ok(cache.stats().readLatencyUs > 0);
   });
 
+  it('a cache device opened with O_DIRECT: a device read of cached blocks into a buffer at any address goes through an aligned bounce buffer', async () => {
+    await cache.abort();
+    cache = await Cache.open({ path: path.join(dir, 'cache-direct'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, direct: true });
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => true), 4);
+    assert.equal(await cache.log.flush(), true);
+    // Blocks 1..2 (slots 1..2) into a buffer one byte past an aligned address.
+    const out = new Uint8Array(2 * BS + 1).subarray(1);
+    assert.equal(await cache.log.readSlots(1, 2, out), true);
+    assert.deepEqual(out, blockData(1, 2));
+  });
+
+  it('a segment buffer served a RAM hit lately is kept when another segment needs a buffer (the least recently used one is recycled)', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);
+    assert.equal(await cache.log.flush(), true);
+    await cache.log.quiesce();
+    // Segments 1..3 are held (written last); RAM hits of block 8 (segment 2, written before 3).
+    const ramHits = cache.stats().ramHits;
+    for (let i = 0; i < 10; i++) assert.deepEqual((await read(8, 1)).data, blockData(8));
+    assert.equal(cache.stats().ramHits - ramHits, 10);
+    // The hand comes back to segment 0: a buffer is recycled to read it (and one for the segment
+    // read ahead after it).
+    assert.equal(await cache.insert(vol, 100, blockData(100), 1, () => true), 1);
+    await cache.log.quiesce();
+    const inRam = [0, 1, 2, 3].filter((seg) => cache.log.ramBuffer(seg * 4) !== null);
+    assert.ok(inRam.includes(2), `segment 2 (its RAM hits the latest use) kept: ${inRam}`);
+  });
+
+  it('an insertion refused right after the hand entered a new segment writes nothing for that segment', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 4), 4, () => true), 4);
+    assert.equal(await cache.log.flush(), true);
+    const writes = cache.stats().segmentWrites;
+    // The next block enters segment 1; accept() says no once the hand is there.
+    let asked = 0;
+    assert.equal(await cache.insert(vol, 10, blockData(10), 1, () => ++asked < 2), 0);
+    assert.equal(asked, 2);
+    assert.equal(await cache.log.flush(), true);
+    assert.equal(cache.stats().segmentWrites, writes, 'no segment write: no block was put');
+  });
+
   it('drops blocks on a device read error and disables insertion on a write error', async () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     await cache.insert(vol, 0, blockData(0, 16), 16, () => true);
