@@ -78,11 +78,9 @@ export const TOP_DECAY = 8;
 const KEEP_MASK = FLAG_DIRTY | FLAG_SHADOW | FLAG_RESERVED;
 /**
  * Fraction of invalid slots above which (and above one segment's worth) the hand refills the
- * segments with the most holes first. 1/128: the capacity invalidation leaves idle (SPC-1: read
- * and invalidate hit +0.001 to +0.002 against 1/64) for ~5 % more device bytes per inserted
- * block (docs/benchmarks.md, issue 12 seventh pass).
+ * segments with the most holes first.
  */
-export const EMPTY_TARGET = 1 / 128;
+export const EMPTY_TARGET = 1 / 64;
 /**
  * Segments examined per segment choice (all of them up to this many; beyond, a window that
  * rotates over the log), so a choice costs O(CLEANING_WINDOW), not O(segments).

@@ -247,27 +247,6 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     }
   });
 
-  it('by default holes are refilled first while more than 1/128 of the slots are empty (5 holes in 512 slots, then 4)', () => {
-    // 256 segments of 2, full, hand at slot 0; 5 holes in the last row (1/128 = 4 < 5 <= 8 = 1/64).
-    const m = new CacheMap(512, { segmentBlocks: 2 });
-    for (let b = 0; b < 512; b++) insert(m, 0, b);
-    for (const b of [497, 500, 502, 504, 508]) m.invalidate(0, b);
-    const rows = (): string[] => drawSlots(m, 16).split('\n').filter((_, r, all) => r === 0 || r === all.length - 1);
-    assert.deepEqual(rows(), [
-      '>0    1    2    3    4    5    6    7    8    9    10   11   12   13   14   15',
-      ' 496  ..   498  499  ..   501  ..   503  ..   505  506  507  ..   509  510  511',
-    ]);
-    // The hand's segment (slots 0, 1), then the first segment with the most holes (one each),
-    // holes only: 497. With 4 holes left (not more than 1/128) the next is chosen by
-    // cost-benefit (segment 1). Under 1/64 the third block would go to slot 2.
-    for (const b of [1000, 1001, 1002]) insert(m, 0, b);
-    assert.deepEqual(rows(), [
-      ' 1000 1001>2    3    4    5    6    7    8    9    10   11   12   13   14   15',
-      ' 496  1002 498  499  ..   501  ..   503  ..   505  506  507  ..   509  510  511',
-    ]);
-    assert.equal(m.refillingHoles, false);
-  });
-
   it('a map built from a saved BDA chooses segments by the holes and counters it holds', () => {
     // 4 segments of 4, full; the hand in segment 0.
     const full = (): CacheMap => {
