@@ -110,6 +110,7 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
   // return its range from before that landing (`before`: a copy per landing) or after.
   const reading = new Set<{ v: number; start: number; end: number; before: Uint8Array[] }>();
   let lateOverlaps = 0;
+  let crashes = 0;
   const backs = ['a', 'b'].map(
     (id, v) =>
       new FlakyStore(VOL_SIZE, id, r, (offset, data) => {
@@ -257,7 +258,10 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
         for (const b of backs) b.failRate = b.failRate > 0 ? 0 : 0.2;
         continue;
       }
-      if (p < 0.02) {
+      // A crash (no metadata saved) and a restart; event runs use [0.01, 0.02) above, so theirs
+      // is [0.02, 0.025).
+      if (p < (events ? 0.025 : 0.02)) {
+        crashes++;
         account();
         for (const b of backs) b.applyLate(1);
         await cache!.abort();
@@ -349,8 +353,9 @@ async function runModel(seed: number, mode: CacheMode, steps: number, events = f
     }
     const st = cache!.stats();
     account();
-    if (process.env.VBC_MODEL_STATS) console.log(mode, seed, checks, offlineChanges, failedWrites, lateOverlaps, JSON.stringify(totals));
+    if (process.env.VBC_MODEL_STATS) console.log(mode, seed, checks, offlineChanges, failedWrites, lateOverlaps, crashes, JSON.stringify(totals));
     if (events) assert.ok(offlineChanges > 0 && failedWrites > 0, `offline changes ${offlineChanges}, failed writes ${failedWrites}`);
+    assert.ok(crashes > 0, 'no crash-restart ran');
     assert.ok(checks > steps / 2, `only ${checks} reads checked`);
     // The run exercised hits from RAM and from the device, evictions and injected errors.
     assert.ok(totals.ramHits > 0 && totals.storageHits > 0, 'the cache never hit');
