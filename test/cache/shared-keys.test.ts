@@ -19,7 +19,7 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
-import { rng } from './helpers';
+import { gate, rng } from './helpers';
 import { stampBytes } from '../support/stamps';
 import { waitFor } from '../support/wait';
 
@@ -206,9 +206,8 @@ describe('clones share their parent cached blocks', () => {
   it('a read racing a write to another block of its unit inserts the parent data only', async () => {
     const ca = await cached(a);
     const cb = await cached(b);
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    a.delay = () => held;
+    const held = gate();
+    a.delay = () => held.promise;
     const reading = readBack(ca, 2 * BS, BS);
     const w = new Uint8Array(BS);
     stampBytes(w, 2 * BS, 9);
@@ -216,7 +215,7 @@ describe('clones share their parent cached blocks', () => {
     stampBytes(w2, 3 * BS, 9);
     // Block 3 (same unit) and block 2 itself: the read is poisoned; then block 1 alone.
     const writes = [ca.write(3 * BS, [w2]), ca.write(2 * BS, [w])];
-    release();
+    held.resolve();
     await Promise.all([reading, ...writes]);
     a.delay = () => Promise.resolve();
     await cache.log.quiesce();
@@ -227,15 +226,14 @@ describe('clones share their parent cached blocks', () => {
   it('a clone missing blocks another clone is reading takes that read instead of reading them again', async () => {
     const ca = await cached(a);
     const cb = await cached(b);
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    a.delay = () => held;
+    const held = gate();
+    a.delay = () => held.promise;
     const ra = readBack(ca, 0, 8 * BS);
     // Let a's lookup finish and its backing read start (it waits on `held`).
     await new Promise((r) => setImmediate(r));
     const rb = readBack(cb, 4 * BS, 8 * BS);
     await new Promise((r) => setImmediate(r));
-    release();
+    held.resolve();
     assert.deepEqual(await ra, parent.subarray(0, 8 * BS));
     assert.deepEqual(await rb, parent.subarray(4 * BS, 12 * BS));
     // b read only blocks 8..11 itself.
@@ -246,17 +244,16 @@ describe('clones share their parent cached blocks', () => {
   it('a borrowed read poisoned by a write of the reading clone is read again by the borrower', async () => {
     const ca = await cached(a);
     const cb = await cached(b);
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
+    const held = gate();
     // a's read is held; its write (block 1) lands on the store before the read takes its bytes.
-    a.delay = (kind) => (kind === 'read' ? held : Promise.resolve());
+    a.delay = (kind) => (kind === 'read' ? held.promise : Promise.resolve());
     const ra = readBack(ca, 0, 4 * BS);
     await new Promise((r) => setImmediate(r));
     const rb = readBack(cb, 0, 4 * BS);
     const w = new Uint8Array(BS);
     stampBytes(w, BS, 8);
     await ca.write(BS, [w]);
-    release();
+    held.resolve();
     await ra;
     assert.deepEqual(await rb, parent.subarray(0, 4 * BS));
     assert.equal(b.parentBytesRead, 4 * BS);
@@ -428,15 +425,14 @@ describe('clones share their parent cached blocks', () => {
     const w8 = new Uint8Array(BS);
     stampBytes(w8, 8 * BS, 3);
     await ca.write(8 * BS, [w8]);
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
+    const held = gate();
     let reads = 0;
-    a.delay = (kind) => (kind === 'read' ? (reads++, held) : Promise.resolve());
+    a.delay = (kind) => (kind === 'read' ? (reads++, held.promise) : Promise.resolve());
     const whole = readBack(ca, 6 * BS, 4 * BS);
     await waitFor(() => reads === 1, "a's backing read of blocks 6..9");
     // Blocks 8..9 are being read (the second key run of that read): taken from it.
     const joined = readBack(ca, 8 * BS, 2 * BS);
-    release();
+    held.resolve();
     assert.deepEqual(await whole, a.content(6 * BS, 4 * BS));
     assert.deepEqual(await joined, a.content(8 * BS, 2 * BS));
     assert.equal(reads, 1, 'blocks 8..9 read once');
@@ -473,10 +469,9 @@ describe('clones share their parent cached blocks', () => {
     const w8 = new Uint8Array(BS);
     stampBytes(w8, 8 * BS, 3);
     await ca.write(8 * BS, [w8]);
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
+    const held = gate();
     let reads = 0;
-    b.delay = (kind) => (kind === 'read' ? (reads++, held) : Promise.resolve());
+    b.delay = (kind) => (kind === 'read' ? (reads++, held.promise) : Promise.resolve());
     // b reads the parent's blocks 8..9; a then misses 7 (the parent's) and 8..9 (its own).
     const rb = readBack(cb, 8 * BS, 2 * BS);
     await waitFor(() => reads === 1, "b's backing read of blocks 8..9");
@@ -485,7 +480,7 @@ describe('clones share their parent cached blocks', () => {
     const ra = readBack(ca, 7 * BS, 3 * BS);
     // a's backing read is issued once its misses were looked up among the reads in flight.
     await waitFor(() => aReads === 1, "a's backing read");
-    release();
+    held.resolve();
     assert.deepEqual(await ra, a.content(7 * BS, 3 * BS));
     assert.deepEqual(await rb, parent.subarray(8 * BS, 10 * BS));
   });
