@@ -520,6 +520,10 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     // the eleventh evicts it.
     assert.equal(m.findVictim(0), 3);
     assert.equal(m.blocksCarried, TOP_DECAY + MAX_COUNT - 1);
+    // 3 left the blocks its segment keeps once, when its counter reached 0 (not at 3 -> 2 -> 1):
+    // the count a map rebuilt from the BDA finds.
+    const keep = (x: CacheMap) => [...(x as unknown as { segKeep: Uint16Array }).segKeep];
+    assert.deepEqual(keep(m), keep(new CacheMap(4, {}, m.bda, m.map.table)));
   });
 
   it('a holes-only refill whose holes are all pinned passes a log\'s worth of valid blocks, then takes one', () => {
