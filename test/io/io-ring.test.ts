@@ -145,6 +145,14 @@ describe('native IoRing', () => {
       throwsCode(() => ring.prepReadv(fd, [new Uint16Array(1) as unknown as Uint8Array], 0, 1), 'EINVAL');
       throwsCode(() => ring.prepWritev(fd, new Array<Uint8Array>(1025).fill(new Uint8Array(1)), 0, 1), 'EINVAL');
       throwsCode(() => ring.prepFallocate(fd, 0, 0, 0.5, 1), 'EINVAL');
+      // A checked read needs a check table, whole blocks and a CRC for each.
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(4096)], 0, 1, 0), 'EINVAL');
+      throwsCode(() => ring.setCheckTable(new Uint8Array(4) as unknown as Uint32Array, 4096), 'EINVAL');
+      throwsCode(() => ring.setCheckTable(new Uint32Array(2), 0), 'EINVAL');
+      ring.setCheckTable(new Uint32Array(2), 4096);
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(4000)], 0, 1, 0), 'EINVAL');
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(8192)], 0, 1, 1), 'EINVAL');
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(4096)], 0, 2 ** 20, 0), 'EINVAL');
       assert.equal(ring.inflight, 0);
       throwsCode(() => new native.IoRing({ entries: 0, onComplete: () => {} }), 'EINVAL');
     } finally {
