@@ -385,8 +385,8 @@ void IoRing::CommitSqe() {
 
 Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode, bool checked) {
   Napi::Env env = info.Env();
-  if (info.Length() < (checked ? 5u : 4u) || !info[1].IsArray()) {
-    ThrowError(env, "EINVAL", checked ? "prepReadvChecked(fd, bufs: Uint8Array[], offset, tag, at)" : "prepReadv/prepWritev(fd, bufs: Uint8Array[], offset, tag[, background])");
+  if (info.Length() < (checked ? 5u : 4u)) {
+    ThrowError(env, "EINVAL", checked ? "prepReadvChecked(fd, bufs, offset, tag, at)" : "prepReadv/prepWritev(fd, bufs, offset, tag[, background])");
   }
   // Background: a kernel worker runs it (IOSQE_ASYNC), never io_uring_enter itself, so a large
   // copy cannot delay the completions submitted in the same call.
@@ -395,9 +395,18 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode, bool 
   int32_t fd = ToFd(env, info[0]);
   uint64_t offset = ToU64(env, info[2], "offset");
   uint32_t tag = ToTag(env, info[3]);
+  // bufs: one Uint8Array, or an array of them. A single view costs no array access (each
+  // napi_get_array_length / napi_get_element call sets up a V8 TryCatch).
   napi_value arr = info[1];
-  uint32_t count = 0;
-  napi_get_array_length(env, arr, &count);
+  ByteView single{nullptr, 0};
+  napi_typedarray_type type;
+  uint32_t count = 1;
+  const bool is_single = napi_get_typedarray_info(env, arr, &type, &single.length, &single.data, nullptr, nullptr) == napi_ok;
+  if (is_single) {
+    if (type != napi_uint8_array) ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
+  } else if (napi_get_array_length(env, arr, &count) != napi_ok) {
+    ThrowError(env, "EINVAL", "bufs must be a Uint8Array or an array of them");
+  }
   if (count > IOV_MAX) ThrowError(env, "EINVAL", "more than IOV_MAX buffers");
   // A checked read (see the header): the index of its first block's CRC in the check table.
   uint64_t at = 0;
@@ -411,7 +420,7 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode, bool 
   iov.resize(count);
   size_t total = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    const ByteView v = Uint8ArrayElement(env, arr, i);
+    const ByteView v = is_single ? single : Uint8ArrayElement(env, arr, i);
     iov[i].iov_base = v.data;
     iov[i].iov_len = v.length;
     total += v.length;

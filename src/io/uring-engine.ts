@@ -76,6 +76,12 @@ function errnoError(op: PendingOp, res: number): VhostError {
   return new VhostError(`${OP_NAMES[op.kind]} fd ${op.fd}: ${msg}`, code);
 }
 
+/** The views of one SQE: at most IOV_MAX of them, a single one passed as such (no array for the ring to read). */
+function sqeViews(bufs: readonly Uint8Array[]): Uint8Array | readonly Uint8Array[] {
+  if (bufs.length === 1) return bufs[0] as Uint8Array;
+  return bufs.length > IOV_MAX ? bufs.slice(0, IOV_MAX) : bufs;
+}
+
 /** Placeholder settler of an op not handed out yet. */
 function unset(): void {}
 
@@ -266,21 +272,19 @@ export class UringEngine implements IoEngine {
     try {
       switch (op.kind) {
         case OP_READ:
-          if (op.bufs.length > IOV_MAX) this.ring.prepReadv(op.fd, op.bufs.slice(0, IOV_MAX), op.offset, tag, op.background);
           // The ring checks a checked read's blocks unless it is a continuation (succeed()).
-          else if (op.blockSize !== 0 && op.bufs === op.whole) {
+          if (op.blockSize !== 0 && op.bufs === op.whole && op.bufs.length <= IOV_MAX) {
             // The ring's check table: set when a read checks against another one (rare).
             if (op.crcs !== this.checkCrcs || op.blockSize !== this.checkBlockSize) {
               this.ring.setCheckTable(op.crcs as Uint32Array, op.blockSize);
               this.checkCrcs = op.crcs;
               this.checkBlockSize = op.blockSize;
             }
-            this.ring.prepReadvChecked(op.fd, op.bufs, op.offset, tag, op.at);
-          }
-          else this.ring.prepReadv(op.fd, op.bufs, op.offset, tag, op.background);
+            this.ring.prepReadvChecked(op.fd, sqeViews(op.bufs), op.offset, tag, op.at);
+          } else this.ring.prepReadv(op.fd, sqeViews(op.bufs), op.offset, tag, op.background);
           break;
         case OP_WRITE:
-          this.ring.prepWritev(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag, op.background);
+          this.ring.prepWritev(op.fd, sqeViews(op.bufs), op.offset, tag, op.background);
           break;
         case OP_FDATASYNC:
           this.ring.prepFdatasync(op.fd, tag);
