@@ -9,7 +9,7 @@
  * address map (recoverIndex), then adopting them (CacheMap), wall and CPU time.
  * Run: node dist/bench/recovery.js [blocks]
  */
-import { type IoEngine, readvCheckedOf } from '../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf } from '../src/io/io-engine';
 import { VhostError } from '../src/native/errors';
 import { AddressMap } from '../src/cache/address-map';
 import { BlockDescriptorArray, FLAG_DIRTY } from '../src/cache/bda';
@@ -41,6 +41,10 @@ class HeaderDevice implements IoEngine {
     this.copy(bufs, offset);
     return Promise.resolve();
   }
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, done);
+  }
+
   readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
     readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }

@@ -1,7 +1,7 @@
 /** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing, recovered counts. */
 import { strict as assert } from 'node:assert';
 import type { BackingStore } from '../../src/backing/backing-store';
-import { type IoEngine, readvCheckedOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import { CacheMap } from '../../src/cache/cache-map';
@@ -120,6 +120,10 @@ export class FaultyEngine implements IoEngine {
       return hook(offset, iovLength(bufs)).then(() => this.inner.readv(fd, bufs, offset, exact));
     }
     return this.inner.readv(fd, bufs, offset, exact);
+  }
+
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, done);
   }
 
   readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {

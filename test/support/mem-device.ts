@@ -18,7 +18,7 @@
  * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
  * function of its inputs (no thread pool ordering).
  */
-import { type IoEngine, readvCheckedOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
 import { endOfFile } from '../../src/io/fs-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
@@ -66,6 +66,10 @@ export class MemDevice implements IoEngine {
     if (this.io) return this.io.hold(`device read [${offset}, ${offset + len})`, 'read', offset, len, effect);
     effect();
     return Promise.resolve();
+  }
+
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, done);
   }
 
   readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
