@@ -264,7 +264,9 @@ function check(got: Recovered, want: Model, g: Geometry): void {
   checkTable(map, bda);
 }
 
-describe('cache recovery on worker threads (seeded, against a model of the rules)', () => {
+describe('cache recovery on worker threads (seeded, against a model of the rules)', function () {
+  // ~4 s per seed on an idle machine.
+  this.timeout(120_000);
   for (const seed of [1, 2, 3]) {
     it(`seed ${seed}: 0 to 3 workers recover exactly what the model does`, async () => {
       const im = randomImage(seed);
