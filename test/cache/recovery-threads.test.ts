@@ -12,13 +12,16 @@
  * the threads.
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import { AddressMap } from '../../src/cache/address-map';
 import { BlockDescriptorArray, FLAG_DIRTY, FLAG_SHADOW, FLAG_VALID } from '../../src/cache/bda';
 import type { VolumeRecord } from '../../src/cache/metadata';
 import { recoverIndex, type Recovered } from '../../src/cache/recovery';
 import { READ_BATCH, RING } from '../../src/cache/recovery-scan';
-import { computeGeometry, deviceBytesFor, ENTRIES_PER_SECTOR, type Geometry, HEADER_SECTOR, sealHeader } from '../../src/cache/segment';
+import { computeGeometry, deviceBytesFor, ENTRIES_PER_SECTOR, type Geometry, HEADER_SECTOR, sealHeader, segmentOffset } from '../../src/cache/segment';
+import type { IoEngine } from '../../src/io/io-engine';
 import { native } from '../../src/native/binding';
+import { VhostError } from '../../src/native/errors';
 import { HeaderDevice } from '../support/header-device';
 import { checkTable, rng } from './helpers';
 
@@ -285,4 +288,26 @@ describe('cache recovery on worker threads (seeded, against a model of the rules
       }
     });
   }
+
+  it('a header read failing fails the recovery (EIO) on workers too; the workers are stopped, and a recovery after it gets everything', async () => {
+    const im = randomImage(4);
+    const { g } = im;
+    const tableCapacity = AddressMap.capacityFor(g.slots);
+    // A read of a batch past the ring's first round fails: workers have scanned batches by then.
+    const bad = segmentOffset(g, (RING + 1) * READ_BATCH + 3);
+    let failed = 0;
+    const engine: IoEngine = Object.assign(Object.create(im.dev) as IoEngine, {
+      readv: (fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> => {
+        if (offset === bad && failed++ === 0) return Promise.reject(new VhostError('injected read error', 'EIO'));
+        return im.dev.readv(fd, bufs, offset);
+      },
+    });
+    const input = { engine, fd: -1, geometry: g, uuid, floor: im.floor, volumes: im.volumes, tableCapacity, workers: 2 };
+    const threads = () => fs.readdirSync('/proc/self/task').length;
+    const before = threads();
+    await assert.rejects(recoverIndex(input), (err: Error & { code?: string }) => err.code === 'EIO');
+    assert.equal(failed, 1);
+    assert.equal(threads(), before, 'the worker threads are gone');
+    check(await recoverIndex(input), await model(im), g);
+  });
 });
