@@ -375,7 +375,7 @@ export interface BuildTarget {
  * `late` (so ranges are independent: threads place them in any order); an index of the same
  * home and hash bits as one placed before it is compared by key, and a key met twice is
  * reported in `twins` (both stay in the table until AddressMap.finishBuilt()). (Writing each
- * index straight to its position, without the sorted copy, measured ~15 % slower.)
+ * index straight to its position, without the sorted copy, measured slower: docs/benchmarks.md.)
  */
 export class RangePlacer {
   private readonly t: BuildTarget;

@@ -119,7 +119,7 @@ import { Ctl, CTL_WORDS, HeaderScan, READ_BATCH, type RecoveryShared, RING, type
 import type { Placed, PlaceOrder } from './recovery-worker';
 import { type Geometry, segmentOffset, slotOffset } from './segment';
 
-/** Slots from which a recovery runs on worker threads (16 GiB of 4 KiB blocks, ~0.6 s on one thread; starting a worker costs ~0.1 s of CPU). */
+/** Slots from which a recovery runs on worker threads (16 GiB of 4 KiB blocks, ~0.6 s on one thread; starting a worker costs 73-80 ms of CPU, docs/benchmarks.md). */
 export const WORKER_MIN_SLOTS = 2 ** 22;
 /** Most worker threads a recovery starts. */
 export const MAX_WORKERS = 4;
