@@ -201,16 +201,17 @@ export class AddressMap {
    * Places every index added to `builders` (built over this map's capacity) into this EMPTY
    * map: one pass per range of homes in table order (RangePlacer), then finishBuilt(). A key met
    * twice: `pick(a, b)` returns the index that stays, the other is left out of the map (the
-   * caller clears it). recovery.ts runs the same steps spread over worker threads.
+   * caller clears it). `late`: more indexes to add one by one (besides the builders' own).
+   * recovery.ts runs the same steps spread over worker threads.
    */
-  addBuilt(builders: readonly MapBuilder[], pick: (a: number, b: number) => number): void {
+  addBuilt(builders: readonly MapBuilder[], pick: (a: number, b: number) => number, late: readonly number[] = []): void {
     if (this.entries !== 0) throw new Error('AddressMap.addBuilt: the map is not empty');
     const placer = new RangePlacer(this.buildTarget());
     const twins: number[] = [];
-    const late = builders.flatMap((b) => b.late);
+    const rest = [...late, ...builders.flatMap((b) => b.late)];
     let placed = 0;
-    for (let r = 0; r < rangesOf(this.capacity); r++) placed += placer.place(r, builders, late, twins);
-    this.finishBuilt(placed, twins, late, pick);
+    for (let r = 0; r < rangesOf(this.capacity); r++) placed += placer.place(r, builders, rest, twins);
+    this.finishBuilt(placed, twins, rest, pick);
   }
 
   /** What RangePlacer writes into: this map's table and layout, the BDA's keys. */
@@ -302,7 +303,7 @@ export interface BuilderMemory {
  * deviations; an index over its region's room waits in `late`); RangePlacer then places each
  * range of one or more builders (AddressMap.addBuilt, or recovery.ts's threads).
  * RAM: 8 bytes per index added (the regions are shared memory, touched as they fill: a builder
- * sized for more indexes than it gets costs address space only), plus ~0.5 MiB per placer.
+ * sized for more indexes than it gets costs address space only), plus under 1 MiB per placer.
  */
 export class MapBuilder {
   /** Indexes over their range region's room: placed one by one after the ranges. */

@@ -110,7 +110,7 @@ import * as path from 'node:path';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { IoEngine } from '../io/io-engine';
-import { AddressMap, MapBuilder, RangePlacer, rangesOf } from './address-map';
+import { AddressMap, MapBuilder } from './address-map';
 import { BlockDescriptorArray, FLAG_VALID, MAX_VOLUMES } from './bda';
 import type { CountedIndex } from './cache-map';
 import type { VolumeRecord } from './metadata';
@@ -187,8 +187,9 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
       scans = await pool.scans();
     } else {
       const scan = new HeaderScan(s);
+      const views = ringViews(s, 0);
       for (let b = 0; b * READ_BATCH < g.segments; b++) {
-        await readBatch(o, s, b, 0);
+        await readBatch(o, b, views);
         scan.batch(b, 0);
       }
       scans = [scan.result()];
@@ -196,22 +197,14 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
     const rec = new Merged(s, bda, scans);
     const dirty = await rec.verify(o.engine, o.fd, o.tableCapacity);
     const builders = [...scans.map((r) => new MapBuilder(o.tableCapacity, 0, r.builder)), dirty];
-    const late = [...rec.late, ...dirty.late];
-    let placed: Placed[];
-    if (pool !== null) {
-      placed = await pool.place({ builders: builders.map((b) => b.memory), slotBits: map.slotBits, distMax: map.distMax });
+    const pick = (a: number, b: number): number => rec.pick(a, b);
+    if (pool === null) {
+      map.addBuilt(builders, pick, rec.late);
     } else {
-      const one: Placed = { placed: 0, late: [], twins: [] };
-      const placer = new RangePlacer(map.buildTarget());
-      for (let r = 0; r < rangesOf(o.tableCapacity); r++) one.placed += placer.place(r, builders, one.late, one.twins);
-      placed = [one];
+      const placed = await pool.place({ builders: builders.map((b) => b.memory), slotBits: map.slotBits, distMax: map.distMax });
+      const late = [...rec.late, ...dirty.late, ...placed.flatMap((p) => p.late)];
+      map.finishBuilt(placed.reduce((n, p) => n + p.placed, 0), placed.flatMap((p) => p.twins), late, pick);
     }
-    map.finishBuilt(
-      placed.reduce((n, p) => n + p.placed, 0),
-      placed.flatMap((p) => p.twins),
-      late.concat(...placed.map((p) => p.late)),
-      (a, b) => rec.pick(a, b),
-    );
     return {
       bda,
       index: { map, segValid: rec.segValid, volumeBlocks: rec.volumeBlocks, dirty: rec.dirtyValid() },
@@ -238,10 +231,10 @@ function ringViews(s: RecoveryShared, k: number): Uint8Array[] {
 }
 
 /**
- * Reads the headers of batch b into ring slot k, all in flight together; rejects with the first
- * error once every read is done.
+ * Reads the headers of batch b into `views` (a ring slot's), all in flight together; rejects
+ * with the first error once every read is done.
  */
-async function readBatch(o: RecoveryInput, s: RecoveryShared, b: number, k: number, views = ringViews(s, k)): Promise<void> {
+async function readBatch(o: RecoveryInput, b: number, views: readonly Uint8Array[]): Promise<void> {
   const from = b * READ_BATCH;
   const n = Math.min(READ_BATCH, o.geometry.segments - from);
   const reads: Promise<void>[] = [];
@@ -257,7 +250,7 @@ async function readBatches(o: RecoveryInput, s: RecoveryShared, pool: WorkerPool
   for (let b = 0; b * READ_BATCH < o.geometry.segments; b++) {
     const k = b % RING;
     for (let v = Atomics.load(ctl, Ctl.Done + k); v < Math.floor(b / RING); v = Atomics.load(ctl, Ctl.Done + k)) await pool.wait(Ctl.Done + k, v);
-    await readBatch(o, s, b, k, views[k]);
+    await readBatch(o, b, views[k]);
     Atomics.store(ctl, Ctl.Published, b + 1);
     Atomics.notify(ctl, Ctl.Published);
   }
