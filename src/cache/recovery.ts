@@ -271,7 +271,14 @@ class WorkerPool {
 
   constructor(n: number, s: RecoveryShared) {
     this.ctl = new Int32Array(s.ctl);
-    this.workers = Array.from({ length: n }, () => new Worker(path.join(__dirname, 'recovery-worker.js'), { workerData: s }));
+    this.workers = [];
+    try {
+      for (let i = 0; i < n; i++) this.workers.push(new Worker(path.join(__dirname, 'recovery-worker.js'), { workerData: s }));
+    } catch (err) {
+      // A worker that cannot start (e.g. out of memory): the ones started are stopped.
+      void this.close();
+      throw err;
+    }
     this.failed = new Promise<never>((_, reject) => {
       for (const w of this.workers) {
         w.on('error', reject);
