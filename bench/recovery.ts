@@ -56,6 +56,10 @@ class HeaderDevice implements IoEngine {
   fdatasync(): Promise<void> {
     return Promise.resolve();
   }
+  /** Nothing is ever dirty. */
+  startWriteout(): Promise<void> {
+    return Promise.resolve();
+  }
   fallocate(): Promise<void> {
     return Promise.reject(new VhostError('bench device', 'EOPNOTSUPP'));
   }

@@ -15,6 +15,14 @@
  * forward or left alone hold the same bytes on the device already. A cleaning that refills a
  * few holes thus writes those blocks and the header, not the whole segment (deviceWriteBytes).
  *
+ * Early write-out: on a buffered descriptor (alignment 1; an O_DIRECT one leaves no dirty pages)
+ * a segment write the hand left behind (rotate) is followed, once it completed, by
+ * engine.startWriteout over its bytes: the kernel writes them back while the log fills the next
+ * segments, so the fdatasync that makes them durable later (a rewrite batch, a commit, an
+ * eviction sync) waits for less. The writes of flush() and commit() get none: their fdatasync
+ * follows at once. It makes nothing durable and changes no durability rule; a failure is logged
+ * (once) and otherwise ignored, since the fdatasync reports what matters.
+ *
  * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
  * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
  * is read first (one read), so its buffer serves RAM hits of those blocks. A segment the map
@@ -225,6 +233,8 @@ export class Log {
   /** The onDisabled() round in flight, and whether one succeeded (then for good). */
   private floorRound: Promise<boolean> | null = null;
   private floorSafe = false;
+  /** Set once a startWriteout failure was logged. */
+  private writeoutFailed = false;
   /** Slots made SHADOW since the last commit started (released when it is durable). */
   private shadows: number[] = [];
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
@@ -539,7 +549,7 @@ export class Log {
     const cur = this.current;
     if (cur) {
       this.current = null;
-      if (cur.dirty) this.submit(cur);
+      if (cur.dirty) this.submit(cur, false);
       else cur.state = BufferState.Clean;
     }
     await Promise.all(this.pool.map((b) => b.pending));
@@ -796,6 +806,15 @@ export class Log {
     if (covered !== null) this.written(covered);
   }
 
+  /** Starts the write-out of [offset, offset + length) of the device, not waited for (see the file comment). */
+  private startWriteout(offset: number, length: number): void {
+    this.engine.startWriteout(this.fd, offset, length).catch((err: Error) => {
+      if (this.writeoutFailed) return;
+      this.writeoutFailed = true;
+      this.logger.warn({ err: err.message }, 'cache device write-out start failed (ignored: fdatasync still makes the log durable; not logged again)');
+    });
+  }
+
   /** Entries whose covering header is written: forgotten at the next fdatasync (started when many). */
   private written(covered: Dropped[]): void {
     for (const d of covered) this.awaitingSync.push(d);
@@ -807,7 +826,7 @@ export class Log {
     const prev = this.current;
     if (prev) {
       this.current = null;
-      if (prev.dirty) this.submit(prev);
+      if (prev.dirty) this.submit(prev, true);
       else prev.state = BufferState.Clean;
     }
     const b = await this.acquire(seg, this.map.refillingHoles);
@@ -938,7 +957,8 @@ export class Log {
     present[k] = 0;
   }
 
-  private submit(b: SegmentBuffer): void {
+  /** Seals and writes b's segment; `writeout`: start its write-out once written (see the file comment). */
+  private submit(b: SegmentBuffer, writeout: boolean): void {
     const seg = b.segment;
     const bps = this.g.blocksPerSegment;
     if (this.disabled) {
@@ -960,8 +980,8 @@ export class Log {
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
     b.pending = this.onSegment(seg, () =>
       this.directReaders[seg] === 0
-        ? this.write(b, seg, runs, covered)
-        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered)),
+        ? this.write(b, seg, runs, covered, writeout)
+        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered, writeout)),
     ).finally(() => this.inFlight.delete(seq));
   }
 
@@ -987,9 +1007,10 @@ export class Log {
 
   /**
    * The device writes of a sealed buffer (byte ranges of it, see changedRanges), issued together
-   * (one submission: the header may land before the data, see the file comment); never rejects.
+   * (one submission: the header may land before the data, see the file comment), then with
+   * `writeout` the early write-out of their span; never rejects.
    */
-  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null): Promise<void> {
+  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null, writeout: boolean): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
     let bytes = 0;
@@ -1009,6 +1030,7 @@ export class Log {
         b.dirty = false;
         b.state = BufferState.Clean;
         if (covered !== null) this.written(covered);
+        if (writeout && this.alignment === 1) this.startWriteout(at, ranges[ranges.length - 1]);
         return;
       }
       if (covered !== null) this.dropped.uncover(seg, covered);

@@ -11,7 +11,9 @@
  *   - `io` (held-io.ts): operations complete when the test says, capturing/applying bytes at
  *     the effect step;
  *   - `readError`/`writeError`: called per operation; returning true fails it with EIO;
- *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves.
+ *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves;
+ *   - `startWriteout` does nothing: like sync_file_range it makes nothing durable, so a crash
+ *     image does not depend on it.
  * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
  * function of its inputs (no thread pool ordering).
  */
@@ -102,6 +104,10 @@ export class MemDevice implements IoEngine {
     if (this.syncGate !== null) return this.syncGate.then(effect);
     effect();
     return Promise.resolve();
+  }
+
+  startWriteout(): Promise<void> {
+    return this.frozen ? this.never() : Promise.resolve();
   }
 
   fallocate(): Promise<void> {
