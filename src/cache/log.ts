@@ -85,8 +85,9 @@
  * like every segment write), then one fdatasync (or, when no write completed since the last one
  * started, that one is waited for: a rewrite batch's fdatasync may have started after the
  * commit's writes completed). The commits asked for while one waits in the
- * chain share it (unless an insertion was queued in between): one device write set + one
- * fdatasync per batch of requests. A header may thus land before its data (a crash between the
+ * chain or runs share it (unless an insertion was queued since it was asked for: every insertion
+ * queued before runs before it in the chain, so its blocks are in what it submits): one device
+ * write set + one fdatasync per batch of requests. A header may thus land before its data (a crash between the
  * two): every header sector carries the durable mark (`synced`: each write sealed at or below
  * it completed before an fdatasync that completed), and recovery.ts checks the data of the
  * dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
@@ -239,7 +240,7 @@ export class Log {
   private shadows: number[] = [];
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
   private readonly reserved = new Map<number, Dropped>();
-  /** The commit waiting in the chain, shared by callers until it starts or an insertion is queued. */
+  /** The last commit asked for, shared by callers until it is done or an insertion is queued. */
   private commitNext: Promise<boolean> | null = null;
   /** Insertions queued so far, and their count when commitNext was asked for. */
   private inserts = 0;
@@ -507,18 +508,21 @@ export class Log {
 
   /**
    * Makes every block inserted before this call durable (see the file comment); the calls made
-   * before the commit starts share it, unless an insertion was queued in between (it would run
+   * before the commit is done share it, unless an insertion was queued in between (it would run
    * after that commit). Resolves false when a write failed (never rejects).
    */
   commit(): Promise<boolean> {
     if (this.commitNext !== null && this.commitNextAfter === this.inserts) return this.commitNext;
     const t = LatencyMeter.now();
     const p = this.afterQueued(async () => {
-      if (this.commitNext === p) this.commitNext = null;
-      const ok = await this.commitNow();
-      this.commits++;
-      this.commitLatency.record(t);
-      return ok;
+      try {
+        const ok = await this.commitNow();
+        this.commits++;
+        this.commitLatency.record(t);
+        return ok;
+      } finally {
+        if (this.commitNext === p) this.commitNext = null;
+      }
     });
     this.commitNext = p;
     this.commitNextAfter = this.inserts;
