@@ -88,8 +88,8 @@
  * share it (unless an insertion was queued since it was asked for: every insertion queued
  * before runs before it in the chain, so its blocks are in what it submits): one device write
  * set + one fdatasync per batch of requests. A header may thus land before its data (a crash
- * between the two): every header sector carries the durable mark (`synced`: each write sealed at or below
- * it completed before an fdatasync that completed), and recovery.ts checks the data of the
+ * between the two): every header sector carries the durable mark (`synced`: each write sealed
+ * at or below it completed before an fdatasync that completed), and recovery.ts checks the data of the
  * dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
  * block was never acknowledged: its entry is dropped, the older copy it superseded wins). A dirty block replaced by a newer
  * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
