@@ -89,8 +89,8 @@
  * before runs before it in the chain, so its blocks are in what it submits): one device write
  * set + one fdatasync per batch of requests. A header may thus land before its data (a crash
  * between the two): every header sector carries the durable mark (`synced`: each write sealed
- * at or below it completed before an fdatasync that completed), and recovery.ts checks the data of the
- * dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
+ * at or below it completed before an fdatasync that completed), and recovery.ts checks the
+ * data of the dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
  * block was never acknowledged: its entry is dropped, the older copy it superseded wins). A dirty block replaced by a newer
  * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
  * meanwhile names it, marked superseded (a torn write of the new copy's header can then never
