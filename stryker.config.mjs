@@ -5,8 +5,8 @@
 // (races.test.js, minutes per mutant) is left out, and the trust model (model-trust.test.js)
 // everywhere but for cached-store.ts (its trust and failure paths have no other fast test);
 // the model suite runs its five seeded runs as 1000-operation slices (VBC_MODEL_OPS, inherited
-// by the test runner processes; its fixed-size block-size and reproducibility runs are skipped
-// by MODEL_GREP). `--incremental` reruns only the mutants whose
+// by the test runner processes; its fixed-size block-size and reproducibility runs, and the trust
+// model's replay run, are skipped by MODEL_GREP). `--incremental` reruns only the mutants whose
 // code or covering tests changed since the last run of that file. Without VBC_MUTATE every file
 // is mutated against all those suites (hours).
 
@@ -23,8 +23,8 @@ const SUITES = {
   'src/virtio-blk/dispatch.ts': ['dist/test/virtio-blk/dispatch.test.js'],
 };
 
-/** Every test but the model suite's fixed-size runs (block sizes, same seeds). */
-const MODEL_GREP = '^(?!.*(KiB cache blocks|the same seeds give the same run)).*$';
+/** Every test but the model suites' fixed-size runs (block sizes, same seeds, a seed replays). */
+const MODEL_GREP = '^(?!.*(KiB cache blocks|the same seeds give the same run|a seed replays)).*$';
 
 const target = process.env.VBC_MUTATE;
 if (target !== undefined && !(target in SUITES)) {

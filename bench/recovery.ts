@@ -1,76 +1,32 @@
 /**
  * Crash recovery time (recovery.ts) for a cache of 16 M blocks (64 GiB of 4 KiB blocks, 512 KiB
  * segments; argument = blocks), every slot holding a block, on a simulated device that keeps
- * the segment headers in RAM (reads of them are copies: this measures recovery's own cost,
- * not the SSD's; a real device adds reading segments * headerSize bytes, 512 MiB here). The
+ * the segment headers in RAM (test/support/header-device.ts: reads of them are copies, this
+ * measures recovery's own cost, not the SSD's; a real device adds reading segments *
+ * headerSize bytes, 512 MiB here). The
  * newest DIRTY_SEGMENTS segments hold dirty blocks sealed above the durable mark (a crash
  * right after a burst of write-back commits): their data is read and checked (recovery.ts 10.).
- * Prints the median of 3 runs of: reading and checking every header, rebuilding the BDA and
- * address map (recoverIndex), then adopting them (CacheMap), wall and CPU time.
- * Run: node dist/bench/recovery.js [blocks]
+ * Prints the median of `runs` runs (default 3; the first one's code is not optimized yet, as in
+ * a daemon's recovery: 1 measures that) of: reading and checking every header, rebuilding the
+ * BDA and address map (recoverIndex; `workers`: worker threads, default recoverIndex's), then
+ * adopting them (CacheMap), wall and CPU time (the process's: every thread).
+ * Run: node dist/bench/recovery.js [blocks] [workers|auto] [runs]
  */
-import { type IoEngine, readvCheckedOf } from '../src/io/io-engine';
-import { VhostError } from '../src/native/errors';
 import { AddressMap } from '../src/cache/address-map';
 import { BlockDescriptorArray, FLAG_DIRTY } from '../src/cache/bda';
 import { CacheMap } from '../src/cache/cache-map';
 import { recoverIndex } from '../src/cache/recovery';
-import { computeGeometry, deviceBytesFor, type Geometry, sealHeader } from '../src/cache/segment';
+import { computeGeometry, deviceBytesFor, sealHeader } from '../src/cache/segment';
 import { native } from '../src/native/binding';
+import { HeaderDevice } from '../test/support/header-device';
 
 /** Segments (the newest) whose dirty blocks are above the durable mark. */
 const DIRTY_SEGMENTS = 8;
 
-/**
- * A device holding only the segment headers, in one buffer (one ArrayBuffer, not one per
- * header: 131,072 of them made each V8 mark-compact 0.1-0.2 s, a cost of the simulation, not of
- * recovery); a read of anything else gives zeros.
- */
-class HeaderDevice implements IoEngine {
-  readonly kind = 'threadpool';
-  private readonly headers: Uint8Array;
-  constructor(private readonly g: Geometry) {
-    this.headers = new Uint8Array(g.segments * g.headerSize);
-  }
-  /** Segment s's header (to fill in place). */
-  header(s: number): Uint8Array {
-    return this.headers.subarray(s * this.g.headerSize, (s + 1) * this.g.headerSize);
-  }
-  /** A read done at once (a copy), reported as a device's would be: later. */
-  readv(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
-    this.copy(bufs, offset);
-    return Promise.resolve();
-  }
-  readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
-    readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
-  }
-  private copy(bufs: readonly Uint8Array[], offset: number): void {
-    const { g } = this;
-    const s = (offset - g.dataOffset) / g.stride;
-    if (bufs.length !== 1 || !Number.isInteger(s) || s < 0 || s >= g.segments || bufs[0].byteLength > g.headerSize) bufs.forEach((b) => b.fill(0));
-    else bufs[0].set(this.headers.subarray(s * g.headerSize, s * g.headerSize + bufs[0].byteLength));
-  }
-  writev(): Promise<void> {
-    return Promise.reject(new VhostError('read-only bench device', 'EROFS'));
-  }
-  fdatasync(): Promise<void> {
-    return Promise.resolve();
-  }
-  /** Nothing is ever dirty. */
-  startWriteout(): Promise<void> {
-    return Promise.resolve();
-  }
-  fallocate(): Promise<void> {
-    return Promise.reject(new VhostError('bench device', 'EOPNOTSUPP'));
-  }
-  blockRange(): Promise<void> {
-    return Promise.reject(new VhostError('bench device', 'EOPNOTSUPP'));
-  }
-  close(): void {}
-}
-
 async function main(): Promise<void> {
   const want = Number(process.argv[2] ?? 1 << 24);
+  const workers = process.argv[3] === undefined || process.argv[3] === 'auto' ? undefined : Number(process.argv[3]);
+  const count = Number(process.argv[4] ?? 3);
   const g = computeGeometry(deviceBytesFor(Math.ceil(want / 128)), 4096, 512 * 1024);
   const uuid = new Uint8Array(16).fill(7);
   const bda = new BlockDescriptorArray(g.slots);
@@ -88,30 +44,32 @@ async function main(): Promise<void> {
   for (let s = 0; s < g.segments; s++) sealHeader(dev.header(s), g, s, bda, base + s, Math.min(mark, base + s - 1), uuid, null);
   const volumes = [0, 1, 2, 3].map((id) => ({ id, name: `v${id}`, identity: `id${id}`, sizeBytes: 2 ** 40, maxBytes: 0, epoch: 0 }));
   const tableCapacity = AddressMap.capacityFor(g.slots);
-  const runs: { ms: number; cpuMs: number; adoptMs: number }[] = [];
-  for (let r = 0; r < 3; r++) {
+  const runs: { ms: number; cpuMs: number; adoptMs: number; workers: number }[] = [];
+  for (let r = 0; r < count; r++) {
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
-    const rec = await recoverIndex({ engine: dev, fd: -1, geometry: g, uuid, floor: 0, volumes, tableCapacity });
+    const rec = await recoverIndex({ engine: dev, fd: -1, geometry: g, uuid, floor: 0, volumes, tableCapacity, workers });
     const t1 = performance.now();
     const map = new CacheMap(g.slots, { segmentBlocks: g.blocksPerSegment }, rec.bda, rec.index);
     const t2 = performance.now();
     const cpu = process.cpuUsage(cpu0);
     if (rec.entries !== g.slots || map.map.size !== g.slots || map.peek(1, 3) !== 5) throw new Error(`recovered ${rec.entries} of ${g.slots}`);
     if (rec.verified !== DIRTY_SEGMENTS * g.blocksPerSegment || rec.torn !== 0) throw new Error(`verified ${rec.verified} dirty blocks, ${rec.torn} torn`);
-    runs.push({ ms: t2 - t0, cpuMs: (cpu.user + cpu.system) / 1000, adoptMs: t2 - t1 });
+    runs.push({ ms: t2 - t0, cpuMs: (cpu.user + cpu.system) / 1000, adoptMs: t2 - t1, workers: rec.workers });
   }
-  const median = (k: 'ms' | 'cpuMs' | 'adoptMs') => runs.map((x) => x[k]).sort((a, b) => a - b)[1];
+  const median = (k: 'ms' | 'cpuMs' | 'adoptMs') => runs.map((x) => x[k]).sort((a, b) => a - b)[Math.floor((count - 1) / 2)];
   console.log(
     JSON.stringify({
       blocks: g.slots,
       segments: g.segments,
       headerBytesRead: g.segments * g.headerSize,
       dirtyBlocksVerified: DIRTY_SEGMENTS * g.blocksPerSegment,
+      workers: runs[0].workers,
       recoveryMs: Math.round(median('ms')),
       cpuMs: Math.round(median('cpuMs')),
       adoptMs: Math.round(median('adoptMs')),
       runsMs: runs.map((x) => Math.round(x.ms)),
+      runsCpuMs: runs.map((x) => Math.round(x.cpuMs)),
     }),
   );
 }

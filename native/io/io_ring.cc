@@ -36,27 +36,31 @@ constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1
 constexpr unsigned kDefaultEntries = 256;
 constexpr unsigned kMaxEntries = 4096;
 
+// The number in v (one N-API call: napi_get_value_double fails for anything but a number), or
+// NaN when v is not a number; the callers' range checks reject NaN.
+double NumberArg(napi_env env, napi_value v) {
+  double d = 0;
+  return napi_get_value_double(env, v, &d) == napi_ok ? d : NAN;
+}
+
 // A non-negative integer JS number below 2^53 (byte offsets, lengths).
-uint64_t ToU64(Napi::Env env, const Napi::Value& v, const char* what) {
-  if (!v.IsNumber()) ThrowError(env, "EINVAL", std::string(what) + " must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
+uint64_t ToU64(Napi::Env env, napi_value v, const char* what) {
+  double d = NumberArg(env, v);
   if (!(d >= 0) || d > kMaxSafeInteger || std::floor(d) != d) {
     ThrowError(env, "EINVAL", std::string(what) + " must be an integer in [0, 2^53)");
   }
   return static_cast<uint64_t>(d);
 }
 
-int32_t ToFd(Napi::Env env, const Napi::Value& v) {
-  if (!v.IsNumber()) ThrowError(env, "EINVAL", "fd must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
+int32_t ToFd(Napi::Env env, napi_value v) {
+  double d = NumberArg(env, v);
   if (!(d >= 0) || d > INT32_MAX || std::floor(d) != d) ThrowError(env, "EBADF", "fd must be a non-negative integer");
   return static_cast<int32_t>(d);
 }
 
 // Tags travel through Int32Array pairs: 0 <= tag < 2^31.
-uint32_t ToTag(Napi::Env env, const Napi::Value& v) {
-  if (!v.IsNumber()) ThrowError(env, "EINVAL", "tag must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
+uint32_t ToTag(Napi::Env env, napi_value v) {
+  double d = NumberArg(env, v);
   if (!(d >= 0) || d > INT32_MAX || std::floor(d) != d) ThrowError(env, "EINVAL", "tag must be an integer in [0, 2^31)");
   return static_cast<uint32_t>(d);
 }
@@ -204,6 +208,8 @@ Napi::Function IoRing::DefineClass(Napi::Env env) {
       env, "IoRing",
       {
           InstanceMethod<&IoRing::JS_prepReadv>("prepReadv"),
+          InstanceMethod<&IoRing::JS_prepReadvChecked>("prepReadvChecked"),
+          InstanceMethod<&IoRing::JS_setCheckTable>("setCheckTable"),
           InstanceMethod<&IoRing::JS_prepWritev>("prepWritev"),
           InstanceMethod<&IoRing::JS_prepFdatasync>("prepFdatasync"),
           InstanceMethod<&IoRing::JS_prepFallocate>("prepFallocate"),
@@ -378,37 +384,36 @@ void IoRing::CommitSqe() {
   UpdateRefs();
 }
 
-Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
+Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode, bool checked) {
   Napi::Env env = info.Env();
-  if (info.Length() < 4 || !info[1].IsArray()) {
-    ThrowError(env, "EINVAL", "prepReadv/prepWritev(fd, bufs: Uint8Array[], offset, tag[, background[, blockSize, crcs, at]])");
+  if (info.Length() < (checked ? 5u : 4u)) {
+    ThrowError(env, "EINVAL", checked ? "prepReadvChecked(fd, bufs, offset, tag, at)" : "prepReadv/prepWritev(fd, bufs, offset, tag[, background])");
   }
   // Background: a kernel worker runs it (IOSQE_ASYNC), never io_uring_enter itself, so a large
   // copy cannot delay the completions submitted in the same call.
-  bool background = info.Length() >= 5 && info[4].ToBoolean().Value();
+  bool background = false;
+  if (!checked && info.Length() >= 5) napi_get_value_bool(env, info[4], &background);  // not a boolean: false
   int32_t fd = ToFd(env, info[0]);
   uint64_t offset = ToU64(env, info[2], "offset");
   uint32_t tag = ToTag(env, info[3]);
+  // bufs: one Uint8Array, or an array of them. A single view costs no array access (each
+  // napi_get_array_length / napi_get_element call sets up a V8 TryCatch).
   napi_value arr = info[1];
-  uint32_t count = 0;
-  napi_get_array_length(env, arr, &count);
+  ByteView single{nullptr, 0};
+  napi_typedarray_type type;
+  uint32_t count = 1;
+  const bool is_single = napi_get_typedarray_info(env, arr, &type, &single.length, &single.data, nullptr, nullptr) == napi_ok;
+  if (is_single) {
+    if (type != napi_uint8_array) ThrowError(env, "EINVAL", "bufs must hold Uint8Array views");
+  } else if (napi_get_array_length(env, arr, &count) != napi_ok) {
+    ThrowError(env, "EINVAL", "bufs must be a Uint8Array or an array of them");
+  }
   if (count > IOV_MAX) ThrowError(env, "EINVAL", "more than IOV_MAX buffers");
-  // A checked read (see the header): blockSize, the CRC-32C array and the index of the first
-  // block's CRC.
-  uint32_t block_size = 0;
-  const uint32_t* crcs = nullptr;
-  size_t crcs_len = 0;
+  // A checked read (see the header): the index of its first block's CRC in the check table.
   uint64_t at = 0;
-  if (info.Length() >= 8 && opcode == IORING_OP_READV) {
-    block_size = static_cast<uint32_t>(ToU64(env, info[5], "blockSize"));
-    napi_typedarray_type type;
-    void* data = nullptr;
-    if (napi_get_typedarray_info(env, info[6], &type, &crcs_len, &data, nullptr, nullptr) != napi_ok || type != napi_uint32_array) {
-      ThrowError(env, "EINVAL", "crcs must be a Uint32Array");
-    }
-    crcs = static_cast<const uint32_t*>(data);
-    at = ToU64(env, info[7], "at");
-    if (block_size == 0) ThrowError(env, "EINVAL", "blockSize must be > 0");
+  if (checked) {
+    at = ToU64(env, info[4], "at");
+    if (check_table_.crcs == nullptr) ThrowError(env, "EINVAL", "checked reads need a check table (setCheckTable)");
     if (tag >= kMaxCheckedTag) ThrowError(env, "EINVAL", "checked reads need a tag below 2^20");
   }
   io_uring_sqe* sqe = AcquireSqe(env);
@@ -416,23 +421,24 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   iov.resize(count);
   size_t total = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    const ByteView v = Uint8ArrayElement(env, arr, i);
+    const ByteView v = is_single ? single : Uint8ArrayElement(env, arr, i);
     iov[i].iov_base = v.data;
     iov[i].iov_len = v.length;
     total += v.length;
   }
   // Any earlier op of this tag has completed: its check (if any) was consumed when reaped.
   if (tag < checks_.size()) checks_[tag].active = false;
-  if (block_size != 0) {
-    size_t n = total / block_size;
-    if (total % block_size != 0 || at > crcs_len || n > crcs_len - at) ThrowError(env, "EINVAL", "a checked read must hold whole blocks with a CRC each");
+  if (checked) {
+    const CheckTable& t = check_table_;
+    size_t n = total / t.block_size;
+    if (total % t.block_size != 0 || at > t.length || n > t.length - at) ThrowError(env, "EINVAL", "a checked read must hold whole blocks with a CRC each");
     if (tag >= checks_.size()) checks_.resize(tag + 1);
     ReadCheck& c = checks_[tag];
     c.active = true;
-    c.block_size = block_size;
+    c.block_size = t.block_size;
     c.total = total;
     c.views.assign(iov.begin(), iov.end());
-    c.crcs.assign(crcs + at, crcs + at + n);
+    c.crcs.assign(t.crcs + at, t.crcs + at + n);
   }
   sqe->opcode = opcode;
   sqe->fd = fd;
@@ -445,9 +451,29 @@ Napi::Value IoRing::PrepRw(const Napi::CallbackInfo& info, uint8_t opcode) {
   return env.Undefined();
 }
 
-Napi::Value IoRing::JS_prepReadv(const Napi::CallbackInfo& info) { return PrepRw(info, IORING_OP_READV); }
+Napi::Value IoRing::JS_setCheckTable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2) ThrowError(env, "EINVAL", "setCheckTable(crcs: Uint32Array, blockSize)");
+  napi_typedarray_type type;
+  void* data = nullptr;
+  size_t length = 0;
+  if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok || type != napi_uint32_array) {
+    ThrowError(env, "EINVAL", "crcs must be a Uint32Array");
+  }
+  uint64_t block_size = ToU64(env, info[1], "blockSize");
+  if (block_size == 0 || block_size > UINT32_MAX) ThrowError(env, "EINVAL", "blockSize must be in [1, 2^32)");
+  // The reference keeps the array alive; its bytes do not move: a Uint32Array's buffer is
+  // off the V8 heap once napi_get_typedarray_info has returned its data pointer.
+  check_table_ref_ = Napi::Persistent(info[0].As<Napi::Uint32Array>());
+  check_table_ = {static_cast<const uint32_t*>(data), length, static_cast<uint32_t>(block_size)};
+  return env.Undefined();
+}
 
-Napi::Value IoRing::JS_prepWritev(const Napi::CallbackInfo& info) { return PrepRw(info, IORING_OP_WRITEV); }
+Napi::Value IoRing::JS_prepReadv(const Napi::CallbackInfo& info) { return PrepRw(info, IORING_OP_READV, false); }
+
+Napi::Value IoRing::JS_prepReadvChecked(const Napi::CallbackInfo& info) { return PrepRw(info, IORING_OP_READV, true); }
+
+Napi::Value IoRing::JS_prepWritev(const Napi::CallbackInfo& info) { return PrepRw(info, IORING_OP_WRITEV, false); }
 
 Napi::Value IoRing::JS_prepFdatasync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

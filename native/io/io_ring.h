@@ -6,11 +6,13 @@
 //     how many pairs it wrote; the caller handles them before calling into the ring again.
 //   - CQEs posted later wake an eventfd (IORING_REGISTER_EVENTFD) watched by uv_poll on the
 //     Node loop; the poll callback reaps and calls onComplete(count) inside a callback scope.
-// Checked reads: prepReadv(…, blockSize, crcs, at) also checks the bytes read, as whole blocks,
-// against the CRC-32Cs crcs[at + j] copied at prep time, when its CQE is reaped and the read
-// transferred every byte (check = kCheckOk or kCheckBad); a short read is not checked
-// (kCheckNone: the caller continues it and checks the whole). Cache hits thus cost no JS
-// crossing for their check.
+// Checked reads: prepReadvChecked(fd, bufs, offset, tag, at) also checks the bytes read, as
+// whole blocks, against the CRC-32Cs crcs[at + j] of the check table (setCheckTable(crcs,
+// blockSize): registered once, not passed with every read), copied at prep time, when its CQE
+// is reaped and the read transferred every byte (check = kCheckOk or kCheckBad); a short read
+// is not checked (kCheckNone: the caller continues it and checks the whole). Cache hits thus
+// cost no JS crossing for their check, and their prep takes five arguments, as many as a plain
+// read (node-addon-api reads up to six without allocating).
 // Lifetime: while operations are in flight (queued or submitted, not yet reaped) the JS object
 // is strongly referenced and the poll handle keeps the loop alive; close() stops nothing in
 // flight: the ring is torn down (fd closed, rings unmapped) once the last completion is
@@ -103,6 +105,8 @@ class IoRing : public Napi::ObjectWrap<IoRing> {
 
  private:
   Napi::Value JS_prepReadv(const Napi::CallbackInfo& info);
+  Napi::Value JS_prepReadvChecked(const Napi::CallbackInfo& info);
+  Napi::Value JS_setCheckTable(const Napi::CallbackInfo& info);
   Napi::Value JS_prepWritev(const Napi::CallbackInfo& info);
   Napi::Value JS_prepFdatasync(const Napi::CallbackInfo& info);
   Napi::Value JS_prepFallocate(const Napi::CallbackInfo& info);
@@ -116,7 +120,7 @@ class IoRing : public Napi::ObjectWrap<IoRing> {
   Napi::Value JS_getClosed(const Napi::CallbackInfo& info);
   static Napi::Value JS_probe(const Napi::CallbackInfo& info);
 
-  Napi::Value PrepRw(const Napi::CallbackInfo& info, uint8_t opcode);
+  Napi::Value PrepRw(const Napi::CallbackInfo& info, uint8_t opcode, bool checked);
   // The next SQE, handing queued SQEs to the kernel first when the SQ is full.
   io_uring_sqe* AcquireSqe(Napi::Env env);
   void CommitSqe();
@@ -161,6 +165,15 @@ class IoRing : public Napi::ObjectWrap<IoRing> {
     std::vector<uint32_t> crcs;
   };
   std::vector<ReadCheck> checks_;
+  // The CRC-32Cs checked reads are checked against (setCheckTable): the Uint32Array's bytes,
+  // its length and the block size; the reference keeps the array alive.
+  struct CheckTable {
+    const uint32_t* crcs = nullptr;
+    size_t length = 0;
+    uint32_t block_size = 0;
+  };
+  CheckTable check_table_;
+  Napi::Reference<Napi::Uint32Array> check_table_ref_;
   // Runs the checks of the completions out[from .. to) (triples) that have one.
   void CheckReads(unsigned from, unsigned to);
   uint64_t inflight_ = 0;  // committed SQEs whose CQE has not been reaped

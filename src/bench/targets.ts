@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import type { CacheStats, VolumeCounters } from '../cache/stats';
 import type { CacheMode } from '../config/config';
 import { controlJson } from '../control/client';
+import { DAEMON_NODE_FLAGS } from '../daemon/node-flags';
 import { VhostError } from '../native/errors';
 
 export interface Target {
@@ -161,7 +162,7 @@ export interface VbcTarget extends Target {
 
 /** Builds the argv of `vhost-blk-cache serve` for `o` (writes the config file for several volumes). */
 function vbcArgv(o: VbcOptions): string[] {
-  const argv = [process.execPath, ...(o.nodeArgs ?? []), VBC_BIN, 'serve'];
+  const argv = [process.execPath, ...DAEMON_NODE_FLAGS, ...(o.nodeArgs ?? []), VBC_BIN, 'serve'];
   const flagsOnly = (v: VbcVolume): boolean => v.name === 'vol0' && v.shareParent === undefined && v.traceReads === undefined;
   if (o.volumes.length === 1 && flagsOnly(o.volumes[0])) {
     const v = o.volumes[0];

@@ -58,15 +58,20 @@ export class AddressMap {
   /**
    * `table` (same capacity) is adopted as is, e.g. loaded from metadata; a number is the
    * capacity of a new empty table (loadFactor is then unused). `distBits` narrows the
-   * displacement field below the 32 - slotBits bits available (tests: saturation).
+   * displacement field below the 32 - slotBits bits available (tests: saturation). `entries`:
+   * the entries `table` holds, when known (not counted then; recovery.ts: a table its threads
+   * are about to fill, adopted empty, finishBuilt() sets the count).
    */
-  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array | number, distBits = 32) {
+  constructor(bda: BlockDescriptorArray, loadFactor = DEFAULT_LOAD_FACTOR, table?: Int32Array | number, distBits = 32, entries?: number) {
     this.bda = bda;
     this.capacity = typeof table === 'number' ? table : (table?.length ?? AddressMap.capacityFor(bda.size, loadFactor));
     this.slotBits = 32 - Math.clz32(bda.size);
     this.slotMask = 2 ** this.slotBits - 1;
     this.distMax = 2 ** Math.min(distBits, 32 - this.slotBits) - 1;
-    if (table instanceof Int32Array) {
+    if (table instanceof Int32Array && entries !== undefined) {
+      this.table = table;
+      this.entries = entries;
+    } else if (table instanceof Int32Array) {
       this.table = table;
       let n = 0;
       for (let i = 0; i < table.length; i++) if (table[i] !== EMPTY) n++;
@@ -193,16 +198,44 @@ export class AddressMap {
   }
 
   /**
-   * Places every slot added to `b` (built over this map) into this EMPTY map, in one pass in
-   * table order (MapBuilder.place); a key met twice: `pick(a, b)` (a: the index in the map, b:
-   * the other) returns the index that stays, the other is left out of the map (the caller
-   * clears it). Indexes whose range overflowed or that would run past the end of the table
-   * (rare) are then added one by one, wrapping.
+   * Places every index added to `builders` (built over this map's capacity) into this EMPTY
+   * map: one pass per range of homes in table order (RangePlacer), then finishBuilt(). A key met
+   * twice: `pick(a, b)` returns the index that stays, the other is left out of the map (the
+   * caller clears it). `late`: more indexes to add one by one (besides the builders' own).
+   * recovery.ts runs the same steps spread over worker threads.
    */
-  addBuilt(b: MapBuilder, pick: (a: number, b: number) => number): void {
+  addBuilt(builders: readonly MapBuilder[], pick: (a: number, b: number) => number, late: readonly number[] = []): void {
     if (this.entries !== 0) throw new Error('AddressMap.addBuilt: the map is not empty');
-    this.entries = b.place(pick);
-    for (const s of b.late) {
+    const placer = new RangePlacer(this.buildTarget());
+    const twins: number[] = [];
+    const rest = [...late, ...builders.flatMap((b) => b.late)];
+    let placed = 0;
+    for (let r = 0; r < rangesOf(this.capacity); r++) placed += placer.place(r, builders, rest, twins);
+    this.finishBuilt(placed, twins, rest, pick);
+  }
+
+  /** What RangePlacer writes into: this map's table and layout, the BDA's keys. */
+  buildTarget(): BuildTarget {
+    return { table: this.table, capacity: this.capacity, slotBits: this.slotBits, distMax: this.distMax, keyLo: this.bda.keyLo, keyHi: this.bda.keyHi };
+  }
+
+  /**
+   * Completes a map whose every range RangePlacer.place() filled (`placed` entries written):
+   * each twin pair (the first index of a key placed in the table, another index of that key
+   * placed after it) keeps pick()'s choice and the other is removed (backward shift); then each
+   * `late` index is added one by one (wrapping), pick() deciding when its key is in the map.
+   */
+  finishBuilt(placed: number, twins: readonly number[], late: readonly number[], pick: (a: number, b: number) => number): void {
+    this.entries = placed;
+    /** Per first index of a key met twice: the index of that key in the map now. */
+    const kept = new Map<number, number>();
+    for (let i = 0; i < twins.length; i += 2) {
+      const cur = kept.get(twins[i]) ?? twins[i];
+      const keep = pick(cur, twins[i + 1]);
+      this.remove(keep === cur ? twins[i + 1] : cur);
+      kept.set(twins[i], keep);
+    }
+    for (const s of late) {
       const other = this.addUnlessPresent(s);
       if (other >= 0 && pick(other, s) === s) {
         this.remove(other);
@@ -249,24 +282,34 @@ export class AddressMap {
   }
 }
 
+/** Ranges of BUILD_SPAN homes of a table of `capacity` positions. */
+export function rangesOf(capacity: number): number {
+  return Math.ceil(capacity / BUILD_SPAN);
+}
+
+/** A MapBuilder's memory (shared: recovery.ts fills builders on worker threads). */
+export interface BuilderMemory {
+  /** Indexes a range's region holds. */
+  room: number;
+  fill: SharedArrayBuffer;
+  bySlot: SharedArrayBuffer;
+  byKey: SharedArrayBuffer;
+}
+
 /**
  * Many keys added to an EMPTY map at once (recovery.ts), at the cost of a few sequential
  * passes: add() hashes each key once and sends (slot, home, hash bits) to the region of its
  * range of BUILD_SPAN homes (regions sized for the expected count of a range plus 8 standard
- * deviations; an index over its region's room waits in `late`); AddressMap.addBuilt() then
- * sorts each range by home (counting sort, in the CPU cache) and places each index at the
- * later of its home and the position after the previous one: entries ascending by home with
- * no gap inside a run are the Robin Hood layout, so nothing is displaced and no key is read,
- * except to compare two indexes of the same home and the same hash bits (a key met twice).
- * RAM: 8 bytes per index the builder is sized for, plus ~1 MiB for the range being placed.
+ * deviations; an index over its region's room waits in `late`); RangePlacer then places each
+ * range of one or more builders (AddressMap.addBuilt, or recovery.ts's threads).
+ * RAM: 8 bytes per index added (the regions are shared memory, touched as they fill: a builder
+ * sized for more indexes than it gets costs address space only), plus under 1 MiB per placer.
  */
 export class MapBuilder {
-  /** Indexes placed one by one after the pass (range region full, or past the table's end). */
+  /** Indexes over their range region's room: placed one by one after the ranges. */
   readonly late: number[] = [];
-  private readonly map: AddressMap;
-  private readonly bda: BlockDescriptorArray;
+  readonly memory: BuilderMemory;
   private readonly capacity: number;
-  /** Indexes a range's region holds. */
   private readonly room: number;
   /** Per range r: the next free position of its region [r * room, (r + 1) * room). */
   private readonly fill: Int32Array;
@@ -274,18 +317,23 @@ export class MapBuilder {
   /** (home - its range's first home) << 16 | the hash's high 16 bits (equal home and bits: compare keys). */
   private readonly byKey: Uint32Array;
 
-  /** For `map` (over `bda`), room for `most` add() calls. */
-  constructor(map: AddressMap, bda: BlockDescriptorArray, most: number) {
-    this.map = map;
-    this.bda = bda;
-    this.capacity = map.capacity;
-    const ranges = Math.ceil(this.capacity / BUILD_SPAN);
-    const mean = (most * Math.min(BUILD_SPAN, this.capacity)) / this.capacity;
-    this.room = Math.max(1, Math.min(most, Math.ceil(mean + 8 * Math.sqrt(mean) + 32)));
-    this.fill = new Int32Array(ranges);
-    for (let r = 0; r < ranges; r++) this.fill[r] = r * this.room;
-    this.bySlot = new Int32Array(ranges * this.room);
-    this.byKey = new Uint32Array(ranges * this.room);
+  /** For a map of `capacity` positions, room for `most` add() calls; or over `memory` (another thread's builder). */
+  constructor(capacity: number, most: number, memory?: BuilderMemory) {
+    this.capacity = capacity;
+    const ranges = rangesOf(capacity);
+    if (memory === undefined) {
+      const mean = (most * Math.min(BUILD_SPAN, capacity)) / capacity;
+      const room = Math.max(1, Math.min(most, Math.ceil(mean + 8 * Math.sqrt(mean) + 32)));
+      memory = { room, fill: new SharedArrayBuffer(4 * ranges), bySlot: new SharedArrayBuffer(4 * ranges * room), byKey: new SharedArrayBuffer(4 * ranges * room) };
+      this.fill = new Int32Array(memory.fill);
+      for (let r = 0; r < ranges; r++) this.fill[r] = r * room;
+    } else {
+      this.fill = new Int32Array(memory.fill);
+    }
+    this.memory = memory;
+    this.room = memory.room;
+    this.bySlot = new Int32Array(memory.bySlot);
+    this.byKey = new Uint32Array(memory.byKey);
   }
 
   /** Adds index `slot` holding key (lo = block, hi = volume); the key is also in the BDA. */
@@ -303,75 +351,107 @@ export class MapBuilder {
     this.byKey[at] = ((home & (BUILD_SPAN - 1)) << 16) | (h >>> 16);
   }
 
-  /** The pass of AddressMap.addBuilt(): returns the entries placed (the rest are in `late`). */
-  place(pick: (a: number, b: number) => number): number {
-    const { table, slotBits, distMax } = this.map;
-    const { keyLo, keyHi } = this.bda;
-    const { capacity, room, fill, bySlot, byKey } = this;
-    const homeAt = new Int32Array(BUILD_SPAN + 1);
-    const rSlot = new Int32Array(room);
-    const rKey = new Uint32Array(room);
-    /** Table position of each sorted index (-1: not placed). */
-    const rPos = new Int32Array(room);
-    let next = 0;
-    let placed = 0;
-    for (let r = 0; r < fill.length; r++) {
-      const from = r * room;
-      const m = fill[r] - from;
-      if (m === 0) continue;
-      sortByHome(bySlot, byKey, from, m, homeAt, rSlot, rKey);
-      const base = r * BUILD_SPAN;
-      let group = -1;
-      let first = 0;
-      for (let i = 0; i < m; i++) {
-        const s = rSlot[i];
-        const key = rKey[i];
-        const home = base + (key >>> 16);
-        if (key >>> 16 !== group) {
-          group = key >>> 16;
-          first = i;
-        } else {
-          let twin = -1;
-          for (let q = first; q < i && twin < 0; q++) {
-            if (rKey[q] === key && rPos[q] >= 0 && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) twin = q;
-          }
-          if (twin >= 0) {
-            rPos[i] = -1;
-            if (pick(rSlot[twin], s) === s) {
-              const p = rPos[twin];
-              table[p] = (Math.min(p - home, distMax) << slotBits) | s;
-              rSlot[twin] = s;
-            }
-            continue;
-          }
-        }
-        const p = next > home ? next : home;
-        if (p >= capacity) {
-          // Past the end: this index and every later one (homes only grow) wrap, one by one.
-          rPos[i] = -1;
-          this.late.push(s);
-          continue;
-        }
-        table[p] = (Math.min(p - home, distMax) << slotBits) | s;
-        rPos[i] = p;
-        next = p + 1;
-        placed++;
-      }
-    }
-    return placed;
+  /** The indexes of range r: [from, to) of `bySlot`/`byKey` (RangePlacer). */
+  region(r: number): { from: number; to: number; bySlot: Int32Array; byKey: Uint32Array } {
+    return { from: r * this.room, to: this.fill[r], bySlot: this.bySlot, byKey: this.byKey };
   }
 }
 
-/** Counting sort by home of the m indexes of a range at bySlot/byKey[from..]: into rSlot/rKey. */
-function sortByHome(bySlot: Int32Array, byKey: Uint32Array, from: number, m: number, homeAt: Int32Array, rSlot: Int32Array, rKey: Uint32Array): void {
-  homeAt.fill(0);
-  const to = from + m;
-  for (let j = from; j < to; j++) homeAt[(byKey[j] >>> 16) + 1]++;
-  for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
-  for (let j = from; j < to; j++) {
-    const key = byKey[j];
-    const at = homeAt[key >>> 16]++;
-    rSlot[at] = bySlot[j];
-    rKey[at] = key;
+/** The table RangePlacer fills, its layout (AddressMap's) and the BDA's keys. */
+export interface BuildTarget {
+  table: Int32Array;
+  capacity: number;
+  slotBits: number;
+  distMax: number;
+  keyLo: Uint32Array;
+  keyHi: Uint8Array;
+}
+
+/**
+ * Places the indexes of one range of homes at a time (from every builder given) into the
+ * table's window of that range, [r * BUILD_SPAN, (r + 1) * BUILD_SPAN): a counting sort by home
+ * (in the CPU cache), then each index at the later of its home and the position after the
+ * previous one (entries ascending by home with no gap inside a run are the Robin Hood layout:
+ * nothing is displaced, no key read). An index whose position falls past the window goes to
+ * `late` (so ranges are independent: threads place them in any order); an index of the same
+ * home and hash bits as one placed before it is compared by key, and a key met twice is
+ * reported in `twins` (both stay in the table until AddressMap.finishBuilt()). (Writing each
+ * index straight to its position, without the sorted copy, measured slower: docs/benchmarks.md.)
+ */
+export class RangePlacer {
+  private readonly t: BuildTarget;
+  private readonly homeAt = new Int32Array(BUILD_SPAN + 1);
+  /** A range's indexes and their byKey words, sorted by home (grown to the largest range). */
+  private rSlot = new Int32Array(0);
+  private rKey = new Uint32Array(0);
+
+  constructor(target: BuildTarget) {
+    this.t = target;
+  }
+
+  /**
+   * Fills range r's window from `builders` (every position not written is EMPTY); returns the
+   * entries written; pushes to `late` and `twins` (pairs: the first index of the key in the
+   * table, the other).
+   */
+  place(r: number, builders: readonly MapBuilder[], late: number[], twins: number[]): number {
+    const { table, capacity, slotBits, distMax, keyLo, keyHi } = this.t;
+    const { homeAt } = this;
+    const base = r * BUILD_SPAN;
+    const limit = Math.min(base + BUILD_SPAN, capacity);
+    table.fill(EMPTY, base, limit);
+    // Counting sort by home.
+    homeAt.fill(0);
+    let m = 0;
+    for (const b of builders) {
+      const { from, to, byKey } = b.region(r);
+      m += to - from;
+      for (let j = from; j < to; j++) homeAt[(byKey[j] >>> 16) + 1]++;
+    }
+    for (let k = 0; k < BUILD_SPAN; k++) homeAt[k + 1] += homeAt[k];
+    if (this.rSlot.length < m) {
+      this.rSlot = new Int32Array(m);
+      this.rKey = new Uint32Array(m);
+    }
+    const { rSlot, rKey } = this;
+    for (const b of builders) {
+      const { from, to, bySlot, byKey } = b.region(r);
+      for (let j = from; j < to; j++) {
+        const key = byKey[j];
+        const at = homeAt[key >>> 16]++;
+        rSlot[at] = bySlot[j];
+        rKey[at] = key;
+      }
+    }
+    let next = base;
+    let placed = 0;
+    let group = -1;
+    let first = 0;
+    for (let i = 0; i < m; i++) {
+      const s = rSlot[i];
+      const key = rKey[i];
+      const home = base + (key >>> 16);
+      const p = next > home ? next : home;
+      if (p >= limit) {
+        // Past the window: this index and every later one (homes only grow).
+        late.push(s);
+        continue;
+      }
+      if (key >>> 16 !== group) {
+        group = key >>> 16;
+        first = i;
+      } else {
+        for (let q = first; q < i; q++) {
+          if (rKey[q] === key && keyLo[rSlot[q]] === keyLo[s] && keyHi[rSlot[q]] === keyHi[s]) {
+            twins.push(rSlot[q], s);
+            break;
+          }
+        }
+      }
+      table[p] = (Math.min(p - home, distMax) << slotBits) | s;
+      next = p + 1;
+      placed++;
+    }
+    return placed;
   }
 }

@@ -65,6 +65,14 @@ export function volumeTooLarge(bytes: number, blockSize: number): string {
   return bytes <= max ? '' : `${bytes} bytes exceed the ${max / 2 ** 40} TiB a cache of ${blockSize}-byte blocks keys per volume (2^32 blocks; a larger cache blockSize raises it)`;
 }
 
+/** The arrays' memory, shared with worker threads (recovery.ts fills a BDA on several threads). */
+export interface BdaMemory {
+  keyLo: SharedArrayBuffer;
+  keyHi: SharedArrayBuffer;
+  crc: SharedArrayBuffer;
+  flags: SharedArrayBuffer;
+}
+
 export class BlockDescriptorArray {
   readonly size: number;
   readonly keyLo: Uint32Array;
@@ -72,15 +80,24 @@ export class BlockDescriptorArray {
   readonly crc: Uint32Array;
   readonly flags: Uint8Array;
 
-  constructor(size: number) {
+  /** `memory`: the arrays over shared memory ('shared': new, zeroed), else over their own. */
+  constructor(size: number, memory?: BdaMemory | 'shared') {
     if (!Number.isInteger(size) || size <= 0 || size > 0x7fffffff) {
       throw new VhostError(`BDA size ${size} out of range`, 'EINVAL');
     }
     this.size = size;
-    this.keyLo = new Uint32Array(size);
-    this.keyHi = new Uint8Array(size);
-    this.crc = new Uint32Array(size);
-    this.flags = new Uint8Array(size);
+    if (memory === 'shared') memory = { keyLo: new SharedArrayBuffer(4 * size), keyHi: new SharedArrayBuffer(size), crc: new SharedArrayBuffer(4 * size), flags: new SharedArrayBuffer(size) };
+    this.keyLo = memory === undefined ? new Uint32Array(size) : new Uint32Array(memory.keyLo);
+    this.keyHi = memory === undefined ? new Uint8Array(size) : new Uint8Array(memory.keyHi);
+    this.crc = memory === undefined ? new Uint32Array(size) : new Uint32Array(memory.crc);
+    this.flags = memory === undefined ? new Uint8Array(size) : new Uint8Array(memory.flags);
+  }
+
+  /** The arrays' shared memory (a BDA made with 'shared' or over a BdaMemory). */
+  get memory(): BdaMemory {
+    const { keyLo, keyHi, crc, flags } = this;
+    if (!(keyLo.buffer instanceof SharedArrayBuffer)) throw new Error('BlockDescriptorArray: not over shared memory');
+    return { keyLo: keyLo.buffer, keyHi: keyHi.buffer as SharedArrayBuffer, crc: crc.buffer as SharedArrayBuffer, flags: flags.buffer as SharedArrayBuffer };
   }
 
   isValid(i: number): boolean {

@@ -607,7 +607,7 @@ export class Cache {
         if (volumes.length < saved.volumes.length) logger.warn({ path: o.path, forgotten: saved.volumes.length - volumes.length }, `volume records forgotten: ${TOO_MANY_VOLUMES}`);
         floor = saved.floor;
         logger.info(
-          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, verified: recovered.verified, torn: recovered.torn, rewrite: recovered.rewrite.length, ms: Math.round(recovered.ms) },
+          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, verified: recovered.verified, torn: recovered.torn, rewrite: recovered.rewrite.length, workers: recovered.workers, ms: Math.round(recovered.ms) },
           'cache recovered from the segment headers',
         );
       } else {

@@ -435,7 +435,7 @@ export class Log {
    * (marked in the map until first read). `dirty`: write-back data (never refused for the
    * backlog; durable once a commit() asked for after it resolves true).
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false, dirty = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
     if (!dirty && this.queued + count > this.maxQueued) {
       this.insertsDropped += count;

@@ -78,38 +78,51 @@
  *      7. wait for that destage too (never overtaken by it). What cannot be destaged is logged
  *      and lost at the next start (README: the data-loss window).
  *
- * Algorithm: read every segment header (batches of reads in flight, the CRC-32C of every
- * sector of a batch in one call); per segment keep the intact sectors of the highest sequence
- * number (>= floor), and the dirty entries of its older intact sectors (11.); each valid entry
- * of a known volume id, sealed at or after its epoch and inside the volume (and of a key the
- * BDA can hold, bda.ts), goes to its slot (the BDA only: no lookup per entry), is counted (per
- * segment, per volume: CacheMap adopts the counts) and, when clean, handed to the map builder
- * (address-map.ts MapBuilder: hashed once, sent to its range of homes); the dirty ones sealed
- * above the durable mark are checked against their data (10.), and those left go to the
- * builder too; then the address map is built in one pass in table order
- * (AddressMap.addBuilt), where a key found twice keeps the entry of the higher sequence
- * number, a superseded one losing to any other. Segments whose headers name entries not recovered for another reason
- * than floor or epoch (older sectors of a torn header, the loser of a duplicate, data that does
- * not match) are returned in `rewrite`: the caller rewrites them from the rebuilt index (and
- * syncs) before the cache is used, so every entry still valid on the device is in the index
- * again (the invariant's starting point). The hand restarts after the segment of the highest
- * sequence number.
+ * Algorithm: read every segment header (batches of READ_BATCH reads in flight, the CRC-32C of
+ * every sector of a batch in one call); per segment keep the intact sectors of the highest
+ * sequence number (>= floor), and the dirty entries of its older intact sectors (11.); each
+ * valid entry of a known volume id, sealed at or after its epoch and inside the volume (and of
+ * a key the BDA can hold, bda.ts), goes to its slot (the BDA only: no lookup per entry), is
+ * counted (per segment, per volume: CacheMap adopts the counts) and, when clean, handed to a
+ * map builder (address-map.ts MapBuilder: hashed once, sent to its range of homes); the dirty
+ * ones sealed above the durable mark are checked against their data (10.), and those left go
+ * to a builder too; then the address map is built one range of homes at a time (RangePlacer:
+ * one pass in table order), and a key found twice keeps the entry of the higher sequence
+ * number, a superseded one losing to any other (AddressMap.finishBuilt). Segments whose
+ * headers name entries not recovered for another reason than floor or epoch (older sectors of
+ * a torn header, the loser of a duplicate, data that does not match) are returned in
+ * `rewrite`: the caller rewrites them from the rebuilt index (and syncs) before the cache is
+ * used, so every entry still valid on the device is in the index again (the invariant's
+ * starting point). The hand restarts after the segment of the highest sequence number.
+ *
+ * Threads: a large cache (WORKER_MIN_SLOTS) is recovered by worker threads (one per core, at
+ * most MAX_WORKERS: recovery-worker.ts) over shared memory (recovery-scan.ts): the main thread
+ * reads the header batches into a ring (the I/O engine is the main thread's) and publishes them
+ * in order; each worker claims the next batch and scans it (its own MapBuilder and tallies);
+ * the main thread merges the tallies and checks the dirty entries (I/O); then each worker
+ * claims ranges of homes and places them from every builder (an entry whose position falls
+ * into the next range is placed after, one by one, like a duplicate's pick: the main thread).
+ * A smaller cache does the same steps on the main thread alone. Which thread scanned or placed
+ * what changes nothing in the result (test/cache/recovery-threads.test.ts).
  */
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import type { IoEngine } from '../io/io-engine';
 import { AddressMap, MapBuilder } from './address-map';
-import { BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID, MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
+import { BlockDescriptorArray, FLAG_VALID, MAX_VOLUMES } from './bda';
 import type { CountedIndex } from './cache-map';
 import type { VolumeRecord } from './metadata';
 import { native } from '../native/binding';
-import { checkSectors, ENTRIES_PER_SECTOR, ENTRY_DIRTY, ENTRY_SUPERSEDED, ENTRY_VALID, entryOffset, type Geometry, HEADER_SECTOR, sectorMark, segmentOffset, slotOffset, uuidWords } from './segment';
+import { Ctl, CTL_WORDS, HeaderScan, READ_BATCH, type RecoveryShared, RING, type ScanResult } from './recovery-scan';
+import type { Placed, PlaceOrder } from './recovery-worker';
+import { type Geometry, segmentOffset, slotOffset } from './segment';
 
-/** The first 32-bit word of the first entry of header sector k. */
-function entryWord(k: number): number {
-  return entryOffset(k * ENTRIES_PER_SECTOR) >>> 2;
-}
-
-/** Segment headers (or runs of dirty blocks to check, 10.) read per batch (in flight together). */
-const READ_BATCH = 256;
+/** Slots from which a recovery runs on worker threads (16 GiB of 4 KiB blocks, ~0.6 s on one thread; starting a worker costs 73-80 ms of CPU, docs/benchmarks.md). */
+export const WORKER_MIN_SLOTS = 2 ** 22;
+/** Most worker threads a recovery starts. */
+export const MAX_WORKERS = 4;
 
 export interface RecoveryInput {
   engine: IoEngine;
@@ -119,6 +132,8 @@ export interface RecoveryInput {
   floor: number;
   volumes: readonly VolumeRecord[];
   tableCapacity: number;
+  /** Worker threads (0: the main thread alone); default by size and cores (WORKER_MIN_SLOTS, MAX_WORKERS). */
+  workers?: number;
 }
 
 export interface Recovered {
@@ -139,62 +154,176 @@ export interface Recovered {
   /** Entries recovered, and entries seen but not recovered (floor, epoch, torn, duplicate). */
   entries: number;
   skipped: number;
+  /** Worker threads used. */
+  workers: number;
   ms: number;
 }
 
 export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
   const t0 = performance.now();
   const g = o.geometry;
-  const H = g.headerSize;
-  const scan = new HeaderScan(o);
-  const buf = new Uint8Array(READ_BATCH * H);
-  const words = new Uint32Array(buf.buffer);
-  const sectors = H / HEADER_SECTOR;
-  const crcs = new Uint32Array(READ_BATCH * sectors);
-  const views = Array.from({ length: READ_BATCH }, (_, j) => [buf.subarray(j * H, (j + 1) * H)]);
-  for (let from = 0; from < g.segments; from += READ_BATCH) {
-    const n = Math.min(READ_BATCH, g.segments - from);
-    await readHeaders(o, views, from, n);
-    // Every sector of the batch in one call (the zero sectors after the entries too).
-    native.crc32cBlocks(buf.subarray(0, n * H), HEADER_SECTOR, crcs, 0);
-    for (let j = 0; j < n; j++) scan.segment(from + j, words, (j * H) >>> 2, crcs, j * sectors);
-  }
-  await scan.verify(o.engine, o.fd);
-  scan.index_();
-  return {
-    bda: scan.bda,
-    index: { map: scan.map, segValid: scan.segValid, volumeBlocks: scan.volumeBlocks, dirty: scan.dirtyValid() },
-    hand: scan.best < 0 ? 0 : ((scan.best + 1) % g.segments) * g.blocksPerSegment,
-    sequence: Math.max(0, scan.bestSeq),
-    mark: scan.mark,
-    verified: scan.verified,
-    torn: scan.torn,
-    rewrite: [...scan.rewrite],
-    entries: scan.entries,
-    skipped: scan.skipped,
-    ms: performance.now() - t0,
+  const cores = availableParallelism();
+  const workers = o.workers ?? (g.slots >= WORKER_MIN_SLOTS && cores > 1 ? Math.min(MAX_WORKERS, cores) : 0);
+  const bda = new BlockDescriptorArray(g.slots, 'shared');
+  const s: RecoveryShared = {
+    geometry: g,
+    uuid: o.uuid,
+    floor: o.floor,
+    volumes: o.volumes.map(({ id, epoch, sizeBytes }) => ({ id, epoch, sizeBytes })),
+    bda: bda.memory,
+    segValid: new SharedArrayBuffer(2 * g.segments),
+    segSeq: new SharedArrayBuffer(8 * g.segments),
+    ring: new SharedArrayBuffer((workers > 0 ? RING : 1) * READ_BATCH * g.headerSize),
+    ctl: new SharedArrayBuffer(4 * CTL_WORDS),
+    table: new SharedArrayBuffer(4 * o.tableCapacity),
+    tableCapacity: o.tableCapacity,
   };
+  const map = new AddressMap(bda, undefined, new Int32Array(s.table), 32, 0);
+  const pool = workers > 0 ? new WorkerPool(workers, s) : null;
+  try {
+    let scans: ScanResult[];
+    if (pool !== null) {
+      await readBatches(o, s, pool);
+      scans = await pool.scans();
+    } else {
+      const scan = new HeaderScan(s);
+      const views = ringViews(s, 0);
+      for (let b = 0; b * READ_BATCH < g.segments; b++) {
+        await readBatch(o, b, views);
+        scan.batch(b, 0);
+      }
+      scans = [scan.result()];
+    }
+    const rec = new Merged(s, bda, scans);
+    const dirty = await rec.verify(o.engine, o.fd, o.tableCapacity);
+    const builders = [...scans.map((r) => new MapBuilder(o.tableCapacity, 0, r.builder)), dirty];
+    const pick = (a: number, b: number): number => rec.pick(a, b);
+    if (pool === null) {
+      map.addBuilt(builders, pick, rec.late);
+    } else {
+      const placed = await pool.place({ builders: builders.map((b) => b.memory), slotBits: map.slotBits, distMax: map.distMax });
+      const late = [...rec.late, ...dirty.late, ...placed.flatMap((p) => p.late)];
+      map.finishBuilt(placed.reduce((n, p) => n + p.placed, 0), placed.flatMap((p) => p.twins), late, pick);
+    }
+    return {
+      bda,
+      index: { map, segValid: rec.segValid, volumeBlocks: rec.volumeBlocks, dirty: rec.dirtyValid() },
+      hand: rec.best < 0 ? 0 : ((rec.best + 1) % g.segments) * g.blocksPerSegment,
+      sequence: Math.max(0, rec.bestSeq),
+      mark: rec.mark,
+      verified: rec.verified,
+      torn: rec.torn,
+      rewrite: [...rec.rewrite],
+      entries: rec.entries,
+      skipped: rec.skipped,
+      workers,
+      ms: performance.now() - t0,
+    };
+  } finally {
+    await pool?.close();
+  }
+}
+
+/** Views of ring slot k: one per header of a batch. */
+function ringViews(s: RecoveryShared, k: number): Uint8Array[] {
+  const H = s.geometry.headerSize;
+  return Array.from({ length: READ_BATCH }, (_, j) => new Uint8Array(s.ring, (k * READ_BATCH + j) * H, H));
 }
 
 /**
- * Reads the headers of segments [from, from + n) into views[0..n), all in flight together;
- * rejects with the first error once every read is done.
+ * Reads the headers of batch b into `views` (a ring slot's), all in flight together; rejects
+ * with the first error once every read is done.
  */
-async function readHeaders(o: RecoveryInput, views: Uint8Array[][], from: number, n: number): Promise<void> {
+async function readBatch(o: RecoveryInput, b: number, views: readonly Uint8Array[]): Promise<void> {
+  const from = b * READ_BATCH;
+  const n = Math.min(READ_BATCH, o.geometry.segments - from);
   const reads: Promise<void>[] = [];
-  for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, views[j], segmentOffset(o.geometry, from + j), true));
+  for (let j = 0; j < n; j++) reads.push(o.engine.readv(o.fd, [views[j]], segmentOffset(o.geometry, from + j), true));
   const failed = (await Promise.allSettled(reads)).find((r) => r.status === 'rejected');
   if (failed !== undefined) throw failed.reason;
 }
 
-/** The index being rebuilt, one header at a time (see the file comment). */
-class HeaderScan {
-  readonly bda: BlockDescriptorArray;
-  readonly map: AddressMap;
-  readonly rewrite = new Set<number>();
-  /** Entries recovered per segment and per volume id (CacheMap's counts). */
+/** Reads every batch into the ring, in order, each once its slot's previous batch was scanned; publishes it. */
+async function readBatches(o: RecoveryInput, s: RecoveryShared, pool: WorkerPool): Promise<void> {
+  const ctl = new Int32Array(s.ctl);
+  const views = Array.from({ length: RING }, (_, k) => ringViews(s, k));
+  for (let b = 0; b * READ_BATCH < o.geometry.segments; b++) {
+    const k = b % RING;
+    for (let v = Atomics.load(ctl, Ctl.Done + k); v < Math.floor(b / RING); v = Atomics.load(ctl, Ctl.Done + k)) await pool.wait(Ctl.Done + k, v);
+    await readBatch(o, b, views[k]);
+    Atomics.store(ctl, Ctl.Published, b + 1);
+    Atomics.notify(ctl, Ctl.Published);
+  }
+}
+
+/** Atomics.waitAsync (Node 16+; not in this TypeScript target's lib). */
+interface AtomicsWaitAsync {
+  waitAsync(a: Int32Array, i: number, v: number): { async: false; value: string } | { async: true; value: Promise<string> };
+}
+
+/** The worker threads of one recovery (recovery-worker.ts); any of them failing fails the recovery. */
+class WorkerPool {
+  private readonly workers: Worker[];
+  private readonly ctl: Int32Array;
+  /** Rejects when a worker fails (an error, or an exit before close()). */
+  private readonly failed: Promise<never>;
+  private closing = false;
+
+  constructor(n: number, s: RecoveryShared) {
+    this.ctl = new Int32Array(s.ctl);
+    this.workers = [];
+    try {
+      for (let i = 0; i < n; i++) this.workers.push(new Worker(path.join(__dirname, 'recovery-worker.js'), { workerData: s }));
+    } catch (err) {
+      // A worker that cannot start (e.g. out of memory): the ones started are stopped.
+      void this.close();
+      throw err;
+    }
+    this.failed = new Promise<never>((_, reject) => {
+      for (const w of this.workers) {
+        w.on('error', reject);
+        w.on('exit', (code) => {
+          if (!this.closing) reject(new Error(`recovery worker exited (code ${code})`));
+        });
+      }
+    });
+    this.failed.catch(() => {});
+  }
+
+  /** Resolves once ctl[i] may differ from v (or at once if it does). */
+  async wait(i: number, v: number): Promise<void> {
+    const w = (Atomics as unknown as AtomicsWaitAsync).waitAsync(this.ctl, i, v);
+    if (w.async) await Promise.race([w.value, this.failed]);
+  }
+
+  /** Every worker's scan (once every batch was published). */
+  scans(): Promise<ScanResult[]> {
+    return Promise.race([Promise.all(this.workers.map(async (w) => (await once(w, 'message'))[0] as ScanResult)), this.failed]);
+  }
+
+  /** Has every worker place the ranges it claims. */
+  place(order: PlaceOrder): Promise<Placed[]> {
+    const done = Promise.all(this.workers.map(async (w) => (await once(w, 'message'))[0] as Placed));
+    for (const w of this.workers) w.postMessage(order);
+    return Promise.race([done, this.failed]);
+  }
+
+  /** Stops every worker (waking those waiting for a batch). */
+  async close(): Promise<void> {
+    this.closing = true;
+    Atomics.store(this.ctl, Ctl.Abort, 1);
+    Atomics.store(this.ctl, Ctl.Published, 0x7fffffff);
+    Atomics.notify(this.ctl, Ctl.Published);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** The threads' scans merged, the dirty entries checked (10.), duplicates decided (see the file comment). */
+class Merged {
   readonly segValid: Uint16Array;
   readonly volumeBlocks = new Uint32Array(MAX_VOLUMES);
+  readonly rewrite = new Set<number>();
+  readonly late: number[];
   entries = 0;
   skipped = 0;
   best = -1;
@@ -203,114 +332,35 @@ class HeaderScan {
   verified = 0;
   torn = 0;
   private readonly g: Geometry;
-  private readonly uuid: Uint32Array;
-  private readonly floor: number;
-  /** Clean entries go to the map builder as they are found; dirty ones once checked (verify). */
-  private readonly builder: MapBuilder;
-  /** Slots of the dirty entries recovered, ascending (some dropped by verify: flags 0). */
-  private readonly dirty: number[] = [];
-  /**
-   * Per volume id of an entry (16 bits on the device): its epoch (Infinity: unknown id, or an
-   * id the BDA cannot hold) and its size in blocks (at most what the BDA can hold).
-   */
-  private readonly epoch = new Float64Array(65536).fill(Infinity);
-  private readonly limit = new Float64Array(65536);
-  /** Per segment: the sequence number of its header's newest intact sectors (-1: none). */
+  private readonly bda: BlockDescriptorArray;
   private readonly segSeq: Float64Array;
-  private readonly seqs: Float64Array;
+  /** Slots of the dirty entries recovered, ascending (some dropped by verify: flags 0). */
+  private readonly dirty: Int32Array;
   /** Slots recovered from an older sector than their segment's newest (11.): its sequence number. */
   private readonly olderSector = new Map<number, number>();
   /** Slots recovered from a superseded entry (they lose to any other entry of their key). */
   private readonly superseded = new Set<number>();
 
-  constructor(o: RecoveryInput) {
-    this.g = o.geometry;
-    this.uuid = uuidWords(o.uuid);
-    this.floor = o.floor;
-    this.bda = new BlockDescriptorArray(this.g.slots);
-    this.map = new AddressMap(this.bda, undefined, o.tableCapacity);
-    this.builder = new MapBuilder(this.map, this.bda, this.g.slots);
-    for (const v of o.volumes) {
-      if (v.id >= MAX_VOLUMES) continue;
-      this.epoch[v.id] = v.epoch;
-      this.limit[v.id] = Math.min(MAX_BLOCK_NUMBER + 1, v.sizeBytes === 0 ? Infinity : Math.ceil(v.sizeBytes / this.g.blockSize));
-    }
-    this.segValid = new Uint16Array(this.g.segments);
-    this.segSeq = new Float64Array(this.g.segments).fill(-1);
-    this.seqs = new Float64Array(this.g.headerSectors);
-  }
-
-  /**
-   * The header of segment `seg`, at word `at` of `words`; crcs[crcAt + k]: the CRC-32C of its
-   * sector k.
-   */
-  segment(seg: number, words: Uint32Array, at: number, crcs: Uint32Array, crcAt: number): void {
-    const { g, seqs, floor } = this;
-    checkSectors(words, at, crcs, crcAt, g, seg, this.uuid, seqs);
-    let top = -1;
-    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor && seqs[k] > top) top = seqs[k];
-    if (top < 0) return;
-    // Entries are 16-byte aligned, little endian (the host's order: metadata.ts refuses others).
-    for (let k = 0; k < g.headerSectors; k++) if (seqs[k] >= floor) this.mark = Math.max(this.mark, sectorMark(words, at, k));
-    this.segSeq[seg] = top;
-    if (top > this.bestSeq) {
-      this.bestSeq = top;
-      this.best = seg;
-    }
-    const { keyLo, keyHi, crc, flags } = this.bda;
-    const { epoch, limit, builder, volumeBlocks } = this;
-    const bps = g.blocksPerSegment;
-    let slot = seg * bps;
-    let entries = 0;
-    let skipped = 0;
-    for (let k = 0; k < g.headerSectors; k++) {
-      const sector = seqs[k];
-      if (sector < floor) {
-        slot += Math.min(ENTRIES_PER_SECTOR, bps - k * ENTRIES_PER_SECTOR);
-        continue;
+  constructor(s: RecoveryShared, bda: BlockDescriptorArray, scans: readonly ScanResult[]) {
+    this.g = s.geometry;
+    this.bda = bda;
+    this.segValid = new Uint16Array(s.segValid);
+    this.segSeq = new Float64Array(s.segSeq);
+    for (const r of scans) {
+      this.entries += r.entries;
+      this.skipped += r.skipped;
+      this.mark = Math.max(this.mark, r.mark);
+      if (r.bestSeq > this.bestSeq || (r.bestSeq === this.bestSeq && r.best < this.best)) {
+        this.best = r.best;
+        this.bestSeq = r.bestSeq;
       }
-      // An intact sector of an older write of this header (torn): only its dirty entries are
-      // recovered (11.), and the header is rewritten.
-      const older = sector !== top;
-      const end = at + entryWord(k) + 4 * Math.min(ENTRIES_PER_SECTOR, bps - k * ENTRIES_PER_SECTOR);
-      for (let e = at + entryWord(k); e < end; e += 4, slot++) {
-        const ef = words[e + 3];
-        if ((ef & ENTRY_VALID) === 0) continue;
-        if (older) {
-          this.rewrite.add(seg);
-          if ((ef & ENTRY_DIRTY) === 0) {
-            skipped++;
-            continue;
-          }
-        }
-        const lo = words[e];
-        const hi = words[e + 1];
-        const id = hi >>> 16;
-        // Before its id's epoch (or an unknown id), past the volume's end or a block number
-        // of 2^32 or more (bda.ts): not recovered.
-        if (sector < epoch[id] || (hi & 0xffff) !== 0 || lo >= limit[id]) {
-          skipped++;
-          continue;
-        }
-        keyLo[slot] = lo;
-        keyHi[slot] = id;
-        crc[slot] = words[e + 2];
-        volumeBlocks[id]++;
-        entries++;
-        if ((ef & ENTRY_DIRTY) === 0) {
-          flags[slot] = FLAG_VALID;
-          builder.add(slot, lo, id);
-        } else {
-          flags[slot] = FLAG_VALID | FLAG_DIRTY;
-          this.dirty.push(slot);
-        }
-        if (older) this.olderSector.set(slot, sector);
-        if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.add(slot);
-      }
+      for (let v = 0; v < MAX_VOLUMES; v++) this.volumeBlocks[v] += r.volumeBlocks[v];
+      for (const seg of r.rewrite) this.rewrite.add(seg);
+      for (let i = 0; i < r.older.length; i += 2) this.olderSector.set(r.older[i], r.older[i + 1]);
+      for (const slot of r.superseded) this.superseded.add(slot);
     }
-    this.segValid[seg] = entries;
-    this.entries += entries;
-    this.skipped += skipped;
+    this.late = scans.flatMap((r) => r.late);
+    this.dirty = Int32Array.from(scans.flatMap((r) => r.dirty)).sort();
   }
 
   /** The sequence number of the entry recovered in `slot` (its sector's). */
@@ -331,10 +381,10 @@ class HeaderScan {
 
   /**
    * Reads the data of every dirty entry sealed above the durable mark (runs of adjacent slots,
-   * READ_BATCH reads in flight) and drops those whose CRC-32C does not match (10.); then adds
-   * the dirty entries left to the map builder.
+   * READ_BATCH reads in flight) and drops those whose CRC-32C does not match (10.); returns a
+   * map builder holding the dirty entries left.
    */
-  async verify(engine: IoEngine, fd: number): Promise<void> {
+  async verify(engine: IoEngine, fd: number, tableCapacity: number): Promise<MapBuilder> {
     const { g, bda, mark } = this;
     const bps = g.blocksPerSegment;
     const bs = g.blockSize;
@@ -364,28 +414,25 @@ class HeaderScan {
         }
       }
     }
-    for (const slot of this.dirty) if ((bda.flags[slot] & FLAG_VALID) !== 0) this.builder.add(slot, bda.keyLo[slot], bda.keyHi[slot]);
+    const builder = new MapBuilder(tableCapacity, Math.max(1, this.dirty.length));
+    for (const slot of this.dirty) if ((bda.flags[slot] & FLAG_VALID) !== 0) builder.add(slot, bda.keyLo[slot], bda.keyHi[slot]);
+    return builder;
   }
 
   /**
-   * Builds the address map of the entries found (AddressMap.addBuilt: one pass in table order,
-   * no key read unless two entries share a home and hash bits); a key found twice keeps the
-   * entry of the newer header, a superseded one losing to any other, and the other header is
-   * rewritten.
+   * Of two entries of a key, the one that stays (AddressMap.finishBuilt): the newer header's, a
+   * superseded one losing to any other; the other is dropped (its header rewritten).
    */
-  index_(): void {
-    // The rank of an entry among those of its key: its sequence number; a superseded one loses
-    // to any other (sequence numbers are below 2^52).
+  pick(a: number, b: number): number {
+    // Sequence numbers are below 2^52.
     const rank = (slot: number): number => this.sealedAt(slot) - (this.superseded.has(slot) ? 2 ** 52 : 0);
-    this.map.addBuilt(this.builder, (a, b) => {
-      const [keep, drop] = rank(a) >= rank(b) ? [a, b] : [b, a];
-      this.drop(drop);
-      return keep;
-    });
+    const [keep, drop] = rank(a) >= rank(b) ? [a, b] : [b, a];
+    this.drop(drop);
+    return keep;
   }
 
   /** The dirty slots still recovered, ascending. */
   dirtyValid(): number[] {
-    return this.dirty.filter((slot) => (this.bda.flags[slot] & FLAG_VALID) !== 0);
+    return Array.from(this.dirty).filter((slot) => (this.bda.flags[slot] & FLAG_VALID) !== 0);
   }
 }

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { sliceIov } from '../util/iov';
-import { type IoEngine, readvCheckedOf } from './io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf } from './io-engine';
 
 function ioError(err: unknown, what: string): VhostError {
   const e = err as NodeJS.ErrnoException;
@@ -51,6 +51,10 @@ export class FsEngine implements IoEngine {
       pos += n;
       rest = sliceIov(rest, n);
     }
+  }
+
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, done);
   }
 
   readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {

@@ -21,6 +21,13 @@ export interface IoEngine {
    */
   readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact?: boolean, background?: boolean): Promise<void>;
   /**
+   * readv() (bytes past end of file read as zeros) reporting to a callback instead of a promise
+   * (the pass-through read path, FileStore.readThen): done(null) once every byte is read,
+   * done(err) with the VhostError of a failed read. done is called exactly once, never before
+   * readvThen returns, and must not throw.
+   */
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void;
+  /**
    * An exact readv() of whole blocks (bufs' total a multiple of blockSize) that also checks
    * block j against its CRC-32C crcs[at + j], reporting to a callback instead of a promise (the
    * cache-hit path): done(null, true) when every block matched, done(null, false) when some did
@@ -69,6 +76,11 @@ export function blocksMatch(bufs: readonly Uint8Array[], blockSize: number, crcs
 
 /** blocksMatch() scratch: which blocks did not match (not read by anyone). */
 let bad = new Uint8Array(16);
+
+/** readvThen() of an engine whose reads are promises (the thread pool engine, test engines). */
+export function readvThenOf(engine: Pick<IoEngine, 'readv'>, fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+  engine.readv(fd, bufs, offset).then(() => done(null), done);
+}
 
 /** readvChecked() of an engine whose reads are promises (the thread pool engine, test engines). */
 export function readvCheckedOf(

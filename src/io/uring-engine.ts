@@ -12,11 +12,13 @@
  * Short transfers are continued under the same tag; a read that reaches end of file fills the
  * rest with zeros (an exact read rejects with EIO instead). A negative result rejects with VhostError(code = errno name).
  *
- * readvChecked() is an exact readv() with a callback instead of a promise (the cache-hit path:
- * no promise, no reaction job per read) whose blocks are checked against their CRC-32Cs by the
- * ring as it reaps the completion (IoRing checked reads: no JS call for the check); only a read
- * the kernel returned short, and so continued, is checked here, once complete. The callback runs
- * from the completion handler, never from the call.
+ * readvThen() is a readv() with a callback instead of a promise (the pass-through read path: no
+ * promise, no reaction job per read). readvChecked() is an exact readvThen() whose blocks are
+ * checked against their CRC-32Cs by the ring as it reaps the completion (IoRing checked reads
+ * against the ring's check table, set again only when a read checks against another CRC array:
+ * no JS call for the check, no CRC array passed per read); only a read the kernel returned
+ * short, and so continued, is checked here, once complete. The callbacks run from the
+ * completion handler, never from the call.
  */
 import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
@@ -51,11 +53,11 @@ interface PendingOp {
   /** FALLOCATE: mode and length; WRITEOUT: length. */
   mode: number;
   length: number;
-  /** Settles the op: the promise's resolve/reject, or (when set) readvChecked's callback. */
+  /** Settles the op: the promise's resolve/reject, or (when set) readvThen's or readvChecked's callback. */
   resolve: () => void;
   reject: (err: Error) => void;
   then: ((err: Error | null, ok: boolean) => void) | null;
-  /** readvChecked only: the views asked for (bufs before any continuation), block size (0: not checked), CRC-32Cs and index of the first. */
+  /** readvChecked: the views asked for (bufs before any continuation), block size (0: not checked), CRC-32Cs and index of the first. */
   whole: readonly Uint8Array[];
   blockSize: number;
   crcs: Uint32Array | null;
@@ -75,12 +77,19 @@ function errnoError(op: PendingOp, res: number): VhostError {
   return new VhostError(`${OP_NAMES[op.kind]} fd ${op.fd}: ${msg}`, code);
 }
 
+/** The views of one SQE: at most IOV_MAX of them, a single one passed as such (no array for the ring to read). */
+function sqeViews(bufs: readonly Uint8Array[]): Uint8Array | readonly Uint8Array[] {
+  if (bufs.length === 1) return bufs[0] as Uint8Array;
+  return bufs.length > IOV_MAX ? bufs.slice(0, IOV_MAX) : bufs;
+}
+
 /** Placeholder settler of an op not handed out yet. */
 function unset(): void {}
 
 /** Settles op as done; `check` is the CQE check field of its last completion. */
 function succeed(op: PendingOp, check: number): void {
   if (op.then === null) return op.resolve();
+  if (op.blockSize === 0) return op.then(null, true);
   // Checked by the ring unless the read was continued (then its last part alone came back).
   const ok = check !== CQE_CHECK_NONE ? check === CQE_CHECK_OK : blocksMatch(op.whole, op.blockSize, op.crcs as Uint32Array, op.at);
   op.then(null, ok);
@@ -104,6 +113,9 @@ export class UringEngine implements IoEngine {
   private readonly freeTags: number[] = [];
   private flushQueued = false;
   private closed = false;
+  /** The ring's check table (setCheckTable) and its block size. */
+  private checkCrcs: Uint32Array | null = null;
+  private checkBlockSize = 0;
   /**
    * Counters for tests and benchmarks: io_uring_enter calls made by flushes, and completions
    * delivered inline (by those submits) or asynchronously (eventfd wake-ups).
@@ -131,6 +143,10 @@ export class UringEngine implements IoEngine {
     return this.start(OP_READ, fd, bufs, offset, 0, 0, exact, background);
   }
 
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    this.readThen(fd, bufs, offset, false, 0, null, 0, done);
+  }
+
   readvChecked(
     fd: number,
     bufs: readonly Uint8Array[],
@@ -140,20 +156,7 @@ export class UringEngine implements IoEngine {
     at: number,
     done: (err: Error | null, ok: boolean) => void,
   ): void {
-    const op = this.newOp(OP_READ, fd, bufs, offset, 0, 0, true, false);
-    if (op === null) {
-      queueMicrotask(() => done(null, true));
-      return;
-    }
-    if (op instanceof Error) {
-      queueMicrotask(() => done(op, false));
-      return;
-    }
-    op.then = done;
-    op.blockSize = blockSize;
-    op.crcs = crcs;
-    op.at = at;
-    this.enqueue(op);
+    this.readThen(fd, bufs, offset, true, blockSize, crcs, at, done);
   }
 
   writev(fd: number, bufs: readonly Uint8Array[], offset: number, background = false): Promise<void> {
@@ -187,6 +190,33 @@ export class UringEngine implements IoEngine {
     this.closed = true;
     if (this.flushQueued) this.flush();
     this.ring.close();
+  }
+
+  /** A read settled through `done` (readvThen; readvChecked when blockSize is not 0). */
+  private readThen(
+    fd: number,
+    bufs: readonly Uint8Array[],
+    offset: number,
+    exact: boolean,
+    blockSize: number,
+    crcs: Uint32Array | null,
+    at: number,
+    done: (err: Error | null, ok: boolean) => void,
+  ): void {
+    const op = this.newOp(OP_READ, fd, bufs, offset, 0, 0, exact, false);
+    if (op === null) {
+      queueMicrotask(() => done(null, true));
+      return;
+    }
+    if (op instanceof Error) {
+      queueMicrotask(() => done(op, false));
+      return;
+    }
+    op.then = done;
+    op.blockSize = blockSize;
+    op.crcs = crcs;
+    op.at = at;
+    this.enqueue(op);
   }
 
   private start(
@@ -247,13 +277,19 @@ export class UringEngine implements IoEngine {
     try {
       switch (op.kind) {
         case OP_READ:
-          if (op.bufs.length > IOV_MAX) this.ring.prepReadv(op.fd, op.bufs.slice(0, IOV_MAX), op.offset, tag, op.background);
           // The ring checks a checked read's blocks unless it is a continuation (succeed()).
-          else if (op.blockSize !== 0 && op.bufs === op.whole) this.ring.prepReadv(op.fd, op.bufs, op.offset, tag, false, op.blockSize, op.crcs as Uint32Array, op.at);
-          else this.ring.prepReadv(op.fd, op.bufs, op.offset, tag, op.background);
+          if (op.blockSize !== 0 && op.bufs === op.whole && op.bufs.length <= IOV_MAX) {
+            // The ring's check table: set when a read checks against another one (rare).
+            if (op.crcs !== this.checkCrcs || op.blockSize !== this.checkBlockSize) {
+              this.ring.setCheckTable(op.crcs as Uint32Array, op.blockSize);
+              this.checkCrcs = op.crcs;
+              this.checkBlockSize = op.blockSize;
+            }
+            this.ring.prepReadvChecked(op.fd, sqeViews(op.bufs), op.offset, tag, op.at);
+          } else this.ring.prepReadv(op.fd, sqeViews(op.bufs), op.offset, tag, op.background);
           break;
         case OP_WRITE:
-          this.ring.prepWritev(op.fd, op.bufs.length > IOV_MAX ? op.bufs.slice(0, IOV_MAX) : op.bufs, op.offset, tag, op.background);
+          this.ring.prepWritev(op.fd, sqeViews(op.bufs), op.offset, tag, op.background);
           break;
         case OP_FDATASYNC:
           this.ring.prepFdatasync(op.fd, tag);

@@ -185,7 +185,7 @@ export interface NativeFrontendChannel {
  *   +0 tag     the tag given to prep*()
  *   +1 result  the CQE result: bytes transferred (READV/WRITEV), 0 (FSYNC/FALLOCATE/SYNC_FILE_RANGE), or
  *              -errno on failure
- *   +2 check   of a checked read (prepReadv with blockSize, crcs, at) that transferred every
+ *   +2 check   of a checked read (prepReadvChecked) that transferred every
  *              byte: CQE_CHECK_OK or CQE_CHECK_BAD; CQE_CHECK_NONE otherwise
  * It holds cqEntries entries. Entries are valid until the next call into the ring (submit() or
  * the next onComplete): handle them first.
@@ -237,16 +237,27 @@ export interface NativeIoRing {
   /** true once close() was called. */
   readonly closed: boolean;
   /**
-   * IORING_OP_READV of `bufs` (at most 1024 views) from fd at offset. `background`: IOSQE_ASYNC,
+   * IORING_OP_READV of `bufs` (one view, or an array of at most 1024: a single view passed as
+   * such costs the native side no array access) from fd at offset. `background`: IOSQE_ASYNC,
    * a kernel worker runs it, never submit() itself (a large copy then cannot delay the
-   * completions submit() returns). With blockSize, crcs and at, a checked read: bufs must hold
-   * whole blocks, and when the read transferred every byte its completion's check field says
-   * whether each block j matched crcs[at + j] as copied here (a CRC-32C check run natively as
-   * the completion is reaped; tags below 2^20 only).
+   * completions submit() returns).
    */
-  prepReadv(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean, blockSize?: number, crcs?: Uint32Array, at?: number): void;
+  prepReadv(fd: number, bufs: Uint8Array | readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
+  /**
+   * A checked prepReadv against the check table (setCheckTable): bufs must hold whole blocks,
+   * and when the read transferred every byte its completion's check field says whether each
+   * block j matched crcs[at + j] as copied here (a CRC-32C check run natively as the completion
+   * is reaped; tags below 2^20 only). EINVAL without a check table.
+   */
+  prepReadvChecked(fd: number, bufs: Uint8Array | readonly Uint8Array[], offset: number, tag: number, at: number): void;
+  /**
+   * Makes `crcs` (one CRC-32C per block of blockSize bytes) the table later checked reads are
+   * checked against (the cache's BDA CRC array); the ring keeps it referenced. Reads prepared
+   * before keep the CRCs they copied.
+   */
+  setCheckTable(crcs: Uint32Array, blockSize: number): void;
   /** IORING_OP_WRITEV of `bufs` (at most 1024 views) to fd at offset; `background` as prepReadv. */
-  prepWritev(fd: number, bufs: readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
+  prepWritev(fd: number, bufs: Uint8Array | readonly Uint8Array[], offset: number, tag: number, background?: boolean): void;
   /** IORING_OP_FSYNC with IORING_FSYNC_DATASYNC. */
   prepFdatasync(fd: number, tag: number): void;
   /** IORING_OP_FALLOCATE: fallocate(fd, mode, offset, length). */

@@ -351,6 +351,8 @@ export class BlkDispatcher {
       this.waitHead++;
       w.start();
     }
+    // Setting an array's length is a runtime call: only when something waited.
+    if (this.waitHead === 0) return;
     this.waiting.length = 0;
     this.waitHead = 0;
   }

@@ -15,6 +15,7 @@ import { native } from '../../src/native/binding';
 import { rejectsWithCode } from '../support/assert';
 import { tmpDir } from '../support/tmp';
 import { splitAt } from '../support/scatter';
+import { FaultyEngine, gate } from '../cache/helpers';
 
 /** A view of `len` bytes whose address is `align`-aligned plus `skew` bytes. */
 function skewed(len: number, skew: number): Uint8Array {
@@ -281,6 +282,36 @@ for (const [engineName, makeEngine] of engines) {
       } finally {
         await store.close();
       }
+    });
+
+    it('readThen reads like read(), reports to its callback, and close waits for one in flight', async () => {
+      const p = path.join(dir, 'disk.img');
+      const held = new FaultyEngine(engine);
+      const store = await FileStore.open(p, { createSize: 1 << 20, engine: held });
+      const data = randomBytes(3 * 4096);
+      await store.write(4096, [data]);
+      const readThen = (offset: number, bufs: Uint8Array[]): Promise<Error | null> => new Promise((resolve) => store.readThen(offset, bufs, resolve));
+      const back = splitAt(new Uint8Array(data.length), [100, 4096]);
+      assert.equal(await readThen(4096, back), null);
+      assert.deepEqual(Buffer.concat(back), data);
+      held.failReads = true;
+      assert.equal(((await readThen(0, [new Uint8Array(512)])) as { code?: string } | null)?.code, 'EIO');
+      held.failReads = false;
+      // A read held in flight: close() resolves only after its callback ran.
+      const g = gate();
+      held.readHook = () => g.promise;
+      const events: string[] = [];
+      const one = new Uint8Array(4096);
+      store.readThen(4096, [one], (err) => events.push(`read ${err === null ? 'ok' : err.message}`));
+      const closed = store.close().then(() => events.push('closed'));
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(events, []);
+      g.resolve();
+      await closed;
+      assert.deepEqual(events, ['read ok', 'closed']);
+      assert.deepEqual(Buffer.from(one), data.subarray(0, 4096));
+      const late = await readThen(0, [new Uint8Array(512)]);
+      assert.equal((late as { code?: string } | null)?.code, 'ESHUTDOWN');
     });
 
     it('waits for operations in flight before closing', async () => {

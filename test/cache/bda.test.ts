@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { AddressMap, MapBuilder } from '../../src/cache/address-map';
 import { BlockDescriptorArray, MAX_BLOCK_NUMBER, MAX_VOLUMES } from '../../src/cache/bda';
-import { rng } from './helpers';
+import { checkTable, rng } from './helpers';
 
 describe('cache BDA', () => {
   it('keys a volume id below MAX_VOLUMES and 32-bit block numbers in 10 bytes per slot; valid and REF flags', () => {
@@ -51,41 +51,6 @@ function modelStep(map: AddressMap, bda: BlockDescriptorArray, model: Map<string
     map.add(idx);
     model.set(key, idx);
   }
-}
-
-/**
- * Checks every entry of the table against the BDA: it names a valid slot of its own key, once;
- * its displacement field is min(distance from its home, distMax); every position from its home
- * up to it holds an entry displaced at least as far as it would be there (Robin Hood: what
- * lets a lookup stop early). Returns the table drawn as `slot/displacement` cells ('.' empty).
- */
-function checkTable(map: AddressMap, bda: BlockDescriptorArray): string {
-  const { table, capacity: cap } = map;
-  const seen = new Set<number>();
-  const cells: string[] = [];
-  for (let p = 0; p < cap; p++) {
-    const e = table[p];
-    if (e === -1) {
-      cells.push('.');
-      continue;
-    }
-    const s = map.slotOf(e);
-    assert.ok(s < bda.size && bda.isValid(s), `position ${p}: slot ${s} not valid`);
-    assert.ok(!seen.has(s), `slot ${s} twice`);
-    seen.add(s);
-    const h = map.home(bda.keyLo[s], bda.keyHi[s]);
-    const d = (p - h + cap) % cap;
-    assert.equal(e >>> map.slotBits, Math.min(d, map.distMax), `position ${p}: displacement field`);
-    assert.equal(map.distanceAt(p, e), d);
-    for (let k = 0; k < d; k++) {
-      const q = (h + k) % cap;
-      assert.notEqual(table[q], -1, `hole at ${q} inside the run of slot ${s}`);
-      assert.ok(map.distanceAt(q, table[q]) >= k, `position ${q} displaced less than slot ${s} would be there`);
-    }
-    cells.push(`${s}/${d}`);
-  }
-  assert.equal(map.size, seen.size);
-  return cells.join(' ');
 }
 
 describe('cache address map', () => {
@@ -279,11 +244,12 @@ describe('cache address map', () => {
       }
       let picks = 0;
       const valid = bda.countValid(0, n);
-      // Every fifth builder is sized for half the slots: ranges overflow, the rest go late.
-      const builder = new MapBuilder(map, bda, trial % 5 === 4 ? Math.ceil(n / 2) : n);
-      for (let i = 0; i < n; i++) if (bda.isValid(i)) builder.add(i, bda.keyLo[i], bda.keyHi[i]);
-      if (trial % 5 === 4) late += builder.late.length;
-      map.addBuilt(builder, (a, b) => {
+      // Every fifth builder is sized for half the slots: ranges overflow, the rest go late. Every
+      // other trial spreads the indexes over 3 builders (recovery.ts: one per thread).
+      const builders = Array.from({ length: trial % 2 === 0 ? 1 : 3 }, () => new MapBuilder(map.capacity, trial % 5 === 4 ? Math.ceil(n / 2) : n));
+      for (let i = 0; i < n; i++) if (bda.isValid(i)) builders[Math.floor(r() * builders.length)].add(i, bda.keyLo[i], bda.keyHi[i]);
+      if (trial % 5 === 4) late += builders.reduce((k, b) => k + b.late.length, 0);
+      map.addBuilt(builders, (a, b) => {
         picks++;
         assert.equal(`${bda.keyHi[a]}/${bda.keyLo[a]}`, `${bda.keyHi[b]}/${bda.keyLo[b]}`, 'pick() of two keys');
         const [keep, drop] = rank[a] >= rank[b] ? [a, b] : [b, a];

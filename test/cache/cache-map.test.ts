@@ -520,6 +520,35 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     // the eleventh evicts it.
     assert.equal(m.findVictim(0), 3);
     assert.equal(m.blocksCarried, TOP_DECAY + MAX_COUNT - 1);
+    // 3 left the blocks its segment keeps once, when its counter reached 0 (not at 3 -> 2 -> 1):
+    // the count a map rebuilt from the BDA finds.
+    const keep = (x: CacheMap) => [...(x as unknown as { segKeep: Uint16Array }).segKeep];
+    assert.deepEqual(keep(m), keep(new CacheMap(4, {}, m.bda, m.map.table)));
+  });
+
+  it(`a counter at the top decays at one decay of a top counter in ${TOP_DECAY}: the credit restarts after each, not at a lower counter's decay`, () => {
+    // Two blocks at the top, carried in turn past 2 pinned slots: the 8th carry decays 3 (the
+    // credit is then 0 again); 2 gets credits 1-3 while 3 decays to 0 and is evicted.
+    const two = new CacheMap(4);
+    for (const [b, dirty] of [[0, true], [1, true], [2, false], [3, false]] as const) put(two, 0, b, dirty);
+    for (let k = 0; k < MAX_COUNT; k++) for (const b of [2, 3]) two.lookup(0, b);
+    assert.equal(two.findVictim(0), 3);
+    assert.equal(two.blocksCarried, TOP_DECAY + 5);
+    assert.equal(drawSlots(two, 4), ' 0d   1d   2***>3');
+    // One block at the top, a block with one use decaying between its carries: the top one
+    // leaves the top at its 8th carry and, its counter run down, is evicted at the 6th
+    // insertion (with the credit restarting at each decay of the other, it would stay on top).
+    const one = new CacheMap(4);
+    for (const [b, dirty] of [[0, false], [1, false], [2, true], [3, true]] as const) put(one, 0, b, dirty);
+    for (let k = 0; k < MAX_COUNT; k++) one.lookup(0, 0);
+    one.lookup(0, 1);
+    const slots: number[] = [];
+    for (let k = 0; k < 8; k++) {
+      slots.push(put(one, 0, 10 + k));
+      one.lookup(0, 10 + k);
+    }
+    assert.deepEqual(slots, [1, 1, 1, 1, 1, 0, 1, 0]);
+    assert.equal(drawSlots(one, 4), ' 17* >16*  2d   3d');
   });
 
   it('a holes-only refill whose holes are all pinned passes a log\'s worth of valid blocks, then takes one', () => {

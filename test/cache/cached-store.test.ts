@@ -5,7 +5,9 @@ import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode, MISS_BUFFERS } from '../../src/cache/cached-store';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
-import { FaultyEngine, gate, MemStore } from './helpers';
+import { drawSlots, FaultyEngine, gate, MemStore } from './helpers';
+import { HeldIo, settle } from '../support/held-io';
+import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
 import { waitFor } from '../support/wait';
@@ -700,5 +702,45 @@ describe('cached store', () => {
     for (let b = 16; b < 24; b++) assert.notEqual(cache.map.peek(s.volume, b), -1, `block ${b} is cached`);
     assert.deepEqual(await readBack(s, 16 * BS, 8 * BS), mem.data.subarray(16 * BS, 24 * BS));
     assert.equal(cache.stats().volumes.vol.prefetchHits, 8);
+  });
+});
+
+describe('cached store: a miss next to blocks already inserted by a read still in flight', () => {
+  it('reads only its missing block: the hit blocks are not joined to the backing read in flight that fetched them', async () => {
+    const dir = tmpDir('cs-joined');
+    // 4 segments of 4 blocks, 2 RAM buffers; device writes held: an insertion stops when the
+    // hand needs a third buffer.
+    const size = deviceBytesFor(4, BS, 4 * BS);
+    const dev = new MemDevice(size);
+    const cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: 4 * BS, buffers: 2, engine: dev });
+    const back = new MemStore(64 * BS);
+    stampBytes(back.data, 0, 1);
+    const store = new CachedStore({ backing: back, cache, name: 'v', mode: 'writethrough', readAhead: 0 });
+    const io = new HeldIo();
+    dev.io = io;
+    try {
+      // A miss of blocks 1..9: 1..8 inserted (segments 0 and 1, their writes held), 9 waits for
+      // a buffer; the read's blocks stay registered in flight until all are inserted.
+      const first = new Uint8Array(9 * BS);
+      const reading = store.read(BS, [first]);
+      await waitFor(() => io.pending.length === 2, 'the writes of segments 0 and 1');
+      await settle();
+      assert.equal(drawSlots(cache.map, 4), [' 1    2    3    4', ' 5    6    7    8', '>..   ..   ..   ..', ' ..   ..   ..   ..'].join('\n'));
+      // Blocks 0..1: 0 missing (read from the backing store), 1 a hit.
+      const out = new Uint8Array(2 * BS);
+      await store.read(0, [out]);
+      assert.deepEqual(out, back.data.subarray(0, 2 * BS));
+      const st = cache.stats();
+      assert.deepEqual([st.readHits, st.readsJoined, back.reads], [1, 0, 2]);
+      dev.io = null;
+      await io.drain();
+      await reading;
+      assert.deepEqual(first, back.data.subarray(BS, 10 * BS));
+    } finally {
+      dev.io = null;
+      await io.drain();
+      await cache.abort();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

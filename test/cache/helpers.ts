@@ -1,11 +1,12 @@
-/** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing, recovered counts. */
+/** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing, recovered counts, address-map layout check. */
 import { strict as assert } from 'node:assert';
 import type { BackingStore } from '../../src/backing/backing-store';
-import { type IoEngine, readvCheckedOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import { CacheMap } from '../../src/cache/cache-map';
-import { FLAG_RESERVED, FLAG_SHADOW } from '../../src/cache/bda';
+import type { AddressMap } from '../../src/cache/address-map';
+import { type BlockDescriptorArray, FLAG_RESERVED, FLAG_SHADOW } from '../../src/cache/bda';
 
 /** mulberry32: deterministic 32-bit PRNG. */
 export function rng(seed: number): () => number {
@@ -125,6 +126,10 @@ export class FaultyEngine implements IoEngine {
     return this.inner.readv(fd, bufs, offset, exact);
   }
 
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, done);
+  }
+
   readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
     readvCheckedOf(this, fd, bufs, offset, blockSize, crcs, at, done);
   }
@@ -197,4 +202,39 @@ export function assertCountsAgree(m: CacheMap, at: string): void {
   const dirty = (x: CacheMap) => [...x.dirty].map(([v, slots]) => [v, [...slots.keys()]]).filter(([, slots]) => (slots as number[]).length > 0);
   assert.deepEqual(dirty(m), dirty(counted), `${at}: dirty slots per volume`);
   assert.equal(m.dirtyTotal, counted.dirtyTotal, `${at}: dirty blocks`);
+}
+
+/**
+ * Checks every entry of the table against the BDA: it names a valid slot of its own key, once;
+ * its displacement field is min(distance from its home, distMax); every position from its home
+ * up to it holds an entry displaced at least as far as it would be there (Robin Hood: what
+ * lets a lookup stop early). Returns the table drawn as `slot/displacement` cells ('.' empty).
+ */
+export function checkTable(map: AddressMap, bda: BlockDescriptorArray): string {
+  const { table, capacity: cap } = map;
+  const seen = new Set<number>();
+  const cells: string[] = [];
+  for (let p = 0; p < cap; p++) {
+    const e = table[p];
+    if (e === -1) {
+      cells.push('.');
+      continue;
+    }
+    const s = map.slotOf(e);
+    assert.ok(s < bda.size && bda.isValid(s), `position ${p}: slot ${s} not valid`);
+    assert.ok(!seen.has(s), `slot ${s} twice`);
+    seen.add(s);
+    const h = map.home(bda.keyLo[s], bda.keyHi[s]);
+    const d = (p - h + cap) % cap;
+    assert.equal(e >>> map.slotBits, Math.min(d, map.distMax), `position ${p}: displacement field`);
+    assert.equal(map.distanceAt(p, e), d);
+    for (let k = 0; k < d; k++) {
+      const q = (h + k) % cap;
+      assert.notEqual(table[q], -1, `hole at ${q} inside the run of slot ${s}`);
+      assert.ok(map.distanceAt(q, table[q]) >= k, `position ${q} displaced less than slot ${s} would be there`);
+    }
+    cells.push(`${s}/${d}`);
+  }
+  assert.equal(map.size, seen.size);
+  return cells.join(' ');
 }

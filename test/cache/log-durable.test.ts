@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import pino from 'pino';
 import { Cache } from '../../src/cache/cache';
+import { FLAG_RESERVED } from '../../src/cache/bda';
 import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
 import type { VhostError } from '../../src/native/errors';
@@ -290,6 +291,37 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.ok(atAck !== null);
     await restartOn(atAck);
     assert.deepEqual(await cached(49), data, 'the acknowledged write-back block is on the device');
+  });
+  it('a slot a newer drop reserves stays RESERVED when an older drop\'s cover of it is synced first (the newer drop not durable yet)', async () => {
+    // Every slot holds a clean block, written; a write-back block 3 evicts one of them (that
+    // drop is covered by the write of the segment being filled, which holds 3).
+    await insertClean(1000, cache.geometry.slots);
+    assert.equal(await cache.log.flush(), true);
+    await cache.quiesce();
+    assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
+    const slot = cache.map.peek(v, 3);
+    const io = new HeldIo();
+    dev.io = io;
+    try {
+      let committed = false;
+      const commit = cache.commit().then((ok) => (committed = ok));
+      await waitFor(() => io.pending.length === 1, 'the segment write of the commit');
+      // 3 discarded meanwhile: its slot RESERVED until a header without it is durable.
+      const killed = cache.invalidate(v, 3, 1);
+      assert.ok(killed !== null);
+      assert.equal(cache.map.bda.flags[slot], FLAG_RESERVED);
+      io.pending[0].complete();
+      // The commit's fdatasync covers the eviction; the discard's header rewrite is held.
+      await waitFor(() => committed && io.pending.length === 1, 'the commit, the header rewrite of the discard held');
+      assert.equal(cache.map.bda.flags[slot], FLAG_RESERVED, 'the slot is not reused before the discard is durable');
+      io.pending[0].complete();
+      await killed;
+      await commit;
+      assert.equal(cache.map.bda.flags[slot], 0, 'free once the discard is durable');
+    } finally {
+      dev.io = null;
+      await io.drain();
+    }
   });
   it('after a write error the segment being filled is dropped, never written: its blocks are not served, a crash recovers nothing of before', async () => {
     await insertClean(40, BPS);

@@ -19,6 +19,8 @@ import { Cache } from '../../src/cache/cache';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { FaultyEngine, gate } from './helpers';
+import { HeldIo, settle } from '../support/held-io';
+import { MemDevice } from '../support/mem-device';
 import { VhostError } from '../../src/native/errors';
 import type { Logger } from '../../src/util/logger';
 import { tmpDir } from '../support/tmp';
@@ -414,5 +416,45 @@ describe('cache log: reads racing read-ahead, failed segment writes', () => {
     for (let b = 104; b < 104 + BPS; b++) assert.equal(await readCached(vol, b), null, `block ${b} was never written`);
     assert.equal(kept, (SEGMENTS - failedSegments.size) * BPS, 'the segments not rewritten keep all their blocks');
     assert.equal(cache.stats().checksumErrors, 0);
+  });
+});
+
+describe('cache log: read-ahead of the segment the hand comes to next', () => {
+  it('is not started while a buffer still holds that segment (its write in flight: the device copy is older)', async () => {
+    const dir = tmpDir('logahead');
+    const size = deviceBytesFor(3, BS, BPS * BS);
+    const dev = new MemDevice(size);
+    const cache = await Cache.open({ path: path.join(dir, 'cache'), size, segmentSize: BPS * BS, buffers: 3, engine: dev });
+    const io = new HeldIo();
+    try {
+      const vol = cache.registerVolume('v', 'id', 1 << 20);
+      // Segments 0-2 hold blocks 0..11, written; 8..11 hit once (segment 2 keeps all its
+      // blocks: it scores 0 in the segment choice).
+      assert.equal(await cache.insert(vol, 0, blockData(0, 3 * BPS), 3 * BPS, () => true), 3 * BPS);
+      assert.equal(await cache.log.flush(), true);
+      assert.equal(await cache.readBlocks(vol, 8, BPS, new Uint8Array(BPS * BS), new Uint8Array(BPS)), BPS);
+      // The hand refills segment 0 (the oldest) with 100..103.
+      assert.equal(await cache.insert(vol, 100, blockData(100, BPS), BPS, () => true), BPS);
+      dev.io = io;
+      // 104 takes the hand into segment 1: segment 0's write is issued (held), and segment 0
+      // (cold, written last) is the one the hand comes to after segment 1: read ahead, if no
+      // buffer held it.
+      assert.equal(await cache.insert(vol, 104, blockData(104), 1, () => true), 1);
+      await settle();
+      assert.deepEqual(
+        io.pending.map((h) => h.label),
+        [`device write [${segmentOffset(cache.geometry, 0)}, ${segmentOffset(cache.geometry, 1)})`],
+      );
+      await io.drain();
+      assert.equal(cache.stats().segmentReads, 0);
+      const out = new Uint8Array(BPS * BS);
+      assert.equal(await cache.readBlocks(vol, 100, BPS, out, new Uint8Array(BPS)), BPS);
+      assert.deepEqual(out, blockData(100, BPS));
+    } finally {
+      dev.io = null;
+      await io.drain();
+      await cache.abort();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

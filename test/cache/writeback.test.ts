@@ -65,7 +65,11 @@ describe('write-back: a map whose every slot is pinned', () => {
     for (let b = 0; b < 8; b++) insert(m, b, true);
     m.invalidate(0, 2);
     m.invalidate(0, 3);
+    const entered = m.segmentsCleaned;
     assert.equal(m.findVictim(0), -1);
+    // It answers -1 past two logs' worth of pinned slots in a row: from slot 0, the 17th
+    // (2 x 8 + 1) is the first of the ninth segment entered (segments of 2).
+    assert.equal(m.segmentsCleaned - entered, 8);
     // The log then inserts fewer blocks; nothing in the map changed.
     assert.equal(m.dirtyBlocks(0), 6);
     assert.equal(drawSlots(m, 8).replace('>', ' ').replace(/ +/g, ' ').trim(), '0d 1d R R 4d 5d 6d 7d');
@@ -86,6 +90,28 @@ describe('write-back: a map whose segment choice goes round pinned segments', ()
     // 6 is carried forward (its use taken), 11 evicted.
     assert.equal(m.findVictim(0), 1);
     assert.equal(drawSlots(m, 2), [' 6   >11', ' 9d   2d', ' 14d  R', ' S    15d'].join('\n'));
+  });
+
+  it('also when the segment holding the blocks it can take scores 0 however old (all its blocks kept): log order reaches it', () => {
+    // 4 segments of 2: segment 0 holds two blocks with a use each (kept: it scores 0 at any
+    // age), segments 1-3 dirty blocks only (cold: they score above 0). The choice alone goes
+    // round segments 1-3 for ever (-1 after two logs' worth of pinned slots).
+    for (const hand of [2, 3, 4, 5, 6, 7]) {
+      const x = new CacheMap(8, { segmentBlocks: 2 });
+      for (let b = 0; b < 8; b++) insert(x, b, b >= 2);
+      x.lookup(0, 0);
+      x.lookup(0, 1);
+      x.hand = hand;
+      const entered = x.segmentsCleaned;
+      // Past a log's worth of pinned slots (9) the hand goes on in log order to segment 0: 0
+      // and 1 carried (their uses taken); then the choice's pinned segments again, 9 pinned
+      // slots, log order, segment 0: 0 evicted. 10 or 11 segments entered on the way (one
+      // pinned slot earlier, log order backwards or a holes-only refill there: 8, 9 or 38).
+      assert.equal(x.findVictim(0), 0, `from slot ${hand}`);
+      assert.equal(x.segmentsCleaned - entered, hand < 4 ? 10 : 11, `from slot ${hand}`);
+      assert.equal(x.blocksCarried, 2);
+      assert.equal(drawSlots(x, 2), ['>0    1', ' 2d   3d', ' 4d   5d', ' 6d   7d'].join('\n'));
+    }
   });
 });
 

@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CAPABILITIES } from '../../src/cli/main';
 import type { DaemonStats } from '../../src/control/daemon-api';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { LATENCY_BUCKETS_S } from '../../src/metrics/request-latency';
 import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
@@ -328,6 +329,24 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), CAPABILITIES);
     assert.deepEqual(CAPABILITIES, { type: 'block', features: ['read-only', 'blk-file'] });
+  });
+
+  it("runs as an executable whose shebang passes the daemon's node flags (DAEMON_NODE_FLAGS) to node", async () => {
+    const first = fs.readFileSync(BIN, 'utf8').split('\n')[0];
+    assert.equal(first, `#!/usr/bin/env -S node ${DAEMON_NODE_FLAGS.join(' ')}`);
+    // The flags reach the node the shebang starts: a preloaded script reports its execArgv.
+    const probe = path.join(dir, 'exec-argv.js');
+    fs.writeFileSync(probe, "process.stderr.write('execArgv=' + JSON.stringify(process.execArgv) + '\\n');\n");
+    const r = await new Promise<CliResult>((resolve) => {
+      execFile(BIN, ['--print-capabilities'], { env: { ...process.env, NODE_OPTIONS: `--require=${probe}` } }, (err, stdout, stderr) => {
+        resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
+      });
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), CAPABILITIES);
+    const line = r.stderr.split('\n').find((l) => l.startsWith('execArgv='));
+    assert.ok(line !== undefined, r.stderr);
+    for (const f of DAEMON_NODE_FLAGS) assert.ok((JSON.parse(line.slice('execArgv='.length)) as string[]).includes(f), line);
   });
 
   describe('against a running daemon', () => {

@@ -149,6 +149,61 @@ for (const [name, make] of engines) {
       assert.equal(ok, false);
     });
 
+    it('readvChecked checks each read against its own CRC-32C array and block size, also when reads against several are issued in one turn', async () => {
+      const data = randomBytes(8 * 4096);
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const crcsOf = (bs: number): Uint32Array => {
+        const crcs = new Uint32Array(data.length / bs);
+        for (let j = 0; j < crcs.length; j++) crcs[j] = native.crc32c(data.subarray(j * bs, (j + 1) * bs));
+        return crcs;
+      };
+      const right = crcsOf(4096);
+      const wrong = right.map((c) => c ^ 1);
+      const small = crcsOf(512);
+      // [crcs, block size, offset, length, index of the first CRC, expected verdict]
+      const reads: [Uint32Array, number, number, number, number, boolean][] = [
+        [right, 4096, 4096, 8192, 1, true],
+        [wrong, 4096, 4096, 8192, 1, false],
+        [small, 512, 1024, 2048, 2, true],
+        [right, 4096, 0, 4096, 0, true],
+        [small, 512, 1024, 2048, 3, false],
+        [wrong, 4096, 0, 4096, 0, false],
+      ];
+      const verdicts = await Promise.all(
+        reads.map(
+          ([crcs, bs, offset, len, at]) =>
+            new Promise<boolean>((resolve, reject) => engine.readvChecked(fd, [new Uint8Array(len)], offset, bs, crcs, at, (err, ok) => (err ? reject(err) : resolve(ok)))),
+        ),
+      );
+      assert.deepEqual(verdicts, reads.map((r) => r[5]));
+    });
+
+    it('readvThen reports to its callback once, never from the call itself; bytes past end of file read as zeros', async () => {
+      const data = randomBytes(3 * 4096);
+      fs.writeSync(fd, data, 0, data.length, 0);
+      const readThen = (bufs: Uint8Array[], offset: number, f = fd): Promise<Error | null> =>
+        new Promise((resolve) => {
+          let returned = false;
+          let calls = 0;
+          engine.readvThen(f, bufs, offset, (err) => {
+            calls++;
+            assert.ok(returned, 'callback ran inside readvThen');
+            setImmediate(() => resolve(calls === 1 ? err : new Error(`callback called ${calls} times`)));
+          });
+          returned = true;
+        });
+      const parts = splitAt(new Uint8Array(2 * 4096), [100, 5000]);
+      assert.equal(await readThen(parts, 4096), null);
+      assert.deepEqual(Buffer.concat(parts), data.subarray(4096));
+      const tail = new Uint8Array(8192).fill(0xee);
+      assert.equal(await readThen([tail], 2 * 4096), null);
+      assert.deepEqual(Buffer.from(tail), Buffer.concat([data.subarray(2 * 4096), Buffer.alloc(4096)]));
+      assert.equal(await readThen([], 0), null);
+      const err = await readThen([new Uint8Array(16)], 0, 1 << 20);
+      assert.ok(err instanceof VhostError);
+      assert.equal(err.code, 'EBADF');
+    });
+
     it('runs concurrent operations on distinct ranges, each settling with its own data', async () => {
       const n = 64;
       const blocks = Array.from({ length: n }, () => randomBytes(4096 + 13));

@@ -65,7 +65,8 @@ describe('native IoRing', () => {
       const a = new Uint8Array(4096);
       const b = new Uint8Array(100);
       ring.prepReadv(fd, [a], 4096, 41);
-      ring.prepReadv(fd, [b], (1 << 20) - 50, 42);
+      // A single view may be passed as such, not in an array.
+      ring.prepReadv(fd, b, (1 << 20) - 50, 42);
       assert.equal(ring.inflight, 2);
       // Page-cache hits complete during io_uring_enter.
       const n = ring.submit();
@@ -75,6 +76,7 @@ describe('native IoRing', () => {
       ]);
       assert.equal(ring.inflight, 0);
       assert.deepEqual(Buffer.from(a), data.subarray(4096, 8192));
+      assert.deepEqual(Buffer.from(b.subarray(0, 50)), data.subarray((1 << 20) - 50));
       assert.equal(ring.submit(), 0);
     } finally {
       ring.close();
@@ -143,8 +145,18 @@ describe('native IoRing', () => {
       throwsCode(() => ring.prepReadv(fd, [new Uint8Array(1)], -1, 0), 'EINVAL');
       throwsCode(() => ring.prepReadv(fd, [new Uint8Array(1)], 0, 2 ** 31), 'EINVAL');
       throwsCode(() => ring.prepReadv(fd, [new Uint16Array(1) as unknown as Uint8Array], 0, 1), 'EINVAL');
+      throwsCode(() => ring.prepReadv(fd, new Uint16Array(1) as unknown as Uint8Array, 0, 1), 'EINVAL');
+      throwsCode(() => ring.prepReadv(fd, {} as unknown as Uint8Array, 0, 1), 'EINVAL');
       throwsCode(() => ring.prepWritev(fd, new Array<Uint8Array>(1025).fill(new Uint8Array(1)), 0, 1), 'EINVAL');
       throwsCode(() => ring.prepFallocate(fd, 0, 0, 0.5, 1), 'EINVAL');
+      // A checked read needs a check table, whole blocks and a CRC for each.
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(4096)], 0, 1, 0), 'EINVAL');
+      throwsCode(() => ring.setCheckTable(new Uint8Array(4) as unknown as Uint32Array, 4096), 'EINVAL');
+      throwsCode(() => ring.setCheckTable(new Uint32Array(2), 0), 'EINVAL');
+      ring.setCheckTable(new Uint32Array(2), 4096);
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(4000)], 0, 1, 0), 'EINVAL');
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(8192)], 0, 1, 1), 'EINVAL');
+      throwsCode(() => ring.prepReadvChecked(fd, [new Uint8Array(4096)], 0, 2 ** 20, 0), 'EINVAL');
       assert.equal(ring.inflight, 0);
       throwsCode(() => new native.IoRing({ entries: 0, onComplete: () => {} }), 'EINVAL');
     } finally {

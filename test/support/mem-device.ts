@@ -13,11 +13,15 @@
  *   - `readError`/`writeError`: called per operation; returning true fails it with EIO;
  *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves;
  *   - `startWriteout` does nothing: like sync_file_range it makes nothing durable, so a crash
- *     image does not depend on it.
+ *     image does not depend on it;
+ *   - `truncate(at)`: a file cut at `at` (its bytes past `at` gone, zeros once written past):
+ *     an exact read reaching past the end fails with EIO as FsEngine's does, another reads
+ *     zeros there; a write past the end extends it.
  * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
  * function of its inputs (no thread pool ordering).
  */
-import { type IoEngine, readvCheckedOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
+import { endOfFile } from '../../src/io/fs-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import type { HeldIo } from './held-io';
@@ -39,11 +43,14 @@ export class MemDevice implements IoEngine {
   reads = 0;
   writes = 0;
   fdatasyncs = 0;
+  /** Where the file ends (truncate). */
+  private end: number;
 
   constructor(size: number, from?: Uint8Array) {
     this.image = new Uint8Array(size);
     if (from) this.image.set(from);
     this.durable = new Uint8Array(this.image);
+    this.end = size;
     this.frozenSignal = new Promise<void>((r) => (this.onFrozen = r));
   }
 
@@ -51,15 +58,20 @@ export class MemDevice implements IoEngine {
     return new Promise<void>(() => {});
   }
 
-  readv(_fd: number, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number, exact = false): Promise<void> {
     if (this.frozen) return this.never();
     this.reads++;
     const len = iovLength(bufs);
     if (this.readError?.(offset, len)) return Promise.reject(new VhostError('injected read error', 'EIO'));
+    if (exact && offset + len > this.end) return Promise.reject(endOfFile(fd, Math.max(offset, this.end)));
     const effect = () => scatterIov(this.image, offset, bufs);
     if (this.io) return this.io.hold(`device read [${offset}, ${offset + len})`, 'read', offset, len, effect);
     effect();
     return Promise.resolve();
+  }
+
+  readvThen(fd: number, bufs: readonly Uint8Array[], offset: number, done: (err: Error | null) => void): void {
+    readvThenOf(this, fd, bufs, offset, done);
   }
 
   readvChecked(fd: number, bufs: readonly Uint8Array[], offset: number, blockSize: number, crcs: Uint32Array, at: number, done: (err: Error | null, ok: boolean) => void): void {
@@ -76,6 +88,7 @@ export class MemDevice implements IoEngine {
     const effect = () => {
       this.image.set(data, offset);
       this.unflushed.push({ offset, data });
+      this.end = Math.max(this.end, offset + len);
     };
     if (this.writes >= this.freezeAtWrite) {
       effect();
@@ -85,6 +98,14 @@ export class MemDevice implements IoEngine {
     if (this.io) return this.io.hold(`device write [${offset}, ${offset + len})`, 'write', offset, len, effect);
     effect();
     return Promise.resolve();
+  }
+
+  /** The file cut at `at` (see the file comment); the cut is durable at once. */
+  truncate(at: number): void {
+    this.image.fill(0, at);
+    this.durable.fill(0, at);
+    this.unflushed = this.unflushed.filter((w) => w.offset < at).map((w) => ({ offset: w.offset, data: w.data.subarray(0, at - w.offset) }));
+    this.end = Math.min(this.end, at);
   }
 
   /** From now on nothing completes. */
@@ -119,6 +140,11 @@ export class MemDevice implements IoEngine {
   }
 
   close(): void {}
+
+  /** Where the file ends now: the device size unless truncate() cut it and no write reached past the cut. */
+  get length(): number {
+    return this.end;
+  }
 
   /** Unflushed writes (for tests that want to know whether a crash can lose anything). */
   get unflushedWrites(): number {

@@ -130,6 +130,8 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   const writesInFlight = new Set<WriteRec>();
   const readsInFlight = new Set<ReadRec>();
   let inflight = new Set<Promise<void>>();
+  /** The first operation that failed (a read that did not check, an error): thrown by the loop. */
+  let failure: unknown = null;
 
   const open = async (image?: Uint8Array): Promise<Incarnation> => {
     const dev = new MemDevice(DEVICE, image);
@@ -287,7 +289,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
       for (const r of readsInFlight) if (r.v === v && r.start < end && r.end > start) r.concurrent.push(x);
       p = p.then(() => void writesInFlight.delete(x));
     }
-    const tracked: Promise<void> = p.finally(() => inflight.delete(tracked));
+    const tracked: Promise<void> = p.then(noop, (err: unknown) => void (failure ??= err)).finally(() => inflight.delete(tracked));
     inflight.add(tracked);
   };
 
@@ -296,6 +298,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     let freezeArmed = -1;
     let disabledAt = -1;
     for (let i = 0; i < o.ops; i++) {
+      if (failure !== null) throw failure;
       if (faults) {
         const p = f();
         if (p < 0.0005) inc = await restart(inc);
@@ -325,6 +328,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     }
     readFail = writeFail = 0;
     if (!(await pumpUntil(inc, Promise.all(inflight)))) inc = await crash(inc);
+    if (failure !== null) throw failure;
     for (let v = 0; v < 2; v++) {
       const out = new Uint8Array(VOL_SIZE);
       assert.ok(await pumpUntil(inc, inc.stores[v].read(0, [out])), 'final read never finished');
