@@ -154,6 +154,30 @@ Napi::Value JS_fallocate(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// startWriteout(fd, offset, length): sync_file_range(SYNC_FILE_RANGE_WRITE) on a worker thread
+// (the threadpool engine's startWriteout): starts writing the range's dirty pages, waits for
+// none of it. length 0: to end of file; at most kMaxWriteoutLength.
+Napi::Value JS_startWriteout(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  uint64_t offset = ArgU64(info, 1, "offset");
+  uint64_t length = ArgU64(info, 2, "length");
+  if (length > kMaxWriteoutLength) ThrowError(env, "EINVAL", "write-out length must be below 2^32");
+  auto* w = new SyscallWorker(
+      env,
+      [fd, offset, length]() {
+        int r;
+        do {
+          r = ::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(length), SYNC_FILE_RANGE_WRITE);
+        } while (r < 0 && errno == EINTR);
+        return r < 0 ? errno : 0;
+      },
+      "sync_file_range");
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 // alignedBuffer(size, align): a zeroed Uint8Array of `size` bytes whose first byte sits at an
@@ -252,6 +276,7 @@ void RegisterIoHelpers(Napi::Env env, Napi::Object exports) {
   exports.Set("logicalBlockSize", Napi::Function::New(env, JS_logicalBlockSize, "logicalBlockSize"));
   exports.Set("blockRange", Napi::Function::New(env, JS_blockRange, "blockRange"));
   exports.Set("fallocate", Napi::Function::New(env, JS_fallocate, "fallocate"));
+  exports.Set("startWriteout", Napi::Function::New(env, JS_startWriteout, "startWriteout"));
   exports.Set("inodeGeneration", Napi::Function::New(env, JS_inodeGeneration, "inodeGeneration"));
   exports.Set("lockExclusive", Napi::Function::New(env, JS_lockExclusive, "lockExclusive"));
   exports.Set("unlock", Napi::Function::New(env, JS_unlock, "unlock"));

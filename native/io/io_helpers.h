@@ -1,6 +1,6 @@
-// Helpers of the I/O layer that are not io_uring: block device ioctls, fallocate and block
-// range operations on a worker thread (rare, or the threadpool engine), and buffers for
-// O_DIRECT.
+// Helpers of the I/O layer that are not io_uring: block device ioctls, fallocate, write-out
+// starts and block range operations on a worker thread (rare, or the threadpool engine), and
+// buffers for O_DIRECT.
 #pragma once
 #include <napi.h>
 
@@ -22,7 +22,11 @@ struct ByteView {
 };
 ByteView Uint8ArrayElement(napi_env env, napi_value arr, uint32_t i);
 
-// Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, inodeGeneration,
+// The longest range one write-out start (sync_file_range) takes: io_uring's SQE length field is
+// 32 bits (IoRing::prepSyncFileRange); the threadpool's startWriteout keeps the same limit.
+constexpr uint64_t kMaxWriteoutLength = UINT32_MAX;
+
+// Registers blockDeviceSize, logicalBlockSize, blockRange, fallocate, startWriteout, inodeGeneration,
 // lockExclusive, unlock, sendUnixDatagram, alignedBuffer and isDirectIoAligned on exports.
 void RegisterIoHelpers(Napi::Env env, Napi::Object exports);
 

@@ -213,6 +213,7 @@ Napi::Function IoRing::DefineClass(Napi::Env env) {
           InstanceMethod<&IoRing::JS_prepWritev>("prepWritev"),
           InstanceMethod<&IoRing::JS_prepFdatasync>("prepFdatasync"),
           InstanceMethod<&IoRing::JS_prepFallocate>("prepFallocate"),
+          InstanceMethod<&IoRing::JS_prepSyncFileRange>("prepSyncFileRange"),
           InstanceMethod<&IoRing::JS_submit>("submit"),
           InstanceMethod<&IoRing::JS_close>("close"),
           InstanceAccessor<&IoRing::JS_getCompletions>("completions"),
@@ -509,6 +510,27 @@ Napi::Value IoRing::JS_prepFallocate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// IORING_OP_SYNC_FILE_RANGE with SYNC_FILE_RANGE_WRITE: starts writing the range's dirty pages
+// (the kernel always runs it on a worker), waits for none of it. length 0: to end of file.
+Napi::Value IoRing::JS_prepSyncFileRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) ThrowError(env, "EINVAL", "prepSyncFileRange(fd, offset, length, tag)");
+  int32_t fd = ToFd(env, info[0]);
+  uint64_t offset = ToU64(env, info[1], "offset");
+  uint64_t length = ToU64(env, info[2], "length");
+  uint32_t tag = ToTag(env, info[3]);
+  if (length > kMaxWriteoutLength) ThrowError(env, "EINVAL", "write-out length must be below 2^32");
+  io_uring_sqe* sqe = AcquireSqe(env);
+  sqe->opcode = IORING_OP_SYNC_FILE_RANGE;
+  sqe->fd = fd;
+  sqe->off = offset;
+  sqe->len = static_cast<uint32_t>(length);
+  sqe->sync_range_flags = SYNC_FILE_RANGE_WRITE;
+  sqe->user_data = tag;
+  CommitSqe();
+  return env.Undefined();
+}
+
 void IoRing::SubmitToKernel(Napi::Env env, bool getevents) {
   unsigned to_submit = ring_.Unsubmitted();
   // GETEVENTS with min_complete 0 only makes the kernel flush overflowed CQEs: skip the
@@ -666,7 +688,8 @@ Napi::Value IoRing::JS_probe(const Napi::CallbackInfo& info) {
   } needed[] = {{IORING_OP_READV, "READV"},
                 {IORING_OP_WRITEV, "WRITEV"},
                 {IORING_OP_FSYNC, "FSYNC"},
-                {IORING_OP_FALLOCATE, "FALLOCATE"}};
+                {IORING_OP_FALLOCATE, "FALLOCATE"},
+                {IORING_OP_SYNC_FILE_RANGE, "SYNC_FILE_RANGE"}};
   for (const auto& n : needed) {
     if (n.op > probe->last_op || (probe->ops[n.op].flags & IO_URING_OP_SUPPORTED) == 0) {
       out.Set("supported", false);

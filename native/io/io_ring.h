@@ -110,6 +110,7 @@ class IoRing : public Napi::ObjectWrap<IoRing> {
   Napi::Value JS_prepWritev(const Napi::CallbackInfo& info);
   Napi::Value JS_prepFdatasync(const Napi::CallbackInfo& info);
   Napi::Value JS_prepFallocate(const Napi::CallbackInfo& info);
+  Napi::Value JS_prepSyncFileRange(const Napi::CallbackInfo& info);
   Napi::Value JS_submit(const Napi::CallbackInfo& info);
   Napi::Value JS_close(const Napi::CallbackInfo& info);
   Napi::Value JS_getCompletions(const Napi::CallbackInfo& info);

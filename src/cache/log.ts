@@ -15,6 +15,14 @@
  * forward or left alone hold the same bytes on the device already. A cleaning that refills a
  * few holes thus writes those blocks and the header, not the whole segment (deviceWriteBytes).
  *
+ * Early write-out: on a buffered descriptor (alignment 1; an O_DIRECT one leaves no dirty pages)
+ * a segment write the hand left behind (rotate) is followed, once it completed, by
+ * engine.startWriteout over its bytes: the kernel writes them back while the log fills the next
+ * segments, so the fdatasync that makes them durable later (a rewrite batch, a commit, an
+ * eviction sync) waits for less. The writes of flush() and commit() get none: their fdatasync
+ * follows at once. It makes nothing durable and changes no durability rule; a failure is logged
+ * (once) and otherwise ignored, since the fdatasync reports what matters.
+ *
  * Read-ahead: before a segment is refilled, if any of its slots still holds a valid block (the
  * log has wrapped and CLOCK spared or simply did not reach those blocks yet), the whole segment
  * is read first (one read), so its buffer serves RAM hits of those blocks. A segment the map
@@ -76,12 +84,13 @@
  * durable: the buffered segment is submitted (its data runs and its header in one submission,
  * like every segment write), then one fdatasync (or, when no write completed since the last one
  * started, that one is waited for: a rewrite batch's fdatasync may have started after the
- * commit's writes completed). The commits asked for while one waits in the
- * chain share it (unless an insertion was queued in between): one device write set + one
- * fdatasync per batch of requests. A header may thus land before its data (a crash between the
- * two): every header sector carries the durable mark (`synced`: each write sealed at or below
- * it completed before an fdatasync that completed), and recovery.ts checks the data of the
- * dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
+ * commit's writes completed). The commits asked for while one waits in the chain or runs
+ * share it (unless an insertion was queued since it was asked for: every insertion queued
+ * before runs before it in the chain, so its blocks are in what it submits): one device write
+ * set + one fdatasync per batch of requests. A header may thus land before its data (a crash
+ * between the two): every header sector carries the durable mark (`synced`: each write sealed
+ * at or below it completed before an fdatasync that completed), and recovery.ts checks the
+ * data of the dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
  * block was never acknowledged: its entry is dropped, the older copy it superseded wins). A dirty block replaced by a newer
  * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
  * meanwhile names it, marked superseded (a torn write of the new copy's header can then never
@@ -225,11 +234,13 @@ export class Log {
   /** The onDisabled() round in flight, and whether one succeeded (then for good). */
   private floorRound: Promise<boolean> | null = null;
   private floorSafe = false;
+  /** Set once a startWriteout failure was logged. */
+  private writeoutFailed = false;
   /** Slots made SHADOW since the last commit started (released when it is durable). */
   private shadows: number[] = [];
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
   private readonly reserved = new Map<number, Dropped>();
-  /** The commit waiting in the chain, shared by callers until it starts or an insertion is queued. */
+  /** The last commit asked for, shared by callers until it is done or an insertion is queued. */
   private commitNext: Promise<boolean> | null = null;
   /** Insertions queued so far, and their count when commitNext was asked for. */
   private inserts = 0;
@@ -497,18 +508,21 @@ export class Log {
 
   /**
    * Makes every block inserted before this call durable (see the file comment); the calls made
-   * before the commit starts share it, unless an insertion was queued in between (it would run
+   * before the commit is done share it, unless an insertion was queued in between (it would run
    * after that commit). Resolves false when a write failed (never rejects).
    */
   commit(): Promise<boolean> {
     if (this.commitNext !== null && this.commitNextAfter === this.inserts) return this.commitNext;
     const t = LatencyMeter.now();
     const p = this.afterQueued(async () => {
-      if (this.commitNext === p) this.commitNext = null;
-      const ok = await this.commitNow();
-      this.commits++;
-      this.commitLatency.record(t);
-      return ok;
+      try {
+        const ok = await this.commitNow();
+        this.commits++;
+        this.commitLatency.record(t);
+        return ok;
+      } finally {
+        if (this.commitNext === p) this.commitNext = null;
+      }
     });
     this.commitNext = p;
     this.commitNextAfter = this.inserts;
@@ -539,7 +553,7 @@ export class Log {
     const cur = this.current;
     if (cur) {
       this.current = null;
-      if (cur.dirty) this.submit(cur);
+      if (cur.dirty) this.submit(cur, false);
       else cur.state = BufferState.Clean;
     }
     await Promise.all(this.pool.map((b) => b.pending));
@@ -796,6 +810,15 @@ export class Log {
     if (covered !== null) this.written(covered);
   }
 
+  /** Starts the write-out of [offset, offset + length) of the device, not waited for (see the file comment). */
+  private startWriteout(offset: number, length: number): void {
+    this.engine.startWriteout(this.fd, offset, length).catch((err: Error) => {
+      if (this.writeoutFailed) return;
+      this.writeoutFailed = true;
+      this.logger.warn({ err: err.message }, 'cache device write-out start failed (ignored: fdatasync still makes the log durable; not logged again)');
+    });
+  }
+
   /** Entries whose covering header is written: forgotten at the next fdatasync (started when many). */
   private written(covered: Dropped[]): void {
     for (const d of covered) this.awaitingSync.push(d);
@@ -807,7 +830,7 @@ export class Log {
     const prev = this.current;
     if (prev) {
       this.current = null;
-      if (prev.dirty) this.submit(prev);
+      if (prev.dirty) this.submit(prev, true);
       else prev.state = BufferState.Clean;
     }
     const b = await this.acquire(seg, this.map.refillingHoles);
@@ -938,7 +961,8 @@ export class Log {
     present[k] = 0;
   }
 
-  private submit(b: SegmentBuffer): void {
+  /** Seals and writes b's segment; `writeout`: start its write-out once written (see the file comment). */
+  private submit(b: SegmentBuffer, writeout: boolean): void {
     const seg = b.segment;
     const bps = this.g.blocksPerSegment;
     if (this.disabled) {
@@ -960,8 +984,8 @@ export class Log {
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
     b.pending = this.onSegment(seg, () =>
       this.directReaders[seg] === 0
-        ? this.write(b, seg, runs, covered)
-        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered)),
+        ? this.write(b, seg, runs, covered, writeout)
+        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered, writeout)),
     ).finally(() => this.inFlight.delete(seq));
   }
 
@@ -987,9 +1011,10 @@ export class Log {
 
   /**
    * The device writes of a sealed buffer (byte ranges of it, see changedRanges), issued together
-   * (one submission: the header may land before the data, see the file comment); never rejects.
+   * (one submission: the header may land before the data, see the file comment), then with
+   * `writeout` the early write-out of their span; never rejects.
    */
-  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null): Promise<void> {
+  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null, writeout: boolean): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
     let bytes = 0;
@@ -1009,6 +1034,7 @@ export class Log {
         b.dirty = false;
         b.state = BufferState.Clean;
         if (covered !== null) this.written(covered);
+        if (writeout && this.alignment === 1) this.startWriteout(at, ranges[ranges.length - 1]);
         return;
       }
       if (covered !== null) this.dropped.uncover(seg, covered);

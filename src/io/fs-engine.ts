@@ -83,6 +83,11 @@ export class FsEngine implements IoEngine {
     });
   }
 
+  /** node:fs has no sync_file_range: the addon runs it on the same threadpool (async: a bad argument rejects). */
+  async startWriteout(fd: number, offset: number, length: number): Promise<void> {
+    return native.startWriteout(fd, offset, length);
+  }
+
   /** node:fs has no fallocate: the addon runs it on the same threadpool. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
     return native.fallocate(fd, mode, offset, length);

@@ -49,6 +49,15 @@ export interface IoEngine {
   /** Writes every byte of bufs to fd at offset (short writes are continued); `background` as readv. */
   writev(fd: number, bufs: readonly Uint8Array[], offset: number, background?: boolean): Promise<void>;
   fdatasync(fd: number): Promise<void>;
+  /**
+   * Starts writing the dirty page-cache pages of [offset, offset + length) of fd to the device
+   * (sync_file_range with SYNC_FILE_RANGE_WRITE; length 0: to end of file, length < 2^32) and
+   * waits for none of it: a later fdatasync then has less to write. It makes nothing durable
+   * (only fdatasync does) and is pointless on an O_DIRECT fd (no dirty pages). Resolves once the
+   * write-out is started; io_uring runs it on a kernel worker, the threadpool engine on a libuv
+   * worker. Callers may ignore a failure: the fdatasync that follows reports what matters.
+   */
+  startWriteout(fd: number, offset: number, length: number): Promise<void>;
   /** fallocate(2), e.g. FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE or FALLOC_FL_ZERO_RANGE. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /** BLKDISCARD or BLKZEROOUT on a block device. */

@@ -35,8 +35,9 @@ const OP_READ = 0;
 const OP_WRITE = 1;
 const OP_FDATASYNC = 2;
 const OP_FALLOCATE = 3;
-type OpKind = typeof OP_READ | typeof OP_WRITE | typeof OP_FDATASYNC | typeof OP_FALLOCATE;
-const OP_NAMES = ['readv', 'writev', 'fdatasync', 'fallocate'] as const;
+const OP_WRITEOUT = 4;
+type OpKind = typeof OP_READ | typeof OP_WRITE | typeof OP_FDATASYNC | typeof OP_FALLOCATE | typeof OP_WRITEOUT;
+const OP_NAMES = ['readv', 'writev', 'fdatasync', 'fallocate', 'sync_file_range'] as const;
 
 interface PendingOp {
   kind: OpKind;
@@ -49,7 +50,7 @@ interface PendingOp {
   exact: boolean;
   /** READ/WRITE: run by a kernel worker (IOSQE_ASYNC), never inline in the submit. */
   background: boolean;
-  /** FALLOCATE only. */
+  /** FALLOCATE: mode and length; WRITEOUT: length. */
   mode: number;
   length: number;
   /** Settles the op: the promise's resolve/reject, or (when set) readvThen's or readvChecked's callback. */
@@ -168,6 +169,10 @@ export class UringEngine implements IoEngine {
 
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
     return this.start(OP_FALLOCATE, fd, [], offset, mode, length);
+  }
+
+  startWriteout(fd: number, offset: number, length: number): Promise<void> {
+    return this.start(OP_WRITEOUT, fd, [], offset, 0, length);
   }
 
   /** BLKDISCARD/BLKZEROOUT are rare and block in the ioctl: a worker thread runs them. */
@@ -291,6 +296,9 @@ export class UringEngine implements IoEngine {
           break;
         case OP_FALLOCATE:
           this.ring.prepFallocate(op.fd, op.mode, op.offset, op.length, tag);
+          break;
+        case OP_WRITEOUT:
+          this.ring.prepSyncFileRange(op.fd, op.offset, op.length, tag);
           break;
       }
     } catch (err) {

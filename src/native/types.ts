@@ -183,7 +183,7 @@ export interface NativeFrontendChannel {
  * Layout of IoRing.completions (an Int32Array owned by native, reused for every reap): entry i
  * occupies [i * CQE_STRIDE, (i + 1) * CQE_STRIDE) (native/io/io_ring.h, kCqeStride):
  *   +0 tag     the tag given to prep*()
- *   +1 result  the CQE result: bytes transferred (READV/WRITEV), 0 (FSYNC/FALLOCATE), or
+ *   +1 result  the CQE result: bytes transferred (READV/WRITEV), 0 (FSYNC/FALLOCATE/SYNC_FILE_RANGE), or
  *              -errno on failure
  *   +2 check   of a checked read (prepReadvChecked) that transferred every
  *              byte: CQE_CHECK_OK or CQE_CHECK_BAD; CQE_CHECK_NONE otherwise
@@ -263,6 +263,11 @@ export interface NativeIoRing {
   /** IORING_OP_FALLOCATE: fallocate(fd, mode, offset, length). */
   prepFallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
   /**
+   * IORING_OP_SYNC_FILE_RANGE with SYNC_FILE_RANGE_WRITE: starts writing the dirty pages of
+   * [offset, offset + length) (0: to end of file), waits for none of it; length < 2^32.
+   */
+  prepSyncFileRange(fd: number, offset: number, length: number, tag: number): void;
+  /**
    * One io_uring_enter for every queued SQE (none when nothing is queued), then reaps every
    * completion already posted (inline completions, e.g. page-cache hits) into `completions`
    * and returns how many entries it wrote (0 inside onComplete, see IoRingOptions). Throws the
@@ -273,7 +278,7 @@ export interface NativeIoRing {
 }
 
 export interface IoUringProbe {
-  /** true when IoRing can be constructed here with READV, WRITEV, FSYNC, FALLOCATE. */
+  /** true when IoRing can be constructed here with READV, WRITEV, FSYNC, FALLOCATE, SYNC_FILE_RANGE. */
   supported: boolean;
   /** When not supported: errno name (EPERM when the kernel forbids io_uring, ENOSYS ...). */
   code?: string;
@@ -413,6 +418,9 @@ export interface NativeAddon {
   blockRange(fd: number, op: 'discard' | 'zeroout', offset: number, length: number): Promise<void>;
   /** fallocate(2) on a libuv worker thread (the threadpool engine's fallocate). */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE) on a libuv worker thread (the threadpool engine's
+   * startWriteout); length < 2^32, 0: to end of file. */
+  startWriteout(fd: number, offset: number, length: number): Promise<void>;
   /** A zeroed view of `size` bytes at a memory address that is a multiple of `align` (power of
    * two <= 65536), e.g. an O_DIRECT bounce buffer. */
   alignedBuffer(size: number, align: number): Uint8Array;

@@ -91,7 +91,7 @@ export class MemStore implements BackingStore {
   async close(): Promise<void> {}
 }
 
-/** IoEngine wrapper failing reads or writes on demand (EIO). */
+/** IoEngine wrapper failing reads, writes or write-out starts on demand (EIO). */
 export class FaultyEngine implements IoEngine {
   readonly kind: IoEngine['kind'];
   failReads = false;
@@ -99,8 +99,11 @@ export class FaultyEngine implements IoEngine {
   /** Probability in [0, 1) of failing each read / write, drawn from `random`. */
   readFailRate = 0;
   writeFailRate = 0;
+  failWriteouts = false;
   reads = 0;
   writes = 0;
+  /** startWriteout() calls, in order: [offset, length]. */
+  readonly writeouts: [number, number][] = [];
   /** When set, awaited before a read is passed on: tests hold a read in flight with it. */
   readHook: ((offset: number, len: number) => Promise<void>) | null = null;
 
@@ -141,6 +144,12 @@ export class FaultyEngine implements IoEngine {
 
   fdatasync(fd: number): Promise<void> {
     return this.inner.fdatasync(fd);
+  }
+
+  startWriteout(fd: number, offset: number, length: number): Promise<void> {
+    this.writeouts.push([offset, length]);
+    if (this.failWriteouts) return Promise.reject(new VhostError('injected write-out error', 'EIO'));
+    return this.inner.startWriteout(fd, offset, length);
   }
 
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {

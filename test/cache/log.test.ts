@@ -330,6 +330,58 @@ describe('cache log', () => {
     assert.deepEqual(out, blockData(1, 2));
   });
 
+  it('starts the write-out of each segment the hand left once written; none for the writes a flush syncs at once, none with O_DIRECT', async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    const at = (s: number) => segmentOffset(cache.geometry, s);
+    // 10 blocks: segments 0 and 1 are written as the hand leaves them, 2 holds 2 blocks.
+    assert.equal(await cache.insert(vol, 0, blockData(0, 10), 10, () => true), 10);
+    assert.equal(await cache.log.flush(), true);
+    // Each over its header and data, started after its write completed; segment 2 (written by
+    // the flush, synced right after) gets none.
+    assert.deepEqual(engine.writeouts, [
+      [at(0), 4096 + 4 * BS],
+      [at(1), 4096 + 4 * BS],
+    ]);
+    // The hand leaves segment 2 (2 more blocks): its write-out covers header .. its last run.
+    assert.equal(await cache.insert(vol, 10, blockData(10, 3), 3, () => true), 3);
+    assert.equal(await cache.log.flush(), true);
+    assert.deepEqual(engine.writeouts.slice(2), [[at(2), 4096 + 4 * BS]]);
+    const r = await read(0, 13);
+    assert.equal(r.hits, 13);
+    assert.deepEqual(r.data, blockData(0, 13));
+
+    // O_DIRECT: no dirty pages, no write-out.
+    await cache.abort();
+    const direct = new FaultyEngine(new FsEngine());
+    cache = await Cache.open({ path: path.join(dir, 'cache-direct'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine: direct, direct: true });
+    const dv = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(dv, 0, blockData(0, 10), 10, () => true), 10);
+    assert.equal(await cache.log.flush(), true);
+    assert.ok(direct.writes >= 3);
+    assert.deepEqual(direct.writeouts, []);
+  });
+
+  it('a failed write-out start is logged once and changes nothing else (fdatasync makes the log durable)', async () => {
+    await cache.abort();
+    const lines: { msg: string }[] = [];
+    const logger = pino({ level: 'warn' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    engine.failWriteouts = true;
+    cache = await Cache.open({ path: path.join(dir, 'cache5'), size: deviceBytesFor(4, 4096, 16384), segmentSize: 16384, buffers: 3, engine, logger });
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    assert.equal(await cache.insert(vol, 0, blockData(0, 13), 13, () => true), 13);
+    assert.equal(await cache.log.flush(), true);
+    assert.equal(engine.writeouts.length, 3);
+    assert.deepEqual(
+      lines.map((l) => l.msg),
+      ['cache device write-out start failed (ignored: fdatasync still makes the log durable; not logged again)'],
+    );
+    assert.equal(cache.log.disabled, false);
+    assert.equal(cache.stats().writeErrors, 0);
+    const r = await read(0, 13);
+    assert.equal(r.hits, 13);
+    assert.deepEqual(r.data, blockData(0, 13));
+  });
+
   it('a segment buffer served a RAM hit lately is kept when another segment needs a buffer (the least recently used one is recycled)', async () => {
     const vol = cache.registerVolume('v', 'id', 1 << 20);
     assert.equal(await cache.insert(vol, 0, blockData(0, 16), 16, () => true), 16);

@@ -432,6 +432,37 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.deepEqual(out, block(1, 1));
   });
 
+  it('a commit asked for while one runs shares it unless an insertion was queued since that one was asked for', async () => {
+    await open();
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    assert.equal(await cache.insertDirty(v, 1, block(1, 1), 1), 1);
+    // The first commit's fdatasync held: it is running when the others are asked for.
+    const sync = gate();
+    dev.syncGate = sync.promise;
+    const [commits, syncs] = [cache.log.commits, dev.fdatasyncs];
+    const first = cache.commit();
+    let inserted: Promise<number>;
+    let second: Promise<boolean>;
+    try {
+      await waitFor(() => dev.fdatasyncs > syncs, 'the first commit reached its fdatasync');
+      // Nothing queued since: block 1 is in the running commit, which serves this call too.
+      assert.equal(cache.commit(), first);
+      // Block 2 queued now is not in it: a commit of its own, after the first.
+      inserted = cache.insertDirty(v, 2, block(2, 1), 1);
+      second = cache.commit();
+      assert.notEqual(second, first);
+    } finally {
+      dev.syncGate = null;
+      sync.resolve();
+    }
+    assert.equal(await first, true);
+    assert.equal(await inserted, 1);
+    assert.equal(await second, true);
+    assert.equal(cache.log.commits - commits, 2);
+    assert.equal(dev.unflushedWrites, 0, 'block 2 durable when its commit resolved');
+  });
+
   it('a commit is one submission of the segment write (header and data runs) and one fdatasync', async () => {
     await open();
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);

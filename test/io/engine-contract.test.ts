@@ -231,6 +231,31 @@ for (const [name, make] of engines) {
       await engine.fdatasync(fd);
     });
 
+    it('starts the write-out of a range (or to end of file), the data read back as written, then fdatasyncs', async () => {
+      const data = randomBytes(1 << 20);
+      await engine.writev(fd, [data], 4096);
+      await engine.startWriteout(fd, 4096, data.length);
+      await engine.writev(fd, [data.subarray(0, 8192)], 0);
+      await engine.startWriteout(fd, 0, 0);
+      const back = new Uint8Array(4096 + data.length);
+      await engine.readv(fd, [back], 0, true);
+      assert.deepEqual(Buffer.from(back.subarray(0, 8192)), data.subarray(0, 8192));
+      assert.deepEqual(Buffer.from(back.subarray(8192)), data.subarray(4096));
+      await engine.fdatasync(fd);
+    });
+
+    it('rejects a write-out start on an invalid fd with EBADF, on a character device with ESPIPE, over 2^32 - 1 bytes with EINVAL', async () => {
+      await rejectsWithCode(engine.startWriteout(1 << 20, 0, 4096), 'EBADF');
+      const dev = fs.openSync('/dev/null', 'r+');
+      try {
+        await rejectsWithCode(engine.startWriteout(dev, 0, 4096), 'ESPIPE');
+      } finally {
+        fs.closeSync(dev);
+      }
+      await rejectsWithCode(engine.startWriteout(fd, 0, 2 ** 32), 'EINVAL');
+      await engine.startWriteout(fd, 0, 2 ** 32 - 1);
+    });
+
     it('punches a hole that reads as zeros and keeps the size', async () => {
       const data = randomBytes(64 * 1024);
       await engine.writev(fd, [data], 0);

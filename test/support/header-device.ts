@@ -71,6 +71,11 @@ export class HeaderDevice implements IoEngine {
     return Promise.resolve();
   }
 
+  /** Nothing is ever dirty. */
+  startWriteout(): Promise<void> {
+    return Promise.resolve();
+  }
+
   fallocate(): Promise<void> {
     return Promise.reject(new VhostError('HeaderDevice', 'EOPNOTSUPP'));
   }

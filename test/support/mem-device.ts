@@ -12,6 +12,8 @@
  *     the effect step;
  *   - `readError`/`writeError`: called per operation; returning true fails it with EIO;
  *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves;
+ *   - `startWriteout` does nothing: like sync_file_range it makes nothing durable, so a crash
+ *     image does not depend on it;
  *   - `truncate(at)`: a file cut at `at` (its bytes past `at` gone, zeros once written past):
  *     an exact read reaching past the end fails with EIO as FsEngine's does, another reads
  *     zeros there; a write past the end extends it.
@@ -123,6 +125,10 @@ export class MemDevice implements IoEngine {
     if (this.syncGate !== null) return this.syncGate.then(effect);
     effect();
     return Promise.resolve();
+  }
+
+  startWriteout(): Promise<void> {
+    return this.frozen ? this.never() : Promise.resolve();
   }
 
   fallocate(): Promise<void> {
