@@ -1014,8 +1014,9 @@ export class Cache {
 
   /**
    * Watched slots whose data the backing store now holds (written and flushed): those still
-   * holding it are marked clean, made durable by header rewrites started now (batched); every
-   * one stops being watched. Returns how many were marked.
+   * holding it are marked clean, recorded by header rewrites started now (batched, no fdatasync
+   * of their own: durable with the next one, log.ts rewrite); every one stops being watched.
+   * Returns how many were marked.
    */
   markClean(slots: readonly number[]): number {
     const segs = new Set<number>();
@@ -1028,7 +1029,7 @@ export class Cache {
     }
     // Not awaited: a lost clean mark only destages the same data again (recovery.ts 9.), and
     // after a write error the rewrite waits for the floor, which waits for the destage.
-    if (segs.size > 0) void this.log.rewrite(segs);
+    if (segs.size > 0) void this.log.rewrite(segs, false);
     return n;
   }
 
@@ -1108,6 +1109,7 @@ export class Cache {
       deviceWriteBytes: log.deviceWriteBytes,
       headerRewrites: log.headerRewrites,
       rewriteBatches: log.rewriteBatches,
+      fdatasyncs: log.fdatasyncs,
       readLatencyUs: log.readLatency.meanUs,
       segmentReadLatencyUs: log.segmentReadLatency.meanUs,
       segmentWriteLatencyUs: log.segmentWriteLatency.meanUs,

@@ -76,8 +76,10 @@
  * (segment writes and header rewrites) is chained per segment (onSegment), so a rewrite never
  * lands before a write of that segment issued earlier, nor races a later one. Drops not caused
  * by a write (failed reads, checksums, moved blocks) start a rewrite in the background, so the
- * set stays small; evictions wait for their segment's own write, then for an fdatasync (one is
- * started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
+ * set stays small (those background rewrites, like the clean marks of destaged blocks, get no
+ * fdatasync of their own: they are durable with the next one, and until then a write of their
+ * keys still finds and rewrites them); evictions wait for their segment's own write, then for
+ * an fdatasync (one is started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
  *
  * Write-back (dirty blocks, the group commit): insert(..., dirty) puts write-back blocks into
  * the segment being filled like any other; commit() then makes every block inserted before it
@@ -87,7 +89,10 @@
  * commit's writes completed). The commits asked for while one waits in the chain or runs
  * share it (unless an insertion was queued since it was asked for: every insertion queued
  * before runs before it in the chain, so its blocks are in what it submits): one device write
- * set + one fdatasync per batch of requests. A header may thus land before its data (a crash
+ * set + one fdatasync per batch of requests. Only a commit's submission runs in the chain: the
+ * insertions and commits behind it go on while its writes and fdatasync run, and up to
+ * MAX_SYNCS_IN_FLIGHT fdatasyncs run at once (the commits beyond share the next one; on this
+ * VM's disk concurrent fdatasyncs complete about as fast as one). A header may thus land before its data (a crash
  * between the two): every header sector carries the durable mark (`synced`: each write sealed
  * at or below it completed before an fdatasync that completed), and recovery.ts checks the
  * data of the dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
@@ -97,6 +102,10 @@
  * leave neither copy on the device), until the commit that made the new copy durable; then it
  * becomes RESERVED like any other dropped dirty slot: not reused until a header sealed after
  * its drop is durable, so no slot whose entry may still name acknowledged data is refilled.
+ * Those headers are not rewritten per commit (random overwrites would cost about one header
+ * rewrite per write): the hand's next write of the segment covers them, or one batch rewrites
+ * every uncovered header once RESERVED_REWRITE_SHARE of the slots were released since the last
+ * such batch; a destage of the key rewrites them first anyway (killDropped).
  * A header rewrite of the segment being filled names only the slots whose data is on the device
  * (not those put since it was last submitted). Device read failures and checksum mismatches of
  * dirty blocks never drop them (the backing store is older): their reads fail instead.
@@ -162,9 +171,24 @@ export interface LogOptions {
 /** Evicted entries awaiting an fdatasync, in segments' worth, beyond which one is started. */
 export const MAX_UNSYNCED_SEGMENTS = 4;
 
+/**
+ * fdatasyncs in flight at once; a further one asked for waits for one of them to finish, then
+ * starts for every caller that asked meanwhile (see the file comment).
+ */
+export const MAX_SYNCS_IN_FLIGHT = 2;
+
+/**
+ * Superseded write-back copies released (RESERVED) since the last rewrite they started, as a
+ * share of the slots, at which the headers still naming them are rewritten (one batch; see the
+ * file comment).
+ */
+export const RESERVED_REWRITE_SHARE = 1 / 32;
+
 /** Header rewrites asked for and not started yet, and their waiters. */
 interface RewriteBatch {
   segs: Set<number>;
+  /** An fdatasync after the headers (false: background rewrites only, durable with the next one). */
+  sync: boolean;
   /** True when the headers were rewritten and synced, or nothing is recoverable any more. */
   done: Promise<boolean>;
   resolve: (ok: boolean) => void;
@@ -179,9 +203,10 @@ export class Log {
   segmentWrites = 0;
   /** Bytes written to the device by segment writes (headers + refilled runs) and header rewrites. */
   deviceWriteBytes = 0;
-  /** Header rewrites (durable invalidations) and the fdatasyncs of their batches. */
+  /** Header rewrites (durable invalidations) and their batches; fdatasyncs started (all of them). */
   headerRewrites = 0;
   rewriteBatches = 0;
+  fdatasyncs = 0;
   /** Entries that may still be valid on the device for keys no longer in the map. */
   readonly dropped: DroppedEntries;
   readErrors = 0;
@@ -240,6 +265,9 @@ export class Log {
   private shadows: number[] = [];
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
   private readonly reserved = new Map<number, Dropped>();
+  /** Superseded copies released since the last rewrite they started, and how many start one. */
+  private released = 0;
+  private readonly releasedRewriteAt: number;
   /** The last commit asked for, shared by callers until it is done or an insertion is queued. */
   private commitNext: Promise<boolean> | null = null;
   /** Insertions queued so far, and their count when commitNext was asked for. */
@@ -252,6 +280,11 @@ export class Log {
    * it started. False only when it failed, which disabled the log.
    */
   private syncing: Promise<boolean> = Promise.resolve(true);
+  /** fdatasyncs in flight (at most MAX_SYNCS_IN_FLIGHT), and the one waiting for a place, shared by its callers. */
+  private readonly syncsRunning = new Set<Promise<boolean>>();
+  private syncQueued: { done: Promise<boolean>; resolve: (ok: boolean | Promise<boolean>) => void } | null = null;
+  /** Commits asked for and not done (quiesce waits for them: their fdatasyncs run outside the chain). */
+  private readonly committing = new Set<Promise<boolean>>();
   /** The durable mark sealed into headers (see the file comment). */
   private synced: number;
   /** Sequence numbers of the device writes sealed and not completed yet. */
@@ -273,6 +306,7 @@ export class Log {
     this.maxQueued = o.maxQueuedBlocks;
     this.onDisabled = o.onDisabled;
     this.dropped = new DroppedEntries(this.g.blocksPerSegment);
+    this.releasedRewriteAt = Math.max(1, Math.floor(this.map.slots * RESERVED_REWRITE_SHARE));
     this.map.onDrop = (slot, evicted, superseded) => this.slotDropped(slot, evicted, superseded);
     this.segGen = new Uint32Array(this.g.segments);
     this.directReaders = new Uint32Array(this.g.segments);
@@ -509,34 +543,46 @@ export class Log {
   /**
    * Makes every block inserted before this call durable (see the file comment); the calls made
    * before the commit is done share it, unless an insertion was queued in between (it would run
-   * after that commit). Resolves false when a write failed (never rejects).
+   * after that commit). Resolves false when a write failed (never rejects). Only the submission
+   * runs in the chain: the insertions queued behind it go on while its writes and fdatasync run.
    */
   commit(): Promise<boolean> {
     if (this.commitNext !== null && this.commitNextAfter === this.inserts) return this.commitNext;
     const t = LatencyMeter.now();
-    const p = this.afterQueued(async () => {
-      try {
-        const ok = await this.commitNow();
+    const p = this.afterQueued(() => Promise.resolve(this.submitForCommit()))
+      .then((submitted) => this.commitDurable(submitted))
+      .then((ok) => {
         this.commits++;
         this.commitLatency.record(t);
         return ok;
-      } finally {
+      })
+      .finally(() => {
         if (this.commitNext === p) this.commitNext = null;
-      }
-    });
+        this.committing.delete(p);
+      });
+    this.committing.add(p);
     this.commitNext = p;
     this.commitNextAfter = this.inserts;
     return p;
   }
 
-  /** commit()'s work, run in the chain: submit the buffered segment, wait, fdatasync, release shadows. */
-  private async commitNow(): Promise<boolean> {
+  /**
+   * commit()'s part in the chain: submits the buffered segment; returns the SHADOW slots whose
+   * newer copies it makes durable and every segment write issued so far (its blocks' writes).
+   */
+  private submitForCommit(): { shadows: number[]; writes: Promise<void>[] } {
     const shadows = this.shadows;
     this.shadows = [];
-    await this.submitCurrent();
+    this.submitBuffered();
+    return { shadows, writes: this.pool.map((b) => b.pending) };
+  }
+
+  /** commit()'s part after the chain: its writes completed, then made durable; shadows released. */
+  private async commitDurable(c: { shadows: number[]; writes: Promise<void>[] }): Promise<boolean> {
+    await Promise.all(c.writes);
     if (this.disabled) return false;
     if (!(await this.durableNow())) return false;
-    this.releaseShadows(shadows);
+    this.releaseShadows(c.shadows);
     return true;
   }
 
@@ -550,28 +596,38 @@ export class Log {
 
   /** Submits the segment being filled (if it received blocks) and waits for every segment write. */
   private async submitCurrent(): Promise<void> {
-    const cur = this.current;
-    if (cur) {
-      this.current = null;
-      if (cur.dirty) this.submit(cur, false);
-      else cur.state = BufferState.Clean;
-    }
+    this.submitBuffered();
     await Promise.all(this.pool.map((b) => b.pending));
   }
 
-  /** The newer copies of these SHADOW slots are durable: they become RESERVED (dropped entries). */
+  /** Submits the segment being filled, if it received blocks (the next insertion enters it again). */
+  private submitBuffered(): void {
+    const cur = this.current;
+    if (cur === null) return;
+    this.current = null;
+    if (cur.dirty) this.submit(cur, false);
+    else cur.state = BufferState.Clean;
+  }
+
+  /**
+   * The newer copies of these SHADOW slots are durable: they become RESERVED (dropped entries),
+   * free once a header of their segment sealed since is durable: the hand's next write of that
+   * segment, or the rewrite of every uncovered header started once RESERVED_REWRITE_SHARE of
+   * the slots were released since the last one (scattered overwrites would otherwise cost a
+   * header rewrite per write or so).
+   */
   private releaseShadows(slots: number[]): void {
     if (slots.length === 0) return;
     const bda = this.map.bda;
-    const segs = new Set<number>();
     for (const slot of slots) {
       if (bda.flags[slot] !== FLAG_SHADOW) continue;
       bda.flags[slot] = FLAG_RESERVED;
       this.reserved.set(slot, this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot)));
-      segs.add(Math.floor(slot / this.g.blocksPerSegment));
+      this.released++;
     }
-    // Rewritten in the background, so the slots are free again soon.
-    if (segs.size > 0) void this.rewrite(segs);
+    if (this.released < this.releasedRewriteAt) return;
+    this.released = 0;
+    void this.rewrite(this.dropped.uncovered());
   }
 
   /** Waits until no insertion, read-ahead or write is in flight (nothing is flushed). */
@@ -579,9 +635,11 @@ export class Log {
     // Queued insertions enter the chain first (the turn that starts them was scheduled before).
     while (this.deferred.length > 0) await checkPhase();
     await this.tail;
+    while (this.committing.size > 0) await Promise.all([...this.committing]);
     await Promise.all(this.pool.map((b) => b.pending));
     while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.done);
     await Promise.all([...this.segTail.values()]);
+    while (this.syncsRunning.size > 0 || this.syncQueued !== null) await Promise.all([...this.syncsRunning, this.syncQueued?.done]);
     await this.floorRound;
   }
 
@@ -673,7 +731,7 @@ export class Log {
     }
     const d = this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot));
     if (bda.isDirty(slot)) this.reserved.set(slot, d);
-    if (!evicted) void this.rewrite([Math.floor(slot / this.g.blocksPerSegment)]);
+    if (!evicted) void this.rewrite([Math.floor(slot / this.g.blocksPerSegment)], false);
   }
 
   /**
@@ -700,15 +758,18 @@ export class Log {
   /**
    * Rewrites the headers of `segs` (sealed from the BDA) then fdatasync. Resolves true when
    * done, or when a write error meanwhile made nothing recoverable (floorDurable); false when
-   * neither could be made durable. Never rejects.
+   * neither could be made durable. Never rejects. `sync` false (background rewrites nothing
+   * waits for: released superseded copies, drops not caused by a write, clean marks): no
+   * fdatasync of its own, the headers become durable with the next one, whoever starts it
+   * (until then their dropped entries stay known, so killFor still finds them).
    */
-  rewrite(segs: Iterable<number>): Promise<boolean> {
+  rewrite(segs: Iterable<number>, sync = true): Promise<boolean> {
     if (this.disabled) return this.floorDurable(false);
     if (this.nextBatch === null) {
       let resolve!: (ok: boolean) => void;
       const done = new Promise<boolean>((r) => (resolve = r));
-      this.nextBatch = { segs: new Set(), done, resolve };
-    }
+      this.nextBatch = { segs: new Set(), sync, done, resolve };
+    } else if (sync) this.nextBatch.sync = true;
     for (const s of segs) this.nextBatch.segs.add(s);
     const done = this.nextBatch.done;
     this.startBatch();
@@ -734,22 +795,44 @@ export class Log {
   private async runBatch(b: RewriteBatch): Promise<void> {
     this.rewriteBatches++;
     await Promise.all([...b.segs].map((seg) => this.onSegment(seg, () => this.writeHeader(seg))));
-    if (!this.disabled) await this.sync();
+    if (!this.disabled && b.sync) await this.sync();
     b.resolve(this.disabled ? await this.floorDurable(false) : true);
   }
 
   /**
    * fdatasync; forgets the dropped entries whose covering header was written before it, and
-   * raises the durable mark to below the oldest write still in flight. Kept as `syncing`
-   * (durableNow).
+   * raises the durable mark to below the oldest write still in flight. At most
+   * MAX_SYNCS_IN_FLIGHT run at once; beyond, the callers share one that starts when one of them
+   * is done (it covers every write completed before it starts). The last one started is kept
+   * as `syncing` (durableNow).
    */
   private sync(): Promise<boolean> {
-    this.syncing = this.syncWritten();
-    return this.syncing;
+    if (this.syncsRunning.size < MAX_SYNCS_IN_FLIGHT) return this.startSync();
+    if (this.syncQueued === null) {
+      let resolve!: (ok: boolean | Promise<boolean>) => void;
+      const done = new Promise<boolean>((r) => (resolve = r));
+      this.syncQueued = { done, resolve };
+    }
+    return this.syncQueued.done;
+  }
+
+  private startSync(): Promise<boolean> {
+    const p = this.syncWritten();
+    this.syncing = p;
+    this.syncsRunning.add(p);
+    void p.then(() => {
+      this.syncsRunning.delete(p);
+      const queued = this.syncQueued;
+      if (queued === null) return;
+      this.syncQueued = null;
+      queued.resolve(this.startSync());
+    });
+    return p;
   }
 
   /** sync()'s work. */
   private async syncWritten(): Promise<boolean> {
+    this.fdatasyncs++;
     const written = this.awaitingSync;
     this.awaitingSync = [];
     this.unsynced = 0;

@@ -38,7 +38,8 @@
  *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
  *                   runs) and header rewrites; per block inserted it is the log's write amplification
  *   headerRewrites  segment headers rewritten to make invalidations durable (log.ts), in
- *   rewriteBatches  batches of one fdatasync each
+ *   rewriteBatches  batches (one fdatasync each, except the background ones: log.ts rewrite)
+ *   fdatasyncs      fdatasyncs of the cache device (commits, rewrite batches, flushes, ...)
  *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
  *                   (readLatencyUs from one read of cached blocks in READ_LATENCY_SAMPLE, log.ts)
@@ -91,6 +92,7 @@ export interface CacheStats extends VolumeStats {
   deviceWriteBytes: number;
   headerRewrites: number;
   rewriteBatches: number;
+  fdatasyncs: number;
   readLatencyUs: number;
   segmentReadLatencyUs: number;
   segmentWriteLatencyUs: number;

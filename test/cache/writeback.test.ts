@@ -8,6 +8,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
+import { MAX_SYNCS_IN_FLIGHT, RESERVED_REWRITE_SHARE } from '../../src/cache/log';
 import { CacheMap } from '../../src/cache/cache-map';
 import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
@@ -463,6 +464,75 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.equal(dev.unflushedWrites, 0, 'block 2 durable when its commit resolved');
   });
 
+  it(`a commit's fdatasync does not hold the insertions and commits behind it: up to MAX_SYNCS_IN_FLIGHT (${MAX_SYNCS_IN_FLIGHT}) run at once, the commits asked for beyond them share the next one`, async () => {
+    await open();
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    const sync = gate();
+    dev.syncGate = sync.promise;
+    const syncs = dev.fdatasyncs;
+    const inserted: Promise<number>[] = [];
+    const commits: Promise<boolean>[] = [];
+    try {
+      for (let b = 1; b <= MAX_SYNCS_IN_FLIGHT + 2; b++) {
+        inserted.push(cache.insertDirty(v, b, block(b, 1), 1));
+        commits.push(cache.commit());
+        // Each commit's segment write completes and its own fdatasync starts while the earlier ones are held.
+        if (b <= MAX_SYNCS_IN_FLIGHT) await waitFor(() => dev.fdatasyncs - syncs === b, `commit ${b}'s fdatasync started, the ones before it held`);
+      }
+      await waitFor(() => dev.writes > 0 && dev.unflushedWrites >= MAX_SYNCS_IN_FLIGHT + 2, 'the segment writes of the last two commits');
+      await settle();
+      assert.equal(dev.fdatasyncs - syncs, MAX_SYNCS_IN_FLIGHT, 'no more fdatasyncs in flight than MAX_SYNCS_IN_FLIGHT');
+    } finally {
+      dev.syncGate = null;
+      sync.resolve();
+    }
+    assert.deepEqual(await Promise.all(commits), commits.map(() => true));
+    assert.deepEqual(await Promise.all(inserted), inserted.map(() => 1));
+    assert.equal(dev.fdatasyncs - syncs, MAX_SYNCS_IN_FLIGHT + 1, 'the last two commits shared one fdatasync');
+    assert.equal(dev.unflushedWrites, 0);
+    assert.equal(cache.map.dirtyBlocks(v), MAX_SYNCS_IN_FLIGHT + 2);
+  });
+
+  it(`superseded copies a commit released wait for RESERVED_REWRITE_SHARE (1/${1 / RESERVED_REWRITE_SHARE}) of the slots before their headers are rewritten: one batch, one fdatasync, then their slots are free`, async () => {
+    // 32 segments of 8 slots: the rewrite starts at 8 released copies.
+    const size = deviceBytesFor(32, BS, 8 * BS);
+    dev = new MemDevice(size);
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
+    assert.equal(cache.map.slots * RESERVED_REWRITE_SHARE, 8);
+    const v = cache.registerVolume('v', 'mem-1', 256 * BS);
+    await cache.quiesce();
+    // Blocks 0-15 in segments 0 and 1.
+    const first = new Uint8Array(16 * BS);
+    for (let b = 0; b < 16; b++) first.set(block(b, 1), b * BS);
+    assert.equal(await cache.insertDirty(v, 0, first, 16), 16);
+    assert.equal(await cache.commit(), true);
+    await cache.quiesce();
+    const reserved = (): number => drawSlots(cache.map, 8).split('R').length - 1;
+    const rewrites = cache.stats().headerRewrites;
+    const syncs = dev.fdatasyncs;
+    // Newer copies of blocks 0-6: 7 copies released by the commit, below the share.
+    for (let b = 0; b < 7; b++) assert.equal(await cache.insertDirty(v, b, block(b, 2), 1), 1);
+    assert.equal(await cache.commit(), true);
+    await cache.quiesce();
+    assert.equal(reserved(), 7, 'the older copies stay RESERVED');
+    assert.equal(cache.stats().headerRewrites, rewrites, 'no header rewritten for them yet');
+    assert.equal(dev.fdatasyncs - syncs, 1, "the commit's fdatasync only");
+    // Blocks 7 (segment 0) and 8 (segment 1): 9 released, the headers of segments 0 and 1 rewritten.
+    for (const b of [7, 8]) assert.equal(await cache.insertDirty(v, b, block(b, 2), 1), 1);
+    assert.equal(await cache.commit(), true);
+    await cache.quiesce();
+    assert.equal(cache.stats().headerRewrites - rewrites, 2);
+    assert.equal(dev.fdatasyncs - syncs, 3, "the two commits' fdatasyncs and the batch's");
+    assert.equal(reserved(), 0, 'every older copy durably gone: the slots are free');
+    assert.equal(cache.map.dirtyBlocks(v), 16);
+    const out = new Uint8Array(BS);
+    for (let b = 0; b < 16; b++) {
+      assert.equal(await cache.readBlocks(v, b, 1, out, new Uint8Array(1)), 1);
+      assert.deepEqual(out, block(b, b < 9 ? 2 : 1), `block ${b}`);
+    }
+  });
+
   it('a commit is one submission of the segment write (header and data runs) and one fdatasync', async () => {
     await open();
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);
@@ -531,7 +601,8 @@ describe('write-back: the log group commit (Log.commit)', function () {
       try {
         for (;;) {
           await waitFor(() => done || io.pending.length > 0, `the next device write of the ${how}`);
-          // A commit's rewrite releasing the older entry runs in the background: after it resolves.
+          // A commit does not rewrite the header naming the older entry (one released copy is
+          // below RESERVED_REWRITE_SHARE); the flush does.
           await settle();
           const h = io.pending[0];
           if (h === undefined) break;
@@ -545,7 +616,7 @@ describe('write-back: the log group commit (Log.commit)', function () {
         await io.drain();
       }
       assert.equal(await flushed, true);
-      assert.ok(states >= 8 && sawNewer, `crash states checked: ${states}, the newer copy among them`);
+      assert.ok(states >= (how === 'flush' ? 8 : 4) && sawNewer, `crash states checked: ${states}, the newer copy among them`);
       assert.equal(cache.map.dirtyBlocks(v), 1);
     });
   }
