@@ -52,6 +52,7 @@ function main(): void {
   const hit = measure(iters, 1, check(one, 1));
   const result = {
     hardware: native.crc32cHardware,
+    folding: native.crc32cFolding,
     loadavg: os.loadavg().map((x) => +x.toFixed(1)),
     ns: {
       hit4k: hit,

@@ -4,13 +4,17 @@
 //   crc32c(data, seed = 0) -> u32            one buffer; seed = the CRC of preceding bytes
 //   crc32cBlocks(data, blockSize, out, at)   out[at + j] = CRC of block j of data
 //   crc32cHardware: true when the crc32 instruction is used
+//   crc32cFolding: true when runs of 256 bytes or more are folded (AVX-512 VPCLMULQDQ)
 //   crc32cCheck(bufs, blockSize, crcs, at, bad) -> mismatches
 //                                            bufs (a Uint8Array or a scatter list of them)
 //                                            read as consecutive whole blocks;
 //                                            bad[j] = 1 when block j's CRC != crcs[at + j]
 //
 // The SSE4.2 crc32 instruction is used where the CPU has it (checked once at load with
-// __builtin_cpu_supports); otherwise slicing-by-8 tables. Buffers are only read. The block
+// __builtin_cpu_supports); otherwise slicing-by-8 tables. Where the CPU also has AVX-512 with
+// VPCLMULQDQ, runs of 256 bytes or more are folded with carry-less multiplications instead
+// (crc32cFolding: true; 4 KiB in about a third of the time of the three crc32 streams, the
+// check every cache hit pays). Buffers are only read. The block
 // check is written once (Crc32cCheckBlocks, crc32c.h): crc32cCheck and the io_uring ring's
 // checked reads (io_ring.cc) both use it.
 #include "io/crc32c.h"
@@ -25,7 +29,7 @@
 #include "js/errors.h"
 
 #if defined(__x86_64__)
-#include <nmmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace vbc {
@@ -125,10 +129,107 @@ __attribute__((target("sse4.2"))) uint32_t UpdateHw(uint32_t crc, const uint8_t*
   return c32;
 }
 
+// Folding (AVX-512 + VPCLMULQDQ). The bytes of a 16-byte lane, loaded little endian, are a
+// polynomial of degree < 128 with bit i of the lane the coefficient of x^(127 - i) (reflected,
+// as the CRC reads bits). A lane R that stands D bits before the lane it is added to is
+// multiplied by x^D modulo P: its low quadword (the high-degree half H) by x^(D + 64) and its
+// high quadword (L) by x^D. A carry-less product of two reflected 64-bit values is the
+// reflected product times x, so the constants are x^(D + 63) and x^(D - 1) modulo P, each
+// reflected into a quadword (degree < 32: the products fit the 128-bit lane). The register's
+// initial value is added to the first 4 bytes; once the input is folded into one lane, the
+// crc32 instruction reduces that lane (16 bytes from register 0) and carries on with the tail.
+constexpr uint32_t kPolyNormal = 0x1EDC6F41u;  // kPoly with its bits in the other order
+
+// x^n mod P, normal bit order (bit j = coefficient of x^j).
+uint32_t XPowMod(unsigned n) {
+  uint32_t r = 1;
+  for (unsigned i = 0; i < n; ++i) r = (r << 1) ^ ((r & 0x80000000u) != 0 ? kPolyNormal : 0);
+  return r;
+}
+
+// c (degree < 32) reflected into a quadword: coefficient j at bit 63 - j.
+uint64_t Reflect64(uint32_t c) {
+  uint64_t r = 0;
+  for (int j = 0; j < 32; ++j) {
+    if ((c >> j) & 1) r |= uint64_t{1} << (63 - j);
+  }
+  return r;
+}
+
+// The two quadword constants that fold a lane forward by d bits (low, high).
+struct FoldBy {
+  uint64_t lo, hi;
+  explicit FoldBy(unsigned d) : lo(Reflect64(XPowMod(d + 63))), hi(Reflect64(XPowMod(d - 1))) {}
+};
+const FoldBy kFold128(128);   // the next lane
+const FoldBy kFold512(512);   // the same lane of the next 64-byte register
+const FoldBy kFold2048(2048); // the same lane 256 bytes on (the main loop's stride)
+
+constexpr size_t kFoldBlock = 256;  // bytes per turn of the main loop: four 64-byte registers
+
+// GCC 12's _mm512_undefined_epi32 (inside the broadcast and lane-extract intrinsics) trips
+// -Wuninitialized on itself: not a use of an uninitialised value of ours.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#define VBC_FOLD_TARGET __attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul,sse4.2")))
+
+VBC_FOLD_TARGET inline __m512i Fold512(__m512i r, __m512i k, __m512i next) {
+  // 0x96: a ^ b ^ c
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(r, k, 0x00), _mm512_clmulepi64_epi128(r, k, 0x11), next, 0x96);
+}
+
+VBC_FOLD_TARGET inline __m128i Fold128(__m128i r, __m128i k, __m128i next) {
+  return _mm_ternarylogic_epi64(_mm_clmulepi64_si128(r, k, 0x00), _mm_clmulepi64_si128(r, k, 0x11), next, 0x96);
+}
+
+VBC_FOLD_TARGET uint32_t UpdateFold(uint32_t crc, const uint8_t* p, size_t n) {
+  const __m512i k2048 = _mm512_broadcast_i32x4(_mm_set_epi64x(static_cast<int64_t>(kFold2048.hi), static_cast<int64_t>(kFold2048.lo)));
+  const __m512i k512 = _mm512_broadcast_i32x4(_mm_set_epi64x(static_cast<int64_t>(kFold512.hi), static_cast<int64_t>(kFold512.lo)));
+  const __m128i k128 = _mm_set_epi64x(static_cast<int64_t>(kFold128.hi), static_cast<int64_t>(kFold128.lo));
+  __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(crc))));
+  __m512i x1 = _mm512_loadu_si512(p + 64);
+  __m512i x2 = _mm512_loadu_si512(p + 128);
+  __m512i x3 = _mm512_loadu_si512(p + 192);
+  p += kFoldBlock;
+  n -= kFoldBlock;
+  while (n >= kFoldBlock) {
+    x0 = Fold512(x0, k2048, _mm512_loadu_si512(p));
+    x1 = Fold512(x1, k2048, _mm512_loadu_si512(p + 64));
+    x2 = Fold512(x2, k2048, _mm512_loadu_si512(p + 128));
+    x3 = Fold512(x3, k2048, _mm512_loadu_si512(p + 192));
+    p += kFoldBlock;
+    n -= kFoldBlock;
+  }
+  // Four registers into the last one, then its four lanes into its last lane.
+  x1 = Fold512(x0, k512, x1);
+  x2 = Fold512(x1, k512, x2);
+  x3 = Fold512(x2, k512, x3);
+  __m128i r = _mm512_castsi512_si128(x3);
+  r = Fold128(r, k128, _mm512_extracti32x4_epi32(x3, 1));
+  r = Fold128(r, k128, _mm512_extracti32x4_epi32(x3, 2));
+  r = Fold128(r, k128, _mm512_extracti32x4_epi32(x3, 3));
+  while (n >= 16) {
+    r = Fold128(r, k128, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    p += 16;
+    n -= 16;
+  }
+  uint64_t c = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(r)));
+  c = _mm_crc32_u64(c, static_cast<uint64_t>(_mm_extract_epi64(r, 1)));
+  return UpdateHw(static_cast<uint32_t>(c), p, n);
+}
+#undef VBC_FOLD_TARGET
+#pragma GCC diagnostic pop
+
 const bool kHardware = __builtin_cpu_supports("sse4.2");
-uint32_t Update(uint32_t crc, const uint8_t* p, size_t n) { return kHardware ? UpdateHw(crc, p, n) : UpdateTable(crc, p, n); }
+const bool kFolding = kHardware && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul");
+uint32_t Update(uint32_t crc, const uint8_t* p, size_t n) {
+  if (kFolding && n >= kFoldBlock) return UpdateFold(crc, p, n);
+  return kHardware ? UpdateHw(crc, p, n) : UpdateTable(crc, p, n);
+}
 #else
 constexpr bool kHardware = false;
+constexpr bool kFolding = false;
 uint32_t Update(uint32_t crc, const uint8_t* p, size_t n) { return UpdateTable(crc, p, n); }
 #endif
 
@@ -294,6 +395,7 @@ void RegisterCrc32c(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New(env, JS_crc32c, "crc32c"));
   exports.Set("crc32cBlocks", Napi::Function::New(env, JS_crc32cBlocks, "crc32cBlocks"));
   exports.Set("crc32cHardware", Napi::Boolean::New(env, kHardware));
+  exports.Set("crc32cFolding", Napi::Boolean::New(env, kFolding));
   exports.Set("crc32cCheck", Napi::Function::New(env, JS_crc32cCheck, "crc32cCheck"));
 }
 

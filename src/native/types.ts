@@ -435,6 +435,8 @@ export interface NativeAddon {
   crc32cCheck(bufs: Uint8Array | readonly Uint8Array[], blockSize: number, crcs: Uint32Array, at: number, bad: Uint8Array): number;
   /** True when the CPU's crc32 instruction (SSE4.2) computes CRC-32C, false for the table fallback. */
   crc32cHardware: boolean;
+  /** True when runs of 256 bytes or more are folded with AVX-512 VPCLMULQDQ (faster than the crc32 instruction). */
+  crc32cFolding: boolean;
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   VhostDevice: new (options: VhostDeviceOptions) => NativeVhostDevice;
   GuestRam: new (size: number, populate?: boolean) => NativeGuestRam;

@@ -32,6 +32,19 @@ describe('native CRC-32C', () => {
     }
   });
 
+  it('folds runs of 256 bytes or more (AVX-512 VPCLMULQDQ where the CPU has it) to the same CRC at any length and start', () => {
+    const r = rng(5);
+    const data = random(70000, r);
+    // Around the 256-byte turns, the 64-byte registers, the 16-byte lanes and the tail.
+    for (const n of [255, 256, 257, 271, 272, 273, 300, 511, 512, 513, 767, 1024, 1039, 4095, 4096, 4097, 4111, 65536, 65551]) {
+      for (const start of [0, 1, 3, 17, 63]) {
+        const d = data.subarray(start, start + n);
+        const seed = Math.floor(r() * 2 ** 32);
+        assert.equal(native.crc32c(d, seed), reference(d, seed), `length ${n} at ${start} (folding: ${native.crc32cFolding})`);
+      }
+    }
+  });
+
   it('computes a batch of block CRCs and checks a scatter list of blocks in one call', () => {
     const bs = 4096;
     const data = random(5 * bs, rng(9));
