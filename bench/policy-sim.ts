@@ -40,6 +40,8 @@ interface Policy {
   /** True on a hit (and records the use). */
   lookup(vol: number, block: number): boolean;
   insert(vol: number, block: number): void;
+  /** Admission of a read miss (log policy only; the others admit every miss). */
+  admit?(vol: number, block: number): boolean;
   /** Read-ahead insertion of an uncached block (log policy only). */
   prefetch?(vol: number, block: number): void;
   /** True when cached, without counting a use. */
@@ -119,6 +121,9 @@ class LogPolicy implements Policy {
   insert(vol: number, block: number): void {
     this.place(vol, block, false);
   }
+  admit(vol: number, block: number): boolean {
+    return this.m.admit(vol, block);
+  }
   invalidate(vol: number, block: number): boolean {
     return this.m.invalidate(vol, block);
   }
@@ -142,8 +147,12 @@ class LogPolicy implements Policy {
     let ghost = 0;
     let prefetched = 0;
     let used = 0;
+    let refused = 0;
+    let refusedGhost = 0;
     for (const v of [1, 2, 3]) {
       const c = this.m.stats(v);
+      refused += c.firstTouchesRefused;
+      refusedGhost += c.refusedGhostHits;
       ins += c.insertions;
       ghost += c.ghostHits;
       prefetched += c.prefetched;
@@ -164,6 +173,10 @@ class LogPolicy implements Policy {
       prefetchAccuracy: rate(used, prefetched),
       segmentsSkipped: this.m.segmentsSkipped,
       decayPeriod: +this.m.decayPeriod.toFixed(2),
+      firstTouchesRefused: refused,
+      refusedGhostHits: refusedGhost,
+      admitShare: +this.m.admitShare.toFixed(3),
+      ghostCounts: Array.from(this.m.ghost?.count ?? []),
       validByCount: this.validByCount(),
       ramBytesPerBlock: +(this.m.byteLength / this.m.slots).toFixed(2),
     };
@@ -436,7 +449,7 @@ function apply(p: Policy, r: Req, c: Counters): void {
       } else miss.push(b);
     }
     if (refuse) c.refused += miss.length;
-    else for (const b of miss) p.insert(r.vol, b);
+    else for (const b of miss) if (p.admit?.(r.vol, b) !== false) p.insert(r.vol, b);
     if (!refuse && from >= 0 && p.prefetch && p.has) {
       while (from < d.lastEnd && p.has(r.vol, from)) from++;
       for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);
