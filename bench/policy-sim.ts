@@ -3,11 +3,14 @@
  * ghost history) and its slot choices exactly as the log uses them (findVictim + assign), or
  * the exact LRU / ARC references, driven by a workload generator. Reports per 4 KiB block:
  * read hit rate, invalidate hit rate, empty slots at the end (SPC-1: also per stream kind), and
- * for the log policies the blocks placed per segment filled (device write efficiency) and the
- * valid blocks by reuse counter.
+ * for the log policies the blocks placed per segment filled (device write efficiency), the
+ * valid blocks by reuse counter, and adaptive admission's figures (first touches refused,
+ * refused-ghost hits, the admission share at the end, ghost entries by kind: once-seen, reused,
+ * invalidated, refused).
  *
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
- * misses; a write invalidates every block then inserts it.
+ * misses (the log policies: those CacheMap.admit takes, as Log.place does); a write invalidates
+ * every block then inserts it.
  *
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|shift|scan|targets|ram [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
