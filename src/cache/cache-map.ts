@@ -32,14 +32,14 @@
  * admitted; a first touch is admitted when its region (REGION_BLOCKS blocks of its volume, a
  * hashed table of one-byte scores, one entry per SLOTS_PER_REGION_ENTRY slots) scores at least
  * REGION_ADMIT, else for a share `admitShare` of first touches (a credit, no randomness). A
- * refused first touch is remembered as GhostKind.Refused; if it is read again while remembered
- * it is inserted at counter 0 (a second touch), adds one to the score of its region and of the
- * next (a sequential stream re-read behind another reads on into it), and raises the share; a
- * ghost hit of a block evicted after reuse (too little room for the frequent blocks) lowers
- * it, each by ADMIT_STEP times ARC's ratio of the ghost sizes (Refused against Reused). Scores
- * halve every REGION_AGE x (table entries) first-touch decisions. So one-touch streams and
- * uniform misses stay out while regions whose blocks come back (hot spots filling, streams
- * read twice) are admitted at once.
+ * refused first touch is remembered as GhostKind.Refused; inserted while remembered (read
+ * again, or written: its write's insertion takes the entry) it starts at counter 0, adds one
+ * to the score of its region and of the next (a sequential stream re-read behind another reads
+ * on into it), and raises the share; a ghost hit of a block evicted after reuse (too little
+ * room for the frequent blocks) lowers it, each by ADMIT_STEP times ARC's ratio of the ghost
+ * sizes (Refused against Reused). Scores halve every REGION_AGE x (table entries) first-touch
+ * decisions. So one-touch streams and uniform misses stay out while regions whose blocks come
+ * back (hot spots filling, streams read twice) are admitted at once.
  *
  * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
  * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with

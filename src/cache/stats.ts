@@ -25,7 +25,7 @@
  *   firstTouchesRefused read-miss blocks not in the ghost history (first touches) that adaptive
  *                   admission did not insert (cache-map.ts admit(); writes and read-ahead are
  *                   always inserted): remembered in the ghost history as refused
- *   refusedGhostHits read-miss blocks inserted while remembered as refused (their second touch):
+ *   refusedGhostHits blocks inserted while remembered as refused (read again, or written):
  *                   each raises the admission share and scores its region (cache-map.ts)
  *   destaged        write-back blocks written to the backing store and marked clean
  *   destageErrors   destage rounds that failed (retried)

@@ -45,7 +45,7 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['prefetchHits', 'vbc_cache_prefetch_hits_total', 'read-ahead blocks later read while cached'],
   ['admissionsRefused', 'vbc_cache_admissions_refused_total', 'blocks not inserted by the sequential cut-off'],
   ['firstTouchesRefused', 'vbc_cache_first_touches_refused_total', 'read-miss blocks seen for the first time that adaptive admission did not insert'],
-  ['refusedGhostHits', 'vbc_cache_refused_ghost_hits_total', 'read-miss blocks inserted on their second touch, refused on their first (raise the admission share)'],
+  ['refusedGhostHits', 'vbc_cache_refused_ghost_hits_total', 'blocks inserted (read again or written) while remembered as refused by admission (raise the admission share)'],
   ['readsJoined', 'vbc_cache_reads_joined_total', 'blocks of read misses taken from a backing read of them in flight (read-ahead or another miss) instead of read again'],
   ['ghostHits', 'vbc_cache_ghost_hits_total', 'blocks inserted while in the ghost history (recently evicted or overwritten)'],
   ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
