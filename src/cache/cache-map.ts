@@ -490,7 +490,7 @@ export class CacheMap {
     this.segValid[this.segmentOf(slot)]++;
     const kind = this.ghost ? this.ghost.take(bda.keyLo[slot], bda.keyHi[slot]) : -1;
     if (kind === GhostKind.Refused) {
-      // A refused first touch read again: it starts at 0 like a first touch; admission was too strict.
+      // A refused first touch back (read again, or written): it starts at 0; admission was too strict.
       this.stats(volume).refusedGhostHits++;
       this.regionHit(volume, block);
       this.adaptAdmission(true);
@@ -680,8 +680,9 @@ export class CacheMap {
   /**
    * RAM of the index by part, in bytes, from the typed arrays themselves: BDA keys (keyLo +
    * keyHi), CRC-32Cs and flags, the address map, the ghost history, the admission region
-   * scores, the per-segment counters, the per-volume counters (fixed, MAX_VOLUMES entries). Not counted: the write-back dirty
-   * lists (a Map per volume, bounded by destage.ts) and per-volume objects (stats, streams).
+   * scores, the per-segment counters, the per-volume counters (fixed, MAX_VOLUMES entries). Not
+   * counted: the write-back dirty lists (a Map per volume, bounded by destage.ts) and
+   * per-volume objects (stats, streams).
    */
   ramParts(): { keys: number; crc: number; flags: number; addressMap: number; ghost: number; regions: number; segments: number; volumes: number } {
     const { bda } = this;

@@ -17,9 +17,9 @@
  * entry holds 1 + KINDS * fingerprint + kind (never 0, 0 = empty; at most 252). Adding a key
  * overwrites whatever the entry held, so the history forgets old keys at the rate new ones are
  * added (about the last `size` evictions and refusals are remembered). A hit (take) clears the
- * entry; has() only looks. False positives: a foreign key with the
- * same home, fingerprint and any kind, about (fill / 63) per probe. `count[kind]` is the
- * number of entries of each kind (ARC's |B1| and |B2|, and the refused ones).
+ * entry; has() only looks. False positives: a foreign key with the same home, fingerprint and
+ * any kind, about (fill / 63) per probe. `count[kind]` is the number of entries of each kind
+ * (ARC's |B1| and |B2|, and the refused ones).
  */
 import { hashKey } from './address-map';
 
