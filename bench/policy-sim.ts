@@ -3,11 +3,14 @@
  * ghost history) and its slot choices exactly as the log uses them (findVictim + assign), or
  * the exact LRU / ARC references, driven by a workload generator. Reports per 4 KiB block:
  * read hit rate, invalidate hit rate, empty slots at the end (SPC-1: also per stream kind), and
- * for the log policies the blocks placed per segment filled (device write efficiency) and the
- * valid blocks by reuse counter.
+ * for the log policies the blocks placed per segment filled (device write efficiency), the
+ * valid blocks by reuse counter, and adaptive admission's figures (first touches refused,
+ * refused-ghost hits, the admission share at the end, ghost entries by kind: once-seen, reused,
+ * invalidated, refused).
  *
  * Rules (pblio's): ASU3 writes bypass the cache; a read looks up every block then inserts its
- * misses; a write invalidates every block then inserts it.
+ * misses (the log policies: those CacheMap.admit takes, as Log.place does); a write invalidates
+ * every block then inserts it.
  *
  * Run: node dist/bench/policy-sim.js --workload spc1|zipf|shift|scan|targets|ram [--ios N] [--seed S]
  *        [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS]
@@ -40,6 +43,8 @@ interface Policy {
   /** True on a hit (and records the use). */
   lookup(vol: number, block: number): boolean;
   insert(vol: number, block: number): void;
+  /** Admission of a read miss (log policy only; the others admit every miss). */
+  admit?(vol: number, block: number): boolean;
   /** Read-ahead insertion of an uncached block (log policy only). */
   prefetch?(vol: number, block: number): void;
   /** True when cached, without counting a use. */
@@ -119,6 +124,9 @@ class LogPolicy implements Policy {
   insert(vol: number, block: number): void {
     this.place(vol, block, false);
   }
+  admit(vol: number, block: number): boolean {
+    return this.m.admit(vol, block);
+  }
   invalidate(vol: number, block: number): boolean {
     return this.m.invalidate(vol, block);
   }
@@ -142,8 +150,12 @@ class LogPolicy implements Policy {
     let ghost = 0;
     let prefetched = 0;
     let used = 0;
+    let refused = 0;
+    let refusedGhost = 0;
     for (const v of [1, 2, 3]) {
       const c = this.m.stats(v);
+      refused += c.firstTouchesRefused;
+      refusedGhost += c.refusedGhostHits;
       ins += c.insertions;
       ghost += c.ghostHits;
       prefetched += c.prefetched;
@@ -164,6 +176,10 @@ class LogPolicy implements Policy {
       prefetchAccuracy: rate(used, prefetched),
       segmentsSkipped: this.m.segmentsSkipped,
       decayPeriod: +this.m.decayPeriod.toFixed(2),
+      firstTouchesRefused: refused,
+      refusedGhostHits: refusedGhost,
+      admitShare: +this.m.admitShare.toFixed(3),
+      ghostCounts: Array.from(this.m.ghost?.count ?? []),
       validByCount: this.validByCount(),
       ramBytesPerBlock: +(this.m.byteLength / this.m.slots).toFixed(2),
     };
@@ -436,7 +452,7 @@ function apply(p: Policy, r: Req, c: Counters): void {
       } else miss.push(b);
     }
     if (refuse) c.refused += miss.length;
-    else for (const b of miss) p.insert(r.vol, b);
+    else for (const b of miss) if (p.admit?.(r.vol, b) !== false) p.insert(r.vol, b);
     if (!refuse && from >= 0 && p.prefetch && p.has) {
       while (from < d.lastEnd && p.has(r.vol, from)) from++;
       for (let b = from; b < d.lastEnd; b++) p.prefetch(r.vol, b);

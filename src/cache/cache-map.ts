@@ -27,6 +27,20 @@
  * weight, the ratio of the other kind's ghosts to this kind's (at least 1). Ghost hits of
  * blocks a write invalidated (re-inserted by the write itself) do not adapt.
  *
+ * Admission (ARC's T1, adaptive): a read miss asks admit() before it is inserted; writes and
+ * read-ahead are always inserted. A key the ghost history remembers (a second touch) is
+ * admitted; a first touch is admitted when its region (REGION_BLOCKS blocks of its volume, a
+ * hashed table of one-byte scores, one entry per SLOTS_PER_REGION_ENTRY slots) scores at least
+ * REGION_ADMIT, else for a share `admitShare` of first touches (a credit, no randomness). A
+ * refused first touch is remembered as GhostKind.Refused; inserted while remembered (read
+ * again, or written: its write's insertion takes the entry) it starts at counter 0, adds one
+ * to the score of its region and of the next (a sequential stream re-read behind another reads
+ * on into it), and raises the share; a ghost hit of a block evicted after reuse (too little
+ * room for the frequent blocks) lowers it, each by ADMIT_STEP times ARC's ratio of the ghost
+ * sizes (Refused against Reused). Scores halve every REGION_AGE x (table entries) first-touch
+ * decisions. So one-touch streams and uniform misses stay out while regions whose blocks come
+ * back (hot spots filling, streams read twice) are admitted at once.
+ *
  * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
  * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with
  * the most invalid slots, and refills only those (its valid blocks stay as they are, counters
@@ -57,7 +71,7 @@
  * hand past it. Nothing else may move the hand in between. upcomingSegment() tells the log
  * which segment comes next (to read it ahead); the hand will enter exactly that one.
  */
-import { AddressMap, DEFAULT_LOAD_FACTOR } from './address-map';
+import { AddressMap, DEFAULT_LOAD_FACTOR, hashKey } from './address-map';
 import { BlockDescriptorArray, FLAG_DIRTY, FLAG_PREFETCHED, FLAG_REF, FLAG_RESERVED, FLAG_REUSED, FLAG_SHADOW, FLAG_VALID, MAX_VOLUMES } from './bda';
 import { GhostHistory, GhostKind } from './ghost';
 import { performance } from 'node:perf_hooks';
@@ -86,6 +100,19 @@ export const EMPTY_TARGET = 1 / 64;
  * rotates over the log), so a choice costs O(CLEANING_WINDOW), not O(segments).
  */
 export const CLEANING_WINDOW = 4096;
+/** Lowest share of first touches admitted (admit()). */
+export const ADMIT_MIN = 1 / 64;
+/** Admission share change per refused or reused ghost hit, times ARC's ghost-size ratio. */
+export const ADMIT_STEP = 1 / 256;
+/** Blocks per admission region (admit(): refused-ghost hits are scored per region). */
+export const REGION_BLOCKS = 1024;
+/** Score at which a region's first touches are all admitted. */
+export const REGION_ADMIT = 16;
+/** Region scores halve once per REGION_AGE x (regions) first-touch admission decisions. */
+export const REGION_AGE = 4;
+/** Region score entries per slot (a hashed table: 1 per 64 slots, at least MIN_REGIONS). */
+export const SLOTS_PER_REGION_ENTRY = 64;
+const MIN_REGIONS = 1024;
 
 export enum SegmentChoice {
   /** Cost-benefit cleaning (default). */
@@ -142,6 +169,14 @@ export class CacheMap {
   decayPeriod = 1;
   /** Carries since the last decrement. */
   private decayCredit = 0;
+  /** Share of read misses' first touches admitted (ADMIT_MIN..1), adapted by ghost hits. */
+  admitShare = 1;
+  /** admit()'s credit: a first touch is admitted each time it reaches 1. */
+  private admitCredit = 0;
+  /** Per region of REGION_BLOCKS blocks (hashed with its volume): recent refused-ghost hits. */
+  private readonly regionScore: Uint8Array;
+  /** First-touch decisions since the region scores last halved. */
+  private regionTick = 0;
   /** Decrement turns of blocks at MAX_COUNT since the last one taken. */
   private topCredit = 0;
   /** Blocks currently cached per volume id. */
@@ -204,6 +239,8 @@ export class CacheMap {
     this.emptyTarget = opts.emptyTarget ?? EMPTY_TARGET;
     const ghost = opts.ghostEntries ?? this.slots;
     this.ghost = ghost > 0 ? new GhostHistory(ghost) : null;
+    // Without a ghost history every miss is admitted: no scores.
+    this.regionScore = new Uint8Array(this.ghost ? Math.max(MIN_REGIONS, Math.ceil(this.slots / SLOTS_PER_REGION_ENTRY)) : 0);
     this.segKeep = new Uint16Array(this.segments);
     this.segValid = new Uint16Array(this.segments);
     this.segStamp = new Float64Array(this.segments);
@@ -272,6 +309,30 @@ export class CacheMap {
     if (c === 0) this.segKeep[this.segmentOf(idx)]++;
     if (c !== COUNT_MASK) flags[idx] += FLAG_REF;
     flags[idx] |= FLAG_REUSED;
+  }
+
+  /**
+   * Admission of a read miss's block, asked before findVictim (writes and read-ahead are not
+   * asked: always inserted): true when it is to be inserted, false when it is refused (then
+   * remembered as GhostKind.Refused and counted). See the file comment.
+   */
+  admit(volume: number, block: number): boolean {
+    const g = this.ghost;
+    if (g === null || g.has(block, volume)) return true;
+    const scores = this.regionScore;
+    if (++this.regionTick >= scores.length * REGION_AGE) {
+      this.regionTick = 0;
+      for (let i = 0; i < scores.length; i++) scores[i] >>>= 1;
+    }
+    if (scores[this.regionOf(volume, block)] >= REGION_ADMIT) return true;
+    this.admitCredit += this.admitShare;
+    if (this.admitCredit >= 1) {
+      this.admitCredit -= 1;
+      return true;
+    }
+    g.add(block, volume, GhostKind.Refused);
+    this.stats(volume).firstTouchesRefused++;
+    return false;
   }
 
   /** Slot of (volume, block) without touching its counter, or -1. */
@@ -428,11 +489,17 @@ export class CacheMap {
     this.map.add(slot);
     this.segValid[this.segmentOf(slot)]++;
     const kind = this.ghost ? this.ghost.take(bda.keyLo[slot], bda.keyHi[slot]) : -1;
-    if (kind >= 0) {
+    if (kind === GhostKind.Refused) {
+      // A refused first touch back (read again, or written): it starts at 0; admission was too strict.
+      this.stats(volume).refusedGhostHits++;
+      this.regionHit(volume, block);
+      this.adaptAdmission(true);
+    } else if (kind >= 0) {
       bda.flags[slot] |= (kind === GhostKind.Invalidated ? COUNT_MASK : GHOST_COUNT * FLAG_REF) | FLAG_REUSED;
       this.segKeep[this.segmentOf(slot)]++;
       this.stats(volume).ghostHits++;
       if (kind !== GhostKind.Invalidated) this.adapt(kind === GhostKind.Reused);
+      if (kind === GhostKind.Reused) this.adaptAdmission(false);
     }
     this.volumeBlocks[volume]++;
     this.stats(volume).insertions++;
@@ -462,6 +529,33 @@ export class CacheMap {
     const again = Math.max(1, n[GhostKind.Reused]);
     const d = reused ? DECAY_STEP * Math.max(1, once / again) : -DECAY_STEP * Math.max(1, again / once);
     this.decayPeriod = Math.min(DECAY_MAX, Math.max(1, this.decayPeriod + d));
+  }
+
+  /** Entry of the region score table for the region holding (volume, block). */
+  private regionOf(volume: number, block: number): number {
+    return (hashKey(Math.floor(block / REGION_BLOCKS), volume) >>> 0) % this.regionScore.length;
+  }
+
+  /** A refused-ghost hit at (volume, block): scores its region and the next one (streams go on). */
+  private regionHit(volume: number, block: number): void {
+    const scores = this.regionScore;
+    for (const b of [block, block + REGION_BLOCKS]) {
+      const r = this.regionOf(volume, b);
+      if (scores[r] < 0xff) scores[r]++;
+    }
+  }
+
+  /**
+   * ARC's adaptation of the admission share: a refused-ghost hit (admission too strict) raises
+   * it, a reused-ghost hit (a block hit before was evicted: too little room) lowers it, by
+   * ADMIT_STEP times the ratio of the other kind's ghosts to this kind's (at least ADMIT_STEP).
+   */
+  private adaptAdmission(up: boolean): void {
+    const n = this.ghost!.count;
+    const refused = Math.max(1, n[GhostKind.Refused]);
+    const again = Math.max(1, n[GhostKind.Reused]);
+    const d = up ? ADMIT_STEP * Math.max(1, again / refused) : -ADMIT_STEP * Math.max(1, refused / again);
+    this.admitShare = Math.min(1, Math.max(ADMIT_MIN, this.admitShare + d));
   }
 
   /**
@@ -585,11 +679,12 @@ export class CacheMap {
 
   /**
    * RAM of the index by part, in bytes, from the typed arrays themselves: BDA keys (keyLo +
-   * keyHi), CRC-32Cs and flags, the address map, the ghost history, the per-segment counters,
-   * the per-volume counters (fixed, MAX_VOLUMES entries). Not counted: the write-back dirty
-   * lists (a Map per volume, bounded by destage.ts) and per-volume objects (stats, streams).
+   * keyHi), CRC-32Cs and flags, the address map, the ghost history, the admission region
+   * scores, the per-segment counters, the per-volume counters (fixed, MAX_VOLUMES entries). Not
+   * counted: the write-back dirty lists (a Map per volume, bounded by destage.ts) and
+   * per-volume objects (stats, streams).
    */
-  ramParts(): { keys: number; crc: number; flags: number; addressMap: number; ghost: number; segments: number; volumes: number } {
+  ramParts(): { keys: number; crc: number; flags: number; addressMap: number; ghost: number; regions: number; segments: number; volumes: number } {
     const { bda } = this;
     return {
       keys: bda.keyLo.byteLength + bda.keyHi.byteLength,
@@ -597,6 +692,7 @@ export class CacheMap {
       flags: bda.flags.byteLength,
       addressMap: this.map.byteLength,
       ghost: this.ghost?.byteLength ?? 0,
+      regions: this.regionScore.byteLength,
       segments: this.segKeep.byteLength + this.segValid.byteLength + this.segStamp.byteLength,
       volumes: this.volumeBlocks.byteLength + this.volumeCap.byteLength,
     };

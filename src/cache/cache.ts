@@ -976,11 +976,12 @@ export class Cache {
   }
 
   /**
-   * See Log.insert(); nothing is inserted once closing or disabled.
+   * See Log.insert(); nothing is inserted once closing or disabled. `readMiss`: blocks a read
+   * missed, placed only if admitted (CacheMap.admit); the others (writes, read-ahead) always.
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false, readMiss = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    return this.log.insert(volume, first, data, count, accept, prefetched);
+    return this.log.insert(volume, first, data, count, accept, prefetched, false, readMiss);
   }
 
   /**
@@ -1103,6 +1104,7 @@ export class Cache {
       segmentsCleaned: this.map.segmentsCleaned,
       blocksCarried: this.map.blocksCarried,
       decayPeriod: this.map.decayPeriod,
+      admitShare: this.map.admitShare,
       emptySlots: this.map.slots - this.map.map.size,
       segmentReads: log.segmentReads,
       segmentWrites: log.segmentWrites,

@@ -647,15 +647,16 @@ export class CachedStore implements BackingStore {
 
   /**
    * Inserts blocks first.. of data (private) under `key` unless op gets poisoned; ends op and
-   * calls `done` when done.
+   * calls `done` when done. `readMiss`: a read's misses, each placed only if the map's
+   * admission takes it (cache-map.ts); a write's blocks are always placed.
    */
-  private insertThenEnd(op: Op, key: number, first: number, data: Uint8Array, count: number, done?: () => void): void {
+  private insertThenEnd(op: Op, key: number, first: number, data: Uint8Array, count: number, done?: () => void, readMiss = false): void {
     if (count <= 0 || op.poisoned || this.fenced || this.cache.disabled) {
       this.end(op);
       done?.();
       return;
     }
-    const p = this.cache.insert(key, first, data, count, () => !op.poisoned).finally(() => {
+    const p = this.cache.insert(key, first, data, count, () => !op.poisoned, false, readMiss).finally(() => {
       this.end(op);
       done?.();
       this.inserting.delete(p);
@@ -897,7 +898,7 @@ export class CachedStore implements BackingStore {
           const runOp = this.begin(first + k, first + k + n - 1, false);
           runOp.poisoned ||= op.poisoned;
           left++;
-          this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n, done);
+          this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n, done, true);
         });
       }
     } finally {

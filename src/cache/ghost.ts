@@ -9,14 +9,17 @@
  *                         short)
  *   GhostKind.Invalidated dropped by a write (its re-insertion is the write's own, not a miss
  *                         the policy caused: no adaptation)
+ *   GhostKind.Refused     a read miss's first touch that admission did not insert (never
+ *                         cached: a ghost hit means admission was too strict)
  *
  * Memory layout: one Uint8Array of `size` entries (1 byte per cache block when size = slots).
- * A key hashes to one entry (its home) and a fingerprint of 85 values; the entry holds
- * 1 + 3 * fingerprint + kind (never 0, 0 = empty). Adding a key overwrites whatever the entry
- * held, so the history forgets old keys at the rate new ones are added (about the last `size`
- * evictions are remembered). A hit clears the entry. False positives: a foreign key with the
- * same home, fingerprint and any kind, about (fill / 85) per probe. `count[kind]` is the
- * number of entries of each kind (ARC's |B1| and |B2|).
+ * A key hashes to one entry (its home) and a fingerprint of FINGERPRINTS (63) values; the
+ * entry holds 1 + KINDS * fingerprint + kind (never 0, 0 = empty; at most 252). Adding a key
+ * overwrites whatever the entry held, so the history forgets old keys at the rate new ones are
+ * added (about the last `size` evictions and refusals are remembered). A hit (take) clears the
+ * entry; has() only looks. False positives: a foreign key with the same home, fingerprint and
+ * any kind, about (fill / 63) per probe. `count[kind]` is the number of entries of each kind
+ * (ARC's |B1| and |B2|, and the refused ones).
  */
 import { hashKey } from './address-map';
 
@@ -24,9 +27,10 @@ export enum GhostKind {
   Once = 0,
   Reused = 1,
   Invalidated = 2,
+  Refused = 3,
 }
-const KINDS = 3;
-const FINGERPRINTS = 85;
+const KINDS = 4;
+const FINGERPRINTS = 63;
 
 export class GhostHistory {
   readonly fp: Uint8Array;
@@ -54,6 +58,13 @@ export class GhostHistory {
     if (old !== 0) this.count[(old - 1) % KINDS]--;
     this.fp[p] = GhostHistory.entry(h, kind);
     this.count[kind]++;
+  }
+
+  /** True when the key is remembered (any kind; nothing changes). */
+  has(lo: number, hi: number): boolean {
+    const h = GhostHistory.hash(lo, hi);
+    const e = this.fp[(h >>> 0) % this.fp.length];
+    return e !== 0 && e === GhostHistory.entry(h, (e - 1) % KINDS);
   }
 
   /** The kind the key left with (and forgets it), or -1 when it is not remembered. */

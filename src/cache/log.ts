@@ -467,9 +467,11 @@ export class Log {
    * read that produced the data, or started while the insertion waited for its turn).
    * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
    * (marked in the map until first read). `dirty`: write-back data (never refused for the
-   * backlog; durable once a commit() asked for after it resolves true).
+   * backlog; durable once a commit() asked for after it resolves true). `readMiss`: blocks a
+   * read missed; each is placed only if the map's admission takes it (CacheMap.admit, asked
+   * when it would be placed), the others are skipped. Writes and read-ahead are always placed.
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty = false, readMiss = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
     if (!dirty && this.queued + count > this.maxQueued) {
       this.insertsDropped += count;
@@ -479,7 +481,7 @@ export class Log {
     this.inserts++;
     return this.defer(count, async () => {
       try {
-        return await this.place(volume, first, data, count, accept, prefetched, dirty);
+        return await this.place(volume, first, data, count, accept, prefetched, dirty, readMiss);
       } finally {
         this.queued -= count;
       }
@@ -487,7 +489,7 @@ export class Log {
   }
 
   /** The work of insert(), run in the chain in a check phase. */
-  private async place(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty: boolean): Promise<number> {
+  private async place(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty: boolean, readMiss: boolean): Promise<number> {
     const bs = this.g.blockSize;
     const bps = this.g.blocksPerSegment;
     const crcs = new Uint32Array(count);
@@ -495,6 +497,7 @@ export class Log {
     let n = 0;
     for (let k = 0; k < count; k++) {
       if (this.disabled || !accept()) break;
+      if (readMiss && !this.map.admit(volume, first + k)) continue;
       const victim = this.map.findVictim(volume);
       if (victim < 0) break; // every slot pinned: fewer blocks inserted (write-back writes go through)
       const seg = Math.floor(victim / bps);

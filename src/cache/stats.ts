@@ -22,6 +22,11 @@
  *                   (a read-ahead or another miss: pending-reads.ts) instead of read again
  *   admissionsRefused blocks not inserted by the sequential cut-off (read misses and writes of
  *                   a stream longer than the volume's sequentialCutoff, cached-store.ts)
+ *   firstTouchesRefused read-miss blocks not in the ghost history (first touches) that adaptive
+ *                   admission did not insert (cache-map.ts admit(); writes and read-ahead are
+ *                   always inserted): remembered in the ghost history as refused
+ *   refusedGhostHits blocks inserted while remembered as refused (read again, or written):
+ *                   each raises the admission share and scores its region (cache-map.ts)
  *   destaged        write-back blocks written to the backing store and marked clean
  *   destageErrors   destage rounds that failed (retried)
  *   flushes, flushUs guest flushes of a write-back volume and their total latency (µs)
@@ -35,6 +40,8 @@
  *                   writes its header and the runs of slots refilled, log.ts)
  *   decayPeriod     carries per reuse-counter decrement (1..DECAY_MAX), the policy's adaptation
  *                   (ARC's p, cache-map.ts): high = frequency kept long, 1 = recency
+ *   admitShare      share of first touches admitted where no region admits them (ADMIT_MIN..1),
+ *                   adapted by refused and reused ghost hits (cache-map.ts)
  *   deviceWriteBytes bytes written to the cache device by segment writes (headers + refilled
  *                   runs) and header rewrites; per block inserted it is the log's write amplification
  *   headerRewrites  segment headers rewritten to make invalidations durable (log.ts), in
@@ -62,6 +69,8 @@ export interface VolumeCounters {
   sharedReads: number;
   sharedHits: number;
   admissionsRefused: number;
+  firstTouchesRefused: number;
+  refusedGhostHits: number;
   readsJoined: number;
   destaged: number;
   destageErrors: number;
@@ -86,6 +95,7 @@ export interface CacheStats extends VolumeStats {
   segmentsCleaned: number;
   blocksCarried: number;
   decayPeriod: number;
+  admitShare: number;
   emptySlots: number;
   segmentReads: number;
   segmentWrites: number;
@@ -127,6 +137,8 @@ export function newCounters(): VolumeCounters {
     sharedReads: 0,
     sharedHits: 0,
     admissionsRefused: 0,
+    firstTouchesRefused: 0,
+    refusedGhostHits: 0,
     readsJoined: 0,
     destaged: 0,
     destageErrors: 0,
@@ -151,6 +163,8 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.sharedReads += from.sharedReads;
   into.sharedHits += from.sharedHits;
   into.admissionsRefused += from.admissionsRefused;
+  into.firstTouchesRefused += from.firstTouchesRefused;
+  into.refusedGhostHits += from.refusedGhostHits;
   into.readsJoined += from.readsJoined;
   into.destaged += from.destaged;
   into.destageErrors += from.destageErrors;

@@ -44,6 +44,8 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['prefetched', 'vbc_cache_prefetched_total', 'blocks inserted by sequential read-ahead'],
   ['prefetchHits', 'vbc_cache_prefetch_hits_total', 'read-ahead blocks later read while cached'],
   ['admissionsRefused', 'vbc_cache_admissions_refused_total', 'blocks not inserted by the sequential cut-off'],
+  ['firstTouchesRefused', 'vbc_cache_first_touches_refused_total', 'read-miss blocks seen for the first time that adaptive admission did not insert'],
+  ['refusedGhostHits', 'vbc_cache_refused_ghost_hits_total', 'blocks inserted (read again or written) while remembered as refused by admission (raise the admission share)'],
   ['readsJoined', 'vbc_cache_reads_joined_total', 'blocks of read misses taken from a backing read of them in flight (read-ahead or another miss) instead of read again'],
   ['ghostHits', 'vbc_cache_ghost_hits_total', 'blocks inserted while in the ghost history (recently evicted or overwritten)'],
   ['invalidations', 'vbc_cache_invalidations_total', 'blocks invalidated by writes, discards and write-zeroes'],
@@ -176,6 +178,7 @@ export function createMetrics(source: ControlledDaemon): Metrics {
   cacheWide('counter', 'vbc_cache_blocks_carried_total', 'valid blocks kept in place by the hand (not rewritten)', (c) => c.blocksCarried);
   cacheWide('counter', 'vbc_cache_device_write_bytes_total', 'bytes written to the cache device by segment writes (headers and refilled runs)', (c) => c.deviceWriteBytes);
   cacheWide('counter', 'vbc_cache_segments_skipped_total', 'segments passed with every block carried forward (not written)', (c) => c.segmentsSkipped);
+  cacheWide('gauge', 'vbc_cache_admit_share', 'share of first-touch read misses admitted outside the admitting regions, adapted by ghost hits', (c) => c.admitShare);
   cacheWide('gauge', 'vbc_cache_decay_period', 'carries per reuse-counter decrement, adapted by ghost hits (high: frequency, 1: recency)', (c) => c.decayPeriod);
   cacheWide('gauge', 'vbc_cache_empty_slots', 'cache slots holding no block', (c) => c.emptySlots);
   new Gauge({

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { CacheMap, CLEANING_WINDOW, DECAY_STEP, GHOST_COUNT, MAX_COUNT, SegmentChoice, TOP_DECAY } from '../../src/cache/cache-map';
+import { ADMIT_MIN, ADMIT_STEP, CacheMap, CLEANING_WINDOW, DECAY_STEP, GHOST_COUNT, MAX_COUNT, REGION_ADMIT, REGION_AGE, REGION_BLOCKS, SegmentChoice, TOP_DECAY } from '../../src/cache/cache-map';
 import { AddressMap } from '../../src/cache/address-map';
 import { BlockDescriptorArray, MAX_VOLUMES } from '../../src/cache/bda';
 import { GhostHistory, GhostKind } from '../../src/cache/ghost';
@@ -300,16 +300,18 @@ describe('cache map: read-ahead blocks, counters, segment choice over many segme
     assert.equal(m.stats(0).ghostHits, 0);
   });
 
-  it('byteLength counts every structure: BDA, address map, ghost history, the three per-segment and two per-volume arrays', () => {
+  it('byteLength counts every structure: BDA, address map, ghost history, admission regions, the three per-segment and two per-volume arrays', () => {
     for (const ghostEntries of [undefined, 0]) {
       const m = new CacheMap(64, { segmentBlocks: 16, ghostEntries });
       const ghost = m.ghost === null ? 0 : m.ghost.byteLength;
-      // Per segment: blocks kept (Uint16), valid slots (Uint16), entry stamp (Float64); per
-      // volume id: blocks (Uint32), cap (Float64).
-      const parts = { keys: 64 * 5, crc: 64 * 4, flags: 64, addressMap: m.map.byteLength, ghost, segments: m.segments * (2 + 2 + 8), volumes: MAX_VOLUMES * (4 + 8) };
+      // One byte per region score entry (at least 1024; none without a ghost history); per
+      // segment: blocks kept (Uint16), valid slots (Uint16), entry stamp (Float64); per volume
+      // id: blocks (Uint32), cap (Float64).
+      const regions = m.ghost === null ? 0 : 1024;
+      const parts = { keys: 64 * 5, crc: 64 * 4, flags: 64, addressMap: m.map.byteLength, ghost, regions, segments: m.segments * (2 + 2 + 8), volumes: MAX_VOLUMES * (4 + 8) };
       assert.deepEqual(m.ramParts(), parts);
       assert.equal(m.bda.byteLength, parts.keys + parts.crc + parts.flags);
-      assert.equal(m.byteLength, m.bda.byteLength + m.map.byteLength + ghost + parts.segments + parts.volumes);
+      assert.equal(m.byteLength, m.bda.byteLength + m.map.byteLength + ghost + regions + parts.segments + parts.volumes);
     }
     assert.ok(new CacheMap(64).ghost!.byteLength > 0);
   });
@@ -363,14 +365,14 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
     assert.equal(insert(m, 0, 12), 1);
     // 10 goes now, as reused (it was hit).
     assert.equal(insert(m, 0, 13), 0);
-    assert.deepEqual([...m.ghost!.count], [1, 1, 0]);
+    assert.deepEqual([...m.ghost!.count], [1, 1, 0, 0]);
     assert.equal(m.decayPeriod, 1);
     // A reused block back: the frequency side was too short. Its slot's block (12, once-seen)
     // left first, so ARC's weight is once / reused = 2 / max(1, 0).
     assert.equal(insert(m, 0, 10), 1);
     assert.equal(m.decayPeriod, 1 + 2 * DECAY_STEP);
     assert.equal(drawSlots(m, 2), '>13   10*');
-    assert.deepEqual([...m.ghost!.count], [2, 0, 0]);
+    assert.deepEqual([...m.ghost!.count], [2, 0, 0, 0]);
     // A once-seen block back: shorter, by DECAY_STEP x max(1, reused / once).
     m.decayPeriod = 2;
     assert.equal(insert(m, 0, 11), 0);
@@ -389,7 +391,7 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
     for (let b = 0; b < 4; b++) insert(m, 0, b);
     m.decayPeriod = 2;
     assert.equal(m.invalidate(0, 1), true);
-    assert.deepEqual([...m.ghost!.count], [0, 0, 1]);
+    assert.deepEqual([...m.ghost!.count], [0, 0, 1, 0]);
     assert.equal(insert(m, 0, 1), 4);
     assert.equal(m.stats(0).ghostHits, 1);
     assert.equal(m.count(4), 3);
@@ -400,16 +402,101 @@ describe('cache map: adaptive decay (ARC\'s p as the decay period)', () => {
     const g = new GhostHistory(1);
     const key = (b: number): [number, number] => [b, 1];
     g.add(...key(5), GhostKind.Once);
-    assert.deepEqual([...g.count], [1, 0, 0]);
+    assert.deepEqual([...g.count], [1, 0, 0, 0]);
     // One entry: a second key overwrites the first (and its count).
     g.add(...key(6), GhostKind.Reused);
-    assert.deepEqual([...g.count], [0, 1, 0]);
+    assert.deepEqual([...g.count], [0, 1, 0, 0]);
     assert.equal(g.take(...key(5)), -1);
+    assert.equal(g.has(...key(6)), true);
     assert.equal(g.take(...key(6)), GhostKind.Reused);
     assert.equal(g.take(...key(6)), -1);
-    assert.deepEqual([...g.count], [0, 0, 0]);
+    assert.equal(g.has(...key(6)), false);
+    assert.deepEqual([...g.count], [0, 0, 0, 0]);
     g.add(...key(7), GhostKind.Invalidated);
     assert.equal(g.take(...key(7)), GhostKind.Invalidated);
+    g.add(...key(8), GhostKind.Refused);
+    assert.deepEqual([...g.count], [0, 0, 0, 1]);
+    assert.equal(g.take(...key(8)), GhostKind.Refused);
+  });
+});
+
+describe('cache map: adaptive admission of read misses', () => {
+  /** A read miss as the log places it: asked to admit(), then inserted if admitted. */
+  function readMiss(m: CacheMap, volume: number, block: number): boolean {
+    if (!m.admit(volume, block)) return false;
+    insert(m, volume, block);
+    return true;
+  }
+
+  it('refuses first touches past the admission share, admits them when read again, writes always', () => {
+    const m = new CacheMap(8);
+    m.admitShare = 0.5;
+    // Credit 0.5, 1, 0.5, 1: every other first touch is admitted.
+    for (const b of [10, 11, 12, 13]) readMiss(m, 0, b);
+    assert.equal(drawSlots(m, 8), ' 11   13  >..   ..   ..   ..   ..   ..');
+    assert.deepEqual([m.stats(0).firstTouchesRefused, m.stats(0).refusedGhostHits], [2, 0]);
+    // 10 read again: a second touch, admitted (counter 0, as a first touch would have been);
+    // the share rises by one step (no reused ghosts: the ratio is at least 1).
+    assert.equal(readMiss(m, 0, 10), true);
+    assert.equal(m.count(2), 0);
+    assert.deepEqual([m.stats(0).refusedGhostHits, m.stats(0).ghostHits], [1, 0]);
+    assert.equal(m.admitShare, 0.5 + ADMIT_STEP);
+    // A write's block is inserted without asking (the log does not call admit() for it).
+    insert(m, 0, 20);
+    // Credit 0.5 + step, then 1 + 2 steps: 14 refused, 15 admitted.
+    assert.deepEqual([readMiss(m, 0, 14), readMiss(m, 0, 15)], [false, true]);
+    assert.equal(drawSlots(m, 8), ' 11   13   10   20   15  >..   ..   ..');
+    // Without a ghost history nothing is refused.
+    const plain = new CacheMap(8, { ghostEntries: 0 });
+    plain.admitShare = ADMIT_MIN;
+    for (const b of [1, 2, 3]) assert.equal(plain.admit(0, b), true);
+  });
+
+  it('a region whose refused blocks came back REGION_ADMIT times admits its first touches, and the next region\'s, until the scores age', () => {
+    const m = new CacheMap(64, { ghostEntries: 1 << 16 });
+    m.admitShare = 0;
+    const region = (r: number, k: number): number => r * REGION_BLOCKS + k;
+    for (let k = 0; k < REGION_ADMIT; k++) assert.equal(readMiss(m, 0, region(0, k)), false);
+    // A first touch of region 0 or 1 is still refused (no refused block came back yet).
+    assert.equal(m.admit(0, region(1, 500)), false);
+    for (let k = 0; k < REGION_ADMIT; k++) assert.equal(readMiss(m, 0, region(0, k)), true);
+    assert.equal(m.stats(0).refusedGhostHits, REGION_ADMIT);
+    m.admitShare = 0;
+    // Regions 0 and 1 of volume 0 now admit; region 5, and region 0 of volume 1, do not.
+    assert.deepEqual([m.admit(0, region(0, 900)), m.admit(0, region(1, 7)), m.admit(0, region(5, 0)), m.admit(1, region(0, 900))], [true, true, false, false]);
+    // Scores halve at every REGION_AGE x 1024th first-touch decision (1024: the table's entries
+    // at this size; second touches are no decision), before it is made: REGION_ADMIT + 5 were
+    // made so far, so region 0 admits a block (not remembered: a first touch each time) until
+    // then, and then its score is REGION_ADMIT / 2.
+    let admitted = 0;
+    while (admitted < 2 * REGION_AGE * 1024 && m.admit(0, region(0, 901))) admitted++;
+    assert.equal(admitted, REGION_AGE * 1024 - (REGION_ADMIT + 5) - 1);
+    assert.equal(m.stats(0).firstTouchesRefused, REGION_ADMIT + 3);
+  });
+
+  it('a refused ghost back raises the share, a reused ghost back lowers it, by ADMIT_STEP times the ratio of the ghosts (within ADMIT_MIN..1)', () => {
+    const m = new CacheMap(8, { ghostEntries: 4096 });
+    const ghost = (b: number, kind: GhostKind): void => m.ghost!.add(b, 0, kind);
+    m.admitShare = 0.5;
+    // Back refused, with 1 refused and 3 reused ghosts left: up by 3 steps.
+    for (const [b, kind] of [[10, GhostKind.Refused], [11, GhostKind.Refused], [12, GhostKind.Reused], [13, GhostKind.Reused], [14, GhostKind.Reused]] as const) ghost(b, kind);
+    insert(m, 0, 10);
+    assert.equal(m.admitShare, 0.5 + 3 * ADMIT_STEP);
+    // Back reused, with 1 refused and 2 reused left: down by one step.
+    insert(m, 0, 12);
+    assert.equal(m.admitShare, 0.5 + 2 * ADMIT_STEP);
+    // Back once-seen: the share does not move (the decay period does).
+    ghost(15, GhostKind.Once);
+    insert(m, 0, 15);
+    assert.equal(m.admitShare, 0.5 + 2 * ADMIT_STEP);
+    m.admitShare = ADMIT_MIN;
+    ghost(16, GhostKind.Reused);
+    insert(m, 0, 16);
+    assert.equal(m.admitShare, ADMIT_MIN);
+    m.admitShare = 1;
+    ghost(17, GhostKind.Refused);
+    insert(m, 0, 17);
+    assert.equal(m.admitShare, 1);
   });
 });
 

@@ -442,6 +442,43 @@ describe('cached store', () => {
     assert.deepEqual(cached(60, 61), [60]);
   });
 
+  it('adaptive admission: read misses past the admission share are not inserted until read again; writes and read-ahead always are', async () => {
+    const s = await open('writethrough', 4);
+    const cached = (from: number, to: number): number[] => {
+      const r: number[] = [];
+      for (let b = from; b < to; b++) if (cache.map.peek(s.volume, b) >= 0) r.push(b);
+      return r;
+    };
+    // Only first touches of regions whose refused blocks came back, or a share of them, are
+    // admitted (cache-map.ts); here none: the share is 0 and no region scores.
+    cache.map.admitShare = 0;
+    for (const b of [3, 9]) assert.deepEqual(await readBack(s, b * BS, BS), mem.data.subarray(b * BS, (b + 1) * BS));
+    await settle();
+    assert.deepEqual(cached(0, 64), []);
+    let st = cache.stats().volumes.vol;
+    assert.deepEqual([st.firstTouchesRefused, st.refusedGhostHits, st.insertions], [2, 0, 0]);
+    // Read again: a second touch, inserted; then a hit.
+    assert.deepEqual(await readBack(s, 3 * BS, BS), mem.data.subarray(3 * BS, 4 * BS));
+    await settle();
+    assert.deepEqual(cached(0, 64), [3]);
+    const reads = mem.reads;
+    assert.deepEqual(await readBack(s, 3 * BS, BS), mem.data.subarray(3 * BS, 4 * BS));
+    assert.equal(mem.reads, reads);
+    // A write's blocks are inserted without asking admission.
+    await s.write(20 * BS, [block(20 * BS, 2, 2 * BS)]);
+    await settle();
+    assert.deepEqual(cached(0, 64), [3, 20, 21]);
+    // Read-ahead (window 4): block 47 continues the run at 32 to READ_AHEAD_MIN_RUN blocks, so
+    // 48..51 are read ahead and inserted; the 16 read misses are refused.
+    await readBack(s, 32 * BS, 15 * BS);
+    await readBack(s, 47 * BS, BS);
+    await s.drain();
+    await settle();
+    assert.deepEqual(cached(30, 64), [48, 49, 50, 51]);
+    st = cache.stats().volumes.vol;
+    assert.deepEqual([st.firstTouchesRefused, st.refusedGhostHits, st.prefetched], [18, 1, 4]);
+  });
+
   /** Holds the first backing read at `offset` until the returned release() is called. */
   function holdRead(offset: number): { reached: Promise<void>; release: () => void } {
     const reached = gate();

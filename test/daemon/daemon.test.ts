@@ -70,6 +70,10 @@ describe('daemon (in-process, our front end)', function () {
     assert.match(metrics, /vbc_cache_blocks\{volume="b"\} [1-9]/);
     // No eviction yet: the policy's decay period is still its initial 1.
     assert.match(metrics, /^vbc_cache_decay_period 1$/m);
+    // Nor a block evicted after reuse: admission still takes every read miss.
+    assert.match(metrics, /^vbc_cache_admit_share 1$/m);
+    assert.match(metrics, /^vbc_cache_first_touches_refused_total\{volume="a"\} 0$/m);
+    assert.match(metrics, /^vbc_cache_refused_ghost_hits_total\{volume="b"\} 0$/m);
   });
 
   it('drops only the volume whose front end misbehaves and serves its next connection', async () => {
