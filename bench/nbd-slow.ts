@@ -3,8 +3,8 @@
  * (rdelay=1ms wdelay=1ms), 4 KiB random reads at depth 16 over a working set that fits the cache.
  *   qsd   qemu-storage-daemon serving the NBD export over vhost-user-blk
  *   cold  our daemon with a fresh (empty) cache. Two figures: the first ws / 32 KiB random reads
- *         (8,192 at the default 256 MiB: fewer measure the JIT's warm-up, not a miss's cost)
- *         (nearly all misses; compared with qsd running the same reads: the target; the daemon
+ *         (8,192 at the default 256 MiB: fewer measure the JIT's warm-up, not a miss's cost;
+ *         nearly all misses; compared with qsd running the same reads: the target; the daemon
  *         is first warmed up by as many reads of a range outside the working set), and a full
  *         timed pass, during which the cache warms up (shown with its hit rate)
  *   warm  our daemon after a sequential pre-read pass over the working set
