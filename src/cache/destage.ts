@@ -233,15 +233,30 @@ export class Destager {
   }
 
   /**
-   * Resolves when no round is in flight and none started since: the caller starts its round in
-   * the same turn, so rounds (the loop's and destageRange's) never overlap.
+   * Once no round is in flight, picks up to ROUND_BLOCKS dirty blocks of [first, last] and
+   * starts a round over them (`yielding`: see runRound), the check and the start in one
+   * microtask, so rounds (the loop's and destageRange's) never overlap. Resolves with the round
+   * (`done`: the blocks it marked clean) and how many it picked; null when none was dirty, or
+   * when `loop` and the destager was closed. (Returning to a caller that starts the round is a
+   * microtask too late: two callers woken by the end of one round both found it over and
+   * started two, writing a block twice, the later write after a discard that destageRange
+   * had cleared the way for.)
    */
-  private async roundFree(): Promise<void> {
+  private async startRound(first: number, last: number, yielding: boolean, loop: boolean): Promise<{ picked: number; done: Promise<number> } | null> {
     for (;;) {
       const r = this.round;
       await r;
-      if (this.round === r) return;
+      if (this.round === r) break;
     }
+    if (loop && this.closed) return null;
+    const picked = this.pick(first, last);
+    if (picked.length === 0) return null;
+    const done = this.runRound(picked, yielding);
+    this.round = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    return { picked: picked.length, done };
   }
 
   /**
@@ -254,19 +269,15 @@ export class Destager {
       this.rangeWaits++;
       // The round in flight stops yielding.
       this.guestIdle();
+      let round: { picked: number; done: Promise<number> } | null;
       try {
-        await this.roundFree();
+        round = await this.startRound(first, last, false, false);
       } finally {
         this.rangeWaits--;
       }
-      const picked = this.pick(first, last);
-      if (picked.length === 0) return;
-      const before = this.destaged;
-      const r = this.runRound(picked, false);
-      this.round = r.catch(() => undefined);
-      await r;
-      if (this.destaged === before) {
-        throw new VhostError(`cache: ${picked.length} write-back blocks could not be destaged: unreadable on the cache device`, 'EIO');
+      if (round === null) return;
+      if ((await round.done) === 0) {
+        throw new VhostError(`cache: ${round.picked} write-back blocks could not be destaged: unreadable on the cache device`, 'EIO');
       }
     }
   }
@@ -311,14 +322,10 @@ export class Destager {
         await this.untilQuiet();
         if (this.closed) break;
       }
-      await this.roundFree();
-      if (this.closed) break;
-      const picked = this.pick(0, Infinity);
-      if (picked.length === 0) break;
-      const r = this.runRound(picked, true);
-      this.round = r.catch(() => undefined);
+      const round = await this.startRound(0, Infinity, true, true);
+      if (round === null) break;
       try {
-        await r;
+        await round.done;
         backoff = RETRY_MIN_MS;
       } catch {
         if (this.closed) break;
@@ -406,10 +413,11 @@ export class Destager {
   }
 
   /**
-   * One round over `picked` (see the file comment); rejects when the backing store failed.
-   * `yielding`: its writes yield to guest I/O unless destaging is pressed.
+   * One round over `picked` (see the file comment); resolves with the number of blocks marked
+   * clean, rejects when the backing store failed. `yielding`: its writes yield to guest I/O
+   * unless destaging is pressed. Started by startRound only.
    */
-  private async runRound(picked: number[][], yielding: boolean): Promise<void> {
+  private async runRound(picked: number[][], yielding: boolean): Promise<number> {
     const { cache, volume, backing } = this.o;
     const bs = cache.blockSize;
     const slots = picked.map((p) => p[1]);
@@ -467,6 +475,7 @@ export class Destager {
       this.cursor = picked[picked.length - 1][0] + 1;
       this.failingSince = 0;
       this.lastError = null;
+      return marked;
     } catch (err) {
       this.errors++;
       cache.map.stats(volume).destageErrors++;

@@ -299,6 +299,46 @@ describe('cache-mode switches at run time', function () {
       assert.deepEqual(onBacking(7), want);
     });
 
+    it('a discard destaging its dirty block while a round of others is in flight: when that round ends, the loop starts no round of the block beside the discard\'s (none writes it back after the discard)', async () => {
+      // Below the watermarks: only the discard presses destaging.
+      await open('writeback', { limit: 128 });
+      held = [];
+      let discards = 0;
+      back.writeHook = (offset: number): Promise<void> => new Promise<void>((release) => held.push({ kind: 'write', offset, release }));
+      // The discard lands as it is issued: a backing write still held lands after it.
+      back.discard = (offset: number, length: number): Promise<void> => {
+        discards++;
+        back.data.fill(0, offset, offset + length);
+        return Promise.resolve();
+      };
+      await store.write(2 * BS, [block(2, 1)]);
+      await waitFor(() => held.length === 1, 'the round of block 2 issued');
+      // Dirty after that round picked its blocks; the discard waits for the round to end.
+      await store.write(7 * BS, [block(7, 1)]);
+      const discarded = store.discard(7 * BS, BS);
+      await settle();
+      assert.equal(discards, 0);
+      held.shift()?.release();
+      await waitFor(() => held.length > 0, 'block 7 written back before the discard');
+      await settle();
+      assert.deepEqual(
+        held.map((h) => h.offset / BS),
+        [7],
+        'one backing write of block 7 in flight (the round of the discard), none of another round',
+      );
+      // The discard's round ends, the discard reaches the backing store; what else is held lands after it.
+      held.shift()?.release();
+      await discarded;
+      back.writeHook = null;
+      for (const h of held.splice(0)) h.release();
+      await waitFor(() => store.destager.dirty === 0, 'every block destaged');
+      await store.destager.idle();
+      assert.deepEqual(onBacking(7), new Uint8Array(BS), 'block 7 on the backing store after the discard');
+      const out = new Uint8Array(BS);
+      await store.read(7 * BS, [out]);
+      assert.deepEqual(out, new Uint8Array(BS), 'block 7 reads zeros after the discard');
+    });
+
     it('destaging yields to guest I/O: a guest miss arriving while destage writes are in flight is read before any further destage write, and at most WRITES_IN_FLIGHT are in flight', async () => {
       // No starvation guard during the test: only the guest going idle lets destaging go on.
       // A dirty limit far above what is written: destaging is never pressed (watermarks).
