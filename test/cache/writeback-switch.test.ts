@@ -10,6 +10,9 @@
  *     error, no block is lost, and the dirty blocks reach the backing store once it is back;
  *   - into write-back: at once, yet a write-back write waits for the writes of the old mode in
  *     flight under its blocks, and the next guest flush flushes the backing store;
+ *   - rounds never overlap: a discard of a dirty block waiting, with the destage loop, for a
+ *     round of other blocks gets the next round; the loop's waits for it and finds the block
+ *     clean, so no older copy reaches the backing store after the discard;
  *   - destaging yields to guest I/O: a guest miss that arrives while destage writes are in
  *     flight is served before any further destage write is issued, and the destage writes in
  *     flight stay within WRITES_IN_FLIGHT (event-driven: held operations, no timing).
