@@ -11,7 +11,8 @@
  * cache (a dirty block unreadable there is logged and left dirty), make the
  * dropped entries of their keys durably invalid (Cache.killDropped: a destage is a backing write,
  * recovery.ts 9.), write the runs, flush the backing store, then mark the still-watched slots
- * clean (Cache.markClean: header rewrites, batched, not waited for). Rounds never overlap, so two backing writes of one
+ * clean (Cache.markClean: header rewrites batched over the rounds of up to CLEAN_MARK_DELAY_MS, or until the loop
+ * ends, not waited for). Rounds never overlap, so two backing writes of one
  * block are never in flight together and a later round's data lands last.
  *
  * Pace (per volume, in blocks, from the volume's dirty limit L):
@@ -167,6 +168,7 @@ export class Destager {
     this.running = this.loop().finally(() => {
       this.running = null;
       this.buf = null;
+      this.o.cache.writeCleanMarks();
       if (this.dirty > 0 && !this.closed && this.pressed) this.kick();
     });
   }
