@@ -120,8 +120,8 @@ export class Destager {
   private readonly idleWaits = new Set<() => void>();
   /**
    * The data buffer of the rounds (ROUND_BLOCKS blocks at most), kept while the loop runs and
-   * dropped when it ends: allocating each block's buffer per round cost about 10 µs of CPU per
-   * destaged block. Rounds never overlap and a round's backing writes are all done (or their
+   * dropped when it ends: allocating each run's buffer cost about 10 µs of CPU per
+   * destaged block (profiled). Rounds never overlap and a round's backing writes are all done (or their
    * connection gone) when it ends, so the next round may overwrite it.
    */
   private buf: Uint8Array | null = null;

@@ -186,8 +186,8 @@ export const RESERVED_REWRITE_SHARE = 1 / 32;
 
 /**
  * Bytes of header rewrite buffers kept for reuse once their write is done (at least one buffer):
- * a fresh aligned buffer per rewrite cost about 40 µs of main-thread CPU each in a destage pass
- * (allocation, zeroing, external-memory GC), more than sealing the header.
+ * a fresh aligned buffer per rewrite cost about 40 µs of main-thread CPU each in a profiled
+ * destage pass (allocation, zeroing, external-memory GC), more than sealing the header.
  */
 export const HEADER_POOL_BYTES = 1 << 20;
 
