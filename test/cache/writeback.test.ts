@@ -7,11 +7,11 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Cache } from '../../src/cache/cache';
+import { Cache, CLEAN_MARK_DELAY_MS } from '../../src/cache/cache';
 import { MAX_SYNCS_IN_FLIGHT, RESERVED_REWRITE_SHARE } from '../../src/cache/log';
 import { CacheMap } from '../../src/cache/cache-map';
 import { CachedStore } from '../../src/cache/cached-store';
-import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
+import { deviceBytesFor, entryOffset, segmentOffset } from '../../src/cache/segment';
 import { VhostError } from '../../src/native/errors';
 import { drawSlots, gate, MemStore } from './helpers';
 import { HeldIo, settle } from '../support/held-io';
@@ -172,6 +172,48 @@ describe('write-back volume', function () {
     await store.flushCache();
     assert.deepEqual(writes, [3, 1]);
     assert.deepEqual(back.data.subarray(3 * BS, 4 * BS), block(3, 20));
+  });
+
+  it(`the clean marks of the destage rounds of CLEAN_MARK_DELAY_MS (${CLEAN_MARK_DELAY_MS} ms) share one header rewrite per segment; the last round's are written at once`, async () => {
+    await open({ quietMs: 3_600_000 });
+    const v = store.volume;
+    const data = new Uint8Array(4 * BS);
+    for (let b = 0; b < 4; b++) data.set(block(b + 1, 1), b * BS);
+    assert.equal(await cache.insertDirty(v, 1, data, 4), 4);
+    assert.equal(await cache.commit(), true);
+    await cache.quiesce();
+    const slots = [1, 2, 3, 4].map((b) => cache.map.peek(v, b));
+    const seg = Math.floor(slots[0] / cache.geometry.blocksPerSegment);
+    assert.ok(slots.every((s) => Math.floor(s / cache.geometry.blocksPerSegment) === seg), 'one segment holds the four blocks');
+    /** The entry flags of the four blocks in their segment's header on the device. */
+    const flags = (): number[] => {
+      const dv = new DataView(dev.image.buffer, dev.image.byteOffset + segmentOffset(cache.geometry, seg));
+      return slots.map((s) => dv.getUint32(entryOffset(s - seg * cache.geometry.blocksPerSegment) + 12, true));
+    };
+    assert.deepEqual(flags(), [3, 3, 3, 3], 'valid and dirty');
+    const rewrites = cache.stats().headerRewrites;
+    const started = performance.now();
+    // Two rounds' clean marks (blocks 1-2, then 3-4), as destage.ts records them.
+    for (const round of [slots.slice(0, 2), slots.slice(2)]) {
+      cache.watchDestage(round);
+      assert.equal(cache.markClean(round), 2);
+      await cache.quiesce();
+    }
+    assert.equal(cache.map.dirtyBlocks(v), 0);
+    assert.equal(cache.stats().headerRewrites, rewrites, 'no header rewritten by the rounds');
+    assert.deepEqual(flags(), [3, 3, 3, 3], 'the clean marks are not on the device yet');
+    await waitFor(() => cache.stats().headerRewrites > rewrites, 'the clean marks written');
+    assert.ok(performance.now() - started >= CLEAN_MARK_DELAY_MS - 1, 'written after CLEAN_MARK_DELAY_MS');
+    await cache.quiesce();
+    assert.equal(cache.stats().headerRewrites - rewrites, 1, 'one rewrite for both rounds');
+    assert.deepEqual(flags(), [1, 1, 1, 1], 'valid and clean');
+    // The destage loop writes the marks of its last round when it ends (nothing dirty left).
+    await store.write(9 * BS, [block(9, 1)]);
+    const before = cache.stats().headerRewrites;
+    const last = performance.now();
+    await store.flushCache();
+    await waitFor(() => cache.stats().headerRewrites > before, 'the last clean mark written');
+    assert.ok(performance.now() - last < CLEAN_MARK_DELAY_MS, 'before CLEAN_MARK_DELAY_MS');
   });
 
   it('destages in address order, coalescing runs of consecutive blocks', async () => {
