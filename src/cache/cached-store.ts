@@ -68,7 +68,10 @@
  *   - read misses are read from the backing store into a private buffer, then copied to the
  *     guest; writes that insert copy the guest data once and write the backing store and the
  *     cache from that copy, so a guest changing its buffers mid-I/O cannot make them differ.
- *     A miss's buffer is pooled (MISS_BUFFERS) and goes back only once nothing writes into it
+ *     A write-back write of whole blocks in one view takes no copy: the log copies the blocks
+ *     into its segment buffer and computes their CRC-32Cs from that copy (so they match), and
+ *     what goes to the backing store instead (the cache could not take it) is invalidated in
+ *     the cache first. A miss's buffer is pooled (MISS_BUFFERS) and goes back only once nothing writes into it
  *     or reads from it any more: its backing reads and joins settled, the misses that joined
  *     its reads have copied their blocks, its insertions settled (readThrough);
  *   - only whole blocks inside the volume are cached; a trailing partial block passes through.
@@ -1074,12 +1077,20 @@ export class CachedStore implements BackingStore {
   private async writeBackBlocks(offset: number, bufs: readonly Uint8Array[], first: number, last: number): Promise<void> {
     const bs = this.bs;
     const n = last - first + 1;
-    const data = new Uint8Array(n * bs);
-    const from = Math.max(offset, first * bs);
-    const to = Math.min(offset + iovLength(bufs), (last + 1) * bs);
-    if (from > first * bs) await this.currentBlock(first, data.subarray(0, bs));
-    if (to < (last + 1) * bs && (last !== first || from === first * bs)) await this.currentBlock(last, data.subarray((n - 1) * bs));
-    gatherIov(sliceIov(bufs, from - offset, to - from), data, from - first * bs);
+    let data: Uint8Array;
+    if (offset === first * bs && bufs.length === 1 && bufs[0].byteLength >= n * bs) {
+      // Whole blocks in one view (a guest's page-sized write): inserted from it, no private
+      // copy (the log copies it into its segment and sums that copy; the request is in flight
+      // until the commit, so the view stays valid).
+      data = bufs[0].subarray(0, n * bs);
+    } else {
+      data = new Uint8Array(n * bs);
+      const from = Math.max(offset, first * bs);
+      const to = Math.min(offset + iovLength(bufs), (last + 1) * bs);
+      if (from > first * bs) await this.currentBlock(first, data.subarray(0, bs));
+      if (to < (last + 1) * bs && (last !== first || from === first * bs)) await this.currentBlock(last, data.subarray((n - 1) * bs));
+      gatherIov(sliceIov(bufs, from - offset, to - from), data, from - first * bs);
+    }
     await this.destager.room(n);
     const inserted = await this.cache.insertDirty(this.volume, first, data, n);
     if (inserted === n && (await this.cache.commit())) return;

@@ -44,7 +44,8 @@
  * direct read that overlapped a submit reports not valid like any other read.
  *
  * Every device read is exact: end of device is an error, never zeros. CRC-32Cs of inserted
- * blocks are computed here (one native call per insertion) and kept in the BDA; callers check
+ * blocks are computed here, from their copies in the segment buffer (one native call per run of
+ * adjacent slots an insertion fills), and kept in the BDA; callers check
  * device hits against them (checkBlocks) and report mismatches (checksumMismatch), which are
  * logged once per segment until the segment is rewritten.
  *
@@ -470,8 +471,9 @@ export class Log {
   }
 
   /**
-   * Appends blocks first .. first + count - 1 of `volume` (data: count blocks, contiguous, not
-   * modified by the caller until this settles), in a later loop turn (see the header). `accept`
+   * Appends blocks first .. first + count - 1 of `volume` (data: count blocks, contiguous, kept
+   * by the caller until this settles; if it changes meanwhile, a block holds the bytes seen when
+   * it was copied, its CRC-32C is those bytes'), in a later loop turn (see the header). `accept`
    * is asked when each block is placed; false stops the insertion (e.g. a write raced with the
    * read that produced the data, or started while the insertion waited for its turn).
    * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
@@ -501,8 +503,20 @@ export class Log {
   private async place(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty: boolean, readMiss: boolean): Promise<number> {
     const bs = this.g.blockSize;
     const bps = this.g.blocksPerSegment;
-    const crcs = new Uint32Array(count);
-    native.crc32cBlocks(data.subarray(0, count * bs), bs, crcs, 0);
+    const crc = this.map.bda.crc;
+    // The CRC-32Cs are computed from the copies in the segment buffer (so they match what is
+    // stored even if the caller's data changed meanwhile), one native call per run of adjacent
+    // slots: slots runFrom .. runFrom + runLen - 1 of buffer runBuf were copied, not summed yet.
+    // A run is summed before anything can read its CRCs (a seal, a read): before each await.
+    let runBuf: SegmentBuffer | null = null;
+    let runFrom = 0;
+    let runLen = 0;
+    const sum = (): void => {
+      if (runBuf === null) return;
+      const k = runFrom - runBuf.segment * bps;
+      native.crc32cBlocks(runBuf.data.subarray(k * bs, (k + runLen) * bs), bs, crc, runFrom);
+      runBuf = null;
+    };
     let n = 0;
     for (let k = 0; k < count; k++) {
       if (this.disabled || !accept()) break;
@@ -511,19 +525,27 @@ export class Log {
       if (victim < 0) break; // every slot pinned: fewer blocks inserted (write-back writes go through)
       const seg = Math.floor(victim / bps);
       if (this.current === null || this.current.segment !== seg) {
+        sum();
         await this.rotate(seg);
         if (this.disabled || !accept()) break;
       }
       const cur = this.current as SegmentBuffer | null;
       if (cur === null) break;
       this.map.assign(victim, volume, first + k, prefetched, dirty);
-      this.map.bda.crc[victim] = crcs[k];
       cur.putBlock(victim - seg * bps, data.subarray(k * bs, (k + 1) * bs));
+      if (runBuf === cur && victim === runFrom + runLen) runLen++;
+      else {
+        sum();
+        runBuf = cur;
+        runFrom = victim;
+        runLen = 1;
+      }
       this.putSlots[victim - seg * bps] = 1;
       const present = this.present.get(cur);
       if (present !== undefined) present[victim - seg * bps] = 1;
       n++;
     }
+    sum();
     return n;
   }
 

@@ -211,6 +211,33 @@ describe('cache log', () => {
     assert.ok(cache.map.peek(vol, 12) >= 0 && cache.map.peek(vol, 13) === -1);
   });
 
+  it("a block's CRC-32C is that of the copy the segment holds, even if the caller's data changed while the insertion ran", async () => {
+    const vol = cache.registerVolume('v', 'id', 1 << 20);
+    // Blocks 0-1 in one segment, 2-5 across the next boundary (a segment change in between).
+    const data = blockData(0, 6);
+    let asked = 0;
+    // accept() runs before each block is placed: it changes every block not placed yet.
+    const inserted = await cache.insert(vol, 0, data, 6, () => {
+      data.fill(0xa0 + asked++, asked * BS);
+      return true;
+    });
+    assert.equal(inserted, 6);
+    assert.equal(await cache.log.flush(), true);
+    for (let b = 0; b < 6; b++) {
+      const slot = cache.map.peek(vol, b);
+      const held = cache.log.ramBlock(slot);
+      assert.ok(held !== null);
+      assert.equal(cache.map.bda.crc[slot], native.crc32c(held), `block ${b}`);
+    }
+    // Each block holds one value: what it held when it was copied (block 0 its own, the others 0xa0 + n).
+    const r = await read(0, 6);
+    assert.equal(r.hits, 6);
+    for (let b = 0; b < 6; b++) {
+      const got = r.data.subarray(b * BS, (b + 1) * BS);
+      assert.ok(got.every((x) => x === got[0]) && (b === 0 ? got[0] === 1 : got[0] >= 0xa0), `block ${b}`);
+    }
+  });
+
   it('flush() waits for segment writes in flight and syncs the device; a failed sync fails it and disables insertion', async () => {
     const lines: { msg: string; [k: string]: unknown }[] = [];
     await cache.abort();
