@@ -56,7 +56,7 @@ import { type Logger, silentLogger } from '../util/logger';
 import { AddressMap, DEFAULT_LOAD_FACTOR, MIN_LOAD_FACTOR } from './address-map';
 import { MAX_VOLUMES, TOO_MANY_VOLUMES, volumeTooLarge } from './bda';
 import { CacheMap } from './cache-map';
-import { Log } from './log';
+import { type InsertKind, Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
 import { recoverIndex } from './recovery';
 import { computeGeometry, type Geometry, SEGMENT_ALIGNMENT, SUPERBLOCK_SIZE } from './segment';
@@ -78,6 +78,9 @@ const DIRTY_READ_ATTEMPTS = 3;
  */
 export const CLEAN_MARK_DELAY_MS = 1000;
 export const SUPERBLOCK_VERSION = 4;
+/** insertDirty()'s insertions: write-back data, every block accepted. */
+const DIRTY: InsertKind = { dirty: true };
+const acceptAll = (): boolean => true;
 
 export interface CacheOptions {
   /** Cache device: a block device or a file (created when `size` is given). */
@@ -991,7 +994,7 @@ export class Cache {
    */
   insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false, readMiss = false): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    return this.log.insert(volume, first, data, count, accept, prefetched, false, readMiss);
+    return this.log.insert(volume, first, data, count, accept, { prefetched, readMiss });
   }
 
   /**
@@ -1001,7 +1004,7 @@ export class Cache {
    */
   insertDirty(volume: number, first: number, data: Uint8Array, count: number): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    return this.log.insert(volume, first, data, count, () => true, false, true);
+    return this.log.insert(volume, first, data, count, acceptAll, DIRTY);
   }
 
   /** Makes every block inserted so far durable (group commit); false after a write error. */

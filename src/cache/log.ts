@@ -82,7 +82,7 @@
  * keys still finds and rewrites them); evictions wait for their segment's own write, then for
  * an fdatasync (one is started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
  *
- * Write-back (dirty blocks, the group commit): insert(..., dirty) puts write-back blocks into
+ * Write-back (dirty blocks, the group commit): insert(..., { dirty }) puts write-back blocks into
  * the segment being filled like any other; commit() then makes every block inserted before it
  * durable: the buffered segment is submitted (its data runs and its header in one submission,
  * like every segment write), then one fdatasync (or, when no write completed since the last one
@@ -200,6 +200,19 @@ interface RewriteBatch {
   /** True when the headers were rewritten and synced, or nothing is recoverable any more. */
   done: Promise<boolean>;
   resolve: (ok: boolean) => void;
+}
+
+/** What Log.insert()'s blocks are (each flag false when absent). */
+export interface InsertKind {
+  /** Read-ahead data (marked in the map until first read). */
+  prefetched?: boolean;
+  /** Write-back data: never refused for the backlog; durable once a commit() asked for after the insertion resolves true. */
+  dirty?: boolean;
+  /**
+   * Blocks a read missed: each is placed only if the map's admission takes it (CacheMap.admit,
+   * asked when it would be placed), the others are skipped. Writes and read-ahead are always placed.
+   */
+  readMiss?: boolean;
 }
 
 export class Log {
@@ -476,15 +489,12 @@ export class Log {
    * it was copied, its CRC-32C is those bytes'), in a later loop turn (see the header). `accept`
    * is asked when each block is placed; false stops the insertion (e.g. a write raced with the
    * read that produced the data, or started while the insertion waited for its turn).
-   * Resolves with the number of blocks inserted; never rejects. `prefetched`: read-ahead data
-   * (marked in the map until first read). `dirty`: write-back data (never refused for the
-   * backlog; durable once a commit() asked for after it resolves true). `readMiss`: blocks a
-   * read missed; each is placed only if the map's admission takes it (CacheMap.admit, asked
-   * when it would be placed), the others are skipped. Writes and read-ahead are always placed.
+   * Resolves with the number of blocks inserted; never rejects. `kind`: what the blocks are
+   * (InsertKind; none set: written data, always placed).
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty = false, readMiss = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, kind: InsertKind = {}): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    if (!dirty && this.queued + count > this.maxQueued) {
+    if (kind.dirty !== true && this.queued + count > this.maxQueued) {
       this.insertsDropped += count;
       return Promise.resolve(0);
     }
@@ -492,7 +502,7 @@ export class Log {
     this.inserts++;
     return this.defer(count, async () => {
       try {
-        return await this.place(volume, first, data, count, accept, prefetched, dirty, readMiss);
+        return await this.place(volume, first, data, count, accept, kind);
       } finally {
         this.queued -= count;
       }
@@ -500,7 +510,10 @@ export class Log {
   }
 
   /** The work of insert(), run in the chain in a check phase. */
-  private async place(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched: boolean, dirty: boolean, readMiss: boolean): Promise<number> {
+  private async place(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, kind: InsertKind): Promise<number> {
+    const prefetched = kind.prefetched === true;
+    const dirty = kind.dirty === true;
+    const readMiss = kind.readMiss === true;
     const bs = this.g.blockSize;
     const bps = this.g.blocksPerSegment;
     const crc = this.map.bda.crc;

@@ -299,7 +299,7 @@ describe('write-back volume', function () {
   it('flush() releases a dirty copy superseded since the last commit: its slot, SHADOW until then, is free once its entry is durably gone', async () => {
     await open();
     back.writeHook = () => blocked.promise;
-    for (const gen of [1, 2]) assert.equal(await cache.log.insert(store.volume, 30, block(30, gen), 1, () => true, false, true), 1);
+    for (const gen of [1, 2]) assert.equal(await cache.log.insert(store.volume, 30, block(30, gen), 1, () => true, { dirty: true }), 1);
     assert.equal(drawSlots(cache.map, 8).split('S').length - 1, 1, 'the first copy\'s slot is SHADOW');
     assert.equal(await cache.log.flush(), true);
     // Done when it resolves: the header naming the older copy rewritten and synced.
@@ -312,7 +312,7 @@ describe('write-back volume', function () {
     await open();
     back.writeHook = () => blocked.promise;
     // Blocks 30 and 31 in slots 0 and 1, then newer copies of 31 and 30.
-    for (const [b, gen] of [[30, 1], [31, 1], [31, 2], [30, 2]]) assert.equal(await cache.log.insert(store.volume, b, block(b, gen), 1, () => true, false, true), 1);
+    for (const [b, gen] of [[30, 1], [31, 1], [31, 2], [30, 2]]) assert.equal(await cache.log.insert(store.volume, b, block(b, gen), 1, () => true, { dirty: true }), 1);
     const firstRow = (): string => drawSlots(cache.map, 8).split('\n')[0];
     assert.equal(firstRow(), ' S    S    31d  30d >..   ..   ..   ..');
     assert.equal(await cache.log.commit(), true);
