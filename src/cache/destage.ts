@@ -495,6 +495,7 @@ export class Destager {
       const marked = cache.markClean(done);
       this.destaged += marked;
       c.destaged += marked;
+      c.destageRounds++;
       this.cursor = picked[picked.length - 1][0] + 1;
       this.failingSince = 0;
       this.lastError = null;

@@ -190,9 +190,11 @@ describe('write-back volume', function () {
     }
     assert.deepEqual(writes, [], 'a destage write was issued between two requests of a busy volume');
     assert.equal(cache.stats().volumes.v.dirtyBlocks, 4);
+    assert.equal(cache.stats().volumes.v.destageRounds, 0);
     // Quiet for QUIET_MS now: a round writes the 4 blocks back (one run), no flush asked.
     await waitFor(() => cache.stats().volumes.v.dirtyBlocks === 0, 'the round of a quiet volume');
     assert.deepEqual(writes, [0, 4]);
+    assert.equal(cache.stats().volumes.v.destageRounds, 1, '/stats counts the round');
   });
 
   it(`the clean marks of the destage rounds of CLEAN_MARK_DELAY_MS (${CLEAN_MARK_DELAY_MS} ms) share one header rewrite per segment; the last round's are written at once`, async () => {
