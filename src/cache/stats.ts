@@ -28,6 +28,8 @@
  *   refusedGhostHits blocks inserted while remembered as refused (read again, or written):
  *                   each raises the admission share and scores its region (cache-map.ts)
  *   destaged        write-back blocks written to the backing store and marked clean
+ *   destageRounds   destage rounds done (destaged / destageRounds: blocks per round; a high
+ *                   round rate at a few blocks each means destaging starts at every lull)
  *   destageErrors   destage rounds that failed (retried)
  *   flushes, flushUs guest flushes of a write-back volume and their total latency (µs)
  *   dirtyBlocks     write-back blocks not destaged yet; oldestDirtyMs: age of the oldest
@@ -73,6 +75,7 @@ export interface VolumeCounters {
   refusedGhostHits: number;
   readsJoined: number;
   destaged: number;
+  destageRounds: number;
   destageErrors: number;
   flushes: number;
   flushUs: number;
@@ -141,6 +144,7 @@ export function newCounters(): VolumeCounters {
     refusedGhostHits: 0,
     readsJoined: 0,
     destaged: 0,
+    destageRounds: 0,
     destageErrors: 0,
     flushes: 0,
     flushUs: 0,
@@ -167,6 +171,7 @@ export function addCounters(into: VolumeCounters, from: VolumeCounters): void {
   into.refusedGhostHits += from.refusedGhostHits;
   into.readsJoined += from.readsJoined;
   into.destaged += from.destaged;
+  into.destageRounds += from.destageRounds;
   into.destageErrors += from.destageErrors;
   into.flushes += from.flushes;
   into.flushUs += from.flushUs;

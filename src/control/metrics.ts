@@ -56,6 +56,7 @@ const CACHE_COUNTERS: [CacheKey, string, string][] = [
   ['sharedHits', 'vbc_cache_shared_hits_total', "shared reads found in the cache"],
   ['checksumErrors', 'vbc_cache_checksum_errors_total', 'cache-device blocks that failed their CRC-32C check (served from the backing store)'],
   ['destaged', 'vbc_cache_destaged_blocks_total', 'write-back blocks written back to the backing store (their rate: the destage rate)'],
+  ['destageRounds', 'vbc_cache_destage_rounds_total', 'write-back destage rounds done (blocks per round: destaged / rounds)'],
   ['destageErrors', 'vbc_cache_destage_errors_total', 'write-back destage rounds that failed (retried)'],
   ['flushes', 'vbc_cache_writeback_flushes_total', 'guest flushes of write-back volumes'],
 ];

@@ -11,6 +11,7 @@ import { Cache, CLEAN_MARK_DELAY_MS } from '../../src/cache/cache';
 import { MAX_SYNCS_IN_FLIGHT, RESERVED_REWRITE_SHARE } from '../../src/cache/log';
 import { CacheMap } from '../../src/cache/cache-map';
 import { CachedStore } from '../../src/cache/cached-store';
+import { QUIET_MS } from '../../src/cache/destage';
 import { deviceBytesFor, entryOffset, segmentOffset } from '../../src/cache/segment';
 import { VhostError } from '../../src/native/errors';
 import { drawSlots, gate, MemStore } from './helpers';
@@ -126,12 +127,13 @@ describe('write-back volume', function () {
   /** Backing writes held by a test until it ends. */
   let blocked: ReturnType<typeof gate>;
   const DEVICE = deviceBytesFor(8, BS, 8 * BS);
-  const open = async (o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean; quietMs?: number } = {}): Promise<void> => {
+  const open = async (o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean; quietMs?: number; roundWaitMaxMs?: number } = {}): Promise<void> => {
     dev = new MemDevice(DEVICE, o.image);
     cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
     store = new CachedStore({
       backing: back, cache, name: 'v', mode: 'writeback', readAhead: 0, dirtyLimitBlocks: o.limit ?? 32, backingTimeoutMs: 20000, flushOnStop: o.flushOnStop,
       ...(o.quietMs !== undefined ? { quietMs: o.quietMs, roundWaitMaxMs: o.quietMs } : {}),
+      ...(o.roundWaitMaxMs !== undefined ? { roundWaitMaxMs: o.roundWaitMaxMs } : {}),
     });
   };
   const block = (b: number, gen: number): Uint8Array => {
@@ -172,6 +174,27 @@ describe('write-back volume', function () {
     await store.flushCache();
     assert.deepEqual(writes, [3, 1]);
     assert.deepEqual(back.data.subarray(3 * BS, 4 * BS), block(3, 20));
+  });
+
+  it(`below the high watermark, 20 ms gaps between requests (a steady guest) do not make the volume quiet (QUIET_MS ${QUIET_MS} ms): no round starts until it is`, async () => {
+    const gapMs = 20;
+    assert.ok(QUIET_MS >= 4 * gapMs);
+    // The default QUIET_MS; no trickle round (ROUND_WAIT_MAX_MS) within the test.
+    await open({ roundWaitMaxMs: 3_600_000 });
+    const writes: number[] = [];
+    back.writeHook = async (offset, len) => void writes.push(offset / BS, len / BS);
+    for (let gen = 1; gen <= 10; gen++) {
+      await store.write((gen % 4) * BS, [block(gen % 4, gen)]);
+      // A gap between two requests, nothing in flight: 10 ms or more of it counted as quiet before.
+      await new Promise((r) => setTimeout(r, gapMs));
+    }
+    assert.deepEqual(writes, [], 'a destage write was issued between two requests of a busy volume');
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 4);
+    assert.equal(cache.stats().volumes.v.destageRounds, 0);
+    // Quiet for QUIET_MS now: a round writes the 4 blocks back (one run), no flush asked.
+    await waitFor(() => cache.stats().volumes.v.dirtyBlocks === 0, 'the round of a quiet volume');
+    assert.deepEqual(writes, [0, 4]);
+    assert.equal(cache.stats().volumes.v.destageRounds, 1, '/stats counts the round');
   });
 
   it(`the clean marks of the destage rounds of CLEAN_MARK_DELAY_MS (${CLEAN_MARK_DELAY_MS} ms) share one header rewrite per segment; the last round's are written at once`, async () => {
