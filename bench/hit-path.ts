@@ -8,6 +8,9 @@
  * it reports each daemon's CPU time per request (/proc/PID/stat), which the load of a shared
  * machine disturbs far less than wall-clock figures.
  *
+ * At depth 1 a fourth daemon, A2, is A again: the per-rep p99 verdict is also given for A2 vs A,
+ * so a reader sees whether the machine's noise alone meets or misses it.
+ *
  * Targets (issue 16): depth 1, hit p50 <= pass-through p50 + 5 µs and hit p99 <= pass-through
  * p99 in every repetition; depth 32, hit IOPS >= 1.0x pass-through.
  *
@@ -38,7 +41,9 @@ async function main(): Promise<void> {
   makeImage(image, ws, 'random');
   fs.readFileSync(image); // in the page cache, for every daemon alike
   const cacheSize = ws * 2;
-  const names = ['A pass-through', 'B warm hits, cache file via page cache', 'C warm hits, cache file with O_DIRECT'] as const;
+  // A2 (depth 1 only) is A again: how often a daemon identical to A meets the per-rep verdicts
+  // tells whether the machine's noise, not the hit path, decides them.
+  const names = ['A pass-through', 'B warm hits, cache file via page cache', 'C warm hits, cache file with O_DIRECT', 'A2 pass-through again (null pair)'] as const;
   try {
     const sock = names.map((_, i) => path.join(dir, `t${i}.sock`));
     const ctl = [path.join(dir, 'b.ctl'), path.join(dir, 'c.ctl')];
@@ -46,6 +51,7 @@ async function main(): Promise<void> {
     targets.push(await startVbc({ volumes: vol(0) }));
     targets.push(await startVbc({ volumes: vol(1), cache: { path: path.join(dir, 'cache-b.img'), size: cacheSize, direct: false }, control: ctl[0] }));
     targets.push(await startVbc({ volumes: vol(2), cache: { path: path.join(dir, 'cache-c.img'), size: cacheSize, direct: true }, control: ctl[1] }));
+    if (depths.includes(1)) targets.push(await startVbc({ volumes: vol(3) }));
     // Warm B and C: sequential passes until every block of the working set is cached.
     const blocks = ws / 4096;
     for (const [k, c] of ctl.entries()) {
@@ -62,6 +68,7 @@ async function main(): Promise<void> {
         const res: Rep[][] = names.map(() => []);
         for (let r = 0; r < reps; r++) {
           for (const [i, t] of targets.entries()) {
+            if (i === 3 && depth !== 1) continue;
             const c0 = processCpuUs(t.pid);
             const m = await measureMode({ sockets: [sock[i] as string], mode: 'randread', bs: 4096, depth, queues, runtime, size: ws, seed: 3000 + r });
             res[i]?.push({ m, cpuPerReq: (processCpuUs(t.pid) - c0) / m.ops });
@@ -70,6 +77,7 @@ async function main(): Promise<void> {
         const a = res[0] as Rep[];
         for (const [i, name] of names.entries()) {
           const x = res[i] as Rep[];
+          if (x.length === 0) continue;
           const iops = median(x.map((y) => y.m.iops));
           rows.push([
             `${queues}`,
@@ -80,14 +88,17 @@ async function main(): Promise<void> {
             fmtNum(median(x.map((y) => y.m.lat.p50))),
             fmtNum(median(x.map((y) => y.m.lat.p99))),
             fmtNum(median(x.map((y) => y.cpuPerReq)), 2),
-            x.map((y) => `${fmtInt(y.m.iops)}/${fmtNum(y.m.lat.p50)}`).join(', '),
+            x.map((y) => `${fmtInt(y.m.iops)}/${fmtNum(y.m.lat.p50)}/${fmtNum(y.m.lat.p99)}`).join(', '),
           ]);
         }
         const b = res[1] as Rep[];
         if (depth === 1) {
           const p50ok = b.every((y, r) => y.m.lat.p50 <= (a[r] as Rep).m.lat.p50 + 5);
-          const p99ok = b.every((y, r) => y.m.lat.p99 <= (a[r] as Rep).m.lat.p99);
-          verdicts.push(`- ${queues} queue(s), depth 1, page-cached cache: hit p50 <= pass-through p50 + 5 µs in every rep: ${p50ok ? 'met' : 'NOT met'}; hit p99 <= pass-through p99 in every rep: ${p99ok ? 'met' : 'NOT met'}`);
+          const p99in = (x: Rep[]): number => x.filter((y, r) => y.m.lat.p99 <= (a[r] as Rep).m.lat.p99).length;
+          const p99ok = p99in(b) === reps;
+          verdicts.push(
+            `- ${queues} queue(s), depth 1, page-cached cache: hit p50 <= pass-through p50 + 5 µs in every rep: ${p50ok ? 'met' : 'NOT met'}; hit p99 <= pass-through p99 in every rep: ${p99ok ? 'met' : 'NOT met'} (${p99in(b)} of ${reps} reps; the null pair A2 vs A: ${p99in(res[3] as Rep[])} of ${reps})`,
+          );
         }
         if (depth === 32) {
           const ratio = median(b.map((y) => y.m.iops)) / median(a.map((y) => y.m.iops));
@@ -97,7 +108,7 @@ async function main(): Promise<void> {
     }
     const s1 = await Promise.all(ctl.map((c) => fetchStats(c)));
     process.stdout.write(`\n## Cache hits vs pass-through: 4 KiB random reads over ${ws >> 20} MiB, ${runtime} s x ${reps} reps (medians)\n\n`);
-    process.stdout.write(markdownTable(['queues', 'depth', 'daemon', 'IOPS', 'vs A', 'p50 µs', 'p99 µs', 'daemon CPU µs/req', 'IOPS/p50 per rep'], rows) + '\n\n');
+    process.stdout.write(markdownTable(['queues', 'depth', 'daemon', 'IOPS', 'vs A', 'p50 µs', 'p99 µs', 'daemon CPU µs/req', 'IOPS/p50/p99 per rep'], rows) + '\n\n');
     process.stdout.write(verdicts.join('\n') + '\n');
     for (const [k, c] of ['B', 'C'].entries()) {
       const x = s0[k]?.cache;

@@ -335,6 +335,23 @@ interface DirectRun {
   views: Uint8Array[];
 }
 
+/** Placeholder callback of a free DeviceHit. */
+function unsettledHit(): void {}
+
+/**
+ * readHit()'s device read of one run of slots (the common hit: a 4 KiB read), in flight.
+ * Records are reused from a free list, so such a hit allocates no closure (issue 16).
+ */
+class DeviceHit {
+  volume = 0;
+  slot = 0;
+  first = 0;
+  count = 0;
+  done: (ok: boolean) => void = unsettledHit;
+  /** Log.readDirect's callback, bound to this record once (newDeviceHit). */
+  settle: (ok: boolean, err: Error | null) => void = unsettledHit;
+}
+
 export class Cache {
   readonly geometry: Geometry;
   readonly blockSize: number;
@@ -376,6 +393,8 @@ export class Cache {
   private closing = false;
   private closed = false;
   private overflowLogged = false;
+  /** readHit()'s one-run device reads not in flight (DeviceHit). */
+  private readonly hitFree: DeviceHit[] = [];
   /** readHit() scratch, used synchronously only: slots of the request's blocks, cursor. */
   private hitSlots = new Int32Array(64);
   private readonly cursor = new IovCursor();
@@ -896,20 +915,17 @@ export class Cache {
     if ((offset + len) % bs !== 0 && this.log.ramBuffer(slots[count - 1]) === null) return false;
     // Served here: one use of each block (a read that goes the way of a miss counts them there).
     for (let k = 0; k < count; k++) this.map.use(slots[k], volume);
-    const c = this.map.stats(volume);
     if (this.oneDeviceRun(slots, count) && offset % bs === 0 && len % bs === 0) {
-      const slot = slots[0];
-      this.log.readDirect(slot, bufs, count, volume, first, (ok, err) => {
-        if (err !== null) ok = this.runFailed(err, volume, slot, first, count);
-        else if (ok) {
-          c.reads += count;
-          c.readHits += count;
-          c.storageHits += count;
-        }
-        done(ok);
-      });
+      const r = this.hitFree.pop() ?? this.newDeviceHit();
+      r.volume = volume;
+      r.slot = slots[0] as number;
+      r.first = first;
+      r.count = count;
+      r.done = done;
+      this.log.readDirect(r.slot, bufs, count, volume, first, r.settle);
       return null;
     }
+    const c = this.map.stats(volume);
     const g = this.geometry;
     const bps = g.blocksPerSegment;
     const cursor = this.cursor;
@@ -960,6 +976,28 @@ export class Cache {
       });
     }
     return null;
+  }
+
+  /** A reusable record of readHit's one-run device read, its callback bound once. */
+  private newDeviceHit(): DeviceHit {
+    const r = new DeviceHit();
+    r.settle = (ok, err) => this.deviceHitSettled(r, ok, err);
+    return r;
+  }
+
+  private deviceHitSettled(r: DeviceHit, ok: boolean, err: Error | null): void {
+    const { volume, slot, first, count, done } = r;
+    // Back to the free list before `done`, which may start the next hit with it.
+    r.done = unsettledHit;
+    this.hitFree.push(r);
+    if (err !== null) ok = this.runFailed(err, volume, slot, first, count);
+    else if (ok) {
+      const c = this.map.stats(volume);
+      c.reads += count;
+      c.readHits += count;
+      c.storageHits += count;
+    }
+    done(ok);
   }
 
   /** Whether slots[0 .. count - 1] are consecutive slots of one segment, none in a RAM buffer. */

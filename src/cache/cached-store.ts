@@ -162,6 +162,28 @@ export const MISS_POOL_MAX_LENGTH = 1 << 20;
 /** The private buffers of readThrough (see there for who holds one and until when); exported for tests. */
 export const MISS_BUFFERS = new BufferPool(MISS_POOL_BYTES, MISS_POOL_MAX_LENGTH);
 
+const NO_VIEWS: readonly Uint8Array[] = [];
+
+/** Placeholder callback of a free HitRead. */
+function unsettledRead(): void {}
+
+/**
+ * A readThen() that Cache.readHit serves from the device, in flight: what its callback needs
+ * (the read again for a miss, the key and blocks to count). Records are reused from a free
+ * list, so a device hit allocates no closure (issue 16).
+ */
+class HitRead {
+  offset = 0;
+  len = 0;
+  bufs: readonly Uint8Array[] = NO_VIEWS;
+  admit = false;
+  key = 0;
+  count = 0;
+  done: (err: Error | null) => void = unsettledRead;
+  /** readHit's callback, bound to this record once (newHitRead). */
+  settle: (ok: boolean) => void = unsettledRead;
+}
+
 /** `shared` of a run of readThrough that also holds its buffer until called (once). */
 function holding(lease: Lease, shared: () => void): () => void {
   lease.hold();
@@ -258,6 +280,8 @@ export class CachedStore implements BackingStore {
   private readonly inserting = new Set<Promise<unknown>>();
   private readonly readAhead: number;
   private readonly streams = new StreamDetector();
+  /** readThen()'s device hits not in flight (HitRead). */
+  private readonly hitFree: HitRead[] = [];
   /** Keys of a store with a shared parent (null: every block is keyed by the volume). */
   private readonly keys: SharedKeys | null = null;
   /** Backing reads of parent-keyed blocks in flight, shared with the parent's other clones. */
@@ -691,14 +715,18 @@ export class CachedStore implements BackingStore {
         count = Math.floor((offset + len - 1) / this.bs) - first + 1;
         // A read whose blocks have more than one key goes the way of a miss.
         key = this.keys === null ? this.volume : this.keys.keyOfRange(first, first + count - 1);
-        const n = count;
-        const k = key;
-        if (k >= 0) {
-          served = this.cache.readHit(k, offset, len, bufs, (ok) => {
-            if (!ok) return this.readMiss(offset, len, bufs, admit, done);
-            this.countShared(k, n, n);
-            done(null);
-          });
+        if (key >= 0) {
+          const r = this.hitFree.pop() ?? this.newHitRead();
+          r.offset = offset;
+          r.len = len;
+          r.bufs = bufs;
+          r.admit = admit;
+          r.key = key;
+          r.count = count;
+          r.done = done;
+          served = this.cache.readHit(key, offset, len, bufs, r.settle);
+          // Settled now (a RAM hit, or a miss): the record's callback will not run.
+          if (served !== null) this.freeHitRead(r);
         }
       }
     } catch (err) {
@@ -710,6 +738,29 @@ export class CachedStore implements BackingStore {
       return done(null);
     }
     this.readMiss(offset, len, bufs, admit, done);
+  }
+
+  /** A reusable record of readThen's device hit, its callback bound once (no closure per read). */
+  private newHitRead(): HitRead {
+    const r = new HitRead();
+    r.settle = (ok) => this.hitReadSettled(r, ok);
+    return r;
+  }
+
+  private freeHitRead(r: HitRead): void {
+    r.bufs = NO_VIEWS;
+    r.done = unsettledRead;
+    this.hitFree.push(r);
+  }
+
+  /** readHit's device read of r settled: served, or (not ok) read the way of a miss. */
+  private hitReadSettled(r: HitRead, ok: boolean): void {
+    const { offset, len, bufs, admit, key, count, done } = r;
+    // Back to the free list before `done`, which may start the next read with it.
+    this.freeHitRead(r);
+    if (!ok) return this.readMiss(offset, len, bufs, admit, done);
+    this.countShared(key, count, count);
+    done(null);
   }
 
   private readMiss(offset: number, len: number, bufs: readonly Uint8Array[], admit: boolean, done: (err: Error | null) => void): void {

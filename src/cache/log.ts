@@ -134,6 +134,29 @@ export const READ_LATENCY_SAMPLE = 16;
 /** Blocks' worth of queued insertion jobs started per loop turn (one job at least; see the header). */
 export const INSERT_BLOCKS_PER_TURN = 256;
 
+const NO_VIEWS: readonly Uint8Array[] = [];
+
+/** Placeholder callback of a free DirectRead. */
+function unsettled(): void {}
+
+/**
+ * A readDirect() in flight. Records are kept on a free list and reused, so a device hit
+ * allocates no closure or context for its read (hits at depth 1 and 32: issue 16).
+ */
+class DirectRead {
+  seg = 0;
+  gen = 0;
+  t = 0;
+  slot = 0;
+  blocks = 0;
+  volume = 0;
+  block = 0;
+  bufs: readonly Uint8Array[] = NO_VIEWS;
+  done: (ok: boolean, err: Error | null) => void = unsettled;
+  /** The engine's completion callback, bound to this record once (newDirectRead). */
+  settle: (err: Error | null, match: boolean) => void = unsettled;
+}
+
 /** Resolves in the check phase of the loop turn (setImmediate). */
 function checkPhase(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
@@ -254,6 +277,8 @@ export class Log {
   private readonly sectorCrcs: Uint32Array;
   /** Direct reads in flight per segment. */
   private readonly directReaders: Uint32Array;
+  /** readDirect() records not in flight. */
+  private readonly directFree: DirectRead[] = [];
   /** Deferred segment writes waiting for directReaders[segment] to reach 0, by segment. */
   private readonly drainWaiters = new Map<number, () => void>();
   private readonly pool: SegmentBuffer[] = [];
@@ -398,34 +423,56 @@ export class Log {
     done: (ok: boolean, err: Error | null) => void,
   ): void {
     const seg = Math.floor(slot / this.g.blocksPerSegment);
-    const gen = this.segGen[seg];
-    const t = this.readLatency.start();
+    const r = this.directFree.pop() ?? this.newDirectRead();
+    r.seg = seg;
+    r.gen = this.segGen[seg] as number;
+    r.t = this.readLatency.start();
+    r.slot = slot;
+    r.bufs = bufs;
+    r.blocks = blocks;
+    r.volume = volume;
+    r.block = block;
+    r.done = done;
     this.directReaders[seg]++;
     const offset = slotOffset(this.g, slot);
-    const read = (err: Error | null, match: boolean): void => {
-      if (err !== null) {
-        this.directDone(seg);
-        done(false, err);
-        return;
-      }
-      this.readLatency.record(t);
-      this.directDone(seg);
-      if (this.segGen[seg] !== gen) return done(false, null);
-      if (match) return done(true, null);
-      // Which blocks did not match (rare: found again here).
-      const bad = this.checkBlocks(slot, bufs, blocks);
-      if (bad !== null) for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
-      done(false, null);
-    };
     const bs = this.g.blockSize;
     // The engine checks the blocks as the read completes (io_uring: natively, no extra call).
-    if (this.alignment === 1) this.engine.readvChecked(this.fd, bufs, offset, bs, this.map.bda.crc, slot, read);
+    if (this.alignment === 1) this.engine.readvChecked(this.fd, bufs, offset, bs, this.map.bda.crc, slot, r.settle);
     else {
       readDirectIo(this.engine, this.fd, offset, blocks * bs, bufs, this.alignment, true).then(
-        () => read(null, this.checkBlocks(slot, bufs, blocks) === null),
-        (err: Error) => read(err, false),
+        () => r.settle(null, this.checkBlocks(slot, bufs, blocks) === null),
+        (err: Error) => r.settle(err, false),
       );
     }
+  }
+
+  /** A reusable record of readDirect, its settle callback bound once (no closure per read). */
+  private newDirectRead(): DirectRead {
+    const r = new DirectRead();
+    r.settle = (err, match) => this.directSettled(r, err, match);
+    return r;
+  }
+
+  /** The device read of `r` completed: `match` when every block matched its CRC-32C. */
+  private directSettled(r: DirectRead, err: Error | null, match: boolean): void {
+    const { seg, gen, t, slot, bufs, blocks, volume, block, done } = r;
+    // Back to the free list before `done`, which may start the next read with it.
+    r.bufs = NO_VIEWS;
+    r.done = unsettled;
+    this.directFree.push(r);
+    if (err !== null) {
+      this.directDone(seg);
+      done(false, err);
+      return;
+    }
+    this.readLatency.record(t);
+    this.directDone(seg);
+    if (this.segGen[seg] !== gen) return done(false, null);
+    if (match) return done(true, null);
+    // Which blocks did not match (rare: found again here).
+    const bad = this.checkBlocks(slot, bufs, blocks);
+    if (bad !== null) for (let j = 0; j < blocks; j++) if (bad[j] !== 0) this.checksumFailed(slot + j, volume, block + j);
+    done(false, null);
   }
 
   /** An exact device read of len bytes (bufs' total) at offset, any buffers (see alignment). */

@@ -275,6 +275,62 @@ describe('cached store', () => {
     assert.equal(cache.map.count(slot), before.uses + 1);
   });
 
+  it('device hits in flight together and hits started from a hit\'s callback each get their own blocks and counts (reused hit records)', async () => {
+    // No read-ahead: the reads below form a stream, and only the hits are to be counted.
+    const s = await open('writethrough', 0);
+    await readBack(s, 0, 32 * BS);
+    await settle();
+    await cache.log.flush();
+    const onDevice = (b: number): boolean => cache.log.ramBuffer(cache.map.peek(s.volume, b)) === null;
+    // Reads of blocks only on the device: runs of 1 to 3 blocks on consecutive slots of one segment.
+    const bps = cache.geometry.blocksPerSegment;
+    const reads: { first: number; count: number }[] = [];
+    for (let b = 0; b < 32; ) {
+      let n = 0;
+      const slot = cache.map.peek(s.volume, b);
+      while (n < 3 && b + n < 32 && onDevice(b + n) && cache.map.peek(s.volume, b + n) === slot + n && (slot + n) % bps >= slot % bps) n++;
+      if (n === 0) {
+        b++;
+        continue;
+      }
+      reads.push({ first: b, count: n });
+      b += n;
+    }
+    // Read 2k + 1, started from the callback of read 2k, differs from it in length.
+    assert.ok(reads.length >= 4 && reads.some((r, i) => i % 2 === 1 && r.count !== reads[i - 1]?.count), JSON.stringify(reads));
+    const before = { mem: mem.reads, st: cache.stats() };
+    const outs = reads.map((r) => new Uint8Array(r.count * BS));
+    const errs: (Error | null)[] = [];
+    const all = new Promise<void>((resolve) => {
+      const start = (i: number): void => {
+        const r = reads[i] as { first: number; count: number };
+        s.readThen(r.first * BS, [outs[i] as Uint8Array], (err) => {
+          errs.push(err);
+          // Started from this callback: takes the record this hit has just given back.
+          if (i % 2 === 0 && i + 1 < reads.length) start(i + 1);
+          if (errs.length === reads.length) resolve();
+        });
+      };
+      // The even ones in flight together.
+      for (let i = 0; i < reads.length; i += 2) start(i);
+    });
+    await all;
+    assert.deepEqual(errs, reads.map(() => null));
+    for (const [i, r] of reads.entries()) assert.deepEqual(outs[i], mem.data.subarray(r.first * BS, (r.first + r.count) * BS), `read ${i}`);
+    assert.equal(mem.reads, before.mem);
+    const blocks = reads.reduce((n, r) => n + r.count, 0);
+    const st = cache.stats();
+    assert.deepEqual(
+      [st.reads - before.st.reads, st.readHits - before.st.readHits, st.storageHits - before.st.storageHits],
+      [blocks, blocks, blocks],
+    );
+    // No direct read is left counted against a segment: a rewrite of every segment goes out.
+    for (let i = 0; i < cache.geometry.slots; i++) cache.map.bda.unreference(i);
+    const other = cache.registerVolume('other', 'other-1', VOL);
+    const data = new Uint8Array(bps * BS).fill(0x5a);
+    for (let i = 0; i < 2 * cache.geometry.segments; i++) assert.equal(await cache.insert(other, i * bps, data, bps, () => true), bps);
+    assert.equal(await cache.log.flush(), true);
+  });
   it('a direct hit read racing with a rewrite of its segment holds the write back, then falls back', async () => {
     const s = await open();
     await readBack(s, 0, 32 * BS);
