@@ -12,8 +12,8 @@
  * `turn()` is one loop turn of a run: one setImmediate, then virtual time moves on by an
  * amount drawn from the clock's own random stream (mostly a fraction of a millisecond, at times
  * tens of milliseconds, at times straight to the next timer: a slow or stalled machine), firing
- * the timers due meanwhile in due order (ties: creation order). `until(p)` turns until `p`
- * settles. Mocha keeps the real timers (it took them when it loaded), so its timeouts still
+ * the timers due meanwhile in due order (ties: creation order); `step()` is that step alone,
+ * for suites that turn the loop themselves. `until(p)` turns until `p` settles. Mocha keeps the real timers (it took them when it loaded), so its timeouts still
  * work; install() and uninstall() bracket one run (uninstall after the run's clean-up: timers
  * still pending are dropped).
  */
@@ -97,16 +97,26 @@ export class VirtualClock {
     this.now = to;
   }
 
-  /** One loop turn of the run, then a drawn step of virtual time (see the file comment). */
-  async turn(): Promise<void> {
-    await new Promise<void>((r) => setImmediate(r));
+  /** Fires the earliest pending timer (and those due with it); false when none is pending. */
+  next(): boolean {
+    const t = this.first();
+    if (t === null) return false;
+    this.advance(t.due - this.now);
+    return true;
+  }
+
+  /** A drawn step of virtual time (see the file comment). */
+  step(): void {
     const x = this.draw();
     if (x < 0.85) this.advance(this.draw() * 0.5);
     else if (x < 0.97) this.advance(this.draw() * 20);
-    else {
-      const t = this.first();
-      this.advance(t === null ? 1 : t.due - this.now);
-    }
+    else if (!this.next()) this.advance(1);
+  }
+
+  /** One loop turn of the run, then a drawn step of virtual time. */
+  async turn(): Promise<void> {
+    await new Promise<void>((r) => setImmediate(r));
+    this.step();
   }
 
   /** Turns until `p` settles; its value (or its rejection). */
