@@ -11,7 +11,8 @@
  *
  * `turn()` is one loop turn of a run: one setImmediate, then virtual time moves on by an
  * amount drawn from the clock's own random stream (mostly a fraction of a millisecond, at times
- * tens of milliseconds, at times straight to the next timer: a slow or stalled machine), firing
+ * tens of milliseconds, at times straight to the next timer if it is due within MAX_STALL_MS: a
+ * slow or stalled machine), firing
  * the timers due meanwhile in due order (ties: creation order); `step()` is that step alone,
  * for suites that turn the loop themselves. `until(p)` turns until `p` settles. Mocha keeps the real timers (it took them when it loaded), so its timeouts still
  * work; install() and uninstall() bracket one run (uninstall after the run's clean-up: timers
@@ -20,6 +21,13 @@
 import { rng } from '../cache/helpers';
 
 const START_MS = 1000;
+const TIMEOUT_MAX = 2 ** 31 - 1;
+/**
+ * Longest stall step() draws (a jump to the next timer): past the pace timers (at most
+ * ROUND_WAIT_MAX_MS, CLEAN_MARK_DELAY_MS), short of the backing-store timeouts (a stall of a
+ * minute makes a write fail with ETIMEDOUT, rightly, but says nothing about the model).
+ */
+const MAX_STALL_MS = 1500;
 
 class VirtualTimer {
   constructor(
@@ -56,7 +64,9 @@ export class VirtualClock {
     this.saved = { setTimeout: globalThis.setTimeout, clearTimeout: globalThis.clearTimeout, now: performance.now };
     const realClear = globalThis.clearTimeout;
     globalThis.setTimeout = ((fn: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
-      const t = new VirtualTimer(this.now + Math.max(1, ms ?? 0), this.seq++, () => fn(...args));
+      // As Node: a delay below 1 ms, above TIMEOUT_MAX or not a number is 1 ms.
+      const delay = ms !== undefined && ms >= 1 && ms <= TIMEOUT_MAX ? ms : 1;
+      const t = new VirtualTimer(this.now + delay, this.seq++, () => fn(...args));
       this.timers.add(t);
       return t;
     }) as unknown as typeof setTimeout;
@@ -108,9 +118,10 @@ export class VirtualClock {
   /** A drawn step of virtual time (see the file comment). */
   step(): void {
     const x = this.draw();
+    const t = this.first();
     if (x < 0.85) this.advance(this.draw() * 0.5);
-    else if (x < 0.97) this.advance(this.draw() * 20);
-    else if (!this.next()) this.advance(1);
+    else if (x < 0.97 || t === null || t.due - this.now > MAX_STALL_MS) this.advance(this.draw() * 20);
+    else this.advance(t.due - this.now);
   }
 
   /** One loop turn of the run, then a drawn step of virtual time. */
