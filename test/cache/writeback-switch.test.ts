@@ -209,7 +209,9 @@ describe('cache-mode switches at run time', function () {
   const only = seededRunsFromEnv(ENV, 400);
   const runs: SeededRun[] = only ?? [1, 2, 3, 4].map((seed) => ({ seed, size: 400 }));
   for (const { seed, size } of runs) {
-    it(`seed ${seed}: ${size} batches with switches between every mode in the middle of them; every read is the newest acknowledged data, the backing store equals it after a flush`, async () => {
+    it(`seed ${seed}: ${size} batches with switches between every mode in the middle of them; every read is the newest acknowledged data, the backing store equals it after a flush`, async function () {
+      // Soaks run longer runs (about 1 s per 400 batches alone, several times that under load).
+      this.timeout(Math.max(120000, size * 1000));
       const res = await switchRun(seed, size);
       if (process.env.VBC_MODEL_STATS) console.log(seed, JSON.stringify(res));
       assert.ok(res.switches >= size / 20, `only ${res.switches} switches`);
