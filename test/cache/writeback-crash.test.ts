@@ -15,7 +15,9 @@
  * the newest ACKNOWLEDGED data (the model), or the data of an operation that was in flight at
  * the crash (never older data, never zeros instead of it). The backing store is not the truth
  * here: it lags behind by the dirty blocks. At the end everything is destaged and the backing
- * store must equal the model.
+ * store must equal the model. A run replays from (seed, batches, blocks per segment): the timers
+ * run on a virtual clock (test/support/virtual-clock.ts) stepped once per loop turn; a failure
+ * prints the VBC_WBCRASH_RUN line that reruns it (test/support/seeded-runs.ts).
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';

@@ -16,6 +16,10 @@
  *   - destaging yields to guest I/O: a guest miss that arrives while destage writes are in
  *     flight is served before any further destage write is issued, and the destage writes in
  *     flight stay within WRITES_IN_FLIGHT (event-driven: held operations, no timing).
+ * The model runs replay from their seed: the destage pace, clean-mark and identity timers run
+ * on a virtual clock (test/support/virtual-clock.ts) stepped once per loop turn from a stream
+ * derived from the seed; a failure prints the VBC_WBSWITCH_RUN line that reruns it, and the
+ * same variable takes a seed range for soaks (test/support/seeded-runs.ts).
  */
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
