@@ -43,6 +43,7 @@ import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { splitRandomly } from '../support/scatter';
 import { tmpDir } from '../support/tmp';
+import { VirtualClock } from '../support/virtual-clock';
 
 const BS = 4096;
 const SECTOR = 512;
@@ -52,9 +53,6 @@ const DEVICE = deviceBytesFor(10, BS, 4 * BS);
 
 /** A seed of its own for `salt`'s stream, derived from `seed`. */
 const derive = (seed: number, salt: number): number => Math.floor(rng((seed ^ salt) >>> 0)() * 2 ** 32);
-
-/** Resolves in the check phase of the next loop turn (the log places insertions there). */
-const nextTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 export interface TrustRun {
   mode: CacheMode;
@@ -71,12 +69,21 @@ export function reproduction(o: TrustRun): string {
   return `VBC_TRUST_RUN=${run} npx mocha --no-config --exit dist/test/cache/model-trust.test.js`;
 }
 
-function parseRun(s: string): TrustRun {
-  const [mode, seed, faultSeed, steps, events] = s.split(':');
-  if (!['writethrough', 'writearound', 'readonly', 'none'].includes(mode) || !(Number(steps) > 0) || (events !== undefined && events !== 'events')) {
-    throw new Error(`VBC_TRUST_RUN=${s}: want mode:seed:faultSeed:steps[:events]`);
+/**
+ * VBC_TRUST_RUN=mode:seed:faultSeed:steps[:events] (what a failure prints), or with seeds
+ * FIRST..LAST and the fault seed `-` (derived from each seed): a soak over fresh seeds.
+ */
+function parseRuns(s: string): TrustRun[] {
+  const [mode, seeds, faultSeed, steps, events] = s.split(':');
+  const m = /^(\d+)(?:\.\.(\d+))?$/.exec(seeds ?? '');
+  if (m === null || !['writethrough', 'writearound', 'readonly', 'none'].includes(mode) || !(Number(steps) > 0) || (events !== undefined && events !== 'events') || !(faultSeed === '-' || Number(faultSeed) >= 0)) {
+    throw new Error(`VBC_TRUST_RUN=${s}: want mode:seed:faultSeed:steps[:events] or mode:first..last:-:steps[:events]`);
   }
-  return { mode: mode as CacheMode, seed: Number(seed), faultSeed: Number(faultSeed), steps: Number(steps), events: events === 'events' };
+  const runs: TrustRun[] = [];
+  for (let seed = Number(m[1]); seed <= Number(m[2] ?? m[1]); seed++) {
+    runs.push({ mode: mode as CacheMode, seed, ...(faultSeed === '-' ? {} : { faultSeed: Number(faultSeed) }), steps: Number(steps), events: events === 'events' });
+  }
+  return runs;
 }
 
 /**
@@ -178,6 +185,9 @@ async function run(o: TrustRun): Promise<TrustResult> {
   const f = rng(faultSeed);
   const outcome = rng(derive(faultSeed, 1));
   const turns = rng(derive(faultSeed, 2));
+  // Timers (identity records, volume-table retries after a device write error) on a virtual
+  // clock with a stream of its own: they fire at points the seeds fix, not by wall clock.
+  const clock = new VirtualClock(derive(faultSeed, 3));
   const opsHash = createHash('sha256');
   const runHash = createHash('sha256');
   let step = 0;
@@ -234,8 +244,8 @@ async function run(o: TrustRun): Promise<TrustResult> {
     // A cut device is a shorter file at open (Cache.open then formats it).
     fs.writeFileSync(cachePath, '');
     fs.truncateSync(cachePath, dev.length);
-    cache = await Cache.open({ path: cachePath, size: DEVICE, segmentSize: 4 * BS, buffers: 3, engine: dev });
-    stores = await Promise.all(
+    cache = await clock.until(Cache.open({ path: cachePath, size: DEVICE, segmentSize: 4 * BS, buffers: 3, engine: dev }));
+    stores = await clock.until(Promise.all(
       backs.map((b, i) =>
         CachedStore.open({
           backing: b,
@@ -247,7 +257,7 @@ async function run(o: TrustRun): Promise<TrustResult> {
           sequentialCutoff: i === 0 ? 3 * BS : undefined,
         }),
       ),
-    );
+    ));
   };
   /**
    * Offline change of volume v while the cache is closed: stamped blocks of a new generation,
@@ -268,7 +278,13 @@ async function run(o: TrustRun): Promise<TrustResult> {
   };
   let offlineChanges = 0;
   let failedWrites = 0;
-  await open();
+  clock.install();
+  try {
+    await open();
+  } catch (err) {
+    clock.uninstall();
+    throw err;
+  }
   let checks = 0;
   const cursor = [0, 0];
   const totals = {
@@ -313,9 +329,9 @@ async function run(o: TrustRun): Promise<TrustResult> {
       if (p < 0.01) {
         note('clean restart');
         const cached = stores!.map((s) => Array.from({ length: 97 }, (_, b) => b).filter((b) => cache.map.lookup(s.volume, b) >= 0));
-        for (const s of stores!) await s.close();
+        for (const s of stores!) await clock.until(s.close());
         account();
-        await cache!.close();
+        await clock.until(cache!.close());
         // Offline change of the cache device: the warm start must catch it.
         if (f() < 0.5) corrupt(8);
         if (events) {
@@ -336,7 +352,7 @@ async function run(o: TrustRun): Promise<TrustResult> {
             for (let b = 0; b < 97; b += 8) {
               const end = Math.min((b + 8) * BS, VOL_SIZE);
               const out = new Uint8Array(end - b * BS);
-              await stores![v].read(b * BS, [out]);
+              await clock.until(stores![v].read(b * BS, [out]));
               runHash.update(out);
               checks++;
               assert.deepEqual(out, models[v].subarray(b * BS, end), `step ${step}: volume ${v} [${b * BS}, ${end}) after the restart`);
@@ -345,7 +361,7 @@ async function run(o: TrustRun): Promise<TrustResult> {
         }
       } else if (events && p < 0.015) {
         note('flush');
-        for (const s of stores!) await s.flush();
+        for (const s of stores!) await clock.until(s.flush());
       } else if (events && p < 0.02) {
         for (const b of backs) b.failRate = b.failRate > 0 ? 0 : 0.2;
         note(`backing write failure rate ${backs[0].failRate}`);
@@ -356,7 +372,7 @@ async function run(o: TrustRun): Promise<TrustResult> {
         crashes++;
         account();
         for (const b of backs) b.applyLate(1);
-        await cache!.abort();
+        await clock.until(cache!.abort());
         await open();
       } else if (p < 0.03) {
         readFail = readFail > 0 ? 0 : 0.1;
@@ -447,15 +463,15 @@ async function run(o: TrustRun): Promise<TrustResult> {
           batch.push(done.then(() => void model.fill(0, start, end)));
         }
       }
-      await Promise.all(batch);
+      await clock.until(Promise.all(batch));
       // Background work (insertions, segment writes, read-ahead) runs for 0-3 loop turns
       // before the next batch.
-      for (let t = Math.floor(turns() * 4); t > 0; t--) await nextTurn();
+      for (let t = Math.floor(turns() * 4); t > 0; t--) await clock.turn();
     }
     for (const b of backs) b.applyLate(1);
     for (let v = 0; v < 2; v++) {
       const out = new Uint8Array(VOL_SIZE);
-      await stores![v].read(0, [out]);
+      await clock.until(stores![v].read(0, [out]));
       assert.deepEqual(out, models[v]);
       assert.deepEqual(backs[v].data, models[v]);
     }
@@ -482,8 +498,12 @@ async function run(o: TrustRun): Promise<TrustResult> {
     assert.ok(st.volumes.v1.blocks <= 12, 'volume cap exceeded');
     return { ...digests, checks, totals };
   } finally {
-    await cache!.abort();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      await clock.until(cache!.abort());
+    } finally {
+      clock.uninstall();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   }
 }
 
@@ -507,7 +527,7 @@ const title = (o: TrustRun): string =>
 describe('cached store trust model: offline changes, corruption, failing writes (seeded)', function () {
   this.timeout(120000);
   const only = process.env.VBC_TRUST_RUN;
-  for (const o of only !== undefined ? [parseRun(only)] : RUNS) {
+  for (const o of only !== undefined ? parseRuns(only) : RUNS) {
     it(title(o), () => runModel(o));
   }
   if (only !== undefined) return;

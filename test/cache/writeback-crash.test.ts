@@ -15,7 +15,9 @@
  * the newest ACKNOWLEDGED data (the model), or the data of an operation that was in flight at
  * the crash (never older data, never zeros instead of it). The backing store is not the truth
  * here: it lags behind by the dirty blocks. At the end everything is destaged and the backing
- * store must equal the model.
+ * store must equal the model. A run replays from (seed, batches, blocks per segment): the timers
+ * run on a virtual clock (test/support/virtual-clock.ts) stepped once per loop turn; a failure
+ * prints the VBC_WBCRASH_RUN line that reruns it (test/support/seeded-runs.ts).
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -26,8 +28,10 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import { assertCountsAgree, MemStore, rng } from './helpers';
 import { MemDevice } from '../support/mem-device';
+import { rerun, type SeededRun, seededRunsFromEnv } from '../support/seeded-runs';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
+import { VirtualClock } from '../support/virtual-clock';
 
 const BS = 4096;
 const SECTOR = 512;
@@ -73,13 +77,29 @@ interface Run {
   destaged: number;
   turns: number;
   sectorsChecked: number;
+  /** Virtual timers fired (the destage pace, clean marks). */
+  timers: number;
 }
+
+const ENV = 'VBC_WBCRASH_RUN';
+const FILE = 'dist/test/cache/writeback-crash.test.js';
 
 /**
  * `bps` blocks per segment: 4 (one header sector: headers are never torn) or 32 (two sectors:
  * a torn header keeps dirty entries only in its older sector; commits rewrite it in place).
  */
 async function crashRun(seed: number, steps: number, bps: number): Promise<Run> {
+  try {
+    return await runCrashes(seed, steps, bps);
+  } catch (err) {
+    (err as Error).message += `\n  reproduce: ${rerun(ENV, { seed, size: steps, more: `${bps}` }, FILE)}`;
+    throw err;
+  }
+}
+
+async function runCrashes(seed: number, steps: number, bps: number): Promise<Run> {
+  // The timers (destage pace, clean marks, identity) on a clock of the seed's own stream.
+  const clock = new VirtualClock((seed ^ 0x5eed) >>> 0);
   const DEVICE = deviceBytesFor(bps === 4 ? 10 : 4, BS, bps * BS);
   const r = rng(seed);
   const dir = tmpDir('wbcrash');
@@ -88,7 +108,7 @@ async function crashRun(seed: number, steps: number, bps: number): Promise<Run> 
   backs.forEach((b, v) => stampBytes(b.data, 0, v));
   const model = backs.map((b) => new Uint8Array(b.data));
   let gen = 10;
-  const run: Run = { crashes: 0, recoveredDirty: 0, torn: 0, destaged: 0, turns: 0, sectorsChecked: 0 };
+  const run: Run = { crashes: 0, recoveredDirty: 0, torn: 0, destaged: 0, turns: 0, sectorsChecked: 0, timers: 0 };
   let dev = new MemDevice(DEVICE);
   let cache!: Cache;
   let stores: CachedStore[] = [];
@@ -127,14 +147,15 @@ async function crashRun(seed: number, steps: number, bps: number): Promise<Run> 
     run.torn += cache.recovery.torn;
     for (let v = 0; v < 2; v++) {
       const out = new Uint8Array(BLOCKS * BS);
-      await stores[v].read(0, [out]);
+      await clock.until(stores[v].read(0, [out]));
       check(v, 0, out, pending, `step ${step}, after crash ${run.crashes}`);
       // What the cache holds now is the truth from here on (each sector checked above).
       model[v].set(out);
     }
   };
-  await open();
+  clock.install();
   try {
+    await open();
     for (let step = 0; step < steps; step++) {
       if (r() < 0.04) dev.freezeAtWrite = dev.writes + 1 + Math.floor(r() * 6);
       // A batch of 1-4 operations in flight together on disjoint block ranges (group commits).
@@ -186,45 +207,63 @@ async function crashRun(seed: number, steps: number, bps: number): Promise<Run> 
       void Promise.all(ops).finally(() => (done = true));
       while (!done && !dev.frozen) {
         run.turns++;
-        await new Promise((res) => setImmediate(res));
+        await clock.turn();
       }
       if (done) await Promise.all(ops);
       if (dev.frozen) await crash(step, pending);
     }
     // Everything destaged: the backing store holds the newest data.
-    for (const s of stores) await s.flushCache();
+    for (const s of stores) await clock.until(s.flushCache());
     for (let v = 0; v < 2; v++) {
       assert.equal(Buffer.compare(backs[v].data, model[v]), 0, `volume ${v}: backing store after the final destage differs from the acknowledged data`);
     }
     run.destaged += stores.reduce((n, s) => n + s.destager.destaged, 0);
+    run.timers = clock.fired;
     return run;
   } finally {
-    if (dev.frozen) fs.closeSync((cache as unknown as { fd: number }).fd);
-    else {
-      for (const s of stores) await s.destager.close();
-      await cache.abort();
+    try {
+      if (dev.frozen) fs.closeSync((cache as unknown as { fd: number }).fd);
+      else {
+        for (const s of stores) await clock.until(s.destager.close());
+        await clock.until(cache.abort());
+      }
+    } finally {
+      clock.uninstall();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
 describe('write-back: crashes at every step of the write and destage paths (seeded crash-point model)', function () {
   this.timeout(600000);
-  for (const [seed, bps] of [
-    [1, 4],
-    [2, 4],
-    [3, 32],
-    [4, 32],
-    [5, 32],
-  ]) {
-    it(`seed ${seed}, ${bps} blocks per segment: 800 batches, every sector checked against the newest acknowledged data after each crash`, async () => {
-      const res = await crashRun(seed, 800, bps);
+  // VBC_WBCRASH_RUN=SEED[..LAST][:BATCHES[:BLOCKS_PER_SEGMENT]] runs those instead
+  // (seeded-runs.ts): the line a failure prints, or a soak over fresh seeds (blocks per segment
+  // 4 or 32; by default alternating).
+  const only = seededRunsFromEnv(ENV, 800);
+  const runs: SeededRun[] = only ?? [
+    { seed: 1, size: 800, more: '4' },
+    { seed: 2, size: 800, more: '4' },
+    { seed: 3, size: 800, more: '32' },
+    { seed: 4, size: 800, more: '32' },
+    { seed: 5, size: 800, more: '32' },
+  ];
+  for (const { seed, size, more } of runs) {
+    const bps = more !== undefined ? Number(more) : seed % 2 === 0 ? 4 : 32;
+    it(`seed ${seed}, ${bps} blocks per segment: ${size} batches, every sector checked against the newest acknowledged data after each crash`, async () => {
+      const res = await crashRun(seed, size, bps);
       if (process.env.VBC_MODEL_STATS) console.log(seed, JSON.stringify(res));
-      assert.ok(res.crashes >= 10, `only ${res.crashes} crashes`);
+      assert.ok(res.crashes >= size / 80, `only ${res.crashes} crashes`);
       // Dirty blocks come back after crashes, and the destager wrote blocks back meanwhile.
       assert.ok(res.recoveredDirty > 0, 'no dirty block recovered');
       assert.ok(res.torn > 0, 'no crash left a header over dirty data that did not land');
       assert.ok(res.destaged > 0, 'nothing destaged');
     });
   }
+  if (only !== null) return;
+
+  it('a seed replays exactly: the destage timers run on the virtual clock, so the loop turns, crashes and recovered blocks are the same', async () => {
+    const a = await crashRun(6, 300, 32);
+    assert.ok(a.timers > 0 && a.crashes > 0, JSON.stringify(a));
+    assert.deepEqual(await crashRun(6, 300, 32), a);
+  });
 });

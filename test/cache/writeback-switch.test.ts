@@ -16,8 +16,13 @@
  *   - destaging yields to guest I/O: a guest miss that arrives while destage writes are in
  *     flight is served before any further destage write is issued, and the destage writes in
  *     flight stay within WRITES_IN_FLIGHT (event-driven: held operations, no timing).
+ * The model runs replay from their seed: the destage pace, clean-mark and identity timers run
+ * on a virtual clock (test/support/virtual-clock.ts) stepped once per loop turn from a stream
+ * derived from the seed; a failure prints the VBC_WBSWITCH_RUN line that reruns it, and the
+ * same variable takes a seed range for soaks (test/support/seeded-runs.ts).
  */
 import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
@@ -29,8 +34,10 @@ import type { VhostError } from '../../src/native/errors';
 import { gate, MemStore, rng } from './helpers';
 import { settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
+import { rerun, type SeededRun, seededRunsFromEnv } from '../support/seeded-runs';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
+import { VirtualClock } from '../support/virtual-clock';
 import { waitFor } from '../support/wait';
 
 const BS = 4096;
@@ -45,10 +52,30 @@ interface SwitchRun {
   /** Writes that went through the range lock and destaged dirty blocks of their range first. */
   destaged: number;
   sectorsChecked: number;
+  /** Destage rounds run, virtual timers fired. */
+  rounds: number;
+  timers: number;
+  /** sha256 of the run as it happened: the dirty count at every turn, every read's bytes. */
+  digest: string;
 }
 
+const ENV = 'VBC_WBSWITCH_RUN';
+const FILE = 'dist/test/cache/writeback-switch.test.js';
+
 async function switchRun(seed: number, batches: number): Promise<SwitchRun> {
+  try {
+    return await runSwitches(seed, batches);
+  } catch (err) {
+    (err as Error).message += `\n  reproduce: ${rerun(ENV, { seed, size: batches }, FILE)}`;
+    throw err;
+  }
+}
+
+async function runSwitches(seed: number, batches: number): Promise<SwitchRun> {
   const r = rng(seed);
+  // The timers (destage pace, clean marks, identity) on a clock of the seed's own stream.
+  const clock = new VirtualClock((seed ^ 0x5eed) >>> 0);
+  const hash = createHash('sha256');
   const dir = tmpDir('wbswitch');
   const DEVICE = deviceBytesFor(10, BS, 8 * BS);
   const back = new MemStore(BLOCKS * BS, 'a');
@@ -64,7 +91,8 @@ async function switchRun(seed: number, batches: number): Promise<SwitchRun> {
   const dev = new MemDevice(DEVICE);
   const cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
   const s = new CachedStore({ backing: back, cache, name: 'v', mode: 'writeback', readAhead: 0, dirtyLimitBlocks: 12, backingTimeoutMs: 20000 });
-  const run: SwitchRun = { switches: 0, drainedSwitches: 0, destaged: 0, sectorsChecked: 0 };
+  clock.install();
+  const run: SwitchRun = { switches: 0, drainedSwitches: 0, destaged: 0, sectorsChecked: 0, rounds: 0, timers: 0, digest: '' };
   let gen = 10;
   let switching: Promise<void> | null = null;
   /** Most dirty blocks allowed while a switch out of write-back is destaging. */
@@ -72,6 +100,7 @@ async function switchRun(seed: number, batches: number): Promise<SwitchRun> {
   /** Blocks of the write-back writes in flight (they may still become dirty after a switch). */
   let wbInFlight = 0;
   const check = (start: number, got: Uint8Array, at: string): void => {
+    hash.update(got);
     for (let o = 0; o < got.byteLength; o += SECTOR) {
       run.sectorsChecked++;
       const abs = start + o;
@@ -144,42 +173,66 @@ async function switchRun(seed: number, batches: number): Promise<SwitchRun> {
       void Promise.all(ops).finally(() => (done = true));
       while (!done) {
         assert.ok(s.destager.dirty <= dirtyCap, `batch ${batch}: ${s.destager.dirty} dirty blocks while switching out of write-back, ${dirtyCap} when it started`);
-        await new Promise((res) => setImmediate(res));
+        hash.update(`${s.destager.dirty} `);
+        await clock.turn();
       }
       await Promise.all(ops);
       // Sometimes the batches wait for the switch; otherwise it goes on under the next ones.
-      if (switching !== null && r() < 0.3) await switching;
+      if (switching !== null && r() < 0.3) await clock.until(switching);
     }
-    if (switching !== null) await switching;
+    if (switching !== null) await clock.until(switching);
     run.destaged = s.destager.destaged;
     // Through the cache, then on the backing store once everything is written back.
     const out = new Uint8Array(BLOCKS * BS);
-    await s.read(0, [out]);
+    await clock.until(s.read(0, [out]));
     check(0, out, 'final read through the cache');
-    await s.flushCache();
-    await s.flush();
+    await clock.until(s.flushCache());
+    await clock.until(s.flush());
     assert.equal(Buffer.compare(back.data, model), 0, 'the backing store after a flush differs from the acknowledged data');
+    run.rounds = s.destager.rounds;
+    run.timers = clock.fired;
+    run.digest = hash.digest('hex');
     return run;
   } finally {
     back.readHook = back.writeHook = null;
-    await s.destager.close();
-    await cache.abort();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      await clock.until(s.destager.close());
+      await clock.until(cache.abort());
+    } finally {
+      clock.uninstall();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   }
 }
 
 describe('cache-mode switches at run time', function () {
   this.timeout(120000);
 
-  for (const seed of [1, 2, 3, 4]) {
-    it(`seed ${seed}: 400 batches with switches between every mode in the middle of them; every read is the newest acknowledged data, the backing store equals it after a flush`, async () => {
-      const res = await switchRun(seed, 400);
+  // VBC_WBSWITCH_RUN=SEED[..LAST][:BATCHES] runs those instead (seeded-runs.ts): the line a
+  // failure prints, or a soak over fresh seeds.
+  const only = seededRunsFromEnv(ENV, 400);
+  const runs: SeededRun[] = only ?? [1, 2, 3, 4].map((seed) => ({ seed, size: 400 }));
+  for (const { seed, size } of runs) {
+    it(`seed ${seed}: ${size} batches with switches between every mode in the middle of them; every read is the newest acknowledged data, the backing store equals it after a flush`, async function () {
+      // Soaks run longer runs (about 1 s per 400 batches alone, several times that under load).
+      this.timeout(Math.max(120000, size * 1000));
+      const res = await switchRun(seed, size);
       if (process.env.VBC_MODEL_STATS) console.log(seed, JSON.stringify(res));
-      assert.ok(res.switches >= 20, `only ${res.switches} switches`);
+      assert.ok(res.switches >= size / 20, `only ${res.switches} switches`);
       assert.ok(res.drainedSwitches >= 3, `only ${res.drainedSwitches} switches out of write-back had dirty blocks to destage`);
       assert.ok(res.destaged > 0, 'nothing destaged');
     });
   }
+  if (only !== null) return;
+
+  it('a seed replays exactly: the destage timers run on the virtual clock, so the dirty count at every turn and every read are the same', async () => {
+    const a = await switchRun(5, 150);
+    const b = await switchRun(5, 150);
+    assert.ok(a.timers > 0 && a.rounds > 0, JSON.stringify(a));
+    assert.deepEqual(b, a);
+    const c = await switchRun(6, 150);
+    assert.notEqual(c.digest, a.digest);
+  });
 
   describe('one volume', () => {
     let dir: string;

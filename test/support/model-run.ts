@@ -11,7 +11,10 @@
  *
  * Three independent random streams: `seed` drives the workload, seed-derived `schedule` the
  * completion order, `faultSeed` the faults (cache-device read/write errors, crashes, clean
- * restarts). A run is a pure function of (mode, seed, faultSeed, ops).
+ * restarts); the timers (identity records, volume-table retries) run on a virtual clock
+ * (virtual-clock.ts) stepped at every settle from a stream derived from `faultSeed`. A run is a
+ * pure function of (mode, seed, faultSeed, ops), but for the metadata file of a clean close
+ * (real file I/O): a timer still pending while it is written fires once nothing else moves.
  *
  * Faults:
  *   - crash in the middle of segment writes: the device freezes at a chosen write (it and all
@@ -40,6 +43,7 @@ import { MemDevice } from './mem-device';
 import { stampBytes } from './stamps';
 import { splitRandomly } from './scatter';
 import { tmpDir } from './tmp';
+import { VirtualClock } from './virtual-clock';
 
 const SECTOR = 512;
 const BLOCKS = 96;
@@ -118,6 +122,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   const w = rng(o.seed);
   const sched = rng((o.seed ^ 0x9e3779b9) >>> 0);
   const f = rng(o.faultSeed);
+  const clock = new VirtualClock((o.faultSeed ^ 0xc10c) >>> 0);
   const faults = o.faults !== false;
   const dir = tmpDir('model');
   const cachePath = path.join(dir, 'cache');
@@ -176,9 +181,11 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     );
     for (;;) {
       await settle();
+      clock.step();
       if (done) return true;
       if (step(inc)) continue;
       if (inc.dev.frozen) return false;
+      if (clock.next()) continue;
       // Waiting on real I/O (the metadata file): until it is done or holds an operation.
       await Promise.race([until.then(noop, noop), new Promise<void>((r) => (inc.io.issued = () => r()))]);
       inc.io.issued = null;
@@ -293,7 +300,14 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     inflight.add(tracked);
   };
 
-  let inc = await open();
+  clock.install();
+  let inc: Incarnation;
+  try {
+    inc = await open();
+  } catch (err) {
+    clock.uninstall();
+    throw err;
+  }
   try {
     let freezeArmed = -1;
     let disabledAt = -1;
@@ -322,6 +336,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
       const target = 1 + Math.floor(w() * WINDOW);
       while (inflight.size >= target && !inc.dev.frozen) {
         await settle();
+        clock.step();
         if (inflight.size < target) break;
         if (!step(inc)) break;
       }
@@ -348,11 +363,15 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   } finally {
     for (const b of backs) b.io = null;
     inc.dev.io = null;
-    if (inc.dev.frozen) fs.closeSync((inc.cache as unknown as { fd: number }).fd);
-    else {
-      await inc.io.drain();
-      await inc.cache.abort();
+    try {
+      if (inc.dev.frozen) fs.closeSync((inc.cache as unknown as { fd: number }).fd);
+      else {
+        await clock.until(inc.io.drain());
+        await clock.until(inc.cache.abort());
+      }
+    } finally {
+      clock.uninstall();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
