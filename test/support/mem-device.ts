@@ -5,6 +5,9 @@
  *   - `crashImage(random)` is what a power cut leaves: the durable bytes plus, for each write
  *     since the last fdatasync (in order), nothing, all of it, or a torn prefix of it
  *     (whole 512-byte sectors), chosen by `random`;
+ *   - `processCrashImage(random)` is what the death of the process leaves (the host keeps
+ *     running): every completed write, and of the write in flight when the device froze
+ *     (`freezeAtWrite`) nothing, all of it, or a torn prefix of it, chosen by `random`;
  *   - `freezeAtWrite = n`: the n-th write (1-based, counting `writes`) and everything after it
  *     never complete (a process stopped in the middle of a segment or metadata write); the
  *     frozen write still counts as unflushed;
@@ -31,6 +34,8 @@ export class MemDevice implements IoEngine {
   readonly image: Uint8Array;
   private durable: Uint8Array;
   private unflushed: { offset: number; data: Uint8Array }[] = [];
+  /** The write in flight when the device froze, and the bytes it overwrote. */
+  private frozenWrite: { offset: number; data: Uint8Array; before: Uint8Array } | null = null;
   io: HeldIo | null = null;
   freezeAtWrite = Infinity;
   frozen = false;
@@ -91,6 +96,7 @@ export class MemDevice implements IoEngine {
       this.end = Math.max(this.end, offset + len);
     };
     if (this.writes >= this.freezeAtWrite) {
+      this.frozenWrite = { offset, data, before: this.image.slice(offset, offset + len) };
       effect();
       this.freeze();
       return this.never();
@@ -149,6 +155,18 @@ export class MemDevice implements IoEngine {
   /** Unflushed writes (for tests that want to know whether a crash can lose anything). */
   get unflushedWrites(): number {
     return this.unflushed.length;
+  }
+
+  /** The device content after the process died now (see the file comment). */
+  processCrashImage(random: () => number): Uint8Array {
+    const out = new Uint8Array(this.image);
+    const w = this.frozenWrite;
+    if (w === null) return out;
+    const p = random();
+    if (p >= 2 / 3) return out;
+    const keep = p < 1 / 3 ? 0 : Math.floor(random() * (w.data.byteLength / 512)) * 512;
+    out.set(w.before.subarray(keep), w.offset + keep);
+    return out;
   }
 
   /** The device content after a power cut now (see the file comment). */
