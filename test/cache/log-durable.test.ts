@@ -41,8 +41,9 @@ describe('cache log: durable invalidation and the durable mark, checked after po
   let errors: string[];
   /** The host boot the cache runs in (a power cut starts another one). */
   let boot = 0;
-  const open = async (image?: Uint8Array, size = DEVICE): Promise<void> => {
+  const open = async (image?: Uint8Array, size = DEVICE, prepare?: (d: MemDevice) => void): Promise<void> => {
     dev = new MemDevice(size, image);
+    prepare?.(dev);
     errors = [];
     const logger = pino({ level: 'error' }, { write: (l: string) => void errors.push(JSON.parse(l).msg) });
     cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, logger, bootId: `boot-${boot}` });
@@ -130,6 +131,29 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.equal(await cached(40), null);
     assert.equal(await cached(42), null);
     assert.deepEqual(await cached(3), block(3, 1), 'the acknowledged write-back block survives');
+  });
+
+  it('a start in the same boot whose first fdatasync reports a lost write (the crashed process never saw it) recovers as after a host crash', async () => {
+    assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    await killClean();
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    // The kernel reports the lost write-back once, to the first fdatasync of the new descriptor.
+    let told = false;
+    await open(dev.image, DEVICE, (d) => (d.syncError = () => !told && (told = true)));
+    assert.equal(told, true);
+    assert.deepEqual([cache.recovery?.hostCrash, cache.recovery?.cleanDropped], [true, 2]);
+    assert.equal(await cached(40), null);
+    assert.deepEqual(await cached(3), block(3, 1));
+    // Told once: a crash now (same boot) is still a host crash until the clean floor is recorded;
+    // it was, so the next process crash keeps what this run wrote.
+    await insertClean(60, 1);
+    assert.equal(await cache.log.flush(), true);
+    await processCrash();
+    assert.equal(cache.recovery?.hostCrash, false);
+    assert.deepEqual(await cached(60), block(60, 1), 'blocks cached after the host-crash recovery stay warm across a process crash');
+    assert.equal(await cached(42), null, 'clean blocks below the clean floor never come back');
   });
 
   it('the durable mark stays below a segment write still in flight when a rewrite batch syncs: a header landed over data that did not is caught, the acknowledged copy wins', async () => {

@@ -13,7 +13,8 @@
  *     frozen write still counts as unflushed;
  *   - `io` (held-io.ts): operations complete when the test says, capturing/applying bytes at
  *     the effect step;
- *   - `readError`/`writeError`: called per operation; returning true fails it with EIO;
+ *   - `readError`/`writeError`/`syncError`: called per operation; returning true fails it with
+ *     EIO (a failed fdatasync makes nothing durable);
  *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves;
  *   - `startWriteout` does nothing: like sync_file_range it makes nothing durable, so a crash
  *     image does not depend on it;
@@ -44,6 +45,7 @@ export class MemDevice implements IoEngine {
   private onFrozen!: () => void;
   readError: ((offset: number, length: number) => boolean) | null = null;
   writeError: ((offset: number, length: number) => boolean) | null = null;
+  syncError: (() => boolean) | null = null;
   syncGate: Promise<void> | null = null;
   reads = 0;
   writes = 0;
@@ -124,6 +126,7 @@ export class MemDevice implements IoEngine {
   fdatasync(): Promise<void> {
     if (this.frozen) return this.never();
     this.fdatasyncs++;
+    if (this.syncError?.()) return Promise.reject(new VhostError('injected fdatasync error', 'EIO'));
     const effect = (): void => {
       this.durable = new Uint8Array(this.image);
       this.unflushed = [];
