@@ -1157,8 +1157,9 @@ export class Cache {
   /**
    * Invalidates blocks first .. first + count - 1 of a volume (at once, in RAM). Null when no
    * header entry on the device may name them any more; else a promise that resolves once they
-   * are durably invalid (and the volume table durable): the caller issues its backing write
-   * only then (recovery.ts, the invariant). Rejects (EIO) when, after a cache-device write
+   * are invalid for every recovery (their header rewrites written; synced too where write-back
+   * data is involved: Log.killFor) and the volume table durable: the caller issues its backing
+   * write only then (recovery.ts, the invariant). Rejects (EIO) when, after a cache-device write
    * error, the device refuses to record that nothing is recoverable (retire): the caller must
    * then fail its write without issuing it.
    */
@@ -1168,9 +1169,10 @@ export class Cache {
   }
 
   /**
-   * Makes durably invalid every header entry that may still name blocks first .. first +
-   * count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a write,
-   * or a destage: destage.ts). Null when there is none; never rejects.
+   * Makes invalid for every recovery each header entry that may still name blocks first ..
+   * first + count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a
+   * write, or a destage: destage.ts, always durably: rewrite + fdatasync). Null when there is
+   * none; never rejects.
    */
   killDropped(volume: number, first: number, count: number, destage = false): Promise<void> | null {
     // After a write error no header changes any more: the dirty entries being destaged outrank

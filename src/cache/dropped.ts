@@ -2,8 +2,9 @@
  * Header entries that may still say "valid" on the cache device for keys that left the RAM map
  * (cache-map.ts drop: an eviction, an invalidation, a failed read or checksum, a block moved to
  * another slot). recovery.ts would bring such an entry back after a crash, so a write to its
- * key must first make it durably invalid (log.ts rewrites the segment's header from the BDA,
- * then fdatasync); this set is how the write path finds them.
+ * key must first make it invalid for every recovery (log.ts rewrites the segment's header from
+ * the BDA; then fdatasync where write-back data is involved: Log.killFor); this set is how the
+ * write path finds them.
  *
  * An entry is added when its slot is dropped; it is *covered* by the next header of its segment
  * sealed from the BDA (which no longer names it: seal()), *written* once that header's write
