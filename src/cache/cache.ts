@@ -10,8 +10,11 @@
  * had to be resized; load the metadata (device area, or the --cache-metadata file) if it is
  * bound to the superblock's uuid and generation and matches the geometry and map size; else,
  * after an unclean stop, rebuild the index from the segment headers (recovery.ts, which states
- * the invariant that makes this safe) with the durable volume table (volume-table.ts); then
- * bump the generation in the superblock and fdatasync BEFORE returning. From then on the
+ * the invariant that makes this safe) with the durable volume table (volume-table.ts), and
+ * after a host crash (the superblock's boot id is not this boot's, or a new descriptor's
+ * fdatasync reports a lost write) drop every clean block recovered (the clean floor,
+ * dropClean); then bump the generation in the superblock (with this boot's id and the clean
+ * floor) and fdatasync BEFORE returning. From then on the
  * metadata on disk is stale: a crash leaves a cache that opens by recovery. A superblock whose
  * volume table cannot be read (and no metadata) is formatted again (new uuid: no old header is
  * trusted). close() drains insertions, writes buffered segments, fdatasyncs the device, saves
@@ -37,12 +40,12 @@
  * its dirty ones (only the clean ones are dropped, one by one, each durably before the next
  * write of its key: recovery.ts 2.).
  *
- * Superblock (4 KiB, little endian, version 4): u32 magic 0x44434256 ('VBCD'), u32 version,
+ * Superblock (4 KiB, little endian, version 5): u32 magic 0x44434256 ('VBCD'), u32 version,
  * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
  * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
- * zero (offset 60), zeros. Full format: docs/cache-format.md.
+ * zero (offset 60), 16 bytes boot id, u32+u32 clean floor, zeros. Full format: docs/cache-format.md.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -77,7 +80,14 @@ const DIRTY_READ_ATTEMPTS = 3;
  * CPU each: ext4 punts buffered writes to a worker).
  */
 export const CLEAN_MARK_DELAY_MS = 1000;
-export const SUPERBLOCK_VERSION = 4;
+export const SUPERBLOCK_VERSION = 5;
+/** Where the host's boot id is read (cache-format.md "Crash kinds"). */
+export const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id';
+/**
+ * A superblock's clean floor while a recovery after a host crash has not yet recorded its real
+ * one: every clean entry is below it (cache-format.md "Crash kinds").
+ */
+const CLEAN_FLOOR_PENDING = Number.MAX_SAFE_INTEGER;
 /** insertDirty()'s insertions: write-back data, every block accepted. */
 const DIRTY: InsertKind = { dirty: true };
 const acceptAll = (): boolean => true;
@@ -112,6 +122,11 @@ export interface CacheOptions {
   direct?: boolean;
   /** How long to wait for a held device lock before EBUSY (default LOCK_WAIT_MS). */
   lockWaitMs?: number;
+  /**
+   * The host boot this process runs in (default: the kernel's boot id, BOOT_ID_PATH); tests
+   * give one to simulate a host crash (another boot) or a process crash (the same).
+   */
+  bootId?: string;
 }
 
 export interface VolumeOptions {
@@ -249,6 +264,30 @@ async function preallocate(engine: IoEngine, fd: number, bytes: number, file: st
 interface SuperblockState {
   uuid: Uint8Array;
   generation: number;
+  /** 16 bytes naming the host boot of the open that wrote it (bootIdBytes). */
+  boot: Uint8Array;
+  /** Clean header entries sealed below this are never recovered. */
+  cleanFloor: number;
+}
+
+/**
+ * 16 bytes naming a host boot: the first 16 bytes of the SHA-256 of `id`, or of the kernel's
+ * boot id; a random value if that cannot be read (every unclean stop then counts as a host crash).
+ */
+function bootIdBytes(id: string | undefined): Uint8Array {
+  let text = id;
+  if (text === undefined) {
+    try {
+      text = fs.readFileSync(BOOT_ID_PATH, 'utf8').trim();
+    } catch {
+      return new Uint8Array(randomBytes(16));
+    }
+  }
+  return new Uint8Array(createHash('sha256').update(text).digest().subarray(0, 16));
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && a.every((x, i) => x === b[i]);
 }
 
 function superblock(g: Geometry, sb: SuperblockState): Uint8Array {
@@ -265,17 +304,46 @@ function superblock(g: Geometry, sb: SuperblockState): Uint8Array {
   b.set(sb.uuid, 32);
   v.setUint32(48, sb.generation >>> 0, true);
   v.setUint32(52, Math.floor(sb.generation / 2 ** 32), true);
+  b.set(sb.boot, 64);
+  v.setUint32(80, sb.cleanFloor >>> 0, true);
+  v.setUint32(84, Math.floor(sb.cleanFloor / 2 ** 32), true);
   v.setUint32(60, crc32(b), true);
   return b;
 }
 
-/** The uuid and generation of a superblock that matches g, or null. */
+/** The state of a superblock that matches g, or null. */
 function parseSuperblock(b: Uint8Array, g: Geometry): SuperblockState | null {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const st = { uuid: b.slice(32, 48), generation: v.getUint32(48, true) + v.getUint32(52, true) * 2 ** 32 };
+  const st = {
+    uuid: b.slice(32, 48),
+    generation: v.getUint32(48, true) + v.getUint32(52, true) * 2 ** 32,
+    boot: b.slice(64, 80),
+    cleanFloor: v.getUint32(80, true) + v.getUint32(84, true) * 2 ** 32,
+  };
   const expect = superblock(g, st);
   for (let i = 0; i < SUPERBLOCK_SIZE; i++) if (b[i] !== expect[i]) return null;
   return st;
+}
+
+/**
+ * Drops (untracked: the clean floor makes their entries dead) every clean entry of a recovered
+ * map whose header was sealed below `cleanFloor`, after the entries of each key were resolved
+ * (recovery.ts): a key whose newest entry is clean loses it and no older copy comes back.
+ * Returns how many.
+ */
+function dropClean(map: CacheMap, segSeq: Float64Array, cleanFloor: number): number {
+  const { bda } = map;
+  const bps = map.segmentBlocks;
+  let n = 0;
+  for (let seg = 0; seg < segSeq.length; seg++) {
+    if (segSeq[seg] >= cleanFloor) continue;
+    for (let i = seg * bps; i < (seg + 1) * bps; i++) {
+      if (!bda.isValid(i) || bda.isDirty(i)) continue;
+      map.drop(i, true);
+      n++;
+    }
+  }
+  return n;
 }
 
 /**
@@ -363,7 +431,7 @@ export class Cache {
   /** True when this open loaded valid metadata (warm start). */
   readonly warm: boolean;
   /** What recovery from the segment headers found (null: no recovery ran). */
-  readonly recovery: { entries: number; skipped: number; rewritten: number; verified: number; torn: number; ms: number } | null;
+  readonly recovery: { entries: number; skipped: number; rewritten: number; verified: number; torn: number; hostCrash: boolean; cleanDropped: number; ms: number } | null;
   readonly map: CacheMap;
   readonly log: Log;
   private readonly fd: number;
@@ -602,13 +670,28 @@ export class Cache {
         // Neither: nothing on the device can be interpreted safely.
         if (!loaded.ok && saved === null) sb = null;
       }
+      const boot = bootIdBytes(o.bootId);
       if (!sb) {
         // A file that had to be resized may have lost blocks: its content is not trusted.
-        sb = { uuid: new Uint8Array(randomBytes(16)), generation: 0 };
+        sb = { uuid: new Uint8Array(randomBytes(16)), generation: 0, boot, cleanFloor: 0 };
         logger.info({ path: o.path, slots: g.slots, segments: g.segments, resized }, 'cache device formatted');
       }
+      // After an unclean stop: did the host crash (writes not synced lost) or only the process?
+      let hostCrash = false;
+      if (!loaded.ok && saved !== null) {
+        hostCrash = !sameBytes(sb.boot, boot) || sb.cleanFloor === CLEAN_FLOOR_PENDING;
+        if (!hostCrash) {
+          try {
+            // A write-back error of this device no process saw yet is reported to a new descriptor.
+            await o.engine.fdatasync(fd);
+          } catch (err) {
+            hostCrash = true;
+            logger.warn({ path: o.path, err: (err as Error).message }, 'cache device reports a lost write: recovered as after a host crash');
+          }
+        }
+      }
       // From now on the metadata on disk is stale: a crash means recovery from the headers.
-      sb = { uuid: sb.uuid, generation: sb.generation + 1 };
+      sb = { uuid: sb.uuid, generation: sb.generation + 1, boot, cleanFloor: hostCrash ? CLEAN_FLOOR_PENDING : sb.cleanFloor };
       await o.engine.writev(fd, [superblock(g, sb)], 0);
       await o.engine.fdatasync(fd);
       // Sequence numbers stay increasing across starts: never below microseconds since 1970.
@@ -618,6 +701,7 @@ export class Cache {
       let volumes: VolumeRecord[] = [];
       let floor = 0;
       let recovered: Awaited<ReturnType<typeof recoverIndex>> | null = null;
+      let cleanDropped = 0;
       const mapOptions = { loadFactor, segmentBlocks: g.blocksPerSegment };
       if (loaded.ok) {
         const st = loaded.state;
@@ -633,6 +717,14 @@ export class Cache {
         map = new CacheMap(g.slots, mapOptions, recovered.bda, recovered.index);
         map.hand = recovered.hand;
         sequence = Math.max(recovered.sequence, clock);
+        if (hostCrash) {
+          // Every clean entry found may be older than its backing store: below the clean floor.
+          sb = { ...sb, cleanFloor: sequence + 1 };
+          await o.engine.writev(fd, [superblock(g, sb)], 0);
+          await o.engine.fdatasync(fd);
+        }
+        cleanDropped = dropClean(map, recovered.segSeq, sb.cleanFloor);
+        if (hostCrash) logger.warn({ path: o.path, cleanDropped, dirtyKept: map.dirtyTotal }, 'cache recovered after a host crash: clean blocks dropped, write-back blocks kept');
         // Records of ids above what the BDA keys (written by an older version): forgotten, their
         // entries were not recovered and such ids are never assigned again (invariant 4 holds).
         volumes = saved.volumes.filter((v) => v.id < MAX_VOLUMES);
@@ -661,7 +753,7 @@ export class Cache {
       const recovery =
         recovered === null
           ? null
-          : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, verified: recovered.verified, torn: recovered.torn, ms: recovered.ms };
+          : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, verified: recovered.verified, torn: recovered.torn, hostCrash, cleanDropped, ms: recovered.ms };
       const synced = recovered === null ? sequence : recovered.mark;
       const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, synced, floor, volumes, warm: loaded.ok, table, recovery });
       holder.cache = cache;
@@ -1076,6 +1168,7 @@ export class Cache {
     for (const slot of slots) {
       if (!this.destaging.delete(slot)) continue;
       this.map.markClean(slot);
+      this.log.cleaned(slot);
       this.cleanSegs.add(Math.floor(slot / this.geometry.blocksPerSegment));
       n++;
     }
@@ -1105,8 +1198,9 @@ export class Cache {
   /**
    * Invalidates blocks first .. first + count - 1 of a volume (at once, in RAM). Null when no
    * header entry on the device may name them any more; else a promise that resolves once they
-   * are durably invalid (and the volume table durable): the caller issues its backing write
-   * only then (recovery.ts, the invariant). Rejects (EIO) when, after a cache-device write
+   * are invalid for every recovery (their header rewrites written; synced too where write-back
+   * data is involved: Log.killFor) and the volume table durable: the caller issues its backing
+   * write only then (recovery.ts, the invariant). Rejects (EIO) when, after a cache-device write
    * error, the device refuses to record that nothing is recoverable (retire): the caller must
    * then fail its write without issuing it.
    */
@@ -1116,18 +1210,19 @@ export class Cache {
   }
 
   /**
-   * Makes durably invalid every header entry that may still name blocks first .. first +
-   * count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a write,
-   * or a destage: destage.ts). Null when there is none; never rejects.
+   * Makes invalid for every recovery each header entry that may still name blocks first ..
+   * first + count - 1 of a volume outside the map (dropped.ts), before a backing write of them (a
+   * write, or a destage: destage.ts, always durably: rewrite + fdatasync). Null when there is
+   * none; never rejects.
    */
   killDropped(volume: number, first: number, count: number, destage = false): Promise<void> | null {
     // After a write error no header changes any more: the dirty entries being destaged outrank
     // every older one of their keys (recovery.ts 8.), and the floor waits for the destage.
     if (destage && this.log.disabled) return null;
-    const kill = this.log.killFor(volume, first, count);
+    const kill = this.log.killFor(volume, first, count, destage);
     const pending = this.pendingTable.get(volume);
     if (pending === undefined) return kill;
-    return Promise.all([pending, kill]).then(() => this.log.killFor(volume, first, count) ?? undefined);
+    return Promise.all([pending, kill]).then(() => this.log.killFor(volume, first, count, destage) ?? undefined);
   }
 
   /** Dirty blocks by volume name (volumes holding some). */

@@ -51,8 +51,10 @@
  * Consistency (no stale data, ever):
  *   - every write, discard and write-zeroes invalidates every cache block it overlaps (whole or
  *     partial) synchronously when it starts, and issues its backing write only once no segment
- *     header on the cache device names those blocks any more (Cache.invalidate: durable, so a
- *     crash never brings them back; recovery.ts) — at once when none did; when that cannot be
+ *     header on the cache device that a recovery could trust names those blocks any more
+ *     (Cache.invalidate: its header rewrite written, and synced when write-back data is
+ *     involved, so no crash of either kind brings them back; recovery.ts, docs/cache-format.md
+ *     "Crash kinds") — at once when none did; when that cannot be
  *     made durable (a cache device refusing every write after a write error) it fails with EIO
  *     and is never issued;
  *   - every operation is registered in `ops` for its block range until it is completely done,

@@ -2,13 +2,16 @@
  * Header entries that may still say "valid" on the cache device for keys that left the RAM map
  * (cache-map.ts drop: an eviction, an invalidation, a failed read or checksum, a block moved to
  * another slot). recovery.ts would bring such an entry back after a crash, so a write to its
- * key must first make it durably invalid (log.ts rewrites the segment's header from the BDA,
- * then fdatasync); this set is how the write path finds them.
+ * key must first make it invalid for every recovery (log.ts rewrites the segment's header from
+ * the BDA; then fdatasync where write-back data is involved: Log.killFor); this set is how the
+ * write path finds them.
  *
  * An entry is added when its slot is dropped; it is *covered* by the next header of its segment
- * sealed from the BDA (which no longer names it: seal()), and forgotten once that header is
- * written and an fdatasync after it succeeded (forget()). A failed header write uncovers its
- * entries again. Entries of a volume whose every block was dropped through its epoch
+ * sealed from the BDA (which no longer names it: seal()), *written* once that header's write
+ * completed (markWritten(): a process crash can no longer bring it back, a power loss still
+ * can), and forgotten once an fdatasync after that succeeded (forget()). A failed header write
+ * uncovers its entries again. `dirty`: the entry may say "dirty" on the device (the slot was
+ * dirty when dropped): log.ts never lets a backing write of its key go before it is forgotten. Entries of a volume whose every block was dropped through its epoch
  * (volume-table.ts) may stay until then: they only cost a needless header rewrite.
  *
  * RAM: one object (~80 bytes with its map and list slots) per entry. Entries live until their
@@ -22,6 +25,10 @@ export interface Dropped {
   slot: number;
   volume: number;
   block: number;
+  /** The slot was dirty (write-back) when dropped: a durable header may name it dirty. */
+  dirty: boolean;
+  /** A header sealed after the drop, not naming it, was written (completed; maybe not durable). */
+  written: boolean;
 }
 
 export class DroppedEntries {
@@ -32,8 +39,8 @@ export class DroppedEntries {
 
   constructor(private readonly blocksPerSegment: number) {}
 
-  add(slot: number, volume: number, block: number): Dropped {
-    const d: Dropped = { slot, volume, block };
+  add(slot: number, volume: number, block: number, dirty: boolean): Dropped {
+    const d: Dropped = { slot, volume, block, dirty, written: false };
     let blocks = this.byVolume.get(volume);
     if (blocks === undefined) this.byVolume.set(volume, (blocks = new Map()));
     const list = blocks.get(block);
@@ -44,12 +51,12 @@ export class DroppedEntries {
     return d;
   }
 
-  /** Adds to `out` the segments holding an entry for blocks first .. first + count - 1 of volume. */
-  segmentsOf(volume: number, first: number, count: number, out: Set<number>): void {
+  /** Calls fn with every entry of blocks first .. first + count - 1 of volume. */
+  entriesOf(volume: number, first: number, count: number, fn: (d: Dropped) => void): void {
     const blocks = this.byVolume.get(volume);
     if (blocks === undefined) return;
     const add = (list: Dropped[]) => {
-      for (const d of list) out.add(Math.floor(d.slot / this.blocksPerSegment));
+      for (const d of list) fn(d);
     };
     if (count <= blocks.size) {
       for (let b = first; b < first + count; b++) {
@@ -72,6 +79,11 @@ export class DroppedEntries {
     if (list === undefined) return null;
     this.bySegment.delete(seg);
     return list;
+  }
+
+  /** The header that covered `list` was written (its write completed). */
+  markWritten(list: readonly Dropped[]): void {
+    for (const d of list) d.written = true;
   }
 
   /** The header that covered `list` was not written: they wait for another one. */

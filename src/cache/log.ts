@@ -72,8 +72,13 @@
  * header entry on the device until a header of its segment sealed later is durable
  * (dropped.ts). killFor() finds the segments whose headers still name the blocks a write is
  * about to change and rewrites them: each header is sealed again from the BDA (a new sequence
- * number, every sector) and written, then one fdatasync; all the rewrites asked for in one JS
- * turn, and while a batch runs, form one batch (group commit). Every device write of a segment
+ * number, every sector) and written; the write waits for those writes to complete, and for an
+ * fdatasync after them only when an entry may be dirty on the device (dropped while dirty, or
+ * its segment holds a clean mark no durable header records yet: cleanMarkSeq against
+ * durableSeq) or for a destage (docs/cache-format.md "Crash kinds": after a host crash the
+ * clean entries are all dropped, a process crash keeps every completed write). All the
+ * rewrites asked for in one JS turn, and while a batch writes, form one batch; its fdatasync,
+ * if any, runs after the batch (the next batch's writes never wait for it). Every device write of a segment
  * (segment writes and header rewrites) is chained per segment (onSegment), so a rewrite never
  * lands before a write of that segment issued earlier, nor races a later one. Drops not caused
  * by a write (failed reads, checksums, moved blocks) start a rewrite in the background, so the
@@ -223,6 +228,9 @@ interface RewriteBatch {
   /** True when the headers were rewritten and synced, or nothing is recoverable any more. */
   done: Promise<boolean>;
   resolve: (ok: boolean) => void;
+  /** True when the headers' writes completed (not synced), or nothing is recoverable any more. */
+  written: Promise<boolean>;
+  wrote: (ok: boolean) => void;
 }
 
 /** What Log.insert()'s blocks are (each flag false when absent). */
@@ -300,9 +308,17 @@ export class Log {
   /** Header rewrite buffers whose write is done, for reuse (at most HEADER_POOL_BYTES of them). */
   private readonly headerPool: Uint8Array[] = [];
   private batchRunning: Promise<void> | null = null;
+  /** The fdatasyncs of batches whose headers are written (runBatch), until they settle. */
+  private readonly batchSyncs = new Set<Promise<boolean>>();
   private batchQueued = false;
   /** Entries covered by written headers, forgotten at the next successful fdatasync. */
   private awaitingSync: Dropped[] = [];
+  /** Headers written since the last fdatasync started: segment -> highest sequence number. */
+  private headersAwaitingSync = new Map<number, number>();
+  /** Per segment: the highest sequence number of a header of it known durable (0: none). */
+  private readonly durableSeq: Float64Array;
+  /** Per segment: the last sequence number used before a clean mark of one of its slots (-1: none). */
+  private readonly cleanMarkSeq: Float64Array;
   private readonly onDisabled: () => Promise<boolean>;
   /** The onDisabled() round in flight, and whether one succeeded (then for good). */
   private floorRound: Promise<boolean> | null = null;
@@ -357,6 +373,8 @@ export class Log {
     this.releasedRewriteAt = Math.max(1, Math.floor(this.map.slots * RESERVED_REWRITE_SHARE));
     this.map.onDrop = (slot, evicted, superseded) => this.slotDropped(slot, evicted, superseded);
     this.segGen = new Uint32Array(this.g.segments);
+    this.durableSeq = new Float64Array(this.g.segments);
+    this.cleanMarkSeq = new Float64Array(this.g.segments).fill(-1);
     this.directReaders = new Uint32Array(this.g.segments);
     this.checksumLogged = new Uint8Array(this.g.segments);
     this.putSlots = new Uint8Array(this.g.blocksPerSegment);
@@ -716,7 +734,7 @@ export class Log {
     for (const slot of slots) {
       if (bda.flags[slot] !== FLAG_SHADOW) continue;
       bda.flags[slot] = FLAG_RESERVED;
-      this.reserved.set(slot, this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot)));
+      this.reserved.set(slot, this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot), true));
       this.released++;
     }
     if (this.released < this.releasedRewriteAt) return;
@@ -731,7 +749,8 @@ export class Log {
     await this.tail;
     while (this.committing.size > 0) await Promise.all([...this.committing]);
     await Promise.all(this.pool.map((b) => b.pending));
-    while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.done);
+    while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.written);
+    while (this.batchSyncs.size > 0) await Promise.all([...this.batchSyncs]);
     await Promise.all([...this.segTail.values()]);
     while (this.syncsRunning.size > 0 || this.syncQueued !== null) await Promise.all([...this.syncsRunning, this.syncQueued?.done]);
     await this.floorRound;
@@ -823,26 +842,50 @@ export class Log {
       this.shadows.push(slot);
       return;
     }
-    const d = this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot));
+    const d = this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot), bda.isDirty(slot));
     if (bda.isDirty(slot)) this.reserved.set(slot, d);
     if (!evicted) void this.rewrite([Math.floor(slot / this.g.blocksPerSegment)], false);
   }
 
   /**
-   * Makes durably invalid every header entry that may still be valid on the device for blocks
-   * first .. first + count - 1 of `volume` (the caller dropped them from the map first). Null
-   * when there is none; else resolves when done. After a write error: waits until nothing
-   * written before it can be recovered, and rejects with EIO if that cannot be made durable
-   * (the caller must not issue its write: see the file comment).
+   * Slot `slot` was marked clean in the BDA (its data is in the backing store now): until a
+   * header of its segment sealed after this is durable, a durable header may still name it dirty.
    */
-  killFor(volume: number, first: number, count: number): Promise<void> | null {
+  cleaned(slot: number): void {
+    this.cleanMarkSeq[Math.floor(slot / this.g.blocksPerSegment)] = this.sequence;
+  }
+
+  /**
+   * Makes every header entry that may still be valid on the device for blocks first .. first +
+   * count - 1 of `volume` (the caller dropped them from the map first) invalid for every crash
+   * recovery may follow (recovery.ts 1.): null when there is none; else resolves when done.
+   * An entry that may be dirty on the device (dropped while dirty, or its segment holds a clean
+   * mark no durable header records yet), and every entry when `durable` (a destage), is made
+   * durably invalid: its header rewritten, then an fdatasync. Otherwise (clean entries only) a
+   * header of its segment sealed after the drop need only be WRITTEN (completed): a process
+   * crash keeps every completed write, and recovery after a host crash (boot id changed) drops
+   * every clean entry (cache.ts); none is waited for at all when every such header is written
+   * already. After a write error: waits until nothing written before it can be recovered, and
+   * rejects with EIO if that cannot be made durable (the caller must not issue its write: see
+   * the file comment).
+   */
+  killFor(volume: number, first: number, count: number, durable = false): Promise<void> | null {
     let done: Promise<boolean>;
     if (this.disabled) done = this.floorDurable(true);
     else {
       const segs = new Set<number>();
-      this.dropped.segmentsOf(volume, first, count, segs);
+      const unwritten = new Set<number>();
+      let dirty = durable;
+      this.dropped.entriesOf(volume, first, count, (d) => {
+        const seg = Math.floor(d.slot / this.g.blocksPerSegment);
+        segs.add(seg);
+        if (!d.written) unwritten.add(seg);
+        if (d.dirty || this.cleanMarkSeq[seg] >= this.durableSeq[seg]) dirty = true;
+      });
       if (segs.size === 0) return null;
-      done = this.rewrite(segs);
+      if (dirty) done = this.rewrite(segs);
+      else if (unwritten.size === 0) return null;
+      else done = this.enqueue(unwritten, false).written;
     }
     return done.then((ok) => {
       if (!ok) throw new VhostError('cache device refuses writes: the write is not issued (a start after a crash could bring back blocks it makes stale)', 'EIO');
@@ -859,15 +902,22 @@ export class Log {
    */
   rewrite(segs: Iterable<number>, sync = true): Promise<boolean> {
     if (this.disabled) return this.floorDurable(false);
+    return this.enqueue(segs, sync).done;
+  }
+
+  /** Adds segs to the next batch (see rewrite; the log is not disabled) and returns it. */
+  private enqueue(segs: Iterable<number>, sync: boolean): RewriteBatch {
     if (this.nextBatch === null) {
       let resolve!: (ok: boolean) => void;
+      let wrote!: (ok: boolean) => void;
       const done = new Promise<boolean>((r) => (resolve = r));
-      this.nextBatch = { segs: new Set(), sync, done, resolve };
+      const written = new Promise<boolean>((r) => (wrote = r));
+      this.nextBatch = { segs: new Set(), sync, done, resolve, written, wrote };
     } else if (sync) this.nextBatch.sync = true;
     for (const s of segs) this.nextBatch.segs.add(s);
-    const done = this.nextBatch.done;
+    const b = this.nextBatch;
     this.startBatch();
-    return done;
+    return b;
   }
 
   /** Starts the next batch once the running one is done, after this JS turn's requests. */
@@ -886,11 +936,30 @@ export class Log {
     });
   }
 
+  /**
+   * Writes the batch's headers; its fdatasync (if any) runs after the batch, so the next batch's
+   * header writes (kills that need them written only) never wait for it.
+   */
   private async runBatch(b: RewriteBatch): Promise<void> {
     this.rewriteBatches++;
     await Promise.all([...b.segs].map((seg) => this.onSegment(seg, () => this.writeHeader(seg))));
-    if (!this.disabled && b.sync) await this.sync();
-    b.resolve(this.disabled ? await this.floorDurable(false) : true);
+    if (this.disabled) {
+      const ok = await this.floorDurable(false);
+      b.wrote(ok);
+      b.resolve(ok);
+      return;
+    }
+    b.wrote(true);
+    if (!b.sync) {
+      b.resolve(true);
+      return;
+    }
+    const synced = this.sync();
+    this.batchSyncs.add(synced);
+    void synced.then(async () => {
+      this.batchSyncs.delete(synced);
+      b.resolve(this.disabled ? await this.floorDurable(false) : true);
+    });
   }
 
   /**
@@ -929,6 +998,8 @@ export class Log {
     this.fdatasyncs++;
     const written = this.awaitingSync;
     this.awaitingSync = [];
+    const headers = this.headersAwaitingSync;
+    this.headersAwaitingSync = new Map();
     this.unsynced = 0;
     let mark = this.sequence;
     for (const seq of this.inFlight) mark = Math.min(mark, seq - 1);
@@ -939,6 +1010,7 @@ export class Log {
       return false;
     }
     this.synced = Math.max(this.synced, mark);
+    for (const [seg, seq] of headers) this.durableSeq[seg] = Math.max(this.durableSeq[seg], seq);
     this.dropped.forget(written);
     if (this.reserved.size > 0) {
       const flags = this.map.bda.flags;
@@ -986,7 +1058,7 @@ export class Log {
     this.headerRewrites++;
     this.unsynced++;
     this.deviceWriteBytes += this.g.headerSize;
-    if (covered !== null) this.written(covered);
+    this.written(seg, seq, covered);
   }
 
   /** Starts the write-out of [offset, offset + length) of the device, not waited for (see the file comment). */
@@ -998,8 +1070,14 @@ export class Log {
     });
   }
 
-  /** Entries whose covering header is written: forgotten at the next fdatasync (started when many). */
-  private written(covered: Dropped[]): void {
+  /**
+   * A header of seg sealed with `seq` was written, covering `covered`: those are forgotten at the
+   * next fdatasync (started when many), which makes the header durable (durableSeq).
+   */
+  private written(seg: number, seq: number, covered: Dropped[] | null): void {
+    this.headersAwaitingSync.set(seg, Math.max(seq, this.headersAwaitingSync.get(seg) ?? 0));
+    if (covered === null) return;
+    this.dropped.markWritten(covered);
     for (const d of covered) this.awaitingSync.push(d);
     if (this.awaitingSync.length >= MAX_UNSYNCED_SEGMENTS * this.g.blocksPerSegment) void this.rewrite([]);
   }
@@ -1163,8 +1241,8 @@ export class Log {
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
     b.pending = this.onSegment(seg, () =>
       this.directReaders[seg] === 0
-        ? this.write(b, seg, runs, covered, writeout)
-        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, runs, covered, writeout)),
+        ? this.write(b, seg, seq, runs, covered, writeout)
+        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, seq, runs, covered, writeout)),
     ).finally(() => this.inFlight.delete(seq));
   }
 
@@ -1193,7 +1271,7 @@ export class Log {
    * (one submission: the header may land before the data, see the file comment), then with
    * `writeout` the early write-out of their span; never rejects.
    */
-  private write(b: SegmentBuffer, seg: number, ranges: number[], covered: Dropped[] | null, writeout: boolean): Promise<void> {
+  private write(b: SegmentBuffer, seg: number, seq: number, ranges: number[], covered: Dropped[] | null, writeout: boolean): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
     let bytes = 0;
@@ -1212,7 +1290,7 @@ export class Log {
         this.deviceWriteBytes += bytes;
         b.dirty = false;
         b.state = BufferState.Clean;
-        if (covered !== null) this.written(covered);
+        this.written(seg, seq, covered);
         if (writeout && this.alignment === 1) this.startWriteout(at, ranges[ranges.length - 1]);
         return;
       }

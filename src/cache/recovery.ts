@@ -4,16 +4,19 @@
  * cache starts warm.
  *
  * THE INVARIANT (kept by log.ts, cache.ts and cached-store.ts; this file relies on it):
- *   At every instant, for every key K (volume id, block) and every header entry that may be on
- *   the device (durable, or written and not yet synced) saying "slot s holds K, valid", with a
- *   sequence number >= the volume table's floor and >= the epoch of K's volume id: either the
- *   data the guest would read for K equals what slot s holds (checked against the entry's
- *   CRC-32C), or K's backing write has not been issued yet.
+ *   At every instant, for every key K (volume id, block) and every header entry a recovery after
+ *   a crash of either kind could trust (docs/cache-format.md "Crash kinds": after a process
+ *   crash, any completed header write; after a host crash, only dirty entries, durable or of a
+ *   completed write: cache.ts drops every clean one found, the clean floor) saying "slot s holds
+ *   K, valid", with a sequence number >= the volume table's floor and >= the epoch of K's volume
+ *   id: either the data the guest would read for K equals what slot s holds (checked against the
+ *   entry's CRC-32C), or K's backing write has not been issued yet.
  * How each way of breaking it is ruled out:
  *   1. A guest write, discard or write-zeroes (every mode, `none` included) drops K from the map
  *      and, before its backing write is issued, rewrites the headers of every segment that may
- *      still name K (Log.killFor), then fdatasync: batched, one device write set + one
- *      fdatasync per batch.
+ *      still name K (Log.killFor) and waits for those writes to complete; then an fdatasync too
+ *      when an entry may be dirty on the device (dropped dirty, or an unrecorded clean mark in
+ *      its segment): batched, one device write set (+ one fdatasync) per batch.
  *   2. Keys leaving the map without a write (evicted when the slot is refilled, read-ahead or
  *      device read errors, checksum drops, a block moved to another slot) are remembered with
  *      their slot (dropped.ts) until a header of their segment sealed after the drop is durable,
@@ -144,6 +147,8 @@ export interface Recovered {
   hand: number;
   /** Highest sequence number found (0: none). */
   sequence: number;
+  /** Per segment: the sequence number of its newest intact header sectors (the seal of its clean entries). */
+  segSeq: Float64Array;
   /** Highest durable mark found (0: none; 10.). */
   mark: number;
   /** Dirty entries above the mark whose data was read and checked, and those dropped (torn). */
@@ -210,6 +215,7 @@ export async function recoverIndex(o: RecoveryInput): Promise<Recovered> {
       index: { map, segValid: rec.segValid, volumeBlocks: rec.volumeBlocks, dirty: rec.dirtyValid() },
       hand: rec.best < 0 ? 0 : ((rec.best + 1) % g.segments) * g.blocksPerSegment,
       sequence: Math.max(0, rec.bestSeq),
+      segSeq: new Float64Array(s.segSeq),
       mark: rec.mark,
       verified: rec.verified,
       torn: rec.torn,

@@ -78,6 +78,46 @@ describe('cached store', () => {
     assert.equal(st.volumes.vol.insertions, 3);
   });
 
+  it('writethrough: a write over a cached clean block issues its backing write once the header rewrite is written, with no fdatasync before it (drawn)', async () => {
+    const s = await open();
+    await s.write(0, [block(0, 2, 2 * BS)]);
+    await settle();
+    assert.equal(await cache.log.flush(), true);
+    // Segment 0 (4 slots, the first row): blocks 0 and 1, written; the other segments empty.
+    assert.equal(drawSlots(cache.map, 4).split('\n')[0], ' 0    1   >..   ..');
+    const [syncs, writes] = [engine.fdatasyncs, engine.writes];
+    let atBacking: number[] | null = null;
+    mem.writeHook = () => {
+      atBacking ??= [engine.fdatasyncs - syncs, engine.writes - writes];
+      return Promise.resolve();
+    };
+    await s.write(BS, [block(BS, 3)]);
+    assert.deepEqual(atBacking, [0, 1], 'before the backing write: the header rewrite of segment 0 (one device write), no fdatasync');
+    await settle();
+    // Block 1 is cached again in the next slot (its reuse count restored: the ghost history); slot 1 is free.
+    assert.equal(drawSlots(cache.map, 4).split('\n')[0], ' 0    ..   1***>..');
+    assert.deepEqual(await readBack(s, 0, 2 * BS), new Uint8Array([...block(0, 2, BS), ...block(BS, 3)]));
+  });
+
+  it('a write-through write over a block destaged since (its clean mark not durable yet) syncs before its backing write', async () => {
+    const s = await open('writeback');
+    await s.write(BS, [block(BS, 2)]);
+    assert.equal(drawSlots(cache.map, 4).split('\n')[0], ' 1d  >..   ..   ..');
+    // Leaving write-back destages block 1: clean in RAM, its header rewrite not synced.
+    await s.setMode('writethrough');
+    assert.equal(drawSlots(cache.map, 4).split('\n')[0], ' 1*  >..   ..   ..');
+    const syncs = engine.fdatasyncs;
+    let atBacking: number | null = null;
+    mem.writeHook = () => {
+      atBacking ??= engine.fdatasyncs - syncs;
+      return Promise.resolve();
+    };
+    await s.write(BS, [block(BS, 3)]);
+    assert.equal(atBacking, 1, 'a durable header may still name block 1 dirty: killed durably first');
+    await settle();
+    assert.deepEqual(await readBack(s, BS, BS), block(BS, 3));
+  });
+
   it('writearound and none: writes only invalidate; none never inserts', async () => {
     let s = await open('writearound');
     await s.read(0, [new Uint8Array(BS)]);

@@ -4,8 +4,11 @@
  * writes and tears them at 512-byte sectors (mem-device.ts). Crashes are injected at every
  * kind of step: the device stops at one of the next few device writes, whatever it is (a
  * segment write, a header rewrite that invalidates, a volume table save), the operation in
- * flight never completes, and the device keeps its durable bytes plus any subset or torn
- * prefix of the unflushed writes. Each crash is followed by a start that recovers the index
+ * flight never completes. Two kinds of crash, drawn: a host crash (power cut: the device keeps
+ * its durable bytes plus any subset or torn prefix of the unflushed writes; the next start
+ * runs in another boot: every clean block recovered is dropped, none may come back) and a
+ * process crash (the same boot: every completed write kept, the one in flight kept, lost or
+ * torn; the cache comes back warm). Each crash is followed by a start that recovers the index
  * from the segment headers; then every block of both volumes is read through the cache and
  * compared with the backing store (the truth: its writes are applied when issued): a block
  * the cache brought back older than the backing store fails the test. Sometimes volume 0's
@@ -45,6 +48,9 @@ interface Run {
   deadWrites: number;
   recovered: number;
   hitsAfterCrash: number;
+  hostCrashes: number;
+  /** Blocks still cached after a process crash's recovery (warm). */
+  warmAfterProcessCrash: number;
   readsChecked: number;
 }
 
@@ -55,7 +61,9 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
   const backs = [new MemStore(BLOCKS * BS, 'a'), new MemStore(BLOCKS * BS, 'b')];
   backs.forEach((b, v) => stampBytes(b.data, 0, v));
   let gen = 10;
-  const run: Run = { crashes: 0, disabledCrashes: 0, refused: 0, deadWrites: 0, recovered: 0, hitsAfterCrash: 0, readsChecked: 0 };
+  const run: Run = { crashes: 0, disabledCrashes: 0, refused: 0, deadWrites: 0, recovered: 0, hitsAfterCrash: 0, hostCrashes: 0, warmAfterProcessCrash: 0, readsChecked: 0 };
+  /** The host boot the daemon runs in: a host crash starts another one. */
+  let boot = 0;
   /** Steps left during which the device fails half of its writes. */
   let failing = 0;
   /** Write-like operations started and completed while the cache was disabled, since the last start. */
@@ -66,7 +74,7 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
   let cache!: Cache;
   let stores: CachedStore[] = [];
   const open = async (): Promise<void> => {
-    cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev });
+    cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev, bootId: `boot-${boot}` });
     stores = backs.map((b, v) => new CachedStore({ backing: b, cache, name: `v${v}`, mode: v === 0 ? 'writethrough' : 'writearound', readAhead: 0 }));
   };
   /** Every block of both volumes through the cache equals the backing store. */
@@ -96,11 +104,22 @@ async function crashRun(seed: number, steps: number): Promise<Run> {
       stampBytes(backs[0].data.subarray(b * BS, (b + 1) * BS), b * BS, gen++);
       backs[0].identity = `${backs[0].identity}'`;
     }
-    dev = new MemDevice(DEVICE, dev.crashImage(r));
+    const host = r() < 0.5;
+    if (host) {
+      boot++;
+      run.hostCrashes++;
+    }
+    dev = new MemDevice(DEVICE, host ? dev.crashImage(r) : dev.processCrashImage(r));
     await open();
     // A disabled run may have retired the superblock (the device is formatted: cold).
     assert.ok(cache.recovery !== null || disabled, `step ${step}: no recovery after a crash`);
-    if (cache.recovery !== null) assertCountsAgree(cache.map, `step ${step}`);
+    if (cache.recovery !== null) {
+      assertCountsAgree(cache.map, `step ${step}`);
+      assert.equal(cache.recovery.hostCrash, host, `step ${step}: crash kind`);
+      // No write-back volume here: after a host crash nothing is kept.
+      if (host) assert.equal(cache.map.map.size, 0, `step ${step}: clean blocks recovered after a host crash`);
+      else run.warmAfterProcessCrash += cache.map.map.size;
+    }
     // A write completed while disabled waited until that was durable.
     if (wroteDisabled) assert.equal(cache.map.map.size, 0, `step ${step}: blocks recovered after a write error`);
     run.recovered += cache.recovery?.entries ?? 0;
@@ -210,6 +229,8 @@ describe('cache recovery after crashes at every step (seeded crash-point model)'
       const res = await crashRun(seed, 1500);
       if (process.env.VBC_MODEL_STATS) console.log(seed, JSON.stringify(res));
       assert.ok(res.crashes >= 10, `only ${res.crashes} crashes`);
+      assert.ok(res.hostCrashes > 0 && res.hostCrashes < res.crashes, `${res.hostCrashes} host crashes of ${res.crashes}`);
+      assert.ok(res.warmAfterProcessCrash > 0, 'nothing recovered after a process crash');
       assert.ok(res.disabledCrashes > 0, 'no crash after writes made while the cache was disabled');
       assert.equal(res.deadWrites, 1, 'the device never refused every write');
       // Recovery is warm: blocks come back and are hit (each one verified above).

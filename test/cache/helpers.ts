@@ -91,7 +91,7 @@ export class MemStore implements BackingStore {
   async close(): Promise<void> {}
 }
 
-/** IoEngine wrapper failing reads, writes or write-out starts on demand (EIO). */
+/** IoEngine wrapper failing reads, writes or write-out starts on demand (EIO); counts reads, writes and fdatasyncs. */
 export class FaultyEngine implements IoEngine {
   readonly kind: IoEngine['kind'];
   failReads = false;
@@ -102,6 +102,7 @@ export class FaultyEngine implements IoEngine {
   failWriteouts = false;
   reads = 0;
   writes = 0;
+  fdatasyncs = 0;
   /** startWriteout() calls, in order: [offset, length]. */
   readonly writeouts: [number, number][] = [];
   /** When set, awaited before a read is passed on: tests hold a read in flight with it. */
@@ -143,6 +144,7 @@ export class FaultyEngine implements IoEngine {
   }
 
   fdatasync(fd: number): Promise<void> {
+    this.fdatasyncs++;
     return this.inner.fdatasync(fd);
   }
 

@@ -3,7 +3,9 @@
  * the per-segment write chain, writeHeader, the fdatasync started when many evicted entries
  * await one), each checked by what a power cut leaves: a device that loses unflushed writes
  * (mem-device.ts), writes held and completed in the order the test chooses (held-io.ts), then
- * recovery from the segment headers. Each test states the guarantee it checks: a block whose
+ * recovery from the segment headers. Two kinds of crash: a power cut (host crash: the next start
+ * runs in another boot, unsynced writes may be lost) and a process crash (the same boot: every
+ * completed write is kept). Each test states the guarantee it checks: a block whose
  * header entry was killed never comes back, an acknowledged write-back block always does, a
  * block whose data never reached the device is not recovered, nothing of before a write error
  * is recovered.
@@ -37,11 +39,14 @@ describe('cache log: durable invalidation and the durable mark, checked after po
   let v: number;
   /** Error lines logged. */
   let errors: string[];
-  const open = async (image?: Uint8Array, size = DEVICE): Promise<void> => {
+  /** The host boot the cache runs in (a power cut starts another one). */
+  let boot = 0;
+  const open = async (image?: Uint8Array, size = DEVICE, prepare?: (d: MemDevice) => void): Promise<void> => {
     dev = new MemDevice(size, image);
+    prepare?.(dev);
     errors = [];
     const logger = pino({ level: 'error' }, { write: (l: string) => void errors.push(JSON.parse(l).msg) });
-    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, logger });
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, logger, bootId: `boot-${boot}` });
     v = cache.registerVolume('v', 'mem-1', 256 * BS);
     await cache.quiesce();
   };
@@ -51,8 +56,18 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     fs.closeSync((cache as unknown as { fd: number }).fd);
     await open(image, image.byteLength);
   };
-  /** A power cut now, `kept` choosing what survives of the unflushed writes; then a start that recovers. */
-  const crashAndRecover = (kept: () => number): Promise<void> => restartOn(dev.crashImage(kept));
+  /** A power cut now, `kept` choosing what survives of the unflushed writes; then a start (another boot) that recovers. */
+  const crashAndRecover = (kept: () => number): Promise<void> => {
+    boot++;
+    return restartOn(dev.crashImage(kept));
+  };
+  /** The process dies now (every completed write kept); a start in the same boot recovers. */
+  const processCrash = (): Promise<void> => restartOn(dev.image);
+  /** Drops block b and kills its entries the way a destage does (rewrite + fdatasync). */
+  const killDurably = (b: number): Promise<void> | null => {
+    cache.map.invalidateRange(v, b, 1);
+    return cache.killDropped(v, b, 1, true);
+  };
   const block = (b: number, gen: number): Uint8Array => {
     const d = new Uint8Array(BS);
     stampBytes(d, b * BS, gen);
@@ -78,7 +93,8 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('a kill rewrites the header once and syncs once (counted: headerRewrites, rewriteBatches, deviceWriteBytes); the killed block never comes back', async () => {
+  /** Clean blocks 40..42 in segment 0, written and synced; then block 41 killed (a write-through write's invalidation). */
+  const killClean = async (): Promise<void> => {
     await insertClean(40, 3);
     assert.equal(await cache.log.flush(), true);
     const before = cache.stats();
@@ -91,11 +107,53 @@ describe('cache log: durable invalidation and the durable mark, checked after po
       [after.headerRewrites - before.headerRewrites, after.rewriteBatches - before.rewriteBatches, after.deviceWriteBytes - before.deviceWriteBytes],
       [1, 1, cache.geometry.headerSize],
     );
-    assert.deepEqual([dev.writes - writes, dev.fdatasyncs - syncs], [1, 1]);
-    await crashAndRecover(() => 0);
+    assert.deepEqual([dev.writes - writes, dev.fdatasyncs - syncs], [1, 0], 'the kill of a clean block writes the header, no fdatasync before the write');
+    assert.equal(cache.invalidate(v, 41, 1), null, 'a second write of block 41 waits for nothing (its header is written)');
+  };
+
+  it('a kill of a clean block rewrites the header once and does not sync (counted: headerRewrites, rewriteBatches, deviceWriteBytes, fdatasyncs); a process crash never brings it back', async () => {
+    await killClean();
+    await processCrash();
+    assert.equal(cache.recovery?.hostCrash, false);
     assert.equal(await cached(41), null, 'the killed block is not recovered');
-    assert.deepEqual(await cached(40), block(40, 1));
+    assert.deepEqual(await cached(40), block(40, 1), 'warm after a process crash');
     assert.deepEqual(await cached(42), block(42, 1));
+  });
+
+  it('a kill of a clean block not synced yet, then a power cut that loses its header rewrite: the start in the new boot drops every clean block, keeps the write-back ones', async () => {
+    assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    await killClean();
+    await crashAndRecover(() => 0);
+    // The header that landed names 40, 41 (its kill was lost) and 42: all three dropped.
+    assert.deepEqual([cache.recovery?.hostCrash, cache.recovery?.cleanDropped], [true, 3]);
+    assert.equal(await cached(41), null, 'the killed block is not recovered');
+    assert.equal(await cached(40), null);
+    assert.equal(await cached(42), null);
+    assert.deepEqual(await cached(3), block(3, 1), 'the acknowledged write-back block survives');
+  });
+
+  it('a start in the same boot whose first fdatasync reports a lost write (the crashed process never saw it) recovers as after a host crash', async () => {
+    assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    await killClean();
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    // The kernel reports the lost write-back once, to the first fdatasync of the new descriptor.
+    let told = false;
+    await open(dev.image, DEVICE, (d) => (d.syncError = () => !told && (told = true)));
+    assert.equal(told, true);
+    assert.deepEqual([cache.recovery?.hostCrash, cache.recovery?.cleanDropped], [true, 2]);
+    assert.equal(await cached(40), null);
+    assert.deepEqual(await cached(3), block(3, 1));
+    // Told once: a crash now (same boot) is still a host crash until the clean floor is recorded;
+    // it was, so the next process crash keeps what this run wrote.
+    await insertClean(60, 1);
+    assert.equal(await cache.log.flush(), true);
+    await processCrash();
+    assert.equal(cache.recovery?.hostCrash, false);
+    assert.deepEqual(await cached(60), block(60, 1), 'blocks cached after the host-crash recovery stay warm across a process crash');
+    assert.equal(await cached(42), null, 'clean blocks below the clean floor never come back');
   });
 
   it('the durable mark stays below a segment write still in flight when a rewrite batch syncs: a header landed over data that did not is caught, the acknowledged copy wins', async () => {
@@ -113,15 +171,15 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     await waitFor(() => io.pending.length === 2, 'the header and data writes of the commit');
     const [commitHeader] = io.pending;
     assert.equal(commitHeader.offset, segmentOffset(cache.geometry, 1));
-    // A kill in segment 0 meanwhile: its header rewrite, then the batch's fdatasync.
-    const killed = cache.invalidate(v, 40, 1);
+    // A kill in segment 0 meanwhile (a destage's: it syncs): its header rewrite, then the batch's fdatasync.
+    const killed = killDurably(40);
     assert.ok(killed !== null);
     await waitFor(() => io.pending.length === 3, 'the header rewrite of segment 0');
     io.pending[2].complete();
     await killed;
     // A later rewrite seals the mark that fdatasync raised into its header (the power cut
     // comes before it completes).
-    void cache.invalidate(v, 41, 1);
+    void killDurably(41);
     await waitFor(() => io.pending.length === 3, 'the second header rewrite of segment 0');
     io.pending[2].effect();
     // The commit's header lands, its data does not.
@@ -149,7 +207,7 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.deepEqual([cache.recovery.verified, cache.recovery.torn], [1, 0], 'only block 8 was sealed above the mark its header carries');
     for (let b = 0; b <= 8; b++) assert.deepEqual(await cached(b), b === 7 ? null : block(b, 1), `block ${b}`);
   });
-  it('a header rewrite of another segment while one is being filled names every block of its own segment: an acknowledged write-back block survives the crash', async () => {
+  it('a header rewrite of another segment while one is being filled names every block of its own segment: an acknowledged write-back block survives a process crash', async () => {
     // Segment 0: write-back block 3 (slot 0) and clean 40..46, committed; the hand then fills
     // segment 1 (block 50 in its slot 0, not written yet).
     assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
@@ -158,18 +216,20 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     await insertClean(50, 1);
     assert.ok(drawSlots(cache.map, BPS).split('\n')[1].startsWith(' 50  >'), 'segment 1 is being filled, block 50 in its slot 0');
     await cache.invalidate(v, 40, 1);
-    await crashAndRecover(() => 0);
+    // The process dies: the header rewrite (not synced) is what the next start reads.
+    await processCrash();
     assert.deepEqual(await cached(3), block(3, 1), 'the committed write-back block is recovered');
     assert.equal(await cached(40), null);
   });
 
-  it('a header rewrite of the segment being filled does not name the blocks put since it was written: a crash recovers none of them', async () => {
+  it('a header rewrite of the segment being filled does not name the blocks put since it was written: a process crash recovers none of them', async () => {
     await insertClean(40, 2);
     assert.equal(await cache.log.flush(), true);
     // The hand goes on in segment 0: block 42 is put into slot 2, not written yet.
     await insertClean(42, 1);
     await cache.invalidate(v, 40, 1);
-    await crashAndRecover(() => 0);
+    // The process dies: the header rewrite (not synced) is what the next start reads.
+    await processCrash();
     assert.equal(cache.map.peek(v, 42), -1, 'block 42 (its data never written) is not recovered');
     assert.deepEqual(await cached(41), block(41, 1));
     assert.equal(await cached(40), null);
@@ -271,8 +331,8 @@ describe('cache log: durable invalidation and the durable mark, checked after po
       return ok;
     });
     await waitFor(() => io.pending.length === 2, 'the segment write of the commit');
-    // A kill in segment 0: its header rewrite held too.
-    const killed = cache.invalidate(v, 40, 1);
+    // A kill in segment 0 (a destage's: it syncs): its header rewrite held too.
+    const killed = killDurably(40);
     await waitFor(() => io.pending.length === 3, 'the header rewrite of segment 0');
     // fdatasyncs held; the header rewrite completes, then the segment write: the batch's
     // fdatasync starts after the segment write completed.

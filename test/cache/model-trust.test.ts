@@ -1,7 +1,9 @@
 /**
  * Randomized model test of the cache's trust rules (test/cache/model.test.ts is the concurrency
  * and crash-point model): two volumes share a small cache; seeded random reads, writes (aligned,
- * partial, unaligned, multi-buffer), discards, write-zeroes, clean restarts, crash restarts,
+ * partial, unaligned, multi-buffer), discards, write-zeroes, clean restarts, crash restarts
+ * (of the process: the same boot, every device write kept; or of the host: another boot, the
+ * device's unsynced writes lost or torn),
  * injected cache-device errors, cache-device bytes changed behind the cache's back (while
  * running and while stopped) and a cache file truncated under the running cache. Every read is compared with a plain in-memory model. Each step
  * runs a batch of concurrent operations on disjoint block ranges, so the model is exact while
@@ -203,6 +205,7 @@ async function run(o: TrustRun): Promise<TrustResult> {
   const reading = new Set<{ v: number; start: number; end: number; before: Uint8Array[] }>();
   let lateOverlaps = 0;
   let crashes = 0;
+  let hostCrashes = 0;
   const backs = ['a', 'b'].map(
     (id, v) =>
       new FlakyStore(
@@ -228,23 +231,27 @@ async function run(o: TrustRun): Promise<TrustResult> {
   let cache: Cache;
   let stores: CachedStore[];
   let modeNow = mode;
-  const open = async () => {
+  /** The host boot the daemon runs in: a host crash starts another one. */
+  let boot = 0;
+  /** `hostCrash`: the machine went down too (unsynced device writes lost, another boot). */
+  const open = async (hostCrash = false) => {
     // The device must be readable at open (an unreadable cache device fails Cache.open).
     readFail = 0;
     writeFail = 0;
     // Each incarnation has a device of its own holding every write of the last one (the
-    // process ended, the machine did not): after a crash, nothing the last one still had queued
-    // reaches the new one.
+    // process ended, the machine did not, unless `hostCrash`): after a crash, nothing the last
+    // one still had queued reaches the new one.
     const last = dev;
     last.freeze();
-    dev = new MemDevice(DEVICE, last.image);
+    if (hostCrash) boot++;
+    dev = new MemDevice(DEVICE, hostCrash ? last.crashImage(f) : last.image);
     if (last.length < DEVICE) dev.truncate(last.length);
     dev.readError = (offset, len) => readFail > 0 && outcome() < readFail && (note(`device read [${offset}, ${offset + len}) fails`), true);
     dev.writeError = (offset, len) => writeFail > 0 && outcome() < writeFail && (note(`device write [${offset}, ${offset + len}) fails`), true);
     // A cut device is a shorter file at open (Cache.open then formats it).
     fs.writeFileSync(cachePath, '');
     fs.truncateSync(cachePath, dev.length);
-    cache = await clock.until(Cache.open({ path: cachePath, size: DEVICE, segmentSize: 4 * BS, buffers: 3, engine: dev }));
+    cache = await clock.until(Cache.open({ path: cachePath, size: DEVICE, segmentSize: 4 * BS, buffers: 3, engine: dev, bootId: `boot-${boot}` }));
     stores = await clock.until(Promise.all(
       backs.map((b, i) =>
         CachedStore.open({
@@ -368,12 +375,14 @@ async function run(o: TrustRun): Promise<TrustResult> {
       } else if (p < (events ? 0.025 : 0.02)) {
         // A crash (no metadata saved) and a restart; event runs use [0.01, 0.02) above, so
         // theirs is [0.02, 0.025).
-        note('crash');
+        const host = f() < 0.5;
+        note(host ? 'host crash' : 'crash');
         crashes++;
+        if (host) hostCrashes++;
         account();
         for (const b of backs) b.applyLate(1);
         await clock.until(cache!.abort());
-        await open();
+        await open(host);
       } else if (p < 0.03) {
         readFail = readFail > 0 ? 0 : 0.1;
         note(`device read failure rate ${readFail}`);
@@ -480,7 +489,7 @@ async function run(o: TrustRun): Promise<TrustResult> {
     const digests = { ops: opsHash.digest('hex'), run: runHash.digest('hex') };
     if (process.env.VBC_MODEL_STATS) {
       const hitRate = (totals.readHits / totals.reads).toFixed(3);
-      console.log(mode, o.seed, faultSeed, JSON.stringify({ checks, offlineChanges, failedWrites, lateOverlaps, crashes, hitRate, ...totals, ...digests }));
+      console.log(mode, o.seed, faultSeed, JSON.stringify({ checks, offlineChanges, failedWrites, lateOverlaps, crashes, hostCrashes, hitRate, ...totals, ...digests }));
     }
     if (events) assert.ok(offlineChanges > 0 && failedWrites > 0, `offline changes ${offlineChanges}, failed writes ${failedWrites}`);
     assert.ok(crashes > 0, 'no crash-restart ran');

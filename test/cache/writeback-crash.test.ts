@@ -7,10 +7,13 @@
  * the time and writes wait for it). Crashes are injected at every kind of step: the device
  * stops at one of the next few device writes (a group commit's data or header write, a header
  * rewrite that kills or marks clean, a volume table save), nothing more completes, the dead
- * process's backing store takes no more writes, and the device keeps its durable bytes plus any
- * subset or torn prefix of the unflushed writes: a commit's header and data runs are unflushed
- * together, so a header that landed over data that did not is among the crash points (counted:
- * recovery's `torn`, asserted to occur). After each crash the cache recovers from the
+ * process's backing store takes no more writes. Two kinds of crash, drawn: a host crash (the
+ * device keeps its durable bytes plus any subset or torn prefix of the unflushed writes; the
+ * next start runs in another boot and drops every clean block it recovers, keeping the dirty
+ * ones): a commit's header and data runs are unflushed together, so a header that landed over
+ * data that did not is among the crash points (counted: recovery's `torn`, asserted to occur);
+ * and a process crash (the same boot: every completed write kept, the one in flight kept, lost
+ * or torn; clean blocks come back too). After each crash the cache recovers from the
  * segment headers and every sector of both volumes is read through the cache: it must hold
  * the newest ACKNOWLEDGED data (the model), or the data of an operation that was in flight at
  * the crash (never older data, never zeros instead of it). The backing store is not the truth
@@ -75,6 +78,9 @@ interface Run {
   /** Dirty entries recovery dropped: a header on the device over data that was not. */
   torn: number;
   destaged: number;
+  hostCrashes: number;
+  /** Clean blocks recovered after process crashes (warm). */
+  cleanAfterProcessCrash: number;
   turns: number;
   sectorsChecked: number;
   /** Virtual timers fired (the destage pace, clean marks). */
@@ -108,13 +114,15 @@ async function runCrashes(seed: number, steps: number, bps: number): Promise<Run
   backs.forEach((b, v) => stampBytes(b.data, 0, v));
   const model = backs.map((b) => new Uint8Array(b.data));
   let gen = 10;
-  const run: Run = { crashes: 0, recoveredDirty: 0, torn: 0, destaged: 0, turns: 0, sectorsChecked: 0, timers: 0 };
+  const run: Run = { crashes: 0, recoveredDirty: 0, torn: 0, destaged: 0, hostCrashes: 0, cleanAfterProcessCrash: 0, turns: 0, sectorsChecked: 0, timers: 0 };
+  /** The host boot the daemon runs in: a host crash starts another one. */
+  let boot = 0;
   let dev = new MemDevice(DEVICE);
   let cache!: Cache;
   let stores: CachedStore[] = [];
   let views: (BackingStore & { dead: boolean })[] = [];
   const open = async (): Promise<void> => {
-    cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: bps * BS, buffers: 3, engine: dev });
+    cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: bps * BS, buffers: 3, engine: dev, bootId: `boot-${boot}` });
     views = backs.map((b) => incarnationStore(b));
     stores = views.map(
       (b, v) => new CachedStore({ backing: b, cache, name: `v${v}`, mode: 'writeback', readAhead: 0, dirtyLimitBlocks: v === 0 ? 8 : 5, maxBytes: v === 1 ? 12 * BS : undefined }),
@@ -139,10 +147,19 @@ async function runCrashes(seed: number, steps: number, bps: number): Promise<Run
     fs.closeSync((cache as unknown as { fd: number }).fd);
     run.crashes++;
     run.destaged += stores.reduce((n, s) => n + s.destager.destaged, 0);
-    dev = new MemDevice(DEVICE, dev.crashImage(r));
+    const host = r() < 0.5;
+    if (host) {
+      boot++;
+      run.hostCrashes++;
+    }
+    dev = new MemDevice(DEVICE, host ? dev.crashImage(r) : dev.processCrashImage(r));
     await open();
     assert.ok(cache.recovery !== null, `step ${step}: no recovery after a crash`);
     assertCountsAgree(cache.map, `step ${step}`);
+    assert.equal(cache.recovery.hostCrash, host, `step ${step}: crash kind`);
+    const clean = cache.map.map.size - cache.map.dirtyTotal;
+    if (host) assert.equal(clean, 0, `step ${step}: clean blocks recovered after a host crash`);
+    else run.cleanAfterProcessCrash += clean;
     run.recoveredDirty += cache.map.dirtyTotal;
     run.torn += cache.recovery.torn;
     for (let v = 0; v < 2; v++) {
@@ -253,6 +270,7 @@ describe('write-back: crashes at every step of the write and destage paths (seed
       const res = await crashRun(seed, size, bps);
       if (process.env.VBC_MODEL_STATS) console.log(seed, JSON.stringify(res));
       assert.ok(res.crashes >= size / 80, `only ${res.crashes} crashes`);
+      assert.ok(res.hostCrashes > 0 && res.hostCrashes < res.crashes, `${res.hostCrashes} host crashes of ${res.crashes}`);
       // Dirty blocks come back after crashes, and the destager wrote blocks back meanwhile.
       assert.ok(res.recoveredDirty > 0, 'no dirty block recovered');
       assert.ok(res.torn > 0, 'no crash left a header over dirty data that did not land');

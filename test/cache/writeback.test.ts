@@ -690,12 +690,12 @@ describe('write-back: the log group commit (Log.commit)', function () {
     await open();
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);
     await cache.quiesce();
-    assert.equal(await cache.insert(v, 5, block(5, 1), 1, () => true), 1);
+    assert.equal(await cache.insertDirty(v, 5, block(5, 1), 1), 1);
     assert.equal(await cache.commit(), true);
     const held = gate();
     dev.syncGate = held.promise;
     const syncs = dev.fdatasyncs;
-    // Invalidating block 5 rewrites its segment's header, then syncs (held).
+    // Invalidating write-back block 5 rewrites its segment's header, then syncs (held).
     const killed = cache.invalidate(v, 5, 1);
     assert.ok(killed !== null);
     await waitFor(() => dev.fdatasyncs > syncs, "the rewrite batch's fdatasync");

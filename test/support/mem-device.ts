@@ -5,12 +5,16 @@
  *   - `crashImage(random)` is what a power cut leaves: the durable bytes plus, for each write
  *     since the last fdatasync (in order), nothing, all of it, or a torn prefix of it
  *     (whole 512-byte sectors), chosen by `random`;
+ *   - `processCrashImage(random)` is what the death of the process leaves (the host keeps
+ *     running): every completed write, and of the write in flight when the device froze
+ *     (`freezeAtWrite`) nothing, all of it, or a torn prefix of it, chosen by `random`;
  *   - `freezeAtWrite = n`: the n-th write (1-based, counting `writes`) and everything after it
  *     never complete (a process stopped in the middle of a segment or metadata write); the
  *     frozen write still counts as unflushed;
  *   - `io` (held-io.ts): operations complete when the test says, capturing/applying bytes at
  *     the effect step;
- *   - `readError`/`writeError`: called per operation; returning true fails it with EIO;
+ *   - `readError`/`writeError`/`syncError`: called per operation; returning true fails it with
+ *     EIO (a failed fdatasync makes nothing durable);
  *   - `syncGate`: while set, an fdatasync takes effect (and resolves) only once it resolves;
  *   - `startWriteout` does nothing: like sync_file_range it makes nothing durable, so a crash
  *     image does not depend on it;
@@ -31,6 +35,8 @@ export class MemDevice implements IoEngine {
   readonly image: Uint8Array;
   private durable: Uint8Array;
   private unflushed: { offset: number; data: Uint8Array }[] = [];
+  /** The write in flight when the device froze, and the bytes it overwrote. */
+  private frozenWrite: { offset: number; data: Uint8Array; before: Uint8Array } | null = null;
   io: HeldIo | null = null;
   freezeAtWrite = Infinity;
   frozen = false;
@@ -39,6 +45,7 @@ export class MemDevice implements IoEngine {
   private onFrozen!: () => void;
   readError: ((offset: number, length: number) => boolean) | null = null;
   writeError: ((offset: number, length: number) => boolean) | null = null;
+  syncError: (() => boolean) | null = null;
   syncGate: Promise<void> | null = null;
   reads = 0;
   writes = 0;
@@ -91,6 +98,7 @@ export class MemDevice implements IoEngine {
       this.end = Math.max(this.end, offset + len);
     };
     if (this.writes >= this.freezeAtWrite) {
+      this.frozenWrite = { offset, data, before: this.image.slice(offset, offset + len) };
       effect();
       this.freeze();
       return this.never();
@@ -118,6 +126,7 @@ export class MemDevice implements IoEngine {
   fdatasync(): Promise<void> {
     if (this.frozen) return this.never();
     this.fdatasyncs++;
+    if (this.syncError?.()) return Promise.reject(new VhostError('injected fdatasync error', 'EIO'));
     const effect = (): void => {
       this.durable = new Uint8Array(this.image);
       this.unflushed = [];
@@ -149,6 +158,18 @@ export class MemDevice implements IoEngine {
   /** Unflushed writes (for tests that want to know whether a crash can lose anything). */
   get unflushedWrites(): number {
     return this.unflushed.length;
+  }
+
+  /** The device content after the process died now (see the file comment). */
+  processCrashImage(random: () => number): Uint8Array {
+    const out = new Uint8Array(this.image);
+    const w = this.frozenWrite;
+    if (w === null) return out;
+    const p = random();
+    if (p >= 2 / 3) return out;
+    const keep = p < 1 / 3 ? 0 : Math.floor(random() * (w.data.byteLength / 512)) * 512;
+    out.set(w.before.subarray(keep), w.offset + keep);
+    return out;
   }
 
   /** The device content after a power cut now (see the file comment). */

@@ -18,8 +18,10 @@
  *
  * Faults:
  *   - crash in the middle of segment writes: the device freezes at a chosen write (it and all
- *     later I/O never complete) and the process "dies": the device keeps its durable bytes plus
- *     any subset / torn prefix of unflushed writes (mem-device.ts); backing writes in flight
+ *     later I/O never complete) and the process "dies", drawn: with the host (power cut: the
+ *     device keeps its durable bytes plus any subset / torn prefix of unflushed writes,
+ *     mem-device.ts; the next start runs in another boot) or alone (every write that took
+ *     effect kept, the frozen one kept, lost or torn; the same boot); backing writes in flight
  *     were applied or not; reads in flight are never answered;
  *   - crash in the middle of a clean close: the device freezes during the close's segment write,
  *     or the metadata save is cut (the file removed with a torn .tmp left, or torn in place);
@@ -70,6 +72,8 @@ export interface ModelResult {
   blockHits: number;
   hitRate: number;
   crashes: number;
+  /** Crashes of the host (power cuts), among `crashes`. */
+  hostCrashes: number;
   restarts: number;
   deviceErrors: number;
 }
@@ -128,7 +132,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   const cachePath = path.join(dir, 'cache');
   const backs = [new ControlledStore(VOL_SIZE, 'a'), new ControlledStore(VOL_SIZE, 'b')];
   for (const b of backs) stampBytes(b.data, 0, 0);
-  const res: ModelResult = { ops: 0, reads: 0, checkedReads: 0, blockReads: 0, blockHits: 0, hitRate: 0, crashes: 0, restarts: 0, deviceErrors: 0 };
+  const res: ModelResult = { ops: 0, reads: 0, checkedReads: 0, blockReads: 0, blockHits: 0, hitRate: 0, crashes: 0, hostCrashes: 0, restarts: 0, deviceErrors: 0 };
   let gen = 1;
   let readFail = 0;
   let writeFail = 0;
@@ -138,6 +142,8 @@ async function run(o: ModelOptions): Promise<ModelResult> {
   /** The first operation that failed (a read that did not check, an error): thrown by the loop. */
   let failure: unknown = null;
 
+  /** The host boot the daemon runs in: a host crash starts another one. */
+  let boot = 0;
   const open = async (image?: Uint8Array): Promise<Incarnation> => {
     const dev = new MemDevice(DEVICE, image);
     dev.readError = () => readFail > 0 && f() < readFail;
@@ -146,7 +152,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     // A write error burst ends with the incarnation it disabled.
     const saved = readFail;
     readFail = writeFail = 0;
-    const cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev });
+    const cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev, bootId: `boot-${boot}` });
     readFail = saved;
     const inc = new Incarnation(cache, dev);
     dev.io = inc.io;
@@ -205,7 +211,12 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     readsInFlight.clear();
     inflight = new Set();
     res.crashes++;
-    return open(inc.dev.crashImage(f));
+    if (f() < 0.5) {
+      boot++;
+      res.hostCrashes++;
+      return open(inc.dev.crashImage(f));
+    }
+    return open(inc.dev.processCrashImage(f));
   };
 
   /** Clean close, possibly cut in the middle (see the file comment); returns the next incarnation. */
