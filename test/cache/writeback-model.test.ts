@@ -172,7 +172,10 @@ async function wbModelRun(seed: number, faultSeed: number, ops: number): Promise
 
   const open = async (image?: Uint8Array): Promise<Incarnation> => {
     const dev = new MemDevice(DEVICE, image);
-    const cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev });
+    // Every crash here is a power cut (crashImage: unflushed writes lost), so the host boots
+    // again: another boot id (cache-format.md "Crash kinds").
+    const bootId = `boot-${res.crashes}`;
+    const cache = await Cache.open({ path: cachePath, size: DEVICE, blockSize: BS, segmentSize: 4 * BS, buffers: 3, engine: dev, bootId });
     const inc = new Incarnation(cache, dev);
     dev.io = inc.io;
     for (const b of backs) b.io = inc.io;
