@@ -35,7 +35,7 @@ import { CachedStore } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import { rng } from './helpers';
 import { ControlledStore } from '../support/controlled-store';
-import { HeldIo, settle } from '../support/held-io';
+import { HeldIo, pumpHeld, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { splitRandomly } from '../support/scatter';
 import { rerun, type SeededRun, seededRunsFromEnv } from '../support/seeded-runs';
@@ -190,34 +190,8 @@ async function wbModelRun(seed: number, faultSeed: number, ops: number): Promise
     return inc;
   };
 
-  /** Fires one random held operation's next step; false when none is held. */
-  const step = (inc: Incarnation): boolean => {
-    const p = inc.io.pending;
-    if (p.length === 0) return false;
-    const h = p[Math.floor(sched() * p.length)];
-    if (!h.done && sched() < 0.5) h.effect();
-    else h.complete();
-    return true;
-  };
-  /** Drives held I/O and the clock until `until` settles; false if it cannot (a frozen device). */
-  const pumpUntil = async (inc: Incarnation, until: Promise<unknown>): Promise<boolean> => {
-    let done = false;
-    void until.then(
-      () => (done = true),
-      () => (done = true),
-    );
-    for (;;) {
-      await settle();
-      clock.step();
-      if (done) return true;
-      if (step(inc)) continue;
-      if (inc.dev.frozen) return false;
-      if (clock.next()) continue;
-      // Waiting on real I/O (the cache file's lock and metadata): until it is done or holds an operation.
-      await Promise.race([until.then(noop, noop), new Promise<void>((r) => (inc.io.issued = () => r()))]);
-      inc.io.issued = null;
-    }
-  };
+  /** Drives held I/O (a random completion order) and the clock until `until` settles; false if it cannot (a frozen device). */
+  const pumpUntil = (inc: Incarnation, until: Promise<unknown>): Promise<boolean> => pumpHeld(inc.io, clock, sched, () => inc.dev.frozen, until);
 
   /** Each sector of `got` holds the model's data or the data of one of `pending`. */
   const checkSectors = (v: number, start: number, got: Uint8Array, snap: Uint8Array, pending: Iterable<WriteRec>, at: string): void => {
@@ -386,7 +360,7 @@ async function wbModelRun(seed: number, faultSeed: number, ops: number): Promise
         await settle();
         clock.step();
         if (inflight.size < target) break;
-        if (!step(inc)) break;
+        if (!inc.io.stepRandom(sched)) break;
       }
     }
     if (!(await pumpUntil(inc, Promise.all(inflight)))) inc = await crash(inc, 'the end');

@@ -40,7 +40,7 @@ import { CachedStore, type CacheMode } from '../../src/cache/cached-store';
 import { deviceBytesFor } from '../../src/cache/segment';
 import { rng } from '../cache/helpers';
 import { ControlledStore } from './controlled-store';
-import { HeldIo, settle } from './held-io';
+import { HeldIo, pumpHeld, settle } from './held-io';
 import { MemDevice } from './mem-device';
 import { stampBytes } from './stamps';
 import { splitRandomly } from './scatter';
@@ -169,34 +169,8 @@ async function run(o: ModelOptions): Promise<ModelResult> {
     res.deviceErrors += st.readErrors + st.writeErrors;
   };
 
-  /** Fires one random held operation's next step; false when none is held. */
-  const step = (inc: Incarnation): boolean => {
-    const p = inc.io.pending;
-    if (p.length === 0) return false;
-    const h = p[Math.floor(sched() * p.length)];
-    if (!h.done && sched() < 0.5) h.effect();
-    else h.complete();
-    return true;
-  };
-  /** Drives held I/O until `until` settles; false if it cannot (a frozen device). */
-  const pumpUntil = async (inc: Incarnation, until: Promise<unknown>): Promise<boolean> => {
-    let done = false;
-    void until.then(
-      () => (done = true),
-      () => (done = true),
-    );
-    for (;;) {
-      await settle();
-      clock.step();
-      if (done) return true;
-      if (step(inc)) continue;
-      if (inc.dev.frozen) return false;
-      if (clock.next()) continue;
-      // Waiting on real I/O (the metadata file): until it is done or holds an operation.
-      await Promise.race([until.then(noop, noop), new Promise<void>((r) => (inc.io.issued = () => r()))]);
-      inc.io.issued = null;
-    }
-  };
+  /** Drives held I/O (a random completion order) and the clock until `until` settles; false if it cannot (a frozen device). */
+  const pumpUntil = (inc: Incarnation, until: Promise<unknown>): Promise<boolean> => pumpHeld(inc.io, clock, sched, () => inc.dev.frozen, until);
 
   /** The process dies now: nothing more completes; returns the next incarnation. */
   const crash = async (inc: Incarnation): Promise<Incarnation> => {
@@ -349,7 +323,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
         await settle();
         clock.step();
         if (inflight.size < target) break;
-        if (!step(inc)) break;
+        if (!inc.io.stepRandom(sched)) break;
       }
     }
     readFail = writeFail = 0;
