@@ -90,6 +90,10 @@ export const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id';
 const CLEAN_FLOOR_PENDING = Number.MAX_SAFE_INTEGER;
 /** insertDirty()'s insertions: write-back data, every block accepted. */
 const DIRTY: InsertKind = { dirty: true };
+/** The kinds of insert()'s blocks (constant records: no allocation per insertion). */
+const WRITTEN: InsertKind = {};
+export const READ_MISS: InsertKind = { readMiss: true };
+export const PREFETCHED: InsertKind = { prefetched: true };
 const acceptAll = (): boolean => true;
 
 export interface CacheOptions {
@@ -1119,12 +1123,13 @@ export class Cache {
   }
 
   /**
-   * See Log.insert(); nothing is inserted once closing or disabled. `readMiss`: blocks a read
-   * missed, placed only if admitted (CacheMap.admit); the others (writes, read-ahead) always.
+   * See Log.insert(); nothing is inserted once closing or disabled. `kind` (InsertKind, not
+   * dirty: insertDirty() inserts write-back data): blocks a read missed are placed only if
+   * admitted (CacheMap.admit); the others (writes, read-ahead) always.
    */
-  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, prefetched = false, readMiss = false): Promise<number> {
+  insert(volume: number, first: number, data: Uint8Array, count: number, accept: () => boolean, kind: InsertKind = WRITTEN): Promise<number> {
     if (this.disabled) return Promise.resolve(0);
-    return this.log.insert(volume, first, data, count, accept, { prefetched, readMiss });
+    return this.log.insert(volume, first, data, count, accept, kind);
   }
 
   /**

@@ -144,7 +144,7 @@ import { DEFAULT_DIRTY_LIMIT, DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK, Des
 import { silentLogger, type Logger } from '../util/logger';
 import { StreamDetector } from './streams';
 import type { BackingStore } from '../backing/backing-store';
-import type { Cache } from './cache';
+import { type Cache, PREFETCHED, READ_MISS } from './cache';
 import { parentReads, PendingReads } from './pending-reads';
 import { SharedKeys } from './shared-keys';
 import { gatherIov, iovLength, scatterIov, sliceIov } from '../util/iov';
@@ -685,7 +685,7 @@ export class CachedStore implements BackingStore {
       done?.();
       return;
     }
-    const p = this.cache.insert(key, first, data, count, () => !op.poisoned, false, readMiss).finally(() => {
+    const p = this.cache.insert(key, first, data, count, () => !op.poisoned, readMiss ? READ_MISS : undefined).finally(() => {
       this.end(op);
       done?.();
       this.inserting.delete(p);
@@ -833,7 +833,7 @@ export class CachedStore implements BackingStore {
         if (op.poisoned || this.cache.disabled) return;
         const inserts: Promise<number>[] = [];
         this.keyRuns(first, count, (key, k, n) => {
-          inserts.push(this.cache.insert(key, first + k, data.subarray(k * bs, (k + n) * bs), n, () => !op.poisoned, true));
+          inserts.push(this.cache.insert(key, first + k, data.subarray(k * bs, (k + n) * bs), n, () => !op.poisoned, PREFETCHED));
         });
         await Promise.all(inserts);
       },
