@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   const dev = new HeaderDevice(g);
   const base = 1_000_000;
   const mark = base + g.segments - DIRTY_SEGMENTS - 1;
-  for (let s = 0; s < g.segments; s++) sealHeader(dev.header(s), g, s, bda, base + s, Math.min(mark, base + s - 1), uuid, null);
+  for (let s = 0; s < g.segments; s++) sealHeader(dev.header(s), g, s, bda, base + s, Math.min(mark, base + s - 1), uuid, null, new Map());
   const volumes = [0, 1, 2, 3].map((id) => ({ id, name: `v${id}`, identity: `id${id}`, sizeBytes: 2 ** 40, maxBytes: 0, epoch: 0 }));
   const tableCapacity = AddressMap.capacityFor(g.slots);
   const runs: { ms: number; cpuMs: number; adoptMs: number; workers: number }[] = [];

@@ -104,8 +104,10 @@
  * data of the dirty entries sealed above the highest mark on the device against their CRC-32C (a torn
  * block was never acknowledged: its entry is dropped, the older copy it superseded wins). A dirty block replaced by a newer
  * dirty copy is not forgotten at once: its slot stays SHADOW (bda.ts) and every header sealed
- * meanwhile names it, marked superseded (a torn write of the new copy's header can then never
- * leave neither copy on the device), until the commit that made the new copy durable; then it
+ * meanwhile names it, marked superseded with its age (the sequence numbers sealed since it was
+ * superseded: recovery.ts 8. ranks it against the other entries of its key by it; a torn write
+ * of the new copy's header can then never leave neither copy on the device, nor let an older
+ * copy still named win), until the commit that made the new copy durable; then it
  * becomes RESERVED like any other dropped dirty slot: not reused until a header sealed after
  * its drop is durable, so no slot whose entry may still name acknowledged data is refilled.
  * Those headers are not rewritten per commit (random overwrites would cost about one header
@@ -327,6 +329,8 @@ export class Log {
   private writeoutFailed = false;
   /** Slots made SHADOW since the last commit started (released when it is durable). */
   private shadows: number[] = [];
+  /** SHADOW slots -> the last sequence number used before they became SHADOW (their age in the headers: segment.ts sealHeader). */
+  private readonly supersededAt = new Map<number, number>();
   /** RESERVED slots -> the dropped entry whose durable cover releases them. */
   private readonly reserved = new Map<number, Dropped>();
   /** Superseded copies released since the last rewrite they started, and how many start one. */
@@ -732,6 +736,7 @@ export class Log {
     if (slots.length === 0) return;
     const bda = this.map.bda;
     for (const slot of slots) {
+      this.supersededAt.delete(slot);
       if (bda.flags[slot] !== FLAG_SHADOW) continue;
       bda.flags[slot] = FLAG_RESERVED;
       this.reserved.set(slot, this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot), true));
@@ -838,8 +843,9 @@ export class Log {
   private slotDropped(slot: number, evicted: boolean, superseded: boolean): void {
     const bda = this.map.bda;
     if (superseded) {
-      // Named by every header until the newer copy is durable (commit).
+      // Named by every header until the newer copy is durable (commit), with its age.
       this.shadows.push(slot);
+      this.supersededAt.set(slot, this.sequence);
       return;
     }
     const d = this.dropped.add(slot, bda.volumeOf(slot), bda.blockOf(slot), bda.isDirty(slot));
@@ -1041,7 +1047,7 @@ export class Log {
     // The segment being filled: the blocks put since it was submitted are not on the device.
     const filling = this.current !== null && this.current.segment === seg ? this.putSlots : null;
     const seq = ++this.sequence;
-    sealHeader(h, this.g, seg, this.map.bda, seq, this.synced, this.uuid, filling);
+    sealHeader(h, this.g, seg, this.map.bda, seq, this.synced, this.uuid, filling, this.supersededAt);
     const covered = this.dropped.seal(seg);
     this.inFlight.add(seq);
     try {
@@ -1232,7 +1238,7 @@ export class Log {
     const seq = ++this.sequence;
     this.segGen[seg]++;
     this.checksumLogged[seg] = 0;
-    b.seal(this.map.bda, seq, this.synced, this.uuid);
+    b.seal(this.map.bda, seq, this.synced, this.uuid, this.supersededAt);
     this.inFlight.add(seq);
     const covered = this.dropped.seal(seg);
     b.state = BufferState.Writing;

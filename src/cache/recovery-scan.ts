@@ -15,7 +15,7 @@ import { type BuilderMemory, MapBuilder } from './address-map';
 import { type BdaMemory, BlockDescriptorArray, FLAG_DIRTY, FLAG_VALID, MAX_BLOCK_NUMBER, MAX_VOLUMES } from './bda';
 import type { VolumeRecord } from './metadata';
 import { native } from '../native/binding';
-import { checkSectors, ENTRIES_PER_SECTOR, ENTRY_DIRTY, ENTRY_SUPERSEDED, ENTRY_VALID, entryOffset, type Geometry, HEADER_SECTOR, sectorMark, uuidWords } from './segment';
+import { checkSectors, ENTRIES_PER_SECTOR, ENTRY_AGE_SHIFT, ENTRY_DIRTY, ENTRY_SUPERSEDED, ENTRY_VALID, entryOffset, type Geometry, HEADER_SECTOR, sectorMark, uuidWords } from './segment';
 
 /** Segment headers read per batch (in flight together), a thread's unit of work. */
 export const READ_BATCH = 256;
@@ -72,7 +72,7 @@ export interface ScanResult {
   dirty: number[];
   /** Pairs (slot, sequence number) of entries recovered from an older sector than their segment's newest. */
   older: number[];
-  /** Slots recovered from a superseded entry. */
+  /** Pairs (slot, age: segment.ts ENTRY_AGE_SHIFT) of entries recovered from a superseded entry. */
   superseded: number[];
 }
 
@@ -205,7 +205,7 @@ export class HeaderScan {
           this.dirty.push(slot);
         }
         if (older) this.older.push(slot, sector);
-        if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.push(slot);
+        if ((ef & ENTRY_SUPERSEDED) !== 0) this.superseded.push(slot, ef >>> ENTRY_AGE_SHIFT);
       }
     }
     this.segValid[seg] = entries;

@@ -54,6 +54,15 @@
  *      a newer write-back copy is sealed with a higher sequence number, and the older copy stays
  *      named (superseded) until the newer one is durable (log.ts SHADOW), so a crash leaves at
  *      least one of them; a write-through write or discard of a dirty block kills it like 1.
+ *      Which of two entries of a key is the newer copy: a header sealed with s names the key's
+ *      newest copy at s, so of two plain entries the higher seal wins. A superseded entry's
+ *      own seal tells nothing (its header may be rewritten after the newer copy's was sealed),
+ *      so it carries its age A (segment.ts ENTRY_AGE_SHIFT): it was the newest copy through
+ *      s - A; it wins against entries sealed at or below that (older copies still named: an
+ *      older dirty copy released but not rewritten yet, a clean copy a host crash's recovery
+ *      dropped without rewriting its header) and loses to those sealed after (the copy that
+ *      superseded it, or a newer one). Ranking it below every other entry let such an older
+ *      copy win when the newer copy's data was torn (stale data: seed 3 of the crash model).
  *   9. A destage (the backing write of dirty data) is a backing write like 1.: the dropped
  *      entries of its keys are made durably invalid before it is issued, and it waits for a
  *      log commit first, so the data it writes back is durable in the log (a crash never
@@ -90,8 +99,9 @@
  * map builder (address-map.ts MapBuilder: hashed once, sent to its range of homes); the dirty
  * ones sealed above the durable mark are checked against their data (10.), and those left go
  * to a builder too; then the address map is built one range of homes at a time (RangePlacer:
- * one pass in table order), and a key found twice keeps the entry of the higher sequence
- * number, a superseded one losing to any other (AddressMap.finishBuilt). Segments whose
+ * one pass in table order), and a key found twice keeps the newer copy (8.: the entry of the
+ * higher sequence number, a superseded one ranked where it stopped being the newest;
+ * AddressMap.finishBuilt). Segments whose
  * headers name entries not recovered for another reason than floor or epoch (older sectors of
  * a torn header, the loser of a duplicate, data that does not match) are returned in
  * `rewrite`: the caller rewrites them from the rebuilt index (and syncs) before the cache is
@@ -344,8 +354,8 @@ class Merged {
   private readonly dirty: Int32Array;
   /** Slots recovered from an older sector than their segment's newest (11.): its sequence number. */
   private readonly olderSector = new Map<number, number>();
-  /** Slots recovered from a superseded entry (they lose to any other entry of their key). */
-  private readonly superseded = new Set<number>();
+  /** Slots recovered from a superseded entry -> their age (segment.ts ENTRY_AGE_SHIFT; ranked by pick()). */
+  private readonly superseded = new Map<number, number>();
 
   constructor(s: RecoveryShared, bda: BlockDescriptorArray, scans: readonly ScanResult[]) {
     this.g = s.geometry;
@@ -363,7 +373,7 @@ class Merged {
       for (let v = 0; v < MAX_VOLUMES; v++) this.volumeBlocks[v] += r.volumeBlocks[v];
       for (const seg of r.rewrite) this.rewrite.add(seg);
       for (let i = 0; i < r.older.length; i += 2) this.olderSector.set(r.older[i], r.older[i + 1]);
-      for (const slot of r.superseded) this.superseded.add(slot);
+      for (let i = 0; i < r.superseded.length; i += 2) this.superseded.set(r.superseded[i], r.superseded[i + 1]);
     }
     this.late = scans.flatMap((r) => r.late);
     this.dirty = Int32Array.from(scans.flatMap((r) => r.dirty)).sort();
@@ -426,15 +436,27 @@ class Merged {
   }
 
   /**
-   * Of two entries of a key, the one that stays (AddressMap.finishBuilt): the newer header's, a
-   * superseded one losing to any other; the other is dropped (its header rewritten).
+   * Of two entries of a key, the one that stays (AddressMap.finishBuilt): the newer copy (8.);
+   * the other is dropped (its header rewritten).
    */
   pick(a: number, b: number): number {
-    // Sequence numbers are below 2^52.
-    const rank = (slot: number): number => this.sealedAt(slot) - (this.superseded.has(slot) ? 2 ** 52 : 0);
-    const [keep, drop] = rank(a) >= rank(b) ? [a, b] : [b, a];
+    const [keep, drop] = this.newestThrough(a) >= this.newestThrough(b) ? [a, b] : [b, a];
     this.drop(drop);
     return keep;
+  }
+
+  /**
+   * Up to which sequence number the entry recovered in `slot` held its key's newest copy (8.):
+   * its seal, or for a superseded entry the last sequence number used before it was superseded
+   * (seal - age) + 1/2: every entry of its key sealed at or below that named an older copy (or
+   * this one), every one sealed after it a newer one. Age 0 (written by a build that did not
+   * record it): below every other entry.
+   */
+  private newestThrough(slot: number): number {
+    const age = this.superseded.get(slot);
+    if (age === undefined) return this.sealedAt(slot);
+    // Sequence numbers are below 2^52.
+    return age === 0 ? this.sealedAt(slot) - 2 ** 52 : this.sealedAt(slot) - age + 0.5;
   }
 
   /** The dirty slots still recovered, ascending. */

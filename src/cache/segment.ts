@@ -20,7 +20,8 @@
  *        u32 block number bits 0..31, u32 volume id << 16 | block number bits 32..47,
  *        u32 CRC-32C of the block's data, u32 flags (bit 0: valid, bit 1: dirty, i.e. write-back
  *        data newer than the backing store, bit 2: superseded, i.e. an older dirty copy kept
- *        named until the newer copy is durable: it loses to any other entry of its key)
+ *        named until the newer copy is durable; bits 3..31 of a superseded entry: its age,
+ *        ENTRY_AGE_SHIFT, which ranks it against the other entries of its key)
  *   496 u32 durable mark low 32 bits       500 u32 durable mark high bits
  *   504 u32 zero                            508 u32 CRC-32C of bytes [0, 508)
  * Every header write (a segment write, or a header rewrite that invalidates entries, log.ts)
@@ -52,6 +53,14 @@ const ENTRY_SIZE = 16;
 export const ENTRY_VALID = 1;
 export const ENTRY_DIRTY = 2;
 export const ENTRY_SUPERSEDED = 4;
+/**
+ * Flag bits 3..31 of a superseded entry: its AGE, the entry's sequence number minus the last
+ * one used before its copy was superseded (at least 1: every seal takes a new one), clamped to
+ * ENTRY_AGE_MAX. The copy was its key's newest one through (sequence - age); recovery.ts ranks
+ * it there (8.). 0: written by a build that did not record it (the copy loses to any other).
+ */
+export const ENTRY_AGE_SHIFT = 3;
+const ENTRY_AGE_MAX = 2 ** (32 - ENTRY_AGE_SHIFT) - 1;
 /**
  * An entry's second key word for volume id `volume` (the BDA's keyHi): the block number's bits
  * 32..47 are always zero in entries this version writes (bda.ts MAX_BLOCK_NUMBER); recovery
@@ -220,19 +229,32 @@ export class SegmentBuffer {
     this.buf.fill(0, 0, this.g.headerSize);
   }
 
-  /** Writes the header of segment `segment` from the BDA state (keys, CRC-32Cs) of its slots. */
-  seal(bda: BlockDescriptorArray, seq: number, mark: number, uuid: Uint8Array): void {
-    sealHeader(this.buf, this.g, this.segment, bda, seq, mark, uuid, null);
+  /** Writes the header of segment `segment` from the BDA state (keys, CRC-32Cs) of its slots (sealHeader). */
+  seal(bda: BlockDescriptorArray, seq: number, mark: number, uuid: Uint8Array, supersededAt: ReadonlyMap<number, number>): void {
+    sealHeader(this.buf, this.g, this.segment, bda, seq, mark, uuid, null, supersededAt);
   }
 }
 
 /**
  * Writes into out[0, headerSize) the header of segment `seg` (every sector, sequence `seq`,
  * durable mark `mark`) from the BDA state (keys, CRC-32Cs, valid and dirty flags) of its slots;
- * SHADOW slots are named dirty and superseded. `unwritten` (by slot of the segment, 1 = its
- * data is not on the device yet): those slots are sealed as not valid.
+ * SHADOW slots are named dirty and superseded, with their age (ENTRY_AGE_SHIFT) from
+ * `supersededAt` (slot -> the last sequence number used before it became SHADOW; the log
+ * records one for every SHADOW slot, a slot without one is sealed with age 0). `unwritten`
+ * (by slot of the segment, 1 = its data is not on the device yet): those slots are sealed as
+ * not valid.
  */
-export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: BlockDescriptorArray, seq: number, mark: number, uuid: Uint8Array, unwritten: Uint8Array | null): void {
+export function sealHeader(
+  out: Uint8Array,
+  g: Geometry,
+  seg: number,
+  bda: BlockDescriptorArray,
+  seq: number,
+  mark: number,
+  uuid: Uint8Array,
+  unwritten: Uint8Array | null,
+  supersededAt: ReadonlyMap<number, number>,
+): void {
   const view = new DataView(out.buffer, out.byteOffset, g.headerSize);
   out.fill(0, 0, g.headerSize);
   const first = seg * g.blocksPerSegment;
@@ -260,7 +282,10 @@ export function sealHeader(out: Uint8Array, g: Geometry, seg: number, bda: Block
       view.setUint32(e + 4, entryKeyHi(bda.keyHi[i]), true);
       view.setUint32(e + 8, bda.crc[i], true);
       const shadow = (f & FLAG_SHADOW) !== 0;
-      view.setUint32(e + 12, ENTRY_VALID | (shadow || (f & FLAG_DIRTY) !== 0 ? ENTRY_DIRTY : 0) | (shadow ? ENTRY_SUPERSEDED : 0), true);
+      const flags = shadow
+        ? ENTRY_VALID | ENTRY_DIRTY | ENTRY_SUPERSEDED | (Math.min(ENTRY_AGE_MAX, seq - (supersededAt.get(i) ?? seq)) << ENTRY_AGE_SHIFT)
+        : ENTRY_VALID | ((f & FLAG_DIRTY) !== 0 ? ENTRY_DIRTY : 0);
+      view.setUint32(e + 12, flags >>> 0, true);
     }
     view.setUint32(at + SECTOR_CRC_AT, native.crc32c(out.subarray(at, at + SECTOR_CRC_AT)), true);
   }

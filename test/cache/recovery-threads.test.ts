@@ -3,7 +3,8 @@
  * seeded random devices (test/support/header-device.ts) of 4,400 segments: more header batches
  * than the ring holds (the main thread waits for slots), an address map of 3 ranges of homes
  * (entries spilling from one range into the next are placed after), keys named by several
- * headers (the newer wins, a superseded one loses to any other), torn headers (older sectors:
+ * headers (the newer copy wins: the higher seal, a superseded entry ranked by its age, or below
+ * every other without one), torn headers (older sectors:
  * only their dirty entries), corrupt sectors, headers below the floor, entries before their
  * volume's epoch, of an unknown volume or past a volume's end, and dirty entries sealed above
  * the durable mark whose data did or did not land. The model reads the raw header bytes
@@ -64,6 +65,10 @@ function randomImage(seed: number): Image {
     const v = r() < 0.05 ? 3 : Math.floor(r() * 3);
     return [v, Math.floor(r() * (v === 2 ? 1100 : 40000))];
   };
+  // Superseded entries: where each stopped being its key's newest copy (seal - age), distinct
+  // (no ties), spread over the sequence numbers; a quarter without an age (an older build's).
+  const supersededAt = new Map<number, number>();
+  const since = new Set<number>();
   /** Fills the BDA slots of segment s with random entries (distinct keys) and returns the header sealed from them. */
   const header = (s: number, seq: number, m: number): Uint8Array => {
     const used = new Set<string>();
@@ -80,12 +85,21 @@ function randomImage(seed: number): Image {
       bda.crc[i] = native.crc32c(data);
       const kind = r();
       if (kind < 0.15) bda.flags[i] |= FLAG_DIRTY;
-      else if (kind < 0.2) bda.flags[i] = FLAG_SHADOW;
+      else if (kind < 0.2) {
+        bda.flags[i] = FLAG_SHADOW;
+        let q = seq;
+        if (r() >= 0.25) {
+          do q = seq - 1 - Math.floor(r() * 3 * SEGMENTS);
+          while (since.has(q));
+          since.add(q);
+        }
+        supersededAt.set(i, q);
+      }
       // The data of a dirty block sealed above the mark: landed (3 in 4) or not (zeros).
       if (kind < 0.2 && r() < 0.75) dev.setBlock(i, data);
     }
     const h = new Uint8Array(g.headerSize);
-    sealHeader(h, g, s, bda, seq, m, uuid, null);
+    sealHeader(h, g, s, bda, seq, m, uuid, null, supersededAt);
     return h;
   };
   for (let s = 0; s < SEGMENTS; s++) {
@@ -132,6 +146,8 @@ async function model(im: Image): Promise<Model> {
     crc: number;
     dirty: boolean;
     superseded: boolean;
+    /** Of a superseded entry (flag bits 3..31). */
+    age: number;
     seq: number;
   }
   const cands: Cand[] = [];
@@ -182,7 +198,7 @@ async function model(im: Image): Promise<Model> {
           skipped++;
           continue;
         }
-        cands.push({ slot: s * BPS + j, v: hi >>> 16, b, crc: dv.getUint32(e + 8, true), dirty, superseded: (flags & 4) !== 0, seq });
+        cands.push({ slot: s * BPS + j, v: hi >>> 16, b, crc: dv.getUint32(e + 8, true), dirty, superseded: (flags & 4) !== 0, age: flags >>> 3, seq });
       }
     }
   }
@@ -204,8 +220,10 @@ async function model(im: Image): Promise<Model> {
     }
     checked.push(c);
   }
-  // One entry per key: the newest, a superseded one losing to any other.
-  const rank = (c: Cand) => c.seq - (c.superseded ? 2 ** 52 : 0);
+  // One entry per key: the newest copy: the highest seal; a superseded entry was the newest
+  // through seal - age (+ 1/2: newer than the entries sealed then, older than those after), or
+  // without an age below every other.
+  const rank = (c: Cand) => (!c.superseded ? c.seq : c.age === 0 ? c.seq - 2 ** 52 : c.seq - c.age + 0.5);
   const winner = new Map<string, Cand>();
   for (const c of checked) {
     const k = `${c.v}/${c.b}`;
