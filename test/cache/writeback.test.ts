@@ -484,9 +484,9 @@ describe('write-back: the log group commit (Log.commit)', function () {
   let dir: string;
   let dev: MemDevice;
   let cache: Cache;
-  const open = async (image?: Uint8Array): Promise<void> => {
+  const open = async (image?: Uint8Array, bootId?: string): Promise<void> => {
     dev = new MemDevice(DEVICE, image);
-    cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev, bootId });
   };
   const block = (b: number, gen: number): Uint8Array => {
     const d = new Uint8Array(BS);
@@ -802,6 +802,44 @@ describe('write-back: the log group commit (Log.commit)', function () {
       assert.equal(cache.stats().commits, how === 'commit' ? 2 : 1, 'commits run');
     });
   }
+
+  it('a slot marked clean is refilled only once a header recording that is durable: a power cut keeping the refill\'s data but neither header never brings the destaged block back dirty over other data', async () => {
+    await open(undefined, 'boot-1');
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    // Block 2 (dirty, left so) before it: block 3's data run is a write of its own, not the header's.
+    assert.equal(await cache.insertDirty(v, 2, block(2, 1), 1), 1);
+    const a = block(3, 1);
+    assert.equal(await cache.insertDirty(v, 3, a, 1), 1);
+    assert.equal(await cache.commit(), true);
+    const slot = cache.map.peek(v, 3);
+    assert.notEqual(slot % cache.geometry.blocksPerSegment, 0);
+    const header = segmentOffset(cache.geometry, Math.floor(slot / cache.geometry.blocksPerSegment));
+    // Destaged (the backing store holds it): marked clean, the header rewrite written, not synced.
+    cache.watchDestage([slot]);
+    assert.equal(cache.markClean([slot]), 1);
+    cache.writeCleanMarks();
+    await cache.quiesce();
+    const syncs = dev.fdatasyncs;
+    // Clean insertions until the hand refills the slot; then a commit submits that segment, and
+    // its fdatasync never takes effect.
+    for (let b = 10; cache.map.bda.isValid(slot) && cache.map.bda.blockOf(slot) === 3; b++) assert.equal(await cache.insert(v, b, block(b, 1), 1, () => true), 1);
+    assert.equal(dev.fdatasyncs, syncs, 'no fdatasync since the clean mark');
+    dev.syncGate = new Promise<void>(() => {});
+    void cache.commit();
+    await waitFor(() => dev.fdatasyncs > syncs, 'the fdatasync of the refilled segment');
+    // A power cut keeping every data write, no header write of the slot's segment.
+    const image = dev.crashImageKeeping((offset) => offset !== header);
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    await open(image, 'boot-2');
+    assert.equal(cache.registerVolume('v', 'mem-1', 64 * BS), v);
+    const out = new Uint8Array(BS);
+    const hit = new Uint8Array(1);
+    // Before the fix: block 3 came back dirty over the refill's data (EIO, its CRC never matches).
+    if ((await cache.readBlocks(v, 3, 1, out, hit)) === 1) assert.deepEqual(out, a, 'block 3 as destaged');
+    assert.equal(cache.stats().volumes.v.checksumErrors, 0);
+  });
 
   it('a header on the device over data that never landed: recovery drops the newer dirty entry, the older acknowledged copy wins', async () => {
     await open();
