@@ -1187,7 +1187,8 @@ export class Cache {
   /**
    * Starts the header rewrites of the clean marks waiting for one (markClean; the destager
    * calls it when it has nothing left to do). Not awaited: a lost clean mark only destages the
-   * same data again (recovery.ts 9.), and after a write error the rewrite waits for the floor,
+   * same data again (recovery.ts 9.; the slot is not overwritten before a header recording the
+   * mark is durable: log.ts write), and after a write error the rewrite waits for the floor,
    * which waits for the destage.
    */
   writeCleanMarks(): void {

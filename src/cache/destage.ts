@@ -37,7 +37,12 @@
  *   - destageRange() rounds (a guest request waits for them) never yield, and while one waits
  *     for the round in flight that round is pressed too.
  * A round that fails (backing store down) is retried after a backoff doubling from
- * RETRY_MIN_MS to RETRY_MAX_MS; writes keep going into the log until the limit, then wait.
+ * RETRY_MIN_MS to RETRY_MAX_MS; writes keep going into the log until the limit, then wait. A
+ * round that marked nothing clean because blocks it picked were unreadable on the cache device
+ * backs off the same way (their data is nowhere else: they stay dirty, and a pressed loop would
+ * otherwise start the next round over them at once, forever); a round that marked blocks clean
+ * resets the backoff. Unreadable blocks are logged once per streak of rounds that meet some
+ * (the first round of it), as backing failures are once per failing streak.
  */
 import type { BackingStore } from '../backing/backing-store';
 import { VhostError } from '../native/errors';
@@ -89,6 +94,12 @@ export interface DestageOptions {
   logger: Logger;
 }
 
+/** What a round did: blocks marked clean, runs unreadable on the cache device. */
+interface RoundResult {
+  marked: number;
+  unreadable: number;
+}
+
 interface Waiter {
   need: number;
   resolve: () => void;
@@ -118,6 +129,8 @@ export class Destager {
   private lastError: Error | null = null;
   /** Runs of the last round that could not be read from the cache. */
   private unreadable = 0;
+  /** Some run of the last round was unreadable (its streak was logged). */
+  private unreadableStreak = false;
   /** Called at the end of the next round (drain()). */
   private roundEnds: (() => void)[] = [];
   /** Waits that end when the guest goes idle, something presses, or the destager closes. */
@@ -217,7 +230,9 @@ export class Destager {
   /**
    * Writes back every block dirty now or made dirty before it ends (the flush command, a mode
    * switch, a removal, --flush-on-stop). Rejects when rounds kept failing for timeoutMs since it
-   * started (failures before it, while nobody waited, do not count: it tries again).
+   * started (failures before it, while nobody waited, do not count: it tries again), or (EIO)
+   * after the next round, when it marked nothing clean and met blocks unreadable on the cache
+   * device (a loop backing off after such rounds starts it at the end of its backoff).
    */
   async drain(): Promise<void> {
     this.drains++;
@@ -250,13 +265,13 @@ export class Destager {
    * Once no round is in flight, picks up to ROUND_BLOCKS dirty blocks of [first, last] and
    * starts a round over them (`yielding`: see runRound), the check and the start in one
    * microtask, so rounds (the loop's and destageRange's) never overlap. Resolves with the round
-   * (`done`: the blocks it marked clean) and how many it picked; null when none was dirty, or
-   * when `loop` and the destager was closed. (Returning to a caller that starts the round is a
-   * microtask too late: two callers woken by the end of one round both found it over and
-   * started two, writing a block twice, the later write after a discard that destageRange
-   * had cleared the way for.)
+   * (`done`: the blocks it marked clean, the runs it could not read) and how many it picked;
+   * null when none was dirty, or when `loop` and the destager was closed. (Returning to a
+   * caller that starts the round is a microtask too late: two callers woken by the end of one
+   * round both found it over and started two, writing a block twice, the later write after a
+   * discard that destageRange had cleared the way for.)
    */
-  private async startRound(first: number, last: number, yielding: boolean, loop: boolean): Promise<{ picked: number; done: Promise<number> } | null> {
+  private async startRound(first: number, last: number, yielding: boolean, loop: boolean): Promise<{ picked: number; done: Promise<RoundResult> } | null> {
     for (;;) {
       const r = this.round;
       await r;
@@ -283,14 +298,14 @@ export class Destager {
       this.rangeWaits++;
       // The round in flight stops yielding.
       this.guestIdle();
-      let round: { picked: number; done: Promise<number> } | null;
+      let round: { picked: number; done: Promise<RoundResult> } | null;
       try {
         round = await this.startRound(first, last, false, false);
       } finally {
         this.rangeWaits--;
       }
       if (round === null) return;
-      if ((await round.done) === 0) {
+      if ((await round.done).marked === 0) {
         throw new VhostError(`cache: ${round.picked} write-back blocks could not be destaged: unreadable on the cache device`, 'EIO');
       }
     }
@@ -338,14 +353,20 @@ export class Destager {
       }
       const round = await this.startRound(0, Infinity, true, true);
       if (round === null) break;
+      let progress: boolean;
       try {
-        await round.done;
-        backoff = RETRY_MIN_MS;
+        const r = await round.done;
+        progress = r.marked > 0 || r.unreadable === 0;
       } catch {
-        if (this.closed) break;
-        await this.backoff(backoff);
-        backoff = Math.min(RETRY_MAX_MS, 2 * backoff);
+        progress = false;
       }
+      if (progress) {
+        backoff = RETRY_MIN_MS;
+        continue;
+      }
+      if (this.closed) break;
+      await this.backoff(backoff);
+      backoff = Math.min(RETRY_MAX_MS, 2 * backoff);
     }
     // Waiters of a closed volume never get room.
     if (this.closed) for (const w of this.waiters) w.resolve();
@@ -433,11 +454,12 @@ export class Destager {
   }
 
   /**
-   * One round over `picked` (see the file comment); resolves with the number of blocks marked
-   * clean, rejects when the backing store failed. `yielding`: its writes yield to guest I/O
-   * unless destaging is pressed. Started by startRound only.
+   * One round over `picked` (see the file comment); resolves with the blocks marked clean and
+   * the runs unreadable on the cache device, rejects when the backing store failed.
+   * `yielding`: its writes yield to guest I/O unless destaging is pressed. Started by
+   * startRound only.
    */
-  private async runRound(picked: number[][], yielding: boolean): Promise<number> {
+  private async runRound(picked: number[][], yielding: boolean): Promise<RoundResult> {
     const { cache, volume, backing } = this.o;
     const bs = cache.blockSize;
     const slots = picked.map((p) => p[1]);
@@ -459,6 +481,7 @@ export class Destager {
       // One buffer for the round's data (kept for the next round: see roundBuffer).
       const buf = this.roundBuffer(picked.length * bs);
       const hit = new Uint8Array(picked.length);
+      const failed: { first: number; blocks: number; err: string }[] = [];
       const data = await Promise.all(
         runs.map(async ([first, at, n]) => {
           const run = buf.subarray(at * bs, (at + n) * bs);
@@ -467,12 +490,19 @@ export class Destager {
           } catch (err) {
             this.errors++;
             this.unreadable++;
-            this.o.logger.error({ volume, first, blocks: n, err: (err as Error).message }, 'cache: write-back blocks unreadable on the cache device: not destaged (their reads fail)');
+            failed.push({ first, blocks: n, err: (err as Error).message });
             return null;
           }
           return run;
         }),
       );
+      if (failed.length > 0 && !this.unreadableStreak) {
+        this.o.logger.error(
+          { volume, runs: failed.length, ...failed[0] },
+          'cache: write-back blocks unreadable on the cache device: not destaged (their reads fail); retried with a backoff, not logged again while rounds keep meeting unreadable blocks',
+        );
+      }
+      this.unreadableStreak = failed.length > 0;
       // Destaging is not guest reading: the volume's hit counters stay as they were.
       Object.assign(c, counted);
       const kills: Promise<void>[] = [];
@@ -499,7 +529,7 @@ export class Destager {
       this.cursor = picked[picked.length - 1][0] + 1;
       this.failingSince = 0;
       this.lastError = null;
-      return marked;
+      return { marked, unreadable: this.unreadable };
     } catch (err) {
       this.errors++;
       cache.map.stats(volume).destageErrors++;

@@ -86,6 +86,11 @@
  * fdatasync of their own: they are durable with the next one, and until then a write of their
  * keys still finds and rewrites them); evictions wait for their segment's own write, then for
  * an fdatasync (one is started once MAX_UNSYNCED_SEGMENTS segments' worth of them wait).
+ * A slot marked clean (destaged) that no durable header records as clean yet (cleanUnrecorded)
+ * may still be named dirty by a durable header: a segment write that refills it writes its
+ * header and fdatasyncs it before issuing its data runs (write, headerFirst), so a crash never
+ * leaves that dirty entry over other data (sealed at or below the durable mark, recovery would
+ * not check it: unreadable for good).
  *
  * Write-back (dirty blocks, the group commit): insert(..., { dirty }) puts write-back blocks into
  * the segment being filled like any other; commit() then makes every block inserted before it
@@ -321,6 +326,13 @@ export class Log {
   private readonly durableSeq: Float64Array;
   /** Per segment: the last sequence number used before a clean mark of one of its slots (-1: none). */
   private readonly cleanMarkSeq: Float64Array;
+  /**
+   * Slots marked clean that no durable header of their segment records as such yet -> the last
+   * sequence number used before the mark (a durable header may still name them dirty).
+   */
+  private readonly cleanUnrecorded = new Map<number, number>();
+  /** A slot of cleanUnrecorded was refilled since the segment being filled started (putSlots). */
+  private putOverUnrecorded = false;
   private readonly onDisabled: () => Promise<boolean>;
   /** The onDisabled() round in flight, and whether one succeeded (then for good). */
   private floorRound: Promise<boolean> | null = null;
@@ -623,6 +635,7 @@ export class Log {
         runLen = 1;
       }
       this.putSlots[victim - seg * bps] = 1;
+      if (this.cleanUnrecorded.size > 0 && this.cleanUnrecorded.has(victim)) this.putOverUnrecorded = true;
       const present = this.present.get(cur);
       if (present !== undefined) present[victim - seg * bps] = 1;
       n++;
@@ -859,6 +872,7 @@ export class Log {
    */
   cleaned(slot: number): void {
     this.cleanMarkSeq[Math.floor(slot / this.g.blocksPerSegment)] = this.sequence;
+    this.cleanUnrecorded.set(slot, this.sequence);
   }
 
   /**
@@ -1017,6 +1031,10 @@ export class Log {
     }
     this.synced = Math.max(this.synced, mark);
     for (const [seg, seq] of headers) this.durableSeq[seg] = Math.max(this.durableSeq[seg], seq);
+    if (headers.size > 0) {
+      const bps = this.g.blocksPerSegment;
+      for (const [slot, seq] of this.cleanUnrecorded) if (this.durableSeq[Math.floor(slot / bps)] > seq) this.cleanUnrecorded.delete(slot);
+    }
     this.dropped.forget(written);
     if (this.reserved.size > 0) {
       const flags = this.map.bda.flags;
@@ -1100,6 +1118,7 @@ export class Log {
     b.state = BufferState.Filling;
     b.dirty = false;
     this.putSlots.fill(0);
+    this.putOverUnrecorded = false;
     this.current = b;
     if (this.pool.length > 2) {
       const next = this.map.upcomingSegment();
@@ -1244,11 +1263,13 @@ export class Log {
     b.state = BufferState.Writing;
     b.lastUse = ++this.useClock;
     const runs = this.changedRanges();
+    const headerFirst = this.putOverUnrecorded;
+    this.putOverUnrecorded = false;
     // The buffer serves reads of seg from now on; direct reads already in flight finish first.
     b.pending = this.onSegment(seg, () =>
       this.directReaders[seg] === 0
-        ? this.write(b, seg, seq, runs, covered, writeout)
-        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, seq, runs, covered, writeout)),
+        ? this.write(b, seg, seq, runs, covered, writeout, headerFirst)
+        : new Promise<void>((wake) => this.drainWaiters.set(seg, wake)).then(() => this.write(b, seg, seq, runs, covered, writeout, headerFirst)),
     ).finally(() => this.inFlight.delete(seq));
   }
 
@@ -1275,19 +1296,44 @@ export class Log {
   /**
    * The device writes of a sealed buffer (byte ranges of it, see changedRanges), issued together
    * (one submission: the header may land before the data, see the file comment), then with
-   * `writeout` the early write-out of their span; never rejects.
+   * `writeout` the early write-out of their span; never rejects. `headerFirst` (a put slot was
+   * marked clean and no durable header records that: a durable header may still name its old
+   * block dirty, and a crash that keeps the new data but neither newer header would bring
+   * that entry back over other data, unreadable, recovery.ts 10. reading only the entries above
+   * the durable mark): the header is written and made durable (an fdatasync of its own) before
+   * the data runs are issued. Entries it names whose data then does not land are sealed above
+   * every durable mark until this write is done, so recovery checks the dirty ones.
    */
-  private write(b: SegmentBuffer, seg: number, seq: number, ranges: number[], covered: Dropped[] | null, writeout: boolean): Promise<void> {
+  private write(b: SegmentBuffer, seg: number, seq: number, ranges: number[], covered: Dropped[] | null, writeout: boolean, headerFirst: boolean): Promise<void> {
     const t = LatencyMeter.now();
     const at = segmentOffset(this.g, seg);
+    const headerSize = this.g.headerSize;
     let bytes = 0;
-    const writes: Promise<void>[] = [];
-    for (let r = 0; r < ranges.length; r += 2) {
-      bytes += ranges[r + 1] - ranges[r];
-      writes.push(this.engine.writev(this.fd, [b.buf.subarray(ranges[r], ranges[r + 1])], at + ranges[r], true));
-    }
-    // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
-    return Promise.allSettled(writes).then((results) => {
+    const issue = (from: number, to: number): Promise<void> => {
+      bytes += to - from;
+      return this.engine.writev(this.fd, [b.buf.subarray(from, to)], at + from, true);
+    };
+    const issueRuns = (from: number): Promise<PromiseSettledResult<void>[]> => {
+      const writes: Promise<void>[] = [];
+      for (let r = 0; r < ranges.length; r += 2) {
+        const start = Math.max(ranges[r], from);
+        if (start < ranges[r + 1]) writes.push(issue(start, ranges[r + 1]));
+      }
+      // Settled, not raced: the buffer must not be recycled while one of its writes still reads it.
+      return Promise.allSettled(writes);
+    };
+    const settled = headerFirst
+      ? issue(0, headerSize)
+          .then(() => {
+            this.fdatasyncs++;
+            return this.engine.fdatasync(this.fd);
+          })
+          .then(
+            () => issueRuns(headerSize),
+            (err: unknown): PromiseSettledResult<void>[] => [{ status: 'rejected', reason: err }],
+          )
+      : issueRuns(0);
+    return settled.then((results) => {
       const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
       if (failed === undefined) {
         this.unsynced++;

@@ -67,7 +67,8 @@
  *      entries of its keys are made durably invalid before it is issued, and it waits for a
  *      log commit first, so the data it writes back is durable in the log (a crash never
  *      recovers an older copy than the backing store holds); a dirty entry whose "clean" mark
- *      was lost is destaged again (the same data).
+ *      was lost is destaged again (the same data): its slot is not refilled before a header
+ *      recording the mark is durable (log.ts write, headerFirst), so its data is still there.
  *  10. A segment write issues its data runs and its header together (one fdatasync per group
  *      commit, log.ts), so a header may be on the device over data that is not (torn, or never
  *      written). Every header sector carries the durable mark M (every write sealed at or below

@@ -12,13 +12,16 @@ import { MAX_SYNCS_IN_FLIGHT, RESERVED_REWRITE_SHARE } from '../../src/cache/log
 import { CacheMap } from '../../src/cache/cache-map';
 import { CachedStore } from '../../src/cache/cached-store';
 import { QUIET_MS } from '../../src/cache/destage';
-import { deviceBytesFor, entryOffset, segmentOffset } from '../../src/cache/segment';
+import { deviceBytesFor, entryOffset, segmentOffset, slotOffset } from '../../src/cache/segment';
+import pino from 'pino';
 import { VhostError } from '../../src/native/errors';
+import type { Logger } from '../../src/util/logger';
 import { drawSlots, gate, MemStore } from './helpers';
 import { HeldIo, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
+import { VirtualClock } from '../support/virtual-clock';
 import { waitFor } from '../support/wait';
 
 const BS = 4096;
@@ -127,11 +130,14 @@ describe('write-back volume', function () {
   /** Backing writes held by a test until it ends. */
   let blocked: ReturnType<typeof gate>;
   const DEVICE = deviceBytesFor(8, BS, 8 * BS);
-  const open = async (o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean; quietMs?: number; roundWaitMaxMs?: number } = {}): Promise<void> => {
+  const open = async (
+    o: { limit?: number; image?: Uint8Array; flushOnStop?: boolean; quietMs?: number; roundWaitMaxMs?: number; highWatermark?: number; lowWatermark?: number; logger?: Logger } = {},
+  ): Promise<void> => {
     dev = new MemDevice(DEVICE, o.image);
     cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: 8 * BS, buffers: 3, engine: dev });
     store = new CachedStore({
       backing: back, cache, name: 'v', mode: 'writeback', readAhead: 0, dirtyLimitBlocks: o.limit ?? 32, backingTimeoutMs: 20000, flushOnStop: o.flushOnStop,
+      highWatermark: o.highWatermark, lowWatermark: o.lowWatermark, logger: o.logger,
       ...(o.quietMs !== undefined ? { quietMs: o.quietMs, roundWaitMaxMs: o.quietMs } : {}),
       ...(o.roundWaitMaxMs !== undefined ? { roundWaitMaxMs: o.roundWaitMaxMs } : {}),
     });
@@ -373,6 +379,52 @@ describe('write-back volume', function () {
     await waiting;
     await store.flushCache();
     for (const b of [0, 1, 2, 3, 10]) assert.deepEqual(back.data.subarray(b * BS, (b + 1) * BS), block(b, 3), `block ${b}`);
+  });
+
+  it('a pressed destage loop backs off while a dirty block is unreadable on the cache device: rounds and log lines stay few, the other blocks are destaged, drain() fails with EIO', async () => {
+    // Four dirty blocks left in the cache by a clean stop (the backing store down meanwhile),
+    // so after the restart none is in a RAM segment buffer (a RAM hit never fails).
+    await open({ limit: 8 });
+    back.writeHook = async () => {
+      throw new VhostError('backing store down', 'EIO');
+    };
+    // Not adjacent: each is a run of its own (a run is read whole, and fails whole).
+    for (const b of [0, 2, 4, 6]) await store.write(b * BS, [block(b, 6)]);
+    await store.close();
+    await cache.close();
+    back.writeHook = null;
+    const lines: { msg: string }[] = [];
+    // Any dirty block presses destaging (high watermark 1 block, low 0).
+    await open({ limit: 8, image: dev.image, highWatermark: 1 / 8, lowWatermark: 0, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string }) }) });
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 4);
+    // Device reads complete in a later loop turn, as on a real device (the rounds then yield).
+    const readv = dev.readv.bind(dev);
+    dev.readv = (fd, bufs, offset, exact) => new Promise<void>((r) => setImmediate(r)).then(() => readv(fd, bufs, offset, exact));
+    // Block 0's slot cannot be read.
+    const slot = cache.map.peek(store.volume, 0);
+    const at = slotOffset(cache.geometry, slot);
+    dev.readError = (offset, len) => offset < at + BS && at < offset + len;
+    const clock = new VirtualClock(9);
+    clock.install();
+    try {
+      // Five virtual seconds in 500 loop turns: a loop starting each round at once (before the
+      // backoff) ran a round every four turns (125), and logged each (124 lines).
+      store.destager.kick();
+      for (let turn = 0; turn < 500; turn++) {
+        await new Promise<void>((r) => setImmediate(r));
+        clock.advance(10);
+      }
+      const rounds = store.destager.rounds;
+      const logged = lines.filter((l) => l.msg.includes('unreadable on the cache device')).length;
+      // Backoff 10, 20, 40, ... 1000 ms: about a dozen rounds in 5 s.
+      assert.ok(rounds >= 3 && rounds <= 16, `${rounds} rounds in 5 s`);
+      assert.equal(logged, 1, 'logged once for the streak');
+      for (const b of [2, 4, 6]) assert.equal(Buffer.compare(back.data.subarray(b * BS, (b + 1) * BS), block(b, 6)), 0, `block ${b} destaged`);
+      assert.equal(cache.stats().volumes.v.dirtyBlocks, 1);
+      await assert.rejects(clock.until(store.flushCache()), (err: VhostError) => err.code === 'EIO');
+    } finally {
+      clock.uninstall();
+    }
   });
 
   for (const flushOnStop of [false, true]) {
@@ -755,6 +807,44 @@ describe('write-back: the log group commit (Log.commit)', function () {
       assert.equal(cache.stats().commits, how === 'commit' ? 2 : 1, 'commits run');
     });
   }
+
+  it('a slot marked clean is refilled only once a header recording that is durable: a power cut keeping the refill\'s data but neither header never brings the destaged block back dirty over other data', async () => {
+    await open(undefined, 'boot-1');
+    const v = cache.registerVolume('v', 'mem-1', 64 * BS);
+    await cache.quiesce();
+    // Block 2 (dirty, left so) before it: block 3's data run is a write of its own, not the header's.
+    assert.equal(await cache.insertDirty(v, 2, block(2, 1), 1), 1);
+    const a = block(3, 1);
+    assert.equal(await cache.insertDirty(v, 3, a, 1), 1);
+    assert.equal(await cache.commit(), true);
+    const slot = cache.map.peek(v, 3);
+    assert.notEqual(slot % cache.geometry.blocksPerSegment, 0);
+    const header = segmentOffset(cache.geometry, Math.floor(slot / cache.geometry.blocksPerSegment));
+    // Destaged (the backing store holds it): marked clean, the header rewrite written, not synced.
+    cache.watchDestage([slot]);
+    assert.equal(cache.markClean([slot]), 1);
+    cache.writeCleanMarks();
+    await cache.quiesce();
+    const syncs = dev.fdatasyncs;
+    // Clean insertions until the hand refills the slot; then a commit submits that segment, and
+    // its fdatasync never takes effect.
+    for (let b = 10; cache.map.bda.isValid(slot) && cache.map.bda.blockOf(slot) === 3; b++) assert.equal(await cache.insert(v, b, block(b, 1), 1, () => true), 1);
+    assert.equal(dev.fdatasyncs, syncs, 'no fdatasync since the clean mark');
+    dev.syncGate = new Promise<void>(() => {});
+    void cache.commit();
+    await waitFor(() => dev.fdatasyncs > syncs, 'the fdatasync of the refilled segment');
+    // A power cut keeping every data write, no header write of the slot's segment.
+    const image = dev.crashImageKeeping((offset) => offset !== header);
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    await open(image, 'boot-2');
+    assert.equal(cache.registerVolume('v', 'mem-1', 64 * BS), v);
+    const out = new Uint8Array(BS);
+    const hit = new Uint8Array(1);
+    // Before the fix: block 3 came back dirty over the refill's data (EIO, its CRC never matches).
+    if ((await cache.readBlocks(v, 3, 1, out, hit)) === 1) assert.deepEqual(out, a, 'block 3 as destaged');
+    assert.equal(cache.stats().volumes.v.checksumErrors, 0);
+  });
 
   it('a header on the device over data that never landed: recovery drops the newer dirty entry, the older acknowledged copy wins', async () => {
     await open();

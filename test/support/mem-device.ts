@@ -4,7 +4,8 @@
  *   - reads see every write issued so far (`image`); `fdatasync` makes them durable;
  *   - `crashImage(random)` is what a power cut leaves: the durable bytes plus, for each write
  *     since the last fdatasync (in order), nothing, all of it, or a torn prefix of it
- *     (whole 512-byte sectors), chosen by `random`;
+ *     (whole 512-byte sectors), chosen by `random`; `crashImageKeeping(keep)` keeps exactly
+ *     the unflushed writes `keep` picks (a crash point a test aims at);
  *   - `processCrashImage(random)` is what the death of the process leaves (the host keeps
  *     running): every completed write, and of the write in flight when the device froze
  *     (`freezeAtWrite`) nothing, all of it, or a torn prefix of it, chosen by `random`;
@@ -169,6 +170,13 @@ export class MemDevice implements IoEngine {
     if (p >= 2 / 3) return out;
     const keep = p < 1 / 3 ? 0 : Math.floor(random() * (w.data.byteLength / 512)) * 512;
     out.set(w.before.subarray(keep), w.offset + keep);
+    return out;
+  }
+
+  /** A power cut now that keeps, whole, exactly the unflushed writes `keep` picks (by place). */
+  crashImageKeeping(keep: (offset: number, length: number) => boolean): Uint8Array {
+    const out = new Uint8Array(this.durable);
+    for (const w of this.unflushed) if (keep(w.offset, w.data.byteLength)) out.set(w.data, w.offset);
     return out;
   }
 
