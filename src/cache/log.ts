@@ -327,10 +327,11 @@ export class Log {
   /** Per segment: the last sequence number used before a clean mark of one of its slots (-1: none). */
   private readonly cleanMarkSeq: Float64Array;
   /**
-   * Slots marked clean that no durable header of their segment records as such yet -> the last
-   * sequence number used before the mark (a durable header may still name them dirty).
+   * Per segment: its slots marked clean that no durable header of it records as such yet -> the
+   * last sequence number used before the mark (a durable header may still name them dirty).
+   * Kept per segment so a sync looks only at the segments whose headers it made durable.
    */
-  private readonly cleanUnrecorded = new Map<number, number>();
+  private readonly cleanUnrecorded = new Map<number, Map<number, number>>();
   /** A slot of cleanUnrecorded was refilled since the segment being filled started (putSlots). */
   private putOverUnrecorded = false;
   private readonly onDisabled: () => Promise<boolean>;
@@ -635,7 +636,7 @@ export class Log {
         runLen = 1;
       }
       this.putSlots[victim - seg * bps] = 1;
-      if (this.cleanUnrecorded.size > 0 && this.cleanUnrecorded.has(victim)) this.putOverUnrecorded = true;
+      if (this.cleanUnrecorded.size > 0 && this.cleanUnrecorded.get(seg)?.has(victim) === true) this.putOverUnrecorded = true;
       const present = this.present.get(cur);
       if (present !== undefined) present[victim - seg * bps] = 1;
       n++;
@@ -871,8 +872,11 @@ export class Log {
    * header of its segment sealed after this is durable, a durable header may still name it dirty.
    */
   cleaned(slot: number): void {
-    this.cleanMarkSeq[Math.floor(slot / this.g.blocksPerSegment)] = this.sequence;
-    this.cleanUnrecorded.set(slot, this.sequence);
+    const seg = Math.floor(slot / this.g.blocksPerSegment);
+    this.cleanMarkSeq[seg] = this.sequence;
+    let marks = this.cleanUnrecorded.get(seg);
+    if (marks === undefined) this.cleanUnrecorded.set(seg, (marks = new Map()));
+    marks.set(slot, this.sequence);
   }
 
   /**
@@ -1030,10 +1034,12 @@ export class Log {
       return false;
     }
     this.synced = Math.max(this.synced, mark);
-    for (const [seg, seq] of headers) this.durableSeq[seg] = Math.max(this.durableSeq[seg], seq);
-    if (headers.size > 0) {
-      const bps = this.g.blocksPerSegment;
-      for (const [slot, seq] of this.cleanUnrecorded) if (this.durableSeq[Math.floor(slot / bps)] > seq) this.cleanUnrecorded.delete(slot);
+    for (const [seg, seq] of headers) {
+      const durable = (this.durableSeq[seg] = Math.max(this.durableSeq[seg], seq));
+      const marks = this.cleanUnrecorded.get(seg);
+      if (marks === undefined) continue;
+      for (const [slot, markSeq] of marks) if (durable > markSeq) marks.delete(slot);
+      if (marks.size === 0) this.cleanUnrecorded.delete(seg);
     }
     this.dropped.forget(written);
     if (this.reserved.size > 0) {
