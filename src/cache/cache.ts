@@ -450,8 +450,12 @@ export class Cache {
   private floor: number;
   /** Destage everything of one volume (registered by its CachedStore): run after a write error. */
   private readonly drainers = new Set<() => Promise<void>>();
-  /** Dirty slots being destaged that still hold what they held when picked (watchDestage). */
-  private readonly destaging = new Set<number>();
+  /**
+   * Dirty slots being destaged that still hold what they held when picked (watchDestage) -> the
+   * volume whose round watches them (rounds of different volumes overlap: a slot dropped and
+   * refilled by another volume's block may be watched again by that volume's round).
+   */
+  private readonly destaging = new Map<number, number>();
   /** Segments whose headers still name blocks markClean() marked clean, and the timer that rewrites them. */
   private cleanSegs = new Set<number>();
   private cleanTimer: NodeJS.Timeout | null = null;
@@ -1150,28 +1154,30 @@ export class Cache {
   /**
    * Dirty slots a destage is about to read and write back: each stays watched until
    * markClean() or until it stops being dirty (dropped: superseded by a newer copy, discarded),
-   * so a slot refilled meanwhile is never marked clean.
+   * so a slot refilled meanwhile is never marked clean by `volume`'s round (a round of the
+   * volume that refilled it may watch it again: then only that round's marks count).
    */
-  watchDestage(slots: readonly number[]): void {
-    for (const slot of slots) this.destaging.add(slot);
+  watchDestage(volume: number, slots: readonly number[]): void {
+    for (const slot of slots) this.destaging.set(slot, volume);
   }
 
-  /** Stops watching slots (their destage failed: they stay dirty). */
-  unwatch(slots: readonly number[]): void {
-    for (const slot of slots) this.destaging.delete(slot);
+  /** Stops `volume`'s watch of slots (their destage failed: they stay dirty). */
+  unwatch(volume: number, slots: readonly number[]): void {
+    for (const slot of slots) if (this.destaging.get(slot) === volume) this.destaging.delete(slot);
   }
 
   /**
-   * Watched slots whose data the backing store now holds (written and flushed): those still
-   * holding it are marked clean (in RAM at once), recorded by header rewrites of their segments
+   * Slots `volume`'s round watched whose data the backing store now holds (written and
+   * flushed): those still holding it (still watched by that volume) are marked clean (in RAM at once), recorded by header rewrites of their segments
    * started by writeCleanMarks() within CLEAN_MARK_DELAY_MS (batched over the rounds of that
    * period, no fdatasync of their own: durable with the next one, log.ts rewrite); every one
    * stops being watched. Returns how many were marked.
    */
-  markClean(slots: readonly number[]): number {
+  markClean(volume: number, slots: readonly number[]): number {
     let n = 0;
     for (const slot of slots) {
-      if (!this.destaging.delete(slot)) continue;
+      if (this.destaging.get(slot) !== volume) continue;
+      this.destaging.delete(slot);
       this.map.markClean(slot);
       this.log.cleaned(slot);
       this.cleanSegs.add(Math.floor(slot / this.geometry.blocksPerSegment));

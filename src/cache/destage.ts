@@ -463,7 +463,7 @@ export class Destager {
     const { cache, volume, backing } = this.o;
     const bs = cache.blockSize;
     const slots = picked.map((p) => p[1]);
-    cache.watchDestage(slots);
+    cache.watchDestage(volume, slots);
     // Runs of consecutive blocks: [first block, index in picked, count].
     const runs: number[][] = [];
     for (let j = 0; j < picked.length; j++) {
@@ -522,7 +522,7 @@ export class Destager {
       runs.forEach(([, at, n], j) => {
         if (data[j] !== null) for (let k = 0; k < n; k++) done.push(slots[at + k]);
       });
-      const marked = cache.markClean(done);
+      const marked = cache.markClean(volume, done);
       this.destaged += marked;
       c.destaged += marked;
       c.destageRounds++;
@@ -540,7 +540,7 @@ export class Destager {
       this.lastError = err as Error;
       throw err;
     } finally {
-      cache.unwatch(slots);
+      cache.unwatch(volume, slots);
       this.release();
       const ends = this.roundEnds;
       this.roundEnds = [];

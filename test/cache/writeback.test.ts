@@ -224,8 +224,8 @@ describe('write-back volume', function () {
     const started = performance.now();
     // Two rounds' clean marks (blocks 1-2, then 3-4), as destage.ts records them.
     for (const round of [slots.slice(0, 2), slots.slice(2)]) {
-      cache.watchDestage(round);
-      assert.equal(cache.markClean(round), 2);
+      cache.watchDestage(v, round);
+      assert.equal(cache.markClean(v, round), 2);
       await cache.quiesce();
     }
     assert.equal(cache.map.dirtyBlocks(v), 0);
@@ -808,6 +808,26 @@ describe('write-back: the log group commit (Log.commit)', function () {
     });
   }
 
+  it('a round marks clean only the slots its own volume still watches: a slot refilled by another volume and watched again by its round is left to that round', async () => {
+    await open(undefined, 'boot-1');
+    const a = cache.registerVolume('a', 'mem-a', 64 * BS);
+    const b = cache.registerVolume('b', 'mem-b', 64 * BS);
+    await cache.quiesce();
+    assert.equal(await cache.insertDirty(b, 2, block(2, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    const slot = cache.map.peek(b, 2);
+    // Volume a's round watched the slot while it held a's block; the slot was dropped and
+    // refilled with b's block 2 (above), and b's round watches it now.
+    cache.watchDestage(a, [slot]);
+    cache.watchDestage(b, [slot]);
+    // a's round ends first: its backing write held a's old block, not b's.
+    assert.equal(cache.markClean(a, [slot]), 0);
+    cache.unwatch(a, [slot]);
+    assert.equal(cache.map.bda.isDirty(slot), true, "b's block stays dirty until b's round writes it back");
+    assert.equal(cache.markClean(b, [slot]), 1);
+    assert.equal(cache.map.bda.isDirty(slot), false);
+  });
+
   it('a slot marked clean is refilled only once a header recording that is durable: a power cut keeping the refill\'s data but neither header never brings the destaged block back dirty over other data', async () => {
     await open(undefined, 'boot-1');
     const v = cache.registerVolume('v', 'mem-1', 64 * BS);
@@ -821,8 +841,8 @@ describe('write-back: the log group commit (Log.commit)', function () {
     assert.notEqual(slot % cache.geometry.blocksPerSegment, 0);
     const header = segmentOffset(cache.geometry, Math.floor(slot / cache.geometry.blocksPerSegment));
     // Destaged (the backing store holds it): marked clean, the header rewrite written, not synced.
-    cache.watchDestage([slot]);
-    assert.equal(cache.markClean([slot]), 1);
+    cache.watchDestage(v, [slot]);
+    assert.equal(cache.markClean(v, [slot]), 1);
     cache.writeCleanMarks();
     await cache.quiesce();
     const syncs = dev.fdatasyncs;
