@@ -25,6 +25,7 @@ import { SECTOR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../virtio-blk/sp
 import type { GuestBuffer } from '../frontend/guest-memory';
 import type { Completion, DriverRing } from '../frontend/ring-driver';
 import { VhostUserFrontend } from '../frontend/vhost-user-frontend';
+import { LatencyHistogram } from '../metrics/latency-histogram';
 import { PeriodMeter, type PeriodSample } from './stats';
 import type { BenchRequest, Workload } from './workload';
 
@@ -76,6 +77,9 @@ export class Device {
   readonly pending: BenchRequest[] = [];
   /** Capacity in bytes (virtio-blk config). */
   readonly capacity: number;
+  /** Latencies (ns) of this device's reads and of its other requests over the whole run. */
+  readonly readLatency = new LatencyHistogram();
+  readonly writeLatency = new LatencyHistogram();
   engine: Engine | null = null;
   private next = 0;
 
@@ -342,7 +346,9 @@ export class Engine {
   completed(carrier: Carrier, status: number): void {
     this.inflight--;
     const now = performance.now();
-    this.meter.record((now - carrier.start) * 1e6, carrier.read);
+    const latencyNs = (now - carrier.start) * 1e6;
+    this.meter.record(latencyNs, carrier.read);
+    (carrier.read ? carrier.lane.device.readLatency : carrier.lane.device.writeLatency).record(latencyNs);
     this.ops++;
     if (carrier.read) this.reads++;
     else this.writes++;

@@ -15,8 +15,9 @@
  * split 45/45/10 (asuSizesForTotal). A daemon started here for SPC-1 serves the backing store as
  * three volumes asu1, asu2, asu3 (disjoint windows of the same store, the same block addresses as
  * one device split 45/45/10): asu1 and asu2 with the chosen cache mode, asu3 with cache mode
- * `none`. That is how pblio's "ASU3 writes bypass the cache" is modelled, since a guest cannot ask
- * for a bypass per request.
+ * `none` by default. That is how pblio's "ASU3 writes bypass the cache" is modelled, since a guest
+ * cannot ask for a bypass per request; --asu3-mode gives ASU3 (the log: sequential writes only)
+ * another mode, e.g. writeback for a guest whose whole disk is in write-back.
  *
  * Statistics: the daemon's GET /stats before and after the run (and at every data period); the
  * summary shows the deltas. Latency percentiles come from our front end (submission or scheduled
@@ -61,7 +62,11 @@ export interface BenchOptions {
   size?: number;
   cache?: string;
   cacheSize?: number;
+  /** The cache device opened with O_DIRECT (cache.direct; a file's default is buffered). */
+  cacheDirect?: boolean;
   cacheMode?: CacheMode;
+  /** SPC-1 on a daemon started here: ASU3's cache mode (default none: its writes bypass the cache). */
+  asu3Mode?: CacheMode;
   workload: 'fio' | 'spc1';
   mode: ModeName;
   bs: number;
@@ -102,6 +107,8 @@ export interface RunSummary {
   latency: Measurement['lat'];
   readLatency: Measurement['lat'];
   writeLatency: Measurement['lat'];
+  /** The same per device (SPC-1 on three volumes: asu1, asu2, asu3), named after its socket. */
+  devices: { name: string; readLatency: Measurement['lat']; writeLatency: Measurement['lat'] }[];
   cache: CacheDelta | null;
   periods: (PeriodSample & { cache?: CacheDelta | null })[];
 }
@@ -163,7 +170,7 @@ async function prepareOurs(o: BenchOptions, dir: string): Promise<Prepared> {
     ...(cacheMode !== undefined ? { cacheMode } : {}),
   });
   const control = path.join(dir, 'control.sock');
-  const cache = o.cache !== undefined ? { path: o.cache, size: o.cacheSize ?? 256 << 20 } : undefined;
+  const cache = o.cache !== undefined ? { path: o.cache, size: o.cacheSize ?? 256 << 20, ...(o.cacheDirect === true ? { direct: true } : {}) } : undefined;
   if (o.workload === 'spc1') {
     // One window of the backing store per ASU: the same block addresses as one device split
     // 45/45/10, as disjoint volumes the daemon accepts on one store.
@@ -172,7 +179,7 @@ async function prepareOurs(o: BenchOptions, dir: string): Promise<Prepared> {
     const { sizes, offsets } = spc1Layout(total);
     const lengths = [sizes.asu1, sizes.asu2, sizes.asu3].map((blocks) => blocks * SPC1_BLOCK_SIZE);
     const window = (v: VbcVolume, i: number): VbcVolume => ({ ...v, backingOffset: offsets[i] as number, backingLength: lengths[i] as number });
-    const volumes = [vol('asu1', o.cacheMode), vol('asu2', o.cacheMode), vol('asu3', 'none')].map(window);
+    const volumes = [vol('asu1', o.cacheMode), vol('asu2', o.cacheMode), vol('asu3', o.asu3Mode ?? 'none')].map(window);
     const t = await startVbc({ volumes, control, ...(cache !== undefined ? { cache } : {}), configPath: path.join(dir, 'config.json') });
     return {
       name: 'vhost-blk-cache',
@@ -357,6 +364,7 @@ async function runOn(o: BenchOptions, p: Prepared, progress: Progress | null, da
       latency: m.lat,
       readLatency: summaryUs(r.meter.readTotal),
       writeLatency: summaryUs(r.meter.writeTotal),
+      devices: devices.map((d) => ({ name: path.basename(d.socketPath, '.sock'), readLatency: summaryUs(d.readLatency), writeLatency: summaryUs(d.writeLatency) })),
       cache,
       periods,
     };
@@ -444,7 +452,20 @@ function latencyCell(l: Measurement['lat']): string {
   return l.count === 0 ? '-' : [l.mean, l.p50, l.p99].map((v) => (v / 1000).toFixed(3)).join(' / ');
 }
 
-const rows: Row[] = [
+/** Where the per-device rows go (only with several devices, e.g. SPC-1's three volumes). */
+const DEVICE_ROWS = 'devices' as const;
+
+/** The reads and writes rows of each device the runs opened (by the first run's device names). */
+function deviceRows(runs: readonly RunSummary[]): Row[] {
+  const names = runs[0].devices.length > 1 ? runs[0].devices.map((d) => d.name) : [];
+  const of = (r: RunSummary, name: string) => r.devices.find((d) => d.name === name);
+  return names.flatMap((name): Row[] => [
+    [`  ${name} reads: mean / p50 / p99 (ms)`, (r) => { const d = of(r, name); return d ? latencyCell(d.readLatency) : '-'; }],
+    [`  ${name} writes: mean / p50 / p99 (ms)`, (r) => { const d = of(r, name); return d ? latencyCell(d.writeLatency) : '-'; }],
+  ]);
+}
+
+const rows: (Row | typeof DEVICE_ROWS)[] = [
   ['Avg IOPS', (r) => fmtNum(r.iops), (r) => r.iops],
   ['Avg latency (ms)', (r) => (r.latency.mean / 1000).toFixed(3), (r) => r.latency.mean],
   ['p50 latency (ms)', (r) => (r.latency.p50 / 1000).toFixed(3), (r) => r.latency.p50],
@@ -452,6 +473,7 @@ const rows: Row[] = [
   ['p99.9 latency (ms)', (r) => (r.latency.p999 / 1000).toFixed(3), (r) => r.latency.p999],
   ['Reads: mean / p50 / p99 (ms)', (r) => latencyCell(r.readLatency)],
   ['Writes: mean / p50 / p99 (ms)', (r) => latencyCell(r.writeLatency)],
+  DEVICE_ROWS,
   ['MiB/s', (r) => fmtNum(r.mibps), (r) => r.mibps],
   ['Requests (reads / writes)', (r) => `${fmtInt(r.ops)} (${fmtInt(r.reads)} / ${fmtInt(r.writes)})`],
   ['Errors', (r) => fmtInt(r.errors)],
@@ -470,7 +492,7 @@ export function formatReport(rep: BenchReport): string {
   const head = ['', ...runs.map((r) => r.target)];
   if (runs.length === 2) head.push('ratio');
   out.push(head.map((h, i) => (i === 0 ? h.padEnd(width) : h.padStart(col))).join(''));
-  for (const [label, f, v] of rows) {
+  for (const [label, f, v] of rows.flatMap((row) => (row === DEVICE_ROWS ? deviceRows(runs) : [row]))) {
     const cells = [label.padEnd(width), ...runs.map((r) => f(r).padStart(col))];
     if (runs.length === 2) {
       const a = v?.(runs[0]) ?? null;
@@ -496,7 +518,9 @@ interface BenchFlags {
   size?: string;
   cache?: string;
   cacheSize?: string;
+  cacheDirect?: boolean;
   cacheMode: BenchOptions['cacheMode'];
+  asu3Mode: CacheMode;
   workload: 'fio' | 'spc1';
   mode: ModeName;
   bs: string;
@@ -531,7 +555,9 @@ function benchOptionsFromFlags(f: BenchFlags, parseSize: (v: string, flag: strin
     ...(f.size !== undefined ? { size: parseSize(f.size, '--size') } : {}),
     ...(f.cache !== undefined ? { cache: f.cache } : {}),
     ...(f.cacheSize !== undefined ? { cacheSize: parseSize(f.cacheSize, '--cache-size') } : {}),
+    ...(f.cacheDirect === true ? { cacheDirect: true } : {}),
     cacheMode: f.cacheMode,
+    asu3Mode: f.asu3Mode,
     workload: f.workload,
     mode: f.mode,
     bs: parseSize(f.bs, '--bs'),
@@ -564,7 +590,9 @@ export function addBenchCommand(program: Command, parseSize: (v: string, flag: s
     .option('--size <bytes>', 'size of the backing file to create')
     .option('--cache <path>', 'cache file of the daemon started here')
     .option('--cache-size <bytes>', 'its size', '256M')
+    .option('--cache-direct', 'open the cache file with O_DIRECT (as a block device is by default)')
     .addOption(new Option('--cache-mode <mode>', 'cache mode of the volumes').choices([...CACHE_MODES]).default('writethrough'))
+    .addOption(new Option('--asu3-mode <mode>', 'SPC-1: cache mode of ASU3 (none: its writes bypass the cache, as pblio)').choices([...CACHE_MODES]).default('none'))
     .addOption(new Option('--workload <name>', 'workload').choices(['fio', 'spc1']).default('fio'))
     .addOption(new Option('--mode <mode>', 'fio-like mode').choices([...MODE_NAMES]).default('randread'))
     .option('--bs <bytes>', 'transfer size', '4K')

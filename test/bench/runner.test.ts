@@ -45,6 +45,10 @@ describe('bench runner', function () {
     assert.equal(r.readLatency.count, r.reads);
     assert.equal(r.writeLatency.count, r.writes);
     assert.ok(r.readLatency.p50 > 0 && r.writeLatency.p50 > 0 && r.readLatency.max <= r.latency.max);
+    assert.deepEqual(
+      r.devices.map((d) => [d.name, d.readLatency.count, d.writeLatency.count]),
+      [['vol0', r.reads, r.writes]],
+    );
     assert.ok(r.cache !== null, 'cache statistics');
     const c = r.cache;
     assert.ok(c.reads > 0 && c.readHits <= c.reads);
@@ -91,6 +95,11 @@ describe('bench runner', function () {
     const due = stream.filter((q) => (q.at ?? Infinity) <= opts.runtime + 0.001).length;
     assert.ok(due > 0 && due < stream.length);
     for (const r of rep.runs) {
+      // Per device (asu1, asu2, asu3): every request counted once; ASU3 (the log) is written only.
+      assert.deepEqual(r.devices.map((d) => d.name), r.target === 'vhost-blk-cache' ? ['asu1', 'asu2', 'asu3'] : ['qsd']);
+      assert.equal(r.devices.reduce((n, d) => n + d.readLatency.count, 0), r.reads);
+      assert.equal(r.devices.reduce((n, d) => n + d.writeLatency.count, 0), r.writes);
+      assert.equal(r.devices.find((d) => d.name === 'asu3')?.readLatency.count ?? 0, 0);
       assert.equal(r.errors, 0);
       assert.ok(r.ops > 0 && r.ops <= due, `${r.target}: ${r.ops} requests, ${due} due within the run`);
       // A prefix of the stream: its reads and writes exactly.
@@ -104,5 +113,20 @@ describe('bench runner', function () {
     assert.match(text, /Avg IOPS/);
     assert.match(text, /ratio/);
     assert.match(text, /qemu-storage-daemon --blockdev/);
+    assert.match(text, /asu3 writes: mean \/ p50 \/ p99 \(ms\) +\d/);
+  });
+
+  it('SPC-1 with --asu3-mode writeback: the log ASU is a write-back volume too, its writes timed apart', async () => {
+    const { stdout } = await run([
+      'bench', '--backing', path.join(dir, 'spc1.img'), '--size', '64M', '--cache', path.join(dir, 'cache.img'),
+      '--cache-size', '16M', '--cache-mode', 'writeback', '--asu3-mode', 'writeback', '--workload', 'spc1',
+      '--bsu', '2', '--runtime', '1', '--period', '1', '--json', '--no-progress', '--workdir', path.join(dir, 'work'),
+    ]);
+    const r = (JSON.parse(stdout) as BenchReport).runs[0];
+    const config = JSON.parse(fs.readFileSync(path.join(dir, 'work', 'config.json'), 'utf8')) as { volumes: { name: string; cacheMode: string }[] };
+    assert.deepEqual(config.volumes.map((v) => [v.name, v.cacheMode]), [['asu1', 'writeback'], ['asu2', 'writeback'], ['asu3', 'writeback']]);
+    const asu3 = r.devices.find((d) => d.name === 'asu3');
+    assert.ok(asu3 !== undefined && asu3.writeLatency.count > 0 && asu3.readLatency.count === 0, JSON.stringify(asu3));
+    assert.equal(r.errors, 0);
   });
 });
