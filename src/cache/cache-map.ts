@@ -44,7 +44,13 @@
  * Segment choice (cleaning): when the hand leaves a segment it enters, while more than
  * EMPTY_TARGET of the slots (and more than one segment's worth) are invalid, the segment with
  * the most invalid slots, and refills only those (its valid blocks stay as they are, counters
- * untouched): capacity lost to invalidation stays under EMPTY_TARGET. Otherwise it enters the
+ * untouched): capacity lost to invalidation stays under EMPTY_TARGET. Slots pinned for
+ * write-back (SHADOW, RESERVED: invalid, not in the map) count as holes there, so a holes-only
+ * refill may find none free: once one leaves its segment without placing a block, the next
+ * choice is cost-benefit (holes first again once a cost-benefit segment was left), so the hand
+ * never hops from one pinned hole to the next (a write-back SPC-1 run with its log ASU in
+ * write-back spent whole seconds so: ~600 slots visited and ~5 choices of 276 segments per
+ * insertion, every guest request stalled). Otherwise it enters the
  * segment with the best LFS cost-benefit score, ((2 holes + cold) / (B + keep)) * age, where
  * keep = valid slots whose counter is non-zero (carried forward), cold = the other valid slots
  * (evicted), holes = invalid slots (count double: refilling them evicts nothing) and age =
@@ -204,6 +210,8 @@ export class CacheMap {
   private upcomingHolesOnly = false;
   /** The hand's current segment is being refilled holes only. */
   private holesOnly = false;
+  /** The last holes-only segment the hand left had no free slot (see the file comment). */
+  private holesFutile = false;
 
   /** True while the hand refills only the holes of its segment (its valid slots stay untouched). */
   get refillingHoles(): boolean {
@@ -351,6 +359,8 @@ export class CacheMap {
     if (next < this.slots && next % this.segmentBlocks !== 0) return next;
     // The segment left is i's (findVictim moves the hand only once it stops).
     this.hand = i;
+    if (this.holesOnly) this.holesFutile = !this.placed;
+    else this.holesFutile = false;
     const seg = this.upcomingSegment();
     this.upcoming = -1;
     this.holesOnly = this.upcomingHolesOnly;
@@ -375,7 +385,7 @@ export class CacheMap {
       const stamp = this.segStamp;
       const now = this.entered + 1;
       // Too many holes: refill the segment with the most (holes only); else cost-benefit.
-      const holesFirst = this.slots - this.map.size > Math.max(this.slots * this.emptyTarget, B);
+      const holesFirst = !this.holesFutile && this.slots - this.map.size > Math.max(this.slots * this.emptyTarget, B);
       let mostHoles = 0;
       let holey = -1;
       let bestScore = -1;

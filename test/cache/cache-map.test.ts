@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { ADMIT_MIN, ADMIT_STEP, CacheMap, CLEANING_WINDOW, DECAY_STEP, GHOST_COUNT, MAX_COUNT, REGION_ADMIT, REGION_AGE, REGION_BLOCKS, SegmentChoice, TOP_DECAY } from '../../src/cache/cache-map';
 import { AddressMap } from '../../src/cache/address-map';
-import { BlockDescriptorArray, MAX_VOLUMES } from '../../src/cache/bda';
+import { BlockDescriptorArray, FLAG_DIRTY, FLAG_SHADOW, MAX_VOLUMES } from '../../src/cache/bda';
 import { GhostHistory, GhostKind } from '../../src/cache/ghost';
 import { drawSlots } from './helpers';
 
@@ -648,6 +648,25 @@ describe('cache map: write-back accounting, drop notifications, segment edge cas
     assert.equal(m.refillingHoles, true);
     // 4 was evicted before: back with one hit's counter.
     assert.equal(drawSlots(m, 2), ['>0    R', ' R    4*', ' S    6d'].join('\n'));
+  });
+
+  it('pinned holes past the holes-first threshold: a holes-only refill that finds none free is followed by a cost-benefit choice, not a circle of the log per insertion', () => {
+    // 32 segments of 4, full of clean blocks; 8 blocks written twice in write-back leave 8
+    // SHADOW slots (invalid, pinned: more than max(128 / 64, 4) holes) next to their dirty copies.
+    const m = new CacheMap(128, { segmentBlocks: 4 });
+    for (let b = 0; b < 128; b++) put(m, 0, b);
+    for (let b = 1000; b < 1008; b++) {
+      put(m, 0, b, true);
+      put(m, 0, b, true);
+    }
+    const pinned = [...m.bda.flags].filter((f) => (f & (FLAG_SHADOW | FLAG_DIRTY)) !== 0).length;
+    assert.equal(pinned, 16);
+    const entered = m.segmentsCleaned;
+    for (let b = 2000; b < 2064; b++) put(m, 0, b);
+    // 64 blocks fill 16 segments' worth; each holes-only attempt costs at most one segment
+    // more. Entering a pinned hole's segment after another went round the whole log (32
+    // segments) for every block: about 2,000 segments entered.
+    assert.ok(m.segmentsCleaned - entered <= 48, `${m.segmentsCleaned - entered} segments entered for 64 insertions`);
   });
 
   it('a counter that decays to 0 as the hand carries its block makes its segment cheaper to clean', () => {
