@@ -8,7 +8,8 @@
  * a log commit (Cache.commit: a dirty block picked while its write still waits for the commit
  * that acknowledges it is never written back before that commit, so the backing store never
  * holds data a crash would roll back in the cache: recovery.ts 9.), read their data from the
- * cache (a dirty block unreadable there is logged and left dirty), make the
+ * cache (a dirty block unreadable there is logged and left dirty; a run that cannot be read
+ * whole is read block by block, so only the unreadable blocks stay dirty), make the
  * dropped entries of their keys durably invalid (Cache.killDropped: a destage is a backing write,
  * recovery.ts 9.), write the runs, flush the backing store, then mark the still-watched slots
  * clean (Cache.markClean: header rewrites batched over the rounds of up to CLEAN_MARK_DELAY_MS, or until the loop
@@ -94,7 +95,7 @@ export interface DestageOptions {
   logger: Logger;
 }
 
-/** What a round did: blocks marked clean, runs unreadable on the cache device. */
+/** What a round did: blocks marked clean, blocks unreadable on the cache device. */
 interface RoundResult {
   marked: number;
   unreadable: number;
@@ -455,7 +456,7 @@ export class Destager {
 
   /**
    * One round over `picked` (see the file comment); resolves with the blocks marked clean and
-   * the runs unreadable on the cache device, rejects when the backing store failed.
+   * the blocks unreadable on the cache device, rejects when the backing store failed.
    * `yielding`: its writes yield to guest I/O unless destaging is pressed. Started by
    * startRound only.
    */
@@ -481,24 +482,12 @@ export class Destager {
       // One buffer for the round's data (kept for the next round: see roundBuffer).
       const buf = this.roundBuffer(picked.length * bs);
       const hit = new Uint8Array(picked.length);
-      const failed: { first: number; blocks: number; err: string }[] = [];
-      const data = await Promise.all(
-        runs.map(async ([first, at, n]) => {
-          const run = buf.subarray(at * bs, (at + n) * bs);
-          try {
-            await cache.readBlocks(volume, first, n, run, hit.subarray(at, at + n));
-          } catch (err) {
-            this.errors++;
-            this.unreadable++;
-            failed.push({ first, blocks: n, err: (err as Error).message });
-            return null;
-          }
-          return run;
-        }),
-      );
+      const failed: { first: number; err: string }[] = [];
+      // The readable parts of each run ([first block, index in picked, count]), in block order.
+      const parts = (await Promise.all(runs.map((r) => this.readRun(r, buf, hit, failed)))).flat();
       if (failed.length > 0 && !this.unreadableStreak) {
         this.o.logger.error(
-          { volume, runs: failed.length, ...failed[0] },
+          { volume, unreadable: failed.length, first: failed[0].first, err: failed[0].err },
           'cache: write-back blocks unreadable on the cache device: not destaged (their reads fail); retried with a backoff, not logged again while rounds keep meeting unreadable blocks',
         );
       }
@@ -511,17 +500,11 @@ export class Destager {
         if (k !== null) kills.push(k);
       }
       await Promise.all(kills);
-      const writes: (() => Promise<void>)[] = [];
-      runs.forEach(([first], j) => {
-        const d = data[j];
-        if (d !== null) writes.push(() => backing.write(first * bs, [d]));
-      });
+      const writes = parts.map(([first, at, n]) => () => backing.write(first * bs, [buf.subarray(at * bs, (at + n) * bs)]));
       await this.issue(writes, yielding);
       await backing.flush();
       const done: number[] = [];
-      runs.forEach(([, at, n], j) => {
-        if (data[j] !== null) for (let k = 0; k < n; k++) done.push(slots[at + k]);
-      });
+      for (const [, at, n] of parts) for (let k = 0; k < n; k++) done.push(slots[at + k]);
       const marked = cache.markClean(volume, done);
       this.destaged += marked;
       c.destaged += marked;
@@ -546,6 +529,42 @@ export class Destager {
       this.roundEnds = [];
       for (const end of ends) end();
     }
+  }
+
+  /**
+   * Reads the run [first block, index in picked, count] of a round into its place in `buf`.
+   * Resolves with its readable parts, as runs: the whole run, or, when it cannot be read whole,
+   * the stretches of its blocks read one by one, so one block unreadable on the cache device
+   * keeps only itself dirty, not the up to RUN_BLOCKS - 1 others of its run. Each unreadable
+   * block goes to `failed` and counts in `unreadable`.
+   */
+  private async readRun(run: number[], buf: Uint8Array, hit: Uint8Array, failed: { first: number; err: string }[]): Promise<number[][]> {
+    const { cache, volume } = this.o;
+    const bs = cache.blockSize;
+    const [first, at, n] = run;
+    const read = async (b: number, j: number, count: number): Promise<boolean> => {
+      try {
+        await cache.readBlocks(volume, b, count, buf.subarray(j * bs, (j + count) * bs), hit.subarray(j, j + count));
+        return true;
+      } catch (err) {
+        if (count > 1) return false;
+        this.errors++;
+        this.unreadable++;
+        failed.push({ first: b, err: (err as Error).message });
+        return false;
+      }
+    };
+    if (await read(first, at, n)) return [run];
+    if (n === 1) return [];
+    const ok = await Promise.all(Array.from({ length: n }, (_, k) => read(first + k, at + k, 1)));
+    const parts: number[][] = [];
+    for (let k = 0; k < n; k++) {
+      if (!ok[k]) continue;
+      const last = parts[parts.length - 1];
+      if (last !== undefined && last[0] + last[2] === first + k) last[2]++;
+      else parts.push([first + k, at + k, 1]);
+    }
+    return parts;
   }
 }
 

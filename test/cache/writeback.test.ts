@@ -427,6 +427,34 @@ describe('write-back volume', function () {
     }
   });
 
+  it('one unreadable block of a run of adjacent dirty blocks keeps only itself dirty: the run is read again block by block, its other blocks destaged', async () => {
+    // Eight adjacent dirty blocks (one run) left in the cache by a clean stop, so after the
+    // restart they are read from the device (a RAM hit never fails).
+    await open({ limit: 16 });
+    back.writeHook = async () => {
+      throw new VhostError('backing store down', 'EIO');
+    };
+    for (let b = 0; b < 8; b++) await store.write(b * BS, [block(b, 7)]);
+    await store.close();
+    await cache.close();
+    back.writeHook = null;
+    await open({ limit: 16, image: dev.image, logger: pino({ level: 'silent' }) });
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 8);
+    const slot = cache.map.peek(store.volume, 5);
+    const at = slotOffset(cache.geometry, slot);
+    dev.readError = (offset, len) => offset < at + BS && at < offset + len;
+    await assert.rejects(store.flushCache(), (err: VhostError) => err.code === 'EIO');
+    for (let b = 0; b < 8; b++) {
+      const landed = Buffer.compare(back.data.subarray(b * BS, (b + 1) * BS), block(b, 7)) === 0;
+      assert.equal(landed, b !== 5, `block ${b} ${b === 5 ? 'must stay in the cache only' : 'destaged'}`);
+    }
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 1);
+    dev.readError = null;
+    await store.flushCache();
+    assert.deepEqual(back.data.subarray(5 * BS, 6 * BS), block(5, 7));
+    assert.equal(cache.stats().volumes.v.dirtyBlocks, 0);
+  });
+
   for (const flushOnStop of [false, true]) {
     it(`close() ${flushOnStop ? 'with flushOnStop destages every dirty block first' : 'without flushOnStop leaves the dirty blocks in the cache'}`, async () => {
       await open({ flushOnStop });
