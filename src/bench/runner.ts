@@ -458,10 +458,13 @@ const DEVICE_ROWS = 'devices' as const;
 /** The reads and writes rows of each device the runs opened (by the first run's device names). */
 function deviceRows(runs: readonly RunSummary[]): Row[] {
   const names = runs[0].devices.length > 1 ? runs[0].devices.map((d) => d.name) : [];
-  const of = (r: RunSummary, name: string) => r.devices.find((d) => d.name === name);
+  const cell = (name: string, kind: 'readLatency' | 'writeLatency') => (r: RunSummary): string => {
+    const d = r.devices.find((x) => x.name === name);
+    return d ? latencyCell(d[kind]) : '-';
+  };
   return names.flatMap((name): Row[] => [
-    [`  ${name} reads: mean / p50 / p99 (ms)`, (r) => { const d = of(r, name); return d ? latencyCell(d.readLatency) : '-'; }],
-    [`  ${name} writes: mean / p50 / p99 (ms)`, (r) => { const d = of(r, name); return d ? latencyCell(d.writeLatency) : '-'; }],
+    [`  ${name} reads: mean / p50 / p99 (ms)`, cell(name, 'readLatency')],
+    [`  ${name} writes: mean / p50 / p99 (ms)`, cell(name, 'writeLatency')],
   ]);
 }
 

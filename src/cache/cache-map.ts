@@ -359,8 +359,7 @@ export class CacheMap {
     if (next < this.slots && next % this.segmentBlocks !== 0) return next;
     // The segment left is i's (findVictim moves the hand only once it stops).
     this.hand = i;
-    if (this.holesOnly) this.holesFutile = !this.placed;
-    else this.holesFutile = false;
+    this.holesFutile = this.holesOnly && !this.placed;
     const seg = this.upcomingSegment();
     this.upcoming = -1;
     this.holesOnly = this.upcomingHolesOnly;
