@@ -364,6 +364,9 @@ async function wbModelRun(seed: number, faultSeed: number, ops: number): Promise
       }
     }
     if (!(await pumpUntil(inc, Promise.all(inflight)))) inc = await crash(inc, 'the end');
+    // A crash armed in the last operations that has not come yet comes now, as the loop would
+    // have made it come: the final checks run on a device that no longer freezes.
+    else if (inc.dev.freezeAtWrite !== Infinity) inc = await crash(inc, 'the end (armed)');
     if (failure !== null) throw failure;
     for (let v = 0; v < 2; v++) {
       const out = new Uint8Array(VOL_SIZE);
@@ -407,7 +410,13 @@ describe('write-back randomized model under held I/O (seeded)', function () {
   // Seed 135 (fault seed 1135): volume 0's round marked volume 1's block clean in a slot the
   // round had watched before it was dropped and refilled, and volume 1's round watched again;
   // a host crash then dropped the block, never destaged (Cache.watchDestage's owner).
-  const runs: SeededRun[] = only ?? [...[1, 2, 3].map((seed) => ({ seed, size: 4000 })), { seed: 135, size: 4000, more: '1135' }];
+  // Seed 310 (fault seed 1310): a crash armed in the last 100 operations froze the device during
+  // the final read, which then never finished (the harness, not the cache: see 'the end (armed)').
+  const runs: SeededRun[] = only ?? [
+    ...[1, 2, 3].map((seed) => ({ seed, size: 4000 })),
+    { seed: 135, size: 4000, more: '1135' },
+    { seed: 310, size: 4000, more: '1310' },
+  ];
   for (const run of runs) {
     it(`seed ${run.seed}${run.more !== undefined ? `, fault seed ${run.more}` : ''}: ${run.size} operations racing destage rounds, read-ahead and commits, with crashes and restarts`, async () => {
       const r = await wbModel(run);
