@@ -4,20 +4,37 @@
  * exits 1 with the reproduction line when the daemon dies or stops serving its other export.
  *
  *   node dist/bench/fuzz-vhost.js [--seed N] [--from I] [--iterations N] [--minutes M]
+ *
+ * Options are checked first (an unknown one is an error; --help prints the usage).
  */
+import { parseArgs } from 'node:util';
 import { startFuzzTarget } from '../src/bench/fuzz-target';
 import { Fuzzer } from '../src/frontend/fuzzer';
 
-function arg(name: string): number | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : undefined;
+const USAGE = 'usage: node dist/bench/fuzz-vhost.js [--seed N] [--from I] [--iterations N] [--minutes M]';
+
+/** The option's value as a number (integer unless `fraction`), at least `min`; undefined when absent. */
+function num(values: Record<string, unknown>, name: string, min: number, fraction = false): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || (!fraction && !Number.isInteger(n))) throw new Error(`--${name}: want ${fraction ? 'a number' : 'an integer'} >= ${min}, not '${String(v)}'\n${USAGE}`);
+  return n;
 }
 
 async function main(): Promise<void> {
-  const seed = arg('seed') ?? Math.floor(Math.random() * 2 ** 32);
-  const iterations = arg('iterations');
-  const minutes = arg('minutes') ?? (iterations === undefined ? 10 : undefined);
-  const from = arg('from') ?? 0;
+  // Unknown options are refused (strict): a mistyped option must not start a ten-minute run.
+  const { values } = parseArgs({
+    options: { seed: { type: 'string' }, from: { type: 'string' }, iterations: { type: 'string' }, minutes: { type: 'string' }, help: { type: 'boolean' } },
+  });
+  if (values.help === true) {
+    console.log(USAGE);
+    return;
+  }
+  const seed = num(values, 'seed', 0) ?? Math.floor(Math.random() * 2 ** 32);
+  const iterations = num(values, 'iterations', 1);
+  const minutes = num(values, 'minutes', 0, true) ?? (iterations === undefined ? 10 : undefined);
+  const from = num(values, 'from', 0) ?? 0;
   console.log(`fuzz-vhost: seed ${seed}, from ${from}, ${iterations ?? 'unlimited'} iterations, ${minutes ?? 'unlimited'} minutes`);
   const t = await startFuzzTarget();
   const start = Date.now();
@@ -49,4 +66,7 @@ async function main(): Promise<void> {
   }
 }
 
-void main();
+main().catch((err: Error) => {
+  console.error(`fuzz-vhost: ${err.message}`);
+  process.exitCode = 1;
+});
