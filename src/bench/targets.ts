@@ -200,7 +200,8 @@ function vbcArgv(o: VbcOptions): string[] {
     fs.writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
     argv.push('--config', file);
   }
-  argv.push('--log-level', o.logLevel ?? 'warn');
+  // A benchmark killed abruptly (e.g. by SIGPIPE) leaves no daemon behind.
+  argv.push('--log-level', o.logLevel ?? 'warn', '--exit-with-parent');
   return argv;
 }
 

@@ -55,6 +55,8 @@ interface ServeFlags {
   ioEngine?: string;
   backingTimeout?: string;
   flushOnStop?: boolean;
+  /** Not part of the config: how this process runs, with --config too. */
+  exitWithParent?: boolean;
   discardDirty?: string[];
   logLevel: string;
   logFile?: string;
@@ -98,6 +100,7 @@ function addServeOptions(cmd: Command): Command {
     .addOption(new Option('--io-engine <engine>', 'I/O engine').choices(['auto', 'io_uring', 'threadpool']).default('auto'))
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
     .option('--flush-on-stop', 'a clean stop writes every write-back block back to its backing store first')
+    .option('--exit-with-parent', 'stop cleanly (as on SIGTERM) once the process that started the daemon exits')
     .option(
       '--discard-dirty <volume>',
       "discard the write-back blocks the cache holds for another backing file or image of this volume's name (their data is lost; refused without it); repeatable",
@@ -209,7 +212,7 @@ async function serve(f: ServeFlags): Promise<void> {
   const dl = createDaemonLogger(f.logLevel, f.logFile, f.logFormat);
   const unusedSockets = [...activated.keys()].filter((name) => !config.volumes.some((v) => v.name === name));
   if (unusedSockets.length > 0) dl.logger.warn({ sockets: unusedSockets }, 'systemd sockets named after no volume are not served');
-  await runDaemon(config, dl);
+  await runDaemon(config, dl, { exitWithParent: f.exitWithParent === true });
 }
 
 /** `npm start`: a sparse demo image and a cache under a data folder, and the QEMU command to attach. */

@@ -281,6 +281,18 @@ export class Daemon implements ControlledDaemon {
   }
 }
 
+/** How often `exitWithParent` looks whether the parent process is still there. */
+export const PARENT_POLL_MS = 500;
+
+export interface RunOptions {
+  /**
+   * Stop cleanly, as on SIGTERM, once the process that started the daemon has exited (its
+   * parent pid changed: the daemon was handed to init or a subreaper), like nbdkit's
+   * --exit-with-parent: a test harness or benchmark killed abruptly leaves no daemon behind.
+   */
+  exitWithParent?: boolean;
+}
+
 /**
  * Runs a daemon until SIGINT/SIGTERM (SIGHUP reopens the log); resolves after a clean shutdown.
  * The handlers are in place before the daemon starts, so a signal that arrives while it starts
@@ -288,7 +300,7 @@ export class Daemon implements ControlledDaemon {
  * kills the process (the default action). Tells systemd READY=1 once serving and STOPPING=1
  * when the shutdown starts (NOTIFY_SOCKET).
  */
-export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise<void> {
+export async function runDaemon(config: DaemonConfig, dl: DaemonLogger, opts: RunOptions = {}): Promise<void> {
   const log = dl.logger;
   let daemon: Daemon | null = null;
   let signalled = false;
@@ -305,22 +317,35 @@ export async function runDaemon(config: DaemonConfig, dl: DaemonLogger): Promise
     dl.reopen();
     log.info('SIGHUP: log reopened');
   };
-  const stop = (sig: NodeJS.Signals): void => {
-    log.info({ signal: sig }, 'signal received');
+  const beginStop = (): void => {
     signalled = true;
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
     if (daemon !== null) shutdown(daemon);
   };
+  const stop = (sig: NodeJS.Signals): void => {
+    log.info({ signal: sig }, 'signal received');
+    beginStop();
+  };
   process.on('SIGHUP', hup);
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  const parent = process.ppid;
+  const orphanWatch =
+    opts.exitWithParent === true
+      ? setInterval(() => {
+          if (process.ppid === parent || signalled) return;
+          log.warn({ parent, ppid: process.ppid }, 'parent process exited (--exit-with-parent): stopping');
+          beginStop();
+        }, PARENT_POLL_MS).unref()
+      : null;
   try {
     daemon = await Daemon.start(config, log);
     if (signalled) shutdown(daemon);
     else notifySystemd('READY=1', log);
     await done;
   } finally {
+    if (orphanWatch !== null) clearInterval(orphanWatch);
     process.off('SIGHUP', hup);
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);

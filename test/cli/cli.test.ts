@@ -2,7 +2,7 @@
  * The operator's surface, each through the real command (bin/vhost-blk-cache) in a child
  * process: --print-capabilities, serve with stats / stats --json / stats --watch / volumes /
  * add-volume / remove-volume, set-cache-mode, flush of a write-back volume over a paused NBD store, Prometheus metrics scraped over TCP, demo, SIGHUP log reopen,
- * --log-format, --fd, systemd socket activation and sd_notify, and bench with no arguments.
+ * --log-format, --fd, --exit-with-parent, systemd socket activation and sd_notify, and bench with no arguments.
  *
  * Inherited sockets and the sd_notify receiver use python3 (node-gyp's own requirement, so present
  * wherever the addon builds): Node can neither hand a listening socket to a child as fd 3 without
@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CAPABILITIES } from '../../src/cli/main';
 import type { DaemonStats } from '../../src/control/daemon-api';
+import { PARENT_POLL_MS } from '../../src/daemon/daemon';
 import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { LATENCY_BUCKETS_S } from '../../src/metrics/request-latency';
@@ -543,6 +544,57 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
     const lines = pretty.err.text.trim().split('\n');
     for (const line of lines) assert.match(line, /^\d\d:\d\d:\d\d\.\d{3} (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) /);
     assert.ok(lines.some((l) => /^\S+ INFO {2}\[vol0\] volume ready .*sizeBytes=1048576/.test(l)), pretty.err.text);
+  });
+
+  it('--exit-with-parent: the daemon stops cleanly once the process that started it is killed; without it the daemon outlives it', async () => {
+    // python3 starts the daemon as its child, prints its pid and sleeps until killed.
+    const script = ['import subprocess, sys, time', 'p = subprocess.Popen(sys.argv[1:])', 'print(p.pid, flush=True)', 'time.sleep(600)'].join('\n');
+    const viaParent = (name: string, extra: string[]): Child =>
+      track(
+        new Child(
+          spawn(
+            'python3',
+            ['-c', script, process.execPath, BIN, 'serve', '--socket-path', path.join(dir, `${name}.sock`), '--backing', path.join(dir, `${name}.img`), '--size', '1M',
+              '--cache', path.join(dir, `${name}-cache.img`), '--cache-size', '8M', ...extra],
+            { stdio: ['ignore', 'pipe', 'pipe'] },
+          ),
+        ),
+      );
+    /** Whether pid has exited (gone, or a zombie nobody reaped yet). */
+    const gone = (pid: number): boolean => {
+      try {
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+        return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+      } catch {
+        return true;
+      }
+    };
+    const pids: number[] = [];
+    try {
+      const watched = viaParent('watched', ['--exit-with-parent']);
+      const plain = viaParent('plain', []);
+      for (const c of [watched, plain]) {
+        pids.push(Number((await c.out.waitFor(/^(\d+)$/m, 'the daemon pid', c.exited))[1]));
+        await c.ready();
+      }
+      const [watchedPid, plainPid] = pids as [number, number];
+      await watched.stop('SIGKILL');
+      await plain.stop('SIGKILL');
+      const deadline = Date.now() + 20 * PARENT_POLL_MS + 10_000;
+      while (!gone(watchedPid)) {
+        assert.ok(Date.now() < deadline, `the daemon with --exit-with-parent still runs:\n${watched.err.text}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.match(watched.err.text, /parent process exited \(--exit-with-parent\): stopping/);
+      assert.match(watched.err.text, /cache saved for a warm restart/, 'stopped cleanly, as on SIGTERM');
+      // The other one, told nothing, still serves after the same time.
+      await new Promise((r) => setTimeout(r, 3 * PARENT_POLL_MS));
+      assert.ok(!gone(plainPid), 'a daemon without --exit-with-parent outlives its parent');
+      assert.equal(await capacityOf(path.join(dir, 'plain.sock')), 1 << 20);
+      assert.doesNotMatch(plain.err.text, /parent process exited/);
+    } finally {
+      for (const pid of pids) if (!gone(pid)) process.kill(pid, 'SIGKILL');
+    }
   });
 
   it('--fd serves an inherited listening socket', async () => {

@@ -79,7 +79,8 @@ export class VbcDaemon {
     this.child = new BackendProcess({
       name: 'vhost-blk-cache',
       command: process.execPath,
-      args: [path.join(repoRoot(), 'bin', 'vhost-blk-cache'), 'serve', ...this.opts.args],
+      // A test run killed abruptly (mocha --exit, a timeout) leaves no daemon behind.
+      args: [path.join(repoRoot(), 'bin', 'vhost-blk-cache'), 'serve', '--exit-with-parent', ...this.opts.args],
       onStderr: (chunk) => {
         const parts = (partial + chunk).split('\n');
         partial = parts.pop() ?? '';
