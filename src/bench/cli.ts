@@ -3,6 +3,7 @@
  * - parseBenchArgs(): --runtime S, --reps N and the benchmark's own numeric options (sizes in
  *   MiB, depths) checked to be positive numbers, --dir DIR (default: a new temporary folder), and
  *   the effective command line to print (every option with its value, defaults included);
+ *   --help prints the options with their defaults and exits;
  * - openBench(): the working folder, the targets to stop (last started first) and the commands
  *   to print; report() prints the machine's load at start and end and the commands, close()
  *   stops the targets and removes a temporary folder;
@@ -34,7 +35,13 @@ export function parseBenchArgs<K extends string>(
 ): BenchArgs<K> {
   const options: ExtraOptions = { ...extra, dir: { type: 'string' } };
   for (const [name, def] of Object.entries<number>(defaults)) options[name] = { type: 'string', default: String(def) };
-  const { values } = parseArgs({ args: [...argv], options });
+  const script = path.basename(process.argv[1] ?? 'bench.js');
+  const withHelp: ExtraOptions = { ...options, help: { type: 'boolean' } };
+  const { values } = parseArgs({ args: [...argv], options: withHelp });
+  if (values.help === true) {
+    process.stdout.write(`${benchUsage(script, options)}\n`);
+    process.exit(0);
+  }
   const num = {} as Record<K | 'runtime' | 'reps', number>;
   for (const name of Object.keys(defaults) as (K | 'runtime' | 'reps')[]) {
     const n = Number(values[name]);
@@ -42,9 +49,20 @@ export function parseBenchArgs<K extends string>(
     num[name] = n;
   }
   const shown = Object.keys(options).filter((k) => options[k]?.default !== undefined || (k === 'dir' && values.dir !== undefined));
-  const script = path.basename(process.argv[1] ?? 'bench.js');
   const command = [`node dist/bench/${script}`, ...shown.map((k) => `--${k} ${String(values[k])}`)].join(' ');
   return { num, dir: values.dir as string | undefined, values, command };
+}
+
+/** --help: every option, with its default (numbers: --runtime in s, sizes in MiB). */
+export function benchUsage(script: string, options: ExtraOptions): string {
+  const lines = [`Usage: node dist/bench/${script} [options]`, '', 'Options (default):'];
+  for (const [name, o] of Object.entries(options)) {
+    const arg = o.type === 'boolean' ? '' : name === 'dir' ? ' DIR' : ' VALUE';
+    const def = o.default !== undefined ? ` (${String(o.default)})` : name === 'dir' ? ' (a new temporary folder, removed at the end)' : '';
+    lines.push(`  --${name}${arg}${def}`);
+  }
+  lines.push('  --help');
+  return lines.join('\n');
 }
 
 export interface BenchRun {
