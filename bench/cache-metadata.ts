@@ -9,9 +9,11 @@ import * as path from 'node:path';
 import { CacheMap } from '../src/cache/cache-map';
 import { loadMetadata, saveMetadata } from '../src/cache/metadata';
 import { computeGeometry, deviceBytesFor } from '../src/cache/segment';
+import { benchPositionals, positiveNumber } from '../src/bench/cli';
 
 async function main(): Promise<void> {
-  const want = Number(process.argv[2] ?? 1 << 24);
+  const [blocks] = benchPositionals('Usage: node dist/bench/cache-metadata.js [blocks (default 16777216)]', [String(1 << 24)]);
+  const want = positiveNumber(blocks, 'blocks');
   const bps = 128;
   const g = computeGeometry(deviceBytesFor(Math.ceil(want / bps)), 4096, 512 * 1024);
   const map = new CacheMap(g.slots);

@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import { native } from '../src/native/binding';
+import { benchPositionals, positiveNumber } from '../src/bench/cli';
 
 const BS = 4096;
 
@@ -39,7 +40,8 @@ function measure(iters: number, blocks: number, fn: () => void): { cpu: number; 
 }
 
 function main(): void {
-  const iters = Number(process.argv[2] ?? 200_000);
+  const [arg] = benchPositionals('Usage: node dist/bench/crc32c.js [iterations per round (default 200000)]', ['200000']);
+  const iters = positiveNumber(arg, 'iterations');
   const run = new Uint8Array(randomBytes(32 * BS));
   const crcs = new Uint32Array(32);
   native.crc32cBlocks(run, BS, crcs, 0);

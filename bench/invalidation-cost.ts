@@ -17,6 +17,7 @@ import { CachedStore } from '../src/cache/cached-store';
 import { deviceBytesFor } from '../src/cache/segment';
 import { createIoEngine } from '../src/io';
 import { gatherIov, iovLength, scatterIov } from '../src/util/iov';
+import { benchPositionals, positiveNumber } from '../src/bench/cli';
 
 const BS = 4096;
 const BLOCKS = 8192;
@@ -50,7 +51,9 @@ function median(xs: number[]): number {
 }
 
 async function main(): Promise<void> {
-  const n = Number(process.argv[2] ?? 2000);
+  const [writes] = benchPositionals('Usage: node dist/bench/invalidation-cost.js [writes (default 2000, at most 4096)]', ['2000']);
+  const n = positiveNumber(writes, 'writes');
+  if (n > 4096) throw new Error('at most 4096 writes');
   const dir = fs.mkdtempSync(path.join(process.env.VBC_BENCH_DIR ?? os.tmpdir(), 'vbc-inval-'));
   const engine = createIoEngine('auto');
   const cache = await Cache.open({ path: path.join(dir, 'cache'), size: deviceBytesFor(64), engine });

@@ -6,17 +6,14 @@
  *   node dist/bench/io-engines.js [--seconds 3] [--file /var/tmp/vbc-bench-256m.img] [--depths 1,32,64]
  */
 import * as fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { positiveNumber } from '../src/bench/cli';
 import { FsEngine } from '../src/io/fs-engine';
 import type { IoEngine } from '../src/io/io-engine';
 import { UringEngine } from '../src/io/uring-engine';
 
 const FILE_SIZE = 256 << 20;
 const BLOCK = 4096;
-
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
 
 /** Creates (once) a file of random bytes and reads it whole so it sits in the page cache. */
 function prepareFile(file: string): void {
@@ -87,9 +84,21 @@ function percentile(sorted: Float64Array, p: number): number {
 }
 
 async function main(): Promise<void> {
-  const seconds = Number(arg('seconds', '3'));
-  const file = arg('file', '/var/tmp/vbc-bench-256m.img');
-  const depths = arg('depths', '1,32,64').split(',').map(Number);
+  const { values } = parseArgs({
+    options: {
+      seconds: { type: 'string', default: '3' },
+      file: { type: 'string', default: '/var/tmp/vbc-bench-256m.img' },
+      depths: { type: 'string', default: '1,32,64' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write('Usage: node dist/bench/io-engines.js [--seconds 3] [--file /var/tmp/vbc-bench-256m.img] [--depths 1,32,64]\n');
+    return;
+  }
+  const seconds = positiveNumber(values.seconds, '--seconds');
+  const file = values.file;
+  const depths = values.depths.split(',').map((d) => positiveNumber(d, '--depths'));
   prepareFile(file);
   const fd = fs.openSync(file, 'r');
   const engines: [string, () => IoEngine][] = [

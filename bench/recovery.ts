@@ -19,14 +19,20 @@ import { recoverIndex } from '../src/cache/recovery';
 import { computeGeometry, deviceBytesFor, sealHeader } from '../src/cache/segment';
 import { native } from '../src/native/binding';
 import { HeaderDevice } from '../test/support/header-device';
+import { benchPositionals, positiveNumber } from '../src/bench/cli';
 
 /** Segments (the newest) whose dirty blocks are above the durable mark. */
 const DIRTY_SEGMENTS = 8;
 
 async function main(): Promise<void> {
-  const want = Number(process.argv[2] ?? 1 << 24);
-  const workers = process.argv[3] === undefined || process.argv[3] === 'auto' ? undefined : Number(process.argv[3]);
-  const count = Number(process.argv[4] ?? 3);
+  const [blocks, w, runsArg] = benchPositionals('Usage: node dist/bench/recovery.js [blocks (default 16777216)] [workers|auto (default auto)] [runs (default 3)]', [
+    String(1 << 24),
+    'auto',
+    '3',
+  ]);
+  const want = positiveNumber(blocks, 'blocks');
+  const workers = w === 'auto' ? undefined : positiveNumber(w, 'workers');
+  const count = positiveNumber(runsArg, 'runs');
   const g = computeGeometry(deviceBytesFor(Math.ceil(want / 128)), 4096, 512 * 1024);
   const uuid = new Uint8Array(16).fill(7);
   const bda = new BlockDescriptorArray(g.slots);

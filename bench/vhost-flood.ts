@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { encodeMessage, FLAG_VERSION, VhostUserRequest as R } from '../src/frontend/protocol';
 import { VhostUserFrontend } from '../src/frontend/vhost-user-frontend';
 import { startVbc } from '../src/bench/targets';
+import { benchMain, benchPositionals, positiveNumber } from '../src/bench/cli';
 
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -20,7 +21,8 @@ function rssMiB(pid: number): number {
 }
 
 async function main(): Promise<void> {
-  const seconds = Number(process.argv[2] ?? '3');
+  const [arg] = benchPositionals('Usage: node dist/bench/vhost-flood.js [seconds (default 3)]', ['3']);
+  const seconds = positiveNumber(arg, 'seconds');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-flood-'));
   const vol = (name: string) => ({ name, socketPath: path.join(dir, `${name}.sock`), backing: path.join(dir, `${name}.img`), size: 16 << 20 });
   const t = await startVbc({ volumes: [vol('a'), vol('b')], logLevel: 'info', configPath: path.join(dir, 'config.json') });
@@ -64,4 +66,4 @@ async function main(): Promise<void> {
   }
 }
 
-void main();
+benchMain(main);

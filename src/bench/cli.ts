@@ -3,7 +3,8 @@
  * - parseBenchArgs(): --runtime S, --reps N and the benchmark's own numeric options (sizes in
  *   MiB, depths) checked to be positive numbers, --dir DIR (default: a new temporary folder), and
  *   the effective command line to print (every option with its value, defaults included);
- *   --help prints the options with their defaults and exits;
+ *   --help prints the options with their defaults and exits; benchPositionals() does the same
+ *   for the micro-benchmarks that take positional arguments;
  * - openBench(): the working folder, the targets to stop (last started first) and the commands
  *   to print; report() prints the machine's load at start and end and the commands, close()
  *   stops the targets and removes a temporary folder;
@@ -43,14 +44,33 @@ export function parseBenchArgs<K extends string>(
     process.exit(0);
   }
   const num = {} as Record<K | 'runtime' | 'reps', number>;
-  for (const name of Object.keys(defaults) as (K | 'runtime' | 'reps')[]) {
-    const n = Number(values[name]);
-    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, not '${String(values[name])}'`);
-    num[name] = n;
-  }
+  for (const name of Object.keys(defaults) as (K | 'runtime' | 'reps')[]) num[name] = positiveNumber(values[name], `--${name}`);
   const shown = Object.keys(options).filter((k) => options[k]?.default !== undefined || (k === 'dir' && values.dir !== undefined));
   const command = [`node dist/bench/${script}`, ...shown.map((k) => `--${k} ${String(values[k])}`)].join(' ');
   return { num, dir: values.dir as string | undefined, values, command };
+}
+
+/** `v` as a number, which must be finite and above 0 (`what` names it in the error). */
+export function positiveNumber(v: unknown, what: string): number {
+  const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN;
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${what} must be a positive number, not '${String(v)}'`);
+  return n;
+}
+
+/**
+ * The positional arguments of a benchmark run as `node dist/bench/NAME.js [A [B ...]]` (the
+ * micro-benchmarks): --help or -h prints `usage` and exits; an option or more arguments than
+ * `defaults` is refused; missing ones take their defaults (as strings, for the caller to check).
+ */
+export function benchPositionals(usage: string, defaults: readonly string[], argv: readonly string[] = process.argv.slice(2)): string[] {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${usage}\n`);
+    process.exit(0);
+  }
+  const option = argv.find((a) => a.startsWith('-'));
+  if (option !== undefined) throw new Error(`unknown option '${option}'\n${usage}`);
+  if (argv.length > defaults.length) throw new Error(`at most ${defaults.length} arguments\n${usage}`);
+  return defaults.map((d, i) => argv[i] ?? d);
 }
 
 /** --help: every option, with its default (numbers: --runtime in s, sizes in MiB). */

@@ -1,10 +1,11 @@
 /**
  * The benchmarks' shared option parsing (src/bench/cli.ts): numbers checked once, unknown
- * options refused, the effective command line with every default, and --help's text.
+ * options refused, the effective command line with every default, --help's text, and the
+ * micro-benchmarks' positional arguments.
  */
 import { strict as assert } from 'node:assert';
 import * as path from 'node:path';
-import { benchUsage, parseBenchArgs } from '../../src/bench/cli';
+import { benchPositionals, benchUsage, parseBenchArgs, positiveNumber } from '../../src/bench/cli';
 
 describe('bench options (parseBenchArgs)', () => {
   const script = path.basename(process.argv[1] ?? 'bench.js');
@@ -40,5 +41,15 @@ describe('bench options (parseBenchArgs)', () => {
       '  --verbose',
       '  --help',
     ]);
+  });
+
+  it('positional arguments: defaults for the missing ones, options and extra arguments refused; numbers checked', () => {
+    const usage = 'Usage: node dist/bench/recovery.js [blocks] [workers|auto] [runs]';
+    assert.deepEqual(benchPositionals(usage, ['16', 'auto', '3'], ['100']), ['100', 'auto', '3']);
+    assert.deepEqual(benchPositionals(usage, ['16', 'auto', '3'], []), ['16', 'auto', '3']);
+    assert.throws(() => benchPositionals(usage, ['16'], ['--bogus']), /unknown option '--bogus'\nUsage: /);
+    assert.throws(() => benchPositionals(usage, ['16'], ['1', '2']), /at most 1 arguments/);
+    assert.equal(positiveNumber('2.5', 'x'), 2.5);
+    for (const bad of ['0', '-3', 'abc', '', ' ', undefined, true]) assert.throws(() => positiveNumber(bad, 'blocks'), /blocks must be a positive number/, String(bad));
   });
 });
