@@ -34,6 +34,7 @@ import { VhostUserFrontend } from '../src/frontend/vhost-user-frontend';
 import { VIRTIO_BLK_S_OK } from '../src/virtio-blk/spec';
 import { ensureGuestImage, runGuest } from '../test/e2e/vm/guest';
 import { CephCluster } from '../test/support/ceph-cluster';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 
 const run = promisify(execFile);
 const IMAGE_MIB = 256;
@@ -96,6 +97,7 @@ async function storm(sockets: readonly string[], trace: Trace, golden: Buffer): 
 }
 
 async function main(): Promise<void> {
+  exitOnHelp('Usage: node dist/bench/boot-storm.js [--clones 8] [--record] [--trace FILE] (needs Ceph: see the head of bench/boot-storm.ts)');
   const { values } = parseArgs({
     options: {
       clones: { type: 'string', default: '8' },
@@ -103,7 +105,7 @@ async function main(): Promise<void> {
       trace: { type: 'string', default: DEFAULT_TRACE },
     },
   });
-  const n = Number(values.clones);
+  const n = positiveNumber(values.clones, '--clones');
   const traceFile = values.trace;
   const loadBefore = machineNote();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-bench-storm-'));

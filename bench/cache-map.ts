@@ -7,7 +7,7 @@
  *   --segment-blocks: blocks per log segment (default 128, the daemon's: 512 KiB of 4 KiB).
  */
 import { parseArgs } from 'node:util';
-import { positiveNumber } from '../src/bench/cli';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 import { DEFAULT_LOAD_FACTOR } from '../src/cache/address-map';
 import { CacheMap } from '../src/cache/cache-map';
 
@@ -64,19 +64,15 @@ function run(slots: number, loadFactor: number, segmentBlocks: number): void {
   );
 }
 
+exitOnHelp('Usage: node --expose-gc dist/bench/cache-map.js [--load-factor F] [--segment-blocks N] [blocks...]');
 const { values, positionals } = parseArgs({
   options: {
     'load-factor': { type: 'string', default: String(DEFAULT_LOAD_FACTOR) },
     'segment-blocks': { type: 'string', default: '128' },
-    help: { type: 'boolean' },
   },
   allowPositionals: true,
 });
-if (values.help === true) {
-  process.stdout.write('Usage: node --expose-gc dist/bench/cache-map.js [--load-factor F] [--segment-blocks N] [blocks...]\n');
-} else {
-  const loadFactor = positiveNumber(values['load-factor'], '--load-factor');
-  const segmentBlocks = positiveNumber(values['segment-blocks'], '--segment-blocks');
-  const sizes = positionals.map((b) => positiveNumber(b, 'blocks'));
-  for (const n of sizes.length > 0 ? sizes : [1 << 20, 1 << 24]) run(n, loadFactor, segmentBlocks);
-}
+const loadFactor = positiveNumber(values['load-factor'], '--load-factor');
+const segmentBlocks = positiveNumber(values['segment-blocks'], '--segment-blocks');
+const sizes = positionals.map((b) => positiveNumber(b, 'blocks'));
+for (const n of sizes.length > 0 ? sizes : [1 << 20, 1 << 24]) run(n, loadFactor, segmentBlocks);

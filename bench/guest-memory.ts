@@ -10,12 +10,14 @@ import * as path from 'node:path';
 import { VhostUserFrontend } from '../src/frontend/vhost-user-frontend';
 import { native } from '../src/native/binding';
 import { REQ_FIRST_SEG, REQ_SEG_COUNT, REQ_TAG, REQ_STRIDE, type NativeVhostDevice } from '../src/native/types';
+import { benchPositionals, positiveNumber } from '../src/bench/cli';
 import { benchDir } from '../src/bench/targets';
 import { VIRTIO_BLK_T_IN } from '../src/virtio-blk/spec';
 
 async function main(): Promise<void> {
-  const count = Number(process.argv[2] ?? 200_000);
-  const rounds = Number(process.argv[3] ?? 5);
+  const [countArg, roundsArg] = benchPositionals('Usage: node dist/bench/guest-memory.js [requests (default 200000)] [rounds (default 5)]', ['200000', '5']);
+  const count = positiveNumber(countArg, 'requests');
+  const rounds = positiveNumber(roundsArg, 'rounds');
   const dir = benchDir(undefined, 'gm-');
   const socketPath = path.join(dir, 'dev.sock');
   const config = new Uint8Array(60);

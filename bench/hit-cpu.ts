@@ -24,10 +24,12 @@ import { silentLogger } from '../src/util/logger';
 import { BlkDispatcher } from '../src/virtio-blk/dispatch';
 import { SECTOR_SIZE, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN } from '../src/virtio-blk/spec';
 import { median } from '../src/bench/measure';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 
 const BS = 4096;
 
 async function main(): Promise<void> {
+  exitOnHelp('Usage: node dist/bench/hit-cpu.js [--mib 64] [--reads 100000] [--reps 5] [--depth 16] [--only hit|pass]');
   const { values } = parseArgs({
     options: {
       mib: { type: 'string', default: '64' },
@@ -37,10 +39,10 @@ async function main(): Promise<void> {
       only: { type: 'string' },
     },
   });
-  const size = Number(values.mib) * 2 ** 20;
-  const reads = Number(values.reads);
-  const reps = Number(values.reps);
-  const depth = Number(values.depth);
+  const size = positiveNumber(values.mib, '--mib') * 2 ** 20;
+  const reads = positiveNumber(values.reads, '--reads');
+  const reps = positiveNumber(values.reps, '--reps');
+  const depth = positiveNumber(values.depth, '--depth');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hit-cpu-'));
   const engine = new UringEngine();
   try {

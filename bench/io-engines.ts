@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { positiveNumber } from '../src/bench/cli';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 import { FsEngine } from '../src/io/fs-engine';
 import type { IoEngine } from '../src/io/io-engine';
 import { UringEngine } from '../src/io/uring-engine';
@@ -84,18 +84,14 @@ function percentile(sorted: Float64Array, p: number): number {
 }
 
 async function main(): Promise<void> {
+  exitOnHelp('Usage: node dist/bench/io-engines.js [--seconds 3] [--file /var/tmp/vbc-bench-256m.img] [--depths 1,32,64]');
   const { values } = parseArgs({
     options: {
       seconds: { type: 'string', default: '3' },
       file: { type: 'string', default: '/var/tmp/vbc-bench-256m.img' },
       depths: { type: 'string', default: '1,32,64' },
-      help: { type: 'boolean' },
     },
   });
-  if (values.help === true) {
-    process.stdout.write('Usage: node dist/bench/io-engines.js [--seconds 3] [--file /var/tmp/vbc-bench-256m.img] [--depths 1,32,64]\n');
-    return;
-  }
   const seconds = positiveNumber(values.seconds, '--seconds');
   const file = values.file;
   const depths = values.depths.split(',').map((d) => positiveNumber(d, '--depths'));

@@ -33,6 +33,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 import { CacheMap, EMPTY_TARGET, MAX_COUNT, SegmentChoice } from '../src/cache/cache-map';
 import { Rng } from '../src/bench/rng';
 import { Spc1Workload } from '../src/bench/spc1';
@@ -750,37 +752,53 @@ function runBoot(slots: number, boots: number, history: number, coldBetween: boo
   return { slots, history, coldBetween, boots: perBoot };
 }
 
+/** The header's "Run:" lines (--help). */
+const USAGE = `Usage: node dist/bench/policy-sim.js --workload spc1|zipf|shift|scan|boot|targets|ram [--ios N] [--seed S]
+         [--policy log|clock|lru|arc ...] [--slots N] [--cutoff BLOCKS] [--read-ahead BLOCKS] [--empty-target FRACTION]
+         boot: [--boots N] [--history DEPTH] [--cold-between]
+(see the head of bench/policy-sim.ts)`;
+
 function main(): void {
-  const args = process.argv.slice(2);
-  const opt = (name: string, def: string): string => {
-    const i = args.indexOf(`--${name}`);
-    return i >= 0 ? args[i + 1] : def;
-  };
-  const workload = opt('workload', 'spc1');
-  const seed = Number(opt('seed', '1'));
-  const policies: string[] = [];
-  args.forEach((a, i) => {
-    if (a === '--policy') policies.push(args[i + 1]);
+  exitOnHelp(USAGE);
+  const { values } = parseArgs({
+    options: {
+      workload: { type: 'string', default: 'spc1' },
+      seed: { type: 'string', default: '1' },
+      policy: { type: 'string', multiple: true },
+      slots: { type: 'string' },
+      ios: { type: 'string', default: '5000000' },
+      cutoff: { type: 'string' },
+      'read-ahead': { type: 'string' },
+      'empty-target': { type: 'string', default: String(EMPTY_TARGET) },
+      boots: { type: 'string', default: '2' },
+      history: { type: 'string' },
+      'cold-between': { type: 'boolean' },
+    },
   });
-  if (policies.length === 0) policies.push('clock', 'lru', 'arc', 'log');
+  const workload = values.workload;
+  const num = (v: string | undefined, name: string, def: number): number => (v === undefined ? def : positiveNumber(v, `--${name}`));
+  /** A count that may be 0 (off). */
+  const count = (v: string | undefined, name: string, def: number): number => (v === '0' ? 0 : num(v, name, def));
+  const seed = num(values.seed, 'seed', 1);
+  const policies = values.policy ?? ['clock', 'lru', 'arc', 'log'];
   const defaultSlots = workload === 'spc1' ? Math.floor(209715 / SEGMENT_BLOCKS) * SEGMENT_BLOCKS : 65536;
-  const slots = Number(opt('slots', String(defaultSlots)));
-  const ios = Number(opt('ios', '5000000'));
-  admission.cutoff = Number(opt('cutoff', '0'));
-  admission.readAhead = Number(opt('read-ahead', '0'));
-  admission.emptyTarget = Number(opt('empty-target', String(EMPTY_TARGET)));
+  const slots = num(values.slots, 'slots', defaultSlots);
+  const ios = num(values.ios, 'ios', 5_000_000);
+  admission.cutoff = count(values.cutoff, 'cutoff', 0);
+  admission.readAhead = count(values['read-ahead'], 'read-ahead', 0);
+  admission.emptyTarget = num(values['empty-target'], 'empty-target', EMPTY_TARGET);
   if (workload === 'boot') {
-    const r = runBoot(Number(opt('slots', '131072')), Number(opt('boots', '2')), Number(opt('history', '0')), args.includes('--cold-between'));
+    const r = runBoot(num(values.slots, 'slots', 131072), num(values.boots, 'boots', 2), count(values.history, 'history', 0), values['cold-between'] === true);
     console.log(JSON.stringify({ workload, readAhead: admission.readAhead, ...r }));
     return;
   }
   if (workload === 'ram') {
-    const ram = ramPerBlock(Number(opt('slots', String(RAM_TARGET_BLOCKS))));
+    const ram = ramPerBlock(num(values.slots, 'slots', RAM_TARGET_BLOCKS));
     console.log(JSON.stringify({ workload, bytesPerBlock: ram.parts, total: ram.total }));
     return;
   }
   if (workload === 'targets') {
-    targets(ios, Number(opt('read-ahead', '32')));
+    targets(ios, count(values['read-ahead'], 'read-ahead', 32));
     return;
   }
   for (const name of policies) console.log(JSON.stringify(simulate(workload, name, slots, ios, seed)));

@@ -17,11 +17,14 @@ import { CachedStore } from '../src/cache/cached-store';
 import { deviceBytesFor } from '../src/cache/segment';
 import { FsEngine } from '../src/io/fs-engine';
 import { MemStore } from '../test/cache/helpers';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 
 async function main(): Promise<void> {
+  exitOnHelp('Usage: node dist/bench/read-join.js [--mib 256] [--depth 8] [--kib 64]');
   const { values } = parseArgs({ options: { mib: { type: 'string', default: '256' }, depth: { type: 'string', default: '8' }, kib: { type: 'string', default: '64' } } });
-  const size = Number(values.mib) * 2 ** 20;
-  const len = Number(values.kib) * 1024;
+  const size = positiveNumber(values.mib, '--mib') * 2 ** 20;
+  const len = positiveNumber(values.kib, '--kib') * 1024;
+  const depth = positiveNumber(values.depth, '--depth');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'read-join-'));
   try {
     const mem = new MemStore(size);
@@ -31,7 +34,7 @@ async function main(): Promise<void> {
     const store = new CachedStore({ backing: mem, cache, name: 'vol' });
     let next = 0;
     await Promise.all(
-      Array.from({ length: Number(values.depth) }, async () => {
+      Array.from({ length: depth }, async () => {
         const buf = new Uint8Array(len);
         while (next < size) {
           const at = next;

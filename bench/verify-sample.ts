@@ -17,10 +17,13 @@ import { Cache } from '../src/cache/cache';
 import { CachedStore, VERIFY_SAMPLE_BLOCKS } from '../src/cache/cached-store';
 import { SUPERBLOCK_SIZE } from '../src/cache/segment';
 import { createIoEngine } from '../src/io';
+import { exitOnHelp, positiveNumber } from '../src/bench/cli';
 
 async function main(): Promise<void> {
+  exitOnHelp('Usage: node dist/bench/verify-sample.js [--gib 10] [--dir DIR] [--reps 3]');
   const { values } = parseArgs({ options: { gib: { type: 'string', default: '10' }, dir: { type: 'string' }, reps: { type: 'string', default: '3' } } });
-  const bytes = Number(values.gib) * 2 ** 30;
+  const bytes = positiveNumber(values.gib, '--gib') * 2 ** 30;
+  const reps = positiveNumber(values.reps, '--reps');
   const dir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vbc-verify-'));
   fs.mkdirSync(dir, { recursive: true });
   const sock = path.join(dir, 'nbd.sock');
@@ -49,7 +52,7 @@ async function main(): Promise<void> {
     const blocks = cache.stats().volumes.v?.blocks ?? 0;
     await cache.close();
     console.log(`filled: ${blocks} blocks (${((blocks * 4096) / 2 ** 30).toFixed(2)} GiB) cached in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    for (let rep = 0; rep < Number(values.reps); rep++) {
+    for (let rep = 0; rep < reps; rep++) {
       cache = await open();
       nbd = await NbdStore.open(uri, { connections: 4 });
       const s = await CachedStore.open({ backing: nbd, cache, name: 'v' });

@@ -58,15 +58,22 @@ export function positiveNumber(v: unknown, what: string): number {
 }
 
 /**
+ * Prints `usage` and exits when the arguments ask for --help (or -h), before a benchmark with
+ * its own strict parseArgs refuses them as unknown.
+ */
+export function exitOnHelp(usage: string, argv: readonly string[] = process.argv.slice(2)): void {
+  if (!argv.includes('--help') && !argv.includes('-h')) return;
+  process.stdout.write(`${usage}\n`);
+  process.exit(0);
+}
+
+/**
  * The positional arguments of a benchmark run as `node dist/bench/NAME.js [A [B ...]]` (the
  * micro-benchmarks): --help or -h prints `usage` and exits; an option or more arguments than
  * `defaults` is refused; missing ones take their defaults (as strings, for the caller to check).
  */
 export function benchPositionals(usage: string, defaults: readonly string[], argv: readonly string[] = process.argv.slice(2)): string[] {
-  if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(`${usage}\n`);
-    process.exit(0);
-  }
+  exitOnHelp(usage, argv);
   const option = argv.find((a) => a.startsWith('-'));
   if (option !== undefined) throw new Error(`unknown option '${option}'\n${usage}`);
   if (argv.length > defaults.length) throw new Error(`at most ${defaults.length} arguments\n${usage}`);

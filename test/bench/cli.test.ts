@@ -1,9 +1,12 @@
 /**
  * The benchmarks' shared option parsing (src/bench/cli.ts): numbers checked once, unknown
  * options refused, the effective command line with every default, --help's text, and the
- * micro-benchmarks' positional arguments.
+ * micro-benchmarks' positional arguments; and every script of bench/ run with --help (it prints
+ * its usage and starts nothing) and with an unknown option (refused).
  */
 import { strict as assert } from 'node:assert';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { benchPositionals, benchUsage, parseBenchArgs, positiveNumber } from '../../src/bench/cli';
 
@@ -51,5 +54,32 @@ describe('bench options (parseBenchArgs)', () => {
     assert.throws(() => benchPositionals(usage, ['16'], ['1', '2']), /at most 1 arguments/);
     assert.equal(positiveNumber('2.5', 'x'), 2.5);
     for (const bad of ['0', '-3', 'abc', '', ' ', undefined, true]) assert.throws(() => positiveNumber(bad, 'blocks'), /blocks must be a positive number/, String(bad));
+  });
+});
+
+describe('every benchmark script (dist/bench/*.js)', function () {
+  this.timeout(60_000);
+  const dir = path.resolve(__dirname, '../../bench');
+  const scripts = fs.readdirSync(dir).filter((f) => f.endsWith('.js'));
+  const run = (script: string, arg: string): Promise<{ code: number; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      execFile(process.execPath, [path.join(dir, script), arg], { timeout: 30_000 }, (err, stdout, stderr) => {
+        resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
+      });
+    });
+
+  it('answers --help with its usage and exits 0 without starting work; refuses an unknown option', async () => {
+    assert.ok(scripts.length >= 20, `bench scripts found: ${scripts.join(', ')}`);
+    await Promise.all(
+      scripts.map(async (script) => {
+        const help = await run(script, '--help');
+        assert.equal(help.code, 0, `${script} --help: ${help.stderr}`);
+        assert.match(help.stdout, /^usage: /i, `${script} --help printed its usage`);
+        assert.equal(help.stdout.split('\n').length < 40, true, `${script} --help printed only its usage`);
+        const bad = await run(script, '--no-such-option');
+        assert.notEqual(bad.code, 0, `${script} --no-such-option was refused`);
+        assert.match(bad.stderr, /unknown option '--no-such-option'/i, script);
+      }),
+    );
   });
 });
