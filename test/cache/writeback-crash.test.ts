@@ -32,23 +32,16 @@ import { deviceBytesFor } from '../../src/cache/segment';
 import { assertCountsAgree, MemStore, rng } from './helpers';
 import { MemDevice } from '../support/mem-device';
 import { rerun, type SeededRun, seededRunsFromEnv } from '../support/seeded-runs';
+import { checkSectors, SECTOR, type WriteRec } from '../support/sector-model';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
 import { VirtualClock } from '../support/virtual-clock';
 
 const BS = 4096;
-const SECTOR = 512;
 const BLOCKS = 40;
 const HOT = 12;
 
 /** An operation in flight at a crash: its sectors may hold its data (null: zeros) or the old. */
-interface Pending {
-  v: number;
-  start: number;
-  end: number;
-  data: Uint8Array | null;
-}
-
 /** The backing store as one incarnation of the daemon sees it: a dead process writes nothing. */
 function incarnationStore(back: MemStore): BackingStore & { dead: boolean } {
   const never = new Promise<never>(() => {});
@@ -129,17 +122,10 @@ async function runCrashes(seed: number, steps: number, bps: number): Promise<Run
     );
   };
   /** Each sector of `got` (volume v, bytes [start, ...)) holds the model's data or a pending op's. */
-  const check = (v: number, start: number, got: Uint8Array, pending: readonly Pending[], at: string): void => {
-    for (let s = 0; s < got.byteLength; s += SECTOR) {
-      run.sectorsChecked++;
-      const abs = start + s;
-      const sector = got.subarray(s, s + SECTOR);
-      if (Buffer.compare(sector, model[v].subarray(abs, abs + SECTOR)) === 0) continue;
-      const ok = pending.some((p) => p.v === v && abs >= p.start && abs < p.end && (p.data === null ? sector.every((x) => x === 0) : Buffer.compare(sector, p.data.subarray(abs - p.start, abs - p.start + SECTOR)) === 0));
-      assert.ok(ok, `${at}: volume ${v} sector at ${abs} holds ${Buffer.from(sector.subarray(0, 8)).toString('hex')}, neither the newest acknowledged data (${Buffer.from(model[v].subarray(abs, abs + 8)).toString('hex')}) nor an operation in flight`);
-    }
+  const check = (v: number, start: number, got: Uint8Array, pending: readonly WriteRec[], at: string): void => {
+    run.sectorsChecked += checkSectors(v, start, got, model[v].subarray(start, start + got.byteLength), pending, at, undefined, 'an operation in flight');
   };
-  const crash = async (step: number, pending: Pending[]): Promise<void> => {
+  const crash = async (step: number, pending: WriteRec[]): Promise<void> => {
     dev.freeze();
     // The process dies: its backing writes stop, its descriptors close (the lock goes with them).
     for (const view of views) view.dead = true;
@@ -177,7 +163,7 @@ async function runCrashes(seed: number, steps: number, bps: number): Promise<Run
       if (r() < 0.04) dev.freezeAtWrite = dev.writes + 1 + Math.floor(r() * 6);
       // A batch of 1-4 operations in flight together on disjoint block ranges (group commits).
       const taken = [new Set<number>(), new Set<number>()];
-      const pending: Pending[] = [];
+      const pending: WriteRec[] = [];
       const ops: Promise<void>[] = [];
       const batch = 1 + Math.floor(r() * 4);
       for (let j = 0; j < batch; j++) {
@@ -209,7 +195,7 @@ async function runCrashes(seed: number, steps: number, bps: number): Promise<Run
         } else {
           op = s.writeZeroes(start, end - start, false);
         }
-        const p: Pending = { v, start, end, data };
+        const p: WriteRec = { v, start, end, data };
         pending.push(p);
         ops.push(
           op.then(() => {

@@ -39,12 +39,12 @@ import { HeldIo, pumpHeld, settle } from '../support/held-io';
 import { MemDevice } from '../support/mem-device';
 import { splitRandomly } from '../support/scatter';
 import { rerun, type SeededRun, seededRunsFromEnv } from '../support/seeded-runs';
+import { checkSectors, type ReadRec, SECTOR, type WriteRec } from '../support/sector-model';
 import { stampBytes } from '../support/stamps';
 import { tmpDir } from '../support/tmp';
 import { VirtualClock } from '../support/virtual-clock';
 
 const BS = 4096;
-const SECTOR = 512;
 const BLOCKS = 48;
 const HOT = 12;
 /** Not a multiple of the block size: the tail block is never cached. */
@@ -54,23 +54,6 @@ const WINDOW = 6;
 const ENV = 'VBC_WBMODEL_RUN';
 const FILE = 'dist/test/cache/writeback-model.test.js';
 const noop = (): void => {};
-
-/** A write-like operation: its range and data (null: zeros). */
-interface WriteRec {
-  v: number;
-  start: number;
-  end: number;
-  data: Uint8Array | null;
-}
-
-interface ReadRec {
-  v: number;
-  start: number;
-  end: number;
-  /** The model's range when the read started. */
-  snap: Uint8Array;
-  concurrent: WriteRec[];
-}
 
 /** The backing store as one incarnation of the daemon sees it: a dead process does nothing more. */
 class IncarnationStore implements BackingStore {
@@ -192,18 +175,6 @@ async function wbModelRun(seed: number, faultSeed: number, ops: number): Promise
 
   /** Drives held I/O (a random completion order) and the clock until `until` settles; false if it cannot (a frozen device). */
   const pumpUntil = (inc: Incarnation, until: Promise<unknown>): Promise<boolean> => pumpHeld(inc.io, clock, sched, () => inc.dev.frozen, until);
-
-  /** Each sector of `got` holds the model's data or the data of one of `pending`. */
-  const checkSectors = (v: number, start: number, got: Uint8Array, snap: Uint8Array, pending: Iterable<WriteRec>, at: string): void => {
-    const list = [...pending];
-    for (let s = 0; s < got.byteLength; s += SECTOR) {
-      const sector = got.subarray(s, s + SECTOR);
-      if (Buffer.compare(sector, snap.subarray(s, s + SECTOR)) === 0) continue;
-      const abs = start + s;
-      const ok = list.some((x) => x.v === v && abs >= x.start && abs < x.end && (x.data === null ? sector.every((b) => b === 0) : Buffer.compare(sector, x.data.subarray(abs - x.start, abs - x.start + SECTOR)) === 0));
-      assert.ok(ok, `${at}: volume ${v} sector at ${abs} holds ${Buffer.from(sector.subarray(0, 8)).toString('hex')}, neither the newest acknowledged data (${Buffer.from(snap.subarray(s, s + 8)).toString('hex')}) nor an overlapping operation's`);
-    }
-  };
 
   /** The process dies now (see the file comment); returns the recovered incarnation, checked. */
   const crash = async (inc: Incarnation, at: string): Promise<Incarnation> => {

@@ -43,11 +43,11 @@ import { ControlledStore } from './controlled-store';
 import { HeldIo, pumpHeld, settle } from './held-io';
 import { MemDevice } from './mem-device';
 import { stampBytes } from './stamps';
+import { checkSectors, type ReadRec, SECTOR, type WriteRec } from './sector-model';
 import { splitRandomly } from './scatter';
 import { tmpDir } from './tmp';
 import { VirtualClock } from './virtual-clock';
 
-const SECTOR = 512;
 const BLOCKS = 96;
 const HOT_BLOCKS = 14;
 const WINDOW = 6;
@@ -84,21 +84,6 @@ export function reproduction(o: ModelOptions): string {
   return `node dist/bench/model-long.js --mode ${o.mode} --seed ${o.seed} --fault-seed ${o.faultSeed} --ops ${o.ops}${bs}${o.faults === false ? ' --no-faults' : ''}`;
 }
 
-interface WriteRec {
-  v: number;
-  start: number;
-  end: number;
-  /** null: zeros. */
-  data: Uint8Array | null;
-}
-
-interface ReadRec {
-  v: number;
-  start: number;
-  end: number;
-  snap: Uint8Array;
-  concurrent: WriteRec[];
-}
 
 class Incarnation {
   readonly io = new HeldIo();
@@ -222,20 +207,7 @@ async function run(o: ModelOptions): Promise<ModelResult> {
 
   const checkRead = (r: ReadRec, out: Uint8Array, at: string): void => {
     res.checkedReads++;
-    for (let s = 0; s < out.byteLength; s += SECTOR) {
-      const got = out.subarray(s, s + SECTOR);
-      if (Buffer.compare(got, r.snap.subarray(s, s + SECTOR)) === 0) continue;
-      const abs = r.start + s;
-      const ok = r.concurrent.some((x) => {
-        if (x.v !== r.v || abs < x.start || abs >= x.end) return false;
-        if (x.data === null) return got.every((b) => b === 0);
-        return Buffer.compare(got, x.data.subarray(abs - x.start, abs - x.start + SECTOR)) === 0;
-      });
-      if (!ok) {
-        const want = Buffer.from(r.snap.subarray(s, s + 8)).toString('hex');
-        assert.fail(`${at}: volume ${r.v} read [${r.start}, ${r.end}) sector ${abs}: got ${Buffer.from(got.subarray(0, 8)).toString('hex')}, backing held ${want} and no overlapping write wrote it`);
-      }
-    }
+    checkSectors(r.v, r.start, out, r.snap, r.concurrent, `${at}: read [${r.start}, ${r.end})`, "the backing store's data when the read started", "an overlapping write's");
   };
 
   const issue = (inc: Incarnation, i: number): void => {
