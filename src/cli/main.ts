@@ -19,6 +19,7 @@ import { controlJson } from '../control/client';
 import type { DaemonStats } from '../control/daemon-api';
 import { applyActivatedSockets, type ActivatedSockets, takeActivatedSockets } from '../daemon/systemd';
 import { createDaemonLogger, LOG_FORMATS, type LogFormat } from '../util/logger';
+import { VERSION } from '../util/version';
 import { renderStatsTable } from './stats-table';
 
 /** The JSON the vhost-user spec defines for back-end programs (VHostUserBackendCapabilities). */
@@ -248,6 +249,7 @@ function buildProgram(): Command {
   const program = new Command('vhost-blk-cache')
     .description('vhost-user-blk back end with a shared, persistent host-side block cache')
     .enablePositionalOptions()
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .option('--print-capabilities', 'print the vhost-user back-end capabilities (JSON) and exit');
   addServeOptions(program).action((flags: ServeFlags) => serve(flags));
 

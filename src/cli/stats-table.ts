@@ -68,7 +68,7 @@ export function renderStatsTable(s: DaemonStats, prev: DaemonStats | null, inter
   }
   const window = s.volumes[0]?.latency.recent.windowSeconds;
   lines.push(
-    `uptime ${s.uptimeSeconds}s  io engine ${s.ioEngine}  latency: ${intervalS > 0 && window !== undefined ? `last ${window} s window` : 'since start'}`,
+    `uptime ${s.uptimeSeconds}s  version ${s.version}  io engine ${s.ioEngine}  latency: ${intervalS > 0 && window !== undefined ? `last ${window} s window` : 'since start'}`,
   );
   return lines.join('\n');
 }

@@ -10,6 +10,8 @@ import type { VolumeStats } from '../volume/volume';
 
 /** GET /stats. */
 export interface DaemonStats {
+  /** The package version of the running daemon. */
+  version: string;
   uptimeSeconds: number;
   ioEngine: string;
   /** null when the daemon runs without a cache. */

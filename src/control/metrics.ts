@@ -183,6 +183,15 @@ export function createMetrics(source: ControlledDaemon): Metrics {
   cacheWide('gauge', 'vbc_cache_decay_period', 'carries per reuse-counter decrement, adapted by ghost hits (high: frequency, 1: recency)', (c) => c.decayPeriod);
   cacheWide('gauge', 'vbc_cache_empty_slots', 'cache slots holding no block', (c) => c.emptySlots);
   new Gauge({
+    name: 'vbc_build_info',
+    help: 'always 1; the label says the version of the running daemon',
+    labelNames: ['version'],
+    registers: [registry],
+    collect() {
+      this.set({ version: daemon.stats().version }, 1);
+    },
+  });
+  new Gauge({
     name: 'vbc_cache_disabled',
     help: '1 once a cache-device write error turned caching of new data off',
     registers: [registry],

@@ -25,6 +25,7 @@ import { MetricsServer } from '../control/metrics';
 import { ControlServer } from '../control/server';
 import { VhostError } from '../native/errors';
 import type { DaemonLogger, Logger } from '../util/logger';
+import { VERSION } from '../util/version';
 import { Volume } from '../volume/volume';
 import { notifySystemd } from './systemd';
 
@@ -87,7 +88,7 @@ export class Daemon implements ControlledDaemon {
       await d.shutdown();
       throw err;
     }
-    log.info({ volumes: config.volumes.map((v) => v.socketPath ?? `fd:${v.fd}`), ioEngine: engine.kind }, 'ready to accept connections');
+    log.info({ version: VERSION, volumes: config.volumes.map((v) => v.socketPath ?? `fd:${v.fd}`), ioEngine: engine.kind }, 'ready to accept connections');
     return d;
   }
 
@@ -244,6 +245,7 @@ export class Daemon implements ControlledDaemon {
 
   stats(): DaemonStats {
     return {
+      version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
       ioEngine: this.engine.kind,
       cache: this.cache === null ? null : this.cache.stats(),

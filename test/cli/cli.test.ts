@@ -19,6 +19,7 @@ import { CAPABILITIES } from '../../src/cli/main';
 import type { DaemonStats } from '../../src/control/daemon-api';
 import { PARENT_POLL_MS } from '../../src/daemon/daemon';
 import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags';
+import { VERSION } from '../../src/util/version';
 import { VhostUserFrontend } from '../../src/frontend/vhost-user-frontend';
 import { LATENCY_BUCKETS_S } from '../../src/metrics/request-latency';
 import { VIRTIO_BLK_S_OK } from '../../src/virtio-blk/spec';
@@ -332,6 +333,16 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
     assert.deepEqual(CAPABILITIES, { type: 'block', features: ['read-only', 'blk-file'] });
   });
 
+  it("--version and -V print package.json's version", async () => {
+    const { version } = JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { version: string };
+    assert.match(version, /^\d+\.\d+\.\d+/);
+    for (const flag of ['--version', '-V']) {
+      const r = await cli([flag]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, `${version}\n`);
+    }
+  });
+
   it("runs as an executable whose shebang passes the daemon's node flags (DAEMON_NODE_FLAGS) to node", async () => {
     const first = fs.readFileSync(BIN, 'utf8').split('\n')[0];
     assert.equal(first, `#!/usr/bin/env -S node ${DAEMON_NODE_FLAGS.join(' ')}`);
@@ -386,9 +397,11 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
       assert.equal(col('writes'), '32');
       for (const p of ['p50_ms', 'p90_ms', 'p99_ms', 'p99.9_ms']) assert.ok(Number(col(p)) > 0, `${p} ${col(p)} ms in\n${r.stdout}`);
       assert.match(r.stdout, /latency: since start/);
+      assert.match(r.stdout, new RegExp(`^uptime \\d+s  version ${VERSION.replace(/\./g, '\\.')}  io engine `, 'm'));
 
       const j = await cli(['stats', '--control', ctl, '--json']);
       const s = JSON.parse(j.stdout) as DaemonStats;
+      assert.equal(s.version, VERSION);
       const lat = (s.volumes[0] as DaemonStats['volumes'][number]).latency.total;
       assert.equal(lat.count, 64);
       assert.ok(lat.p50Us > 0 && lat.p50Us <= lat.p90Us && lat.p90Us <= lat.p99Us && lat.p99Us <= lat.p999Us, JSON.stringify(lat));
@@ -481,6 +494,7 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
         return (s[0] as { value: number }).value;
       };
       assert.equal(value('vbc_read_requests_total', { volume: 'vol0' }), 32);
+      assert.equal(value('vbc_build_info', { version: VERSION }), 1);
       assert.match(res.body, /# TYPE vbc_request_latency_seconds histogram/);
       for (const type of ['read', 'write']) {
         const buckets = LATENCY_BUCKETS_S.map((le) => value('vbc_request_latency_seconds_bucket', { volume: 'vol0', type, le: String(le) }));
