@@ -63,6 +63,7 @@ interface ServeFlags {
   logFile?: string;
   logFormat?: LogFormat;
   printCapabilities?: boolean;
+  check?: boolean;
 }
 
 function addServeOptions(cmd: Command): Command {
@@ -102,6 +103,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--backing-timeout <seconds>', 'how long requests wait for an unreachable network backing store', '60')
     .option('--flush-on-stop', 'a clean stop writes every write-back block back to its backing store first')
     .option('--exit-with-parent', 'stop cleanly (as on SIGTERM) once the process that started the daemon exits')
+    .option('--check', 'check the configuration (flags or --config), print it as the daemon would run it (JSON) and exit without serving')
     .option(
       '--discard-dirty <volume>',
       "discard the write-back blocks the cache holds for another backing file or image of this volume's name (their data is lost; refused without it); repeatable",
@@ -206,6 +208,11 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
 async function serve(f: ServeFlags): Promise<void> {
   if (f.printCapabilities === true) {
     process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
+    return;
+  }
+  if (f.check === true) {
+    // Nothing is opened: a unit's ExecStartPre can run it before a restart.
+    process.stdout.write(`${JSON.stringify(configFromFlags(f), null, 2)}\n`);
     return;
   }
   const activated = takeActivatedSockets();

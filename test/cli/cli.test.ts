@@ -2,7 +2,7 @@
  * The operator's surface, each through the real command (bin/vhost-blk-cache) in a child
  * process: --print-capabilities, serve with stats / stats --json / stats --watch / volumes /
  * add-volume / remove-volume, set-cache-mode, flush of a write-back volume over a paused NBD store, Prometheus metrics scraped over TCP, demo, SIGHUP log reopen,
- * --log-format, --fd, --exit-with-parent, systemd socket activation and sd_notify, and bench with no arguments.
+ * --log-format, --fd, --exit-with-parent, --check, --version, systemd socket activation and sd_notify, and bench with no arguments.
  *
  * Inherited sockets and the sd_notify receiver use python3 (node-gyp's own requirement, so present
  * wherever the addon builds): Node can neither hand a listening socket to a child as fd 3 without
@@ -16,6 +16,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CAPABILITIES } from '../../src/cli/main';
+import type { DaemonConfig } from '../../src/config/config';
 import type { DaemonStats } from '../../src/control/daemon-api';
 import { PARENT_POLL_MS } from '../../src/daemon/daemon';
 import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags';
@@ -331,6 +332,24 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), CAPABILITIES);
     assert.deepEqual(CAPABILITIES, { type: 'block', features: ['read-only', 'blk-file'] });
+  });
+
+  it('--check prints the configuration as the daemon would run it and opens nothing; a bad one exits 1 with the reason', async () => {
+    const img = path.join(dir, 'd.img');
+    const cacheImg = path.join(dir, 'c.img');
+    const r = await cli(['serve', '--socket-path', path.join(dir, 's.sock'), '--backing', img, '--cache', cacheImg, '--cache-size', '64M', '--cache-mode', 'writeback', '--check']);
+    assert.equal(r.code, 0, r.stderr);
+    const c = JSON.parse(r.stdout) as DaemonConfig;
+    assert.deepEqual(c.cache, { path: cacheImg, size: 64 << 20, blockSize: 4096, segmentSize: 512 << 10 });
+    assert.equal(c.volumes[0]?.cacheMode, 'writeback');
+    assert.equal(c.volumes[0]?.numQueues, 64);
+    assert.deepEqual(fs.readdirSync(dir), [], 'no socket, image or cache file created');
+    const config = path.join(dir, 'bad.json');
+    fs.writeFileSync(config, JSON.stringify({ volumes: [{ name: 'a', backing: img }] }));
+    const bad = await cli(['--config', config, '--check']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /config\.volumes\[0\]: give exactly one of socketPath and fd/);
+    assert.equal(bad.stdout, '');
   });
 
   it("--version and -V print package.json's version", async () => {
