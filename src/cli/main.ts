@@ -211,7 +211,7 @@ async function serve(f: ServeFlags): Promise<void> {
     return;
   }
   if (f.check === true) {
-    // Nothing is opened: a unit's ExecStartPre can run it before a restart.
+    // Nothing is opened: safe beside a running daemon, e.g. to check an edit before a restart.
     process.stdout.write(`${JSON.stringify(configFromFlags(f), null, 2)}\n`);
     return;
   }
