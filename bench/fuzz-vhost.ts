@@ -25,7 +25,7 @@ function num(values: Record<string, unknown>, name: string, min: number, fractio
 async function main(): Promise<void> {
   // Unknown options are refused (strict): a mistyped option must not start a ten-minute run.
   const { values } = parseArgs({
-    options: { seed: { type: 'string' }, from: { type: 'string' }, iterations: { type: 'string' }, minutes: { type: 'string' }, help: { type: 'boolean' } },
+    options: { seed: { type: 'string' }, from: { type: 'string' }, iterations: { type: 'string' }, minutes: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
   });
   if (values.help === true) {
     console.log(USAGE);

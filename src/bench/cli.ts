@@ -37,7 +37,7 @@ export function parseBenchArgs<K extends string>(
   const options: ExtraOptions = { ...extra, dir: { type: 'string' } };
   for (const [name, def] of Object.entries<number>(defaults)) options[name] = { type: 'string', default: String(def) };
   const script = path.basename(process.argv[1] ?? 'bench.js');
-  const withHelp: ExtraOptions = { ...options, help: { type: 'boolean' } };
+  const withHelp: ExtraOptions = { ...options, help: { type: 'boolean', short: 'h' } };
   const { values } = parseArgs({ args: [...argv], options: withHelp });
   if (values.help === true) {
     process.stdout.write(`${benchUsage(script, options)}\n`);

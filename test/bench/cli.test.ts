@@ -1,7 +1,7 @@
 /**
  * The benchmarks' shared option parsing (src/bench/cli.ts): numbers checked once, unknown
  * options refused, the effective command line with every default, --help's text, and the
- * micro-benchmarks' positional arguments; and every script of bench/ run with --help (it prints
+ * micro-benchmarks' positional arguments; and every script of bench/ run with --help and -h (it prints
  * its usage and starts nothing) and with an unknown option (refused).
  */
 import { strict as assert } from 'node:assert';
@@ -68,13 +68,15 @@ describe('every benchmark script (dist/bench/*.js)', function () {
       });
     });
 
-  it('answers --help with its usage and exits 0 without starting work; refuses an unknown option', async () => {
+  it('answers --help (and -h) with its usage and exits 0 without starting work; refuses an unknown option', async () => {
     assert.ok(scripts.length >= 20, `bench scripts found: ${scripts.join(', ')}`);
     await Promise.all(
       scripts.map(async (script) => {
         const help = await run(script, '--help');
         assert.equal(help.code, 0, `${script} --help: ${help.stderr}`);
         assert.match(help.stdout, /^usage: /i, `${script} --help printed its usage`);
+        const h = await run(script, '-h');
+        assert.equal(h.stdout, help.stdout, `${script} -h prints what --help prints`);
         assert.equal(help.stdout.split('\n').length < 40, true, `${script} --help printed only its usage`);
         const bad = await run(script, '--no-such-option');
         assert.notEqual(bad.code, 0, `${script} --no-such-option was refused`);
