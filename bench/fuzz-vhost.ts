@@ -8,6 +8,7 @@
  * Options are checked first (an unknown one is an error; --help prints the usage).
  */
 import { parseArgs } from 'node:util';
+import { exitOnHelp } from '../src/bench/cli';
 import { startFuzzTarget } from '../src/bench/fuzz-target';
 import { Fuzzer } from '../src/frontend/fuzzer';
 
@@ -23,14 +24,11 @@ function num(values: Record<string, unknown>, name: string, min: number, fractio
 }
 
 async function main(): Promise<void> {
+  exitOnHelp(USAGE);
   // Unknown options are refused (strict): a mistyped option must not start a ten-minute run.
   const { values } = parseArgs({
-    options: { seed: { type: 'string' }, from: { type: 'string' }, iterations: { type: 'string' }, minutes: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { seed: { type: 'string' }, from: { type: 'string' }, iterations: { type: 'string' }, minutes: { type: 'string' } },
   });
-  if (values.help === true) {
-    console.log(USAGE);
-    return;
-  }
   const seed = num(values, 'seed', 0) ?? Math.floor(Math.random() * 2 ** 32);
   const iterations = num(values, 'iterations', 1);
   const minutes = num(values, 'minutes', 0, true) ?? (iterations === undefined ? 10 : undefined);

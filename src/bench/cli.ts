@@ -37,12 +37,8 @@ export function parseBenchArgs<K extends string>(
   const options: ExtraOptions = { ...extra, dir: { type: 'string' } };
   for (const [name, def] of Object.entries<number>(defaults)) options[name] = { type: 'string', default: String(def) };
   const script = path.basename(process.argv[1] ?? 'bench.js');
-  const withHelp: ExtraOptions = { ...options, help: { type: 'boolean', short: 'h' } };
-  const { values } = parseArgs({ args: [...argv], options: withHelp });
-  if (values.help === true) {
-    process.stdout.write(`${benchUsage(script, options)}\n`);
-    process.exit(0);
-  }
+  exitOnHelp(benchUsage(script, options), argv);
+  const { values } = parseArgs({ args: [...argv], options });
   const num = {} as Record<K | 'runtime' | 'reps', number>;
   for (const name of Object.keys(defaults) as (K | 'runtime' | 'reps')[]) num[name] = positiveNumber(values[name], `--${name}`);
   const shown = Object.keys(options).filter((k) => options[k]?.default !== undefined || (k === 'dir' && values.dir !== undefined));
