@@ -51,21 +51,15 @@ async function main(): Promise<void> {
     for (let i = 0; i < size; i += 4) data.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
     fs.writeFileSync(image, data);
     const cachePath = path.join(dir, 'cache.img');
-    // Warm: passes over the 64 KiB chunks in a shuffled order until every block is cached,
-    // waiting for the insertions every 64 reads (the log's insertion queue is bounded: reads
-    // faster than it drops them), then close and reopen the cache so that no segment is in a
-    // RAM buffer (every hit reads the device).
+    // Warm: sequential passes until every block is cached, waiting for the insertions every 64
+    // reads (the log's insertion queue is bounded: reads faster than it drops them), then close
+    // and reopen the cache so that no segment is in a RAM buffer (every hit reads the device).
     let cache = await Cache.open({ path: cachePath, size: 2 * size, engine });
     let cached = await CachedStore.open({ backing: await FileStore.open(image, { engine }), cache, name: 'vol0' });
     const chunk = new Uint8Array(65536);
-    const order = Array.from({ length: size / chunk.byteLength }, (_, i) => i * chunk.byteLength);
-    for (let i = order.length - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1));
-      [order[i], order[j]] = [order[j] as number, order[i] as number];
-    }
     for (let pass = 0; pass < 10 && cache.stats().blocks < size / BS; pass++) {
-      for (let i = 0; i < order.length; i++) {
-        await cached.read(order[i] as number, [chunk]);
+      for (let i = 0; i * chunk.byteLength < size; i++) {
+        await cached.read(i * chunk.byteLength, [chunk]);
         if (i % 64 === 63) await cache.log.quiesce();
       }
       await cache.log.quiesce();
