@@ -17,7 +17,7 @@ import { addBenchCommand } from '../bench/runner';
 import { runDaemon } from '../daemon/daemon';
 import { controlJson } from '../control/client';
 import type { DaemonStats } from '../control/daemon-api';
-import { applyActivatedSockets, type ActivatedSockets, takeActivatedSockets } from '../daemon/systemd';
+import { applyActivatedSockets, type ActivatedSockets, LISTEN_FDS_START, takeActivatedSockets } from '../daemon/systemd';
 import { createDaemonLogger, LOG_FORMATS, type LogFormat } from '../util/logger';
 import { VERSION } from '../util/version';
 import { renderStatsTable } from './stats-table';
@@ -205,6 +205,23 @@ function configFromFlagsOnly(f: ServeFlags, activatedFd: number | undefined): Da
   });
 }
 
+/**
+ * What --check prints: the configuration as the daemon would run it. A volume given by flags
+ * without --socket-path or --fd takes its socket from systemd, which a check run (ExecStartPre)
+ * does not get: it is checked as if activated and named in the output (`systemdSocket`).
+ */
+function checkedConfig(f: ServeFlags): unknown {
+  if (f.config !== undefined || f.socketPath !== undefined || f.fd !== undefined) return configFromFlags(f);
+  const name = f.name ?? 'vol0';
+  const config = configFromFlags(f, new Map([[name, LISTEN_FDS_START]]));
+  const volumes = config.volumes.map((v) => {
+    const out = { ...v, systemdSocket: name };
+    delete out.fd;
+    return out;
+  });
+  return { ...config, volumes };
+}
+
 async function serve(f: ServeFlags): Promise<void> {
   if (f.printCapabilities === true) {
     process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
@@ -212,7 +229,7 @@ async function serve(f: ServeFlags): Promise<void> {
   }
   if (f.check === true) {
     // Nothing is opened: safe beside a running daemon, e.g. to check an edit before a restart.
-    process.stdout.write(`${JSON.stringify(configFromFlags(f), null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify(checkedConfig(f), null, 2)}\n`);
     return;
   }
   const activated = takeActivatedSockets();

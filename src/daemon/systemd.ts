@@ -14,7 +14,7 @@ import { native } from '../native/binding';
 import type { Logger } from '../util/logger';
 
 /** The first inherited fd (SD_LISTEN_FDS_START). */
-const LISTEN_FDS_START = 3;
+export const LISTEN_FDS_START = 3;
 
 /** Inherited sockets by name (an unnamed socket is called "unknown", as systemd does). */
 export type ActivatedSockets = Map<string, number>;

@@ -352,6 +352,24 @@ describe('CLI: the real command (bin/vhost-blk-cache)', function () {
     assert.equal(bad.stdout, '');
   });
 
+  it('--check of a volume given by flags whose socket comes from systemd (no --socket-path, no --fd) checks it as activated and names the socket', async () => {
+    // ExecStartPre gets no LISTEN_FDS: the check must not ask for a socket the daemon will inherit.
+    const img = path.join(dir, 'd.img');
+    const r = await cli(['serve', '--name', 'vm1', '--backing', img, '--size', '1G', '--check']);
+    assert.equal(r.code, 0, r.stderr);
+    const c = JSON.parse(r.stdout) as { volumes: Record<string, unknown>[] };
+    assert.equal(c.volumes.length, 1);
+    assert.equal(c.volumes[0]?.name, 'vm1');
+    assert.equal(c.volumes[0]?.systemdSocket, 'vm1');
+    assert.equal(c.volumes[0]?.fd, undefined);
+    assert.equal(c.volumes[0]?.socketPath, undefined);
+    assert.deepEqual(fs.readdirSync(dir), [], 'nothing created');
+    // Still a check: a wrong flag fails it.
+    const bad = await cli(['serve', '--name', 'vm1', '--backing', img, '--num-queues', 'x', '--check']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /--num-queues: expected a whole number/);
+  });
+
   it("--version and -V print package.json's version", async () => {
     const { version } = JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { version: string };
     assert.match(version, /^\d+\.\d+\.\d+/);
