@@ -43,7 +43,9 @@
  * Superblock (4 KiB, little endian, version 5): u32 magic 0x44434256 ('VBCD'), u32 version,
  * u32 blockSize, u32 segmentSize, u32 headerSize, u32 segments, u32+u32 metadata area bytes,
  * 16 bytes uuid, u32+u32 generation, 4 bytes zero, u32 CRC-32 of the 4 KiB with this field
- * zero (offset 60), 16 bytes boot id, u32+u32 clean floor, zeros. Full format: docs/cache-format.md.
+ * and the kill mark area zero (offset 60), 16 bytes boot id, u32+u32 clean floor, zeros, and at
+ * offset 2048 the kill marks (kill-marks.ts: kept in every superblock open writes until open
+ * has rewritten the marked segments' headers). Full format: docs/cache-format.md.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -62,6 +64,7 @@ import { CacheMap } from './cache-map';
 import { type InsertKind, Log } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
 import { recoverIndex } from './recovery';
+import { isMarkArea, KillMarks, readMarks } from './kill-marks';
 import { computeGeometry, type Geometry, SEGMENT_ALIGNMENT, SUPERBLOCK_SIZE } from './segment';
 import { VolumeTable, type VolumeTableSnapshot, type VolumeTableState } from './volume-table';
 import { addCounters, type CacheStats, newCounters, type VolumeStats, withRate } from './stats';
@@ -131,6 +134,12 @@ export interface CacheOptions {
    * give one to simulate a host crash (another boot) or a process crash (the same).
    */
   bootId?: string;
+  /**
+   * A kill of clean entries marks their segments in the superblock instead of waiting for the
+   * header rewrite (kill-marks.ts; default true). False: every kill waits, as before marks
+   * (benchmarks compare the two; tests of the rewrite path). Marks found at open are honoured either way.
+   */
+  killMarks?: boolean;
 }
 
 export interface VolumeOptions {
@@ -325,22 +334,23 @@ function parseSuperblock(b: Uint8Array, g: Geometry): SuperblockState | null {
     cleanFloor: v.getUint32(80, true) + v.getUint32(84, true) * 2 ** 32,
   };
   const expect = superblock(g, st);
-  for (let i = 0; i < SUPERBLOCK_SIZE; i++) if (b[i] !== expect[i]) return null;
+  for (let i = 0; i < SUPERBLOCK_SIZE; i++) if (b[i] !== expect[i] && !isMarkArea(i)) return null;
   return st;
 }
 
 /**
- * Drops (untracked: the clean floor makes their entries dead) every clean entry of a recovered
- * map whose header was sealed below `cleanFloor`, after the entries of each key were resolved
- * (recovery.ts): a key whose newest entry is clean loses it and no older copy comes back.
- * Returns how many.
+ * Drops (untracked) every clean entry of a recovered map whose header was sealed below
+ * `cleanFloor` (the floor makes their entries dead) or whose segment is `marked` (kill-marks.ts:
+ * open rewrites those headers before anything else), after the entries of each key were
+ * resolved (recovery.ts): a key whose newest entry is clean loses it and no older copy comes
+ * back. Returns how many.
  */
-function dropClean(map: CacheMap, segSeq: Float64Array, cleanFloor: number): number {
+function dropClean(map: CacheMap, segSeq: Float64Array, cleanFloor: number, marked: ReadonlySet<number>): number {
   const { bda } = map;
   const bps = map.segmentBlocks;
   let n = 0;
   for (let seg = 0; seg < segSeq.length; seg++) {
-    if (segSeq[seg] >= cleanFloor) continue;
+    if (segSeq[seg] >= cleanFloor && !marked.has(seg)) continue;
     for (let i = seg * bps; i < (seg + 1) * bps; i++) {
       if (!bda.isValid(i) || bda.isDirty(i)) continue;
       map.drop(i, true);
@@ -442,6 +452,8 @@ export class Cache {
   private readonly engine: IoEngine;
   /** The log's descriptor: fd, or an O_DIRECT one of the same device (closed with fd). */
   private readonly logFd: number;
+  /** Kill marks in the superblock (kill-marks.ts). */
+  private readonly marks: KillMarks;
   private readonly logger: Logger;
   private readonly uuid: Uint8Array;
   private readonly volumes = new Map<string, VolumeRecord>();
@@ -486,6 +498,7 @@ export class Cache {
     sequence: number;
     /** The durable mark the log starts from (Log: LogOptions.synced). */
     synced: number;
+    marks: KillMarks;
     floor: number;
     volumes: VolumeRecord[];
     warm: boolean;
@@ -511,6 +524,7 @@ export class Cache {
       this.volumes.set(v.name, v);
       if (a.recovery !== null) this.recoveredIds.add(v.id);
     }
+    this.marks = a.marks;
     this.log = new Log({
       fd: a.logIo.fd,
       alignment: a.logIo.alignment,
@@ -524,6 +538,7 @@ export class Cache {
       maxQueuedBlocks: a.o.maxQueuedBlocks ?? 16 * a.g.blocksPerSegment,
       logger: this.logger,
       onDisabled: () => this.retire(),
+      marks: a.o.killMarks === false ? null : a.marks,
     });
     this.map.onClean = (slot) => void this.destaging.delete(slot);
   }
@@ -678,6 +693,10 @@ export class Cache {
         // Neither: nothing on the device can be interpreted safely.
         if (!loaded.ok && saved === null) sb = null;
       }
+      // Segments whose headers may name killed clean entries (kill-marks.ts): kept marked in every
+      // superblock written until open has rewritten them.
+      const marked = sb ? [...new Set(readMarks(raw))].filter((s) => s < g.segments) : [];
+      const marks = new KillMarks((bytes, offset) => o.engine.writeSync(fd, bytes, offset), marked);
       const boot = bootIdBytes(o.bootId);
       if (!sb) {
         // A file that had to be resized may have lost blocks: its content is not trusted.
@@ -700,7 +719,7 @@ export class Cache {
       }
       // From now on the metadata on disk is stale: a crash means recovery from the headers.
       sb = { uuid: sb.uuid, generation: sb.generation + 1, boot, cleanFloor: hostCrash ? CLEAN_FLOOR_PENDING : sb.cleanFloor };
-      await o.engine.writev(fd, [superblock(g, sb)], 0);
+      await o.engine.writev(fd, [marks.onto(superblock(g, sb))], 0);
       await o.engine.fdatasync(fd);
       // Sequence numbers stay increasing across starts: never below microseconds since 1970.
       const clock = Date.now() * 1000;
@@ -728,10 +747,10 @@ export class Cache {
         if (hostCrash) {
           // Every clean entry found may be older than its backing store: below the clean floor.
           sb = { ...sb, cleanFloor: sequence + 1 };
-          await o.engine.writev(fd, [superblock(g, sb)], 0);
+          await o.engine.writev(fd, [marks.onto(superblock(g, sb))], 0);
           await o.engine.fdatasync(fd);
         }
-        cleanDropped = dropClean(map, recovered.segSeq, sb.cleanFloor);
+        cleanDropped = dropClean(map, recovered.segSeq, sb.cleanFloor, new Set(marked));
         if (hostCrash) logger.warn({ path: o.path, cleanDropped, dirtyKept: map.dirtyTotal }, 'cache recovered after a host crash: clean blocks dropped, write-back blocks kept');
         // Records of ids above what the BDA keys (written by an older version): forgotten, their
         // entries were not recovered and such ids are never assigned again (invariant 4 holds).
@@ -739,7 +758,7 @@ export class Cache {
         if (volumes.length < saved.volumes.length) logger.warn({ path: o.path, forgotten: saved.volumes.length - volumes.length }, `volume records forgotten: ${TOO_MANY_VOLUMES}`);
         floor = saved.floor;
         logger.info(
-          { path: o.path, reason: loaded.reason, blocks: map.map.size, skipped: recovered.skipped, verified: recovered.verified, torn: recovered.torn, rewrite: recovered.rewrite.length, workers: recovered.workers, ms: Math.round(recovered.ms) },
+          { path: o.path, reason: loaded.reason, blocks: map.map.size, marked: marked.length, skipped: recovered.skipped, verified: recovered.verified, torn: recovered.torn, rewrite: recovered.rewrite.length, workers: recovered.workers, ms: Math.round(recovered.ms) },
           'cache recovered from the segment headers',
         );
       } else {
@@ -763,13 +782,16 @@ export class Cache {
           ? null
           : { entries: recovered.entries, skipped: recovered.skipped, rewritten: recovered.rewrite.length, verified: recovered.verified, torn: recovered.torn, hostCrash, cleanDropped, ms: recovered.ms };
       const synced = recovered === null ? sequence : recovered.mark;
-      const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, synced, floor, volumes, warm: loaded.ok, table, recovery });
+      const cache = new Cache({ o, fd, logIo, g, sb, place, map, sequence, synced, floor, volumes, warm: loaded.ok, table, recovery, marks });
       holder.cache = cache;
       try {
         await table.save();
-        // Headers naming entries the index does not hold are rewritten before anything else.
-        if (recovered !== null && recovered.rewrite.length > 0) await cache.log.rewrite(recovered.rewrite);
+        // Headers naming entries the index does not hold are rewritten before anything else, and
+        // synced before the marks of those segments are cleared.
+        const rewrite = new Set([...(recovered?.rewrite ?? []), ...marked]);
+        if (rewrite.size > 0) await cache.log.rewrite(rewrite);
         if (cache.log.disabled) throw new VhostError(`${o.path}: cache device write failed at open`, 'EIO');
+        marks.clearRecovered(marked);
       } catch (err) {
         cache.closing = true;
         await cache.log.quiesce();
@@ -1352,6 +1374,7 @@ export class Cache {
   }
 
   private closeFds(): void {
+    this.marks.stop();
     if (this.logFd !== this.fd) fs.closeSync(this.logFd);
     native.unlock(this.fd);
     fs.closeSync(this.fd);

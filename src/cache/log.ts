@@ -72,7 +72,9 @@
  * header entry on the device until a header of its segment sealed later is durable
  * (dropped.ts). killFor() finds the segments whose headers still name the blocks a write is
  * about to change and rewrites them: each header is sealed again from the BDA (a new sequence
- * number, every sector) and written; the write waits for those writes to complete, and for an
+ * number, every sector) and written; the write waits for those writes to complete (unless only
+ * clean entries are involved and their segments could be marked in the superblock instead:
+ * kill-marks.ts, the rewrites then run without the write waiting), and for an
  * fdatasync after them only when an entry may be dirty on the device (dropped while dirty, or
  * its segment holds a clean mark no durable header records yet: cleanMarkSeq against
  * durableSeq) or for a destage (docs/cache-format.md "Crash kinds": after a host crash the
@@ -136,6 +138,7 @@ import { VhostError } from '../native/errors';
 import type { Logger } from '../util/logger';
 import type { CacheMap } from './cache-map';
 import { type Dropped, DroppedEntries } from './dropped';
+import type { KillMarks } from './kill-marks';
 import { FLAG_RESERVED, FLAG_SHADOW } from './bda';
 import { BufferState, checkHeaderSectors, entryKeyHi, entryOffset, entrySector, type Geometry, sealHeader, SEGMENT_ALIGNMENT, SegmentBuffer, segmentOffset, slotOffset } from './segment';
 import { LatencyMeter } from './stats';
@@ -202,6 +205,8 @@ export interface LogOptions {
    * when that round gave up (never rejects).
    */
   onDisabled: () => Promise<boolean>;
+  /** Kill marks (kill-marks.ts): a kill of clean entries marks their segments instead of waiting; null: it waits. */
+  marks: KillMarks | null;
 }
 
 /** Evicted entries awaiting an fdatasync, in segments' worth, beyond which one is started. */
@@ -282,6 +287,7 @@ export class Log {
   private readonly uuid: Uint8Array;
   private readonly logger: Logger;
   private readonly maxQueued: number;
+  private readonly marks: KillMarks | null;
   private readonly segGen: Uint32Array;
   /** 1 once a checksum mismatch of the segment was logged (cleared when it is rewritten). */
   private readonly checksumLogged: Uint8Array;
@@ -385,6 +391,7 @@ export class Log {
     this.synced = o.synced;
     this.logger = o.logger;
     this.maxQueued = o.maxQueuedBlocks;
+    this.marks = o.marks;
     this.onDisabled = o.onDisabled;
     this.dropped = new DroppedEntries(this.g.blocksPerSegment);
     this.releasedRewriteAt = Math.max(1, Math.floor(this.map.slots * RESERVED_REWRITE_SHARE));
@@ -773,6 +780,9 @@ export class Log {
     await Promise.all([...this.segTail.values()]);
     while (this.syncsRunning.size > 0 || this.syncQueued !== null) await Promise.all([...this.syncsRunning, this.syncQueued?.done]);
     await this.floorRound;
+    // The marks cleared by the rewrites waited for (their callbacks ran in those turns).
+    await Promise.resolve();
+    this.marks?.writeClears();
   }
 
   /** Runs fn in the chain after every insertion queued so far, deferred ones included. */
@@ -909,7 +919,18 @@ export class Log {
       if (segs.size === 0) return null;
       if (dirty) done = this.rewrite(segs);
       else if (unwritten.size === 0) return null;
-      else done = this.enqueue(unwritten, false).written;
+      else {
+        const batch = this.enqueue(unwritten, false);
+        const marks = this.marks;
+        if (marks !== null && marks.mark(unwritten)) {
+          // Marked on the device: a process crash now drops these segments' clean entries.
+          void batch.written.then((ok) => {
+            if (ok) marks.unmark(unwritten);
+          });
+          return null;
+        }
+        done = batch.written;
+      }
     }
     return done.then((ok) => {
       if (!ok) throw new VhostError('cache device refuses writes: the write is not issued (a start after a crash could bring back blocks it makes stale)', 'EIO');

@@ -16,7 +16,12 @@
  *      and, before its backing write is issued, rewrites the headers of every segment that may
  *      still name K (Log.killFor) and waits for those writes to complete; then an fdatasync too
  *      when an entry may be dirty on the device (dropped dirty, or an unrecorded clean mark in
- *      its segment): batched, one device write set (+ one fdatasync) per batch.
+ *      its segment): batched, one device write set (+ one fdatasync) per batch. When only clean
+ *      entries are involved it may instead mark those segments in the superblock (kill-marks.ts:
+ *      a completed write, kept by a process crash) and let the rewrites run: cache.ts drops
+ *      every clean entry of a marked segment after this recovery (dropClean), after a host
+ *      crash every clean entry is dropped anyway, and a mark is cleared only once a rewrite of
+ *      its segment sealed after it completed.
  *   2. Keys leaving the map without a write (evicted when the slot is refilled, read-ahead or
  *      device read errors, checksum drops, a block moved to another slot) are remembered with
  *      their slot (dropped.ts) until a header of their segment sealed after the drop is durable,

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { sliceIov } from '../util/iov';
-import { type IoEngine, readvCheckedOf, readvThenOf } from './io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf, writeAllSync } from './io-engine';
 
 function ioError(err: unknown, what: string): VhostError {
   const e = err as NodeJS.ErrnoException;
@@ -75,6 +75,10 @@ export class FsEngine implements IoEngine {
       pos += n;
       rest = sliceIov(rest, n);
     }
+  }
+
+  writeSync(fd: number, bytes: Uint8Array, offset: number): void {
+    writeAllSync(fd, bytes, offset);
   }
 
   fdatasync(fd: number): Promise<void> {

@@ -7,7 +7,9 @@
  * code is the errno name ('EIO', 'ENOSPC', ...). The caller keeps `bufs` untouched until the
  * promise settles. Offsets and lengths are byte numbers < 2^53.
  */
+import * as fs from 'node:fs';
 import { native } from '../native/binding';
+import { VhostError } from '../native/errors';
 import { iovLength } from '../util/iov';
 
 export interface IoEngine {
@@ -48,6 +50,12 @@ export interface IoEngine {
   ): void;
   /** Writes every byte of bufs to fd at offset (short writes are continued); `background` as readv. */
   writev(fd: number, bufs: readonly Uint8Array[], offset: number, background?: boolean): Promise<void>;
+  /**
+   * Writes every byte of `bytes` to fd at offset before returning, on the calling thread; throws
+   * VhostError (errno name). Only for a few bytes into the page cache, where waiting for a
+   * completion would cost more than the copy (kill-marks.ts).
+   */
+  writeSync(fd: number, bytes: Uint8Array, offset: number): void;
   fdatasync(fd: number): Promise<void>;
   /**
    * Starts writing the dirty page-cache pages of [offset, offset + length) of fd to the device
@@ -97,4 +105,20 @@ export function readvCheckedOf(
     () => done(null, blocksMatch(bufs, blockSize, crcs, at)),
     (err: Error) => done(err, false),
   );
+}
+
+/** writeSync of the engines on real descriptors: pwrite until every byte is written. */
+export function writeAllSync(fd: number, bytes: Uint8Array, offset: number): void {
+  let done = 0;
+  while (done < bytes.byteLength) {
+    let n: number;
+    try {
+      n = fs.writeSync(fd, bytes, done, bytes.byteLength - done, offset + done);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new VhostError(`write fd ${fd}: ${e.message}`, e.code ?? 'EIO');
+    }
+    if (n === 0) throw new VhostError(`write fd ${fd}: no progress`, 'EIO');
+    done += n;
+  }
 }

@@ -26,7 +26,7 @@ import { native } from '../native/binding';
 import { CQE_CHECK, CQE_CHECK_NONE, CQE_CHECK_OK, CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
 import { sliceIov } from '../util/iov';
 import { endOfFile } from './fs-engine';
-import { blocksMatch, type IoEngine } from './io-engine';
+import { blocksMatch, type IoEngine, writeAllSync } from './io-engine';
 
 /** Views per READV/WRITEV SQE; longer scatter lists continue like a short transfer. */
 const IOV_MAX = 1024;
@@ -161,6 +161,12 @@ export class UringEngine implements IoEngine {
 
   writev(fd: number, bufs: readonly Uint8Array[], offset: number, background = false): Promise<void> {
     return this.start(OP_WRITE, fd, bufs, offset, 0, 0, false, background);
+  }
+
+  /** A pwrite on the calling thread (no ring: a worker's wake-up costs more than a small page-cache copy). */
+  writeSync(fd: number, bytes: Uint8Array, offset: number): void {
+    if (this.closed) throw new VhostError('io engine closed', 'ESHUTDOWN');
+    writeAllSync(fd, bytes, offset);
   }
 
   fdatasync(fd: number): Promise<void> {

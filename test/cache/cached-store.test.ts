@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cache } from '../../src/cache/cache';
 import { CachedStore, type CacheMode, MISS_BUFFERS } from '../../src/cache/cached-store';
+import { readMarks } from '../../src/cache/kill-marks';
 import { BufferState, deviceBytesFor, segmentOffset, slotOffset } from '../../src/cache/segment';
 import { FsEngine } from '../../src/io/fs-engine';
 import { drawSlots, FaultyEngine, gate, MemStore } from './helpers';
@@ -78,21 +79,28 @@ describe('cached store', () => {
     assert.equal(st.volumes.vol.insertions, 3);
   });
 
-  it('writethrough: a write over a cached clean block issues its backing write once the header rewrite is written, with no fdatasync before it (drawn)', async () => {
+  it('writethrough: a write over a cached clean block issues its backing write once its segment is marked in the superblock, without waiting for the header rewrite or an fdatasync (drawn)', async () => {
     const s = await open();
     await s.write(0, [block(0, 2, 2 * BS)]);
     await settle();
     assert.equal(await cache.log.flush(), true);
     // Segment 0 (4 slots, the first row): blocks 0 and 1, written; the other segments empty.
     assert.equal(drawSlots(cache.map, 4).split('\n')[0], ' 0    1   >..   ..');
-    const [syncs, writes] = [engine.fdatasyncs, engine.writes];
-    let atBacking: number[] | null = null;
+    const [syncs, rewrites] = [engine.fdatasyncs, cache.stats().headerRewrites];
+    const superblock = (): Uint8Array => {
+      const b = new Uint8Array(4096);
+      fs.readSync(fs.openSync(path.join(dir, 'cache'), 'r'), b, 0, 4096, 0);
+      return b;
+    };
+    let atBacking: unknown[] | null = null;
     mem.writeHook = () => {
-      atBacking ??= [engine.fdatasyncs - syncs, engine.writes - writes];
+      atBacking ??= [engine.fdatasyncs - syncs, cache.stats().headerRewrites - rewrites, readMarks(superblock())];
       return Promise.resolve();
     };
     await s.write(BS, [block(BS, 3)]);
-    assert.deepEqual(atBacking, [0, 1], 'before the backing write: the header rewrite of segment 0 (one device write), no fdatasync');
+    assert.deepEqual(atBacking, [0, 0, [0]], 'before the backing write: segment 0 marked, its header rewrite not done, no fdatasync');
+    await cache.quiesce();
+    assert.deepEqual([cache.stats().headerRewrites - rewrites, readMarks(superblock())], [1, []], 'then the rewrite, and the mark cleared');
     await settle();
     // Block 1 is cached again in the next slot (its reuse count restored: the ghost history); slot 1 is free.
     assert.equal(drawSlots(cache.map, 4).split('\n')[0], ' 0    ..   1***>..');

@@ -143,6 +143,14 @@ export class FaultyEngine implements IoEngine {
     return this.inner.writev(fd, bufs, offset);
   }
 
+  writeSync(fd: number, bytes: Uint8Array, offset: number): void {
+    this.writes++;
+    if (this.failWrites || (this.writeFailRate > 0 && this.random() < this.writeFailRate)) {
+      throw new VhostError('injected write error', 'EIO');
+    }
+    this.inner.writeSync(fd, bytes, offset);
+  }
+
   fdatasync(fd: number): Promise<void> {
     this.fdatasyncs++;
     return this.inner.fdatasync(fd);

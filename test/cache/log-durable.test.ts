@@ -17,6 +17,7 @@ import pino from 'pino';
 import { Cache } from '../../src/cache/cache';
 import { FLAG_RESERVED } from '../../src/cache/bda';
 import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
+import { readMarks } from '../../src/cache/kill-marks';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
 import type { VhostError } from '../../src/native/errors';
 import { drawSlots, gate } from './helpers';
@@ -41,12 +42,14 @@ describe('cache log: durable invalidation and the durable mark, checked after po
   let errors: string[];
   /** The host boot the cache runs in (a power cut starts another one). */
   let boot = 0;
+  /** Kills of clean entries mark their segment instead of waiting (CacheOptions.killMarks). */
+  let marks = true;
   const open = async (image?: Uint8Array, size = DEVICE, prepare?: (d: MemDevice) => void): Promise<void> => {
     dev = new MemDevice(size, image);
     prepare?.(dev);
     errors = [];
     const logger = pino({ level: 'error' }, { write: (l: string) => void errors.push(JSON.parse(l).msg) });
-    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, logger, bootId: `boot-${boot}` });
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, logger, bootId: `boot-${boot}`, killMarks: marks });
     v = cache.registerVolume('v', 'mem-1', 256 * BS);
     await cache.quiesce();
   };
@@ -86,6 +89,7 @@ describe('cache log: durable invalidation and the durable mark, checked after po
 
   beforeEach(async () => {
     dir = tmpDir('logdurable');
+    marks = true;
     await open();
   });
   afterEach(async () => {
@@ -93,23 +97,95 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Clean blocks 40..42 in segment 0, written and synced; then block 41 killed (a write-through write's invalidation). */
+  /**
+   * Clean blocks 40..42 in segment 0, written and synced; then block 41 killed (a write-through
+   * write's invalidation) and its header rewrite done: with marks the write waits for nothing
+   * (segment 0 marked on the device first, the mark cleared after the rewrite), without it
+   * waits for the rewrite.
+   */
   const killClean = async (): Promise<void> => {
     await insertClean(40, 3);
     assert.equal(await cache.log.flush(), true);
     const before = cache.stats();
     const [writes, syncs] = [dev.writes, dev.fdatasyncs];
     const killed = cache.invalidate(v, 41, 1);
-    assert.ok(killed !== null, 'block 41 is named by the header of segment 0');
-    await killed;
+    if (marks) {
+      assert.equal(killed, null, 'block 41 is named by the header of segment 0, which is marked: the write need not wait');
+      assert.deepEqual(readMarks(dev.image), [0], 'the mark is on the device before the write goes on');
+      await cache.quiesce();
+      assert.deepEqual(readMarks(dev.image), [], 'cleared once the rewrite is written');
+    } else {
+      assert.ok(killed !== null, 'block 41 is named by the header of segment 0');
+      await killed;
+    }
     const after = cache.stats();
     assert.deepEqual(
       [after.headerRewrites - before.headerRewrites, after.rewriteBatches - before.rewriteBatches, after.deviceWriteBytes - before.deviceWriteBytes],
       [1, 1, cache.geometry.headerSize],
     );
-    assert.deepEqual([dev.writes - writes, dev.fdatasyncs - syncs], [1, 0], 'the kill of a clean block writes the header, no fdatasync before the write');
+    assert.deepEqual([dev.writes - writes, dev.fdatasyncs - syncs], [marks ? 3 : 1, 0], 'the header rewrite (and the mark, then its clear), no fdatasync before the write');
     assert.equal(cache.invalidate(v, 41, 1), null, 'a second write of block 41 waits for nothing (its header is written)');
   };
+
+  it('a kill of a clean block marks its segment and does not wait: a process crash before the header rewrite lands drops the segment\'s clean blocks, the killed one never comes back', async () => {
+    await insertClean(40, 3);
+    assert.equal(await cache.insertDirty(v, 43, block(43, 1), 1), 1);
+    assert.equal(await cache.commit(), true);
+    const io = new HeldIo();
+    dev.io = io;
+    assert.equal(cache.invalidate(v, 41, 1), null, 'the write is issued at once');
+    assert.deepEqual(readMarks(dev.image), [0]);
+    await waitFor(() => io.pending.length === 1, 'the header rewrite of segment 0');
+    // The process dies with the rewrite in flight (never landed): segment 0's header names 41.
+    const image = new Uint8Array(dev.image);
+    dev.io = null;
+    await restartOn(image);
+    assert.deepEqual([cache.recovery?.hostCrash, cache.recovery?.cleanDropped], [false, 3], 'blocks 40..42 dropped (marked segment), write-back block 43 kept');
+    assert.equal(await cached(41), null, 'the killed block is not recovered');
+    assert.equal(await cached(40), null);
+    assert.deepEqual(await cached(43), block(43, 1));
+    assert.deepEqual(readMarks(dev.image), [], 'the open rewrote segment 0 and cleared its mark');
+    // Its header names 41 no more: another process crash brings back nothing of it either.
+    await processCrash();
+    assert.equal(await cached(41), null);
+    assert.deepEqual(await cached(43), block(43, 1));
+  });
+
+  it('a mark found at open is kept on the device until its segment is rewritten and synced: a crash during that open still honours it', async () => {
+    await insertClean(40, 3);
+    assert.equal(await cache.log.flush(), true);
+    const io = new HeldIo();
+    dev.io = io;
+    assert.equal(cache.invalidate(v, 41, 1), null);
+    await waitFor(() => io.pending.length === 1, 'the header rewrite of segment 0');
+    const image = new Uint8Array(dev.image);
+    dev.io = null;
+    // A start whose own rewrite of segment 0 never lands (frozen at its first write: the superblock).
+    dev.freeze();
+    fs.closeSync((cache as unknown as { fd: number }).fd);
+    dev = new MemDevice(image.byteLength, image);
+    dev.freezeAtWrite = 1;
+    // (Another file to lock, of the device's size: the frozen open never lets go of its own.)
+    fs.writeFileSync(path.join(dir, 'frozen'), '');
+    fs.truncateSync(path.join(dir, 'frozen'), image.byteLength);
+    const opening = Cache.open({ path: path.join(dir, 'frozen'), size: image.byteLength, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, bootId: `boot-${boot}` });
+    await dev.frozenSignal;
+    assert.deepEqual(readMarks(dev.processCrashImage(() => 0.9)), [0], 'the superblock that open writes keeps the mark');
+    void opening.catch(() => {});
+    await open(dev.processCrashImage(() => 0.9), image.byteLength);
+    assert.equal(await cached(41), null);
+    assert.equal(await cached(40), null);
+  });
+
+  it('without marks (killMarks false) the write waits for the header rewrite, which a process crash then keeps', async () => {
+    await cache.abort();
+    marks = false;
+    await open();
+    await killClean();
+    await processCrash();
+    assert.equal(await cached(41), null, 'the killed block is not recovered');
+    assert.deepEqual(await cached(40), block(40, 1), 'warm after a process crash');
+  });
 
   it('a kill of a clean block rewrites the header once and does not sync (counted: headerRewrites, rewriteBatches, deviceWriteBytes, fdatasyncs); a process crash never brings it back', async () => {
     await killClean();
@@ -228,6 +304,7 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     // The hand goes on in segment 0: block 42 is put into slot 2, not written yet.
     await insertClean(42, 1);
     await cache.invalidate(v, 40, 1);
+    await cache.quiesce();
     // The process dies: the header rewrite (not synced) is what the next start reads.
     await processCrash();
     assert.equal(cache.map.peek(v, 42), -1, 'block 42 (its data never written) is not recovered');
@@ -392,6 +469,7 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     const seg0 = segmentOffset(cache.geometry, 0);
     dev.writeError = (offset) => offset === seg0;
     await cache.invalidate(v, 40, 1);
+    await cache.quiesce();
     dev.writeError = null;
     assert.equal(cache.stats().disabled, true);
     const writes = dev.writes;

@@ -125,6 +125,8 @@ describe('cache recovery from the segment headers', () => {
     // Blocks 1 and 30 written: segment 0's header rewritten without them.
     await cache.invalidate(v, 1, 1);
     await cache.invalidate(v, 30, 1);
+    // The writes did not wait for the rewrite (their segment marked: kill-marks.ts); it is done now.
+    await cache.quiesce();
     // Torn: sector 0 of the rewrite, sector 1 of the first write (it still names block 30).
     const image = new Uint8Array(dev.image);
     image.set(before.subarray(HEADER_SECTOR), at + HEADER_SECTOR);

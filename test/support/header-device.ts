@@ -67,6 +67,10 @@ export class HeaderDevice implements IoEngine {
     return Promise.reject(new VhostError('read-only device', 'EROFS'));
   }
 
+  writeSync(): void {
+    throw new VhostError('read-only device', 'EROFS');
+  }
+
   fdatasync(): Promise<void> {
     return Promise.resolve();
   }

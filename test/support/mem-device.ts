@@ -109,6 +109,28 @@ export class MemDevice implements IoEngine {
     return Promise.resolve();
   }
 
+  /**
+   * A write that completes before it returns: counted and frozen like writev (a write at or past
+   * `freezeAtWrite` is the one in flight when the process died: it may land, torn or whole, in a
+   * process crash image, and throws here), never held by `io`.
+   */
+  writeSync(_fd: number, bytes: Uint8Array, offset: number): void {
+    if (this.frozen) throw new VhostError('device frozen (the process is dead)', 'EIO');
+    this.writes++;
+    const len = bytes.byteLength;
+    if (this.writeError?.(offset, len)) throw new VhostError('injected write error', 'EIO');
+    const data = new Uint8Array(bytes);
+    const before = this.image.slice(offset, offset + len);
+    this.image.set(data, offset);
+    this.unflushed.push({ offset, data });
+    this.end = Math.max(this.end, offset + len);
+    if (this.writes >= this.freezeAtWrite) {
+      this.frozenWrite = { offset, data, before };
+      this.freeze();
+      throw new VhostError('device frozen (the process is dead)', 'EIO');
+    }
+  }
+
   /** The file cut at `at` (see the file comment); the cut is durable at once. */
   truncate(at: number): void {
     this.image.fill(0, at);
