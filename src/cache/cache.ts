@@ -1308,6 +1308,8 @@ export class Cache {
       deviceWriteBytes: log.deviceWriteBytes,
       headerRewrites: log.headerRewrites,
       rewriteBatches: log.rewriteBatches,
+      killsMarked: this.marks.kills,
+      markedSegments: this.marks.size,
       fdatasyncs: log.fdatasyncs,
       readLatencyUs: log.readLatency.meanUs,
       segmentReadLatencyUs: log.segmentReadLatency.meanUs,

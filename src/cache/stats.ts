@@ -48,6 +48,8 @@
  *                   runs) and header rewrites; per block inserted it is the log's write amplification
  *   headerRewrites  segment headers rewritten to make invalidations durable (log.ts), in
  *   rewriteBatches  batches (one fdatasync each, except the background ones: log.ts rewrite)
+ *   killsMarked     kills of clean entries that marked their segments instead of waiting for
+ *                   the header rewrite (kill-marks.ts); markedSegments: segments marked now
  *   fdatasyncs      fdatasyncs of the cache device (commits, rewrite batches, flushes, ...)
  *   emptySlots      slots holding no block right now
  *   readLatencyUs, segmentReadLatencyUs, segmentWriteLatencyUs: mean cache-device latencies
@@ -105,6 +107,8 @@ export interface CacheStats extends VolumeStats {
   deviceWriteBytes: number;
   headerRewrites: number;
   rewriteBatches: number;
+  killsMarked: number;
+  markedSegments: number;
   fdatasyncs: number;
   readLatencyUs: number;
   segmentReadLatencyUs: number;

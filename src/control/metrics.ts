@@ -179,6 +179,8 @@ export function createMetrics(source: ControlledDaemon): Metrics {
   cacheWide('counter', 'vbc_cache_blocks_carried_total', 'valid blocks kept in place by the hand (not rewritten)', (c) => c.blocksCarried);
   cacheWide('counter', 'vbc_cache_device_write_bytes_total', 'bytes written to the cache device by segment writes (headers and refilled runs)', (c) => c.deviceWriteBytes);
   cacheWide('counter', 'vbc_cache_segments_skipped_total', 'segments passed with every block carried forward (not written)', (c) => c.segmentsSkipped);
+  cacheWide('counter', 'vbc_cache_kills_marked_total', 'writes over clean cached blocks that marked their segments in the superblock instead of waiting for the header rewrite', (c) => c.killsMarked);
+  cacheWide('gauge', 'vbc_cache_marked_segments', 'segments marked in the superblock now (their clean blocks are dropped by a start after a daemon crash)', (c) => c.markedSegments);
   cacheWide('gauge', 'vbc_cache_admit_share', 'share of first-touch read misses admitted outside the admitting regions, adapted by ghost hits', (c) => c.admitShare);
   cacheWide('gauge', 'vbc_cache_decay_period', 'carries per reuse-counter decrement, adapted by ghost hits (high: frequency, 1: recency)', (c) => c.decayPeriod);
   cacheWide('gauge', 'vbc_cache_empty_slots', 'cache slots holding no block', (c) => c.emptySlots);

@@ -99,7 +99,9 @@ describe('cached store', () => {
     };
     await s.write(BS, [block(BS, 3)]);
     assert.deepEqual(atBacking, [0, 0, [0]], 'before the backing write: segment 0 marked, its header rewrite not done, no fdatasync');
+    assert.equal(cache.stats().killsMarked, 1);
     await cache.quiesce();
+    assert.equal(cache.stats().markedSegments, 0);
     assert.deepEqual([cache.stats().headerRewrites - rewrites, readMarks(superblock())], [1, []], 'then the rewrite, and the mark cleared');
     await settle();
     // Block 1 is cached again in the next slot (its reuse count restored: the ghost history); slot 1 is free.

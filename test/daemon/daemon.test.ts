@@ -74,6 +74,13 @@ describe('daemon (in-process, our front end)', function () {
     assert.match(metrics, /^vbc_cache_admit_share 1$/m);
     assert.match(metrics, /^vbc_cache_first_touches_refused_total\{volume="a"\} 0$/m);
     assert.match(metrics, /^vbc_cache_refused_ghost_hits_total\{volume="b"\} 0$/m);
+    assert.match(metrics, /^vbc_cache_kills_marked_total 0$/m);
+    // Writes over cached blocks mark their segment instead of waiting for its header rewrite.
+    await writeBlocks(a, 'a', range(8), 2);
+    await checkBlocks(a, 'a', range(8), 2);
+    const after = (await controlRequest(config.control as string, 'GET', '/metrics')).body;
+    assert.match(after, /^vbc_cache_kills_marked_total [1-9]\d*$/m);
+    assert.match(after, /^vbc_cache_marked_segments \d+$/m);
   });
 
   it('drops only the volume whose front end misbehaves and serves its next connection', async () => {
