@@ -93,11 +93,7 @@ export class MemDevice implements IoEngine {
     if (this.writeError?.(offset, len)) return Promise.reject(new VhostError('injected write error', 'EIO'));
     const data = new Uint8Array(len);
     gatherIov(bufs, data);
-    const effect = () => {
-      this.image.set(data, offset);
-      this.unflushed.push({ offset, data });
-      this.end = Math.max(this.end, offset + len);
-    };
+    const effect = () => this.land(offset, data);
     if (this.writes >= this.freezeAtWrite) {
       this.frozenWrite = { offset, data, before: this.image.slice(offset, offset + len) };
       effect();
@@ -121,14 +117,19 @@ export class MemDevice implements IoEngine {
     if (this.writeError?.(offset, len)) throw new VhostError('injected write error', 'EIO');
     const data = new Uint8Array(bytes);
     const before = this.image.slice(offset, offset + len);
-    this.image.set(data, offset);
-    this.unflushed.push({ offset, data });
-    this.end = Math.max(this.end, offset + len);
+    this.land(offset, data);
     if (this.writes >= this.freezeAtWrite) {
       this.frozenWrite = { offset, data, before };
       this.freeze();
       throw new VhostError('device frozen (the process is dead)', 'EIO');
     }
+  }
+
+  /** A write takes effect: readable now, unflushed until the next fdatasync. */
+  private land(offset: number, data: Uint8Array): void {
+    this.image.set(data, offset);
+    this.unflushed.push({ offset, data });
+    this.end = Math.max(this.end, offset + data.byteLength);
   }
 
   /** The file cut at `at` (see the file comment); the cut is durable at once. */
