@@ -6,12 +6,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { sliceIov } from '../util/iov';
-import { type IoEngine, readvCheckedOf, readvThenOf, writeAllSync } from './io-engine';
-
-function ioError(err: unknown, what: string): VhostError {
-  const e = err as NodeJS.ErrnoException;
-  return new VhostError(`${what}: ${e.message}`, e.code ?? 'EIO');
-}
+import { type IoEngine, ioError, readvCheckedOf, readvThenOf, writeAllSync } from './io-engine';
 
 /** The error of an exact read that reached end of file at `pos`. */
 export function endOfFile(fd: number, pos: number): VhostError {

@@ -107,6 +107,12 @@ export function readvCheckedOf(
   );
 }
 
+/** The VhostError (errno name) of a failed node:fs call. */
+export function ioError(err: unknown, what: string): VhostError {
+  const e = err as NodeJS.ErrnoException;
+  return new VhostError(`${what}: ${e.message}`, e.code ?? 'EIO');
+}
+
 /** writeSync of the engines on real descriptors: pwrite until every byte is written. */
 export function writeAllSync(fd: number, bytes: Uint8Array, offset: number): void {
   let done = 0;
@@ -115,8 +121,7 @@ export function writeAllSync(fd: number, bytes: Uint8Array, offset: number): voi
     try {
       n = fs.writeSync(fd, bytes, done, bytes.byteLength - done, offset + done);
     } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      throw new VhostError(`write fd ${fd}: ${e.message}`, e.code ?? 'EIO');
+      throw ioError(err, `write fd ${fd}`);
     }
     if (n === 0) throw new VhostError(`write fd ${fd}: no progress`, 'EIO');
     done += n;
