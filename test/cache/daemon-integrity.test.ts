@@ -124,6 +124,8 @@ describe('daemon: corrupted cache device (our front end)', function () {
     await checkAll(f, 1);
     const st = await cacheStats();
     assert.ok(st.checksumErrors >= read && st.checksumErrors <= corrupted, `every corrupted block read was caught: ${st.checksumErrors} of ${read} read (${corrupted} cached)`);
-    assert.equal(st.readHits, 0);
+    // No corrupted block was served (checkAll compared every byte); a hit can only be of a
+    // block read-ahead fetched from the backing store after the start, before its read came.
+    assert.equal(st.readHits, st.prefetchHits, `every hit was of a block prefetched after the warm start: ${st.readHits} hits`);
   });
 });
