@@ -8,6 +8,7 @@ namespace vbc {
 Napi::Object InitErrors(Napi::Env env, Napi::Object exports);
 Napi::Object InitVhostDevice(Napi::Env env, Napi::Object exports);
 Napi::Object InitIoRing(Napi::Env env, Napi::Object exports);
+Napi::Object InitMappedFile(Napi::Env env, Napi::Object exports);
 Napi::Object InitFrontend(Napi::Env env, Napi::Object exports);
 Napi::Object InitRbd(Napi::Env env, Napi::Object exports);
 void RegisterCrc32c(Napi::Env env, Napi::Object exports);
@@ -31,6 +32,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vbc::InitErrors(env, exports);
   vbc::InitVhostDevice(env, exports);
   vbc::InitIoRing(env, exports);
+  vbc::InitMappedFile(env, exports);
   vbc::InitFrontend(env, exports);
   vbc::InitRbd(env, exports);
   vbc::RegisterCrc32c(env, exports);

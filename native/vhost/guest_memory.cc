@@ -107,6 +107,10 @@ uint64_t FaultCount() { return g_fault_count.load(std::memory_order_acquire); }
 void InstallFaultHandler(void (*notify)(void*), void* arg) {
   g_notify_arg.store(arg, std::memory_order_release);
   g_notify.store(notify, std::memory_order_release);
+  EnsureFaultHandler();
+}
+
+void EnsureFaultHandler() {
   if (g_handler_installed.exchange(true)) return;
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);

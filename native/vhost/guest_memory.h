@@ -72,6 +72,9 @@ class Mapping : public std::enable_shared_from_this<Mapping> {
 // Installs the SIGBUS handler once per process; `notify(arg)` runs inside the handler after a
 // guest mapping was replaced (async-signal-safe code only). Later calls only replace notify.
 void InstallFaultHandler(void (*notify)(void*), void* arg);
+// Installs the handler if it is not yet, leaving notify as it is (mappings of our own files,
+// io/mapped_file.h, whose owner checks faulted() after each access).
+void EnsureFaultHandler();
 // Guest mappings replaced by the handler so far (process-wide): a cheap "anything new?" test
 // before looking for faulted mappings.
 uint64_t FaultCount();

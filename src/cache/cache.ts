@@ -54,7 +54,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { crc32 } from 'node:zlib';
 import { identityObject } from '../backing/backing-store';
 import { directAlignment } from '../io/direct-io';
-import type { IoEngine } from '../io/io-engine';
+import type { IoEngine, SyncRegion } from '../io/io-engine';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { type Logger, silentLogger } from '../util/logger';
@@ -673,6 +673,8 @@ export class Cache {
     }
     const { fd, bytes, resized, block } = await openDeviceWaiting(o.path, o.size, o.lockWaitMs ?? LOCK_WAIT_MS);
     let logIo: { fd: number; alignment: number } | undefined;
+    // The superblock's 4 KiB for the kill marks' writes (KillMarks closes it when stopped).
+    let markArea: SyncRegion | undefined;
     try {
       logIo = openLogIo(o.path, fd, o.direct ?? block);
       if (resized) await preallocate(o.engine, fd, bytes, o.path);
@@ -696,7 +698,8 @@ export class Cache {
       // Segments whose headers may name killed clean entries (kill-marks.ts): kept marked in every
       // superblock written until open has rewritten them.
       const marked = sb ? [...new Set(readMarks(raw))].filter((s) => s < g.segments) : [];
-      const marks = new KillMarks((bytes, offset) => o.engine.writeSync(fd, bytes, offset), marked);
+      markArea = o.engine.syncRegion(fd, 0, SUPERBLOCK_SIZE);
+      const marks = new KillMarks(markArea, marked);
       const boot = bootIdBytes(o.bootId);
       if (!sb) {
         // A file that had to be resized may have lost blocks: its content is not trusted.
@@ -799,6 +802,7 @@ export class Cache {
       }
       return cache;
     } catch (err) {
+      markArea?.close();
       if (logIo !== undefined && logIo.fd !== fd) fs.closeSync(logIo.fd);
       fs.closeSync(fd);
       throw err;

@@ -7,7 +7,9 @@
  * the backing write only so that a PROCESS crash leaves no completed header write naming the old
  * copy. A mark does the same job for the cost of one small synchronous write: the segment's
  * number, written into the superblock's mark area through the page cache (which a process crash
- * keeps) before the backing write is issued. Recovery after a process crash drops every clean
+ * keeps) before the backing write is issued: `region` (IoEngine.syncRegion over the superblock's
+ * 4 KiB) is, on a cache file, a shared mapping of that page, so a mark costs a memory copy (and
+ * a write-protect fault after writeback cleaned the page), not a system call. Recovery after a process crash drops every clean
  * entry of a marked segment (cache.ts dropClean), rewrites its header before anything else, and
  * only then clears the marks (Cache.open).
  *
@@ -24,6 +26,8 @@
  * knows no marks finds a superblock with one set foreign and formats the device (cold, never
  * stale); with none set the two read the same superblock.
  */
+import type { SyncRegion } from '../io/io-engine';
+
 /** Where the mark area starts in the superblock's 4 KiB (the superblock's fields end at 88). */
 export const MARKS_OFFSET = 2048;
 /** Segments that can be marked at once (kills whose rewrite is in flight: a handful). */
@@ -31,9 +35,6 @@ export const MARK_SLOTS = 512;
 const AREA_BYTES = MARK_SLOTS * 4;
 /** Clears not carried by a mark's write within this long are written on their own. */
 export const CLEAR_DELAY_MS = 10;
-
-/** Writes `bytes` at device offset `offset` synchronously (IoEngine.writeSync on the superblock's descriptor). */
-export type SyncWriter = (bytes: Uint8Array, offset: number) => void;
 
 /** The segments marked in a superblock's 4 KiB (`raw`), in slot order. */
 export function readMarks(raw: Uint8Array): number[] {
@@ -67,7 +68,7 @@ export class KillMarks {
 
   /** `recovered`: the segments marked on the device now (kept until clearRecovered). */
   constructor(
-    private readonly write: SyncWriter,
+    private readonly region: SyncRegion,
     recovered: readonly number[] = [],
   ) {
     for (let i = MARK_SLOTS - 1; i >= recovered.length; i--) this.free.push(i);
@@ -107,7 +108,7 @@ export class KillMarks {
         added.push(s);
       }
       try {
-        this.write(this.area, MARKS_OFFSET);
+        this.region.write(this.area, MARKS_OFFSET);
         this.clearsPending = false;
       } catch {
         // What landed is harmless (a mark only costs clean blocks after a crash); the kill waits.
@@ -142,18 +143,19 @@ export class KillMarks {
     this.clearTimer = null;
     if (!this.clearsPending || this.off) return;
     try {
-      this.write(this.area, MARKS_OFFSET);
+      this.region.write(this.area, MARKS_OFFSET);
       this.clearsPending = false;
     } catch {
       this.off = true;
     }
   }
 
-  /** The device is closed: no write any more (its descriptor may be reused); pending clears are lost, which is harmless. */
+  /** The device is closing: no write any more, the region closed (before its descriptor); pending clears are lost, which is harmless. */
   stop(): void {
     if (this.clearTimer !== null) clearTimeout(this.clearTimer);
     this.clearTimer = null;
     this.off = true;
+    this.region.close();
   }
 
   /**
@@ -163,7 +165,7 @@ export class KillMarks {
   clearRecovered(segs: readonly number[]): void {
     if (segs.length === 0) return;
     for (const s of segs) this.release(s);
-    this.write(this.area, MARKS_OFFSET);
+    this.region.write(this.area, MARKS_OFFSET);
   }
 
   private release(seg: number): void {

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import { native } from '../native/binding';
 import { VhostError } from '../native/errors';
 import { sliceIov } from '../util/iov';
-import { type IoEngine, ioError, readvCheckedOf, readvThenOf, writeAllSync } from './io-engine';
+import { type IoEngine, ioError, readvCheckedOf, readvThenOf, type SyncRegion, syncRegionOf, writeAllSync } from './io-engine';
 
 /** The error of an exact read that reached end of file at `pos`. */
 export function endOfFile(fd: number, pos: number): VhostError {
@@ -74,6 +74,10 @@ export class FsEngine implements IoEngine {
 
   writeSync(fd: number, bytes: Uint8Array, offset: number): void {
     writeAllSync(fd, bytes, offset);
+  }
+
+  syncRegion(fd: number, offset: number, length: number): SyncRegion {
+    return syncRegionOf(this, fd, offset, length);
   }
 
   fdatasync(fd: number): Promise<void> {

@@ -56,6 +56,13 @@ export interface IoEngine {
    * completion would cost more than the copy (kill-marks.ts).
    */
   writeSync(fd: number, bytes: Uint8Array, offset: number): void;
+  /**
+   * [offset, offset + length) of fd for writeSync()s made often (the kill marks of the cache
+   * superblock): region.write(bytes, at) is writeSync(fd, bytes, offset + at), as cheap as the
+   * engine can make it (io_uring engine: a shared mapping of the range of a regular file, a
+   * memory copy into the page cache with no system call; else writeSync). Close it before fd.
+   */
+  syncRegion(fd: number, offset: number, length: number): SyncRegion;
   fdatasync(fd: number): Promise<void>;
   /**
    * Starts writing the dirty page-cache pages of [offset, offset + length) of fd to the device
@@ -72,6 +79,29 @@ export interface IoEngine {
   blockRange(fd: number, op: 'discard' | 'zeroout', offset: number, length: number): Promise<void>;
   /** Waits for nothing: operations still in flight keep their buffers referenced. */
   close(): void;
+}
+
+/** IoEngine.syncRegion's writer. */
+export interface SyncRegion {
+  /** writeSync() of bytes at `at` of the region (throws VhostError: an errno name, ERANGE outside it). */
+  write(bytes: Uint8Array, at: number): void;
+  /** No write any more (idempotent). */
+  close(): void;
+}
+
+/** syncRegion() through the engine's own writeSync (engines that cannot map the range). */
+export function syncRegionOf(engine: Pick<IoEngine, 'writeSync'>, fd: number, offset: number, length: number): SyncRegion {
+  let open = true;
+  return {
+    write(bytes: Uint8Array, at: number): void {
+      if (!open) throw new VhostError('sync region closed', 'ESHUTDOWN');
+      if (at < 0 || at + bytes.byteLength > length) throw new VhostError('write outside the sync region', 'ERANGE');
+      engine.writeSync(fd, bytes, offset + at);
+    },
+    close(): void {
+      open = false;
+    },
+  };
 }
 
 /** Whether every whole block of bufs matches its CRC-32C crcs[at + j] (one native call). */

@@ -23,10 +23,10 @@
 import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
 import { native } from '../native/binding';
-import { CQE_CHECK, CQE_CHECK_NONE, CQE_CHECK_OK, CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
+import { CQE_CHECK, CQE_CHECK_NONE, CQE_CHECK_OK, CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing, type NativeMappedFile } from '../native/types';
 import { sliceIov } from '../util/iov';
 import { endOfFile } from './fs-engine';
-import { blocksMatch, type IoEngine, writeAllSync } from './io-engine';
+import { blocksMatch, type IoEngine, type SyncRegion, syncRegionOf, writeAllSync } from './io-engine';
 
 /** Views per READV/WRITEV SQE; longer scatter lists continue like a short transfer. */
 const IOV_MAX = 1024;
@@ -167,6 +167,21 @@ export class UringEngine implements IoEngine {
   writeSync(fd: number, bytes: Uint8Array, offset: number): void {
     if (this.closed) throw new VhostError('io engine closed', 'ESHUTDOWN');
     writeAllSync(fd, bytes, offset);
+  }
+
+  /**
+   * A regular file's range is mapped (native MappedFile: a write is a memory copy into the page
+   * cache); anything else (a block device, a range the file does not hold) goes through writeSync.
+   */
+  syncRegion(fd: number, offset: number, length: number): SyncRegion {
+    if (this.closed) throw new VhostError('io engine closed', 'ESHUTDOWN');
+    let mapped: NativeMappedFile;
+    try {
+      mapped = new native.MappedFile(fd, offset, length);
+    } catch {
+      return syncRegionOf(this, fd, offset, length);
+    }
+    return { write: (bytes, at) => mapped.write(bytes, at), close: () => mapped.close() };
   }
 
   fdatasync(fd: number): Promise<void> {

@@ -397,9 +397,21 @@ export interface NativeRbd {
   connections?: () => number;
 }
 
+/**
+ * A range of a regular file mapped shared (native/io/mapped_file.h): write() copies bytes into
+ * the page cache with no system call; EIO when the file shrank under the mapping (the bytes are
+ * lost), ERANGE outside the range, ESHUTDOWN after close().
+ */
+export interface NativeMappedFile {
+  write(bytes: Uint8Array, at: number): void;
+  close(): void;
+}
+
 export interface NativeAddon {
   limits: NativeLimits;
   IoRing: NativeIoRingClass;
+  /** Maps [offset, offset + length) of the regular file open as fd; throws EINVAL otherwise. */
+  MappedFile: new (fd: number, offset: number, length: number) => NativeMappedFile;
   rbd: NativeRbd;
   /** BLKGETSIZE64: size in bytes of the block device open as fd. Throws ENOTTY for a file. */
   blockDeviceSize(fd: number): number;

@@ -1,7 +1,7 @@
 /** Test helpers for the cache: seeded PRNG, in-memory backing store, faulty IoEngine, drawing, recovered counts, address-map layout check. */
 import { strict as assert } from 'node:assert';
 import type { BackingStore } from '../../src/backing/backing-store';
-import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf, type SyncRegion, syncRegionOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
 import { CacheMap } from '../../src/cache/cache-map';
@@ -149,6 +149,11 @@ export class FaultyEngine implements IoEngine {
       throw new VhostError('injected write error', 'EIO');
     }
     this.inner.writeSync(fd, bytes, offset);
+  }
+
+  /** Through writeSync, so its injected failures apply. */
+  syncRegion(fd: number, offset: number, length: number): SyncRegion {
+    return syncRegionOf(this, fd, offset, length);
   }
 
   fdatasync(fd: number): Promise<void> {

@@ -2,6 +2,7 @@
  * The IoEngine contract, run against both engines (io_uring and threadpool).
  */
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -306,6 +307,31 @@ for (const [name, make] of engines) {
       }
     });
 
+    it('syncRegion: each write is in the file when it returns (another descriptor reads it), only inside the range (ERANGE), none after close (ESHUTDOWN)', () => {
+      fs.writeSync(fd, new Uint8Array(8192), 0, 8192, 0);
+      const other = fs.openSync(file, 'r');
+      const region = engine.syncRegion(fd, 4096, 2048);
+      try {
+        const bytes = randomBytes(100);
+        region.write(bytes, 1000);
+        const back = Buffer.alloc(100);
+        fs.readSync(other, back, 0, 100, 4096 + 1000);
+        assert.deepEqual(back, bytes);
+        region.write(bytes.subarray(0, 48), 2000);
+        assert.throws(() => region.write(bytes.subarray(0, 49), 2000), (e: VhostError) => e.code === 'ERANGE');
+        region.close();
+        assert.throws(() => region.write(bytes, 0), (e: VhostError) => e.code === 'ESHUTDOWN');
+        region.close();
+        const all = fs.readFileSync(file);
+        assert.equal(all.length, 8192, 'the file keeps its size');
+        assert.deepEqual(all.subarray(4096 + 2000, 4096 + 2048), bytes.subarray(0, 48));
+        assert.ok(all.subarray(0, 4096 + 1000).every((b) => b === 0), 'nothing written outside the writes');
+      } finally {
+        region.close();
+        fs.closeSync(other);
+      }
+    });
+
     it('settles operations in flight at close', async () => {
       const data = randomBytes(4096);
       const w = engine.writev(fd, [data], 0);
@@ -319,3 +345,90 @@ for (const [name, make] of engines) {
     });
   });
 }
+
+/** The lines of /proc/self/maps that map `file`. */
+function mapsOf(file: string): string[] {
+  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.endsWith(file));
+}
+
+describe('UringEngine.syncRegion', () => {
+  let dir: string;
+  let file: string;
+  let fd: number;
+  let engine: UringEngine;
+
+  beforeEach(() => {
+    dir = tmpDir('io-region');
+    file = path.join(dir, 'cache.img');
+    fs.writeFileSync(file, Buffer.alloc(16384));
+    fd = fs.openSync(file, 'r+');
+    engine = new UringEngine();
+  });
+
+  afterEach(() => {
+    engine.close();
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('maps a regular file (a write is a memory copy, no system call) until closed', () => {
+    const region = engine.syncRegion(fd, 0, 4096);
+    assert.equal(mapsOf(file).length, 1, 'the range is mapped');
+    region.write(new Uint8Array([1, 2, 3, 4]), 2048);
+    assert.deepEqual(Array.from(fs.readFileSync(file).subarray(2048, 2052)), [1, 2, 3, 4]);
+    region.close();
+    assert.equal(mapsOf(file).length, 0, 'unmapped at close');
+  });
+
+  it('writes through the descriptor where it cannot map: a range past the end of the file, a character device', () => {
+    const past = engine.syncRegion(fd, 16384, 4096);
+    try {
+      assert.equal(mapsOf(file).length, 0);
+      past.write(new Uint8Array([9]), 10);
+      const st = fs.fstatSync(fd);
+      assert.equal(st.size, 16384 + 11, 'written by pwrite, which extends the file');
+    } finally {
+      past.close();
+    }
+    const dev = fs.openSync('/dev/null', 'r+');
+    const region = engine.syncRegion(dev, 0, 4096);
+    try {
+      region.write(new Uint8Array(8), 0);
+    } finally {
+      region.close();
+      fs.closeSync(dev);
+    }
+  });
+
+  it('a write is kept by a crash of the process right after it (what the kill marks rely on)', () => {
+    const script = `
+      const fs = require('node:fs');
+      const { UringEngine } = require(${JSON.stringify(path.join(__dirname, '../../src/io/uring-engine.js'))});
+      const fd = fs.openSync(${JSON.stringify(file)}, 'r+');
+      const region = new UringEngine().syncRegion(fd, 4096, 4096);
+      region.write(new Uint8Array([0xde, 0xad, 0xbe, 0xef]), 100);
+      process.kill(process.pid, 'SIGKILL');`;
+    const r = spawnSync(process.execPath, ['-e', script], { stdio: 'ignore' });
+    assert.equal(r.signal, 'SIGKILL');
+    assert.deepEqual(Array.from(fs.readFileSync(file).subarray(4196, 4200)), [0xde, 0xad, 0xbe, 0xef]);
+  });
+
+  it('a file cut short under the mapping: the write throws EIO and the process lives on (SIGBUS contained); the next region works', () => {
+    const region = engine.syncRegion(fd, 4096, 4096);
+    try {
+      fs.ftruncateSync(fd, 0);
+      assert.throws(() => region.write(new Uint8Array([7]), 0), (e: VhostError) => e.code === 'EIO');
+      assert.throws(() => region.write(new Uint8Array([7]), 0), (e: VhostError) => e.code === 'EIO', 'and every write after it');
+    } finally {
+      region.close();
+    }
+    fs.ftruncateSync(fd, 16384);
+    const again = engine.syncRegion(fd, 4096, 4096);
+    try {
+      again.write(new Uint8Array([5]), 1);
+      assert.equal(fs.readFileSync(file)[4097], 5);
+    } finally {
+      again.close();
+    }
+  });
+});

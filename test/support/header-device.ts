@@ -7,7 +7,7 @@
  * are copies, done at once and reported a microtask later, so recovery's own cost is what a
  * bench measures (bench/recovery.ts; a real device adds reading segments * headerSize bytes).
  */
-import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf, type SyncRegion, syncRegionOf } from '../../src/io/io-engine';
 import { VhostError } from '../../src/native/errors';
 import type { Geometry } from '../../src/cache/segment';
 
@@ -69,6 +69,10 @@ export class HeaderDevice implements IoEngine {
 
   writeSync(): void {
     throw new VhostError('read-only device', 'EROFS');
+  }
+
+  syncRegion(fd: number, offset: number, length: number): SyncRegion {
+    return syncRegionOf(this, fd, offset, length);
   }
 
   fdatasync(): Promise<void> {

@@ -25,7 +25,7 @@
  * Without `io` every operation settles one microtask after it takes effect, so a run is a pure
  * function of its inputs (no thread pool ordering).
  */
-import { type IoEngine, readvCheckedOf, readvThenOf } from '../../src/io/io-engine';
+import { type IoEngine, readvCheckedOf, readvThenOf, type SyncRegion, syncRegionOf } from '../../src/io/io-engine';
 import { endOfFile } from '../../src/io/fs-engine';
 import { VhostError } from '../../src/native/errors';
 import { gatherIov, iovLength, scatterIov } from '../../src/util/iov';
@@ -123,6 +123,10 @@ export class MemDevice implements IoEngine {
       this.freeze();
       throw new VhostError('device frozen (the process is dead)', 'EIO');
     }
+  }
+
+  syncRegion(fd: number, offset: number, length: number): SyncRegion {
+    return syncRegionOf(this, fd, offset, length);
   }
 
   /** A write takes effect: readable now, unflushed until the next fdatasync. */
