@@ -9,9 +9,9 @@
  * number, written into the superblock's mark area through the page cache (which a process crash
  * keeps) before the backing write is issued: `region` (IoEngine.syncRegion over the superblock's
  * 4 KiB) is, on a cache file, a shared mapping of that page, so a mark costs a memory copy (and
- * a write-protect fault after writeback cleaned the page), not a system call. Recovery after a process crash drops every clean
- * entry of a marked segment (cache.ts dropClean), rewrites its header before anything else, and
- * only then clears the marks (Cache.open).
+ * a write-protect fault after writeback cleaned the page), not a system call. Recovery after a
+ * process crash drops every clean entry of a marked segment (cache.ts dropClean), rewrites its
+ * header before anything else, and only then clears the marks (Cache.open).
  *
  * In a run, a segment stays marked until a header rewrite of it sealed after its last mark has
  * completed (the killFor batch's `written`). A clear changes this mirror at once and the device

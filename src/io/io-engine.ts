@@ -53,7 +53,7 @@ export interface IoEngine {
   /**
    * Writes every byte of `bytes` to fd at offset before returning, on the calling thread; throws
    * VhostError (errno name). Only for a few bytes into the page cache, where waiting for a
-   * completion would cost more than the copy (kill-marks.ts).
+   * completion would cost more than the copy (syncRegion where it cannot map: kill-marks.ts).
    */
   writeSync(fd: number, bytes: Uint8Array, offset: number): void;
   /**
