@@ -945,7 +945,9 @@ export class CachedStore implements BackingStore {
           continue;
         }
         // Each run of one key keeps its range registered until inserted; it inherits op's poisoning.
-        let left = 0;
+        // `left` holds one count while the runs start: an insertion given up at once (a poisoned
+        // run) calls done() from insertThenEnd, and shared() must run once, after the last run.
+        let left = 1;
         const done = (): void => {
           if (--left === 0) shared();
         };
@@ -956,6 +958,7 @@ export class CachedStore implements BackingStore {
           left++;
           this.insertThenEnd(runOp, key, first + k, tmp.subarray(k * bs, (k + n) * bs), n, done, true);
         });
+        done();
       }
     } finally {
       this.end(op);

@@ -223,6 +223,27 @@ describe('clones share their parent cached blocks', () => {
     assert.deepEqual(await readBack(ca, 0, 4 * BS), a.content(0, 4 * BS));
   });
 
+  it('a miss of blocks of both keys that a write poisons gives up each key run\'s insertion once and serves the read', async () => {
+    const ca = await cached(a);
+    // Unit 1 (blocks 4..7) becomes a's own; block 3 (unit 0) still reads the parent.
+    const w = new Uint8Array(BS);
+    stampBytes(w, 5 * BS, 3);
+    await ca.write(5 * BS, [w]);
+    const held = gate();
+    a.delay = (kind) => (kind === 'read' ? held.promise : Promise.resolve());
+    // Blocks 3 and 4: one backing read, two key runs to insert.
+    const reading = readBack(ca, 3 * BS, 2 * BS);
+    await new Promise((r) => setImmediate(r));
+    const w4 = new Uint8Array(BS);
+    stampBytes(w4, 4 * BS, 4);
+    await ca.write(4 * BS, [w4]);
+    held.resolve();
+    assert.deepEqual(await reading, a.content(3 * BS, 2 * BS));
+    a.delay = () => Promise.resolve();
+    await cache.log.quiesce();
+    assert.deepEqual(await readBack(ca, 0, 8 * BS), a.content(0, 8 * BS));
+  });
+
   it('a clone missing blocks another clone is reading takes that read instead of reading them again', async () => {
     const ca = await cached(a);
     const cb = await cached(b);
