@@ -23,7 +23,7 @@
 import { getSystemErrorMap } from 'node:util';
 import { VhostError } from '../native/errors';
 import { native } from '../native/binding';
-import { CQE_CHECK, CQE_CHECK_NONE, CQE_CHECK_OK, CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing, type NativeMappedFile } from '../native/types';
+import { CQE_CHECK, CQE_CHECK_NONE, CQE_CHECK_OK, CQE_RESULT, CQE_STRIDE, CQE_TAG, type NativeIoRing } from '../native/types';
 import { sliceIov } from '../util/iov';
 import { endOfFile } from './fs-engine';
 import { blocksMatch, type IoEngine, type SyncRegion, syncRegionOf, writeAllSync } from './io-engine';
@@ -175,13 +175,12 @@ export class UringEngine implements IoEngine {
    */
   syncRegion(fd: number, offset: number, length: number): SyncRegion {
     if (this.closed) throw new VhostError('io engine closed', 'ESHUTDOWN');
-    let mapped: NativeMappedFile;
     try {
-      mapped = new native.MappedFile(fd, offset, length);
+      // Its write() and close() are the region's (ERANGE, ESHUTDOWN and EIO checked natively).
+      return new native.MappedFile(fd, offset, length);
     } catch {
       return syncRegionOf(this, fd, offset, length);
     }
-    return { write: (bytes, at) => mapped.write(bytes, at), close: () => mapped.close() };
   }
 
   fdatasync(fd: number): Promise<void> {
