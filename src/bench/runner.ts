@@ -446,6 +446,8 @@ const cacheRows: Row[] = [
   ['Mean cache read latency (µs, daemon lifetime)', (r) => (r.cache ? fmtNum(r.cache.readLatencyUs) : '-')],
   ['Mean segment read latency (µs)', (r) => fmtNum(r.cache?.segmentReadLatencyUs ?? null)],
   ['Mean segment write latency (µs)', (r) => fmtNum(r.cache?.segmentWriteLatencyUs ?? null)],
+  ['Segment writes / header rewrites / rewrite batches', (r) => (r.cache ? [r.cache.device.segmentWrites, r.cache.device.headerRewrites, r.cache.device.rewriteBatches].map(fmtInt).join(' / ') : '-')],
+  ['Kills marked / fdatasyncs', (r) => (r.cache ? [r.cache.device.killsMarked, r.cache.device.fdatasyncs].map(fmtInt).join(' / ') : '-')],
 ];
 /** "mean / p50 / p99" in ms of a summary in µs. */
 function latencyCell(l: Measurement['lat']): string {

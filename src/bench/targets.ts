@@ -324,12 +324,16 @@ const COUNTER_KEYS = [
   'reads', 'readHits', 'insertions', 'evictions', 'invalidations', 'invalidateHits', 'ramHits', 'storageHits',
 ] as const satisfies readonly (keyof VolumeCounters)[];
 
+/** Cache-wide counters of the device work (CacheStats), compared between two readings. */
+const DEVICE_KEYS = ['segmentWrites', 'headerRewrites', 'rewriteBatches', 'killsMarked', 'fdatasyncs'] as const satisfies readonly (keyof CacheStats)[];
+
 /** The cache counters of /stats (whole cache, or one volume of it) the benchmarks read. */
 export type CacheCounters = Pick<VolumeCounters, (typeof COUNTER_KEYS)[number]>;
 
 export interface CacheSnapshot
   extends CacheCounters,
-    Pick<CacheStats, 'blocks' | 'wraps' | 'segmentsSkipped' | 'segmentReads' | 'segmentWrites' | 'readLatencyUs' | 'segmentReadLatencyUs' | 'segmentWriteLatencyUs'> {
+    Pick<CacheStats, 'blocks' | 'wraps' | 'segmentsSkipped' | 'segmentReads' | 'segmentWrites' | 'readLatencyUs' | 'segmentReadLatencyUs' | 'segmentWriteLatencyUs'>,
+    Pick<CacheStats, (typeof DEVICE_KEYS)[number]> {
   volumes: Record<string, CacheCounters>;
 }
 
@@ -354,6 +358,8 @@ export interface CacheDelta extends CacheCounters {
   segmentWriteLatencyUs: number | null;
   /** Mean cache-device read latency over the daemon's life (µs; /stats gives no count for it). */
   readLatencyUs: number;
+  /** The whole cache's device work over the interval (every volume of it, whatever `volumes` says). */
+  device: Record<(typeof DEVICE_KEYS)[number], number>;
 }
 
 /** Counter differences b - a; `volumes` restricts them to those volumes of the cache (default: all). */
@@ -374,6 +380,7 @@ export function statsDelta(a: CacheSnapshot, b: CacheSnapshot, volumes?: readonl
     segmentReadLatencyUs: weighted(a.segmentReadLatencyUs, a.segmentReads, b.segmentReadLatencyUs, b.segmentReads),
     segmentWriteLatencyUs: weighted(a.segmentWriteLatencyUs, a.segmentWrites, b.segmentWriteLatencyUs, b.segmentWrites),
     readLatencyUs: b.readLatencyUs,
+    device: Object.fromEntries(DEVICE_KEYS.map((k) => [k, b[k] - a[k]])) as CacheDelta['device'],
   };
 }
 

@@ -79,7 +79,9 @@
  * its segment holds a clean mark no durable header records yet: cleanMarkSeq against
  * durableSeq) or for a destage (docs/cache-format.md "Crash kinds": after a host crash the
  * clean entries are all dropped, a process crash keeps every completed write). All the
- * rewrites asked for in one JS turn, and while a batch writes, form one batch; its fdatasync,
+ * rewrites asked for in one JS turn, and while a batch writes, form one batch (a batch that
+ * nothing waits for, i.e. background rewrites and those of marked kills only, first gathers for
+ * REWRITE_DELAY_MS, so a worker's wake-up serves many kills); its fdatasync,
  * if any, runs after the batch (the next batch's writes never wait for it). Every device write of a segment
  * (segment writes and header rewrites) is chained per segment (onSegment), so a rewrite never
  * lands before a write of that segment issued earlier, nor races a later one. Drops not caused
@@ -232,6 +234,15 @@ export const RESERVED_REWRITE_SHARE = 1 / 32;
  */
 export const HEADER_POOL_BYTES = 1 << 20;
 
+/**
+ * How long header rewrites nothing waits for (background rewrites, the rewrites of kills whose
+ * segments are marked) gather before their batch starts, unless a rewrite someone waits for
+ * joins it first. An isolated 4 KiB buffered write through io_uring wakes a sleeping kernel
+ * worker (~45 µs of the loop on this PVM guest, docs/benchmarks.md); one batch per delay
+ * instead of one per kill.
+ */
+export const REWRITE_DELAY_MS = 20;
+
 /** Header rewrites asked for and not started yet, and their waiters. */
 interface RewriteBatch {
   segs: Set<number>;
@@ -243,6 +254,8 @@ interface RewriteBatch {
   /** True when the headers' writes completed (not synced), or nothing is recoverable any more. */
   written: Promise<boolean>;
   wrote: (ok: boolean) => void;
+  /** Something waits for it: start it after this JS turn (else REWRITE_DELAY_MS after it was formed). */
+  due: boolean;
 }
 
 /** What Log.insert()'s blocks are (each flag false when absent). */
@@ -324,6 +337,8 @@ export class Log {
   /** The fdatasyncs of batches whose headers are written (runBatch), until they settle. */
   private readonly batchSyncs = new Set<Promise<boolean>>();
   private batchQueued = false;
+  /** Starts a batch of rewrites nothing waits for (REWRITE_DELAY_MS). */
+  private batchTimer: NodeJS.Timeout | null = null;
   /** Entries covered by written headers, forgotten at the next successful fdatasync. */
   private awaitingSync: Dropped[] = [];
   /** Headers written since the last fdatasync started: segment -> highest sequence number. */
@@ -775,7 +790,10 @@ export class Log {
     await this.tail;
     while (this.committing.size > 0) await Promise.all([...this.committing]);
     await Promise.all(this.pool.map((b) => b.pending));
-    while (this.batchRunning !== null || this.nextBatch !== null) await (this.batchRunning ?? this.nextBatch?.written);
+    while (this.batchRunning !== null || this.nextBatch !== null) {
+      if (this.nextBatch !== null) this.enqueue([], false, true);
+      await (this.batchRunning ?? this.nextBatch?.written);
+    }
     while (this.batchSyncs.size > 0) await Promise.all([...this.batchSyncs]);
     await Promise.all([...this.segTail.values()]);
     while (this.syncsRunning.size > 0 || this.syncQueued !== null) await Promise.all([...this.syncsRunning, this.syncQueued?.done]);
@@ -920,16 +938,16 @@ export class Log {
       if (dirty) done = this.rewrite(segs);
       else if (unwritten.size === 0) return null;
       else {
-        const batch = this.enqueue(unwritten, false);
         const marks = this.marks;
         if (marks !== null && marks.mark(unwritten)) {
-          // Marked on the device: a process crash now drops these segments' clean entries.
-          void batch.written.then((ok) => {
+          // Marked on the device: a process crash now drops these segments' clean entries, and
+          // the rewrites that clear the marks need not hurry.
+          void this.enqueue(unwritten, false, false).written.then((ok) => {
             if (ok) marks.unmark(unwritten);
           });
           return null;
         }
-        done = batch.written;
+        done = this.enqueue(unwritten, false, true).written;
       }
     }
     return done.then((ok) => {
@@ -943,31 +961,50 @@ export class Log {
    * neither could be made durable. Never rejects. `sync` false (background rewrites nothing
    * waits for: released superseded copies, drops not caused by a write, clean marks): no
    * fdatasync of its own, the headers become durable with the next one, whoever starts it
-   * (until then their dropped entries stay known, so killFor still finds them).
+   * (until then their dropped entries stay known, so killFor still finds them), and they start
+   * REWRITE_DELAY_MS later unless a rewrite someone waits for joins their batch first.
    */
   rewrite(segs: Iterable<number>, sync = true): Promise<boolean> {
     if (this.disabled) return this.floorDurable(false);
-    return this.enqueue(segs, sync).done;
+    return this.enqueue(segs, sync, sync).done;
   }
 
-  /** Adds segs to the next batch (see rewrite; the log is not disabled) and returns it. */
-  private enqueue(segs: Iterable<number>, sync: boolean): RewriteBatch {
+  /**
+   * Adds segs to the next batch (see rewrite; the log is not disabled) and returns it. `due`:
+   * someone waits for it (start it after this JS turn), else it may gather for REWRITE_DELAY_MS.
+   */
+  private enqueue(segs: Iterable<number>, sync: boolean, due: boolean): RewriteBatch {
     if (this.nextBatch === null) {
       let resolve!: (ok: boolean) => void;
       let wrote!: (ok: boolean) => void;
       const done = new Promise<boolean>((r) => (resolve = r));
       const written = new Promise<boolean>((r) => (wrote = r));
-      this.nextBatch = { segs: new Set(), sync, done, resolve, written, wrote };
-    } else if (sync) this.nextBatch.sync = true;
+      this.nextBatch = { segs: new Set(), sync, done, resolve, written, wrote, due };
+    } else {
+      if (sync) this.nextBatch.sync = true;
+      if (due) this.nextBatch.due = true;
+    }
     for (const s of segs) this.nextBatch.segs.add(s);
     const b = this.nextBatch;
     this.startBatch();
     return b;
   }
 
-  /** Starts the next batch once the running one is done, after this JS turn's requests. */
+  /**
+   * Starts the next batch once the running one is done: after this JS turn's requests when it
+   * is due, else when its REWRITE_DELAY_MS have passed.
+   */
   private startBatch(): void {
     if (this.batchRunning !== null || this.batchQueued || this.nextBatch === null) return;
+    if (!this.nextBatch.due) {
+      this.batchTimer ??= setTimeout(() => {
+        this.batchTimer = null;
+        if (this.nextBatch !== null) this.enqueue([], false, true);
+      }, REWRITE_DELAY_MS);
+      return;
+    }
+    if (this.batchTimer !== null) clearTimeout(this.batchTimer);
+    this.batchTimer = null;
     this.batchQueued = true;
     queueMicrotask(() => {
       this.batchQueued = false;

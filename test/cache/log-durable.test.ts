@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import pino from 'pino';
 import { Cache } from '../../src/cache/cache';
 import { FLAG_RESERVED } from '../../src/cache/bda';
-import { MAX_UNSYNCED_SEGMENTS } from '../../src/cache/log';
+import { MAX_UNSYNCED_SEGMENTS, REWRITE_DELAY_MS } from '../../src/cache/log';
 import { readMarks } from '../../src/cache/kill-marks';
 import { deviceBytesFor, segmentOffset } from '../../src/cache/segment';
 import type { VhostError } from '../../src/native/errors';
@@ -196,6 +196,36 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.deepEqual(await cached(42), block(42, 1));
   });
 
+  it('the rewrites of marked kills gather into one batch that starts REWRITE_DELAY_MS later, or with the first rewrite someone waits for', async () => {
+    await insertClean(40, 3 * BPS);
+    assert.equal(await cache.log.flush(), true);
+    const before = cache.stats();
+    const t0 = performance.now();
+    // Kills in three segments, each in its own microtask of one turn (so no timer can fire
+    // between them): each marks its segment and waits for nothing.
+    for (const b of [40, 40 + BPS, 40 + 2 * BPS]) {
+      assert.equal(cache.invalidate(v, b, 1), null);
+      for (let k = 0; k < 5; k++) await Promise.resolve();
+    }
+    assert.deepEqual(readMarks(dev.image).sort((a, b) => a - b), [0, 1, 2]);
+    assert.equal(cache.stats().rewriteBatches, before.rewriteBatches, 'no rewrite started yet');
+    await waitFor(() => readMarks(dev.image).length === 0, 'the marks cleared by the gathered rewrites');
+    assert.ok(performance.now() - t0 >= REWRITE_DELAY_MS - 1, 'the batch waited for the delay');
+    const gathered = cache.stats();
+    assert.deepEqual([gathered.rewriteBatches - before.rewriteBatches, gathered.headerRewrites - before.headerRewrites], [1, 3], 'one batch of three header rewrites');
+    // A marked kill gathers; a destage's kill (rewrite + fdatasync, waited for) takes it along at once.
+    assert.equal(cache.invalidate(v, 41 + BPS, 1), null);
+    const durable = killDurably(42);
+    assert.ok(durable !== null);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(cache.stats().rewriteBatches - gathered.rewriteBatches, 1, 'started in the turn after the waited-for kill');
+    await durable;
+    const after = cache.stats();
+    assert.deepEqual([after.rewriteBatches - gathered.rewriteBatches, after.headerRewrites - gathered.headerRewrites], [1, 2], 'segments 0 and 1 in one batch');
+    await cache.quiesce();
+    assert.deepEqual(readMarks(dev.image), []);
+  });
+
   it('a kill of a clean block not synced yet, then a power cut that loses its header rewrite: the start in the new boot drops every clean block, keeps the write-back ones', async () => {
     assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
     assert.equal(await cache.commit(), true);
@@ -327,6 +357,8 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     const seg0 = segmentOffset(cache.geometry, 0);
     dev.writeError = (offset) => offset === seg0;
     const kills = [cache.invalidate(v, 51, 1), cache.invalidate(v, 40, 1)];
+    // Marked kills: their batch starts REWRITE_DELAY_MS later.
+    await waitFor(() => cache.stats().disabled, 'the header write of segment 0 failed');
     await io.drain();
     dev.writeError = null;
     dev.io = null;

@@ -160,6 +160,8 @@ describe('cache log', () => {
     assert.equal(await cache.log.flush(), true);
     // 5 holes > one segment's worth (4): cleaning refills the holiest segment's holes first.
     for (const b of [4, 5, 9, 13, 1]) cache.invalidate(vol, b, 1);
+    // Their header rewrites (marked kills: they gather for REWRITE_DELAY_MS) written first.
+    await cache.log.quiesce();
     const reads0 = engine.reads;
     assert.equal(await cache.insert(vol, 100, blockData(100, 4), 4, () => true), 4);
     assert.equal(
