@@ -254,7 +254,7 @@ interface RewriteBatch {
   /** True when the headers' writes completed (not synced), or nothing is recoverable any more. */
   written: Promise<boolean>;
   wrote: (ok: boolean) => void;
-  /** Something waits for it: start it after this JS turn (else REWRITE_DELAY_MS after it was formed). */
+  /** Something waits for it: start it after this JS turn (else it gathers for REWRITE_DELAY_MS once it could start). */
   due: boolean;
 }
 
@@ -791,7 +791,7 @@ export class Log {
     while (this.committing.size > 0) await Promise.all([...this.committing]);
     await Promise.all(this.pool.map((b) => b.pending));
     while (this.batchRunning !== null || this.nextBatch !== null) {
-      if (this.nextBatch !== null) this.enqueue([], false, true);
+      this.hurry();
       await (this.batchRunning ?? this.nextBatch?.written);
     }
     while (this.batchSyncs.size > 0) await Promise.all([...this.batchSyncs]);
@@ -990,6 +990,13 @@ export class Log {
     return b;
   }
 
+  /** The gathering batch, if any, is due now (quiesce, or its REWRITE_DELAY_MS passed). */
+  private hurry(): void {
+    if (this.nextBatch === null) return;
+    this.nextBatch.due = true;
+    this.startBatch();
+  }
+
   /**
    * Starts the next batch once the running one is done: after this JS turn's requests when it
    * is due, else when its REWRITE_DELAY_MS have passed.
@@ -999,7 +1006,7 @@ export class Log {
     if (!this.nextBatch.due) {
       this.batchTimer ??= setTimeout(() => {
         this.batchTimer = null;
-        if (this.nextBatch !== null) this.enqueue([], false, true);
+        this.hurry();
       }, REWRITE_DELAY_MS);
       return;
     }
