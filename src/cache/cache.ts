@@ -61,7 +61,7 @@ import { type Logger, silentLogger } from '../util/logger';
 import { AddressMap, DEFAULT_LOAD_FACTOR, MIN_LOAD_FACTOR } from './address-map';
 import { MAX_VOLUMES, TOO_MANY_VOLUMES, volumeTooLarge } from './bda';
 import { CacheMap } from './cache-map';
-import { type InsertKind, Log } from './log';
+import { type InsertKind, Log, REWRITE_DELAY_MS } from './log';
 import { describePlace, loadMetadata, type MetadataPlace, saveMetadata, type VolumeRecord } from './metadata';
 import { recoverIndex } from './recovery';
 import { isMarkArea, KillMarks, readMarks } from './kill-marks';
@@ -140,6 +140,12 @@ export interface CacheOptions {
    * (benchmarks compare the two; tests of the rewrite path). Marks found at open are honoured either way.
    */
   killMarks?: boolean;
+  /**
+   * How long header rewrites nothing waits for gather before their batch starts (log.ts
+   * REWRITE_DELAY_MS, the default). 0: every batch starts after its JS turn, with no timer, so
+   * the device operations a run issues depend on its events only (the interleaving explorer).
+   */
+  rewriteDelayMs?: number;
 }
 
 export interface VolumeOptions {
@@ -539,6 +545,7 @@ export class Cache {
       logger: this.logger,
       onDisabled: () => this.retire(),
       marks: a.o.killMarks === false ? null : a.marks,
+      rewriteDelayMs: a.o.rewriteDelayMs ?? REWRITE_DELAY_MS,
     });
     this.map.onClean = (slot) => void this.destaging.delete(slot);
   }
@@ -670,6 +677,9 @@ export class Cache {
     const loadFactor = o.loadFactor ?? DEFAULT_LOAD_FACTOR;
     if (!(loadFactor >= MIN_LOAD_FACTOR && loadFactor < 1)) {
       throw new VhostError(`load factor ${loadFactor}: must be in [${MIN_LOAD_FACTOR}, 1)`, 'EINVAL');
+    }
+    if (o.rewriteDelayMs !== undefined && !(Number.isInteger(o.rewriteDelayMs) && o.rewriteDelayMs >= 0)) {
+      throw new VhostError(`rewrite delay ${o.rewriteDelayMs}: must be an integer number of ms >= 0`, 'EINVAL');
     }
     const { fd, bytes, resized, block } = await openDeviceWaiting(o.path, o.size, o.lockWaitMs ?? LOCK_WAIT_MS);
     let logIo: { fd: number; alignment: number } | undefined;
@@ -1218,7 +1228,8 @@ export class Cache {
 
   /**
    * Starts the header rewrites of the clean marks waiting for one (markClean; the destager
-   * calls it when it has nothing left to do). Not awaited: a lost clean mark only destages the
+   * calls it when it has nothing left to do): a background batch, under way within the log's
+   * rewrite delay. Not awaited: a lost clean mark only destages the
    * same data again (recovery.ts 9.; the slot is not overwritten before a header recording the
    * mark is durable: log.ts write), and after a write error the rewrite waits for the floor,
    * which waits for the destage.

@@ -209,6 +209,8 @@ export interface LogOptions {
   onDisabled: () => Promise<boolean>;
   /** Kill marks (kill-marks.ts): a kill of clean entries marks their segments instead of waiting; null: it waits. */
   marks: KillMarks | null;
+  /** Rewrites nothing waits for gather this long (REWRITE_DELAY_MS; 0: none gather). */
+  rewriteDelayMs: number;
 }
 
 /** Evicted entries awaiting an fdatasync, in segments' worth, beyond which one is started. */
@@ -337,8 +339,9 @@ export class Log {
   /** The fdatasyncs of batches whose headers are written (runBatch), until they settle. */
   private readonly batchSyncs = new Set<Promise<boolean>>();
   private batchQueued = false;
-  /** Starts a batch of rewrites nothing waits for (REWRITE_DELAY_MS). */
+  /** Starts a batch of rewrites nothing waits for (LogOptions.rewriteDelayMs). */
   private batchTimer: NodeJS.Timeout | null = null;
+  private readonly rewriteDelayMs: number;
   /** Entries covered by written headers, forgotten at the next successful fdatasync. */
   private awaitingSync: Dropped[] = [];
   /** Headers written since the last fdatasync started: segment -> highest sequence number. */
@@ -407,6 +410,7 @@ export class Log {
     this.logger = o.logger;
     this.maxQueued = o.maxQueuedBlocks;
     this.marks = o.marks;
+    this.rewriteDelayMs = o.rewriteDelayMs;
     this.onDisabled = o.onDisabled;
     this.dropped = new DroppedEntries(this.g.blocksPerSegment);
     this.releasedRewriteAt = Math.max(1, Math.floor(this.map.slots * RESERVED_REWRITE_SHARE));
@@ -1003,11 +1007,11 @@ export class Log {
    */
   private startBatch(): void {
     if (this.batchRunning !== null || this.batchQueued || this.nextBatch === null) return;
-    if (!this.nextBatch.due) {
+    if (!this.nextBatch.due && this.rewriteDelayMs > 0) {
       this.batchTimer ??= setTimeout(() => {
         this.batchTimer = null;
         this.hurry();
-      }, REWRITE_DELAY_MS);
+      }, this.rewriteDelayMs);
       return;
     }
     if (this.batchTimer !== null) clearTimeout(this.batchTimer);

@@ -226,6 +226,21 @@ describe('cache log: durable invalidation and the durable mark, checked after po
     assert.deepEqual(readMarks(dev.image), []);
   });
 
+  it('rewriteDelayMs 0: the rewrite of a marked kill starts after its turn, with no timer; a delay that is not an integer >= 0 is refused', async () => {
+    await cache.abort();
+    cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, blockSize: BS, segmentSize: BPS * BS, buffers: 3, engine: dev, bootId: `boot-${boot}`, rewriteDelayMs: 0 });
+    v = cache.registerVolume('v', 'mem-1', 256 * BS);
+    await insertClean(40, 3);
+    assert.equal(await cache.log.flush(), true);
+    const before = cache.stats().rewriteBatches;
+    assert.equal(cache.invalidate(v, 41, 1), null, 'marked: the write waits for nothing');
+    await new Promise((r) => setImmediate(r));
+    assert.equal(cache.stats().rewriteBatches - before, 1);
+    for (const bad of [-1, 0.5, Number.NaN]) {
+      await assert.rejects(Cache.open({ path: path.join(dir, 'other'), size: DEVICE, engine: dev, rewriteDelayMs: bad }), (e: VhostError) => e.code === 'EINVAL');
+    }
+  });
+
   it('a kill of a clean block not synced yet, then a power cut that loses its header rewrite: the start in the new boot drops every clean block, keeps the write-back ones', async () => {
     assert.equal(await cache.insertDirty(v, 3, block(3, 1), 1), 1);
     assert.equal(await cache.commit(), true);

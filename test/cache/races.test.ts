@@ -103,7 +103,8 @@ async function setup(mode: CacheMode, dir: string): Promise<{ env: Env; dev: Mem
   const dev = new MemDevice(DEVICE);
   const backing = new ControlledStore(VOL);
   stampBytes(backing.data, 0, 1);
-  const cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, segmentSize: 16384, buffers: 2, engine: dev });
+  // No rewrite gathering: a wall-clock timer would make the held operations depend on time.
+  const cache = await Cache.open({ path: path.join(dir, 'cache'), size: DEVICE, segmentSize: 16384, buffers: 2, engine: dev, rewriteDelayMs: 0 });
   const store = new CachedStore({ backing, cache, name: 'vol', mode: mode === 'none' ? 'writethrough' : mode });
   const other = cache.registerVolume('other', 'other-1', 64 * BS);
   await store.read(0, [new Uint8Array(4 * BS)]);
